@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Convert a SkyReels-V2 / Wan 2.1 diffusion model to FP8 for ComfyUI.
+
+    python convert_to_fp8.py SRC DST.safetensors [--granularity tensor|channel] [--fp8 e4m3fn|e5m2]
+                             [--keep-first-blocks N] [--keep-last-blocks N] [--verify] [--overwrite]
+
+SRC is a .safetensors file, a folder of shards, or a .pth/.pt file (read with weights_only=True). The default,
+per-tensor e4m3fn, loads in ComfyUI's own Load Diffusion Model node; per-channel files need this pack's
+Load FP8 SkyReels Model node. Exit status: 0 done, 2 bad input (one line on stderr), 1 verification failed.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from quant import CheckpointError, Options, VerifyError, convert  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("src", nargs="?", help="source model: .safetensors file, shard folder or .pth/.pt")
+    p.add_argument("dst", nargs="?", help="output .safetensors file (must not exist unless --overwrite)")
+    p.add_argument("--model_path", "--model-path", dest="model_path", help="same as SRC (SkyReels-V2 spelling)")
+    p.add_argument("--output_path", "--output-path", dest="output_path", help="same as DST (SkyReels-V2 spelling)")
+    p.add_argument("--granularity", choices=["tensor", "channel"], default="tensor",
+                   help="one scale per weight (loads in core ComfyUI) or per output channel (more accurate)")
+    p.add_argument("--fp8", choices=["e4m3fn", "e5m2"], default="e4m3fn")
+    p.add_argument("--keep-first-blocks", type=int, default=0, metavar="N", help="keep the first N blocks in bf16")
+    p.add_argument("--keep-last-blocks", type=int, default=0, metavar="N", help="keep the last N blocks in bf16")
+    p.add_argument("--verify", action="store_true", help="re-read the output and report per-layer errors")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (never the source)")
+    args = p.parse_args(argv)
+    args.src = args.src or args.model_path
+    args.dst = args.dst or args.output_path
+    if not args.src or not args.dst:
+        p.error("give SRC and DST (or --model_path and --output_path)")
+    return args
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; silent when stderr is a pipe or a log file."""
+
+    def __init__(self, stream=sys.stderr, width=30):
+        self.stream, self.width, self.last = stream, width, 0.0
+        self.active = stream.isatty()
+        self.open = False
+
+    def __call__(self, done, total):
+        if not self.active:
+            return
+        now = time.monotonic()
+        if done != total and now - self.last < 0.1:
+            return
+        self.last = now
+        filled = self.width * done // total
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} tensors")
+        self.open = done != total
+        if not self.open:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def close(self):
+        if self.open:  # end the bar's line so an error message starts on its own
+            self.stream.write("\n")
+            self.open = False
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    options = Options(fp8=args.fp8, granularity=args.granularity, keep_first_blocks=args.keep_first_blocks,
+                      keep_last_blocks=args.keep_last_blocks)
+    bar = ProgressBar()
+    try:
+        try:
+            report = convert(args.src, args.dst, options, overwrite=args.overwrite, verify=args.verify,
+                             progress=bar)
+        finally:
+            bar.close()
+    except CheckpointError as e:
+        print(f"convert_to_fp8: {e}", file=sys.stderr)
+        return 2
+    except VerifyError as e:
+        print(f"convert_to_fp8: {e} (the output was removed)", file=sys.stderr)
+        return 1
+    except OSError as e:  # e.g. a read-only output folder or a full disk
+        print(f"convert_to_fp8: {e.filename or args.dst}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("convert_to_fp8: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(report.table())
+    print(f"wrote {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Read Wan 2.1 / SkyReels-V2 checkpoints tensor by tensor, under the original Wan key names.
+
+Accepted: one `.safetensors` file; a folder of shards (its `*.index.json`, else every `*.safetensors` in it);
+`.pth/.pt/.ckpt/.bin` through `torch.load(weights_only=True)` only. Keys may carry the `model.diffusion_model.`
+prefix, or be diffusers-format (WanTransformer3DModel / SkyReelsV2Transformer3DModel) names.
+"""
+import json
+import os
+import pickle
+import re
+
+import torch
+from safetensors import safe_open
+
+from .model_info import NotWanModel, detect
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+
+# diffusers name -> original Wan name (SkyReels-V2 uses the Wan 2.1 names in its own releases).
+_DIFFUSERS_RENAMES = [(re.compile(a), b) for a, b in [
+    (r"^condition_embedder\.text_embedder\.linear_([12])\.", lambda m: f"text_embedding.{2 * int(m[1]) - 2}."),
+    (r"^condition_embedder\.time_embedder\.linear_([12])\.", lambda m: f"time_embedding.{2 * int(m[1]) - 2}."),
+    (r"^condition_embedder\.time_proj\.", "time_projection.1."),
+    (r"^condition_embedder\.image_embedder\.norm1\.", "img_emb.proj.0."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj\.", "img_emb.proj.1."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.2\.", "img_emb.proj.3."),
+    (r"^condition_embedder\.image_embedder\.norm2\.", "img_emb.proj.4."),
+    (r"^condition_embedder\.image_embedder\.pos_embed$", "img_emb.emb_pos"),
+    (r"^fps_projection\.net\.0\.proj\.", "fps_projection.0."),
+    (r"^fps_projection\.net\.2\.", "fps_projection.2."),
+    (r"^proj_out\.", "head.head."),
+    (r"^scale_shift_table$", "head.modulation"),
+    (r"^(blocks\.\d+\.)scale_shift_table$", r"\1modulation"),
+    (r"^(blocks\.\d+\.)attn1\.to_out\.0\.", r"\1self_attn.o."),
+    (r"^(blocks\.\d+\.)attn2\.to_out\.0\.", r"\1cross_attn.o."),
+    (r"^(blocks\.\d+\.)attn1\.to_([qkv])\.", r"\1self_attn.\2."),
+    (r"^(blocks\.\d+\.)attn2\.to_([qkv])\.", r"\1cross_attn.\2."),
+    (r"^(blocks\.\d+\.)attn1\.norm_([qk])\.", r"\1self_attn.norm_\2."),
+    (r"^(blocks\.\d+\.)attn2\.norm_([qk])\.", r"\1cross_attn.norm_\2."),
+    (r"^(blocks\.\d+\.)attn2\.add_([kv])_proj\.", r"\1cross_attn.\2_img."),
+    (r"^(blocks\.\d+\.)attn2\.norm_added_k\.", r"\1cross_attn.norm_k_img."),
+    # diffusers calls the affine cross-attention norm norm2; Wan calls it norm3.
+    (r"^(blocks\.\d+\.)norm2\.", r"\1norm3."),
+    (r"^(blocks\.\d+\.)ffn\.net\.0\.proj\.", r"\1ffn.0."),
+    (r"^(blocks\.\d+\.)ffn\.net\.2\.", r"\1ffn.2."),
+]]
+
+
+class CheckpointError(ValueError):
+    """Bad input: the message names the file and what to do."""
+
+
+def is_diffusers(keys):
+    return any(k.startswith("condition_embedder.") for k in keys)
+
+
+def original_name(key, diffusers):
+    for prefix in PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+            break
+    if diffusers:
+        for pattern, repl in _DIFFUSERS_RENAMES:
+            new, n = pattern.subn(repl, key)
+            if n:
+                return new
+    return key
+
+
+class _SafetensorsFile:
+    def __init__(self, path):
+        try:
+            self.handle = safe_open(path, framework="pt", device="cpu")
+        except Exception as e:  # safetensors raises its own error type with a terse text
+            raise CheckpointError(_safetensors_problem(path, str(e))) from None
+        self.path = path
+        self.metadata = self.handle.metadata() or {}
+
+    def keys(self):
+        return list(self.handle.keys())
+
+    def spec(self, key):
+        s = self.handle.get_slice(key)
+        return tuple(s.get_shape()), SAFETENSORS_DTYPES.get(s.get_dtype())
+
+    def load(self, key):
+        return self.handle.get_tensor(key)
+
+
+def _safetensors_problem(path, text):
+    if "incomplete metadata" in text or "MetadataIncompleteBuffer" in text or "not fully covered" in text:
+        return f"{path}: the file is truncated (shorter than its header says); download or copy it again"
+    return f"{path}: not a valid .safetensors file ({text.split(':')[-1].strip()}); check that the download finished"
+
+
+class _PickleFile:
+    def __init__(self, path):
+        try:
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        except pickle.UnpicklingError:
+            raise CheckpointError(f"{path}: refused: the file holds pickled objects, not only weights (it was "
+                                  "opened with weights_only=True); use a .safetensors release of the model") from None
+        except Exception as e:
+            raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e}); download it again") from None
+        for wrapper in ("state_dict", "model", "module"):
+            if isinstance(sd, dict) and len(sd) == 1 and isinstance(sd.get(wrapper), dict):
+                sd = sd[wrapper]
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(f"{path}: not a state dict of tensors")
+        self.path, self.sd, self.metadata = path, sd, {}
+
+    def keys(self):
+        return list(self.sd)
+
+    def spec(self, key):
+        t = self.sd[key]
+        return tuple(t.shape), t.dtype
+
+    def load(self, key):
+        return self.sd[key]
+
+
+def _open_file(path):
+    if path.lower().endswith((".safetensors", ".sft")):
+        return _SafetensorsFile(path)
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        return _PickleFile(path)
+    raise CheckpointError(f"{path}: unsupported file type; give a .safetensors file, a folder of .safetensors "
+                          "shards, or a .pth/.pt weights file")
+
+
+def _shard_paths(folder):
+    indexes = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
+    if indexes:
+        with open(os.path.join(folder, indexes[0])) as f:
+            weight_map = json.load(f).get("weight_map", {})
+        names = sorted(set(weight_map.values()))
+        for name in names:
+            if not os.path.isfile(os.path.join(folder, name)):
+                raise CheckpointError(f"{os.path.join(folder, name)}: shard listed in {indexes[0]} is missing")
+    else:
+        names = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    if not names:
+        raise CheckpointError(f"{folder}: the folder has no .safetensors shards")
+    return [os.path.join(folder, n) for n in names]
+
+
+class Checkpoint:
+    """A model checkpoint read lazily: `names`, `spec(name)` -> (shape, dtype), `load(name)` -> Tensor."""
+
+    def __init__(self, path):
+        if not os.path.exists(path):
+            raise CheckpointError(f"{path}: file not found")
+        self.path = path
+        paths = _shard_paths(path) if os.path.isdir(path) else [path]
+        self.files = [_open_file(p) for p in paths]
+        self.metadata = dict(self.files[0].metadata)
+        raw = [(f, k) for f in self.files for k in f.keys()]
+        diffusers = is_diffusers([k for _, k in raw])
+        self._index = {}
+        for f, k in raw:
+            name = original_name(k, diffusers)
+            if name in self._index:
+                raise CheckpointError(f"{path}: tensor {name} appears twice ({k}); the shards overlap")
+            self._index[name] = (f, k)
+        self.source_format = "diffusers" if diffusers else "original"
+        self.nbytes = sum(os.path.getsize(p) for p in paths)
+
+    @property
+    def names(self):
+        return list(self._index)
+
+    def spec(self, name):
+        f, k = self._index[name]
+        return f.spec(k)
+
+    def load(self, name):
+        f, k = self._index[name]
+        return f.load(k)
+
+    def shapes(self):
+        return {n: self.spec(n)[0] for n in self._index}
+
+    def model_info(self):
+        try:
+            return detect(self.shapes())
+        except NotWanModel as e:
+            raise CheckpointError(f"{self.path}: {e}") from None
+
+    def check_keys(self, info):
+        """(missing, unexpected) key names against the keys a model of `info` has."""
+        expected = info.expected_keys()
+        have = set(self._index)
+        return [k for k in expected if k not in have], sorted(have - set(expected))

@@ -1,0 +1,235 @@
+"""Convert a Wan 2.1 / SkyReels-V2 checkpoint to FP8, streaming one tensor at a time.
+
+Output is the ComfyUI host's mixed-precision format (its QUANTIZATION.md): `<layer>.weight` fp8,
+`<layer>.weight_scale` fp32, `<layer>.comfy_quant` (uint8 JSON) and `_quantization_metadata` in the header.
+Per-tensor files use the host's own format names and load in core UNETLoader. Per-channel files carry
+`skyreels_fp8_*_per_channel` instead: the host has no per-channel fp8 layout, and a name it does not know makes it
+stop with that name rather than load the weights with the wrong scale.
+"""
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+from safetensors import safe_open
+
+from . import __version__
+from .checkpoint import Checkpoint, CheckpointError
+from .fp8 import FP8_DTYPES, quantize_weight_chunked, relative_error
+from .policy import layer_name, should_quantize
+from .writer import SafetensorsWriter
+
+log = logging.getLogger("skyreels_fp8")
+
+QUANT_SUFFIXES = (".weight_scale", ".scale_weight", ".comfy_quant", ".input_scale", ".scale_input")
+
+
+def format_name(fp8, granularity):
+    if granularity == "tensor":
+        return f"float8_{fp8}"
+    return f"skyreels_fp8_{fp8}_per_channel"
+
+
+@dataclass
+class VerifyError(RuntimeError):
+    """The written file does not read back as what was written (it is removed)."""
+
+
+@dataclass
+class Options:
+    fp8: str = "e4m3fn"
+    granularity: str = "tensor"
+    keep_first_blocks: int = 0
+    keep_last_blocks: int = 0
+
+    def check(self):
+        if self.fp8 not in FP8_DTYPES:
+            raise CheckpointError(f"fp8 type must be one of {', '.join(FP8_DTYPES)}, not {self.fp8!r}")
+        if self.granularity not in ("tensor", "channel"):
+            raise CheckpointError(f"granularity must be 'tensor' or 'channel', not {self.granularity!r}")
+        if self.keep_first_blocks < 0 or self.keep_last_blocks < 0:
+            raise CheckpointError("keep-first/keep-last blocks must be 0 or more")
+
+    @property
+    def scheme(self):
+        per = "per-tensor" if self.granularity == "tensor" else "per-channel"
+        return f"fp8 {self.fp8} {per}"
+
+
+@dataclass
+class Report:
+    source: str
+    dest: str
+    model: str
+    options: Options
+    bytes_in: int = 0
+    bytes_out: int = 0
+    quantized: int = 0
+    kept: int = 0
+    seconds: float = 0.0
+    errors: dict = field(default_factory=dict)       # layer -> relative Frobenius error, measured while writing
+    verified: dict = field(default_factory=dict)     # same, re-read from the written file (--verify)
+    warnings: list = field(default_factory=list)
+
+    def table(self):
+        gib = 1024 ** 3
+        lines = [f"{self.model} -> {self.options.scheme}",
+                 f"  bytes in       {self.bytes_in:>15,}  ({self.bytes_in / gib:.2f} GiB)",
+                 f"  bytes out      {self.bytes_out:>15,}  ({self.bytes_out / gib:.2f} GiB)",
+                 f"  ratio          {self.bytes_out / max(1, self.bytes_in):>15.3f}",
+                 f"  tensors        {self.quantized} quantized, {self.kept} kept",
+                 f"  time           {self.seconds:.1f} s"]
+        if self.errors:
+            lines.append("  rel. error     " + _summary(self.errors))
+        if self.verified:
+            lines.append("  verified       " + _summary(self.verified) + " (re-read from the written file)")
+            worst = sorted(self.verified.items(), key=lambda kv: -kv[1])[:5]
+            lines += ["  worst layers"] + [f"    {v * 100:6.3f}%  {k}" for k, v in worst]
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _summary(errors):
+    values = list(errors.values())
+    return f"mean {sum(values) / len(values) * 100:.3f}%, max {max(values) * 100:.3f}% over {len(values)} layers"
+
+
+def _check_paths(src, dst, overwrite):
+    if not dst.lower().endswith(".safetensors"):
+        raise CheckpointError(f"{dst}: the output name must end in .safetensors")
+    real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)
+    if real_dst == real_src or real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
+        raise CheckpointError(f"{dst}: the output would overwrite the source; choose another output name")
+    if not os.path.isdir(os.path.dirname(real_dst)):
+        raise CheckpointError(f"{dst}: the output folder does not exist")
+    if os.path.exists(dst) and not overwrite:
+        raise CheckpointError(f"{dst}: already exists; pass --overwrite (or turn on overwrite) to replace it")
+
+
+def _check_source(ckpt, info, report):
+    prequant = [n for n in ckpt.names if n.endswith(QUANT_SUFFIXES) or n == "scaled_fp8"
+                or ckpt.spec(n)[1] in FP8_DTYPES.values()]
+    if prequant:
+        raise CheckpointError(f"{ckpt.path}: already FP8 ({prequant[0]}); load it directly with Load FP8 SkyReels "
+                              "Model, or convert the original bf16/fp32 release")
+    missing, unexpected = ckpt.check_keys(info)
+    if missing:
+        raise CheckpointError(f"{ckpt.path}: incomplete {info.describe()}: {len(missing)} tensors missing "
+                              f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); "
+                              "download the whole checkpoint again")
+    if unexpected:
+        report.warnings.append(f"{len(unexpected)} tensors a {info.describe()} does not use were copied as they are:"
+                               f" {', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''}")
+
+
+def _kept_dtype(dtype):
+    # fp32/fp64 releases are stored as bf16 (the compute precision); bf16/fp16 stay as they are.
+    return torch.bfloat16 if dtype in (torch.float32, torch.float64) else dtype
+
+
+def _plan(ckpt, info, options):
+    """Output entries {name: (dtype, shape)} and the set of weight names to quantize."""
+    fp8 = FP8_DTYPES[options.fp8]
+    quant_conf = json.dumps({"format": format_name(options.fp8, options.granularity)}).encode()
+    entries, quantize = {}, set()
+    for name in ckpt.names:
+        shape, dtype = ckpt.spec(name)
+        if should_quantize(name, info.num_layers, options.keep_first_blocks, options.keep_last_blocks):
+            layer = layer_name(name)
+            quantize.add(name)
+            entries[name] = (fp8, shape)
+            entries[f"{layer}.weight_scale"] = (torch.float32, () if options.granularity == "tensor" else (shape[0], 1))
+            entries[f"{layer}.comfy_quant"] = (torch.uint8, (len(quant_conf),))
+        else:
+            entries[name] = (_kept_dtype(dtype), shape)
+    return entries, quantize, quant_conf
+
+
+def _metadata(ckpt, info, options, report, quantize):
+    fmt = format_name(options.fp8, options.granularity)
+    layers = {layer_name(n): {"format": fmt} for n in sorted(quantize)}
+    ours = {"pack_version": __version__, "source": os.path.basename(ckpt.path.rstrip(os.sep)),
+            "source_bytes": ckpt.nbytes, "model": info.describe(), "fp8": options.fp8,
+            "granularity": options.granularity, "keep_first_blocks": options.keep_first_blocks,
+            "keep_last_blocks": options.keep_last_blocks,
+            "errors": {k: float(f"{v:.5g}") for k, v in report.errors.items()}}
+    metadata = {k: v for k, v in ckpt.metadata.items() if k not in ("_quantization_metadata", "skyreels_fp8")}
+    metadata["_quantization_metadata"] = json.dumps({"format_version": "1.0", "layers": layers})
+    metadata["skyreels_fp8"] = json.dumps(ours)
+    return metadata
+
+
+def _load_checked(ckpt, name):
+    t = ckpt.load(name)
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, download "
+                              "it again")
+    return t
+
+
+def convert(src, dst, options=None, *, overwrite=False, verify=False, progress=None, check_interrupt=None):
+    """Convert `src` (file or shard folder) to the FP8 file `dst`. Returns a Report; raises CheckpointError on bad
+    input (nothing is written then). `progress(done, total)` is called after each tensor; `check_interrupt()` may
+    raise to stop, which removes the partial output."""
+    options = options or Options()
+    options.check()
+    _check_paths(src, dst, overwrite)
+    start = time.perf_counter()
+    ckpt = Checkpoint(src)
+    info = ckpt.model_info()
+    report = Report(source=src, dest=dst, model=info.describe(), options=options, bytes_in=ckpt.nbytes)
+    _check_source(ckpt, info, report)
+    entries, quantize, quant_conf = _plan(ckpt, info, options)
+    fp8 = FP8_DTYPES[options.fp8]
+    conf_tensor = torch.frombuffer(bytearray(quant_conf), dtype=torch.uint8)
+    names = ckpt.names
+    with SafetensorsWriter(dst, entries, _metadata(ckpt, info, options, report, quantize),
+                           reserve=64 * len(quantize) + 4096) as out:
+        for i, name in enumerate(names):
+            if check_interrupt:
+                check_interrupt()
+            t = _load_checked(ckpt, name)
+            if name in quantize:
+                q, scale, err = quantize_weight_chunked(t, dtype=fp8, granularity=options.granularity)
+                layer = layer_name(name)
+                out.write(name, q)
+                out.write(f"{layer}.weight_scale", scale)
+                out.write(f"{layer}.comfy_quant", conf_tensor)
+                report.errors[layer] = err
+            else:
+                out.write(name, t.to(entries[name][0]))
+            del t
+            if progress:
+                progress(i + 1, len(names))
+        out.set_metadata(_metadata(ckpt, info, options, report, quantize))
+    report.quantized, report.kept = len(quantize), len(names) - len(quantize)
+    report.bytes_out = os.path.getsize(dst)
+    if verify:
+        try:
+            report.verified = verify_file(ckpt, dst, quantize)
+        except BaseException:
+            os.remove(dst)
+            raise
+    report.seconds = time.perf_counter() - start
+    for w in report.warnings:
+        log.warning(w)
+    return report
+
+
+def verify_file(ckpt, dst, quantize):
+    """Re-read `dst` and measure each quantized layer against the source; kept tensors must match exactly."""
+    errors = {}
+    with safe_open(dst, framework="pt") as f:
+        layers = json.loads(f.metadata()["_quantization_metadata"])["layers"]
+        for name in ckpt.names:
+            ref = ckpt.load(name)
+            if name in quantize:
+                layer = layer_name(name)
+                if layer not in layers:
+                    raise VerifyError(f"{dst}: verify failed: {layer} is missing from _quantization_metadata")
+                errors[layer] = relative_error(ref, f.get_tensor(name), f.get_tensor(f"{layer}.weight_scale"))
+            elif not torch.equal(f.get_tensor(name), ref.to(_kept_dtype(ref.dtype))):
+                raise VerifyError(f"{dst}: verify failed: {name} differs from the source")
+    return errors

@@ -1,0 +1,79 @@
+"""What a Wan 2.1 / SkyReels-V2 state dict is, read from its key names and shapes only (never a file name)."""
+from dataclasses import dataclass
+
+# Keys every Wan 2.1 DiT has; a state dict without them is some other architecture.
+CORE_KEYS = ("patch_embedding.weight", "head.modulation", "head.head.weight", "blocks.0.self_attn.q.weight",
+             "blocks.0.ffn.0.weight", "time_projection.1.weight")
+
+_TOP_KEYS = ["patch_embedding.weight", "patch_embedding.bias",
+             "text_embedding.0.weight", "text_embedding.0.bias", "text_embedding.2.weight", "text_embedding.2.bias",
+             "time_embedding.0.weight", "time_embedding.0.bias", "time_embedding.2.weight", "time_embedding.2.bias",
+             "time_projection.1.weight", "time_projection.1.bias",
+             "head.modulation", "head.head.weight", "head.head.bias"]
+_I2V_TOP_KEYS = [f"img_emb.proj.{i}.{p}" for i in (0, 1, 3, 4) for p in ("weight", "bias")]
+_FPS_KEYS = ["fps_embedding.weight"] + [f"fps_projection.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
+_BLOCK_KEYS = ["modulation", "norm3.weight", "norm3.bias", "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias"]
+_BLOCK_KEYS += [f"{a}.{l}.{p}" for a in ("self_attn", "cross_attn") for l in "qkvo" for p in ("weight", "bias")]
+_BLOCK_KEYS += [f"{a}.norm_{l}.weight" for a in ("self_attn", "cross_attn") for l in "qk"]
+_I2V_BLOCK_KEYS = ["cross_attn.k_img.weight", "cross_attn.k_img.bias", "cross_attn.v_img.weight",
+                   "cross_attn.v_img.bias", "cross_attn.norm_k_img.weight"]
+
+SIZES = {1536: "1.3B", 5120: "14B"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    variant: str        # "T2V", "I2V" or "DF" (DF-1.3B is the one variant with an fps embedding)
+    dim: int
+    ffn_dim: int
+    num_layers: int
+    in_dim: int
+    has_fps: bool
+
+    @property
+    def size(self):
+        return SIZES.get(self.dim, f"custom (dim {self.dim})")
+
+    @property
+    def num_heads(self):
+        return self.dim // 128
+
+    def describe(self):
+        # T2V and DF checkpoints have the same keys; only DF-1.3B's fps embedding tells DF apart.
+        variant = "T2V/DF" if self.variant == "T2V" else self.variant
+        return f"SkyReels-V2 {variant} {self.size}, {self.num_layers} blocks"
+
+    def expected_keys(self):
+        keys = list(_TOP_KEYS)
+        block_keys = list(_BLOCK_KEYS)
+        if self.variant == "I2V":
+            keys += _I2V_TOP_KEYS
+            block_keys += _I2V_BLOCK_KEYS
+        if self.has_fps:
+            keys += _FPS_KEYS
+        keys += [f"blocks.{i}.{k}" for i in range(self.num_layers) for k in block_keys]
+        return keys
+
+
+class NotWanModel(ValueError):
+    pass
+
+
+def count_blocks(keys):
+    ids = {int(k.split(".")[1]) for k in keys if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    return max(ids) + 1 if ids else 0
+
+
+def detect(shapes):
+    """shapes: {original Wan key name: shape}. Raises NotWanModel if the keys are not a Wan 2.1 DiT."""
+    missing = [k for k in CORE_KEYS if k not in shapes]
+    if missing:
+        raise NotWanModel("not a SkyReels-V2/Wan diffusion model (no " + ", ".join(missing[:3]) + ")")
+    dim = shapes["head.modulation"][-1]
+    if dim % 128:
+        raise NotWanModel(f"not a SkyReels-V2/Wan diffusion model (hidden size {dim} is not a multiple of 128)")
+    has_img = "img_emb.proj.1.weight" in shapes
+    has_fps = "fps_embedding.weight" in shapes
+    variant = "I2V" if has_img else ("DF" if has_fps else "T2V")
+    return ModelInfo(variant=variant, dim=dim, ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
+                     num_layers=count_blocks(shapes), in_dim=shapes["patch_embedding.weight"][1], has_fps=has_fps)

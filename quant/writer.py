@@ -1,0 +1,122 @@
+"""Write a .safetensors file one tensor at a time, atomically.
+
+The header (names, dtypes, shapes, offsets) is known before any data is computed, so each tensor is written at its
+offset as soon as it exists and memory stays at one tensor. The file is built as a temp file in the destination
+folder and renamed into place only when every tensor is written and fsynced; any error or Ctrl-C removes it.
+"""
+import json
+import os
+
+import torch
+
+_DTYPE_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64", torch.int32: "I32",
+    torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+}
+
+
+def _nbytes(dtype, shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+class SafetensorsWriter:
+    """`entries`: {name: (dtype, shape)}. Use as a context manager; call `write(name, tensor)` for every entry.
+
+    `reserve` bytes of header room let `set_metadata` record facts only known at the end (e.g. measured errors).
+    """
+
+    def __init__(self, dst, entries, metadata=None, reserve=0):
+        self.dst = dst
+        # Larger element sizes first: with every tensor's byte size a multiple of its element size, each tensor
+        # then starts at an offset aligned for its dtype.
+        order = sorted(entries, key=lambda n: -torch.empty((), dtype=entries[n][0]).element_size())
+        header, offset = {}, 0
+        self._spans = {}
+        for name in order:
+            dtype, shape = entries[name]
+            size = _nbytes(dtype, shape)
+            header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+            self._spans[name] = (offset, dtype, tuple(shape))
+            offset += size
+        self._header = header
+        blob = self._header_blob(metadata or {})
+        blob += b" " * (reserve + (-(len(blob) + reserve) % 8))
+        self._data_start = 8 + len(blob)
+        self._total = offset
+        self._written = set()
+        folder = os.path.dirname(os.path.abspath(dst))
+        self.tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.tmp")
+        self._f = open(self.tmp, "wb")
+        self._f.write(len(blob).to_bytes(8, "little") + blob)
+
+    def _header_blob(self, metadata):
+        header = dict(self._header)
+        if metadata:
+            header = {"__metadata__": {k: str(v) for k, v in metadata.items()}, **header}
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    def set_metadata(self, metadata):
+        blob = self._header_blob(metadata)
+        room = self._data_start - 8
+        if len(blob) > room:
+            raise ValueError(f"metadata needs {len(blob)} header bytes, {room} were reserved")
+        self._f.seek(8)
+        self._f.write(blob + b" " * (room - len(blob)))
+
+    def write(self, name, tensor):
+        offset, dtype, shape = self._spans[name]
+        if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+            raise ValueError(f"{name}: expected {dtype} {shape}, got {tensor.dtype} {tuple(tensor.shape)}")
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._f.seek(self._data_start + offset)
+        self._f.write(data.data)
+        self._written.add(name)
+
+    def commit(self):
+        missing = set(self._spans) - self._written
+        if missing:
+            raise ValueError(f"{len(missing)} tensors were never written, e.g. {sorted(missing)[0]}")
+        self._f.truncate(self._data_start + self._total)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.tmp, self.dst)
+        _fsync_dir(os.path.dirname(os.path.abspath(self.dst)))
+
+    def abort(self):
+        if not self._f.closed:
+            self._f.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        # BaseException too: a Ctrl-C or a host interrupt must not leave a half-written file behind.
+        if exc_type is not None:
+            self.abort()
+            return False
+        try:
+            self.commit()
+        except BaseException:
+            self.abort()
+            raise
+        return False
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

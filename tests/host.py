@@ -1,0 +1,63 @@
+"""Find a real ComfyUI host and run code inside it (a fresh Python process, CPU only).
+
+Search order (first that looks like ComfyUI wins):
+  1. $COMFYUI_PATH
+  2. the ComfyUI folder this pack sits in, when cloned as ComfyUI/custom_nodes/<pack>
+  3. ~/ComfyUI (the documented default)
+A $COMFYUI_PATH that is set but is not a ComfyUI folder is an error, not a silent skip.
+"""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = os.path.join(os.path.expanduser("~"), "ComfyUI")
+
+
+def is_host(path):
+    return all(os.path.exists(os.path.join(path, p)) for p in ("main.py", "nodes.py", "comfy", "folder_paths.py"))
+
+
+def find_host():
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        if not is_host(env):
+            raise RuntimeError(f"COMFYUI_PATH={env} is not a ComfyUI folder (no main.py / comfy/)")
+        return os.path.abspath(env)
+    parent = os.path.dirname(os.path.dirname(REPO))
+    if os.path.basename(os.path.dirname(REPO)) == "custom_nodes" and is_host(parent):
+        return parent
+    return DEFAULT if is_host(DEFAULT) else None
+
+
+def describe(host):
+    rev = ""
+    rev_file = os.path.join(host, ".comfyui-host-rev")
+    if os.path.exists(rev_file):
+        rev = open(rev_file).read().strip()[:10]
+    elif os.path.isdir(os.path.join(host, ".git")):
+        rev = subprocess.run(["git", "-C", host, "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                             text=True).stdout.strip()
+    version = {}
+    exec(open(os.path.join(host, "comfyui_version.py")).read(), version)
+    return f"ComfyUI {version.get('__version__', '?')} {rev}".strip()
+
+
+PRELUDE = """
+import sys, json
+sys.path[:0] = [{host!r}, {repo!r}]
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+"""
+
+
+def run_in_host(host, code, timeout=600):
+    """Run `code` in a new process with the host importable and forced to CPU. The code sets `result`
+    (anything JSON can hold); it is returned. A failure raises with the process's output."""
+    script = PRELUDE.format(host=host, repo=REPO) + code + "\nprint('@@RESULT@@' + json.dumps(result))\n"
+    proc = subprocess.run([sys.executable, "-c", script], cwd=host, capture_output=True, text=True, timeout=timeout)
+    marker = [l for l in proc.stdout.splitlines() if l.startswith("@@RESULT@@")]
+    if proc.returncode != 0 or not marker:
+        raise AssertionError(f"host process failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return json.loads(marker[-1][len("@@RESULT@@"):])

@@ -1,0 +1,265 @@
+import hashlib
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+from safetensors import safe_open
+
+import quant
+from quant import CheckpointError, Options, convert, tiny
+from tests.conftest import REPO, write_tiny
+
+convert_module = importlib.import_module("quant.convert")  # the package exports a function of that name
+
+
+def read(path):
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+@pytest.mark.parametrize("fp8,granularity,fmt", [
+    ("e4m3fn", "tensor", "float8_e4m3fn"), ("e5m2", "tensor", "float8_e5m2"),
+    ("e4m3fn", "channel", "skyreels_fp8_e4m3fn_per_channel")])
+def test_output_is_the_hosts_mixed_precision_format(tmp_path, fp8, granularity, fmt):
+    src = tmp_path / "src.safetensors"
+    sd = write_tiny(src, "I2V")
+    report = convert(str(src), str(tmp_path / "out.safetensors"), Options(fp8=fp8, granularity=granularity))
+    out, meta = read(tmp_path / "out.safetensors")
+    layers = json.loads(meta["_quantization_metadata"])["layers"]
+    quantized = [k for k in sd if quant.should_quantize(k, 2)]
+    assert sorted(layers) == sorted(k[:-7] for k in quantized) and report.quantized == len(quantized) == 24
+    for k in quantized:
+        layer = k[:-7]
+        assert out[k].dtype == quant.fp8.FP8_DTYPES[fp8] and out[k].shape == sd[k].shape
+        assert out[f"{layer}.weight_scale"].dtype == torch.float32
+        assert out[f"{layer}.weight_scale"].shape == (() if granularity == "tensor" else (sd[k].shape[0], 1))
+        assert json.loads(bytes(out[f"{layer}.comfy_quant"].tolist())) == {"format": fmt} == layers[layer]
+    for k in sd:
+        if k not in quantized:
+            assert torch.equal(out[k], sd[k]), k
+    ours = json.loads(meta["skyreels_fp8"])
+    assert ours["source"] == "src.safetensors" and ours["source_bytes"] == os.path.getsize(src)
+    assert (ours["fp8"], ours["granularity"], ours["pack_version"]) == (fp8, granularity, quant.__version__)
+    assert ours["model"] == "SkyReels-V2 I2V custom (dim 256), 2 blocks"
+    assert set(ours["errors"]) == set(layers)
+    assert max(ours["errors"].values()) <= (0.035 if fp8 == "e4m3fn" else 0.07)
+
+
+def test_keep_blocks_and_fp32_source(tmp_path):
+    src = tmp_path / "src.safetensors"
+    sd = write_tiny(src, "T2V", dtype=torch.float32, num_layers=4)
+    report = convert(str(src), str(tmp_path / "o.safetensors"), Options(keep_first_blocks=1, keep_last_blocks=1))
+    out, meta = read(tmp_path / "o.safetensors")
+    assert {k.split(".")[1] for k in json.loads(meta["_quantization_metadata"])["layers"]} == {"1", "2"}
+    assert out["blocks.0.self_attn.q.weight"].dtype == torch.bfloat16  # kept blocks: fp32 stored as bf16
+    assert torch.equal(out["blocks.3.ffn.0.weight"], sd["blocks.3.ffn.0.weight"].bfloat16())
+    assert report.quantized == 20 and report.kept == len(sd) - 20
+
+
+def test_verify_reads_back_the_same_errors(tmp_path):
+    src = tmp_path / "src.safetensors"
+    write_tiny(src, "DF")
+    report = convert(str(src), str(tmp_path / "o.safetensors"), Options(granularity="channel"), verify=True)
+    assert report.verified.keys() == report.errors.keys()
+    for k, v in report.errors.items():
+        assert report.verified[k] == pytest.approx(v, rel=1e-3)
+    assert "worst layers" in report.table()
+
+
+def test_unexpected_keys_are_kept_and_named(tmp_path):
+    src = tmp_path / "src.safetensors"
+    sd = tiny.state_dict(tiny.info("T2V"))
+    sd["extra.lora_scale"] = torch.ones(3)
+    safetensors.torch.save_file(sd, str(src))
+    report = convert(str(src), str(tmp_path / "o.safetensors"))
+    assert any("extra.lora_scale" in w for w in report.warnings)
+    assert torch.equal(read(tmp_path / "o.safetensors")[0]["extra.lora_scale"], torch.ones(3))
+
+
+def leftovers(folder, keep):
+    return sorted(set(os.listdir(folder)) - set(keep))
+
+
+def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    src = tmp_path / "src.safetensors"
+    write_tiny(src, "T2V")
+    calls = []
+    real = convert_module.quantize_weight_chunked
+
+    def failing(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("disk full (injected)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(convert_module, "quantize_weight_chunked", failing)
+    with pytest.raises(OSError, match="injected"):
+        convert(str(src), str(tmp_path / "o.safetensors"))
+    assert leftovers(tmp_path, ["src.safetensors"]) == []
+
+
+def test_interrupt_leaves_nothing(tmp_path):
+    src = tmp_path / "src.safetensors"
+    write_tiny(src, "T2V")
+    seen = []
+
+    def interrupt():
+        seen.append(1)
+        if len(seen) == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert(str(src), str(tmp_path / "o.safetensors"), check_interrupt=interrupt)
+    assert leftovers(tmp_path, ["src.safetensors"]) == []
+
+
+def test_overwrite_only_when_asked(tmp_path):
+    src = tmp_path / "src.safetensors"
+    write_tiny(src, "T2V")
+    dst = tmp_path / "o.safetensors"
+    dst.write_bytes(b"old")
+    with pytest.raises(CheckpointError, match="already exists; pass --overwrite"):
+        convert(str(src), str(dst))
+    assert dst.read_bytes() == b"old"
+    convert(str(src), str(dst), overwrite=True)
+    assert read(dst)[0]["blocks.0.ffn.0.weight"].dtype == torch.float8_e4m3fn
+
+
+# ---- the command line: every bad input exits 2 with one line, leaves no file and the source untouched ----
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "convert_to_fp8.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def digest(path):
+    if os.path.isdir(path):
+        return sorted((f, digest(os.path.join(path, f))) for f in os.listdir(path))
+    return hashlib.sha256(open(path, "rb").read()).hexdigest() if os.path.exists(path) else None
+
+
+def _truncated(tmp_path):
+    write_tiny(tmp_path / "full.safetensors", "T2V")
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "full.safetensors").unlink()
+    (tmp_path / "src.safetensors").write_bytes(data[: len(data) // 2])
+    return tmp_path / "src.safetensors", "truncated"
+
+
+def _garbage(tmp_path):
+    (tmp_path / "src.safetensors").write_bytes(b"<html>404 Not Found</html>" * 40)
+    return tmp_path / "src.safetensors", "not a valid .safetensors file"
+
+
+def _other_arch(tmp_path):
+    safetensors.torch.save_file({"model.layers.0.mlp.up_proj.weight": torch.ones(4, 4)},
+                                str(tmp_path / "src.safetensors"))
+    return tmp_path / "src.safetensors", "not a SkyReels-V2/Wan diffusion model"
+
+
+def _nan(tmp_path):
+    sd = tiny.state_dict(tiny.info("T2V"))
+    sd["blocks.1.ffn.2.weight"][3, 4] = float("nan")
+    safetensors.torch.save_file(sd, str(tmp_path / "src.safetensors"))
+    return tmp_path / "src.safetensors", "tensor blocks.1.ffn.2.weight has NaN/Inf"
+
+
+def _inf_kept(tmp_path):
+    sd = tiny.state_dict(tiny.info("T2V"))
+    sd["head.modulation"][0, 0, 0] = float("inf")
+    safetensors.torch.save_file(sd, str(tmp_path / "src.safetensors"))
+    return tmp_path / "src.safetensors", "tensor head.modulation has NaN/Inf"
+
+
+def _missing_file(tmp_path):
+    return tmp_path / "src.safetensors", "file not found"
+
+
+def _missing_keys(tmp_path):
+    sd = tiny.state_dict(tiny.info("T2V"))
+    del sd["blocks.1.cross_attn.o.weight"], sd["text_embedding.2.bias"]
+    safetensors.torch.save_file(sd, str(tmp_path / "src.safetensors"))
+    return tmp_path / "src.safetensors", "2 tensors missing (text_embedding.2.bias, blocks.1.cross_attn.o.weight)"
+
+
+def _pickle(tmp_path):
+    torch.save({"w": torch.ones(2), "x": Payload()}, tmp_path / "src.pth")
+    return tmp_path / "src.pth", "refused"
+
+
+def _already_fp8(tmp_path):
+    write_tiny(tmp_path / "bf16.safetensors", "T2V")
+    convert(str(tmp_path / "bf16.safetensors"), str(tmp_path / "src.safetensors"))
+    (tmp_path / "bf16.safetensors").unlink()
+    return tmp_path / "src.safetensors", "already FP8"
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize("make", [_truncated, _garbage, _other_arch, _nan, _inf_kept, _missing_file, _missing_keys,
+                                  _pickle, _already_fp8])
+def test_bad_input_exits_2_with_one_line(tmp_path, make):
+    src, message = make(tmp_path)
+    before = digest(src)
+    proc = run_cli(src, tmp_path / "out.safetensors")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"convert_to_fp8: {src}") and message in lines[0], lines
+    assert "Traceback" not in proc.stderr and "pwned" not in proc.stdout
+    assert leftovers(tmp_path, [src.name]) == []
+    assert digest(src) == before
+
+
+def test_dst_equal_to_src_is_refused(tmp_path):
+    src = tmp_path / "src.safetensors"
+    write_tiny(src, "T2V")
+    before = digest(src)
+    for dst in (src, tmp_path / "." / "src.safetensors"):
+        proc = run_cli(src, dst, "--overwrite")
+        assert proc.returncode == 2 and "would overwrite the source" in proc.stderr
+    assert digest(src) == before and leftovers(tmp_path, ["src.safetensors"]) == []
+
+
+def test_dst_inside_source_folder_is_refused(tmp_path):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_tiny(folder / "model.safetensors", "T2V")
+    proc = run_cli(folder, folder / "model.safetensors", "--overwrite")
+    assert proc.returncode == 2 and "would overwrite the source" in proc.stderr
+
+
+def test_cli_seed_spelling_and_report(tmp_path):
+    write_tiny(tmp_path / "src.safetensors", "DF")
+    proc = run_cli("--model_path", tmp_path / "src.safetensors", "--output_path", tmp_path / "o.safetensors",
+                   "--verify", "--granularity", "channel")
+    assert proc.returncode == 0, proc.stderr
+    for text in ("SkyReels-V2 DF custom (dim 256), 2 blocks -> fp8 e4m3fn per-channel", "bytes in", "bytes out",
+                 "ratio", "20 quantized, 54 kept", "verified", "worst layers"):
+        assert text in proc.stdout
+    assert leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
+
+
+def test_progress_bar_draws_on_a_terminal_only():
+    sys.path.insert(0, REPO)
+    from convert_to_fp8 import ProgressBar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = ProgressBar(stream)
+        bar(1, 4)
+        bar(4, 4)
+    assert tty.getvalue().endswith("[" + "#" * 30 + "] 4/4 tensors\n") and "1/4" in tty.getvalue()
+    assert pipe.getvalue() == ""
