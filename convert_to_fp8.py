@@ -4,6 +4,7 @@
     python convert_to_fp8.py SRC DST.safetensors [--granularity tensor|channel] [--fp8 e4m3fn|e5m2]
                              [--keep-first-blocks N] [--keep-last-blocks N] [--verify] [--overwrite]
 
+With no arguments it converts an embedded tiny SkyReels-V2 model in a temp folder (a demo that needs no download).
 SRC is a .safetensors file, a folder of shards, or a .pth/.pt file (read with weights_only=True). The default,
 per-tensor e4m3fn, loads in ComfyUI's own Load Diffusion Model node; per-channel files need this pack's
 Load FP8 SkyReels Model node. Exit status: 0 done, 2 bad input (one line on stderr), 1 verification failed.
@@ -11,6 +12,7 @@ Load FP8 SkyReels Model node. Exit status: 0 done, 2 bad input (one line on stde
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,9 +36,26 @@ def parse_args(argv):
     args = p.parse_args(argv)
     args.src = args.src or args.model_path
     args.dst = args.dst or args.output_path
-    if not args.src or not args.dst:
+    args.demo = not args.src and not args.dst
+    if not args.demo and not (args.src and args.dst):
         p.error("give SRC and DST (or --model_path and --output_path)")
     return args
+
+
+def run_demo(args):
+    """Convert the embedded tiny model (DF variant: it has every kind of tensor) with --verify."""
+    import safetensors.torch
+    from quant import tiny
+
+    with tempfile.TemporaryDirectory() as folder:
+        args.src = os.path.join(folder, "tiny_skyreels_v2_df_bf16.safetensors")
+        args.dst = os.path.join(folder, "tiny_skyreels_v2_df_fp8.safetensors")
+        safetensors.torch.save_file(tiny.state_dict(tiny.info("DF")), args.src)
+        print("no SRC given: converting the embedded tiny SkyReels-V2 DF model (demo)")
+        args.verify = True
+        status = main_with(args)
+    print("(demo: the temp folder and both files are removed again)")
+    return status
 
 
 class ProgressBar:
@@ -69,6 +88,10 @@ class ProgressBar:
 
 def main(argv=None):
     args = parse_args(argv)
+    return run_demo(args) if args.demo else main_with(args)
+
+
+def main_with(args):
     options = Options(fp8=args.fp8, granularity=args.granularity, keep_first_blocks=args.keep_first_blocks,
                       keep_last_blocks=args.keep_last_blocks)
     bar = ProgressBar()

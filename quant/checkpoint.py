@@ -74,23 +74,47 @@ def original_name(key, diffusers):
 
 
 class _SafetensorsFile:
+    """safe_open validates the file and lists it; tensor data is then read with pread, not through safe_open's
+    memory map, whose touched pages would count as this process's memory until the whole model had been read."""
+
     def __init__(self, path):
         try:
-            self.handle = safe_open(path, framework="pt", device="cpu")
+            with safe_open(path, framework="pt", device="cpu") as handle:
+                self.metadata = handle.metadata() or {}
         except Exception as e:  # safetensors raises its own error type with a terse text
             raise CheckpointError(_safetensors_problem(path, str(e))) from None
         self.path = path
-        self.metadata = self.handle.metadata() or {}
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        self._start = 8 + n
+        self._header = header
+        self._fd = os.open(path, os.O_RDONLY)
 
     def keys(self):
-        return list(self.handle.keys())
+        return list(self._header)
 
     def spec(self, key):
-        s = self.handle.get_slice(key)
-        return tuple(s.get_shape()), SAFETENSORS_DTYPES.get(s.get_dtype())
+        h = self._header[key]
+        return tuple(h["shape"]), SAFETENSORS_DTYPES.get(h["dtype"])
 
     def load(self, key):
-        return self.handle.get_tensor(key)
+        shape, dtype = self.spec(key)
+        if dtype is None:
+            raise CheckpointError(f"{self.path}: tensor {key} has an unsupported dtype {self._header[key]['dtype']}")
+        begin, end = self._header[key]["data_offsets"]
+        buf = torch.empty(end - begin, dtype=torch.uint8)
+        view, done = memoryview(buf.numpy()), 0
+        while done < len(view):
+            got = os.preadv(self._fd, [view[done:]], self._start + begin + done)
+            if got == 0:
+                raise CheckpointError(f"{self.path}: the file is truncated; download or copy it again")
+            done += got
+        return buf.view(dtype).reshape(shape)
+
+    def close(self):
+        os.close(self._fd)
 
 
 def _safetensors_problem(path, text):
@@ -129,6 +153,9 @@ class _PickleFile:
 
     def load(self, key):
         return self.sd[key]
+
+    def close(self):
+        self.sd = {}
 
 
 def _open_file(path):
@@ -188,6 +215,16 @@ class Checkpoint:
     def load(self, name):
         f, k = self._index[name]
         return f.load(k)
+
+    def close(self):
+        for f in self.files:
+            f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def shapes(self):
         return {n: self.spec(n)[0] for n in self._index}

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +18,7 @@ from safetensors import safe_open
 
 from . import __version__
 from .checkpoint import Checkpoint, CheckpointError
-from .fp8 import FP8_DTYPES, quantize_weight_chunked, relative_error
+from .fp8 import FP8_DTYPES, NonFiniteWeight, quantize_weight_chunked, relative_error
 from .policy import layer_name, should_quantize
 from .writer import SafetensorsWriter
 
@@ -161,12 +162,19 @@ def _metadata(ckpt, info, options, report, quantize):
     return metadata
 
 
-def _load_checked(ckpt, name):
-    t = ckpt.load(name)
-    if t.is_floating_point() and not torch.isfinite(t).all():
-        raise CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, download "
-                              "it again")
-    return t
+def _non_finite(ckpt, name):
+    return CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, download it "
+                           "again")
+
+
+def _prefetched(ckpt, names):
+    """Yield (name, tensor), reading the next tensor in a thread while the caller works on this one."""
+    with ThreadPoolExecutor(1) as pool:
+        future = pool.submit(ckpt.load, names[0]) if names else None
+        for i, name in enumerate(names):
+            t = future.result()
+            future = pool.submit(ckpt.load, names[i + 1]) if i + 1 < len(names) else None
+            yield name, t
 
 
 def convert(src, dst, options=None, *, overwrite=False, verify=False, progress=None, check_interrupt=None):
@@ -176,8 +184,13 @@ def convert(src, dst, options=None, *, overwrite=False, verify=False, progress=N
     options = options or Options()
     options.check()
     _check_paths(src, dst, overwrite)
+    with Checkpoint(src) as ckpt:
+        return _convert(ckpt, dst, options, verify, progress, check_interrupt)
+
+
+def _convert(ckpt, dst, options, verify, progress, check_interrupt):
     start = time.perf_counter()
-    ckpt = Checkpoint(src)
+    src = ckpt.path
     info = ckpt.model_info()
     report = Report(source=src, dest=dst, model=info.describe(), options=options, bytes_in=ckpt.nbytes)
     _check_source(ckpt, info, report)
@@ -187,18 +200,22 @@ def convert(src, dst, options=None, *, overwrite=False, verify=False, progress=N
     names = ckpt.names
     with SafetensorsWriter(dst, entries, _metadata(ckpt, info, options, report, quantize),
                            reserve=64 * len(quantize) + 4096) as out:
-        for i, name in enumerate(names):
+        for i, (name, t) in enumerate(_prefetched(ckpt, names)):
             if check_interrupt:
                 check_interrupt()
-            t = _load_checked(ckpt, name)
             if name in quantize:
-                q, scale, err = quantize_weight_chunked(t, dtype=fp8, granularity=options.granularity)
+                try:
+                    q, scale, err = quantize_weight_chunked(t, dtype=fp8, granularity=options.granularity)
+                except NonFiniteWeight:
+                    raise _non_finite(ckpt, name) from None
                 layer = layer_name(name)
                 out.write(name, q)
                 out.write(f"{layer}.weight_scale", scale)
                 out.write(f"{layer}.comfy_quant", conf_tensor)
                 report.errors[layer] = err
             else:
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise _non_finite(ckpt, name)
                 out.write(name, t.to(entries[name][0]))
             del t
             if progress:

@@ -7,7 +7,7 @@ import torch
 
 from quant import Checkpoint, CheckpointError, ModelInfo, detect, tiny
 from quant.policy import should_quantize
-from tests.conftest import write_tiny
+from helpers import write_tiny
 
 # original Wan name -> diffusers name, written out independently of quant.checkpoint's table.
 TO_DIFFUSERS = [

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import quant
 from quant import CheckpointError, Options, convert, tiny
-from tests.conftest import REPO, write_tiny
+from helpers import REPO, write_tiny
 
 convert_module = importlib.import_module("quant.convert")  # the package exports a function of that name
 
