@@ -1,7 +1,10 @@
 """ComfyUI nodes: thin adapters from the host's types onto `quant/` and `attention/`."""
 from comfy_api.latest import ComfyExtension
 
+from .convert import ConvertToFP8
+from .loader import LoadFP8SkyReelsModel
+
 
 class SkyReelsFP8Extension(ComfyExtension):
     async def get_node_list(self):
-        return []
+        return [LoadFP8SkyReelsModel, ConvertToFP8]

@@ -24,7 +24,7 @@ def fp8_max(dtype):
     return torch.finfo(dtype).max
 
 
-def _absmax_scale(amax, dtype):
+def absmax_scale(amax, dtype):
     # All-zero rows/tensors get scale 1 so that 0 / scale stays 0 instead of NaN.
     scale = amax.float() / fp8_max(dtype)
     return torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -54,7 +54,7 @@ def _amax(w, granularity):
 
 
 def _scale_of(w, dtype, granularity):
-    scale = _absmax_scale(_amax(w, granularity), dtype)
+    scale = absmax_scale(_amax(w, granularity), dtype)
     return scale if granularity == "tensor" else scale.reshape(-1, *([1] * (w.dim() - 1)))
 
 
@@ -155,7 +155,10 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
     if mode == "w8a8":
         reason = _w8a8_unsupported(x, qweight, scale)
         if reason is None:
-            return _w8a8(x, qweight, scale, bias)
+            try:
+                return _w8a8(x, qweight, scale, bias)
+            except RuntimeError as e:  # a kernel this torch build or GPU lacks (e.g. an e5m2 x e4m3 product)
+                reason = f"torch._scaled_mm failed: {str(e).splitlines()[0]}"
         _log_once(("w8a8", reason), f"fp8 matmul unavailable ({reason}); using upcast")
     elif mode != "upcast":
         raise ValueError(f"mode must be 'upcast' or 'w8a8', not {mode!r}")
@@ -167,7 +170,7 @@ def _w8a8(x, qweight, scale, bias):
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     act_dtype = torch.float8_e4m3fn
-    x_scale = _absmax_scale(x2.abs().amax(dim=1, keepdim=True), act_dtype)
+    x_scale = absmax_scale(x2.abs().amax(dim=1, keepdim=True), act_dtype)
     limit = fp8_max(act_dtype)
     xq = (x2.float() / x_scale).clamp_(-limit, limit).to(act_dtype)
     n = qweight.shape[0]

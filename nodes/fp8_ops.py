@@ -1,0 +1,103 @@
+"""FP8 Linear layers for the host's model code, built on the host's own mixed-precision operations.
+
+Per-tensor layers are loaded by the host exactly as its Load Diffusion Model node would. What this adds:
+- a per-channel FP8 layout (the host only has per-tensor FP8), registered with the host's layout registry so
+  its QuantizedTensor, LoRA re-quantization and lowvram casting handle it like its own;
+- the "fp8 matmul" compute: FP8 x FP8 products with a dynamic per-token activation scale (quant.fp8_linear),
+  instead of the host's static input scale of 1.0.
+Both need no global patch: the operations class is passed to the host's loader for this one model.
+"""
+import json
+from dataclasses import dataclass
+
+import torch
+import comfy.ops
+from comfy_kitchen.tensor import BaseLayoutParams, QuantizedLayout, QuantizedTensor, register_layout_class
+
+from ..quant import format_name
+from ..quant.fp8 import FP8_DTYPES, absmax_scale, fp8_linear, fp8_max
+
+LAYOUT = "SkyReelsFP8PerChannelLayout"
+PER_CHANNEL = {format_name(f, "channel"): dtype for f, dtype in FP8_DTYPES.items()}
+
+
+class PerChannelFP8Layout(QuantizedLayout):
+    """fp8 weight with one fp32 scale per output row: weight = qdata * scale[:, None]."""
+
+    @dataclass(frozen=True)
+    class Params(BaseLayoutParams):
+        pass
+
+    @classmethod
+    def quantize(cls, tensor, scale=None, stochastic_rounding=0, inplace_ops=False, fp8_dtype=None, **kwargs):
+        # The host calls this to re-quantize a weight after merging a LoRA ("recalculate": new scales).
+        dtype = fp8_dtype or torch.float8_e4m3fn
+        if scale is None or isinstance(scale, str):
+            scale = absmax_scale(tensor.detach().abs().amax(dim=1, keepdim=True), dtype)
+        scaled = (tensor.float() / scale).clamp_(-fp8_max(dtype), fp8_max(dtype))
+        if stochastic_rounding:
+            import comfy.float
+            qdata = comfy.float.stochastic_rounding(scaled, dtype, seed=stochastic_rounding)
+        else:
+            qdata = scaled.to(dtype)
+        return qdata, cls.Params(scale=scale.float(), orig_dtype=tensor.dtype, orig_shape=tuple(tensor.shape))
+
+    @classmethod
+    def requantize_kwargs(cls, qtensor):
+        return {"fp8_dtype": qtensor._qdata.dtype}
+
+    @classmethod
+    def dequantize(cls, qdata, params):
+        return qdata.to(params.orig_dtype) * params.scale.to(device=qdata.device, dtype=params.orig_dtype)
+
+    @classmethod
+    def get_plain_tensors(cls, qtensor):
+        return qtensor._qdata, qtensor._params.scale
+
+    @classmethod
+    def state_dict_tensors(cls, qdata, params):
+        return {"": qdata, "_scale": params.scale}
+
+
+register_layout_class(LAYOUT, PerChannelFP8Layout)
+
+
+def _format(state_dict, prefix):
+    conf = state_dict.get(prefix + "comfy_quant")
+    return None if conf is None else json.loads(conf.numpy().tobytes()).get("format")
+
+
+def make_operations(compute_dtype, fp8_matmul):
+    """An operations class for one model: the host's mixed-precision ops in `compute_dtype`, plus per-channel FP8
+    loading and, with `fp8_matmul`, FP8 products for every FP8 layer."""
+    # full_precision_mm: the host never quantizes activations itself (it would use a static scale of 1.0).
+    base = comfy.ops.mixed_precision_ops({}, compute_dtype, full_precision_mm=True)
+
+    class SkyReelsFP8Ops(base):
+        class Linear(base.Linear):
+            def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs):
+                fmt = _format(state_dict, prefix)
+                if fmt not in PER_CHANNEL:
+                    return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                                         unexpected_keys, error_msgs)
+                state_dict.pop(prefix + "comfy_quant")
+                device = self.factory_kwargs["device"]
+                weight = state_dict.pop(prefix + "weight").to(device=device, dtype=PER_CHANNEL[fmt])
+                scale = state_dict.pop(prefix + "weight_scale").to(device=device, dtype=torch.float32).reshape(-1, 1)
+                self.quant_format, self.layout_type = fmt, LAYOUT
+                params = PerChannelFP8Layout.Params(scale=scale, orig_dtype=compute_dtype, orig_shape=self._orig_shape)
+                self.weight = torch.nn.Parameter(QuantizedTensor(weight, LAYOUT, params), requires_grad=False)
+                torch.nn.Module._load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                                                      unexpected_keys, error_msgs)
+                if prefix + "weight" in missing_keys:
+                    missing_keys.remove(prefix + "weight")
+
+            def _forward(self, input, weight, bias):
+                # `weight` is still quantized here unless the host had to cast it (LoRA in lowvram mode, offload).
+                if fp8_matmul and isinstance(weight, QuantizedTensor) and weight._qdata.dtype in FP8_DTYPES.values():
+                    qdata, scale = weight.layout_cls.get_plain_tensors(weight)[:2]
+                    return fp8_linear(input, qdata, scale, bias, mode="w8a8")
+                return super()._forward(input, weight, bias)
+
+    return SkyReelsFP8Ops

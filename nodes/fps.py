@@ -1,0 +1,46 @@
+"""SkyReels-V2 DF-1.3B's fps conditioning on the host's Wan model.
+
+The checkpoint has `fps_embedding` (2 x dim) and `fps_projection` (Linear, SiLU, Linear to 6*dim); the original
+model adds fps_projection(fps_embedding(id)) to the time projection e0 of every step, with id 0 for 16 fps and 1
+for any other rate. The term does not depend on the timestep, so both vectors are computed once at load time and
+added by a wrapper on this model only (the host's model drops these keys as unexpected).
+"""
+import torch
+import torch.nn.functional as F
+from comfy.patcher_extension import WrappersMP
+
+KEY = "skyreels_fps"          # transformer_options key the Sample Video node sets; absent means 24 fps
+DEFAULT_FPS = 24
+
+
+def split_fps_keys(sd):
+    return {k: sd.pop(k) for k in [k for k in sd if k.startswith(("fps_embedding.", "fps_projection."))]}
+
+
+def fps_vectors(fps_sd):
+    """[2, 6*dim] fp32: the e0 offsets for fps id 0 (16 fps) and id 1 (other rates)."""
+    w = {k: v.float() for k, v in fps_sd.items()}
+    h = F.silu(F.linear(w["fps_embedding.weight"], w["fps_projection.0.weight"], w["fps_projection.0.bias"]))
+    return F.linear(h, w["fps_projection.2.weight"], w["fps_projection.2.bias"])
+
+
+def fps_id(fps):
+    return 0 if round(fps) == 16 else 1
+
+
+def install(patcher, vectors):
+    def wrapper(executor, *args, **kwargs):
+        transformer_options = args[5] if len(args) > 5 else kwargs.get("transformer_options", {})
+        vec = vectors[fps_id(transformer_options.get(KEY, DEFAULT_FPS))]
+        projection = executor.class_obj.time_projection
+
+        def add_fps(module, inputs, out):
+            return out + vec.to(device=out.device, dtype=out.dtype)
+
+        hook = projection.register_forward_hook(add_fps)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            hook.remove()
+
+    patcher.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, wrapper)

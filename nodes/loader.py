@@ -1,0 +1,133 @@
+"""Load FP8 SkyReels Model: any SkyReels-V2 file as an FP8 ComfyUI MODEL (a real ModelPatcher)."""
+import logging
+import os
+
+import torch
+import comfy.model_detection
+import comfy.model_management
+import comfy.sd
+import comfy.utils
+from comfy_api.latest import io
+
+from ..quant import Checkpoint, CheckpointError
+from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
+from . import fps, model_files
+from .fp8_ops import make_operations
+
+log = logging.getLogger("skyreels_fp8")
+COMPUTE = ["auto", "upcast", "fp8 matmul"]
+
+
+def fp8_matmul_reason(device):
+    """None if this device can multiply in FP8, else why not."""
+    if device.type != "cuda":
+        return f"{device.type} device"
+    major, minor = torch.cuda.get_device_capability(device)
+    return None if (major, minor) >= (8, 9) else f"GPU compute capability {major}.{minor} (FP8 needs 8.9+)"
+
+
+class LoadFP8SkyReelsModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SkyReelsFP8ModelLoader",
+            display_name="Load FP8 SkyReels Model",
+            category="SkyReels-V2",
+            description="Loads a SkyReels-V2 (Wan 2.1) diffusion model in FP8: FP8 files as they are, bf16/fp16/fp32 "
+                        "files quantized while loading, tensor by tensor.",
+            inputs=[
+                io.Combo.Input("model_name", options=model_files.model_list(),
+                               tooltip="A file or a shard folder (name/) in models/diffusion_models."),
+                io.Combo.Input("weight_format", options=list(WEIGHT_FORMATS), default="auto",
+                               tooltip="auto: FP8 files as they are, others as fp8_e4m3fn per-channel."),
+                io.Combo.Input("compute", options=COMPUTE, default="auto",
+                               tooltip="fp8 matmul: FP8 products with per-token activation scales (GPUs of compute "
+                                       "capability 8.9+). upcast: weights turned to bf16/fp16 for each product. "
+                                       "auto: fp8 matmul where the GPU can."),
+                io.Int.Input("keep_first_blocks", default=0, min=0, max=64, advanced=True,
+                             tooltip="Keep the first N transformer blocks in high precision."),
+                io.Int.Input("keep_last_blocks", default=0, min=0, max=64, advanced=True,
+                             tooltip="Keep the last N transformer blocks in high precision."),
+            ],
+            outputs=[io.Model.Output(), io.String.Output(display_name="report",
+                                                         tooltip="What was detected and how it was loaded.")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model_name, **kwargs):
+        try:
+            path = model_files.resolve(model_name)
+        except FileNotFoundError:
+            return ""
+        return os.path.getmtime(path)
+
+    @classmethod
+    def execute(cls, model_name, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0):
+        path = model_files.resolve(model_name)
+        with Checkpoint(path) as ckpt:
+            info = ckpt.model_info()
+            missing, _ = ckpt.check_keys(info)
+            if missing:
+                raise CheckpointError(_missing_message(path, info, missing))
+            pbar = comfy.utils.ProgressBar(len(ckpt.names))
+            sd, summary = load_fp8_state_dict(
+                ckpt, info, weight_format, keep_first_blocks, keep_last_blocks,
+                progress=lambda done, total: pbar.update_absolute(done, total),
+                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        expected = set(info.expected_keys())
+        unexpected = [k for k in sd if k not in expected and not k.endswith((".weight_scale", ".comfy_quant"))]
+        if unexpected:
+            log.warning("%s: %d tensors a %s does not use are ignored: %s", path, len(unexpected), info.describe(),
+                        ", ".join(unexpected[:8]))
+            for k in unexpected:
+                sd.pop(k)
+        fps_sd = fps.split_fps_keys(sd)
+        patcher, compute_used = _build(sd, summary, compute, path)
+        if fps_sd:
+            fps.install(patcher, fps.fps_vectors(fps_sd))
+        report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
+        if fps_sd:
+            report += "; fps embedding: on (24 fps unless Sample Video sets it)"
+        for note in summary.notes:
+            report += f"; note: {note}"
+        log.info("Load FP8 SkyReels Model: %s", report)
+        return io.NodeOutput(patcher, report)
+
+
+def _missing_message(path, info, missing):
+    folder = os.path.dirname(path)
+    hint = "download the whole checkpoint again"
+    if os.path.isfile(path) and any(f.endswith(".safetensors.index.json") for f in os.listdir(folder)):
+        hint = f"this is one shard of a sharded model: pick the folder entry {os.path.basename(folder)}/ instead"
+    shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+    return f"{path}: incomplete {info.describe()}: {len(missing)} tensors missing ({shown}); {hint}"
+
+
+def _build(sd, summary, compute, path):
+    """The host's own loader on our state dict; FP8 layers through our operations class."""
+    load_device = comfy.model_management.get_torch_device()
+    if summary.quantized == 0:  # bf16/fp16 requested: exactly the host's path
+        dtype = torch.float16 if summary.kept_dtype == "float16" else torch.bfloat16
+        patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
+        return _checked(patcher, path), "upcast (no FP8 weights)"
+    reason = fp8_matmul_reason(load_device)
+    if compute == "upcast":
+        fp8_matmul, used = False, "upcast"
+    elif reason is None:
+        fp8_matmul, used = True, "fp8 matmul"
+    elif compute == "fp8 matmul":
+        log.warning("fp8 matmul requested on %s: running torch._scaled_mm there (slow on CPU)", reason)
+        fp8_matmul, used = True, f"fp8 matmul ({reason})"
+    else:
+        fp8_matmul, used = False, f"upcast ({reason}: no FP8 matmul)"
+    config = comfy.model_detection.model_config_from_unet(sd, "")
+    compute_dtype = comfy.model_management.unet_manual_cast(None, load_device, config.supported_inference_dtypes)
+    ops = make_operations(compute_dtype or torch.bfloat16, fp8_matmul)
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": ops})
+    return _checked(patcher, path), used
+
+
+def _checked(patcher, path):
+    if patcher is None:
+        raise CheckpointError(f"{path}: ComfyUI could not build a Wan model from this file")
+    return patcher

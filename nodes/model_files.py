@@ -1,0 +1,50 @@
+"""Model files as the nodes list them: the host's diffusion_models files, plus shard folders (shown as "name/")."""
+import os
+
+import folder_paths
+
+FOLDER = "diffusion_models"
+
+
+def _shard_folders():
+    found = []
+    for root in folder_paths.get_folder_paths(FOLDER):
+        if not os.path.isdir(root):
+            continue
+        for entry in sorted(os.listdir(root)):
+            path = os.path.join(root, entry)
+            if os.path.isdir(path) and any(f.endswith(".safetensors.index.json") for f in os.listdir(path)):
+                found.append(entry + "/")
+    return found
+
+
+def model_list():
+    return _shard_folders() + folder_paths.get_filename_list(FOLDER)
+
+
+def resolve(name):
+    """Full path of a listed file or shard folder; a clear error if it is not there."""
+    if name.endswith("/"):
+        for root in folder_paths.get_folder_paths(FOLDER):
+            path = os.path.join(root, name.rstrip("/"))
+            if os.path.isdir(path):
+                return path
+        raise FileNotFoundError(f"{name}: no such folder in models/{FOLDER}; refresh the node list")
+    path = folder_paths.get_full_path(FOLDER, name)
+    if path is None:
+        raise FileNotFoundError(f"{name}: no such file in models/{FOLDER}; refresh the node list")
+    return path
+
+
+def output_path(name):
+    """Where Convert to FP8 may write `name`: inside the first diffusion_models folder, never above it."""
+    if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        raise ValueError(f"output name {name!r}: give a plain file name (no absolute path, no '..'); the file is "
+                         f"written to models/{FOLDER}")
+    if not name.endswith(".safetensors"):
+        name += ".safetensors"
+    root = os.path.realpath(folder_paths.get_folder_paths(FOLDER)[0])
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root:
+        raise ValueError(f"output name {name!r} leads outside models/{FOLDER}")
+    return path

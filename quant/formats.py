@@ -1,0 +1,164 @@
+"""Read any SkyReels-V2 / Wan 2.1 file into one FP8 state dict, tensor by tensor.
+
+Sources: FP8 files in the ComfyUI mixed-precision format (ours, per-tensor or per-channel, and the host's own),
+legacy `scaled_fp8` files (`<layer>.scale_weight`), plain FP8 casts (no scale), and bf16/fp16/fp32 files, which are
+quantized here one tensor at a time. The result uses the host's key convention: `<layer>.weight` fp8,
+`<layer>.weight_scale` fp32 (scalar or (out, 1)) and `<layer>.comfy_quant` (uint8 JSON with the format name).
+"""
+import json
+from dataclasses import dataclass
+
+import torch
+
+from .checkpoint import CheckpointError
+from .convert import format_name
+from .fp8 import FP8_DTYPES, NonFiniteWeight, dequantize_weight, quantize_weight_chunked
+from .policy import layer_name, should_quantize
+
+WEIGHT_FORMATS = {  # node choice -> (fp8 type, granularity) or a plain dtype
+    "auto": None,
+    "fp8_e4m3fn (per-channel)": ("e4m3fn", "channel"),
+    "fp8_e4m3fn (per-tensor)": ("e4m3fn", "tensor"),
+    "fp8_e5m2": ("e5m2", "tensor"),
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+AUTO = ("e4m3fn", "channel")  # high-precision sources: the most accurate scheme (our loader reads it)
+_FORMAT_TO_FP8 = {format_name(f, g): (f, g) for f in FP8_DTYPES for g in ("tensor", "channel")}
+_EXTRA_SUFFIXES = (".weight_scale", ".comfy_quant", ".scale_weight", ".scale_input", ".input_scale")
+
+
+@dataclass
+class LoadSummary:
+    source: str            # what the file holds, e.g. "bf16" or "fp8 e4m3fn per-tensor (ComfyUI format)"
+    scheme: str            # what the model gets, e.g. "fp8 e4m3fn per-channel"
+    quantized: int
+    kept: int
+    kept_dtype: str
+    notes: list
+
+    def describe(self):
+        return f"{self.scheme}, {self.kept} of {self.quantized + self.kept} tensors kept {self.kept_dtype}"
+
+
+def _layer_formats(ckpt):
+    """{layer: (fp8, granularity)} declared by the file (comfy_quant tensors or _quantization_metadata)."""
+    declared = {}
+    meta = ckpt.metadata.get("_quantization_metadata")
+    if meta:
+        declared.update({k: v.get("format") for k, v in json.loads(meta).get("layers", {}).items()})
+    for name in ckpt.names:
+        if name.endswith(".comfy_quant"):
+            declared[name[: -len(".comfy_quant")]] = json.loads(bytes(ckpt.load(name).tolist())).get("format")
+    out = {}
+    for layer, fmt in declared.items():
+        if fmt not in _FORMAT_TO_FP8:
+            raise CheckpointError(f"{ckpt.path}: layer {layer} uses quantization format {fmt!r}, which this pack "
+                                  "cannot read; use an fp8 file or the bf16 original")
+        out[layer] = _FORMAT_TO_FP8[fmt]
+    return out
+
+
+def describe_source(ckpt, declared):
+    fp8_names = [n for n in ckpt.names if ckpt.spec(n)[1] in FP8_DTYPES.values()]
+    if declared:
+        kinds = sorted({f"fp8 {f} per-{g}" for f, g in declared.values()})
+        origin = "this pack's format" if any(g == "channel" for _, g in declared.values()) else "ComfyUI format"
+        return f"{', '.join(kinds)} ({origin})"
+    if "scaled_fp8" in ckpt.names:
+        return "fp8 e4m3fn per-tensor (legacy scaled_fp8)"
+    if fp8_names:
+        return f"fp8 {str(ckpt.spec(fp8_names[0])[1]).split('float8_')[-1]} (plain cast, no scales)"
+    dtypes = sorted({str(ckpt.spec(n)[1]).replace("torch.", "") for n in ckpt.names if "weight" in n})
+    return "/".join(dtypes)
+
+
+def _fp8_weight(ckpt, name, declared):
+    """(qweight, scale) of an fp8 weight in the file, or None if it is stored in high precision."""
+    shape, dtype = ckpt.spec(name)
+    layer = layer_name(name)
+    if dtype not in FP8_DTYPES.values():
+        return None
+    for key in (f"{layer}.weight_scale", f"{layer}.scale_weight"):
+        if key in ckpt.names:
+            scale = ckpt.load(key).float()
+            if layer in declared and declared[layer][1] == "channel":
+                scale = scale.reshape(-1, 1)
+            else:
+                scale = scale.reshape(())
+            return ckpt.load(name), scale
+    return ckpt.load(name), torch.ones((), dtype=torch.float32)  # a plain cast: scale 1
+
+
+def _fp8_non_finite(q):
+    """NaN/Inf in an fp8 tensor from its bit patterns (converting 14B fp8 weights to fp32 would take a minute)."""
+    bits = q.view(torch.uint8) & 0x7F
+    return bool((bits == 0x7F).any()) if q.dtype == torch.float8_e4m3fn else bool((bits >= 0x7C).any())
+
+
+def _check_finite(ckpt, name, t):
+    if t.is_floating_point() and not torch.isfinite(t.float() if t.dtype in FP8_DTYPES.values() else t).all():
+        raise CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, download "
+                              "it again")
+
+
+def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, keep_last_blocks=0,
+                        progress=None, check_interrupt=None):
+    """Return (state_dict, LoadSummary) for `ckpt` (a Checkpoint) holding a model described by `info`."""
+    if weight_format not in WEIGHT_FORMATS:
+        raise CheckpointError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}, not {weight_format!r}")
+    declared = _layer_formats(ckpt)
+    source = describe_source(ckpt, declared)
+    target = WEIGHT_FORMATS[weight_format]
+    plain = target if isinstance(target, torch.dtype) else None
+    kept_dtype = plain or torch.bfloat16
+    notes = []
+    names = [n for n in ckpt.names if not n.endswith(_EXTRA_SUFFIXES) and n != "scaled_fp8"]
+    sd, quantized, schemes = {}, 0, set()
+    for i, name in enumerate(names):
+        if check_interrupt:
+            check_interrupt()
+        linear = should_quantize(name, info.num_layers, keep_first_blocks, keep_last_blocks)
+        fp8 = _fp8_weight(ckpt, name, declared) if name.endswith(".weight") else None
+        if fp8 is not None and (plain is not None or not linear):
+            sd[name] = dequantize_weight(*fp8, kept_dtype)  # fp8 in the file, high precision wanted here
+        elif fp8 is not None:
+            q, scale = fp8
+            if _fp8_non_finite(q) or not torch.isfinite(scale).all():
+                raise CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, "
+                                      "download it again")
+            fmt = declared.get(layer_name(name)) or (str(q.dtype).split("float8_")[-1], "tensor")
+            _store(sd, name, q, scale, fmt)
+            schemes.add(fmt)
+            quantized += 1
+        elif linear and plain is None:
+            fp8_type, granularity = target or AUTO
+            try:
+                q, scale, _ = quantize_weight_chunked(ckpt.load(name), dtype=FP8_DTYPES[fp8_type],
+                                                      granularity=granularity)
+            except NonFiniteWeight:
+                raise CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, "
+                                      "download it again") from None
+            _store(sd, name, q, scale, (fp8_type, granularity))
+            schemes.add((fp8_type, granularity))
+            quantized += 1
+        else:
+            t = ckpt.load(name)
+            _check_finite(ckpt, name, t)
+            sd[name] = t.to(kept_dtype) if t.is_floating_point() else t
+        if progress:
+            progress(i + 1, len(names))
+    if target not in (None, AUTO) and plain is None and declared and set(declared.values()) != {target}:
+        notes.append(f"the file is already {source}; its FP8 weights are used as they are")
+    scheme = ", ".join(f"fp8 {f} per-{g}" for f, g in sorted(schemes)) or str(kept_dtype).replace("torch.", "")
+    summary = LoadSummary(source=source, scheme=scheme, quantized=quantized, kept=len(names) - quantized,
+                          kept_dtype=str(kept_dtype).replace("torch.", ""), notes=notes)
+    return sd, summary
+
+
+def _store(sd, name, q, scale, fmt):
+    layer = layer_name(name)
+    sd[name] = q
+    sd[f"{layer}.weight_scale"] = scale
+    conf = json.dumps({"format": format_name(*fmt)}).encode()
+    sd[f"{layer}.comfy_quant"] = torch.frombuffer(bytearray(conf), dtype=torch.uint8)

@@ -1,0 +1,85 @@
+import json
+import os
+
+import pytest
+import safetensors.torch
+import torch
+from helpers import write_tiny
+from server import Server
+
+from quant import Options, convert, tiny
+from quant.policy import should_quantize
+
+LORA_RANK = 4
+
+
+def write_host_variants(folder, sd):
+    """FP8 files as other tools write them, from the same bf16 weights."""
+    linears = [k for k in sd if should_quantize(k, 2)]
+    ours = dict(safetensors.torch.load_file(os.path.join(folder, "t2v_fp8_tensor.safetensors")))
+    with open(os.path.join(folder, "t2v_fp8_tensor.safetensors"), "rb") as f:
+        meta = json.loads(f.read(int.from_bytes(f.read(8), "little"))).get("__metadata__", {})
+    # The host's format with the layer list only in the safetensors metadata.
+    safetensors.torch.save_file({k: v for k, v in ours.items() if not k.endswith(".comfy_quant")},
+                                os.path.join(folder, "t2v_comfy_metadata_only.safetensors"),
+                                metadata={"_quantization_metadata": meta["_quantization_metadata"]})
+    # ...and with comfy_quant tensors only.
+    safetensors.torch.save_file(ours, os.path.join(folder, "t2v_comfy_tensors_only.safetensors"))
+    # Legacy scaled_fp8: a marker tensor and <layer>.scale_weight.
+    legacy = {k: v for k, v in sd.items()}
+    for k in linears:
+        w = sd[k].float()
+        s = w.abs().max() / 448
+        legacy[k] = (w / s).to(torch.float8_e4m3fn)
+        legacy[k[:-len(".weight")] + ".scale_weight"] = s.reshape(1)
+    legacy["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+    safetensors.torch.save_file(legacy, os.path.join(folder, "t2v_legacy_scaled_fp8.safetensors"))
+    # A plain cast to fp8, no scales.
+    plain = {k: (v.to(torch.float8_e4m3fn) if k in linears else v) for k, v in sd.items()}
+    safetensors.torch.save_file(plain, os.path.join(folder, "t2v_plain_cast.safetensors"))
+
+
+def write_lora(path, sd, seed=5):
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for k in [k for k in sd if should_quantize(k, 2) and ".self_attn." in k]:
+        out_f, in_f = sd[k].shape
+        base = "diffusion_model." + k[: -len(".weight")]
+        lora[base + ".lora_up.weight"] = torch.randn(out_f, LORA_RANK, generator=g) * 0.15
+        lora[base + ".lora_down.weight"] = torch.randn(LORA_RANK, in_f, generator=g) * 0.15
+    safetensors.torch.save_file(lora, str(path))
+
+
+def write_bad_files(folder):
+    safetensors.torch.save_file({"model.layers.0.mlp.up_proj.weight": torch.ones(4, 4)},
+                                os.path.join(folder, "bad_other_arch.safetensors"))
+    good = os.path.join(folder, "t2v_bf16.safetensors")
+    data = open(good, "rb").read()
+    open(os.path.join(folder, "bad_truncated.safetensors"), "wb").write(data[: len(data) // 2])
+    torch.save({"w": torch.ones(2), "x": Payload()}, os.path.join(folder, "bad_pickled.pth"))
+    sd = tiny.state_dict(tiny.info("T2V"), seed=1)
+    sd["blocks.0.ffn.0.weight"][0, 0] = float("nan")
+    safetensors.torch.save_file(sd, os.path.join(folder, "bad_nan.safetensors"))
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+@pytest.fixture(scope="session")
+def server(host, tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("comfy_base"))
+    srv = Server(host, base)
+    models = os.path.join(base, "models", "diffusion_models")
+    sd = write_tiny(os.path.join(models, "t2v_bf16.safetensors"), "T2V", seed=1)
+    write_tiny(os.path.join(models, "df_bf16.safetensors"), "DF", seed=2)
+    src = os.path.join(models, "t2v_bf16.safetensors")
+    convert(src, os.path.join(models, "t2v_fp8_tensor.safetensors"), Options())
+    convert(src, os.path.join(models, "t2v_fp8_channel.safetensors"), Options(granularity="channel"))
+    write_host_variants(models, sd)
+    write_lora(os.path.join(base, "models", "loras", "tiny_lora.safetensors"), sd)
+    write_bad_files(models)
+    srv.start()
+    yield srv
+    srv.stop()

@@ -1,0 +1,143 @@
+"""The pack's nodes in a real ComfyUI server (main.py --cpu on 127.0.0.1), driven through its HTTP API."""
+import glob
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from server import PACK, error_of
+
+LOADER = "SkyReelsFP8ModelLoader"
+
+
+def ours(name, weight_format="auto", compute="upcast"):
+    return {"class_type": LOADER, "inputs": {"model_name": name, "weight_format": weight_format,
+                                             "compute": compute, "keep_first_blocks": 0, "keep_last_blocks": 0}}
+
+
+def core(name, weight_dtype="default"):
+    return {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": weight_dtype}}
+
+
+def sample(server, loader, prefix, lora=None):
+    """loader -> (LoRA) -> core KSampler (2 euler steps, cfg 2) -> SaveLatent; returns the latent."""
+    model = ["1", 0]
+    prompt = {
+        "1": loader,
+        "2": {"class_type": "TestWanConditioning", "inputs": {"seed": 1, "tokens": 16}},
+        "3": {"class_type": "TestWanConditioning", "inputs": {"seed": 2, "tokens": 16}},
+        "4": {"class_type": "EmptyHunyuanLatentVideo", "inputs": {"width": 64, "height": 64, "length": 5,
+                                                                   "batch_size": 1}},
+        "6": {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": "latents/" + prefix}},
+    }
+    if lora:
+        prompt["7"] = {"class_type": "LoraLoaderModelOnly",
+                       "inputs": {"model": model, "lora_name": lora, "strength_model": 1.0}}
+        model = ["7", 0]
+    prompt["5"] = {"class_type": "KSampler", "inputs": {
+        "model": model, "seed": 0, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple",
+        "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}}
+    entry = server.run(prompt)
+    err = error_of(entry)
+    assert err is None, (err["exception_message"], "".join(err["traceback"][-4:]))
+    files = glob.glob(os.path.join(server.base, "output", "latents", f"{prefix}_*.latent"))
+    assert len(files) == 1, files
+    return load_file(files[0])["latent_tensor"].float()
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def reference(server):
+    return sample(server, core("t2v_bf16.safetensors"), "ref_core_bf16")
+
+
+def test_nodes_are_listed_with_their_names(server):
+    info = server.get("/object_info")
+    assert info[LOADER]["display_name"] == "Load FP8 SkyReels Model"
+    assert info["SkyReelsConvertToFP8"]["display_name"] == "Convert to FP8"
+    log = server.read_log()
+    assert PACK in log and f"(IMPORT FAILED): {server.base}" not in log
+
+
+def test_a_per_tensor_file_agrees_between_core_and_our_loader(server):
+    a = sample(server, core("t2v_fp8_tensor.safetensors"), "a_core")
+    b = sample(server, ours("t2v_fp8_tensor.safetensors"), "a_ours")
+    assert rel(b, a) <= 1e-3
+
+
+def test_c_bf16_through_our_node_equals_core(server, reference):
+    assert rel(sample(server, ours("t2v_bf16.safetensors", "bf16"), "c_ours_bf16"), reference) <= 1e-5
+
+
+def test_d_fp8_error_is_bounded_and_beats_the_core_plain_cast(server, reference):
+    cast = rel(sample(server, core("t2v_bf16.safetensors", "fp8_e4m3fn"), "d_core_cast"), reference)
+    errors = {}
+    for fmt in ("fp8_e4m3fn (per-channel)", "fp8_e4m3fn (per-tensor)"):
+        errors[fmt] = rel(sample(server, ours("t2v_bf16.safetensors", fmt), "d_" + fmt[11:-1]), reference)
+    for name in ("t2v_fp8_tensor.safetensors", "t2v_fp8_channel.safetensors"):
+        errors[name] = rel(sample(server, ours(name), "d_file_" + name[8:-12]), reference)
+    print(f"\nrelative latent error vs bf16: core plain cast {cast:.4f}; " +
+          "; ".join(f"{k} {v:.4f}" for k, v in errors.items()))
+    for k, v in errors.items():
+        assert v <= 0.05 and v < cast, (k, v, cast)
+
+
+@pytest.mark.parametrize("name", ["t2v_comfy_metadata_only.safetensors", "t2v_comfy_tensors_only.safetensors",
+                                  "t2v_legacy_scaled_fp8.safetensors"])
+def test_b_host_and_legacy_fp8_files_load_like_ours(server, name):
+    expected = sample(server, ours("t2v_fp8_tensor.safetensors"), "b_ref_" + name[4:-12])
+    assert rel(sample(server, ours(name), "b_" + name[4:-12]), expected) <= 1e-3
+
+
+def test_b_plain_fp8_cast_loads_like_core(server):
+    a = sample(server, core("t2v_plain_cast.safetensors"), "b_plain_core")
+    b = sample(server, ours("t2v_plain_cast.safetensors"), "b_plain_ours")
+    assert rel(b, a) <= 1e-3
+
+
+def test_e_fp8_matmul_compute_runs_in_core_ksampler(server, reference):
+    # torch._scaled_mm runs on CPU too: the same w8a8 code as on a GPU, activations quantized per token.
+    out = sample(server, ours("t2v_fp8_channel.safetensors", compute="fp8 matmul"), "e_w8a8")
+    assert torch.isfinite(out).all() and rel(out, reference) <= 0.08
+
+
+def test_f_lora_changes_fp8_model_as_it_changes_bf16(server, reference):
+    lora_bf16 = sample(server, core("t2v_bf16.safetensors"), "f_bf16_lora", lora="tiny_lora.safetensors")
+    for name in ("t2v_fp8_channel.safetensors", "t2v_fp8_tensor.safetensors"):
+        base = sample(server, ours(name), "f_base_" + name[8:-12])
+        with_lora = sample(server, ours(name), "f_lora_" + name[8:-12], lora="tiny_lora.safetensors")
+        delta_fp8, delta_bf16 = with_lora - base, lora_bf16 - reference
+        # The LoRA moves the output a lot; the fp8 model moves the same way, up to the fp8 rounding of W + dW
+        # (the host re-quantizes merged weights), and ends where the bf16 model with the LoRA ends.
+        print(f"\nLoRA {name}: moves bf16 output {rel(delta_bf16, reference):.3f}; fp8 delta vs bf16 delta "
+              f"{rel(delta_fp8, delta_bf16):.4f}; fp8+LoRA vs bf16+LoRA {rel(with_lora, lora_bf16):.4f}")
+        assert rel(delta_bf16, reference) > 0.2
+        assert rel(delta_fp8, delta_bf16) <= 0.15, (name, rel(delta_fp8, delta_bf16))
+        assert rel(with_lora, lora_bf16) <= 0.05, name
+
+
+def test_df_fps_embedding_is_loaded_not_dropped(server):
+    entry = server.run({"1": ours("df_bf16.safetensors"), "2": {"class_type": "PreviewAny",
+                                                                "inputs": {"source": ["1", 1]}}})
+    assert error_of(entry) is None, error_of(entry)
+    report = entry["outputs"]["2"]["text"][0]
+    assert report.startswith("SkyReels-V2 DF custom (dim 256), 2 blocks, fp8 e4m3fn per-channel, ")
+    assert "fps embedding: on" in report and "file: bfloat16" in report
+
+
+@pytest.mark.parametrize("name,message", [
+    ("bad_other_arch.safetensors", "not a SkyReels-V2/Wan diffusion model"),
+    ("bad_truncated.safetensors", "the file is truncated"),
+    ("bad_pickled.pth", "refused: the file holds pickled objects"),
+    ("bad_nan.safetensors", "tensor blocks.0.ffn.0.weight has NaN/Inf values"),
+])
+def test_bad_files_give_a_node_error_and_the_host_keeps_running(server, name, message):
+    entry = server.run({"1": ours(name), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}})
+    err = error_of(entry)
+    assert err is not None and err["node_type"] == LOADER
+    assert name in err["exception_message"] and message in err["exception_message"], err["exception_message"]
+    assert "pickled code ran" not in server.read_log()
+    assert server.get("/system_stats")  # still answering
