@@ -43,8 +43,17 @@ def output_path(name):
                          f"written to models/{FOLDER}")
     if not name.endswith(".safetensors"):
         name += ".safetensors"
-    root = os.path.realpath(folder_paths.get_folder_paths(FOLDER)[0])
+    root = os.path.realpath(_output_folder())
     path = os.path.realpath(os.path.join(root, name))
     if os.path.commonpath([root, path]) != root:
         raise ValueError(f"output name {name!r} leads outside models/{FOLDER}")
     return path
+
+
+def _output_folder():
+    # models/diffusion_models first; ComfyUI also lists the legacy models/unet, which may not exist.
+    folders = [f for f in folder_paths.get_folder_paths(FOLDER) if os.path.isdir(f)]
+    named = [f for f in folders if os.path.basename(os.path.normpath(f)) == FOLDER]
+    if not folders:
+        raise FileNotFoundError(f"no models/{FOLDER} folder exists; create it first")
+    return (named or folders)[0]

@@ -141,3 +141,47 @@ def test_bad_files_give_a_node_error_and_the_host_keeps_running(server, name, me
     assert name in err["exception_message"] and message in err["exception_message"], err["exception_message"]
     assert "pickled code ran" not in server.read_log()
     assert server.get("/system_stats")  # still answering
+
+
+def test_df_fps_term_reaches_core_ksampler(server):
+    # Same bf16 file: core's loader drops the fps embedding, ours adds it to every step.
+    core_df = sample(server, core("df_bf16.safetensors"), "fps_core")
+    ours_df = sample(server, ours("df_bf16.safetensors", "bf16"), "fps_ours")
+    assert rel(ours_df, core_df) > 1e-3
+
+
+def convert_prompt(output_name, overwrite=False, source="t2v_bf16.safetensors"):
+    return {"1": {"class_type": "SkyReelsConvertToFP8", "inputs": {
+        "model_name": source, "output_name": output_name, "granularity": "per-channel (more accurate)",
+        "fp8_type": "e4m3fn", "keep_first_blocks": 0, "keep_last_blocks": 0, "overwrite": overwrite}}}
+
+
+def test_convert_node_writes_a_file_the_loader_lists_without_restart(server):
+    entry = server.run(convert_prompt("node_converted"))
+    assert error_of(entry) is None, error_of(entry)
+    text = entry["outputs"]["1"]["text"][0]
+    assert "-> fp8 e4m3fn per-channel" in text and "wrote models/diffusion_models/node_converted.safetensors" in text
+    options = server.get(f"/object_info/{LOADER}")[LOADER]["input"]["required"]["model_name"][1]["options"]
+    assert "node_converted.safetensors" in options
+    d = sample(server, ours("node_converted.safetensors"), "convert_node_loaded")
+    assert torch.isfinite(d).all()
+
+    again = error_of(server.run(convert_prompt("node_converted")))
+    assert again and "already exists" in again["exception_message"]
+    assert error_of(server.run(convert_prompt("node_converted", overwrite=True))) is None
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", "sub/../../escaped"])
+def test_convert_node_keeps_outputs_inside_diffusion_models(server, name):
+    err = error_of(server.run(convert_prompt(name)))
+    assert err and err["node_type"] == "SkyReelsConvertToFP8"
+    assert repr(name) in err["exception_message"] and "models/diffusion_models" in err["exception_message"]
+    assert not os.path.exists(os.path.join(server.base, "models", "escaped.safetensors"))
+
+
+def test_loader_refuses_a_name_outside_its_list(server):
+    status, body = server.post("/prompt", {"prompt": {"1": ours("../../outside.safetensors"), "2": {
+        "class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}})
+    assert status == 400
+    errors = body["node_errors"]["1"]["errors"]
+    assert errors[0]["type"] == "value_not_in_list" and "outside.safetensors" in errors[0]["details"]

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Peak memory of loading the real SkyReels-V2 1.3B shapes, our loader vs core ComfyUI (a script, not a test).
+
+    python bench/load.py [--host PATH]
+
+Writes a synthetic bf16 checkpoint with the real 1.3B shapes and its FP8 conversion to a temp folder, then loads
+each in a fresh host process (CPU) and prints the peak RSS of the load (the process's peak, reset just before the
+load, minus its RSS then) and the bytes of the model's weights in memory:
+  (i) our fp8 file with Load FP8 SkyReels Model, (ii) the bf16 file quantized while loading, (iii) core
+  UNETLoader on the bf16 file, (iv) core UNETLoader weight_dtype=fp8_e4m3fn on the bf16 file.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE, os.path.join(REPO, "tests")]
+
+from comfy_host import PRELUDE, find_host  # noqa: E402
+from convert import write_synthetic  # noqa: E402
+
+from quant import Options, convert  # noqa: E402
+
+CHILD = PRELUDE + r"""
+import importlib.util, os, torch, folder_paths, nodes
+from comfy_kitchen.tensor import QuantizedTensor
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join({repo!r}, "__init__.py"),
+                                              submodule_search_locations=[{repo!r}])
+pack = importlib.util.module_from_spec(spec)
+sys.modules["skyreels_pack"] = pack
+spec.loader.exec_module(pack)
+from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
+folder_paths.add_model_folder_path("diffusion_models", {folder!r}, is_default=True)
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")
+kind, name = {kind!r}, {name!r}
+if kind == "ours":
+    patcher = LoadFP8SkyReelsModel.execute(name, "auto", "upcast").args[0]
+else:
+    patcher = nodes.UNETLoader().load_unet(name, kind)[0]
+peak = status("VmHWM")
+weights = 0
+for p in patcher.model.diffusion_model.parameters():
+    weights += p._qdata.nbytes + p._params.scale.nbytes if isinstance(p, QuantizedTensor) else p.nbytes
+print(json.dumps(dict(before=before, peak=peak, weights=weights)))
+"""
+
+MiB = 1024 ** 2
+
+
+def measure(host, folder, kind, name):
+    code = CHILD.format(host=host, repo=REPO, folder=folder, kind=kind, name=name)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=host, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
+    args = p.parse_args()
+    host = args.host or find_host()
+    if not host:
+        raise SystemExit("no ComfyUI host found: set COMFYUI_PATH or pass --host")
+    print(f"device: CPU ({platform.machine()}, {os.cpu_count()} cores); host {host}")
+    folder = tempfile.mkdtemp(prefix="skyreels-load-")
+    try:
+        bf16 = os.path.join(folder, "bf16_1.3b.safetensors")
+        fp8 = os.path.join(folder, "fp8_1.3b.safetensors")
+        write_synthetic(bf16, "1.3B")
+        convert(bf16, fp8, Options(granularity="channel"))
+        runs = [("(i) our fp8 file, our loader", "ours", os.path.basename(fp8)),
+                ("(ii) bf16 file, quantized while loading", "ours", os.path.basename(bf16)),
+                ("(iii) core UNETLoader, bf16 file", "default", os.path.basename(bf16)),
+                ("(iv) core UNETLoader fp8_e4m3fn, bf16 file", "fp8_e4m3fn", os.path.basename(bf16))]
+        res = {label: measure(host, folder, kind, name) for label, kind, name in runs}
+        fp8_size = os.path.getsize(fp8)
+        print(f"files: bf16 {os.path.getsize(bf16) / MiB:.0f} MiB, fp8 {fp8_size / MiB:.0f} MiB")
+        print(f"{'load':45s} {'peak RSS':>10s} {'weights':>10s}")
+        for label, r in res.items():
+            print(f"{label:45s} {(r['peak'] - r['before']) / MiB:8.0f} MiB {r['weights'] / MiB:6.0f} MiB")
+        peak = {k: v["peak"] - v["before"] for k, v in res.items()}
+        w = {k: v["weights"] for k, v in res.items()}
+        keys = list(res)
+        print(f"(i) peak / fp8 file size: {peak[keys[0]] / fp8_size:.2f}   (goal <= 1.2)")
+        print(f"(ii) peak / (iv) peak: {peak[keys[1]] / peak[keys[3]]:.2f}   (goal <= 1.0)")
+        print(f"(i) weights / bf16 weights (2 bytes each): {w[keys[0]] / (os.path.getsize(bf16)):.3f}   "
+              f"(goal <= 0.51; (iii) on this CPU holds {w[keys[2]] / os.path.getsize(bf16):.2f}x: "
+              "the host keeps weights in fp32 on CPU)")
+    finally:
+        shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    main()
