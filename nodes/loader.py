@@ -64,6 +64,10 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0):
         path = model_files.resolve(model_name)
+        shard_of = model_files.shard_folder_of(path)
+        if shard_of:
+            raise CheckpointError(f"{path}: this is one shard of a sharded model: pick the folder entry {shard_of} "
+                                  "instead")
         with Checkpoint(path) as ckpt:
             info = ckpt.model_info()
             missing, _ = ckpt.check_keys(info)
@@ -95,12 +99,8 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
 
 
 def _missing_message(path, info, missing):
-    folder = os.path.dirname(path)
-    hint = "download the whole checkpoint again"
-    if os.path.isfile(path) and any(f.endswith(".safetensors.index.json") for f in os.listdir(folder)):
-        hint = f"this is one shard of a sharded model: pick the folder entry {os.path.basename(folder)}/ instead"
     shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
-    return f"{path}: incomplete {info.describe()}: {len(missing)} tensors missing ({shown}); {hint}"
+    return f"{path}: incomplete {info.describe()}: {len(missing)} tensors missing ({shown}); download it again"
 
 
 def _build(sd, summary, compute, path):

@@ -1,4 +1,5 @@
 """Model files as the nodes list them: the host's diffusion_models files, plus shard folders (shown as "name/")."""
+import json
 import os
 
 import folder_paths
@@ -20,6 +21,22 @@ def _shard_folders():
 
 def model_list():
     return _shard_folders() + folder_paths.get_filename_list(FOLDER)
+
+
+def shard_folder_of(path):
+    """"folder/" if `path` is a shard listed in its folder's index json, else None."""
+    folder = os.path.dirname(path)
+    if not os.path.isfile(path):
+        return None
+    for index in (f for f in os.listdir(folder) if f.endswith(".safetensors.index.json")):
+        try:
+            with open(os.path.join(folder, index)) as f:
+                listed = json.load(f).get("weight_map", {}).values()
+        except (OSError, ValueError):
+            continue  # an unreadable index: the folder entry will report it
+        if os.path.basename(path) in listed:
+            return os.path.basename(folder) + "/"
+    return None
 
 
 def resolve(name):

@@ -60,6 +60,20 @@ def write_bad_files(folder):
     sd = tiny.state_dict(tiny.info("T2V"), seed=1)
     sd["blocks.0.ffn.0.weight"][0, 0] = float("nan")
     safetensors.torch.save_file(sd, os.path.join(folder, "bad_nan.safetensors"))
+    del sd["blocks.1.cross_attn.o.weight"]
+    safetensors.torch.save_file(sd, os.path.join(folder, "bad_missing_keys.safetensors"))
+
+
+def write_shards(folder, sd, n=3):
+    """The layout of a downloaded sharded release: shards plus model.safetensors.index.json."""
+    os.makedirs(folder)
+    keys, weight_map = sorted(sd), {}
+    for i in range(n):
+        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        safetensors.torch.save_file({k: sd[k] for k in keys[i::n]}, os.path.join(folder, name))
+        weight_map.update({k: name for k in keys[i::n]})
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": weight_map}, f)
 
 
 class Payload:
@@ -80,6 +94,7 @@ def server(host, tmp_path_factory):
     write_host_variants(models, sd)
     write_lora(os.path.join(base, "models", "loras", "tiny_lora.safetensors"), sd)
     write_bad_files(models)
+    write_shards(os.path.join(models, "t2v_sharded"), sd)
     srv.start()
     yield srv
     srv.stop()

@@ -68,6 +68,13 @@ def test_a_per_tensor_file_agrees_between_core_and_our_loader(server):
     assert rel(b, a) <= 1e-3
 
 
+def test_shard_folder_is_listed_and_loads_like_the_single_file(server):
+    options = server.get(f"/object_info/{LOADER}")[LOADER]["input"]["required"]["model_name"][1]["options"]
+    assert "t2v_sharded/" in options
+    single = sample(server, ours("t2v_bf16.safetensors"), "shards_single")
+    assert rel(sample(server, ours("t2v_sharded/"), "shards_folder"), single) <= 1e-6
+
+
 def test_c_bf16_through_our_node_equals_core(server, reference):
     assert rel(sample(server, ours("t2v_bf16.safetensors", "bf16"), "c_ours_bf16"), reference) <= 1e-5
 
@@ -133,6 +140,9 @@ def test_df_fps_embedding_is_loaded_not_dropped(server):
     ("bad_truncated.safetensors", "the file is truncated"),
     ("bad_pickled.pth", "refused: the file holds pickled objects"),
     ("bad_nan.safetensors", "tensor blocks.0.ffn.0.weight has NaN/Inf values"),
+    ("bad_missing_keys.safetensors", "1 tensors missing (blocks.1.cross_attn.o.weight)"),
+    ("t2v_sharded/model-00001-of-00003.safetensors", "one shard of a sharded model: pick the folder entry "
+                                                     "t2v_sharded/ instead"),
 ])
 def test_bad_files_give_a_node_error_and_the_host_keeps_running(server, name, message):
     entry = server.run({"1": ours(name), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}})

@@ -1,0 +1,23 @@
+"""Loading the pack the way ComfyUI does must not pull in sageattention/triton nor touch CUDA."""
+from comfy_host import REPO, run_in_host
+
+CODE = r"""
+import asyncio, time, torch, nodes
+before = set(sys.modules)
+t = time.perf_counter()
+ok = asyncio.run(nodes.load_custom_node({repo!r}))
+seconds = time.perf_counter() - t
+new = set(sys.modules) - before
+result = dict(ok=ok, seconds=seconds, cuda=torch.cuda.is_initialized(),
+              heavy=sorted(m for m in new if m.split(".")[0] in ("sageattention", "triton")),
+              nodes=sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("SkyReels")),
+              names=sorted(nodes.NODE_DISPLAY_NAME_MAPPINGS[k] for k in nodes.NODE_CLASS_MAPPINGS
+                           if k.startswith("SkyReels")))
+"""
+
+
+def test_pack_loads_without_sageattention_triton_or_cuda(host):
+    r = run_in_host(host, CODE.format(repo=REPO))
+    assert r["ok"] and not r["cuda"] and r["heavy"] == [], r
+    assert r["nodes"] == ["SkyReelsConvertToFP8", "SkyReelsFP8ModelLoader"]
+    assert r["names"] == ["Convert to FP8", "Load FP8 SkyReels Model"]
