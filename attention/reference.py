@@ -1,0 +1,77 @@
+"""SageAttention (v1) in plain PyTorch: the algorithm of the `sageattention` 1.0.6 Triton kernels, on any device.
+
+1. Smooth K: subtract its mean over tokens (softmax is unchanged: it shifts each query's scores by a constant).
+2. Quantize Q per block of 128 tokens (with sm_scale * log2(e) folded in) and K per block of 64 tokens to INT8:
+   scale = absmax / 127, round half away from zero.
+3. QK^T exactly: INT8 products summed in fp32 are exact (|sum| <= 127 * 127 * 128 < 2^24), times both scales.
+4. Softmax in fp32 (base 2, as the kernel), P and V rounded to fp16, their product accumulated in fp32.
+Queries are processed in chunks, so memory is O(chunk * L) instead of O(L^2).
+"""
+import math
+
+import torch
+
+LOG2E = 1.4426950408889634
+BLOCK_Q, BLOCK_K = 128, 64
+CHUNK_BYTES = 256 * 1024 * 1024  # score buffer per chunk
+
+
+def to_hnd(x, layout):
+    if layout == "HND":
+        return x
+    if layout == "NHD":
+        return x.transpose(1, 2)
+    raise ValueError(f"layout must be 'HND' or 'NHD', not {layout!r}")
+
+
+def quantize_blocks(x, block):
+    """INT8 values (as fp32) and per-block scales of x [B, H, L, D], blocks of `block` tokens."""
+    b, h, n, d = x.shape
+    pad = (-n) % block
+    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(b, h, -1, block, d)
+    scale = xp.abs().amax(dim=(3, 4), keepdim=True) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero block stays zero, not NaN
+    scaled = xp / scale
+    q = torch.trunc(scaled + 0.5 * torch.where(scaled >= 0, 1.0, -1.0))
+    q = q.reshape(b, h, -1, d)[:, :, :n]
+    per_token = scale.expand(b, h, scale.shape[2], block, 1).reshape(b, h, -1, 1)[:, :, :n]
+    return q, per_token
+
+
+def sage_attention_reference(q, k, v, *, layout="HND", is_causal=False, sm_scale=None):
+    """Same shape and dtype as q. Inputs are never modified."""
+    qh, kh, vh = (to_hnd(t, layout) for t in (q, k, v))
+    b, h, nq, d = qh.shape
+    hk, nk = kh.shape[1], kh.shape[2]
+    if h % hk:
+        raise ValueError(f"{h} query heads are not a multiple of {hk} key/value heads")
+    if is_causal and nq != nk:
+        raise ValueError("is_causal needs as many queries as keys")
+    sm_scale = d ** -0.5 if sm_scale is None else sm_scale
+    kf = kh.float()
+    kf = kf - kf.mean(dim=2, keepdim=True)
+    q_int, q_scale = quantize_blocks(qh.float() * (sm_scale * LOG2E), BLOCK_Q)
+    k_int, k_scale = quantize_blocks(kf, BLOCK_K)
+    if hk != h:  # grouped heads: each K/V head serves h // hk query heads
+        k_int, k_scale = (t.repeat_interleave(h // hk, dim=1) for t in (k_int, k_scale))
+        vh = vh.repeat_interleave(h // hk, dim=1)
+    # Flatten batch and heads; work on groups of heads x query rows sized to CHUNK_BYTES of scores.
+    q_int, q_scale = q_int.reshape(b * h, nq, d), q_scale.reshape(b * h, nq, 1)
+    k_t, k_scale_row = k_int.reshape(b * h, nk, d).transpose(1, 2), k_scale.reshape(b * h, 1, nk)
+    v16 = vh.reshape(b * h, nk, d).to(torch.float16)
+    out = torch.empty(b * h, nq, d, dtype=q.dtype, device=q.device)
+    rows = min(nq, max(BLOCK_Q, CHUNK_BYTES // (4 * nk) // BLOCK_Q * BLOCK_Q))
+    heads = max(1, CHUNK_BYTES // (4 * nk * rows))
+    for g in range(0, b * h, heads):
+        for start in range(0, nq, rows):
+            gs, rs = slice(g, g + heads), slice(start, start + rows)
+            scores = (q_int[gs, rs] @ k_t[gs]) * q_scale[gs, rs] * k_scale_row[gs]
+            if is_causal:
+                idx = torch.arange(start, min(nq, start + rows), device=q.device)[:, None]
+                scores.masked_fill_(torch.arange(nk, device=q.device)[None, :] > idx, -math.inf)
+            scores = torch.exp2(scores - scores.amax(dim=-1, keepdim=True))
+            denom = scores.sum(dim=-1, keepdim=True)
+            pv = scores.to(torch.float16).float() @ v16[gs].float()
+            out[gs, rs] = (pv / denom).to(q.dtype)
+    out = out.reshape(b, h, nq, d)
+    return out if layout == "HND" else out.transpose(1, 2)

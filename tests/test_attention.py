@@ -1,0 +1,216 @@
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import REPO
+
+import attention.sage as sage
+from attention import compare, exact_attention, sage_attention, sage_attention_reference
+
+
+def make(shape_l, lk, d, layout="HND", dtype=torch.float16, heads=2, seed=0, k_offset=0.0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+
+    def t(n):
+        shp = (1, heads, n, d) if layout == "HND" else (1, n, heads, d)
+        return torch.randn(shp, generator=g)
+
+    q, k, v = t(shape_l) * scale, t(lk), t(lk)
+    if k_offset:  # a large per-channel offset shared by all tokens: what K smoothing removes
+        off = torch.randn(d, generator=g) * k_offset
+        k = k + off
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+# ---- our PyTorch SageAttention against the real sageattention Triton kernels (CPU interpreter) ----
+
+KERNEL_CASES = {  # name: (queries, keys, head dim, layout, dtype, causal)
+    "d64_hnd_fp16": (128, 128, 64, "HND", torch.float16, False),
+    "d128_nhd_bf16": (200, 256, 128, "NHD", torch.bfloat16, False),
+    "d128_hnd_fp16_offsets": (130, 192, 128, "HND", torch.float16, False),
+    "d64_causal": (256, 256, 64, "HND", torch.float16, True),
+    "ragged_257": (128, 257, 128, "HND", torch.float16, False),
+}
+
+
+@pytest.fixture(scope="module")
+def kernel_outputs(tmp_path_factory):
+    pytest.importorskip("sageattention", reason="the kernel comparisons need sageattention==1.0.6 (CI installs it)")
+    folder = tmp_path_factory.mktemp("kernels")
+    cases = {}
+    for i, (name, (nq, nk, d, layout, dtype, causal)) in enumerate(KERNEL_CASES.items()):
+        q, k, v = make(nq, nk, d, layout, dtype, seed=i, k_offset=8.0 if "offsets" in name else 0.0)
+        cases[name] = dict(q=q, k=k, v=v, layout=layout, is_causal=causal, sm_scale=None)
+    torch.save(cases, folder / "cases.pt")
+    subprocess.run([sys.executable, os.path.join(REPO, "tests", "kernel_outputs.py"), str(folder / "cases.pt"),
+                    str(folder / "out.pt")], check=True, timeout=600)
+    return cases, torch.load(folder / "out.pt")
+
+
+@pytest.mark.parametrize("name", [n for n in KERNEL_CASES if n != "ragged_257"])
+def test_reference_agrees_with_the_triton_kernels(kernel_outputs, name):
+    cases, outputs = kernel_outputs
+    c = cases[name]
+    ours = sage_attention_reference(c["q"], c["k"], c["v"], layout=c["layout"], is_causal=c["is_causal"])
+    theirs = outputs[name]
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    # Same algorithm; they differ only in where fp16 rounds (the kernel rounds each 64-key P.V block to fp16 and
+    # rescales online). Bound: 1% of the output norm, and max error a few fp16/bf16 ulps of values of size ~3.
+    diff = (ours.float() - theirs.float())
+    assert diff.norm() / theirs.float().norm() <= 0.01
+    assert diff.abs().max() <= (0.04 if c["q"].dtype == torch.bfloat16 else 0.02)
+
+
+def test_kernel_padding_bug_at_257_keys_and_our_fix(kernel_outputs):
+    cases, outputs = kernel_outputs
+    c = cases["ragged_257"]
+    exact = exact_attention(c["q"].float(), c["k"].float(), c["v"].float())
+    kernel_err = ((outputs["ragged_257"].float() - exact).norm() / exact.norm()).item()
+    ours = sage_attention_reference(c["q"], c["k"], c["v"]).float()
+    ours_err = ((ours - exact).norm() / exact.norm()).item()
+    assert kernel_err > 0.05 and ours_err < 0.02, (kernel_err, ours_err)
+
+
+# ---- against exact attention ----
+
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("inputs", ["gaussian", "k_offsets", "ragged_257"])
+def test_cosine_against_exact_attention(layout, dtype, d, inputs):
+    nq, nk = (256, 257) if inputs == "ragged_257" else (300, 320)
+    q, k, v = make(nq, nk, d, layout, dtype, k_offset=20.0 if inputs == "k_offsets" else 0.0)
+    r = compare(q, k, v, layout=layout, mode="reference")
+    assert r["cosine"] >= 0.999, r
+
+
+def test_causal_matches_exact_causal():
+    q, k, v = make(192, 192, 64)
+    assert compare(q, k, v, is_causal=True, mode="reference")["cosine"] >= 0.999
+
+
+def test_sm_scale_and_fp32_inputs():
+    q, k, v = make(128, 128, 64, dtype=torch.float32)
+    r = compare(q, k, v, sm_scale=0.3, mode="reference")
+    assert r["cosine"] >= 0.999
+    assert sage_attention(q, k, v, mode="reference").dtype == torch.float32
+
+
+def test_grouped_query_heads():
+    q, _, _ = make(128, 128, 64, heads=4)
+    _, k, v = make(128, 128, 64, heads=2, seed=1)
+    assert compare(q, k, v, mode="reference")["cosine"] >= 0.999
+
+
+def test_memory_is_chunked(monkeypatch):
+    # With a tiny score budget the result must not change: chunks of heads and query rows are independent.
+    q, k, v = make(384, 256, 64, heads=3)
+    whole = sage_attention_reference(q, k, v)
+    monkeypatch.setattr("attention.reference.CHUNK_BYTES", 4 * 256 * 128)
+    assert torch.equal(sage_attention_reference(q, k, v), whole)
+
+
+@pytest.mark.parametrize("mode", ["auto", "sageattn", "reference"])
+def test_inputs_are_never_modified(mode):
+    q, k, v = make(128, 200, 128, k_offset=5.0)
+    before = [t.clone() for t in (q, k, v)]
+    sage_attention(q, k, v, mode=mode)
+    assert all(torch.equal(a, b) for a, b in zip(before, (q, k, v)))
+
+
+def test_zero_blocks_give_no_nan():
+    q, k, v = make(128, 128, 64)
+    q[:, :, :128] = 0
+    out = sage_attention_reference(q, k, v)
+    assert torch.isfinite(out.float()).all()
+
+
+# ---- fallbacks: each path taken, each logged once ----
+
+def fresh_logs(monkeypatch):
+    monkeypatch.setattr(sage, "_logged", set())
+
+
+def test_mask_falls_back_to_exact_and_logs_once(monkeypatch, caplog):
+    fresh_logs(monkeypatch)
+    q, k, v = make(64, 64, 64)
+    mask = torch.zeros(64, 64, dtype=torch.bool).tril_()
+    with caplog.at_level(logging.WARNING, logger="skyreels_fp8"):
+        a = sage_attention(q, k, v, attn_mask=mask)
+        sage_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(a, exact_attention(q, k, v, attn_mask=mask))
+    assert [r.getMessage() for r in caplog.records].count(
+        "8-bit attention has no mask support: masked attention calls stay exact") == 1
+
+
+def test_no_gpu_uses_our_implementation_and_logs_once(monkeypatch, caplog):
+    fresh_logs(monkeypatch)
+    q, k, v = make(64, 64, 64)
+    with caplog.at_level(logging.WARNING, logger="skyreels_fp8"):
+        a = sage_attention(q, k, v, mode="sageattn")
+        sage_attention(q, k, v, mode="auto")
+    assert torch.equal(a, sage_attention_reference(q, k, v))
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and "cpu device" in msgs[0] and "PyTorch SageAttention" in msgs[0]
+
+
+def test_missing_package_is_named(monkeypatch, caplog):
+    fresh_logs(monkeypatch)
+    monkeypatch.setattr(sage.importlib.util, "find_spec", lambda name: None)
+    assert "No module named 'sageattention' (pip install sageattention)" in sage.kernel_unavailable(
+        torch.device("cpu"))
+    q, k, v = make(64, 64, 64)
+    with caplog.at_level(logging.WARNING, logger="skyreels_fp8"):
+        sage_attention(q, k, v)
+    assert "pip install sageattention" in caplog.records[0].getMessage()
+
+
+def test_bad_arguments():
+    q, k, v = make(64, 64, 64)
+    with pytest.raises(ValueError, match="layout must be"):
+        sage_attention(q, k, v, layout="BHSD", mode="reference")
+    with pytest.raises(ValueError, match="mode must be"):
+        sage_attention(q, k, v, mode="fast")
+    with pytest.raises(TypeError, match="fp32/bf16/fp16"):
+        sage_attention(q.to(torch.float64), k, v)
+
+
+def test_kernel_wrapper_with_the_real_kernels(monkeypatch, tmp_path):
+    """Our CUDA-path wrapper (K smoothing out of place, head-dim padding, smooth_k=False) driven into the real
+    Triton kernels under the interpreter, in a subprocess."""
+    pytest.importorskip("sageattention", reason="needs sageattention==1.0.6 (CI installs it)")
+    script = tmp_path / "wrapper.py"
+    script.write_text(f"""
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+sys.path[:0] = [{REPO!r}, {os.path.join(REPO, 'tests')!r}]
+import torch
+import attention.sage as sage
+from kernel_outputs import kernel
+
+def fake_sageattn(q, k, v, tensor_layout, is_causal, sm_scale, smooth_k):
+    assert smooth_k is False
+    return kernel(q, k, v, tensor_layout, is_causal, sm_scale)  # kernel() smooths again: a no-op after ours
+
+sage._kernel = fake_sageattn
+g = torch.Generator().manual_seed(0)
+res = {{}}
+for d in (48, 64, 80, 128):
+    q, k, v = (torch.randn(1, 2, 128, d, generator=g).half() for _ in range(3))
+    k += 4
+    before = k.clone()
+    out = sage._kernel_call(q, k, v, "HND", False, None)
+    ref = sage.exact_attention(q.float(), k.float(), v.float())
+    cos = torch.nn.functional.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0).item()
+    res[d] = (tuple(out.shape), cos, torch.equal(k, before))
+print(res)
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = eval(out.stdout.strip().splitlines()[-1])
+    for d, (shape, cos, unchanged) in res.items():
+        assert shape == (1, 2, 128, d) and cos >= 0.999 and unchanged, (d, shape, cos, unchanged)
