@@ -3,8 +3,9 @@ from comfy_api.latest import ComfyExtension
 
 from .convert import ConvertToFP8
 from .loader import LoadFP8SkyReelsModel
+from .sage_patch import PatchSageAttention
 
 
 class SkyReelsFP8Extension(ComfyExtension):
     async def get_node_list(self):
-        return [LoadFP8SkyReelsModel, ConvertToFP8]
+        return [LoadFP8SkyReelsModel, ConvertToFP8, PatchSageAttention]

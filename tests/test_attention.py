@@ -214,3 +214,11 @@ print(res)
     res = eval(out.stdout.strip().splitlines()[-1])
     for d, (shape, cos, unchanged) in res.items():
         assert shape == (1, 2, 128, d) and cos >= 0.999 and unchanged, (d, shape, cos, unchanged)
+
+
+def test_importing_the_cores_loads_no_kernels_and_no_cuda():
+    code = ("import sys, torch, quant, attention; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sageattention', 'triton')), "
+            "torch.cuda.is_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] False"

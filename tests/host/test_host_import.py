@@ -2,14 +2,21 @@
 from comfy_host import REPO, run_in_host
 
 CODE = r"""
-import asyncio, time, torch, nodes
-before = set(sys.modules)
+import asyncio, builtins, time, torch, nodes
+# The host may have imported sageattention itself already: record every import statement the pack runs instead.
+asked, real_import = set(), builtins.__import__
+def recording_import(name, *args, **kwargs):
+    asked.add(name)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = recording_import
 t = time.perf_counter()
-ok = asyncio.run(nodes.load_custom_node({repo!r}))
+try:
+    ok = asyncio.run(nodes.load_custom_node({repo!r}))
+finally:
+    builtins.__import__ = real_import
 seconds = time.perf_counter() - t
-new = set(sys.modules) - before
 result = dict(ok=ok, seconds=seconds, cuda=torch.cuda.is_initialized(),
-              heavy=sorted(m for m in new if m.split(".")[0] in ("sageattention", "triton")),
+              heavy=sorted(m for m in asked if m.split(".")[0] in ("sageattention", "triton")),
               nodes=sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("SkyReels")),
               names=sorted(nodes.NODE_DISPLAY_NAME_MAPPINGS[k] for k in nodes.NODE_CLASS_MAPPINGS
                            if k.startswith("SkyReels")))
@@ -19,5 +26,5 @@ result = dict(ok=ok, seconds=seconds, cuda=torch.cuda.is_initialized(),
 def test_pack_loads_without_sageattention_triton_or_cuda(host):
     r = run_in_host(host, CODE.format(repo=REPO))
     assert r["ok"] and not r["cuda"] and r["heavy"] == [], r
-    assert r["nodes"] == ["SkyReelsConvertToFP8", "SkyReelsFP8ModelLoader"]
-    assert r["names"] == ["Convert to FP8", "Load FP8 SkyReels Model"]
+    assert r["nodes"] == ["SkyReelsConvertToFP8", "SkyReelsFP8ModelLoader", "SkyReelsPatchSageAttention"]
+    assert r["names"] == ["Convert to FP8", "Load FP8 SkyReels Model", "Patch SageAttention"]

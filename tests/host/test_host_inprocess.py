@@ -1,33 +1,8 @@
 """Checks that need the model object itself: partial (lowvram) loading and the DF fps term. Each runs in a fresh
 host process that imports the pack the way ComfyUI does (as a package named after its folder)."""
-import os
-
 import safetensors.torch
-import torch
-from comfy_host import run_in_host
-from helpers import write_tiny
-
-from quant import Options, convert
-
-SETUP = r"""
-import importlib.util, os, torch, folder_paths, comfy.sd, comfy.utils
-spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join({repo!r}, "__init__.py"),
-                                              submodule_search_locations=[{repo!r}])
-pack = importlib.util.module_from_spec(spec)
-import sys; sys.modules["skyreels_pack"] = pack; spec.loader.exec_module(pack)
-from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
-folder_paths.add_model_folder_path("diffusion_models", {folder!r}, is_default=True)
-g = torch.Generator().manual_seed(0)
-x = torch.randn(1, 16, 2, 16, 16, generator=g)
-t = torch.tensor([600.0])
-ctx = torch.randn(1, 16, 4096, generator=g)
-
-def load(name, fmt="auto", compute="upcast"):
-    return LoadFP8SkyReelsModel.execute(name, fmt, compute).args
-
-def rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
-"""
+from comfy_host import REPO, run_in_host
+from in_host import SETUP, write_models
 
 PARTIAL = r"""
 cpu = torch.device("cpu")
@@ -87,20 +62,12 @@ result = dict(fps24=rel(ours(), reference(1)), fps16=rel(ours(16), reference(0))
 """
 
 
-def _models(tmp_path):
-    write_tiny(tmp_path / "t2v_bf16.safetensors", "T2V", seed=1)
-    write_tiny(tmp_path / "df_bf16.safetensors", "DF", seed=2)
-    for g in ("tensor", "channel"):
-        convert(str(tmp_path / "t2v_bf16.safetensors"), str(tmp_path / f"t2v_fp8_{g}.safetensors"), Options(granularity=g))
-
-
 def test_g_partial_lowvram_load_gives_the_same_output(host, tmp_path):
     from conftest import write_lora
-    _models(tmp_path)
+    write_models(tmp_path)
     sd = safetensors.torch.load_file(str(tmp_path / "t2v_bf16.safetensors"))
     write_lora(tmp_path / "lora.safetensors", sd)
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = run_in_host(host, SETUP.format(repo=repo, folder=str(tmp_path)) +
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) +
                     PARTIAL.format(lora=str(tmp_path / "lora.safetensors")))
     print("\n" + "\n".join(f"{k}: {v}" for k, v in r.items()))
     for key, v in r.items():
@@ -112,9 +79,8 @@ def test_g_partial_lowvram_load_gives_the_same_output(host, tmp_path):
 
 
 def test_df_fps_term_matches_skyreels_definition(host, tmp_path):
-    _models(tmp_path)
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = run_in_host(host, SETUP.format(repo=repo, folder=str(tmp_path)) + FPS.format(folder=str(tmp_path)))
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + FPS.format(folder=str(tmp_path)))
     assert r["fps24"] <= 1e-5 and r["fps16"] <= 1e-5, r      # same as the written-out definition
     assert r["plain_vs_fps"] > 1e-3, r                       # and the term is not negligible
     assert r["hooks_left"] == 0, r                           # the hook lives only during a call

@@ -19,8 +19,8 @@ def core(name, weight_dtype="default"):
     return {"class_type": "UNETLoader", "inputs": {"unet_name": name, "weight_dtype": weight_dtype}}
 
 
-def sample(server, loader, prefix, lora=None):
-    """loader -> (LoRA) -> core KSampler (2 euler steps, cfg 2) -> SaveLatent; returns the latent."""
+def sample(server, loader, prefix, lora=None, sage=None):
+    """loader -> (LoRA) -> (Patch SageAttention) -> core KSampler (2 euler steps, cfg 2) -> SaveLatent."""
     model = ["1", 0]
     prompt = {
         "1": loader,
@@ -34,6 +34,11 @@ def sample(server, loader, prefix, lora=None):
         prompt["7"] = {"class_type": "LoraLoaderModelOnly",
                        "inputs": {"model": model, "lora_name": lora, "strength_model": 1.0}}
         model = ["7", 0]
+    if sage:
+        prompt["8"] = {"class_type": "SkyReelsPatchSageAttention", "inputs": {
+            "model": model, "mode": sage, "exact_first_blocks": 0, "exact_last_blocks": 0, "exact_first_steps": 0,
+            "guard_threshold": 0.995}}
+        model = ["8", 0]
     prompt["5"] = {"class_type": "KSampler", "inputs": {
         "model": model, "seed": 0, "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple",
         "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}}
@@ -58,6 +63,7 @@ def test_nodes_are_listed_with_their_names(server):
     info = server.get("/object_info")
     assert info[LOADER]["display_name"] == "Load FP8 SkyReels Model"
     assert info["SkyReelsConvertToFP8"]["display_name"] == "Convert to FP8"
+    assert info["SkyReelsPatchSageAttention"]["display_name"] == "Patch SageAttention"
     log = server.read_log()
     assert PACK in log and f"(IMPORT FAILED): {server.base}" not in log
 
@@ -195,3 +201,12 @@ def test_loader_refuses_a_name_outside_its_list(server):
     assert status == 400
     errors = body["node_errors"]["1"]["errors"]
     assert errors[0]["type"] == "value_not_in_list" and "outside.safetensors" in errors[0]["details"]
+
+
+def test_patch_sage_attention_in_a_graph(server):
+    base = sample(server, ours("t2v_fp8_channel.safetensors"), "sage_base")
+    ref = sample(server, ours("t2v_fp8_channel.safetensors"), "sage_reference", sage="reference")
+    auto = sample(server, ours("t2v_fp8_channel.safetensors"), "sage_auto", sage="auto")
+    assert 0 < rel(ref, base) <= 0.02   # our 8-bit attention ran, close to exact
+    assert rel(auto, base) == 0.0        # no GPU here: auto keeps exact attention
+    assert "Patch SageAttention: cpu device" in server.read_log()
