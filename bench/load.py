@@ -8,6 +8,8 @@ each in a fresh host process (CPU) and prints the peak RSS of the load (the proc
 load, minus its RSS then) and the bytes of the model's weights in memory:
   (i) our fp8 file with Load FP8 SkyReels Model, (ii) the bf16 file quantized while loading, (iii) core
   UNETLoader on the bf16 file, (iv) core UNETLoader weight_dtype=fp8_e4m3fn on the bf16 file.
+Peaks vary from run to run by a few hundred MiB (allocator behaviour), so each load is repeated and the median
+is used.
 """
 import argparse
 import json
@@ -68,9 +70,16 @@ def measure(host, folder, kind, name):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def median_run(host, folder, kind, name, repeats):
+    runs = [measure(host, folder, kind, name) for _ in range(repeats)]
+    peaks = sorted(r["peak"] - r["before"] for r in runs)
+    return {"peak": peaks[len(peaks) // 2], "low": peaks[0], "high": peaks[-1], "weights": runs[0]["weights"]}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
+    p.add_argument("--repeats", type=int, default=3, help="loads of each kind; the median peak is reported")
     args = p.parse_args()
     host = args.host or find_host()
     if not host:
@@ -86,13 +95,14 @@ def main():
                 ("(ii) bf16 file, quantized while loading", "ours", os.path.basename(bf16)),
                 ("(iii) core UNETLoader, bf16 file", "default", os.path.basename(bf16)),
                 ("(iv) core UNETLoader fp8_e4m3fn, bf16 file", "fp8_e4m3fn", os.path.basename(bf16))]
-        res = {label: measure(host, folder, kind, name) for label, kind, name in runs}
+        res = {label: median_run(host, folder, kind, name, args.repeats) for label, kind, name in runs}
         fp8_size = os.path.getsize(fp8)
         print(f"files: bf16 {os.path.getsize(bf16) / MiB:.0f} MiB, fp8 {fp8_size / MiB:.0f} MiB")
-        print(f"{'load':45s} {'peak RSS':>10s} {'weights':>10s}")
+        print(f"{'load':45s} {'peak RSS (median, range of ' + str(args.repeats) + ')':>32s} {'weights':>10s}")
         for label, r in res.items():
-            print(f"{label:45s} {(r['peak'] - r['before']) / MiB:8.0f} MiB {r['weights'] / MiB:6.0f} MiB")
-        peak = {k: v["peak"] - v["before"] for k, v in res.items()}
+            print(f"{label:45s} {r['peak'] / MiB:8.0f} MiB ({r['low'] / MiB:5.0f}-{r['high'] / MiB:5.0f}) "
+                  f"{r['weights'] / MiB:12.0f} MiB")
+        peak = {k: v["peak"] for k, v in res.items()}
         w = {k: v["weights"] for k, v in res.items()}
         keys = list(res)
         print(f"(i) peak / fp8 file size: {peak[keys[0]] / fp8_size:.2f}   (goal <= 1.2)")

@@ -3,9 +3,9 @@ import logging
 import os
 
 import torch
-import comfy.model_detection
 import comfy.model_management
 import comfy.sd
+import comfy.supported_models
 import comfy.utils
 from comfy_api.latest import io
 
@@ -74,10 +74,13 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
             if missing:
                 raise CheckpointError(_missing_message(path, info, missing))
             pbar = comfy.utils.ProgressBar(len(ckpt.names))
+            load_device = comfy.model_management.get_torch_device()
+            compute_dtype = _compute_dtype(load_device)
             sd, summary = load_fp8_state_dict(
                 ckpt, info, weight_format, keep_first_blocks, keep_last_blocks,
                 progress=lambda done, total: pbar.update_absolute(done, total),
-                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+                compute_dtype=compute_dtype)
         expected = set(info.expected_keys())
         unexpected = [k for k in sd if k not in expected and not k.endswith((".weight_scale", ".comfy_quant"))]
         if unexpected:
@@ -86,7 +89,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
             for k in unexpected:
                 sd.pop(k)
         fps_sd = fps.split_fps_keys(sd)
-        patcher, compute_used = _build(sd, summary, compute, path)
+        patcher, compute_used = _build(sd, summary, compute, path, load_device, compute_dtype)
         if fps_sd:
             fps.install(patcher, fps.fps_vectors(fps_sd))
         report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
@@ -103,9 +106,14 @@ def _missing_message(path, info, missing):
     return f"{path}: incomplete {info.describe()}: {len(missing)} tensors missing ({shown}); download it again"
 
 
-def _build(sd, summary, compute, path):
+def _compute_dtype(load_device):
+    # What the host computes a quantized Wan model in on this device (its own rule, as in its loader).
+    supported = comfy.supported_models.WAN21_T2V.supported_inference_dtypes
+    return comfy.model_management.unet_manual_cast(None, load_device, supported) or torch.bfloat16
+
+
+def _build(sd, summary, compute, path, load_device, compute_dtype):
     """The host's own loader on our state dict; FP8 layers through our operations class."""
-    load_device = comfy.model_management.get_torch_device()
     if summary.quantized == 0:  # bf16/fp16 requested: exactly the host's path
         dtype = torch.float16 if summary.kept_dtype == "float16" else torch.bfloat16
         patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
@@ -120,9 +128,7 @@ def _build(sd, summary, compute, path):
         fp8_matmul, used = True, f"fp8 matmul ({reason})"
     else:
         fp8_matmul, used = False, f"upcast ({reason}: no FP8 matmul)"
-    config = comfy.model_detection.model_config_from_unet(sd, "")
-    compute_dtype = comfy.model_management.unet_manual_cast(None, load_device, config.supported_inference_dtypes)
-    ops = make_operations(compute_dtype or torch.bfloat16, fp8_matmul)
+    ops = make_operations(compute_dtype, fp8_matmul)
     patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": ops})
     return _checked(patcher, path), used
 

@@ -91,9 +91,10 @@ def _fp8_weight(ckpt, name, declared):
 
 
 def _fp8_non_finite(q):
-    """NaN/Inf in an fp8 tensor from its bit patterns (converting 14B fp8 weights to fp32 would take a minute)."""
-    bits = q.view(torch.uint8) & 0x7F
-    return bool((bits == 0x7F).any()) if q.dtype == torch.float8_e4m3fn else bool((bits >= 0x7C).any())
+    """NaN/Inf in an fp8 tensor from its bit patterns (converting 14B fp8 weights to fp32 would take a minute).
+    In 1 MiB pieces: whole-tensor temporaries leave the allocator holding hundreds of MiB after a model load."""
+    limit = 0x7F if q.dtype == torch.float8_e4m3fn else 0x7C
+    return any(bool(((part & 0x7F) >= limit).any()) for part in q.view(torch.uint8).flatten().split(1 << 20))
 
 
 def _check_finite(ckpt, name, t):
@@ -103,15 +104,16 @@ def _check_finite(ckpt, name, t):
 
 
 def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, keep_last_blocks=0,
-                        progress=None, check_interrupt=None):
-    """Return (state_dict, LoadSummary) for `ckpt` (a Checkpoint) holding a model described by `info`."""
+                        progress=None, check_interrupt=None, compute_dtype=torch.bfloat16):
+    """Return (state_dict, LoadSummary) for `ckpt` (a Checkpoint) holding a model described by `info`.
+    Tensors that stay high precision come in `compute_dtype` (the model holds them so; no second copy)."""
     if weight_format not in WEIGHT_FORMATS:
         raise CheckpointError(f"weight format must be one of {', '.join(WEIGHT_FORMATS)}, not {weight_format!r}")
     declared = _layer_formats(ckpt)
     source = describe_source(ckpt, declared)
     target = WEIGHT_FORMATS[weight_format]
     plain = target if isinstance(target, torch.dtype) else None
-    kept_dtype = plain or torch.bfloat16
+    kept_dtype = plain or compute_dtype
     notes = []
     names = [n for n in ckpt.names if not n.endswith(_EXTRA_SUFFIXES) and n != "scaled_fp8"]
     sd, quantized, schemes = {}, 0, set()
