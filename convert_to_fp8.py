@@ -105,7 +105,7 @@ def main_with(args):
         print(f"convert_to_fp8: {e}", file=sys.stderr)
         return 2
     except VerifyError as e:
-        print(f"convert_to_fp8: {e} (the output was removed)", file=sys.stderr)
+        print(f"convert_to_fp8: {e} (nothing was written)", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. a read-only output folder or a full disk
         print(f"convert_to_fp8: {e.filename or args.dst}: {e.strerror or e}", file=sys.stderr)

@@ -17,6 +17,7 @@ KERNEL_HEAD_DIMS = (64, 96, 128)
 RAGGED_EXACT_BELOW = 16384
 _logged = set()
 _kernel = None
+_broken = None  # why the kernels failed at run time, once they have
 
 
 def log_once(key, message):
@@ -27,14 +28,24 @@ def log_once(key, message):
 
 def kernel_unavailable(device):
     """None if the sageattention kernels can run on `device`, else why not (checked without importing it)."""
+    if _broken:
+        return _broken
     if importlib.util.find_spec("sageattention") is None:
         return "No module named 'sageattention' (pip install sageattention)"
+    if importlib.util.find_spec("triton") is None:  # sageattention does not declare it; Windows torch lacks it
+        return "No module named 'triton' (sageattention's kernels need it: pip install triton, or triton-windows)"
     if device.type != "cuda":
         return f"{device.type} device (the sageattention kernels need an NVIDIA GPU)"
     major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
         return f"GPU compute capability {major}.{minor} (the sageattention 1.x kernels need 8.0+)"
     return None
+
+
+def _mark_broken(reason):
+    global _broken
+    _broken = reason
+    return reason
 
 
 def _sageattn():
@@ -93,7 +104,10 @@ def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, att
                                          "miscount the padding, so these calls use exact attention")
             return exact_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
         if reason is None:
-            return _kernel_call(q, k, v, layout, is_causal, sm_scale)
+            try:
+                return _kernel_call(q, k, v, layout, is_causal, sm_scale)
+            except Exception as e:  # an import or compile failure of the kernels: never fail the graph for it
+                reason = _mark_broken(f"the sageattention kernels failed ({type(e).__name__}: {e})")
         log_once(("kernel", reason), f"SageAttention kernels not used: {reason}; using the PyTorch SageAttention")
     elif mode != "reference":
         raise ValueError(f"mode must be 'auto', 'sageattn' or 'reference', not {mode!r}")

@@ -43,7 +43,9 @@ class ConvertToFP8(io.ComfyNode):
                 overwrite=False):
         src = model_files.resolve(model_name)
         if not output_name.strip():
-            stem = os.path.splitext(os.path.basename(src.rstrip(os.sep)))[0]
+            stem = os.path.basename(src.rstrip(os.sep))
+            if os.path.isfile(src):  # a shard folder such as "Wan2.1-T2V-14B" keeps its whole name
+                stem = os.path.splitext(stem)[0]
             output_name = f"{stem}_fp8_{fp8_type}.safetensors"
         dst = model_files.output_path(output_name.strip())
         options = Options(fp8=fp8_type, granularity=GRANULARITY[granularity], keep_first_blocks=keep_first_blocks,

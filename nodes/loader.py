@@ -10,6 +10,7 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..quant import Checkpoint, CheckpointError
+from ..quant.model_info import other_wan_model
 from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
 from . import fps, model_files
 from .fp8_ops import make_operations
@@ -70,6 +71,10 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
                                   "instead")
         with Checkpoint(path) as ckpt:
             info = ckpt.model_info()
+            other = other_wan_model(ckpt.names)
+            if other:
+                raise CheckpointError(f"{path}: this is a Wan {other} model, not SkyReels-V2; load it with ComfyUI's "
+                                      "Load Diffusion Model node")
             missing, _ = ckpt.check_keys(info)
             if missing:
                 raise CheckpointError(_missing_message(path, info, missing))

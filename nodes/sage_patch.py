@@ -39,6 +39,8 @@ class SageOverride:
             return "disabled"
         if mask is not None:
             return "mask"
+        if "scale" in kwargs or kwargs.get("enable_gqa"):
+            return "a call with its own scale or grouped heads"  # not a Wan call; the host handles it
         if kwargs.get("low_precision_attention", True) is False:
             return "the model asks for full precision here"  # Wan I2V image cross-attention
         block, total = to.get("block_index"), to.get("total_blocks")

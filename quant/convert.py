@@ -33,9 +33,8 @@ def format_name(fp8, granularity):
     return f"skyreels_fp8_{fp8}_per_channel"
 
 
-@dataclass
 class VerifyError(RuntimeError):
-    """The written file does not read back as what was written (it is removed)."""
+    """The written file does not read back as what was written (it is never put in place)."""
 
 
 @dataclass
@@ -101,7 +100,8 @@ def _check_paths(src, dst, overwrite):
     if not dst.lower().endswith(".safetensors"):
         raise CheckpointError(f"{dst}: the output name must end in .safetensors")
     real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)
-    if real_dst == real_src or real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
+    same = os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst)  # case-insensitive disks too
+    if same or real_dst == real_src or real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
         raise CheckpointError(f"{dst}: the output would overwrite the source; choose another output name")
     if not os.path.isdir(os.path.dirname(real_dst)):
         raise CheckpointError(f"{dst}: the output folder does not exist")
@@ -137,6 +137,9 @@ def _plan(ckpt, info, options):
     entries, quantize = {}, set()
     for name in ckpt.names:
         shape, dtype = ckpt.spec(name)
+        if dtype is None:
+            raise CheckpointError(f"{ckpt.path}: tensor {name} has a data type this converter cannot store; remove it "
+                                  "or convert the original release")
         if should_quantize(name, info.num_layers, options.keep_first_blocks, options.keep_last_blocks):
             layer = layer_name(name)
             quantize.add(name)
@@ -198,8 +201,11 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
     fp8 = FP8_DTYPES[options.fp8]
     conf_tensor = torch.frombuffer(bytearray(quant_conf), dtype=torch.uint8)
     names = ckpt.names
+    def check(tmp):
+        report.verified = verify_file(ckpt, tmp, quantize, dst)
+
     with SafetensorsWriter(dst, entries, _metadata(ckpt, info, options, report, quantize),
-                           reserve=64 * len(quantize) + 4096) as out:
+                           reserve=64 * len(quantize) + 4096, check=check if verify else None) as out:
         for i, (name, t) in enumerate(_prefetched(ckpt, names)):
             if check_interrupt:
                 check_interrupt()
@@ -223,22 +229,17 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
         out.set_metadata(_metadata(ckpt, info, options, report, quantize))
     report.quantized, report.kept = len(quantize), len(names) - len(quantize)
     report.bytes_out = os.path.getsize(dst)
-    if verify:
-        try:
-            report.verified = verify_file(ckpt, dst, quantize)
-        except BaseException:
-            os.remove(dst)
-            raise
     report.seconds = time.perf_counter() - start
     for w in report.warnings:
         log.warning(w)
     return report
 
 
-def verify_file(ckpt, dst, quantize):
-    """Re-read `dst` and measure each quantized layer against the source; kept tensors must match exactly."""
+def verify_file(ckpt, path, quantize, dst=None):
+    """Re-read `path` and measure each quantized layer against the source; kept tensors must match exactly."""
     errors = {}
-    with safe_open(dst, framework="pt") as f:
+    dst = dst or path
+    with safe_open(path, framework="pt") as f:
         layers = json.loads(f.metadata()["_quantization_metadata"])["layers"]
         for name in ckpt.names:
             ref = ckpt.load(name)

@@ -12,6 +12,7 @@ FP8_DTYPES = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
 log = logging.getLogger("skyreels_fp8")
 _logged = set()
+_failed = {}
 
 
 def _log_once(key, message):
@@ -95,7 +96,8 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
     step = error_every if len(starts) > error_every else 1
     for n, i in enumerate(starts):
         s = scale if granularity == "tensor" else scale[i:i + rows]
-        y = weight[i:i + rows].float().div_(s).clamp_(-limit, limit)
+        # A copy even for fp32 input: dividing in place would overwrite the caller's weight.
+        y = weight[i:i + rows].to(torch.float32, copy=True).div_(s).clamp_(-limit, limit)
         q = qweight[i:i + rows]
         q.copy_(y)
         if n % step:
@@ -153,12 +155,13 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
     upcast and logs the reason once.
     """
     if mode == "w8a8":
-        reason = _w8a8_unsupported(x, qweight, scale)
+        reason = _w8a8_unsupported(x, qweight, scale) or _failed.get((x.device.type, qweight.dtype))
         if reason is None:
             try:
                 return _w8a8(x, qweight, scale, bias)
             except RuntimeError as e:  # a kernel this torch build or GPU lacks (e.g. an e5m2 x e4m3 product)
                 reason = f"torch._scaled_mm failed: {str(e).splitlines()[0]}"
+                _failed[(x.device.type, qweight.dtype)] = reason  # don't retry a failing kernel on every call
         _log_once(("w8a8", reason), f"fp8 matmul unavailable ({reason}); using upcast")
     elif mode != "upcast":
         raise ValueError(f"mode must be 'upcast' or 'w8a8', not {mode!r}")

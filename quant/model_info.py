@@ -19,6 +19,18 @@ _I2V_BLOCK_KEYS = ["cross_attn.k_img.weight", "cross_attn.k_img.bias", "cross_at
                    "cross_attn.v_img.bias", "cross_attn.norm_k_img.weight"]
 
 SIZES = {1536: "1.3B", 5120: "14B"}
+# Keys of other Wan 2.1/2.2 models built on the same blocks; ComfyUI's own loader runs those.
+OTHER_WAN_MODELS = {"vace_": "VACE", "img_emb.emb_pos": "FLF2V", "ref_conv.": "Fun reference",
+                    "control_adapter.": "Fun Control / camera", "casual_audio_encoder.": "S2V", "audio_proj.": "HuMo",
+                    "face_adapter.": "Animate", "patch_embedding_": "SCAIL / WanDancer"}
+
+
+def other_wan_model(keys):
+    """The name of the non-SkyReels Wan model these keys belong to, or None."""
+    for prefix, name in OTHER_WAN_MODELS.items():
+        if any(k.startswith(prefix) for k in keys):
+            return name
+    return None
 
 
 @dataclass(frozen=True)

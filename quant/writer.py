@@ -27,10 +27,11 @@ class SafetensorsWriter:
     """`entries`: {name: (dtype, shape)}. Use as a context manager; call `write(name, tensor)` for every entry.
 
     `reserve` bytes of header room let `set_metadata` record facts only known at the end (e.g. measured errors).
+    `check(temp_path)`, if given, runs on the complete, fsynced temp file; if it raises, nothing is renamed.
     """
 
-    def __init__(self, dst, entries, metadata=None, reserve=0):
-        self.dst = dst
+    def __init__(self, dst, entries, metadata=None, reserve=0, check=None):
+        self.dst, self.check = dst, check
         # Larger element sizes first: with every tensor's byte size a multiple of its element size, each tensor
         # then starts at an offset aligned for its dtype.
         order = sorted(entries, key=lambda n: -torch.empty((), dtype=entries[n][0]).element_size())
@@ -84,6 +85,8 @@ class SafetensorsWriter:
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
+        if self.check:  # e.g. --verify: read the finished temp file back before it replaces anything
+            self.check(self.tmp)
         os.replace(self.tmp, self.dst)
         _fsync_dir(os.path.dirname(os.path.abspath(self.dst)))
 

@@ -222,3 +222,31 @@ def test_importing_the_cores_loads_no_kernels_and_no_cuda():
             "torch.cuda.is_initialized())")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] False"
+
+
+def test_missing_triton_is_named(monkeypatch):
+    fresh_logs(monkeypatch)
+    real = sage.importlib.util.find_spec
+    monkeypatch.setattr(sage.importlib.util, "find_spec", lambda name: None if name == "triton" else real(name))
+    assert sage.kernel_unavailable(torch.device("cpu")).startswith("No module named 'triton'")
+
+
+def test_a_failing_kernel_falls_back_once_and_is_not_retried(monkeypatch, caplog):
+    fresh_logs(monkeypatch)
+    monkeypatch.setattr(sage, "_broken", None)
+    calls = []
+
+    def broken_kernel(*a, **k):
+        calls.append(1)
+        raise ImportError("triton: no GPU driver")
+
+    monkeypatch.setattr(sage, "_kernel", broken_kernel)
+    monkeypatch.setattr(sage, "kernel_unavailable", lambda device: sage._broken)  # as if on a capable GPU
+    q, k, v = make(64, 64, 64)
+    with caplog.at_level(logging.WARNING, logger="skyreels_fp8"):
+        a = sage_attention(q, k, v)
+        sage_attention(q, k, v)
+    assert len(calls) == 1 and torch.equal(a, sage_attention_reference(q, k, v))
+    assert [r.getMessage() for r in caplog.records] == [
+        "SageAttention kernels not used: the sageattention kernels failed (ImportError: triton: no GPU driver); "
+        "using the PyTorch SageAttention"]

@@ -263,3 +263,41 @@ def test_progress_bar_draws_on_a_terminal_only():
         bar(4, 4)
     assert tty.getvalue().endswith("[" + "#" * 30 + "] 4/4 tensors\n") and "1/4" in tty.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_verify_failure_replaces_nothing(tmp_path, monkeypatch):
+    src, dst = tmp_path / "src.safetensors", tmp_path / "o.safetensors"
+    write_tiny(src, "T2V")
+    dst.write_bytes(b"the user's previous file")
+
+    def failing(ckpt, path, quantize, dst=None):
+        raise convert_module.VerifyError(f"{dst}: verify failed: blocks.0.ffn.0.weight differs from the source")
+
+    monkeypatch.setattr(convert_module, "verify_file", failing)
+    with pytest.raises(convert_module.VerifyError, match="verify failed"):
+        convert(str(src), str(dst), overwrite=True, verify=True)
+    assert dst.read_bytes() == b"the user's previous file"
+    assert leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
+
+
+def test_cli_reports_a_verify_failure_with_exit_1(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, REPO)
+    import convert_to_fp8
+
+    write_tiny(tmp_path / "src.safetensors", "T2V")
+    monkeypatch.setattr(convert_module, "verify_file", lambda *a, **k: (_ for _ in ()).throw(
+        convert_module.VerifyError("o.safetensors: verify failed: head.head.weight differs from the source")))
+    assert convert_to_fp8.main([str(tmp_path / "src.safetensors"), str(tmp_path / "o.safetensors"), "--verify"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["convert_to_fp8: o.safetensors: verify failed: head.head.weight differs from the source "
+                   "(nothing was written)"]
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_tensor_of_an_unstorable_dtype_is_named(tmp_path):
+    sd = tiny.state_dict(tiny.info("T2V"))
+    sd["extra.counter"] = torch.zeros(3, dtype=torch.uint16)
+    safetensors.torch.save_file(sd, str(tmp_path / "src.safetensors"))
+    with pytest.raises(CheckpointError, match="tensor extra.counter has a data type this converter cannot store"):
+        convert(str(tmp_path / "src.safetensors"), str(tmp_path / "o.safetensors"))
+    assert leftovers(tmp_path, ["src.safetensors"]) == []

@@ -158,3 +158,30 @@ def test_w8a8_falls_back_to_upcast_and_logs_once(caplog):
     assert torch.equal(y1, fp8_linear(x, q, scale, mode="upcast")) and torch.equal(y1, y2)
     msgs = [r.getMessage() for r in caplog.records if "not a multiple of 16" in r.getMessage()]
     assert len(msgs) == 1 and "using upcast" in msgs[0]
+
+
+def test_chunked_quantization_leaves_an_fp32_weight_alone(weight):
+    before = weight.clone()
+    quantize_weight_chunked(weight, chunk=4096)
+    quantize_weight_chunked(weight, granularity="channel", chunk=4096)
+    assert torch.equal(weight, before)
+
+
+def test_a_failing_scaled_mm_is_not_retried(monkeypatch, caplog):
+    import quant.fp8 as fp8
+
+    calls = []
+
+    def broken(*a, **k):
+        calls.append(1)
+        raise RuntimeError("no kernel for this dtype pair\nmore")
+
+    monkeypatch.setattr(fp8, "_w8a8", broken)
+    monkeypatch.setattr(fp8, "_failed", {})
+    x, (q, scale) = torch.randn(4, 32), quantize_weight(torch.randn(16, 32), dtype=E5M2)
+    with caplog.at_level(logging.WARNING, logger="skyreels_fp8"):
+        for _ in range(3):
+            y = fp8_linear(x, q, scale, mode="w8a8")
+    assert len(calls) == 1 and torch.equal(y, fp8_linear(x, q, scale, mode="upcast"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "fp8 matmul unavailable (torch._scaled_mm failed: no kernel for this dtype pair); using upcast"]

@@ -62,6 +62,9 @@ def write_bad_files(folder):
     safetensors.torch.save_file(sd, os.path.join(folder, "bad_nan.safetensors"))
     del sd["blocks.1.cross_attn.o.weight"]
     safetensors.torch.save_file(sd, os.path.join(folder, "bad_missing_keys.safetensors"))
+    vace = tiny.state_dict(tiny.info("T2V"), seed=1)
+    vace["vace_patch_embedding.weight"] = torch.zeros(256, 96, 1, 2, 2, dtype=torch.bfloat16)
+    safetensors.torch.save_file(vace, os.path.join(folder, "bad_wan_vace.safetensors"))
 
 
 def write_shards(folder, sd, n=3):
@@ -94,7 +97,7 @@ def server(host, tmp_path_factory):
     write_host_variants(models, sd)
     write_lora(os.path.join(base, "models", "loras", "tiny_lora.safetensors"), sd)
     write_bad_files(models)
-    write_shards(os.path.join(models, "t2v_sharded"), sd)
+    write_shards(os.path.join(models, "t2v.sharded"), sd)
     srv.start()
     yield srv
     srv.stop()

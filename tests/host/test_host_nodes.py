@@ -76,9 +76,9 @@ def test_a_per_tensor_file_agrees_between_core_and_our_loader(server):
 
 def test_shard_folder_is_listed_and_loads_like_the_single_file(server):
     options = server.get(f"/object_info/{LOADER}")[LOADER]["input"]["required"]["model_name"][1]["options"]
-    assert "t2v_sharded/" in options
+    assert "t2v.sharded/" in options
     single = sample(server, ours("t2v_bf16.safetensors"), "shards_single")
-    assert rel(sample(server, ours("t2v_sharded/"), "shards_folder"), single) <= 1e-6
+    assert rel(sample(server, ours("t2v.sharded/"), "shards_folder"), single) <= 1e-6
 
 
 def test_c_bf16_through_our_node_equals_core(server, reference):
@@ -147,8 +147,10 @@ def test_df_fps_embedding_is_loaded_not_dropped(server):
     ("bad_pickled.pth", "refused: the file holds pickled objects"),
     ("bad_nan.safetensors", "tensor blocks.0.ffn.0.weight has NaN/Inf values"),
     ("bad_missing_keys.safetensors", "1 tensors missing (blocks.1.cross_attn.o.weight)"),
-    ("t2v_sharded/model-00001-of-00003.safetensors", "one shard of a sharded model: pick the folder entry "
-                                                     "t2v_sharded/ instead"),
+    ("bad_wan_vace.safetensors", "this is a Wan VACE model, not SkyReels-V2; load it with ComfyUI's Load "
+                                 "Diffusion Model node"),
+    ("t2v.sharded/model-00001-of-00003.safetensors", "one shard of a sharded model: pick the folder entry "
+                                                     "t2v.sharded/ instead"),
 ])
 def test_bad_files_give_a_node_error_and_the_host_keeps_running(server, name, message):
     entry = server.run({"1": ours(name), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}})
@@ -185,6 +187,12 @@ def test_convert_node_writes_a_file_the_loader_lists_without_restart(server):
     again = error_of(server.run(convert_prompt("node_converted")))
     assert again and "already exists" in again["exception_message"]
     assert error_of(server.run(convert_prompt("node_converted", overwrite=True))) is None
+
+
+def test_convert_node_names_a_shard_folder_output_after_the_whole_folder_name(server):
+    entry = server.run(convert_prompt("", source="t2v.sharded/"))
+    assert error_of(entry) is None, error_of(entry)
+    assert "wrote models/diffusion_models/t2v.sharded_fp8_e4m3fn.safetensors" in entry["outputs"]["1"]["text"][0]
 
 
 @pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", "sub/../../escaped"])
