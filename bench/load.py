@@ -24,13 +24,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE, os.path.join(REPO, "tests")]
 
-from comfy_host import PRELUDE, find_host  # noqa: E402
+from comfy_host import IMPORT_PACK, PRELUDE, find_host  # noqa: E402
 from convert import write_synthetic  # noqa: E402
 
 from quant import Options, convert  # noqa: E402
 
-CHILD = PRELUDE + r"""
-import importlib.util, os, torch, folder_paths, nodes
+CHILD = PRELUDE + IMPORT_PACK + r"""
+import torch, folder_paths, nodes
 from comfy_kitchen.tensor import QuantizedTensor
 
 def status(field):
@@ -38,11 +38,6 @@ def status(field):
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
 
-spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join({repo!r}, "__init__.py"),
-                                              submodule_search_locations=[{repo!r}])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["skyreels_pack"] = pack
-spec.loader.exec_module(pack)
 from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
 folder_paths.add_model_folder_path("diffusion_models", {folder!r}, is_default=True)
 before = status("VmRSS")

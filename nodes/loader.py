@@ -75,9 +75,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
             if other:
                 raise CheckpointError(f"{path}: this is a Wan {other} model, not SkyReels-V2; load it with ComfyUI's "
                                       "Load Diffusion Model node")
-            missing, _ = ckpt.check_keys(info)
-            if missing:
-                raise CheckpointError(_missing_message(path, info, missing))
+            ckpt.require_keys(info)
             pbar = comfy.utils.ProgressBar(len(ckpt.names))
             load_device = comfy.model_management.get_torch_device()
             compute_dtype = _compute_dtype(load_device)
@@ -104,11 +102,6 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
             report += f"; note: {note}"
         log.info("Load FP8 SkyReels Model: %s", report)
         return io.NodeOutput(patcher, report)
-
-
-def _missing_message(path, info, missing):
-    shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
-    return f"{path}: incomplete {info.describe()}: {len(missing)} tensors missing ({shown}); download it again"
 
 
 def _compute_dtype(load_device):

@@ -235,6 +235,20 @@ class Checkpoint:
         except NotWanModel as e:
             raise CheckpointError(f"{self.path}: {e}") from None
 
+    def non_finite(self, name):
+        """The error for a tensor with NaN/Inf values (raised by every reader of this checkpoint)."""
+        return CheckpointError(f"{self.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, download it "
+                               "again")
+
+    def require_keys(self, info):
+        """Raise if tensors a model of `info` needs are missing; return the unexpected ones."""
+        missing, unexpected = self.check_keys(info)
+        if missing:
+            shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
+            raise CheckpointError(f"{self.path}: incomplete {info.describe()}: {len(missing)} tensors missing "
+                                  f"({shown}); download the whole checkpoint again")
+        return unexpected
+
     def check_keys(self, info):
         """(missing, unexpected) key names against the keys a model of `info` has."""
         expected = info.expected_keys()

@@ -115,11 +115,7 @@ def _check_source(ckpt, info, report):
     if prequant:
         raise CheckpointError(f"{ckpt.path}: already FP8 ({prequant[0]}); load it directly with Load FP8 SkyReels "
                               "Model, or convert the original bf16/fp32 release")
-    missing, unexpected = ckpt.check_keys(info)
-    if missing:
-        raise CheckpointError(f"{ckpt.path}: incomplete {info.describe()}: {len(missing)} tensors missing "
-                              f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); "
-                              "download the whole checkpoint again")
+    unexpected = ckpt.require_keys(info)
     if unexpected:
         report.warnings.append(f"{len(unexpected)} tensors a {info.describe()} does not use were copied as they are:"
                                f" {', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''}")
@@ -165,11 +161,6 @@ def _metadata(ckpt, info, options, report, quantize):
     return metadata
 
 
-def _non_finite(ckpt, name):
-    return CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, download it "
-                           "again")
-
-
 def _prefetched(ckpt, names):
     """Yield (name, tensor), reading the next tensor in a thread while the caller works on this one."""
     with ThreadPoolExecutor(1) as pool:
@@ -201,6 +192,7 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
     fp8 = FP8_DTYPES[options.fp8]
     conf_tensor = torch.frombuffer(bytearray(quant_conf), dtype=torch.uint8)
     names = ckpt.names
+
     def check(tmp):
         report.verified = verify_file(ckpt, tmp, quantize, dst)
 
@@ -213,7 +205,7 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
                 try:
                     q, scale, err = quantize_weight_chunked(t, dtype=fp8, granularity=options.granularity)
                 except NonFiniteWeight:
-                    raise _non_finite(ckpt, name) from None
+                    raise ckpt.non_finite(name) from None
                 layer = layer_name(name)
                 out.write(name, q)
                 out.write(f"{layer}.weight_scale", scale)
@@ -221,7 +213,7 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
                 report.errors[layer] = err
             else:
                 if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise _non_finite(ckpt, name)
+                    raise ckpt.non_finite(name)
                 out.write(name, t.to(entries[name][0]))
             del t
             if progress:

@@ -99,8 +99,7 @@ def _fp8_non_finite(q):
 
 def _check_finite(ckpt, name, t):
     if t.is_floating_point() and not torch.isfinite(t.float() if t.dtype in FP8_DTYPES.values() else t).all():
-        raise CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, download "
-                              "it again")
+        raise ckpt.non_finite(name)
 
 
 def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, keep_last_blocks=0,
@@ -127,8 +126,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         elif fp8 is not None:
             q, scale = fp8
             if _fp8_non_finite(q) or not torch.isfinite(scale).all():
-                raise CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, "
-                                      "download it again")
+                raise ckpt.non_finite(name)
             fmt = declared.get(layer_name(name)) or (str(q.dtype).split("float8_")[-1], "tensor")
             _store(sd, name, q, scale, fmt)
             schemes.add(fmt)
@@ -139,8 +137,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
                 q, scale, _ = quantize_weight_chunked(ckpt.load(name), dtype=FP8_DTYPES[fp8_type],
                                                       granularity=granularity)
             except NonFiniteWeight:
-                raise CheckpointError(f"{ckpt.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, "
-                                      "download it again") from None
+                raise ckpt.non_finite(name) from None
             _store(sd, name, q, scale, (fp8_type, granularity))
             schemes.add((fp8_type, granularity))
             quantized += 1

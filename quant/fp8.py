@@ -87,9 +87,7 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
         return q, scale, relative_error(weight, q, scale)
     rows = max(1, chunk // max(1, weight[0].numel()))
     limit = fp8_max(dtype)
-    scale = _scale_of(weight, dtype, granularity).float()
-    if granularity == "channel":
-        scale = scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    scale = _scale_of(weight, dtype, granularity)
     qweight = torch.empty(weight.shape, dtype=dtype)
     err2 = norm2 = 0.0
     starts = range(0, weight.shape[0], rows)

@@ -52,6 +52,16 @@ comfy.cli_args.args.cpu = True
 """
 
 
+# Import this pack as ComfyUI does: a package (named skyreels_pack here) whose submodules use relative imports.
+IMPORT_PACK = """
+import importlib.util, os
+_spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join({repo!r}, "__init__.py"),
+                                               submodule_search_locations=[{repo!r}])
+sys.modules["skyreels_pack"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sys.modules["skyreels_pack"])
+"""
+
+
 def run_in_host(host, code, timeout=600):
     """Run `code` in a new process with the host importable and forced to CPU. The code sets `result`
     (anything JSON can hold); it is returned. A failure raises with the process's output."""

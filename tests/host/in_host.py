@@ -1,15 +1,12 @@
 """Code run inside a fresh host process that imports this pack as ComfyUI does (a package named after its folder),
 and the tiny models those runs use."""
+from comfy_host import IMPORT_PACK
 from helpers import write_tiny
 
 from quant import Options, convert
 
-SETUP = r"""
-import importlib.util, os, torch, folder_paths, comfy.sd, comfy.utils
-spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join({repo!r}, "__init__.py"),
-                                              submodule_search_locations=[{repo!r}])
-pack = importlib.util.module_from_spec(spec)
-import sys; sys.modules["skyreels_pack"] = pack; spec.loader.exec_module(pack)
+SETUP = IMPORT_PACK + r"""
+import torch, folder_paths, comfy.sd, comfy.utils
 from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
 folder_paths.add_model_folder_path("diffusion_models", {folder!r}, is_default=True)
 g = torch.Generator().manual_seed(0)
