@@ -1,11 +1,12 @@
-"""ComfyUI nodes: thin adapters from the host's types onto `quant/` and `attention/`."""
+"""ComfyUI nodes: thin adapters from the host's types onto `quant/`, `attention/` and `sampling/`."""
 from comfy_api.latest import ComfyExtension
 
 from .convert import ConvertToFP8
 from .loader import LoadFP8SkyReelsModel
+from .sample import SampleVideo
 from .sage_patch import PatchSageAttention
 
 
 class SkyReelsFP8Extension(ComfyExtension):
     async def get_node_list(self):
-        return [LoadFP8SkyReelsModel, ConvertToFP8, PatchSageAttention]
+        return [LoadFP8SkyReelsModel, ConvertToFP8, PatchSageAttention, SampleVideo]

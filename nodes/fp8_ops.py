@@ -75,6 +75,8 @@ def make_operations(compute_dtype, fp8_matmul):
 
     class SkyReelsFP8Ops(base):
         class Linear(base.Linear):
+            skyreels_fp8_matmul = fp8_matmul    # read by Sample Video's report
+
             def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs):
                 fmt = _format(state_dict, prefix)

@@ -115,7 +115,7 @@ def step_index(to):
     sigmas, schedule = to.get("sigmas"), to.get("sample_sigmas")
     if sigmas is None or schedule is None:
         return 0
-    return int((schedule.to(sigmas.device) - sigmas.flatten()[0]).abs().argmin())
+    return int((schedule.to(sigmas.device) - sigmas.max()).abs().argmin())  # DF: the noisiest frame
 
 
 class PatchSageAttention(io.ComfyNode):

@@ -13,6 +13,8 @@ FP8_DTYPES = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 log = logging.getLogger("skyreels_fp8")
 _logged = set()
 _failed = {}
+# Products per path since import; Sample Video reports the difference over its run.
+stats = {"w8a8": 0, "upcast": 0, "fallback": 0}
 
 
 def _log_once(key, message):
@@ -156,13 +158,17 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
         reason = _w8a8_unsupported(x, qweight, scale) or _failed.get((x.device.type, qweight.dtype))
         if reason is None:
             try:
-                return _w8a8(x, qweight, scale, bias)
+                y = _w8a8(x, qweight, scale, bias)
+                stats["w8a8"] += 1
+                return y
             except RuntimeError as e:  # a kernel this torch build or GPU lacks (e.g. an e5m2 x e4m3 product)
                 reason = f"torch._scaled_mm failed: {str(e).splitlines()[0]}"
                 _failed[(x.device.type, qweight.dtype)] = reason  # don't retry a failing kernel on every call
         _log_once(("w8a8", reason), f"fp8 matmul unavailable ({reason}); using upcast")
+        stats["fallback"] += 1
     elif mode != "upcast":
         raise ValueError(f"mode must be 'upcast' or 'w8a8', not {mode!r}")
+    stats["upcast"] += 1
     w = dequantize_weight(qweight, scale, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 

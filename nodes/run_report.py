@@ -1,0 +1,86 @@
+"""Sample Video's report: time per model call, peak memory, and the FP8 and attention paths that actually ran."""
+import resource
+import time
+from collections import Counter
+
+import torch
+
+from ..quant import fp8
+
+
+def weights_summary(model):
+    """e.g. 'fp8 weights: 400 Linear float8_e4m3fn (per-channel), 11 bfloat16; matmul: fp8'."""
+    kinds, fp8_matmul = Counter(), None
+    for module in model.model.diffusion_model.modules():
+        if "Linear" not in type(module).__name__ or not hasattr(module, "weight"):
+            continue
+        w = module.weight
+        layout = getattr(w, "_layout_cls", None) or getattr(w, "layout_type", None)
+        qdata = getattr(w, "_qdata", None)
+        if qdata is not None:
+            kinds[f"{qdata.dtype}".replace("torch.", "") + f" ({_layout_name(layout)})"] += 1
+        else:
+            kinds[str(w.dtype).replace("torch.", "")] += 1
+        fp8_matmul = fp8_matmul or getattr(type(module), "skyreels_fp8_matmul", None)
+    parts = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
+    return f"Linear weights: {parts}", bool(fp8_matmul)
+
+
+def _layout_name(layout):
+    name = layout if isinstance(layout, str) else getattr(layout, "__name__", str(layout))
+    return "per-channel" if "PerChannel" in name else "per-tensor" if "Tensor" in name else name
+
+
+class Meter:
+    """Wall time and peak memory of a run: CUDA peak allocation on a GPU, the process' peak RSS on CPU."""
+
+    def __init__(self, device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        self.rss_before = _peak_rss_mib()
+        self.stats_before = dict(fp8.stats)
+        self.start = time.perf_counter()
+
+    def finish(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        self.seconds = time.perf_counter() - self.start
+        if self.cuda:
+            self.memory = f"peak VRAM {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f} MiB"
+        else:
+            self.memory = f"peak RSS {_peak_rss_mib():.0f} MiB (process; {self.rss_before:.0f} MiB before)"
+        self.products = {k: fp8.stats[k] - self.stats_before[k] for k in fp8.stats}
+        return self
+
+
+def _peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+
+
+def matmul_summary(fp8_matmul, products, compute_dtype):
+    if not fp8_matmul:
+        return f"matmul: upcast to {str(compute_dtype).replace('torch.', '')}"
+    done, fell = products["w8a8"], products["fallback"]
+    if fell and not done:
+        return f"matmul: fp8 unavailable here, upcast ({fell} products; see the log)"
+    return f"matmul: fp8 w8a8 ({done} products" + (f", {fell} upcast: see the log)" if fell else ")")
+
+
+def attention_summary(model, counts_before):
+    """What the Patch SageAttention override did during the run, or the host's attention if none is set."""
+    override = model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+    counts = getattr(override, "counts", None)
+    if counts is None:
+        return "attention: ComfyUI's (no Patch SageAttention)"
+    sage = counts["sage"] - counts_before.get("sage", 0)
+    exact = counts["exact"] - counts_before.get("exact", 0)
+    mode = getattr(override, "mode", "?")
+    return f"attention: {mode} — {sage} calls 8-bit, {exact} exact"
+
+
+def attention_counts(model):
+    override = model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+    return dict(getattr(override, "counts", {}) or {})

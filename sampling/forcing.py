@@ -1,0 +1,127 @@
+"""Diffusion Forcing (SkyReels-V2): every latent frame has its own noise level.
+
+Frames are grouped into causal blocks of `causal_block_size`. A plan row says, for each block, how many solver
+steps it has taken: 0 = not started (pure noise, shown to the model at timestep 999), 1..steps = being denoised,
+steps + 1 = finished (clean, timestep 0). Block 0 advances one step per row; each later block follows `ar_step`
+steps behind the one before it, and advances freely once that one is finished. `ar_step = 0` is synchronous (all
+blocks move together, the same as standard sampling); `ar_step > 0` is asynchronous. Frames of a clean prefix
+(start image, previous window) start as finished. When the video has more blocks than `base_num_frames`, the model
+only sees a sliding window of that many blocks, ending just past the last block being denoised.
+
+Videos longer than one window are made of windows whose first frames are the last frames of the window before
+(`windows`); the node carries the prefix over.
+"""
+from dataclasses import dataclass
+
+import torch
+
+from .schedule import TRAIN_STEPS
+from .solvers import make_solver
+
+
+@dataclass
+class Plan:
+    step_index: torch.Tensor    # [rows, frames] int64: 0 .. steps + 1
+    update: torch.Tensor        # [rows, frames] bool: frames the solver steps in this row
+    intervals: list             # [(start, end)] frames the model sees in each row
+    steps: int
+
+    @property
+    def rows(self):
+        return self.step_index.shape[0]
+
+    @property
+    def prefix(self):
+        """Leading frames that start finished (the clean prefix)."""
+        ready = (self.step_index[0] == self.steps + 1).long()
+        return int(ready.cumprod(0).sum())
+
+
+def min_ar_step(steps, base_blocks):
+    return steps / base_blocks
+
+
+def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready=0, causal_block_size=1):
+    """The Diffusion Forcing plan, with SkyReels-V2's `generate_timestep_matrix` semantics (frames are latent frames)."""
+    if causal_block_size < 1 or num_frames % causal_block_size:
+        raise ValueError(f"{num_frames} latent frames do not split into blocks of causal_block_size "
+                         f"{causal_block_size}")
+    blocks, base_blocks = num_frames // causal_block_size, base_num_frames // causal_block_size
+    done = steps + 1
+    if base_blocks < blocks and ar_step < min_ar_step(steps, base_blocks):
+        need = -(-steps // base_blocks)
+        raise ValueError(f"ar_step must be at least {need} when the video is longer than base_num_frames "
+                         f"({steps} steps over {base_blocks} blocks)")
+    row = torch.zeros(blocks, dtype=torch.long)
+    row[:num_pre_ready // causal_block_size] = done
+    rows, updates = [], []
+    while not bool(torch.all(row >= steps)):
+        new = torch.zeros_like(row)
+        for i in range(blocks):
+            if i == 0 or row[i - 1] >= steps:
+                new[i] = row[i] + 1
+            else:
+                new[i] = new[i - 1] - ar_step
+        new = new.clamp(0, done)
+        updates.append((new != row) & (new != done))
+        rows.append(new)
+        row = new
+    intervals, end = [], base_blocks
+    for update in updates:
+        if end < blocks and update[end]:
+            end += 1
+        intervals.append((max(end - base_blocks, 0) * causal_block_size, end * causal_block_size))
+    expand = lambda t: t.repeat_interleave(causal_block_size, dim=1)    # noqa: E731
+    return Plan(expand(torch.stack(rows)), expand(torch.stack(updates)), intervals, steps)
+
+
+def frame_sigmas(step_index, sigmas):
+    """Per-frame sigmas of plan rows: not started -> 999/1000, step k -> sigmas[k - 1], finished -> 0."""
+    table = torch.cat([torch.tensor([(TRAIN_STEPS - 1) / TRAIN_STEPS]), sigmas.float()[:-1], torch.zeros(1)])
+    return table[step_index]
+
+
+def windows(latent_length, base_latent, overlap_latent):
+    """[(prefix, length)] of each window of a long video: the first has no prefix; every later one starts with the
+    last `overlap_latent` frames of the one before and adds `length - overlap_latent` new frames."""
+    if latent_length <= base_latent:
+        return [(0, latent_length)]
+    if not 0 < overlap_latent < base_latent:
+        raise ValueError(f"overlap_history must give fewer latent frames than base_num_frames "
+                         f"({overlap_latent} vs {base_latent})")
+    out, made = [(0, base_latent)], base_latent
+    while made < latent_length:
+        length = min(latent_length - made + overlap_latent, base_latent)
+        out.append((overlap_latent, length))
+        made += length - overlap_latent
+    return out
+
+
+def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0, generator=None, callback=None):
+    """Run one window. `x` [B, C, F, H, W] holds noise, with the clean prefix in its first `plan.prefix` frames;
+    `denoise(x, frame_sigmas)` returns the x0 prediction for `x` with one sigma per frame.
+
+    Prefix frames are shown to the model slightly noised when `addnoise_condition` > 0 (noise level
+    addnoise_condition / 1000), which SkyReels-V2 uses to keep long videos from drifting; they are never updated.
+    """
+    x = x.clone()
+    frames, prefix = x.shape[2], plan.prefix
+    solvers = [make_solver(solver, sigmas) for _ in range(frames)]
+    rows = frame_sigmas(plan.step_index, sigmas)
+    for r in range(plan.rows):
+        start, end = plan.intervals[r]
+        x_in, s_in = x[:, :, start:end].clone(), rows[r, start:end].clone()
+        if addnoise_condition > 0 and start < prefix:
+            level = addnoise_condition / TRAIN_STEPS
+            cond = x_in[:, :, :prefix - start]
+            noise = torch.randn(cond.shape, generator=generator, dtype=cond.dtype).to(cond.device)
+            x_in[:, :, :prefix - start] = cond * (1 - level) + noise * level
+            s_in[:prefix - start] = level
+        x0 = denoise(x_in, s_in)
+        for f in range(start, end):
+            if plan.update[r, f]:
+                # A copy: the solver keeps the sample it was given, and x is written in place.
+                x[:, :, f] = solvers[f].step(x0[:, :, f - start], x[:, :, f].clone())
+        if callback is not None:
+            callback(r, x0, x)
+    return x

@@ -1,0 +1,226 @@
+"""sampling/: the flow schedule, the UniPC and Euler solvers against SkyReels-V2's own scheduler, and Diffusion
+Forcing's plan and window loop, on toy denoisers (no host needed)."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from sampling import forcing
+from sampling.schedule import flow_sigmas, latent_frames, video_frames
+from sampling.solvers import FlowEuler, FlowUniPC, make_solver, sample
+
+REF = json.load(open(os.path.join(os.path.dirname(__file__), "data", "unipc_reference.json")))
+
+
+def toy_velocity(x, sigma):
+    # The toy written in tests/data/unipc_reference.json ("toy"), standing in for transformer + CFG.
+    return 0.8 * x - 0.3 * torch.sin(2.0 * x) + 0.5 * sigma * torch.cos(x)
+
+
+def toy_denoise(x, sigma):
+    """x0 prediction of the toy flow model: x0 = x - sigma * v (per frame when sigma is a vector)."""
+    s = sigma.float().reshape(1, 1, -1, 1, 1) if torch.is_tensor(sigma) and sigma.ndim else float(sigma)
+    return x - s * toy_velocity(x, s)
+
+
+def init_x():
+    return torch.tensor(REF["init_x"]).reshape(1, 4, 3, 2, 2)
+
+
+@pytest.mark.parametrize("case", REF["cases"], ids=lambda c: f"{c['steps']}steps-shift{c['shift']}")
+def test_sigmas_match_skyreels(case):
+    # float32 rounding of the same float64 values: at most 1 ulp apart.
+    assert torch.allclose(flow_sigmas(case["steps"], case["shift"]), torch.tensor(case["sigmas"]), rtol=0, atol=1.2e-7)
+
+
+@pytest.mark.parametrize("case", REF["cases"], ids=lambda c: f"{c['steps']}steps-shift{c['shift']}")
+def test_unipc_matches_skyreels_scheduler(case):
+    out = sample(toy_denoise, init_x(), flow_sigmas(case["steps"], case["shift"]), "unipc")
+    # Reference computed in float32 with float32 coefficients; ours uses float64 coefficients: 1e-6 is a few ulps.
+    assert (out.flatten() - torch.tensor(case["final_x"])).abs().max().item() < 1e-6
+
+
+def test_unipc_every_step_matches_skyreels():
+    case = next(c for c in REF["cases"] if "x_per_step" in c)
+    seen = []
+    sample(toy_denoise, init_x(), flow_sigmas(case["steps"], case["shift"]), "unipc",
+           callback=lambda i, x0, x: seen.append(x.flatten()))
+    assert len(seen) == case["steps"]
+    for got, want in zip(seen, case["x_per_step"]):
+        assert (got - torch.tensor(want)).abs().max().item() < 1e-6
+
+
+def test_unipc_differs_from_first_order():
+    # The reference is not reachable by Euler: guards against the corrector/second-order terms silently vanishing.
+    case = next(c for c in REF["cases"] if c["steps"] == 10)
+    out = sample(toy_denoise, init_x(), flow_sigmas(10, case["shift"]), "euler")
+    assert (out.flatten() - torch.tensor(case["final_x"])).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("solver", ["unipc", "euler"])
+def test_solvers_exact_on_straight_paths(solver):
+    # A model that always predicts the same x0 makes the flow ODE's path a straight line from noise to x0; both
+    # solvers integrate it exactly, so every intermediate sample lies on the line.
+    g = torch.Generator().manual_seed(3)
+    target, noise = torch.randn(2, 16, generator=g), torch.randn(2, 16, generator=g)
+    sigmas = flow_sigmas(7, 8.0)
+    x = (1 - sigmas[0]) * target + sigmas[0] * noise
+    s = make_solver(solver, sigmas)
+    for k in range(7):
+        x = s.step(target, x)
+        want = (1 - sigmas[k + 1]) * target + sigmas[k + 1] * noise
+        assert torch.allclose(x, want, atol=1e-5)
+    assert torch.equal(x, target) if solver == "unipc" else torch.allclose(x, target, atol=1e-6)
+
+
+def test_make_solver_names_choices():
+    with pytest.raises(ValueError, match="unknown sampler 'dpm'; choose one of unipc, euler"):
+        make_solver("dpm", flow_sigmas(3, 1.0))
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        flow_sigmas(0, 8.0)
+
+
+def test_frame_arithmetic():
+    assert [latent_frames(n) for n in (1, 5, 97, 257)] == [1, 2, 25, 65]
+    assert video_frames(25) == 97
+
+
+# --- Diffusion Forcing plan ---------------------------------------------------------------------------------------
+
+def test_plan_async_matches_skyreels_example():
+    # The example in SkyReels-V2's README: ar_step 5, causal_block_size 5, 25 latent frames (97 video), 30 steps.
+    plan = forcing.timestep_matrix(25, 30, 25, ar_step=5, causal_block_size=5)
+    assert plan.rows == 50
+    first = plan.step_index[:, ::5]                                  # one column per block
+    assert first[0].tolist() == [1, 0, 0, 0, 0]
+    # Block b starts 5 rows after block b-1 and then moves one step per row.
+    starts = [int((first[:, b] > 0).nonzero()[0]) for b in range(5)]
+    assert starts == [0, 5, 10, 15, 20]
+    assert plan.update.sum(0).tolist() == [30] * 25                # every frame gets exactly 30 solver steps
+    assert (plan.step_index[-1] >= 30).all()
+    assert plan.intervals == [(0, 25)] * 50
+
+
+def test_plan_sync_is_standard_sampling():
+    plan = forcing.timestep_matrix(25, 30, 25, ar_step=0, causal_block_size=1)
+    assert plan.rows == 30
+    assert (plan.step_index == torch.arange(1, 31)[:, None]).all()
+
+
+def test_plan_small_async_by_hand():
+    # 3 blocks, 3 steps, ar_step 1, worked out by hand from the rules in sampling/forcing.py's docstring.
+    plan = forcing.timestep_matrix(3, 3, 3, ar_step=1)
+    assert plan.step_index.tolist() == [[1, 0, 0], [2, 1, 0], [3, 2, 1], [4, 3, 2], [4, 4, 3]]
+    assert plan.update.tolist() == [[True, False, False], [True, True, False], [True, True, True],
+                                    [False, True, True], [False, False, True]]
+
+
+def test_plan_prefix_frames_are_never_updated():
+    plan = forcing.timestep_matrix(25, 30, 25, ar_step=5, num_pre_ready=5, causal_block_size=5)
+    assert not plan.update[:, :5].any()
+    assert (plan.step_index[:, :5] == 31).all() and plan.prefix == 5   # finished: shown at timestep 0
+    assert plan.update[:, 5:].sum(0).tolist() == [30] * 20
+
+
+def test_plan_sliding_window_when_longer_than_base():
+    plan = forcing.timestep_matrix(10, 4, 5, ar_step=2)
+    assert plan.update.sum(0).tolist() == [4] * 10
+    for (start, end), update in zip(plan.intervals, plan.update):
+        assert end - start <= 5
+        assert not update[:start].any() and not update[end:].any()   # the model sees every frame it updates
+    assert plan.intervals[0] == (0, 5) and plan.intervals[-1] == (5, 10)
+
+
+def test_plan_errors_name_the_fix():
+    with pytest.raises(ValueError, match="ar_step must be at least 6"):
+        forcing.timestep_matrix(50, 30, 25, ar_step=5, causal_block_size=5)
+    with pytest.raises(ValueError, match="do not split into blocks of causal_block_size 5"):
+        forcing.timestep_matrix(12, 30, 12, causal_block_size=5)
+
+
+def test_frame_sigmas():
+    sigmas = flow_sigmas(3, 8.0)
+    got = forcing.frame_sigmas(torch.tensor([[0, 1, 3, 4]]), sigmas)
+    assert got.tolist() == [[0.9990000128746033, sigmas[0].item(), sigmas[2].item(), 0.0]]
+
+
+@pytest.mark.parametrize("latent,base,overlap", [(65, 25, 5), (26, 25, 5), (45, 25, 5), (100, 25, 5), (11, 5, 2)])
+def test_windows_cover_the_video_like_skyreels(latent, base, overlap):
+    wins = forcing.windows(latent, base, overlap)
+    # SkyReels-V2's window count for frames > base_num_frames:
+    assert len(wins) == 1 + (latent - base - 1) // (base - overlap) + 1
+    assert wins[0] == (0, base)
+    assert all(p == overlap and overlap < n <= base for p, n in wins[1:])
+    assert base + sum(n - p for p, n in wins[1:]) == latent
+
+
+def test_windows_errors():
+    assert forcing.windows(20, 25, 5) == [(0, 20)]
+    with pytest.raises(ValueError, match="overlap_history must give fewer latent frames than base_num_frames"):
+        forcing.windows(60, 25, 25)
+
+
+# --- Diffusion Forcing loop ---------------------------------------------------------------------------------------
+
+def video_noise(frames, seed=0):
+    return torch.randn(1, 4, frames, 2, 2, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("solver", ["unipc", "euler"])
+def test_sync_forcing_equals_standard(solver):
+    sigmas, x = flow_sigmas(6, 8.0), video_noise(5)
+    plan = forcing.timestep_matrix(5, 6, 5, ar_step=0)
+    df = forcing.sample_window(toy_denoise, x, sigmas, plan, solver)
+    std = sample(toy_denoise, x, sigmas, solver)
+    assert (df - std).abs().max().item() < 1e-6
+
+
+def test_async_forcing_steps_every_frame_through_its_schedule():
+    # With a model whose x0 prediction does not depend on the other frames, asynchronous DF must give every frame
+    # exactly the result of standard sampling of that frame alone: each frame sees the same sigmas in order.
+    sigmas, x = flow_sigmas(6, 8.0), video_noise(6)
+    plan = forcing.timestep_matrix(6, 6, 6, ar_step=2, causal_block_size=2)
+    calls = []
+    df = forcing.sample_window(lambda a, s: (calls.append(s.clone()), toy_denoise(a, s))[1], x, sigmas, plan)
+    std = sample(toy_denoise, x, sigmas)
+    assert (df - std).abs().max().item() < 1e-6
+    assert len(calls) == plan.rows == 10
+    assert calls[0].tolist() == pytest.approx([sigmas[0].item()] * 2 + [0.999] * 4)
+
+
+def test_prefix_stays_clean_and_addnoise_only_changes_what_the_model_sees():
+    sigmas, x = flow_sigmas(4, 8.0), video_noise(4)
+    prefix = torch.full((1, 4, 2, 2, 2), 0.5)
+    x[:, :, :2] = prefix
+    plan = forcing.timestep_matrix(4, 4, 4, num_pre_ready=2)
+    seen = []
+
+    def denoise(a, s):
+        seen.append((a[:, :, :2].clone(), s[:2].clone()))
+        return toy_denoise(a, s)
+
+    out = forcing.sample_window(denoise, x, sigmas, plan, addnoise_condition=20,
+                                generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, :2], prefix)
+    model_in, model_sigma = seen[0]
+    assert model_sigma.tolist() == pytest.approx([0.02, 0.02])
+    # 0.98 * prefix + 0.02 * N(0, 1): close to the prefix, but not equal.
+    assert 0 < (model_in - 0.98 * prefix).abs().max().item() < 0.02 * 5
+    plain = []
+    forcing.sample_window(lambda a, s: (plain.append(s[:2].clone()), toy_denoise(a, s))[1], x, sigmas, plan)
+    assert plain[0].tolist() == [0.0, 0.0]
+
+
+def test_unipc_state_is_per_instance():
+    # DF runs one solver per frame; they must not share history.
+    sigmas = flow_sigmas(5, 8.0)
+    a, b = FlowUniPC(sigmas), FlowUniPC(sigmas)
+    xa, xb = video_noise(1, 1), video_noise(1, 2)
+    alone = sample(toy_denoise, xa, sigmas)
+    for _ in range(5):
+        xa = a.step(toy_denoise(xa, sigmas[a.index]), xa)
+        xb = b.step(toy_denoise(xb, sigmas[b.index]), xb)
+    assert torch.equal(xa, alone)
+    assert math.isclose(FlowEuler(sigmas).sigmas[0], sigmas[0].item(), rel_tol=1e-7)
