@@ -163,14 +163,21 @@ class Job:
 
     def plans(self):
         """[(prefix, length, plan)] of every window."""
-        o, total = self.opts, self.shape[2]
+        o, total, cbs = self.opts, self.shape[2], self.opts["causal_block_size"]
         if not self.df:
             return [(0, total, None)]
         check_frames("base_num_frames", o["base_num_frames"])
         base = latent_frames(o["base_num_frames"])
-        overlap = latent_frames(o["overlap_history"]) // o["causal_block_size"] * o["causal_block_size"]
+        overlap = latent_frames(o["overlap_history"]) // cbs * cbs     # whole causal blocks, as SkyReels-V2 does
         if total > base:
             check_frames("overlap_history", o["overlap_history"])
+            if overlap == 0:
+                raise ValueError(f"Sample Video: overlap_history: {o['overlap_history']} frames are "
+                                 f"{latent_frames(o['overlap_history'])} latent frame(s), fewer than causal_block_size "
+                                 f"{cbs}; use at least {video_frames(cbs)}")
+            if overlap >= base:
+                raise ValueError(f"Sample Video: overlap_history ({o['overlap_history']}) must be shorter than "
+                                 f"base_num_frames ({o['base_num_frames']})")
         wins = forcing.windows(total, base, overlap)
         first = 0 if self.prefix is None else self.prefix.shape[2]
         if first >= wins[0][1]:
@@ -179,11 +186,14 @@ class Job:
         wins[0] = (first, wins[0][1])
         out = []
         for i, (prefix, length) in enumerate(wins):
-            if length % o["causal_block_size"]:
+            if length % cbs:
                 raise ValueError(f"Sample Video: causal_block_size: window {i + 1} of {len(wins)} has {length} latent "
-                                 f"frames, not a multiple of {o['causal_block_size']}; pick frames/base_num_frames "
-                                 f"whose latent counts ((n - 1) / 4 + 1) are multiples of it")
-            plan = forcing.timestep_matrix(length, self.steps, length, o["ar_step"], prefix, o["causal_block_size"])
+                                 f"frames, not a multiple of {cbs}; pick frames/base_num_frames whose latent counts "
+                                 f"((n - 1) / 4 + 1) are multiples of it")
+            try:
+                plan = forcing.timestep_matrix(length, self.steps, length, o["ar_step"], prefix, cbs)
+            except ValueError as e:
+                raise ValueError(f"Sample Video: {e}") from None
             out.append((prefix, length, plan))
         return out
 
