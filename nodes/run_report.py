@@ -23,7 +23,8 @@ def weights_summary(model):
             kinds[str(w.dtype).replace("torch.", "")] += 1
         fp8_matmul = fp8_matmul or getattr(type(module), "skyreels_fp8_matmul", None)
     parts = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
-    return f"Linear weights: {parts}", bool(fp8_matmul)
+    has_fp8 = any(k.startswith("float8") for k in kinds)
+    return f"Linear weights: {parts}", bool(fp8_matmul), has_fp8
 
 
 def _layout_name(layout):
@@ -40,7 +41,8 @@ class Meter:
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        self.rss_before = _peak_rss_mib()
+        self.rss_before = _rss_mib("VmRSS")
+        _reset_peak_rss()
         self.stats_before = dict(fp8.stats)
         self.start = time.perf_counter()
 
@@ -51,18 +53,36 @@ class Meter:
         if self.cuda:
             self.memory = f"peak VRAM {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f} MiB"
         else:
-            self.memory = f"peak RSS {_peak_rss_mib():.0f} MiB (process; {self.rss_before:.0f} MiB before)"
+            self.memory = f"peak RSS {_rss_mib('VmHWM'):.0f} MiB (process; {self.rss_before:.0f} MiB before the run)"
         self.products = {k: fp8.stats[k] - self.stats_before[k] for k in fp8.stats}
         return self
 
 
-def _peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
+def _reset_peak_rss():
+    try:   # Linux: start the process's peak (VmHWM) again from its current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
-def matmul_summary(fp8_matmul, products, compute_dtype):
+def _rss_mib(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # elsewhere: the peak since start
+
+
+def matmul_summary(fp8_matmul, has_fp8, products, compute_dtype):
+    dtype = str(compute_dtype).replace("torch.", "")
+    if not has_fp8:
+        return f"matmul: {dtype}"
     if not fp8_matmul:
-        return f"matmul: upcast to {str(compute_dtype).replace('torch.', '')}"
+        return f"matmul: fp8 weights upcast to {dtype}"
     done, fell = products["w8a8"], products["fallback"]
     if fell and not done:
         return f"matmul: fp8 unavailable here, upcast ({fell} products; see the log)"

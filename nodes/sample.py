@@ -258,7 +258,7 @@ class Job:
         return self._encode(pixels[-n:], "overlap_history")[:, :, :overlap]
 
     def _report(self, windows, calls, meter, attention_before, samples):
-        weights, fp8_matmul = run_report.weights_summary(self.model)
+        weights, fp8_matmul, has_fp8 = run_report.weights_summary(self.model)
         compute = self.model.model.get_dtype_inference() if hasattr(self.model.model, "get_dtype_inference") \
             else self.model.model_dtype()
         frames = video_frames(samples.shape[2])
@@ -267,7 +267,7 @@ class Job:
             f"{frames} video frames",
             f"{calls} model calls, {meter.seconds / max(calls, 1):.3f} s per call ({meter.seconds:.1f} s); "
             f"{meter.memory}",
-            f"{weights}; {run_report.matmul_summary(fp8_matmul, meter.products, compute)}",
+            f"{weights}; {run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute)}",
             run_report.attention_summary(self.model, attention_before),
         ]
         if self.df:

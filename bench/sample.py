@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Sample Video step time and peak memory: FP8 + 8-bit attention vs bf16 + PyTorch attention (a script, not a test).
+
+    python bench/sample.py [--host PATH] [--steps 3] [--cpu]
+
+Every configuration runs in a fresh host process, through the real nodes (loader -> [Patch SageAttention] ->
+Sample Video, standard mode, cfg 6, unipc), first one warm-up step, then `--steps` measured steps; the time per
+step and the peak memory come from Sample Video's own report (CUDA: max_memory_allocated; CPU: the process's
+peak RSS, reset before the run).
+
+CPU: a tiny SkyReels-V2 model (dim 512, 4 blocks), 128x128, 17 frames; FP8 per-channel with upcast matmuls and
+this pack's PyTorch SageAttention vs the same weights in bf16 with the host's attention. (Neither FP8 nor 8-bit
+attention is faster on a CPU; the CPU run proves the path and shows the overhead.)
+GPU: the real 1.3B shapes with random weights, 544x960, 97 frames: (a) FP8 per-channel + fp8 matmul (w8a8) +
+sageattn, (b) bf16 + the host's attention, (c) core UNETLoader `fp8_e4m3fn_fast` + the host's attention.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE, os.path.join(REPO, "tests")]
+
+import torch  # noqa: E402
+from comfy_host import IMPORT_PACK, PRELUDE, find_host  # noqa: E402
+from convert import write_synthetic  # noqa: E402
+from helpers import write_tiny  # noqa: E402
+
+CHILD = r"""
+import torch, folder_paths, nodes, re
+from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
+from skyreels_pack.nodes.sage_patch import PatchSageAttention
+from skyreels_pack.nodes.sample import SampleVideo
+folder_paths.add_model_folder_path("diffusion_models", {folder!r}, is_default=True)
+cfg = {cfg!r}
+if cfg["loader"] == "ours":
+    model = LoadFP8SkyReelsModel.execute(cfg["file"], cfg["weight_format"], cfg["compute"]).args[0]
+else:
+    model = nodes.UNETLoader().load_unet(cfg["file"], cfg["weight_dtype"])[0]
+if cfg["sage"]:
+    model = PatchSageAttention.execute(model, cfg["sage"], 0, 0, 0, 0.995).args[0]
+g = torch.Generator().manual_seed(0)
+pos = [[torch.randn(1, 512, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 512, 4096, generator=g), {{}}]]
+
+def run(steps):
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return SampleVideo.execute(model, pos, neg, {width}, {height}, {frames}, 0, steps, 6.0, 8.0, "unipc", 24,
+                               "standard", 97, 17, 0, 1, 0).args[1]
+
+run(1)                       # warm-up: model load, kernels, caches
+report = run({steps})
+per_call = float(re.search(r"([0-9.]+) s per call", report).group(1))
+memory = re.search(r"peak (VRAM|RSS) ([0-9]+) MiB", report)
+print(json.dumps(dict(per_call=per_call, memory_mib=int(memory.group(2)), report=report)))
+"""
+
+CPU_RUNS = [
+    ("fp8 per-channel + our SageAttention (reference)",
+     dict(loader="ours", file="tiny.safetensors", weight_format="fp8_e4m3fn (per-channel)", compute="upcast",
+          sage="reference")),
+    ("bf16 + host attention", dict(loader="ours", file="tiny.safetensors", weight_format="bf16", compute="upcast",
+                                   sage=None)),
+]
+GPU_RUNS = [
+    ("(a) fp8 per-channel, fp8 matmul + sageattn",
+     dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="fp8_e4m3fn (per-channel)",
+          compute="fp8 matmul", sage="sageattn")),
+    ("(b) bf16 + host attention (SDPA)",
+     dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="bf16", compute="upcast", sage=None)),
+    ("(c) core UNETLoader fp8_e4m3fn_fast",
+     dict(loader="core", file="bf16_1.3b.safetensors", weight_dtype="fp8_e4m3fn_fast", sage=None)),
+]
+
+
+def measure(host, folder, cfg, size, steps):
+    code = PRELUDE.format(host=host, repo=REPO) + IMPORT_PACK.format(repo=REPO) + CHILD.format(
+        folder=folder, cfg=cfg, steps=steps, **size)
+    if torch.cuda.is_available() and not size.get("cpu"):
+        code = code.replace("comfy.cli_args.args.cpu = True", "")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=host, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-4000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--cpu", action="store_true", help="the CPU run even where a GPU is present")
+    args = p.parse_args()
+    host = args.host or find_host()
+    if not host:
+        raise SystemExit("no ComfyUI host found: set COMFYUI_PATH or pass --host")
+    gpu = torch.cuda.is_available() and not args.cpu
+    folder = tempfile.mkdtemp(prefix="skyreels-sample-")
+    try:
+        if gpu:
+            print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; host {host}")
+            write_synthetic(os.path.join(folder, "bf16_1.3b.safetensors"), "1.3B")
+            size, runs, unit = dict(width=960, height=544, frames=97), GPU_RUNS, "VRAM"
+        else:
+            print(f"device: CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}; host {host}")
+            write_tiny(os.path.join(folder, "tiny.safetensors"), "T2V", dim=512, ffn_dim=1024, num_layers=4)
+            size, runs, unit = dict(width=128, height=128, frames=17, cpu=True), CPU_RUNS, "RSS"
+        print(f"{size['width']}x{size['height']}, {size['frames']} frames, {args.steps} steps (cfg 6: cond + uncond "
+              "per step)")
+        results = {label: measure(host, folder, cfg, size, args.steps) for label, cfg in runs}
+        base = results[runs[1][0]]
+        print(f"{'configuration':48s} {'s/step':>8s} {'vs ' + runs[1][0][:12]:>16s} {'peak ' + unit:>12s}")
+        for label, r in results.items():
+            print(f"{label:48s} {r['per_call']:8.3f} {base['per_call'] / r['per_call']:15.2f}x "
+                  f"{r['memory_mib']:8d} MiB")
+        print("(ratio > 1: faster than the baseline)")
+        for label, r in results.items():
+            print(f"\n[{label}]\n{r['report']}")
+    finally:
+        shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    main()
