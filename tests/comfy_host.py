@@ -12,23 +12,9 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT = os.path.join(os.path.expanduser("~"), "ComfyUI")
+sys.path.insert(0, REPO)
 
-
-def is_host(path):
-    return all(os.path.exists(os.path.join(path, p)) for p in ("main.py", "nodes.py", "comfy", "folder_paths.py"))
-
-
-def find_host():
-    env = os.environ.get("COMFYUI_PATH")
-    if env:
-        if not is_host(env):
-            raise RuntimeError(f"COMFYUI_PATH={env} is not a ComfyUI folder (no main.py / comfy/)")
-        return os.path.abspath(env)
-    parent = os.path.dirname(os.path.dirname(REPO))
-    if os.path.basename(os.path.dirname(REPO)) == "custom_nodes" and is_host(parent):
-        return parent
-    return DEFAULT if is_host(DEFAULT) else None
+from generate_video_fp8 import DEFAULT_HOST as DEFAULT, find_host, is_host  # noqa: E402,F401  (one search, shared)
 
 
 def describe(host):

@@ -4,8 +4,11 @@ import os
 import pytest
 import safetensors.torch
 import torch
+from comfy_host import run_in_host
 from helpers import write_tiny
 from server import Server
+
+from generate_video_fp8 import write_tiny_release
 
 from quant import Options, convert, tiny
 from quant.policy import should_quantize
@@ -84,6 +87,22 @@ class Payload:
         return (print, ("pickled code ran",))
 
 
+def write_workflow_files(host, base):
+    """Tiny stand-ins under the names the shipped workflows carry: release folders of the public SkyReels-V2
+    models, the Wan 2.1 VAE (tiny, built with the host's own VAE class), and LoadImage's example.png."""
+    models = os.path.join(base, "models")
+    for name, variant, seed in (("SkyReels-V2-T2V-14B-540P", "T2V", 1), ("SkyReels-V2-I2V-14B-540P", "I2V", 3),
+                                ("SkyReels-V2-DF-1.3B-540P", "DF", 2)):
+        write_tiny_release(os.path.join(models, "diffusion_models", name), variant, seed=seed)
+    os.makedirs(os.path.join(models, "vae"), exist_ok=True)
+    vae = os.path.join(models, "vae", "wan_2.1_vae.safetensors")
+    run_in_host(host, f"from generate_video_fp8 import write_tiny_vae\nwrite_tiny_vae({vae!r})\nresult = 1")
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(48, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+    from PIL import Image
+    Image.fromarray(image).save(os.path.join(base, "input", "example.png"))
+
+
 @pytest.fixture(scope="session")
 def server(host, tmp_path_factory):
     base = str(tmp_path_factory.mktemp("comfy_base"))
@@ -98,6 +117,7 @@ def server(host, tmp_path_factory):
     write_lora(os.path.join(base, "models", "loras", "tiny_lora.safetensors"), sd)
     write_bad_files(models)
     write_shards(os.path.join(models, "t2v.sharded"), sd)
+    write_workflow_files(host, base)
     srv.start()
     yield srv
     srv.stop()

@@ -26,5 +26,6 @@ result = dict(ok=ok, seconds=seconds, cuda=torch.cuda.is_initialized(),
 def test_pack_loads_without_sageattention_triton_or_cuda(host):
     r = run_in_host(host, CODE.format(repo=REPO))
     assert r["ok"] and not r["cuda"] and r["heavy"] == [], r
-    assert r["nodes"] == ["SkyReelsConvertToFP8", "SkyReelsFP8ModelLoader", "SkyReelsPatchSageAttention"]
-    assert r["names"] == ["Convert to FP8", "Load FP8 SkyReels Model", "Patch SageAttention"]
+    assert r["nodes"] == ["SkyReelsConvertToFP8", "SkyReelsFP8ModelLoader", "SkyReelsPatchSageAttention",
+                          "SkyReelsSampleVideo"]
+    assert r["names"] == ["Convert to FP8", "Load FP8 SkyReels Model", "Patch SageAttention", "Sample Video"]

@@ -1,0 +1,99 @@
+"""The shipped workflows, end to end on the real host (CPU): each UI-format file is turned into the prompt the
+frontend would queue (workflows/api.py), run on tiny files with the workflows' own file names, to a video file.
+
+Substituted at the smallest boundary, and only there: CLIPLoader + CLIPTextEncode by TestWanConditioning, and
+CLIPVisionLoader + CLIPVisionEncode by TestClipVisionOutput (tests/host/helper_nodes: the host's loaders build
+full-size umt5-xxl / ViT-H models whatever the file holds). Sizes, frames and steps are made small; every other
+widget keeps the workflow's value.
+"""
+import glob
+import json
+import os
+import re
+
+import av
+import pytest
+from server import PACK, error_of
+
+from workflows.api import ui_to_api
+
+WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
+NAMES = ["skyreels_t2v_fp8_sage.json", "skyreels_i2v_fp8_sage.json", "skyreels_df_long_video.json",
+         "skyreels_convert_to_fp8.json"]
+SMALL = dict(width=32, height=32, frames=9, steps=3)
+# The long-video workflow keeps its Diffusion Forcing settings (ar_step 5, causal blocks of 5, addnoise 20) on a
+# shorter video: 57 frames in windows of 37 frames overlapping by 17 (latent 15 = 10 + 5; all multiples of 5).
+SMALL_DF = dict(width=32, height=32, frames=57, base_num_frames=37, overlap_history=17, steps=3)
+
+
+def load(name):
+    with open(os.path.join(WORKFLOWS, name)) as f:
+        return json.load(f)
+
+
+def small_prompt(name, object_info):
+    prompt = ui_to_api(load(name), object_info)
+    for node_id, node in list(prompt.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind in ("CLIPLoader", "CLIPVisionLoader"):
+            del prompt[node_id]
+        elif kind == "CLIPTextEncode":
+            prompt[node_id] = {"class_type": "TestWanConditioning", "inputs": {"seed": int(node_id), "tokens": 8}}
+        elif kind == "CLIPVisionEncode":
+            prompt[node_id] = {"class_type": "TestClipVisionOutput", "inputs": {"seed": int(node_id)}}
+        elif kind == "SkyReelsSampleVideo":
+            inputs.update(SMALL_DF if inputs["mode"] == "diffusion forcing" else SMALL)
+        elif kind == "WanImageToVideo":
+            inputs.update(width=SMALL["width"], height=SMALL["height"], length=SMALL["frames"])
+        elif kind == "SaveVideo":
+            inputs["filename_prefix"] = "workflows/" + name.split(".")[0]
+    return prompt
+
+
+def frames_of(path):
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return sum(1 for _ in container.decode(video=0)), stream.width, stream.height
+
+
+def test_workflows_are_served_as_the_packs_templates(server):
+    index = server.get("/api/workflow_templates")
+    assert sorted(index[PACK]) == sorted(n[:-len(".json")] for n in NAMES)
+    for name in NAMES:
+        assert server.get(f"/api/workflow_templates/{PACK}/{name}") == load(name)
+
+
+def test_workflows_carry_real_model_defaults():
+    t2v = {n["type"]: n["widgets_values"] for n in load(NAMES[0])["nodes"]}
+    assert t2v["SkyReelsFP8ModelLoader"][0] == "SkyReels-V2-T2V-14B-540P/"
+    assert t2v["SkyReelsSampleVideo"][:3] == [960, 544, 97]
+    assert t2v["CLIPLoader"][:2] == ["umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan"]
+    assert t2v["VAELoader"] == ["wan_2.1_vae.safetensors"]
+    df = {n["type"]: n["widgets_values"] for n in load(NAMES[2])["nodes"]}
+    assert df["SkyReelsSampleVideo"][2] == 257 and df["SkyReelsSampleVideo"][10] == "diffusion forcing"
+
+
+@pytest.mark.parametrize("name,frames", [(NAMES[0], 9), (NAMES[1], 9), (NAMES[2], 57)])
+def test_video_workflow_runs_to_a_video_file(server, name, frames):
+    entry = server.run(small_prompt(name, server.get("/object_info")))
+    err = error_of(entry)
+    assert err is None, (err["exception_message"], "".join(err["traceback"][-4:]))
+    videos = glob.glob(os.path.join(server.base, "output", "workflows", name.split(".")[0] + "_*.mp4"))
+    assert len(videos) == 1, videos
+    assert frames_of(videos[0]) == (frames, 32, 32)
+    report = "".join(t for out in entry["outputs"].values() for t in out.get("text", []))
+    assert report.startswith("Sample Video: ") and f"= {frames} video frames" in report
+    assert re.search(r"Linear weights: \d+ float8_e4m3fn", report)   # bf16 release folder converted while loading
+    assert "attention: auto — 0 calls 8-bit" in report                 # CPU: no kernels, exact attention
+    if name == NAMES[2]:
+        assert "2 window(s)" in report and "(through the VAE)" in report and "ar_step 5" in report
+
+
+def test_convert_workflow_writes_the_fp8_file(server):
+    entry = server.run(small_prompt(NAMES[3], server.get("/object_info")))
+    err = error_of(entry)
+    assert err is None, err and err["exception_message"]
+    out = os.path.join(server.base, "models", "diffusion_models", "SkyReels-V2-DF-1.3B-540P_fp8_e4m3fn.safetensors")
+    assert os.path.isfile(out)
+    text = "".join(t for o in entry["outputs"].values() for t in o.get("text", []))
+    assert "wrote models/diffusion_models/SkyReels-V2-DF-1.3B-540P_fp8_e4m3fn.safetensors" in text
