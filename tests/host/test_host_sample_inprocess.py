@@ -1,0 +1,71 @@
+"""Sample Video inside a fresh host process: one progress bar over all windows, the DF-1.3B fps term reaching the
+model, and start image / prefix video kept as clean first frames."""
+from comfy_host import REPO, run_in_host
+from in_host import SETUP, write_models
+
+RUN = r"""
+import comfy.utils
+from skyreels_pack.nodes.sample import SampleVideo
+from generate_video_fp8 import write_tiny_vae
+write_tiny_vae(os.path.join({folder!r}, "vae.safetensors"))
+vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join({folder!r}, "vae.safetensors")))
+model = load("df_bf16.safetensors")[0]
+pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+ARGS = dict(width=32, height=32, frames=9, seed=1, steps=3, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
+            mode="diffusion forcing", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
+            addnoise_condition=0)
+
+def sample(**kw):
+    return SampleVideo.execute(model, pos, neg, **{{**ARGS, **kw}}).args
+
+def error(**kw):
+    try:
+        sample(**kw)
+    except ValueError as e:
+        return str(e)
+
+updates = []
+comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
+long, report = sample(frames=57, base_num_frames=21, overlap_history=9, ar_step=2, causal_block_size=3)
+comfy.utils.set_progress_bar_global_hook(None)
+
+f24, f30, f16 = (sample(fps=f)[0]["samples"] for f in (24, 30, 16))
+image = torch.rand(1, 32, 32, 3, generator=g)
+video = torch.rand(13, 32, 32, 3, generator=g)
+with_image = sample(start_image=image, vae=vae)[0]["samples"]
+with_video = sample(frames=17, prefix_video=video, overlap_history=5, vae=vae, addnoise_condition=20)[0]["samples"]
+result = dict(
+    updates=updates, report=report,
+    fps_24_vs_30=(f24 - f30).abs().max().item(), fps_24_vs_16=(f24 - f16).abs().max().item(),
+    image_frame=(with_image[:, :, :1] - vae.encode(image)).abs().max().item(),
+    image_rest=(with_image[:, :, 1:] - f24[:, :, 1:]).abs().max().item(),
+    video_frames=(with_video[:, :, :2] - vae.encode(video[-5:])).abs().max().item(),
+    video_shape=list(with_video.shape),
+    standard_image=error(mode="standard", start_image=image, vae=vae),
+    no_vae=error(start_image=image),
+    block_too_big=error(start_image=image, vae=vae, causal_block_size=3),
+)
+"""
+
+
+def test_sample_video_in_process(host, tmp_path):
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + RUN.format(folder=str(tmp_path)))
+    # One bar for every model call of every window: 4 windows of 6 latent frames = 2 causal blocks of 3; the first
+    # takes 3 steps + 1 block x ar_step 2 = 5 rows, the others start with one finished block: 3 rows; 14 in all.
+    # The total never changes and the count only goes up, to the end (the host sends a throttled subset).
+    values, totals = [v for v, _ in r["updates"]], {t for _, t in r["updates"]}
+    assert totals == {14} and values == sorted(values) and values[-1] == 14, r["updates"]
+    assert "4 window(s), 15 latent frames = 57 video frames" in r["report"] and "14 model calls" in r["report"]
+    # fps reaches DF-1.3B's fps embedding: 16 fps is id 0, every other rate id 1.
+    assert r["fps_24_vs_30"] == 0.0 and r["fps_24_vs_16"] > 1e-3
+    # A start image is the clean first latent frame: the VAE's encoding, up to the float32 rounding of the host's
+    # latent scaling in and out (measured 9e-8); the other frames change.
+    assert r["image_frame"] < 1e-5 and r["image_rest"] > 1e-3
+    # A prefix video: its last overlap_history (5) frames, encoded (2 latent frames), start the output.
+    assert r["video_frames"] < 1e-5 and r["video_shape"] == [1, 16, 5, 4, 4]
+    assert r["standard_image"].startswith("Sample Video: start_image / prefix_video need mode 'diffusion forcing'")
+    assert r["no_vae"] == "Sample Video: start_image / prefix_video need a vae connected to encode them"
+    assert r["block_too_big"].startswith("Sample Video: start_image: gives 1 latent frame(s), fewer than "
+                                         "causal_block_size 3")
