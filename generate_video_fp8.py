@@ -61,13 +61,14 @@ def find_host():
 
 class HostServer:
     """ComfyUI's main.py on a free loopback port, with `base` as its base folder (this pack linked into
-    base/custom_nodes) and any extra main.py arguments."""
+    base/custom_nodes unless link_pack is False) and any extra main.py arguments."""
 
-    def __init__(self, host, base, extra_args=(), python=sys.executable):
+    def __init__(self, host, base, extra_args=(), python=sys.executable, link_pack=True):
         self.host, self.base, self.extra_args, self.python = host, base, list(extra_args), python
         for sub in ("custom_nodes", "models/diffusion_models", "input", "output", "user"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
-        os.symlink(REPO, os.path.join(base, "custom_nodes", PACK))
+        if link_pack:
+            os.symlink(REPO, os.path.join(base, "custom_nodes", PACK))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
