@@ -4,7 +4,7 @@
     python generate_video_fp8.py --model_path MODEL [--prompt "..."] [--resolution 540P|720P] [--num_frames 97]
         [--image START.png] [--use_sage_attention] [--no-fp8] [--offload] [--monitor_memory] [--seed N]
         [--output out.mp4] [DF: --ar_step 5 --causal_block_size 5 --base_num_frames 97 --overlap_history 17
-        --addnoise_condition 20]
+        --addnoise_condition 20 (defaults as SkyReels-V2's: 0, 1, 97, 17, 0)]
 
 MODEL is a SkyReels-V2 file or downloaded folder. The workflow follows from the model's tensors: an I2V model with
 --image runs skyreels_i2v_fp8_sage.json, a Diffusion Forcing model (or any DF flag) skyreels_df_long_video.json,
@@ -37,9 +37,12 @@ sys.path.insert(0, REPO)
 PACK = "ComfyUI-SkyReels-FP8"
 DEFAULT_HOST = os.path.join(os.path.expanduser("~"), "ComfyUI")
 RESOLUTIONS = {"540P": (960, 544), "720P": (1280, 720)}
-DF_FLAGS = ("ar_step", "causal_block_size", "base_num_frames", "overlap_history", "addnoise_condition")
-# The demo's long video, small: 57 frames in windows of 37 overlapping by 17, causal blocks of 5.
-DEMO = dict(width=64, height=64, frames=57, base_num_frames=37, overlap_history=17, steps=4)
+# SkyReels-V2's generate_video_df.py defaults (its overlap_history has none; 17 is what its README uses).
+DF_DEFAULTS = dict(ar_step=0, causal_block_size=1, base_num_frames=97, overlap_history=17, addnoise_condition=0)
+DF_FLAGS = tuple(DF_DEFAULTS)
+# The demo's long video, small and asynchronous: 57 frames in windows of 37 overlapping by 17, causal blocks of 5.
+DEMO = dict(width=64, height=64, frames=57, steps=4, ar_step=5, causal_block_size=5, base_num_frames=37,
+            overlap_history=17, addnoise_condition=20)
 
 
 def is_host(path):
@@ -200,8 +203,8 @@ def parse_args(argv):
     p.add_argument("--offload", action="store_true", help="start ComfyUI with --lowvram (weights streamed to the GPU)")
     p.add_argument("--monitor_memory", action="store_true", help="print peak memory and time per step")
     p.add_argument("--output", help="video file to write (default: video_out/<workflow>_<seed>_<time>.mp4)")
-    for flag in DF_FLAGS:
-        p.add_argument("--" + flag, type=int, help="Diffusion Forcing (default: the workflow's)")
+    for flag, default in DF_DEFAULTS.items():
+        p.add_argument("--" + flag, type=int, help=f"Diffusion Forcing (default: {default}, as SkyReels-V2)")
     p.add_argument("--text_encoder", help="umt5-xxl file (default: models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled)")
     p.add_argument("--vae", help="Wan 2.1 VAE file (default: models/vae/wan_2.1_vae.safetensors)")
     p.add_argument("--clip_vision", help="CLIP vision file for I2V (default: models/clip_vision/clip_vision_h)")
@@ -210,9 +213,16 @@ def parse_args(argv):
 
 
 def pick_workflow(args, info):
-    if args.image and info is not None and info.variant == "I2V":
+    if info is None:
+        if args.image:
+            raise BadInput("--image needs --model_path (the demo model takes no image)")
+        return "skyreels_df_long_video.json"
+    if info.variant == "I2V":
+        if not args.image:
+            raise BadInput(f"--model_path: {info.describe()} is an image-to-video model; give --image")
         return "skyreels_i2v_fp8_sage.json"
-    if info is None or info.variant == "DF" or any(getattr(args, f) is not None for f in DF_FLAGS):
+    # DF-14B has the same tensors as T2V-14B: a start image or a DF flag asks for Diffusion Forcing.
+    if info.variant == "DF" or args.image or any(getattr(args, f) is not None for f in DF_FLAGS):
         return "skyreels_df_long_video.json"
     return "skyreels_t2v_fp8_sage.json"
 
@@ -280,10 +290,9 @@ def build_prompt(workflow, object_info, args, names, demo):
                 if value is not None:
                     inputs[key] = value
             for flag in DF_FLAGS:
-                value = getattr(args, flag) if getattr(args, flag) is not None else sizes.get(flag)
-                if value is not None:
-                    inputs[flag] = value
-            if args.image and names.get("variant") == "DF":
+                given = getattr(args, flag)
+                inputs[flag] = given if given is not None else sizes.get(flag, DF_DEFAULTS[flag])
+            if args.image and inputs["mode"] == "diffusion forcing":
                 prompt["start"] = {"class_type": "LoadImage", "inputs": {"image": os.path.basename(args.image)}}
                 inputs["start_image"] = ["start", 0]
                 inputs["vae"] = next([i, 0] for i, n in prompt.items() if n["class_type"] == "VAELoader")
@@ -305,6 +314,8 @@ def build_prompt(workflow, object_info, args, names, demo):
                 inputs["text"] = args.negative_prompt
             elif not negative:
                 inputs["text"] = args.prompt
+        elif kind == "CreateVideo":
+            inputs["fps"] = args.fps
         elif kind == "SaveVideo":
             inputs["filename_prefix"] = "headless/video"
     if demo:

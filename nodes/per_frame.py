@@ -1,10 +1,16 @@
-"""The host's flow model sampling, with SkyReels-V2's shift, taking one sigma per latent frame.
+"""One sigma per latent frame through the host's Wan model, for Diffusion Forcing.
 
-ComfyUI's Wan model already accepts a timestep per frame ([B, F]); only model_sampling reshapes sigma to one value
-per batch item. Frames are moved into the batch for those formulas so the host's own math applies frame by frame.
-Installed as an object patch on a clone, as core's ModelSamplingSD3 node installs its shift.
+ComfyUI's Wan model already accepts a timestep per frame ([B, F]); the rest of the host expects one sigma per
+batch item. So the sampler gives the host the noisiest frame's sigma (for CFG, timestep ranges, hook keyframes)
+and puts the per-frame sigmas in transformer_options[KEY]; an APPLY_MODEL wrapper swaps them in right before the
+model, and model_sampling (the host's flow formulas, with SkyReels-V2's shift) is patched to take [B, F]: frames
+are moved into the batch so the host's own math applies frame by frame. Both are installed on a clone, as core's
+ModelSamplingSD3 node installs its shift.
 """
 import comfy.model_sampling
+from comfy.patcher_extension import WrappersMP
+
+KEY = "skyreels_frame_sigmas"
 
 
 def _frames_to_batch(t):
@@ -32,10 +38,19 @@ class PerFrameFlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy
         return _batch_to_frames(out, model_input.shape[0])
 
 
+def _frame_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                  **kwargs):
+    frames = transformer_options.get(KEY)
+    if frames is not None:
+        t = frames.to(t)[None].expand(t.shape[0], -1)
+    return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
 def patch(model, shift):
     """A clone of `model` (a ModelPatcher) whose model_sampling has `shift` and takes per-frame sigmas."""
     sampling = PerFrameFlowSampling(model.model.model_config)
     sampling.set_parameters(shift=shift, multiplier=1000)
     m = model.clone()
     m.add_object_patch("model_sampling", sampling)
+    m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, _frame_sigmas)
     return m

@@ -110,12 +110,15 @@ def guard_cosine(q, k, v, layout, mode):
 
 
 def step_index(to):
-    """Index of the current sampling step, from the sigma of this call and the schedule (the host has no step
-    counter); 0 when unknown."""
+    """Index of the current sampling step: Sample Video's count of model calls when it runs the model (for
+    Diffusion Forcing: the calls of the current window), else found from this call's sigma in the schedule (the
+    host has no step counter); 0 when unknown."""
+    if "skyreels_call" in to:
+        return to["skyreels_call"]
     sigmas, schedule = to.get("sigmas"), to.get("sample_sigmas")
     if sigmas is None or schedule is None:
         return 0
-    return int((schedule.to(sigmas.device) - sigmas.max()).abs().argmin())  # DF: the noisiest frame
+    return int((schedule.to(sigmas.device) - sigmas.flatten()[0]).abs().argmin())
 
 
 class PatchSageAttention(io.ComfyNode):

@@ -120,8 +120,8 @@ def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0
         x0 = denoise(x_in, s_in)
         for f in range(start, end):
             if plan.update[r, f]:
-                # A copy: the solver keeps the sample it was given, and x is written in place.
-                x[:, :, f] = solvers[f].step(x0[:, :, f - start], x[:, :, f].clone())
+                # Copies: the solver keeps what it is given (x is written in place; a view would keep all of x0).
+                x[:, :, f] = solvers[f].step(x0[:, :, f - start].clone(), x[:, :, f].clone())
         if callback is not None:
             callback(r, x0, x)
     return x

@@ -15,6 +15,8 @@ def flow_sigmas(steps, shift):
     then shifted), computed in float64 as its numpy code does."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if shift <= 0:
+        raise ValueError(f"shift must be above 0, got {shift}")
     linear = torch.linspace(1 - 1 / TRAIN_STEPS, 0, steps + 1, dtype=torch.float64)
     return shift_sigma(linear, shift).float()
 

@@ -73,8 +73,21 @@ def test_flags_reach_the_workflow_widgets(server):
     assert loader["model_name"] == "SkyReels-V2-DF-1.3B-540P/" and loader["weight_format"] == "bf16"
     assert sage["mode"] == "disabled"
     assert (sample["width"], sample["height"], sample["frames"], sample["seed"]) == (1280, 720, 257, 7)
+    # Given flags win; the others take SkyReels-V2's CLI defaults, not the workflow's long-video settings.
     assert (sample["ar_step"], sample["causal_block_size"], sample["overlap_history"]) == (5, 5, 17)
+    assert (sample["base_num_frames"], sample["addnoise_condition"]) == (97, 0)
     assert sorted(e["text"] for e in by_type["CLIPTextEncode"]) == ["a red fox", "blurry"]
     assert by_type["CLIPLoader"][0]["clip_name"] == "umt5.safetensors"
     assert by_type["LoadImage"][0]["image"] == "start.png" and prompt[sample["start_image"][0]]
     assert prompt[sample["vae"][0]]["class_type"] == "VAELoader"
+    assert by_type["CreateVideo"][0]["fps"] == 24
+
+
+def test_model_and_image_must_fit(host, tmp_path):
+    from generate_video_fp8 import write_tiny_release
+    write_tiny_release(str(tmp_path / "i2v"), "I2V")
+    proc = run(["--model_path", str(tmp_path / "i2v")], host, tmp_path)
+    assert proc.returncode == 2 and "is an image-to-video model; give --image" in proc.stderr
+    (tmp_path / "start.png").write_bytes(b"")                  # exists; the demo refuses it before reading
+    proc = run(["--image", "start.png"], host, tmp_path)
+    assert proc.returncode == 2 and "--image needs --model_path" in proc.stderr

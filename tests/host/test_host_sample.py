@@ -93,8 +93,8 @@ def test_sync_forcing_equals_standard_on_the_host(server):
 
 
 def test_async_long_video_makes_all_frames_in_one_node(server):
-    # 57 frames = 15 latent frames, base 21 frames = 6 latent, overlap 9 frames = 3 latent: windows of 6, 6, 6
-    # adding 6 + 3 + 3 + 3 = 15 latent frames; asynchronous (ar_step 2), causal blocks of 3, prefix noised.
+    # 57 frames = 15 latent frames, base 21 frames = 6 latent, overlap 9 frames = 3 latent: 4 windows of 6 latent
+    # frames adding 6 + 3 + 3 + 3 = 15; asynchronous (ar_step 2), causal blocks of 3, prefix noised.
     entry = run_ok(server, graph("df_long", mode="diffusion forcing", frames=57, base_num_frames=21,
                                  overlap_history=9, ar_step=2, causal_block_size=3, addnoise_condition=20))
     out = latent_of(server, "df_long")
@@ -148,3 +148,13 @@ def test_interrupt_stops_the_run_and_the_next_run_works(server):
     assert not glob.glob(os.path.join(server.base, "output", "latents", "slow_*.latent"))
     run_ok(server, graph("after_interrupt"))
     assert latent_of(server, "after_interrupt").isfinite().all()
+
+
+def test_forcing_works_with_core_timestep_ranges(server):
+    # The host sees one sigma per batch item (the noisiest frame's), so core conditioning that reads it still works.
+    prompt = graph("ranges", mode="diffusion forcing", ar_step=1)
+    prompt["6"] = {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["2", 0], "start": 0.0,
+                                                                           "end": 0.5}}
+    prompt["4"]["inputs"]["positive"] = ["6", 0]
+    run_ok(server, prompt)
+    assert latent_of(server, "ranges").isfinite().all()

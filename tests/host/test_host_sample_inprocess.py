@@ -35,7 +35,26 @@ image = torch.rand(1, 32, 32, 3, generator=g)
 video = torch.rand(13, 32, 32, 3, generator=g)
 with_image = sample(start_image=image, vae=vae)[0]["samples"]
 with_video = sample(frames=17, prefix_video=video, overlap_history=5, vae=vae, addnoise_condition=20)[0]["samples"]
+# What the model itself is given in an asynchronous window with a prefix: one timestep per frame.
+seen = []
+hook = model.model.diffusion_model.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
+sample(frames=17, prefix_video=video, overlap_history=5, vae=vae, addnoise_condition=20, ar_step=1, steps=2)
+hook.remove()
+
+# Batch of 2, overlap through the VAE: each item carries its own video's end, exactly its last frames.
+from skyreels_pack.nodes.sample_job import Job
+job = Job(model, pos, neg, 1, 2, 3.0, 8.0, "unipc", 24, vae, [2, 16, 5, 4, 4], True,
+          dict(base_num_frames=13, overlap_history=5, ar_step=0, causal_block_size=1, addnoise_condition=0))
+window = torch.randn(2, 16, 4, 4, 4, generator=g)
+carried = job._next_prefix(window, 2)
+own = [vae.encode(vae.decode(window[i:i + 1]).reshape(-1, 32, 32, 3)[-5:]) for i in range(2)]
+two, _ = SampleVideo.execute(model, pos, neg, **{{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}},
+                             vae=vae, latent={{"samples": torch.zeros(2, 16, 6, 4, 4)}}).args
+
 result = dict(
+    timesteps=[t.tolist() for t in seen],
+    carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
+    items_differ=(carried[0] - carried[1]).abs().max().item(), batch_shape=list(two["samples"].shape),
     updates=updates, report=report,
     fps_24_vs_30=(f24 - f30).abs().max().item(), fps_24_vs_16=(f24 - f16).abs().max().item(),
     image_frame=(with_image[:, :, :1] - vae.encode(image)).abs().max().item(),
@@ -67,5 +86,13 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["video_frames"] < 1e-5 and r["video_shape"] == [1, 16, 5, 4, 4]
     assert r["standard_image"].startswith("Sample Video: start_image / prefix_video need mode 'diffusion forcing'")
     assert r["no_vae"] == "Sample Video: start_image / prefix_video need a vae connected to encode them"
+    # The model sees one timestep per latent frame (cond and uncond: 2 rows): the 2 prefix frames at the
+    # addnoise level (20), the others at their own step of the schedule, not all the same (ar_step 1).
+    first = r["timesteps"][0]
+    assert len(first) == 2 and len(first[0]) == 5 and first[0] == first[1]
+    assert first[0][:2] == [20.0, 20.0] and len(set(first[0][2:])) > 1, first
+    # Batch of 2 through the VAE: each item's own last 5 frames carried over (not the last item's for all).
+    assert max(r["carried"]) < 1e-5 and r["items_differ"] > 1e-3, r
+    assert r["batch_shape"] == [2, 16, 6, 4, 4]
     assert r["block_too_big"].startswith("Sample Video: start_image: gives 1 latent frame(s), fewer than "
                                          "causal_block_size 3")

@@ -1,0 +1,216 @@
+"""One Sample Video run: its windows and their Diffusion Forcing plans, the prefix carried from one window to the
+next, and the sampler function the host runs for each window.
+
+The host does what it already can: conditioning, CFG, model loading and offloading, wrappers and hooks
+(`comfy.sample.sample_custom` with our sampler function), progress and previews. The host always sees one sigma
+per batch item (the noisiest frame's, so timestep ranges and hook keyframes work); the per-frame sigmas travel in
+transformer_options to `per_frame`'s wrapper, which hands them to the model.
+"""
+import logging
+import time
+
+import torch
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..sampling import forcing, solvers
+from ..sampling.schedule import flow_sigmas, latent_frames, video_frames
+from . import fps as fps_term
+from . import per_frame, run_report
+
+log = logging.getLogger("skyreels_fp8")
+CALL_KEY = "skyreels_call"      # transformer_options: index of the model call within the window (sage_patch)
+
+
+def fail(message):
+    raise ValueError(f"Sample Video: {message}")
+
+
+def check_frames(widget, n):
+    if n < 1 or (n - 1) % 4:
+        fail(f"{widget}: {n} is not 4k+1; use {max(1, (n - 1) // 4 * 4 + 1)} or {(n - 1) // 4 * 4 + 5}")
+
+
+class Job:
+    def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts):
+        self.model = per_frame.patch(model, shift)
+        self.model.model_options.setdefault("transformer_options", {})[fps_term.KEY] = fps
+        self.positive, self.negative, self.seed, self.cfg = positive, negative, seed, cfg
+        self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
+        self.sigmas = flow_sigmas(steps, shift)
+        self.steps, self.fps, self.prefix = steps, fps, None
+        # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
+        # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
+        self.generator = torch.Generator().manual_seed(seed)
+        self.model_seconds = 0.0
+        self.description = (f"{'diffusion forcing' if df else 'standard'}, {sampler} {steps} steps, cfg {cfg}, "
+                            f"shift {shift}")
+
+    # --- prefix -------------------------------------------------------------------------------------------------
+
+    def set_prefix(self, start_image, prefix_video):
+        if start_image is None and prefix_video is None:
+            return
+        if not self.df:
+            fail("start_image / prefix_video need mode 'diffusion forcing' (for the I2V model use core "
+                 "WanImageToVideo into positive/negative/latent instead)")
+        if self.vae is None:
+            fail("start_image / prefix_video need a vae connected to encode them")
+        if prefix_video is not None:
+            check_frames("overlap_history", self.opts["overlap_history"])
+            pixels, source = prefix_video[None], "prefix_video"
+        else:
+            pixels, source = start_image[None, :1], "start_image"
+        self.prefix = self._encode_tail(pixels, source).expand(self.shape[0], -1, -1, -1, -1)
+
+    def _encode_tail(self, videos, source):
+        """Encode the end of each video [B, frames, H, W, C]: the last overlap_history frames, cut to whole causal
+        blocks of latent frames (as SkyReels-V2 does), so the latents end exactly where the pixels end."""
+        cbs = self.opts["causal_block_size"]
+        available = min(self.opts["overlap_history"], videos.shape[1])
+        keep = latent_frames(available) // cbs * cbs
+        if keep == 0:
+            fail(f"{source}: gives {latent_frames(available)} latent frame(s), fewer than causal_block_size {cbs}; "
+                 f"use causal_block_size 1 or at least {video_frames(cbs)} frames")
+        h, w = self.shape[3] * 8, self.shape[4] * 8
+        out = []
+        for video in videos:
+            pixels = video[-video_frames(keep):]
+            if pixels.shape[1] != h or pixels.shape[2] != w:
+                pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
+            out.append(self.vae.encode(pixels[:, :, :, :3]))
+        return torch.cat(out)
+
+    def _next_prefix(self, window, overlap):
+        """The last `overlap` latent frames of a window; with a VAE, its last frames decoded and encoded again."""
+        if self.vae is None:
+            return window[:, :, -overlap:]
+        pixels = self.vae.decode(window)                  # [B, frames, H, W, C]
+        return self._encode_tail(pixels.reshape(window.shape[0], -1, *pixels.shape[-3:]), "overlap_history")
+
+    # --- windows ------------------------------------------------------------------------------------------------
+
+    def plans(self):
+        """[(prefix, length, plan)] of every window."""
+        o, total, cbs = self.opts, self.shape[2], self.opts["causal_block_size"]
+        if not self.df:
+            return [(0, total, None)]
+        check_frames("base_num_frames", o["base_num_frames"])
+        base = latent_frames(o["base_num_frames"])
+        overlap = latent_frames(o["overlap_history"]) // cbs * cbs     # whole causal blocks, as SkyReels-V2 does
+        if total > base:
+            check_frames("overlap_history", o["overlap_history"])
+            if overlap == 0:
+                fail(f"overlap_history: {o['overlap_history']} frames are {latent_frames(o['overlap_history'])} "
+                     f"latent frame(s), fewer than causal_block_size {cbs}; use at least {video_frames(cbs)}")
+            if overlap >= base:
+                fail(f"overlap_history ({o['overlap_history']}) must be shorter than base_num_frames "
+                     f"({o['base_num_frames']})")
+        wins = forcing.windows(total, base, overlap)
+        first = 0 if self.prefix is None else self.prefix.shape[2]
+        if first >= wins[0][1]:
+            fail(f"the prefix has {first} latent frames; the video needs more than that (frames > "
+                 f"{video_frames(first)})")
+        wins[0] = (first, wins[0][1])
+        out = []
+        for i, (prefix, length) in enumerate(wins):
+            if length % cbs:
+                fail(f"causal_block_size: window {i + 1} of {len(wins)} has {length} latent frames, not a multiple "
+                     f"of {cbs}; pick frames/base_num_frames whose latent counts ((n - 1) / 4 + 1) are multiples of it")
+            try:
+                plan = forcing.timestep_matrix(length, self.steps, length, o["ar_step"], prefix, cbs)
+            except ValueError as e:
+                fail(str(e))
+            out.append((prefix, length, plan))
+        return out
+
+    def run(self):
+        windows = self.plans()
+        calls = sum(self.steps if plan is None else plan.rows for _, _, plan in windows)
+        progress = latent_preview.prepare_callback(self.model, calls)
+        attention_before = run_report.attention_counts(self.model)
+        meter = run_report.Meter(self.model.load_device)
+        done, parts, carry = 0, [], self.prefix
+        for i, (prefix, length, plan) in enumerate(windows):
+            shape = [self.shape[0], self.shape[1], length, *self.shape[3:]]
+            out = self._window(shape, carry if prefix else None, plan, progress, done, calls)
+            done += self.steps if plan is None else plan.rows
+            parts.append(out if i == 0 else out[:, :, prefix:])
+            if i + 1 < len(windows):
+                carry = self._next_prefix(out, windows[i + 1][0])
+        meter.finish()
+        samples = torch.cat(parts, dim=2)
+        return samples, self._report(windows, calls, meter, attention_before, samples)
+
+    def _window(self, shape, prefix, plan, progress, offset, total):
+        latent = torch.zeros(shape)
+        noise = torch.randn(shape, generator=self.generator)
+        prefix_in = None if prefix is None else self.model.model.process_latent_in(prefix.float())
+        addnoise = self.opts["addnoise_condition"] if prefix is not None else 0
+        job = self
+
+        def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+            extra_args = dict(extra_args or {})
+            options = extra_args.pop("model_options", {})
+            ones = x.new_ones(x.shape[0])
+            calls = [0]
+
+            def denoise(x_in, sigma):
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                sigma = sigma.to(x_in.device)
+                to = {**options.get("transformer_options", {}), CALL_KEY: calls[0]}
+                if sigma.ndim:
+                    to[per_frame.KEY] = sigma
+                started = job._clock(x_in.device)
+                x0 = model(x_in, sigma.max() * ones, model_options={**options, "transformer_options": to},
+                           **extra_args)
+                job.model_seconds += job._clock(x_in.device) - started
+                calls[0] += 1
+                return x0
+
+            def step(i, x0, x_now):
+                progress(offset + i, x0, x_now, total)
+
+            if plan is None:
+                return solvers.sample(denoise, x, sigmas.cpu(), self.sampler, step)
+            x = x.clone()
+            if prefix_in is not None:
+                x[:, :, :prefix_in.shape[2]] = prefix_in.to(x)
+            return forcing.sample_window(denoise, x, sigmas.cpu(), plan, self.sampler, addnoise_condition=addnoise,
+                                         generator=self.generator, callback=step)
+
+        sampler = comfy.samplers.KSAMPLER(sampler_function)
+        return comfy.sample.sample_custom(self.model, noise, self.cfg, sampler, self.sigmas, self.positive,
+                                          self.negative, latent, callback=None, disable_pbar=True, seed=self.seed)
+
+    @staticmethod
+    def _clock(device):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    # --- report -------------------------------------------------------------------------------------------------
+
+    def _report(self, windows, calls, meter, attention_before, samples):
+        weights, fp8_matmul, has_fp8 = run_report.weights_summary(self.model)
+        compute = self.model.model.get_dtype_inference()
+        lines = [
+            f"Sample Video: {self.description}; {len(windows)} window(s), {samples.shape[2]} latent frames = "
+            f"{video_frames(samples.shape[2])} video frames",
+            f"{calls} model calls, {self.model_seconds / max(calls, 1):.3f} s per call ({self.model_seconds:.1f} s "
+            f"in the model of {meter.seconds:.1f} s in all); {meter.memory}",
+            f"{weights}; {run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute)}",
+            run_report.attention_summary(self.model, attention_before),
+        ]
+        if self.df:
+            o = self.opts
+            lines.insert(1, f"diffusion forcing: ar_step {o['ar_step']}, causal_block_size {o['causal_block_size']}, "
+                            f"base_num_frames {o['base_num_frames']}, overlap_history {o['overlap_history']} "
+                            f"({'through the VAE' if self.vae is not None else 'in latent space'}), addnoise_condition "
+                            f"{o['addnoise_condition']}, fps {self.fps}")
+        report = "\n".join(lines)
+        log.info(report)
+        return report
