@@ -1,0 +1,132 @@
+"""The pack in the real ComfyUI frontend, in Debian's Chromium (headless, driven by Playwright): the nodes in the
+node library under their names, every shipped workflow opened from the template browser without a missing-node
+or widget error, and the T2V workflow queued with the Run button until its video shows in the page.
+
+Substituted at the smallest boundary, as in test_host_workflows.py: in the opened T2V graph the two CLIP Text
+Encode nodes become TestWanConditioning (the host's CLIPLoader builds a full-size umt5-xxl whatever the file
+holds), and the size is made small. The screenshot of the finished run is kept in $TEST_ARTIFACTS (default
+test-artifacts/ in the repository).
+"""
+import os
+import shutil
+
+import pytest
+
+from comfy_host import REPO
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+NAMES = ["Load FP8 SkyReels Model", "Convert to FP8", "Patch SageAttention", "Sample Video"]
+WORKFLOWS = ["skyreels_t2v_fp8_sage", "skyreels_i2v_fp8_sage", "skyreels_df_long_video", "skyreels_convert_to_fp8"]
+ARTIFACTS = os.environ.get("TEST_ARTIFACTS", os.path.join(REPO, "test-artifacts"))
+
+# Replace each CLIP Text Encode by the test conditioning node, wired to the same inputs, drop the CLIP loader, and
+# make the run small (every other widget keeps the workflow's value).
+SUBSTITUTE = """() => {
+  const graph = window.app.graph;
+  let seed = 1;
+  for (const old of graph.nodes.filter(n => n.type === "CLIPTextEncode")) {
+    const node = LiteGraph.createNode("TestWanConditioning");
+    graph.add(node);
+    node.pos = [old.pos[0], old.pos[1]];
+    node.widgets.find(w => w.name === "seed").value = seed++;
+    node.widgets.find(w => w.name === "tokens").value = 8;
+    for (const id of [...(old.outputs[0].links || [])]) {
+      const link = graph.links.get ? graph.links.get(id) : graph.links[id];
+      node.connect(0, graph.getNodeById(link.target_id), link.target_slot);
+    }
+    graph.remove(old);
+  }
+  for (const n of graph.nodes.filter(n => n.type === "CLIPLoader")) graph.remove(n);
+  const sample = graph.nodes.find(n => n.type === "SkyReelsSampleVideo");
+  const set = (name, value) => { sample.widgets.find(w => w.name === name).value = value; };
+  set("width", 32); set("height", 32); set("frames", 9); set("steps", 2);
+  const control = sample.widgets.find(w => w.name === "control_after_generate");
+  if (control) control.value = "fixed";
+  graph.setDirtyCanvas(true, true);
+  return graph.nodes.map(n => n.type);
+}"""
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if CHROMIUM is None:
+        pytest.fail("Chromium not found: install Debian's chromium (.ci/run does) to run the browser test")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (.ci/run does)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.errors = []
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
+        page.goto(server.url)
+        page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
+                               "Object.keys(LiteGraph.registered_node_types).length > 100", timeout=120_000)
+        yield page
+        browser.close()
+
+
+def close_dialogs(page):
+    """Close what the frontend opens by itself (the template browser on a first visit)."""
+    for _ in range(5):
+        page.wait_for_timeout(800)
+        if page.locator('[role="dialog"]').filter(visible=True).count() == 0:
+            return
+        page.keyboard.press("Escape")
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "dialog_left_open.png"))
+
+
+def open_template(page, name):
+    """Templates in the sidebar -> this pack's entry under Extensions -> the workflow's card, as a user does."""
+    close_dialogs(page)
+    page.locator('button[aria-label="Templates"]').filter(visible=True).first.click()
+    page.get_by_text("ComfyUI-SkyReels", exact=False).first.click()
+    page.get_by_test_id(f"template-workflow-{name}").click()
+    page.wait_for_function(f"() => window.app.graph.nodes.length > 0 && "
+                           f"document.title.includes('{name[:12]}')", timeout=30_000)
+    page.wait_for_timeout(1000)
+
+
+def test_nodes_are_in_the_node_library(page):
+    close_dialogs(page)
+    page.locator('button[aria-label="Node Library (n)"]').filter(visible=True).first.click()
+    page.wait_for_timeout(1000)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "node_library.png"))
+    search = page.get_by_placeholder("Search...").filter(visible=True).first
+    for name in NAMES:
+        search.fill(name)
+        page.wait_for_timeout(800)
+        assert page.get_by_text(name, exact=True).filter(visible=True).count() >= 1, name
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_workflow_opens_without_missing_nodes_or_widget_errors(page, name):
+    open_template(page, name)
+    types = page.evaluate("() => window.app.graph.nodes.map(n => n.type)")
+    missing = page.evaluate("() => window.app.graph.nodes.filter(n => n.has_errors || "
+                            "!LiteGraph.registered_node_types[n.type]).map(n => n.type)")
+    assert missing == [], missing
+    assert any(t.startswith("SkyReels") for t in types)
+    assert page.get_by_text("errors found", exact=False).count() == 0
+    assert page.get_by_text("missing", exact=False).filter(visible=True).count() == 0
+    assert page.errors == [], page.errors
+
+
+def test_t2v_workflow_runs_from_the_run_button(page):
+    open_template(page, "skyreels_t2v_fp8_sage")
+    types = page.evaluate(SUBSTITUTE)
+    assert "CLIPLoader" not in types and types.count("TestWanConditioning") == 2
+    page.get_by_role("button", name="Run", exact=True).first.click()
+    # Done when the Save Video node shows the saved video and the report reaches its Preview as Text node.
+    page.wait_for_function("() => { const o = window.app.nodeOutputs || {}; return Object.values(o).some(v => "
+                           "(v.images || v.video || []).some(i => String(i.filename).endsWith('.mp4'))); }",
+                           timeout=300_000)
+    page.wait_for_selector("video", timeout=60_000)
+    page.wait_for_timeout(1000)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "t2v_workflow_finished.png"))
+    # The report, as the Preview as Text node's textarea shows it.
+    shown = page.evaluate("() => [...document.querySelectorAll('textarea')].map(t => t.value)"
+                          ".filter(v => v.startsWith('Sample Video:'))")
+    assert len(shown) == 1 and "standard, unipc 2 steps" in shown[0] and "= 9 video frames" in shown[0], shown
+    assert page.errors == [], page.errors
