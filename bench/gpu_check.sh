@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The GPU benchmark as one command, for a lent H100/H200 (the device tool's `run`), in at most 8 minutes.
+#
+#   here, once:  bash bench/gpu_check.sh --prepare
+#       wheels the device image lacks into .whl/ (sageattention, av, torchsde, comfy-kitchen without its CUDA
+#       extension: its eager backend, i.e. torch._scaled_mm) and a trimmed copy of the ComfyUI host into .host/;
+#       both are listed in .git/info/exclude and travel with `carry`.
+#   there:       run(command="bash bench/gpu_check.sh", carry=[".whl", ".host"], timeout_s=540)
+#
+# Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): the fp8 GEMM
+# table and the 1.3B weight memory (bench/gemm.py), sageattn vs SDPA (bench/attention.py), and Sample Video's
+# step time and peak VRAM, fp8 + sage vs bf16 + SDPA vs core fp8_e4m3fn_fast (bench/sample.py). Without a GPU
+# every part runs its CPU smoke version, so the script is checked on any machine.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+prepare() {
+    set -e
+    local py="--python-version 3.12 --implementation cp --only-binary=:all: --no-deps"
+    local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64"
+    plat="$plat --platform manylinux2014_x86_64 --platform manylinux_2_12_x86_64"
+    rm -rf .whl .host && mkdir -p .whl
+    # What the pack and ComfyUI import for these runs and the device image (Python 3.12, torch) does not hold.
+    "$PYTHON" -m pip download -q $py $plat -d .whl sageattention==1.0.6 av==18.1.0 torchsde==0.2.6 \
+        trampoline==0.1.2 comfy-aimdo==0.4.13 simpleeval blake3
+    # comfy-kitchen's wheel is 58 MB, nearly all CUDA/HIP extensions built for other torch versions: leave them
+    # out (its loader then uses the eager backend) to stay inside the 64 MiB the device tool carries.
+    local tmp whl repo=$PWD
+    tmp=$(mktemp -d)
+    "$PYTHON" -m pip download -q $py $plat -d "$tmp" comfy-kitchen==0.2.31
+    whl=$(ls "$tmp"/comfy_kitchen-*.whl)
+    mkdir "$tmp/x"
+    (cd "$tmp/x" && unzip -q "$whl" && rm -f comfy_kitchen/backends/*/_C.* && zip -q -r "$repo/.whl/${whl##*/}" .)
+    rm -rf "$tmp"
+    # The host without its tests, templates, API nodes and tokenizer data (none is used by these runs).
+    local host; host=$(PYTHONPATH=tests "$PYTHON" -c 'from comfy_host import find_host; print(find_host() or "")')
+    [ -n "$host" ] || { echo "gpu_check: no ComfyUI host found (set COMFYUI_PATH)" >&2; exit 2; }
+    mkdir -p .host
+    tar -C "$host" --exclude='__pycache__' --exclude='*.db' --exclude='./comfy/sd1_tokenizer' \
+        --exclude='./comfy/text_encoders/*_tokenizer' --exclude='./tests' --exclude='./tests-unit' \
+        --exclude='./blueprints' --exclude='./comfy_api_nodes' --exclude='./script_examples' --exclude='./models' \
+        --exclude='./output' --exclude='./input' --exclude='./temp' --exclude='./user' --exclude='./custom_nodes' \
+        -cf - . | tar -C .host -xf -
+    mkdir -p .host/custom_nodes .host/models .git/info
+    for p in /.whl/ /.host/; do grep -qx "$p" .git/info/exclude 2>/dev/null || echo "$p" >> .git/info/exclude; done
+    du -sh .whl .host
+    echo "gpu_check: prepared; total to carry: $(du -cm .whl .host | tail -1 | cut -f1) MiB (limit 64 with the repo)"
+}
+
+if [ "${1:-}" = "--prepare" ]; then
+    prepare
+    exit
+fi
+
+DEST=${OUT:-test-artifacts}
+mkdir -p "$DEST"
+REPORT="$DEST/gpu_check.txt"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then   # built for the device's Python 3.12; elsewhere this environment's packages are used
+    if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl 2>/dev/null; then
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    else
+        echo "gpu_check: the carried wheels do not fit this Python; using its own packages"
+    fi
+fi
+[ -d .host ] && export COMFYUI_PATH=${COMFYUI_PATH:-$PWD/.host}
+
+section() {   # title, time limit in seconds, command...
+    local title=$1 limit=$2; shift 2
+    echo "== $title ($(date -u +%FT%TZ))" | tee -a "$REPORT"
+    timeout "$limit" "$@" 2>&1 | tee -a "$REPORT"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || echo "!! $title: exit $rc" | tee -a "$REPORT"
+}
+
+: > "$REPORT"
+section "device" 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
+    || echo 'no GPU: CPU smoke run'; $PYTHON -c 'import torch; print(\"torch\", torch.__version__)'"
+section "fp8 GEMM and weight memory (bench/gemm.py)" 120 "$PYTHON" bench/gemm.py
+section "attention (bench/attention.py)" 120 "$PYTHON" bench/attention.py
+section "Sample Video (bench/sample.py)" 300 "$PYTHON" bench/sample.py --steps 2
+echo "gpu_check: wrote $REPORT"
