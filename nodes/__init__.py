@@ -3,10 +3,11 @@ from comfy_api.latest import ComfyExtension
 
 from .convert import ConvertToFP8
 from .loader import LoadFP8SkyReelsModel
+from .parallel import ParallelConfig
 from .sample import SampleVideo
 from .sage_patch import PatchSageAttention
 
 
 class SkyReelsFP8Extension(ComfyExtension):
     async def get_node_list(self):
-        return [LoadFP8SkyReelsModel, ConvertToFP8, PatchSageAttention, SampleVideo]
+        return [LoadFP8SkyReelsModel, ConvertToFP8, PatchSageAttention, SampleVideo, ParallelConfig]

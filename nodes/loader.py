@@ -95,6 +95,10 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
         patcher, compute_used = _build(sd, summary, compute, path, load_device, compute_dtype)
         if fps_sd:
             fps.install(patcher, fps.fps_vectors(fps_sd))
+        # How to load this MODEL again, for Sample Video's parallel workers (each loads the file itself).
+        patcher.set_attachments("skyreels_recipe", dict(path=path, weight_format=weight_format, compute=compute,
+                                                        keep_first_blocks=keep_first_blocks,
+                                                        keep_last_blocks=keep_last_blocks))
         report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
         if fps_sd:
             report += "; fps embedding: on (24 fps unless Sample Video sets it)"

@@ -4,6 +4,7 @@ from comfy_api.latest import io
 
 from ..sampling import solvers
 from ..sampling.schedule import latent_frames
+from . import parallel as multi_device
 from .sample_job import Job, check_frames, fail
 
 MODES = ["standard", "diffusion forcing"]
@@ -61,6 +62,8 @@ class SampleVideo(io.ComfyNode):
                                        "(needs vae)."),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Takes the size from this latent instead of width/height/frames."),
+                multi_device.PARALLEL.Input("parallel", optional=True,
+                                        tooltip="From Parallel Config: run on several GPUs (sequence parallel)."),
             ],
             outputs=[io.Latent.Output(), io.String.Output(display_name="report")],
         )
@@ -68,8 +71,16 @@ class SampleVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                 base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition, vae=None,
-                start_image=None, prefix_video=None, latent=None) -> io.NodeOutput:
+                start_image=None, prefix_video=None, latent=None, parallel=None) -> io.NodeOutput:
         check_model(model)
+        if parallel is not None:
+            widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
+                           sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,
+                           overlap_history=overlap_history, ar_step=ar_step, causal_block_size=causal_block_size,
+                           addnoise_condition=addnoise_condition, latent=latent)
+            samples, report = multi_device.run(parallel, model, positive, negative, widgets,
+                                           dict(vae=vae, start_image=start_image, prefix_video=prefix_video))
+            return io.NodeOutput({"samples": samples}, report)
         if latent is not None:
             shape = list(latent["samples"].shape)
             if len(shape) != 5:

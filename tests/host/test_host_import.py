@@ -16,7 +16,7 @@ finally:
     builtins.__import__ = real_import
 seconds = time.perf_counter() - t
 result = dict(ok=ok, seconds=seconds, cuda=torch.cuda.is_initialized(),
-              heavy=sorted(m for m in asked if m.split(".")[0] in ("sageattention", "triton")),
+              heavy=sorted(m for m in asked if m.split(".")[0] in ("sageattention", "triton", "ray")),
               nodes=sorted(k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("SkyReels")),
               names=sorted(nodes.NODE_DISPLAY_NAME_MAPPINGS[k] for k in nodes.NODE_CLASS_MAPPINGS
                            if k.startswith("SkyReels")))
@@ -26,6 +26,7 @@ result = dict(ok=ok, seconds=seconds, cuda=torch.cuda.is_initialized(),
 def test_pack_loads_without_sageattention_triton_or_cuda(host):
     r = run_in_host(host, CODE.format(repo=REPO))
     assert r["ok"] and not r["cuda"] and r["heavy"] == [], r
-    assert r["nodes"] == ["SkyReelsConvertToFP8", "SkyReelsFP8ModelLoader", "SkyReelsPatchSageAttention",
-                          "SkyReelsSampleVideo"]
-    assert r["names"] == ["Convert to FP8", "Load FP8 SkyReels Model", "Patch SageAttention", "Sample Video"]
+    assert r["nodes"] == ["SkyReelsConvertToFP8", "SkyReelsFP8ModelLoader", "SkyReelsParallelConfig",
+                          "SkyReelsPatchSageAttention", "SkyReelsSampleVideo"]
+    assert r["names"] == ["Convert to FP8", "Load FP8 SkyReels Model", "Parallel Config", "Patch SageAttention",
+                          "Sample Video"]

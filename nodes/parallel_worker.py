@@ -1,0 +1,68 @@
+"""One Ray actor per device for parallel Sample Video: a process that imports the ComfyUI host and this pack, joins
+a torch.distributed group (NCCL on GPUs, gloo on CPU), loads the model with this pack's own loader from the same
+file, applies the same Patch SageAttention settings, and runs every step on its share of the tokens
+(`sequence_parallel`). All ranks run the same Sample Video; rank 0's LATENT goes back to the host.
+
+This module is shipped to the actors by value (cloudpickle), so it imports nothing from the host at module level.
+"""
+import importlib.util
+import os
+import socket
+import sys
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+class Worker:
+    def __init__(self, host, pack, cpu):
+        sys.path[:0] = [host]
+        import comfy.cli_args
+        comfy.cli_args.args.cpu = cpu
+        spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join(pack, "__init__.py"),
+                                                      submodule_search_locations=[pack])
+        sys.modules["skyreels_pack"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["skyreels_pack"])
+        self.cpu, self.model = cpu, None
+
+    def address(self):
+        """(ip, free port) of this actor's machine: rank 0's is the group's rendezvous."""
+        import ray
+        return ray.util.get_node_ip_address(), free_port()
+
+    def join(self, address, port, rank, world):
+        import torch.distributed as dist
+        dist.init_process_group("gloo" if self.cpu else "nccl", init_method=f"tcp://{address}:{port}", rank=rank,
+                                world_size=world)
+        self.rank = rank
+        return os.getpid()
+
+    def load(self, recipe, sage):
+        import folder_paths
+        from skyreels_pack.nodes import sequence_parallel
+        from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
+        from skyreels_pack.nodes.sage_patch import PatchSageAttention
+
+        path = recipe["path"].rstrip(os.sep)
+        folder_paths.add_model_folder_path("diffusion_models", os.path.dirname(path), is_default=True)
+        name = os.path.basename(path) + ("/" if os.path.isdir(path) else "")
+        model = LoadFP8SkyReelsModel.execute(name, recipe["weight_format"], recipe["compute"],
+                                             recipe["keep_first_blocks"], recipe["keep_last_blocks"]).args[0]
+        if sage is not None:
+            model = PatchSageAttention.execute(model, *sage).args[0]
+        self.model = sequence_parallel.patch(model)
+        return True
+
+    def sample(self, positive, negative, widgets):
+        from skyreels_pack.nodes.sample import SampleVideo
+        samples, report = SampleVideo.execute(self.model, positive, negative, **widgets).args
+        return (samples["samples"], report) if self.rank == 0 else None
+
+    def close(self):
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return True

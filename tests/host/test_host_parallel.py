@@ -1,0 +1,102 @@
+"""Parallel Config + Sample Video on a local Ray cluster: 2 CPU actors on gloo, inside a fresh host process."""
+from comfy_host import REPO, run_in_host
+from in_host import SETUP, write_models
+
+COMMON = r"""
+import threading, time, psutil, ray
+from skyreels_pack.nodes.parallel import ParallelConfig
+from skyreels_pack.nodes.sample import SampleVideo
+config = ParallelConfig.execute(2, "cpu", "").args[0]
+model = load("df_bf16.safetensors")[0]
+pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
+ARGS = dict(width=48, height=32, frames=17, seed=1, steps=3, cfg=5.0, shift=8.0, sampler="unipc", fps=24,
+            mode="standard", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
+            addnoise_condition=0)
+
+def sample(parallel=None, **kw):
+    return SampleVideo.execute(model, pos, neg, **{**ARGS, **kw}, parallel=parallel).args
+
+def workers():
+    # Ray's worker processes that hold one of our actors, alive now
+    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::Worker")]
+"""
+
+EQUAL = COMMON + r"""
+result = {}
+for mode, extra in (("standard", {}), ("diffusion forcing", dict(frames=17, base_num_frames=13, overlap_history=5,
+                                                                 ar_step=1, addnoise_condition=20))):
+    one = sample(mode=mode, **extra)[0]["samples"]
+    two, report = sample(config, mode=mode, **extra)
+    result[mode] = rel(two["samples"], one)
+    result[mode + " report"] = report
+time.sleep(1)
+result["workers left"] = len(workers())
+result["left"] = [(p.pid, " ".join(p.info["cmdline"])[:120]) for p in workers()]
+"""
+
+FAULT = COMMON + r"""
+# Nodes run in ComfyUI's one prompt-worker thread, not the main thread: so do these runs.
+outcome = {}
+def prompts():
+    try:
+        sample(config, steps=400, width=64, height=64)
+        outcome["error"] = None
+    except Exception as e:
+        outcome["error"] = f"{type(e).__name__}: {e}"
+    time.sleep(2)
+    outcome["workers_after"] = len(workers())
+    again = sample(config)[0]["samples"]       # the host carries on, and the next run starts new workers
+    outcome["again"] = bool(again.isfinite().all())
+runner = threading.Thread(target=prompts)
+runner.start()
+deadline = time.time() + 120
+while time.time() < deadline and not any("sample" in (p.info["cmdline"] or [""])[0] for p in workers()):
+    time.sleep(0.2)
+time.sleep(3)                                   # inside the sampling steps
+victim = workers()[-1]
+victim.kill()                                   # a worker process dies (SIGKILL), as on an out-of-memory kill
+runner.join(300)
+time.sleep(2)
+result = dict(outcome, alive=runner.is_alive(), workers_end=len(workers()))
+"""
+
+NO_RAY = COMMON.replace("import threading, time, psutil, ray", "import threading, time, psutil\nsys.modules['ray'] = None") + r"""
+try:
+    sample(config)
+    message = None
+except ValueError as e:
+    message = str(e)
+result = dict(message=message, single=bool(sample()[0]["samples"].isfinite().all()))
+"""
+
+
+def run(host, tmp_path, code):
+    write_models(tmp_path)
+    return run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + code)
+
+
+def test_two_actors_equal_one_process(host, tmp_path):
+    r = run(host, tmp_path, EQUAL)
+    for mode in ("standard", "diffusion forcing"):
+        # fp32 on both sides; measured 4e-7 (the actors' order of float operations in attention differs).
+        assert r[mode] <= 1e-5, (mode, r[mode])
+        assert "parallel: 2 CPU processes (gloo), Ulysses sequence parallelism" in r[mode + " report"]
+    assert "2 window(s)" in r["diffusion forcing report"]
+    assert r["workers left"] == 0, r["left"]      # released after every run
+
+
+def test_a_killed_worker_is_a_clear_error_and_the_host_carries_on(host, tmp_path):
+    r = run(host, tmp_path, FAULT)
+    assert not r["alive"], r
+    assert r["error"] is not None and r["error"].startswith("ValueError: Sample Video: parallel: a worker stopped"), r
+    assert "all workers were released" in r["error"]
+    assert r["workers_after"] == 0 and r["workers_end"] == 0, r   # no stray processes, after the failure or the rerun
+    assert r["again"], r
+
+
+def test_without_ray_the_message_says_how_and_single_device_works(host, tmp_path):
+    r = run(host, tmp_path, NO_RAY)
+    assert r["message"] == ("Sample Video: parallel: Ray is not installed: `pip install ray` in ComfyUI's Python "
+                            "(single-device runs need nothing)")
+    assert r["single"]
