@@ -13,8 +13,10 @@ import sys
 import time
 
 import comfy.model_management
+from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
+from . import fps as fps_term
 from . import parallel_worker
 from .sage_patch import SageOverride
 
@@ -55,13 +57,23 @@ def fail(message):
 
 
 def recipe_of(model):
+    """(loader recipe, Patch SageAttention settings) of `model`; anything a worker could not rebuild is refused,
+    so a parallel run never differs silently from a single-device one."""
     recipe = model.attachments.get(RECIPE) if hasattr(model, "attachments") else None
     if recipe is None:
         fail("needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch SageAttention): each "
              "worker loads the same file itself")
-    if model.patches:
-        fail("LoRAs and other weight patches are not supported in parallel runs yet; merge them into the file")
-    override = model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+    if model.patches or model.object_patches:
+        fail("LoRAs and other model patches are not supported in parallel runs yet; merge them into the file")
+    to = model.model_options.get("transformer_options", {})
+    extra = sorted(k for k in model.model_options if k != "transformer_options")
+    extra += sorted(k for k in to if k not in ("optimized_attention_override", "wrappers", "callbacks") and to[k])
+    extra += sorted(k for k in model.wrappers if model.wrappers[k] and k != WrappersMP.DIFFUSION_MODEL)
+    extra += sorted(k for k in model.wrappers.get(WrappersMP.DIFFUSION_MODEL, {}) if k != fps_term.KEY)
+    if extra:
+        fail(f"this MODEL carries changes a worker cannot rebuild ({', '.join(map(str, extra))}); connect Load FP8 "
+             "SkyReels Model (and Patch SageAttention) directly")
+    override = to.get("optimized_attention_override")
     sage = None
     if isinstance(override, SageOverride):
         sage = (override.mode, override.first, override.last, override.steps, override.guard)
@@ -80,56 +92,80 @@ def run(config, model, positive, negative, widgets, inputs):
         fail("vae, start_image and prefix_video are not supported in parallel runs yet (long videos overlap in latent "
              "space here); disconnect them or the Parallel Config")
     recipe, sage = recipe_of(model)
-    cpu = config["device"] == "cpu" or (config["device"] == "auto" and not _has_gpus())
-    _connect(ray, config, cpu)
+    n = config["workers"]
+    heads = model.model.diffusion_model.blocks[0].self_attn.num_heads
+    if heads % n:
+        fail(f"the model's {heads} attention heads do not split over {n} workers; use a divisor of {heads}")
+    _connect(ray, config)
+    cpu = _use_cpu(ray, config, n)
+    # Free this machine's GPU and RAM for the workers: the host's copy of the model is not used by them.
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()
     # The actors cannot import this pack under the name the host gave it: ship the worker's code by value.
     ray.cloudpickle.register_pickle_by_value(parallel_worker)
-    actor = ray.remote(num_cpus=1, num_gpus=0 if cpu else 1)(parallel_worker.Worker)
+    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // n)
+    actor = ray.remote(num_cpus=threads, num_gpus=0 if cpu else 1)(parallel_worker.Worker)
     host = os.path.dirname(os.path.abspath(sys.modules["comfy"].__path__[0]))
-    workers = [actor.remote(host, PACK, cpu) for _ in range(config["workers"])]
-    started, pids = time.perf_counter(), []
+    workers = [actor.remote(host, PACK, cpu, threads) for _ in range(n)]
+    started, where = time.perf_counter(), []
     try:
         address, port = _wait(ray, workers[0].address.remote(), workers)
-        pids = _wait(ray, [w.join.remote(address, port, r, len(workers)) for r, w in enumerate(workers)], workers)
+        where = _wait(ray, [w.join.remote(address, port, r, n) for r, w in enumerate(workers)], workers)
         _wait(ray, [w.load.remote(recipe, sage) for w in workers], workers)
-        results = _wait(ray, [w.sample.remote(positive, negative, widgets) for w in workers], workers)
+        cond = ray.put((positive, negative))
+        results = _wait(ray, [w.sample.remote(cond, widgets) for w in workers], workers)
         samples, report = results[0]
-        report += (f"\nparallel: {len(workers)} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, Ulysses sequence "
+        report += (f"\nparallel: {n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, Ulysses sequence "
                    f"parallelism; {time.perf_counter() - started:.1f} s with loading")
         return samples, report
     finally:
-        _release(ray, workers, pids)
+        _release(ray, workers, where)
 
 
-def _release(ray, workers, pids):
-    """Kill the actors and wait until their processes are gone (their memory with them)."""
+def _release(ray, workers, where):
+    """Kill the actors and wait until those of this machine are gone (their memory with them)."""
     import psutil
     for w in workers:
         ray.kill(w)
-    procs = []
-    for pid in pids:
+    here, procs = ray.util.get_node_ip_address(), []
+    for ip, pid in where:
         try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
+            p = psutil.Process(pid)
+            if ip == here and (p.cmdline() or [""])[0].startswith("ray::"):
+                procs.append(p)
+        except psutil.Error:
             pass
     _, alive = psutil.wait_procs(procs, timeout=10)
     for p in alive:
         p.kill()
 
 
-def _has_gpus():
-    import torch
-    return torch.cuda.is_available()
-
-
-def _connect(ray, config, cpu):
-    if ray.is_initialized():
+def _connect(ray, config):
+    global _address
+    if ray.is_initialized() and config["address"] == _address:
         return
+    if ray.is_initialized():
+        ray.shutdown()        # another cluster than the last run's
     if config["address"]:
         ray.init(address=config["address"], log_to_driver=False)
     else:
         ray.init(num_cpus=max(config["workers"], os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
+    _address = config["address"]
+
+
+_address = None
+
+
+def _use_cpu(ray, config, n):
+    """CPU or GPU workers, from what the cluster has (not only this machine); refuses what it cannot place."""
+    gpus, cpus = int(ray.cluster_resources().get("GPU", 0)), int(ray.cluster_resources().get("CPU", 0))
+    cpu = config["device"] == "cpu" or (config["device"] == "auto" and gpus == 0)
+    if not cpu and gpus < n:
+        fail(f"{n} workers need {n} GPUs; the Ray cluster has {gpus}")
+    if cpu and cpus < n:
+        fail(f"{n} workers need {n} CPUs; the Ray cluster has {cpus}")
+    return cpu
 
 
 def _wait(ray, refs, workers):
@@ -144,22 +180,29 @@ def _wait(ray, refs, workers):
             for w in workers:
                 ray.kill(w)
             raise
-        if len(ready) == len(pending) or _any_failed(ray, ready):
+        if len(ready) == len(pending):
             break
-    try:
-        out = ray.get(pending)
-    except ray.exceptions.RayTaskError as e:     # an error inside a worker: raise it as itself
-        raise e.as_instanceof_cause() from None
-    except ray.exceptions.RayActorError as e:
-        fail(f"a worker stopped ({type(e).__name__}: {str(e).splitlines()[0]}); all workers were released, the next "
-             "run starts new ones")
+        if _errors(ray, ready):
+            ray.wait(pending, num_returns=len(pending), timeout=5)   # let a dead actor show up as such
+            break
+    errors = _errors(ray, pending)
+    died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
+    if died:   # a dead worker makes the others fail too (broken collectives): report the cause
+        fail(f"a worker stopped ({type(died[0]).__name__}: {str(died[0]).splitlines()[0]}); all workers were "
+             "released, the next run starts new ones")
+    if errors:
+        raise errors[0].as_instanceof_cause() if isinstance(errors[0], ray.exceptions.RayTaskError) else errors[0]
+    out = ray.get(pending)
     return out[0] if single else out
 
 
-def _any_failed(ray, ready):
-    for ref in ready:
+def _errors(ray, refs):
+    found = []
+    for ref in refs:
         try:
             ray.get(ref, timeout=0)
-        except ray.exceptions.RayError:
-            return True
-    return False
+        except ray.exceptions.GetTimeoutError:
+            pass
+        except ray.exceptions.RayError as e:
+            found.append(e)
+    return found

@@ -18,8 +18,12 @@ def free_port():
 
 
 class Worker:
-    def __init__(self, host, pack, cpu):
+    def __init__(self, host, pack, cpu, threads):
         sys.path[:0] = [host]
+        import torch
+        torch.set_num_threads(threads)          # Ray sets OMP_NUM_THREADS to the actor's CPUs; say it to torch too
+        if not cpu:
+            torch.cuda.set_device(0)             # Ray's CUDA_VISIBLE_DEVICES leaves this actor its one GPU
         import comfy.cli_args
         comfy.cli_args.args.cpu = cpu
         spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join(pack, "__init__.py"),
@@ -38,7 +42,8 @@ class Worker:
         dist.init_process_group("gloo" if self.cpu else "nccl", init_method=f"tcp://{address}:{port}", rank=rank,
                                 world_size=world)
         self.rank = rank
-        return os.getpid()
+        import ray
+        return ray.util.get_node_ip_address(), os.getpid()
 
     def load(self, recipe, sage):
         import folder_paths
@@ -56,8 +61,9 @@ class Worker:
         self.model = sequence_parallel.patch(model)
         return True
 
-    def sample(self, positive, negative, widgets):
+    def sample(self, conditioning, widgets):
         from skyreels_pack.nodes.sample import SampleVideo
+        positive, negative = conditioning
         samples, report = SampleVideo.execute(self.model, positive, negative, **widgets).args
         return (samples["samples"], report) if self.rank == 0 else None
 

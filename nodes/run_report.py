@@ -89,9 +89,15 @@ def matmul_summary(fp8_matmul, has_fp8, products, compute_dtype):
     return f"matmul: fp8 w8a8 ({done} products" + (f", {fell} upcast: see the log)" if fell else ")")
 
 
+def _sage(model):
+    """Patch SageAttention's override, also under the sequence-parallel one (which keeps it as `inner`)."""
+    override = model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+    return getattr(override, "inner", override)
+
+
 def attention_summary(model, counts_before):
     """What the Patch SageAttention override did during the run, or the host's attention if none is set."""
-    override = model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+    override = _sage(model)
     counts = getattr(override, "counts", None)
     if counts is None:
         return "attention: ComfyUI's (no Patch SageAttention)"
@@ -102,5 +108,4 @@ def attention_summary(model, counts_before):
 
 
 def attention_counts(model):
-    override = model.model_options.get("transformer_options", {}).get("optimized_attention_override")
-    return dict(getattr(override, "counts", {}) or {})
+    return dict(getattr(_sage(model), "counts", {}) or {})

@@ -12,6 +12,7 @@ on each rank's heads.
 """
 import torch
 import torch.distributed as dist
+import comfy.samplers
 from comfy.patcher_extension import WrappersMP
 
 from ..attention.ulysses import ulysses_attention
@@ -71,6 +72,12 @@ class SequenceParallel:
         x = args["img"]
         if index == 0:
             self.shards = Shards(to["grid_sizes"], self.world, self.rank)
+            if x.shape[1] != self.shards.length:
+                raise ValueError("sequence parallel: this model adds tokens beyond the video's (reference or context "
+                                 "latents); not supported")
+            if to.get("optimized_attention_override") is not self:
+                raise ValueError("sequence parallel: another attention override was set after it (apply Patch "
+                                 "SageAttention before)")
             x = self.shards.tokens(x)
         s = self.shards
         out = extra["original_block"]({"img": x, "txt": args["txt"], "vec": s.frames_of(args["vec"]),
@@ -122,10 +129,27 @@ class SequenceParallel:
             self.in_self_attention, self.shards = False, None
 
 
+def _same_batching(args):
+    """Every rank must run the same forward passes. The host batches cond and uncond (and conditioning entries)
+    by the device's free memory, which differs between ranks: here it always batches them."""
+    patcher = args["model"].current_patcher
+    patcher.get_free_memory = lambda device=None: float("inf")   # this instance, for this call only
+    try:
+        return comfy.samplers.calc_cond_batch(args["model"], args["conds"], args["input"], args["sigma"],
+                                              args["model_options"])
+    finally:
+        del patcher.get_free_memory
+
+
 def patch(model, group=None):
     """A clone of `model` (a ModelPatcher) whose forward passes run sequence-parallel over `group`."""
+    replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
+    if replaced:
+        raise ValueError("sequence parallel: this MODEL already replaces transformer blocks (another patch); not "
+                         "supported")
     sp = SequenceParallel(group)
     m = model.clone()
+    m.model_options["sampler_calc_cond_batch_function"] = _same_batching
     to = m.model_options.setdefault("transformer_options", {})
     sp.inner = to.get("optimized_attention_override")
     to["optimized_attention_override"] = sp
