@@ -360,7 +360,6 @@ def main(argv=None):
                   "stands in for umt5-xxl; the prompt is not read)")
         else:
             names = link_models(base, args, info)
-            names["variant"] = info.variant
             extra += ["--extra-model-paths-config", os.path.join(base, "extra_model_paths.yaml")]
             extra += ["--cpu"] if args.cpu else []
             extra += ["--lowvram"] if args.offload else []

@@ -17,6 +17,7 @@ from .fp8_ops import make_operations
 
 log = logging.getLogger("skyreels_fp8")
 COMPUTE = ["auto", "upcast", "fp8 matmul"]
+RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
 
 
 def fp8_matmul_reason(device):
@@ -95,10 +96,8 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
         patcher, compute_used = _build(sd, summary, compute, path, load_device, compute_dtype)
         if fps_sd:
             fps.install(patcher, fps.fps_vectors(fps_sd))
-        # How to load this MODEL again, for Sample Video's parallel workers (each loads the file itself).
-        patcher.set_attachments("skyreels_recipe", dict(path=path, weight_format=weight_format, compute=compute,
-                                                        keep_first_blocks=keep_first_blocks,
-                                                        keep_last_blocks=keep_last_blocks))
+        patcher.set_attachments(RECIPE, dict(path=path, weight_format=weight_format, compute=compute,
+                                             keep_first_blocks=keep_first_blocks, keep_last_blocks=keep_last_blocks))
         report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
         if fps_sd:
             report += "; fps embedding: on (24 fps unless Sample Video sets it)"

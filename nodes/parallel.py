@@ -18,11 +18,11 @@ from comfy_api.latest import io
 
 from . import fps as fps_term
 from . import parallel_worker
+from .loader import RECIPE
 from .sage_patch import SageOverride
 
 log = logging.getLogger("skyreels_fp8")
 PARALLEL = io.Custom("SKYREELS_PARALLEL")
-RECIPE = "skyreels_recipe"     # ModelPatcher attachment set by Load FP8 SkyReels Model
 PACK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -59,7 +59,7 @@ def test_flags_reach_the_workflow_widgets(server):
     from generate_video_fp8 import build_prompt, parse_args
     info = server.get("/object_info")
     names = {"diffusion_models": "SkyReels-V2-DF-1.3B-540P/", "text_encoders": "umt5.safetensors",
-             "vae": "vae.safetensors", "variant": "DF"}
+             "vae": "vae.safetensors"}
     args = parse_args(["--model_path", "x", "--prompt", "a red fox", "--negative_prompt", "blurry", "--no-fp8",
                        "--resolution", "720P", "--num_frames", "257", "--ar_step", "5", "--causal_block_size", "5",
                        "--seed", "7", "--image", "start.png"])
