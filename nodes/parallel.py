@@ -13,6 +13,7 @@ import sys
 import time
 
 import comfy.model_management
+import comfy.utils
 from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
@@ -107,19 +108,26 @@ def run(config, model, positive, negative, widgets, inputs):
     actor = ray.remote(num_cpus=threads, num_gpus=0 if cpu else 1)(parallel_worker.Worker)
     host = os.path.dirname(os.path.abspath(sys.modules["comfy"].__path__[0]))
     workers = [actor.remote(host, PACK, cpu, threads) for _ in range(n)]
-    started, where = time.perf_counter(), []
+    started, where, progress = time.perf_counter(), [], None
     try:
         address, port = _wait(ray, workers[0].address.remote(), workers)
         where = _wait(ray, [w.join.remote(address, port, r, n) for r, w in enumerate(workers)], workers)
         _wait(ray, [w.load.remote(recipe, sage) for w in workers], workers)
         cond = ray.put((positive, negative))
-        results = _wait(ray, [w.sample.remote(cond, widgets) for w in workers], workers)
+        from ray.util.queue import Queue
+        progress = Queue()                         # rank 0's progress, shown by the host's bar (an actor too)
+        bar = comfy.utils.ProgressBar(1)
+        results = _wait(ray, [w.sample.remote(cond, widgets, progress) for w in workers], workers,
+                        lambda: _show(progress, bar))
+        _show(progress, bar)
         samples, report = results[0]
         report += (f"\nparallel: {n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, Ulysses sequence "
                    f"parallelism; {time.perf_counter() - started:.1f} s with loading")
         return samples, report
     finally:
         _release(ray, workers, where)
+        if progress is not None:
+            ray.kill(progress.actor)
 
 
 def _release(ray, workers, where):
@@ -168,12 +176,21 @@ def _use_cpu(ray, config, n):
     return cpu
 
 
-def _wait(ray, refs, workers):
-    """ray.get, but polling: the user's cancel stops the actors, and a dead actor becomes a clear error."""
+def _show(queue, bar):
+    updates = queue.get_nowait_batch(queue.qsize())
+    if updates:
+        bar.update_absolute(*updates[-1])
+
+
+def _wait(ray, refs, workers, poll=None):
+    """ray.get, but polling: the user's cancel stops the actors, a dead actor becomes a clear error, and `poll`
+    runs between waits."""
     single = not isinstance(refs, list)
     pending = [refs] if single else list(refs)
     while True:
         ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+        if poll is not None:
+            poll()
         try:
             comfy.model_management.throw_exception_if_processing_interrupted()
         except BaseException:

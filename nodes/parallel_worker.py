@@ -61,9 +61,13 @@ class Worker:
         self.model = sequence_parallel.patch(model)
         return True
 
-    def sample(self, conditioning, widgets):
+    def sample(self, conditioning, widgets, progress):
+        import comfy.utils
         from skyreels_pack.nodes.sample import SampleVideo
         positive, negative = conditioning
+        if self.rank == 0:   # the host shows rank 0's progress bar
+            comfy.utils.set_progress_bar_global_hook(
+                lambda value, total, preview=None, node_id=None: progress.put_nowait((value, total)))
         samples, report = SampleVideo.execute(self.model, positive, negative, **widgets).args
         return (samples["samples"], report) if self.rank == 0 else None
 

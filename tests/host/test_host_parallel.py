@@ -23,6 +23,9 @@ def workers():
 """
 
 EQUAL = COMMON + r"""
+import comfy.utils
+bar = []
+comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: bar.append((value, total)))
 result = {}
 for mode, extra in (("standard", {}), ("diffusion forcing", dict(frames=17, base_num_frames=13, overlap_history=5,
                                                                  ar_step=1, addnoise_condition=20))):
@@ -31,6 +34,7 @@ for mode, extra in (("standard", {}), ("diffusion forcing", dict(frames=17, base
     result[mode] = rel(two["samples"], one)
     result[mode + " report"] = report
 time.sleep(1)
+result["bar"] = bar
 result["workers left"] = len(workers())
 result["left"] = [(p.pid, " ".join(p.info["cmdline"])[:120]) for p in workers()]
 """
@@ -83,6 +87,8 @@ def test_two_actors_equal_one_process(host, tmp_path):
         assert r[mode] <= 1e-5, (mode, r[mode])
         assert "parallel: 2 CPU processes (gloo), Ulysses sequence parallelism" in r[mode + " report"]
     assert "2 window(s)" in r["diffusion forcing report"]
+    # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
+    assert [3, 3] in r["bar"] and any(total > 3 and value == total for value, total in r["bar"]), r["bar"]
     assert r["workers left"] == 0, r["left"]      # released after every run
 
 
