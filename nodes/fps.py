@@ -5,7 +5,6 @@ model adds fps_projection(fps_embedding(id)) to the time projection e0 of every 
 for any other rate. The term does not depend on the timestep, so both vectors are computed once at load time and
 added by a wrapper on this model only (the host's model drops these keys as unexpected).
 """
-import torch
 import torch.nn.functional as F
 from comfy.patcher_extension import WrappersMP
 

@@ -13,8 +13,6 @@ In flow matching alpha = 1 - sigma and lambda = log(alpha / sigma). `euler` is t
 """
 import math
 
-import torch
-
 
 class FlowEuler:
     def __init__(self, sigmas):

@@ -24,7 +24,7 @@ def test_demo_writes_a_video(host, tmp_path):
     video = tmp_path / "out" / "demo.mp4"
     with av.open(str(video)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 57          # the demo's long video: 2 windows
-    assert f"wrote out/demo.mp4" in proc.stdout
+    assert "wrote out/demo.mp4" in proc.stdout
     assert "2 window(s), 15 latent frames = 57 video frames" in proc.stdout
     assert "attention: auto" in proc.stdout                    # --use_sage_attention reached the patch node
     again = run(["--output", "out/demo.mp4"], host, tmp_path)   # never over an existing file
