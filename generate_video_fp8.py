@@ -205,6 +205,10 @@ def parse_args(argv):
     p.add_argument("--output", help="video file to write (default: video_out/<workflow>_<seed>_<time>.mp4)")
     for flag, default in DF_DEFAULTS.items():
         p.add_argument("--" + flag, type=int, help=f"Diffusion Forcing (default: {default}, as SkyReels-V2)")
+    p.add_argument("--causal_attention", action="store_true", help="Diffusion Forcing: causal attention, as SkyReels-V2")
+    p.add_argument("--use_usp", action="store_true",
+                   help="several GPUs through Ray: Parallel Config (cfg parallel, then Ulysses/ring); see README")
+    p.add_argument("--workers", type=int, default=2, help="with --use_usp: GPUs, one worker each (default 2)")
     p.add_argument("--text_encoder", help="umt5-xxl file (default: models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled)")
     p.add_argument("--vae", help="Wan 2.1 VAE file (default: models/vae/wan_2.1_vae.safetensors)")
     p.add_argument("--clip_vision", help="CLIP vision file for I2V (default: models/clip_vision/clip_vision_h)")
@@ -222,7 +226,8 @@ def pick_workflow(args, info):
             raise BadInput(f"--model_path: {info.describe()} is an image-to-video model; give --image")
         return "skyreels_i2v_fp8_sage.json"
     # DF-14B has the same tensors as T2V-14B: a start image or a DF flag asks for Diffusion Forcing.
-    if info.variant == "DF" or args.image or any(getattr(args, f) is not None for f in DF_FLAGS):
+    if info.variant == "DF" or args.image or args.causal_attention or any(getattr(args, f) is not None
+                                                                         for f in DF_FLAGS):
         return "skyreels_df_long_video.json"
     return "skyreels_t2v_fp8_sage.json"
 
@@ -292,6 +297,12 @@ def build_prompt(workflow, object_info, args, names, demo):
             for flag in DF_FLAGS:
                 given = getattr(args, flag)
                 inputs[flag] = given if given is not None else sizes.get(flag, DF_DEFAULTS[flag])
+            inputs["causal_attention"] = args.causal_attention
+            if args.use_usp:
+                prompt["parallel"] = {"class_type": "SkyReelsParallelConfig",
+                                      "inputs": {"workers": args.workers, "device": "auto", "ray_address": "",
+                                                 "cfg_parallel": True, "ring_degree": 0}}
+                inputs["parallel"] = ["parallel", 0]
             if args.image and inputs["mode"] == "diffusion forcing":
                 prompt["start"] = {"class_type": "LoadImage", "inputs": {"image": os.path.basename(args.image)}}
                 inputs["start_image"] = ["start", 0]

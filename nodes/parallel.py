@@ -1,11 +1,12 @@
 """Parallel Config, and Sample Video's runs on several devices: Ray starts one actor per device (a local cluster,
-or the cluster at a Ray address, across machines), the actors form a torch.distributed group, and each runs the
-whole Sample Video on its share of the tokens (`parallel_worker`, `sequence_parallel`). The host keeps running: it
-waits for rank 0's LATENT, stops the actors when the user cancels or one of them dies, and releases them after every
-run.
+or the cluster at a Ray address, across machines), the actors form a torch.distributed group laid out as cfg x
+ulysses x ring (`attention.usp`), and each runs the whole Sample Video on its share of the work
+(`parallel_worker`, `sequence_parallel`). The host keeps running: it waits for rank 0's LATENT, stops the actors
+when the user cancels or one of them dies, and releases them after every run.
 
-What travels to the actors is the recipe of the MODEL (file and options of Load FP8 SkyReels Model, settings of
-Patch SageAttention) and the conditioning tensors, never the weights: each actor loads the same file itself.
+What travels to the actors: the recipe of the MODEL (file and options of Load FP8 SkyReels Model, settings of
+Patch SageAttention), the conditioning tensors, the images, and the VAE's weights when one is connected (a VAE
+has no file name to load from). Never the model's weights: each actor loads the same file itself.
 """
 import logging
 import os
@@ -17,6 +18,7 @@ import comfy.utils
 from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
+from ..attention.usp import layout
 from . import fps as fps_term
 from . import parallel_worker
 from .loader import RECIPE
@@ -34,23 +36,32 @@ class ParallelConfig(io.ComfyNode):
             node_id="SkyReelsParallelConfig",
             display_name="Parallel Config",
             category="SkyReels-V2",
-            description="Runs Sample Video on several GPUs (or CPU processes) with sequence parallelism, through Ray.",
+            description="Runs Sample Video on several GPUs (or CPU processes), through Ray: CFG parallelism (positive "
+                        "and negative passes side by side) and sequence parallelism (Ulysses, plus ring attention "
+                        "when the heads do not split over all workers).",
             inputs=[
                 io.Int.Input("workers", default=2, min=2, max=64,
-                             tooltip="Processes, one per GPU; the model's attention heads must split evenly over "
-                                     "them (1.3B: 12 heads, 14B: 40)."),
+                             tooltip="Processes, one per GPU."),
                 io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
                                tooltip="auto: GPUs when there are any."),
                 io.String.Input("ray_address", default="",
                                 tooltip="Empty: a Ray cluster on this machine. Or the address of a running cluster "
                                         "(ray start --head on one machine, ray start --address=... on the others)."),
+                io.Boolean.Input("cfg_parallel", default=True, optional=True,
+                                 tooltip="Half the workers run the positive pass of each step, half the negative "
+                                         "(an odd number of workers runs without it; with cfg 1 both halves run "
+                                         "the same pass)."),
+                io.Int.Input("ring_degree", default=0, min=0, max=64, advanced=True, optional=True,
+                             tooltip="Workers that share keys/values when the attention heads do not split over all "
+                                     "(ring attention). 0: the fewest the heads allow."),
             ],
             outputs=[PARALLEL.Output(display_name="parallel")],
         )
 
     @classmethod
-    def execute(cls, workers, device, ray_address) -> io.NodeOutput:
-        return io.NodeOutput({"workers": workers, "device": device, "address": ray_address.strip()})
+    def execute(cls, workers, device, ray_address, cfg_parallel=True, ring_degree=0) -> io.NodeOutput:
+        return io.NodeOutput({"workers": workers, "device": device, "address": ray_address.strip(),
+                              "cfg_parallel": cfg_parallel, "ring_degree": ring_degree})
 
 
 def fail(message):
@@ -89,16 +100,20 @@ def run(config, model, positive, negative, widgets, inputs):
         import ray
     except ImportError:
         fail("Ray is not installed: `pip install ray` in ComfyUI's Python (single-device runs need nothing)")
-    if any(v is not None for v in inputs.values()):
-        fail("vae, start_image and prefix_video are not supported in parallel runs yet (long videos overlap in latent "
-             "space here); disconnect them or the Parallel Config")
     recipe, sage = recipe_of(model)
     n = config["workers"]
     heads = model.model.diffusion_model.blocks[0].self_attn.num_heads
-    if heads % n:
-        fail(f"the model's {heads} attention heads do not split over {n} workers; use a divisor of {heads}")
+    try:
+        cfg, ring = layout(n, heads, config.get("cfg_parallel", True), config.get("ring_degree", 0))
+    except ValueError as e:
+        fail(str(e))
+    if config.get("cfg_parallel", True) and cfg == 1:
+        log.warning("Parallel Config: cfg_parallel needs an even number of workers; %d run without it", n)
     _connect(ray, config)
     cpu = _use_cpu(ray, config, n)
+    vae = inputs.pop("vae")
+    if vae is not None:   # the workers build the same VAE from its weights (it has no file name to load from)
+        inputs["vae"] = ray.put({k: t.detach().cpu() for k, t in vae.first_stage_model.state_dict().items()})
     # Free this machine's GPU and RAM for the workers: the host's copy of the model is not used by them.
     comfy.model_management.unload_all_models()
     comfy.model_management.soft_empty_cache()
@@ -111,18 +126,18 @@ def run(config, model, positive, negative, widgets, inputs):
     started, where, progress = time.perf_counter(), [], None
     try:
         address, port = _wait(ray, workers[0].address.remote(), workers)
-        where = _wait(ray, [w.join.remote(address, port, r, n) for r, w in enumerate(workers)], workers)
+        where = _wait(ray, [w.join.remote(address, port, r, n, cfg, ring) for r, w in enumerate(workers)], workers)
         _wait(ray, [w.load.remote(recipe, sage) for w in workers], workers)
         cond = ray.put((positive, negative))
         from ray.util.queue import Queue
         progress = Queue()                         # rank 0's progress, shown by the host's bar (an actor too)
         bar = comfy.utils.ProgressBar(1)
-        results = _wait(ray, [w.sample.remote(cond, widgets, progress) for w in workers], workers,
+        results = _wait(ray, [w.sample.remote(cond, widgets, inputs, progress) for w in workers], workers,
                         lambda: _show(progress, bar))
         _show(progress, bar)
         samples, report = results[0]
-        report += (f"\nparallel: {n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, Ulysses sequence "
-                   f"parallelism; {time.perf_counter() - started:.1f} s with loading")
+        report += (f"\nparallel: {n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, cfg {cfg} x ulysses "
+                   f"{n // cfg // ring} x ring {ring}; {time.perf_counter() - started:.1f} s with loading")
         return samples, report
     finally:
         _release(ray, workers, where)

@@ -37,11 +37,12 @@ class Worker:
         import ray
         return ray.util.get_node_ip_address(), free_port()
 
-    def join(self, address, port, rank, world):
+    def join(self, address, port, rank, world, cfg, ring):
         import torch.distributed as dist
+        from skyreels_pack.attention.usp import Mesh
         dist.init_process_group("gloo" if self.cpu else "nccl", init_method=f"tcp://{address}:{port}", rank=rank,
                                 world_size=world)
-        self.rank = rank
+        self.rank, self.mesh = rank, Mesh(cfg, ring)
         import ray
         return ray.util.get_node_ip_address(), os.getpid()
 
@@ -58,17 +59,22 @@ class Worker:
                                              recipe["keep_first_blocks"], recipe["keep_last_blocks"]).args[0]
         if sage is not None:
             model = PatchSageAttention.execute(model, *sage).args[0]
-        self.model = sequence_parallel.patch(model)
+        self.model = sequence_parallel.patch(model, self.mesh)
         return True
 
-    def sample(self, conditioning, widgets, progress):
+    def sample(self, conditioning, widgets, inputs, progress):
+        import comfy.sd
         import comfy.utils
         from skyreels_pack.nodes.sample import SampleVideo
         positive, negative = conditioning
+        inputs = dict(inputs)
+        if inputs.get("vae") is not None:   # the host's VAE weights, in Ray's object store
+            import ray
+            inputs["vae"] = comfy.sd.VAE(sd=ray.get(inputs["vae"]))
         if self.rank == 0:   # the host shows rank 0's progress bar
             comfy.utils.set_progress_bar_global_hook(
                 lambda value, total, preview=None, node_id=None: progress.put_nowait((value, total)))
-        samples, report = SampleVideo.execute(self.model, positive, negative, **widgets).args
+        samples, report = SampleVideo.execute(self.model, positive, negative, **widgets, **inputs).args
         return (samples["samples"], report) if self.rank == 0 else None
 
     def close(self):

@@ -51,6 +51,9 @@ class SampleVideo(io.ComfyNode):
                 io.Int.Input("addnoise_condition", default=0, min=0, max=1000, advanced=True,
                              tooltip="DF: noise (in timesteps) added to the prefix frames the model sees; 20 helps "
                                      "long videos stay consistent."),
+                io.Boolean.Input("causal_attention", default=False, advanced=True, optional=True,
+                                 tooltip="DF: frames attend only to their own and earlier causal blocks (SkyReels-V2's "
+                                         "--causal_attention). Also in parallel runs."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="Encodes start_image / prefix_video; with it, long-video windows overlap "
                                      "through pixels as SkyReels-V2 does. Without it they overlap in latent space: "
@@ -70,14 +73,14 @@ class SampleVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
-                base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition, vae=None,
+                base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition, causal_attention=False, vae=None,
                 start_image=None, prefix_video=None, latent=None, parallel=None) -> io.NodeOutput:
         check_model(model)
         if parallel is not None:
             widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
                            sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,
                            overlap_history=overlap_history, ar_step=ar_step, causal_block_size=causal_block_size,
-                           addnoise_condition=addnoise_condition, latent=latent)
+                           addnoise_condition=addnoise_condition, causal_attention=causal_attention, latent=latent)
             samples, report = multi_device.run(parallel, model, positive, negative, widgets,
                                            dict(vae=vae, start_image=start_image, prefix_video=prefix_video))
             return io.NodeOutput({"samples": samples}, report)
@@ -91,7 +94,8 @@ class SampleVideo(io.ComfyNode):
         df = mode == "diffusion forcing"
         job = Job(model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df,
                   dict(base_num_frames=base_num_frames, overlap_history=overlap_history, ar_step=ar_step,
-                       causal_block_size=causal_block_size, addnoise_condition=addnoise_condition))
+                       causal_block_size=causal_block_size, addnoise_condition=addnoise_condition,
+                       causal_attention=causal_attention))
         job.set_prefix(start_image, prefix_video)
         samples, report = job.run()
         return io.NodeOutput({"samples": samples}, report)

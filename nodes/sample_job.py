@@ -19,7 +19,7 @@ import latent_preview
 from ..sampling import forcing, solvers
 from ..sampling.schedule import flow_sigmas, latent_frames, video_frames
 from . import fps as fps_term
-from . import per_frame, run_report
+from . import per_frame, run_report, sequence_parallel, video_attention
 
 log = logging.getLogger("skyreels_fp8")
 CALL_KEY = "skyreels_call"      # transformer_options: index of the model call within the window (sage_patch)
@@ -37,7 +37,15 @@ def check_frames(widget, n):
 class Job:
     def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts):
         self.model = per_frame.patch(model, shift)
-        self.model.model_options.setdefault("transformer_options", {})[fps_term.KEY] = fps
+        if opts.get("causal_attention"):
+            if not df:
+                fail("causal_attention: needs mode 'diffusion forcing' (SkyReels-V2's causal attention is a DF "
+                     "option)")
+            self.model = video_attention.install(self.model)
+        to = self.model.model_options.setdefault("transformer_options", {})
+        to[fps_term.KEY] = fps
+        if opts.get("causal_attention"):
+            to[video_attention.CAUSAL_KEY] = opts["causal_block_size"]
         self.positive, self.negative, self.seed, self.cfg = positive, negative, seed, cfg
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.sigmas = flow_sigmas(steps, shift)
@@ -82,7 +90,7 @@ class Job:
             if pixels.shape[1] != h or pixels.shape[2] != w:
                 pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
             out.append(self.vae.encode(pixels[:, :, :, :3]))
-        return torch.cat(out)
+        return sequence_parallel.agree(self.model, torch.cat(out))
 
     def _next_prefix(self, window, overlap):
         """The last `overlap` latent frames of a window; with a VAE, its last frames decoded and encoded again."""
@@ -207,7 +215,8 @@ class Job:
         ]
         if self.df:
             o = self.opts
-            lines.insert(1, f"diffusion forcing: ar_step {o['ar_step']}, causal_block_size {o['causal_block_size']}, "
+            lines.insert(1, f"diffusion forcing: ar_step {o['ar_step']}, causal_block_size {o['causal_block_size']}"
+                            f"{' (causal attention)' if o.get('causal_attention') else ''}, "
                             f"base_num_frames {o['base_num_frames']}, overlap_history {o['overlap_history']} "
                             f"({'through the VAE' if self.vae is not None else 'in latent space'}), addnoise_condition "
                             f"{o['addnoise_condition']}, fps {self.fps}")

@@ -1,23 +1,23 @@
-"""Sequence parallelism for the host's Wan model over a torch.distributed group (one process per device).
+"""Sequence (and CFG) parallelism for the host's Wan model over a torch.distributed mesh (one process per device,
+`attention.usp.Mesh`).
 
-Every rank runs every transformer block on its share of the tokens: whole latent frames, the sequence padded at
-the end with empty frames to split evenly. Self-attention sees the whole sequence through Ulysses all-to-alls
-(`attention.ulysses`); text and image cross-attention need no exchange (their keys are the same on every rank);
-the last block gathers the tokens back, so the head and everything after it run as on one device. Whole frames keep
-the per-frame modulation of Diffusion Forcing aligned with the tokens it belongs to.
+Every rank of a sequence group runs every transformer block on its share of the tokens: whole latent frames, the
+sequence padded at the end with empty frames to split evenly. Self-attention sees the whole sequence through USP
+(`attention.usp`, in `video_attention`); text and image cross-attention need no exchange (their keys are the same
+on every rank); the last block gathers the tokens back, so the head and everything after it run as on one device.
+Whole frames keep the per-frame modulation of Diffusion Forcing aligned with the tokens it belongs to. With cfg 2,
+one sequence group runs the cond pass and the other the uncond pass of each step; they swap outputs.
 
-Installed on a clone with the host's own patch points: a replacement for every block ("dit", "double_block") and
-the attention override, which wraps the one already there (Patch SageAttention's), so 8-bit attention still runs
-on each rank's heads.
+Installed on a clone with the host's own patch points: a replacement for every block ("dit", "double_block"), the
+attention override (wrapping Patch SageAttention's) and the sampler's cond batching function.
 """
 import torch
-import torch.distributed as dist
 import comfy.samplers
-from comfy.patcher_extension import WrappersMP
 
-from ..attention.ulysses import ulysses_attention
+from ..attention.usp import gather
+from . import video_attention
 
-KEY = "skyreels_sequence_parallel"
+MESH_KEY = "skyreels_mesh"   # transformer_options: the Mesh, for what else must agree across ranks (Sample Video)
 
 
 class Shards:
@@ -50,110 +50,89 @@ class Shards:
         return e.index_select(1, idx)
 
 
-class SequenceParallel:
-    def __init__(self, group=None):
-        self.group = group
-        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
-        self.shards = None
-        self.in_self_attention = False
-        self.inner = None
+class Blocks:
+    def __init__(self, attention, mesh):
+        self.attention, self.mesh = attention, mesh
 
     def __deepcopy__(self, memo):
-        return self   # model options are deep-copied on clone; the process group cannot be, and need not be
+        return self   # shared, never copied, whatever copies the model options
 
-    def __call__(self, *args, **kwargs):
-        return self.attention(*args, **kwargs)
-
-    # --- blocks ---
-
-    def block(self, args, extra):
+    def __call__(self, args, extra):
         to = args["transformer_options"]
         index, total = to["block_index"], to["total_blocks"]
-        x = args["img"]
+        x, mesh = args["img"], self.mesh
         if index == 0:
-            self.shards = Shards(to["grid_sizes"], self.world, self.rank)
-            if x.shape[1] != self.shards.length:
+            shards = Shards(to["grid_sizes"], mesh.sequence, mesh.s)
+            if x.shape[1] != shards.length:
                 raise ValueError("sequence parallel: this model adds tokens beyond the video's (reference or context "
                                  "latents); not supported")
-            if to.get("optimized_attention_override") is not self:
+            if to.get("optimized_attention_override") is not self.attention:
                 raise ValueError("sequence parallel: another attention override was set after it (apply Patch "
                                  "SageAttention before)")
-            x = self.shards.tokens(x)
-        s = self.shards
+            self.attention.shards = shards
+            x = shards.tokens(x)
+        s = self.attention.shards
         out = extra["original_block"]({"img": x, "txt": args["txt"], "vec": s.frames_of(args["vec"]),
                                        "pe": s.tokens(args["pe"]), "transformer_options": to})
         x = out["img"]
         if index == total - 1:
-            parts = [torch.empty_like(x) for _ in range(self.world)]
-            dist.all_gather(parts, x.contiguous(), group=self.group)
-            x = torch.cat(parts, dim=1)[:, :s.length]
+            x = gather(x, mesh.sequence_group)[:, :s.length]
         return {"img": x}
 
-    # --- attention ---
 
-    def attention(self, func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
-                  skip_output_reshape=False, **kwargs):
-        def attend(qq, kk, vv, n):
-            if self.inner is not None:
-                return self.inner(func, qq, kk, vv, n, mask=mask, attn_precision=attn_precision,
-                                  skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape, **kwargs)
-            return func(qq, kk, vv, n, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                        skip_output_reshape=skip_output_reshape, **kwargs)
+class Batching:
+    """The sampler's cond batching. Every rank must run the same forward passes, but the host batches cond and
+    uncond (and conditioning entries) by the device's free memory, which differs between ranks: here they are
+    always batched. With cfg parallel, each sequence group runs its own half and the halves are swapped."""
 
-        if not self.in_self_attention:
-            return attend(q, k, v, heads)
-        if skip_reshape or skip_output_reshape or mask is not None:
-            raise ValueError("sequence parallel: unexpected self-attention call layout")
-        b, n = q.shape[0], heads // self.world
+    def __init__(self, mesh):
+        self.mesh = mesh
 
-        def whole(qq, kk, vv):   # [B, L, H/P, D] -> the host's layout and back
-            out = attend(*(t.reshape(b, t.shape[1], -1) for t in (qq, kk, vv)), n)
-            return out.view(b, out.shape[1], n, -1)
+    def __deepcopy__(self, memo):
+        return self
 
-        split = [t.view(b, t.shape[1], heads, -1) for t in (q, k, v)]
-        out = ulysses_attention(*split, whole, self.shards.length, self.group)
-        return out.reshape(b, out.shape[1], -1)
-
-    def _around_model(self, executor, *args, **kwargs):
-        """During a forward pass: mark self-attention calls (hooks on every block's self_attn)."""
-        model = executor.class_obj
-        hooks = []
-        for block in model.blocks:
-            hooks.append(block.self_attn.register_forward_pre_hook(lambda *a: setattr(self, "in_self_attention", True)))
-            hooks.append(block.self_attn.register_forward_hook(lambda *a: setattr(self, "in_self_attention", False)))
+    def __call__(self, args):
+        model, conds, mesh = args["model"], args["conds"], self.mesh
+        patcher = model.current_patcher
+        patcher.get_free_memory = lambda device=None: float("inf")   # this instance, for this call only
         try:
-            return executor(*args, **kwargs)
+            if mesh.cfg > 1 and len(conds) == mesh.cfg and all(c is not None for c in conds):
+                mine = comfy.samplers.calc_cond_batch(model, [conds[mesh.c]], args["input"], args["sigma"],
+                                                      args["model_options"])[0]
+                return list(gather(mine[None], mesh.cfg_group, dim=0).unbind(0))
+            # one pass only (cfg 1): every group runs it
+            return comfy.samplers.calc_cond_batch(model, conds, args["input"], args["sigma"], args["model_options"])
         finally:
-            for h in hooks:
-                h.remove()
-            self.in_self_attention, self.shards = False, None
+            del patcher.get_free_memory
 
 
-def _same_batching(args):
-    """Every rank must run the same forward passes. The host batches cond and uncond (and conditioning entries)
-    by the device's free memory, which differs between ranks: here it always batches them."""
-    patcher = args["model"].current_patcher
-    patcher.get_free_memory = lambda device=None: float("inf")   # this instance, for this call only
-    try:
-        return comfy.samplers.calc_cond_batch(args["model"], args["conds"], args["input"], args["sigma"],
-                                              args["model_options"])
-    finally:
-        del patcher.get_free_memory
+def agree(model, t):
+    """`t` as rank 0 has it, on every rank of the model's mesh (what each rank computed alone, such as VAE
+    encodings, may differ in the last bits between GPUs; the ranks' latents must not). Unchanged without a mesh."""
+    mesh = model.model_options.get("transformer_options", {}).get(MESH_KEY)
+    if mesh is None:
+        return t
+    import torch.distributed as dist
+    where = t.device
+    if dist.get_backend() == "nccl":          # NCCL moves GPU tensors only; VAE outputs come back on the CPU
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    t = t.contiguous()
+    dist.broadcast(t, src=0)
+    return t.to(where)
 
 
-def patch(model, group=None):
-    """A clone of `model` (a ModelPatcher) whose forward passes run sequence-parallel over `group`."""
+def patch(model, mesh):
+    """A clone of `model` (a ModelPatcher) whose forward passes run on `mesh` (attention.usp.Mesh)."""
     replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
     if replaced:
         raise ValueError("sequence parallel: this MODEL already replaces transformer blocks (another patch); not "
                          "supported")
-    sp = SequenceParallel(group)
-    m = model.clone()
-    m.model_options["sampler_calc_cond_batch_function"] = _same_batching
-    to = m.model_options.setdefault("transformer_options", {})
-    sp.inner = to.get("optimized_attention_override")
-    to["optimized_attention_override"] = sp
+    if video_attention.installed(model) is not None:
+        raise ValueError("sequence parallel: apply it before anything that sets video attention")
+    m = video_attention.install(model, mesh)
+    blocks = Blocks(video_attention.installed(m), mesh)
+    m.model_options["sampler_calc_cond_batch_function"] = Batching(mesh)
+    m.model_options["transformer_options"][MESH_KEY] = mesh
     for i in range(len(m.model.diffusion_model.blocks)):
-        m.set_model_patch_replace(sp.block, "dit", "double_block", i)
-    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, sp._around_model)
+        m.set_model_patch_replace(blocks, "dit", "double_block", i)
     return m

@@ -62,7 +62,7 @@ def test_flags_reach_the_workflow_widgets(server):
              "vae": "vae.safetensors"}
     args = parse_args(["--model_path", "x", "--prompt", "a red fox", "--negative_prompt", "blurry", "--no-fp8",
                        "--resolution", "720P", "--num_frames", "257", "--ar_step", "5", "--causal_block_size", "5",
-                       "--seed", "7", "--image", "start.png"])
+                       "--seed", "7", "--image", "start.png", "--causal_attention", "--use_usp", "--workers", "4"])
     with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json")) as f:
         prompt = build_prompt(json.load(f), info, args, names, demo=False)
     by_type = {}
@@ -81,6 +81,11 @@ def test_flags_reach_the_workflow_widgets(server):
     assert by_type["LoadImage"][0]["image"] == "start.png" and prompt[sample["start_image"][0]]
     assert prompt[sample["vae"][0]]["class_type"] == "VAELoader"
     assert by_type["CreateVideo"][0]["fps"] == 24
+    assert sample["causal_attention"] is True
+    parallel = prompt[sample["parallel"][0]]
+    assert parallel["class_type"] == "SkyReelsParallelConfig" and parallel["inputs"]["workers"] == 4
+    spec = {**info["SkyReelsParallelConfig"]["input"]["required"], **info["SkyReelsParallelConfig"]["input"]["optional"]}
+    assert set(parallel["inputs"]) == set(spec), (parallel["inputs"], spec)   # every widget, as the host names them
 
 
 def test_model_and_image_must_fit(host, tmp_path):

@@ -6,7 +6,7 @@ COMMON = r"""
 import threading, time, psutil, ray
 from skyreels_pack.nodes.parallel import ParallelConfig
 from skyreels_pack.nodes.sample import SampleVideo
-config = ParallelConfig.execute(2, "cpu", "").args[0]
+config = ParallelConfig.execute(2, "cpu", "", False, 0).args[0]      # Ulysses 2
 model = load("df_bf16.safetensors")[0]
 pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
 neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
@@ -34,6 +34,38 @@ for mode, extra in (("standard", {}), ("diffusion forcing", dict(frames=17, base
     result[mode] = rel(two["samples"], one)
     result[mode + " report"] = report
 time.sleep(1)
+# CFG parallel, Diffusion Forcing with a start image through the VAE (overlap through pixels) and causal attention
+from generate_video_fp8 import write_tiny_vae
+write_tiny_vae(os.path.join(@FOLDER@, "vae.safetensors"))
+vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join(@FOLDER@, "vae.safetensors")))
+image = torch.rand(1, 32, 48, 3, generator=g)
+extra = dict(mode="diffusion forcing", frames=25, base_num_frames=17, overlap_history=9, ar_step=1,
+             addnoise_condition=20, causal_attention=True)
+one, one_report = SampleVideo.execute(model, pos, neg, **{**ARGS, **extra}, vae=vae, start_image=image).args
+two, report = SampleVideo.execute(model, pos, neg, **{**ARGS, **extra}, vae=vae, start_image=image,
+                                  parallel=ParallelConfig.execute(2, "cpu", "", True, 0).args[0]).args
+result["cfg parallel, vae, causal"] = rel(two["samples"], one["samples"])
+result["cfg parallel report"] = report
+result["start frame"] = rel(two["samples"][:, :, :1], vae.encode(image[:, :, :, :3]))
+# The forward pass alone, in 2 Ray actors set up as Parallel Config sets them up (join, load), against one process.
+from skyreels_pack.nodes import parallel, parallel_worker
+class Forward(parallel_worker.Worker):
+    def forward(self, x, t, ctx):
+        opts = dict(self.model.model_options["transformer_options"], wrappers=self.model.wrappers)
+        with torch.no_grad():
+            return self.model.model.diffusion_model(x, t, ctx, transformer_options=opts)
+actors = [ray.remote(num_cpus=1)(Forward).remote(os.getcwd(), parallel.PACK, True, 1) for _ in range(2)]
+address, port = ray.get(actors[0].address.remote())
+ray.get([a.join.remote(address, port, r, 2, 1, 1) for r, a in enumerate(actors)])
+ray.get([a.load.remote(*parallel.recipe_of(model)) for a in actors])
+xx, tt = torch.randn(1, 16, 5, 8, 12, generator=g), torch.tensor([[999.0, 800, 600, 300, 0]])
+outs = ray.get([a.forward.remote(xx, tt, ctx) for a in actors])
+opts = dict(model.model_options["transformer_options"], wrappers=model.wrappers)
+with torch.no_grad():
+    want = model.model.diffusion_model(xx, tt, ctx, transformer_options=opts)
+result["forward"] = [rel(o, want) for o in outs]
+for a in actors:
+    ray.kill(a)
 result["bar"] = bar
 result["workers left"] = len(workers())
 result["left"] = [(p.pid, " ".join(p.info["cmdline"])[:120]) for p in workers()]
@@ -77,7 +109,8 @@ result = dict(message=message, single=bool(sample()[0]["samples"].isfinite().all
 
 def run(host, tmp_path, code):
     write_models(tmp_path)
-    return run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + code)
+    return run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + code.replace("@FOLDER@",
+                                                                                          repr(str(tmp_path))))
 
 
 def test_two_actors_equal_one_process(host, tmp_path):
@@ -85,8 +118,16 @@ def test_two_actors_equal_one_process(host, tmp_path):
     for mode in ("standard", "diffusion forcing"):
         # fp32 on both sides; measured 4e-7 (the actors' order of float operations in attention differs).
         assert r[mode] <= 1e-5, (mode, r[mode])
-        assert "parallel: 2 CPU processes (gloo), Ulysses sequence parallelism" in r[mode + " report"]
+        assert "parallel: 2 CPU processes (gloo), cfg 1 x ulysses 2 x ring 1" in r[mode + " report"]
     assert "2 window(s)" in r["diffusion forcing report"]
+    # cfg parallel (one actor the positive pass, one the negative), windows through the VAE from a start image,
+    # causal attention: measured 7e-7 (a batch of one instead of two).
+    assert r["cfg parallel, vae, causal"] <= 1e-5, r["cfg parallel, vae, causal"]
+    report = r["cfg parallel report"]
+    assert "cfg 2 x ulysses 1 x ring 1" in report and "(causal attention)" in report and "through the VAE" in report
+    assert r["start frame"] <= 1e-5, r["start frame"]   # the start image is the clean first latent frame
+    # one forward pass (5 frames padded to 6, per-frame timesteps) in 2 actors: measured 0.0 on both ranks
+    assert len(r["forward"]) == 2 and max(r["forward"]) <= 1e-5, r["forward"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
     assert [3, 3] in r["bar"] and any(total > 3 and value == total for value, total in r["bar"]), r["bar"]
     assert r["workers left"] == 0, r["left"]      # released after every run

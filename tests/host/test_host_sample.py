@@ -114,6 +114,8 @@ def test_async_long_video_makes_all_frames_in_one_node(server):
      "Sample Video: overlap_history: 9 frames are 3 latent frame(s), fewer than causal_block_size 4; use at least 13"),
     (dict(mode="diffusion forcing", frames=57, base_num_frames=21, overlap_history=21),
      "Sample Video: overlap_history (21) must be shorter than base_num_frames (21)"),
+    (dict(causal_attention=True),
+     "Sample Video: causal_attention: needs mode 'diffusion forcing' (SkyReels-V2's causal attention is a DF option)"),
 ])
 def test_bad_widgets_are_named(server, widgets, message):
     entry = server.run(graph("bad", **widgets))

@@ -1,5 +1,6 @@
-"""Sequence parallelism on the real host's Wan model, CPU: two processes on a gloo group (as two GPUs would run on
-NCCL) against one process, fp32."""
+"""Sequence and CFG parallelism on the real host's Wan model, CPU: two processes on a gloo group (as two GPUs would
+run on NCCL) against one process, fp32. The tiny model has 2 heads: 2 ranks are Ulysses 2, or ring 2 with
+Ulysses 1, or cfg 2."""
 import json
 import socket
 import subprocess
@@ -11,30 +12,46 @@ from in_host import SETUP, write_models
 SPMD = r"""
 import torch.distributed as dist
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:@PORT@", rank=@RANK@, world_size=@WORLD@)
-from skyreels_pack.nodes import sequence_parallel
+from skyreels_pack.attention.usp import Mesh
+from skyreels_pack.nodes import sequence_parallel, video_attention
+MESHES = {"ulysses": Mesh(1, 1), "ring": Mesh(1, 2), "cfg": Mesh(2, 1)}
 patcher = comfy.sd.load_diffusion_model(os.path.join(@FOLDER@, "t2v_bf16.safetensors"))
-sp = sequence_parallel.patch(patcher)
-calls = {"ulysses": 0, "local tokens": set()}
-real_ulysses = sequence_parallel.ulysses_attention
+calls = {"usp": 0, "local tokens": set()}
+real_usp = video_attention.usp_attention
 def counting(q, *args):
-    calls["ulysses"] += 1
+    calls["usp"] += 1
     calls["local tokens"].add(q.shape[1])
-    return real_ulysses(q, *args)
-sequence_parallel.ulysses_attention = counting
+    return real_usp(q, *args)
+video_attention.usp_attention = counting
 
-def forward(p, x, t):
+def forward(p, x, t, causal=None):
     opts = dict(p.model_options["transformer_options"])
     opts["wrappers"] = p.wrappers
+    if causal:
+        opts[video_attention.CAUSAL_KEY] = causal
     with torch.no_grad():
         return p.model.diffusion_model(x, t, ctx, transformer_options=opts)
+"""
 
+FORWARD = r"""
 result = {}
-for name, frames, t in (("3 frames, one timestep", 3, torch.tensor([600.0])),
-                        ("5 frames (padded to 6), per-frame timesteps", 5, torch.tensor([[999.0, 800, 600, 300, 0]]))):
-    xx = torch.randn(1, 16, frames, 8, 12, generator=torch.Generator().manual_seed(1))
-    one, two = forward(patcher, xx, t), forward(sp, xx, t)
-    result[name] = rel(two, one)
-result["ulysses calls"] = calls["ulysses"]
+causal_one = video_attention.install(patcher)
+for mesh in ("ulysses", "ring"):
+    sp = sequence_parallel.patch(patcher, MESHES[mesh])
+    for name, frames, t in (("3 frames, one timestep", 3, torch.tensor([600.0])),
+                            ("5 frames (padded to 6), per-frame timesteps", 5, torch.tensor([[999.0, 800, 600, 300, 0]]))):
+        xx = torch.randn(1, 16, frames, 8, 12, generator=torch.Generator().manual_seed(1))
+        result[f"{mesh}: {name}"] = rel(forward(sp, xx, t), forward(patcher, xx, t))
+        result[f"{mesh}: {name}, causal blocks of 2 frames"] = rel(forward(sp, xx, t, 2), forward(causal_one, xx, t, 2))
+# Causal attention on one process: the first block's output does not depend on the frames after it, and it does
+# without the mask.
+xx = torch.randn(1, 16, 6, 8, 12, generator=torch.Generator().manual_seed(2))
+t6 = torch.tensor([[999.0, 999, 600, 600, 300, 300]])
+full, first = forward(causal_one, xx, t6, 2), forward(causal_one, xx[:, :, :2], t6[:, :2], 2)
+result["causal: first block alone vs in the video"] = rel(full[:, :, :2], first)
+full = forward(patcher, xx, t6)
+result["not causal: first block alone vs in the video"] = rel(full[:, :, :2], forward(patcher, xx[:, :, :2], t6[:, :2]))
+result["usp calls"] = calls["usp"]
 result["local tokens"] = sorted(calls["local tokens"])
 """
 
@@ -46,13 +63,17 @@ neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
 ARGS = dict(width=48, height=32, frames=17, seed=3, steps=3, cfg=4.0, shift=8.0, sampler="unipc", fps=24,
             mode="standard", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
             addnoise_condition=0)
+DF = dict(mode="diffusion forcing", frames=33, base_num_frames=21, overlap_history=9, ar_step=1, addnoise_condition=20)
 result = {}
-for mode, extra in (("standard", {}), ("diffusion forcing", dict(frames=33, base_num_frames=21, overlap_history=9,
-                                                                 ar_step=1, addnoise_condition=20))):
-    args = {**ARGS, "mode": mode, **extra}
+cases = [("ulysses", "standard", {}), ("ulysses", "diffusion forcing", DF), ("cfg", "standard", {}),
+         ("cfg", "diffusion forcing", DF), ("ring", "diffusion forcing, causal", dict(DF, causal_attention=True)),
+         ("ulysses", "diffusion forcing, causal, blocks of 2", dict(DF, causal_attention=True, causal_block_size=2,
+                                                                   frames=45, base_num_frames=29, overlap_history=9))]
+for mesh, name, extra in cases:
+    args = {**ARGS, **extra}
     one = SampleVideo.execute(df, pos, neg, **args).args[0]["samples"]
-    two = SampleVideo.execute(sequence_parallel.patch(df), pos, neg, **args).args[0]["samples"]
-    result[mode] = rel(two, one)
+    two = SampleVideo.execute(sequence_parallel.patch(df, MESHES[mesh]), pos, neg, **args).args[0]["samples"]
+    result[f"{mesh}: {name}"] = rel(two, one)
 # Patch SageAttention underneath. Self-attention quantizes the same 128-token blocks of each head as on one
 # process, but cross-attention's queries are the rank's own tokens, so their blocks (and INT8 scales) differ: the
 # parallel run rounds differently, and must be no further from exact attention than the one-process run is.
@@ -60,12 +81,12 @@ from skyreels_pack.nodes.sage_patch import PatchSageAttention
 sage = PatchSageAttention.execute(df, "reference", 0, 0, 0, 0.995).args[0]
 exact = SampleVideo.execute(df, pos, neg, **ARGS).args[0]["samples"]
 one = SampleVideo.execute(sage, pos, neg, **ARGS).args[0]["samples"]
-two, report = SampleVideo.execute(sequence_parallel.patch(sage), pos, neg, **ARGS).args
+two, report = SampleVideo.execute(sequence_parallel.patch(sage, MESHES["ulysses"]), pos, neg, **ARGS).args
 result["sage: parallel vs one process"] = rel(two["samples"], one)
 result["sage: one process vs exact"] = rel(one, exact)
 result["sage: parallel vs exact"] = rel(two["samples"], exact)
 result["sage calls"] = int(report.split("attention: reference — ")[1].split(" calls")[0])
-result["ulysses calls"] = calls["ulysses"]
+result["usp calls"] = calls["usp"]
 """
 
 
@@ -94,27 +115,33 @@ def run_spmd(host, code, world=2, timeout=600):
     return results
 
 
-def test_two_rank_forward_equals_one_process(host, tmp_path):
+def _code(tmp_path, body):
     write_models(tmp_path)
-    code = SETUP.format(repo=REPO, folder=str(tmp_path)) + SPMD.replace("@FOLDER@", repr(str(tmp_path)))
-    results = run_spmd(host, code)
-    for r in results:
-        # The sharded path ran: 2 blocks x 2 passes of Ulysses self-attention, on 4 x 24 / 2 = 48 and 6 x 24 / 2
-        # = 72 local tokens (3 and 5 frames padded to whole frames per rank; 8 x 12 latent = 24 tokens per frame).
-        assert r.pop("ulysses calls") == 4 and r.pop("local tokens") == [48, 72], r
+    code = SETUP.format(repo=REPO, folder=str(tmp_path)) + SPMD + body
+    return code.replace("@FOLDER@", repr(str(tmp_path)))
+
+
+def test_two_rank_forward_equals_one_process(host, tmp_path):
+    # Ulysses and ring, plain and block-causal, against one process.
+    for r in run_spmd(host, _code(tmp_path, FORWARD)):
+        # The sharded path ran: 2 meshes x 2 inputs x 2 (plain, causal) x 2 blocks of USP self-attention, on
+        # 4 x 24 / 2 = 48 and 6 x 24 / 2 = 72 local tokens (3 and 5 frames padded to whole frames per rank;
+        # 8 x 12 latent = 24 tokens per frame).
+        assert r.pop("usp calls") == 16 and r.pop("local tokens") == [48, 72], r
+        # The mask is really there: without it the first frames see the later ones (measured 0.077).
+        assert r.pop("not causal: first block alone vs in the video") > 1e-2
+        assert r.pop("causal: first block alone vs in the video") <= 1e-5
         for name, err in r.items():
-            # Each token and head sees the same arithmetic as on one process (measured 0.0).
+            # Each token and head sees the same arithmetic as on one process (measured 0.0; cfg parallel 7e-7: a batch of one instead of two).
             assert err <= 1e-5, (name, err)
 
 
 def test_two_rank_sampling_equals_one_process(host, tmp_path):
-    # Standard, and asynchronous Diffusion Forcing over 2 windows with a noised prefix: every rank runs the same
-    # Sample Video; rank outputs must match the single-process run.
-    write_models(tmp_path)
-    code = SETUP.format(repo=REPO, folder=str(tmp_path)) + SPMD.split("result = {}")[0] + SAMPLE
-    results = run_spmd(host, code.replace("@FOLDER@", repr(str(tmp_path))))
-    for r in results:
-        assert r.pop("ulysses calls") > 0        # the sequence-parallel model ran
+    # Standard and asynchronous Diffusion Forcing over 2 windows with a noised prefix, on Ulysses, CFG parallel
+    # and ring, with and without causal attention: every rank runs the same Sample Video; rank outputs must match
+    # the single-process run.
+    for r in run_spmd(host, _code(tmp_path, SAMPLE)):
+        assert r.pop("usp calls") > 0            # the sequence-parallel model ran
         assert r.pop("sage calls") > 0           # and the 8-bit attention under it
         apart = r.pop("sage: parallel vs one process")
         one_error, parallel_error = r.pop("sage: one process vs exact"), r.pop("sage: parallel vs exact")
@@ -122,5 +149,6 @@ def test_two_rank_sampling_equals_one_process(host, tmp_path):
         # block holds all tokens, so the cross-attention blocks differ as much as they can.
         print(f"\nsage: parallel vs one process {apart:.4f}, vs exact {parallel_error:.4f} (one process {one_error:.4f})")
         assert apart <= 1.0 * one_error and parallel_error <= 1.25 * one_error, (apart, one_error, parallel_error)
+        assert len(r) == 6, r
         for mode, err in r.items():
             assert err <= 1e-5, (mode, err)

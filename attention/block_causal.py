@@ -1,0 +1,29 @@
+"""Block-causal attention over a video's tokens (SkyReels-V2's causal attention for Diffusion Forcing): the tokens
+of causal block b (causal_block_size latent frames) attend to the tokens of blocks 0..b, never later ones.
+
+No mask tensor: each query block is one attention call on a prefix of the keys. Any attention fits (8-bit
+SageAttention included, which takes no mask), memory stays that of one call, and the masked half of the work is
+skipped instead of computed and thrown away.
+"""
+import torch
+
+
+def block_causal(q, k, v, attend, block_tokens, q_start=0):
+    """q: [B, Lq, H, D] at sequence positions q_start..; k, v: [B, Lk, H, D] at positions 0..Lk.
+    attend(q, k, v) -> [B, Lq', H, D]. Returns [B, Lq, H, D]."""
+    if block_tokens < 1:
+        raise ValueError(f"block_tokens must be positive, not {block_tokens}")
+    out, pos, end = [], q_start, q_start + q.shape[1]
+    while pos < end:
+        block_end = (pos // block_tokens + 1) * block_tokens
+        stop = min(block_end, end)
+        keys = min(block_end, k.shape[1])
+        out.append(attend(q[:, pos - q_start:stop - q_start], k[:, :keys], v[:, :keys]))
+        pos = stop
+    return torch.cat(out, dim=1)
+
+
+def mask(length, block_tokens, device=None):
+    """The same rule as a boolean mask [length, length] (True = attend), for checking against masked SDPA."""
+    block = torch.arange(length, device=device) // block_tokens
+    return block[None, :] <= block[:, None]

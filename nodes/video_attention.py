@@ -1,0 +1,93 @@
+"""Self-attention over the whole video for the host's Wan model: block-causal when Sample Video asks for causal
+attention (SkyReels-V2's DF option), sequence-parallel when the model runs on a mesh of processes
+(`sequence_parallel`), both at once when both apply.
+
+Installed as the model's attention override; it wraps the override already there (Patch SageAttention's), so
+8-bit attention still serves every call it makes. Cross-attention passes straight through. Self-attention calls
+are told apart by forward hooks on the blocks' self_attn modules (a diffusion-model wrapper sets them up for each
+forward pass); the host gives attention no other sign of which call it is.
+"""
+from comfy.patcher_extension import WrappersMP
+
+from ..attention.block_causal import block_causal
+from ..attention.usp import usp_attention
+
+KEY = "skyreels_video_attention"
+CAUSAL_KEY = "skyreels_causal_frames"   # transformer_options: latent frames per causal block (Sample Video)
+
+
+class VideoAttention:
+    def __init__(self, inner, mesh=None):
+        self.inner, self.mesh = inner, mesh
+        self.in_self_attention = False
+        self.shards = None          # set by sequence_parallel's first block for the current forward pass
+
+    def __deepcopy__(self, memo):
+        return self   # shared, never copied, whatever copies the model options (the process groups cannot be)
+
+    def __call__(self, func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
+                 skip_output_reshape=False, **kwargs):
+        def attend(qq, kk, vv, n):
+            if self.inner is not None:
+                return self.inner(func, qq, kk, vv, n, mask=mask, attn_precision=attn_precision,
+                                  skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape, **kwargs)
+            return func(qq, kk, vv, n, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+                        skip_output_reshape=skip_output_reshape, **kwargs)
+
+        to = kwargs.get("transformer_options") or {}
+        causal = to.get(CAUSAL_KEY)
+        if not self.in_self_attention or (self.mesh is None and not causal):
+            return attend(q, k, v, heads)
+        if skip_reshape or skip_output_reshape or mask is not None:
+            raise ValueError("video attention: unexpected self-attention call layout")
+        b = q.shape[0]
+        n = heads // (self.mesh.ulysses if self.mesh else 1)
+
+        def whole(qq, kk, vv, q_start=0):   # [B, L, n, D] -> the host's layout and back
+            if causal:
+                grid = to["grid_sizes"]
+                return block_causal(qq, kk, vv, plain, causal * grid[1] * grid[2], q_start)
+            return plain(qq, kk, vv)
+
+        def plain(qq, kk, vv):
+            out = attend(*(t.reshape(b, t.shape[1], -1) for t in (qq, kk, vv)), n)
+            return out.view(b, out.shape[1], n, -1)
+
+        split = [t.view(b, t.shape[1], heads, -1) for t in (q, k, v)]
+        if self.mesh is None:
+            out = whole(*split)
+        else:
+            out = usp_attention(*split, whole, self.shards.length, self.mesh)
+        return out.reshape(b, out.shape[1], -1)
+
+    def around_model(self, executor, *args, **kwargs):
+        """During a forward pass: mark self-attention calls (hooks on every block's self_attn)."""
+        model = executor.class_obj
+        hooks = []
+        for block in model.blocks:
+            hooks.append(block.self_attn.register_forward_pre_hook(lambda *a: setattr(self, "in_self_attention", True)))
+            hooks.append(block.self_attn.register_forward_hook(lambda *a: setattr(self, "in_self_attention", False)))
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+            self.in_self_attention, self.shards = False, None
+
+
+def installed(model):
+    override = model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+    return override if isinstance(override, VideoAttention) else None
+
+
+def install(model, mesh=None):
+    """A clone of `model` whose self-attention goes through VideoAttention, or `model` itself when it already does
+    (the override already there, e.g. Patch SageAttention's, is kept underneath)."""
+    if installed(model) is not None:
+        return model
+    m = model.clone()
+    to = m.model_options.setdefault("transformer_options", {})
+    va = VideoAttention(to.get("optimized_attention_override"), mesh)
+    to["optimized_attention_override"] = va
+    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, va.around_model)
+    return m

@@ -1,0 +1,128 @@
+"""USP (Ulysses x ring) and block-causal attention, pure PyTorch: gloo process groups on CPU against one process."""
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attention.block_causal import block_causal, mask
+from attention.usp import layout
+from helpers import REPO
+
+WORKER = r"""
+import json, sys
+sys.path.insert(0, {repo!r})
+import torch, torch.nn.functional as F
+import torch.distributed as dist
+from attention.usp import Mesh, usp_attention
+from attention.block_causal import block_causal
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank={rank}, world_size={world})
+torch.manual_seed(0)                      # the same full tensors on every rank
+B, L, H, D, FRAME = 2, 9 * 6, 4, 16, 6    # 9 frames of 6 tokens
+q, k, v = (torch.randn(B, L, H, D) for _ in range(3))
+
+def sdpa(qq, kk, vv, q_start=0):
+    return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (qq, kk, vv))).transpose(1, 2)
+
+result = {{}}
+for cfg, ring in {layouts}:
+    mesh = Mesh(cfg, ring)
+    S = mesh.sequence
+    local = -(-9 // S) * FRAME                       # whole frames per rank, padded at the end
+    pad = lambda t: torch.cat([t, t.new_zeros(B, local * S - L, H, D)], 1)[:, mesh.s * local:(mesh.s + 1) * local]
+    name = str(mesh)
+    for causal in (False, True):
+        if causal:
+            attend = lambda qq, kk, vv, q_start: block_causal(qq, kk, vv, sdpa, 2 * FRAME, q_start)
+            want = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)),
+                                                  attn_mask=(torch.arange(L)[None] // (2 * FRAME)
+                                                             <= torch.arange(L)[:, None] // (2 * FRAME))).transpose(1, 2)
+        else:
+            attend, want = sdpa, sdpa(q, k, v)
+        out = usp_attention(pad(q), pad(k), pad(v), attend, L, mesh)
+        mine = pad(want)
+        result[name + (" causal" if causal else "")] = ((out - mine).abs().max().item(), out.shape[1])
+print("@@" + json.dumps(result))
+"""
+
+
+def spmd(world, layouts, timeout=300):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER.format(repo=REPO, port=port, rank=r, world=world,
+                                                                      layouts=layouts)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [json.loads(out.split("@@")[-1]) for out, _ in outs]
+
+
+def test_two_ranks_ulysses_and_ring_equal_one_process():
+    # 9 frames over 2 ranks: 5 frames each, the last one padding. Ulysses (2 heads per rank) and ring (all 4
+    # heads, keys all-gathered), each plain and block-causal (2-frame blocks), against one process.
+    for r in spmd(2, [(1, 1), (1, 2)]):
+        assert set(r) == {"cfg 1 x ulysses 2 x ring 1", "cfg 1 x ulysses 2 x ring 1 causal",
+                          "cfg 1 x ulysses 1 x ring 2", "cfg 1 x ulysses 1 x ring 2 causal"}
+        for name, (err, tokens) in r.items():
+            assert tokens == 30, name               # 5 frames x 6 tokens stay on each rank
+            assert err <= 1e-5, (name, err)          # the same arithmetic per query (measured ~1e-7)
+
+
+def test_four_ranks_two_dimensional_mesh():
+    # ulysses 2 x ring 2 (3 frames per rank, 3 padded), and cfg 2 x ring 2: every group agrees with one process.
+    for r in spmd(4, [(1, 2), (2, 2)]):
+        assert {n.split(" causal")[0] for n in r} == {"cfg 1 x ulysses 2 x ring 2", "cfg 2 x ulysses 1 x ring 2"}
+        for name, (err, _) in r.items():
+            assert err <= 1e-5, (name, err)
+
+
+@pytest.mark.parametrize("q_start,length", [(0, 40), (12, 20), (7, 9)])
+def test_block_causal_equals_masked_attention(q_start, length):
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 40, 2, 8, generator=g) for _ in range(3))
+    calls = []
+
+    def sdpa(qq, kk, vv):
+        calls.append((qq.shape[1], kk.shape[1]))
+        return F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (qq, kk, vv))).transpose(1, 2)
+
+    got = block_causal(q[:, q_start:q_start + length], k, v, sdpa, 10, q_start)
+    want = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask(40, 10))
+    assert (got - want.transpose(1, 2)[:, q_start:q_start + length]).abs().max() <= 1e-6
+    # one call per query block, each on the keys up to its block's end: the masked part is never computed
+    if q_start == 0:
+        assert calls == [(10, 10), (10, 20), (10, 30), (10, 40)]
+    if q_start == 7:
+        assert calls == [(3, 10), (6, 20)]
+
+
+def test_block_causal_rule_matches_skyreels():
+    # SkyReels-V2's rule: frame block of the key <= frame block of the query (2 tokens a frame, 2 frames a block)
+    m = mask(8, 4)
+    assert m[3].tolist() == [True] * 4 + [False] * 4 and m[4].tolist() == [True] * 8
+    with pytest.raises(ValueError, match="block_tokens must be positive"):
+        block_causal(torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4), None, 0)
+
+
+def test_layout_picks_the_fewest_ring_ranks():
+    assert layout(2, 2) == (1, 1)
+    assert layout(8, 12) == (1, 2)                 # 1.3B on 8 GPUs: ulysses 4 x ring 2
+    assert layout(8, 12, cfg=True) == (2, 1)       # cfg 2 x ulysses 4
+    assert layout(16, 40) == (1, 2)                # 14B on 16: ulysses 8 x ring 2
+    assert layout(3, 2) == (1, 3)
+    assert layout(8, 12, ring=4) == (1, 4)
+    assert layout(3, 2, cfg=True) == (1, 3)        # an odd world runs without cfg parallel
+    with pytest.raises(ValueError, match="ring_degree 3 does not divide the 8 sequence-parallel workers"):
+        layout(8, 12, ring=3)
+    with pytest.raises(ValueError, match="12 attention heads do not split over ulysses degree 8"):
+        layout(8, 12, ring=1)
