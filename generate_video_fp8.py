@@ -301,7 +301,7 @@ def build_prompt(workflow, object_info, args, names, demo):
             if args.use_usp:
                 prompt["parallel"] = {"class_type": "SkyReelsParallelConfig",
                                       "inputs": {"workers": args.workers, "device": "auto", "ray_address": "",
-                                                 "cfg_parallel": True, "ring_degree": 0}}
+                                                 "cfg_parallel": True, "keep_workers": True, "ring_degree": 0}}
                 inputs["parallel"] = ["parallel", 0]
             if args.image and inputs["mode"] == "diffusion forcing":
                 prompt["start"] = {"class_type": "LoadImage", "inputs": {"image": os.path.basename(args.image)}}

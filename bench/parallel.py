@@ -15,8 +15,8 @@ picks (`attention.usp.layout`), with and without cfg parallel:
 Sequences are padded to whole latent frames per sequence rank.
 
 Run: the tiny DF model, 64x64, 17 frames, 3 steps, in a fresh host process: Sample Video alone, then with Parallel
-Config (2 CPU actors, gloo), Ulysses and then cfg parallel. On a multi-GPU machine the same run compares 1 GPU with
-2 (device "auto").
+Config (2 CPU actors, gloo), Ulysses and then cfg parallel, each twice: starting the workers, then with the workers
+kept from that run. On a multi-GPU machine the same run compares 1 GPU with 2 (device "auto").
 """
 import argparse
 import json
@@ -84,9 +84,11 @@ args = dict(width=64, height=64, frames=17, seed=1, steps=3, cfg=5.0, shift=8.0,
             mode="standard", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
             addnoise_condition=0)
 out = {{}}
-for name, parallel in (("1 process", None),
-                       ("2 Ray actors, ulysses 2", ParallelConfig.execute(2, "auto", "", False, 0).args[0]),
-                       ("2 Ray actors, cfg parallel", ParallelConfig.execute(2, "auto", "", True, 0).args[0])):
+ulysses = ParallelConfig.execute(2, "auto", "", cfg_parallel=False).args[0]
+cfg = ParallelConfig.execute(2, "auto", "", cfg_parallel=True).args[0]
+for name, parallel in (("1 process", None), ("2 Ray actors, ulysses 2, starting", ulysses),
+                       ("2 Ray actors, ulysses 2, workers kept", ulysses), ("2 Ray actors, cfg parallel, starting", cfg),
+                       ("2 Ray actors, cfg parallel, workers kept", cfg)):
     t = time.perf_counter()
     samples, report = SampleVideo.execute(model, pos, neg, **args, parallel=parallel).args
     out[name] = dict(seconds=time.perf_counter() - t, report=report)
@@ -103,8 +105,7 @@ def run(host):
         raise SystemExit(proc.stderr[-4000:])
     out = json.loads([line for line in proc.stdout.splitlines() if line.startswith("@@")][-1][2:])
     one = out["1 process"]["seconds"]
-    print(f"\nCPU ({os.cpu_count()} cores), tiny DF model, 64x64, 17 frames, 3 steps, wall time of the node "
-          "(parallel: with starting the actors and loading the model in each):")
+    print(f"\nCPU ({os.cpu_count()} cores), tiny DF model, 64x64, 17 frames, 3 steps, wall time of the node:")
     for name in out:
         calls = next(l for l in out[name]["report"].splitlines() if " model calls, " in l).split(";")[0]
         print(f"  {name}: {out[name]['seconds']:.1f} s ({out[name]['seconds'] / one:.1f}x); {calls}")

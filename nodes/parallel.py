@@ -2,11 +2,12 @@
 or the cluster at a Ray address, across machines), the actors form a torch.distributed group laid out as cfg x
 ulysses x ring (`attention.usp`), and each runs the whole Sample Video on its share of the work
 (`parallel_worker`, `sequence_parallel`). The host keeps running: it waits for rank 0's LATENT, stops the actors
-when the user cancels or one of them dies, and releases them after every run.
+when the user cancels or one of them dies, and keeps them (model loaded) for the next run with the same settings
+and model, or releases them (`keep_workers`).
 
 What travels to the actors: the recipe of the MODEL (file and options of Load FP8 SkyReels Model, settings of
-Patch SageAttention), the conditioning tensors, the images, and the VAE's weights when one is connected (a VAE
-has no file name to load from). Never the model's weights: each actor loads the same file itself.
+Patch SageAttention), its LoRA patches, the conditioning tensors, the images, and the VAE's weights when one is
+connected (a VAE has no file name to load from). Never the model's weights: each actor loads the same file itself.
 """
 import logging
 import os
@@ -51,6 +52,11 @@ class ParallelConfig(io.ComfyNode):
                                  tooltip="Half the workers run the positive pass of each step, half the negative "
                                          "(an odd number of workers runs without it; with cfg 1 both halves run "
                                          "the same pass)."),
+                io.Boolean.Input("keep_workers", default=True, optional=True,
+                                 tooltip="Keep the workers, with the model loaded, for the next run with the same "
+                                         "settings (no reload). They hold their GPU memory until the settings or the "
+                                         "model change, a run fails or is cancelled, a Sample Video runs without "
+                                         "Parallel Config, or ComfyUI exits. Off: released after every run."),
                 io.Int.Input("ring_degree", default=0, min=0, max=64, advanced=True, optional=True,
                              tooltip="Workers that share keys/values when the attention heads do not split over all "
                                      "(ring attention). 0: the fewest the heads allow."),
@@ -59,9 +65,10 @@ class ParallelConfig(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, workers, device, ray_address, cfg_parallel=True, ring_degree=0) -> io.NodeOutput:
+    def execute(cls, workers, device, ray_address, cfg_parallel=True, keep_workers=True,
+                ring_degree=0) -> io.NodeOutput:
         return io.NodeOutput({"workers": workers, "device": device, "address": ray_address.strip(),
-                              "cfg_parallel": cfg_parallel, "ring_degree": ring_degree})
+                              "cfg_parallel": cfg_parallel, "keep_workers": keep_workers, "ring_degree": ring_degree})
 
 
 def fail(message):
@@ -69,14 +76,15 @@ def fail(message):
 
 
 def recipe_of(model):
-    """(loader recipe, Patch SageAttention settings) of `model`; anything a worker could not rebuild is refused,
-    so a parallel run never differs silently from a single-device one."""
+    """(loader recipe, Patch SageAttention settings, weight patches) of `model`; anything a worker could not
+    rebuild is refused, so a parallel run never differs silently from a single-device one."""
     recipe = model.attachments.get(RECIPE) if hasattr(model, "attachments") else None
     if recipe is None:
         fail("needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch SageAttention): each "
              "worker loads the same file itself")
-    if model.patches or model.object_patches:
-        fail("LoRAs and other model patches are not supported in parallel runs yet; merge them into the file")
+    if model.object_patches or getattr(model, "hook_patches", None):
+        fail("object patches and hook patches on the MODEL are not supported in parallel runs; connect Load FP8 "
+             "SkyReels Model (LoRA loaders are fine)")
     to = model.model_options.get("transformer_options", {})
     extra = sorted(k for k in model.model_options if k != "transformer_options")
     extra += sorted(k for k in to if k not in ("optimized_attention_override", "wrappers", "callbacks") and to[k])
@@ -91,7 +99,12 @@ def recipe_of(model):
         sage = (override.mode, override.first, override.last, override.steps, override.guard)
     elif override is not None:
         fail("an attention override other than Patch SageAttention is set on this MODEL")
-    return recipe, sage
+    # LoRAs (core LoraLoaderModelOnly and the like) are weight patches: they travel as they are and each worker
+    # adds them to its own copy, keyed as here (the same loader makes the same keys).
+    patches = None
+    if model.patches:
+        patches = {"uuid": str(model.patches_uuid), "patches": {k: list(v) for k, v in model.patches.items()}}
+    return recipe, sage, patches
 
 
 def run(config, model, positive, negative, widgets, inputs):
@@ -100,7 +113,7 @@ def run(config, model, positive, negative, widgets, inputs):
         import ray
     except ImportError:
         fail("Ray is not installed: `pip install ray` in ComfyUI's Python (single-device runs need nothing)")
-    recipe, sage = recipe_of(model)
+    recipe, sage, patches = recipe_of(model)
     n = config["workers"]
     heads = model.model.diffusion_model.blocks[0].self_attn.num_heads
     try:
@@ -109,6 +122,10 @@ def run(config, model, positive, negative, widgets, inputs):
         fail(str(e))
     if config.get("cfg_parallel", True) and cfg == 1:
         log.warning("Parallel Config: cfg_parallel needs an even number of workers; %d run without it", n)
+    key = (config["address"], config["device"], n, cfg, ring, tuple(sorted(recipe.items())), _files(recipe), sage,
+           _patches_key(patches))
+    if _pool is not None and _pool.key != key:
+        release()                                  # other settings or another model: new workers
     _connect(ray, config)
     cpu = _use_cpu(ray, config, n)
     vae = inputs.pop("vae")
@@ -117,32 +134,75 @@ def run(config, model, positive, negative, widgets, inputs):
     # Free this machine's GPU and RAM for the workers: the host's copy of the model is not used by them.
     comfy.model_management.unload_all_models()
     comfy.model_management.soft_empty_cache()
+    started, progress, ok = time.perf_counter(), None, False
+    reused = _pool is not None
+    try:
+        pool = _pool if reused else _start(ray, key, n, cpu, cfg, ring, recipe, sage, patches)
+        cond = ray.put((positive, negative))
+        from ray.util.queue import Queue
+        progress = Queue()                         # rank 0's progress, shown by the host's bar (an actor too)
+        bar = comfy.utils.ProgressBar(1)
+        results = _wait(ray, [w.sample.remote(cond, widgets, inputs, progress) for w in pool.workers], pool.workers,
+                        lambda: _show(progress, bar))
+        _show(progress, bar)
+        samples, report = results[0]
+        ok = True
+    finally:
+        if not ok or not config.get("keep_workers", True):
+            release()                              # after a failure or a cancel, or when asked: nothing stays
+        if progress is not None:
+            ray.kill(progress.actor)
+    report += (f"\nparallel: {n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, cfg {cfg} x ulysses "
+               f"{n // cfg // ring} x ring {ring}; {time.perf_counter() - started:.1f} s "
+               f"{'(workers kept from the last run)' if reused else 'with starting the workers and loading'}")
+    return samples, report
+
+
+class Pool:
+    """The running workers, kept between runs with the same settings and model (`keep_workers`)."""
+
+    def __init__(self, key, workers):
+        self.key, self.workers, self.where = key, workers, []
+
+
+_pool = None
+
+
+def _start(ray, key, n, cpu, cfg, ring, recipe, sage, patches):
+    global _pool
     # The actors cannot import this pack under the name the host gave it: ship the worker's code by value.
     ray.cloudpickle.register_pickle_by_value(parallel_worker)
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // n)
     actor = ray.remote(num_cpus=threads, num_gpus=0 if cpu else 1)(parallel_worker.Worker)
     host = os.path.dirname(os.path.abspath(sys.modules["comfy"].__path__[0]))
-    workers = [actor.remote(host, PACK, cpu, threads) for _ in range(n)]
-    started, where, progress = time.perf_counter(), [], None
-    try:
-        address, port = _wait(ray, workers[0].address.remote(), workers)
-        where = _wait(ray, [w.join.remote(address, port, r, n, cfg, ring) for r, w in enumerate(workers)], workers)
-        _wait(ray, [w.load.remote(recipe, sage) for w in workers], workers)
-        cond = ray.put((positive, negative))
-        from ray.util.queue import Queue
-        progress = Queue()                         # rank 0's progress, shown by the host's bar (an actor too)
-        bar = comfy.utils.ProgressBar(1)
-        results = _wait(ray, [w.sample.remote(cond, widgets, inputs, progress) for w in workers], workers,
-                        lambda: _show(progress, bar))
-        _show(progress, bar)
-        samples, report = results[0]
-        report += (f"\nparallel: {n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, cfg {cfg} x ulysses "
-                   f"{n // cfg // ring} x ring {ring}; {time.perf_counter() - started:.1f} s with loading")
-        return samples, report
-    finally:
-        _release(ray, workers, where)
-        if progress is not None:
-            ray.kill(progress.actor)
+    _pool = pool = Pool(key, [actor.remote(host, PACK, cpu, threads) for _ in range(n)])
+    address, port = _wait(ray, pool.workers[0].address.remote(), pool.workers)
+    pool.where = _wait(ray, [w.join.remote(address, port, r, n, cfg, ring) for r, w in enumerate(pool.workers)],
+                       pool.workers)
+    patches = ray.put(patches) if patches else None
+    _wait(ray, [w.load.remote(recipe, sage, patches) for w in pool.workers], pool.workers)
+    return pool
+
+
+def release():
+    """Stop the kept workers, if any (their GPU memory with them)."""
+    global _pool
+    pool, _pool = _pool, None
+    if pool is not None:
+        import ray
+        _release(ray, pool.workers, pool.where)
+
+
+def _files(recipe):
+    """Size and time of the model's files: a file changed on disk under the same name means new workers."""
+    path = recipe["path"]
+    names = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+    return tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in names if os.path.isfile(f))
+
+
+def _patches_key(patches):
+    """Which LoRA (or other weight) patches the model carries: the host's own uuid changes with every change."""
+    return None if not patches else patches["uuid"]
 
 
 def _release(ray, workers, where):

@@ -46,7 +46,7 @@ class Worker:
         import ray
         return ray.util.get_node_ip_address(), os.getpid()
 
-    def load(self, recipe, sage):
+    def load(self, recipe, sage, patches=None):
         import folder_paths
         from skyreels_pack.nodes import sequence_parallel
         from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
@@ -57,6 +57,11 @@ class Worker:
         name = os.path.basename(path) + ("/" if os.path.isdir(path) else "")
         model = LoadFP8SkyReelsModel.execute(name, recipe["weight_format"], recipe["compute"],
                                              recipe["keep_first_blocks"], recipe["keep_last_blocks"]).args[0]
+        if patches:   # the host's LoRA patches, as its model holds them
+            import uuid
+            model = model.clone()
+            model.patches = {k: list(v) for k, v in patches["patches"].items()}
+            model.patches_uuid = uuid.UUID(patches["uuid"])
         if sage is not None:
             model = PatchSageAttention.execute(model, *sage).args[0]
         self.model = sequence_parallel.patch(model, self.mesh)

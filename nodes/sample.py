@@ -84,6 +84,7 @@ class SampleVideo(io.ComfyNode):
             samples, report = multi_device.run(parallel, model, positive, negative, widgets,
                                            dict(vae=vae, start_image=start_image, prefix_video=prefix_video))
             return io.NodeOutput({"samples": samples}, report)
+        multi_device.release()       # workers kept from a parallel run give their GPUs back to this run
         if latent is not None:
             shape = list(latent["samples"].shape)
             if len(shape) != 5:

@@ -6,7 +6,7 @@ COMMON = r"""
 import threading, time, psutil, ray
 from skyreels_pack.nodes.parallel import ParallelConfig
 from skyreels_pack.nodes.sample import SampleVideo
-config = ParallelConfig.execute(2, "cpu", "", False, 0).args[0]      # Ulysses 2
+config = ParallelConfig.execute(2, "cpu", "", cfg_parallel=False, keep_workers=False).args[0]      # Ulysses 2
 model = load("df_bf16.safetensors")[0]
 pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
 neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
@@ -43,7 +43,7 @@ extra = dict(mode="diffusion forcing", frames=25, base_num_frames=17, overlap_hi
              addnoise_condition=20, causal_attention=True)
 one, one_report = SampleVideo.execute(model, pos, neg, **{**ARGS, **extra}, vae=vae, start_image=image).args
 two, report = SampleVideo.execute(model, pos, neg, **{**ARGS, **extra}, vae=vae, start_image=image,
-                                  parallel=ParallelConfig.execute(2, "cpu", "", True, 0).args[0]).args
+                                  parallel=ParallelConfig.execute(2, "cpu", "", keep_workers=False).args[0]).args
 result["cfg parallel, vae, causal"] = rel(two["samples"], one["samples"])
 result["cfg parallel report"] = report
 result["start frame"] = rel(two["samples"][:, :, :1], vae.encode(image[:, :, :, :3]))
@@ -66,6 +66,29 @@ with torch.no_grad():
 result["forward"] = [rel(o, want) for o in outs]
 for a in actors:
     ray.kill(a)
+# A LoRA (core's loader function) travels to the workers; kept workers serve the next run without reloading.
+lora = {}
+for i in range(2):
+    for name in ("self_attn.q", "cross_attn.o", "ffn.0"):
+        w = model.model.diffusion_model.blocks[i].get_submodule(name).weight
+        lora[f"diffusion_model.blocks.{i}.{name}.lora_up.weight"] = torch.randn(w.shape[0], 4, generator=g) * 0.3
+        lora[f"diffusion_model.blocks.{i}.{name}.lora_down.weight"] = torch.randn(4, w.shape[1], generator=g) * 0.3
+with_lora = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)[0]
+keep = ParallelConfig.execute(2, "cpu", "", cfg_parallel=False, keep_workers=True).args[0]
+one = SampleVideo.execute(with_lora, pos, neg, **ARGS).args[0]["samples"]
+plain = SampleVideo.execute(model, pos, neg, **ARGS).args[0]["samples"]
+first = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args
+pids = sorted(p.pid for p in workers())
+second = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args
+result["lora changes the output"] = rel(one, plain)
+result["lora, parallel"] = [rel(first[0]["samples"], one), rel(second[0]["samples"], one)]
+result["kept"] = [first[1].splitlines()[-1], second[1].splitlines()[-1], pids == sorted(p.pid for p in workers()),
+                  len(pids)]
+third = SampleVideo.execute(model, pos, neg, **ARGS, parallel=keep).args       # another model: new workers
+result["new model"] = [rel(third[0]["samples"], plain), third[1].splitlines()[-1],
+                       bool(set(pids) & {p.pid for p in workers()})]
+SampleVideo.execute(model, pos, neg, **ARGS)             # a single-device run gives the GPUs back
+time.sleep(1)
 result["bar"] = bar
 result["workers left"] = len(workers())
 result["left"] = [(p.pid, " ".join(p.info["cmdline"])[:120]) for p in workers()]
@@ -126,7 +149,17 @@ def test_two_actors_equal_one_process(host, tmp_path):
     report = r["cfg parallel report"]
     assert "cfg 2 x ulysses 1 x ring 1" in report and "(causal attention)" in report and "through the VAE" in report
     assert r["start frame"] <= 1e-5, r["start frame"]   # the start image is the clean first latent frame
-    # one forward pass (5 frames padded to 6, per-frame timesteps) in 2 actors: measured 0.0 on both ranks
+    # A LoRA reaches the workers: the parallel run equals the single-device LoRA run (measured 0.0), which differs
+    # from the model without it; the second run reuses the workers (same processes, no loading); another model
+    # starts new ones; a single-device run releases them (checked with "workers left" below).
+    assert r["lora changes the output"] > 1e-2, r["lora changes the output"]
+    assert max(r["lora, parallel"]) <= 1e-5, r["lora, parallel"]
+    first, second, same, count = r["kept"]
+    assert "with starting the workers and loading" in first and "(workers kept from the last run)" in second
+    assert same and count == 2, r["kept"]
+    assert r["new model"][0] <= 1e-5 and "with starting the workers" in r["new model"][1], r["new model"]
+    assert not r["new model"][2], r["new model"]
+    # one forward pass (5 frames padded to 6, per-frame timesteps) in 2 actors: measured 2.5e-7 on both ranks
     assert len(r["forward"]) == 2 and max(r["forward"]) <= 1e-5, r["forward"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
     assert [3, 3] in r["bar"] and any(total > 3 and value == total for value, total in r["bar"]), r["bar"]
