@@ -32,6 +32,11 @@ class Worker:
         spec.loader.exec_module(sys.modules["skyreels_pack"])
         self.cpu, self.model = cpu, None
 
+    def where(self):
+        """(ip, pid) of this actor: the host waits for the processes of its own machine to exit."""
+        import ray
+        return ray.util.get_node_ip_address(), os.getpid()
+
     def address(self):
         """(ip, free port) of this actor's machine: rank 0's is the group's rendezvous."""
         import ray
@@ -43,8 +48,7 @@ class Worker:
         dist.init_process_group("gloo" if self.cpu else "nccl", init_method=f"tcp://{address}:{port}", rank=rank,
                                 world_size=world)
         self.rank, self.mesh = rank, Mesh(cfg, ring)
-        import ray
-        return ray.util.get_node_ip_address(), os.getpid()
+        return True
 
     def load(self, recipe, sage, patches=None):
         import folder_paths
@@ -80,6 +84,9 @@ class Worker:
             comfy.utils.set_progress_bar_global_hook(
                 lambda value, total, preview=None, node_id=None: progress.put_nowait((value, total)))
         samples, report = SampleVideo.execute(self.model, positive, negative, **widgets, **inputs).args
+        del inputs
+        import comfy.model_management
+        comfy.model_management.soft_empty_cache()   # kept workers hold the model, not this run's activations
         return (samples["samples"], report) if self.rank == 0 else None
 
     def close(self):

@@ -18,8 +18,17 @@ def sample(parallel=None, **kw):
     return SampleVideo.execute(model, pos, neg, **{**ARGS, **kw}, parallel=parallel).args
 
 def workers():
-    # Ray's worker processes that hold one of our actors, alive now
-    return [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::Worker")]
+    # (pid, command line) of Ray's worker processes that hold one of our actors, alive now: this process's local
+    # cluster only (its raylet is a child of this process), so another test run on the machine does not count
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if cmdline.startswith("ray::Worker"):
+            found.append((p.pid, cmdline))
+    return found
 """
 
 EQUAL = COMMON + r"""
@@ -78,20 +87,33 @@ keep = ParallelConfig.execute(2, "cpu", "", cfg_parallel=False, keep_workers=Tru
 one = SampleVideo.execute(with_lora, pos, neg, **ARGS).args[0]["samples"]
 plain = SampleVideo.execute(model, pos, neg, **ARGS).args[0]["samples"]
 first = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args
-pids = sorted(p.pid for p in workers())
+pids = sorted(pid for pid, _ in workers())
 second = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args
 result["lora changes the output"] = rel(one, plain)
 result["lora, parallel"] = [rel(first[0]["samples"], one), rel(second[0]["samples"], one)]
-result["kept"] = [first[1].splitlines()[-1], second[1].splitlines()[-1], pids == sorted(p.pid for p in workers()),
+result["kept"] = [first[1].splitlines()[-1], second[1].splitlines()[-1], pids == sorted(pid for pid, _ in workers()),
                   len(pids)]
 third = SampleVideo.execute(model, pos, neg, **ARGS, parallel=keep).args       # another model: new workers
 result["new model"] = [rel(third[0]["samples"], plain), third[1].splitlines()[-1],
-                       bool(set(pids) & {p.pid for p in workers()})]
+                       bool(set(pids) & {pid for pid, _ in workers()})]
+# What the workers could not rebuild is refused before any starts: a bypass LoRA (injected, not a weight patch),
+# a model merge (whole weights as patches).
+refused = {}
+bypass = comfy.sd.load_bypass_lora_for_models(model, None, lora, 1.0, 0)[0]
+merged = model.clone()
+q = model.model.diffusion_model.blocks[0].self_attn.q.weight
+merged.add_patches({"diffusion_model.blocks.0.self_attn.q.weight": (torch.zeros(q.shape),)}, 0.5, 0.5)  # as ModelMergeSimple
+for name, m in (("bypass", bypass), ("merge", merged)):
+    try:
+        SampleVideo.execute(m, pos, neg, **ARGS, parallel=keep)
+    except ValueError as e:
+        refused[name] = str(e)
+result["refused"] = refused
 SampleVideo.execute(model, pos, neg, **ARGS)             # a single-device run gives the GPUs back
 time.sleep(1)
 result["bar"] = bar
 result["workers left"] = len(workers())
-result["left"] = [(p.pid, " ".join(p.info["cmdline"])[:120]) for p in workers()]
+result["left"] = [(pid, cmdline[:120]) for pid, cmdline in workers()]
 """
 
 FAULT = COMMON + r"""
@@ -110,10 +132,10 @@ def prompts():
 runner = threading.Thread(target=prompts)
 runner.start()
 deadline = time.time() + 120
-while time.time() < deadline and not any("sample" in (p.info["cmdline"] or [""])[0] for p in workers()):
+while time.time() < deadline and not any("sample" in cmdline for _, cmdline in workers()):
     time.sleep(0.2)
 time.sleep(3)                                   # inside the sampling steps
-victim = workers()[-1]
+victim = psutil.Process(workers()[-1][0])
 victim.kill()                                   # a worker process dies (SIGKILL), as on an out-of-memory kill
 runner.join(300)
 time.sleep(2)
@@ -159,6 +181,9 @@ def test_two_actors_equal_one_process(host, tmp_path):
     assert same and count == 2, r["kept"]
     assert r["new model"][0] <= 1e-5 and "with starting the workers" in r["new model"][1], r["new model"]
     assert not r["new model"][2], r["new model"]
+    assert r["refused"]["bypass"].startswith("Sample Video: parallel: this MODEL carries injections, which parallel "
+                                             "runs cannot rebuild"), r["refused"]
+    assert "a weight patch of type tuple (a model merge" in r["refused"]["merge"], r["refused"]
     # one forward pass (5 frames padded to 6, per-frame timesteps) in 2 actors: measured 2.5e-7 on both ranks
     assert len(r["forward"]) == 2 and max(r["forward"]) <= 1e-5, r["forward"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
