@@ -36,15 +36,15 @@ def check_frames(widget, n):
 
 class Job:
     def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts):
+        causal = opts.get("causal_attention", False)
+        if causal and not df:
+            fail("causal_attention: needs mode 'diffusion forcing' (SkyReels-V2's causal attention is a DF option)")
         self.model = per_frame.patch(model, shift)
-        if opts.get("causal_attention"):
-            if not df:
-                fail("causal_attention: needs mode 'diffusion forcing' (SkyReels-V2's causal attention is a DF "
-                     "option)")
+        if causal:
             self.model = video_attention.install(self.model)
         to = self.model.model_options.setdefault("transformer_options", {})
         to[fps_term.KEY] = fps
-        if opts.get("causal_attention"):
+        if causal:
             to[video_attention.CAUSAL_KEY] = opts["causal_block_size"]
         self.positive, self.negative, self.seed, self.cfg = positive, negative, seed, cfg
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
