@@ -21,6 +21,7 @@ from comfy_api.latest import io
 from ..attention.usp import layout
 from . import fps as fps_term
 from . import parallel_pool
+from .parallel_pool import fail
 from .loader import RECIPE
 from .sage_patch import SageOverride
 
@@ -68,10 +69,6 @@ class ParallelConfig(io.ComfyNode):
                 ring_degree=0) -> io.NodeOutput:
         return io.NodeOutput({"workers": workers, "device": device, "address": ray_address.strip(),
                               "cfg_parallel": cfg_parallel, "keep_workers": keep_workers, "ring_degree": ring_degree})
-
-
-def fail(message):
-    raise ValueError(f"Sample Video: parallel: {message}")
 
 
 def recipe_of(model):
@@ -190,4 +187,5 @@ def _files(recipe):
     """Size and time of the model's files: a file changed on disk under the same name means new workers."""
     path = recipe["path"]
     names = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
-    return tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in names if os.path.isfile(f))
+    stats = [(f, os.stat(f)) for f in names if os.path.isfile(f)]
+    return tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats)
