@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import re
+import threading
 
 import torch
 from safetensors import safe_open
@@ -74,8 +75,10 @@ def original_name(key, diffusers):
 
 
 class _SafetensorsFile:
-    """safe_open validates the file and lists it; tensor data is then read with pread, not through safe_open's
-    memory map, whose touched pages would count as this process's memory until the whole model had been read."""
+    """safe_open validates the file and lists it; tensor data is then read straight into each tensor's buffer
+    (readinto: no second copy), not through safe_open's memory map, whose touched pages would count as this
+    process's memory until the whole model had been read. Plain seek + readinto works on every OS (Windows' os
+    has no pread); the lock keeps a prefetching thread's seek from moving another read."""
 
     def __init__(self, path):
         try:
@@ -90,7 +93,8 @@ class _SafetensorsFile:
         header.pop("__metadata__", None)
         self._start = 8 + n
         self._header = header
-        self._fd = os.open(path, os.O_RDONLY)
+        self._file = open(path, "rb", buffering=0)
+        self._lock = threading.Lock()
 
     def keys(self):
         return list(self._header)
@@ -106,15 +110,17 @@ class _SafetensorsFile:
         begin, end = self._header[key]["data_offsets"]
         buf = torch.empty(end - begin, dtype=torch.uint8)
         view, done = memoryview(buf.numpy()), 0
-        while done < len(view):
-            got = os.preadv(self._fd, [view[done:]], self._start + begin + done)
-            if got == 0:
-                raise CheckpointError(f"{self.path}: the file is truncated; download or copy it again")
-            done += got
+        with self._lock:
+            self._file.seek(self._start + begin)
+            while done < len(view):
+                got = self._file.readinto(view[done:])
+                if not got:
+                    raise CheckpointError(f"{self.path}: the file is truncated; download or copy it again")
+                done += got
         return buf.view(dtype).reshape(shape)
 
     def close(self):
-        os.close(self._fd)
+        self._file.close()
 
 
 def _safetensors_problem(path, text):

@@ -166,3 +166,26 @@ def test_policy_quantizes_exactly_the_block_linears(variant):
 def test_model_info_expected_keys_match_generated_shapes():
     info = ModelInfo(variant="I2V", dim=256, ffn_dim=512, num_layers=3, in_dim=36, has_fps=False)
     assert set(tiny.shapes(info)) == set(info.expected_keys())
+
+
+def test_reads_without_pread_and_from_two_threads(tmp_path, monkeypatch):
+    # Windows' os has no pread/preadv; the converter reads the next tensor in a thread while it quantizes.
+    from concurrent.futures import ThreadPoolExecutor
+    for name in ("pread", "preadv"):
+        monkeypatch.delattr("os." + name, raising=False)
+    sd = write_tiny(tmp_path / "m.safetensors", "T2V")
+    with Checkpoint(str(tmp_path / "m.safetensors")) as ckpt, ThreadPoolExecutor(4) as pool:
+        names = ckpt.names * 4
+        for name, t in zip(names, pool.map(ckpt.load, names)):
+            assert torch.equal(t, sd[name]), name
+
+
+def test_truncated_data_is_named(tmp_path):
+    path = tmp_path / "m.safetensors"
+    write_tiny(path, "T2V")
+    with Checkpoint(str(path)) as ckpt:
+        with open(path, "r+b") as f:   # cut after the header was read: the last tensor's bytes are gone
+            f.truncate(path.stat().st_size - 100)
+        last = max(ckpt.names, key=lambda n: ckpt._index[n][0]._header[n]["data_offsets"][1])
+        with pytest.raises(CheckpointError, match="the file is truncated; download or copy it again"):
+            ckpt.load(last)
