@@ -1,8 +1,8 @@
 """Sample Video's report: time per model call, peak memory, and the FP8 and attention paths that actually ran."""
-import resource
 import time
 from collections import Counter
 
+import psutil
 import torch
 
 from ..quant import fp8
@@ -33,7 +33,7 @@ def _layout_name(layout):
 
 
 class Meter:
-    """Wall time and peak memory of a run: CUDA peak allocation on a GPU, the process' peak RSS on CPU."""
+    """Wall time and peak memory of a run: CUDA peak allocation on a GPU, the process's peak RSS on CPU."""
 
     def __init__(self, device):
         self.device = device
@@ -41,8 +41,8 @@ class Meter:
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        self.rss_before = _rss_mib("VmRSS")
-        _reset_peak_rss()
+        self.rss_before = psutil.Process().memory_info().rss / 2**20
+        self.peak_reset = _reset_peak_rss()
         self.stats_before = dict(fp8.stats)
         self.start = time.perf_counter()
 
@@ -53,28 +53,40 @@ class Meter:
         if self.cuda:
             self.memory = f"peak VRAM {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f} MiB"
         else:
-            self.memory = f"peak RSS {_rss_mib('VmHWM'):.0f} MiB (process; {self.rss_before:.0f} MiB before the run)"
+            self.memory = self._cpu_peak()
         self.products = {k: fp8.stats[k] - self.stats_before[k] for k in fp8.stats}
         return self
 
+    def _cpu_peak(self):
+        before = f"{self.rss_before:.0f} MiB before the run"
+        peak = _peak_rss_mib()
+        if peak is None:
+            return f"peak RSS n/a (this OS does not report it; {before})"
+        since = "process" if self.peak_reset else "process, since ComfyUI started"
+        return f"peak RSS {peak:.0f} MiB ({since}; {before})"
+
 
 def _reset_peak_rss():
-    try:   # Linux: start the process's peak (VmHWM) again from its current RSS
+    """Linux: start the process's peak (VmHWM) again from its current RSS. Elsewhere the peak runs from the start."""
+    try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
+        return True
     except OSError:
-        pass
+        return False
 
 
-def _rss_mib(field):
+def _peak_rss_mib():
+    """The process's peak resident memory: VmHWM on Linux, the peak working set on Windows, else None."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith(field + ":"):
+                if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # elsewhere: the peak since start
+    peak = getattr(psutil.Process().memory_info(), "peak_wset", None)   # Windows only
+    return None if peak is None else peak / 2**20
 
 
 def matmul_summary(fp8_matmul, has_fp8, products, compute_dtype):
