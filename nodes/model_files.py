@@ -4,6 +4,8 @@ import os
 
 import folder_paths
 
+from ..quant.writer import name_problem
+
 FOLDER = "diffusion_models"
 
 
@@ -48,22 +50,32 @@ def resolve(name):
                 return path
         raise FileNotFoundError(f"{name}: no such folder in models/{FOLDER}; refresh the node list")
     path = folder_paths.get_full_path(FOLDER, name)
+    if path is None and "\\" in name and os.sep == "/":   # a workflow saved on Windows names subfolders with '\\'
+        path = folder_paths.get_full_path(FOLDER, name.replace("\\", "/"))
     if path is None:
         raise FileNotFoundError(f"{name}: no such file in models/{FOLDER}; refresh the node list")
     return path
 
 
 def output_path(name):
-    """Where Convert to FP8 may write `name`: inside the first diffusion_models folder, never above it."""
-    if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
-        raise ValueError(f"output name {name!r}: give a plain file name (no absolute path, no '..'); the file is "
-                         f"written to models/{FOLDER}")
+    """Where Convert to FP8 may write `name`: inside the first diffusion_models folder, never above it. Names follow
+    Windows' rules on every OS ('/' or '\\' for subfolders), so a workflow saves the same everywhere."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or os.path.isabs(name):   # "\\\\server\\share" too
+        problem = "it is an absolute path"
+    elif name[1:2] == ":":
+        problem = "it names a drive"
+    else:
+        problem = next((p for p in map(name_problem, parts) if p), None)
+    if problem:
+        raise ValueError(f"output_name {name!r}: {problem}; give a plain file name such as my_model_fp8.safetensors "
+                         f"(it is written to models/{FOLDER})")
     if not name.endswith(".safetensors"):
-        name += ".safetensors"
+        parts[-1] += ".safetensors"
     root = os.path.realpath(_output_folder())
-    path = os.path.realpath(os.path.join(root, name))
+    path = os.path.realpath(os.path.join(root, *parts))
     if os.path.commonpath([root, path]) != root:
-        raise ValueError(f"output name {name!r} leads outside models/{FOLDER}")
+        raise ValueError(f"output_name {name!r} leads outside models/{FOLDER} (through a link)")
     return path
 
 

@@ -20,7 +20,7 @@ from . import __version__
 from .checkpoint import Checkpoint, CheckpointError
 from .fp8 import FP8_DTYPES, NonFiniteWeight, quantize_weight_chunked, relative_error
 from .policy import layer_name, should_quantize
-from .writer import SafetensorsWriter
+from .writer import SafetensorsWriter, name_problem
 
 log = logging.getLogger("skyreels_fp8")
 
@@ -99,9 +99,12 @@ def _summary(errors):
 def _check_paths(src, dst, overwrite):
     if not dst.lower().endswith(".safetensors"):
         raise CheckpointError(f"{dst}: the output name must end in .safetensors")
-    real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)
+    problem = name_problem(os.path.basename(dst))
+    if problem:
+        raise CheckpointError(f"{dst}: {problem}; choose another output name")
+    real_src, real_dst = (os.path.normcase(os.path.realpath(p)) for p in (src, dst))   # normcase: Windows' disks
     same = os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst)  # case-insensitive disks too
-    if same or real_dst == real_src or real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
+    if same or real_dst == real_src or real_dst.startswith(os.path.join(real_src, "")):
         raise CheckpointError(f"{dst}: the output would overwrite the source; choose another output name")
     if not os.path.isdir(os.path.dirname(real_dst)):
         raise CheckpointError(f"{dst}: the output folder does not exist")

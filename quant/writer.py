@@ -6,14 +6,35 @@ folder and renamed into place only when every tensor is written and fsynced; any
 """
 import json
 import os
+import re
 
 import torch
+
+from .checkpoint import CheckpointError
 
 _DTYPE_NAMES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64", torch.int32: "I32",
     torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
 }
+
+
+# Windows' rules, checked on every OS: a workflow written on Linux must save on Windows too.
+_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
+_BAD_CHARS = re.compile(r'[<>:"|?*\x00-\x1f]')
+
+
+def name_problem(name):
+    """Why `name` (one file name, no folders) cannot be written on every OS, or None."""
+    if name in ("", ".", ".."):
+        return "it is empty or a folder reference"
+    if _BAD_CHARS.search(name):
+        return 'it has a character Windows does not allow in file names (< > : " | ? * or a control character)'
+    if name[-1] in ". ":
+        return "it ends in a dot or a space, which Windows drops"
+    if _RESERVED.match(name):
+        return f"{name.split('.')[0]} is a reserved device name on Windows"
+    return None
 
 
 def _nbytes(dtype, shape):
@@ -87,7 +108,13 @@ class SafetensorsWriter:
         self._f.close()
         if self.check:  # e.g. --verify: read the finished temp file back before it replaces anything
             self.check(self.tmp)
-        os.replace(self.tmp, self.dst)
+        try:
+            os.replace(self.tmp, self.dst)
+        except PermissionError as e:   # Windows: a file that is open or mapped cannot be replaced
+            raise CheckpointError(
+                f"{self.dst}: cannot be replaced ({e.strerror}): it is in use, by a model ComfyUI loaded from it "
+                "(ComfyUI's 'Free model and node cache' lets it go) or by another program, or it is read-only. "
+                "Nothing was changed: close it and run again, or choose another output name") from None
         _fsync_dir(os.path.dirname(os.path.abspath(self.dst)))
 
     def abort(self):

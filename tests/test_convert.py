@@ -119,6 +119,47 @@ def test_interrupt_leaves_nothing(tmp_path):
     assert leftovers(tmp_path, ["src.safetensors"]) == []
 
 
+def test_a_destination_in_use_is_a_message_and_nothing_changes(tmp_path, monkeypatch):
+    # Windows refuses to replace a file another program (or a model ComfyUI mapped) holds open: PermissionError.
+    src, dst = tmp_path / "src.safetensors", tmp_path / "o.safetensors"
+    write_tiny(src, "T2V")
+    dst.write_bytes(b"the old file")
+    real = os.replace
+
+    def in_use(a, b):
+        if os.fspath(b) == str(dst):
+            raise PermissionError(13, "The process cannot access the file because it is being used by another "
+                                      "process", str(b))
+        return real(a, b)
+
+    monkeypatch.setattr(os, "replace", in_use)
+    with pytest.raises(CheckpointError) as e:
+        convert(str(src), str(dst), overwrite=True)
+    assert str(e.value).startswith(f"{dst}: cannot be replaced (The process cannot access the file because it is "
+                                   "being used by another process): it is in use")
+    assert str(e.value).endswith("Nothing was changed: close it and run again, or choose another output name")
+    assert dst.read_bytes() == b"the old file" and leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
+
+
+CHARACTER = 'it has a character Windows does not allow in file names (< > : " | ? * or a control character)'
+
+
+@pytest.mark.parametrize("name,why", [
+    ("CON.safetensors", "CON is a reserved device name on Windows"),
+    ("com1.fp8.safetensors", "com1 is a reserved device name on Windows"),
+    ("a:b.safetensors", CHARACTER),
+    ("what?.safetensors", CHARACTER),
+])
+def test_output_names_windows_cannot_make_are_refused(tmp_path, name, why):
+    # Checked on every OS: on Windows "CON.safetensors" is the console, and ':' starts an alternate data stream.
+    src = tmp_path / "src.safetensors"
+    write_tiny(src, "T2V")
+    with pytest.raises(CheckpointError) as e:
+        convert(str(src), str(tmp_path / name))
+    assert str(e.value) == f"{tmp_path / name}: {why}; choose another output name"
+    assert leftovers(tmp_path, ["src.safetensors"]) == []
+
+
 def test_overwrite_only_when_asked(tmp_path):
     src = tmp_path / "src.safetensors"
     write_tiny(src, "T2V")
