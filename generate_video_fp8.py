@@ -62,16 +62,31 @@ def find_host():
     return DEFAULT_HOST if is_host(DEFAULT_HOST) else None
 
 
-class HostServer:
-    """ComfyUI's main.py on a free loopback port, with `base` as its base folder (this pack linked into
-    base/custom_nodes unless link_pack is False) and any extra main.py arguments."""
+# What ComfyUI loads of this pack (never a clone's venv, models or videos).
+PACK_FILES = ("__init__.py", "pyproject.toml", "requirements.txt", "nodes", "quant", "attention", "sampling",
+              "workflows")
 
-    def __init__(self, host, base, extra_args=(), python=sys.executable, link_pack=True):
+
+def install_copy(dst):
+    os.makedirs(dst)
+    for name in PACK_FILES:
+        src = os.path.join(REPO, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(dst, name), ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(src, os.path.join(dst, name))
+
+
+class HostServer:
+    """ComfyUI's main.py on a free loopback port, with `base` as its base folder (a copy of this pack in
+    base/custom_nodes unless install_pack is False) and any extra main.py arguments."""
+
+    def __init__(self, host, base, extra_args=(), python=sys.executable, install_pack=True):
         self.host, self.base, self.extra_args, self.python = host, base, list(extra_args), python
         for sub in ("custom_nodes", "models/diffusion_models", "input", "output", "user"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
-        if link_pack:
-            os.symlink(REPO, os.path.join(base, "custom_nodes", PACK))
+        if install_pack:   # a copy, not a link: Windows allows links only to admins or in Developer Mode
+            install_copy(os.path.join(base, "custom_nodes", PACK))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -359,6 +374,7 @@ def main(argv=None):
     base = tempfile.mkdtemp(prefix="skyreels-headless-")
     server = None
     try:
+        check_output(args.output)
         info = None if demo else inspect_model(args.model_path)
         if args.image and not os.path.isfile(args.image):
             raise BadInput(f"--image: {args.image} not found")
@@ -416,6 +432,17 @@ def prepare_demo(host, base):
     shutil.copytree(os.path.join(REPO, "tests", "host", "helper_nodes"),
                     os.path.join(base, "custom_nodes", "skyreels_test_helpers"))
     return {"diffusion_models": "tiny-SkyReels-V2-DF/", "vae": "tiny_wan_vae.safetensors"}
+
+
+def check_output(path):
+    """Refuse an --output that exists or that Windows could not name, before the generation rather than after."""
+    from quant.writer import name_problem
+
+    if path and os.path.exists(path):
+        raise BadInput(f"--output: {path} exists; choose another name")
+    problem = path and name_problem(os.path.basename(path))
+    if problem:
+        raise BadInput(f"--output: {path}: {problem}; choose another name")
 
 
 def save_output(base, args, workflow_name):

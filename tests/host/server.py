@@ -1,5 +1,5 @@
 """A real ComfyUI server (main.py --cpu) on 127.0.0.1 with this pack installed, for tests: generate_video_fp8's
-HostServer (the pack linked into a temp base folder's custom_nodes, as a user's git clone would sit there) plus
+HostServer (a copy of the pack in a temp base folder's custom_nodes, where a user's clone sits) plus
 the test helper nodes."""
 import os
 import shutil

@@ -40,7 +40,7 @@ def test_manager_style_install_starts_clean(host, tmp_path):
     assert "torch" not in open(target / "requirements.txt").read().replace("# torch comes with ComfyUI", "")
 
     # The copy is its own base folder: its custom_nodes/ holds the pack as a Manager install leaves it.
-    server = HostServer(str(fresh), str(fresh), ["--cpu"], link_pack=False).start()
+    server = HostServer(str(fresh), str(fresh), ["--cpu"], install_pack=False).start()
     try:
         info = server.get("/object_info")
         log = server.read_log()
