@@ -5,6 +5,7 @@ import os
 import sys
 
 import comfy.model_management
+import torch
 
 from . import parallel_worker
 
@@ -110,6 +111,9 @@ def _use_cpu(ray, config, n):
     """CPU or GPU workers, from what the cluster has (not only this machine); refuses what it cannot place."""
     gpus, cpus = int(ray.cluster_resources().get("GPU", 0)), int(ray.cluster_resources().get("CPU", 0))
     cpu = config["device"] == "cpu" or (config["device"] == "auto" and gpus == 0)
+    if not cpu and not torch.distributed.is_nccl_available():   # PyTorch for Windows has no NCCL
+        fail("GPU workers talk through NCCL, which this PyTorch does not have (PyTorch has it on Linux only): run "
+             "ComfyUI on Linux or in WSL2 for several GPUs, or set Parallel Config's device to cpu")
     if not cpu and gpus < n:
         fail(f"{n} workers need {n} GPUs; the Ray cluster has {gpus}")
     if cpu and cpus < n:

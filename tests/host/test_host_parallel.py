@@ -108,6 +108,12 @@ for name, m in (("bypass", bypass), ("merge", merged)):
         SampleVideo.execute(m, pos, neg, **ARGS, parallel=keep)
     except ValueError as e:
         refused[name] = str(e)
+nccl, torch.distributed.is_nccl_available = torch.distributed.is_nccl_available, lambda: False   # as on Windows
+try:
+    SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "cuda", "").args[0])
+except ValueError as e:
+    refused["no nccl"] = str(e)
+torch.distributed.is_nccl_available = nccl
 result["refused"] = refused
 SampleVideo.execute(model, pos, neg, **ARGS)             # a single-device run gives the GPUs back
 time.sleep(1)
@@ -184,6 +190,8 @@ def test_two_actors_equal_one_process(host, tmp_path):
     assert r["refused"]["bypass"].startswith("Sample Video: parallel: this MODEL carries injections, which parallel "
                                              "runs cannot rebuild"), r["refused"]
     assert "a weight patch of type tuple (a model merge" in r["refused"]["merge"], r["refused"]
+    assert r["refused"]["no nccl"].startswith("Sample Video: parallel: GPU workers talk through NCCL, which this "
+                                              "PyTorch does not have"), r["refused"]
     # one forward pass (5 frames padded to 6, per-frame timesteps) in 2 actors: measured 2.5e-7 on both ranks
     assert len(r["forward"]) == 2 and max(r["forward"]) <= 1e-5, r["forward"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
