@@ -8,6 +8,7 @@ are moved into the batch so the host's own math applies frame by frame. Both are
 ModelSamplingSD3 node installs its shift.
 """
 import comfy.model_sampling
+import torch
 from comfy.patcher_extension import WrappersMP
 
 KEY = "skyreels_frame_sigmas"
@@ -24,6 +25,22 @@ def _batch_to_frames(t, b):
 
 
 class PerFrameFlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+    """The host's flow sampling with SkyReels-V2's two departures: the model sees integer timesteps
+    (`model_timesteps`: sigma -> int, the host's 1000 sigma elsewhere), and sampling starts from the noise itself,
+    not sigma_max * noise (Sample Video's latent_image is zeros)."""
+
+    def set_timesteps(self, table):
+        self.keys = torch.tensor(list(table), dtype=torch.float32)
+        self.values = torch.tensor(list(table.values()), dtype=torch.float32)
+
+    def timestep(self, sigma):
+        match = sigma.unsqueeze(-1) == self.keys.to(sigma)
+        exact = (match * self.values.to(sigma)).sum(-1)
+        return torch.where(match.any(-1), exact, sigma * self.multiplier)
+
+    def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
+        return noise + latent_image
+
     def calculate_input(self, sigma, noise):
         if sigma.ndim < 2:
             return super().calculate_input(sigma, noise)
@@ -46,10 +63,12 @@ def _frame_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None,
     return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
 
-def patch(model, shift):
-    """A clone of `model` (a ModelPatcher) whose model_sampling has `shift` and takes per-frame sigmas."""
+def patch(model, shift, timesteps):
+    """A clone of `model` (a ModelPatcher) whose model_sampling has `shift`, takes per-frame sigmas and gives the
+    model the integer `timesteps` ({sigma: timestep}) SkyReels-V2 gives it."""
     sampling = PerFrameFlowSampling(model.model.model_config)
     sampling.set_parameters(shift=shift, multiplier=1000)
+    sampling.set_timesteps(timesteps)
     m = model.clone()
     m.add_object_patch("model_sampling", sampling)
     m.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, _frame_sigmas)

@@ -17,7 +17,7 @@ import comfy.utils
 import latent_preview
 
 from ..sampling import forcing, solvers
-from ..sampling.schedule import flow_sigmas, latent_frames, video_frames
+from ..sampling.schedule import flow_sigmas, latent_frames, model_timesteps, video_frames
 from . import fps as fps_term
 from . import per_frame, run_report, sequence_parallel, video_attention
 
@@ -39,7 +39,8 @@ class Job:
         causal = opts.get("causal_attention", False)
         if causal and not df:
             fail("causal_attention: needs mode 'diffusion forcing' (SkyReels-V2's causal attention is a DF option)")
-        self.model = per_frame.patch(model, shift)
+        addnoise = opts.get("addnoise_condition", 0) if df else 0
+        self.model = per_frame.patch(model, shift, model_timesteps(steps, shift, addnoise))
         if causal:
             self.model = video_attention.install(self.model)
         to = self.model.model_options.setdefault("transformer_options", {})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .schedule import TRAIN_STEPS
+from .schedule import SIGMA_MAX, TRAIN_STEPS
 from .solvers import make_solver
 
 
@@ -77,7 +77,7 @@ def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready
 
 def frame_sigmas(step_index, sigmas):
     """Per-frame sigmas of plan rows: not started -> 999/1000, step k -> sigmas[k - 1], finished -> 0."""
-    table = torch.cat([torch.tensor([(TRAIN_STEPS - 1) / TRAIN_STEPS]), sigmas.float()[:-1], torch.zeros(1)])
+    table = torch.cat([torch.tensor([SIGMA_MAX]), sigmas.float()[:-1], torch.zeros(1)])
     return table[step_index]
 
 
@@ -106,7 +106,7 @@ def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0
     """
     x = x.clone()
     frames, prefix = x.shape[2], plan.prefix
-    solvers = [make_solver(solver, sigmas) for _ in range(frames)]
+    solvers = [make_solver(solver, sigmas, df=True) for _ in range(frames)]
     rows = frame_sigmas(plan.step_index, sigmas)
     for r in range(plan.rows):
         start, end = plan.intervals[r]
@@ -120,7 +120,8 @@ def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0
         x0 = denoise(x_in, s_in)
         for f in range(start, end):
             if plan.update[r, f]:
-                # Copies: the solver keeps what it is given (x is written in place; a view would keep all of x0).
+                # Copies: the solver keeps what it is given (x is written in place; a view would keep all of x0);
+                # `df=True` solvers reproduce what SkyReels-V2's view does to its solver state.
                 x[:, :, f] = solvers[f].step(x0[:, :, f - start].clone(), x[:, :, f].clone())
         if callback is not None:
             callback(r, x0, x)

@@ -10,15 +10,36 @@ def shift_sigma(sigma, shift):
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
-def flow_sigmas(steps, shift):
-    """[steps + 1] float32 sigmas, high to low, ending at 0: SkyReels-V2's schedule (linear from 1 - 1/1000 to 0,
-    then shifted), computed in float64 as its numpy code does."""
+# SkyReels-V2's scheduler starts its grid at its float32 sigma_max, 1 - 1/1000 rounded to float32.
+SIGMA_MAX = float(torch.tensor(1 - 1 / TRAIN_STEPS, dtype=torch.float32))
+
+
+def _shifted(steps, shift):
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if shift <= 0:
         raise ValueError(f"shift must be above 0, got {shift}")
-    linear = torch.linspace(1 - 1 / TRAIN_STEPS, 0, steps + 1, dtype=torch.float64)
-    return shift_sigma(linear, shift).float()
+    return shift_sigma(torch.linspace(SIGMA_MAX, 0, steps + 1, dtype=torch.float64), shift)
+
+
+def flow_sigmas(steps, shift):
+    """[steps + 1] float32 sigmas, high to low, ending at 0: SkyReels-V2's schedule (linear from its sigma_max to 0,
+    then shifted), computed in float64 as its numpy code does."""
+    return _shifted(steps, shift).float()
+
+
+def model_timesteps(steps, shift, addnoise_condition=0):
+    """{float32 sigma: timestep} for every sigma Sample Video shows the model: SkyReels-V2 gives its model the
+    integer timestep int64(1000 sigma) of its float64 schedule (999, not 999.87), 999 to frames not started, the
+    addnoise level itself to noised prefix frames, 0 to clean ones. Truncating the float32 sigma instead would be
+    one off where 1000 sigma sits just under an integer (float32(0.251) * 1000 < 251)."""
+    shifted = _shifted(steps, shift)[:-1]
+    table = dict(zip(shifted.float().tolist(), (shifted * TRAIN_STEPS).long().tolist()))
+    table[SIGMA_MAX] = TRAIN_STEPS - 1
+    if addnoise_condition:
+        table[float(torch.tensor(addnoise_condition / TRAIN_STEPS, dtype=torch.float32))] = addnoise_condition
+    table[0.0] = 0
+    return table
 
 
 def latent_frames(frames):

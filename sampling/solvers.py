@@ -31,9 +31,14 @@ def _lam(sigma):
 
 
 class FlowUniPC:
-    def __init__(self, sigmas, order=2):
+    """`df`: as SkyReels-V2's Diffusion Forcing loop runs it. That loop hands each frame's scheduler a view into
+    its latents and then writes the step's result into that view, so the sample the scheduler kept from its first
+    step becomes that result, and the corrector of the second step starts from x1 instead of x0. (Its standard
+    T2V/I2V loops rebind instead of writing, so they run textbook UniPC, as `df=False` does.)"""
+
+    def __init__(self, sigmas, order=2, df=False):
         self.sigmas = [float(s) for s in sigmas]
-        self.order = order
+        self.order, self.df = order, df
         self.index = 0           # steps taken
         self.x0s = []            # the last `order` x0 predictions, oldest first
         self.last_x = None       # the sample the last predictor started from (for the corrector)
@@ -49,7 +54,10 @@ class FlowUniPC:
         self.last_order = min(self.order, steps - k, len(self.x0s))
         self.last_x = x
         self.index = k + 1
-        return self._predictor(x, self.last_order)
+        out = self._predictor(x, self.last_order)
+        if self.df and k == 0:
+            self.last_x = out
+        return out
 
     def _predictor(self, x, order):
         k = self.index - 1
@@ -93,10 +101,10 @@ class FlowUniPC:
 SOLVERS = {"unipc": FlowUniPC, "euler": FlowEuler}
 
 
-def make_solver(name, sigmas):
+def make_solver(name, sigmas, df=False):
     if name not in SOLVERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SOLVERS)}")
-    return SOLVERS[name](sigmas)
+    return FlowUniPC(sigmas, df=df) if name == "unipc" else SOLVERS[name](sigmas)
 
 
 def sample(denoise, x, sigmas, solver="unipc", callback=None):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sampling import forcing
-from sampling.schedule import flow_sigmas, latent_frames, video_frames
+from sampling.schedule import flow_sigmas, latent_frames, model_timesteps, video_frames
 from sampling.solvers import FlowUniPC, make_solver, sample
 
 REF = json.load(open(os.path.join(os.path.dirname(__file__), "data", "unipc_reference.json")))
@@ -169,12 +169,12 @@ def video_noise(frames, seed=0):
     return torch.randn(1, 4, frames, 2, 2, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("solver", ["unipc", "euler"])
-def test_sync_forcing_equals_standard(solver):
+def test_sync_forcing_equals_standard_for_euler():
+    # (UniPC differs, as in SkyReels-V2: test_forcing_matches_skyreels_df_loop)
     sigmas, x = flow_sigmas(6, 8.0), video_noise(5)
     plan = forcing.timestep_matrix(5, 6, 5, ar_step=0)
-    df = forcing.sample_window(toy_denoise, x, sigmas, plan, solver)
-    std = sample(toy_denoise, x, sigmas, solver)
+    df = forcing.sample_window(toy_denoise, x, sigmas, plan, "euler")
+    std = sample(toy_denoise, x, sigmas, "euler")
     assert (df - std).abs().max().item() < 1e-6
 
 
@@ -185,8 +185,10 @@ def test_async_forcing_steps_every_frame_through_its_schedule():
     plan = forcing.timestep_matrix(6, 6, 6, ar_step=2, causal_block_size=2)
     calls = []
     df = forcing.sample_window(lambda a, s: (calls.append(s.clone()), toy_denoise(a, s))[1], x, sigmas, plan)
-    std = sample(toy_denoise, x, sigmas)
-    assert (df - std).abs().max().item() < 1e-6
+    alone, solver = x, FlowUniPC(sigmas, df=True)     # every frame through one DF solver, all at once
+    for sigma in sigmas[:-1]:
+        alone = solver.step(toy_denoise(alone, sigma), alone)
+    assert (df - alone).abs().max().item() < 1e-6
     assert len(calls) == plan.rows == 10
     assert calls[0].tolist() == pytest.approx([sigmas[0].item()] * 2 + [0.999] * 4)
 
@@ -224,3 +226,26 @@ def test_unipc_state_is_per_instance():
         xa = a.step(toy_denoise(xa, sigmas[a.index]), xa)
         xb = b.step(toy_denoise(xb, sigmas[b.index]), xb)
     assert torch.equal(xa, alone)
+
+
+@pytest.mark.parametrize("case", REF["cases"], ids=lambda c: f"{c['steps']}steps-shift{c['shift']}")
+def test_forcing_matches_skyreels_df_loop(case):
+    # SkyReels-V2's DF loop writes each step's result into the view it gave its scheduler, which changes the
+    # corrector of the second step (tests/data: final_x_df). Textbook UniPC (standard sampling) is measurably off it.
+    sigmas, x = flow_sigmas(case["steps"], case["shift"]), init_x()
+    plan = forcing.timestep_matrix(3, case["steps"], 3, ar_step=0)
+    df = forcing.sample_window(toy_denoise, x, sigmas, plan).flatten()
+    want = torch.tensor(case["final_x_df"])
+    assert (df - want).abs().max().item() < 1e-6          # float32 vs float64 coefficients: a few ulps
+    if case["steps"] > 2:                                  # the corrector of step 2 exists
+        assert (sample(toy_denoise, x, sigmas).flatten() - want).abs().max().item() > 1e-4
+
+
+@pytest.mark.parametrize("case", REF["cases"], ids=lambda c: f"{c['steps']}steps-shift{c['shift']}")
+def test_model_timesteps_are_skyreels_integers(case):
+    table = model_timesteps(case["steps"], case["shift"], addnoise_condition=251)
+    sigmas = flow_sigmas(case["steps"], case["shift"])
+    assert [table[s] for s in sigmas[:-1].tolist()] == case["timesteps"]
+    assert table[forcing.frame_sigmas(torch.tensor([[0]]), sigmas).item()] == 999       # not started
+    # The addnoise level: float32(0.251) * 1000 is just under 251; the table still says 251.
+    assert table[torch.tensor(0.251).item()] == 251 and torch.tensor(0.251).item() * 1000 < 251
