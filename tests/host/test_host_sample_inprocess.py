@@ -87,10 +87,12 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["standard_image"].startswith("Sample Video: start_image / prefix_video need mode 'diffusion forcing'")
     assert r["no_vae"] == "Sample Video: start_image / prefix_video need a vae connected to encode them"
     # The model sees one timestep per latent frame (cond and uncond: 2 rows): the 2 prefix frames at the
-    # addnoise level (20), the others at their own step of the schedule, not all the same (ar_step 1).
-    first = r["timesteps"][0]
+    # addnoise level (20), the others at their own step of the schedule, not all the same after the first call
+    # (ar_step 1).
+    # SkyReels-V2's integer timesteps: its first step is 999, as for frames not started yet.
+    first, second = r["timesteps"][:2]
     assert len(first) == 2 and len(first[0]) == 5 and first[0] == first[1]
-    assert first[0][:2] == [20.0, 20.0] and len(set(first[0][2:])) > 1, first
+    assert first[0] == [20.0, 20.0, 999.0, 999.0, 999.0] and len(set(second[0][2:])) > 1, (first, second)
     # Batch of 2 through the VAE: each item's own last 5 frames carried over (not the last item's for all).
     assert max(r["carried"]) < 1e-5 and r["items_differ"] > 1e-3, r
     assert r["batch_shape"] == [2, 16, 6, 4, 4]

@@ -1,0 +1,83 @@
+"""Sample Video against SkyReels-V2's released pipelines, as diffusers ports them (SkyReelsV2DiffusionForcingPipeline,
+SkyReelsV2Pipeline), on the same tiny weights (bf16 values, computed in fp32 on the CPU on both sides), the same
+noise (one seeded generator, first draw) and the same text embeddings (zero-padded to 512 tokens, as ComfyUI's
+umt5 gives them). The reference is given SkyReels-V2's own sigma grid (its scheduler's linspace from 0.999, then
+shifted), not diffusers' stock flow grid."""
+import pytest
+from comfy_host import REPO, run_in_host
+from in_host import SETUP, write_models
+
+pytest.importorskip("diffusers")
+
+CODE = r"""
+import numpy as np, safetensors.torch
+from diffusers import (SkyReelsV2DiffusionForcingPipeline, SkyReelsV2Pipeline, SkyReelsV2Transformer3DModel,
+                       UniPCMultistepScheduler)
+from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+from skyreels_pack.nodes.sample import SampleVideo
+from skyreels_pack.quant import tiny
+
+class SkyReelsGrid(UniPCMultistepScheduler):
+    # SkyReels-V2's scheduler: linspace(float32 0.999, 0, steps + 1)[:-1], shifted by flow_shift, int64 timesteps.
+    def set_timesteps(self, num_inference_steps=None, device=None, sigmas=None, mu=None):
+        if sigmas is None:
+            sigmas = np.linspace(float(np.float32(0.999)), 0.0, num_inference_steps + 1)[:-1].copy()
+        return super().set_timesteps(num_inference_steps, device=device, sigmas=sigmas, mu=mu)
+
+def reference_transformer(name, variant):
+    sd = {{k: v.float() for k, v in safetensors.torch.load_file(os.path.join({folder!r}, name)).items()}}
+    sd = convert_wan_transformer_to_diffusers(sd)
+    for a, b in (("fps_projection.0.", "fps_projection.net.0.proj."), ("fps_projection.2.", "fps_projection.net.2.")):
+        for k in [k for k in sd if k.startswith(a)]:
+            sd[b + k[len(a):]] = sd.pop(k)
+    info = tiny.info(variant)
+    m = SkyReelsV2Transformer3DModel(patch_size=(1, 2, 2), num_attention_heads=info.dim // 128,
+        attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=info.ffn_dim,
+        num_layers=info.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+        inject_sample_info=info.has_fps)
+    m.load_state_dict(sd, strict=True)
+    return m.eval()
+
+def embeddings(tokens, seed):
+    e = torch.zeros(1, 512, 4096)
+    e[:, :tokens] = torch.randn(1, tokens, 4096, generator=torch.Generator().manual_seed(seed))
+    return e
+
+pe, ne = embeddings(7, 1), embeddings(3, 2)
+STEPS, CFG, SHIFT, SEED = 4, 5.0, 8.0, 11
+
+def ours(name, frames=17, **widgets):
+    model = load(name, "bf16")[0]
+    args = dict(width=32, height=32, frames=frames, seed=SEED, steps=STEPS, cfg=CFG, shift=SHIFT, sampler="unipc",
+                fps=24, mode="standard", base_num_frames=frames, overlap_history=17, ar_step=0, causal_block_size=1,
+                addnoise_condition=0)
+    out = SampleVideo.execute(model, [[pe, {{}}]], [[ne, {{}}]], **{{**args, **widgets}}).args[0]["samples"]
+    return model.model.process_latent_in(out)        # the model's latent space, as diffusers returns it
+
+def reference(pipe_class, name, variant, frames=17, **kwargs):
+    scheduler = SkyReelsGrid(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT)
+    pipe = pipe_class(tokenizer=None, text_encoder=None, transformer=reference_transformer(name, variant), vae=None,
+                      scheduler=scheduler)
+    with torch.no_grad():
+        return pipe(prompt=None, prompt_embeds=pe, negative_prompt_embeds=ne, height=32, width=32, num_frames=frames,
+                    num_inference_steps=STEPS, guidance_scale=CFG, generator=torch.Generator().manual_seed(SEED),
+                    output_type="latent", return_dict=False, **kwargs)[0]
+
+result = {{}}
+result["t2v"] = rel(ours("t2v_bf16.safetensors"), reference(SkyReelsV2Pipeline, "t2v_bf16.safetensors", "T2V"))
+for frames, ar, cbs, fps in ((17, 0, 1, 24), (17, 1, 1, 16), (37, 2, 5, 24)):
+    # The port masks attention block-causally whenever causal_block_size > 1 (SkyReels-V2's --causal_attention).
+    mine = ours("df_bf16.safetensors", frames, mode="diffusion forcing", ar_step=ar, causal_block_size=cbs, fps=fps,
+                causal_attention=cbs > 1)
+    ref = reference(SkyReelsV2DiffusionForcingPipeline, "df_bf16.safetensors", "DF", frames, base_num_frames=frames,
+                    ar_step=ar, causal_block_size=cbs, fps=fps)
+    result[f"df {{frames}} frames, ar_step {{ar}}, causal_block_size {{cbs}}, fps {{fps}}"] = rel(mine, ref)
+"""
+
+
+def test_sample_video_equals_the_released_pipelines(host, tmp_path):
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + CODE.format(folder=str(tmp_path)))
+    print(r)
+    for case, value in r.items():
+        assert value <= 1e-5, (case, r)
