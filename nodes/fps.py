@@ -10,6 +10,7 @@ from comfy.patcher_extension import WrappersMP
 
 KEY = "skyreels_fps"          # transformer_options key the Sample Video node sets; absent means 24 fps
 DEFAULT_FPS = 24
+DF_1_3B_DIM = 1536            # the only SkyReels-V2 model with an fps embedding is DF-1.3B
 
 
 def split_fps_keys(sd):
@@ -43,3 +44,13 @@ def install(patcher, vectors):
             hook.remove()
 
     patcher.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, wrapper)
+
+
+def lost(model):
+    """What to say when `model` may be SkyReels-V2 DF-1.3B loaded without its fps embedding (core Load Diffusion
+    Model and ComfyUI-GGUF drop those keys), else None. Only DF-1.3B has one: a 1.3B text-to-video-shaped model."""
+    dm = model.model.diffusion_model
+    if model.get_wrappers(WrappersMP.DIFFUSION_MODEL, KEY) or (dm.dim, dm.in_dim) != (DF_1_3B_DIM, 16):
+        return None
+    return ("fps: not applied: this 1.3B MODEL has no fps embedding. SkyReels-V2 DF-1.3B has one, which core Load "
+            "Diffusion Model and ComfyUI-GGUF drop: load DF-1.3B with Load FP8 SkyReels Model to condition on fps")

@@ -17,7 +17,10 @@ def weights_summary(model):
         w = module.weight
         layout = getattr(w, "_layout_cls", None) or getattr(w, "layout_type", None)
         qdata = getattr(w, "_qdata", None)
-        if qdata is not None:
+        gguf = getattr(w, "tensor_type", None)          # ComfyUI-GGUF's GGMLTensor: a GGMLQuantizationType
+        if gguf is not None:
+            kinds[f"{getattr(gguf, 'name', gguf)} (GGUF)"] += 1
+        elif qdata is not None:
             kinds[f"{qdata.dtype}".replace("torch.", "") + f" ({_layout_name(layout)})"] += 1
         else:
             kinds[str(w.dtype).replace("torch.", "")] += 1

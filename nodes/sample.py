@@ -5,7 +5,7 @@ from comfy_api.latest import io
 from ..sampling import solvers
 from ..sampling.schedule import latent_frames
 from . import parallel as multi_device
-from .sample_job import Job, check_frames, fail
+from .sample_job import Job, check_frames, fail, model_shift
 
 MODES = ["standard", "diffusion forcing"]
 
@@ -30,8 +30,9 @@ class SampleVideo(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
                 io.Int.Input("steps", default=30, min=1, max=1000),
                 io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Float.Input("shift", default=8.0, min=0.01, max=100.0, step=0.1, round=0.01,
-                               tooltip="Flow shift of the sigma schedule (SkyReels-V2: 8.0; 5.0 for I2V 720P)."),
+                io.Float.Input("shift", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Flow shift of the sigma schedule (SkyReels-V2: 8.0; 5.0 for I2V 720P). 0: the "
+                                       "MODEL's own (e.g. from ModelSamplingSD3; ComfyUI's default for Wan is 8.0)."),
                 io.Combo.Input("sampler", options=list(solvers.SOLVERS), default="unipc",
                                tooltip="unipc: SkyReels-V2's flow UniPC (bh2, order 2). euler: ComfyUI's euler."),
                 io.Int.Input("fps", default=24, min=1, max=120,
@@ -76,6 +77,7 @@ class SampleVideo(io.ComfyNode):
                 base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition, causal_attention=False, vae=None,
                 start_image=None, prefix_video=None, latent=None, parallel=None) -> io.NodeOutput:
         check_model(model)
+        shift = model_shift(model, shift)
         if parallel is not None:
             widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
                            sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,

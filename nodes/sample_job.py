@@ -16,6 +16,7 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
+from ..attention.sage import log_once
 from ..sampling import forcing, solvers
 from ..sampling.schedule import flow_sigmas, latent_frames, model_timesteps, video_frames
 from . import fps as fps_term
@@ -27,6 +28,18 @@ CALL_KEY = "skyreels_call"      # transformer_options: index of the model call w
 
 def fail(message):
     raise ValueError(f"Sample Video: {message}")
+
+
+def model_shift(model, shift):
+    """Sample Video's shift, or with 0 the MODEL's (ModelSamplingSD3's where applied). A ModelSamplingSD3 shift that
+    the widget overrides is named once in the log; the report names the shift that ran."""
+    own = float(model.get_model_object("model_sampling").shift)
+    if shift == 0:
+        return own
+    if "model_sampling" in model.object_patches and abs(own - shift) > 1e-6:
+        log_once(("shift", own, shift), f"Sample Video: shift {shift:g} runs; the MODEL's ModelSamplingSD3 shift "
+                                        f"{own:g} is not used (set Sample Video's shift to 0 to use it)")
+    return shift
 
 
 def check_frames(widget, n):
@@ -56,7 +69,10 @@ class Job:
         self.generator = torch.Generator().manual_seed(seed)
         self.model_seconds = 0.0
         self.description = (f"{'diffusion forcing' if df else 'standard'}, {sampler} {steps} steps, cfg {cfg}, "
-                            f"shift {shift}")
+                            f"shift {shift:g}")
+        self.notes = [note for note in (fps_term.lost(model),) if note]
+        for note in self.notes:
+            log_once(note, f"Sample Video: {note}")
 
     # --- prefix -------------------------------------------------------------------------------------------------
 
@@ -213,6 +229,7 @@ class Job:
             f"in the model of {meter.seconds:.1f} s in all); {meter.memory}",
             f"{weights}; {run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute)}",
             run_report.attention_summary(self.model, attention_before),
+            *self.notes,
         ]
         if self.df:
             o = self.opts

@@ -54,13 +54,14 @@ def ours(name, frames=17, **widgets):
     out = SampleVideo.execute(model, [[pe, {{}}]], [[ne, {{}}]], **{{**args, **widgets}}).args[0]["samples"]
     return model.model.process_latent_in(out)        # the model's latent space, as diffusers returns it
 
-def reference(pipe_class, name, variant, frames=17, **kwargs):
+def reference(pipe_class, name, variant, frames=17, generator=None, **kwargs):
     scheduler = SkyReelsGrid(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=SHIFT)
     pipe = pipe_class(tokenizer=None, text_encoder=None, transformer=reference_transformer(name, variant), vae=None,
                       scheduler=scheduler)
     with torch.no_grad():
         return pipe(prompt=None, prompt_embeds=pe, negative_prompt_embeds=ne, height=32, width=32, num_frames=frames,
-                    num_inference_steps=STEPS, guidance_scale=CFG, generator=torch.Generator().manual_seed(SEED),
+                    num_inference_steps=STEPS, guidance_scale=CFG,
+                    generator=generator or torch.Generator().manual_seed(SEED),
                     output_type="latent", return_dict=False, **kwargs)[0]
 
 result = {{}}
@@ -72,6 +73,23 @@ for frames, ar, cbs, fps in ((17, 0, 1, 24), (17, 1, 1, 16), (37, 2, 5, 24)):
     ref = reference(SkyReelsV2DiffusionForcingPipeline, "df_bf16.safetensors", "DF", frames, base_num_frames=frames,
                     ar_step=ar, causal_block_size=cbs, fps=fps)
     result[f"df {{frames}} frames, ar_step {{ar}}, causal_block_size {{cbs}}, fps {{fps}}"] = rel(mine, ref)
+
+# Long videos: 37 frames in windows of 21 overlapping by 9 (latent frames 6 and 3), the overlap in latent space on
+# both sides (no VAE). The reference draws addnoise_condition's noise from torch's global generator, we from the
+# run's seeded stream: the reference's draws are taken from its own seeded generator, in the same order as ours.
+real_randn_like = torch.randn_like
+for ar, addnoise in ((0, 0), (1, 20)):
+    mine = ours("df_bf16.safetensors", 37, mode="diffusion forcing", base_num_frames=21, overlap_history=9,
+                ar_step=ar, addnoise_condition=addnoise)
+    stream = torch.Generator().manual_seed(SEED)
+    torch.randn_like = lambda t, **kw: torch.randn(t.shape, generator=stream, dtype=t.dtype)
+    try:
+        ref = reference(SkyReelsV2DiffusionForcingPipeline, "df_bf16.safetensors", "DF", 37, base_num_frames=21,
+                        overlap_history=9, ar_step=ar, causal_block_size=1, addnoise_condition=addnoise, fps=24,
+                        generator=stream)
+    finally:
+        torch.randn_like = real_randn_like
+    result[f"df long 37 frames, ar_step {{ar}}, addnoise {{addnoise}}"] = rel(mine, ref)
 """
 
 

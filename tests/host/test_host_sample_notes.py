@@ -1,0 +1,70 @@
+"""What Sample Video says instead of losing something silently: DF-1.3B's fps term dropped by another loader, a
+ModelSamplingSD3 shift it overrides (or honours, with shift 0), and GGUF weights named by their quantization."""
+from comfy_host import REPO, run_in_host
+from in_host import SETUP, write_models
+
+CODE = r"""
+import logging, torch
+from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+from skyreels_pack.nodes import run_report
+from skyreels_pack.nodes.sample import SampleVideo
+
+lines = []
+handler = logging.Handler()
+handler.emit = lambda record: lines.append(record.getMessage())
+logging.getLogger("skyreels_fp8").addHandler(handler)
+pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+ARGS = dict(width=32, height=32, frames=5, seed=1, steps=2, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
+            mode="diffusion forcing", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
+            addnoise_condition=0)
+
+def sample(model, **kw):
+    return SampleVideo.execute(model, pos, neg, **{{**ARGS, **kw}}).args
+
+result = {{}}
+# The tiny DF model stands for DF-1.3B (the check compares the model's width with this constant).
+from skyreels_pack.nodes import fps
+fps.DF_1_3B_DIM = 256
+core = comfy.sd.load_diffusion_model(os.path.join({folder!r}, "df_bf16.safetensors"))
+ours = load("df_bf16.safetensors")[0]
+result["core"] = [sample(core)[1], sample(core)[1]]
+result["ours"] = sample(ours)[1]
+
+# ModelSamplingSD3: shift 0 uses it, another shift overrides it (and says so once).
+patched = ModelSamplingSD3().patch(ours, 3.0)[0]
+zero, zero_report = sample(patched, shift=0.0)
+three = sample(ours, shift=3.0)[0]
+eight = [sample(patched, shift=8.0)[1] for _ in range(2)]
+result["shift 0 = shift 3"] = torch.equal(zero["samples"], three["samples"])
+result["zero report"] = zero_report
+result["eight report"] = eight[0]
+result["plain 0"] = "shift 8;" in sample(ours, shift=0.0)[1]          # no patch: the host's Wan default, 8
+
+# ComfyUI-GGUF keeps quantized weights as uint8 tensors with a tensor_type (gguf's GGMLQuantizationType).
+class Q8:
+    name = "Q8_0"
+class GGMLStandIn(torch.Tensor):
+    pass
+block = ours.model.diffusion_model.blocks[0]
+block.ffn[0].weight = torch.nn.Parameter(GGMLStandIn(torch.zeros(4, dtype=torch.uint8)), requires_grad=False)
+block.ffn[0].weight.tensor_type = Q8()
+result["gguf"] = run_report.weights_summary(ours)[0]
+result["log"] = lines
+"""
+
+
+def test_sample_video_says_what_it_does_not_use(host, tmp_path):
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + CODE.format(folder=str(tmp_path)))
+    note = ("fps: not applied: this 1.3B MODEL has no fps embedding. SkyReels-V2 DF-1.3B has one, which core Load "
+            "Diffusion Model and ComfyUI-GGUF drop: load DF-1.3B with Load FP8 SkyReels Model to condition on fps")
+    assert all(report.endswith(note) for report in r["core"]), r["core"]
+    assert note not in r["ours"]
+    assert r["log"].count(f"Sample Video: {note}") == 1, r["log"]          # once, for two runs
+    assert r["shift 0 = shift 3"] and "shift 3;" in r["zero report"]
+    assert "shift 8;" in r["eight report"] and r["plain 0"]
+    overridden = ("Sample Video: shift 8 runs; the MODEL's ModelSamplingSD3 shift 3 is not used (set Sample Video's "
+                  "shift to 0 to use it)")
+    assert r["log"].count(overridden) == 1, r["log"]
+    assert "1 Q8_0 (GGUF)" in r["gguf"], r["gguf"]
