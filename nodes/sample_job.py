@@ -92,8 +92,9 @@ class Job:
         self.prefix = self._encode_tail(pixels, source).expand(self.shape[0], -1, -1, -1, -1)
 
     def _encode_tail(self, videos, source):
-        """Encode the end of each video [B, frames, H, W, C]: the last overlap_history frames, cut to whole causal
-        blocks of latent frames (as SkyReels-V2 does), so the latents end exactly where the pixels end."""
+        """Encode the end of each video [B, frames, H, W, C] as SkyReels-V2 does: its last overlap_history frames,
+        of whose latents only whole causal blocks are kept, the oldest. The VAE is causal, so those are the latents
+        of the first frames of that tail alone, which is all that is encoded."""
         cbs = self.opts["causal_block_size"]
         available = min(self.opts["overlap_history"], videos.shape[1])
         keep = latent_frames(available) // cbs * cbs
@@ -103,45 +104,50 @@ class Job:
         h, w = self.shape[3] * 8, self.shape[4] * 8
         out = []
         for video in videos:
-            pixels = video[-video_frames(keep):]
+            pixels = video[-available:][:video_frames(keep)]
             if pixels.shape[1] != h or pixels.shape[2] != w:
                 pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
             out.append(self.vae.encode(pixels[:, :, :, :3]))
         return sequence_parallel.agree(self.model, torch.cat(out))
 
-    def _next_prefix(self, window, overlap):
-        """The last `overlap` latent frames of a window; with a VAE, its last frames decoded and encoded again."""
+    def _next_prefix(self, window, made, overlap, keep):
+        """The oldest `keep` of the last `overlap` latent frames made so far (`made`: the windows joined, where the
+        frames a window made again are the earlier window's); with a VAE, of the window's last overlap_history
+        frames decoded and encoded again."""
         if self.vae is None:
-            return window[:, :, -overlap:]
+            return made[:, :, -overlap:][:, :, :keep]
         pixels = self.vae.decode(window)                  # [B, frames, H, W, C]
         return self._encode_tail(pixels.reshape(window.shape[0], -1, *pixels.shape[-3:]), "overlap_history")
 
     # --- windows ------------------------------------------------------------------------------------------------
 
     def plans(self):
-        """[(prefix, length, plan)] of every window."""
+        """[(prefix, overlap, length, plan)] of every window: `prefix` clean frames start it, and the first `overlap`
+        frames of a later window repeat the window before (SkyReels-V2 lays windows out by the whole overlap, and
+        starts each with the whole causal blocks of it: frames prefix..overlap are made again, then dropped)."""
         o, total, cbs = self.opts, self.shape[2], self.opts["causal_block_size"]
         if not self.df:
-            return [(0, total, None)]
+            return [(0, 0, total, None)]
         check_frames("base_num_frames", o["base_num_frames"])
         base = latent_frames(o["base_num_frames"])
-        overlap = latent_frames(o["overlap_history"]) // cbs * cbs     # whole causal blocks, as SkyReels-V2 does
+        overlap = latent_frames(o["overlap_history"])
+        keep = overlap // cbs * cbs
         if total > base:
             check_frames("overlap_history", o["overlap_history"])
-            if overlap == 0:
-                fail(f"overlap_history: {o['overlap_history']} frames are {latent_frames(o['overlap_history'])} "
-                     f"latent frame(s), fewer than causal_block_size {cbs}; use at least {video_frames(cbs)}")
+            if keep == 0:
+                fail(f"overlap_history: {o['overlap_history']} frames are {overlap} latent frame(s), fewer than "
+                     f"causal_block_size {cbs}; use at least {video_frames(cbs)}")
             if overlap >= base:
                 fail(f"overlap_history ({o['overlap_history']}) must be shorter than base_num_frames "
                      f"({o['base_num_frames']})")
-        wins = forcing.windows(total, base, overlap)
+        wins = [(keep, overlap, length) for _, length in forcing.windows(total, base, overlap)]
         first = 0 if self.prefix is None else self.prefix.shape[2]
-        if first >= wins[0][1]:
+        if first >= wins[0][2]:
             fail(f"the prefix has {first} latent frames; the video needs more than that (frames > "
                  f"{video_frames(first)})")
-        wins[0] = (first, wins[0][1])
+        wins[0] = (first, 0, wins[0][2])
         out = []
-        for i, (prefix, length) in enumerate(wins):
+        for i, (prefix, overlap, length) in enumerate(wins):
             if length % cbs:
                 fail(f"causal_block_size: window {i + 1} of {len(wins)} has {length} latent frames, not a multiple "
                      f"of {cbs}; pick frames/base_num_frames whose latent counts ((n - 1) / 4 + 1) are multiples of it")
@@ -149,23 +155,23 @@ class Job:
                 plan = forcing.timestep_matrix(length, self.steps, length, o["ar_step"], prefix, cbs)
             except ValueError as e:
                 fail(str(e))
-            out.append((prefix, length, plan))
+            out.append((prefix, overlap, length, plan))
         return out
 
     def run(self):
         windows = self.plans()
-        calls = sum(self.steps if plan is None else plan.rows for _, _, plan in windows)
+        calls = sum(self.steps if plan is None else plan.rows for *_, plan in windows)
         progress = latent_preview.prepare_callback(self.model, calls)
         attention_before = run_report.attention_counts(self.model)
         meter = run_report.Meter(self.model.load_device)
         done, parts, carry = 0, [], self.prefix
-        for i, (prefix, length, plan) in enumerate(windows):
+        for i, (prefix, overlap, length, plan) in enumerate(windows):
             shape = [self.shape[0], self.shape[1], length, *self.shape[3:]]
             out = self._window(shape, carry if prefix else None, plan, progress, done, calls)
             done += self.steps if plan is None else plan.rows
-            parts.append(out if i == 0 else out[:, :, prefix:])
+            parts.append(out[:, :, overlap:])
             if i + 1 < len(windows):
-                carry = self._next_prefix(out, windows[i + 1][0])
+                carry = self._next_prefix(out, torch.cat(parts, dim=2), windows[i + 1][1], windows[i + 1][0])
         meter.finish()
         samples = torch.cat(parts, dim=2)
         return samples, self._report(windows, calls, meter, attention_before, samples)

@@ -90,6 +90,13 @@ for ar, addnoise in ((0, 0), (1, 20)):
     finally:
         torch.randn_like = real_randn_like
     result[f"df long 37 frames, ar_step {{ar}}, addnoise {{addnoise}}"] = rel(mine, ref)
+# An overlap that is not whole causal blocks: 13 frames = 4 latent frames, blocks of 3. Windows are laid out by all
+# 4; each later one starts with the oldest 3 of them, makes the 4th again, and drops it.
+mine = ours("df_bf16.safetensors", 37, mode="diffusion forcing", base_num_frames=21, overlap_history=13, ar_step=1,
+            causal_block_size=3, causal_attention=True)
+ref = reference(SkyReelsV2DiffusionForcingPipeline, "df_bf16.safetensors", "DF", 37, base_num_frames=21,
+                overlap_history=13, ar_step=1, causal_block_size=3, fps=24)
+result["df long 37 frames, overlap 13, causal_block_size 3"] = rel(mine, ref)
 """
 
 
