@@ -435,12 +435,12 @@ def prepare_demo(host, base):
 
 
 def check_output(path):
-    """Refuse an --output that exists or that Windows could not name, before the generation rather than after."""
+    """Refuse an --output that exists or that this OS could not name, before the generation rather than after."""
     from quant.writer import name_problem
 
     if path and os.path.exists(path):
         raise BadInput(f"--output: {path} exists; choose another name")
-    problem = path and name_problem(os.path.basename(path))
+    problem = path and name_problem(os.path.basename(path), windows=os.name == "nt")
     if problem:
         raise BadInput(f"--output: {path}: {problem}; choose another name")
 

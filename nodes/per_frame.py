@@ -34,9 +34,10 @@ class PerFrameFlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy
         self.values = torch.tensor(list(table.values()), dtype=torch.float32)
 
     def timestep(self, sigma):
-        match = sigma.unsqueeze(-1) == self.keys.to(sigma)
-        exact = (match * self.values.to(sigma)).sum(-1)
-        return torch.where(match.any(-1), exact, sigma * self.multiplier)
+        if self.keys.device != sigma.device:             # moved once, not on every call
+            self.keys, self.values = self.keys.to(sigma.device), self.values.to(sigma.device)
+        match = sigma.float().unsqueeze(-1) == self.keys   # the table's keys are float32 sigmas
+        return torch.where(match.any(-1), self.values[match.int().argmax(-1)], sigma.float() * self.multiplier)
 
     def noise_scaling(self, sigma, noise, latent_image, max_denoise=False):
         return noise + latent_image

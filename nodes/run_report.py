@@ -1,4 +1,5 @@
 """Sample Video's report: time per model call, peak memory, and the FP8 and attention paths that actually ran."""
+import sys
 import time
 from collections import Counter
 
@@ -80,7 +81,7 @@ def _reset_peak_rss():
 
 
 def _peak_rss_mib():
-    """The process's peak resident memory: VmHWM on Linux, the peak working set on Windows, else None."""
+    """The process's peak resident memory: VmHWM on Linux, the peak working set on Windows, ru_maxrss on macOS."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -89,7 +90,14 @@ def _peak_rss_mib():
     except OSError:
         pass
     peak = getattr(psutil.Process().memory_info(), "peak_wset", None)   # Windows only
-    return None if peak is None else peak / 2**20
+    if peak is not None:
+        return peak / 2**20
+    try:
+        import resource          # macOS and the BSDs (Windows has none)
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024       # bytes on macOS, KiB elsewhere
 
 
 def matmul_summary(fp8_matmul, has_fp8, products, compute_dtype):

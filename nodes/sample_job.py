@@ -11,6 +11,7 @@ import time
 
 import torch
 import comfy.model_management
+import comfy.model_sampling
 import comfy.sample
 import comfy.samplers
 import comfy.utils
@@ -33,10 +34,14 @@ def fail(message):
 def model_shift(model, shift):
     """Sample Video's shift, or with 0 the MODEL's (ModelSamplingSD3's where applied). A ModelSamplingSD3 shift that
     the widget overrides is named once in the log; the report names the shift that ran."""
-    own = float(model.get_model_object("model_sampling").shift)
+    sampling = model.get_model_object("model_sampling")
+    own = sampling.shift if isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow) else None
     if shift == 0:
-        return own
-    if "model_sampling" in model.object_patches and abs(own - shift) > 1e-6:
+        if own is None:
+            fail(f"shift: 0 takes the MODEL's flow shift, but its model sampling ({type(sampling).__name__}) has "
+                 "none; set a shift (SkyReels-V2: 8.0)")
+        return float(own)
+    if own is not None and "model_sampling" in model.object_patches and abs(own - shift) > 1e-6:
         log_once(("shift", own, shift), f"Sample Video: shift {shift:g} runs; the MODEL's ModelSamplingSD3 shift "
                                         f"{own:g} is not used (set Sample Video's shift to 0 to use it)")
     return shift
@@ -63,7 +68,7 @@ class Job:
         self.positive, self.negative, self.seed, self.cfg = positive, negative, seed, cfg
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.sigmas = flow_sigmas(steps, shift)
-        self.steps, self.fps, self.prefix = steps, fps, None
+        self.steps, self.fps, self.prefix, self.tail = steps, fps, None, None
         # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
         self.generator = torch.Generator().manual_seed(seed)
@@ -110,14 +115,18 @@ class Job:
             out.append(self.vae.encode(pixels[:, :, :, :3]))
         return sequence_parallel.agree(self.model, torch.cat(out))
 
-    def _next_prefix(self, window, made, overlap, keep):
-        """The oldest `keep` of the last `overlap` latent frames made so far (`made`: the windows joined, where the
-        frames a window made again are the earlier window's); with a VAE, of the window's last overlap_history
-        frames decoded and encoded again."""
+    def _next_prefix(self, window, overlap, parts, keep, next_overlap):
+        """The next window's prefix: the oldest `keep` of the last `next_overlap` latent frames of the video made so
+        far (`parts`, where the frames a window made again are the earlier window's). With a VAE, as SkyReels-V2
+        does it in pixels: each window decoded alone, joined after dropping its overlap's frames, and the last
+        overlap_history frames of that video encoded again."""
         if self.vae is None:
-            return made[:, :, -overlap:][:, :, :keep]
+            return torch.cat(parts, dim=2)[:, :, -next_overlap:][:, :, :keep]
         pixels = self.vae.decode(window)                  # [B, frames, H, W, C]
-        return self._encode_tail(pixels.reshape(window.shape[0], -1, *pixels.shape[-3:]), "overlap_history")
+        pixels = pixels.reshape(window.shape[0], -1, *pixels.shape[-3:])[:, video_frames(overlap) if overlap else 0:]
+        joined = pixels if self.tail is None else torch.cat([self.tail, pixels], dim=1)
+        self.tail = joined[:, -self.opts["overlap_history"]:]
+        return self._encode_tail(self.tail, "overlap_history")
 
     # --- windows ------------------------------------------------------------------------------------------------
 
@@ -171,7 +180,7 @@ class Job:
             done += self.steps if plan is None else plan.rows
             parts.append(out[:, :, overlap:])
             if i + 1 < len(windows):
-                carry = self._next_prefix(out, torch.cat(parts, dim=2), windows[i + 1][1], windows[i + 1][0])
+                carry = self._next_prefix(out, overlap, parts, *windows[i + 1][:2])
         meter.finish()
         samples = torch.cat(parts, dim=2)
         return samples, self._report(windows, calls, meter, attention_before, samples)

@@ -24,6 +24,7 @@ from .writer import SafetensorsWriter, name_problem
 
 log = logging.getLogger("skyreels_fp8")
 
+WINDOWS = os.name == "nt"
 QUANT_SUFFIXES = (".weight_scale", ".scale_weight", ".comfy_quant", ".input_scale", ".scale_input")
 
 
@@ -99,7 +100,7 @@ def _summary(errors):
 def _check_paths(src, dst, overwrite):
     if not dst.lower().endswith(".safetensors"):
         raise CheckpointError(f"{dst}: the output name must end in .safetensors")
-    problem = name_problem(os.path.basename(dst))
+    problem = name_problem(os.path.basename(dst), windows=WINDOWS)   # a path the user typed: this OS's rules
     if problem:
         raise CheckpointError(f"{dst}: {problem}; choose another output name")
     real_src, real_dst = (os.path.normcase(os.path.realpath(p)) for p in (src, dst))   # normcase: Windows' disks

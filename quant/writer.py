@@ -24,10 +24,13 @@ _RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNOR
 _BAD_CHARS = re.compile(r'[<>:"|?*\x00-\x1f]')
 
 
-def name_problem(name):
-    """Why `name` (one file name, no folders) cannot be written on every OS, or None."""
+def name_problem(name, windows=True):
+    """Why `name` (one file name, no folders) cannot be written on every OS (on this one, with windows=False), or
+    None."""
     if name in ("", ".", ".."):
         return "it is empty or a folder reference"
+    if not windows:
+        return None
     if _BAD_CHARS.search(name):
         return 'it has a character Windows does not allow in file names (< > : " | ? * or a control character)'
     if name[-1] in ". ":
@@ -110,11 +113,14 @@ class SafetensorsWriter:
             self.check(self.tmp)
         try:
             os.replace(self.tmp, self.dst)
-        except PermissionError as e:   # Windows: a file that is open or mapped cannot be replaced
-            raise CheckpointError(
-                f"{self.dst}: cannot be replaced ({e.strerror}): it is in use, by a model ComfyUI loaded from it "
-                "(ComfyUI's 'Free model and node cache' lets it go) or by another program, or it is read-only. "
-                "Nothing was changed: close it and run again, or choose another output name") from None
+        except PermissionError as e:
+            if os.name == "nt" or getattr(e, "winerror", None):   # Windows: an open or mapped file stays put
+                why = ("it is in use, by a model ComfyUI loaded from it (ComfyUI's 'Free model and node cache' "
+                       "lets it go) or by another program, or it is read-only")
+            else:
+                why = "check that you may write the file and its folder"
+            raise CheckpointError(f"{self.dst}: cannot be replaced ({e.strerror}): {why}. Nothing was changed: "
+                                  "close it and run again, or choose another output name") from None
         _fsync_dir(os.path.dirname(os.path.abspath(self.dst)))
 
     def abort(self):

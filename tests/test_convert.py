@@ -126,18 +126,29 @@ def test_a_destination_in_use_is_a_message_and_nothing_changes(tmp_path, monkeyp
     dst.write_bytes(b"the old file")
     real = os.replace
 
-    def in_use(a, b):
-        if os.fspath(b) == str(dst):
-            raise PermissionError(13, "The process cannot access the file because it is being used by another "
-                                      "process", str(b))
-        return real(a, b)
+    def refused(winerror, text):
+        def replace(a, b):
+            if os.fspath(b) == str(dst):
+                e = PermissionError(13, text, str(b))
+                if winerror:
+                    e.winerror = winerror
+                raise e
+            return real(a, b)
+        return replace
 
-    monkeypatch.setattr(os, "replace", in_use)
+    monkeypatch.setattr(os, "replace", refused(32, "The process cannot access the file because it is being used by "
+                                                   "another process"))
     with pytest.raises(CheckpointError) as e:
         convert(str(src), str(dst), overwrite=True)
     assert str(e.value).startswith(f"{dst}: cannot be replaced (The process cannot access the file because it is "
                                    "being used by another process): it is in use")
     assert str(e.value).endswith("Nothing was changed: close it and run again, or choose another output name")
+    assert dst.read_bytes() == b"the old file" and leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
+    # On Linux the same error means permissions (a sticky folder, an immutable file), not a file in use.
+    monkeypatch.setattr(os, "replace", refused(None, "Permission denied"))
+    with pytest.raises(CheckpointError, match="cannot be replaced \\(Permission denied\\): check that you may write "
+                                              "the file and its folder. Nothing was changed"):
+        convert(str(src), str(dst), overwrite=True)
     assert dst.read_bytes() == b"the old file" and leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
 
 
@@ -150,14 +161,24 @@ CHARACTER = 'it has a character Windows does not allow in file names (< > : " | 
     ("a:b.safetensors", CHARACTER),
     ("what?.safetensors", CHARACTER),
 ])
-def test_output_names_windows_cannot_make_are_refused(tmp_path, name, why):
-    # Checked on every OS: on Windows "CON.safetensors" is the console, and ':' starts an alternate data stream.
+def test_output_names_windows_cannot_make_are_refused(tmp_path, monkeypatch, name, why):
+    # On Windows "CON.safetensors" is the console, and ':' starts an alternate data stream. (The CLI applies the
+    # running OS's rules; the node applies Windows' everywhere: test_host_windows_sim.py.)
+    monkeypatch.setattr(convert_module, "WINDOWS", True)
     src = tmp_path / "src.safetensors"
     write_tiny(src, "T2V")
     with pytest.raises(CheckpointError) as e:
         convert(str(src), str(tmp_path / name))
     assert str(e.value) == f"{tmp_path / name}: {why}; choose another output name"
     assert leftovers(tmp_path, ["src.safetensors"]) == []
+
+
+def test_linux_names_stay_allowed_on_linux(tmp_path, monkeypatch):
+    monkeypatch.setattr(convert_module, "WINDOWS", False)
+    src = tmp_path / "src.safetensors"
+    write_tiny(src, "T2V")
+    convert(str(src), str(tmp_path / "model_12:30.safetensors"))
+    assert (tmp_path / "model_12:30.safetensors").exists()
 
 
 def test_overwrite_only_when_asked(tmp_path):

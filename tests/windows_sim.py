@@ -52,8 +52,10 @@ def in_use(path):
 def _in_use_error(*paths):
     for p in paths:
         if p is not None and in_use(p):
-            raise PermissionError(13, "[WinError 32] The process cannot access the file because it is being used "
-                                      "by another process", os.fsdecode(p))
+            e = PermissionError(13, "The process cannot access the file because it is being used by another "
+                                    "process", os.fsdecode(p))
+            e.winerror = 32              # as Windows' OSError carries it
+            raise e
 
 
 def _open(file, *args, **kwargs):

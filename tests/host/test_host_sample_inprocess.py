@@ -46,7 +46,7 @@ from skyreels_pack.nodes.sample_job import Job
 job = Job(model, pos, neg, 1, 2, 3.0, 8.0, "unipc", 24, vae, [2, 16, 5, 4, 4], True,
           dict(base_num_frames=13, overlap_history=5, ar_step=0, causal_block_size=1, addnoise_condition=0))
 window = torch.randn(2, 16, 4, 4, 4, generator=g)
-carried = job._next_prefix(window, window, 2, 2)
+carried = job._next_prefix(window, 0, [window], 2, 2)
 own = [vae.encode(vae.decode(window[i:i + 1]).reshape(-1, 32, 32, 3)[-5:]) for i in range(2)]
 two, _ = SampleVideo.execute(model, pos, neg, **{{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}},
                              vae=vae, latent={{"samples": torch.zeros(2, 16, 6, 4, 4)}}).args

@@ -41,6 +41,21 @@ result["zero report"] = zero_report
 result["eight report"] = eight[0]
 result["plain 0"] = "shift 8;" in sample(ours, shift=0.0)[1]          # no patch: the host's Wan default, 8
 
+# A MODEL whose sampling has no flow shift: shift 0 is refused with a message, a set shift runs.
+from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
+eps = ModelSamplingDiscrete().patch(ours, "eps", False)[0]
+try:
+    sample(eps, shift=0.0)
+except ValueError as e:
+    result["no flow shift"] = str(e)
+result["eps runs"] = bool(sample(eps, shift=8.0)[0]["samples"].isfinite().all())
+# The model is given SkyReels-V2's integer timesteps; sigmas not in the table get 1000 sigma.
+from skyreels_pack.nodes import per_frame
+from skyreels_pack.sampling.schedule import flow_sigmas, model_timesteps
+sampling = per_frame.patch(ours, 8.0, model_timesteps(4, 8.0, 251)).get_model_object("model_sampling")
+sigmas = flow_sigmas(4, 8.0)
+result["timesteps"] = sampling.timestep(torch.tensor([[sigmas[0], sigmas[1], 0.251, 0.999, 0.0, 0.5]])).tolist()
+
 # ComfyUI-GGUF keeps quantized weights as uint8 tensors with a tensor_type (gguf's GGMLQuantizationType).
 class Q8:
     name = "Q8_0"
@@ -68,3 +83,7 @@ def test_sample_video_says_what_it_does_not_use(host, tmp_path):
                   "shift to 0 to use it)")
     assert r["log"].count(overridden) == 1, r["log"]
     assert "1 Q8_0 (GGUF)" in r["gguf"], r["gguf"]
+    assert r["no flow shift"] == ("Sample Video: shift: 0 takes the MODEL's flow shift, but its model sampling "
+                                  "(ModelSamplingAdvanced) has none; set a shift (SkyReels-V2: 8.0)"), r
+    assert r["eps runs"]
+    assert r["timesteps"] == [[999.0, 959.0, 251.0, 999.0, 0.0, 500.0]], r["timesteps"]

@@ -68,7 +68,7 @@ result = {}
 cases = [("ulysses", "standard", {}), ("ulysses", "diffusion forcing", DF), ("cfg", "standard", {}),
          ("cfg", "diffusion forcing", DF), ("ring", "diffusion forcing, causal", dict(DF, causal_attention=True)),
          ("ulysses", "diffusion forcing, causal, blocks of 2", dict(DF, causal_attention=True, causal_block_size=2,
-                                                                   frames=45, base_num_frames=29, overlap_history=9))]
+                                                                   frames=49, base_num_frames=29, overlap_history=9))]
 for mesh, name, extra in cases:
     args = {**ARGS, **extra}
     one = SampleVideo.execute(df, pos, neg, **args).args[0]["samples"]
