@@ -142,7 +142,7 @@ class Plan:
 
 
 def run(config, model, positive, negative, widgets, inputs):
-    """Sample Video on `config["workers"]` Ray actors; returns (samples, report) from rank 0."""
+    """Sample Video on `config["workers"]` Ray actors; returns (samples, report, images) from rank 0."""
     try:
         import ray
     except ImportError:
@@ -151,18 +151,18 @@ def run(config, model, positive, negative, widgets, inputs):
     started, ok = time.perf_counter(), False
     try:
         pool, cpu, kept = parallel_pool.workers_for(ray, plan)
-        samples, report = _sample(ray, pool, positive, negative, widgets, inputs)
+        samples, report, images = _sample(ray, pool, positive, negative, widgets, inputs)
         ok = True
     finally:
         if not ok or not config.get("keep_workers", True):
             parallel_pool.release()                # after a failure or a cancel, or when asked: nothing stays
     report += (f"\nparallel: {plan.describe(cpu)}; {time.perf_counter() - started:.1f} s "
                f"{'(workers kept from the last run)' if kept else 'with starting the workers and loading'}")
-    return samples, report
+    return samples, report, images
 
 
 def _sample(ray, pool, positive, negative, widgets, inputs):
-    """Every worker runs Sample Video; rank 0's (samples, report), its progress shown by the host's bar."""
+    """Every worker runs Sample Video; rank 0's (samples, report, images), its progress shown by the host's bar."""
     from ray.util.queue import Queue
     inputs = dict(inputs)
     if inputs["vae"] is not None:   # the workers build the same VAE from its weights (it has no file to load from)

@@ -74,7 +74,7 @@ class Worker:
     def sample(self, conditioning, widgets, inputs, progress):
         import comfy.sd
         import comfy.utils
-        from skyreels_pack.nodes.sample import SampleVideo
+        from skyreels_pack.nodes.sample import sample_video
         positive, negative = conditioning
         inputs = dict(inputs)
         if inputs.get("vae") is not None:   # the host's VAE weights, in Ray's object store
@@ -83,11 +83,11 @@ class Worker:
         if self.rank == 0:   # the host shows rank 0's progress bar
             comfy.utils.set_progress_bar_global_hook(
                 lambda value, total, preview=None, node_id=None: progress.put_nowait((value, total)))
-        samples, report = SampleVideo.execute(self.model, positive, negative, **widgets, **inputs).args
+        result = sample_video(self.model, positive, negative, **widgets, **inputs)
         del inputs
         import comfy.model_management
         comfy.model_management.soft_empty_cache()   # kept workers hold the model, not this run's activations
-        return (samples["samples"], report) if self.rank == 0 else None
+        return result if self.rank == 0 else None
 
     def close(self):
         import torch.distributed as dist

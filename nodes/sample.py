@@ -69,39 +69,68 @@ class SampleVideo(io.ComfyNode):
                 multi_device.PARALLEL.Input("parallel", optional=True,
                                         tooltip="From Parallel Config: run on several GPUs (sequence parallel)."),
             ],
-            outputs=[io.Latent.Output(), io.String.Output(display_name="report")],
+            # images comes last so that saved workflows keep their links to LATENT and report.
+            outputs=[io.Latent.Output(), io.String.Output(display_name="report"),
+                     io.Image.Output(display_name="images",
+                                     tooltip="The video as SkyReels-V2 assembles it (needs vae): each window decoded "
+                                             "on its own, joined in pixels. VAE Decode of LATENT decodes the windows "
+                                             "together instead, which differs slightly after each seam.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                 base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition, causal_attention=False, vae=None,
                 start_image=None, prefix_video=None, latent=None, parallel=None) -> io.NodeOutput:
-        check_model(model)
-        shift = model_shift(model, shift)
+        linked = images_linked(cls.hidden)
+        if linked and vae is None:
+            fail("images: needs a vae connected (Sample Video decodes each window as SkyReels-V2 does); or decode "
+                 "the LATENT output with VAE Decode")
+        widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
+                       sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,
+                       overlap_history=overlap_history, ar_step=ar_step, causal_block_size=causal_block_size,
+                       addnoise_condition=addnoise_condition, causal_attention=causal_attention, latent=latent,
+                       images=vae is not None if linked is None else linked)
+        inputs = dict(vae=vae, start_image=start_image, prefix_video=prefix_video)
         if parallel is not None:
-            widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
-                           sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,
-                           overlap_history=overlap_history, ar_step=ar_step, causal_block_size=causal_block_size,
-                           addnoise_condition=addnoise_condition, causal_attention=causal_attention, latent=latent)
-            samples, report = multi_device.run(parallel, model, positive, negative, widgets,
-                                           dict(vae=vae, start_image=start_image, prefix_video=prefix_video))
-            return io.NodeOutput({"samples": samples}, report)
-        multi_device.release()       # workers kept from a parallel run give their GPUs back to this run
-        if latent is not None:
-            shape = list(latent["samples"].shape)
-            if len(shape) != 5:
-                fail(f"latent: expected a video latent [B, C, frames, H, W], got {shape}")
+            check_model(model)
+            widgets["shift"] = model_shift(model, shift)
+            samples, report, images = multi_device.run(parallel, model, positive, negative, widgets, inputs)
         else:
-            check_size(width, height, frames)
-            shape = [1, 16, latent_frames(frames), height // 8, width // 8]
-        df = mode == "diffusion forcing"
-        job = Job(model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df,
-                  dict(base_num_frames=base_num_frames, overlap_history=overlap_history, ar_step=ar_step,
-                       causal_block_size=causal_block_size, addnoise_condition=addnoise_condition,
-                       causal_attention=causal_attention))
-        job.set_prefix(start_image, prefix_video)
-        samples, report = job.run()
-        return io.NodeOutput({"samples": samples}, report)
+            multi_device.release()       # workers kept from a parallel run give their GPUs back to this run
+            samples, report, images = sample_video(model, positive, negative, **widgets, **inputs)
+        return io.NodeOutput({"samples": samples}, report, images)
+
+
+def images_linked(hidden):
+    """Whether the workflow takes the images output (slot 2); None when unknown (the node called from Python)."""
+    prompt, node = getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None)
+    if not prompt or node is None:
+        return None
+    return any(isinstance(v, (list, tuple)) and len(v) == 2 and str(v[0]) == str(node) and v[1] == 2
+               for other in prompt.values() for v in other.get("inputs", {}).values())
+
+
+def sample_video(model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
+                 base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition,
+                 causal_attention=False, vae=None, start_image=None, prefix_video=None, latent=None, images=False):
+    """One Sample Video run on this process's device: (samples, report, images or None)."""
+    check_model(model)
+    shift = model_shift(model, shift)
+    if latent is not None:
+        shape = list(latent["samples"].shape)
+        if len(shape) != 5:
+            fail(f"latent: expected a video latent [B, C, frames, H, W], got {shape}")
+    else:
+        check_size(width, height, frames)
+        shape = [1, 16, latent_frames(frames), height // 8, width // 8]
+    df = mode == "diffusion forcing"
+    job = Job(model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df,
+              dict(base_num_frames=base_num_frames, overlap_history=overlap_history, ar_step=ar_step,
+                   causal_block_size=causal_block_size, addnoise_condition=addnoise_condition,
+                   causal_attention=causal_attention), images=images)
+    job.set_prefix(start_image, prefix_video)
+    return job.run()
 
 
 def check_model(model):

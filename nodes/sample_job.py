@@ -53,7 +53,8 @@ def check_frames(widget, n):
 
 
 class Job:
-    def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts):
+    def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts,
+                 images=False):
         causal = opts.get("causal_attention", False)
         if causal and not df:
             fail("causal_attention: needs mode 'diffusion forcing' (SkyReels-V2's causal attention is a DF option)")
@@ -69,6 +70,9 @@ class Job:
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.sigmas = flow_sigmas(steps, shift)
         self.steps, self.fps, self.prefix, self.tail = steps, fps, None, None
+        # With `images`, the video as SkyReels-V2 assembles it: each window decoded alone, joined in pixels.
+        self.images = [] if images else None
+        self.prefix_pixels = None
         # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
         self.generator = torch.Generator().manual_seed(seed)
@@ -95,6 +99,9 @@ class Job:
         else:
             pixels, source = start_image[None, :1], "start_image"
         self.prefix = self._encode_tail(pixels, source).expand(self.shape[0], -1, -1, -1, -1)
+        if prefix_video is not None:
+            # SkyReels-V2 continues a video with its own pixels, not a decode of them (extend_video).
+            self.prefix_pixels = self._tail_pixels(pixels).expand(self.shape[0], -1, -1, -1, -1)
 
     def _encode_tail(self, videos, source):
         """Encode the end of each video [B, frames, H, W, C] as SkyReels-V2 does: its last overlap_history frames,
@@ -106,26 +113,41 @@ class Job:
         if keep == 0:
             fail(f"{source}: gives {latent_frames(available)} latent frame(s), fewer than causal_block_size {cbs}; "
                  f"use causal_block_size 1 or at least {video_frames(cbs)} frames")
+        out = [self.vae.encode(pixels) for pixels in self._tail_pixels(videos)]
+        return sequence_parallel.agree(self.model, torch.cat(out))
+
+    def _tail_pixels(self, videos):
+        """The frames of each video that `_encode_tail` encodes, at the output size, RGB: [B, frames, H, W, 3]."""
+        available = min(self.opts["overlap_history"], videos.shape[1])
+        keep = latent_frames(available) // self.opts["causal_block_size"] * self.opts["causal_block_size"]
         h, w = self.shape[3] * 8, self.shape[4] * 8
         out = []
         for video in videos:
             pixels = video[-available:][:video_frames(keep)]
             if pixels.shape[1] != h or pixels.shape[2] != w:
                 pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
-            out.append(self.vae.encode(pixels[:, :, :, :3]))
-        return sequence_parallel.agree(self.model, torch.cat(out))
+            out.append(pixels[:, :, :, :3])
+        return torch.stack(out)
 
-    def _next_prefix(self, window, overlap, parts, keep, next_overlap):
-        """The next window's prefix: the oldest `keep` of the last `next_overlap` latent frames of the video made so
-        far (`parts`, where the frames a window made again are the earlier window's). With a VAE, as SkyReels-V2
-        does it in pixels: each window decoded alone, joined after dropping its overlap's frames, and the last
-        overlap_history frames of that video encoded again."""
-        if self.vae is None:
-            return torch.cat(parts, dim=2)[:, :, -next_overlap:][:, :, :keep]
-        pixels = self.vae.decode(window)                  # [B, frames, H, W, C]
+    def _add_pixels(self, window, overlap, first):
+        """Decode a window alone and join its frames to the video, dropping those of its overlap (made again by
+        this window, already in the video), as SkyReels-V2 does. A prefix video's frames stay its own."""
+        pixels = self.vae.decode(window)                  # [B * frames, H, W, C] or [B, frames, H, W, C]
         pixels = pixels.reshape(window.shape[0], -1, *pixels.shape[-3:])[:, video_frames(overlap) if overlap else 0:]
+        if first and self.prefix_pixels is not None:
+            own = self.prefix_pixels.to(pixels)
+            pixels = torch.cat([own, pixels[:, own.shape[1]:]], dim=1)
         joined = pixels if self.tail is None else torch.cat([self.tail, pixels], dim=1)
         self.tail = joined[:, -self.opts["overlap_history"]:]
+        if self.images is not None:
+            self.images.append(pixels.cpu())
+
+    def _next_prefix(self, parts, keep, next_overlap):
+        """The next window's prefix: the oldest `keep` of the last `next_overlap` latent frames of the video made so
+        far (`parts`, where the frames a window made again are the earlier window's). With a VAE, as SkyReels-V2
+        does it in pixels: the last overlap_history frames of the video joined in pixels, encoded again."""
+        if self.vae is None:
+            return torch.cat(parts, dim=2)[:, :, -next_overlap:][:, :, :keep]
         return self._encode_tail(self.tail, "overlap_history")
 
     # --- windows ------------------------------------------------------------------------------------------------
@@ -179,11 +201,15 @@ class Job:
             out = self._window(shape, carry if prefix else None, plan, progress, done, calls)
             done += self.steps if plan is None else plan.rows
             parts.append(out[:, :, overlap:])
-            if i + 1 < len(windows):
-                carry = self._next_prefix(out, overlap, parts, *windows[i + 1][:2])
+            last = i + 1 == len(windows)
+            if self.vae is not None and (self.images is not None or not last):
+                self._add_pixels(out, overlap, i == 0)
+            if not last:
+                carry = self._next_prefix(parts, *windows[i + 1][:2])
         meter.finish()
         samples = torch.cat(parts, dim=2)
-        return samples, self._report(windows, calls, meter, attention_before, samples)
+        images = None if self.images is None else torch.cat(self.images, dim=1).flatten(0, 1)
+        return samples, self._report(windows, calls, meter, attention_before, samples), images
 
     def _window(self, shape, prefix, plan, progress, offset, total):
         latent = torch.zeros(shape)

@@ -81,6 +81,9 @@ def test_flags_reach_the_workflow_widgets(server):
     assert by_type["LoadImage"][0]["image"] == "start.png" and prompt[sample["start_image"][0]]
     assert prompt[sample["vae"][0]]["class_type"] == "VAELoader"
     assert by_type["CreateVideo"][0]["fps"] == 24
+    # the video as SkyReels-V2 assembles it: Sample Video's images output (slot 2), each window decoded alone
+    assert by_type["CreateVideo"][0]["images"][1] == 2 and prompt[by_type["CreateVideo"][0]["images"][0]][
+        "class_type"] == "SkyReelsSampleVideo"
     assert sample["causal_attention"] is True
     parallel = prompt[sample["parallel"][0]]
     assert parallel["class_type"] == "SkyReelsParallelConfig" and parallel["inputs"]["workers"] == 4

@@ -39,7 +39,7 @@ result = {}
 for mode, extra in (("standard", {}), ("diffusion forcing", dict(frames=17, base_num_frames=13, overlap_history=5,
                                                                  ar_step=1, addnoise_condition=20))):
     one = sample(mode=mode, **extra)[0]["samples"]
-    two, report = sample(config, mode=mode, **extra)
+    two, report = sample(config, mode=mode, **extra)[:2]
     result[mode] = rel(two["samples"], one)
     result[mode + " report"] = report
 time.sleep(1)
@@ -50,9 +50,9 @@ vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join(@FOLDER@, "vae.sa
 image = torch.rand(1, 32, 48, 3, generator=g)
 extra = dict(mode="diffusion forcing", frames=25, base_num_frames=17, overlap_history=9, ar_step=1,
              addnoise_condition=20, causal_attention=True)
-one, one_report = SampleVideo.execute(model, pos, neg, **{**ARGS, **extra}, vae=vae, start_image=image).args
+one, one_report = SampleVideo.execute(model, pos, neg, **{**ARGS, **extra}, vae=vae, start_image=image).args[:2]
 two, report = SampleVideo.execute(model, pos, neg, **{**ARGS, **extra}, vae=vae, start_image=image,
-                                  parallel=ParallelConfig.execute(2, "cpu", "", keep_workers=False).args[0]).args
+                                  parallel=ParallelConfig.execute(2, "cpu", "", keep_workers=False).args[0]).args[:2]
 result["cfg parallel, vae, causal"] = rel(two["samples"], one["samples"])
 result["cfg parallel report"] = report
 result["start frame"] = rel(two["samples"][:, :, :1], vae.encode(image[:, :, :, :3]))

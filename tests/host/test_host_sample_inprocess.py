@@ -27,7 +27,7 @@ def error(**kw):
 
 updates = []
 comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
-long, report = sample(frames=57, base_num_frames=21, overlap_history=9, ar_step=2, causal_block_size=3)
+long, report, _ = sample(frames=57, base_num_frames=21, overlap_history=9, ar_step=2, causal_block_size=3)
 comfy.utils.set_progress_bar_global_hook(None)
 
 f24, f30, f16 = (sample(fps=f)[0]["samples"] for f in (24, 30, 16))
@@ -46,15 +46,17 @@ from skyreels_pack.nodes.sample_job import Job
 job = Job(model, pos, neg, 1, 2, 3.0, 8.0, "unipc", 24, vae, [2, 16, 5, 4, 4], True,
           dict(base_num_frames=13, overlap_history=5, ar_step=0, causal_block_size=1, addnoise_condition=0))
 window = torch.randn(2, 16, 4, 4, 4, generator=g)
-carried = job._next_prefix(window, 0, [window], 2, 2)
+job._add_pixels(window, 0, True)
+carried = job._next_prefix([window], 2, 2)
 own = [vae.encode(vae.decode(window[i:i + 1]).reshape(-1, 32, 32, 3)[-5:]) for i in range(2)]
-two, _ = SampleVideo.execute(model, pos, neg, **{{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}},
+two, _, two_images = SampleVideo.execute(model, pos, neg, **{{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}},
                              vae=vae, latent={{"samples": torch.zeros(2, 16, 6, 4, 4)}}).args
 
 result = dict(
     timesteps=[t.tolist() for t in seen],
     carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
     items_differ=(carried[0] - carried[1]).abs().max().item(), batch_shape=list(two["samples"].shape),
+    images_shape=list(two_images.shape),
     updates=updates, report=report,
     fps_24_vs_30=(f24 - f30).abs().max().item(), fps_24_vs_16=(f24 - f16).abs().max().item(),
     image_frame=(with_image[:, :, :1] - vae.encode(image)).abs().max().item(),
@@ -96,5 +98,6 @@ def test_sample_video_in_process(host, tmp_path):
     # Batch of 2 through the VAE: each item's own last 5 frames carried over (not the last item's for all).
     assert max(r["carried"]) < 1e-5 and r["items_differ"] > 1e-3, r
     assert r["batch_shape"] == [2, 16, 6, 4, 4]
+    assert r["images_shape"] == [2 * 21, 32, 32, 3]      # the images output: both videos' 21 frames, as VAE Decode
     assert r["block_too_big"].startswith("Sample Video: start_image: gives 1 latent frame(s), fewer than "
                                          "causal_block_size 3")

@@ -33,7 +33,7 @@ result["ours"] = sample(ours)[1]
 
 # ModelSamplingSD3: shift 0 uses it, another shift overrides it (and says so once).
 patched = ModelSamplingSD3().patch(ours, 3.0)[0]
-zero, zero_report = sample(patched, shift=0.0)
+zero, zero_report = sample(patched, shift=0.0)[:2]
 three = sample(ours, shift=3.0)[0]
 eight = [sample(patched, shift=8.0)[1] for _ in range(2)]
 result["shift 0 = shift 3"] = torch.equal(zero["samples"], three["samples"])

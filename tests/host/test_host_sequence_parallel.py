@@ -81,7 +81,7 @@ from skyreels_pack.nodes.sage_patch import PatchSageAttention
 sage = PatchSageAttention.execute(df, "reference", 0, 0, 0, 0.995).args[0]
 exact = SampleVideo.execute(df, pos, neg, **ARGS).args[0]["samples"]
 one = SampleVideo.execute(sage, pos, neg, **ARGS).args[0]["samples"]
-two, report = SampleVideo.execute(sequence_parallel.patch(sage, MESHES["ulysses"]), pos, neg, **ARGS).args
+two, report = SampleVideo.execute(sequence_parallel.patch(sage, MESHES["ulysses"]), pos, neg, **ARGS).args[:2]
 result["sage: parallel vs one process"] = rel(two["samples"], one)
 result["sage: one process vs exact"] = rel(one, exact)
 result["sage: parallel vs exact"] = rel(two["samples"], exact)

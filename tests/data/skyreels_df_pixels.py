@@ -1,0 +1,187 @@
+"""Writes skyreels_df_pixels.safetensors beside this file: SkyReels-V2's own DiffusionForcingPipeline and
+Image2VideoPipeline (its code, not a port) run through the VAE on tiny weights, for tests/host/test_host_reference_pixels.py. Run by hand when the
+cases change, with a SkyReels-V2 checkout and the tiny VAE the test writes:
+
+    python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors
+
+The DiTs are quant.tiny's DF model (seed 2) and I2V model (seed 3), bf16 values computed in fp32; the VAE is generate_video_fp8's tiny Wan VAE
+(seed 0). Not SkyReels-V2's, because they need CUDA or files: flash_attention is PyTorch's SDPA in fp32, the text
+encoder gives fixed embeddings (zero-padded to 512 tokens), the CLIP image encoder fixed features (ComfyUI's
+CLIP Vision Encode is the host's), the bf16 cast of every block's output is an fp32 one, decord's reader gives the prefix video's frames, and
+decord and ftfy (imported, unused here) are empty modules.
+
+Stored per case: the final latents of every window (what the pipeline hands to vae.decode) and the uint8 video it
+returns."""
+import hashlib
+import os
+import sys
+import types
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.append(os.path.dirname(os.path.dirname(HERE)))     # after a host's own folders: its `nodes` is not ours
+from quant import tiny  # noqa: E402
+
+OUT = os.path.join(HERE, "skyreels_df_pixels.safetensors")
+SIZE, STEPS, CFG, SHIFT, SEED = 32, 4, 5.0, 8.0, 11
+# name: (frames, base_num_frames, overlap_history, ar_step, causal_block_size, start image, prefix video frames)
+CASES = {
+    "long": (21, 13, 5, 0, 1, False, 0),
+    "start_image": (21, 13, 5, 0, 1, True, 0),
+    "extend": (21, 13, 5, 0, 1, False, 9),
+    "blocks_of_3": (29, 21, 13, 1, 3, False, 0),
+}
+I2V_FRAMES = 17
+
+
+def clip_features():
+    """What the I2V model's image embedding reads: CLIP ViT-H's hidden states, [1, 257, 1280]."""
+    return torch.randn(1, 257, 1280, generator=torch.Generator().manual_seed(5))
+
+
+def embeddings(tokens, seed):
+    e = torch.zeros(1, 512, 4096)
+    e[:, :tokens] = torch.randn(1, tokens, 4096, generator=torch.Generator().manual_seed(seed))
+    return e
+
+
+def pictures(frames, seed):
+    """uint8 frames [F, H, W, 3]: smooth colour ramps plus a little noise, like a video more than like noise."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 1, SIZE)
+    base = torch.stack([ramp[None, :].expand(SIZE, SIZE), ramp[:, None].expand(SIZE, SIZE),
+                        0.5 * torch.ones(SIZE, SIZE)], dim=-1)
+    out = [base.roll(i, dims=1) * 0.8 + 0.2 * torch.rand(SIZE, SIZE, 3, generator=g) for i in range(frames)]
+    return (torch.stack(out) * 255).round().to(torch.uint8)
+
+
+def sdpa(q, k, v, **_):
+    # flash_attention's layout [B, L, heads, head_dim]
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2).contiguous()
+
+
+def load_reference(skyreels_dir, vae_file, pipeline="df"):
+    import diffusers.utils      # before the empty modules: it looks for their specs
+    for name in ("decord", "ftfy"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["decord"].VideoReader = None
+    sys.path.insert(0, skyreels_dir)
+    import safetensors.torch
+    from skyreels_v2_infer.modules import transformer as tr, vae as vae_module
+    from skyreels_v2_infer.pipelines.diffusion_forcing_pipeline import DiffusionForcingPipeline
+    from skyreels_v2_infer.pipelines.image2video_pipeline import Image2VideoPipeline
+    from skyreels_v2_infer.scheduler.fm_solvers_unipc import FlowUniPCMultistepScheduler
+    tr.flash_attention = sdpa
+    # Each block returns its output cast to bf16 (the released model's residual stream is bf16): in this fp32
+    # comparison, as everything else, it stays fp32 (that cast alone moves a model call by 0.3%).
+    fp32_torch = types.ModuleType("torch")
+    fp32_torch.__dict__.update(torch.__dict__)
+    fp32_torch.bfloat16 = torch.float32
+    tr.torch = fp32_torch
+
+    info = tiny.info("DF" if pipeline == "df" else "I2V")
+    model = tr.WanModel(model_type="t2v" if pipeline == "df" else "i2v", in_dim=info.in_dim, dim=info.dim,
+                        ffn_dim=info.ffn_dim, num_heads=info.dim // 128, num_layers=info.num_layers,
+                        inject_sample_info=info.has_fps)
+    sd = tiny.state_dict(info, seed=2 if pipeline == "df" else 3)
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    model.eval()
+
+    sd = safetensors.torch.load_file(vae_file)
+    dim = sd["encoder.conv1.weight"].shape[0]
+    original = vae_module._video_vae
+    vae_module._video_vae = lambda pretrained_path, z_dim: _small_vae(original, vae_module, sd, dim, z_dim)
+    vae = vae_module.WanVAE(vae_pth=None)
+    vae_module._video_vae = original
+
+    cls = DiffusionForcingPipeline if pipeline == "df" else Image2VideoPipeline
+    pipe = cls.__new__(cls)
+    pipe.transformer, pipe.vae, pipe.device, pipe.offload = model, vae, "cpu", False
+    if pipeline != "df":
+        from diffusers.video_processor import VideoProcessor
+        pipe.video_processor = VideoProcessor(vae_scale_factor=16)
+        pipe.clip = types.SimpleNamespace(to=lambda *a: None, encode_video=lambda videos: clip_features())
+    pipe.scheduler = FlowUniPCMultistepScheduler()
+    pe, ne = embeddings(7, 1), embeddings(3, 2)
+    pipe.text_encoder = types.SimpleNamespace(to=lambda *a: None, cpu=lambda: None,
+                                              encode=lambda prompt: pe if prompt == "positive" else ne)
+    return pipe
+
+
+def _small_vae(original, vae_module, sd, dim, z_dim):
+    model = vae_module.WanVAE_(dim=dim, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                               temperal_downsample=[False, True, True], dropout=0.0)
+    model.load_state_dict(sd, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+class Recorder:
+    """The pipeline's VAE, keeping the latents of every window it decodes."""
+    def __init__(self, vae):
+        self.vae, self.windows = vae, []
+
+    def encode(self, video):
+        return self.vae.encode(video)
+
+    def decode(self, z):
+        self.windows.append((z if z.dim() == 4 else z[0]).clone())    # the I2V pipeline decodes [C, F, H, W]
+        return self.vae.decode(z)
+
+
+def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames):
+    from PIL import Image
+    recorder = Recorder(pipe.vae)
+    pipe.vae = recorder
+    args = dict(prompt="positive", negative_prompt="negative", height=SIZE, width=SIZE, num_frames=frames,
+                num_inference_steps=STEPS, shift=SHIFT, guidance_scale=CFG,
+                generator=torch.Generator().manual_seed(SEED), overlap_history=overlap, base_num_frames=base,
+                ar_step=ar_step, causal_block_size=cbs, fps=24, addnoise_condition=0)
+    try:
+        with torch.no_grad():
+            if prefix_frames:
+                video = pictures(prefix_frames, 3)
+                pipe.get_video_as_tensor = lambda path, w, h: video.permute(0, 3, 1, 2).float()
+                out = pipe.extend_video(prefix_video_path="prefix", **args)
+            else:
+                picture = Image.fromarray(pictures(1, 4)[0].numpy()) if image else None
+                out = pipe(image=picture, **args)
+    finally:
+        pipe.vae = recorder.vae
+    return recorder.windows, torch.from_numpy(out[0])
+
+
+def run_i2v(pipe):
+    from PIL import Image
+    recorder = Recorder(pipe.vae)
+    pipe.vae = recorder
+    try:
+        out = pipe(Image.fromarray(pictures(1, 4)[0].numpy()), prompt="positive", negative_prompt="negative",
+                   height=SIZE, width=SIZE, num_frames=I2V_FRAMES, num_inference_steps=STEPS, guidance_scale=CFG,
+                   shift=SHIFT, generator=torch.Generator().manual_seed(SEED))
+    finally:
+        pipe.vae = recorder.vae
+    return recorder.windows, torch.from_numpy(out[0])
+
+
+def main(skyreels_dir, vae_file):
+    import safetensors.torch
+    pipe = load_reference(skyreels_dir, vae_file)
+    runs = {name: run(pipe, *case) for name, case in CASES.items()}
+    runs["i2v"] = run_i2v(load_reference(skyreels_dir, vae_file, "i2v"))
+    table = {}
+    for name, (windows, video) in runs.items():
+        for i, w in enumerate(windows):
+            table[f"{name}/window{i}"] = w.contiguous()
+        table[f"{name}/video"] = video.contiguous()
+        print(name, [tuple(w.shape) for w in windows], tuple(video.shape))
+    with open(vae_file, "rb") as f:
+        vae_sha = hashlib.sha256(f.read()).hexdigest()
+    safetensors.torch.save_file(table, OUT, metadata={"vae_sha256": vae_sha, "size": str(SIZE)})
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

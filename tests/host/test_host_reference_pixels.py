@@ -1,0 +1,89 @@
+"""Sample Video with a vae against SkyReels-V2's own DiffusionForcingPipeline and Image2VideoPipeline (its code, run
+on the same tiny weights, noise, text embeddings and CLIP features by tests/data/skyreels_df_pixels.py, which wrote
+the table this test reads): long videos whose windows overlap through pixels, a start image, a continued (prefix)
+video, an overlap that is not whole causal blocks, and I2V through core WanImageToVideo. Checked: the latents of every window (relative L2 <= 1e-5, float noise is ~1e-6) and the video of the images
+output against the pipeline's uint8 video (ours * 255 within [ref, ref + 1): the pipeline truncates to uint8)."""
+import os
+
+from comfy_host import REPO, run_in_host
+from helpers import write_tiny
+from in_host import SETUP
+
+CODE = r"""
+import hashlib, safetensors.torch
+import comfy.clip_vision
+from comfy_extras.nodes_wan import WanImageToVideo     # before generate_video_fp8 puts the pack's folder first
+sys.path.insert(0, os.path.join({repo!r}, "tests", "data"))
+import skyreels_df_pixels as ref
+from generate_video_fp8 import write_tiny_vae
+from skyreels_pack.nodes.sample import SampleVideo
+from skyreels_pack.sampling.schedule import latent_frames
+
+write_tiny_vae({vae!r})
+table = safetensors.torch.safe_open(ref.OUT, "pt")
+sha = hashlib.sha256(open({vae!r}, "rb").read()).hexdigest()
+assert sha == table.metadata()["vae_sha256"], "the tiny VAE changed: run tests/data/skyreels_df_pixels.py again"
+vae = comfy.sd.VAE(sd=safetensors.torch.load_file({vae!r}))
+model = load("df_bf16.safetensors", "bf16")[0]
+pos, neg = [[ref.embeddings(7, 1), {{}}]], [[ref.embeddings(3, 2), {{}}]]
+
+result = {{}}
+for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames) in ref.CASES.items():
+    extra = {{}}
+    if image:
+        extra["start_image"] = ref.pictures(1, 4).float() / 255
+    if prefix_frames:
+        extra["prefix_video"] = ref.pictures(prefix_frames, 3).float() / 255
+    samples, report, images = SampleVideo.execute(
+        model, pos, neg, width=ref.SIZE, height=ref.SIZE, frames=frames, seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG,
+        shift=ref.SHIFT, sampler="unipc", fps=24, mode="diffusion forcing", base_num_frames=base,
+        overlap_history=overlap, ar_step=ar_step, causal_block_size=cbs, addnoise_condition=0, vae=vae,
+        **extra).args
+    windows = [table.get_tensor(k) for k in sorted(k for k in table.keys() if k.startswith(name + "/window"))]
+    expected = torch.cat([windows[0]] + [w[:, latent_frames(overlap):] for w in windows[1:]], dim=1)[None]
+    video = table.get_tensor(name + "/video").float()
+    video = video[video.shape[0] - images.shape[0]:]   # the pipeline's output also holds the older prefix frames
+    gap = images.float() * 255 - video
+    # Core VAE Decode of the LATENT output decodes all windows together: the frames after a seam then see the
+    # previous window's latents instead of the re-encoded overlap they were made from.
+    together = vae.decode(samples["samples"]).reshape(images.shape)
+    first = 4 * (latent_frames(base) - 1) + 1   # the first window's frames
+    result[name] = dict(
+        latents=rel(model.model.process_latent_in(samples["samples"]), expected),
+        pixel_gap=[gap.min().item(), gap.max().item()], frames=[images.shape[0], video.shape[0]],
+        together_first_window=(together[:first] - images[:first]).abs().max().item(),
+        together_after=[(together[first:] - images[first:]).abs().mean().item() * 255,
+                        (together[first:] - images[first:]).abs().max().item() * 255])
+
+# I2V: core WanImageToVideo makes the conditioning (the CLIP features stand for CLIP Vision Encode's output).
+clip = comfy.clip_vision.Output()
+clip.penultimate_hidden_states = ref.clip_features()
+i2v = load("i2v_bf16.safetensors", "bf16")[0]
+p2, n2, latent = WanImageToVideo.execute(pos, neg, vae, ref.SIZE, ref.SIZE, ref.I2V_FRAMES, 1,
+                                         start_image=ref.pictures(1, 4).float() / 255, clip_vision_output=clip).args
+samples, report, images = SampleVideo.execute(
+    i2v, p2, n2, width=ref.SIZE, height=ref.SIZE, frames=ref.I2V_FRAMES, seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG,
+    shift=ref.SHIFT, sampler="unipc", fps=24, mode="standard", base_num_frames=97, overlap_history=17, ar_step=0,
+    causal_block_size=1, addnoise_condition=0, vae=vae, latent=latent).args
+gap = images.float() * 255 - table.get_tensor("i2v/video").float()
+result["i2v"] = dict(latents=rel(i2v.model.process_latent_in(samples["samples"]), table.get_tensor("i2v/window0")[None]),
+                     pixel_gap=[gap.min().item(), gap.max().item()], frames=[images.shape[0], ref.I2V_FRAMES])
+"""
+
+
+def test_sample_video_images_equal_skyreels_v2s_pipeline(host, tmp_path):
+    write_tiny(tmp_path / "df_bf16.safetensors", "DF", seed=2)
+    write_tiny(tmp_path / "i2v_bf16.safetensors", "I2V", seed=3)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) +
+                    CODE.format(repo=REPO, vae=str(tmp_path / "vae.safetensors")))
+    print(r)
+    for case, v in r.items():
+        assert v["latents"] <= 1e-5, (case, v)
+        assert v["frames"][0] == v["frames"][1], (case, v)
+        # ours * 255 in [ref, ref + 1) with float noise of 1e-6 relative: 0.01 of a level either side
+        assert -0.01 <= v["pixel_gap"][0] and v["pixel_gap"][1] < 1.01, (case, v)
+        # the first window decodes the same alone or with the others (the VAE is causal; a prefix video's frames
+        # are its own, not decoded); after it, not
+        if case not in ("extend", "i2v"):
+            assert v["together_first_window"] <= 1e-5, (case, v)
+    assert all(v["together_after"][0] > 0 for case, v in r.items() if case != "i2v"), r
