@@ -1,6 +1,13 @@
+import os
+import subprocess
+import sys
+
 import pytest
+import torch
 from comfy_host import describe, find_host
-from helpers import write_tiny
+from helpers import REPO, e4m3_neighbours, linear_case, write_tiny
+
+from quant import quantize_weight
 
 _HOST = find_host()
 
@@ -38,3 +45,34 @@ def tiny_t2v(tmp_path):
     path = tmp_path / "tiny_t2v.safetensors"
     write_tiny(path, "T2V")
     return path
+
+
+@pytest.fixture(scope="session")
+def act_quant_kernel(tmp_path_factory):
+    """(cases, outputs) of our Triton activation-quantization kernel run under the interpreter, in a subprocess
+    (tests/act_quant_outputs.py): per-row and per-tensor quantizations, and fp8_linear with the kernel."""
+    pytest.importorskip("triton", reason="the kernel comparisons need triton (sageattention brings it)")
+    g = torch.Generator().manual_seed(5)
+    zero_rows = torch.randn(37, 96, generator=g) * torch.logspace(-6, 3, 37)[:, None]
+    zero_rows[[0, 9]] = 0
+    zero_rows[4, :5] = -0.0
+    wide = torch.randn(40, 200, generator=g).bfloat16()
+    cases = {
+        "37x96_bf16_zero_rows": dict(x=zero_rows.bfloat16(), scale=None, max_tile=16384),
+        "37x96_bf16_tiles_of_64": dict(x=zero_rows.bfloat16(), scale=None, max_tile=64),  # rows read in 2 tiles
+        "64x256_fp16": dict(x=torch.randn(64, 256, generator=g).half() * 30, scale=None, max_tile=16384),
+        "33x80_fp32_tiny": dict(x=torch.randn(33, 80, generator=g) * 1e-30, scale=None, max_tile=32),
+        "40x128_row_stride_200": dict(x=wide[:, 8:136], scale=None, max_tile=16384),
+        "64x256_per_tensor": dict(x=torch.randn(64, 256, generator=g).bfloat16(), scale=torch.tensor([[0.004]]),
+                                  max_tile=16384),
+        "rounding_sweep": dict(x=e4m3_neighbours(), scale=torch.ones(1, 1), max_tile=16384),
+    }
+    x, w, b = linear_case()
+    for granularity in ("tensor", "channel"):
+        q, scale = quantize_weight(w, granularity=granularity)
+        cases[f"linear_{granularity}"] = dict(x=x, qweight=q, weight_scale=scale, bias=b)
+    folder = tmp_path_factory.mktemp("act_quant")
+    torch.save(cases, folder / "cases.pt")
+    subprocess.run([sys.executable, os.path.join(REPO, "tests", "act_quant_outputs.py"), str(folder / "cases.pt"),
+                    str(folder / "out.pt")], check=True, timeout=300)
+    return cases, torch.load(folder / "out.pt")

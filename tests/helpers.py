@@ -14,3 +14,23 @@ def write_tiny(path, variant="T2V", seed=0, dtype=torch.bfloat16, prefix="", **d
     sd = tiny.state_dict(tiny.info(variant, **dims), seed=seed, dtype=dtype)
     safetensors.torch.save_file({prefix + k: v for k, v in sd.items()}, str(path))
     return sd
+
+
+def linear_case():
+    """(x [3, 40, 128], weight [96, 128], bias [96]) of fp32 values for the FP8 Linear tests."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 40, 128, generator=g)
+    w = torch.randn(96, 128, generator=g) / 128 ** 0.5
+    b = torch.randn(96, generator=g) * 0.1
+    return x, w, b
+
+
+def e4m3_neighbours():
+    """One row of values next to every positive e4m3fn value and every midpoint between two of them (ties
+    included), with signs, as fp32: what a rounding to e4m3fn can get wrong."""
+    grid = torch.arange(0, 127, dtype=torch.uint8).view(torch.float8_e4m3fn).float()   # 0 ... 448
+    mid = (grid[:-1] + grid[1:]) / 2
+    points = torch.cat([grid, mid])
+    ulp = torch.nextafter(points, torch.full_like(points, 1e3)) - points
+    near = torch.cat([points, points + ulp, (points - ulp).clamp(min=0)]).clamp(max=448)
+    return torch.cat([near, -near, torch.tensor([-0.0])]).reshape(1, -1)

@@ -1,0 +1,128 @@
+"""Per-token FP8 (e4m3fn) quantization of Linear inputs for torch._scaled_mm, and a one-entry cache so that the
+q, k and v Linears of an attention, which the host calls on one input tensor, quantize it once.
+
+`quantize` runs the Triton kernel of act_quant_triton.py on CUDA when triton imports, else an eager PyTorch loop
+over chunks of rows whose temporaries stay small (see `chunk_rows`). Both give the same bytes: scale = row absmax /
+448 in fp32 (1 for all-zero rows), values = x / scale clamped to +-448 and rounded to nearest even.
+"""
+import functools
+import threading
+import weakref
+
+import torch
+
+from .scale import absmax_scale, fp8_max
+
+E4M3 = torch.float8_e4m3fn
+# Values in one eager chunk. CPU: a 4 MiB fp32 copy, the fastest of 2^18 ... 2^24 values on a 2-core machine (by
+# 10-30%; small chunks pay each op's thread start-up). GPU: few launches (10 chunks for a 32768 x 5120 activation).
+CHUNK_VALUES = {"cpu": 1 << 20, "cuda": 1 << 24}
+
+
+def chunk_rows(m, k, budget):
+    """Rows per eager chunk. A chunk's fp32 copy takes 4 bytes a value: at most `budget` values and 5/16 of the rows
+    keeps it within 0.625x of a bf16 activation (2 bytes a value), which leaves 0.125x for the per-row scale
+    temporaries (about 30 bytes a row: enough for K >= 48). Activations of under 4 rows take one row at a time."""
+    return max(1, min(m * 5 // 16, budget // max(1, k)))
+
+
+@functools.cache
+def fused_available():
+    """(True, None) if the Triton kernel imports, else (False, why)."""
+    try:
+        from . import act_quant_triton  # noqa: F401
+    except Exception as e:  # ImportError, or a triton whose API this kernel does not fit
+        return False, f"Triton not importable ({type(e).__name__}): no fused activation quantization"
+    return True, None
+
+
+def _use_fused(x):
+    return x.is_cuda and fused_available()[0]
+
+
+def quantize(x, per_tensor=False, fused=None):
+    """x [M, K] fp32/bf16/fp16 -> (q [M, K] e4m3fn, scale fp32 [M, 1], or [1, 1] with `per_tensor`).
+    fused: Triton kernel (True), eager chunks (False), or the kernel where it runs (None)."""
+    given = None
+    if per_tensor:
+        lo, hi = torch.aminmax(x)   # one read, no |x| copy
+        given = absmax_scale(torch.maximum(-lo, hi), E4M3).reshape(1, 1)
+    if _use_fused(x) if fused is None else fused:
+        from .act_quant_triton import quantize_rows
+        return quantize_rows(x, given)
+    return _quantize_eager(x, given)
+
+
+def _quantize_eager(x, given):
+    m, k = x.shape
+    q = torch.empty((m, k), dtype=E4M3, device=x.device)
+    scale = given if given is not None else torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    rows = chunk_rows(m, k, CHUNK_VALUES.get(x.device.type, CHUNK_VALUES["cuda"]))
+    limit = fp8_max(E4M3)
+    for i in range(0, m, rows):
+        xc = x[i:i + rows]
+        s = given
+        if s is None:
+            lo, hi = torch.aminmax(xc, dim=1, keepdim=True)
+            s = scale[i:i + rows]
+            s.copy_(absmax_scale(torch.maximum(-lo, hi), E4M3))
+        # The only chunk-sized temporary: an fp32 copy (also for fp32 input, which must not be divided in place).
+        q[i:i + rows].copy_(xc.to(torch.float32, copy=True).div_(s).clamp_(-limit, limit))
+    return q, scale
+
+
+# ---- the one-entry cache ----
+
+class _State(threading.local):
+    # Per thread: a scope opened by one thread's attention must not vouch for another thread's tensors.
+    entry = None   # (weakref to the input, key, (q, scale))
+    depth = 0      # open shared-input scopes
+
+
+_state = _State()
+
+
+def enter_shared_scope():
+    """Open a scope whose code does not write a Linear input in place between the Linears that read it (the host's
+    attention modules). Inference tensors have no version counter, so only inside such a scope can a second
+    quantization of the same inference tensor be skipped."""
+    _state.depth += 1
+
+
+def exit_shared_scope():
+    _state.depth -= 1
+    forget()
+
+
+def forget():
+    """Drop the cached activation (frees it once nothing else holds it)."""
+    _state.entry = None
+
+
+def _key(x, per_tensor):
+    if x.is_inference():
+        if not _state.depth:
+            return None
+        version = None
+    else:
+        version = x._version   # bumped by every in-place write
+    return x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, version, per_tensor
+
+
+def quantize_input(x, per_tensor=False):
+    """`quantize(x.reshape(-1, K))`, reusing the previous result when x is the same live tensor, unchanged: same
+    object (a weak reference, so a new tensor at a freed tensor's address never matches), same data pointer, shape,
+    strides, dtype, device, and version counter (or an open shared scope for inference tensors)."""
+    state = _state
+    key = _key(x, per_tensor)
+    entry = state.entry
+    if key is not None and entry is not None and entry[0]() is x and entry[1] == key:
+        return entry[2]
+    state.entry = None   # free the previous activation before making the next
+    result = quantize(x.reshape(-1, x.shape[-1]), per_tensor)
+    if key is not None:
+        def drop(ref):   # x freed: nothing can reuse its activation, so don't hold it
+            if state.entry is not None and state.entry[0] is ref:
+                state.entry = None
+        state.entry = (weakref.ref(x, drop), key, result)
+    return result

@@ -1,0 +1,180 @@
+import gc
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from quant import act_quant
+
+E4M3 = torch.float8_e4m3fn
+ROW_CASES = ["37x96_bf16_zero_rows", "37x96_bf16_tiles_of_64", "64x256_fp16", "33x80_fp32_tiny",
+             "40x128_row_stride_200", "64x256_per_tensor", "rounding_sweep"]
+
+
+def reference(x, scale=None):
+    """The quantization written out in whole-tensor passes: row absmax / 448 (1 for zero rows), clamp, cast."""
+    if scale is None:
+        scale = x.abs().amax(dim=1, keepdim=True).float() / 448
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (x.float() / scale).clamp(-448, 448).to(E4M3), scale
+
+
+def same_bytes(a, b):
+    return a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+# ---- the Triton kernel (CPU interpreter) against the eager code ----
+
+@pytest.mark.parametrize("name", ROW_CASES)
+def test_kernel_gives_the_eager_bytes(act_quant_kernel, name):
+    cases, outputs = act_quant_kernel
+    case = cases[name]
+    q, scale = outputs[name]
+    ref_q, ref_scale = reference(case["x"], case["scale"])
+    eager_q, eager_scale = act_quant._quantize_eager(case["x"], case["scale"])
+    # Same bytes, -0.0 included, and the same fp32 scales: no tolerance.
+    assert same_bytes(q, ref_q) and same_bytes(eager_q, ref_q)
+    assert torch.equal(scale, ref_scale) and torch.equal(eager_scale, ref_scale)
+
+
+# ---- the eager chunks ----
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_eager_chunks_equal_the_one_pass_reference(monkeypatch, dtype):
+    monkeypatch.setitem(act_quant.CHUNK_VALUES, "cpu", 1000)   # 10 rows a chunk: many chunks, a short last one
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(67, 200, generator=g) * torch.logspace(-3, 3, 67)[:, None]).to(dtype)
+    x[[0, 31]] = 0
+    for xx in (x, x[:, 40:136]):   # contiguous, and rows with a stride of 200
+        q, scale = act_quant.quantize(xx, fused=False)
+        ref_q, ref_scale = reference(xx)
+        assert same_bytes(q, ref_q) and torch.equal(scale, ref_scale)
+    q, scale = act_quant.quantize(x, per_tensor=True, fused=False)
+    ref_q, ref_scale = reference(x, absmax := x.abs().max().float() / 448)
+    assert scale.shape == (1, 1) and torch.equal(scale.reshape(()), absmax) and same_bytes(q, ref_q)
+
+
+def test_eager_input_is_left_alone():
+    x = torch.randn(20, 64)
+    before = x.clone()
+    act_quant.quantize(x, fused=False)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 16, 37, 1000, 32768])
+@pytest.mark.parametrize("k", [32, 96, 5120, 13824])
+def test_chunk_rows_bound(m, k):
+    for budget in act_quant.CHUNK_VALUES.values():
+        rows = act_quant.chunk_rows(m, k, budget)
+        assert 1 <= rows <= m and rows * k <= max(budget, k)
+        if m >= 4:   # the fp32 copy of a chunk within 0.625x of the bf16 activation
+            assert 4 * rows * k <= 0.625 * 2 * m * k
+
+
+def peak_extra_bytes(fn):
+    """Peak of the CPU bytes allocated and not yet freed while fn runs (torch's profiler sees every CPU allocation),
+    and fn's result."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak, result
+
+
+def test_eager_extra_memory_is_within_0_75x_of_a_bf16_activation():
+    x = torch.randn(512, 1024).bfloat16()
+    peak, (q, scale) = peak_extra_bytes(lambda: act_quant.quantize(x, fused=False))
+    extra = peak - q.nbytes - scale.nbytes
+    assert 0 < extra <= 0.75 * x.nbytes, extra / x.nbytes
+    # The meter sees the whole-tensor passes fp8_linear made before (3.5x).
+    peak, (q, scale) = peak_extra_bytes(lambda: reference(x))
+    assert peak - q.nbytes - scale.nbytes > 3 * x.nbytes
+
+
+# ---- quantize q, k and v's shared input once ----
+
+@pytest.fixture
+def counted(monkeypatch):
+    calls = []
+    real = act_quant.quantize
+
+    def quantize(x, per_tensor=False, fused=None):
+        calls.append(x.shape)
+        return real(x, per_tensor, fused)
+
+    monkeypatch.setattr(act_quant, "quantize", quantize)
+    act_quant.forget()
+    yield calls
+    act_quant.forget()
+
+
+def test_three_calls_on_one_tensor_quantize_once(counted):
+    x = torch.randn(2, 8, 32)
+    results = [act_quant.quantize_input(x) for _ in range(3)]
+    assert len(counted) == 1 and results[0] is results[1] is results[2]
+    assert same_bytes(results[0][0], reference(x.reshape(-1, 32))[0])
+    act_quant.quantize_input(x, per_tensor=True)   # another scaling is another result
+    assert len(counted) == 2
+
+
+def test_in_place_change_is_quantized_again(counted):
+    x = torch.randn(16, 32)
+    act_quant.quantize_input(x)
+    x.mul_(2)   # bumps x._version
+    q, _ = act_quant.quantize_input(x)
+    assert len(counted) == 2 and same_bytes(q, reference(x)[0])
+
+
+def test_other_tensors_never_reuse(counted):
+    x = torch.randn(16, 32)
+    act_quant.quantize_input(x)
+    act_quant.quantize_input(x.clone())              # equal values, another tensor
+    act_quant.quantize_input(x.detach())             # same memory, version and shape, another tensor object
+    act_quant.quantize_input(x.view(16, 2, 16)[:, 0])  # same address, other shape
+    assert len(counted) == 4
+
+
+def test_a_new_tensor_at_a_freed_tensors_address_is_not_reused():
+    # Inference tensors track no version, so only the weak reference tells a new tensor at the same address from
+    # the old one: here the same memory, shape and strides, rewritten in between.
+    buffer = torch.randn(64)
+    with torch.inference_mode():
+        inference_buffer = buffer.clone()
+        act_quant.enter_shared_scope()
+        try:
+            x = inference_buffer.view(4, 16)
+            old = act_quant.quantize_input(x)[0].clone()
+            del x
+            inference_buffer.mul_(-3)
+            y = inference_buffer.view(4, 16)
+            q, _ = act_quant.quantize_input(y)
+        finally:
+            act_quant.exit_shared_scope()
+    assert not same_bytes(q, old) and same_bytes(q, reference(y)[0])
+
+
+def test_inference_tensors_are_reused_only_inside_a_shared_scope(counted):
+    with torch.inference_mode():
+        x = torch.randn(16, 32)
+        act_quant.quantize_input(x)
+        act_quant.quantize_input(x)
+        assert len(counted) == 2 and act_quant._state.entry is None   # no version counter: no reuse, nothing held
+        act_quant.enter_shared_scope()
+        for _ in range(3):
+            act_quant.quantize_input(x)
+        assert len(counted) == 3
+        act_quant.exit_shared_scope()
+        assert act_quant._state.entry is None   # the scope's end frees the cached activation
+
+
+def test_the_cache_holds_one_activation_and_none_of_a_freed_input(counted):
+    x, y = torch.randn(16, 32), torch.randn(16, 32)
+    act_quant.quantize_input(x)
+    act_quant.quantize_input(y)
+    act_quant.quantize_input(x)
+    assert len(counted) == 3   # one entry: y replaced x
+    del x
+    gc.collect()
+    assert act_quant._state.entry is None
