@@ -8,6 +8,10 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from . import act_quant
+from .fp8_plan import device_plan
+from .scale import absmax_scale, fp8_max
+
 FP8_DTYPES = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
 log = logging.getLogger("skyreels_fp8")
@@ -21,16 +25,6 @@ def _log_once(key, message):
     if key not in _logged:
         _logged.add(key)
         log.warning(message)
-
-
-def fp8_max(dtype):
-    return torch.finfo(dtype).max
-
-
-def absmax_scale(amax, dtype):
-    # All-zero rows/tensors get scale 1 so that 0 / scale stays 0 instead of NaN.
-    scale = amax.float() / fp8_max(dtype)
-    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def _check(dtype, granularity, weight):
@@ -128,37 +122,33 @@ def relative_error(weight, qweight, scale):
     return ((w - dequantize_weight(qweight, scale, torch.float32)).norm() / norm).item()
 
 
-def _w8a8_unsupported(x, qweight, scale):
-    """Why torch._scaled_mm cannot run this call, or None."""
+def _w8a8_plan(x, qweight, scale):
+    """(plan, None) if torch._scaled_mm can take this call (plans: quant/fp8_plan.py), else (None, why not)."""
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return f"activation dtype {x.dtype}"
+        return None, f"activation dtype {x.dtype}"
     k, n = qweight.shape[1], qweight.shape[0]
     if k % 16 or n % 16:
-        return f"weight shape {tuple(qweight.shape)} is not a multiple of 16"
+        return None, f"weight shape {tuple(qweight.shape)} is not a multiple of 16"
     if scale.numel() not in (1, n):
-        return f"weight scale of shape {tuple(scale.shape)}"
-    if x.device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(x.device)
-        if (major, minor) < (8, 9):
-            return f"GPU compute capability {major}.{minor} has no FP8 tensor cores (needs 8.9+)"
-    elif x.device.type != "cpu":
-        return f"device {x.device.type}"
-    return None
+        return None, f"weight scale of shape {tuple(scale.shape)}"
+    plan, reason = device_plan(x.device, "tensor" if scale.numel() == 1 else "channel")
+    return (plan, None) if plan else (None, reason)
 
 
 def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
     """y = x @ dequant(qweight, scale).T + bias, returned in x.dtype.
 
     mode="upcast" dequantizes the weight to x.dtype and calls F.linear (runs everywhere).
-    mode="w8a8" quantizes x per token (row absmax, no clamp of the activation scale) and multiplies in FP8 with
-    torch._scaled_mm, per-token x per-channel (or per-tensor) scales. If this call cannot take it, it falls back to
-    upcast and logs the reason once.
+    mode="w8a8" quantizes x (quant/act_quant.py: per token, or per tensor where the device's plan says so) and
+    multiplies in FP8 with torch._scaled_mm. If this call cannot take it, it falls back to upcast and logs the reason
+    once.
     """
     if mode == "w8a8":
-        reason = _w8a8_unsupported(x, qweight, scale) or _failed.get((x.device.type, qweight.dtype))
+        plan, reason = _w8a8_plan(x, qweight, scale)
+        reason = reason or _failed.get((x.device.type, qweight.dtype))
         if reason is None:
             try:
-                y = _w8a8(x, qweight, scale, bias)
+                y = _w8a8(x, qweight, scale, bias, plan)
                 stats["w8a8"] += 1
                 return y
             except RuntimeError as e:  # a kernel this torch build or GPU lacks (e.g. an e5m2 x e4m3 product)
@@ -173,18 +163,27 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
-def _w8a8(x, qweight, scale, bias):
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    act_dtype = torch.float8_e4m3fn
-    x_scale = absmax_scale(x2.abs().amax(dim=1, keepdim=True), act_dtype)
-    limit = fp8_max(act_dtype)
-    xq = (x2.float() / x_scale).clamp_(-limit, limit).to(act_dtype)
+def _w8a8(x, qweight, scale, bias, plan):
     n = qweight.shape[0]
-    # Row-wise scaling needs both operands row-wise: a per-tensor weight scale is broadcast to (1, N).
-    w_scale = scale.float().reshape(1, -1).expand(1, n).contiguous()
-    # CUDA's row-wise kernel only writes bf16; other dtypes are cast afterwards.
-    out_dtype = torch.bfloat16 if x.device.type == "cuda" else x.dtype
-    y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=w_scale,
-                         bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
-    return y.to(x.dtype).reshape(*shape[:-1], n)
+    xq, x_scale = act_quant.quantize_input(x, per_tensor=plan == "tensorwise")
+    if plan == "tensorwise" and scale.numel() > 1:
+        y = _tensorwise_per_channel(xq, x_scale, qweight, scale, bias, x.dtype)
+    else:
+        # CUDA's row-wise kernel only writes bf16; other dtypes are cast afterwards.
+        out_dtype = torch.bfloat16 if x.device.type == "cuda" else x.dtype
+        # Row-wise scaling needs both operands row-wise: a per-tensor weight scale is broadcast to (1, N).
+        w_scale = scale.float().reshape(1, -1)
+        w_scale = w_scale.expand(1, n).contiguous() if plan == "rowwise" else w_scale
+        y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=w_scale,
+                             bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
+    return y.to(x.dtype).reshape(*x.shape[:-1], n)
+
+
+def _tensorwise_per_channel(xq, x_scale, qweight, scale, bias, x_dtype):
+    # Per-tensor scaling with a per-channel weight: a weight scale of 1 in the product, the channel scales on its
+    # output. The output is bf16 (or fp32): without the weight scales (~amax/448) the products can pass fp16's max.
+    out_dtype = torch.float32 if x_dtype == torch.float32 else torch.bfloat16
+    one = torch.ones((1, 1), dtype=torch.float32, device=xq.device)
+    y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=one, out_dtype=out_dtype)
+    y.mul_(scale.reshape(1, -1).to(out_dtype))
+    return y if bias is None else y.add_(bias.to(out_dtype))

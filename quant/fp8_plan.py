@@ -1,0 +1,78 @@
+"""How torch._scaled_mm multiplies FP8 on a device: decided once per device by one pure function.
+
+- "rowwise": per-token activation scales [M, 1] x weight scales [1, N] (per-channel, or a per-tensor scale
+  broadcast). sm89, sm90 and sm100 have row-wise kernels (CUTLASS); so has torch's CPU kernel.
+- "tensorwise": one activation scale for the whole input, and the weight's per-tensor scale, or a weight scale of 1
+  with the per-channel scales multiplying the output. For sm120 (RTX 50xx, RTX PRO Blackwell) and newer or unknown
+  architectures: cuBLASLt rejects row-wise FP8 scales on sm120 (pytorch issue 192707), per-tensor ones run
+  everywhere it has FP8.
+- None: no FP8 product here, with the reason.
+"""
+import re
+
+import torch
+
+from . import act_quant
+
+# The oldest torch whose _scaled_mm takes row-wise scales on each architecture: the 2-D scale API and the sm90 kernel
+# came in 2.5, the sm89 and sm100 builds of the kernel in 2.7.
+ROWWISE_SINCE = {(8, 9): (2, 7), (9,): (2, 5), (10,): (2, 7)}
+TENSORWISE_SINCE = (2, 5)   # _scaled_mm returning one tensor, with 2-D scales
+_plans = {}
+
+
+def _release(torch_version):
+    major, minor = re.match(r"(\d+)\.(\d+)", torch_version).groups()
+    return int(major), int(minor)
+
+
+def scaled_mm_plan(device_type, capability, torch_version, granularity):
+    """("rowwise" | "tensorwise" | None, reason) for a device type ("cuda", "cpu", ...), its CUDA compute capability
+    (major, minor) (None off CUDA), a torch version string and the weight's scale granularity ("tensor"/"channel")."""
+    if granularity not in ("tensor", "channel"):
+        raise ValueError(f"granularity must be 'tensor' or 'channel', not {granularity!r}")
+    weight = f"per-{granularity} weight scales"
+    if device_type == "cpu":
+        # Slow, but the same code as on a GPU: used where fp8 matmul is forced on CPU, and by the tests.
+        return "rowwise", f"cpu: torch._scaled_mm's CPU kernel, per-token activation scales x {weight}"
+    if device_type != "cuda":
+        return None, f"{device_type} device: no FP8 tensor cores"
+    major, minor = capability
+    if (major, minor) < (8, 9):
+        return None, f"GPU compute capability {major}.{minor} has no FP8 tensor cores (needs 8.9+)"
+    release = _release(torch_version)
+    since = ROWWISE_SINCE.get((major, minor)) or ROWWISE_SINCE.get((major,))
+    if since:
+        if release < since:
+            return None, (f"torch {torch_version} has no row-wise torch._scaled_mm for sm{major}{minor} "
+                          f"(needs {since[0]}.{since[1]}+)")
+        return "rowwise", f"sm{major}{minor}: per-token activation scales x {weight}"
+    if release < TENSORWISE_SINCE:
+        return None, f"torch {torch_version} is too old for torch._scaled_mm (needs 2.5+)"
+    applied = "per-channel weight scales applied to the output" if granularity == "channel" else weight
+    return "tensorwise", (f"sm{major}{minor}: per-tensor activation scales, {applied} (cuBLASLt has no row-wise FP8 "
+                          "here, pytorch issue 192707)")
+
+
+def device_plan(device, granularity):
+    """scaled_mm_plan for this device, worked out on its first call (no capability query per product)."""
+    key = (device.type, device.index, granularity)
+    plan = _plans.get(key)
+    if plan is None:
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        plan = _plans[key] = scaled_mm_plan(device.type, capability, torch.__version__, granularity)
+    return plan
+
+
+def fused_quant_available(device):
+    """(True, a note for the report or None) where FP8 products run with the fused (Triton) activation
+    quantization: a CUDA device with an FP8 plan and triton importable. Else (False, why not)."""
+    if device.type != "cuda":
+        return False, f"{device.type} device: no FP8 tensor cores"
+    plan, reason = device_plan(device, "channel")
+    if plan is None:
+        return False, reason
+    ok, why = act_quant.fused_available()
+    if not ok:
+        return False, why
+    return True, reason if plan == "tensorwise" else None
