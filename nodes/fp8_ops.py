@@ -14,7 +14,7 @@ import torch
 import comfy.ops
 from comfy_kitchen.tensor import BaseLayoutParams, QuantizedLayout, QuantizedTensor, register_layout_class
 
-from ..quant import format_name
+from ..quant import act_quant, format_name
 from ..quant.fp8 import FP8_DTYPES, absmax_scale, fp8_linear, fp8_max
 
 LAYOUT = "SkyReelsFP8PerChannelLayout"
@@ -103,3 +103,16 @@ def make_operations(compute_dtype, fp8_matmul):
                 return super()._forward(input, weight, bias)
 
     return SkyReelsFP8Ops
+
+
+def share_attention_inputs(model):
+    """Lets the q, k and v Linears of each attention module of `model` quantize their shared input once (the host
+    runs under inference mode, whose tensors have no version counter to prove an input unchanged). Each module's
+    forward opens act_quant's shared scope: the host's attention code writes no input in place while it computes
+    q, k and v from it. Its v Linear, the last of the three the host calls, drops the cached activation, so that it
+    is not held through the attention itself."""
+    for module in model.modules():
+        if all(getattr(getattr(module, name, None), "skyreels_fp8_matmul", False) for name in ("q", "k", "v")):
+            module.register_forward_pre_hook(lambda *args: act_quant.enter_shared_scope())
+            module.register_forward_hook(lambda *args: act_quant.exit_shared_scope(), always_call=True)
+            module.v.register_forward_hook(lambda *args: act_quant.forget())

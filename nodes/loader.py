@@ -12,20 +12,13 @@ from comfy_api.latest import io
 from ..quant import Checkpoint, CheckpointError
 from ..quant.model_info import other_wan_model
 from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
+from ..quant.fp8_plan import fused_quant_available
 from . import fps, model_files
-from .fp8_ops import make_operations
+from .fp8_ops import make_operations, share_attention_inputs
 
 log = logging.getLogger("skyreels_fp8")
 COMPUTE = ["auto", "upcast", "fp8 matmul"]
 RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
-
-
-def fp8_matmul_reason(device):
-    """None if this device can multiply in FP8, else why not."""
-    if device.type != "cuda":
-        return f"{device.type} device"
-    major, minor = torch.cuda.get_device_capability(device)
-    return None if (major, minor) >= (8, 9) else f"GPU compute capability {major}.{minor} (FP8 needs 8.9+)"
 
 
 class LoadFP8SkyReelsModel(io.ComfyNode):
@@ -45,7 +38,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
                 io.Combo.Input("compute", options=COMPUTE, default="auto",
                                tooltip="fp8 matmul: FP8 products with per-token activation scales (GPUs of compute "
                                        "capability 8.9+). upcast: weights turned to bf16/fp16 for each product. "
-                                       "auto: fp8 matmul where the GPU can."),
+                                       "auto: fp8 matmul where the GPU can and Triton quantizes the activations."),
                 io.Int.Input("keep_first_blocks", default=0, min=0, max=64, advanced=True,
                              tooltip="Keep the first N transformer blocks in high precision."),
                 io.Int.Input("keep_last_blocks", default=0, min=0, max=64, advanced=True,
@@ -119,19 +112,24 @@ def _build(sd, summary, compute, path, load_device, compute_dtype):
         dtype = torch.float16 if summary.kept_dtype == "float16" else torch.bfloat16
         patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
         return _checked(patcher, path), "upcast (no FP8 weights)"
-    reason = fp8_matmul_reason(load_device)
+    # auto multiplies in FP8 only where the activations are quantized by the fused kernel: the eager quantization
+    # costs more time than the FP8 product saves.
+    fused, note = fused_quant_available(load_device)
     if compute == "upcast":
         fp8_matmul, used = False, "upcast"
-    elif reason is None:
-        fp8_matmul, used = True, "fp8 matmul"
+    elif fused:
+        fp8_matmul, used = True, "fp8 matmul" + (f" ({note})" if note else "")
     elif compute == "fp8 matmul":
-        log.warning("fp8 matmul requested on %s: running torch._scaled_mm there (slow on CPU)", reason)
-        fp8_matmul, used = True, f"fp8 matmul ({reason})"
+        log.warning("fp8 matmul requested where auto would upcast (%s): torch._scaled_mm with activations "
+                    "quantized eagerly (slow on CPU)", note)
+        fp8_matmul, used = True, f"fp8 matmul ({note})"
     else:
-        fp8_matmul, used = False, f"upcast ({reason}: no FP8 matmul)"
+        fp8_matmul, used = False, f"upcast ({note})"
     ops = make_operations(compute_dtype, fp8_matmul)
-    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": ops})
-    return _checked(patcher, path), used
+    patcher = _checked(comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": ops}), path)
+    if fp8_matmul:
+        share_attention_inputs(patcher.model)
+    return patcher, used
 
 
 def _checked(patcher, path):

@@ -1,5 +1,6 @@
-"""Checks that need the model object itself: partial (lowvram) loading and the DF fps term. Each runs in a fresh
-host process that imports the pack the way ComfyUI does (as a package named after its folder)."""
+"""Checks that need the model object itself: partial (lowvram) loading, the DF fps term, and the attention's
+shared-input quantization. Each runs in a fresh host process that imports the pack the way ComfyUI does (as a
+package named after its folder)."""
 import safetensors.torch
 from comfy_host import REPO, run_in_host
 from in_host import SETUP, write_models
@@ -60,6 +61,36 @@ with torch.no_grad():
 result = dict(fps24=rel(ours(), reference(1)), fps16=rel(ours(16), reference(0)), plain_vs_fps=rel(plain, reference(1)),
               hooks_left=len(patcher.model.diffusion_model.time_projection._forward_hooks), report=report)
 """
+
+SHARED = r"""
+from skyreels_pack.quant import act_quant
+patcher, report = load("t2v_fp8_channel.safetensors", compute="fp8 matmul")
+model = patcher.model.diffusion_model
+quantized = []
+real = act_quant.quantize
+act_quant.quantize = lambda x, *a, **k: quantized.append(tuple(x.shape)) or real(x, *a, **k)
+
+def forward():
+    quantized.clear()
+    with torch.inference_mode():   # as the host runs nodes: tensors without version counters
+        return model(x, t, ctx, transformer_options=patcher.model_options["transformer_options"])
+shared = forward()
+counts = dict(shared=len(quantized), held=act_quant._state.entry is not None, depth=act_quant._state.depth)
+act_quant._key = lambda x, per_tensor: None   # no reuse at all
+alone = forward()
+result = dict(counts, alone=len(quantized), equal=bool(torch.equal(shared, alone)), report=report,
+              blocks=len(model.blocks))
+"""
+
+
+def test_h_attention_quantizes_its_shared_input_once(host, tmp_path):
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + SHARED)
+    # Per block 10 FP8 Linears: self-attention q, k, v on one input (1 quantization) and o; cross-attention q,
+    # k and v on the text (1) and o; the two FFN Linears. Reusing changes no bit of the output.
+    assert r["alone"] == 10 * r["blocks"] and r["shared"] == 7 * r["blocks"], r
+    assert r["equal"] and not r["held"] and r["depth"] == 0, r
+    assert "compute: fp8 matmul (cpu device: no FP8 tensor cores);" in r["report"], r
 
 
 def test_g_partial_lowvram_load_gives_the_same_output(host, tmp_path):
