@@ -5,9 +5,10 @@
 
 GPU: bf16 F.linear vs quant.fp8_linear w8a8 (per-token activation scales x per-tensor or per-channel weight
 scales, torch._scaled_mm) at M in {4096, 51000} tokens, K = 5120, N in {5120, 13824}: ms, TFLOP/s, speed-up and
-the error vs the fp32 product; then the GPU memory the 1.3B model's weights take in bf16 vs FP8 (our loader's
-layout: block Linears FP8 with fp32 scales, the rest bf16), from the real shapes. CPU: the same at small M as a
-smoke run (it checks the paths, not the speed).
+the error vs the fp32 product; the activation quantization alone, fused (Triton) vs eager row chunks, ms and the
+extra memory it takes (bench/act_quant.py); then the GPU memory the 1.3B model's weights take in bf16 vs FP8 (our
+loader's layout: block Linears FP8 with fp32 scales, the rest bf16), from the real shapes. CPU: the same at small
+M as a smoke run (it checks the paths, not the speed).
 """
 import argparse
 import os
@@ -19,26 +20,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from quant import fp8_linear, quantize_weight  # noqa: E402
+from bench.act_quant import quant_stats, timed  # noqa: E402
+from quant import act_quant, fp8_linear, quantize_weight  # noqa: E402
 from quant import fp8 as fp8_module  # noqa: E402
 from quant.policy import should_quantize  # noqa: E402
 from quant.tiny import REAL, info, shapes  # noqa: E402
 
 
-def timed(fn, repeats, device):
-    fn()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / repeats
-
-
 def gemm_table(device, ms, repeats):
+    print("w8a8 times include the activation's quantization; quant: that quantization alone, fused (Triton) and "
+          "eager (row chunks), ms and extra MiB beyond its output (GPU only)")
     print(f"{'M':>6s} {'K':>5s} {'N':>6s} {'bf16 ms':>8s} {'TFLOP/s':>8s} | {'w8a8 tensor':>11s} {'x':>6s} "
-          f"{'err':>6s} | {'w8a8 channel':>12s} {'x':>6s} {'err':>6s}")
+          f"{'err':>6s} | {'w8a8 channel':>12s} {'x':>6s} {'err':>6s} | {'quant fused':>16s} | {'quant eager':>16s}")
     for m in ms:
         for n in (5120, 13824):
             k = 5120
@@ -52,12 +45,18 @@ def gemm_table(device, ms, repeats):
             for granularity in ("tensor", "channel"):
                 q, scale = quantize_weight(w.float(), granularity=granularity)
                 before = dict(fp8_module.stats)
-                t = timed(lambda: fp8_linear(x, q, scale, mode="w8a8"), repeats, device)
+                # forget(): each call quantizes x again, as a Linear with a new input does.
+                t = timed(lambda: (act_quant.forget(), fp8_linear(x, q, scale, mode="w8a8")), repeats, device)
                 ran_fp8 = fp8_module.stats["w8a8"] > before["w8a8"]
                 y = fp8_linear(x, q, scale, mode="w8a8").float()
                 err = ((y - exact).norm() / exact.norm()).item()
                 tag = f"{flops / t / 1e12:7.1f} TF" if ran_fp8 else "fallback"
                 row += f" {tag:>11s} {t_bf16 / t:5.2f}x {err:6.4f} |"
+            quant = quant_stats(x, repeats)
+            for name in ("fused", "eager"):
+                t_q, extra = quant.get(name, (None, None))
+                mib = "" if extra is None else f" ({extra / 2**20:.0f} MiB)"
+                row += f" {'n/a' if t_q is None else f'{t_q:.3f} ms{mib}':>16s} |"
             print(row.rstrip(" |"))
             del x, w, exact
 

@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Memory and time of the activation quantization before each FP8 product (a script, not a test).
+
+    python bench/act_quant.py [--m 32768] [--k 5120] [--repeats 5]
+
+CPU: the peak memory that quant.act_quant.quantize (eager chunks) takes beyond its output (FP8 values + scales)
+for a bf16 activation, vs the one-shot eager formula it replaced, each in a fresh process (Linux VmHWM, reset
+through /proc/self/clear_refs), and as a ratio to the activation's size. GPU: the fused Triton kernel vs the eager
+chunks, ms, GB/s and extra memory (torch.cuda.max_memory_allocated beyond the output).
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from quant import act_quant  # noqa: E402
+
+MiB = 2 ** 20
+
+
+def one_shot(x):
+    """The quantization fp8_linear did before act_quant: whole-tensor passes with fp32 copies."""
+    scale = x.abs().amax(dim=1, keepdim=True).float() / 448
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return (x.float() / scale).clamp_(-448, 448).to(torch.float8_e4m3fn), scale
+
+
+METHODS = {"chunked": lambda x: act_quant.quantize(x, fused=False), "one-shot": one_shot}
+
+
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def cpu_extra(method, m, k):
+    """Run in a fresh process: peak resident bytes beyond the input and the output, and seconds."""
+    x = torch.randn(m, k, dtype=torch.bfloat16)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")   # resets VmHWM to the current VmRSS
+    base = _status_kib("VmRSS")
+    start = time.perf_counter()
+    q, scale = METHODS[method](x)
+    seconds = time.perf_counter() - start
+    peak = _status_kib("VmHWM")
+    return (peak - base) * 1024 - q.nbytes - scale.nbytes, seconds
+
+
+def cpu_report(m, k):
+    act = m * k * 2
+    print(f"CPU, bf16 activation {m}x{k} ({act / MiB:.0f} MiB), extra memory beyond the output (fp8 + scales):")
+    for method in METHODS:   # each in a fresh process: memory freed by one would hide the next one's peak
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--m", str(m), "--k", str(k), "--measure",
+                              method], capture_output=True, text=True, check=True)
+        extra, seconds = map(float, out.stdout.split())
+        print(f"  {method:9s} {extra / MiB:7.0f} MiB = {extra / act:.2f}x the activation, {seconds:.2f} s")
+
+
+def timed(fn, repeats, device):
+    fn()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
+
+
+def quant_stats(x, repeats):
+    """{method: (ms, extra bytes beyond the output, None off CUDA)} of quantizing x [M, K]: the fused kernel (where
+    it runs) and the eager chunks."""
+    methods = {"fused": True, "eager": False} if x.is_cuda and act_quant.fused_available()[0] else {"eager": False}
+    stats = {}
+    for name, fused in methods.items():
+        extra = None
+        if x.is_cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(x.device)
+            base = torch.cuda.memory_allocated(x.device)
+            q, scale = act_quant.quantize(x, fused=fused)
+            extra = torch.cuda.max_memory_allocated(x.device) - base - q.nbytes - scale.nbytes
+            del q, scale
+        stats[name] = (timed(lambda: act_quant.quantize(x, fused=fused), repeats, x.device) * 1e3, extra)
+    return stats
+
+
+def gpu_report(shapes, repeats):
+    print(f"GPU {torch.cuda.get_device_name()}: per-token quantization of a bf16 activation")
+    for m, k in shapes:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        moved = m * k * 3 + m * 4   # read bf16, write fp8 and scales
+        for name, (ms, extra) in quant_stats(x, repeats).items():
+            print(f"  {m:6d}x{k:<5d} {name:5s} {ms:7.3f} ms {moved / ms / 1e6:7.0f} GB/s, extra "
+                  f"{extra / MiB:6.1f} MiB = {extra / x.nbytes:.3f}x the activation")
+        del x
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--m", type=int, default=32768)
+    p.add_argument("--k", type=int, default=5120)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--measure", choices=list(METHODS), help=argparse.SUPPRESS)  # cpu_report's child processes
+    args = p.parse_args()
+    if args.measure:
+        print(*cpu_extra(args.measure, args.m, args.k))
+        return
+    if torch.cuda.is_available():
+        gpu_report([(args.m, args.k), (51000, 5120), (51000, 13824)], args.repeats)
+    cpu_report(args.m, args.k)
+
+
+if __name__ == "__main__":
+    main()
