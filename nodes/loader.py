@@ -112,8 +112,8 @@ def _build(sd, summary, compute, path, load_device, compute_dtype):
         dtype = torch.float16 if summary.kept_dtype == "float16" else torch.bfloat16
         patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
         return _checked(patcher, path), "upcast (no FP8 weights)"
-    # auto multiplies in FP8 only where the activations are quantized by the fused kernel: the eager quantization
-    # costs more time than the FP8 product saves.
+    # auto multiplies in FP8 only where the fused kernel quantizes the activations: the eager chunks pass over each
+    # activation about five times, which can cost what the FP8 product saves (not yet measured on a GPU).
     fused, note = fused_quant_available(load_device)
     if compute == "upcast":
         fp8_matmul, used = False, "upcast"
