@@ -1,6 +1,7 @@
 """Sample Video: SkyReels-V2 sampling (flow UniPC or Euler), standard or Diffusion Forcing, with long videos made
 window by window inside the node (`sample_job.Job`)."""
 from comfy_api.latest import io
+from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..sampling import solvers
 from ..sampling.schedule import latent_frames
@@ -74,23 +75,17 @@ class SampleVideo(io.ComfyNode):
                      io.Image.Output(display_name="images",
                                      tooltip="The video as SkyReels-V2 assembles it (needs vae): each window decoded "
                                              "on its own, joined in pixels. VAE Decode of LATENT decodes the windows "
-                                             "together instead, which differs slightly after each seam.")],
-            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+                                             "together instead, which differs after each seam.")],
         )
 
     @classmethod
     def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                 base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition, causal_attention=False, vae=None,
                 start_image=None, prefix_video=None, latent=None, parallel=None) -> io.NodeOutput:
-        linked = images_linked(cls.hidden)
-        if linked and vae is None:
-            fail("images: needs a vae connected (Sample Video decodes each window as SkyReels-V2 does); or decode "
-                 "the LATENT output with VAE Decode")
         widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
                        sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,
                        overlap_history=overlap_history, ar_step=ar_step, causal_block_size=causal_block_size,
-                       addnoise_condition=addnoise_condition, causal_attention=causal_attention, latent=latent,
-                       images=vae is not None if linked is None else linked)
+                       addnoise_condition=addnoise_condition, causal_attention=causal_attention, latent=latent)
         inputs = dict(vae=vae, start_image=start_image, prefix_video=prefix_video)
         if parallel is not None:
             check_model(model)
@@ -99,22 +94,17 @@ class SampleVideo(io.ComfyNode):
         else:
             multi_device.release()       # workers kept from a parallel run give their GPUs back to this run
             samples, report, images = sample_video(model, positive, negative, **widgets, **inputs)
-        return io.NodeOutput({"samples": samples}, report, images)
-
-
-def images_linked(hidden):
-    """Whether the workflow takes the images output (slot 2); None when unknown (the node called from Python)."""
-    prompt, node = getattr(hidden, "prompt", None), getattr(hidden, "unique_id", None)
-    if not prompt or node is None:
-        return None
-    return any(isinstance(v, (list, tuple)) and len(v) == 2 and str(v[0]) == str(node) and v[1] == 2
-               for other in prompt.values() for v in other.get("inputs", {}).values())
+        # Without a vae there is no images output; the host shows this message where it is connected (the node's
+        # outputs are cached by its inputs, so whether images is connected cannot decide what the node makes).
+        return io.NodeOutput({"samples": samples}, report, images if images is not None else ExecutionBlocker(
+            "Sample Video: images needs a vae connected (it decodes each window as SkyReels-V2 does); or decode "
+            "the LATENT output with VAE Decode"))
 
 
 def sample_video(model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                  base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition,
-                 causal_attention=False, vae=None, start_image=None, prefix_video=None, latent=None, images=False):
-    """One Sample Video run on this process's device: (samples, report, images or None)."""
+                 causal_attention=False, vae=None, start_image=None, prefix_video=None, latent=None):
+    """One Sample Video run on this process's device: (samples, report, images: None without a vae)."""
     check_model(model)
     shift = model_shift(model, shift)
     if latent is not None:
@@ -128,7 +118,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
     job = Job(model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df,
               dict(base_num_frames=base_num_frames, overlap_history=overlap_history, ar_step=ar_step,
                    causal_block_size=causal_block_size, addnoise_condition=addnoise_condition,
-                   causal_attention=causal_attention), images=images)
+                   causal_attention=causal_attention))
     job.set_prefix(start_image, prefix_video)
     return job.run()
 

@@ -53,8 +53,7 @@ def check_frames(widget, n):
 
 
 class Job:
-    def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts,
-                 images=False):
+    def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts):
         causal = opts.get("causal_attention", False)
         if causal and not df:
             fail("causal_attention: needs mode 'diffusion forcing' (SkyReels-V2's causal attention is a DF option)")
@@ -70,8 +69,9 @@ class Job:
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.sigmas = flow_sigmas(steps, shift)
         self.steps, self.fps, self.prefix, self.tail = steps, fps, None, None
-        # With `images`, the video as SkyReels-V2 assembles it: each window decoded alone, joined in pixels.
-        self.images = [] if images else None
+        # With a vae, the video as SkyReels-V2 assembles it: each window decoded alone, joined in pixels. The
+        # windows are decoded for the overlap anyway; the images cost the last window's decode.
+        self.images = [] if vae is not None else None
         self.prefix_pixels = None
         # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
@@ -201,10 +201,9 @@ class Job:
             out = self._window(shape, carry if prefix else None, plan, progress, done, calls)
             done += self.steps if plan is None else plan.rows
             parts.append(out[:, :, overlap:])
-            last = i + 1 == len(windows)
-            if self.vae is not None and (self.images is not None or not last):
+            if self.vae is not None:
                 self._add_pixels(out, overlap, i == 0)
-            if not last:
+            if i + 1 < len(windows):
                 carry = self._next_prefix(parts, *windows[i + 1][:2])
         meter.finish()
         samples = torch.cat(parts, dim=2)

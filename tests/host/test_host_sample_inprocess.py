@@ -31,6 +31,7 @@ long, report, _ = sample(frames=57, base_num_frames=21, overlap_history=9, ar_st
 comfy.utils.set_progress_bar_global_hook(None)
 
 f24, f30, f16 = (sample(fps=f)[0]["samples"] for f in (24, 30, 16))
+no_vae_images = sample(fps=24)[2]
 image = torch.rand(1, 32, 32, 3, generator=g)
 video = torch.rand(13, 32, 32, 3, generator=g)
 with_image = sample(start_image=image, vae=vae)[0]["samples"]
@@ -56,7 +57,7 @@ result = dict(
     timesteps=[t.tolist() for t in seen],
     carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
     items_differ=(carried[0] - carried[1]).abs().max().item(), batch_shape=list(two["samples"].shape),
-    images_shape=list(two_images.shape),
+    images_shape=list(two_images.shape), no_vae_images=[type(no_vae_images).__name__, no_vae_images.message],
     updates=updates, report=report,
     fps_24_vs_30=(f24 - f30).abs().max().item(), fps_24_vs_16=(f24 - f16).abs().max().item(),
     image_frame=(with_image[:, :, :1] - vae.encode(image)).abs().max().item(),
@@ -99,5 +100,7 @@ def test_sample_video_in_process(host, tmp_path):
     assert max(r["carried"]) < 1e-5 and r["items_differ"] > 1e-3, r
     assert r["batch_shape"] == [2, 16, 6, 4, 4]
     assert r["images_shape"] == [2 * 21, 32, 32, 3]      # the images output: both videos' 21 frames, as VAE Decode
+    assert r["no_vae_images"] == ["ExecutionBlocker", "Sample Video: images needs a vae connected (it decodes each "
+                                  "window as SkyReels-V2 does); or decode the LATENT output with VAE Decode"]
     assert r["block_too_big"].startswith("Sample Video: start_image: gives 1 latent frame(s), fewer than "
                                          "causal_block_size 3")
