@@ -90,7 +90,7 @@ for name, parallel in (("1 process", None), ("2 Ray actors, ulysses 2, starting"
                        ("2 Ray actors, ulysses 2, workers kept", ulysses), ("2 Ray actors, cfg parallel, starting", cfg),
                        ("2 Ray actors, cfg parallel, workers kept", cfg)):
     t = time.perf_counter()
-    samples, report = SampleVideo.execute(model, pos, neg, **args, parallel=parallel).args
+    samples, report = SampleVideo.execute(model, pos, neg, **args, parallel=parallel).args[:2]
     out[name] = dict(seconds=time.perf_counter() - t, report=report)
 print("@@" + json.dumps(out))
 """

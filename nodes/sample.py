@@ -69,6 +69,11 @@ class SampleVideo(io.ComfyNode):
                                 tooltip="Takes the size from this latent instead of width/height/frames."),
                 multi_device.PARALLEL.Input("parallel", optional=True,
                                         tooltip="From Parallel Config: run on several GPUs (sequence parallel)."),
+                # last, so that saved workflows keep their inputs in place
+                io.Image.Input("end_image", optional=True,
+                               tooltip="DF: the frame the video leads to (needs vae, causal_block_size 1). As "
+                                       "SkyReels-V2's --end_image: the model sees it after the last frame, clean; "
+                                       "it is not one of the output's frames."),
             ],
             # images comes last so that saved workflows keep their links to LATENT and report.
             outputs=[io.Latent.Output(), io.String.Output(display_name="report"),
@@ -81,12 +86,12 @@ class SampleVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                 base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition, causal_attention=False, vae=None,
-                start_image=None, prefix_video=None, latent=None, parallel=None) -> io.NodeOutput:
+                start_image=None, end_image=None, prefix_video=None, latent=None, parallel=None) -> io.NodeOutput:
         widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
                        sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,
                        overlap_history=overlap_history, ar_step=ar_step, causal_block_size=causal_block_size,
                        addnoise_condition=addnoise_condition, causal_attention=causal_attention, latent=latent)
-        inputs = dict(vae=vae, start_image=start_image, prefix_video=prefix_video)
+        inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video)
         if parallel is not None:
             check_model(model)
             widgets["shift"] = model_shift(model, shift)
@@ -103,7 +108,7 @@ class SampleVideo(io.ComfyNode):
 
 def sample_video(model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                  base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition,
-                 causal_attention=False, vae=None, start_image=None, prefix_video=None, latent=None):
+                 causal_attention=False, vae=None, start_image=None, end_image=None, prefix_video=None, latent=None):
     """One Sample Video run on this process's device: (samples, report, images: None without a vae)."""
     check_model(model)
     shift = model_shift(model, shift)
@@ -120,6 +125,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
                    causal_block_size=causal_block_size, addnoise_condition=addnoise_condition,
                    causal_attention=causal_attention))
     job.set_prefix(start_image, prefix_video)
+    job.set_end(end_image)
     return job.run()
 
 

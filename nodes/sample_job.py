@@ -68,10 +68,10 @@ class Job:
         self.positive, self.negative, self.seed, self.cfg = positive, negative, seed, cfg
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.sigmas = flow_sigmas(steps, shift)
-        self.steps, self.fps, self.prefix, self.tail = steps, fps, None, None
-        # With a vae, the video as SkyReels-V2 assembles it: each window decoded alone, joined in pixels. The
-        # windows are decoded for the overlap anyway; the images cost the last window's decode.
-        self.images = [] if vae is not None else None
+        self.steps, self.fps, self.prefix, self.tail, self.end = steps, fps, None, None, None
+        # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`): each window decoded alone, joined in
+        # pixels. The windows are decoded for the overlap anyway; the images cost the last window's decode.
+        self.images, self.images_made = None, 0
         self.prefix_pixels = None
         # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
@@ -103,6 +103,28 @@ class Job:
             # SkyReels-V2 continues a video with its own pixels, not a decode of them (extend_video).
             self.prefix_pixels = self._tail_pixels(pixels).expand(self.shape[0], -1, -1, -1, -1)
 
+    def set_end(self, end_image):
+        """SkyReels-V2's end image: one latent frame after the last window's frames, clean throughout (the model sees
+        it at timestep 0), not part of the output."""
+        if end_image is None:
+            return
+        if not self.df:
+            fail("end_image: needs mode 'diffusion forcing'")
+        if self.vae is None:
+            fail("end_image: needs a vae connected to encode it")
+        if self.opts["causal_block_size"] != 1:
+            fail(f"end_image: needs causal_block_size 1, not {self.opts['causal_block_size']} (SkyReels-V2 appends the "
+                 "end image as one latent frame, which larger causal blocks cannot hold)")
+        pixels = self._fit(end_image[:1])
+        self.end = sequence_parallel.agree(self.model, self.vae.encode(pixels)).expand(self.shape[0], -1, -1, -1, -1)
+
+    def _fit(self, pixels):
+        """Frames [F, H, W, C] at the output size (bilinear, center crop), RGB."""
+        h, w = self.shape[3] * 8, self.shape[4] * 8
+        if pixels.shape[1] != h or pixels.shape[2] != w:
+            pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
+        return pixels[:, :, :, :3]
+
     def _encode_tail(self, videos, source):
         """Encode the end of each video [B, frames, H, W, C] as SkyReels-V2 does: its last overlap_history frames,
         of whose latents only whole causal blocks are kept, the oldest. The VAE is causal, so those are the latents
@@ -120,14 +142,7 @@ class Job:
         """The frames of each video that `_encode_tail` encodes, at the output size, RGB: [B, frames, H, W, 3]."""
         available = min(self.opts["overlap_history"], videos.shape[1])
         keep = latent_frames(available) // self.opts["causal_block_size"] * self.opts["causal_block_size"]
-        h, w = self.shape[3] * 8, self.shape[4] * 8
-        out = []
-        for video in videos:
-            pixels = video[-available:][:video_frames(keep)]
-            if pixels.shape[1] != h or pixels.shape[2] != w:
-                pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
-            out.append(pixels[:, :, :, :3])
-        return torch.stack(out)
+        return torch.stack([self._fit(video[-available:][:video_frames(keep)]) for video in videos])
 
     def _add_pixels(self, window, overlap, first):
         """Decode a window alone and join its frames to the video, dropping those of its overlap (made again by
@@ -139,8 +154,10 @@ class Job:
             pixels = torch.cat([own, pixels[:, own.shape[1]:]], dim=1)
         joined = pixels if self.tail is None else torch.cat([self.tail, pixels], dim=1)
         self.tail = joined[:, -self.opts["overlap_history"]:]
-        if self.images is not None:
-            self.images.append(pixels.cpu())
+        if self.images is None:     # the whole video, filled window by window (no second copy to join them)
+            self.images = torch.empty(pixels.shape[0], video_frames(self.shape[2]), *pixels.shape[2:])
+        self.images[:, self.images_made:self.images_made + pixels.shape[1]] = pixels
+        self.images_made += pixels.shape[1]
 
     def _next_prefix(self, parts, keep, next_overlap):
         """The next window's prefix: the oldest `keep` of the last `next_overlap` latent frames of the video made so
@@ -182,11 +199,12 @@ class Job:
             if length % cbs:
                 fail(f"causal_block_size: window {i + 1} of {len(wins)} has {length} latent frames, not a multiple "
                      f"of {cbs}; pick frames/base_num_frames whose latent counts ((n - 1) / 4 + 1) are multiples of it")
+            end = self.end is not None and i + 1 == len(wins)
             try:
-                plan = forcing.timestep_matrix(length, self.steps, length, o["ar_step"], prefix, cbs)
+                plan = forcing.timestep_matrix(length + end, self.steps, length + end, o["ar_step"], prefix, cbs)
             except ValueError as e:
                 fail(str(e))
-            out.append((prefix, overlap, length, plan))
+            out.append((prefix, overlap, length, forcing.clean_end(plan, 1) if end else plan))
         return out
 
     def run(self):
@@ -198,7 +216,10 @@ class Job:
         done, parts, carry = 0, [], self.prefix
         for i, (prefix, overlap, length, plan) in enumerate(windows):
             shape = [self.shape[0], self.shape[1], length, *self.shape[3:]]
-            out = self._window(shape, carry if prefix else None, plan, progress, done, calls)
+            end = self.end if i + 1 == len(windows) else None
+            out = self._window(shape, carry if prefix else None, plan, progress, done, calls, end)
+            if end is not None:
+                out = out[:, :, :-end.shape[2]]
             done += self.steps if plan is None else plan.rows
             parts.append(out[:, :, overlap:])
             if self.vae is not None:
@@ -207,13 +228,16 @@ class Job:
                 carry = self._next_prefix(parts, *windows[i + 1][:2])
         meter.finish()
         samples = torch.cat(parts, dim=2)
-        images = None if self.images is None else torch.cat(self.images, dim=1).flatten(0, 1)
+        images = None if self.images is None else self.images.flatten(0, 1)
         return samples, self._report(windows, calls, meter, attention_before, samples), images
 
-    def _window(self, shape, prefix, plan, progress, offset, total):
-        latent = torch.zeros(shape)
+    def _window(self, shape, prefix, plan, progress, offset, total, end=None):
         noise = torch.randn(shape, generator=self.generator)
+        if end is not None:     # as SkyReels-V2: the window's noise drawn, then the end image's frames appended
+            noise = torch.cat([noise, torch.zeros(*shape[:2], end.shape[2], *shape[3:])], dim=2)
+        latent = torch.zeros(noise.shape)
         prefix_in = None if prefix is None else self.model.model.process_latent_in(prefix.float())
+        end_in = None if end is None else self.model.model.process_latent_in(end.float())
         addnoise = self.opts["addnoise_condition"] if prefix is not None else 0
         job = self
 
@@ -244,6 +268,8 @@ class Job:
             x = x.clone()
             if prefix_in is not None:
                 x[:, :, :prefix_in.shape[2]] = prefix_in.to(x)
+            if end_in is not None:
+                x[:, :, -end_in.shape[2]:] = end_in.to(x)
             return forcing.sample_window(denoise, x, sigmas.cpu(), plan, self.sampler, addnoise_condition=addnoise,
                                          generator=self.generator, callback=step)
 
@@ -277,7 +303,7 @@ class Job:
                             f"{' (causal attention)' if o.get('causal_attention') else ''}, "
                             f"base_num_frames {o['base_num_frames']}, overlap_history {o['overlap_history']} "
                             f"({'through the VAE' if self.vae is not None else 'in latent space'}), addnoise_condition "
-                            f"{o['addnoise_condition']}, fps {self.fps}")
+                            f"{o['addnoise_condition']}, fps {self.fps}{', end image' if self.end is not None else ''}")
         report = "\n".join(lines)
         log.info(report)
         return report

@@ -75,6 +75,17 @@ def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready
     return Plan(expand(torch.stack(rows)), expand(torch.stack(updates)), intervals, steps)
 
 
+def clean_end(plan, frames):
+    """`plan` with its last `frames` frames clean throughout (timestep 0, never updated), as SkyReels-V2 conditions
+    on an end image: it plans them as ordinary frames, then overwrites their column. Trailing rows that then update
+    nothing are dropped (they would be model calls whose result no frame takes)."""
+    step_index, update = plan.step_index.clone(), plan.update.clone()
+    step_index[:, -frames:] = plan.steps + 1
+    update[:, -frames:] = False
+    rows = int(update.any(dim=1).nonzero().max()) + 1 if update.any() else 0
+    return Plan(step_index[:rows], update[:rows], plan.intervals[:rows], plan.steps)
+
+
 def frame_sigmas(step_index, sigmas):
     """Per-frame sigmas of plan rows: not started -> 999/1000, step k -> sigmas[k - 1], finished -> 0."""
     table = torch.cat([torch.tensor([SIGMA_MAX]), sigmas.float()[:-1], torch.zeros(1)])

@@ -125,6 +125,17 @@ def test_plan_prefix_frames_are_never_updated():
     assert plan.update[:, 5:].sum(0).tolist() == [30] * 20
 
 
+@pytest.mark.parametrize("ar_step", [0, 1, 3])
+def test_plan_clean_end_frame_is_never_updated_and_changes_no_other_frame(ar_step):
+    # An end image's frame: clean in every row, never stepped; the other frames keep the plan they have without it
+    # (no frame waits for a later one), and the rows where only it would have moved are gone.
+    with_end = forcing.clean_end(forcing.timestep_matrix(6, 4, 6, ar_step, num_pre_ready=1), 1)
+    without = forcing.timestep_matrix(5, 4, 5, ar_step, num_pre_ready=1)
+    assert (with_end.step_index[:, -1] == 5).all() and not with_end.update[:, -1].any()
+    assert torch.equal(with_end.step_index[:, :5], without.step_index)
+    assert torch.equal(with_end.update[:, :5], without.update)
+
+
 def test_plan_sliding_window_when_longer_than_base():
     plan = forcing.timestep_matrix(10, 4, 5, ar_step=2)
     assert plan.update.sum(0).tolist() == [4] * 10

@@ -26,12 +26,15 @@ from quant import tiny  # noqa: E402
 
 OUT = os.path.join(HERE, "skyreels_df_pixels.safetensors")
 SIZE, STEPS, CFG, SHIFT, SEED = 32, 4, 5.0, 8.0, 11
-# name: (frames, base_num_frames, overlap_history, ar_step, causal_block_size, start image, prefix video frames)
+# name: (frames, base_num_frames, overlap_history, ar_step, causal_block_size, start image, prefix video frames,
+#        end image)
 CASES = {
-    "long": (21, 13, 5, 0, 1, False, 0),
-    "start_image": (21, 13, 5, 0, 1, True, 0),
-    "extend": (21, 13, 5, 0, 1, False, 9),
-    "blocks_of_3": (29, 21, 13, 1, 3, False, 0),
+    "long": (21, 13, 5, 0, 1, False, 0, False),
+    "start_image": (21, 13, 5, 0, 1, True, 0, False),
+    "extend": (21, 13, 5, 0, 1, False, 9, False),
+    "blocks_of_3": (29, 21, 13, 1, 3, False, 0, False),
+    "start_end": (13, 97, 5, 0, 1, True, 0, True),
+    "long_start_end": (21, 13, 5, 1, 1, True, 0, True),
 }
 I2V_FRAMES = 17
 
@@ -131,7 +134,7 @@ class Recorder:
         return self.vae.decode(z)
 
 
-def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames):
+def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames, end):
     from PIL import Image
     recorder = Recorder(pipe.vae)
     pipe.vae = recorder
@@ -147,7 +150,8 @@ def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames):
                 out = pipe.extend_video(prefix_video_path="prefix", **args)
             else:
                 picture = Image.fromarray(pictures(1, 4)[0].numpy()) if image else None
-                out = pipe(image=picture, **args)
+                last = Image.fromarray(pictures(1, 6)[0].numpy()) if end else None
+                out = pipe(image=picture, end_image=last, **args)
     finally:
         pipe.vae = recorder.vae
     return recorder.windows, torch.from_numpy(out[0])

@@ -67,6 +67,9 @@ result = dict(
     standard_image=error(mode="standard", start_image=image, vae=vae),
     no_vae=error(start_image=image),
     block_too_big=error(start_image=image, vae=vae, causal_block_size=3),
+    end_standard=error(mode="standard", end_image=image, vae=vae),
+    end_no_vae=error(end_image=image),
+    end_blocks=error(end_image=image, vae=vae, causal_block_size=3, frames=9, ar_step=0),
 )
 """
 
@@ -89,6 +92,9 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["video_frames"] < 1e-5 and r["video_shape"] == [1, 16, 5, 4, 4]
     assert r["standard_image"].startswith("Sample Video: start_image / prefix_video need mode 'diffusion forcing'")
     assert r["no_vae"] == "Sample Video: start_image / prefix_video need a vae connected to encode them"
+    assert r["end_standard"] == "Sample Video: end_image: needs mode 'diffusion forcing'"
+    assert r["end_no_vae"] == "Sample Video: end_image: needs a vae connected to encode it"
+    assert r["end_blocks"].startswith("Sample Video: end_image: needs causal_block_size 1, not 3")
     # The model sees one timestep per latent frame (cond and uncond: 2 rows): the 2 prefix frames at the
     # addnoise level (20), the others at their own step of the schedule, not all the same after the first call
     # (ar_step 1).
