@@ -21,10 +21,10 @@ from ..attention.sage import log_once
 from ..sampling import forcing, solvers
 from ..sampling.schedule import flow_sigmas, latent_frames, model_timesteps, video_frames
 from . import fps as fps_term
-from . import per_frame, run_report, sequence_parallel, video_attention
+from . import per_frame, run_report, sequence_parallel, teacache, video_attention
 
 log = logging.getLogger("skyreels_fp8")
-CALL_KEY = "skyreels_call"      # transformer_options: index of the model call within the window (sage_patch)
+CALL_KEY = teacache.CALL      # transformer_options: index of the model call within the window (sage_patch, TeaCache)
 
 
 def fail(message):
@@ -212,6 +212,7 @@ class Job:
         calls = sum(self.steps if plan is None else plan.rows for *_, plan in windows)
         progress = latent_preview.prepare_callback(self.model, calls)
         attention_before = run_report.attention_counts(self.model)
+        teacache_before = teacache.counts(self.model)
         meter = run_report.Meter(self.model.load_device)
         done, parts, carry = 0, [], self.prefix
         for i, (prefix, overlap, length, plan) in enumerate(windows):
@@ -229,7 +230,7 @@ class Job:
         meter.finish()
         samples = torch.cat(parts, dim=2)
         images = None if self.images is None else self.images.flatten(0, 1)
-        return samples, self._report(windows, calls, meter, attention_before, samples), images
+        return samples, self._report(windows, calls, meter, attention_before, teacache_before, samples), images
 
     def _window(self, shape, prefix, plan, progress, offset, total, end=None):
         noise = torch.randn(shape, generator=self.generator)
@@ -239,6 +240,7 @@ class Job:
         prefix_in = None if prefix is None else self.model.model.process_latent_in(prefix.float())
         end_in = None if end is None else self.model.model.process_latent_in(end.float())
         addnoise = self.opts["addnoise_condition"] if prefix is not None else 0
+        total_calls = self.steps if plan is None else plan.rows
         job = self
 
         def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -250,7 +252,7 @@ class Job:
             def denoise(x_in, sigma):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 sigma = sigma.to(x_in.device)
-                to = {**options.get("transformer_options", {}), CALL_KEY: calls[0]}
+                to = {**options.get("transformer_options", {}), CALL_KEY: calls[0], teacache.CALLS: total_calls}
                 if sigma.ndim:
                     to[per_frame.KEY] = sigma
                 started = job._clock(x_in.device)
@@ -285,7 +287,16 @@ class Job:
 
     # --- report -------------------------------------------------------------------------------------------------
 
-    def _report(self, windows, calls, meter, attention_before, samples):
+    def _teacache_line(self, before):
+        after = teacache.counts(self.model)
+        if after is None:
+            return []
+        calls, skipped = after[0] - before[0], after[1] - before[1]
+        cache = self.model.model_options["transformer_options"][teacache.KEY]
+        return [f"TeaCache: {skipped} of {calls} model calls skipped (threshold {cache.threshold:g}"
+                f"{', retention steps' if cache.retention else ''}; cond and uncond counted apart)"]
+
+    def _report(self, windows, calls, meter, attention_before, teacache_before, samples):
         weights, fp8_matmul, has_fp8 = run_report.weights_summary(self.model)
         compute = self.model.model.get_dtype_inference()
         lines = [
@@ -295,6 +306,7 @@ class Job:
             f"in the model of {meter.seconds:.1f} s in all); {meter.memory}",
             f"{weights}; {run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute)}",
             run_report.attention_summary(self.model, attention_before),
+            *self._teacache_line(teacache_before),
             *self.notes,
         ]
         if self.df:

@@ -1,0 +1,78 @@
+"""TeaCache as SkyReels-V2 runs it: a model call reuses the previous call's transformer-block residual
+(blocks output - blocks input) when the timestep embedding has changed little since the last call that ran the
+blocks. The change is the relative L1 distance of the embedding, rescaled by a polynomial fitted per model, and
+summed over the calls since the last computed one; a call is computed once the sum reaches the threshold.
+
+Each stream (the cond and the uncond passes) keeps its own sum, embedding and residual. The first steps are always
+computed (1, or 5 with retention steps) and, without retention steps, so is the last one.
+"""
+from dataclasses import dataclass
+
+import torch
+
+# SkyReels-V2's published coefficients (its transformer's initialize_teacache), highest power first, by
+# (T2V / I2V, model size or resolution, retention steps). DF models use the T2V sets.
+COEFFICIENTS = {
+    ("T2V", "1.3B", False): (2.39676752e+03, -1.31110545e+03, 2.01331979e+02, -8.29855975e+00, 1.37887774e-01),
+    ("T2V", "14B", False): (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
+    ("T2V", "1.3B", True): (-5.21862437e+04, 9.23041404e+03, -5.28275948e+02, 1.36987616e+01, -4.99875664e-02),
+    ("T2V", "14B", True): (-3.03318725e+05, 4.90537029e+04, -2.65530556e+03, 5.87365115e+01, -3.15583525e-01),
+    ("I2V", "540P", False): (-3.02331670e+02, 2.23948934e+02, -5.25463970e+01, 5.87348440e+00, -2.01973289e-01),
+    ("I2V", "720P", False): (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683),
+    ("I2V", "540P", True): (2.57151496e+05, -3.54229917e+04, 1.40286849e+03, -1.35890334e+01, 1.32517977e-01),
+    ("I2V", "720P", True): (8.10705460e+03, 2.13393892e+03, -3.72934672e+02, 1.66203073e+01, -4.17769401e-02),
+}
+SIZES = {1536: "1.3B", 5120: "14B"}     # model width -> size
+AREA_720P = (544 * 960 + 720 * 1280) // 2   # pixel area between SkyReels-V2's 540P and 720P
+
+
+def coefficients(image_to_video, width, pixel_area, retention):
+    """The coefficient set for a model (I2V or not, its width) sampling frames of `pixel_area` pixels."""
+    if image_to_video:
+        return COEFFICIENTS[("I2V", "720P" if pixel_area >= AREA_720P else "540P", retention)]
+    return COEFFICIENTS[("T2V", SIZES[width], retention)]
+
+
+def rescale(coeffs, x):
+    return sum(c * x ** (len(coeffs) - 1 - i) for i, c in enumerate(coeffs))
+
+
+@dataclass
+class Stream:
+    distance: float = 0.0
+    previous: torch.Tensor = None    # the embedding of the last call
+    residual: torch.Tensor = None    # blocks output - input of the last computed call
+
+
+class TeaCache:
+    def __init__(self, threshold, retention):
+        self.threshold, self.retention = threshold, retention
+        self.streams = {}
+        self.calls = self.skipped = 0
+
+    def compute(self, stream, index, total, embedding, coeffs, shape):
+        """Whether call `index` of `total` of `stream` runs the blocks (else it reuses the residual)."""
+        s = self.streams.setdefault(stream, Stream())
+        if index == 0:
+            self.streams[stream] = s = Stream()
+        forced = (index < (5 if self.retention else 1) or (not self.retention and index >= total - 1)
+                  or s.previous is None or s.previous.shape != embedding.shape
+                  or s.residual is None or s.residual.shape != shape)
+        if forced:
+            run = True
+        else:
+            change = ((embedding - s.previous).abs().mean() / s.previous.abs().mean()).item()
+            s.distance += rescale(coeffs, change)
+            run = s.distance >= self.threshold
+        if run:
+            s.distance = 0.0
+        s.previous = embedding.detach().clone()
+        self.calls += 1
+        self.skipped += not run
+        return run
+
+    def residual(self, stream):
+        return self.streams[stream].residual
+
+    def keep(self, stream, residual):
+        self.streams[stream].residual = residual

@@ -1,0 +1,94 @@
+"""TeaCache (SkyReels-V2) in the real host: Sample Video in standard and Diffusion Forcing modes (one window, async,
+a long video), core KSampler, what a threshold of 0 does, and core EasyCache / LazyCache beside it. The tiny model
+(width 256) stands for the 1.3B one, whose coefficients it is given."""
+
+from comfy_host import REPO, run_in_host
+from in_host import SETUP, write_models
+
+CODE = r"""
+import logging, nodes as core
+from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
+from skyreels_pack.nodes.sample import SampleVideo
+from skyreels_pack.nodes.teacache import TeaCache
+from skyreels_pack.sampling import teacache
+from skyreels_pack.sampling.forcing import timestep_matrix
+
+model = load("df_bf16.safetensors", "bf16")[0]
+g = torch.Generator().manual_seed(0)
+pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+ARGS = dict(width=32, height=32, frames=9, seed=1, steps=6, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
+            mode="standard", base_num_frames=97, overlap_history=5, ar_step=0, causal_block_size=1,
+            addnoise_condition=0)
+lines = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        lines.append(record.getMessage())
+logging.getLogger().addHandler(Keep())
+logging.getLogger().setLevel(logging.INFO)
+
+def sample(m, **kw):
+    samples, report, _ = SampleVideo.execute(m, pos, neg, **{{**ARGS, **kw}}).args
+    return samples["samples"], [l for l in report.splitlines() if l.startswith("TeaCache")]
+
+result = {{}}
+try:
+    TeaCache.execute(model, 0.2, False)
+except ValueError as e:
+    result["width"] = str(e)
+teacache.SIZES[256] = "1.3B"
+result["zero is the model"] = TeaCache.execute(model, 0.0, False).args[0] is model
+plain, _ = sample(model)
+never, never_line = sample(TeaCache.execute(model, 1e-12, False).args[0])
+always, always_line = sample(TeaCache.execute(model, 1e9, False).args[0])
+result["standard"] = dict(never=never_line, never_equal=bool(torch.equal(never, plain)), always=always_line,
+                          always_differs=(always - plain).abs().max().item(), finite=bool(always.isfinite().all()))
+_, retention = sample(TeaCache.execute(model, 1e9, True).args[0], steps=8)
+result["retention"] = retention
+# Diffusion Forcing: async (ar_step 1) in one window, and a long video of two windows
+rows = timestep_matrix(5, 6, 5, 1).rows
+_, df = sample(TeaCache.execute(model, 1e9, False).args[0], frames=17, mode="diffusion forcing", ar_step=1)
+_, long = sample(TeaCache.execute(model, 1e9, False).args[0], frames=17, base_num_frames=13, mode="diffusion forcing")
+result["df"] = dict(rows=rows, line=df, long=long)
+# core KSampler (euler: one call per step, cond and uncond batched)
+cached = TeaCache.execute(model, 1e9, False).args[0]
+latent = {{"samples": torch.zeros(1, 16, 3, 4, 4)}}
+core.common_ksampler(cached, 1, 6, 3.0, "euler", "simple", pos, neg, latent)
+cache = cached.model_options["transformer_options"]["skyreels_teacache"]
+result["ksampler"] = [cache.calls, cache.skipped]
+# core's caches keep working with Sample Video
+for node, kw in ((EasyCacheNode, dict(reuse_threshold=2.0, start_percent=0.15, end_percent=0.95, verbose=False)),
+                 (LazyCacheNode, dict(reuse_threshold=2.0, start_percent=0.15, end_percent=0.95, verbose=False))):
+    m = node.execute(model, **kw).args[0]
+    lines.clear()
+    for mode in ("standard", "diffusion forcing"):
+        out, _ = sample(m, mode=mode, steps=10 if mode == "diffusion forcing" else 6)
+        assert out.isfinite().all()
+    result[node.__name__] = [l for l in lines if "skipped" in l]
+"""
+
+
+def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + CODE.format(folder=str(tmp_path)))
+    print(r)
+    assert r["width"] == ("TeaCache: model: SkyReels-V2 publishes coefficients for widths 1536 (1.3B) and 5120 "
+                          "(14B); this model is 256 wide")
+    assert r["zero is the model"]
+    s = r["standard"]
+    # a threshold no change reaches: nothing skipped, the same latent bit for bit
+    assert s["never"] == ["TeaCache: 0 of 12 model calls skipped (threshold 1e-12; cond and uncond counted apart)"]
+    assert s["never_equal"]
+    # one no change falls short of: all but the first and last step of each stream (6 steps x cond, uncond)
+    assert s["always"] == ["TeaCache: 8 of 12 model calls skipped (threshold 1e+09; cond and uncond counted apart)"]
+    assert s["always_differs"] > 1e-3 and s["finite"]
+    assert r["retention"] == ["TeaCache: 6 of 16 model calls skipped (threshold 1e+09, retention steps; cond and "
+                              "uncond counted apart)"]
+    d = r["df"]
+    assert d["line"] == [f"TeaCache: {2 * (d['rows'] - 2)} of {2 * d['rows']} model calls skipped (threshold 1e+09; "
+                         "cond and uncond counted apart)"]
+    # two windows of 6 steps, each starting over: 2 x 2 x (6 - 2)
+    assert d["long"] == ["TeaCache: 16 of 24 model calls skipped (threshold 1e+09; cond and uncond counted apart)"]
+    assert r["ksampler"] == [12, 8]
+    assert any("EasyCache - skipped" in line for line in r["EasyCacheNode"]), r["EasyCacheNode"]
+    assert any("LazyCache - skipped" in line for line in r["LazyCacheNode"]), r["LazyCacheNode"]

@@ -1,0 +1,55 @@
+"""TeaCache's decisions (sampling/teacache.py), with a rescaling of x -> x so the sums are the relative changes."""
+import pytest
+import torch
+
+from sampling import teacache
+
+IDENTITY = (0, 0, 0, 1, 0)
+
+
+def calls(cache, changes, total=None, stream=0):
+    """Run calls whose embedding changes by the given relative L1 amounts; returns which ran the blocks."""
+    total = total or len(changes) + 1
+    e, out = torch.ones(4, 8), []
+    for i, change in enumerate([0.0] + changes):
+        e = e * (1 + change)        # |e_new - e| / |e| = change
+        run = cache.compute(stream, i, total, e, IDENTITY, (1, 2))
+        if run:
+            cache.keep(stream, torch.zeros(1, 2))
+        out.append(run)
+    return out
+
+
+def test_the_sum_of_changes_decides_and_starts_again_after_a_computed_call():
+    # threshold 0.1: 0.06 skips, 0.06 + 0.06 computes, then 0.06 skips again; the first and last calls always run
+    assert calls(teacache.TeaCache(0.1, False), [0.06, 0.06, 0.06, 0.5], total=6) == [True, False, True, False,
+                                                                                       True]
+
+
+def test_first_and_last_calls_are_computed_and_retention_keeps_five():
+    assert calls(teacache.TeaCache(1e9, False), [0.01] * 7) == [True] + [False] * 6 + [True]
+    assert calls(teacache.TeaCache(1e9, True), [0.01] * 7) == [True] * 5 + [False] * 3
+
+
+def test_streams_keep_their_own_sums_and_counts():
+    cache = teacache.TeaCache(1e9, False)
+    calls(cache, [0.01] * 3, stream=0)
+    calls(cache, [0.01] * 3, stream=1)
+    assert (cache.calls, cache.skipped) == (8, 4)
+
+
+def test_a_new_shape_or_run_starts_over():
+    cache = teacache.TeaCache(1e9, False)
+    calls(cache, [0.01] * 3, total=10)
+    assert cache.compute(0, 4, 10, torch.ones(2, 8), IDENTITY, (1, 2))          # another embedding shape
+    assert cache.compute(0, 0, 10, torch.ones(2, 8), IDENTITY, (1, 2))          # call 0: a new run
+
+
+@pytest.mark.parametrize("args,key", [
+    ((False, 1536, 544 * 960, False), ("T2V", "1.3B", False)),
+    ((False, 5120, 720 * 1280, True), ("T2V", "14B", True)),
+    ((True, 5120, 544 * 960, False), ("I2V", "540P", False)),
+    ((True, 5120, 720 * 1280, True), ("I2V", "720P", True)),
+])
+def test_coefficients_come_from_the_model_and_the_frame_size(args, key):
+    assert teacache.coefficients(*args) == teacache.COEFFICIENTS[key]
