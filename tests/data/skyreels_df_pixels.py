@@ -11,7 +11,8 @@ CLIP Vision Encode is the host's), the bf16 cast of every block's output is an f
 decord and ftfy (imported, unused here) are empty modules.
 
 Stored per case: the final latents of every window (what the pipeline hands to vae.decode) and the uint8 video it
-returns."""
+returns. And TeaCache: the DF model's outputs for a sequence of cond / uncond calls with SkyReels-V2's own TeaCache
+(initialize_teacache, coefficients chosen by a 1.3B model name), with and without retention steps."""
 import hashlib
 import os
 import sys
@@ -37,6 +38,16 @@ CASES = {
     "long_start_end": (21, 13, 5, 1, 1, True, 0, True),
 }
 I2V_FRAMES = 17
+TEACACHE_STEPS, TEACACHE_SHAPE = 8, (1, 16, 5, 4, 4)
+TEACACHE_RUNS = {"plain": (0.0, False), "skip": (1000.0, False), "skip_retention": (0.05, True)}  # thresh, ret steps
+
+
+def teacache_inputs():
+    """(x, timestep) of each step; each step calls the model for cond, then uncond, on the same x."""
+    from sampling.schedule import flow_sigmas
+    g = torch.Generator().manual_seed(7)
+    ts = (flow_sigmas(TEACACHE_STEPS, SHIFT)[:-1].double() * 1000).long().tolist()
+    return [(torch.randn(TEACACHE_SHAPE, generator=g), t) for t in ts]
 
 
 def clip_features():
@@ -66,17 +77,15 @@ def sdpa(q, k, v, **_):
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2).contiguous()
 
 
-def load_reference(skyreels_dir, vae_file, pipeline="df"):
-    import diffusers.utils      # before the empty modules: it looks for their specs
+def reference_transformer(skyreels_dir, pipeline="df"):
+    """SkyReels-V2's WanModel with the tiny DF (or I2V) weights, and its transformer module."""
+    import diffusers.utils  # noqa: F401  (before the empty modules: it looks for their specs)
     for name in ("decord", "ftfy"):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["decord"].VideoReader = None
-    sys.path.insert(0, skyreels_dir)
-    import safetensors.torch
-    from skyreels_v2_infer.modules import transformer as tr, vae as vae_module
-    from skyreels_v2_infer.pipelines.diffusion_forcing_pipeline import DiffusionForcingPipeline
-    from skyreels_v2_infer.pipelines.image2video_pipeline import Image2VideoPipeline
-    from skyreels_v2_infer.scheduler.fm_solvers_unipc import FlowUniPCMultistepScheduler
+    if skyreels_dir not in sys.path:
+        sys.path.insert(0, skyreels_dir)
+    from skyreels_v2_infer.modules import transformer as tr
     tr.flash_attention = sdpa
     # Each block returns its output cast to bf16 (the released model's residual stream is bf16): in this fp32
     # comparison, as everything else, it stays fp32 (that cast alone moves a model call by 0.3%).
@@ -91,7 +100,36 @@ def load_reference(skyreels_dir, vae_file, pipeline="df"):
                         inject_sample_info=info.has_fps)
     sd = tiny.state_dict(info, seed=2 if pipeline == "df" else 3)
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    model.eval()
+    return model.eval()
+
+
+def teacache_reference(skyreels_dir):
+    """The DF model's outputs, call after call, under SkyReels-V2's TeaCache. Its counter starts over after
+    num_steps calls (its scripts pass the step count, so with CFG it starts over halfway through): given the number
+    of calls here, it runs once through, as TeaCache (SkyReels-V2) counts."""
+    model = reference_transformer(skyreels_dir, "df")
+    pe, ne = embeddings(7, 1), embeddings(3, 2)
+    out = {}
+    for name, (thresh, retention) in TEACACHE_RUNS.items():
+        if thresh:
+            model.initialize_teacache(enable_teacache=True, num_steps=2 * TEACACHE_STEPS, teacache_thresh=thresh,
+                                      use_ret_steps=retention, ckpt_dir="Skywork/SkyReels-V2-DF-1.3B-540P")
+        calls = []
+        with torch.no_grad():
+            for x, t in teacache_inputs():
+                for context in (pe, ne):
+                    calls.append(model(x, t=torch.tensor([t]), context=context, fps=[1]))
+        out[f"teacache_{name}/outputs"] = torch.stack(calls).contiguous()
+    return out
+
+
+def load_reference(skyreels_dir, vae_file, pipeline="df"):
+    model = reference_transformer(skyreels_dir, pipeline)
+    import safetensors.torch
+    from skyreels_v2_infer.modules import vae as vae_module
+    from skyreels_v2_infer.pipelines.diffusion_forcing_pipeline import DiffusionForcingPipeline
+    from skyreels_v2_infer.pipelines.image2video_pipeline import Image2VideoPipeline
+    from skyreels_v2_infer.scheduler.fm_solvers_unipc import FlowUniPCMultistepScheduler
 
     sd = safetensors.torch.load_file(vae_file)
     dim = sd["encoder.conv1.weight"].shape[0]
@@ -175,7 +213,7 @@ def main(skyreels_dir, vae_file):
     pipe = load_reference(skyreels_dir, vae_file)
     runs = {name: run(pipe, *case) for name, case in CASES.items()}
     runs["i2v"] = run_i2v(load_reference(skyreels_dir, vae_file, "i2v"))
-    table = {}
+    table = teacache_reference(skyreels_dir)
     for name, (windows, video) in runs.items():
         for i, w in enumerate(windows):
             table[f"{name}/window{i}"] = w.contiguous()

@@ -1,6 +1,7 @@
-"""TeaCache (SkyReels-V2) in the real host: Sample Video in standard and Diffusion Forcing modes (one window, async,
-a long video), core KSampler, what a threshold of 0 does, and core EasyCache / LazyCache beside it. The tiny model
-(width 256) stands for the 1.3B one, whose coefficients it is given."""
+"""TeaCache (SkyReels-V2) in the real host: against SkyReels-V2's own TeaCache (a table its code wrote, see
+tests/data/skyreels_df_pixels.py), in Sample Video in standard and Diffusion Forcing modes (one window, async, a long
+video), core KSampler, what a threshold of 0 does, and core EasyCache / LazyCache beside it. The tiny model (width
+256) stands for the 1.3B one, whose coefficients it is given."""
 
 from comfy_host import REPO, run_in_host
 from in_host import SETUP, write_models
@@ -56,6 +57,23 @@ latent = {{"samples": torch.zeros(1, 16, 3, 4, 4)}}
 core.common_ksampler(cached, 1, 6, 3.0, "euler", "simple", pos, neg, latent)
 cache = cached.model_options["transformer_options"]["skyreels_teacache"]
 result["ksampler"] = [cache.calls, cache.skipped]
+# SkyReels-V2's own TeaCache, call after call (cond, uncond at each step), with and without skipping
+import safetensors.torch, comfy.model_management
+sys.path.insert(0, os.path.join({repo!r}, "tests", "data"))
+import skyreels_df_pixels as ref
+table = safetensors.torch.load_file(ref.OUT)
+pe, ne = ref.embeddings(7, 1), ref.embeddings(3, 2)
+for name, (thresh, retention) in ref.TEACACHE_RUNS.items():
+    m = TeaCache.execute(model, thresh, retention).args[0] if thresh else model
+    comfy.model_management.load_models_gpu([m])
+    base, outs = dict(m.model_options["transformer_options"]), []
+    base["wrappers"] = m.wrappers            # as the host's samplers hand them to the model
+    for i, (x, t) in enumerate(ref.teacache_inputs()):
+        for k, context in enumerate((pe, ne)):
+            to = {{**base, "cond_or_uncond": [k], "skyreels_call": i, "skyreels_calls": ref.TEACACHE_STEPS}}
+            outs.append(m.model.diffusion_model(x, torch.tensor([float(t)]), context, transformer_options=to))
+    expected = table[f"teacache_{{name}}/outputs"]
+    result[f"reference {{name}}"] = max(rel(o, e) for o, e in zip(outs, expected))
 # core's caches keep working with Sample Video
 for node, kw in ((EasyCacheNode, dict(reuse_threshold=2.0, start_percent=0.15, end_percent=0.95, verbose=False)),
                  (LazyCacheNode, dict(reuse_threshold=2.0, start_percent=0.15, end_percent=0.95, verbose=False))):
@@ -70,7 +88,7 @@ for node, kw in ((EasyCacheNode, dict(reuse_threshold=2.0, start_percent=0.15, e
 
 def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
     write_models(tmp_path)
-    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + CODE.format(folder=str(tmp_path)))
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + CODE.format(repo=REPO))
     print(r)
     assert r["width"] == ("TeaCache: model: SkyReels-V2 publishes coefficients for widths 1536 (1.3B) and 5120 "
                           "(14B); this model is 256 wide")
@@ -90,5 +108,9 @@ def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
     # two windows of 6 steps, each starting over: 2 x 2 x (6 - 2)
     assert d["long"] == ["TeaCache: 16 of 24 model calls skipped (threshold 1e+09; cond and uncond counted apart)"]
     assert r["ksampler"] == [12, 8]
+    # every call as SkyReels-V2's TeaCache makes it, skipped or not (float noise ~1e-6; a call skipped on one side
+    # only would differ by ~0.3, measured on this table)
+    for name in ("plain", "skip", "skip_retention"):
+        assert r[f"reference {name}"] <= 1e-5, r
     assert any("EasyCache - skipped" in line for line in r["EasyCacheNode"]), r["EasyCacheNode"]
     assert any("LazyCache - skipped" in line for line in r["LazyCacheNode"]), r["LazyCacheNode"]
