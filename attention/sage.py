@@ -1,11 +1,11 @@
 """8-bit attention with a safe path everywhere: the `sageattention` kernels where they can run, our PyTorch
 SageAttention elsewhere, exact attention where 8-bit cannot apply (masks). Each fallback is logged once."""
-import importlib.util
 import logging
 
 import torch
 import torch.nn.functional as F
 
+from .dispatch import Installed, canonical, choose, device_capability, installed_packages, sage_major
 from .reference import sage_attention_reference, to_hnd
 
 log = logging.getLogger("skyreels_fp8")
@@ -14,6 +14,8 @@ KERNEL_HEAD_DIMS = (64, 96, 128)
 # the key length is not a multiple of 64 (measured on its Triton kernels: output 13% too small at 257 keys, the
 # I2V image context). Below this length such calls go to exact attention, which is cheap there; above it the
 # padding is at most 63 of >= 16384 keys and the bias stays under the 8-bit error (the node's guard still checks).
+# sageattention 2.x runs CUDA kernels, except on sm86 where `sageattn` picks a Triton kernel that loads the padding
+# the same way (read in its source, not measured): the workaround applies to 1.x and to 2.x on sm86.
 RAGGED_EXACT_BELOW = 16384
 _logged = set()
 _kernel = None
@@ -27,19 +29,21 @@ def log_once(key, message):
 
 
 def kernel_unavailable(device):
-    """None if the sageattention kernels can run on `device`, else why not (checked without importing it)."""
+    """None if the sageattention kernels can run on `device`, else why not. Decided from what was found installed
+    once per process and the device's compute capability, once per device: nothing is probed per call."""
     if _broken:
         return _broken
-    if importlib.util.find_spec("sageattention") is None:
-        return "No module named 'sageattention' (pip install sageattention)"
-    if importlib.util.find_spec("triton") is None:  # sageattention does not declare it; Windows torch lacks it
-        return "No module named 'triton' (sageattention's kernels need it: pip install triton, or triton-windows)"
-    if device.type != "cuda":
-        return f"{device.type} device (the sageattention kernels need an NVIDIA GPU)"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        return f"GPU compute capability {major}.{minor} (the sageattention 1.x kernels need 8.0+)"
-    return None
+    version, triton = installed_packages()
+    backend, reason = choose("sageattention", device.type, device_capability(device), Installed(version, triton))
+    return None if backend == "sageattention" else reason
+
+
+def _sage2():
+    return sage_major(installed_packages()[0]) >= 2
+
+
+def _miscounts_padding(device):
+    return not _sage2() or device_capability(device) == (8, 6)
 
 
 def _mark_broken(reason):
@@ -67,6 +71,13 @@ def exact_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, at
 
 
 def _kernel_call(q, k, v, layout, is_causal, sm_scale):
+    if _sage2():  # 2.x smooths K out of place and pads head dims itself
+        q, k, v = (t.contiguous() if t.stride(-1) != 1 else t for t in (q, k, v))
+        return _sageattn()(q, k, v, tensor_layout=layout, is_causal=is_causal, sm_scale=sm_scale)
+    return _sage1_call(q, k, v, layout, is_causal, sm_scale)
+
+
+def _sage1_call(q, k, v, layout, is_causal, sm_scale):
     d = q.shape[-1]
     sm_scale = d ** -0.5 if sm_scale is None else sm_scale
     # sageattention 1.0.6 subtracts the K mean from k in place: hand it a copy, smoothed here.
@@ -83,24 +94,20 @@ def _kernel_call(q, k, v, layout, is_causal, sm_scale):
 def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, attn_mask=None, mode="auto"):
     """8-bit attention, same shape and dtype as q; q, k and v are never modified.
 
-    mode "auto": the sageattention kernels where they can run, else our PyTorch implementation;
-    "sageattn": the kernels (falls back like auto, with a log line, where they cannot run);
-    "reference": our PyTorch implementation. A mask always means exact attention.
+    mode "auto" or "sageattention" (old name "sageattn"): the sageattention kernels where they can run, else our
+    PyTorch implementation (with a log line); "reference": our PyTorch implementation. A mask means exact attention.
     """
     if attn_mask is not None:
         log_once("mask", "8-bit attention has no mask support: masked attention calls stay exact")
         return exact_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale, attn_mask=attn_mask)
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"sage_attention takes fp32/bf16/fp16 tensors, not {q.dtype}")
-    if mode in ("auto", "sageattn"):
-        reason = kernel_unavailable(q.device)
-        if reason is None and q.shape[-1] > max(KERNEL_HEAD_DIMS):
-            reason = f"head dim {q.shape[-1]} (the kernels take up to {max(KERNEL_HEAD_DIMS)})"
-        if reason is None and is_causal and q.shape[-2 if layout == "HND" else 1] != k.shape[-2 if layout == "HND" else 1]:
-            reason = "causal attention with different query and key lengths"
+    mode = canonical(mode)
+    if mode in ("auto", "sageattention"):
+        reason = kernel_unavailable(q.device) or _shape_unsupported(q, k, layout, is_causal)
         kv_len = k.shape[2 if layout == "HND" else 1]
-        if reason is None and kv_len % 64 and kv_len < RAGGED_EXACT_BELOW:
-            log_once(("ragged", kv_len), f"{kv_len} keys is not a multiple of 64: sageattention 1.0.6 would "
+        if reason is None and kv_len % 64 and kv_len < RAGGED_EXACT_BELOW and _miscounts_padding(q.device):
+            log_once(("ragged", kv_len), f"{kv_len} keys is not a multiple of 64: sageattention here would "
                                          "miscount the padding, so these calls use exact attention")
             return exact_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
         if reason is None:
@@ -110,8 +117,20 @@ def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, att
                 reason = _mark_broken(f"the sageattention kernels failed ({type(e).__name__}: {e})")
         log_once(("kernel", reason), f"SageAttention kernels not used: {reason}; using the PyTorch SageAttention")
     elif mode != "reference":
-        raise ValueError(f"mode must be 'auto', 'sageattn' or 'reference', not {mode!r}")
+        raise ValueError(f"mode must be 'auto', 'sageattention' or 'reference', not {mode!r}")
     return sage_attention_reference(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
+
+
+def _shape_unsupported(q, k, layout, is_causal):
+    """Why the kernels cannot take these inputs, or None."""
+    if q.shape[-1] > max(KERNEL_HEAD_DIMS):
+        return f"head dim {q.shape[-1]} (the kernels take up to {max(KERNEL_HEAD_DIMS)})"
+    seq = 2 if layout == "HND" else 1
+    if is_causal and q.shape[seq] != k.shape[seq]:
+        return "causal attention with different query and key lengths"
+    if q.dtype == torch.float32 and _sage2():
+        return "fp32 inputs (sageattention 2.x takes fp16/bf16)"
+    return None
 
 
 def compare(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, mode="auto"):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from helpers import REPO
 
+import attention.dispatch as dispatch
 import attention.sage as sage
 from attention import compare, exact_attention, sage_attention, sage_attention_reference
 
@@ -114,7 +115,7 @@ def test_memory_is_chunked(monkeypatch):
     assert torch.equal(sage_attention_reference(q, k, v), whole)
 
 
-@pytest.mark.parametrize("mode", ["auto", "sageattn", "reference"])
+@pytest.mark.parametrize("mode", ["auto", "sageattention", "sageattn", "reference"])
 def test_inputs_are_never_modified(mode):
     q, k, v = make(128, 200, 128, k_offset=5.0)
     before = [t.clone() for t in (q, k, v)]
@@ -160,13 +161,22 @@ def test_no_gpu_uses_our_implementation_and_logs_once(monkeypatch, caplog):
 
 def test_missing_package_is_named(monkeypatch, caplog):
     fresh_logs(monkeypatch)
-    monkeypatch.setattr(sage.importlib.util, "find_spec", lambda name: None)
-    assert "No module named 'sageattention' (pip install sageattention)" in sage.kernel_unavailable(
-        torch.device("cpu"))
+    monkeypatch.setattr(sage, "installed_packages", lambda: (None, True))
+    assert sage.kernel_unavailable(torch.device("cpu")) == "No module named 'sageattention' (pip install sageattention)"
     q, k, v = make(64, 64, 64)
     with caplog.at_level(logging.WARNING, logger="skyreels_fp8"):
         sage_attention(q, k, v)
     assert "pip install sageattention" in caplog.records[0].getMessage()
+
+
+def test_what_is_installed_is_probed_once_not_per_call(monkeypatch):
+    sage_attention(*make(64, 64, 64), mode="sageattention")  # the first call may probe (cached per process)
+    probes = []
+    monkeypatch.setattr(dispatch.importlib.util, "find_spec", lambda *a: probes.append(a))
+    monkeypatch.setattr(dispatch.importlib.metadata, "version", lambda *a: probes.append(a))
+    for mode in ("auto", "sageattention", "sageattn"):
+        sage_attention(*make(64, 64, 64), mode=mode)
+    assert probes == []
 
 
 def test_bad_arguments():
@@ -189,6 +199,7 @@ import os, sys
 os.environ["TRITON_INTERPRET"] = "1"
 sys.path[:0] = [{REPO!r}, {os.path.join(REPO, 'tests')!r}]
 import torch
+import attention.dispatch as dispatch
 import attention.sage as sage
 from kernel_outputs import kernel
 
@@ -226,8 +237,7 @@ def test_importing_the_cores_loads_no_kernels_and_no_cuda():
 
 def test_missing_triton_is_named(monkeypatch):
     fresh_logs(monkeypatch)
-    real = sage.importlib.util.find_spec
-    monkeypatch.setattr(sage.importlib.util, "find_spec", lambda name: None if name == "triton" else real(name))
+    monkeypatch.setattr(sage, "installed_packages", lambda: ("1.0.6", False))
     assert sage.kernel_unavailable(torch.device("cpu")).startswith("No module named 'triton'")
 
 

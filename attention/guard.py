@@ -1,0 +1,63 @@
+"""The accuracy guard of Patch SageAttention, in plain PyTorch: when an attention site is checked, how far 8-bit is
+from exact attention there, and whether an 8-bit output is finite."""
+import torch
+import torch.nn.functional as F
+
+CHECKPOINTS = (0.25, 0.5, 0.75)  # fractions of the steps from which a site is checked again
+GUARD_HEADS = 2
+
+
+def phase(step, total):
+    """0 before 1/4 of the steps, then 1, 2 and 3 from 1/4, 1/2 and 3/4: a site is checked once per phase, so one
+    that goes wrong late in sampling (larger activations at low noise) is still caught."""
+    if not total:
+        return 0
+    return sum(step >= c * total for c in CHECKPOINTS)
+
+
+class StepIndex:
+    """(step, total steps) of a model call, from its transformer options.
+
+    Sample Video counts its model calls (`skyreels_call`); under a core sampler the step is where this call's sigma
+    sits in the schedule (the host has no step counter). That lookup reads a GPU value, so it is done once per
+    model call (the same `sigmas` tensor serves every attention call of a forward pass), not per attention call."""
+
+    def __init__(self):
+        self._sigmas, self._step = None, 0
+
+    def __call__(self, to):
+        schedule = to.get("sample_sigmas")
+        total = len(schedule) - 1 if schedule is not None else 0
+        if "skyreels_call" in to:
+            return to["skyreels_call"], total
+        sigmas = to.get("sigmas")
+        if sigmas is None or schedule is None:
+            return 0, total
+        if sigmas is not self._sigmas:  # a strong reference: no id() reuse between model calls
+            self._sigmas = sigmas
+            self._step = int((schedule.to(sigmas.device) - sigmas.flatten()[0]).abs().argmin())
+        return self._step, total
+
+
+def sample_heads(t):
+    """A few heads, spread over all of them, of an [B, heads, L, D] tensor."""
+    idx = torch.linspace(0, t.shape[1] - 1, min(GUARD_HEADS, t.shape[1])).round().long().to(t.device)
+    return t.index_select(1, idx)
+
+
+def guard_cosine(eight_bit, exact, q, k, v):
+    """Cosine similarity of eight_bit(q, k, v) vs exact(q, k, v) on a few heads; -inf if 8-bit is not finite.
+    q, k, v and both functions' outputs are [B, heads, L, D]."""
+    qs, ks, vs = (sample_heads(t) for t in (q, k, v))
+    a = eight_bit(qs, ks, vs).float()
+    if not torch.isfinite(a).all():
+        return float("-inf")
+    e = exact(qs, ks, vs).float()
+    return F.cosine_similarity(a.flatten(), e.flatten(), dim=0).item()
+
+
+def all_finite(out):
+    """False if any value of `out` is NaN or Inf: one fp32 sum (NaN and Inf propagate through it; a sum that
+    overflows only errs on the safe side). It reads the output once, O(L) memory traffic against the attention's
+    O(L^2) work, plus one device sync, so it costs well under 1% of an attention call at video lengths."""
+    return bool(torch.isfinite(out.sum(dtype=torch.float32)))

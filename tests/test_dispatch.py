@@ -1,0 +1,115 @@
+"""The backend decision of Patch SageAttention (attention.dispatch.choose): every mode on sm75 ... sm120 and on a
+CPU, against each combination of what is installed. The expected tables are written out by hand."""
+import itertools
+
+import pytest
+import torch
+
+import attention.dispatch as dispatch
+from attention.dispatch import Installed, choose
+
+GPUS = {"sm75": (7, 5), "sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0), "sm100": (10, 0),
+        "sm120": (12, 0)}
+SAGE_VERSIONS = (None, "1.0.6", "2.2.0")
+SHORT = {"sage": "sageattention", "kitchen": "comfy-kitchen int8", "sage3": "sage3", "exact": "exact"}
+
+# auto, with triton installed: (sageattention, comfy_kitchen_int8 registered) -> backend on sm75 80 86 89 90 100 120
+AUTO = {
+    (None, False): "exact exact exact exact exact exact exact",
+    (None, True): "kitchen kitchen kitchen kitchen kitchen kitchen kitchen",
+    ("1.0.6", False): "exact sage sage sage sage sage sage",
+    ("1.0.6", True): "kitchen kitchen kitchen kitchen kitchen kitchen kitchen",
+    ("2.2.0", False): "exact sage sage sage sage exact sage",
+    ("2.2.0", True): "kitchen sage sage sage sage kitchen sage",
+}
+# sageattention mode, with triton installed: sageattention version -> backend on the same GPUs
+SAGEATTENTION = {
+    None: "exact exact exact exact exact exact exact",
+    "1.0.6": "exact sage sage sage sage sage sage",
+    "2.2.0": "exact sage sage sage sage exact sage",
+}
+COMBOS = list(itertools.product(SAGE_VERSIONS, (True, False), (True, False), (True, False)))
+
+
+def expected(row):
+    return dict(zip(GPUS, (SHORT[b] for b in row.split())))
+
+
+@pytest.mark.parametrize("sage,triton,kitchen,sage3", COMBOS)
+def test_auto(sage, triton, kitchen, sage3):
+    pkgs = Installed(sage, triton, kitchen, sage3)
+    # every sageattention imports triton: without it the row is the one without sageattention
+    want = expected(AUTO[(sage if triton else None, kitchen)])
+    got = {gpu: choose("auto", "cuda", cc, pkgs)[0] for gpu, cc in GPUS.items()}
+    assert got == want
+
+
+@pytest.mark.parametrize("sage,triton,kitchen,sage3", COMBOS)
+def test_each_mode_runs_only_its_own_backend(sage, triton, kitchen, sage3):
+    pkgs = Installed(sage, triton, kitchen, sage3)
+    for mode, row in (("sageattention", SAGEATTENTION[sage if triton else None]),
+                      ("sageattn", SAGEATTENTION[sage if triton else None]),
+                      ("comfy-kitchen int8", " ".join(["kitchen" if kitchen else "exact"] * 7)),
+                      ("sage3", "exact exact exact exact exact " + ("sage3 sage3" if sage3 else "exact exact")),
+                      ("reference", None), ("disabled", None)):
+        want = expected(row) if row else {gpu: "reference" if mode == "reference" else "exact" for gpu in GPUS}
+        assert {gpu: choose(mode, "cuda", cc, pkgs)[0] for gpu, cc in GPUS.items()} == want, mode
+
+
+@pytest.mark.parametrize("sage,triton,kitchen,sage3", COMBOS)
+def test_off_cuda_only_the_reference_is_8_bit(sage, triton, kitchen, sage3):
+    pkgs = Installed(sage, triton, kitchen, sage3)
+    for device in ("cpu", "mps"):
+        for mode in dispatch.MODES:
+            assert choose(mode, device, None, pkgs)[0] == ("reference" if mode == "reference" else "exact")
+
+
+def test_reasons_name_what_is_missing_before_the_device():
+    nothing = Installed()
+    assert choose("sageattention", "cpu", None, nothing)[1] == ("No module named 'sageattention' "
+                                                                "(pip install sageattention)")
+    assert choose("sageattention", "cpu", None, Installed("1.0.6"))[1].startswith("No module named 'triton'")
+    assert choose("sageattention", "cpu", None, Installed("1.0.6", True))[1] == (
+        "cpu device (the sageattention kernels need an NVIDIA GPU)")
+    assert "comfy_kitchen_int8" in choose("comfy-kitchen int8", "cuda", (9, 0), nothing)[1]
+    assert choose("comfy-kitchen int8", "cuda", (7, 0), Installed(kitchen_int8=True))[1] == (
+        "GPU compute capability 7.0 (comfy-kitchen's int8 attention needs 7.5+)")
+    assert choose("sage3", "cuda", (9, 0), Installed(sage3=True))[1] == (
+        "GPU compute capability 9.0 (sage3 needs a Blackwell GPU, 10.0+)")
+    assert choose("sageattention", "cuda", (10, 0), Installed("2.2.0", True))[1].startswith(
+        "GPU compute capability 10.0 (sageattention 2.2.0 has kernels for 8.0, 8.6")
+    assert choose("auto", "cpu", None, nothing) == ("exact", "cpu device (8-bit attention kernels need an NVIDIA "
+                                                             "GPU)")
+    # auto with nothing to run on a GPU says why for each candidate
+    backend, why = choose("auto", "cuda", (8, 9), nothing)
+    assert backend == "exact" and "comfy_kitchen_int8" in why and "No module named 'sageattention'" in why
+    assert choose("auto", "cuda", (9, 0), Installed("2.1.1+cu128", True)) == (
+        "sageattention", "sageattention 2.1.1+cu128 (CUDA kernels)")
+
+
+def test_modes_and_the_old_name():
+    assert dispatch.canonical("sageattn") == "sageattention"
+    with pytest.raises(ValueError, match="attention mode must be one of"):
+        choose("fast", "cuda", (9, 0), Installed())
+
+
+@pytest.mark.parametrize("version,major", [("1.0.6", 1), ("2.2.0", 2), ("2.1.1+cu128torch2.7", 2), ("unknown", 1)])
+def test_sage_major(version, major):
+    assert dispatch.sage_major(version) == major
+
+
+def test_installed_packages_is_probed_once(monkeypatch):
+    dispatch.installed_packages.cache_clear()
+    calls = []
+    monkeypatch.setattr(dispatch.importlib.metadata, "version", lambda name: calls.append(name) or "2.2.0")
+    monkeypatch.setattr(dispatch.importlib.util, "find_spec", lambda name: calls.append(name) or object())
+    try:
+        assert dispatch.installed_packages() == ("2.2.0", True)
+        assert dispatch.installed_packages() == ("2.2.0", True)
+        assert calls == ["sageattention", "triton"]
+    finally:
+        dispatch.installed_packages.cache_clear()
+
+
+def test_device_capability_off_cuda_is_none():
+    assert dispatch.device_capability(torch.device("cpu")) is None

@@ -1,0 +1,45 @@
+"""The accuracy guard's pieces (attention.guard): its check schedule, the step lookup, the NaN/Inf check."""
+import torch
+
+from attention.guard import StepIndex, all_finite, guard_cosine, phase
+
+
+def test_phases_of_the_steps():
+    assert [phase(s, 20) for s in range(20)] == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
+    assert [phase(s, 2) for s in range(2)] == [0, 2]  # 2 steps: 1/4 and 1/2 both fall on step 1
+    assert phase(7, 0) == 0  # no schedule known: only the first check
+
+
+def test_step_from_the_schedule_is_looked_up_once_per_model_call():
+    schedule = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0])
+    index = StepIndex()
+    sigmas = torch.tensor([0.5])
+    assert index({"sigmas": sigmas, "sample_sigmas": schedule}) == (2, 4)
+    schedule[2] = 9.0  # the same sigmas tensor (the same model call): the cached step, no second lookup
+    assert index({"sigmas": sigmas, "sample_sigmas": schedule}) == (2, 4)
+    assert index({"sigmas": torch.tensor([0.25]), "sample_sigmas": schedule}) == (3, 4)  # the next model call
+    assert index({"skyreels_call": 1, "sample_sigmas": schedule}) == (1, 4)  # Sample Video's own count
+    assert index({}) == (0, 0)
+
+
+def test_guard_cosine_and_non_finite_outputs():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 6, 32, 16, generator=g) for _ in range(3))
+    exact = lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c)  # noqa: E731
+    seen = []
+
+    def eight_bit(a, b, c):
+        seen.append(a.shape[1])
+        return exact(a, b, c)
+
+    assert guard_cosine(eight_bit, exact, q, k, v) > 0.9999 and seen == [2]  # two heads of six
+    assert guard_cosine(lambda a, b, c: exact(a, b, c) * float("nan"), exact, q, k, v) == float("-inf")
+
+
+def test_all_finite():
+    out = torch.randn(2, 64, 4, 8, dtype=torch.bfloat16)
+    assert all_finite(out)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        spoiled = out.clone()
+        spoiled[1, 63, 3, 7] = bad
+        assert not all_finite(spoiled)
