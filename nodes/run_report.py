@@ -127,7 +127,9 @@ def attention_summary(model, counts_before):
     sage = counts["sage"] - counts_before.get("sage", 0)
     exact = counts["exact"] - counts_before.get("exact", 0)
     mode = getattr(override, "mode", "?")
-    return f"attention: {mode} — {sage} calls 8-bit, {exact} exact"
+    ran = sorted(getattr(override, "ran", ()))
+    backends = f" ({', '.join(ran)})" if ran else ""
+    return f"attention: {mode} — {sage} calls 8-bit{backends}, {exact} exact"
 
 
 def attention_counts(model):

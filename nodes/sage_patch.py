@@ -1,44 +1,110 @@
 """Patch SageAttention: 8-bit attention for one MODEL, through the host's per-model attention override.
 
 The override sees every attention call of the model (Wan: self-attention, text cross-attention, I2V image
-cross-attention) with the host's backend as `func`, which is what "exact" means here. Nothing global is patched:
-the input MODEL keeps its attention.
+cross-attention). The 8-bit backend is decided once per device (attention.dispatch.choose). "Exact" is the host's
+PyTorch attention from its registry, never its global choice, which is itself 8-bit under --use-sage-attention.
+Nothing global is patched: the input MODEL keeps its attention.
 """
+import inspect
 import logging
 
-import torch
-import torch.nn.functional as F
+from comfy.ldm.modules import attention as host_attention
 from comfy_api.latest import io
 
-from ..attention import kernel_unavailable, sage_attention
+from ..attention import sage_attention
+from ..attention.dispatch import ALIASES, MODES, Installed, canonical, choose, device_capability, installed_packages
+from ..attention.guard import StepIndex, all_finite, guard_cosine, phase
+from ..attention.sage import kernel_unavailable
 
 log = logging.getLogger("skyreels_fp8")
-MODES = ["auto", "sageattn", "reference", "disabled"]
-GUARD_HEADS = 2
+NODE_MODES = [*MODES, *ALIASES]  # the old name last: saved workflows still validate ("sageattn" = "sageattention")
+HOST_NAMES = {"comfy-kitchen int8": "comfy_kitchen_int8", "sage3": "sage3"}  # our backend: the host's registry name
+
+
+def host_function(name):
+    """The host's registered attention function `name` without its override hook (this override is what that hook
+    calls, so going through it again would loop), or None where the host did not register it."""
+    fn = host_attention.get_attention_function(name, None)
+    return None if fn is None else inspect.unwrap(fn)
+
+
+PYTORCH = host_function("pytorch")  # "exact" everywhere in this node
+
+
+def host_installed():
+    version, triton = installed_packages()
+    return Installed(version, triton, kitchen_int8=host_function("comfy_kitchen_int8") is not None,
+                     sage3=host_function("sage3") is not None)
+
+
+def as_hnd(q, k, v, heads, skip_reshape):
+    """[B, heads, L, D] views of the host's call: it passes [B, L, heads * D], or [B, heads, L, D] with skip_reshape."""
+    if skip_reshape:
+        return q, k, v
+    return tuple(t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+
+
+def to_output(out, skip_output_reshape):
+    """[B, heads, L, D] if skip_output_reshape, else [B, L, heads * D], from an [B, heads, L, D] output."""
+    if skip_output_reshape:
+        return out
+    nhd = out.transpose(1, 2)
+    return nhd.reshape(nhd.shape[0], nhd.shape[1], -1)
+
+
+def exact_hnd(q, k, v):
+    return PYTORCH(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True)
+
+
+def eight_bit_hnd(backend):
+    """The backend as a function of [B, heads, L, D] tensors returning the same layout."""
+    if backend in HOST_NAMES:
+        fn = host_function(HOST_NAMES[backend])
+        return lambda q, k, v: fn(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True)
+    return lambda q, k, v: sage_attention(q, k, v, layout="HND", mode=backend)
 
 
 class SageOverride:
     """Callable installed as transformer_options["optimized_attention_override"]."""
 
     def __init__(self, mode, exact_first_blocks=0, exact_last_blocks=0, exact_first_steps=0, guard=0.995):
-        self.mode, self.guard = mode, guard
+        self.mode, self.guard = canonical(mode), guard
         self.first, self.last, self.steps = exact_first_blocks, exact_last_blocks, exact_first_steps
-        self.checked, self.exact_sites, self.logged = set(), set(), set()
+        self.backends = {}         # device: (backend, why), decided on the device's first call
+        self.checked = {}          # site: guard phase of its last check
+        self.exact_sites, self.logged, self.ran = set(), set(), set()
         self.counts = {"sage": 0, "exact": 0}
+        self.step_index = StepIndex()
 
     def __deepcopy__(self, memo):
         return self  # model options are deep-copied on clone; the guard's findings stay shared on purpose
 
-    def _log_once(self, key, message):
+    def _log_once(self, key, message, level=logging.WARNING):
         if key not in self.logged:
             self.logged.add(key)
-            log.warning("Patch SageAttention: %s", message)
+            log.log(level, "Patch SageAttention: %s", message)
 
-    def _exact_reason(self, q, mask, to, kwargs):
-        if self.mode == "disabled":
-            return "disabled"
+    def backend(self, device):
+        if device not in self.backends:
+            backend, why = choose(self.mode, device.type, device_capability(device), host_installed())
+            if backend != "exact":
+                self._log_once(("backend", device), f"{self.mode}: {why}", logging.INFO)
+            elif self.mode != "disabled":
+                self._log_once(("backend", device), f"{why}; attention stays exact (ComfyUI's PyTorch attention)")
+            self.backends[device] = backend, why
+        return self.backends[device][0]
+
+    def label(self, backend):
+        """What ran, for the run report."""
+        if backend == "sageattention":
+            return f"sageattention {installed_packages()[0]}"
+        return "reference (PyTorch)" if backend == "reference" else backend
+
+    def _exact_reason(self, backend, device, mask, to, kwargs):
+        if backend == "exact":
+            return "no 8-bit backend here"
         if mask is not None:
-            return "mask"
+            return "mask"  # Wan's attention has none
         if "scale" in kwargs or kwargs.get("enable_gqa"):
             return "a call with its own scale or grouped heads"  # not a Wan call; the host handles it
         if kwargs.get("low_precision_attention", True) is False:
@@ -46,79 +112,56 @@ class SageOverride:
         block, total = to.get("block_index"), to.get("total_blocks")
         if block is not None and (block < self.first or (total is not None and block >= total - self.last)):
             return "kept exact block"
-        if self.steps and step_index(to) < self.steps:
+        if self.steps and self.step_index(to)[0] < self.steps:
             return "kept exact step"
-        if self.mode in ("auto", "sageattn"):
-            reason = kernel_unavailable(q.device)
-            if reason:
-                self._log_once(("kernel", reason), f"{reason}; attention stays exact (PyTorch/ComfyUI attention)")
-                return reason
+        if backend == "sageattention" and kernel_unavailable(device):  # the kernels failed at run time
+            return "kernels failed"
         return None
+
+    def _check_due(self, site, to):
+        """The guard checks a site on its first call and again in each later phase of the sampling."""
+        now = phase(*self.step_index(to))
+        due = self.checked.get(site) != now
+        self.checked[site] = now
+        return due
+
+    def _go_exact(self, site, what, exact):
+        self.exact_sites.add(site)
+        self._log_once(("guard", site), f"8-bit attention at block {site[0]} (q {site[1]}, k {site[2]}) {what}: "
+                                        "exact attention there")
+        return exact()
 
     def __call__(self, func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
                  skip_output_reshape=False, **kwargs):
+        # `func`, the host's global attention, goes unused: exact means its PyTorch attention (see the docstring).
         to = kwargs.get("transformer_options") or {}
-        args = (q, k, v, heads)
+        options = dict(mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+                       skip_output_reshape=skip_output_reshape, **kwargs)
 
         def exact():
             self.counts["exact"] += 1
-            return func(*args, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                        skip_output_reshape=skip_output_reshape, **kwargs)
+            return PYTORCH(q, k, v, heads, **options)
 
-        if self._exact_reason(q, mask, to, kwargs):
+        backend = self.backend(q.device)
+        if self._exact_reason(backend, q.device, mask, to, kwargs):
             return exact()
-        # ComfyUI passes [B, L, heads * D] (our NHD after a view) or, with skip_reshape, [B, heads, L, D] (HND).
-        layout = "HND" if skip_reshape else "NHD"
-        if not skip_reshape:
-            q, k, v = (t.view(t.shape[0], t.shape[1], heads, -1) for t in (q, k, v))
-        site = (to.get("block_index"), tuple(q.shape), tuple(k.shape))
+        hnd = as_hnd(q, k, v, heads, skip_reshape)
+        site = (to.get("block_index"), tuple(hnd[0].shape), tuple(hnd[1].shape))
         if site in self.exact_sites:
             return exact()
-        mode = "reference" if self.mode == "reference" else "sageattn"
-        if self.guard > 0 and site not in self.checked:
-            self.checked.add(site)
-            cos = guard_cosine(q, k, v, layout, mode)
+        if self.guard > 0 and self._check_due(site, to):
+            cos = guard_cosine(eight_bit_hnd(backend), exact_hnd, *hnd)
             if cos < self.guard:
-                self.exact_sites.add(site)
-                self._log_once(("guard", site), f"8-bit attention at block {site[0]} (q {site[1]}, k {site[2]}) is "
-                                                f"off by cosine {cos:.4f} < {self.guard}: exact attention there")
-                return exact()
+                return self._go_exact(site, f"is off by cosine {cos:.4f} < {self.guard}", exact)
+        if backend in HOST_NAMES:
+            out = host_function(HOST_NAMES[backend])(q, k, v, heads, **options)
+        else:
+            out = to_output(eight_bit_hnd(backend)(*hnd), skip_output_reshape)
+        if self.guard > 0 and not all_finite(out):
+            return self._go_exact(site, "gave NaN or Inf", exact)
         self.counts["sage"] += 1
-        out = sage_attention(q, k, v, layout=layout, mode=mode)
-        return to_output(out, layout, skip_output_reshape)
-
-
-def to_output(out, layout, skip_output_reshape):
-    """[B, heads, L, D] if skip_output_reshape, else [B, L, heads * D]."""
-    if skip_output_reshape:
-        return out if layout == "HND" else out.transpose(1, 2)
-    nhd = out.transpose(1, 2) if layout == "HND" else out
-    return nhd.reshape(nhd.shape[0], nhd.shape[1], -1)
-
-
-def guard_cosine(q, k, v, layout, mode):
-    """Cosine similarity of 8-bit vs exact attention on a few heads of this call."""
-    dim = 1 if layout == "HND" else 2
-    idx = torch.linspace(0, q.shape[dim] - 1, min(GUARD_HEADS, q.shape[dim])).round().long().to(q.device)
-    qs, ks, vs = (t.index_select(dim, idx) for t in (q, k, v))
-    a = sage_attention(qs, ks, vs, layout=layout, mode=mode).float()
-    e = F.scaled_dot_product_attention(*[(t if layout == "HND" else t.transpose(1, 2)).float() for t in (qs, ks, vs)])
-    e = e if layout == "HND" else e.transpose(1, 2)
-    if not torch.isfinite(a).all():
-        return float("-inf")
-    return F.cosine_similarity(a.flatten(), e.flatten(), dim=0).item()
-
-
-def step_index(to):
-    """Index of the current sampling step: Sample Video's count of model calls when it runs the model (for
-    Diffusion Forcing: the calls of the current window), else found from this call's sigma in the schedule (the
-    host has no step counter); 0 when unknown."""
-    if "skyreels_call" in to:
-        return to["skyreels_call"]
-    sigmas, schedule = to.get("sigmas"), to.get("sample_sigmas")
-    if sigmas is None or schedule is None:
-        return 0
-    return int((schedule.to(sigmas.device) - sigmas.flatten()[0]).abs().argmin())
+        self.ran.add(self.label(backend))
+        return out
 
 
 class PatchSageAttention(io.ComfyNode):
@@ -128,15 +171,18 @@ class PatchSageAttention(io.ComfyNode):
             node_id="SkyReelsPatchSageAttention",
             display_name="Patch SageAttention",
             category="SkyReels-V2",
-            description="8-bit SageAttention for this model. Falls back to exact attention (with one log line) where "
-                        "sageattention is missing or the GPU cannot run it; an accuracy guard keeps any attention "
+            description="8-bit attention for this model. Falls back to exact attention (with one log line) where the "
+                        "chosen backend is missing or the GPU cannot run it; an accuracy guard keeps any attention "
                         "site that 8-bit gets wrong exact.",
             inputs=[
                 io.Model.Input("model"),
-                io.Combo.Input("mode", options=MODES, default="auto",
-                               tooltip="auto/sageattn: the sageattention kernels (exact attention where they cannot "
-                                       "run). reference: this pack's PyTorch SageAttention (any device, slow). "
-                                       "disabled: exact attention."),
+                io.Combo.Input("mode", options=NODE_MODES, default="auto",
+                               tooltip="auto: the best 8-bit backend for this GPU (sageattention 2.x, else "
+                                       "comfy-kitchen int8, else sageattention 1.x, else exact). sageattention: "
+                                       "the sageattention package's kernels (sageattn: its old name). comfy-kitchen "
+                                       "int8 / sage3: ComfyUI's attention of that name, where it registers one. "
+                                       "reference: this pack's PyTorch SageAttention (any device, slow). disabled: "
+                                       "exact attention."),
                 io.Int.Input("exact_first_blocks", default=0, min=0, max=64, tooltip="Keep exact attention in the "
                                                                                       "first N transformer blocks."),
                 io.Int.Input("exact_last_blocks", default=0, min=0, max=64,
@@ -144,8 +190,9 @@ class PatchSageAttention(io.ComfyNode):
                 io.Int.Input("exact_first_steps", default=0, min=0, max=1000,
                              tooltip="Keep exact attention during the first N sampling steps."),
                 io.Float.Input("guard_threshold", default=0.995, min=0.0, max=1.0, step=0.001,
-                               tooltip="First call of each attention site: compare with exact attention on a few "
-                                       "heads; below this cosine the site stays exact. 0 turns the guard off."),
+                               tooltip="Each attention site is compared with exact attention on a few heads at its "
+                                       "first call and again at 1/4, 1/2 and 3/4 of the steps; below this cosine, "
+                                       "or on a NaN/Inf output, the site stays exact. 0 turns the guard off."),
             ],
             outputs=[io.Model.Output()],
         )

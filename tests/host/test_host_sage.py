@@ -3,21 +3,28 @@ from comfy_host import REPO, run_in_host
 from in_host import SETUP, write_models
 
 RUN = r"""
-import logging, nodes as core
-from skyreels_pack.nodes.sage_patch import PatchSageAttention
+import inspect, logging, nodes as core
+from comfy.ldm.modules.attention import attention_pytorch
+from skyreels_pack.attention.dispatch import choose
+from skyreels_pack.nodes.sage_patch import NODE_MODES, PatchSageAttention, host_installed
 pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
 neg = [[torch.randn(1, 16, 4096, generator=g), {}]]
 latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
 
 class Counter:
+    # exact attention as the node means it: the host's PyTorch attention (on this CPU host its global choice is
+    # sub-quadratic attention, which rounds differently)
     def __init__(self):
         self.n = 0
     def __call__(self, func, *args, **kwargs):
         self.n += 1
-        return func(*args, **kwargs)
+        return attention_pytorch(*args, **kwargs)
 
 def ksample(model):
     return core.common_ksampler(model, 0, 2, 2.0, "euler", "simple", pos, neg, latent)[0]["samples"]
+
+def override_of(model):
+    return model.model_options["transformer_options"]["optimized_attention_override"]
 
 patcher, _ = load("t2v_fp8_channel.safetensors")
 counted = patcher.clone()
@@ -28,42 +35,111 @@ exact = ksample(counted)
 result = dict(wan_calls=counter.n, original_untouched="optimized_attention_override" not in
               patcher.model_options["transformer_options"])
 records = []
-handler = logging.Handler()
+handler = logging.Handler(logging.WARNING)
 handler.emit = lambda r: records.append(r.getMessage())
 logging.getLogger("skyreels_fp8").addHandler(handler)
-for mode in ("reference", "auto", "disabled"):
+for mode in NODE_MODES:
     patched = PatchSageAttention.execute(patcher, mode, 0, 0, 0, 0.995).args[0]
-    override = patched.model_options["transformer_options"]["optimized_attention_override"]
     out = ksample(patched)
+    override = override_of(patched)
     result[mode] = dict(counts=dict(override.counts), rel=rel(out, exact), exact_sites=len(override.exact_sites),
-                        logs=[m for m in records if m.startswith("Patch SageAttention")])
+                        finite=bool(out.isfinite().all()), expected=choose(mode, "cpu", None, host_installed())[0],
+                        ran=sorted(override.ran), logs=[m for m in records if m.startswith("Patch SageAttention")])
     records.clear()
 result["original_untouched_after"] = "optimized_attention_override" not in patcher.model_options["transformer_options"]
 
 # Keep blocks / steps exact: block 0 and the first step never go through 8-bit.
 kept = PatchSageAttention.execute(patcher, "reference", 1, 0, 1, 0.995).args[0]
 ksample(kept)
-result["kept"] = dict(kept.model_options["transformer_options"]["optimized_attention_override"].counts)
+result["kept"] = dict(override_of(kept).counts)
+
+def fresh(mode="reference"):
+    return override_of(PatchSageAttention.execute(patcher, mode, 0, 0, 0, 0.995).args[0])
 
 # The guard: one query token with a huge value wrecks its int8 block (cosine ~0.16); that site must go exact.
-from comfy.ldm.modules.attention import attention_pytorch
-override = PatchSageAttention.execute(patcher, "reference", 0, 0, 0, 0.995).args[0].model_options[
-    "transformer_options"]["optimized_attention_override"]
+override = fresh()
 q = torch.randn(1, 128, 2 * 64, generator=g) * 4
 k, v = torch.randn(1, 128, 128, generator=g), torch.randn(1, 128, 128, generator=g)
-q[:, 0, 0] = 3000
+wrecked = q.clone()
+wrecked[:, 0, 0] = 3000
 to = {"block_index": 7, "total_blocks": 30}
-first = override(attention_pytorch, q, k, v, 2, transformer_options=to)
-second = override(attention_pytorch, q, k, v, 2, transformer_options=to)
-truth = attention_pytorch(q, k, v, 2)
+first = override(attention_pytorch, wrecked, k, v, 2, transformer_options=to)
+second = override(attention_pytorch, wrecked, k, v, 2, transformer_options=to)
+truth = attention_pytorch(wrecked, k, v, 2)
 result["guard"] = dict(first=rel(first, truth), second=rel(second, truth), counts=dict(override.counts),
                        logs=[m for m in records if "cosine" in m])
+records.clear()
+
+# A site that goes wrong late: fine for the first steps of 8, wrecked from step 6 on. The guard checks it again
+# at steps 2, 4 and 6 (1/4, 1/2, 3/4), so step 6 is already exact.
+override = fresh()
+schedule = torch.linspace(1, 0, 9)
+late = {}
+for step in range(8):
+    to = {"block_index": 3, "sigmas": schedule[step:step + 1].clone(), "sample_sigmas": schedule}
+    out = override(attention_pytorch, wrecked if step >= 6 else q, k, v, 2, transformer_options=to)
+    late[step] = dict(override.counts)
+result["late"] = dict(counts=late, logs=[m for m in records if "cosine" in m])
+records.clear()
+
+# A NaN or Inf 8-bit output: that call and the site from then on are exact, logged once.
+override = fresh("comfy-kitchen int8")
+override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
+from comfy.ldm.modules import attention as host_attention
+spoil = []
+def kitchen_that_breaks(q, k, v, heads, **kw):
+    out = attention_pytorch(q, k, v, heads, **kw)
+    return out * float("nan") if spoil else out
+host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = kitchen_that_breaks
+to = {"block_index": 5}
+nan_outputs = [override(attention_pytorch, q, k, v, 2, transformer_options=to)]
+spoil.append(1)
+nan_outputs += [override(attention_pytorch, q, k, v, 2, transformer_options=to) for _ in range(2)]
+result["nan"] = dict(counts=dict(override.counts), finite=[bool(o.isfinite().all()) for o in nan_outputs],
+                     logs=[m for m in records if "NaN" in m])
+records.clear()
+
+# The comfy-kitchen call: what our adapter passes to the function the host registers, checked against that
+# function's own signature; then the host's real adapter run into comfy_kitchen.int8_attention's Python signature
+# (its CUDA kernel cannot run here: SDPA stands in for it).
+import comfy_kitchen
+calls = []
+def recording(*args, **kwargs):
+    calls.append((args, kwargs))
+    return attention_pytorch(*args, **kwargs)
+host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = recording
+override = fresh("comfy-kitchen int8")
+override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
+registered = inspect.signature(host_attention.attention_comfy_kitchen_int8)
+for skip in (False, True):
+    qq, kk, vv = (t.view(1, 128, 2, 64).transpose(1, 2).contiguous() if skip else t for t in (q, k, v))
+    override(attention_pytorch, qq, kk, vv, 2, skip_reshape=skip, skip_output_reshape=skip,
+             transformer_options={"block_index": int(skip)})  # a site of its own: the guard checks each
+bound = [registered.bind(*a, **kw) and True for a, kw in calls]
+kernel_signature = inspect.signature(comfy_kitchen.int8_attention)
+kernel_calls = []
+def fake_int8_attention(*args, **kwargs):
+    kernel_signature.bind(*args, **kwargs)
+    kernel_calls.append(sorted(kwargs))
+    return torch.nn.functional.scaled_dot_product_attention(args[0], args[1], args[2], attn_mask=kwargs["attn_mask"],
+                                                            scale=kwargs["scale"])
+comfy_kitchen.int8_attention = fake_int8_attention
+host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = host_attention.attention_comfy_kitchen_int8
+override = fresh("comfy-kitchen int8")
+override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
+via_host = override(attention_pytorch, q, k, v, 2, transformer_options={"block_index": 1})
+result["kitchen"] = dict(calls=[[len(a), sorted(kw)] for a, kw in calls], bound=bound, kernel_calls=kernel_calls,
+                         rel=rel(via_host, attention_pytorch(q, k, v, 2)), counts=dict(override.counts))
+
+# Exact is the host's PyTorch attention even where the host's global choice is 8-bit (--use-sage-attention).
+def global_8_bit(*a, **kw):
+    raise AssertionError("the host's global attention was called")
+result["exact_is_pytorch"] = rel(fresh("disabled")(global_8_bit, q, k, v, 2, transformer_options={}),
+                                 attention_pytorch(q, k, v, 2))
 # Wan I2V's image cross-attention asks for full precision: honoured.
-fresh = PatchSageAttention.execute(patcher, "reference", 0, 0, 0, 0.995).args[0].model_options[
-    "transformer_options"]["optimized_attention_override"]
-q[:, 0, 0] = 1.0
-fresh(attention_pytorch, q, k, v, 2, transformer_options=to, low_precision_attention=False)
-result["low_precision_false"] = dict(fresh.counts)
+override = fresh()
+override(attention_pytorch, q, k, v, 2, transformer_options=to, low_precision_attention=False)
+result["low_precision_false"] = dict(override.counts)
 """
 
 
@@ -73,32 +149,56 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     print("\n" + "\n".join(f"{k}: {v}" for k, v in r.items()))
     n = r["wan_calls"]
     assert n == 2 * 2 * 2  # 2 steps x 2 blocks x (self + text cross-attention), cond and uncond batched
-    # reference mode: every Wan attention call went through our 8-bit attention, close to exact.
-    assert r["reference"]["counts"] == {"sage": n, "exact": 0} and r["reference"]["exact_sites"] == 0
-    assert r["reference"]["rel"] <= 0.02
-    # auto on a CPU: no kernels, so exact attention (the host's own) and the same result.
-    assert r["auto"]["counts"] == {"sage": 0, "exact": n} and r["auto"]["rel"] == 0.0
-    assert r["auto"]["logs"] == ["Patch SageAttention: cpu device (the sageattention kernels need an NVIDIA GPU); "
-                                 "attention stays exact (PyTorch/ComfyUI attention)"]
-    assert r["reference"]["logs"] == [] and r["disabled"]["logs"] == []
-    assert r["disabled"]["counts"] == {"sage": 0, "exact": n} and r["disabled"]["rel"] == 0.0
+    # Every mode completes the core KSampler run. What runs comes from the dispatch decision for this machine: on
+    # this CPU only "reference" is 8-bit, every other mode falls back to exact attention, logged once (on a GPU
+    # with the backend installed, "expected" names it and all n calls are 8-bit).
+    for mode in ("auto", "sageattention", "comfy-kitchen int8", "sage3", "reference", "disabled", "sageattn"):
+        m = r[mode]
+        assert m["finite"], mode
+        if m["expected"] == "exact":
+            assert m["counts"] == {"sage": 0, "exact": n} and m["rel"] == 0.0 and m["ran"] == [], (mode, m)
+            assert len(m["logs"]) == (0 if mode == "disabled" else 1), (mode, m["logs"])
+        else:
+            assert m["counts"] == {"sage": n, "exact": 0} and m["exact_sites"] == 0, (mode, m)
+            assert m["rel"] <= 0.02 and m["logs"] == [], (mode, m)
+    assert r["reference"]["expected"] == "reference" and r["reference"]["ran"] == ["reference (PyTorch)"]
+    assert r["auto"]["logs"] == ["Patch SageAttention: cpu device (8-bit attention kernels need an NVIDIA GPU); "
+                                 "attention stays exact (ComfyUI's PyTorch attention)"]
+    assert r["sageattn"] == {**r["sageattention"]}  # the old name: the same decision, the same result
     # keep block 0 and step 0 exact: step 0 is all exact (4 calls), step 1 has block 0 exact (2) and block 1 sage.
     assert r["kept"] == {"sage": 2, "exact": 6}
     assert r["original_untouched"] and r["original_untouched_after"]
     g = r["guard"]
     assert g["first"] <= 1e-6 and g["second"] <= 1e-6 and g["counts"] == {"sage": 0, "exact": 2}
     assert len(g["logs"]) == 1 and "block 7" in g["logs"][0] and "exact attention there" in g["logs"][0]
+    late = r["late"]
+    assert late["counts"]["5"] == {"sage": 6, "exact": 0}                    # steps 0-5: 8-bit
+    assert late["counts"]["7"] == {"sage": 6, "exact": 2}                    # re-checked at 3/4: exact from step 6
+    assert len(late["logs"]) == 1 and "block 3" in late["logs"][0]
+    nan = r["nan"]
+    assert nan["counts"] == {"sage": 1, "exact": 2} and nan["finite"] == [True, True, True]
+    assert len(nan["logs"]) == 1 and "gave NaN or Inf" in nan["logs"][0] and "block 5" in nan["logs"][0]
+    k = r["kitchen"]
+    # the guard's call (2 heads, [B, H, L, D]) and the call itself, for each of the host's two layouts
+    assert k["bound"] == [True] * 4 and len(k["calls"]) == 4
+    assert k["kernel_calls"] == [["attn_mask", "scale"]] * 2 and k["rel"] <= 1e-6
+    assert k["counts"] == {"sage": 1, "exact": 0}
+    assert r["exact_is_pytorch"] == 0.0
     assert r["low_precision_false"] == {"sage": 0, "exact": 1}
 
 
 MISSING = r"""
-import logging, importlib.util, nodes as core
-import skyreels_pack.attention.sage as sage_module
+import logging, importlib.metadata, importlib.util, nodes as core
 from skyreels_pack.nodes.sage_patch import PatchSageAttention
-real_find_spec = importlib.util.find_spec
+real_find_spec, real_version = importlib.util.find_spec, importlib.metadata.version
+def version(name):
+    if name == "sageattention":
+        raise importlib.metadata.PackageNotFoundError(name)
+    return real_version(name)
 importlib.util.find_spec = lambda name, *a: None if name == "sageattention" else real_find_spec(name, *a)
+importlib.metadata.version = version
 records = []
-handler = logging.Handler()
+handler = logging.Handler(logging.WARNING)
 handler.emit = lambda r: records.append(r.getMessage())
 logging.getLogger("skyreels_fp8").addHandler(handler)
 pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
@@ -106,7 +206,8 @@ latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
 patcher, _ = load("t2v_fp8_tensor.safetensors")
 patched = PatchSageAttention.execute(patcher, "sageattn", 0, 0, 0, 0.995).args[0]
 a = core.common_ksampler(patched, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
-b = core.common_ksampler(patcher, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
+exact = PatchSageAttention.execute(patcher, "disabled", 0, 0, 0, 0.995).args[0]
+b = core.common_ksampler(exact, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
 counts = patched.model_options["transformer_options"]["optimized_attention_override"].counts
 result = dict(rel=rel(a, b), counts=dict(counts), logs=records)
 """
@@ -117,4 +218,4 @@ def test_without_sageattention_the_node_runs_exact_and_says_why(host, tmp_path):
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + MISSING)
     assert r["rel"] == 0.0 and r["counts"] == {"sage": 0, "exact": 8}
     assert r["logs"] == ["Patch SageAttention: No module named 'sageattention' (pip install sageattention); "
-                         "attention stays exact (PyTorch/ComfyUI attention)"]
+                         "attention stays exact (ComfyUI's PyTorch attention)"]
