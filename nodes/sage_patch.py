@@ -44,12 +44,21 @@ def as_hnd(q, k, v, heads, skip_reshape):
     return tuple(t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
 
 
-def to_output(out, skip_output_reshape):
-    """[B, heads, L, D] if skip_output_reshape, else [B, L, heads * D], from an [B, heads, L, D] output."""
+def to_output(out, layout, skip_output_reshape):
+    """[B, heads, L, D] if skip_output_reshape, else [B, L, heads * D]."""
     if skip_output_reshape:
-        return out
-    nhd = out.transpose(1, 2)
+        return out if layout == "HND" else out.transpose(1, 2)
+    nhd = out.transpose(1, 2) if layout == "HND" else out
     return nhd.reshape(nhd.shape[0], nhd.shape[1], -1)
+
+
+def ours(backend, q, k, v, heads, skip_reshape, skip_output_reshape):
+    """This pack's sage_attention in the host's own layout: [B, L, heads * D] is viewed as NHD, so neither the
+    inputs nor the output are copied."""
+    layout = "HND" if skip_reshape else "NHD"
+    if not skip_reshape:
+        q, k, v = (t.view(t.shape[0], t.shape[1], heads, -1) for t in (q, k, v))
+    return to_output(sage_attention(q, k, v, layout=layout, mode=backend), layout, skip_output_reshape)
 
 
 def exact_hnd(q, k, v):
@@ -98,7 +107,7 @@ class SageOverride:
         """What ran, for the run report."""
         if backend == "sageattention":
             return f"sageattention {installed_packages()[0]}"
-        return "reference (PyTorch)" if backend == "reference" else backend
+        return "this pack's PyTorch SageAttention" if backend == "reference" else backend
 
     def _exact_reason(self, backend, device, mask, to, kwargs):
         if backend == "exact":
@@ -156,7 +165,7 @@ class SageOverride:
         if backend in HOST_NAMES:
             out = host_function(HOST_NAMES[backend])(q, k, v, heads, **options)
         else:
-            out = to_output(eight_bit_hnd(backend)(*hnd), skip_output_reshape)
+            out = ours(backend, q, k, v, heads, skip_reshape, skip_output_reshape)
         if self.guard > 0 and not all_finite(out):
             return self._go_exact(site, "gave NaN or Inf", exact)
         self.counts["sage"] += 1
