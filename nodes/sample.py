@@ -9,6 +9,7 @@ from . import parallel as multi_device
 from .sample_job import Job, check_frames, fail, model_shift
 
 MODES = ["standard", "diffusion forcing"]
+WINDOW_PROMPTS = [f"window_{i}" for i in range(2, 18)]
 
 
 class SampleVideo(io.ComfyNode):
@@ -74,6 +75,12 @@ class SampleVideo(io.ComfyNode):
                                tooltip="DF: the frame the video leads to (needs vae, causal_block_size 1). As "
                                        "SkyReels-V2's --end_image: the model sees it after the last frame, clean; "
                                        "it is not one of the output's frames."),
+                io.Autogrow.Input("window_prompts", optional=True,
+                                  template=io.Autogrow.TemplateNames(
+                                      io.Conditioning.Input("positive", tooltip="The positive prompt of this window."),
+                                      names=WINDOW_PROMPTS, min=0),
+                                  tooltip="DF long videos: a prompt per window. positive is the first window's; "
+                                          "window_2 the second's, and so on; the last one given carries on."),
             ],
             # images comes last so that saved workflows keep their links to LATENT and report.
             outputs=[io.Latent.Output(), io.String.Output(display_name="report"),
@@ -86,12 +93,15 @@ class SampleVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                 base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition, causal_attention=False, vae=None,
-                start_image=None, end_image=None, prefix_video=None, latent=None, parallel=None) -> io.NodeOutput:
+                start_image=None, end_image=None, prefix_video=None, latent=None, parallel=None,
+                window_prompts=None) -> io.NodeOutput:
         widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
                        sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,
                        overlap_history=overlap_history, ar_step=ar_step, causal_block_size=causal_block_size,
                        addnoise_condition=addnoise_condition, causal_attention=causal_attention, latent=latent)
-        inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video)
+        later = [window_prompts[n] for n in WINDOW_PROMPTS if (window_prompts or {}).get(n) is not None]
+        inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
+                      window_prompts=later)
         if parallel is not None:
             check_model(model)
             widgets["shift"] = model_shift(model, shift)
@@ -108,7 +118,8 @@ class SampleVideo(io.ComfyNode):
 
 def sample_video(model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                  base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition,
-                 causal_attention=False, vae=None, start_image=None, end_image=None, prefix_video=None, latent=None):
+                 causal_attention=False, vae=None, start_image=None, end_image=None, prefix_video=None, latent=None,
+                 window_prompts=()):
     """One Sample Video run on this process's device: (samples, report, images: None without a vae)."""
     check_model(model)
     shift = model_shift(model, shift)
@@ -126,6 +137,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
                    causal_attention=causal_attention))
     job.set_prefix(start_image, prefix_video)
     job.set_end(end_image)
+    job.set_window_prompts(window_prompts)
     return job.run()
 
 

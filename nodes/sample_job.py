@@ -65,7 +65,7 @@ class Job:
         to[fps_term.KEY] = fps
         if causal:
             to[video_attention.CAUSAL_KEY] = opts["causal_block_size"]
-        self.positive, self.negative, self.seed, self.cfg = positive, negative, seed, cfg
+        self.positives, self.negative, self.seed, self.cfg = [positive], negative, seed, cfg
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.sigmas = flow_sigmas(steps, shift)
         self.steps, self.fps, self.prefix, self.tail, self.end = steps, fps, None, None, None
@@ -102,6 +102,19 @@ class Job:
         if prefix_video is not None:
             # SkyReels-V2 continues a video with its own pixels, not a decode of them (extend_video).
             self.prefix_pixels = self._tail_pixels(pixels).expand(self.shape[0], -1, -1, -1, -1)
+
+    def set_window_prompts(self, later):
+        """The positive conditioning of each later window of a long video, the last one carrying on."""
+        self.positives += list(later)
+
+    def _positive(self, window, windows):
+        if window == 0 and len(self.positives) > windows:
+            extra = len(self.positives) - windows
+            note = (f"window_prompts: {len(self.positives) - 1} given for {windows - 1} later window(s); the last "
+                    f"{extra} not used")
+            log_once(note, f"Sample Video: {note}")
+            self.notes.append(note)
+        return self.positives[min(window, len(self.positives) - 1)]
 
     def set_end(self, end_image):
         """SkyReels-V2's end image: one latent frame after the last window's frames, clean throughout (the model sees
@@ -218,7 +231,8 @@ class Job:
         for i, (prefix, overlap, length, plan) in enumerate(windows):
             shape = [self.shape[0], self.shape[1], length, *self.shape[3:]]
             end = self.end if i + 1 == len(windows) else None
-            out = self._window(shape, carry if prefix else None, plan, progress, done, calls, end)
+            out = self._window(shape, self._positive(i, len(windows)), carry if prefix else None, plan, progress,
+                               done, calls, end)
             if end is not None:
                 out = out[:, :, :-end.shape[2]]
             done += self.steps if plan is None else plan.rows
@@ -232,7 +246,7 @@ class Job:
         images = None if self.images is None else self.images.flatten(0, 1)
         return samples, self._report(windows, calls, meter, attention_before, teacache_before, samples), images
 
-    def _window(self, shape, prefix, plan, progress, offset, total, end=None):
+    def _window(self, shape, positive, prefix, plan, progress, offset, total, end=None):
         noise = torch.randn(shape, generator=self.generator)
         if end is not None:     # as SkyReels-V2: the window's noise drawn, then the end image's frames appended
             noise = torch.cat([noise, torch.zeros(*shape[:2], end.shape[2], *shape[3:])], dim=2)
@@ -276,7 +290,7 @@ class Job:
                                          generator=self.generator, callback=step)
 
         sampler = comfy.samplers.KSAMPLER(sampler_function)
-        return comfy.sample.sample_custom(self.model, noise, self.cfg, sampler, self.sigmas, self.positive,
+        return comfy.sample.sample_custom(self.model, noise, self.cfg, sampler, self.sigmas, positive,
                                           self.negative, latent, callback=None, disable_pbar=True, seed=self.seed)
 
     @staticmethod

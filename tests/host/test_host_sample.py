@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from server import error_of
 
@@ -95,6 +96,18 @@ def test_images_output_gives_every_frame_also_from_the_cache(server):
     prompt["6"]["inputs"]["filename_prefix"] = "frames/novae"
     run_ok(server, prompt)
     assert glob.glob(os.path.join(server.base, "output", "frames", "novae_*.png")) == []
+
+
+def test_a_prompt_per_window_through_the_hosts_dynamic_inputs(server):
+    # 21 frames in windows of 13 overlapping by 5: latent frames 0-3 from the first window, 4-5 from the second
+    widgets = dict(mode="diffusion forcing", frames=21, base_num_frames=13, overlap_history=5)
+    run_ok(server, graph("one_prompt", **widgets))
+    prompt = graph("window_prompts", **widgets)
+    prompt["6"] = {"class_type": "TestWanConditioning", "inputs": {"seed": 3, "tokens": 8}}
+    prompt["4"]["inputs"]["window_prompts.window_2"] = ["6", 0]        # the Autogrow input, as the frontend sends it
+    run_ok(server, prompt)
+    one, two = latent_of(server, "one_prompt"), latent_of(server, "window_prompts")
+    assert torch.equal(one[:, :, :4], two[:, :, :4]) and (one[:, :, 4:] - two[:, :, 4:]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("widgets,message", [

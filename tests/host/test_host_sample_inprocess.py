@@ -32,6 +32,12 @@ comfy.utils.set_progress_bar_global_hook(None)
 
 f24, f30, f16 = (sample(fps=f)[0]["samples"] for f in (24, 30, 16))
 no_vae_images = sample(fps=24)[2]
+# a prompt per window: 21 frames in windows of 13 overlapping by 5 (4 + 2 latent frames)
+other = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+windows = dict(frames=21, base_num_frames=13, overlap_history=5)
+one_prompt = sample(**windows)[0]["samples"]
+two_prompts = sample(**windows, window_prompts={{"window_2": other}})[0]["samples"]
+extra, extra_report, _ = sample(**windows, window_prompts={{"window_2": other, "window_3": pos}})
 image = torch.rand(1, 32, 32, 3, generator=g)
 video = torch.rand(13, 32, 32, 3, generator=g)
 with_image = sample(start_image=image, vae=vae)[0]["samples"]
@@ -57,6 +63,10 @@ result = dict(
     timesteps=[t.tolist() for t in seen],
     carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
     items_differ=(carried[0] - carried[1]).abs().max().item(), batch_shape=list(two["samples"].shape),
+    window_first=(two_prompts[:, :, :4] - one_prompt[:, :, :4]).abs().max().item(),
+    window_later=(two_prompts[:, :, 4:] - one_prompt[:, :, 4:]).abs().max().item(),
+    window_extra=[(extra["samples"] - two_prompts).abs().max().item(),
+                  [l for l in extra_report.splitlines() if l.startswith("window_prompts")]],
     images_shape=list(two_images.shape), no_vae_images=[type(no_vae_images).__name__, no_vae_images.message],
     updates=updates, report=report,
     fps_24_vs_30=(f24 - f30).abs().max().item(), fps_24_vs_16=(f24 - f16).abs().max().item(),
@@ -105,6 +115,9 @@ def test_sample_video_in_process(host, tmp_path):
     # Batch of 2 through the VAE: each item's own last 5 frames carried over (not the last item's for all).
     assert max(r["carried"]) < 1e-5 and r["items_differ"] > 1e-3, r
     assert r["batch_shape"] == [2, 16, 6, 4, 4]
+    # window_2's prompt: the first window is as it was, the second is not; a prompt more than windows is named
+    assert r["window_first"] == 0.0 and r["window_later"] > 1e-3, r
+    assert r["window_extra"] == [0.0, ["window_prompts: 2 given for 1 later window(s); the last 1 not used"]], r
     assert r["images_shape"] == [2 * 21, 32, 32, 3]      # the images output: both videos' 21 frames, as VAE Decode
     assert r["no_vae_images"] == ["ExecutionBlocker", "Sample Video: images needs a vae connected (it decodes each "
                                   "window as SkyReels-V2 does); or decode the LATENT output with VAE Decode"]
