@@ -52,7 +52,7 @@ def _take(node, values, pos, widgets, inputs, prefix=""):
 
 def ui_to_api(workflow, object_info):
     links = {link[0]: link for link in workflow.get("links", [])}
-    if workflow.get("definitions", {}).get("subgraphs"):
+    if (workflow.get("definitions") or {}).get("subgraphs"):      # the frontend saves null when there are none
         raise ValueError("subgraphs are not supported")
     prompt = {}
     for node in workflow["nodes"]:

@@ -19,7 +19,7 @@ from workflows.api import ui_to_api
 
 WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
 NAMES = ["skyreels_t2v_fp8_sage.json", "skyreels_i2v_fp8_sage.json", "skyreels_df_long_video.json",
-         "skyreels_convert_to_fp8.json"]
+         "skyreels_convert_to_fp8.json", "skyreels_df_start_end_frames.json"]
 SMALL = dict(width=32, height=32, frames=9, steps=3)
 # The long-video workflow keeps its Diffusion Forcing settings (ar_step 5, causal blocks of 5, addnoise 20) on a
 # shorter video: 57 frames in windows of 37 frames overlapping by 17 (latent 15 = 10 + 5; all multiples of 5).
@@ -73,7 +73,7 @@ def test_workflows_carry_real_model_defaults():
     assert df["SkyReelsSampleVideo"][2] == 257 and df["SkyReelsSampleVideo"][10] == "diffusion forcing"
 
 
-@pytest.mark.parametrize("name,frames", [(NAMES[0], 9), (NAMES[1], 9), (NAMES[2], 57)])
+@pytest.mark.parametrize("name,frames", [(NAMES[0], 9), (NAMES[1], 9), (NAMES[2], 57), (NAMES[4], 57)])
 def test_video_workflow_runs_to_a_video_file(server, name, frames):
     entry = server.run(small_prompt(name, server.get("/object_info")))
     err = error_of(entry)
@@ -87,6 +87,8 @@ def test_video_workflow_runs_to_a_video_file(server, name, frames):
     assert "attention: auto — 0 calls 8-bit" in report                 # CPU: no kernels, exact attention
     if name == NAMES[2]:
         assert "2 window(s)" in report and "(through the VAE)" in report and "ar_step 5" in report
+    if name == NAMES[4]:      # start and end images, and the second window's own prompt
+        assert "2 window(s)" in report and ", end image" in report
 
 
 def test_convert_workflow_writes_the_fp8_file(server):
