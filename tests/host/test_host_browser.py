@@ -15,7 +15,7 @@ import pytest
 from comfy_host import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-NAMES = ["Load FP8 SkyReels Model", "Convert to FP8", "Patch SageAttention", "Sample Video"]
+NAMES = ["Load FP8 SkyReels Model", "Convert to FP8", "Patch SageAttention", "Sample Video", "TeaCache (SkyReels-V2)"]
 WORKFLOWS = ["skyreels_t2v_fp8_sage", "skyreels_i2v_fp8_sage", "skyreels_df_long_video", "skyreels_convert_to_fp8",
              "skyreels_df_start_end_frames"]
 ARTIFACTS = os.environ.get("TEST_ARTIFACTS", os.path.join(REPO, "test-artifacts"))

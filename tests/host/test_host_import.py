@@ -27,6 +27,6 @@ def test_pack_loads_without_sageattention_triton_or_cuda(host):
     r = run_in_host(host, CODE.format(repo=REPO))
     assert r["ok"] and not r["cuda"] and r["heavy"] == [], r
     assert r["nodes"] == ["SkyReelsConvertToFP8", "SkyReelsFP8ModelLoader", "SkyReelsParallelConfig",
-                          "SkyReelsPatchSageAttention", "SkyReelsSampleVideo"]
+                          "SkyReelsPatchSageAttention", "SkyReelsSampleVideo", "SkyReelsTeaCache"]
     assert r["names"] == ["Convert to FP8", "Load FP8 SkyReels Model", "Parallel Config", "Patch SageAttention",
-                          "Sample Video"]
+                          "Sample Video", "TeaCache (SkyReels-V2)"]

@@ -120,7 +120,7 @@ def test_pack_works_on_a_simulated_windows_python(host, tmp_path):
     r = run_in_host(host, CODE.format(repo=REPO, tests=TESTS, folder=str(folder)))
 
     assert r["ok"] and r["nodes"] == ["SkyReelsConvertToFP8", "SkyReelsFP8ModelLoader", "SkyReelsParallelConfig",
-                                      "SkyReelsPatchSageAttention", "SkyReelsSampleVideo"]
+                                      "SkyReelsPatchSageAttention", "SkyReelsSampleVideo", "SkyReelsTeaCache"]
     assert "wrote models/diffusion_models/t2v fp8 ü.safetensors" in r["convert"] and r["cli"] == 0
     # A held file: a clear message naming it, the old file intact, no temp file left.
     for case in ("held", "loader_holds"):
