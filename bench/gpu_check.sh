@@ -12,7 +12,8 @@
 # (bench/act_quant.py), each attention backend Patch SageAttention can run there vs SDPA at L = 51000 and
 # 111600, with peak VRAM and the NaN/Inf check's cost, after each mode's dispatch decision (bench/attention.py; the
 # carried comfy-kitchen lacks its CUDA extension, so its int8 attention shows as unavailable), and Sample Video's
-# step time and peak VRAM, fp8 + sage vs bf16 + SDPA vs core fp8_e4m3fn_fast (bench/sample.py). Without a GPU
+# step time and peak VRAM, fp8 + sage vs bf16 + SDPA vs core fp8_e4m3fn_fast (bench/sample.py), and TeaCache's
+# calls skipped, latent distance and time beside core's EasyCache / LazyCache (bench/teacache.py). Without a GPU
 # every part runs its CPU smoke version, so the script is checked on any machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -85,4 +86,5 @@ section "fp8 GEMM and weight memory (bench/gemm.py)" 120 "$PYTHON" bench/gemm.py
 section "activation quantization memory and time (bench/act_quant.py)" 60 "$PYTHON" bench/act_quant.py --repeats 3
 section "attention backends vs SDPA (bench/attention.py)" 120 "$PYTHON" bench/attention.py
 section "Sample Video (bench/sample.py)" 300 "$PYTHON" bench/sample.py --steps 2
+section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 240 "$PYTHON" bench/teacache.py --steps 6
 echo "gpu_check: wrote $REPORT"

@@ -20,7 +20,7 @@ from comfy_api.latest import io
 
 from ..attention.usp import layout
 from . import fps as fps_term
-from . import parallel_pool
+from . import parallel_pool, teacache
 from .parallel_pool import fail
 from .loader import RECIPE
 from .sage_patch import SageOverride
@@ -84,6 +84,8 @@ def recipe_of(model):
         fail(f"this MODEL carries {', '.join(unsupported)}, which parallel runs cannot rebuild; use the plain LoRA "
              "loaders (weight patches) or Load FP8 SkyReels Model alone")
     to = model.model_options.get("transformer_options", {})
+    if teacache.KEY in to:
+        fail("TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or run on one GPU")
     extra = sorted(k for k in model.model_options if k != "transformer_options")
     extra += sorted(k for k in to if k not in ("optimized_attention_override", "wrappers", "callbacks") and to[k])
     extra += sorted(k for k in model.wrappers if model.wrappers[k] and k != WrappersMP.DIFFUSION_MODEL)

@@ -99,7 +99,7 @@ class SampleVideo(io.ComfyNode):
                        sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,
                        overlap_history=overlap_history, ar_step=ar_step, causal_block_size=causal_block_size,
                        addnoise_condition=addnoise_condition, causal_attention=causal_attention, latent=latent)
-        later = [window_prompts[n] for n in WINDOW_PROMPTS if (window_prompts or {}).get(n) is not None]
+        later = window_positives(positive, window_prompts or {})
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
                       window_prompts=later)
         if parallel is not None:
@@ -114,6 +114,16 @@ class SampleVideo(io.ComfyNode):
         return io.NodeOutput({"samples": samples}, report, images if images is not None else ExecutionBlocker(
             "Sample Video: images needs a vae connected (it decodes each window as SkyReels-V2 does); or decode "
             "the LATENT output with VAE Decode"))
+
+
+def window_positives(positive, given):
+    """The positive of windows 2, 3, ... up to the last connected input; an empty one carries the one before."""
+    connected = [i for i, name in enumerate(WINDOW_PROMPTS) if given.get(name) is not None]
+    out, current = [], positive
+    for name in WINDOW_PROMPTS[:connected[-1] + 1] if connected else []:
+        current = given.get(name) if given.get(name) is not None else current
+        out.append(current)
+    return out
 
 
 def sample_video(model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,

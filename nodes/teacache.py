@@ -45,9 +45,13 @@ class TeaCache(io.ComfyNode):
                              f"(14B); this model is {dm.dim} wide")
         if threshold <= 0:
             return io.NodeOutput(model)
+        if model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit"):
+            raise ValueError("TeaCache: model: its transformer blocks are already replaced by another patch (e.g. "
+                             "another cache or Skip Layer Guidance); put TeaCache first")
         m = model.clone()
         m.model_options["transformer_options"][KEY] = teacache.TeaCache(threshold, retention_steps)
         m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, _call)
+        m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _release)
         blocks = Blocks()
         for i in range(len(dm.blocks)):
             m.set_model_patch_replace(blocks, "dit", "double_block", i)
@@ -67,16 +71,21 @@ class Run:
         self.runs = [self.cache.compute(s, self.index, self.total, e, self.coeffs, xs.shape) for s, e, xs in parts]
         self.x_in = x
 
+    def skips_all(self):
+        return all(run is False for run in self.runs)
+
     def finish(self, x):
-        """Computed chunks keep their output and leave its residual; skipped ones take input + their residual."""
+        """Computed chunks keep their output and leave its residual (not a second call at one step: run None);
+        skipped ones take input + their residual."""
         out = []
         for s, run, x_in, x_out in zip(self.streams, self.runs, self.x_in.chunk(len(self.streams)),
                                        x.chunk(len(self.streams))):
+            if run is False:
+                out.append(x_in + self.cache.residual(s))
+                continue
             if run:
                 self.cache.keep(s, x_out - x_in)
-                out.append(x_out)
-            else:
-                out.append(x_in + self.cache.residual(s))
+            out.append(x_out)
         return torch.cat(out)
 
 
@@ -89,7 +98,9 @@ class Blocks:
         i, x = to["block_index"], args["img"]
         if i == 0:
             run.start(x, args["vec"])
-        if not any(run.runs):
+        if run.runs is None:    # block 0 is not ours (replaced after TeaCache): nothing is decided, all runs
+            return extra["original_block"](args)
+        if run.skips_all():
             return {"img": run.finish(x) if i == 0 else x}
         out = extra["original_block"](args)
         if i == to["total_blocks"] - 1:
@@ -110,7 +121,10 @@ def _call(executor, *args, **kwargs):
     cache, dm, x = to[KEY], executor.class_obj, args[0]
     pixel_area = x.shape[-1] * x.shape[-2] * 64
     coeffs = teacache.coefficients(dm.in_dim == 36, dm.dim, pixel_area, cache.retention)
-    run = Run(cache, to.get("cond_or_uncond", [0]), *step(to), coeffs)
+    # One stream per prompt: cond / uncond and the conditioning's id (several positive prompts share a batch)
+    kinds = to.get("cond_or_uncond", [0])
+    streams = list(zip(kinds, to.get("uuids") or range(len(kinds))))
+    run = Run(cache, streams, *step(to), coeffs)
 
     def capture(module, inputs, out):
         run.embedding = out
@@ -122,6 +136,15 @@ def _call(executor, *args, **kwargs):
     finally:
         hook.remove()
         to.pop(RUN, None)
+
+
+def _release(executor, *args, **kwargs):
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        to = executor.class_obj.model_options["transformer_options"]
+        if KEY in to:
+            to[KEY].release()
 
 
 def counts(model):

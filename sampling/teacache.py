@@ -42,6 +42,7 @@ class Stream:
     distance: float = 0.0
     previous: torch.Tensor = None    # the embedding of the last call
     residual: torch.Tensor = None    # blocks output - input of the last computed call
+    index: int = -1                  # the step of the last call
 
 
 class TeaCache:
@@ -51,10 +52,16 @@ class TeaCache:
         self.calls = self.skipped = 0
 
     def compute(self, stream, index, total, embedding, coeffs, shape):
-        """Whether call `index` of `total` of `stream` runs the blocks (else it reuses the residual)."""
+        """Whether call `index` of `total` of `stream` runs the blocks (else it reuses the residual). A second call
+        at the same step (a sampler's second evaluation, a guidance pass on the same prompt) runs them and changes
+        nothing: only one call per step counts, as in SkyReels-V2's loop."""
         s = self.streams.setdefault(stream, Stream())
+        if index == s.index:
+            self.calls += 1
+            return None
         if index == 0:
             self.streams[stream] = s = Stream()
+        s.index = index
         forced = (index < (5 if self.retention else 1) or (not self.retention and index >= total - 1)
                   or s.previous is None or s.previous.shape != embedding.shape
                   or s.residual is None or s.residual.shape != shape)
@@ -76,3 +83,7 @@ class TeaCache:
 
     def keep(self, stream, residual):
         self.streams[stream].residual = residual
+
+    def release(self):
+        """Drop the residuals and embeddings (full-size tensors on the GPU) once a sampling run ends."""
+        self.streams = {}

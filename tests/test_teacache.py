@@ -53,3 +53,20 @@ def test_a_new_shape_or_run_starts_over():
 ])
 def test_coefficients_come_from_the_model_and_the_frame_size(args, key):
     assert teacache.coefficients(*args) == teacache.COEFFICIENTS[key]
+
+
+def test_a_second_call_at_one_step_runs_and_changes_nothing():
+    # a sampler's second evaluation, or a guidance pass on the same prompt, at the step just decided
+    cache = teacache.TeaCache(1e9, False)
+    calls(cache, [0.01] * 3, total=10)
+    before = (cache.streams[0].distance, cache.streams[0].previous.clone(), cache.skipped)
+    assert cache.compute(0, 3, 10, torch.ones(4, 8) * 7, IDENTITY, (1, 2)) is None
+    s = cache.streams[0]
+    assert (s.distance, cache.skipped) == (before[0], before[2]) and torch.equal(s.previous, before[1])
+
+
+def test_release_drops_every_stream():
+    cache = teacache.TeaCache(1e9, False)
+    calls(cache, [0.01] * 3)
+    cache.release()
+    assert cache.streams == {}

@@ -38,6 +38,10 @@ windows = dict(frames=21, base_num_frames=13, overlap_history=5)
 one_prompt = sample(**windows)[0]["samples"]
 two_prompts = sample(**windows, window_prompts={{"window_2": other}})[0]["samples"]
 extra, extra_report, _ = sample(**windows, window_prompts={{"window_2": other, "window_3": pos}})
+# an empty input carries the prompt before it: window 2 keeps positive, window 3 takes window_3's (29 frames: 3 windows)
+gap = sample(frames=29, base_num_frames=13, overlap_history=5, window_prompts={{"window_3": other}})[0]["samples"]
+full = sample(frames=29, base_num_frames=13, overlap_history=5,
+              window_prompts={{"window_2": pos, "window_3": other}})[0]["samples"]
 image = torch.rand(1, 32, 32, 3, generator=g)
 video = torch.rand(13, 32, 32, 3, generator=g)
 with_image = sample(start_image=image, vae=vae)[0]["samples"]
@@ -67,6 +71,7 @@ result = dict(
     window_later=(two_prompts[:, :, 4:] - one_prompt[:, :, 4:]).abs().max().item(),
     window_extra=[(extra["samples"] - two_prompts).abs().max().item(),
                   [l for l in extra_report.splitlines() if l.startswith("window_prompts")]],
+    window_gap=(gap - full).abs().max().item(),
     images_shape=list(two_images.shape), no_vae_images=[type(no_vae_images).__name__, no_vae_images.message],
     updates=updates, report=report,
     fps_24_vs_30=(f24 - f30).abs().max().item(), fps_24_vs_16=(f24 - f16).abs().max().item(),
@@ -117,6 +122,7 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["batch_shape"] == [2, 16, 6, 4, 4]
     # window_2's prompt: the first window is as it was, the second is not; a prompt more than windows is named
     assert r["window_first"] == 0.0 and r["window_later"] > 1e-3, r
+    assert r["window_gap"] == 0.0, r
     assert r["window_extra"] == [0.0, ["window_prompts: 2 given for 1 later window(s); the last 1 not used"]], r
     assert r["images_shape"] == [2 * 21, 32, 32, 3]      # the images output: both videos' 21 frames, as VAE Decode
     assert r["no_vae_images"] == ["ExecutionBlocker", "Sample Video: images needs a vae connected (it decodes each "

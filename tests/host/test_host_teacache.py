@@ -56,7 +56,24 @@ cached = TeaCache.execute(model, 1e9, False).args[0]
 latent = {{"samples": torch.zeros(1, 16, 3, 4, 4)}}
 core.common_ksampler(cached, 1, 6, 3.0, "euler", "simple", pos, neg, latent)
 cache = cached.model_options["transformer_options"]["skyreels_teacache"]
-result["ksampler"] = [cache.calls, cache.skipped]
+result["ksampler"] = [cache.calls, cache.skipped, len(cache.streams)]
+# two positive prompts in one batch: each its own stream (their order changes nothing)
+a, b = [torch.randn(1, 8, 4096, generator=g), {{}}], [torch.randn(1, 8, 4096, generator=g), {{}}]
+ab, ba = (core.common_ksampler(cached, 1, 6, 3.0, "euler", "simple", p, neg, latent)[0]["samples"]
+          for p in ([a, b], [b, a]))
+result["two prompts"] = (ab - ba).abs().max().item()
+# a sampler that evaluates twice per step
+result["heun"] = bool(core.common_ksampler(cached, 1, 4, 3.0, "heun", "simple", pos, neg, latent)[0]["samples"]
+                      .isfinite().all())
+try:
+    TeaCache.execute(cached, 0.2, False)          # TeaCache twice
+except ValueError as e:
+    result["replaced"] = str(e)
+from skyreels_pack.nodes.parallel import recipe_of
+try:
+    recipe_of(cached)
+except ValueError as e:
+    result["parallel"] = str(e)
 # SkyReels-V2's own TeaCache, call after call (cond, uncond at each step), with and without skipping
 import safetensors.torch, comfy.model_management
 sys.path.insert(0, os.path.join({repo!r}, "tests", "data"))
@@ -107,7 +124,12 @@ def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
                          "cond and uncond counted apart)"]
     # two windows of 6 steps, each starting over: 2 x 2 x (6 - 2)
     assert d["long"] == ["TeaCache: 16 of 24 model calls skipped (threshold 1e+09; cond and uncond counted apart)"]
-    assert r["ksampler"] == [12, 8]
+    assert r["ksampler"] == [12, 8, 0]          # ... and nothing kept once sampling ends
+    assert r["two prompts"] <= 1e-5, r
+    assert r["heun"]
+    assert r["replaced"].startswith("TeaCache: model: its transformer blocks are already replaced by another patch")
+    assert r["parallel"].endswith("TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or "
+                                  "run on one GPU")
     # every call as SkyReels-V2's TeaCache makes it, skipped or not (float noise ~1e-6; a call skipped on one side
     # only would differ by ~0.3, measured on this table)
     for name in ("plain", "skip", "skip_retention"):

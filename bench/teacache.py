@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""TeaCache (SkyReels-V2) vs core EasyCache / LazyCache in Sample Video: model calls skipped, the latent's distance
+from the run without a cache, and the time (a script, not a test).
+
+    python bench/teacache.py [--host PATH] [--steps 10] [--cpu]
+
+One host process, the real nodes: loader -> [TeaCache | EasyCache | LazyCache] -> Sample Video, cfg 6, unipc, in
+standard mode and in Diffusion Forcing (asynchronous, ar_step 1). The distance is ||x - x_none|| / ||x_none|| of
+the final latents, the same seed and conditioning.
+
+CPU: a tiny SkyReels-V2 DF model (width 256, 2 blocks), 32x32, 17 frames, given the 1.3B coefficients (its width
+has none). Its random time embedding changes far more from step to step than a trained model's, so SkyReels-V2's
+thresholds (0.1 to 0.3) skip nothing there; larger thresholds show the trade-off.
+GPU: the real 1.3B shapes with random weights, 544x960, 97 frames, standard mode, thresholds 0.1 and 0.2 and core's
+caches at 0.2 (the time column is then what counts; random weights skip differently from trained ones).
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE, os.path.join(REPO, "tests")]
+
+import torch  # noqa: E402
+from comfy_host import IMPORT_PACK, PRELUDE, find_host  # noqa: E402
+from convert import write_synthetic  # noqa: E402
+from helpers import write_tiny  # noqa: E402
+
+CHILD = r"""
+import logging, re, time, torch, folder_paths
+from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
+from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
+from skyreels_pack.nodes.sample import SampleVideo
+from skyreels_pack.nodes.teacache import TeaCache
+from skyreels_pack.sampling import teacache
+folder_paths.add_model_folder_path("diffusion_models", {folder!r}, is_default=True)
+teacache.SIZES.setdefault(256, "1.3B")          # the tiny CPU model stands for the 1.3B one
+model = LoadFP8SkyReelsModel.execute({file!r}, "bf16", "upcast").args[0]
+g = torch.Generator().manual_seed(0)
+pos = [[torch.randn(1, 512, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 512, 4096, generator=g), {{}}]]
+skipped_log = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        m = re.search(r"(EasyCache|LazyCache) - skipped (\d+)/(\d+) steps", record.getMessage())
+        if m:
+            skipped_log.append((int(m.group(2)), int(m.group(3))))
+logging.getLogger().addHandler(Keep())
+logging.getLogger().setLevel(logging.INFO)
+
+def run(m, mode):
+    skipped_log.clear()
+    started = time.perf_counter()
+    samples, report, _ = SampleVideo.execute(m, pos, neg, {width}, {height}, {frames}, 0, {steps}, 6.0, 8.0, "unipc",
+                                             24, mode, 97, 17, 1 if mode != "standard" else 0, 1, 0).args
+    seconds = time.perf_counter() - started
+    tea = re.search(r"TeaCache: (\d+) of (\d+) model calls skipped", report)
+    if tea:       # calls, cond and uncond apart
+        skipped = f"{{tea.group(1)}}/{{tea.group(2)}} calls"
+    else:         # core's caches count the steps they see (cond and uncond together)
+        skipped = f"{{sum(s for s, _ in skipped_log)}}/{{sum(t for _, t in skipped_log)}} steps"
+    return samples["samples"], skipped, seconds
+
+rows = []
+for mode in {modes!r}:
+    base, _, base_s = run(model, mode)
+    configs = [("none", "", model)]
+    for thresh in {thresholds!r}:
+        for retention in {retention!r}:
+            configs.append(("TeaCache", f"{{thresh:g}}{{' ret' if retention else ''}}",
+                            TeaCache.execute(model, thresh, retention).args[0]))
+    for reuse in {reuse!r}:
+        configs.append(("EasyCache", f"{{reuse:g}}", EasyCacheNode.execute(model, reuse, 0.15, 0.95, False).args[0]))
+        configs.append(("LazyCache", f"{{reuse:g}}", LazyCacheNode.execute(model, reuse, 0.15, 0.95, False).args[0]))
+    for name, param, m in configs:
+        out, skipped, seconds = (base, None, base_s) if name == "none" else run(m, mode)
+        rows.append(dict(mode=mode, name=name, param=param, skipped=skipped, seconds=seconds,
+                         distance=((out - base).norm() / base.norm()).item()))
+print(json.dumps(rows))
+"""
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--cpu", action="store_true", help="the CPU run even where a GPU is present")
+    args = p.parse_args()
+    host = args.host or find_host()
+    if not host:
+        raise SystemExit("no ComfyUI host found: set COMFYUI_PATH or pass --host")
+    gpu = torch.cuda.is_available() and not args.cpu
+    folder = tempfile.mkdtemp(prefix="skyreels-teacache-")
+    try:
+        if gpu:
+            print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; host {host}")
+            write_synthetic(os.path.join(folder, "df_1.3b.safetensors"), "1.3B")
+            # kept short for gpu_check.sh's time: standard mode, SkyReels-V2's thresholds, core's caches at 0.2
+            size = dict(file="df_1.3b.safetensors", width=960, height=544, frames=97, thresholds=[0.1, 0.2],
+                        retention=[False], reuse=[0.2], modes=["standard"])
+        else:
+            print(f"device: CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}; host {host}")
+            write_tiny(os.path.join(folder, "df_tiny.safetensors"), "DF", seed=2)
+            size = dict(file="df_tiny.safetensors", width=32, height=32, frames=17,
+                        thresholds=[0.1, 0.2, 0.3, 100, 1000, 3000], retention=[False, True],
+                        reuse=[0.2, 0.5, 1.0, 2.0], modes=["standard", "diffusion forcing"])
+        code = PRELUDE.format(host=host, repo=REPO) + IMPORT_PACK.format(repo=REPO) + CHILD.format(
+            folder=folder, steps=args.steps, **size)
+        if gpu:
+            code = code.replace("comfy.cli_args.args.cpu = True", "")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=host, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-4000:])
+        rows = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{size['width']}x{size['height']}, {size['frames']} frames, {args.steps} steps, cfg 6; TeaCache counts "
+              "model calls (cond and uncond apart), core's caches the steps they see; distance: relative L2 of the "
+              "final latent from the run without a cache")
+        print(f"{'mode':18s} {'cache':10s} {'setting':>9s} {'skipped':>14s} {'distance':>9s} {'seconds':>8s}")
+        for r in rows:
+            print(f"{r['mode']:18s} {r['name']:10s} {r['param']:>9s} {r['skipped'] or '-':>14s} "
+                  f"{r['distance']:9.4f} {r['seconds']:8.2f}")
+    finally:
+        shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    main()
