@@ -87,5 +87,5 @@ section "fp8 GEMM and weight memory (bench/gemm.py)" 90 "$PYTHON" bench/gemm.py
 section "activation quantization memory and time (bench/act_quant.py)" 45 "$PYTHON" bench/act_quant.py --repeats 3
 section "attention backends vs SDPA (bench/attention.py)" 90 "$PYTHON" bench/attention.py
 section "Sample Video (bench/sample.py)" 180 "$PYTHON" bench/sample.py --steps 2
-section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 105 "$PYTHON" bench/teacache.py --steps 6
+section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 105 "$PYTHON" bench/teacache.py --steps 6 --quick
 echo "gpu_check: wrote $REPORT"

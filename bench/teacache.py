@@ -2,7 +2,7 @@
 """TeaCache (SkyReels-V2) vs core EasyCache / LazyCache in Sample Video: model calls skipped, the latent's distance
 from the run without a cache, and the time (a script, not a test).
 
-    python bench/teacache.py [--host PATH] [--steps 10] [--cpu]
+    python bench/teacache.py [--host PATH] [--steps 10] [--cpu] [--quick]
 
 One host process, the real nodes: loader -> [TeaCache | EasyCache | LazyCache] -> Sample Video, cfg 6, unipc, in
 standard mode and in Diffusion Forcing (asynchronous, ar_step 1). The distance is ||x - x_none|| / ||x_none|| of
@@ -91,6 +91,7 @@ def main():
     p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--cpu", action="store_true", help="the CPU run even where a GPU is present")
+    p.add_argument("--quick", action="store_true", help="CPU: a few settings only (gpu_check.sh's smoke run)")
     args = p.parse_args()
     host = args.host or find_host()
     if not host:
@@ -110,6 +111,8 @@ def main():
             size = dict(file="df_tiny.safetensors", width=32, height=32, frames=17,
                         thresholds=[0.1, 0.2, 0.3, 100, 1000, 3000], retention=[False, True],
                         reuse=[0.2, 0.5, 1.0, 2.0], modes=["standard", "diffusion forcing"])
+            if args.quick:
+                size.update(thresholds=[0.2, 1000], retention=[False], reuse=[0.5], modes=["standard"])
         code = PRELUDE.format(host=host, repo=REPO) + IMPORT_PACK.format(repo=REPO) + CHILD.format(
             folder=folder, steps=args.steps, **size)
         if gpu:
