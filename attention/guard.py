@@ -18,7 +18,7 @@ def phase(step, total):
 class StepIndex:
     """(step, total steps) of a model call, from its transformer options.
 
-    Sample Video counts its model calls (`skyreels_call`); under a core sampler the step is where this call's sigma
+    Sample Video counts its model calls (`skyreels_call` of `skyreels_calls` in the window); under a core sampler the step is where this call's sigma
     sits in the schedule (the host has no step counter). That lookup reads a GPU value, so it is done once per
     model call (the same `sigmas` tensor serves every attention call of a forward pass), not per attention call."""
 
@@ -28,8 +28,8 @@ class StepIndex:
     def __call__(self, to):
         schedule = to.get("sample_sigmas")
         total = len(schedule) - 1 if schedule is not None else 0
-        if "skyreels_call" in to:
-            return to["skyreels_call"], total
+        if "skyreels_call" in to:   # with the window's number of calls: asynchronous DF makes more than steps
+            return to["skyreels_call"], to.get("skyreels_calls", total)
         sigmas = to.get("sigmas")
         if sigmas is None or schedule is None:
             return 0, total

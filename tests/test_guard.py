@@ -19,6 +19,8 @@ def test_step_from_the_schedule_is_looked_up_once_per_model_call():
     assert index({"sigmas": sigmas, "sample_sigmas": schedule}) == (2, 4)
     assert index({"sigmas": torch.tensor([0.25]), "sample_sigmas": schedule}) == (3, 4)  # the next model call
     assert index({"skyreels_call": 1, "sample_sigmas": schedule}) == (1, 4)  # Sample Video's own count
+    # an asynchronous DF window: more model calls than steps, checked at 1/4, 1/2, 3/4 of its calls
+    assert index({"skyreels_call": 7, "skyreels_calls": 10, "sample_sigmas": schedule}) == (7, 10)
     assert index({}) == (0, 0)
 
 
