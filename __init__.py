@@ -4,6 +4,8 @@ ComfyUI imports every pack at start-up, so this file imports nothing heavy: the 
 code, never sageattention/triton) are imported when the host asks for the node list.
 """
 
+WEB_DIRECTORY = "./nodes/web"    # one frontend file: loads workflows saved before mode was a dynamic combo
+
 
 async def comfy_entrypoint():
     from .nodes import SkyReelsFP8Extension

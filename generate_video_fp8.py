@@ -309,10 +309,11 @@ def build_prompt(workflow, object_info, args, names, demo):
             for key, value in (("cfg", args.guidance_scale), ("shift", args.shift)):
                 if value is not None:
                     inputs[key] = value
-            for flag in DF_FLAGS:
-                given = getattr(args, flag)
-                inputs[flag] = given if given is not None else sizes.get(flag, DF_DEFAULTS[flag])
-            inputs["causal_attention"] = args.causal_attention
+            if inputs["mode"] == "diffusion forcing":         # its widgets are under mode, a dynamic combo
+                for flag in DF_FLAGS:
+                    given = getattr(args, flag)
+                    inputs["mode." + flag] = given if given is not None else sizes.get(flag, DF_DEFAULTS[flag])
+                inputs["mode.causal_attention"] = args.causal_attention
             if args.use_usp:
                 prompt["parallel"] = {"class_type": "SkyReelsParallelConfig",
                                       "inputs": {"workers": args.workers, "device": "auto", "ray_address": "",

@@ -81,8 +81,7 @@ model = LoadFP8SkyReelsModel.execute("df.safetensors", "auto", "upcast").args[0]
 g = torch.Generator().manual_seed(0)
 pos, neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]], [[torch.randn(1, 8, 4096, generator=g), {{}}]]
 args = dict(width=64, height=64, frames=17, seed=1, steps=3, cfg=5.0, shift=8.0, sampler="unipc", fps=24,
-            mode="standard", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
-            addnoise_condition=0)
+            mode={{"mode": "standard"}})
 out = {{}}
 ulysses = ParallelConfig.execute(2, "auto", "", cfg_parallel=False).args[0]
 cfg = ParallelConfig.execute(2, "auto", "", cfg_parallel=True).args[0]

@@ -53,7 +53,7 @@ def run(steps):
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return SampleVideo.execute(model, pos, neg, {width}, {height}, {frames}, 0, steps, 6.0, 8.0, "unipc", 24,
-                               "standard", 97, 17, 0, 1, 0).args[1]
+                               {{"mode": "standard"}}).args[1]
 
 run(1)                       # warm-up: model load, kernels, caches
 report = run({steps})

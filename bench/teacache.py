@@ -58,7 +58,7 @@ def run(m, mode):
     skipped_log.clear()
     started = time.perf_counter()
     samples, report, _ = SampleVideo.execute(m, pos, neg, {width}, {height}, {frames}, 0, {steps}, 6.0, 8.0, "unipc",
-                                             24, mode, 97, 17, 1 if mode != "standard" else 0, 1, 0).args
+                                             24, dict(mode=mode, ar_step=int(mode != "standard"))).args
     seconds = time.perf_counter() - started
     tea = re.search(r"TeaCache: (\d+) of (\d+) model calls skipped", report)
     if tea:       # calls, cond and uncond apart

@@ -8,7 +8,11 @@ from ..sampling.schedule import latent_frames
 from . import parallel as multi_device
 from .sample_job import Job, check_frames, fail, model_shift
 
-MODES = ["standard", "diffusion forcing"]
+# The DF widgets, in the order they had before `mode` became a dynamic combo: the frontend restores a saved
+# workflow's values by position, and these came right after `mode`, so old workflows load unchanged.
+DF_DEFAULTS = dict(base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1, addnoise_condition=0,
+                   causal_attention=False)
+NODE_ID = "SkyReelsSampleVideo"
 WINDOW_PROMPTS = [f"window_{i}" for i in range(2, 18)]
 
 
@@ -16,7 +20,7 @@ class SampleVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="SkyReelsSampleVideo",
+            node_id=NODE_ID,
             display_name="Sample Video",
             category="SkyReels-V2",
             description="Samples a SkyReels-V2 video latent: standard, or Diffusion Forcing with per-frame noise "
@@ -39,24 +43,11 @@ class SampleVideo(io.ComfyNode):
                                tooltip="unipc: SkyReels-V2's flow UniPC (bh2, order 2). euler: ComfyUI's euler."),
                 io.Int.Input("fps", default=24, min=1, max=120,
                              tooltip="Frame rate the DF-1.3B model conditions on (16 or other). Other models ignore it."),
-                io.Combo.Input("mode", options=MODES, default="standard",
-                               tooltip="diffusion forcing: a noise level per frame (SkyReels-V2 DF models); needed for "
-                                       "start_image, prefix_video and videos longer than base_num_frames."),
-                io.Int.Input("base_num_frames", default=97, min=1, max=100001, step=4, advanced=True,
-                             tooltip="DF: frames the model sees at once (4k+1). Longer videos are made in windows."),
-                io.Int.Input("overlap_history", default=17, min=1, max=100001, step=4, advanced=True,
-                             tooltip="DF: frames of each window that start the next one (4k+1)."),
-                io.Int.Input("ar_step", default=0, min=0, max=1000, advanced=True,
-                             tooltip="DF: 0 synchronous; >0 asynchronous, each causal block this many steps behind "
-                                     "the one before (SkyReels-V2 uses 5)."),
-                io.Int.Input("causal_block_size", default=1, min=1, max=100, advanced=True,
-                             tooltip="DF: latent frames that share a noise level (SkyReels-V2 uses 5 with ar_step 5)."),
-                io.Int.Input("addnoise_condition", default=0, min=0, max=1000, advanced=True,
-                             tooltip="DF: noise (in timesteps) added to the prefix frames the model sees; 20 helps "
-                                     "long videos stay consistent."),
-                io.Boolean.Input("causal_attention", default=False, advanced=True, optional=True,
-                                 tooltip="DF: frames attend only to their own and earlier causal blocks (SkyReels-V2's "
-                                         "--causal_attention). Also in parallel runs."),
+                io.DynamicCombo.Input("mode", options=[io.DynamicCombo.Option("standard", []),
+                                                       io.DynamicCombo.Option("diffusion forcing", df_widgets())],
+                                      tooltip="diffusion forcing: a noise level per frame (SkyReels-V2 DF models); "
+                                              "needed for start_image, prefix_video, end_image and videos longer "
+                                              "than base_num_frames. Its own widgets show under it."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="Encodes start_image / prefix_video; with it, long-video windows overlap "
                                      "through pixels as SkyReels-V2 does. Without it they overlap in latent space: "
@@ -92,13 +83,11 @@ class SampleVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
-                base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition, causal_attention=False, vae=None,
-                start_image=None, end_image=None, prefix_video=None, latent=None, parallel=None,
+                vae=None, start_image=None, end_image=None, prefix_video=None, latent=None, parallel=None,
                 window_prompts=None) -> io.NodeOutput:
+        # mode: {"mode": "standard"} or {"mode": "diffusion forcing", "base_num_frames": ..., ...}
         widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
-                       sampler=sampler, fps=fps, mode=mode, base_num_frames=base_num_frames,
-                       overlap_history=overlap_history, ar_step=ar_step, causal_block_size=causal_block_size,
-                       addnoise_condition=addnoise_condition, causal_attention=causal_attention, latent=latent)
+                       sampler=sampler, fps=fps, **DF_DEFAULTS, **mode, latent=latent)
         later = window_positives(positive, window_prompts or {})
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
                       window_prompts=later)
@@ -114,6 +103,42 @@ class SampleVideo(io.ComfyNode):
         return io.NodeOutput({"samples": samples}, report, images if images is not None else ExecutionBlocker(
             "Sample Video: images needs a vae connected (it decodes each window as SkyReels-V2 does); or decode "
             "the LATENT output with VAE Decode"))
+
+
+def df_widgets():
+    return [
+        io.Int.Input("base_num_frames", default=DF_DEFAULTS["base_num_frames"], min=1, max=100001, step=4,
+                     tooltip="Frames the model sees at once (4k+1). Longer videos are made in windows."),
+        io.Int.Input("overlap_history", default=DF_DEFAULTS["overlap_history"], min=1, max=100001, step=4,
+                     tooltip="Frames of each window that start the next one (4k+1)."),
+        io.Int.Input("ar_step", default=DF_DEFAULTS["ar_step"], min=0, max=1000,
+                     tooltip="0 synchronous; >0 asynchronous, each causal block this many steps behind the one "
+                             "before (SkyReels-V2 uses 5)."),
+        io.Int.Input("causal_block_size", default=DF_DEFAULTS["causal_block_size"], min=1, max=100,
+                     tooltip="Latent frames that share a noise level (SkyReels-V2 uses 5 with ar_step 5)."),
+        io.Int.Input("addnoise_condition", default=DF_DEFAULTS["addnoise_condition"], min=0, max=1000,
+                     tooltip="Noise (in timesteps) added to the prefix frames the model sees; 20 helps long videos "
+                             "stay consistent."),
+        io.Boolean.Input("causal_attention", default=DF_DEFAULTS["causal_attention"], optional=True,
+                         tooltip="Frames attend only to their own and earlier causal blocks (SkyReels-V2's "
+                                 "--causal_attention). Also in parallel runs."),
+    ]
+
+
+def upgrade_prompt(json_data):
+    """An API prompt saved before `mode` was a dynamic combo names the DF widgets at the top level ("ar_step");
+    the host now expects them under mode ("mode.ar_step"). Runs on every /prompt (the host's on_prompt hook)."""
+    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
+    for node in (prompt or {}).values():
+        if not isinstance(node, dict) or node.get("class_type") != NODE_ID:
+            continue
+        inputs = node.get("inputs") or {}
+        for name in DF_DEFAULTS:
+            if name in inputs:
+                value = inputs.pop(name)
+                if inputs.get("mode") == "diffusion forcing":
+                    inputs.setdefault(f"mode.{name}", value)
+    return json_data
 
 
 def window_positives(positive, given):

@@ -54,9 +54,7 @@ def check_frames(widget, n):
 
 class Job:
     def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts):
-        causal = opts.get("causal_attention", False)
-        if causal and not df:
-            fail("causal_attention: needs mode 'diffusion forcing' (SkyReels-V2's causal attention is a DF option)")
+        causal = df and opts.get("causal_attention", False)      # a DF widget: standard mode has none
         addnoise = opts.get("addnoise_condition", 0) if df else 0
         self.model = per_frame.patch(model, shift, model_timesteps(steps, shift, addnoise))
         if causal:

@@ -33,6 +33,7 @@ def describe(host):
 PRELUDE = """
 import sys, json
 sys.path[:0] = [{host!r}, {repo!r}]
+sys.path.append({repo!r} + "/tests")
 import comfy.cli_args
 comfy.cli_args.args.cpu = True
 """

@@ -34,3 +34,21 @@ def e4m3_neighbours():
     ulp = torch.nextafter(points, torch.full_like(points, 1e3)) - points
     near = torch.cat([points, points + ulp, (points - ulp).clamp(min=0)]).clamp(max=448)
     return torch.cat([near, -near, torch.tensor([-0.0])]).reshape(1, -1)
+
+
+DF_WIDGETS = ("base_num_frames", "overlap_history", "ar_step", "causal_block_size", "addnoise_condition",
+              "causal_attention")
+
+
+def nest_mode(widgets, api=False):
+    """Sample Video's widgets written flat, as its node takes them: the DF ones under the dynamic combo `mode`, a
+    dict for execute() or "mode.<name>" keys for an API prompt (api=True); in standard mode they are dropped."""
+    w = dict(widgets)
+    df = {k: w.pop(k) for k in DF_WIDGETS if k in w} if w["mode"] == "diffusion forcing" else {}
+    for k in DF_WIDGETS:
+        w.pop(k, None)
+    if api:
+        w.update({f"mode.{k}": v for k, v in df.items()})
+    else:
+        w["mode"] = {"mode": w["mode"], **df}
+    return w

@@ -7,6 +7,7 @@ from quant import Options, convert
 
 SETUP = IMPORT_PACK + r"""
 import torch, folder_paths, comfy.sd, comfy.utils
+from helpers import nest_mode
 from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
 folder_paths.add_model_folder_path("diffusion_models", {folder!r}, is_default=True)
 g = torch.Generator().manual_seed(0)

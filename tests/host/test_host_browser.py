@@ -7,6 +7,7 @@ Encode nodes become TestWanConditioning (the host's CLIPLoader builds a full-siz
 holds), and the size is made small. The screenshot of the finished run is kept in $TEST_ARTIFACTS (default
 test-artifacts/ in the repository).
 """
+import json
 import os
 import shutil
 
@@ -18,6 +19,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NAMES = ["Load FP8 SkyReels Model", "Convert to FP8", "Patch SageAttention", "Sample Video", "TeaCache (SkyReels-V2)"]
 WORKFLOWS = ["skyreels_t2v_fp8_sage", "skyreels_i2v_fp8_sage", "skyreels_df_long_video", "skyreels_convert_to_fp8",
              "skyreels_df_start_end_frames"]
+OLD_WORKFLOWS = os.path.join(REPO, "tests", "data", "workflows_before_dynamic_mode")
 ARTIFACTS = os.environ.get("TEST_ARTIFACTS", os.path.join(REPO, "test-artifacts"))
 
 # Replace each CLIP Text Encode by the test conditioning node, wired to the same inputs, drop the CLIP loader, and
@@ -131,3 +133,61 @@ def test_t2v_workflow_runs_from_the_run_button(page):
                           ".filter(v => v.startsWith('Sample Video:'))")
     assert len(shown) == 1 and "standard, unipc 2 steps" in shown[0] and "= 9 video frames" in shown[0], shown
     assert page.errors == [], page.errors
+
+
+# Open each workflow as the frontend opens a file, then read Sample Video's widgets, the input slots left without a
+# widget, and the prompt the Run button would queue.
+OPEN_AND_READ = """async (workflows) => {
+  const out = [];
+  for (const workflow of workflows) {
+    await window.app.loadGraphData(workflow);
+    const s = window.app.graph.nodes.find(n => n.type === "SkyReelsSampleVideo");
+    out.push({widgets: s.widgets.map(w => [w.name, w.value]),
+              stray: s.inputs.filter(i => i.widget && !s.widgets.some(w => w.name === i.widget.name)).map(i => i.name),
+              prompt: (await window.app.graphToPrompt()).output});
+  }
+  return out;
+}"""
+
+
+@pytest.mark.parametrize("name,by_name", [("skyreels_t2v_fp8_sage", False), ("skyreels_df_start_end_frames", False),
+                                          ("skyreels_df_start_end_frames", True)])
+def test_workflows_saved_before_mode_was_a_dynamic_combo_open_as_before(page, name, by_name):
+    # Sample Video's DF widgets now sit under `mode`, a dynamic combo ("mode.ar_step"). A workflow saved before holds
+    # them under their old names. It must open to the same widgets, with no stray input slot, and queue the same
+    # prompt as the shipped workflow saved since; also with the frontend's experimental restore-by-name setting.
+    with open(os.path.join(OLD_WORKFLOWS, name + ".json")) as f:
+        old = json.load(f)
+    with open(os.path.join(REPO, "workflows", name + ".json")) as f:
+        new = json.load(f)
+    page.evaluate(f"() => {{ LiteGraph.namedValuesRestore = {str(by_name).lower()}; }}")
+    try:
+        opened_old, opened_new = page.evaluate(OPEN_AND_READ, [old, new])
+    finally:
+        page.evaluate("() => { LiteGraph.namedValuesRestore = false; }")
+    assert opened_old["stray"] == [] and opened_old == opened_new
+    sample = next(n["inputs"] for n in opened_old["prompt"].values() if n["class_type"] == "SkyReelsSampleVideo")
+    if sample["mode"] == "standard":
+        assert not [k for k in sample if k.startswith("mode.") or k == "ar_step"], sample
+    else:   # the saved values, not the widgets' defaults (addnoise_condition 0)
+        assert (sample["mode.base_num_frames"], sample["mode.addnoise_condition"]) == (97, 20), sample
+    assert page.errors == [], page.errors
+
+
+def test_df_widgets_show_in_df_mode_only(page):
+    open_template(page, "skyreels_df_long_video")
+    names = page.evaluate("""() => {
+      const s = window.app.graph.nodes.find(n => n.type === "SkyReelsSampleVideo");
+      const mode = s.widgets.find(w => w.name === "mode");
+      const seen = [s.widgets.map(w => w.name)];
+      mode.value = "standard";
+      seen.push(s.widgets.map(w => w.name));
+      mode.value = "diffusion forcing";
+      seen.push(s.widgets.map(w => [w.name, w.value]));
+      return seen;
+    }""")
+    df = ["mode.base_num_frames", "mode.overlap_history", "mode.ar_step", "mode.causal_block_size",
+          "mode.addnoise_condition", "mode.causal_attention"]
+    assert names[0][names[0].index("mode") + 1:] == df
+    assert names[1][-1] == "mode" and not set(df) & set(names[1])
+    assert dict(names[2])["mode.ar_step"] == 0     # back in DF mode: the widgets' defaults

@@ -74,8 +74,8 @@ def test_flags_reach_the_workflow_widgets(server):
     assert sage["mode"] == "disabled"
     assert (sample["width"], sample["height"], sample["frames"], sample["seed"]) == (1280, 720, 257, 7)
     # Given flags win; the others take SkyReels-V2's CLI defaults, not the workflow's long-video settings.
-    assert (sample["ar_step"], sample["causal_block_size"], sample["overlap_history"]) == (5, 5, 17)
-    assert (sample["base_num_frames"], sample["addnoise_condition"]) == (97, 0)
+    assert (sample["mode.ar_step"], sample["mode.causal_block_size"], sample["mode.overlap_history"]) == (5, 5, 17)
+    assert (sample["mode.base_num_frames"], sample["mode.addnoise_condition"]) == (97, 0)
     assert sorted(e["text"] for e in by_type["CLIPTextEncode"]) == ["a red fox", "blurry"]
     assert by_type["CLIPLoader"][0]["clip_name"] == "umt5.safetensors"
     assert by_type["LoadImage"][0]["image"] == "start.png" and prompt[sample["start_image"][0]]
@@ -84,7 +84,7 @@ def test_flags_reach_the_workflow_widgets(server):
     # the video as SkyReels-V2 assembles it: Sample Video's images output (slot 2), each window decoded alone
     assert by_type["CreateVideo"][0]["images"][1] == 2 and prompt[by_type["CreateVideo"][0]["images"][0]][
         "class_type"] == "SkyReelsSampleVideo"
-    assert sample["causal_attention"] is True
+    assert sample["mode.causal_attention"] is True
     parallel = prompt[sample["parallel"][0]]
     assert parallel["class_type"] == "SkyReelsParallelConfig" and parallel["inputs"]["workers"] == 4
     spec = {**info["SkyReelsParallelConfig"]["input"]["required"], **info["SkyReelsParallelConfig"]["input"]["optional"]}

@@ -10,12 +10,12 @@ config = ParallelConfig.execute(2, "cpu", "", cfg_parallel=False, keep_workers=F
 model = load("df_bf16.safetensors")[0]
 pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
 neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
-ARGS = dict(width=48, height=32, frames=17, seed=1, steps=3, cfg=5.0, shift=8.0, sampler="unipc", fps=24,
-            mode="standard", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
-            addnoise_condition=0)
+FLAT = dict(width=48, height=32, frames=17, seed=1, steps=3, cfg=5.0, shift=8.0, sampler="unipc", fps=24,
+            mode="standard")
+ARGS = nest_mode(FLAT)
 
 def sample(parallel=None, **kw):
-    return SampleVideo.execute(model, pos, neg, **{**ARGS, **kw}, parallel=parallel).args
+    return SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **kw}), parallel=parallel).args
 
 def workers():
     # (pid, command line) of Ray's worker processes that hold one of our actors, alive now: this process's local
@@ -50,8 +50,8 @@ vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join(@FOLDER@, "vae.sa
 image = torch.rand(1, 32, 48, 3, generator=g)
 extra = dict(mode="diffusion forcing", frames=25, base_num_frames=17, overlap_history=9, ar_step=1,
              addnoise_condition=20, causal_attention=True)
-one, one_report = SampleVideo.execute(model, pos, neg, **{**ARGS, **extra}, vae=vae, start_image=image).args[:2]
-two, report = SampleVideo.execute(model, pos, neg, **{**ARGS, **extra}, vae=vae, start_image=image,
+one, one_report = SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **extra}), vae=vae, start_image=image).args[:2]
+two, report = SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **extra}), vae=vae, start_image=image,
                                   parallel=ParallelConfig.execute(2, "cpu", "", keep_workers=False).args[0]).args[:2]
 result["cfg parallel, vae, causal"] = rel(two["samples"], one["samples"])
 result["cfg parallel report"] = report

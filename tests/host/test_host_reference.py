@@ -49,9 +49,8 @@ STEPS, CFG, SHIFT, SEED = 4, 5.0, 8.0, 11
 def ours(name, frames=17, **widgets):
     model = load(name, "bf16")[0]
     args = dict(width=32, height=32, frames=frames, seed=SEED, steps=STEPS, cfg=CFG, shift=SHIFT, sampler="unipc",
-                fps=24, mode="standard", base_num_frames=frames, overlap_history=17, ar_step=0, causal_block_size=1,
-                addnoise_condition=0)
-    out = SampleVideo.execute(model, [[pe, {{}}]], [[ne, {{}}]], **{{**args, **widgets}}).args[0]["samples"]
+                fps=24, mode="standard", base_num_frames=frames)
+    out = SampleVideo.execute(model, [[pe, {{}}]], [[ne, {{}}]], **nest_mode({{**args, **widgets}})).args[0]["samples"]
     return model.model.process_latent_in(out)        # the model's latent space, as diffusers returns it
 
 def reference(pipe_class, name, variant, frames=17, generator=None, **kwargs):

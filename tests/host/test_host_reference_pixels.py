@@ -39,8 +39,8 @@ for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in re
         extra["prefix_video"] = ref.pictures(prefix_frames, 3).float() / 255
     samples, report, images = SampleVideo.execute(
         model, pos, neg, width=ref.SIZE, height=ref.SIZE, frames=frames, seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG,
-        shift=ref.SHIFT, sampler="unipc", fps=24, mode="diffusion forcing", base_num_frames=base,
-        overlap_history=overlap, ar_step=ar_step, causal_block_size=cbs, addnoise_condition=0, vae=vae,
+        shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="diffusion forcing", base_num_frames=base,
+        overlap_history=overlap, ar_step=ar_step, causal_block_size=cbs, addnoise_condition=0), vae=vae,
         **extra).args
     windows = [table.get_tensor(k) for k in sorted(k for k in table.keys() if k.startswith(name + "/window"))]
     video = table.get_tensor(name + "/video").float()
@@ -72,8 +72,7 @@ p2, n2, latent = WanImageToVideo.execute(pos, neg, vae, ref.SIZE, ref.SIZE, ref.
                                          start_image=ref.pictures(1, 4).float() / 255, clip_vision_output=clip).args
 samples, report, images = SampleVideo.execute(
     i2v, p2, n2, width=ref.SIZE, height=ref.SIZE, frames=ref.I2V_FRAMES, seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG,
-    shift=ref.SHIFT, sampler="unipc", fps=24, mode="standard", base_num_frames=97, overlap_history=17, ar_step=0,
-    causal_block_size=1, addnoise_condition=0, vae=vae, latent=latent).args
+    shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="standard"), vae=vae, latent=latent).args
 gap = images.float() * 255 - table.get_tensor("i2v/video").float()
 result["i2v"] = dict(latents=rel(i2v.model.process_latent_in(samples["samples"]), table.get_tensor("i2v/window0")[None]),
                      pixel_gap=[gap.min().item(), gap.max().item()], frames=[images.shape[0], ref.I2V_FRAMES])

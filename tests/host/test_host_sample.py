@@ -8,13 +8,13 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from helpers import nest_mode
 from server import error_of
 
 
 SAMPLE = "SkyReelsSampleVideo"
 DEFAULTS = dict(width=32, height=32, frames=9, seed=3, steps=4, cfg=2.0, shift=8.0, sampler="unipc", fps=24,
-                mode="standard", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
-                addnoise_condition=0)
+                mode="standard")
 
 
 def loader(name):
@@ -24,13 +24,14 @@ def loader(name):
 
 
 def graph(prefix, model="df_bf16.safetensors", **widgets):
-    """loader -> Sample Video -> SaveLatent, with test conditioning in place of umt5-xxl."""
+    """loader -> Sample Video -> SaveLatent, with test conditioning in place of umt5-xxl. The widgets are written
+    flat; the DF ones go under mode ("mode.ar_step"), as the frontend sends them."""
     return {
         "1": loader(model),
         "2": {"class_type": "TestWanConditioning", "inputs": {"seed": 1, "tokens": 8}},
         "3": {"class_type": "TestWanConditioning", "inputs": {"seed": 2, "tokens": 8}},
         "4": {"class_type": SAMPLE, "inputs": {"model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0],
-                                               **{**DEFAULTS, **widgets}}},
+                                               **nest_mode({**DEFAULTS, **widgets}, api=True)}},
         "5": {"class_type": "SaveLatent", "inputs": {"samples": ["4", 0], "filename_prefix": "latents/" + prefix}},
     }
 
@@ -98,6 +99,24 @@ def test_images_output_gives_every_frame_also_from_the_cache(server):
     assert glob.glob(os.path.join(server.base, "output", "frames", "novae_*.png")) == []
 
 
+def test_api_prompts_saved_before_mode_was_a_dynamic_combo_still_run(server):
+    # Before, the DF widgets were top-level inputs ("ar_step"); now the host wants them under mode ("mode.ar_step").
+    # The pack's on_prompt hook moves them, so an old API prompt runs the same video; in standard mode it drops them.
+    df = dict(mode="diffusion forcing", frames=33, base_num_frames=21, overlap_history=9, ar_step=2,
+              causal_block_size=3, addnoise_condition=20, causal_attention=True)
+    run_ok(server, graph("new_format", **df))
+    old = graph("old_format")
+    old["4"]["inputs"].update(df)
+    run_ok(server, old)
+    assert torch.equal(latent_of(server, "old_format"), latent_of(server, "new_format"))
+    run_ok(server, graph("new_standard"))
+    old = graph("old_standard")
+    old["4"]["inputs"].update(base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
+                              addnoise_condition=0, causal_attention=False)
+    run_ok(server, old)
+    assert torch.equal(latent_of(server, "old_standard"), latent_of(server, "new_standard"))
+
+
 def test_a_prompt_per_window_through_the_hosts_dynamic_inputs(server):
     # 21 frames in windows of 13 overlapping by 5: latent frames 0-3 from the first window, 4-5 from the second
     widgets = dict(mode="diffusion forcing", frames=21, base_num_frames=13, overlap_history=5)
@@ -119,8 +138,6 @@ def test_a_prompt_per_window_through_the_hosts_dynamic_inputs(server):
      "Sample Video: overlap_history: 9 frames are 3 latent frame(s), fewer than causal_block_size 4; use at least 13"),
     (dict(mode="diffusion forcing", frames=57, base_num_frames=21, overlap_history=21),
      "Sample Video: overlap_history (21) must be shorter than base_num_frames (21)"),
-    (dict(causal_attention=True),
-     "Sample Video: causal_attention: needs mode 'diffusion forcing' (SkyReels-V2's causal attention is a DF option)"),
 ])
 def test_bad_widgets_are_named(server, widgets, message):
     entry = server.run(graph("bad", **widgets))

@@ -17,7 +17,7 @@ ARGS = dict(width=32, height=32, frames=9, seed=1, steps=3, cfg=3.0, shift=8.0, 
             addnoise_condition=0)
 
 def sample(**kw):
-    return SampleVideo.execute(model, pos, neg, **{{**ARGS, **kw}}).args
+    return SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, **kw}})).args
 
 def error(**kw):
     try:
@@ -60,7 +60,7 @@ window = torch.randn(2, 16, 4, 4, 4, generator=g)
 job._add_pixels(window, 0, True)
 carried = job._next_prefix([window], 2, 2)
 own = [vae.encode(vae.decode(window[i:i + 1]).reshape(-1, 32, 32, 3)[-5:]) for i in range(2)]
-two, _, two_images = SampleVideo.execute(model, pos, neg, **{{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}},
+two, _, two_images = SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}}),
                              vae=vae, latent={{"samples": torch.zeros(2, 16, 6, 4, 4)}}).args
 
 result = dict(

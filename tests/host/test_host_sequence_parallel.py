@@ -70,7 +70,7 @@ cases = [("ulysses", "standard", {}), ("ulysses", "diffusion forcing", DF), ("cf
          ("ulysses", "diffusion forcing, causal, blocks of 2", dict(DF, causal_attention=True, causal_block_size=2,
                                                                    frames=49, base_num_frames=29, overlap_history=9))]
 for mesh, name, extra in cases:
-    args = {**ARGS, **extra}
+    args = nest_mode({**ARGS, **extra})
     one = SampleVideo.execute(df, pos, neg, **args).args[0]["samples"]
     two = SampleVideo.execute(sequence_parallel.patch(df, MESHES[mesh]), pos, neg, **args).args[0]["samples"]
     result[f"{mesh}: {name}"] = rel(two, one)
@@ -79,9 +79,9 @@ for mesh, name, extra in cases:
 # parallel run rounds differently, and must be no further from exact attention than the one-process run is.
 from skyreels_pack.nodes.sage_patch import PatchSageAttention
 sage = PatchSageAttention.execute(df, "reference", 0, 0, 0, 0.995).args[0]
-exact = SampleVideo.execute(df, pos, neg, **ARGS).args[0]["samples"]
-one = SampleVideo.execute(sage, pos, neg, **ARGS).args[0]["samples"]
-two, report = SampleVideo.execute(sequence_parallel.patch(sage, MESHES["ulysses"]), pos, neg, **ARGS).args[:2]
+exact = SampleVideo.execute(df, pos, neg, **nest_mode(ARGS)).args[0]["samples"]
+one = SampleVideo.execute(sage, pos, neg, **nest_mode(ARGS)).args[0]["samples"]
+two, report = SampleVideo.execute(sequence_parallel.patch(sage, MESHES["ulysses"]), pos, neg, **nest_mode(ARGS)).args[:2]
 result["sage: parallel vs one process"] = rel(two["samples"], one)
 result["sage: one process vs exact"] = rel(one, exact)
 result["sage: parallel vs exact"] = rel(two["samples"], exact)

@@ -92,10 +92,9 @@ patched = Patch.execute(df, "auto").args[0]
 g = torch.Generator().manual_seed(0)
 pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
 neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
-ARGS = dict(width=32, height=32, frames=5, seed=1, steps=1, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
-            base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1, addnoise_condition=0)
-runs = {{mode: Sample.execute(patched, pos, neg, mode=mode, **ARGS).args for mode in ("standard",
-                                                                                   "diffusion forcing")}}
+ARGS = dict(width=32, height=32, frames=5, seed=1, steps=1, cfg=3.0, shift=8.0, sampler="unipc", fps=24)
+runs = {{mode: Sample.execute(patched, pos, neg, mode={{"mode": mode}}, **ARGS).args  # DF widgets: their defaults
+        for mode in ("standard", "diffusion forcing")}}
 result["samples_finite"] = all(bool(torch.isfinite(s["samples"]).all()) for s, *_ in runs.values())
 result["reports"] = [r for _, r, *_ in runs.values()]
 # On Windows psutil reports the peak working set (since the process started): the report gives it.

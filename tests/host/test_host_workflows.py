@@ -23,7 +23,7 @@ NAMES = ["skyreels_t2v_fp8_sage.json", "skyreels_i2v_fp8_sage.json", "skyreels_d
 SMALL = dict(width=32, height=32, frames=9, steps=3)
 # The long-video workflow keeps its Diffusion Forcing settings (ar_step 5, causal blocks of 5, addnoise 20) on a
 # shorter video: 57 frames in windows of 37 frames overlapping by 17 (latent 15 = 10 + 5; all multiples of 5).
-SMALL_DF = dict(width=32, height=32, frames=57, base_num_frames=37, overlap_history=17, steps=3)
+SMALL_DF = {"width": 32, "height": 32, "frames": 57, "mode.base_num_frames": 37, "mode.overlap_history": 17, "steps": 3}
 
 
 def load(name):
