@@ -87,7 +87,7 @@ class SampleVideo(io.ComfyNode):
                 window_prompts=None) -> io.NodeOutput:
         # mode: {"mode": "standard"} or {"mode": "diffusion forcing", "base_num_frames": ..., ...}
         widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
-                       sampler=sampler, fps=fps, **DF_DEFAULTS, **mode, latent=latent)
+                       sampler=sampler, fps=fps, **{**DF_DEFAULTS, **mode}, latent=latent)
         later = window_positives(positive, window_prompts or {})
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
                       window_prompts=later)
