@@ -14,7 +14,8 @@ from server import error_of
 
 SAMPLE = "SkyReelsSampleVideo"
 DEFAULTS = dict(width=32, height=32, frames=9, seed=3, steps=4, cfg=2.0, shift=8.0, sampler="unipc", fps=24,
-                mode="standard")
+                mode="standard", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
+                addnoise_condition=0)   # the DF ones go under mode in DF mode only (nest_mode)
 
 
 def loader(name):

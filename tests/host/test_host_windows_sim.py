@@ -104,7 +104,7 @@ pmem = collections.namedtuple("pmem", "rss vms peak_wset")
 psutil.Process.memory_info = lambda self: pmem(100 * 2**20, 0, 300 * 2**20)
 result["windows_peak"] = run_report.Meter(torch.device("cpu")).finish().memory
 config = Parallel.execute(2, "auto", "").args[0]
-result["parallel"] = error(Sample.execute, patched, pos, neg, mode="standard", parallel=config, **ARGS)
+result["parallel"] = error(Sample.execute, patched, pos, neg, mode={{"mode": "standard"}}, parallel=config, **ARGS)
 result["log"] = lines
 """
 
