@@ -22,10 +22,12 @@ _kernel = None
 _broken = None  # why the kernels failed at run time, once they have
 
 
-def log_once(key, message):
-    if key not in _logged:
-        _logged.add(key)
-        log.warning(message)
+def log_once(key, message, level=logging.WARNING, seen=None):
+    """The pack's one log-once: `message` the first time `key` is seen (in `seen`, the process's set by default)."""
+    seen = _logged if seen is None else seen
+    if key not in seen:
+        seen.add(key)
+        log.log(level, message)
 
 
 def kernel_unavailable(device):

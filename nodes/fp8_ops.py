@@ -15,7 +15,8 @@ import comfy.ops
 from comfy_kitchen.tensor import BaseLayoutParams, QuantizedLayout, QuantizedTensor, register_layout_class
 
 from ..quant import act_quant, format_name
-from ..quant.fp8 import FP8_DTYPES, absmax_scale, fp8_linear, fp8_max
+from ..quant.fp8 import FP8_DTYPES, fp8_linear
+from ..quant.scale import absmax, absmax_scale, saturate
 
 LAYOUT = "SkyReelsFP8PerChannelLayout"
 PER_CHANNEL = {format_name(f, "channel"): dtype for f, dtype in FP8_DTYPES.items()}
@@ -33,8 +34,8 @@ class PerChannelFP8Layout(QuantizedLayout):
         # The host calls this to re-quantize a weight after merging a LoRA ("recalculate": new scales).
         dtype = fp8_dtype or torch.float8_e4m3fn
         if scale is None or isinstance(scale, str):
-            scale = absmax_scale(tensor.detach().abs().amax(dim=1, keepdim=True), dtype)
-        scaled = (tensor.float() / scale).clamp_(-fp8_max(dtype), fp8_max(dtype))
+            scale = absmax_scale(absmax(tensor.detach(), dim=1), dtype)
+        scaled = saturate(tensor.detach().to(torch.float32, copy=True), scale, dtype)
         if stochastic_rounding:
             import comfy.float
             qdata = comfy.float.stochastic_rounding(scaled, dtype, seed=stochastic_rounding)

@@ -47,7 +47,7 @@ class Meter:
             torch.cuda.reset_peak_memory_stats(device)
         self.rss_before = psutil.Process().memory_info().rss / 2**20
         self.peak_reset = _reset_peak_rss()
-        self.stats_before = dict(fp8.stats)
+        self.stats_before, self.reasons_before = dict(fp8.stats), dict(fp8.fallback_reasons)
         self.start = time.perf_counter()
 
     def finish(self):
@@ -59,6 +59,7 @@ class Meter:
         else:
             self.memory = self._cpu_peak()
         self.products = {k: fp8.stats[k] - self.stats_before[k] for k in fp8.stats}
+        self.fallback_reasons = [r for r, n in fp8.fallback_reasons.items() if n > self.reasons_before.get(r, 0)]
         return self
 
     def _cpu_peak(self):
@@ -100,16 +101,16 @@ def _peak_rss_mib():
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024       # bytes on macOS, KiB elsewhere
 
 
-def matmul_summary(fp8_matmul, has_fp8, products, compute_dtype):
+def matmul_summary(fp8_matmul, has_fp8, products, compute_dtype, reasons=()):
     dtype = str(compute_dtype).replace("torch.", "")
     if not has_fp8:
         return f"matmul: {dtype}"
     if not fp8_matmul:
         return f"matmul: fp8 weights upcast to {dtype}"
-    done, fell = products["w8a8"], products["fallback"]
+    done, fell, why = products["w8a8"], products["fallback"], "; ".join(reasons)
     if fell and not done:
-        return f"matmul: fp8 unavailable here, upcast ({fell} products; see the log)"
-    return f"matmul: fp8 w8a8 ({done} products" + (f", {fell} upcast: see the log)" if fell else ")")
+        return f"matmul: fp8 unavailable here, upcast ({fell} products: {why})"
+    return f"matmul: fp8 w8a8 ({done} products" + (f", {fell} upcast: {why})" if fell else ")")
 
 
 def _sage(model):

@@ -14,9 +14,8 @@ from comfy_api.latest import io
 from ..attention import sage_attention
 from ..attention.dispatch import ALIASES, MODES, Installed, canonical, choose, device_capability, installed_packages
 from ..attention.guard import StepIndex, all_finite, guard_cosine, phase
-from ..attention.sage import kernel_unavailable
+from ..attention.sage import kernel_unavailable, log_once
 
-log = logging.getLogger("skyreels_fp8")
 NODE_MODES = [*MODES, *ALIASES]  # the old name last: saved workflows still validate ("sageattn" = "sageattention")
 HOST_NAMES = {"comfy-kitchen int8": "comfy_kitchen_int8", "sage3": "sage3"}  # our backend: the host's registry name
 
@@ -89,9 +88,7 @@ class SageOverride:
         return self  # model options are deep-copied on clone; the guard's findings stay shared on purpose
 
     def _log_once(self, key, message, level=logging.WARNING):
-        if key not in self.logged:
-            self.logged.add(key)
-            log.log(level, "Patch SageAttention: %s", message)
+        log_once(key, f"Patch SageAttention: {message}", level, seen=self.logged)   # once per patched model
 
     def backend(self, device):
         if device not in self.backends:

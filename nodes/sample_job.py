@@ -316,7 +316,8 @@ class Job:
             f"{video_frames(samples.shape[2])} video frames",
             f"{calls} model calls, {self.model_seconds / max(calls, 1):.3f} s per call ({self.model_seconds:.1f} s "
             f"in the model of {meter.seconds:.1f} s in all); {meter.memory}",
-            f"{weights}; {run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute)}",
+            f"{weights}; {run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute,
+                                                          meter.fallback_reasons)}",
             run_report.attention_summary(self.model, attention_before),
             *self._teacache_line(teacache_before),
             *self.notes,

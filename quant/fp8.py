@@ -3,28 +3,19 @@
 Scales follow the convention of the ComfyUI host's `weight_scale`: stored values are `weight / scale`, so
 `dequantized = qweight.float() * scale`.
 """
-import logging
-
 import torch
 import torch.nn.functional as F
 
 from . import act_quant
 from .fp8_plan import device_plan
-from .scale import absmax_scale, fp8_max
+from .scale import absmax, absmax_scale, saturate
 
 FP8_DTYPES = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
-log = logging.getLogger("skyreels_fp8")
-_logged = set()
 _failed = {}
-# Products per path since import; Sample Video reports the difference over its run.
+# Products per path since import, and why fp8 matmul fell back to upcast; Sample Video reports them over its run.
 stats = {"w8a8": 0, "upcast": 0, "fallback": 0}
-
-
-def _log_once(key, message):
-    if key not in _logged:
-        _logged.add(key)
-        log.warning(message)
+fallback_reasons = {}   # reason: products
 
 
 def _check(dtype, granularity, weight):
@@ -41,9 +32,7 @@ class NonFiniteWeight(ValueError):
 
 
 def _amax(w, granularity):
-    # aminmax reads the weight once and makes no |w| copy.
-    lo, hi = torch.aminmax(w) if granularity == "tensor" else torch.aminmax(w.flatten(1), dim=1)
-    amax = torch.maximum(-lo, hi)
+    amax = absmax(w) if granularity == "tensor" else absmax(w.flatten(1), dim=1)
     # amax propagates NaN/Inf, so this one small check stands for a full isfinite pass over the weight.
     if not torch.isfinite(amax).all():
         raise NonFiniteWeight("the weight has NaN/Inf values")
@@ -56,9 +45,7 @@ def _scale_of(w, dtype, granularity):
 
 
 def _cast(w, scale, dtype):
-    limit = fp8_max(dtype)
-    # Clamp before the cast: float8_e4m3fn has no Inf, so an overflow would become NaN.
-    return (w.float() / scale).clamp_(-limit, limit).to(dtype)
+    return saturate(w.to(torch.float32, copy=True), scale, dtype).to(dtype)
 
 
 def quantize_weight(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor"):
@@ -82,7 +69,6 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
         q, scale = quantize_weight(weight, dtype=dtype, granularity=granularity)
         return q, scale, relative_error(weight, q, scale)
     rows = max(1, chunk // max(1, weight[0].numel()))
-    limit = fp8_max(dtype)
     scale = _scale_of(weight, dtype, granularity)
     qweight = torch.empty(weight.shape, dtype=dtype)
     err2 = norm2 = 0.0
@@ -91,7 +77,7 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
     for n, i in enumerate(starts):
         s = scale if granularity == "tensor" else scale[i:i + rows]
         # A copy even for fp32 input: dividing in place would overwrite the caller's weight.
-        y = weight[i:i + rows].to(torch.float32, copy=True).div_(s).clamp_(-limit, limit)
+        y = saturate(weight[i:i + rows].to(torch.float32, copy=True), s, dtype)
         q = qweight[i:i + rows]
         q.copy_(y)
         if n % step:
@@ -140,8 +126,8 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
 
     mode="upcast" dequantizes the weight to x.dtype and calls F.linear (runs everywhere).
     mode="w8a8" quantizes x (quant/act_quant.py: per token, or per tensor where the device's plan says so) and
-    multiplies in FP8 with torch._scaled_mm. If this call cannot take it, it falls back to upcast and logs the reason
-    once.
+    multiplies in FP8 with torch._scaled_mm. If this call cannot take it, it falls back to upcast, counting the
+    reason in `fallback_reasons`.
     """
     if mode == "w8a8":
         plan, reason = _w8a8_plan(x, qweight, scale)
@@ -154,7 +140,7 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
             except RuntimeError as e:  # a kernel this torch build or GPU lacks (e.g. an e5m2 x e4m3 product)
                 reason = f"torch._scaled_mm failed: {str(e).splitlines()[0]}"
                 _failed[(x.device.type, qweight.dtype)] = reason  # don't retry a failing kernel on every call
-        _log_once(("w8a8", reason), f"fp8 matmul unavailable ({reason}); using upcast")
+        fallback_reasons[reason] = fallback_reasons.get(reason, 0) + 1
         stats["fallback"] += 1
     elif mode != "upcast":
         raise ValueError(f"mode must be 'upcast' or 'w8a8', not {mode!r}")

@@ -1,5 +1,5 @@
 """The absmax scale convention shared by weight and activation quantization: stored = value / scale, and the largest
-magnitude maps to the format's largest finite value."""
+magnitude maps to the format's largest finite value. Every fp8 cast of the pack goes through these three steps."""
 import torch
 
 
@@ -7,7 +7,20 @@ def fp8_max(dtype):
     return torch.finfo(dtype).max
 
 
+def absmax(x, dim=None):
+    """max |x|, over `dim` (kept) or all of x: aminmax reads x once and makes no |x| copy."""
+    lo, hi = torch.aminmax(x) if dim is None else torch.aminmax(x, dim=dim, keepdim=True)
+    return torch.maximum(-lo, hi)
+
+
 def absmax_scale(amax, dtype):
     # All-zero rows/tensors get scale 1 so that 0 / scale stays 0 instead of NaN.
     scale = amax.float() / fp8_max(dtype)
     return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def saturate(y, scale, dtype):
+    """y / scale clamped to the format's range, in place on `y` (an fp32 tensor the caller owns), ready for the cast:
+    float8_e4m3fn has no Inf, so a value past its range would become NaN."""
+    limit = fp8_max(dtype)
+    return y.div_(scale).clamp_(-limit, limit)
