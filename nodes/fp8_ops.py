@@ -7,14 +7,14 @@ Per-tensor layers are loaded by the host exactly as its Load Diffusion Model nod
   instead of the host's static input scale of 1.0.
 Both need no global patch: the operations class is passed to the host's loader for this one model.
 """
-import json
 from dataclasses import dataclass
 
 import torch
 import comfy.ops
 from comfy_kitchen.tensor import BaseLayoutParams, QuantizedLayout, QuantizedTensor, register_layout_class
 
-from ..quant import act_quant, format_name
+from ..quant import act_quant
+from ..quant.comfy_format import format_name, format_of
 from ..quant.fp8 import FP8_DTYPES, fp8_linear
 from ..quant.scale import absmax, absmax_scale, saturate
 
@@ -65,7 +65,7 @@ register_layout_class(LAYOUT, PerChannelFP8Layout)
 
 def _format(state_dict, prefix):
     conf = state_dict.get(prefix + "comfy_quant")
-    return None if conf is None else json.loads(conf.numpy().tobytes()).get("format")
+    return None if conf is None else format_of(conf)
 
 
 def make_operations(compute_dtype, fp8_matmul):

@@ -11,6 +11,7 @@ from comfy_api.latest import io
 
 from ..quant import Checkpoint, CheckpointError
 from ..quant.model_info import other_wan_model
+from ..quant.comfy_format import QUANT_SUFFIXES
 from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
 from ..quant.fp8_plan import fused_quant_available
 from . import fps, model_files
@@ -79,7 +80,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                 compute_dtype=compute_dtype)
         expected = set(info.expected_keys())
-        unexpected = [k for k in sd if k not in expected and not k.endswith((".weight_scale", ".comfy_quant"))]
+        unexpected = [k for k in sd if k not in expected and not k.endswith(QUANT_SUFFIXES)]
         if unexpected:
             log.warning("%s: %d tensors a %s does not use are ignored: %s", path, len(unexpected), info.describe(),
                         ", ".join(unexpected[:8]))

@@ -2,7 +2,8 @@
 __version__ = "0.1.0"
 
 from .checkpoint import Checkpoint, CheckpointError  # noqa: E402
-from .convert import Options, Report, VerifyError, convert, format_name  # noqa: E402
+from .comfy_format import format_name  # noqa: E402
+from .convert import Options, Report, VerifyError, convert  # noqa: E402
 from .fp8 import dequantize_weight, fp8_linear, quantize_weight, quantize_weight_chunked  # noqa: E402
 from .model_info import ModelInfo, detect  # noqa: E402
 from .policy import should_quantize  # noqa: E402

@@ -18,6 +18,7 @@ from safetensors import safe_open
 
 from . import __version__
 from .checkpoint import Checkpoint, CheckpointError
+from .comfy_format import QUANT_SUFFIXES, comfy_quant, format_name
 from .fp8 import FP8_DTYPES, NonFiniteWeight, quantize_weight_chunked, relative_error
 from .policy import layer_name, should_quantize
 from .writer import SafetensorsWriter, name_problem
@@ -25,13 +26,6 @@ from .writer import SafetensorsWriter, name_problem
 log = logging.getLogger("skyreels_fp8")
 
 WINDOWS = os.name == "nt"
-QUANT_SUFFIXES = (".weight_scale", ".scale_weight", ".comfy_quant", ".input_scale", ".scale_input")
-
-
-def format_name(fp8, granularity):
-    if granularity == "tensor":
-        return f"float8_{fp8}"
-    return f"skyreels_fp8_{fp8}_per_channel"
 
 
 class VerifyError(RuntimeError):
@@ -133,7 +127,7 @@ def _kept_dtype(dtype):
 def _plan(ckpt, info, options):
     """Output entries {name: (dtype, shape)} and the set of weight names to quantize."""
     fp8 = FP8_DTYPES[options.fp8]
-    quant_conf = json.dumps({"format": format_name(options.fp8, options.granularity)}).encode()
+    conf = comfy_quant(format_name(options.fp8, options.granularity))
     entries, quantize = {}, set()
     for name in ckpt.names:
         shape, dtype = ckpt.spec(name)
@@ -145,10 +139,10 @@ def _plan(ckpt, info, options):
             quantize.add(name)
             entries[name] = (fp8, shape)
             entries[f"{layer}.weight_scale"] = (torch.float32, () if options.granularity == "tensor" else (shape[0], 1))
-            entries[f"{layer}.comfy_quant"] = (torch.uint8, (len(quant_conf),))
+            entries[f"{layer}.comfy_quant"] = (torch.uint8, tuple(conf.shape))
         else:
             entries[name] = (_kept_dtype(dtype), shape)
-    return entries, quantize, quant_conf
+    return entries, quantize, conf
 
 
 def _metadata(ckpt, info, options, report, quantize):
@@ -192,9 +186,8 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
     info = ckpt.model_info()
     report = Report(source=src, dest=dst, model=info.describe(), options=options, bytes_in=ckpt.nbytes)
     _check_source(ckpt, info, report)
-    entries, quantize, quant_conf = _plan(ckpt, info, options)
+    entries, quantize, conf_tensor = _plan(ckpt, info, options)
     fp8 = FP8_DTYPES[options.fp8]
-    conf_tensor = torch.frombuffer(bytearray(quant_conf), dtype=torch.uint8)
     names = ckpt.names
 
     def check(tmp):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .checkpoint import CheckpointError
-from .convert import format_name
+from .comfy_format import QUANT_SUFFIXES, comfy_quant, format_name, format_of
 from .fp8 import FP8_DTYPES, NonFiniteWeight, dequantize_weight, quantize_weight_chunked
 from .policy import layer_name, should_quantize
 
@@ -25,7 +25,6 @@ WEIGHT_FORMATS = {  # node choice -> (fp8 type, granularity) or a plain dtype
 }
 AUTO = ("e4m3fn", "channel")  # high-precision sources: the most accurate scheme (our loader reads it)
 _FORMAT_TO_FP8 = {format_name(f, g): (f, g) for f in FP8_DTYPES for g in ("tensor", "channel")}
-_EXTRA_SUFFIXES = (".weight_scale", ".comfy_quant", ".scale_weight", ".scale_input", ".input_scale")
 
 
 @dataclass
@@ -49,7 +48,7 @@ def _layer_formats(ckpt):
         declared.update({k: v.get("format") for k, v in json.loads(meta).get("layers", {}).items()})
     for name in ckpt.names:
         if name.endswith(".comfy_quant"):
-            declared[name[: -len(".comfy_quant")]] = json.loads(bytes(ckpt.load(name).tolist())).get("format")
+            declared[name[: -len(".comfy_quant")]] = format_of(ckpt.load(name))
     out = {}
     for layer, fmt in declared.items():
         if fmt not in _FORMAT_TO_FP8:
@@ -114,7 +113,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
     plain = target if isinstance(target, torch.dtype) else None
     kept_dtype = plain or compute_dtype
     notes = []
-    names = [n for n in ckpt.names if not n.endswith(_EXTRA_SUFFIXES) and n != "scaled_fp8"]
+    names = [n for n in ckpt.names if not n.endswith(QUANT_SUFFIXES) and n != "scaled_fp8"]
     sd, quantized, schemes = {}, 0, set()
     for i, name in enumerate(names):
         if check_interrupt:
@@ -159,5 +158,4 @@ def _store(sd, name, q, scale, fmt):
     layer = layer_name(name)
     sd[name] = q
     sd[f"{layer}.weight_scale"] = scale
-    conf = json.dumps({"format": format_name(*fmt)}).encode()
-    sd[f"{layer}.comfy_quant"] = torch.frombuffer(bytearray(conf), dtype=torch.uint8)
+    sd[f"{layer}.comfy_quant"] = comfy_quant(format_name(*fmt))

@@ -1,0 +1,25 @@
+"""ComfyUI's key convention for quantized layers, in one place: `<layer>.weight` (fp8), `<layer>.weight_scale`
+(fp32) and `<layer>.comfy_quant`, a uint8 tensor holding JSON that names the layer's format."""
+import json
+
+import torch
+
+# Tensors that belong to a quantized layer beside its weight (ours and the host's, and legacy `scaled_fp8` files').
+QUANT_SUFFIXES = (".weight_scale", ".scale_weight", ".comfy_quant", ".input_scale", ".scale_input")
+
+
+def format_name(fp8, granularity):
+    """The layer format: the host's own name per tensor, ours per channel."""
+    if granularity == "tensor":
+        return f"float8_{fp8}"
+    return f"skyreels_fp8_{fp8}_per_channel"
+
+
+def comfy_quant(fmt):
+    """The `<layer>.comfy_quant` tensor for a format name."""
+    return torch.frombuffer(bytearray(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+
+
+def format_of(conf):
+    """The format name a `<layer>.comfy_quant` tensor holds."""
+    return json.loads(bytes(conf.tolist())).get("format")
