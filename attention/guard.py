@@ -1,7 +1,8 @@
 """The accuracy guard of Patch SageAttention, in plain PyTorch: when an attention site is checked, how far 8-bit is
 from exact attention there, and whether an 8-bit output is finite."""
 import torch
-import torch.nn.functional as F
+
+from .sage import agreement
 
 CHECKPOINTS = (0.25, 0.5, 0.75)  # fractions of the steps from which a site is checked again
 GUARD_HEADS = 2
@@ -18,9 +19,10 @@ def phase(step, total):
 class StepIndex:
     """(step, total steps) of a model call, from its transformer options.
 
-    Sample Video counts its model calls (`skyreels_call` of `skyreels_calls` in the window); under a core sampler the step is where this call's sigma
-    sits in the schedule (the host has no step counter). That lookup reads a GPU value, so it is done once per
-    model call (the same `sigmas` tensor serves every attention call of a forward pass), not per attention call."""
+    Sample Video counts its model calls (`skyreels_call` of `skyreels_calls` in the window); under a core sampler
+    the step is where this call's sigma sits in the schedule (the host has no step counter). That lookup reads a GPU
+    value, so it is done once per model call (the same `sigmas` tensor serves every attention call of a forward
+    pass), not per attention call."""
 
     def __init__(self):
         self._sigmas, self._step = None, 0
@@ -49,11 +51,8 @@ def guard_cosine(eight_bit, exact, q, k, v):
     """Cosine similarity of eight_bit(q, k, v) vs exact(q, k, v) on a few heads; -inf if 8-bit is not finite.
     q, k, v and both functions' outputs are [B, heads, L, D]."""
     qs, ks, vs = (sample_heads(t) for t in (q, k, v))
-    a = eight_bit(qs, ks, vs).float()
-    if not torch.isfinite(a).all():
-        return float("-inf")
-    e = exact(qs, ks, vs).float()
-    return F.cosine_similarity(a.flatten(), e.flatten(), dim=0).item()
+    a = eight_bit(qs, ks, vs)
+    return agreement(a, exact(qs, ks, vs))["cosine"] if all_finite(a) else float("-inf")
 
 
 def all_finite(out):

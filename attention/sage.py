@@ -135,9 +135,15 @@ def _shape_unsupported(q, k, layout, is_causal):
     return None
 
 
-def compare(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, mode="auto"):
-    """How far sage_attention is from exact attention on these inputs: cosine similarity, max and relative error."""
-    a = sage_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale, mode=mode).float()
-    e = exact_attention(q.float(), k.float(), v.float(), layout=layout, is_causal=is_causal, sm_scale=sm_scale)
+def agreement(out, exact):
+    """How far an attention output is from the exact one: cosine similarity, max and relative error."""
+    a, e = out.float(), exact.float()
     cos = F.cosine_similarity(a.flatten(), e.flatten(), dim=0).item()
     return {"cosine": cos, "max_error": (a - e).abs().max().item(), "rel_error": ((a - e).norm() / e.norm()).item()}
+
+
+def compare(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, mode="auto"):
+    """agreement of sage_attention with exact attention (in fp32) on these inputs."""
+    a = sage_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale, mode=mode)
+    return agreement(a, exact_attention(q.float(), k.float(), v.float(), layout=layout, is_causal=is_causal,
+                                        sm_scale=sm_scale))

@@ -21,7 +21,7 @@ from comfy_api.latest import io
 from ..attention.usp import layout
 from . import fps as fps_term
 from . import parallel_pool, teacache
-from .parallel_pool import fail
+from .sample_job import fail
 from .loader import RECIPE
 from .sage_patch import SageOverride
 
@@ -76,29 +76,29 @@ def recipe_of(model):
     rebuild is refused, so a parallel run never differs silently from a single-device one."""
     recipe = model.attachments.get(RECIPE) if hasattr(model, "attachments") else None
     if recipe is None:
-        fail("needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch SageAttention): each "
-             "worker loads the same file itself")
+        fail("parallel: needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch "
+             "SageAttention): each worker loads the same file itself")
     unsupported = [name for name in ("object_patches", "hook_patches", "injections", "weight_wrapper_patches",
                                      "additional_models") if getattr(model, name, None)]
     if unsupported:   # e.g. Load LoRA (Bypass) injects its adapters: a worker would run without them
-        fail(f"this MODEL carries {', '.join(unsupported)}, which parallel runs cannot rebuild; use the plain LoRA "
-             "loaders (weight patches) or Load FP8 SkyReels Model alone")
+        fail(f"parallel: this MODEL carries {', '.join(unsupported)}, which parallel runs cannot rebuild; use the "
+             "plain LoRA loaders (weight patches) or Load FP8 SkyReels Model alone")
     to = model.model_options.get("transformer_options", {})
     if teacache.KEY in to:
-        fail("TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or run on one GPU")
+        fail("parallel: TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or run on one GPU")
     extra = sorted(k for k in model.model_options if k != "transformer_options")
     extra += sorted(k for k in to if k not in ("optimized_attention_override", "wrappers", "callbacks") and to[k])
     extra += sorted(k for k in model.wrappers if model.wrappers[k] and k != WrappersMP.DIFFUSION_MODEL)
     extra += sorted(k for k in model.wrappers.get(WrappersMP.DIFFUSION_MODEL, {}) if k != fps_term.KEY)
     if extra:
-        fail(f"this MODEL carries changes a worker cannot rebuild ({', '.join(map(str, extra))}); connect Load FP8 "
-             "SkyReels Model (and Patch SageAttention) directly")
+        fail(f"parallel: this MODEL carries changes a worker cannot rebuild ({', '.join(map(str, extra))}); "
+             "connect Load FP8 SkyReels Model (and Patch SageAttention) directly")
     override = to.get("optimized_attention_override")
     sage = None
     if isinstance(override, SageOverride):
         sage = (override.mode, override.first, override.last, override.steps, override.guard)
     elif override is not None:
-        fail("an attention override other than Patch SageAttention is set on this MODEL")
+        fail("parallel: an attention override other than Patch SageAttention is set on this MODEL")
     # LoRAs (core LoraLoaderModelOnly and the like) are weight patches: they travel as they are and each worker
     # adds them to its own copy, keyed as here (the same loader makes the same keys).
     return recipe, sage, _weight_patches(model)
@@ -114,10 +114,11 @@ def _weight_patches(model):
     for key, entries in model.patches.items():
         for strength, value, strength_model, offset, function in entries:
             if not isinstance(value, WeightAdapterBase) or function is not None:
-                fail(f"{key}: a weight patch of type {type(value).__name__} (a model merge or another pack's patch); "
-                     "parallel runs take LoRA-style patches only: save the merged model and load that")
+                fail(f"parallel: {key}: a weight patch of type {type(value).__name__} (a model merge or another "
+                     "pack's patch); parallel runs take LoRA-style patches only: save the merged model and load that")
             if any(t.device.type != "cpu" for t in value.weights if hasattr(t, "device")):
-                fail(f"{key}: a LoRA held on a GPU; load LoRAs with ComfyUI's loaders (they keep them on the CPU)")
+                fail(f"parallel: {key}: a LoRA held on a GPU; load LoRAs with ComfyUI's loaders (they keep them on "
+                     "the CPU)")
     return {"uuid": str(model.patches_uuid), "patches": {k: list(v) for k, v in model.patches.items()}}
 
 
@@ -131,7 +132,7 @@ class Plan:
         try:
             self.cfg, self.ring = layout(self.n, heads, config.get("cfg_parallel", True), config.get("ring_degree", 0))
         except ValueError as e:
-            fail(str(e))
+            fail(f"parallel: {e}")
         if config.get("cfg_parallel", True) and self.cfg == 1:
             log.warning("Parallel Config: cfg_parallel needs an even number of workers; %d run without it", self.n)
         self.key = (config["address"], config["device"], self.n, self.cfg, self.ring,
@@ -148,7 +149,7 @@ def run(config, model, positive, negative, widgets, inputs):
     try:
         import ray
     except ImportError:
-        fail("Ray is not installed: `pip install ray` in ComfyUI's Python (single-device runs need nothing)")
+        fail("parallel: Ray is not installed: `pip install ray` in ComfyUI's Python (single-device runs need nothing)")
     plan = Plan(config, model)
     started, ok = time.perf_counter(), False
     try:

@@ -8,12 +8,9 @@ import comfy.model_management
 import torch
 
 from . import parallel_worker
+from .sample_job import fail
 
 PACK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def fail(message):
-    raise ValueError(f"Sample Video: parallel: {message}")
 
 
 class Pool:
@@ -112,12 +109,12 @@ def _use_cpu(ray, config, n):
     gpus, cpus = int(ray.cluster_resources().get("GPU", 0)), int(ray.cluster_resources().get("CPU", 0))
     cpu = config["device"] == "cpu" or (config["device"] == "auto" and gpus == 0)
     if not cpu and not torch.distributed.is_nccl_available():   # PyTorch for Windows has no NCCL
-        fail("GPU workers talk through NCCL, which this PyTorch does not have (PyTorch has it on Linux only): run "
-             "ComfyUI on Linux or in WSL2 for several GPUs, or set Parallel Config's device to cpu")
+        fail("parallel: GPU workers talk through NCCL, which this PyTorch does not have (PyTorch has it on Linux "
+             "only): run ComfyUI on Linux or in WSL2 for several GPUs, or set Parallel Config's device to cpu")
     if not cpu and gpus < n:
-        fail(f"{n} workers need {n} GPUs; the Ray cluster has {gpus}")
+        fail(f"parallel: {n} workers need {n} GPUs; the Ray cluster has {gpus}")
     if cpu and cpus < n:
-        fail(f"{n} workers need {n} CPUs; the Ray cluster has {cpus}")
+        fail(f"parallel: {n} workers need {n} CPUs; the Ray cluster has {cpus}")
     return cpu
 
 
@@ -150,7 +147,7 @@ def wait(ray, refs, workers, poll=None):
     errors = _errors(ray, pending)
     died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
     if died:   # a dead worker makes the others fail too (broken collectives): report the cause
-        fail(f"a worker stopped ({type(died[0]).__name__}: {str(died[0]).splitlines()[0]}); all workers were "
+        fail(f"parallel: a worker stopped ({type(died[0]).__name__}: {str(died[0]).splitlines()[0]}); all workers were "
              "released, the next run starts new ones")
     if errors:
         raise errors[0].as_instanceof_cause() if isinstance(errors[0], ray.exceptions.RayTaskError) else errors[0]
