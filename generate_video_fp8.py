@@ -183,22 +183,6 @@ def write_tiny_vae(path, seed=0):
     safetensors.torch.save_file(sd, path)
 
 
-def write_tiny_release(folder, variant, seed=0):
-    """A tiny SkyReels-V2 model laid out as a downloaded release: a folder of two shards and their index."""
-    import safetensors.torch
-    from quant import tiny
-
-    os.makedirs(folder, exist_ok=True)
-    sd = tiny.state_dict(tiny.info(variant), seed=seed)
-    keys, weight_map = sorted(sd), {}
-    for i in range(2):
-        name = f"model-{i + 1:05d}-of-00002.safetensors"
-        safetensors.torch.save_file({k: sd[k] for k in keys[i::2]}, os.path.join(folder, name))
-        weight_map.update({k: name for k in keys[i::2]})
-    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-        json.dump({"weight_map": weight_map}, f)
-
-
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model_path", help="SkyReels-V2 model file or downloaded folder (none: the tiny demo)")
@@ -425,7 +409,9 @@ def main(argv=None):
 def prepare_demo(host, base):
     """Tiny DF release folder, tiny VAE and the random-conditioning node, written under the base folder."""
     models = os.path.join(base, "models")
-    write_tiny_release(os.path.join(models, "diffusion_models", "tiny-SkyReels-V2-DF"), "DF", seed=2)
+    from quant import tiny
+    tiny.write_release(os.path.join(models, "diffusion_models", "tiny-SkyReels-V2-DF"),
+                       tiny.state_dict(tiny.info("DF"), seed=2))
     os.makedirs(os.path.join(models, "vae"), exist_ok=True)
     code = (f"import sys; sys.path[:0] = [{host!r}, {REPO!r}]\nimport comfy.cli_args; comfy.cli_args.args.cpu = True\n"
             f"from generate_video_fp8 import write_tiny_vae; write_tiny_vae({os.path.join(models, 'vae', 'tiny_wan_vae.safetensors')!r})")

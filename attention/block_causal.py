@@ -21,9 +21,3 @@ def block_causal(q, k, v, attend, block_tokens, q_start=0):
         out.append(attend(q[:, pos - q_start:stop - q_start], k[:, :keys], v[:, :keys]))
         pos = stop
     return torch.cat(out, dim=1)
-
-
-def mask(length, block_tokens, device=None):
-    """The same rule as a boolean mask [length, length] (True = attend), for checking against masked SDPA."""
-    block = torch.arange(length, device=device) // block_tokens
-    return block[None, :] <= block[:, None]

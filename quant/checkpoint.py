@@ -207,7 +207,6 @@ class Checkpoint:
             if name in self._index:
                 raise CheckpointError(f"{path}: tensor {name} appears twice ({k}); the shards overlap")
             self._index[name] = (f, k)
-        self.source_format = "diffusers" if diffusers else "original"
         self.nbytes = sum(os.path.getsize(p) for p in paths)
 
     @property

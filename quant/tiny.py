@@ -1,7 +1,10 @@
 """Tiny SkyReels-V2 checkpoints (real key names and structure, few blocks, small dims, seeded random weights) for
 tests, demos and the embedded model of the headless job. Shapes of the real models come from the same code."""
+import json
+import os
 import re
 
+import safetensors.torch
 import torch
 
 from .model_info import ModelInfo
@@ -62,3 +65,15 @@ def state_dict(model, seed=0, dtype=torch.bfloat16):
             t = 0.02 * torch.randn(shape, generator=g)
         sd[key] = t.to(dtype)
     return sd
+
+
+def write_release(folder, sd, shards=2):
+    """`sd` laid out as a downloaded release: a folder of safetensors shards and their model.safetensors.index.json."""
+    os.makedirs(folder, exist_ok=True)
+    keys, weight_map = sorted(sd), {}
+    for i in range(shards):
+        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        safetensors.torch.save_file({k: sd[k] for k in keys[i::shards]}, os.path.join(folder, name))
+        weight_map.update({k: name for k in keys[i::shards]})
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": weight_map}, f)

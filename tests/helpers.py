@@ -16,6 +16,11 @@ def write_tiny(path, variant="T2V", seed=0, dtype=torch.bfloat16, prefix="", **d
     return sd
 
 
+def write_tiny_release(folder, variant="T2V", seed=0, shards=2):
+    """A tiny SkyReels-V2 model laid out as a downloaded release (shards and their index)."""
+    tiny.write_release(str(folder), tiny.state_dict(tiny.info(variant), seed=seed), shards)
+
+
 def linear_case():
     """(x [3, 40, 128], weight [96, 128], bias [96]) of fp32 values for the FP8 Linear tests."""
     g = torch.Generator().manual_seed(1)

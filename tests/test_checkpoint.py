@@ -69,40 +69,26 @@ def test_diffusers_names_map_to_original(tmp_path, variant):
     diff = {to_diffusers(k): v for k, v in sd.items()}
     assert len(diff) == len(sd) and "blocks.0.attn1.to_q.weight" in diff
     safetensors.torch.save_file(diff, str(tmp_path / "d.safetensors"))
-    ckpt = Checkpoint(str(tmp_path / "d.safetensors"))
-    assert ckpt.source_format == "diffusers"
-    assert_same(ckpt, sd)
-
-
-def _shard(sd, folder, n=3):
-    keys = sorted(sd)
-    weight_map = {}
-    for i in range(n):
-        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        part = {k: sd[k] for k in keys[i::n]}
-        safetensors.torch.save_file(part, str(folder / name))
-        weight_map.update({k: name for k in part})
-    return weight_map
+    assert_same(Checkpoint(str(tmp_path / "d.safetensors")), sd)
 
 
 def test_shard_folder_with_index(tmp_path):
     sd = tiny.state_dict(tiny.info("I2V"))
-    weight_map = _shard(sd, tmp_path)
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    tiny.write_release(str(tmp_path), sd, shards=3)
     (tmp_path / "unrelated.safetensors").write_bytes(b"not listed in the index, so never opened")
     assert_same(Checkpoint(str(tmp_path)), sd)
 
 
 def test_shard_folder_without_index(tmp_path):
     sd = tiny.state_dict(tiny.info("T2V"))
-    _shard(sd, tmp_path)
+    tiny.write_release(str(tmp_path), sd, shards=3)
+    (tmp_path / "model.safetensors.index.json").unlink()
     assert_same(Checkpoint(str(tmp_path)), sd)
 
 
 def test_shard_listed_in_index_but_missing(tmp_path):
-    weight_map = _shard(tiny.state_dict(tiny.info("T2V")), tmp_path)
+    tiny.write_release(str(tmp_path), tiny.state_dict(tiny.info("T2V")), shards=3)
     (tmp_path / "model-00002-of-00003.safetensors").unlink()
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     with pytest.raises(CheckpointError, match="model-00002-of-00003.safetensors: shard listed in .* is missing"):
         Checkpoint(str(tmp_path))
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attention.block_causal import block_causal, mask
+from attention.block_causal import block_causal
 from attention.usp import layout
 from helpers import REPO
 
@@ -84,6 +84,12 @@ def test_four_ranks_two_dimensional_mesh():
         assert {n.split(" causal")[0] for n in r} == {"cfg 1 x ulysses 2 x ring 2", "cfg 2 x ulysses 1 x ring 2"}
         for name, (err, _) in r.items():
             assert err <= 1e-5, (name, err)
+
+
+def mask(length, block_tokens):
+    """SkyReels-V2's block-causal rule as a boolean mask [length, length] (True = attend), for masked SDPA."""
+    block = torch.arange(length) // block_tokens
+    return block[None, :] <= block[:, None]
 
 
 @pytest.mark.parametrize("q_start,length", [(0, 40), (12, 20), (7, 9)])

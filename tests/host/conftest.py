@@ -5,10 +5,8 @@ import pytest
 import safetensors.torch
 import torch
 from comfy_host import run_in_host
-from helpers import write_tiny
+from helpers import write_tiny, write_tiny_release
 from server import Server
-
-from generate_video_fp8 import write_tiny_release
 
 from quant import Options, convert, tiny
 from quant.policy import should_quantize
@@ -70,18 +68,6 @@ def write_bad_files(folder):
     safetensors.torch.save_file(vace, os.path.join(folder, "bad_wan_vace.safetensors"))
 
 
-def write_shards(folder, sd, n=3):
-    """The layout of a downloaded sharded release: shards plus model.safetensors.index.json."""
-    os.makedirs(folder)
-    keys, weight_map = sorted(sd), {}
-    for i in range(n):
-        name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        safetensors.torch.save_file({k: sd[k] for k in keys[i::n]}, os.path.join(folder, name))
-        weight_map.update({k: name for k in keys[i::n]})
-    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
-        json.dump({"weight_map": weight_map}, f)
-
-
 class Payload:
     def __reduce__(self):
         return (print, ("pickled code ran",))
@@ -121,7 +107,7 @@ def server(host, tmp_path_factory):
     write_host_variants(models, sd)
     write_lora(os.path.join(base, "models", "loras", "tiny_lora.safetensors"), sd)
     write_bad_files(models)
-    write_shards(os.path.join(models, "t2v.sharded"), sd)
+    tiny.write_release(os.path.join(models, "t2v.sharded"), sd, shards=3)
     write_workflow_files(host, base)
     srv.start()
     yield srv

@@ -37,7 +37,7 @@ def test_bad_input_is_one_line_and_exit_2(host, tmp_path):
     proc = run(["--model_path", str(other)], host, tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("generate_video_fp8: --model_path: ") and "not a SkyReels-V2/Wan" in proc.stderr
-    from generate_video_fp8 import write_tiny_release
+    from helpers import write_tiny_release
     write_tiny_release(str(tmp_path / "SkyReels-V2-T2V-14B-540P"), "T2V")
     proc = run(["--model_path", str(tmp_path / "SkyReels-V2-T2V-14B-540P"),
                 "--text_encoder", str(tmp_path / "missing_umt5.safetensors")], host, tmp_path)
@@ -92,7 +92,7 @@ def test_flags_reach_the_workflow_widgets(server):
 
 
 def test_model_and_image_must_fit(host, tmp_path):
-    from generate_video_fp8 import write_tiny_release
+    from helpers import write_tiny_release
     write_tiny_release(str(tmp_path / "i2v"), "I2V")
     proc = run(["--model_path", str(tmp_path / "i2v")], host, tmp_path)
     assert proc.returncode == 2 and "is an image-to-video model; give --image" in proc.stderr

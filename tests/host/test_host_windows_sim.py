@@ -10,7 +10,7 @@ import av
 from comfy_host import REPO, run_in_host
 from helpers import write_tiny
 
-from generate_video_fp8 import write_tiny_release
+from helpers import write_tiny_release
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
