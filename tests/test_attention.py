@@ -190,24 +190,27 @@ def test_bad_arguments():
 
 
 def test_kernel_wrapper_with_the_real_kernels(monkeypatch, tmp_path):
-    """Our CUDA-path wrapper (K smoothing out of place, head-dim padding, smooth_k=False) driven into the real
-    Triton kernels under the interpreter, in a subprocess."""
+    """Our CUDA-path wrapper (K smoothing out of place, head-dim padding, smooth_k=False) calling the installed
+    sageattention 1.0.6 `sageattn` itself, its Triton kernels under the interpreter, in a subprocess. On a GPU the
+    same call runs the compiled kernels (bench/gpu_check.sh)."""
     pytest.importorskip("sageattention", reason="needs sageattention==1.0.6 (CI installs it)")
     script = tmp_path / "wrapper.py"
     script.write_text(f"""
 import os, sys
 os.environ["TRITON_INTERPRET"] = "1"
-sys.path[:0] = [{REPO!r}, {os.path.join(REPO, 'tests')!r}]
+sys.path[:0] = [{REPO!r}]
 import torch
-import attention.dispatch as dispatch
+# sageattn checks q.is_cuda before anything else; under the interpreter its kernels run on CPU tensors.
+torch.Tensor.is_cuda = property(lambda self: True)
 import attention.sage as sage
-from kernel_outputs import kernel
+from sageattention import sageattn
 
-def fake_sageattn(q, k, v, tensor_layout, is_causal, sm_scale, smooth_k):
-    assert smooth_k is False
-    return kernel(q, k, v, tensor_layout, is_causal, sm_scale)  # kernel() smooths again: a no-op after ours
+smooth_k = []
+def spy(*args, **kwargs):
+    smooth_k.append(kwargs["smooth_k"])
+    return sageattn(*args, **kwargs)
 
-sage._kernel = fake_sageattn
+sage._kernel = spy
 g = torch.Generator().manual_seed(0)
 res = {{}}
 for d in (48, 64, 80, 128):
@@ -218,6 +221,7 @@ for d in (48, 64, 80, 128):
     ref = sage.exact_attention(q.float(), k.float(), v.float())
     cos = torch.nn.functional.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0).item()
     res[d] = (tuple(out.shape), cos, torch.equal(k, before))
+assert smooth_k == [False] * 4, smooth_k    # our wrapper smooths K itself, out of place
 print(res)
 """)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
