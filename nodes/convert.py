@@ -6,7 +6,7 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..quant import Options, convert
-from . import model_files
+from .adapters import model_files
 
 GRANULARITY = {"per-tensor (loads in core)": "tensor", "per-channel (more accurate)": "channel"}
 

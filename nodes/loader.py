@@ -14,12 +14,12 @@ from ..quant.model_info import other_wan_model
 from ..quant.comfy_format import QUANT_SUFFIXES
 from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
 from ..quant.fp8_plan import fused_quant_available
-from . import fps, model_files
-from .fp8_ops import make_operations, share_attention_inputs
+from .adapters import fps, model_files
+from .adapters.fp8_ops import make_operations, share_attention_inputs
+from .adapters.parallel_run import RECIPE
 
 log = logging.getLogger("skyreels_fp8")
 COMPUTE = ["auto", "upcast", "fp8 matmul"]
-RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
 
 
 class LoadFP8SkyReelsModel(io.ComfyNode):

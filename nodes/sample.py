@@ -5,8 +5,9 @@ from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..sampling import solvers
 from ..sampling.schedule import latent_frames
-from . import parallel as multi_device
-from .sample_job import Job, check_frames, fail, model_shift
+from .adapters import parallel_run
+from .parallel import PARALLEL
+from .adapters.sample_job import Job, check_frames, fail, model_shift
 
 # The DF widgets, in the order they had before `mode` became a dynamic combo: the frontend restores a saved
 # workflow's values by position, and these came right after `mode`, so old workflows load unchanged.
@@ -59,7 +60,7 @@ class SampleVideo(io.ComfyNode):
                                        "(needs vae)."),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Takes the size from this latent instead of width/height/frames."),
-                multi_device.PARALLEL.Input("parallel", optional=True,
+                PARALLEL.Input("parallel", optional=True,
                                         tooltip="From Parallel Config: run on several GPUs (sequence parallel)."),
                 # last, so that saved workflows keep their inputs in place
                 io.Image.Input("end_image", optional=True,
@@ -94,9 +95,9 @@ class SampleVideo(io.ComfyNode):
         if parallel is not None:
             check_model(model)
             widgets["shift"] = model_shift(model, shift)
-            samples, report, images = multi_device.run(parallel, model, positive, negative, widgets, inputs)
+            samples, report, images = parallel_run.run(parallel, model, positive, negative, widgets, inputs)
         else:
-            multi_device.release()       # workers kept from a parallel run give their GPUs back to this run
+            parallel_run.release()       # workers kept from a parallel run give their GPUs back to this run
             samples, report, images = sample_video(model, positive, negative, **widgets, **inputs)
         # Without a vae there is no images output; the host shows this message where it is connected (the node's
         # outputs are cached by its inputs, so whether images is connected cannot decide what the node makes).

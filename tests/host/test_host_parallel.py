@@ -57,16 +57,16 @@ result["cfg parallel, vae, causal"] = rel(two["samples"], one["samples"])
 result["cfg parallel report"] = report
 result["start frame"] = rel(two["samples"][:, :, :1], vae.encode(image[:, :, :, :3]))
 # The forward pass alone, in 2 Ray actors set up as Parallel Config sets them up (join, load), against one process.
-from skyreels_pack.nodes import parallel, parallel_worker
+from skyreels_pack.nodes.adapters import parallel_pool, parallel_run, parallel_worker
 class Forward(parallel_worker.Worker):
     def forward(self, x, t, ctx):
         opts = dict(self.model.model_options["transformer_options"], wrappers=self.model.wrappers)
         with torch.no_grad():
             return self.model.model.diffusion_model(x, t, ctx, transformer_options=opts)
-actors = [ray.remote(num_cpus=1)(Forward).remote(os.getcwd(), parallel.PACK, True, 1) for _ in range(2)]
+actors = [ray.remote(num_cpus=1)(Forward).remote(os.getcwd(), parallel_pool.PACK, True, 1) for _ in range(2)]
 address, port = ray.get(actors[0].address.remote())
 ray.get([a.join.remote(address, port, r, 2, 1, 1) for r, a in enumerate(actors)])
-ray.get([a.load.remote(*parallel.recipe_of(model)) for a in actors])
+ray.get([a.load.remote(*parallel_run.recipe_of(model)) for a in actors])
 xx, tt = torch.randn(1, 16, 5, 8, 12, generator=g), torch.tensor([[999.0, 800, 600, 300, 0]])
 outs = ray.get([a.forward.remote(xx, tt, ctx) for a in actors])
 opts = dict(model.model_options["transformer_options"], wrappers=model.wrappers)

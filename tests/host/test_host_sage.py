@@ -6,7 +6,8 @@ RUN = r"""
 import inspect, logging, nodes as core
 from comfy.ldm.modules.attention import attention_pytorch
 from skyreels_pack.attention.dispatch import choose
-from skyreels_pack.nodes.sage_patch import NODE_MODES, PatchSageAttention, host_installed
+from skyreels_pack.nodes.adapters.sage_override import host_installed
+from skyreels_pack.nodes.sage_patch import NODE_MODES, PatchSageAttention
 pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
 neg = [[torch.randn(1, 16, 4096, generator=g), {}]]
 latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}

@@ -53,7 +53,7 @@ sample(frames=17, prefix_video=video, overlap_history=5, vae=vae, addnoise_condi
 hook.remove()
 
 # Batch of 2, overlap through the VAE: each item carries its own video's end, exactly its last frames.
-from skyreels_pack.nodes.sample_job import Job
+from skyreels_pack.nodes.adapters.sample_job import Job
 job = Job(model, pos, neg, 1, 2, 3.0, 8.0, "unipc", 24, vae, [2, 16, 5, 4, 4], True,
           dict(base_num_frames=13, overlap_history=5, ar_step=0, causal_block_size=1, addnoise_condition=0))
 window = torch.randn(2, 16, 4, 4, 4, generator=g)

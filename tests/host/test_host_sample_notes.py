@@ -6,7 +6,7 @@ from in_host import SETUP, write_models
 CODE = r"""
 import logging, torch
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3
-from skyreels_pack.nodes import run_report
+from skyreels_pack.nodes.adapters import run_report
 from skyreels_pack.nodes.sample import SampleVideo
 
 lines = []
@@ -24,7 +24,7 @@ def sample(model, **kw):
 
 result = {{}}
 # The tiny DF model stands for DF-1.3B (the check compares the model's width with this constant).
-from skyreels_pack.nodes import fps
+from skyreels_pack.nodes.adapters import fps
 fps.DF_1_3B_DIM = 256
 core = comfy.sd.load_diffusion_model(os.path.join({folder!r}, "df_bf16.safetensors"))
 ours = load("df_bf16.safetensors")[0]
@@ -50,7 +50,7 @@ except ValueError as e:
     result["no flow shift"] = str(e)
 result["eps runs"] = bool(sample(eps, shift=8.0)[0]["samples"].isfinite().all())
 # The model is given SkyReels-V2's integer timesteps; sigmas not in the table get 1000 sigma.
-from skyreels_pack.nodes import per_frame
+from skyreels_pack.nodes.adapters import per_frame
 from skyreels_pack.sampling.schedule import flow_sigmas, model_timesteps
 sampling = per_frame.patch(ours, 8.0, model_timesteps(4, 8.0, 251)).get_model_object("model_sampling")
 sigmas = flow_sigmas(4, 8.0)

@@ -13,7 +13,7 @@ SPMD = r"""
 import torch.distributed as dist
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:@PORT@", rank=@RANK@, world_size=@WORLD@)
 from skyreels_pack.attention.usp import Mesh
-from skyreels_pack.nodes import sequence_parallel, video_attention
+from skyreels_pack.nodes.adapters import sequence_parallel, video_attention
 MESHES = {"ulysses": Mesh(1, 1), "ring": Mesh(1, 2), "cfg": Mesh(2, 1)}
 patcher = comfy.sd.load_diffusion_model(os.path.join(@FOLDER@, "t2v_bf16.safetensors"))
 calls = {"usp": 0, "local tokens": set()}

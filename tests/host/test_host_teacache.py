@@ -69,7 +69,7 @@ try:
     TeaCache.execute(cached, 0.2, False)          # TeaCache twice
 except ValueError as e:
     result["replaced"] = str(e)
-from skyreels_pack.nodes.parallel import recipe_of
+from skyreels_pack.nodes.adapters.parallel_run import recipe_of
 try:
     recipe_of(cached)
 except ValueError as e:

@@ -9,8 +9,8 @@ forward pass); the host gives attention no other sign of which call it is.
 """
 from comfy.patcher_extension import WrappersMP
 
-from ..attention.block_causal import block_causal
-from ..attention.usp import usp_attention
+from ...attention.block_causal import block_causal
+from ...attention.usp import usp_attention
 
 KEY = "skyreels_video_attention"
 CAUSAL_KEY = "skyreels_causal_frames"   # transformer_options: latent frames per causal block (Sample Video)

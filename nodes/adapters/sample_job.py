@@ -17,14 +17,15 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..attention.sage import log_once
-from ..sampling import forcing, solvers
-from ..sampling.schedule import flow_sigmas, latent_frames, model_timesteps, video_frames
+from ...attention.sage import log_once
+from ...sampling import forcing, solvers
+from ...sampling.schedule import flow_sigmas, latent_frames, model_timesteps, video_frames
 from . import fps as fps_term
-from . import per_frame, run_report, sequence_parallel, teacache, video_attention
+from . import per_frame, run_report, sequence_parallel, video_attention
+from . import teacache_hooks
 
 log = logging.getLogger("skyreels_fp8")
-CALL_KEY = teacache.CALL      # transformer_options: index of the model call within the window (sage_patch, TeaCache)
+CALL_KEY = teacache_hooks.CALL      # transformer_options: index of the model call within the window (sage_patch, TeaCache)
 
 
 def fail(message):
@@ -223,7 +224,7 @@ class Job:
         calls = sum(self.steps if plan is None else plan.rows for *_, plan in windows)
         progress = latent_preview.prepare_callback(self.model, calls)
         attention_before = run_report.attention_counts(self.model)
-        teacache_before = teacache.counts(self.model)
+        teacache_before = teacache_hooks.counts(self.model)
         meter = run_report.Meter(self.model.load_device)
         done, parts, carry = 0, [], self.prefix
         for i, (prefix, overlap, length, plan) in enumerate(windows):
@@ -264,7 +265,7 @@ class Job:
             def denoise(x_in, sigma):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 sigma = sigma.to(x_in.device)
-                to = {**options.get("transformer_options", {}), CALL_KEY: calls[0], teacache.CALLS: total_calls}
+                to = {**options.get("transformer_options", {}), CALL_KEY: calls[0], teacache_hooks.CALLS: total_calls}
                 if sigma.ndim:
                     to[per_frame.KEY] = sigma
                 started = job._clock(x_in.device)
@@ -300,24 +301,24 @@ class Job:
     # --- report -------------------------------------------------------------------------------------------------
 
     def _teacache_line(self, before):
-        after = teacache.counts(self.model)
+        after = teacache_hooks.counts(self.model)
         if after is None:
             return []
         calls, skipped = after[0] - before[0], after[1] - before[1]
-        cache = self.model.model_options["transformer_options"][teacache.KEY]
+        cache = self.model.model_options["transformer_options"][teacache_hooks.KEY]
         return [f"TeaCache: {skipped} of {calls} model calls skipped (threshold {cache.threshold:g}"
                 f"{', retention steps' if cache.retention else ''}; cond and uncond counted apart)"]
 
     def _report(self, windows, calls, meter, attention_before, teacache_before, samples):
         weights, fp8_matmul, has_fp8 = run_report.weights_summary(self.model)
         compute = self.model.model.get_dtype_inference()
+        matmul = run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute, meter.fallback_reasons)
         lines = [
             f"Sample Video: {self.description}; {len(windows)} window(s), {samples.shape[2]} latent frames = "
             f"{video_frames(samples.shape[2])} video frames",
             f"{calls} model calls, {self.model_seconds / max(calls, 1):.3f} s per call ({self.model_seconds:.1f} s "
             f"in the model of {meter.seconds:.1f} s in all); {meter.memory}",
-            f"{weights}; {run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute,
-                                                          meter.fallback_reasons)}",
+            f"{weights}; {matmul}",
             run_report.attention_summary(self.model, attention_before),
             *self._teacache_line(teacache_before),
             *self.notes,

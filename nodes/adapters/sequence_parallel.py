@@ -14,7 +14,7 @@ attention override (wrapping Patch SageAttention's) and the sampler's cond batch
 import torch
 import comfy.samplers
 
-from ..attention.usp import gather
+from ...attention.usp import gather
 from . import video_attention
 
 MESH_KEY = "skyreels_mesh"   # transformer_options: the Mesh, for what else must agree across ranks (Sample Video)

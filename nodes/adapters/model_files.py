@@ -4,7 +4,7 @@ import os
 
 import folder_paths
 
-from ..quant.writer import name_problem
+from ...quant.writer import name_problem
 
 FOLDER = "diffusion_models"
 

@@ -10,7 +10,7 @@ import torch
 from . import parallel_worker
 from .sample_job import fail
 
-PACK = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # nodes/adapters/ -> the pack
 
 
 class Pool:

@@ -6,7 +6,7 @@ from collections import Counter
 import psutil
 import torch
 
-from ..quant import fp8
+from ...quant import fp8
 
 
 def weights_summary(model):

@@ -13,10 +13,10 @@ import torch
 import comfy.ops
 from comfy_kitchen.tensor import BaseLayoutParams, QuantizedLayout, QuantizedTensor, register_layout_class
 
-from ..quant import act_quant
-from ..quant.comfy_format import format_name, format_of
-from ..quant.fp8 import FP8_DTYPES, fp8_linear
-from ..quant.scale import absmax, absmax_scale, saturate
+from ...quant import act_quant
+from ...quant.comfy_format import format_name, format_of
+from ...quant.fp8 import FP8_DTYPES, fp8_linear
+from ...quant.scale import absmax, absmax_scale, saturate
 
 LAYOUT = "SkyReelsFP8PerChannelLayout"
 PER_CHANNEL = {format_name(f, "channel"): dtype for f, dtype in FP8_DTYPES.items()}

@@ -52,7 +52,7 @@ class Worker:
 
     def load(self, recipe, sage, patches=None):
         import folder_paths
-        from skyreels_pack.nodes import sequence_parallel
+        from skyreels_pack.nodes.adapters import sequence_parallel
         from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
         from skyreels_pack.nodes.sage_patch import PatchSageAttention
 

@@ -1,0 +1,149 @@
+"""Parallel Config, and Sample Video's runs on several devices: Ray starts one actor per device (a local cluster,
+or the cluster at a Ray address, across machines), the actors form a torch.distributed group laid out as cfg x
+ulysses x ring (`attention.usp`), and each runs the whole Sample Video on its share of the work
+(`parallel_worker`, `sequence_parallel`). The host keeps running: it waits for rank 0's LATENT, stops the actors
+when the user cancels or one of them dies, and keeps them (model loaded) for the next run with the same settings
+and model, or releases them (`keep_workers`).
+
+What travels to the actors: the recipe of the MODEL (file and options of Load FP8 SkyReels Model, settings of
+Patch SageAttention), its LoRA patches, the conditioning tensors, the images, and the VAE's weights when one is
+connected (a VAE has no file name to load from). Never the model's weights: each actor loads the same file itself.
+"""
+import logging
+import os
+import time
+
+import comfy.utils
+from comfy.patcher_extension import WrappersMP
+
+from ...attention.usp import layout
+from . import fps as fps_term
+from . import parallel_pool, teacache_hooks
+from .sage_override import SageOverride
+from .sample_job import fail
+
+log = logging.getLogger("skyreels_fp8")
+RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
+
+
+def recipe_of(model):
+    """(loader recipe, Patch SageAttention settings, weight patches) of `model`; anything a worker could not
+    rebuild is refused, so a parallel run never differs silently from a single-device one."""
+    recipe = model.attachments.get(RECIPE) if hasattr(model, "attachments") else None
+    if recipe is None:
+        fail("parallel: needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch "
+             "SageAttention): each worker loads the same file itself")
+    unsupported = [name for name in ("object_patches", "hook_patches", "injections", "weight_wrapper_patches",
+                                     "additional_models") if getattr(model, name, None)]
+    if unsupported:   # e.g. Load LoRA (Bypass) injects its adapters: a worker would run without them
+        fail(f"parallel: this MODEL carries {', '.join(unsupported)}, which parallel runs cannot rebuild; use the "
+             "plain LoRA loaders (weight patches) or Load FP8 SkyReels Model alone")
+    to = model.model_options.get("transformer_options", {})
+    if teacache_hooks.KEY in to:
+        fail("parallel: TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or run on one GPU")
+    extra = sorted(k for k in model.model_options if k != "transformer_options")
+    extra += sorted(k for k in to if k not in ("optimized_attention_override", "wrappers", "callbacks") and to[k])
+    extra += sorted(k for k in model.wrappers if model.wrappers[k] and k != WrappersMP.DIFFUSION_MODEL)
+    extra += sorted(k for k in model.wrappers.get(WrappersMP.DIFFUSION_MODEL, {}) if k != fps_term.KEY)
+    if extra:
+        fail(f"parallel: this MODEL carries changes a worker cannot rebuild ({', '.join(map(str, extra))}); "
+             "connect Load FP8 SkyReels Model (and Patch SageAttention) directly")
+    override = to.get("optimized_attention_override")
+    sage = None
+    if isinstance(override, SageOverride):
+        sage = (override.mode, override.first, override.last, override.steps, override.guard)
+    elif override is not None:
+        fail("parallel: an attention override other than Patch SageAttention is set on this MODEL")
+    # LoRAs (core LoraLoaderModelOnly and the like) are weight patches: they travel as they are and each worker
+    # adds them to its own copy, keyed as here (the same loader makes the same keys).
+    return recipe, sage, _weight_patches(model)
+
+
+def _weight_patches(model):
+    """The MODEL's LoRA patches to send to the workers, or None. Only the host's weight adapters (LoRA, LoHa, LoKr,
+    ...) on CPU tensors: a model merge's patches are whole weights (gigabytes) and other packs' patch classes may
+    not exist in the workers."""
+    if not model.patches:
+        return None
+    from comfy.weight_adapter import WeightAdapterBase
+    for key, entries in model.patches.items():
+        for strength, value, strength_model, offset, function in entries:
+            if not isinstance(value, WeightAdapterBase) or function is not None:
+                fail(f"parallel: {key}: a weight patch of type {type(value).__name__} (a model merge or another "
+                     "pack's patch); parallel runs take LoRA-style patches only: save the merged model and load that")
+            if any(t.device.type != "cpu" for t in value.weights if hasattr(t, "device")):
+                fail(f"parallel: {key}: a LoRA held on a GPU; load LoRAs with ComfyUI's loaders (they keep them on "
+                     "the CPU)")
+    return {"uuid": str(model.patches_uuid), "patches": {k: list(v) for k, v in model.patches.items()}}
+
+
+class Plan:
+    """What a parallel run needs, checked on the host before any worker starts."""
+
+    def __init__(self, config, model):
+        self.config, self.n = config, config["workers"]
+        self.recipe, self.sage, self.patches = recipe_of(model)
+        heads = model.model.diffusion_model.blocks[0].self_attn.num_heads
+        try:
+            self.cfg, self.ring = layout(self.n, heads, config.get("cfg_parallel", True), config.get("ring_degree", 0))
+        except ValueError as e:
+            fail(f"parallel: {e}")
+        if config.get("cfg_parallel", True) and self.cfg == 1:
+            log.warning("Parallel Config: cfg_parallel needs an even number of workers; %d run without it", self.n)
+        self.key = (config["address"], config["device"], self.n, self.cfg, self.ring,
+                    tuple(sorted(self.recipe.items())), _files(self.recipe), self.sage,
+                    self.patches["uuid"] if self.patches else None)
+
+    def describe(self, cpu):
+        return (f"{self.n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, cfg {self.cfg} x ulysses "
+                f"{self.n // self.cfg // self.ring} x ring {self.ring}")
+
+
+def run(config, model, positive, negative, widgets, inputs):
+    """Sample Video on `config["workers"]` Ray actors; returns (samples, report, images) from rank 0."""
+    try:
+        import ray
+    except ImportError:
+        fail("parallel: Ray is not installed: `pip install ray` in ComfyUI's Python (single-device runs need nothing)")
+    plan = Plan(config, model)
+    started, ok = time.perf_counter(), False
+    try:
+        pool, cpu, kept = parallel_pool.workers_for(ray, plan)
+        samples, report, images = _sample(ray, pool, positive, negative, widgets, inputs)
+        ok = True
+    finally:
+        if not ok or not config.get("keep_workers", True):
+            parallel_pool.release()                # after a failure or a cancel, or when asked: nothing stays
+    report += (f"\nparallel: {plan.describe(cpu)}; {time.perf_counter() - started:.1f} s "
+               f"{'(workers kept from the last run)' if kept else 'with starting the workers and loading'}")
+    return samples, report, images
+
+
+def _sample(ray, pool, positive, negative, widgets, inputs):
+    """Every worker runs Sample Video; rank 0's (samples, report, images), its progress shown by the host's bar."""
+    from ray.util.queue import Queue
+    inputs = dict(inputs)
+    if inputs["vae"] is not None:   # the workers build the same VAE from its weights (it has no file to load from)
+        inputs["vae"] = ray.put({k: t.detach().cpu() for k, t in inputs["vae"].first_stage_model.state_dict().items()})
+    cond = ray.put((positive, negative))
+    progress = Queue()                             # an actor too
+    try:
+        bar = comfy.utils.ProgressBar(1)
+        results = parallel_pool.wait(ray, [w.sample.remote(cond, widgets, inputs, progress) for w in pool.workers],
+                                     pool.workers, lambda: parallel_pool.show(progress, bar))
+        parallel_pool.show(progress, bar)
+        return results[0]
+    finally:
+        ray.kill(progress.actor)
+
+
+def release():
+    parallel_pool.release()
+
+
+def _files(recipe):
+    """Size and time of the model's files: a file changed on disk under the same name means new workers."""
+    path = recipe["path"]
+    names = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+    stats = [(f, os.stat(f)) for f in names if os.path.isfile(f)]
+    return tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats)

@@ -1,0 +1,119 @@
+"""TeaCache's hooks in the host: a diffusion-model wrapper captures the timestep embedding of each model call, and
+every transformer block is replaced by a pass that runs the block or, on a skipped call, leaves the input as it is
+and adds the residual once (the decisions: sampling/teacache.py)."""
+import torch
+from comfy.patcher_extension import WrappersMP
+
+from ...sampling import teacache
+
+KEY = "skyreels_teacache"      # transformer_options: the TeaCache of this MODEL
+RUN = "skyreels_teacache_run"  # transformer_options of one call: what its blocks do
+# Sample Video's transformer_options: the index of the model call within its window, and the window's calls
+CALL, CALLS = "skyreels_call", "skyreels_calls"
+
+
+def install(model, cache):
+    """A clone of `model` with `cache` (a sampling.teacache.TeaCache) in its wrappers and block replacements."""
+    m = model.clone()
+    m.model_options["transformer_options"][KEY] = cache
+    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, _call)
+    m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _release)
+    blocks = Blocks()
+    for i in range(len(m.model.diffusion_model.blocks)):
+        m.set_model_patch_replace(blocks, "dit", "double_block", i)
+    return m
+
+
+class Run:
+    """One model call: its streams (cond / uncond chunks of the batch), its step, and the blocks' input."""
+
+    def __init__(self, cache, streams, index, total, coeffs):
+        self.cache, self.streams, self.index, self.total, self.coeffs = cache, streams, index, total, coeffs
+        self.embedding, self.runs, self.x_in = None, None, None
+
+    def start(self, x, e0):
+        inp = e0 if self.cache.retention else self.embedding
+        parts = zip(self.streams, inp.chunk(len(self.streams)), x.chunk(len(self.streams)))
+        self.runs = [self.cache.compute(s, self.index, self.total, e, self.coeffs, xs.shape) for s, e, xs in parts]
+        self.x_in = x
+
+    def skips_all(self):
+        return all(run is False for run in self.runs)
+
+    def finish(self, x):
+        """Computed chunks keep their output and leave its residual (not a second call at one step: run None);
+        skipped ones take input + their residual."""
+        out = []
+        for s, run, x_in, x_out in zip(self.streams, self.runs, self.x_in.chunk(len(self.streams)),
+                                       x.chunk(len(self.streams))):
+            if run is False:
+                out.append(x_in + self.cache.residual(s))
+                continue
+            if run:
+                self.cache.keep(s, x_out - x_in)
+            out.append(x_out)
+        return torch.cat(out)
+
+
+class Blocks:
+    def __call__(self, args, extra):
+        to = args["transformer_options"]
+        run = to.get(RUN)
+        if run is None:
+            return extra["original_block"](args)
+        i, x = to["block_index"], args["img"]
+        if i == 0:
+            run.start(x, args["vec"])
+        if run.runs is None:    # block 0 is not ours (replaced after TeaCache): nothing is decided, all runs
+            return extra["original_block"](args)
+        if run.skips_all():
+            return {"img": run.finish(x) if i == 0 else x}
+        out = extra["original_block"](args)
+        if i == to["total_blocks"] - 1:
+            out["img"] = run.finish(out["img"])
+        return out
+
+
+def step(to):
+    """(index, total) of this call: Sample Video says; under core samplers, the sigma's place in the schedule."""
+    if CALL in to:
+        return to[CALL], to[CALLS]
+    sigmas = to["sample_sigmas"].cpu()
+    return int((sigmas[:-1] - to["sigmas"][0].cpu()).abs().argmin()), len(sigmas) - 1
+
+
+def _call(executor, *args, **kwargs):
+    to = args[5] if len(args) > 5 else kwargs["transformer_options"]
+    cache, dm, x = to[KEY], executor.class_obj, args[0]
+    pixel_area = x.shape[-1] * x.shape[-2] * 64
+    coeffs = teacache.coefficients(dm.in_dim == 36, dm.dim, pixel_area, cache.retention)
+    # One stream per prompt: cond / uncond and the conditioning's id (several positive prompts share a batch)
+    kinds = to.get("cond_or_uncond", [0])
+    streams = list(zip(kinds, to.get("uuids") or range(len(kinds))))
+    run = Run(cache, streams, *step(to), coeffs)
+
+    def capture(module, inputs, out):
+        run.embedding = out
+
+    hook = dm.time_embedding.register_forward_hook(capture)
+    to[RUN] = run
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        hook.remove()
+        to.pop(RUN, None)
+
+
+def _release(executor, *args, **kwargs):
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        to = executor.class_obj.model_options["transformer_options"]
+        if KEY in to:
+            to[KEY].release()
+
+
+def counts(model):
+    """(calls, skipped) of the MODEL's TeaCache so far, or None without one."""
+    cache = model.model_options.get("transformer_options", {}).get(KEY)
+    return None if cache is None else (cache.calls, cache.skipped)
