@@ -91,6 +91,11 @@ def main(argv=None):
     return run_demo(args) if args.demo else main_with(args)
 
 
+def error(message, code):
+    print(f"convert_to_fp8: {message}", file=sys.stderr)
+    return code
+
+
 def main_with(args):
     options = Options(fp8=args.fp8, granularity=args.granularity, keep_first_blocks=args.keep_first_blocks,
                       keep_last_blocks=args.keep_last_blocks)
@@ -102,17 +107,13 @@ def main_with(args):
         finally:
             bar.close()
     except CheckpointError as e:
-        print(f"convert_to_fp8: {e}", file=sys.stderr)
-        return 2
+        return error(e, 2)
     except VerifyError as e:
-        print(f"convert_to_fp8: {e} (nothing was written)", file=sys.stderr)
-        return 1
+        return error(f"{e} (nothing was written)", 1)
     except OSError as e:  # e.g. a read-only output folder or a full disk
-        print(f"convert_to_fp8: {e.filename or args.dst}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return error(f"{e.filename or args.dst}: {e.strerror or e}", 2)
     except KeyboardInterrupt:
-        print("convert_to_fp8: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return error("interrupted; nothing was written", 130)
     print(report.table())
     print(f"wrote {args.dst}")
     return 0

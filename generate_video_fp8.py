@@ -343,19 +343,21 @@ def negative_encoder(prompt):
     return None
 
 
+def error(message, code):
+    print(f"generate_video_fp8: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv=None):
     args = parse_args(argv)
     demo = args.model_path is None
     try:
         host = find_host()
     except RuntimeError as e:
-        print(f"generate_video_fp8: {e}", file=sys.stderr)
-        return 2
+        return error(e, 2)
     if host is None:
-        print("generate_video_fp8: no ComfyUI found: set COMFYUI_PATH to a ComfyUI folder, install this pack in "
-              "ComfyUI/custom_nodes, or lay ComfyUI out at ~/ComfyUI (with its requirements installed)",
-              file=sys.stderr)
-        return 2
+        return error("no ComfyUI found: set COMFYUI_PATH to a ComfyUI folder, install this pack in "
+                     "ComfyUI/custom_nodes, or lay ComfyUI out at ~/ComfyUI (with its requirements installed)", 2)
     base = tempfile.mkdtemp(prefix="skyreels-headless-")
     server = None
     try:
@@ -386,20 +388,16 @@ def main(argv=None):
         entry = server.run(prompt)
         err = error_of(entry)
         if err:
-            print(f"generate_video_fp8: {err['node_type']} failed: {err['exception_message'].strip()}",
-                  file=sys.stderr)
-            return 1
+            return error(f"{err['node_type']} failed: {err['exception_message'].strip()}", 1)
         report = "".join(text for out in entry["outputs"].values() for text in out.get("text", []))
         video = save_output(base, args, name)
         print(report if args.monitor_memory or demo else report.splitlines()[0])
         print(f"wrote {video} ({time.time() - started:.1f} s)")
         return 0
     except BadInput as e:
-        print(f"generate_video_fp8: {e}", file=sys.stderr)
-        return 2
+        return error(e, 2)
     except RuntimeError as e:
-        print(f"generate_video_fp8: {e}", file=sys.stderr)
-        return 1
+        return error(e, 1)
     finally:
         if server:
             server.stop()

@@ -24,6 +24,7 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
 # diffusers name -> original Wan name (SkyReels-V2 uses the Wan 2.1 names in its own releases).
+_ATTN = {"1": "self_attn", "2": "cross_attn"}
 _DIFFUSERS_RENAMES = [(re.compile(a), b) for a, b in [
     (r"^condition_embedder\.text_embedder\.linear_([12])\.", lambda m: f"text_embedding.{2 * int(m[1]) - 2}."),
     (r"^condition_embedder\.time_embedder\.linear_([12])\.", lambda m: f"time_embedding.{2 * int(m[1]) - 2}."),
@@ -38,12 +39,9 @@ _DIFFUSERS_RENAMES = [(re.compile(a), b) for a, b in [
     (r"^proj_out\.", "head.head."),
     (r"^scale_shift_table$", "head.modulation"),
     (r"^(blocks\.\d+\.)scale_shift_table$", r"\1modulation"),
-    (r"^(blocks\.\d+\.)attn1\.to_out\.0\.", r"\1self_attn.o."),
-    (r"^(blocks\.\d+\.)attn2\.to_out\.0\.", r"\1cross_attn.o."),
-    (r"^(blocks\.\d+\.)attn1\.to_([qkv])\.", r"\1self_attn.\2."),
-    (r"^(blocks\.\d+\.)attn2\.to_([qkv])\.", r"\1cross_attn.\2."),
-    (r"^(blocks\.\d+\.)attn1\.norm_([qk])\.", r"\1self_attn.norm_\2."),
-    (r"^(blocks\.\d+\.)attn2\.norm_([qk])\.", r"\1cross_attn.norm_\2."),
+    (r"^(blocks\.\d+\.)attn([12])\.to_out\.0\.", lambda m: f"{m[1]}{_ATTN[m[2]]}.o."),
+    (r"^(blocks\.\d+\.)attn([12])\.to_([qkv])\.", lambda m: f"{m[1]}{_ATTN[m[2]]}.{m[3]}."),
+    (r"^(blocks\.\d+\.)attn([12])\.norm_([qk])\.", lambda m: f"{m[1]}{_ATTN[m[2]]}.norm_{m[3]}."),
     (r"^(blocks\.\d+\.)attn2\.add_([kv])_proj\.", r"\1cross_attn.\2_img."),
     (r"^(blocks\.\d+\.)attn2\.norm_added_k\.", r"\1cross_attn.norm_k_img."),
     # diffusers calls the affine cross-attention norm norm2; Wan calls it norm3.
