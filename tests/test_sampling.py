@@ -90,39 +90,45 @@ def test_frame_arithmetic():
 
 # --- Diffusion Forcing plan ---------------------------------------------------------------------------------------
 
-def test_plan_async_matches_skyreels_example():
-    # The example in SkyReels-V2's README: ar_step 5, causal_block_size 5, 25 latent frames (97 video), 30 steps.
-    plan = forcing.timestep_matrix(25, 30, 25, ar_step=5, causal_block_size=5)
-    assert plan.rows == 50
-    first = plan.step_index[:, ::5]                                  # one column per block
-    assert first[0].tolist() == [1, 0, 0, 0, 0]
-    # Block b starts 5 rows after block b-1 and then moves one step per row.
-    starts = [int((first[:, b] > 0).nonzero()[0]) for b in range(5)]
-    assert starts == [0, 5, 10, 15, 20]
-    assert plan.update.sum(0).tolist() == [30] * 25                # every frame gets exactly 30 solver steps
-    assert (plan.step_index[-1] >= 30).all()
-    assert plan.intervals == [(0, 25)] * 50
+# tests/data/skyreels_df_plan.json: SkyReels-V2's own generate_timestep_matrix over a grid of settings, and the
+# windows its pipeline lays out for long videos (written by tests/data/skyreels_df_plan.py). Conventions:
+# - step_index, step_update_mask (stored 0/1) and valid_interval are ours as they are: Plan.step_index, Plan.update,
+#   Plan.intervals (their counter also runs 0 = not started .. steps + 1 = finished).
+# - step_matrix is [999, *scheduler timesteps, 0][step_index]: ours is the timestep Sample Video gives the model for
+#   that counter, model_timesteps(steps, shift)[frame_sigmas(step_index, flow_sigmas(steps, shift))].
+# - Where it refuses (its assert: ar_step under steps / base blocks), ours raises ValueError naming the same least
+#   ar_step.
+PLAN_REF = json.load(open(os.path.join(os.path.dirname(__file__), "data", "skyreels_df_plan.json")))
 
 
-def test_plan_sync_is_standard_sampling():
-    plan = forcing.timestep_matrix(25, 30, 25, ar_step=0, causal_block_size=1)
-    assert plan.rows == 30
-    assert (plan.step_index == torch.arange(1, 31)[:, None]).all()
+def plan_id(c):
+    return (f"{c['num_frames']}f-{c['steps']}steps-base{c['base_num_frames']}-ar{c['ar_step']}"
+            f"-pre{c['num_pre_ready']}-block{c['causal_block_size']}")
 
 
-def test_plan_small_async_by_hand():
-    # 3 blocks, 3 steps, ar_step 1, worked out by hand from the rules in sampling/forcing.py's docstring.
-    plan = forcing.timestep_matrix(3, 3, 3, ar_step=1)
-    assert plan.step_index.tolist() == [[1, 0, 0], [2, 1, 0], [3, 2, 1], [4, 3, 2], [4, 4, 3]]
-    assert plan.update.tolist() == [[True, False, False], [True, True, False], [True, True, True],
-                                    [False, True, True], [False, False, True]]
+def plan_of(case):
+    return forcing.timestep_matrix(case["num_frames"], case["steps"], case["base_num_frames"], case["ar_step"],
+                                   case["num_pre_ready"], case["causal_block_size"])
 
 
-def test_plan_prefix_frames_are_never_updated():
-    plan = forcing.timestep_matrix(25, 30, 25, ar_step=5, num_pre_ready=5, causal_block_size=5)
-    assert not plan.update[:, :5].any()
-    assert (plan.step_index[:, :5] == 31).all() and plan.prefix == 5   # finished: shown at timestep 0
-    assert plan.update[:, 5:].sum(0).tolist() == [30] * 20
+@pytest.mark.parametrize("case", [c for c in PLAN_REF["plan_cases"] if "refused" not in c], ids=plan_id)
+def test_plan_matches_skyreels(case):
+    plan = plan_of(case)
+    assert plan.step_index.tolist() == case["step_index"]
+    assert plan.update.int().tolist() == case["step_update_mask"]
+    assert [list(i) for i in plan.intervals] == case["valid_interval"]
+    table = model_timesteps(case["steps"], PLAN_REF["shift"])
+    sigmas = forcing.frame_sigmas(plan.step_index, flow_sigmas(case["steps"], PLAN_REF["shift"]))
+    assert [[table[s] for s in row] for row in sigmas.tolist()] == case["step_matrix"]
+    # The frames it starts finished: num_pre_ready in whole blocks.
+    cbs = case["causal_block_size"]
+    assert plan.prefix == case["num_pre_ready"] // cbs * cbs
+
+
+@pytest.mark.parametrize("case", [c for c in PLAN_REF["plan_cases"] if "refused" in c], ids=plan_id)
+def test_plan_refuses_like_skyreels(case):
+    with pytest.raises(ValueError, match=f"ar_step must be at least {case['min_ar_step']} "):
+        plan_of(case)
 
 
 @pytest.mark.parametrize("ar_step", [0, 1, 3])
@@ -136,18 +142,9 @@ def test_plan_clean_end_frame_is_never_updated_and_changes_no_other_frame(ar_ste
     assert torch.equal(with_end.update[:, :5], without.update)
 
 
-def test_plan_sliding_window_when_longer_than_base():
-    plan = forcing.timestep_matrix(10, 4, 5, ar_step=2)
-    assert plan.update.sum(0).tolist() == [4] * 10
-    for (start, end), update in zip(plan.intervals, plan.update):
-        assert end - start <= 5
-        assert not update[:start].any() and not update[end:].any()   # the model sees every frame it updates
-    assert plan.intervals[0] == (0, 5) and plan.intervals[-1] == (5, 10)
-
-
 def test_plan_errors_name_the_fix():
-    with pytest.raises(ValueError, match="ar_step must be at least 6"):
-        forcing.timestep_matrix(50, 30, 25, ar_step=5, causal_block_size=5)
+    # (ar_step too small: test_plan_refuses_like_skyreels.) SkyReels-V2 silently drops the frames past the last
+    # whole block; ours refuses.
     with pytest.raises(ValueError, match="do not split into blocks of causal_block_size 5"):
         forcing.timestep_matrix(12, 30, 12, causal_block_size=5)
 
@@ -158,14 +155,17 @@ def test_frame_sigmas():
     assert got.tolist() == [[0.9990000128746033, sigmas[0].item(), sigmas[2].item(), 0.0]]
 
 
-@pytest.mark.parametrize("latent,base,overlap", [(65, 25, 5), (26, 25, 5), (45, 25, 5), (100, 25, 5), (11, 5, 2)])
-def test_windows_cover_the_video_like_skyreels(latent, base, overlap):
-    wins = forcing.windows(latent, base, overlap)
-    # SkyReels-V2's window count for frames > base_num_frames:
-    assert len(wins) == 1 + (latent - base - 1) // (base - overlap) + 1
-    assert wins[0] == (0, base)
-    assert all(p == overlap and overlap < n <= base for p, n in wins[1:])
-    assert base + sum(n - p for p, n in wins[1:]) == latent
+@pytest.mark.parametrize("case", PLAN_REF["window_cases"],
+                         ids=lambda c: f"{c['latent_frames']}-base{c['base_latent']}-overlap{c['overlap_latent']}"
+                                       f"-block{c['causal_block_size']}")
+def test_windows_match_skyreels(case):
+    # Each SkyReels-V2 window is one generate_timestep_matrix(n, n, num_pre_ready) call: ours (prefix, n) has the
+    # same n; its num_pre_ready is our prefix (the whole overlap) in whole causal blocks, as Sample Video starts
+    # each window (it encodes the last overlap_history video frames again and truncates them to whole blocks).
+    cbs = case["causal_block_size"]
+    wins = forcing.windows(case["latent_frames"], case["base_latent"], case["overlap_latent"])
+    assert [[n, n, p // cbs * cbs] for p, n in wins] == case["windows"]
+    assert video_frames(sum(n - p for p, n in wins)) == case["video_frames"]
 
 
 def test_windows_errors():
