@@ -223,6 +223,10 @@ def pick_workflow(args, info):
     if info.variant == "I2V":
         if not args.image:
             raise BadInput(f"--model_path: {info.describe()} is an image-to-video model; give --image")
+        given = [f"--{f}" for f in (*DF_FLAGS, "causal_attention") if getattr(args, f) not in (None, False)]
+        if given:
+            raise BadInput(f"{', '.join(given)}: Diffusion Forcing options; {info.describe()} samples in standard "
+                           "mode (use a DF model)")
         return "skyreels_i2v_fp8_sage.json"
     # DF-14B has the same tensors as T2V-14B: a start image or a DF flag asks for Diffusion Forcing.
     if info.variant == "DF" or args.image or args.causal_attention or any(getattr(args, f) is not None

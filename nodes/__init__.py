@@ -1,4 +1,6 @@
 """ComfyUI nodes: thin adapters from the host's types onto `quant/`, `attention/` and `sampling/`."""
+import sys
+
 from comfy_api.latest import ComfyExtension
 
 from .convert import ConvertToFP8
@@ -11,12 +13,10 @@ from .teacache import TeaCache
 
 class SkyReelsFP8Extension(ComfyExtension):
     async def on_load(self):
-        try:                       # the server exists when ComfyUI runs as one, not in a bare PromptExecutor
-            from server import PromptServer
-        except ImportError:
-            return
-        if getattr(PromptServer, "instance", None) is not None:
-            PromptServer.instance.add_on_prompt_handler(upgrade_prompt)
+        # The server exists when ComfyUI runs as one (main.py imports it first), not in a bare PromptExecutor.
+        server = getattr(sys.modules.get("server"), "PromptServer", None)
+        if getattr(server, "instance", None) is not None:
+            server.instance.add_on_prompt_handler(upgrade_prompt)
 
     async def get_node_list(self):
         return [LoadFP8SkyReelsModel, ConvertToFP8, PatchSageAttention, TeaCache, SampleVideo, ParallelConfig]

@@ -83,12 +83,16 @@ class SampleVideo(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
+    def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode=None,
                 vae=None, start_image=None, end_image=None, prefix_video=None, latent=None, parallel=None,
                 window_prompts=None) -> io.NodeOutput:
-        # mode: {"mode": "standard"} or {"mode": "diffusion forcing", "base_num_frames": ..., ...}
+        # mode: {"mode": "standard"} or {"mode": "diffusion forcing", "base_num_frames": ..., ...}; the host leaves
+        # it out of a prompt whose mode is none of its options, and gives None for an optional widget not sent.
+        if not isinstance(mode, dict) or mode.get("mode") not in ("standard", "diffusion forcing"):
+            fail("mode: must be 'standard' or 'diffusion forcing'")
+        chosen = {k: v for k, v in mode.items() if v is not None}
         widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
-                       sampler=sampler, fps=fps, **{**DF_DEFAULTS, **mode}, latent=latent)
+                       sampler=sampler, fps=fps, **{**DF_DEFAULTS, **chosen}, latent=latent)
         later = window_positives(positive, window_prompts or {})
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
                       window_prompts=later)
@@ -128,18 +132,29 @@ def df_widgets():
 
 def upgrade_prompt(json_data):
     """An API prompt saved before `mode` was a dynamic combo names the DF widgets at the top level ("ar_step");
-    the host now expects them under mode ("mode.ar_step"). Runs on every /prompt (the host's on_prompt hook)."""
-    prompt = json_data.get("prompt") if isinstance(json_data, dict) else None
-    for node in (prompt or {}).values():
-        if not isinstance(node, dict) or node.get("class_type") != NODE_ID:
-            continue
-        inputs = node.get("inputs") or {}
-        for name in DF_DEFAULTS:
-            if name in inputs:
-                value = inputs.pop(name)
-                if inputs.get("mode") == "diffusion forcing":
-                    inputs.setdefault(f"mode.{name}", value)
+    the host now expects them under mode ("mode.ar_step"). Runs on every /prompt (the host's on_prompt hook), so it
+    never raises: what it cannot read goes to the host's validation as it is."""
+    try:
+        prompt = json_data.get("prompt")
+        for node in prompt.values() if isinstance(prompt, dict) else ():
+            inputs = node.get("inputs") if isinstance(node, dict) and node.get("class_type") == NODE_ID else None
+            if isinstance(inputs, dict):
+                _move_df_widgets(inputs)
+    except Exception:
+        pass
     return json_data
+
+
+def _move_df_widgets(inputs):
+    for name in DF_DEFAULTS:
+        if name not in inputs:
+            continue
+        value = inputs.pop(name)
+        if inputs.get("mode") != "diffusion forcing":
+            continue
+        # A link (an old slot still connected in the frontend) wins over the widget value sent beside it.
+        if isinstance(value, list) or f"mode.{name}" not in inputs:
+            inputs[f"mode.{name}"] = value
 
 
 def window_positives(positive, given):

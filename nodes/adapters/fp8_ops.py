@@ -13,7 +13,8 @@ import torch
 import comfy.ops
 from comfy_kitchen.tensor import BaseLayoutParams, QuantizedLayout, QuantizedTensor, register_layout_class
 
-from ...quant import act_quant
+from ...attention.sage import log_once
+from ...quant import act_quant, fp8
 from ...quant.comfy_format import format_name, format_of
 from ...quant.fp8 import FP8_DTYPES, fp8_linear
 from ...quant.scale import absmax, absmax_scale, saturate
@@ -100,7 +101,12 @@ def make_operations(compute_dtype, fp8_matmul):
                 # `weight` is still quantized here unless the host had to cast it (LoRA in lowvram mode, offload).
                 if fp8_matmul and isinstance(weight, QuantizedTensor) and weight._qdata.dtype in FP8_DTYPES.values():
                     qdata, scale = weight.layout_cls.get_plain_tensors(weight)[:2]
-                    return fp8_linear(input, qdata, scale, bias, mode="w8a8")
+                    fell = fp8.stats["fallback"]
+                    y = fp8_linear(input, qdata, scale, bias, mode="w8a8")
+                    if fp8.stats["fallback"] != fell:    # also in the log: core samplers have no report
+                        for reason in fp8.fallback_reasons:
+                            log_once(("w8a8", reason), f"fp8 matmul unavailable ({reason}); using upcast")
+                    return y
                 return super()._forward(input, weight, bias)
 
     return SkyReelsFP8Ops

@@ -25,7 +25,7 @@ _address = None
 
 
 def workers_for(ray, plan):
-    """The pool for `plan` (a parallel.Plan): the kept one if it matches and answers, else a new one."""
+    """The pool for `plan` (a parallel_run.Plan): the kept one if it matches and answers, else a new one."""
     global _pool
     if _pool is not None and (_pool.key != plan.key or not _alive(ray, _pool)):
         release()                                  # other settings, another model, or a worker gone

@@ -1,4 +1,4 @@
-"""Parallel Config, and Sample Video's runs on several devices: Ray starts one actor per device (a local cluster,
+"""Sample Video's runs on several devices (from Parallel Config): Ray starts one actor per device (a local cluster,
 or the cluster at a Ray address, across machines), the actors form a torch.distributed group laid out as cfg x
 ulysses x ring (`attention.usp`), and each runs the whole Sample Video on its share of the work
 (`parallel_worker`, `sequence_parallel`). The host keeps running: it waits for rank 0's LATENT, stops the actors

@@ -25,7 +25,7 @@ from . import per_frame, run_report, sequence_parallel, video_attention
 from . import teacache_hooks
 
 log = logging.getLogger("skyreels_fp8")
-CALL_KEY = teacache_hooks.CALL      # transformer_options: index of the model call within the window (sage_patch, TeaCache)
+CALL_KEY = teacache_hooks.CALL   # transformer_options: the model call within the window (attention guard, TeaCache)
 
 
 def fail(message):

@@ -1,9 +1,17 @@
 // Workflows saved before Sample Video's `mode` became a dynamic combo: the frontend gives the DF widgets their
 // values back by position (they still follow `mode`), but keeps the input slots saved under their old names
-// ("ar_step", now "mode.ar_step"). Its own clean-up of slots without a widget removes only every other one, as it
-// deletes from the list it walks. Remove the rest here; with the experimental restore-by-name setting on, also take
-// the DF values from their old names. A linked old slot stays: the server moves its value under mode.
+// ("ar_step", now "mode.ar_step"), and its own clean-up of slots without a widget removes only every other one
+// (it deletes from the list it walks), linked or not. Here each old slot goes: its link, if any, moves to the new
+// slot; and where a workflow holds values by name (the frontend's restore-by-name setting), the old names are read.
 import { app } from "../../scripts/app.js";
+
+function moveLink(node, from, to) {
+  const link = node.graph?.links?.get?.(node.inputs[from].link) ?? node.graph?.links?.[node.inputs[from].link];
+  if (!link || node.inputs[to].link != null) return;
+  node.inputs[to].link = link.id;
+  link.target_slot = to;
+  node.inputs[from].link = null;
+}
 
 app.registerExtension({
   name: "SkyReels.SampleVideo.OldWorkflows",
@@ -15,7 +23,10 @@ app.registerExtension({
       const names = new Set((this.widgets ?? []).map((w) => w.name));
       for (let i = (this.inputs ?? []).length - 1; i >= 0; i--) {
         const input = this.inputs[i];
-        if (input.widget && !names.has(input.widget.name) && input.link == null) this.removeInput(i);
+        if (!input.widget || names.has(input.widget.name)) continue;
+        const to = this.inputs.findIndex((x) => x.name === `mode.${input.name}`);
+        if (input.link != null && to >= 0) moveLink(this, i, to);
+        if (input.link == null) this.removeInput(i);
       }
       const named = info.widgets_values_named ?? {};
       for (const w of this.widgets ?? []) {

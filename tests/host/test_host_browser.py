@@ -191,3 +191,23 @@ def test_df_widgets_show_in_df_mode_only(page):
     assert names[0][names[0].index("mode") + 1:] == df
     assert names[1][-1] == "mode" and not set(df) & set(names[1])
     assert dict(names[2])["mode.ar_step"] == 0     # back in DF mode: the widgets' defaults
+
+
+def test_an_old_workflows_linked_df_input_keeps_its_link(page):
+    # A DF widget turned into an input and fed by another node, saved before mode was a dynamic combo: the link
+    # moves to the widget's new slot ("mode.ar_step"), where the frontend alone would drop it.
+    with open(os.path.join(OLD_WORKFLOWS, "skyreels_df_start_end_frames.json")) as f:
+        old = json.load(f)
+    sample = next(n for n in old["nodes"] if n["type"] == "SkyReelsSampleVideo")
+    slot = next(i for i, s in enumerate(sample["inputs"]) if s["name"] == "ar_step")
+    link = max(l[0] for l in old["links"]) + 1
+    old["nodes"].append({"id": 99, "type": "PrimitiveInt", "pos": [0, 0], "size": [200, 80], "flags": {},
+                         "order": 0, "mode": 0, "inputs": [],
+                         "outputs": [{"name": "INT", "type": "INT", "links": [link]}], "properties": {},
+                         "widgets_values": [2, "fixed"]})
+    old["links"].append([link, 99, 0, sample["id"], slot, "INT"])
+    sample["inputs"][slot]["link"] = link
+    opened = page.evaluate(OPEN_AND_READ, [old])[0]
+    inputs = opened["prompt"][str(sample["id"])]["inputs"]
+    assert inputs["mode.ar_step"] == ["99", 0] and "ar_step" not in inputs, inputs
+    assert opened["stray"] == [] and page.errors == [], (opened["stray"], page.errors)

@@ -99,3 +99,7 @@ def test_model_and_image_must_fit(host, tmp_path):
     (tmp_path / "start.png").write_bytes(b"")                  # exists; the demo refuses it before reading
     proc = run(["--image", "start.png"], host, tmp_path)
     assert proc.returncode == 2 and "--image needs --model_path" in proc.stderr
+    # I2V samples in standard mode, where the DF widgets do not exist: their flags are refused, not dropped
+    proc = run(["--model_path", str(tmp_path / "i2v"), "--image", "start.png", "--ar_step", "5",
+                "--causal_attention"], host, tmp_path)
+    assert proc.returncode == 2 and "--ar_step, --causal_attention: Diffusion Forcing options;" in proc.stderr

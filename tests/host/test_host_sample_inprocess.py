@@ -62,8 +62,23 @@ carried = job._next_prefix([window], 2, 2)
 own = [vae.encode(vae.decode(window[i:i + 1]).reshape(-1, 32, 32, 3)[-5:]) for i in range(2)]
 two, _, two_images = SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}}),
                              vae=vae, latent={{"samples": torch.zeros(2, 16, 6, 4, 4)}}).args
+# The on_prompt hook for API prompts saved before mode was a dynamic combo: malformed prompts pass through as
+# they are, and a link sent under an old name wins over the widget value sent beside it.
+from skyreels_pack.nodes.sample import upgrade_prompt
+malformed = [None, {{"prompt": [1]}}, {{"prompt": "x"}}, {{"prompt": {{"4": "x"}}}},
+             {{"prompt": {{"4": {{"class_type": "SkyReelsSampleVideo", "inputs": [1]}}}}}}]
+upgraded = [upgrade_prompt(json.loads(json.dumps(p))) == p for p in malformed]
+linked = upgrade_prompt({{"prompt": {{"4": {{"class_type": "SkyReelsSampleVideo", "inputs": {{
+    "mode": "diffusion forcing", "ar_step": ["9", 0], "mode.ar_step": 0, "base_num_frames": 37,
+    "mode.base_num_frames": 97}}}}}}}})["prompt"]["4"]["inputs"]
+try:
+    SampleVideo.execute(model, pos, neg, **{{k: v for k, v in nest_mode(ARGS).items() if k != "mode"}})
+    no_mode = None
+except ValueError as e:
+    no_mode = str(e)
 
 result = dict(
+    upgraded=upgraded, linked=linked, no_mode=no_mode,
     timesteps=[t.tolist() for t in seen],
     carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
     items_differ=(carried[0] - carried[1]).abs().max().item(), batch_shape=list(two["samples"].shape),
@@ -110,6 +125,10 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["end_standard"] == "Sample Video: end_image: needs mode 'diffusion forcing'"
     assert r["end_no_vae"] == "Sample Video: end_image: needs a vae connected to encode it"
     assert r["end_blocks"].startswith("Sample Video: end_image: needs causal_block_size 1, not 3")
+    assert r["upgraded"] == [True] * 5
+    assert r["linked"] == {"mode": "diffusion forcing", "mode.ar_step": ["9", 0], "mode.base_num_frames": 97}
+    # a prompt whose mode is none of the options: the host leaves mode out, and the node says what it takes
+    assert r["no_mode"] == "Sample Video: mode: must be 'standard' or 'diffusion forcing'"
     # The model sees one timestep per latent frame (cond and uncond: 2 rows): the 2 prefix frames at the
     # addnoise level (20), the others at their own step of the schedule, not all the same after the first call
     # (ar_step 1).
