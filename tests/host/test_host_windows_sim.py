@@ -99,7 +99,7 @@ result["samples_finite"] = all(bool(torch.isfinite(s["samples"]).all()) for s, *
 result["reports"] = [r for _, r, *_ in runs.values()]
 # On Windows psutil reports the peak working set (since the process started): the report gives it.
 import collections, psutil
-run_report = sys.modules[Sample.__module__.rsplit(".", 1)[0] + ".run_report"]
+run_report = sys.modules[Sample.__module__.rsplit(".", 1)[0] + ".adapters.run_report"]
 pmem = collections.namedtuple("pmem", "rss vms peak_wset")
 psutil.Process.memory_info = lambda self: pmem(100 * 2**20, 0, 300 * 2**20)
 result["windows_peak"] = run_report.Meter(torch.device("cpu")).finish().memory
