@@ -323,8 +323,8 @@ def build_prompt(workflow, object_info, args, names, demo):
             inputs["clip_name"] = names["clip_vision"]
         elif kind == "CLIPTextEncode":
             negative = node_id == negative_encoder(prompt)
-            if demo:   # no tiny umt5-xxl exists: random conditioning of its shape (tests/host/helper_nodes)
-                node.update(class_type="TestWanConditioning", inputs={"seed": 2 if negative else 1, "tokens": 8})
+            if demo:   # no tiny umt5-xxl exists: random conditioning of its shape, read by a core node
+                node.update(class_type="LoadTrainingDataset", inputs={"folder_name": DEMO_CONDITIONING[negative]})
             elif negative and args.negative_prompt is not None:
                 inputs["text"] = args.negative_prompt
             elif not negative:
@@ -335,6 +335,10 @@ def build_prompt(workflow, object_info, args, names, demo):
             inputs["filename_prefix"] = "headless/video"
     if demo:
         prompt = {k: v for k, v in prompt.items() if v["class_type"] != "CLIPLoader"}
+        for node in prompt.values():   # Load Training Dataset gives (latents, conditioning)
+            for name, link in node["inputs"].items():
+                if isinstance(link, list) and prompt[link[0]]["class_type"] == "LoadTrainingDataset":
+                    node["inputs"][name] = [link[0], 1]
     return prompt
 
 
@@ -408,8 +412,27 @@ def main(argv=None):
         shutil.rmtree(base, ignore_errors=True)
 
 
+DEMO_CONDITIONING = {False: "skyreels_demo_positive", True: "skyreels_demo_negative"}
+
+
+def write_demo_conditioning(base):
+    """Random conditioning of umt5-xxl's shape [1, 8, 4096], positive and negative, saved as the one-sample datasets
+    that core's Load Training Dataset reads (latents + conditioning lists in shard_*.pkl, metadata.json)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    for name in DEMO_CONDITIONING.values():
+        folder = os.path.join(base, "datasets", name)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "metadata.json"), "w") as f:
+            json.dump({"num_samples": 1, "num_shards": 1, "source": "generate_video_fp8.py demo"}, f)
+        shard = {"latents": [{"samples": torch.zeros(1, 16, 1, 8, 8)}],
+                 "conditioning": [[[torch.randn(1, 8, 4096, generator=g), {}]]]}
+        torch.save(shard, os.path.join(folder, "shard_00000.pkl"))
+
+
 def prepare_demo(host, base):
-    """Tiny DF release folder, tiny VAE and the random-conditioning node, written under the base folder."""
+    """Tiny DF release folder, tiny VAE and the random conditioning, written under the base folder."""
     models = os.path.join(base, "models")
     from quant import tiny
     tiny.write_release(os.path.join(models, "diffusion_models", "tiny-SkyReels-V2-DF"),
@@ -418,8 +441,7 @@ def prepare_demo(host, base):
     code = (f"import sys; sys.path[:0] = [{host!r}, {REPO!r}]\nimport comfy.cli_args; comfy.cli_args.args.cpu = True\n"
             f"from generate_video_fp8 import write_tiny_vae; write_tiny_vae({os.path.join(models, 'vae', 'tiny_wan_vae.safetensors')!r})")
     subprocess.run([sys.executable, "-c", code], cwd=host, check=True, capture_output=True)
-    shutil.copytree(os.path.join(REPO, "tests", "host", "helper_nodes"),
-                    os.path.join(base, "custom_nodes", "skyreels_test_helpers"))
+    write_demo_conditioning(base)
     return {"diffusion_models": "tiny-SkyReels-V2-DF/", "vae": "tiny_wan_vae.safetensors"}
 
 

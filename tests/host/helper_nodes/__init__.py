@@ -3,7 +3,8 @@
 Two stand-ins, for encoders whose host loaders build the full-size model whatever the file holds: Wan's text
 encoder (umt5-xxl, 5.7B parameters) gives conditioning [1, tokens, 4096], and CLIP vision ViT-H (632M) gives the
 image features Wan I2V reads ([1, 257, 1280] penultimate hidden states). Both are seeded random tensors of those
-shapes. Everything after them is the real host. generate_video_fp8.py's demo mode installs them the same way.
+shapes. Everything after them is the real host. (generate_video_fp8.py's demo needs none of them: it feeds
+its random conditioning through core's Load Training Dataset.)
 """
 import torch
 import comfy.clip_vision
