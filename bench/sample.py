@@ -91,24 +91,32 @@ def measure(host, folder, cfg, size, steps):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main():
+def start(name, steps, extra=()):
+    """The arguments every host benchmark takes, the host, whether it runs on the GPU (its device line printed)
+    and a temporary folder: (args, host, gpu, folder). `extra`: (flag, help) of further switches."""
     p = argparse.ArgumentParser()
     p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--cpu", action="store_true", help="the CPU run even where a GPU is present")
+    for flag, text in extra:
+        p.add_argument(flag, action="store_true", help=text)
     args = p.parse_args()
     host = args.host or find_host()
     if not host:
         raise SystemExit("no ComfyUI host found: set COMFYUI_PATH or pass --host")
     gpu = torch.cuda.is_available() and not args.cpu
-    folder = tempfile.mkdtemp(prefix="skyreels-sample-")
+    device = torch.cuda.get_device_name() if gpu else f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
+    print(f"device: {device}, torch {torch.__version__}; host {host}")
+    return args, host, gpu, tempfile.mkdtemp(prefix=f"skyreels-{name}-")
+
+
+def main():
+    args, host, gpu, folder = start("sample", 3)
     try:
         if gpu:
-            print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; host {host}")
             write_synthetic(os.path.join(folder, "bf16_1.3b.safetensors"), "1.3B")
             size, runs, unit = dict(width=960, height=544, frames=97), GPU_RUNS, "VRAM"
         else:
-            print(f"device: CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}; host {host}")
             write_tiny(os.path.join(folder, "tiny.safetensors"), "T2V", dim=512, ffn_dim=1024, num_layers=4)
             size, runs, unit = dict(width=128, height=128, frames=17, cpu=True), CPU_RUNS, "RSS"
         print(f"{size['width']}x{size['height']}, {size['frames']} frames, {args.steps} steps (cfg 6: cond + uncond "

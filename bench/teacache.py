@@ -14,23 +14,20 @@ thresholds (0.1 to 0.3) skip nothing there; larger thresholds show the trade-off
 GPU: the real 1.3B shapes with random weights, 544x960, 97 frames, standard mode, thresholds 0.1 and 0.2 and core's
 caches at 0.2 (the time column is then what counts; random weights skip differently from trained ones).
 """
-import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE, os.path.join(REPO, "tests")]
 
-import torch  # noqa: E402
-from comfy_host import IMPORT_PACK, PRELUDE, find_host  # noqa: E402
+from comfy_host import IMPORT_PACK, PRELUDE  # noqa: E402
 from convert import write_synthetic  # noqa: E402
 from helpers import write_tiny  # noqa: E402
+from sample import start  # noqa: E402
 
 CHILD = r"""
 import logging, re, time, torch, folder_paths
@@ -87,26 +84,15 @@ print(json.dumps(rows))
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--cpu", action="store_true", help="the CPU run even where a GPU is present")
-    p.add_argument("--quick", action="store_true", help="CPU: a few settings only (gpu_check.sh's smoke run)")
-    args = p.parse_args()
-    host = args.host or find_host()
-    if not host:
-        raise SystemExit("no ComfyUI host found: set COMFYUI_PATH or pass --host")
-    gpu = torch.cuda.is_available() and not args.cpu
-    folder = tempfile.mkdtemp(prefix="skyreels-teacache-")
+    args, host, gpu, folder = start("teacache", 10,
+                                    [("--quick", "CPU: a few settings only (gpu_check.sh's smoke run)")])
     try:
         if gpu:
-            print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; host {host}")
             write_synthetic(os.path.join(folder, "df_1.3b.safetensors"), "1.3B")
             # kept short for gpu_check.sh's time: standard mode, SkyReels-V2's thresholds, core's caches at 0.2
             size = dict(file="df_1.3b.safetensors", width=960, height=544, frames=97, thresholds=[0.1, 0.2],
                         retention=[False], reuse=[0.2], modes=["standard"])
         else:
-            print(f"device: CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}; host {host}")
             write_tiny(os.path.join(folder, "df_tiny.safetensors"), "DF", seed=2)
             size = dict(file="df_tiny.safetensors", width=32, height=32, frames=17,
                         thresholds=[0.1, 0.2, 0.3, 100, 1000, 3000], retention=[False, True],
