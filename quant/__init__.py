@@ -8,5 +8,6 @@ from .fp8 import dequantize_weight, fp8_linear, quantize_weight, quantize_weight
 from .model_info import ModelInfo, detect  # noqa: E402
 from .policy import should_quantize  # noqa: E402
 
-__all__ = ["Checkpoint", "CheckpointError", "ModelInfo", "Options", "Report", "VerifyError", "convert", "dequantize_weight",
-           "detect", "format_name", "fp8_linear", "quantize_weight", "quantize_weight_chunked", "should_quantize"]
+__all__ = ["Checkpoint", "CheckpointError", "ModelInfo", "Options", "Report", "VerifyError", "convert",
+           "dequantize_weight", "detect", "format_name", "fp8_linear", "quantize_weight", "quantize_weight_chunked",
+           "should_quantize"]

@@ -1,9 +1,6 @@
-"""Read Wan 2.1 / SkyReels-V2 checkpoints tensor by tensor, under the original Wan key names.
-
-Accepted: one `.safetensors` file; a folder of shards (its `*.index.json`, else every `*.safetensors` in it);
-`.pth/.pt/.ckpt/.bin` through `torch.load(weights_only=True)` only. Keys may carry the `model.diffusion_model.`
-prefix, or be diffusers-format (WanTransformer3DModel / SkyReelsV2Transformer3DModel) names.
-"""
+"""Read Wan 2.1 / SkyReels-V2 checkpoints tensor by tensor, under the original Wan key names: a .safetensors file,
+a folder of shards (its index json, else every .safetensors in it) or .pth/.pt/.ckpt/.bin via torch.load(weights_only).
+Keys may carry the `model.diffusion_model.` prefix or be diffusers (WanTransformer3DModel) names."""
 import json
 import os
 import pickle
@@ -21,7 +18,6 @@ SAFETENSORS_DTYPES = {
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
-PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
 # diffusers name -> original Wan name (SkyReels-V2 uses the Wan 2.1 names in its own releases).
 _ATTN = {"1": "self_attn", "2": "cross_attn"}
@@ -60,10 +56,7 @@ def is_diffusers(keys):
 
 
 def original_name(key, diffusers):
-    for prefix in PREFIXES:
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-            break
+    key = re.sub(r"^(model\.)?diffusion_model\.", "", key)
     if diffusers:
         for pattern, repl in _DIFFUSERS_RENAMES:
             new, n = pattern.subn(repl, key)
@@ -73,10 +66,9 @@ def original_name(key, diffusers):
 
 
 class _SafetensorsFile:
-    """safe_open validates the file and lists it; tensor data is then read straight into each tensor's buffer
-    (readinto: no second copy), not through safe_open's memory map, whose touched pages would count as this
-    process's memory until the whole model had been read. Plain seek + readinto works on every OS (Windows' os
-    has no pread); the lock keeps a prefetching thread's seek from moving another read."""
+    """safe_open validates the file; data is then read into each tensor's own buffer, not through safe_open's memory
+    map, whose touched pages would count as this process's memory until the whole model was read. seek + readinto
+    works on every OS (Windows' os has no pread); the lock keeps a prefetching thread's seek from moving another."""
 
     def __init__(self, path):
         try:
@@ -127,7 +119,10 @@ def _safetensors_problem(path, text):
     return f"{path}: not a valid .safetensors file ({text.split(':')[-1].strip()}); check that the download finished"
 
 
-class _PickleFile:
+class _PickleFile(dict):
+    """A torch.load'ed state dict behind the same reader interface."""
+    metadata = {}
+
     def __init__(self, path):
         try:
             try:
@@ -146,20 +141,13 @@ class _PickleFile:
                 sd = sd[wrapper]
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise CheckpointError(f"{path}: not a state dict of tensors")
-        self.path, self.sd, self.metadata = path, sd, {}
-
-    def keys(self):
-        return list(self.sd)
+        super().__init__(sd)
 
     def spec(self, key):
-        t = self.sd[key]
-        return tuple(t.shape), t.dtype
+        return tuple(self[key].shape), self[key].dtype
 
-    def load(self, key):
-        return self.sd[key]
-
-    def close(self):
-        self.sd = {}
+    load = dict.__getitem__
+    close = dict.clear
 
 
 def _open_file(path):
@@ -229,12 +217,9 @@ class Checkpoint:
     def __exit__(self, *exc):
         self.close()
 
-    def shapes(self):
-        return {n: self.spec(n)[0] for n in self._index}
-
     def model_info(self):
         try:
-            return detect(self.shapes())
+            return detect({n: self.spec(n)[0] for n in self._index})
         except NotWanModel as e:
             raise CheckpointError(f"{self.path}: {e}") from None
 
@@ -242,6 +227,11 @@ class Checkpoint:
         """The error for a tensor with NaN/Inf values (raised by every reader of this checkpoint)."""
         return CheckpointError(f"{self.path}: tensor {name} has NaN/Inf values; the checkpoint is damaged, download it "
                                "again")
+
+    def check_finite(self, name, t):
+        # fp8 (1-byte floats) through fp32: isfinite does not take fp8 tensors.
+        if t.is_floating_point() and not torch.isfinite(t.float() if t.element_size() == 1 else t).all():
+            raise self.non_finite(name)
 
     def require_keys(self, info):
         """Raise if tensors a model of `info` needs are missing; return the unexpected ones."""

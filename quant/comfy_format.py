@@ -8,18 +8,19 @@ import torch
 QUANT_SUFFIXES = (".weight_scale", ".scale_weight", ".comfy_quant", ".input_scale", ".scale_input")
 
 
+def is_quant_extra(name):
+    """A scale, a format tag or legacy scaled_fp8's marker: not a model tensor of its own."""
+    return name.endswith(QUANT_SUFFIXES) or name == "scaled_fp8"
+
+
 def format_name(fp8, granularity):
     """The layer format: the host's own name per tensor, ours per channel."""
-    if granularity == "tensor":
-        return f"float8_{fp8}"
-    return f"skyreels_fp8_{fp8}_per_channel"
+    return f"float8_{fp8}" if granularity == "tensor" else f"skyreels_fp8_{fp8}_per_channel"
 
 
 def comfy_quant(fmt):
-    """The `<layer>.comfy_quant` tensor for a format name."""
     return torch.frombuffer(bytearray(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
 
 
 def format_of(conf):
-    """The format name a `<layer>.comfy_quant` tensor holds."""
     return json.loads(bytes(conf.tolist())).get("format")

@@ -1,11 +1,8 @@
-"""Convert a Wan 2.1 / SkyReels-V2 checkpoint to FP8, streaming one tensor at a time.
+"""Convert a Wan 2.1 / SkyReels-V2 checkpoint to FP8 in the host's mixed-precision format, one tensor at a time.
 
-Output is the ComfyUI host's mixed-precision format (its QUANTIZATION.md): `<layer>.weight` fp8,
-`<layer>.weight_scale` fp32, `<layer>.comfy_quant` (uint8 JSON) and `_quantization_metadata` in the header.
-Per-tensor files use the host's own format names and load in core UNETLoader. Per-channel files carry
-`skyreels_fp8_*_per_channel` instead: the host has no per-channel fp8 layout, and a name it does not know makes it
-stop with that name rather than load the weights with the wrong scale.
-"""
+Per-tensor files use the host's own format names and load in core UNETLoader. Per-channel files are tagged
+`skyreels_fp8_*_per_channel`: the host has no per-channel layout, and stops at a format name it does not know
+rather than load the weights with the wrong scale."""
 import json
 import logging
 import os
@@ -18,7 +15,7 @@ from safetensors import safe_open
 
 from . import __version__
 from .checkpoint import Checkpoint, CheckpointError
-from .comfy_format import QUANT_SUFFIXES, comfy_quant, format_name
+from .comfy_format import comfy_quant, format_name, is_quant_extra
 from .fp8 import FP8_DTYPES, NonFiniteWeight, quantize_weight_chunked, relative_error
 from .policy import layer_name, should_quantize
 from .writer import SafetensorsWriter, name_problem
@@ -49,8 +46,7 @@ class Options:
 
     @property
     def scheme(self):
-        per = "per-tensor" if self.granularity == "tensor" else "per-channel"
-        return f"fp8 {self.fp8} {per}"
+        return f"fp8 {self.fp8} per-{self.granularity}"
 
 
 @dataclass
@@ -108,8 +104,7 @@ def _check_paths(src, dst, overwrite):
 
 
 def _check_source(ckpt, info, report):
-    prequant = [n for n in ckpt.names if n.endswith(QUANT_SUFFIXES) or n == "scaled_fp8"
-                or ckpt.spec(n)[1] in FP8_DTYPES.values()]
+    prequant = [n for n in ckpt.names if is_quant_extra(n) or ckpt.spec(n)[1] in FP8_DTYPES.values()]
     if prequant:
         raise CheckpointError(f"{ckpt.path}: already FP8 ({prequant[0]}); load it directly with Load FP8 SkyReels "
                               "Model, or convert the original bf16/fp32 release")
@@ -125,7 +120,7 @@ def _kept_dtype(dtype):
 
 
 def _plan(ckpt, info, options):
-    """Output entries {name: (dtype, shape)} and the set of weight names to quantize."""
+    """Output entries {name: (dtype, shape)}, the weight names to quantize and their comfy_quant tensor."""
     fp8 = FP8_DTYPES[options.fp8]
     conf = comfy_quant(format_name(options.fp8, options.granularity))
     entries, quantize = {}, set()
@@ -182,12 +177,10 @@ def convert(src, dst, options=None, *, overwrite=False, verify=False, progress=N
 
 def _convert(ckpt, dst, options, verify, progress, check_interrupt):
     start = time.perf_counter()
-    src = ckpt.path
     info = ckpt.model_info()
-    report = Report(source=src, dest=dst, model=info.describe(), options=options, bytes_in=ckpt.nbytes)
+    report = Report(source=ckpt.path, dest=dst, model=info.describe(), options=options, bytes_in=ckpt.nbytes)
     _check_source(ckpt, info, report)
     entries, quantize, conf_tensor = _plan(ckpt, info, options)
-    fp8 = FP8_DTYPES[options.fp8]
     names = ckpt.names
 
     def check(tmp):
@@ -200,7 +193,7 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
                 check_interrupt()
             if name in quantize:
                 try:
-                    q, scale, err = quantize_weight_chunked(t, dtype=fp8, granularity=options.granularity)
+                    q, scale, err = quantize_weight_chunked(t, dtype=entries[name][0], granularity=options.granularity)
                 except NonFiniteWeight:
                     raise ckpt.non_finite(name) from None
                 layer = layer_name(name)
@@ -209,8 +202,7 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
                 out.write(f"{layer}.comfy_quant", conf_tensor)
                 report.errors[layer] = err
             else:
-                if t.is_floating_point() and not torch.isfinite(t).all():
-                    raise ckpt.non_finite(name)
+                ckpt.check_finite(name, t)
                 out.write(name, t.to(entries[name][0]))
             del t
             if progress:

@@ -1,17 +1,13 @@
-"""Read any SkyReels-V2 / Wan 2.1 file into one FP8 state dict, tensor by tensor.
-
-Sources: FP8 files in the ComfyUI mixed-precision format (ours, per-tensor or per-channel, and the host's own),
-legacy `scaled_fp8` files (`<layer>.scale_weight`), plain FP8 casts (no scale), and bf16/fp16/fp32 files, which are
-quantized here one tensor at a time. The result uses the host's key convention: `<layer>.weight` fp8,
-`<layer>.weight_scale` fp32 (scalar or (out, 1)) and `<layer>.comfy_quant` (uint8 JSON with the format name).
-"""
+"""Read any SkyReels-V2 / Wan 2.1 file into one FP8 state dict in the host's key convention, tensor by tensor:
+ComfyUI-format FP8 (ours and the host's), legacy `scaled_fp8`, plain FP8 casts (scale 1), and bf16/fp16/fp32 files,
+which are quantized here."""
 import json
 from dataclasses import dataclass
 
 import torch
 
 from .checkpoint import CheckpointError
-from .comfy_format import QUANT_SUFFIXES, comfy_quant, format_name, format_of
+from .comfy_format import comfy_quant, format_name, format_of, is_quant_extra
 from .fp8 import FP8_DTYPES, NonFiniteWeight, dequantize_weight, quantize_weight_chunked
 from .policy import layer_name, should_quantize
 
@@ -74,18 +70,13 @@ def describe_source(ckpt, declared):
 
 def _fp8_weight(ckpt, name, declared):
     """(qweight, scale) of an fp8 weight in the file, or None if it is stored in high precision."""
-    shape, dtype = ckpt.spec(name)
     layer = layer_name(name)
-    if dtype not in FP8_DTYPES.values():
+    if ckpt.spec(name)[1] not in FP8_DTYPES.values():
         return None
     for key in (f"{layer}.weight_scale", f"{layer}.scale_weight"):
         if key in ckpt.names:
-            scale = ckpt.load(key).float()
-            if layer in declared and declared[layer][1] == "channel":
-                scale = scale.reshape(-1, 1)
-            else:
-                scale = scale.reshape(())
-            return ckpt.load(name), scale
+            per_channel = layer in declared and declared[layer][1] == "channel"
+            return ckpt.load(name), ckpt.load(key).float().reshape((-1, 1) if per_channel else ())
     return ckpt.load(name), torch.ones((), dtype=torch.float32)  # a plain cast: scale 1
 
 
@@ -94,11 +85,6 @@ def _fp8_non_finite(q):
     In 1 MiB pieces: whole-tensor temporaries leave the allocator holding hundreds of MiB after a model load."""
     limit = 0x7F if q.dtype == torch.float8_e4m3fn else 0x7C
     return any(bool(((part & 0x7F) >= limit).any()) for part in q.view(torch.uint8).flatten().split(1 << 20))
-
-
-def _check_finite(ckpt, name, t):
-    if t.is_floating_point() and not torch.isfinite(t.float() if t.dtype in FP8_DTYPES.values() else t).all():
-        raise ckpt.non_finite(name)
 
 
 def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, keep_last_blocks=0,
@@ -112,14 +98,14 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
     target = WEIGHT_FORMATS[weight_format]
     plain = target if isinstance(target, torch.dtype) else None
     kept_dtype = plain or compute_dtype
-    notes = []
-    names = [n for n in ckpt.names if not n.endswith(QUANT_SUFFIXES) and n != "scaled_fp8"]
-    sd, quantized, schemes = {}, 0, set()
+    names = [n for n in ckpt.names if not is_quant_extra(n)]
+    sd, schemes = {}, []  # schemes: the (fp8, granularity) of each quantized weight
     for i, name in enumerate(names):
         if check_interrupt:
             check_interrupt()
         linear = should_quantize(name, info.num_layers, keep_first_blocks, keep_last_blocks)
         fp8 = _fp8_weight(ckpt, name, declared) if name.endswith(".weight") else None
+        fmt = None
         if fp8 is not None and (plain is not None or not linear):
             sd[name] = dequantize_weight(*fp8, kept_dtype)  # fp8 in the file, high precision wanted here
         elif fp8 is not None:
@@ -127,35 +113,29 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
             if _fp8_non_finite(q) or not torch.isfinite(scale).all():
                 raise ckpt.non_finite(name)
             fmt = declared.get(layer_name(name)) or (str(q.dtype).split("float8_")[-1], "tensor")
-            _store(sd, name, q, scale, fmt)
-            schemes.add(fmt)
-            quantized += 1
         elif linear and plain is None:
-            fp8_type, granularity = target or AUTO
+            fmt = target or AUTO
             try:
-                q, scale, _ = quantize_weight_chunked(ckpt.load(name), dtype=FP8_DTYPES[fp8_type],
-                                                      granularity=granularity)
+                q, scale, _ = quantize_weight_chunked(ckpt.load(name), dtype=FP8_DTYPES[fmt[0]], granularity=fmt[1])
             except NonFiniteWeight:
                 raise ckpt.non_finite(name) from None
-            _store(sd, name, q, scale, (fp8_type, granularity))
-            schemes.add((fp8_type, granularity))
-            quantized += 1
         else:
             t = ckpt.load(name)
-            _check_finite(ckpt, name, t)
+            ckpt.check_finite(name, t)
             sd[name] = t.to(kept_dtype) if t.is_floating_point() else t
+        if fmt:
+            layer = layer_name(name)
+            sd[name] = q
+            sd[f"{layer}.weight_scale"] = scale
+            sd[f"{layer}.comfy_quant"] = comfy_quant(format_name(*fmt))
+            schemes.append(fmt)
         if progress:
             progress(i + 1, len(names))
+    notes = []
     if target not in (None, AUTO) and plain is None and declared and set(declared.values()) != {target}:
         notes.append(f"the file is already {source}; its FP8 weights are used as they are")
-    scheme = ", ".join(f"fp8 {f} per-{g}" for f, g in sorted(schemes)) or str(kept_dtype).replace("torch.", "")
-    summary = LoadSummary(source=source, scheme=scheme, quantized=quantized, kept=len(names) - quantized,
-                          kept_dtype=str(kept_dtype).replace("torch.", ""), notes=notes)
+    kept = str(kept_dtype).replace("torch.", "")
+    scheme = ", ".join(f"fp8 {f} per-{g}" for f, g in sorted(set(schemes))) or kept
+    summary = LoadSummary(source=source, scheme=scheme, quantized=len(schemes), kept=len(names) - len(schemes),
+                          kept_dtype=kept, notes=notes)
     return sd, summary
-
-
-def _store(sd, name, q, scale, fmt):
-    layer = layer_name(name)
-    sd[name] = q
-    sd[f"{layer}.weight_scale"] = scale
-    sd[f"{layer}.comfy_quant"] = comfy_quant(format_name(*fmt))

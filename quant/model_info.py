@@ -27,10 +27,7 @@ OTHER_WAN_MODELS = {"vace_": "VACE", "img_emb.emb_pos": "FLF2V", "ref_conv.": "F
 
 def other_wan_model(keys):
     """The name of the non-SkyReels Wan model these keys belong to, or None."""
-    for prefix, name in OTHER_WAN_MODELS.items():
-        if any(k.startswith(prefix) for k in keys):
-            return name
-    return None
+    return next((name for prefix, name in OTHER_WAN_MODELS.items() if any(k.startswith(prefix) for k in keys)), None)
 
 
 @dataclass(frozen=True)
@@ -56,15 +53,10 @@ class ModelInfo:
         return f"SkyReels-V2 {variant} {self.size}, {self.num_layers} blocks"
 
     def expected_keys(self):
-        keys = list(_TOP_KEYS)
-        block_keys = list(_BLOCK_KEYS)
-        if self.variant == "I2V":
-            keys += _I2V_TOP_KEYS
-            block_keys += _I2V_BLOCK_KEYS
-        if self.has_fps:
-            keys += _FPS_KEYS
-        keys += [f"blocks.{i}.{k}" for i in range(self.num_layers) for k in block_keys]
-        return keys
+        i2v = self.variant == "I2V"
+        keys = _TOP_KEYS + (_I2V_TOP_KEYS if i2v else []) + (_FPS_KEYS if self.has_fps else [])
+        block_keys = _BLOCK_KEYS + (_I2V_BLOCK_KEYS if i2v else [])
+        return keys + [f"blocks.{i}.{k}" for i in range(self.num_layers) for k in block_keys]
 
 
 class NotWanModel(ValueError):

@@ -1,6 +1,7 @@
 """Tiny SkyReels-V2 checkpoints (real key names and structure, few blocks, small dims, seeded random weights) for
 tests, demos and the embedded model of the headless job. Shapes of the real models come from the same code."""
 import json
+import math
 import os
 import re
 
@@ -23,17 +24,14 @@ def info(variant="T2V", dim=256, ffn_dim=512, num_layers=2, has_fps=None):
 
 def shapes(model):
     """{original Wan key: shape} of a model described by a ModelInfo."""
+    return {key: _shape(key, model) for key in model.expected_keys()}
+
+
+def _shape(key, model):
+    name = key.split(".", 2)[-1] if key.startswith("blocks.") else key   # block keys without "blocks.N."
     d, f = model.dim, model.ffn_dim
-    out = {}
-    for key in model.expected_keys():
-        name = key.split(".", 2)[-1] if key.startswith("blocks.") else key
-        out[key] = _shape(name, d, f, model.in_dim)
-    return out
-
-
-def _shape(name, d, f, in_dim):
     fixed = {
-        "patch_embedding.weight": (d, in_dim, 1, 2, 2), "text_embedding.0.weight": (d, TEXT_DIM),
+        "patch_embedding.weight": (d, model.in_dim, 1, 2, 2), "text_embedding.0.weight": (d, TEXT_DIM),
         "time_embedding.0.weight": (d, FREQ_DIM), "time_projection.1.weight": (6 * d, d),
         "time_projection.1.bias": (6 * d,), "head.modulation": (1, 2, d), "head.head.weight": (4 * OUT_DIM, d),
         "head.head.bias": (4 * OUT_DIM,), "modulation": (1, 6, d), "ffn.0.weight": (f, d), "ffn.0.bias": (f,),
@@ -42,9 +40,7 @@ def _shape(name, d, f, in_dim):
         "img_emb.proj.3.weight": (d, CLIP_DIM), "fps_embedding.weight": (2, d),
         "fps_projection.2.weight": (6 * d, d), "fps_projection.2.bias": (6 * d,),
     }
-    if name in fixed:
-        return fixed[name]
-    return (d, d) if _SQUARE.search(name) else (d,)
+    return fixed.get(name, (d, d) if _SQUARE.search(name) else (d,))
 
 
 def state_dict(model, seed=0, dtype=torch.bfloat16):
@@ -53,10 +49,7 @@ def state_dict(model, seed=0, dtype=torch.bfloat16):
     sd = {}
     for key, shape in shapes(model).items():
         if len(shape) >= 2 and "modulation" not in key:
-            fan_in = 1
-            for s in shape[1:]:
-                fan_in *= s
-            t = torch.randn(shape, generator=g) / fan_in ** 0.5
+            t = torch.randn(shape, generator=g) / math.prod(shape[1:]) ** 0.5
         elif "modulation" in key:
             t = torch.randn(shape, generator=g) / model.dim ** 0.5
         elif "norm" in key and key.endswith("weight") or key.endswith(("proj.0.weight", "proj.4.weight")):

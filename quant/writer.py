@@ -1,23 +1,17 @@
-"""Write a .safetensors file one tensor at a time, atomically.
-
-The header (names, dtypes, shapes, offsets) is known before any data is computed, so each tensor is written at its
-offset as soon as it exists and memory stays at one tensor. The file is built as a temp file in the destination
-folder and renamed into place only when every tensor is written and fsynced; any error or Ctrl-C removes it.
-"""
+"""Write a .safetensors file one tensor at a time, atomically: the header is laid out from the entries first, so
+each tensor goes to its offset as soon as it exists (memory stays at one tensor). A temp file in the destination
+folder is renamed into place only when complete and fsynced; any error or Ctrl-C removes it."""
+import contextlib
 import json
+import math
 import os
 import re
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import SAFETENSORS_DTYPES, CheckpointError
 
-_DTYPE_NAMES = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2", torch.int64: "I64", torch.int32: "I32",
-    torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
-}
-
+_DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 # Windows' rules, checked on every OS: a workflow written on Linux must save on Windows too.
 _RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
@@ -40,13 +34,6 @@ def name_problem(name, windows=True):
     return None
 
 
-def _nbytes(dtype, shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n * torch.empty((), dtype=dtype).element_size()
-
-
 class SafetensorsWriter:
     """`entries`: {name: (dtype, shape)}. Use as a context manager; call `write(name, tensor)` for every entry.
 
@@ -58,12 +45,10 @@ class SafetensorsWriter:
         self.dst, self.check = dst, check
         # Larger element sizes first: with every tensor's byte size a multiple of its element size, each tensor
         # then starts at an offset aligned for its dtype.
-        order = sorted(entries, key=lambda n: -torch.empty((), dtype=entries[n][0]).element_size())
-        header, offset = {}, 0
-        self._spans = {}
-        for name in order:
+        header, offset, self._spans = {}, 0, {}
+        for name in sorted(entries, key=lambda n: -entries[n][0].itemsize):
             dtype, shape = entries[name]
-            size = _nbytes(dtype, shape)
+            size = math.prod(shape) * dtype.itemsize
             header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
             self._spans[name] = (offset, dtype, tuple(shape))
             offset += size
@@ -73,16 +58,13 @@ class SafetensorsWriter:
         self._data_start = 8 + len(blob)
         self._total = offset
         self._written = set()
-        folder = os.path.dirname(os.path.abspath(dst))
-        self.tmp = os.path.join(folder, f".{os.path.basename(dst)}.{os.getpid()}.tmp")
+        self.tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{os.getpid()}.tmp")
         self._f = open(self.tmp, "wb")
         self._f.write(len(blob).to_bytes(8, "little") + blob)
 
     def _header_blob(self, metadata):
-        header = dict(self._header)
-        if metadata:
-            header = {"__metadata__": {k: str(v) for k, v in metadata.items()}, **header}
-        return json.dumps(header, separators=(",", ":")).encode()
+        meta = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
+        return json.dumps({**meta, **self._header}, separators=(",", ":")).encode()
 
     def set_metadata(self, metadata):
         blob = self._header_blob(metadata)
@@ -133,26 +115,18 @@ class SafetensorsWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        # BaseException too: a Ctrl-C or a host interrupt must not leave a half-written file behind.
-        if exc_type is not None:
-            self.abort()
-            return False
+        # finally, so a Ctrl-C or a host interrupt does not leave a half-written file either; a no-op after commit.
         try:
-            self.commit()
-        except BaseException:
+            if exc_type is None:
+                self.commit()
+        finally:
             self.abort()
-            raise
-        return False
 
 
 def _fsync_dir(folder):
-    try:
+    with contextlib.suppress(OSError):   # Windows cannot open a folder
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
