@@ -1,9 +1,6 @@
 #!/usr/bin/env python3
 """Convert a SkyReels-V2 / Wan 2.1 diffusion model to FP8 for ComfyUI.
 
-    python convert_to_fp8.py SRC DST.safetensors [--granularity tensor|channel] [--fp8 e4m3fn|e5m2]
-                             [--keep-first-blocks N] [--keep-last-blocks N] [--verify] [--overwrite]
-
 With no arguments it converts an embedded tiny SkyReels-V2 model in a temp folder (a demo that needs no download).
 SRC is a .safetensors file, a folder of shards, or a .pth/.pt file (read with weights_only=True). The default,
 per-tensor e4m3fn, loads in ComfyUI's own Load Diffusion Model node; per-channel files need this pack's
@@ -62,15 +59,12 @@ class ProgressBar:
     """A one-line bar on a terminal; silent when stderr is a pipe or a log file."""
 
     def __init__(self, stream=sys.stderr, width=30):
-        self.stream, self.width, self.last = stream, width, 0.0
+        self.stream, self.width, self.last, self.open = stream, width, 0.0, False
         self.active = stream.isatty()
-        self.open = False
 
     def __call__(self, done, total):
-        if not self.active:
-            return
         now = time.monotonic()
-        if done != total and now - self.last < 0.1:
+        if not self.active or (done != total and now - self.last < 0.1):
             return
         self.last = now
         filled = self.width * done // total

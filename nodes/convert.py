@@ -51,8 +51,7 @@ class ConvertToFP8(io.ComfyNode):
         options = Options(fp8=fp8_type, granularity=GRANULARITY[granularity], keep_first_blocks=keep_first_blocks,
                           keep_last_blocks=keep_last_blocks)
         pbar = comfy.utils.ProgressBar(1)
-        report = convert(src, dst, options, overwrite=overwrite,
-                         progress=lambda done, total: pbar.update_absolute(done, total),
+        report = convert(src, dst, options, overwrite=overwrite, progress=pbar.update_absolute,
                          check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
         text = report.table() + f"\nwrote models/{model_files.FOLDER}/{os.path.basename(dst)}"
         return io.NodeOutput(text, ui=ui.PreviewText(text))

@@ -73,10 +73,11 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
             ckpt.require_keys(info)
             pbar = comfy.utils.ProgressBar(len(ckpt.names))
             load_device = comfy.model_management.get_torch_device()
-            compute_dtype = _compute_dtype(load_device)
+            # What the host computes a quantized Wan model in on this device (its own rule, as in its loader).
+            compute_dtype = comfy.model_management.unet_manual_cast(
+                None, load_device, comfy.supported_models.WAN21_T2V.supported_inference_dtypes) or torch.bfloat16
             sd, summary = load_fp8_state_dict(
-                ckpt, info, weight_format, keep_first_blocks, keep_last_blocks,
-                progress=lambda done, total: pbar.update_absolute(done, total),
+                ckpt, info, weight_format, keep_first_blocks, keep_last_blocks, progress=pbar.update_absolute,
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
                 compute_dtype=compute_dtype)
         expected = set(info.expected_keys())
@@ -88,12 +89,11 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
                 sd.pop(k)
         fps_sd = fps.split_fps_keys(sd)
         patcher, compute_used = _build(sd, summary, compute, path, load_device, compute_dtype)
-        if fps_sd:
-            fps.install(patcher, fps.fps_vectors(fps_sd))
         patcher.set_attachments(RECIPE, dict(path=path, weight_format=weight_format, compute=compute,
                                              keep_first_blocks=keep_first_blocks, keep_last_blocks=keep_last_blocks))
         report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
         if fps_sd:
+            fps.install(patcher, fps.fps_vectors(fps_sd))
             report += "; fps embedding: on (24 fps unless Sample Video sets it)"
         for note in summary.notes:
             report += f"; note: {note}"
@@ -101,39 +101,24 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
         return io.NodeOutput(patcher, report)
 
 
-def _compute_dtype(load_device):
-    # What the host computes a quantized Wan model in on this device (its own rule, as in its loader).
-    supported = comfy.supported_models.WAN21_T2V.supported_inference_dtypes
-    return comfy.model_management.unet_manual_cast(None, load_device, supported) or torch.bfloat16
-
-
 def _build(sd, summary, compute, path, load_device, compute_dtype):
     """The host's own loader on our state dict; FP8 layers through our operations class."""
     if summary.quantized == 0:  # bf16/fp16 requested: exactly the host's path
-        dtype = torch.float16 if summary.kept_dtype == "float16" else torch.bfloat16
-        patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
-        return _checked(patcher, path), "upcast (no FP8 weights)"
-    # auto multiplies in FP8 only where the fused kernel quantizes the activations: the eager chunks pass over each
-    # activation about five times, which can cost what the FP8 product saves (not yet measured on a GPU).
-    fused, note = fused_quant_available(load_device)
-    if compute == "upcast":
-        fp8_matmul, used = False, "upcast"
-    elif fused:
-        fp8_matmul, used = True, "fp8 matmul" + (f" ({note})" if note else "")
-    elif compute == "fp8 matmul":
-        log.warning("fp8 matmul requested where auto would upcast (%s): torch._scaled_mm with activations "
-                    "quantized eagerly (slow on CPU)", note)
-        fp8_matmul, used = True, f"fp8 matmul ({note})"
+        fp8_matmul, used = False, "upcast (no FP8 weights)"
+        options = {"dtype": torch.float16 if summary.kept_dtype == "float16" else torch.bfloat16}
     else:
-        fp8_matmul, used = False, f"upcast ({note})"
-    ops = make_operations(compute_dtype, fp8_matmul)
-    patcher = _checked(comfy.sd.load_diffusion_model_state_dict(sd, model_options={"custom_operations": ops}), path)
+        # auto multiplies in FP8 only where the fused kernel quantizes the activations: the eager chunks pass over
+        # each activation about five times, which can cost what the FP8 product saves (not yet measured on a GPU).
+        fused, note = fused_quant_available(load_device)
+        fp8_matmul = compute != "upcast" and (fused or compute == "fp8 matmul")
+        if compute == "fp8 matmul" and not fused:
+            log.warning("fp8 matmul requested where auto would upcast (%s): torch._scaled_mm with activations "
+                        "quantized eagerly (slow on CPU)", note)
+        used = ("fp8 matmul" if fp8_matmul else "upcast") + (f" ({note})" if note and compute != "upcast" else "")
+        options = {"custom_operations": make_operations(compute_dtype, fp8_matmul)}
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
+    if patcher is None:
+        raise CheckpointError(f"{path}: ComfyUI could not build a Wan model from this file")
     if fp8_matmul:
         share_attention_inputs(patcher.model)
     return patcher, used
-
-
-def _checked(patcher, path):
-    if patcher is None:
-        raise CheckpointError(f"{path}: ComfyUI could not build a Wan model from this file")
-    return patcher

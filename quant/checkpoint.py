@@ -22,16 +22,13 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 # diffusers name -> original Wan name (SkyReels-V2 uses the Wan 2.1 names in its own releases).
 _ATTN = {"1": "self_attn", "2": "cross_attn"}
 _DIFFUSERS_RENAMES = [(re.compile(a), b) for a, b in [
-    (r"^condition_embedder\.text_embedder\.linear_([12])\.", lambda m: f"text_embedding.{2 * int(m[1]) - 2}."),
-    (r"^condition_embedder\.time_embedder\.linear_([12])\.", lambda m: f"time_embedding.{2 * int(m[1]) - 2}."),
+    (r"^condition_embedder\.(text|time)_embedder\.linear_([12])\.", lambda m: f"{m[1]}_embedding.{2 * int(m[2]) - 2}."),
     (r"^condition_embedder\.time_proj\.", "time_projection.1."),
     (r"^condition_embedder\.image_embedder\.norm1\.", "img_emb.proj.0."),
     (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj\.", "img_emb.proj.1."),
     (r"^condition_embedder\.image_embedder\.ff\.net\.2\.", "img_emb.proj.3."),
     (r"^condition_embedder\.image_embedder\.norm2\.", "img_emb.proj.4."),
     (r"^condition_embedder\.image_embedder\.pos_embed$", "img_emb.emb_pos"),
-    (r"^fps_projection\.net\.0\.proj\.", "fps_projection.0."),
-    (r"^fps_projection\.net\.2\.", "fps_projection.2."),
     (r"^proj_out\.", "head.head."),
     (r"^scale_shift_table$", "head.modulation"),
     (r"^(blocks\.\d+\.)scale_shift_table$", r"\1modulation"),
@@ -42,8 +39,8 @@ _DIFFUSERS_RENAMES = [(re.compile(a), b) for a, b in [
     (r"^(blocks\.\d+\.)attn2\.norm_added_k\.", r"\1cross_attn.norm_k_img."),
     # diffusers calls the affine cross-attention norm norm2; Wan calls it norm3.
     (r"^(blocks\.\d+\.)norm2\.", r"\1norm3."),
-    (r"^(blocks\.\d+\.)ffn\.net\.0\.proj\.", r"\1ffn.0."),
-    (r"^(blocks\.\d+\.)ffn\.net\.2\.", r"\1ffn.2."),
+    (r"^(blocks\.\d+\.ffn|fps_projection)\.net\.0\.proj\.", r"\1.0."),
+    (r"^(blocks\.\d+\.ffn|fps_projection)\.net\.2\.", r"\1.2."),
 ]]
 
 
@@ -68,7 +65,8 @@ def original_name(key, diffusers):
 class _SafetensorsFile:
     """safe_open validates the file; data is then read into each tensor's own buffer, not through safe_open's memory
     map, whose touched pages would count as this process's memory until the whole model was read. seek + readinto
-    works on every OS (Windows' os has no pread); the lock keeps a prefetching thread's seek from moving another."""
+    works on every OS (Windows' os has no pread); the lock keeps a prefetching thread's seek from moving another.
+    A buffered readinto stops short only at the end of the file (large reads go straight into the buffer given)."""
 
     def __init__(self, path):
         try:
@@ -76,15 +74,10 @@ class _SafetensorsFile:
                 self.metadata = handle.metadata() or {}
         except Exception as e:  # safetensors raises its own error type with a terse text
             raise CheckpointError(_safetensors_problem(path, str(e))) from None
-        self.path = path
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        self._start = 8 + n
-        self._header = header
-        self._file = open(path, "rb", buffering=0)
-        self._lock = threading.Lock()
+        self.path, self._file, self._lock = path, open(path, "rb"), threading.Lock()
+        n = int.from_bytes(self._file.read(8), "little")
+        self._header, self._start = json.loads(self._file.read(n)), 8 + n
+        self._header.pop("__metadata__", None)
 
     def keys(self):
         return list(self._header)
@@ -99,14 +92,10 @@ class _SafetensorsFile:
             raise CheckpointError(f"{self.path}: tensor {key} has an unsupported dtype {self._header[key]['dtype']}")
         begin, end = self._header[key]["data_offsets"]
         buf = torch.empty(end - begin, dtype=torch.uint8)
-        view, done = memoryview(buf.numpy()), 0
         with self._lock:
             self._file.seek(self._start + begin)
-            while done < len(view):
-                got = self._file.readinto(view[done:])
-                if not got:
-                    raise CheckpointError(f"{self.path}: the file is truncated; download or copy it again")
-                done += got
+            if self._file.readinto(memoryview(buf.numpy())) < end - begin:
+                raise CheckpointError(f"{self.path}: the file is truncated; download or copy it again")
         return buf.view(dtype).reshape(shape)
 
     def close(self):
@@ -163,8 +152,7 @@ def _shard_paths(folder):
     indexes = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
     if indexes:
         with open(os.path.join(folder, indexes[0])) as f:
-            weight_map = json.load(f).get("weight_map", {})
-        names = sorted(set(weight_map.values()))
+            names = sorted(set(json.load(f).get("weight_map", {}).values()))
         for name in names:
             if not os.path.isfile(os.path.join(folder, name)):
                 raise CheckpointError(f"{os.path.join(folder, name)}: shard listed in {indexes[0]} is missing")

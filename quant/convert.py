@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from safetensors import safe_open
@@ -121,7 +121,6 @@ def _kept_dtype(dtype):
 
 def _plan(ckpt, info, options):
     """Output entries {name: (dtype, shape)}, the weight names to quantize and their comfy_quant tensor."""
-    fp8 = FP8_DTYPES[options.fp8]
     conf = comfy_quant(format_name(options.fp8, options.granularity))
     entries, quantize = {}, set()
     for name in ckpt.names:
@@ -132,7 +131,7 @@ def _plan(ckpt, info, options):
         if should_quantize(name, info.num_layers, options.keep_first_blocks, options.keep_last_blocks):
             layer = layer_name(name)
             quantize.add(name)
-            entries[name] = (fp8, shape)
+            entries[name] = (FP8_DTYPES[options.fp8], shape)
             entries[f"{layer}.weight_scale"] = (torch.float32, () if options.granularity == "tensor" else (shape[0], 1))
             entries[f"{layer}.comfy_quant"] = (torch.uint8, tuple(conf.shape))
         else:
@@ -144,9 +143,7 @@ def _metadata(ckpt, info, options, report, quantize):
     fmt = format_name(options.fp8, options.granularity)
     layers = {layer_name(n): {"format": fmt} for n in sorted(quantize)}
     ours = {"pack_version": __version__, "source": os.path.basename(ckpt.path.rstrip(os.sep)),
-            "source_bytes": ckpt.nbytes, "model": info.describe(), "fp8": options.fp8,
-            "granularity": options.granularity, "keep_first_blocks": options.keep_first_blocks,
-            "keep_last_blocks": options.keep_last_blocks,
+            "source_bytes": ckpt.nbytes, "model": info.describe(), **asdict(options),
             "errors": {k: float(f"{v:.5g}") for k, v in report.errors.items()}}
     metadata = {k: v for k, v in ckpt.metadata.items() if k not in ("_quantization_metadata", "skyreels_fp8")}
     metadata["_quantization_metadata"] = json.dumps({"format_version": "1.0", "layers": layers})

@@ -38,20 +38,16 @@ class LoadSummary:
 
 def _layer_formats(ckpt):
     """{layer: (fp8, granularity)} declared by the file (comfy_quant tensors or _quantization_metadata)."""
-    declared = {}
-    meta = ckpt.metadata.get("_quantization_metadata")
-    if meta:
-        declared.update({k: v.get("format") for k, v in json.loads(meta).get("layers", {}).items()})
+    meta = json.loads(ckpt.metadata.get("_quantization_metadata") or "{}")
+    declared = {k: v.get("format") for k, v in meta.get("layers", {}).items()}
     for name in ckpt.names:
         if name.endswith(".comfy_quant"):
             declared[name[: -len(".comfy_quant")]] = format_of(ckpt.load(name))
-    out = {}
     for layer, fmt in declared.items():
         if fmt not in _FORMAT_TO_FP8:
             raise CheckpointError(f"{ckpt.path}: layer {layer} uses quantization format {fmt!r}, which this pack "
                                   "cannot read; use an fp8 file or the bf16 original")
-        out[layer] = _FORMAT_TO_FP8[fmt]
-    return out
+    return {layer: _FORMAT_TO_FP8[fmt] for layer, fmt in declared.items()}
 
 
 def describe_source(ckpt, declared):

@@ -5,11 +5,10 @@ from dataclasses import dataclass
 CORE_KEYS = ("patch_embedding.weight", "head.modulation", "head.head.weight", "blocks.0.self_attn.q.weight",
              "blocks.0.ffn.0.weight", "time_projection.1.weight")
 
-_TOP_KEYS = ["patch_embedding.weight", "patch_embedding.bias",
-             "text_embedding.0.weight", "text_embedding.0.bias", "text_embedding.2.weight", "text_embedding.2.bias",
-             "time_embedding.0.weight", "time_embedding.0.bias", "time_embedding.2.weight", "time_embedding.2.bias",
-             "time_projection.1.weight", "time_projection.1.bias",
-             "head.modulation", "head.head.weight", "head.head.bias"]
+_TOP_KEYS = (["patch_embedding.weight", "patch_embedding.bias"]
+             + [f"{e}_embedding.{i}.{p}" for e in ("text", "time") for i in (0, 2) for p in ("weight", "bias")]
+             + ["time_projection.1.weight", "time_projection.1.bias", "head.modulation", "head.head.weight",
+                "head.head.bias"])
 _I2V_TOP_KEYS = [f"img_emb.proj.{i}.{p}" for i in (0, 1, 3, 4) for p in ("weight", "bias")]
 _FPS_KEYS = ["fps_embedding.weight"] + [f"fps_projection.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
 _BLOCK_KEYS = ["modulation", "norm3.weight", "norm3.bias", "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias"]
@@ -63,11 +62,6 @@ class NotWanModel(ValueError):
     pass
 
 
-def count_blocks(keys):
-    ids = {int(k.split(".")[1]) for k in keys if k.startswith("blocks.") and k.split(".")[1].isdigit()}
-    return max(ids) + 1 if ids else 0
-
-
 def detect(shapes):
     """shapes: {original Wan key name: shape}. Raises NotWanModel if the keys are not a Wan 2.1 DiT."""
     missing = [k for k in CORE_KEYS if k not in shapes]
@@ -79,5 +73,6 @@ def detect(shapes):
     has_img = "img_emb.proj.1.weight" in shapes
     has_fps = "fps_embedding.weight" in shapes
     variant = "I2V" if has_img else ("DF" if has_fps else "T2V")
+    blocks = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.split(".")[1].isdigit()}
     return ModelInfo(variant=variant, dim=dim, ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
-                     num_layers=count_blocks(shapes), in_dim=shapes["patch_embedding.weight"][1], has_fps=has_fps)
+                     num_layers=max(blocks) + 1, in_dim=shapes["patch_embedding.weight"][1], has_fps=has_fps)

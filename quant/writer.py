@@ -19,8 +19,7 @@ _BAD_CHARS = re.compile(r'[<>:"|?*\x00-\x1f]')
 
 
 def name_problem(name, windows=True):
-    """Why `name` (one file name, no folders) cannot be written on every OS (on this one, with windows=False), or
-    None."""
+    """Why `name` (one file name, no folders) cannot be written on every OS (on this one: windows=False), or None."""
     if name in ("", ".", ".."):
         return "it is empty or a folder reference"
     if not windows:
@@ -35,11 +34,9 @@ def name_problem(name, windows=True):
 
 
 class SafetensorsWriter:
-    """`entries`: {name: (dtype, shape)}. Use as a context manager; call `write(name, tensor)` for every entry.
-
-    `reserve` bytes of header room let `set_metadata` record facts only known at the end (e.g. measured errors).
-    `check(temp_path)`, if given, runs on the complete, fsynced temp file; if it raises, nothing is renamed.
-    """
+    """`entries`: {name: (dtype, shape)}; a context manager: `write(name, tensor)` every entry. `reserve` bytes of
+    header room let `set_metadata` record facts known only at the end (measured errors). `check(temp_path)`, if
+    given, runs on the complete, fsynced temp file; if it raises, nothing is renamed."""
 
     def __init__(self, dst, entries, metadata=None, reserve=0, check=None):
         self.dst, self.check = dst, check
@@ -106,8 +103,7 @@ class SafetensorsWriter:
         _fsync_dir(os.path.dirname(os.path.abspath(self.dst)))
 
     def abort(self):
-        if not self._f.closed:
-            self._f.close()
+        self._f.close()
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
 
