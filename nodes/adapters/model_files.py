@@ -11,9 +11,7 @@ FOLDER = "diffusion_models"
 
 def _shard_folders():
     found = []
-    for root in folder_paths.get_folder_paths(FOLDER):
-        if not os.path.isdir(root):
-            continue
+    for root in filter(os.path.isdir, folder_paths.get_folder_paths(FOLDER)):
         for entry in sorted(os.listdir(root)):
             path = os.path.join(root, entry)
             if os.path.isdir(path) and any(f.endswith(".safetensors.index.json") for f in os.listdir(path)):
