@@ -1,10 +1,6 @@
-"""Per-token FP8 (e4m3fn) quantization of Linear inputs for torch._scaled_mm, and a one-entry cache so that the
-q, k and v Linears of an attention, which the host calls on one input tensor, quantize it once.
-
-`quantize` runs the Triton kernel of act_quant_triton.py on CUDA when triton imports, else an eager PyTorch loop
-over chunks of rows whose temporaries stay small (see `chunk_rows`). Both give the same bytes: scale = row absmax /
-448 in fp32 (1 for all-zero rows), values = x / scale clamped to +-448 and rounded to nearest even.
-"""
+"""Per-token FP8 (e4m3fn) quantization of Linear inputs for torch._scaled_mm: the Triton kernel of
+act_quant_triton.py on CUDA when triton imports, else eager chunks of rows, with the same bytes. A one-entry cache
+lets the q, k and v Linears of an attention, which the host calls on one input tensor, quantize it once."""
 import functools
 import threading
 import weakref
@@ -43,9 +39,7 @@ def _use_fused(x):
 def quantize(x, per_tensor=False, fused=None):
     """x [M, K] fp32/bf16/fp16 -> (q [M, K] e4m3fn, scale fp32 [M, 1], or [1, 1] with `per_tensor`).
     fused: Triton kernel (True), eager chunks (False), or the kernel where it runs (None)."""
-    given = None
-    if per_tensor:
-        given = absmax_scale(absmax(x), E4M3).reshape(1, 1)
+    given = absmax_scale(absmax(x), E4M3).reshape(1, 1) if per_tensor else None
     if _use_fused(x) if fused is None else fused:
         from .act_quant_triton import quantize_rows
         return quantize_rows(x, given)
@@ -59,19 +53,14 @@ def _quantize_eager(x, given):
     rows = chunk_rows(m, k, CHUNK_VALUES.get(x.device.type, CHUNK_VALUES["cuda"]))
     for i in range(0, m, rows):
         xc = x[i:i + rows]
-        s = given
-        if s is None:
-            s = scale[i:i + rows]
-            s.copy_(absmax_scale(absmax(xc, dim=1), E4M3))
+        s = given if given is not None else scale[i:i + rows].copy_(absmax_scale(absmax(xc, dim=1), E4M3))
         # The only chunk-sized temporary: an fp32 copy (also for fp32 input, which must not be divided in place).
         q[i:i + rows].copy_(saturate(xc.to(torch.float32, copy=True), s, E4M3))
     return q, scale
 
 
-# ---- the one-entry cache ----
-
 class _State(threading.local):
-    # Per thread: a scope opened by one thread's attention must not vouch for another thread's tensors.
+    # The one-entry cache, per thread: a scope opened by one thread's attention must not vouch for another's tensors.
     entry = None   # (weakref to the input, key, (q, scale))
     depth = 0      # open shared-input scopes
 
@@ -97,19 +86,15 @@ def forget():
 
 
 def _key(x, per_tensor):
-    if x.is_inference():
-        if not _state.depth:
-            return None
-        version = None
-    else:
-        version = x._version   # bumped by every in-place write
+    if x.is_inference() and not _state.depth:
+        return None
+    version = None if x.is_inference() else x._version   # bumped by every in-place write
     return x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device, version, per_tensor
 
 
 def quantize_input(x, per_tensor=False):
-    """`quantize(x.reshape(-1, K))`, reusing the previous result when x is the same live tensor, unchanged: same
-    object (a weak reference, so a new tensor at a freed tensor's address never matches), same data pointer, shape,
-    strides, dtype, device, and version counter (or an open shared scope for inference tensors)."""
+    """`quantize(x.reshape(-1, K))`, or the previous result if x is the same live tensor object (a weak reference:
+    a new tensor at a freed one's address never matches) with the same `_key`."""
     state = _state
     key = _key(x, per_tensor)
     entry = state.entry

@@ -1,26 +1,21 @@
 """Triton kernel for per-token FP8 (e4m3fn) activation quantization: one pass over a [M, K] activation writes the
-FP8 values and one fp32 scale per row (row absmax / 448; all-zero rows get 1), or uses a given per-tensor scale.
-
-Imported only when a CUDA activation is quantized (the quant package must not import triton at load); the tests
-run it on CPU under TRITON_INTERPRET=1 against the eager code of quant/act_quant.py.
-"""
+FP8 values and one fp32 scale per row, or uses a given per-tensor scale. Imported only for CUDA activations (the quant
+package must not import triton at load); the tests run it under TRITON_INTERPRET=1 against act_quant.py's eager code."""
 import torch
 import triton
 import triton.language as tl
 
 E4M3_MAX = tl.constexpr(448.0)
-# Values one program holds at once: rows of up to this many values are read once and kept in registers for both the
-# absmax and the cast (64 fp32 registers a thread at 8 warps); longer rows are read twice (the second read mostly
-# from L2).
+# Values one program holds: rows up to this long are read once and kept in registers (64 fp32 a thread at 8 warps)
+# for both the absmax and the cast; longer rows are read twice (the second read mostly from L2).
 MAX_TILE = 16384
 
 
 @triton.jit
 def _round_e4m3(v):
-    # Rounds v (|v| <= 448) to the nearest e4m3fn value, ties to even, in fp32 arithmetic, so that the final cast only
-    # converts exact values. Reason: the interpreter's own fp32 -> fp8 rounding loses carries into the exponent
-    # (125.0 -> 64.0) and breaks ties away from zero, and the tests run the interpreter. On a GPU the cast's rounding
-    # equals this one, so this costs a few integer ops in a memory-bound kernel.
+    # Rounds v (|v| <= 448) to the nearest e4m3fn value, ties to even, in fp32, so that the final cast only converts
+    # exact values: the interpreter's own fp32 -> fp8 rounding (which the tests run) loses carries into the exponent
+    # (125.0 -> 64.0) and breaks ties away from zero. A GPU's cast rounds as this does, so it costs a few integer ops.
     bits = v.to(tl.int32, bitcast=True)
     exponent = ((bits >> 23) & 0xFF) - 127
     # e4m3fn keeps 3 mantissa bits; below 2^-6 (its subnormals) the step stays 2^-9.
@@ -79,8 +74,7 @@ def _row_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, BLOCK_M: 
 def quantize_rows(x, scale=None, max_tile=MAX_TILE):
     """x [M, K] (fp32/bf16/fp16, any row stride) -> (q [M, K] float8_e4m3fn, scale [M, 1] fp32), or with `scale`
     (a fp32 tensor of one value on x's device) every row divided by that scale, which is returned."""
-    if x.stride(1) != 1:
-        x = x.contiguous()
+    x = x if x.stride(1) == 1 else x.contiguous()
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
     given = scale is not None

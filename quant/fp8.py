@@ -1,8 +1,5 @@
-"""FP8 weight quantization and FP8 linear layers, in plain PyTorch.
-
-Scales follow the convention of the ComfyUI host's `weight_scale`: stored values are `weight / scale`, so
-`dequantized = qweight.float() * scale`.
-"""
+"""FP8 weight quantization and FP8 linear layers, in plain PyTorch. Scales follow the host's `weight_scale`
+convention: stored values are `weight / scale`, so `dequantized = qweight.float() * scale`."""
 import torch
 import torch.nn.functional as F
 
@@ -31,21 +28,14 @@ class NonFiniteWeight(ValueError):
     pass
 
 
-def _amax(w, granularity):
+def _scale_of(w, dtype, granularity):
+    """The tensor's scale, or one per output row shaped to broadcast over w."""
     amax = absmax(w) if granularity == "tensor" else absmax(w.flatten(1), dim=1)
     # amax propagates NaN/Inf, so this one small check stands for a full isfinite pass over the weight.
     if not torch.isfinite(amax).all():
         raise NonFiniteWeight("the weight has NaN/Inf values")
-    return amax
-
-
-def _scale_of(w, dtype, granularity):
-    scale = absmax_scale(_amax(w, granularity), dtype)
+    scale = absmax_scale(amax, dtype)
     return scale if granularity == "tensor" else scale.reshape(-1, *([1] * (w.dim() - 1)))
-
-
-def _cast(w, scale, dtype):
-    return saturate(w.to(torch.float32, copy=True), scale, dtype).to(dtype)
 
 
 def quantize_weight(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor"):
@@ -54,16 +44,15 @@ def quantize_weight(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor"):
     _check(dtype, granularity, weight)
     w = weight.float()
     scale = _scale_of(w, dtype, granularity)
-    qweight = _cast(w, scale, dtype)
+    qweight = saturate(w.to(torch.float32, copy=True), scale, dtype).to(dtype)
     return qweight, scale.reshape(-1, 1) if granularity == "channel" else scale
 
 
 def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor", chunk=1 << 18,
                             error_every=8):
-    """`quantize_weight` over blocks of rows (about `chunk` elements each): the fp32 temporaries stay in cache
-    (2x faster than whole-tensor passes on CPU) and small whatever the weight's size. Also returns the relative
-    error ||W - dequant||_F / ||W||_F, measured on every `error_every`-th block (all of it for weights of up to
-    that many blocks): reading fp8 back to fp32 is the slowest step on CPU, and the error is uniform across rows."""
+    """`quantize_weight` over blocks of rows (about `chunk` elements each), whose fp32 temporaries stay small and in
+    cache (2x faster on CPU). Also returns ||W - dequant||_F / ||W||_F from every `error_every`-th block (all blocks if
+    there are at most that many): reading fp8 back is the slowest step on CPU, and the error is uniform across rows."""
     _check(dtype, granularity, weight)
     if weight.dim() == 0:
         q, scale = quantize_weight(weight, dtype=dtype, granularity=granularity)
@@ -80,14 +69,12 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
         y = saturate(weight[i:i + rows].to(torch.float32, copy=True), s, dtype)
         q = qweight[i:i + rows]
         q.copy_(y)
-        if n % step:
-            continue
-        # Errors in scaled units, weighted back by scale^2 (per row for per-channel scales).
-        w2 = s.square()
-        norm2 += (y.square() * w2).sum().item()
-        err2 += (y.sub_(q.float()).square_() * w2).sum().item()
-    if granularity == "channel":
-        scale = scale.reshape(-1, 1)
+        if n % step == 0:
+            # Errors in scaled units, weighted back by scale^2 (per row for per-channel scales).
+            w2 = s.square()
+            norm2 += (y.square() * w2).sum().item()
+            err2 += (y.sub_(q.float()).square_() * w2).sum().item()
+    scale = scale.reshape(-1, 1) if granularity == "channel" else scale
     return qweight, scale, (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0
 
 
@@ -122,13 +109,9 @@ def _w8a8_plan(x, qweight, scale):
 
 
 def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
-    """y = x @ dequant(qweight, scale).T + bias, returned in x.dtype.
-
-    mode="upcast" dequantizes the weight to x.dtype and calls F.linear (runs everywhere).
-    mode="w8a8" quantizes x (quant/act_quant.py: per token, or per tensor where the device's plan says so) and
-    multiplies in FP8 with torch._scaled_mm. If this call cannot take it, it falls back to upcast, counting the
-    reason in `fallback_reasons`.
-    """
+    """y = x @ dequant(qweight, scale).T + bias, in x.dtype. "upcast" dequantizes the weight for F.linear (runs
+    everywhere); "w8a8" quantizes x (quant/act_quant.py) and multiplies in FP8 with torch._scaled_mm, or where this
+    call cannot, falls back to upcast and counts the reason in `fallback_reasons`."""
     if mode == "w8a8":
         plan, reason = _w8a8_plan(x, qweight, scale)
         reason = reason or _failed.get((x.device.type, qweight.dtype))
@@ -153,7 +136,14 @@ def _w8a8(x, qweight, scale, bias, plan):
     n = qweight.shape[0]
     xq, x_scale = act_quant.quantize_input(x, per_tensor=plan == "tensorwise")
     if plan == "tensorwise" and scale.numel() > 1:
-        y = _tensorwise_per_channel(xq, x_scale, qweight, scale, bias, x.dtype)
+        # Per-tensor scaling with a per-channel weight: a weight scale of 1 in the product, the channel scales on
+        # its output, in bf16 (or fp32): without the weight scales (~amax/448) the products can pass fp16's max.
+        out_dtype = torch.float32 if x.dtype == torch.float32 else torch.bfloat16
+        one = torch.ones((1, 1), dtype=torch.float32, device=xq.device)
+        y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=one, out_dtype=out_dtype)
+        y.mul_(scale.reshape(1, -1).to(out_dtype))
+        if bias is not None:
+            y.add_(bias.to(out_dtype))
     else:
         # CUDA's row-wise kernel only writes bf16; other dtypes are cast afterwards.
         out_dtype = torch.bfloat16 if x.device.type == "cuda" else x.dtype
@@ -163,13 +153,3 @@ def _w8a8(x, qweight, scale, bias, plan):
         y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=w_scale,
                              bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
-
-
-def _tensorwise_per_channel(xq, x_scale, qweight, scale, bias, x_dtype):
-    # Per-tensor scaling with a per-channel weight: a weight scale of 1 in the product, the channel scales on its
-    # output. The output is bf16 (or fp32): without the weight scales (~amax/448) the products can pass fp16's max.
-    out_dtype = torch.float32 if x_dtype == torch.float32 else torch.bfloat16
-    one = torch.ones((1, 1), dtype=torch.float32, device=xq.device)
-    y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=one, out_dtype=out_dtype)
-    y.mul_(scale.reshape(1, -1).to(out_dtype))
-    return y if bias is None else y.add_(bias.to(out_dtype))

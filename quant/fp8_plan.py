@@ -1,13 +1,9 @@
-"""How torch._scaled_mm multiplies FP8 on a device: decided once per device by one pure function.
-
-- "rowwise": per-token activation scales [M, 1] x weight scales [1, N] (per-channel, or a per-tensor scale
-  broadcast). sm89, sm90 and sm100 have row-wise kernels (CUTLASS); so has torch's CPU kernel.
-- "tensorwise": one activation scale for the whole input, and the weight's per-tensor scale, or a weight scale of 1
-  with the per-channel scales multiplying the output. For sm120 (RTX 50xx, RTX PRO Blackwell) and newer or unknown
-  architectures: cuBLASLt rejects row-wise FP8 scales on sm120 (pytorch issue 192707), per-tensor ones run
-  everywhere it has FP8.
-- None: no FP8 product here, with the reason.
-"""
+"""How torch._scaled_mm multiplies FP8 on a device, decided once per device:
+- "rowwise": per-token activation scales [M, 1] x weight scales [1, N] (sm89, sm90, sm100 and torch's CPU kernel);
+- "tensorwise": one activation scale x the weight's per-tensor scale, or per-channel scales applied to the output.
+  For sm120 (RTX 50xx) and newer or unknown GPUs: cuBLASLt rejects row-wise FP8 scales on sm120 (pytorch issue
+  192707), and per-tensor ones run everywhere it has FP8;
+- None: no FP8 product here, with the reason."""
 import re
 
 import torch
@@ -19,11 +15,6 @@ from . import act_quant
 ROWWISE_SINCE = {(8, 9): (2, 7), (9,): (2, 5), (10,): (2, 7)}
 TENSORWISE_SINCE = (2, 5)   # _scaled_mm returning one tensor, with 2-D scales
 _plans = {}
-
-
-def _release(torch_version):
-    major, minor = re.match(r"(\d+)\.(\d+)", torch_version).groups()
-    return int(major), int(minor)
 
 
 def scaled_mm_plan(device_type, capability, torch_version, granularity):
@@ -40,7 +31,7 @@ def scaled_mm_plan(device_type, capability, torch_version, granularity):
     major, minor = capability
     if (major, minor) < (8, 9):
         return None, f"GPU compute capability {major}.{minor} has no FP8 tensor cores (needs 8.9+)"
-    release = _release(torch_version)
+    release = tuple(int(n) for n in re.match(r"(\d+)\.(\d+)", torch_version).groups())
     since = ROWWISE_SINCE.get((major, minor)) or ROWWISE_SINCE.get((major,))
     if since:
         if release < since:
@@ -57,11 +48,10 @@ def scaled_mm_plan(device_type, capability, torch_version, granularity):
 def device_plan(device, granularity):
     """scaled_mm_plan for this device, worked out on its first call (no capability query per product)."""
     key = (device.type, device.index, granularity)
-    plan = _plans.get(key)
-    if plan is None:
+    if key not in _plans:
         capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-        plan = _plans[key] = scaled_mm_plan(device.type, capability, torch.__version__, granularity)
-    return plan
+        _plans[key] = scaled_mm_plan(device.type, capability, torch.__version__, granularity)
+    return _plans[key]
 
 
 def fused_quant_available(device):
@@ -73,6 +63,4 @@ def fused_quant_available(device):
     if plan is None:
         return False, reason
     ok, why = act_quant.fused_available()
-    if not ok:
-        return False, why
-    return True, reason if plan == "tensorwise" else None
+    return (True, reason if plan == "tensorwise" else None) if ok else (False, why)

@@ -1,10 +1,6 @@
-"""The absmax scale convention shared by weight and activation quantization: stored = value / scale, and the largest
-magnitude maps to the format's largest finite value. Every fp8 cast of the pack goes through these three steps."""
+"""The absmax scale convention of every fp8 cast in the pack: stored = value / scale, and the largest magnitude maps
+to the format's largest finite value."""
 import torch
-
-
-def fp8_max(dtype):
-    return torch.finfo(dtype).max
 
 
 def absmax(x, dim=None):
@@ -15,12 +11,12 @@ def absmax(x, dim=None):
 
 def absmax_scale(amax, dtype):
     # All-zero rows/tensors get scale 1 so that 0 / scale stays 0 instead of NaN.
-    scale = amax.float() / fp8_max(dtype)
+    scale = amax.float() / torch.finfo(dtype).max
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def saturate(y, scale, dtype):
     """y / scale clamped to the format's range, in place on `y` (an fp32 tensor the caller owns), ready for the cast:
     float8_e4m3fn has no Inf, so a value past its range would become NaN."""
-    limit = fp8_max(dtype)
+    limit = torch.finfo(dtype).max
     return y.div_(scale).clamp_(-limit, limit)

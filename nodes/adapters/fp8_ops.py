@@ -1,12 +1,7 @@
-"""FP8 Linear layers for the host's model code, built on the host's own mixed-precision operations.
-
-Per-tensor layers are loaded by the host exactly as its Load Diffusion Model node would. What this adds:
-- a per-channel FP8 layout (the host only has per-tensor FP8), registered with the host's layout registry so
-  its QuantizedTensor, LoRA re-quantization and lowvram casting handle it like its own;
-- the "fp8 matmul" compute: FP8 x FP8 products with a dynamic per-token activation scale (quant.fp8_linear),
-  instead of the host's static input scale of 1.0.
-Both need no global patch: the operations class is passed to the host's loader for this one model.
-"""
+"""FP8 Linear layers for one model, on the host's mixed-precision operations (no global patch). Per-tensor FP8 loads
+as in its Load Diffusion Model node. Added: a per-channel FP8 layout in the host's layout registry (its QuantizedTensor,
+LoRA re-quantization and lowvram casting then handle it like their own), and "fp8 matmul": FP8 x FP8 products with a
+dynamic per-token activation scale (quant.fp8_linear) instead of the host's static input scale of 1.0."""
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +11,7 @@ from comfy_kitchen.tensor import BaseLayoutParams, QuantizedLayout, QuantizedTen
 from ...attention.sage import log_once
 from ...quant import act_quant, fp8
 from ...quant.comfy_format import format_name, format_of
-from ...quant.fp8 import FP8_DTYPES, fp8_linear
+from ...quant.fp8 import FP8_DTYPES
 from ...quant.scale import absmax, absmax_scale, saturate
 
 LAYOUT = "SkyReelsFP8PerChannelLayout"
@@ -64,14 +59,9 @@ class PerChannelFP8Layout(QuantizedLayout):
 register_layout_class(LAYOUT, PerChannelFP8Layout)
 
 
-def _format(state_dict, prefix):
-    conf = state_dict.get(prefix + "comfy_quant")
-    return None if conf is None else format_of(conf)
-
-
 def make_operations(compute_dtype, fp8_matmul):
-    """An operations class for one model: the host's mixed-precision ops in `compute_dtype`, plus per-channel FP8
-    loading and, with `fp8_matmul`, FP8 products for every FP8 layer."""
+    """The host's mixed-precision ops in `compute_dtype`, with per-channel FP8 loading and, with `fp8_matmul`, FP8
+    products for every FP8 layer."""
     # full_precision_mm: the host never quantizes activations itself (it would use a static scale of 1.0).
     base = comfy.ops.mixed_precision_ops({}, compute_dtype, full_precision_mm=True)
 
@@ -79,12 +69,11 @@ def make_operations(compute_dtype, fp8_matmul):
         class Linear(base.Linear):
             skyreels_fp8_matmul = fp8_matmul    # read by Sample Video's report
 
-            def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs):
-                fmt = _format(state_dict, prefix)
+            def _load_from_state_dict(self, state_dict, prefix, metadata, strict, missing_keys, *rest):
+                conf = state_dict.get(prefix + "comfy_quant")
+                fmt = None if conf is None else format_of(conf)
                 if fmt not in PER_CHANNEL:
-                    return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                                         unexpected_keys, error_msgs)
+                    return super()._load_from_state_dict(state_dict, prefix, metadata, strict, missing_keys, *rest)
                 state_dict.pop(prefix + "comfy_quant")
                 device = self.factory_kwargs["device"]
                 weight = state_dict.pop(prefix + "weight").to(device=device, dtype=PER_CHANNEL[fmt])
@@ -92,8 +81,7 @@ def make_operations(compute_dtype, fp8_matmul):
                 self.quant_format, self.layout_type = fmt, LAYOUT
                 params = PerChannelFP8Layout.Params(scale=scale, orig_dtype=compute_dtype, orig_shape=self._orig_shape)
                 self.weight = torch.nn.Parameter(QuantizedTensor(weight, LAYOUT, params), requires_grad=False)
-                torch.nn.Module._load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                                                      unexpected_keys, error_msgs)
+                torch.nn.Module._load_from_state_dict(self, state_dict, prefix, metadata, strict, missing_keys, *rest)
                 if prefix + "weight" in missing_keys:
                     missing_keys.remove(prefix + "weight")
 
@@ -102,7 +90,7 @@ def make_operations(compute_dtype, fp8_matmul):
                 if fp8_matmul and isinstance(weight, QuantizedTensor) and weight._qdata.dtype in FP8_DTYPES.values():
                     qdata, scale = weight.layout_cls.get_plain_tensors(weight)[:2]
                     fell = fp8.stats["fallback"]
-                    y = fp8_linear(input, qdata, scale, bias, mode="w8a8")
+                    y = fp8.fp8_linear(input, qdata, scale, bias, mode="w8a8")
                     if fp8.stats["fallback"] != fell:    # also in the log: core samplers have no report
                         for reason in fp8.fallback_reasons:
                             log_once(("w8a8", reason), f"fp8 matmul unavailable ({reason}); using upcast")
@@ -113,11 +101,10 @@ def make_operations(compute_dtype, fp8_matmul):
 
 
 def share_attention_inputs(model):
-    """Lets the q, k and v Linears of each attention module of `model` quantize their shared input once (the host
-    runs under inference mode, whose tensors have no version counter to prove an input unchanged). Each module's
-    forward opens act_quant's shared scope: the host's attention code writes no input in place while it computes
-    q, k and v from it. Its v Linear, the last of the three the host calls, drops the cached activation, so that it
-    is not held through the attention itself."""
+    """Lets the q, k and v Linears of each attention module quantize their shared input once: the host runs under
+    inference mode, whose tensors have no version counter to prove an input unchanged, and its attention code writes
+    no input in place while it computes q, k and v. Its v Linear, the last of the three, drops the cached activation,
+    so that it is not held through the attention itself."""
     for module in model.modules():
         if all(getattr(getattr(module, name, None), "skyreels_fp8_matmul", False) for name in ("q", "k", "v")):
             module.register_forward_pre_hook(lambda *args: act_quant.enter_shared_scope())

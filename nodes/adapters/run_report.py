@@ -10,30 +10,26 @@ from ...quant import fp8
 
 
 def weights_summary(model):
-    """e.g. 'fp8 weights: 400 Linear float8_e4m3fn (per-channel), 11 bfloat16; matmul: fp8'."""
-    kinds, fp8_matmul = Counter(), None
-    for module in model.model.diffusion_model.modules():
-        if "Linear" not in type(module).__name__ or not hasattr(module, "weight"):
-            continue
-        w = module.weight
-        layout = getattr(w, "_layout_cls", None) or getattr(w, "layout_type", None)
-        qdata = getattr(w, "_qdata", None)
-        gguf = getattr(w, "tensor_type", None)          # ComfyUI-GGUF's GGMLTensor: a GGMLQuantizationType
-        if gguf is not None:
-            kinds[f"{getattr(gguf, 'name', gguf)} (GGUF)"] += 1
-        elif qdata is not None:
-            kinds[f"{qdata.dtype}".replace("torch.", "") + f" ({_layout_name(layout)})"] += 1
-        else:
-            kinds[str(w.dtype).replace("torch.", "")] += 1
-        fp8_matmul = fp8_matmul or getattr(type(module), "skyreels_fp8_matmul", None)
+    """("Linear weights: 400 float8_e4m3fn (per-channel), 11 bfloat16", fp8 matmul on, any fp8 weights)."""
+    modules = model.model.diffusion_model.modules()
+    linears = [m for m in modules if "Linear" in type(m).__name__ and hasattr(m, "weight")]
+    kinds = Counter(_kind(m.weight) for m in linears)
     parts = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
-    has_fp8 = any(k.startswith("float8") for k in kinds)
-    return f"Linear weights: {parts}", bool(fp8_matmul), has_fp8
+    fp8_matmul = any(getattr(type(m), "skyreels_fp8_matmul", None) for m in linears)
+    return f"Linear weights: {parts}", fp8_matmul, any(k.startswith("float8") for k in kinds)
 
 
-def _layout_name(layout):
+def _kind(w):
+    gguf = getattr(w, "tensor_type", None)          # ComfyUI-GGUF's GGMLTensor: a GGMLQuantizationType
+    if gguf is not None:
+        return f"{getattr(gguf, 'name', gguf)} (GGUF)"
+    qdata = getattr(w, "_qdata", None)
+    if qdata is None:
+        return str(w.dtype).replace("torch.", "")
+    layout = getattr(w, "_layout_cls", None) or getattr(w, "layout_type", None)
     name = layout if isinstance(layout, str) else getattr(layout, "__name__", str(layout))
-    return "per-channel" if "PerChannel" in name else "per-tensor" if "Tensor" in name else name
+    name = "per-channel" if "PerChannel" in name else "per-tensor" if "Tensor" in name else name
+    return f"{qdata.dtype}".replace("torch.", "") + f" ({name})"
 
 
 class Meter:
@@ -54,10 +50,8 @@ class Meter:
         if self.cuda:
             torch.cuda.synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
-        if self.cuda:
-            self.memory = f"peak VRAM {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f} MiB"
-        else:
-            self.memory = self._cpu_peak()
+        self.memory = (f"peak VRAM {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f} MiB" if self.cuda
+                       else self._cpu_peak())
         self.products = {k: fp8.stats[k] - self.stats_before[k] for k in fp8.stats}
         self.fallback_reasons = [r for r, n in fp8.fallback_reasons.items() if n > self.reasons_before.get(r, 0)]
         return self
@@ -125,8 +119,7 @@ def attention_summary(model, counts_before):
     counts = getattr(override, "counts", None)
     if counts is None:
         return "attention: ComfyUI's (no Patch SageAttention)"
-    sage = counts["sage"] - counts_before.get("sage", 0)
-    exact = counts["exact"] - counts_before.get("exact", 0)
+    sage, exact = (counts[k] - counts_before.get(k, 0) for k in ("sage", "exact"))
     mode = getattr(override, "mode", "?")
     ran = sorted(getattr(override, "ran", ()))
     backends = f" ({', '.join(ran)})" if ran else ""
