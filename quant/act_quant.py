@@ -1,6 +1,5 @@
-"""Per-token FP8 (e4m3fn) quantization of Linear inputs for torch._scaled_mm: the Triton kernel of
-act_quant_triton.py on CUDA when triton imports, else eager chunks of rows, with the same bytes. A one-entry cache
-lets the q, k and v Linears of an attention, which the host calls on one input tensor, quantize it once."""
+"""Per-token FP8 (e4m3fn) quantization of Linear inputs for torch._scaled_mm (Triton kernel or eager chunks, same
+bytes), with a one-entry cache so that an attention's q, k and v Linears quantize their shared input once."""
 import functools
 import threading
 import weakref
@@ -16,15 +15,13 @@ CHUNK_VALUES = {"cpu": 1 << 20, "cuda": 1 << 24}
 
 
 def chunk_rows(m, k, budget):
-    """Rows per eager chunk. A chunk's fp32 copy takes 4 bytes a value: at most `budget` values and 5/16 of the rows
-    keeps it within 0.625x of a bf16 activation (2 bytes a value), which leaves 0.125x for the per-row scale
-    temporaries (about 30 bytes a row: enough for K >= 48). Activations of under 4 rows take one row at a time."""
+    """Rows per eager chunk: at most `budget` values and 5/16 of the rows keep its fp32 copy within 0.625x of a bf16
+    activation, leaving 0.125x for the per-row scale temporaries (about 30 bytes a row: enough for K >= 48)."""
     return max(1, min(m * 5 // 16, budget // max(1, k)))
 
 
 @functools.cache
 def fused_available():
-    """(True, None) if the Triton kernel imports, else (False, why)."""
     try:
         from . import act_quant_triton  # noqa: F401
     except Exception as e:  # ImportError, or a triton whose API this kernel does not fit
@@ -69,9 +66,8 @@ _state = _State()
 
 
 def enter_shared_scope():
-    """Open a scope whose code does not write a Linear input in place between the Linears that read it (the host's
-    attention modules). Inference tensors have no version counter, so only inside such a scope can a second
-    quantization of the same inference tensor be skipped."""
+    """Open a scope whose code writes no Linear input in place between the Linears that read it: only there can a
+    repeated inference tensor (which has no version counter) reuse its quantization."""
     _state.depth += 1
 
 
@@ -81,7 +77,6 @@ def exit_shared_scope():
 
 
 def forget():
-    """Drop the cached activation (frees it once nothing else holds it)."""
     _state.entry = None
 
 
@@ -95,16 +90,15 @@ def _key(x, per_tensor):
 def quantize_input(x, per_tensor=False):
     """`quantize(x.reshape(-1, K))`, or the previous result if x is the same live tensor object (a weak reference:
     a new tensor at a freed one's address never matches) with the same `_key`."""
-    state = _state
     key = _key(x, per_tensor)
-    entry = state.entry
+    entry = _state.entry
     if key is not None and entry is not None and entry[0]() is x and entry[1] == key:
         return entry[2]
-    state.entry = None   # free the previous activation before making the next
+    _state.entry = None   # free the previous activation before making the next
     result = quantize(x.reshape(-1, x.shape[-1]), per_tensor)
     if key is not None:
         def drop(ref):   # x freed: nothing can reuse its activation, so don't hold it
-            if state.entry is not None and state.entry[0] is ref:
-                state.entry = None
-        state.entry = (weakref.ref(x, drop), key, result)
+            if _state.entry is not None and _state.entry[0] is ref:
+                _state.entry = None
+        _state.entry = (weakref.ref(x, drop), key, result)
     return result

@@ -48,13 +48,12 @@ def _row_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, BLOCK_M: 
         mask = row_ok[:, None] & (cols < K)
         x = tl.load(x_rows + cols, mask=mask, other=0.0).to(tl.float32)
         amax = tl.max(tl.abs(x), axis=1)
-    else:
+    elif not GIVEN_SCALE:
         amax = tl.zeros([BLOCK_M], dtype=tl.float32)
-        if not GIVEN_SCALE:
-            for k0 in range(0, K, BLOCK_K):
-                mask = row_ok[:, None] & (cols + k0 < K)
-                x = tl.load(x_rows + k0 + cols, mask=mask, other=0.0).to(tl.float32)
-                amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+        for k0 in range(0, K, BLOCK_K):
+            mask = row_ok[:, None] & (cols + k0 < K)
+            x = tl.load(x_rows + k0 + cols, mask=mask, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
     if GIVEN_SCALE:
         scale = tl.load(s_ptr)
     else:
@@ -72,8 +71,7 @@ def _row_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, BLOCK_M: 
 
 
 def quantize_rows(x, scale=None, max_tile=MAX_TILE):
-    """x [M, K] (fp32/bf16/fp16, any row stride) -> (q [M, K] float8_e4m3fn, scale [M, 1] fp32), or with `scale`
-    (a fp32 tensor of one value on x's device) every row divided by that scale, which is returned."""
+    """x [M, K] (fp32/bf16/fp16, any row stride) -> (q float8_e4m3fn, scale [M, 1] fp32, or the given one-value one)."""
     x = x if x.stride(1) == 1 else x.contiguous()
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)

@@ -29,7 +29,6 @@ class NonFiniteWeight(ValueError):
 
 
 def _scale_of(w, dtype, granularity):
-    """The tensor's scale, or one per output row shaped to broadcast over w."""
     amax = absmax(w) if granularity == "tensor" else absmax(w.flatten(1), dim=1)
     # amax propagates NaN/Inf, so this one small check stands for a full isfinite pass over the weight.
     if not torch.isfinite(amax).all():
@@ -39,8 +38,7 @@ def _scale_of(w, dtype, granularity):
 
 
 def quantize_weight(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor"):
-    """Absmax-scale `weight` into `dtype`. Returns (qweight, scale) with scale fp32 of shape () or (out, 1).
-    Raises ValueError for NaN/Inf weights (a scale cannot be chosen for them)."""
+    """Absmax-scale `weight` into `dtype`: (qweight, fp32 scale of shape () or (out, 1)). ValueError for NaN/Inf."""
     _check(dtype, granularity, weight)
     w = weight.float()
     scale = _scale_of(w, dtype, granularity)
@@ -50,9 +48,8 @@ def quantize_weight(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor"):
 
 def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor", chunk=1 << 18,
                             error_every=8):
-    """`quantize_weight` over blocks of rows (about `chunk` elements each), whose fp32 temporaries stay small and in
-    cache (2x faster on CPU). Also returns ||W - dequant||_F / ||W||_F from every `error_every`-th block (all blocks if
-    there are at most that many): reading fp8 back is the slowest step on CPU, and the error is uniform across rows."""
+    """`quantize_weight` in blocks of about `chunk` values (small fp32 temporaries, in cache: 2x faster on CPU), and
+    ||W - dequant||_F / ||W||_F from every `error_every`-th block (reading fp8 back is slow on CPU; rows err alike)."""
     _check(dtype, granularity, weight)
     if weight.dim() == 0:
         q, scale = quantize_weight(weight, dtype=dtype, granularity=granularity)
@@ -67,8 +64,7 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
         s = scale if granularity == "tensor" else scale[i:i + rows]
         # A copy even for fp32 input: dividing in place would overwrite the caller's weight.
         y = saturate(weight[i:i + rows].to(torch.float32, copy=True), s, dtype)
-        q = qweight[i:i + rows]
-        q.copy_(y)
+        q = qweight[i:i + rows].copy_(y)
         if n % step == 0:
             # Errors in scaled units, weighted back by scale^2 (per row for per-channel scales).
             w2 = s.square()
@@ -90,13 +86,11 @@ def relative_error(weight, qweight, scale):
     """||W - dequant(Q)||_F / ||W||_F, in fp32 (0 for an all-zero weight)."""
     w = weight.float()
     norm = w.norm()
-    if norm == 0:
-        return 0.0
-    return ((w - dequantize_weight(qweight, scale, torch.float32)).norm() / norm).item()
+    return ((w - dequantize_weight(qweight, scale, torch.float32)).norm() / norm).item() if norm != 0 else 0.0
 
 
 def _w8a8_plan(x, qweight, scale):
-    """(plan, None) if torch._scaled_mm can take this call (plans: quant/fp8_plan.py), else (None, why not)."""
+    """(plan, note) from quant/fp8_plan.py, or (None, why not) where torch._scaled_mm cannot take this call."""
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return None, f"activation dtype {x.dtype}"
     k, n = qweight.shape[1], qweight.shape[0]
@@ -104,22 +98,18 @@ def _w8a8_plan(x, qweight, scale):
         return None, f"weight shape {tuple(qweight.shape)} is not a multiple of 16"
     if scale.numel() not in (1, n):
         return None, f"weight scale of shape {tuple(scale.shape)}"
-    plan, reason = device_plan(x.device, "tensor" if scale.numel() == 1 else "channel")
-    return (plan, None) if plan else (None, reason)
+    return device_plan(x.device, "tensor" if scale.numel() == 1 else "channel")
 
 
 def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
-    """y = x @ dequant(qweight, scale).T + bias, in x.dtype. "upcast" dequantizes the weight for F.linear (runs
-    everywhere); "w8a8" quantizes x (quant/act_quant.py) and multiplies in FP8 with torch._scaled_mm, or where this
-    call cannot, falls back to upcast and counts the reason in `fallback_reasons`."""
+    """x @ dequant(qweight, scale).T + bias in x.dtype: "upcast" dequantizes the weight (runs everywhere), "w8a8"
+    multiplies in FP8 with torch._scaled_mm, or falls back to upcast, counting why in `fallback_reasons`."""
     if mode == "w8a8":
         plan, reason = _w8a8_plan(x, qweight, scale)
-        reason = reason or _failed.get((x.device.type, qweight.dtype))
+        reason = _failed.get((x.device.type, qweight.dtype)) if plan else reason
         if reason is None:
             try:
-                y = _w8a8(x, qweight, scale, bias, plan)
-                stats["w8a8"] += 1
-                return y
+                return _w8a8(x, qweight, scale, bias, plan)
             except RuntimeError as e:  # a kernel this torch build or GPU lacks (e.g. an e5m2 x e4m3 product)
                 reason = f"torch._scaled_mm failed: {str(e).splitlines()[0]}"
                 _failed[(x.device.type, qweight.dtype)] = reason  # don't retry a failing kernel on every call
@@ -148,8 +138,8 @@ def _w8a8(x, qweight, scale, bias, plan):
         # CUDA's row-wise kernel only writes bf16; other dtypes are cast afterwards.
         out_dtype = torch.bfloat16 if x.device.type == "cuda" else x.dtype
         # Row-wise scaling needs both operands row-wise: a per-tensor weight scale is broadcast to (1, N).
-        w_scale = scale.float().reshape(1, -1)
-        w_scale = w_scale.expand(1, n).contiguous() if plan == "rowwise" else w_scale
+        w_scale = scale.float().reshape(1, -1).expand(1, n if plan == "rowwise" else 1).contiguous()
         y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=w_scale,
                              bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
+    stats["w8a8"] += 1
     return y.to(x.dtype).reshape(*x.shape[:-1], n)

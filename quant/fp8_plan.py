@@ -1,9 +1,6 @@
-"""How torch._scaled_mm multiplies FP8 on a device, decided once per device:
-- "rowwise": per-token activation scales [M, 1] x weight scales [1, N] (sm89, sm90, sm100 and torch's CPU kernel);
-- "tensorwise": one activation scale x the weight's per-tensor scale, or per-channel scales applied to the output.
-  For sm120 (RTX 50xx) and newer or unknown GPUs: cuBLASLt rejects row-wise FP8 scales on sm120 (pytorch issue
-  192707), and per-tensor ones run everywhere it has FP8;
-- None: no FP8 product here, with the reason."""
+"""How torch._scaled_mm multiplies FP8 on a device, decided once per device: "rowwise" (per-token x per-channel
+scales) on sm89, sm90, sm100 and CPU; "tensorwise" (one scale each, per-channel ones applied to the output) on sm120
+and newer or unknown GPUs, as cuBLASLt rejects row-wise FP8 scales on sm120 (pytorch issue 192707); else None."""
 import re
 
 import torch
@@ -55,8 +52,7 @@ def device_plan(device, granularity):
 
 
 def fused_quant_available(device):
-    """(True, a note for the report or None) where FP8 products run with the fused (Triton) activation
-    quantization: a CUDA device with an FP8 plan and triton importable. Else (False, why not)."""
+    """(True, a note for the report or None) on a CUDA device with an FP8 plan and triton, else (False, why not)."""
     if device.type != "cuda":
         return False, f"{device.type} device: no FP8 tensor cores"
     plan, reason = device_plan(device, "channel")

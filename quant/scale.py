@@ -16,7 +16,6 @@ def absmax_scale(amax, dtype):
 
 
 def saturate(y, scale, dtype):
-    """y / scale clamped to the format's range, in place on `y` (an fp32 tensor the caller owns), ready for the cast:
-    float8_e4m3fn has no Inf, so a value past its range would become NaN."""
+    """y / scale clamped to the format's range, in place on `y` (fp32, the caller's): e4m3fn has no Inf (-> NaN)."""
     limit = torch.finfo(dtype).max
     return y.div_(scale).clamp_(-limit, limit)

@@ -1,10 +1,8 @@
-"""FP8 Linear layers for one model, on the host's mixed-precision operations (no global patch). Per-tensor FP8 loads
-as in its Load Diffusion Model node. Added: a per-channel FP8 layout in the host's layout registry (its QuantizedTensor,
-LoRA re-quantization and lowvram casting then handle it like their own), and "fp8 matmul": FP8 x FP8 products with a
-dynamic per-token activation scale (quant.fp8_linear) instead of the host's static input scale of 1.0."""
-from dataclasses import dataclass
-
+"""FP8 Linear layers for one model on the host's mixed-precision ops (no global patch), adding a per-channel FP8
+layout (registered, so the host's LoRA re-quantization and lowvram casting handle it) and "fp8 matmul": FP8 products
+with a dynamic per-token activation scale (quant.fp8_linear) instead of the host's static input scale of 1.0."""
 import torch
+import comfy.float
 import comfy.ops
 from comfy_kitchen.tensor import BaseLayoutParams, QuantizedLayout, QuantizedTensor, register_layout_class
 
@@ -21,9 +19,7 @@ PER_CHANNEL = {format_name(f, "channel"): dtype for f, dtype in FP8_DTYPES.items
 class PerChannelFP8Layout(QuantizedLayout):
     """fp8 weight with one fp32 scale per output row: weight = qdata * scale[:, None]."""
 
-    @dataclass(frozen=True)
-    class Params(BaseLayoutParams):
-        pass
+    Params = BaseLayoutParams
 
     @classmethod
     def quantize(cls, tensor, scale=None, stochastic_rounding=0, inplace_ops=False, fp8_dtype=None, **kwargs):
@@ -32,11 +28,8 @@ class PerChannelFP8Layout(QuantizedLayout):
         if scale is None or isinstance(scale, str):
             scale = absmax_scale(absmax(tensor.detach(), dim=1), dtype)
         scaled = saturate(tensor.detach().to(torch.float32, copy=True), scale, dtype)
-        if stochastic_rounding:
-            import comfy.float
-            qdata = comfy.float.stochastic_rounding(scaled, dtype, seed=stochastic_rounding)
-        else:
-            qdata = scaled.to(dtype)
+        qdata = (comfy.float.stochastic_rounding(scaled, dtype, seed=stochastic_rounding) if stochastic_rounding
+                 else scaled.to(dtype))
         return qdata, cls.Params(scale=scale.float(), orig_dtype=tensor.dtype, orig_shape=tuple(tensor.shape))
 
     @classmethod
@@ -60,8 +53,7 @@ register_layout_class(LAYOUT, PerChannelFP8Layout)
 
 
 def make_operations(compute_dtype, fp8_matmul):
-    """The host's mixed-precision ops in `compute_dtype`, with per-channel FP8 loading and, with `fp8_matmul`, FP8
-    products for every FP8 layer."""
+    """The host's mixed-precision ops in `compute_dtype`, and with `fp8_matmul` FP8 products for every FP8 layer."""
     # full_precision_mm: the host never quantizes activations itself (it would use a static scale of 1.0).
     base = comfy.ops.mixed_precision_ops({}, compute_dtype, full_precision_mm=True)
 
@@ -101,10 +93,9 @@ def make_operations(compute_dtype, fp8_matmul):
 
 
 def share_attention_inputs(model):
-    """Lets the q, k and v Linears of each attention module quantize their shared input once: the host runs under
-    inference mode, whose tensors have no version counter to prove an input unchanged, and its attention code writes
-    no input in place while it computes q, k and v. Its v Linear, the last of the three, drops the cached activation,
-    so that it is not held through the attention itself."""
+    """Lets each attention's q, k and v Linears quantize their shared input once: the host's attention code writes no
+    input in place while it computes them (inference tensors have no version counter to prove it). The v Linear, the
+    last of the three, drops the cached activation, so that it is not held through the attention itself."""
     for module in model.modules():
         if all(getattr(getattr(module, name, None), "skyreels_fp8_matmul", False) for name in ("q", "k", "v")):
             module.register_forward_pre_hook(lambda *args: act_quant.enter_shared_scope())

@@ -42,7 +42,12 @@ class Meter:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         self.rss_before = psutil.Process().memory_info().rss / 2**20
-        self.peak_reset = _reset_peak_rss()
+        try:   # Linux: restart the process's peak (VmHWM) from its current RSS; elsewhere it runs from the start
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.peak_reset = True
+        except OSError:
+            self.peak_reset = False
         self.stats_before, self.reasons_before = dict(fp8.stats), dict(fp8.fallback_reasons)
         self.start = time.perf_counter()
 
@@ -63,16 +68,6 @@ class Meter:
             return f"peak RSS n/a (this OS does not report it; {before})"
         since = "process" if self.peak_reset else "process, since ComfyUI started"
         return f"peak RSS {peak:.0f} MiB ({since}; {before})"
-
-
-def _reset_peak_rss():
-    """Linux: start the process's peak (VmHWM) again from its current RSS. Elsewhere the peak runs from the start."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _peak_rss_mib():
@@ -120,10 +115,9 @@ def attention_summary(model, counts_before):
     if counts is None:
         return "attention: ComfyUI's (no Patch SageAttention)"
     sage, exact = (counts[k] - counts_before.get(k, 0) for k in ("sage", "exact"))
-    mode = getattr(override, "mode", "?")
     ran = sorted(getattr(override, "ran", ()))
     backends = f" ({', '.join(ran)})" if ran else ""
-    return f"attention: {mode} — {sage} calls 8-bit{backends}, {exact} exact"
+    return f"attention: {getattr(override, 'mode', '?')} — {sage} calls 8-bit{backends}, {exact} exact"
 
 
 def attention_counts(model):
