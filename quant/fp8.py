@@ -49,7 +49,7 @@ def quantize_weight(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor"):
 def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor", chunk=1 << 18,
                             error_every=8):
     """`quantize_weight` in blocks of about `chunk` values (small fp32 temporaries, in cache: 2x faster on CPU), and
-    ||W - dequant||_F / ||W||_F from every `error_every`-th block (reading fp8 back is slow on CPU; rows err alike)."""
+    ||W - dequant||_F / ||W||_F from every `error_every`-th block: reading fp8 back is slow on CPU; rows err alike."""
     _check(dtype, granularity, weight)
     if weight.dim() == 0:
         q, scale = quantize_weight(weight, dtype=dtype, granularity=granularity)
