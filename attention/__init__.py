@@ -1,6 +1,5 @@
-"""8-bit SageAttention for SkyReels-V2: pure PyTorch, no ComfyUI imports (tested on its own).
-
-`sageattention` (and triton) are imported only when a CUDA call first uses the kernels."""
+"""8-bit SageAttention for SkyReels-V2: pure PyTorch, no ComfyUI imports (tested on its own). `sageattention` (and
+triton) are imported only when a CUDA call first uses the kernels."""
 from .dispatch import MODES, Installed, choose
 from .reference import sage_attention_reference
 from .sage import compare, exact_attention, kernel_unavailable, sage_attention

@@ -1,10 +1,6 @@
-"""Block-causal attention over a video's tokens (SkyReels-V2's causal attention for Diffusion Forcing): the tokens
-of causal block b (causal_block_size latent frames) attend to the tokens of blocks 0..b, never later ones.
-
-No mask tensor: each query block is one attention call on a prefix of the keys. Any attention fits (8-bit
-SageAttention included, which takes no mask), memory stays that of one call, and the masked half of the work is
-skipped instead of computed and thrown away.
-"""
+"""Block-causal attention (SkyReels-V2's Diffusion Forcing): the tokens of causal block b attend to blocks 0..b only.
+No mask tensor: each query block is one attention call on a prefix of the keys, so any attention fits (8-bit
+SageAttention takes no mask), memory stays that of one call, and the masked half of the work is skipped."""
 import torch
 
 

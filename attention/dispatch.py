@@ -1,7 +1,6 @@
 """Which attention backend Patch SageAttention runs: one pure decision (`choose`) from the device, what is installed
-(probed once per process, never per call) and the mode. Backends: "sageattention" (its 1.x Triton or 2.x CUDA
-kernels), "comfy-kitchen int8" and "sage3" (the host's registered attention functions of those names), "reference"
-(this pack's PyTorch SageAttention) and "exact" (the host's PyTorch attention)."""
+(probed once per process) and the mode. Backends: "sageattention" (1.x Triton or 2.x CUDA kernels), the host's
+registered "comfy-kitchen int8" and "sage3", "reference" (ours, PyTorch) and "exact" (the host's PyTorch attention)."""
 import functools
 import importlib.metadata
 import importlib.util

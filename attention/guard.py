@@ -11,18 +11,13 @@ GUARD_HEADS = 2
 def phase(step, total):
     """0 before 1/4 of the steps, then 1, 2 and 3 from 1/4, 1/2 and 3/4: a site is checked once per phase, so one
     that goes wrong late in sampling (larger activations at low noise) is still caught."""
-    if not total:
-        return 0
-    return sum(step >= c * total for c in CHECKPOINTS)
+    return sum(step >= c * total for c in CHECKPOINTS) if total else 0
 
 
 class StepIndex:
-    """(step, total steps) of a model call, from its transformer options.
-
-    Sample Video counts its model calls (`skyreels_call` of `skyreels_calls` in the window); under a core sampler
-    the step is where this call's sigma sits in the schedule (the host has no step counter). That lookup reads a GPU
-    value, so it is done once per model call (the same `sigmas` tensor serves every attention call of a forward
-    pass), not per attention call."""
+    """(step, total steps) of a model call: Sample Video counts its calls (`skyreels_call` of `skyreels_calls`);
+    under a core sampler (no step counter) it is where this call's sigma sits in the schedule, a GPU read done once
+    per model call (one `sigmas` tensor serves all its attention calls), not per attention call."""
 
     def __init__(self):
         self._sigmas, self._step = None, 0
@@ -41,22 +36,16 @@ class StepIndex:
         return self._step, total
 
 
-def sample_heads(t):
-    """A few heads, spread over all of them, of an [B, heads, L, D] tensor."""
-    idx = torch.linspace(0, t.shape[1] - 1, min(GUARD_HEADS, t.shape[1])).round().long().to(t.device)
-    return t.index_select(1, idx)
-
-
 def guard_cosine(eight_bit, exact, q, k, v):
-    """Cosine similarity of eight_bit(q, k, v) vs exact(q, k, v) on a few heads; -inf if 8-bit is not finite.
-    q, k, v and both functions' outputs are [B, heads, L, D]."""
-    qs, ks, vs = (sample_heads(t) for t in (q, k, v))
+    """Cosine similarity of eight_bit(q, k, v) vs exact(q, k, v) on GUARD_HEADS heads spread over all of them; -inf
+    if 8-bit is not finite. q, k, v and both functions' outputs are [B, heads, L, D]."""
+    heads = (torch.linspace(0, t.shape[1] - 1, min(GUARD_HEADS, t.shape[1])).round().long() for t in (q, k, v))
+    qs, ks, vs = (t.index_select(1, idx.to(t.device)) for t, idx in zip((q, k, v), heads))
     a = eight_bit(qs, ks, vs)
     return agreement(a, exact(qs, ks, vs))["cosine"] if all_finite(a) else float("-inf")
 
 
 def all_finite(out):
-    """False if any value of `out` is NaN or Inf: one fp32 sum (NaN and Inf propagate through it; a sum that
-    overflows only errs on the safe side). It reads the output once, O(L) memory traffic against the attention's
-    O(L^2) work, plus one device sync, so it costs well under 1% of an attention call at video lengths."""
+    """False if any value of `out` is NaN or Inf: one fp32 sum (NaN and Inf propagate; an overflow errs on the safe
+    side). O(L) traffic and one sync against the attention's O(L^2): well under 1% of a call at video lengths."""
     return bool(torch.isfinite(out.sum(dtype=torch.float32)))

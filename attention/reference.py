@@ -1,12 +1,9 @@
 """SageAttention (v1) in plain PyTorch: the algorithm of the `sageattention` 1.0.6 Triton kernels, on any device.
-
-1. Smooth K: subtract its mean over tokens (softmax is unchanged: it shifts each query's scores by a constant).
-2. Quantize Q per block of 128 tokens (with sm_scale * log2(e) folded in) and K per block of 64 tokens to INT8:
-   scale = absmax / 127, round half away from zero.
-3. QK^T exactly: INT8 products summed in fp32 are exact (|sum| <= 127 * 127 * 128 < 2^24), times both scales.
-4. Softmax in fp32 (base 2, as the kernel), P and V rounded to fp16, their product accumulated in fp32.
-Queries are processed in chunks, so memory is O(chunk * L) instead of O(L^2).
-"""
+K is smoothed (its mean over tokens subtracted: each query's scores shift by a constant, softmax is unchanged); Q (with
+sm_scale * log2(e) folded in) and K are quantized to INT8 per block of 128 and 64 tokens (scale = absmax / 127, round
+half away from zero); QK^T is exact (INT8 products summed in fp32: |sum| <= 127 * 127 * 128 < 2^24); softmax in fp32,
+base 2 as the kernel; P and V rounded to fp16, their product accumulated in fp32. Queries go in chunks: memory
+O(chunk * L), not O(L^2)."""
 import math
 
 import torch
@@ -17,11 +14,9 @@ CHUNK_BYTES = 256 * 1024 * 1024  # score buffer per chunk
 
 
 def to_hnd(x, layout):
-    if layout == "HND":
-        return x
-    if layout == "NHD":
-        return x.transpose(1, 2)
-    raise ValueError(f"layout must be 'HND' or 'NHD', not {layout!r}")
+    if layout not in ("HND", "NHD"):
+        raise ValueError(f"layout must be 'HND' or 'NHD', not {layout!r}")
+    return x if layout == "HND" else x.transpose(1, 2)
 
 
 def quantize_blocks(x, block):
@@ -49,9 +44,8 @@ def sage_attention_reference(q, k, v, *, layout="HND", is_causal=False, sm_scale
         raise ValueError("is_causal needs as many queries as keys")
     sm_scale = d ** -0.5 if sm_scale is None else sm_scale
     kf = kh.float()
-    kf = kf - kf.mean(dim=2, keepdim=True)
     q_int, q_scale = quantize_blocks(qh.float() * (sm_scale * LOG2E), BLOCK_Q)
-    k_int, k_scale = quantize_blocks(kf, BLOCK_K)
+    k_int, k_scale = quantize_blocks(kf - kf.mean(dim=2, keepdim=True), BLOCK_K)
     if hk != h:  # grouped heads: each K/V head serves h // hk query heads
         k_int, k_scale = (t.repeat_interleave(h // hk, dim=1) for t in (k_int, k_scale))
         vh = vh.repeat_interleave(h // hk, dim=1)

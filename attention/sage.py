@@ -10,12 +10,10 @@ from .reference import sage_attention_reference, to_hnd
 
 log = logging.getLogger("skyreels_fp8")
 KERNEL_HEAD_DIMS = (64, 96, 128)
-# sageattention 1.0.6's kernels count the zero padding of the last 64-key block in the softmax denominator when
-# the key length is not a multiple of 64 (measured on its Triton kernels: output 13% too small at 257 keys, the
-# I2V image context). Below this length such calls go to exact attention, which is cheap there; above it the
-# padding is at most 63 of >= 16384 keys and the bias stays under the 8-bit error (the node's guard still checks).
-# sageattention 2.x runs CUDA kernels, except on sm86 where `sageattn` picks a Triton kernel that loads the padding
-# the same way (read in its source, not measured): the workaround applies to 1.x and to 2.x on sm86.
+# sageattention 1.0.6's Triton kernels count the zero padding of the last 64-key block in the softmax denominator
+# (measured: output 13% too small at 257 keys, the I2V image context). Such short calls go to exact attention, which
+# is cheap there; from 16384 keys the padding is at most 63 keys and its bias stays under the 8-bit error (the guard
+# still checks). 2.x on sm86 picks a Triton kernel that loads the padding the same way (read in its source).
 RAGGED_EXACT_BELOW = 16384
 _logged = set()
 _kernel = None
@@ -31,36 +29,13 @@ def log_once(key, message, level=logging.WARNING, seen=None):
 
 
 def kernel_unavailable(device):
-    """None if the sageattention kernels can run on `device`, else why not. Decided from what was found installed
-    once per process and the device's compute capability, once per device: nothing is probed per call."""
-    if _broken:
-        return _broken
-    version, triton = installed_packages()
-    backend, reason = choose("sageattention", device.type, device_capability(device), Installed(version, triton))
-    return None if backend == "sageattention" else reason
+    """None if the sageattention kernels can run on `device`, else why not (nothing is probed per call)."""
+    backend, reason = choose("sageattention", device.type, device_capability(device), Installed(*installed_packages()))
+    return _broken or (None if backend == "sageattention" else reason)
 
 
 def _sage2():
     return sage_major(installed_packages()[0]) >= 2
-
-
-def _miscounts_padding(device):
-    return not _sage2() or device_capability(device) == (8, 6)
-
-
-def _mark_broken(reason):
-    global _broken
-    _broken = reason
-    return reason
-
-
-def _sageattn():
-    global _kernel
-    if _kernel is None:
-        from sageattention import sageattn  # imports triton: only on first use, never at pack import
-
-        _kernel = sageattn
-    return _kernel
 
 
 def exact_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, attn_mask=None):
@@ -73,32 +48,28 @@ def exact_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, at
 
 
 def _kernel_call(q, k, v, layout, is_causal, sm_scale):
-    if _sage2():  # 2.x smooths K out of place and pads head dims itself
-        q, k, v = (t.contiguous() if t.stride(-1) != 1 else t for t in (q, k, v))
-        return _sageattn()(q, k, v, tensor_layout=layout, is_causal=is_causal, sm_scale=sm_scale)
-    return _sage1_call(q, k, v, layout, is_causal, sm_scale)
+    global _kernel
+    if _kernel is None:
+        from sageattention import sageattn  # imports triton: only on first use, never at pack import
 
-
-def _sage1_call(q, k, v, layout, is_causal, sm_scale):
-    d = q.shape[-1]
-    sm_scale = d ** -0.5 if sm_scale is None else sm_scale
-    # sageattention 1.0.6 subtracts the K mean from k in place: hand it a copy, smoothed here.
-    seq = 1 if layout == "NHD" else 2
-    k = k - k.mean(dim=seq, keepdim=True)
-    pad = next((p - d for p in KERNEL_HEAD_DIMS if p >= d), None)
-    if pad:  # zero-padded head dims change neither q.k nor the kept part of the output
-        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+        _kernel = sageattn
+    d, pad, extra = q.shape[-1], None, {}
+    if not _sage2():  # 1.0.6 smooths K in place (so smooth a copy) and takes only KERNEL_HEAD_DIMS; 2.x does both
+        sm_scale = d ** -0.5 if sm_scale is None else sm_scale
+        k = k - k.mean(dim=1 if layout == "NHD" else 2, keepdim=True)
+        pad = next((p - d for p in KERNEL_HEAD_DIMS if p >= d), None)
+        if pad:  # zero-padded head dims change neither q.k nor the kept part of the output
+            q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+        extra = {"smooth_k": False}
     q, k, v = (t.contiguous() if t.stride(-1) != 1 else t for t in (q, k, v))
-    out = _sageattn()(q, k, v, tensor_layout=layout, is_causal=is_causal, sm_scale=sm_scale, smooth_k=False)
+    out = _kernel(q, k, v, tensor_layout=layout, is_causal=is_causal, sm_scale=sm_scale, **extra)
     return out[..., :d] if pad else out
 
 
 def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, attn_mask=None, mode="auto"):
-    """8-bit attention, same shape and dtype as q; q, k and v are never modified.
-
-    mode "auto" or "sageattention" (old name "sageattn"): the sageattention kernels where they can run, else our
-    PyTorch implementation (with a log line); "reference": our PyTorch implementation. A mask means exact attention.
-    """
+    """8-bit attention, same shape and dtype as q; q, k and v are never modified. mode "auto" or "sageattention":
+    the kernels where they can run, else our PyTorch implementation (logged); "reference": the latter."""
+    global _broken
     if attn_mask is not None:
         log_once("mask", "8-bit attention has no mask support: masked attention calls stay exact")
         return exact_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale, attn_mask=attn_mask)
@@ -108,7 +79,8 @@ def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, att
     if mode in ("auto", "sageattention"):
         reason = kernel_unavailable(q.device) or _shape_unsupported(q, k, layout, is_causal)
         kv_len = k.shape[2 if layout == "HND" else 1]
-        if reason is None and kv_len % 64 and kv_len < RAGGED_EXACT_BELOW and _miscounts_padding(q.device):
+        if reason is None and kv_len % 64 and kv_len < RAGGED_EXACT_BELOW and (
+                not _sage2() or device_capability(q.device) == (8, 6)):  # the kernels that miscount the padding
             log_once(("ragged", kv_len), f"{kv_len} keys is not a multiple of 64: sageattention here would "
                                          "miscount the padding, so these calls use exact attention")
             return exact_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
@@ -116,7 +88,7 @@ def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, att
             try:
                 return _kernel_call(q, k, v, layout, is_causal, sm_scale)
             except Exception as e:  # an import or compile failure of the kernels: never fail the graph for it
-                reason = _mark_broken(f"the sageattention kernels failed ({type(e).__name__}: {e})")
+                reason = _broken = f"the sageattention kernels failed ({type(e).__name__}: {e})"
         log_once(("kernel", reason), f"SageAttention kernels not used: {reason}; using the PyTorch SageAttention")
     elif mode != "reference":
         raise ValueError(f"mode must be 'auto', 'sageattention' or 'reference', not {mode!r}")

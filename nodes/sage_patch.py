@@ -1,5 +1,4 @@
-"""Patch SageAttention: 8-bit attention for one MODEL (the override: adapters/sage_override.py). Nothing global is
-patched: the input MODEL keeps its attention."""
+"""Patch SageAttention: 8-bit attention for one MODEL (adapters/sage_override.py); the input MODEL keeps its own."""
 from comfy_api.latest import io
 
 from ..attention.dispatch import ALIASES, MODES

@@ -1,10 +1,6 @@
-"""Patch SageAttention's override: 8-bit attention for one MODEL, through the host's per-model attention override.
-
-The override sees every attention call of the model (Wan: self-attention, text cross-attention, I2V image
-cross-attention). The 8-bit backend is decided once per device (attention.dispatch.choose). "Exact" is the host's
-PyTorch attention from its registry, never its global choice, which is itself 8-bit under --use-sage-attention.
-Nothing global is patched: the input MODEL keeps its attention.
-"""
+"""Patch SageAttention's override: 8-bit attention for one MODEL's every attention call, through the host's per-model
+attention override (nothing global is patched). "Exact" is the host's PyTorch attention from its registry, never its
+global choice, which is itself 8-bit under --use-sage-attention."""
 import inspect
 import logging
 
@@ -29,45 +25,23 @@ PYTORCH = host_function("pytorch")  # "exact" everywhere in this node
 
 
 def host_installed():
-    version, triton = installed_packages()
-    return Installed(version, triton, kitchen_int8=host_function("comfy_kitchen_int8") is not None,
+    return Installed(*installed_packages(), kitchen_int8=host_function("comfy_kitchen_int8") is not None,
                      sage3=host_function("sage3") is not None)
 
 
-def as_hnd(q, k, v, heads, skip_reshape):
-    """[B, heads, L, D] views of the host's call: it passes [B, L, heads * D], or [B, heads, L, D] with skip_reshape."""
-    if skip_reshape:
-        return q, k, v
-    return tuple(t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
-
-
-def to_output(out, layout, skip_output_reshape):
-    """[B, heads, L, D] if skip_output_reshape, else [B, L, heads * D]."""
-    if skip_output_reshape:
-        return out if layout == "HND" else out.transpose(1, 2)
-    nhd = out.transpose(1, 2) if layout == "HND" else out
-    return nhd.reshape(nhd.shape[0], nhd.shape[1], -1)
-
-
-def ours(backend, q, k, v, heads, skip_reshape, skip_output_reshape):
-    """This pack's sage_attention in the host's own layout: [B, L, heads * D] is viewed as NHD, so neither the
-    inputs nor the output are copied."""
+def ours(backend, q, k, v, skip_reshape, skip_output_reshape):
+    """This pack's sage_attention on the host's own layout (no copy of the inputs or output), returning
+    [B, heads, L, D] if skip_output_reshape, else [B, L, heads * D]."""
     layout = "HND" if skip_reshape else "NHD"
-    if not skip_reshape:
-        q, k, v = (t.view(t.shape[0], t.shape[1], heads, -1) for t in (q, k, v))
-    return to_output(sage_attention(q, k, v, layout=layout, mode=backend), layout, skip_output_reshape)
+    out = sage_attention(q, k, v, layout=layout, mode=backend)
+    if layout != ("HND" if skip_output_reshape else "NHD"):
+        out = out.transpose(1, 2)
+    return out if skip_output_reshape else out.reshape(out.shape[0], out.shape[1], -1)
 
 
-def exact_hnd(q, k, v):
-    return PYTORCH(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True)
-
-
-def eight_bit_hnd(backend):
-    """The backend as a function of [B, heads, L, D] tensors returning the same layout."""
-    if backend in HOST_NAMES:
-        fn = host_function(HOST_NAMES[backend])
-        return lambda q, k, v: fn(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True)
-    return lambda q, k, v: sage_attention(q, k, v, layout="HND", mode=backend)
+def hnd(fn):
+    """A host attention function as a function of [B, heads, L, D] tensors returning the same layout."""
+    return lambda q, k, v: fn(q, k, v, q.shape[1], skip_reshape=True, skip_output_reshape=True)
 
 
 class SageOverride:
@@ -104,23 +78,15 @@ class SageOverride:
             return f"sageattention {installed_packages()[0]}"
         return "this pack's PyTorch SageAttention" if backend == "reference" else backend
 
-    def _exact_reason(self, backend, device, mask, to, kwargs):
-        if backend == "exact":
-            return "no 8-bit backend here"
-        if mask is not None:
-            return "mask"  # Wan's attention has none
-        if "scale" in kwargs or kwargs.get("enable_gqa"):
-            return "a call with its own scale or grouped heads"  # not a Wan call; the host handles it
-        if kwargs.get("low_precision_attention", True) is False:
-            return "the model asks for full precision here"  # Wan I2V image cross-attention
+    def _stays_exact(self, backend, device, mask, to, kwargs):
         block, total = to.get("block_index"), to.get("total_blocks")
-        if block is not None and (block < self.first or (total is not None and block >= total - self.last)):
-            return "kept exact block"
-        if self.steps and self.step_index(to)[0] < self.steps:
-            return "kept exact step"
-        if backend == "sageattention" and kernel_unavailable(device):  # the kernels failed at run time
-            return "kernels failed"
-        return None
+        return bool(backend == "exact"
+                    or mask is not None  # Wan's attention has none
+                    or "scale" in kwargs or kwargs.get("enable_gqa")  # not a Wan call; the host handles it
+                    or kwargs.get("low_precision_attention", True) is False  # Wan I2V image cross-attention
+                    or block is not None and (block < self.first or (total is not None and block >= total - self.last))
+                    or self.steps and self.step_index(to)[0] < self.steps  # kept exact steps
+                    or backend == "sageattention" and kernel_unavailable(device))  # the kernels failed at run time
 
     def _check_due(self, site, to):
         """The guard checks a site on its first call and again in each later phase of the sampling."""
@@ -147,20 +113,22 @@ class SageOverride:
             return PYTORCH(q, k, v, heads, **options)
 
         backend = self.backend(q.device)
-        if self._exact_reason(backend, q.device, mask, to, kwargs):
+        if self._stays_exact(backend, q.device, mask, to, kwargs):
             return exact()
-        hnd = as_hnd(q, k, v, heads, skip_reshape)
-        site = (to.get("block_index"), tuple(hnd[0].shape), tuple(hnd[1].shape))
+        # Views of the host's [B, L, heads * D] as [B, L, heads, D] and [B, heads, L, D] (skip_reshape: the latter)
+        native = (q, k, v) if skip_reshape else tuple(t.view(t.shape[0], t.shape[1], heads, -1) for t in (q, k, v))
+        as_hnd = native if skip_reshape else tuple(t.transpose(1, 2) for t in native)
+        site = (to.get("block_index"), tuple(as_hnd[0].shape), tuple(as_hnd[1].shape))
         if site in self.exact_sites:
             return exact()
+        host_fn = host_function(HOST_NAMES[backend]) if backend in HOST_NAMES else None
         if self.guard > 0 and self._check_due(site, to):
-            cos = guard_cosine(eight_bit_hnd(backend), exact_hnd, *hnd)
+            eight_bit = hnd(host_fn) if host_fn else lambda *t: sage_attention(*t, layout="HND", mode=backend)
+            cos = guard_cosine(eight_bit, hnd(PYTORCH), *as_hnd)
             if cos < self.guard:
                 return self._go_exact(site, f"is off by cosine {cos:.4f} < {self.guard}", exact)
-        if backend in HOST_NAMES:
-            out = host_function(HOST_NAMES[backend])(q, k, v, heads, **options)
-        else:
-            out = ours(backend, q, k, v, heads, skip_reshape, skip_output_reshape)
+        out = (host_fn(q, k, v, heads, **options) if host_fn
+               else ours(backend, *native, skip_reshape, skip_output_reshape))
         if self.guard > 0 and not all_finite(out):
             return self._go_exact(site, "gave NaN or Inf", exact)
         self.counts["sage"] += 1
