@@ -1,13 +1,7 @@
-"""Sample Video's runs on several devices (from Parallel Config): Ray starts one actor per device (a local cluster,
-or the cluster at a Ray address, across machines), the actors form a torch.distributed group laid out as cfg x
-ulysses x ring (`attention.usp`), and each runs the whole Sample Video on its share of the work
-(`parallel_worker`, `sequence_parallel`). The host keeps running: it waits for rank 0's LATENT, stops the actors
-when the user cancels or one of them dies, and keeps them (model loaded) for the next run with the same settings
-and model, or releases them (`keep_workers`).
-
-What travels to the actors: the recipe of the MODEL (file and options of Load FP8 SkyReels Model, settings of
-Patch SageAttention), its LoRA patches, the conditioning tensors, the images, and the VAE's weights when one is
-connected (a VAE has no file name to load from). Never the model's weights: each actor loads the same file itself.
+"""Sample Video on several devices (Parallel Config): one Ray actor per device (`parallel_pool`, `parallel_worker`),
+in a torch.distributed mesh (`attention.usp`), each running the whole Sample Video on its share of the work. Only
+the MODEL's recipe (loader file and options, Patch SageAttention settings) and LoRA patches travel, never its
+weights: each actor loads the same file itself. A VAE travels as weights (it has no file name to load from).
 """
 import logging
 import os
@@ -23,13 +17,14 @@ from .sage_override import SageOverride
 from .sample_job import fail
 
 log = logging.getLogger("skyreels_fp8")
+release = parallel_pool.release   # Sample Video's single-device runs free the kept workers
 RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
 
 
 def recipe_of(model):
     """(loader recipe, Patch SageAttention settings, weight patches) of `model`; anything a worker could not
     rebuild is refused, so a parallel run never differs silently from a single-device one."""
-    recipe = model.attachments.get(RECIPE) if hasattr(model, "attachments") else None
+    recipe = getattr(model, "attachments", {}).get(RECIPE)
     if recipe is None:
         fail("parallel: needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch "
              "SageAttention): each worker loads the same file itself")
@@ -49,20 +44,16 @@ def recipe_of(model):
         fail(f"parallel: this MODEL carries changes a worker cannot rebuild ({', '.join(map(str, extra))}); "
              "connect Load FP8 SkyReels Model (and Patch SageAttention) directly")
     override = to.get("optimized_attention_override")
-    sage = None
-    if isinstance(override, SageOverride):
-        sage = (override.mode, override.first, override.last, override.steps, override.guard)
-    elif override is not None:
+    if override is not None and not isinstance(override, SageOverride):
         fail("parallel: an attention override other than Patch SageAttention is set on this MODEL")
-    # LoRAs (core LoraLoaderModelOnly and the like) are weight patches: they travel as they are and each worker
-    # adds them to its own copy, keyed as here (the same loader makes the same keys).
+    sage = None if override is None else (override.mode, override.first, override.last, override.steps, override.guard)
     return recipe, sage, _weight_patches(model)
 
 
 def _weight_patches(model):
-    """The MODEL's LoRA patches to send to the workers, or None. Only the host's weight adapters (LoRA, LoHa, LoKr,
-    ...) on CPU tensors: a model merge's patches are whole weights (gigabytes) and other packs' patch classes may
-    not exist in the workers."""
+    """The MODEL's LoRA patches (core's loaders), or None; each worker adds them to its copy, keyed as here (the same
+    loader makes the same keys). Only the host's weight adapters on CPU tensors: a model merge's patches are whole
+    weights (gigabytes) and other packs' patch classes may not exist in the workers."""
     if not model.patches:
         return None
     from comfy.weight_adapter import WeightAdapterBase
@@ -94,10 +85,6 @@ class Plan:
                     tuple(sorted(self.recipe.items())), _files(self.recipe), self.sage,
                     self.patches["uuid"] if self.patches else None)
 
-    def describe(self, cpu):
-        return (f"{self.n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, cfg {self.cfg} x ulysses "
-                f"{self.n // self.cfg // self.ring} x ring {self.ring}")
-
 
 def run(config, model, positive, negative, widgets, inputs):
     """Sample Video on `config["workers"]` Ray actors; returns (samples, report, images) from rank 0."""
@@ -114,7 +101,8 @@ def run(config, model, positive, negative, widgets, inputs):
     finally:
         if not ok or not config.get("keep_workers", True):
             parallel_pool.release()                # after a failure or a cancel, or when asked: nothing stays
-    report += (f"\nparallel: {plan.describe(cpu)}; {time.perf_counter() - started:.1f} s "
+    report += (f"\nparallel: {plan.n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, cfg {plan.cfg} x ulysses "
+               f"{plan.n // plan.cfg // plan.ring} x ring {plan.ring}; {time.perf_counter() - started:.1f} s "
                f"{'(workers kept from the last run)' if kept else 'with starting the workers and loading'}")
     return samples, report, images
 
@@ -126,19 +114,19 @@ def _sample(ray, pool, positive, negative, widgets, inputs):
     if inputs["vae"] is not None:   # the workers build the same VAE from its weights (it has no file to load from)
         inputs["vae"] = ray.put({k: t.detach().cpu() for k, t in inputs["vae"].first_stage_model.state_dict().items()})
     cond = ray.put((positive, negative))
-    progress = Queue()                             # an actor too
+    bar, progress = comfy.utils.ProgressBar(1), Queue()   # the queue is an actor too
+
+    def show():
+        updates = progress.get_nowait_batch(progress.qsize())
+        if updates:
+            bar.update_absolute(*updates[-1])
     try:
-        bar = comfy.utils.ProgressBar(1)
         results = parallel_pool.wait(ray, [w.sample.remote(cond, widgets, inputs, progress) for w in pool.workers],
-                                     pool.workers, lambda: parallel_pool.show(progress, bar))
-        parallel_pool.show(progress, bar)
+                                     pool.workers, show)
+        show()
         return results[0]
     finally:
         ray.kill(progress.actor)
-
-
-def release():
-    parallel_pool.release()
 
 
 def _files(recipe):

@@ -1,20 +1,11 @@
-"""One Ray actor per device for parallel Sample Video: a process that imports the ComfyUI host and this pack, joins
-a torch.distributed group (NCCL on GPUs, gloo on CPU), loads the model with this pack's own loader from the same
-file, applies the same Patch SageAttention settings, and runs every step on its share of the tokens
-(`sequence_parallel`). All ranks run the same Sample Video; rank 0's LATENT goes back to the host.
-
-This module is shipped to the actors by value (cloudpickle), so it imports nothing from the host at module level.
+"""One Ray actor per device: joins the torch.distributed group, loads the model from the same file with this pack's
+loader and runs the whole Sample Video on its share of the tokens; rank 0's LATENT goes back to the host.
+Shipped to the actors by value (cloudpickle), so it imports nothing from the host at module level.
 """
 import importlib.util
 import os
 import socket
 import sys
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class Worker:
@@ -40,7 +31,9 @@ class Worker:
     def address(self):
         """(ip, free port) of this actor's machine: rank 0's is the group's rendezvous."""
         import ray
-        return ray.util.get_node_ip_address(), free_port()
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return ray.util.get_node_ip_address(), s.getsockname()[1]
 
     def join(self, address, port, rank, world, cfg, ring):
         import torch.distributed as dist
@@ -48,7 +41,6 @@ class Worker:
         dist.init_process_group("gloo" if self.cpu else "nccl", init_method=f"tcp://{address}:{port}", rank=rank,
                                 world_size=world)
         self.rank, self.mesh = rank, Mesh(cfg, ring)
-        return True
 
     def load(self, recipe, sage, patches=None):
         import folder_paths
@@ -69,13 +61,12 @@ class Worker:
         if sage is not None:
             model = PatchSageAttention.execute(model, *sage).args[0]
         self.model = sequence_parallel.patch(model, self.mesh)
-        return True
 
     def sample(self, conditioning, widgets, inputs, progress):
+        import comfy.model_management
         import comfy.sd
         import comfy.utils
         from skyreels_pack.nodes.sample import sample_video
-        positive, negative = conditioning
         inputs = dict(inputs)
         if inputs.get("vae") is not None:   # the host's VAE weights, in Ray's object store
             import ray
@@ -83,14 +74,7 @@ class Worker:
         if self.rank == 0:   # the host shows rank 0's progress bar
             comfy.utils.set_progress_bar_global_hook(
                 lambda value, total, preview=None, node_id=None: progress.put_nowait((value, total)))
-        result = sample_video(self.model, positive, negative, **widgets, **inputs)
+        result = sample_video(self.model, *conditioning, **widgets, **inputs)
         del inputs
-        import comfy.model_management
         comfy.model_management.soft_empty_cache()   # kept workers hold the model, not this run's activations
         return result if self.rank == 0 else None
-
-    def close(self):
-        import torch.distributed as dist
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        return True

@@ -1,15 +1,7 @@
-"""Sequence (and CFG) parallelism for the host's Wan model over a torch.distributed mesh (one process per device,
-`attention.usp.Mesh`).
-
-Every rank of a sequence group runs every transformer block on its share of the tokens: whole latent frames, the
-sequence padded at the end with empty frames to split evenly. Self-attention sees the whole sequence through USP
-(`attention.usp`, in `video_attention`); text and image cross-attention need no exchange (their keys are the same
-on every rank); the last block gathers the tokens back, so the head and everything after it run as on one device.
-Whole frames keep the per-frame modulation of Diffusion Forcing aligned with the tokens it belongs to. With cfg 2,
-one sequence group runs the cond pass and the other the uncond pass of each step; they swap outputs.
-
-Installed on a clone with the host's own patch points: a replacement for every block ("dit", "double_block"), the
-attention override (wrapping Patch SageAttention's) and the sampler's cond batching function.
+"""Sequence (and CFG) parallelism for the host's Wan model over an `attention.usp.Mesh`. Each rank of a sequence
+group runs every block on whole latent frames (so Diffusion Forcing's per-frame modulation stays with its tokens);
+self-attention sees the whole sequence through `video_attention`; cross-attention needs no exchange (same keys on
+every rank); the last block gathers the tokens back. With cfg 2 the two groups run the cond and the uncond pass.
 """
 import torch
 import comfy.samplers
@@ -29,7 +21,6 @@ class Shards:
         self.length = self.frames * self.per_frame
         self.padded = self.local_frames * world * self.per_frame
         self.start = rank * self.local_frames * self.per_frame
-        self.stop = self.start + self.local_frames * self.per_frame
 
     def tokens(self, t, dim=1):
         """This rank's slice of a per-token tensor, padded with zeros past the real sequence."""
@@ -39,7 +30,7 @@ class Shards:
             pad = list(t.shape)
             pad[dim] = self.padded - self.length
             t = torch.cat([t, t.new_zeros(pad)], dim=dim)
-        return t.narrow(dim, self.start, self.stop - self.start)
+        return t.narrow(dim, self.start, self.local_frames * self.per_frame)
 
     def frames_of(self, e):
         """This rank's frames of a per-frame modulation [B, F, 6, C] (one frame = shared by all: unchanged)."""
@@ -50,60 +41,47 @@ class Shards:
         return e.index_select(1, idx)
 
 
-class Blocks:
-    def __init__(self, attention, mesh):
-        self.attention, self.mesh = attention, mesh
-
-    def __deepcopy__(self, memo):
-        return self   # shared, never copied, whatever copies the model options
-
-    def __call__(self, args, extra):
+def _blocks(attention, mesh):
+    """The replacement of every block: a closure, so whatever copies the model options shares it."""
+    def block(args, extra):
         to = args["transformer_options"]
-        index, total = to["block_index"], to["total_blocks"]
-        x, mesh = args["img"], self.mesh
-        if index == 0:
+        x = args["img"]
+        if to["block_index"] == 0:
             shards = Shards(to["grid_sizes"], mesh.sequence, mesh.s)
             if x.shape[1] != shards.length:
                 raise ValueError("sequence parallel: this model adds tokens beyond the video's (reference or context "
                                  "latents); not supported")
-            if to.get("optimized_attention_override") is not self.attention:
+            if to.get("optimized_attention_override") is not attention:
                 raise ValueError("sequence parallel: another attention override was set after it (apply Patch "
                                  "SageAttention before)")
-            self.attention.shards = shards
+            attention.shards = shards
             x = shards.tokens(x)
-        s = self.attention.shards
-        out = extra["original_block"]({"img": x, "txt": args["txt"], "vec": s.frames_of(args["vec"]),
-                                       "pe": s.tokens(args["pe"]), "transformer_options": to})
-        x = out["img"]
-        if index == total - 1:
+        s = attention.shards
+        x = extra["original_block"]({"img": x, "txt": args["txt"], "vec": s.frames_of(args["vec"]),
+                                     "pe": s.tokens(args["pe"]), "transformer_options": to})["img"]
+        if to["block_index"] == to["total_blocks"] - 1:
             x = gather(x, mesh.sequence_group)[:, :s.length]
         return {"img": x}
+    return block
 
 
-class Batching:
+def _batching(mesh):
     """The sampler's cond batching. Every rank must run the same forward passes, but the host batches cond and
     uncond (and conditioning entries) by the device's free memory, which differs between ranks: here they are
     always batched. With cfg parallel, each sequence group runs its own half and the halves are swapped."""
-
-    def __init__(self, mesh):
-        self.mesh = mesh
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self, args):
-        model, conds, mesh = args["model"], args["conds"], self.mesh
+    def calc_cond_batch(args):
+        model, conds = args["model"], args["conds"]
         patcher = model.current_patcher
         patcher.get_free_memory = lambda device=None: float("inf")   # this instance, for this call only
         try:
-            if mesh.cfg > 1 and len(conds) == mesh.cfg and all(c is not None for c in conds):
-                mine = comfy.samplers.calc_cond_batch(model, [conds[mesh.c]], args["input"], args["sigma"],
-                                                      args["model_options"])[0]
-                return list(gather(mine[None], mesh.cfg_group, dim=0).unbind(0))
-            # one pass only (cfg 1): every group runs it
-            return comfy.samplers.calc_cond_batch(model, conds, args["input"], args["sigma"], args["model_options"])
+            # cfg parallel: this group's pass only; else (one pass, or cfg 1) every group runs all
+            split = mesh.cfg > 1 and len(conds) == mesh.cfg and all(c is not None for c in conds)
+            out = comfy.samplers.calc_cond_batch(model, [conds[mesh.c]] if split else conds, args["input"],
+                                                 args["sigma"], args["model_options"])
+            return list(gather(out[0][None], mesh.cfg_group, dim=0).unbind(0)) if split else out
         finally:
             del patcher.get_free_memory
+    return calc_cond_batch
 
 
 def agree(model, t):
@@ -113,26 +91,23 @@ def agree(model, t):
     if mesh is None:
         return t
     import torch.distributed as dist
-    where = t.device
-    if dist.get_backend() == "nccl":          # NCCL moves GPU tensors only; VAE outputs come back on the CPU
-        t = t.to(torch.device("cuda", torch.cuda.current_device()))
-    t = t.contiguous()
+    where = t.device   # NCCL moves GPU tensors only; VAE outputs come back on the CPU
+    t = t.to("cuda" if dist.get_backend() == "nccl" else where).contiguous()
     dist.broadcast(t, src=0)
     return t.to(where)
 
 
 def patch(model, mesh):
     """A clone of `model` (a ModelPatcher) whose forward passes run on `mesh` (attention.usp.Mesh)."""
-    replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {})
-    if replaced:
+    if model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit"):
         raise ValueError("sequence parallel: this MODEL already replaces transformer blocks (another patch); not "
                          "supported")
     if video_attention.installed(model) is not None:
         raise ValueError("sequence parallel: apply it before anything that sets video attention")
     m = video_attention.install(model, mesh)
-    blocks = Blocks(video_attention.installed(m), mesh)
-    m.model_options["sampler_calc_cond_batch_function"] = Batching(mesh)
+    block = _blocks(video_attention.installed(m), mesh)
+    m.model_options["sampler_calc_cond_batch_function"] = _batching(mesh)
     m.model_options["transformer_options"][MESH_KEY] = mesh
     for i in range(len(m.model.diffusion_model.blocks)):
-        m.set_model_patch_replace(blocks, "dit", "double_block", i)
+        m.set_model_patch_replace(block, "dit", "double_block", i)
     return m

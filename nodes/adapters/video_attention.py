@@ -1,12 +1,10 @@
-"""Self-attention over the whole video for the host's Wan model: block-causal when Sample Video asks for causal
-attention (SkyReels-V2's DF option), sequence-parallel when the model runs on a mesh of processes
-(`sequence_parallel`), both at once when both apply.
-
-Installed as the model's attention override; it wraps the override already there (Patch SageAttention's), so
-8-bit attention still serves every call it makes. Cross-attention passes straight through. Self-attention calls
-are told apart by forward hooks on the blocks' self_attn modules (a diffusion-model wrapper sets them up for each
-forward pass); the host gives attention no other sign of which call it is.
+"""Self-attention over the whole video for the host's Wan model: block-causal (SkyReels-V2's DF option) and/or
+sequence-parallel (`sequence_parallel`). An attention override wrapping the one already there (Patch SageAttention's),
+so 8-bit attention still serves every call. The host gives attention no sign of which call is self-attention: forward
+hooks on the blocks' self_attn modules mark those calls.
 """
+import functools
+
 from comfy.patcher_extension import WrappersMP
 
 from ...attention.block_causal import block_causal
@@ -27,17 +25,13 @@ class VideoAttention:
 
     def __call__(self, func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
                  skip_output_reshape=False, **kwargs):
-        def attend(qq, kk, vv, n):
-            if self.inner is not None:
-                return self.inner(func, qq, kk, vv, n, mask=mask, attn_precision=attn_precision,
-                                  skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape, **kwargs)
-            return func(qq, kk, vv, n, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                        skip_output_reshape=skip_output_reshape, **kwargs)
-
+        call = func if self.inner is None else functools.partial(self.inner, func)
+        options = dict(mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+                       skip_output_reshape=skip_output_reshape, **kwargs)
         to = kwargs.get("transformer_options") or {}
         causal = to.get(CAUSAL_KEY)
         if not self.in_self_attention or (self.mesh is None and not causal):
-            return attend(q, k, v, heads)
+            return call(q, k, v, heads, **options)
         if skip_reshape or skip_output_reshape or mask is not None:
             raise ValueError("video attention: unexpected self-attention call layout")
         b = q.shape[0]
@@ -50,23 +44,18 @@ class VideoAttention:
             return plain(qq, kk, vv)
 
         def plain(qq, kk, vv):
-            out = attend(*(t.reshape(b, t.shape[1], -1) for t in (qq, kk, vv)), n)
+            out = call(*(t.reshape(b, t.shape[1], -1) for t in (qq, kk, vv)), n, **options)
             return out.view(b, out.shape[1], n, -1)
 
         split = [t.view(b, t.shape[1], heads, -1) for t in (q, k, v)]
-        if self.mesh is None:
-            out = whole(*split)
-        else:
-            out = usp_attention(*split, whole, self.shards.length, self.mesh)
+        out = whole(*split) if self.mesh is None else usp_attention(*split, whole, self.shards.length, self.mesh)
         return out.reshape(b, out.shape[1], -1)
 
     def around_model(self, executor, *args, **kwargs):
         """During a forward pass: mark self-attention calls (hooks on every block's self_attn)."""
-        model = executor.class_obj
-        hooks = []
-        for block in model.blocks:
-            hooks.append(block.self_attn.register_forward_pre_hook(lambda *a: setattr(self, "in_self_attention", True)))
-            hooks.append(block.self_attn.register_forward_hook(lambda *a: setattr(self, "in_self_attention", False)))
+        attns = [block.self_attn for block in executor.class_obj.blocks]
+        hooks = [a.register_forward_pre_hook(lambda *_: setattr(self, "in_self_attention", True)) for a in attns]
+        hooks += [a.register_forward_hook(lambda *_: setattr(self, "in_self_attention", False)) for a in attns]
         try:
             return executor(*args, **kwargs)
         finally:
