@@ -1,23 +1,14 @@
 #!/usr/bin/env python3
 """Generate a SkyReels-V2 video headless: runs one of this pack's workflows through a real ComfyUI.
 
-    python generate_video_fp8.py --model_path MODEL [--prompt "..."] [--resolution 540P|720P] [--num_frames 97]
-        [--image START.png] [--use_sage_attention] [--no-fp8] [--offload] [--monitor_memory] [--seed N]
-        [--output out.mp4] [DF: --ar_step 5 --causal_block_size 5 --base_num_frames 97 --overlap_history 17
-        --addnoise_condition 20 (defaults as SkyReels-V2's: 0, 1, 97, 17, 0)]
+    python generate_video_fp8.py --model_path MODEL [--prompt "..."] [--image START.png] [--use_sage_attention]
+        [DF: --ar_step 5 --causal_block_size 5 --base_num_frames 97 --overlap_history 17 --addnoise_condition 20]
 
-MODEL is a SkyReels-V2 file or downloaded folder. The workflow follows from the model's tensors: an I2V model with
---image runs skyreels_i2v_fp8_sage.json, a Diffusion Forcing model (or any DF flag) skyreels_df_long_video.json,
-anything else skyreels_t2v_fp8_sage.json. Text encoder, VAE and CLIP vision come from ComfyUI's models folders
-(override with --text_encoder / --vae / --clip_vision).
-
-With no --model_path it runs the DF long-video workflow on an embedded tiny model (seeded random weights, a tiny
-Wan VAE, random conditioning in place of umt5-xxl: the prompt is not read) on the CPU, so the command works on a
-fresh machine; the result is noise, but every node of the workflow runs.
-
-ComfyUI is found as the tests find it: $COMFYUI_PATH, the ComfyUI this pack is installed in, or ~/ComfyUI. The
-script starts it (main.py) on 127.0.0.1 with a temporary base folder holding this pack, queues the workflow over
-the HTTP API, and copies the video out. Exit status: 0 done, 2 bad input or no ComfyUI, 1 generation failed.
+The workflow follows from the model's tensors (I2V with --image: skyreels_i2v_fp8_sage.json; DF model or any DF
+flag: skyreels_df_long_video.json; else skyreels_t2v_fp8_sage.json). With no --model_path it runs the DF workflow on
+an embedded tiny model on the CPU (random conditioning stands in for umt5-xxl): noise, but every node runs.
+ComfyUI is found as the tests find it ($COMFYUI_PATH, the ComfyUI this pack is in, ~/ComfyUI) and started on
+127.0.0.1 with a temporary base folder. Exit status: 0 done, 2 bad input or no ComfyUI, 1 generation failed.
 """
 import argparse
 import json
@@ -78,8 +69,8 @@ def install_copy(dst):
 
 
 class HostServer:
-    """ComfyUI's main.py on a free loopback port, with `base` as its base folder (a copy of this pack in
-    base/custom_nodes unless install_pack is False) and any extra main.py arguments."""
+    """ComfyUI's main.py on a free loopback port with `base` as its base folder (this pack copied into its
+    custom_nodes unless install_pack is False)."""
 
     def __init__(self, host, base, extra_args=(), python=sys.executable, install_pack=True):
         self.host, self.base, self.extra_args, self.python = host, base, list(extra_args), python
@@ -164,8 +155,7 @@ def error_of(entry):
 
 
 def write_tiny_vae(path, seed=0):
-    """A Wan 2.1 VAE of the real structure at width 8 (the host reads its size from the tensors), seeded random
-    weights. Needs the host importable (it builds the module with the host's own class)."""
+    """A Wan 2.1 VAE of the real structure at width 8, seeded random weights, built with the host's own class."""
     import comfy.ldm.wan.vae
     import safetensors.torch
     import torch
@@ -236,7 +226,7 @@ def pick_workflow(args, info):
 
 
 def inspect_model(path):
-    """The model's ModelInfo, read from its tensors; exits 2 with one line if it is not a SkyReels-V2 model."""
+    """The model's ModelInfo, read from its tensors (BadInput if it is not a SkyReels-V2 model)."""
     from quant import Checkpoint, CheckpointError
 
     try:
@@ -253,25 +243,22 @@ class BadInput(Exception):
 def link_models(base, args, info):
     """extra_model_paths.yaml pointing ComfyUI at the given files; returns {widget: file name}."""
     host_models = os.path.join(find_host() or DEFAULT_HOST, "models")
-    model = os.path.abspath(args.model_path).rstrip(os.sep)
-    files = {
-        "diffusion_models": model,
-        "text_encoders": args.text_encoder or os.path.join(host_models, "text_encoders",
-                                                           "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
-        "vae": args.vae or os.path.join(host_models, "vae", "wan_2.1_vae.safetensors"),
-    }
+    wanted = [("diffusion_models", "model_path", None),
+              ("text_encoders", "text_encoder", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+              ("vae", "vae", "wan_2.1_vae.safetensors")]
     if args.image and info.variant == "I2V":
-        files["clip_vision"] = args.clip_vision or os.path.join(host_models, "clip_vision", "clip_vision_h.safetensors")
-    flags = {"diffusion_models": "model_path", "text_encoders": "text_encoder", "vae": "vae",
-             "clip_vision": "clip_vision"}
-    for kind, path in files.items():
-        if not os.path.exists(path):
-            raise BadInput(f"{kind}: {path} not found; pass --{flags[kind]} or put the file there")
+        wanted.append(("clip_vision", "clip_vision", "clip_vision_h.safetensors"))
+    files = {}
+    for kind, flag, default in wanted:
+        given = getattr(args, flag)
+        files[kind] = os.path.abspath(given) if given else os.path.join(host_models, kind, default)
+        if not os.path.exists(files[kind]):
+            raise BadInput(f"{kind}: {files[kind]} not found; pass --{flag} or put the file there")
     lines = ["headless:"] + [f"  {kind}: {os.path.dirname(path)}" for kind, path in files.items()]
     with open(os.path.join(base, "extra_model_paths.yaml"), "w") as f:
         f.write("\n".join(lines) + "\n")
     names = {kind: os.path.basename(path) for kind, path in files.items()}
-    if os.path.isdir(model):
+    if os.path.isdir(files["diffusion_models"]):
         names["diffusion_models"] += "/"
     return names
 
@@ -416,8 +403,8 @@ DEMO_CONDITIONING = {False: "skyreels_demo_positive", True: "skyreels_demo_negat
 
 
 def write_demo_conditioning(base):
-    """Random conditioning of umt5-xxl's shape [1, 8, 4096], positive and negative, saved as the one-sample datasets
-    that core's Load Training Dataset reads (latents + conditioning lists in shard_*.pkl, metadata.json)."""
+    """Random conditioning of umt5-xxl's shape [1, 8, 4096] as the one-sample datasets core's Load Training
+    Dataset reads (metadata.json, shard_00000.pkl)."""
     import torch
 
     g = torch.Generator().manual_seed(1)
@@ -457,7 +444,7 @@ def check_output(path):
 
 
 def save_output(base, args, workflow_name):
-    """Moves the video out of the temp output folder: to --output (never over an existing file)."""
+    """Moves the video out of the temp output folder to --output, never over an existing file."""
     found = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(base, "output", "headless")) for f in fs]
     if len(found) != 1:
         raise RuntimeError(f"expected one video in the output folder, found {found}")

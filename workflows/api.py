@@ -1,11 +1,8 @@
-"""Turn a UI-format workflow (what the ComfyUI frontend saves and opens) into the API-format prompt the frontend
-would queue for it, given the host's /object_info. Used by generate_video_fp8.py and the tests.
+"""UI-format workflow -> the API prompt the frontend (1.49) would queue for it, given the host's /object_info.
 
-It covers what the shipped workflows use, the way the frontend (1.49) does it: widgets are the inputs of a widget
-type, in object_info's input order (required, then optional), taking widgets_values in turn; an INT seed with
-control_after_generate has one extra saved value (the control mode), and an image-upload combo one (the upload
-button), neither sent; a dynamic combo's chosen option adds its sub-widgets as "name.sub". Note nodes are left
-out. Anything else (subgraphs, muted or bypassed nodes, reroutes) is refused with the node named.
+Widgets are the widget-type inputs in object_info's order, taking widgets_values in turn; a seed with
+control_after_generate and an upload combo save one extra value, never sent; a dynamic combo's option adds its
+widgets as "name.sub". Notes are dropped; subgraphs, muted/bypassed nodes and reroutes are refused, naming the node.
 """
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "COMFY_DYNAMICCOMBO_V3"}
 NOTES = {"Note", "MarkdownNote"}
