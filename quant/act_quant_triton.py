@@ -48,12 +48,13 @@ def _row_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, BLOCK_M: 
         mask = row_ok[:, None] & (cols < K)
         x = tl.load(x_rows + cols, mask=mask, other=0.0).to(tl.float32)
         amax = tl.max(tl.abs(x), axis=1)
-    elif not GIVEN_SCALE:
+    else:
         amax = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            mask = row_ok[:, None] & (cols + k0 < K)
-            x = tl.load(x_rows + k0 + cols, mask=mask, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
+        if not GIVEN_SCALE:
+            for k0 in range(0, K, BLOCK_K):
+                mask = row_ok[:, None] & (cols + k0 < K)
+                x = tl.load(x_rows + k0 + cols, mask=mask, other=0.0).to(tl.float32)
+                amax = tl.maximum(amax, tl.max(tl.abs(x), axis=1))
     if GIVEN_SCALE:
         scale = tl.load(s_ptr)
     else:
