@@ -138,40 +138,31 @@ def upgrade_prompt(json_data):
         prompt = json_data.get("prompt")
         for node in prompt.values() if isinstance(prompt, dict) else ():
             inputs = node.get("inputs") if isinstance(node, dict) and node.get("class_type") == NODE_ID else None
-            if isinstance(inputs, dict):
-                _move_df_widgets(inputs)
+            for name in [n for n in DF_DEFAULTS if n in inputs] if isinstance(inputs, dict) else ():
+                value = inputs.pop(name)
+                # A link (an old slot still connected in the frontend) wins over the widget value sent beside it.
+                take = isinstance(value, list) or f"mode.{name}" not in inputs
+                if take and inputs.get("mode") == "diffusion forcing":
+                    inputs[f"mode.{name}"] = value
     except Exception:
         pass
     return json_data
 
 
-def _move_df_widgets(inputs):
-    for name in DF_DEFAULTS:
-        if name not in inputs:
-            continue
-        value = inputs.pop(name)
-        if inputs.get("mode") != "diffusion forcing":
-            continue
-        # A link (an old slot still connected in the frontend) wins over the widget value sent beside it.
-        if isinstance(value, list) or f"mode.{name}" not in inputs:
-            inputs[f"mode.{name}"] = value
-
-
 def window_positives(positive, given):
     """The positive of windows 2, 3, ... up to the last connected input; an empty one carries the one before."""
     connected = [i for i, name in enumerate(WINDOW_PROMPTS) if given.get(name) is not None]
-    out, current = [], positive
+    out = [positive]
     for name in WINDOW_PROMPTS[:connected[-1] + 1] if connected else []:
-        current = given.get(name) if given.get(name) is not None else current
-        out.append(current)
-    return out
+        out.append(out[-1] if given.get(name) is None else given[name])
+    return out[1:]
 
 
 def sample_video(model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
-                 base_num_frames, overlap_history, ar_step, causal_block_size, addnoise_condition,
-                 causal_attention=False, vae=None, start_image=None, end_image=None, prefix_video=None, latent=None,
-                 window_prompts=()):
-    """One Sample Video run on this process's device: (samples, report, images: None without a vae)."""
+                 vae=None, start_image=None, end_image=None, prefix_video=None, latent=None, window_prompts=(),
+                 **df_options):
+    """One Sample Video run on this process's device: (samples, report, images: None without a vae).
+    `df_options`: the DF widgets (DF_DEFAULTS' names)."""
     check_model(model)
     shift = model_shift(model, shift)
     if latent is not None:
@@ -179,16 +170,16 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         if len(shape) != 5:
             fail(f"latent: expected a video latent [B, C, frames, H, W], got {shape}")
     else:
-        check_size(width, height, frames)
+        if width % 16 or height % 16:
+            fail(f"width/height: {width}x{height} must be multiples of 16 (e.g. {width // 16 * 16}x"
+                 f"{height // 16 * 16})")
+        check_frames("frames", frames)
         shape = [1, 16, latent_frames(frames), height // 8, width // 8]
-    df = mode == "diffusion forcing"
-    job = Job(model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df,
-              dict(base_num_frames=base_num_frames, overlap_history=overlap_history, ar_step=ar_step,
-                   causal_block_size=causal_block_size, addnoise_condition=addnoise_condition,
-                   causal_attention=causal_attention))
+    job = Job(model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape,
+              mode == "diffusion forcing", df_options)
     job.set_prefix(start_image, prefix_video)
     job.set_end(end_image)
-    job.set_window_prompts(window_prompts)
+    job.positives += window_prompts     # the positive of each later window
     return job.run()
 
 
@@ -197,9 +188,3 @@ def check_model(model):
     if name != "WanModel":
         fail(f"model: needs a SkyReels-V2 / Wan 2.1 model (Load FP8 SkyReels Model or Load Diffusion Model), got "
              f"{name}")
-
-
-def check_size(width, height, frames):
-    if width % 16 or height % 16:
-        fail(f"width/height: {width}x{height} must be multiples of 16 (e.g. {width // 16 * 16}x{height // 16 * 16})")
-    check_frames("frames", frames)

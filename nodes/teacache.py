@@ -1,6 +1,5 @@
-"""TeaCache (SkyReels-V2): MODEL in, MODEL out. Calls whose timestep embedding changed little reuse the previous
-call's transformer-block residual (sampling/teacache.py; the host hooks: adapters/teacache_hooks.py). Sample Video
-and core samplers honour it alike."""
+"""TeaCache (SkyReels-V2): MODEL in, MODEL out, honoured by Sample Video and core samplers alike (the decisions:
+sampling/teacache.py; the host hooks: adapters/teacache_hooks.py)."""
 from comfy_api.latest import io
 
 from ..sampling import teacache

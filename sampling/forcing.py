@@ -1,16 +1,11 @@
 """Diffusion Forcing (SkyReels-V2): every latent frame has its own noise level.
 
-Frames are grouped into causal blocks of `causal_block_size`. A plan row says, for each block, how many solver
-steps it has taken: 0 = not started (pure noise, shown to the model at timestep 999), 1..steps = being denoised,
-steps + 1 = finished (clean, timestep 0). Block 0 advances one step per row; each later block follows `ar_step`
-steps behind the one before it, and advances freely once that one is finished. `ar_step = 0` is synchronous (all
-blocks move together, the same as standard sampling); `ar_step > 0` is asynchronous. Frames of a clean prefix
-(start image, previous window) start as finished. When the video has more blocks than `base_num_frames`, the model
-only sees a sliding window of that many blocks, ending just past the last block being denoised.
-
-Videos longer than one window are made of windows whose first frames are the last frames of the window before
-(`windows`); the node carries the prefix over.
-"""
+A plan row says, for each causal block of frames, how many solver steps it has taken: 0 = not started (noise,
+timestep 999), 1..steps = being denoised, steps + 1 = finished (clean, timestep 0; a clean prefix starts so). Block
+0 advances one step per row; each later block follows `ar_step` steps behind the one before (0: all together, as
+standard sampling), and freely once that one is finished. With more blocks than `base_num_frames` the model sees a
+sliding window of that many, ending just past the last block being denoised. Longer videos are made of `windows`
+that start with the last frames of the window before."""
 from dataclasses import dataclass
 
 import torch
@@ -37,10 +32,6 @@ class Plan:
         return int(ready.cumprod(0).sum())
 
 
-def min_ar_step(steps, base_blocks):
-    return steps / base_blocks
-
-
 def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready=0, causal_block_size=1):
     """The Diffusion Forcing plan, with SkyReels-V2's `generate_timestep_matrix` semantics (frames are latent frames)."""
     if causal_block_size < 1 or num_frames % causal_block_size:
@@ -48,7 +39,7 @@ def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready
                          f"{causal_block_size}")
     blocks, base_blocks = num_frames // causal_block_size, base_num_frames // causal_block_size
     done = steps + 1
-    if base_blocks < blocks and ar_step < min_ar_step(steps, base_blocks):
+    if base_blocks < blocks and ar_step < steps / base_blocks:
         need = -(-steps // base_blocks)
         raise ValueError(f"ar_step must be at least {need} when the video is longer than base_num_frames "
                          f"({steps} steps over {base_blocks} blocks)")
@@ -110,11 +101,8 @@ def windows(latent_length, base_latent, overlap_latent):
 
 def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0, generator=None, callback=None):
     """Run one window. `x` [B, C, F, H, W] holds noise, with the clean prefix in its first `plan.prefix` frames;
-    `denoise(x, frame_sigmas)` returns the x0 prediction for `x` with one sigma per frame.
-
-    Prefix frames are shown to the model slightly noised when `addnoise_condition` > 0 (noise level
-    addnoise_condition / 1000), which SkyReels-V2 uses to keep long videos from drifting; they are never updated.
-    """
+    `denoise(x, frame_sigmas)` returns the x0 prediction. With `addnoise_condition` the model sees the prefix
+    noised to that timestep (SkyReels-V2 keeps long videos from drifting so); it is never updated."""
     x = x.clone()
     frames, prefix = x.shape[2], plan.prefix
     solvers = [make_solver(solver, sigmas, df=True) for _ in range(frames)]

@@ -1,38 +1,31 @@
-"""Sigma schedules and frame arithmetic of SkyReels-V2 (Wan 2.1): flow matching, x_sigma = (1 - sigma) x0 + sigma noise,
+"""SkyReels-V2 (Wan 2.1) schedules and frame arithmetic: flow matching, x_sigma = (1 - sigma) x0 + sigma noise,
 model timestep = 1000 sigma, 4 video frames per latent frame after the first, 8 pixels per latent pixel."""
 import torch
 
 TRAIN_STEPS = 1000
-
-
-def shift_sigma(sigma, shift):
-    """The flow shift SkyReels-V2 and ComfyUI apply: more of the steps at high noise for larger `shift`."""
-    return shift * sigma / (1 + (shift - 1) * sigma)
-
-
 # SkyReels-V2's scheduler starts its grid at its float32 sigma_max, 1 - 1/1000 rounded to float32.
 SIGMA_MAX = float(torch.tensor(1 - 1 / TRAIN_STEPS, dtype=torch.float32))
 
 
 def _shifted(steps, shift):
+    """Linear from sigma_max to 0, then the flow shift (more steps at high noise), in float64 as SkyReels-V2's numpy."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if shift <= 0:
         raise ValueError(f"shift must be above 0, got {shift}")
-    return shift_sigma(torch.linspace(SIGMA_MAX, 0, steps + 1, dtype=torch.float64), shift)
+    sigma = torch.linspace(SIGMA_MAX, 0, steps + 1, dtype=torch.float64)
+    return shift * sigma / (1 + (shift - 1) * sigma)
 
 
 def flow_sigmas(steps, shift):
-    """[steps + 1] float32 sigmas, high to low, ending at 0: SkyReels-V2's schedule (linear from its sigma_max to 0,
-    then shifted), computed in float64 as its numpy code does."""
+    """[steps + 1] float32 sigmas, high to low, ending at 0."""
     return _shifted(steps, shift).float()
 
 
 def model_timesteps(steps, shift, addnoise_condition=0):
-    """{float32 sigma: timestep} for every sigma Sample Video shows the model: SkyReels-V2 gives its model the
-    integer timestep int64(1000 sigma) of its float64 schedule (999, not 999.87), 999 to frames not started, the
-    addnoise level itself to noised prefix frames, 0 to clean ones. Truncating the float32 sigma instead would be
-    one off where 1000 sigma sits just under an integer (float32(0.251) * 1000 < 251)."""
+    """{float32 sigma: timestep} for every sigma the model is shown: SkyReels-V2's int64(1000 sigma) of its float64
+    schedule, 999 to frames not started, the addnoise level to noised prefix frames, 0 to clean ones. (Truncating
+    the float32 sigma would be one off where 1000 sigma sits just under an integer: float32(0.251) * 1000 < 251.)"""
     shifted = _shifted(steps, shift)[:-1]
     table = dict(zip(shifted.float().tolist(), (shifted * TRAIN_STEPS).long().tolist()))
     table[SIGMA_MAX] = TRAIN_STEPS - 1

@@ -1,15 +1,10 @@
-"""Step-by-step flow-matching solvers on denoised (x0) predictions.
-
-Each solver owns the state of one tensor (a whole video, or one Diffusion Forcing block; it keeps references to the
-tensors it is given, which the caller must not modify afterwards) and is stepped from
-sigmas[k] to sigmas[k + 1] with the model's x0 prediction at sigmas[k]. Diffusion Forcing needs one solver per
-frame block because blocks sit at different steps; the host's samplers run whole schedules, which is why these
-exist.
+"""Flow-matching solvers stepped one step at a time on x0 predictions: Diffusion Forcing needs one per frame block,
+as blocks sit at different steps, and the host's samplers only run whole schedules. A solver keeps references to
+the tensors it is given; the caller must not modify them afterwards.
 
 `unipc` is UniPC (Zhao et al. 2023) as SkyReels-V2 runs it: multistep, data prediction, B(h) = expm1(h) ("bh2"),
-order 2 with a first-order start and last step, and the UniC corrector on every step after the first.
-In flow matching alpha = 1 - sigma and lambda = log(alpha / sigma). `euler` is the first-order step ComfyUI's
-`euler` sampler takes, written the same way so both give the same numbers.
+order 2 with a first-order start and last step, the UniC corrector on every step after the first; in flow matching
+alpha = 1 - sigma and lambda = log(alpha / sigma). `euler` is ComfyUI's `euler` step, written to give its numbers.
 """
 import math
 
@@ -47,11 +42,10 @@ class FlowUniPC:
     def step(self, x0, x):
         k = self.index
         if k > 0:
-            x = self._corrector(x0, x)
+            x = self._corrector(x0)
         self.x0s = (self.x0s + [x0])[-self.order:]
-        steps = len(self.sigmas) - 1
         # First-order while history is short, and on the final step (to sigma 0).
-        self.last_order = min(self.order, steps - k, len(self.x0s))
+        self.last_order = min(self.order, len(self.sigmas) - 1 - k, len(self.x0s))
         self.last_x = x
         self.index = k + 1
         out = self._predictor(x, self.last_order)
@@ -59,40 +53,38 @@ class FlowUniPC:
             self.last_x = out
         return out
 
-    def _predictor(self, x, order):
-        k = self.index - 1
-        s0, t = self.sigmas[k], self.sigmas[k + 1]
-        m0 = self.x0s[-1]
-        if t == 0:
-            return m0        # the limit of the first-order step at sigma 0: the x0 prediction itself
+    def _first_order(self, j, x):
+        """The first-order step sigmas[j] -> sigmas[j + 1] from `x`, with that step's t, h and B(h)."""
+        s0, t = self.sigmas[j], self.sigmas[j + 1]
         h = _lam(t) - _lam(s0)
         b_h = math.expm1(-h)
-        out = (t / s0) * x - (1 - t) * b_h * m0
+        return (t / s0) * x - (1 - t) * b_h * self.x0s[-1], t, h, b_h
+
+    def _d1(self, j, h):
+        """(D1 / r1, r1): the last x0 difference of the step from sigmas[j]."""
+        r1 = (_lam(self.sigmas[j - 1]) - _lam(self.sigmas[j])) / h
+        return (self.x0s[-2] - self.x0s[-1]) / r1, r1
+
+    def _predictor(self, x, order):
+        j = self.index - 1
+        if self.sigmas[j + 1] == 0:
+            return self.x0s[-1]     # the limit of the first-order step at sigma 0: the x0 prediction itself
+        out, t, h, b_h = self._first_order(j, x)
         if order == 2:
-            r1 = (_lam(self.sigmas[k - 1]) - _lam(s0)) / h
-            d1 = (self.x0s[-2] - m0) / r1
-            out = out - (1 - t) * b_h * 0.5 * d1
+            out = out - (1 - t) * b_h * 0.5 * self._d1(j, h)[0]
         return out
 
-    def _corrector(self, x0_t, x_t):
-        k = self.index
-        s0, t = self.sigmas[k - 1], self.sigmas[k]
-        m0 = self.x0s[-1]
-        h = _lam(t) - _lam(s0)
-        hh = -h
-        phi1 = math.expm1(hh)
-        b_h = phi1
-        base = (t / s0) * self.last_x - (1 - t) * phi1 * m0
-        d1_t = x0_t - m0
+    def _corrector(self, x0_t):
+        j = self.index - 1
+        base, t, h, b_h = self._first_order(j, self.last_x)
+        d1_t = x0_t - self.x0s[-1]
         if self.last_order == 1:
             return base - (1 - t) * b_h * 0.5 * d1_t
         # Order 2: solve [[1, 1], [r1, 1]] rho = b for the weights of the two differences.
-        r1 = (_lam(self.sigmas[k - 2]) - _lam(s0)) / h
-        d1 = (self.x0s[-2] - m0) / r1
-        phi = phi1 / hh - 1
+        d1, r1 = self._d1(j, h)
+        phi = b_h / -h - 1
         b1 = phi / b_h
-        phi = phi / hh - 0.5
-        b2 = 2 * phi / b_h
+        b2 = 2 * (phi / -h - 0.5) / b_h
         rho0 = (b1 - b2) / (1 - r1)
         rho1 = (b2 - r1 * b1) / (1 - r1)
         return base - (1 - t) * b_h * (rho0 * d1 + rho1 * d1_t)

@@ -1,11 +1,7 @@
-"""TeaCache as SkyReels-V2 runs it: a model call reuses the previous call's transformer-block residual
-(blocks output - blocks input) when the timestep embedding has changed little since the last call that ran the
-blocks. The change is the relative L1 distance of the embedding, rescaled by a polynomial fitted per model, and
-summed over the calls since the last computed one; a call is computed once the sum reaches the threshold.
-
-Each stream (the cond and the uncond passes) keeps its own sum, embedding and residual. The first steps are always
-computed (1, or 5 with retention steps) and, without retention steps, so is the last one.
-"""
+"""TeaCache as SkyReels-V2 runs it: a call reuses the last computed call's block residual (blocks output - input)
+until the summed change of the timestep embedding (relative L1, rescaled by a polynomial fitted per model) since
+then reaches the threshold. Each stream (cond, uncond) keeps its own; the first steps (1, or 5 with retention
+steps) are always computed, and so is the last one without retention steps."""
 from dataclasses import dataclass
 
 import torch
@@ -62,12 +58,10 @@ class TeaCache:
         if index == 0:
             self.streams[stream] = s = Stream()
         s.index = index
-        forced = (index < (5 if self.retention else 1) or (not self.retention and index >= total - 1)
-                  or s.previous is None or s.previous.shape != embedding.shape
-                  or s.residual is None or s.residual.shape != shape)
-        if forced:
-            run = True
-        else:
+        run = (index < (5 if self.retention else 1) or (not self.retention and index >= total - 1)
+               or s.previous is None or s.previous.shape != embedding.shape
+               or s.residual is None or s.residual.shape != shape)
+        if not run:
             change = ((embedding - s.previous).abs().mean() / s.previous.abs().mean()).item()
             s.distance += rescale(coeffs, change)
             run = s.distance >= self.threshold

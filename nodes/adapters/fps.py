@@ -1,10 +1,6 @@
-"""SkyReels-V2 DF-1.3B's fps conditioning on the host's Wan model.
-
-The checkpoint has `fps_embedding` (2 x dim) and `fps_projection` (Linear, SiLU, Linear to 6*dim); the original
-model adds fps_projection(fps_embedding(id)) to the time projection e0 of every step, with id 0 for 16 fps and 1
-for any other rate. The term does not depend on the timestep, so both vectors are computed once at load time and
-added by a wrapper on this model only (the host's model drops these keys as unexpected).
-"""
+"""SkyReels-V2 DF-1.3B's fps conditioning on the host's Wan model (which drops these keys as unexpected): e0 of
+every step gets fps_projection(fps_embedding(id)), id 0 for 16 fps and 1 for other rates. It does not depend on
+the timestep, so both vectors are computed once at load time and added by a wrapper on this model only."""
 import torch.nn.functional as F
 from comfy.patcher_extension import WrappersMP
 
@@ -32,12 +28,8 @@ def install(patcher, vectors):
     def wrapper(executor, *args, **kwargs):
         transformer_options = args[5] if len(args) > 5 else kwargs.get("transformer_options", {})
         vec = vectors[fps_id(transformer_options.get(KEY, DEFAULT_FPS))]
-        projection = executor.class_obj.time_projection
-
-        def add_fps(module, inputs, out):
-            return out + vec.to(device=out.device, dtype=out.dtype)
-
-        hook = projection.register_forward_hook(add_fps)
+        hook = executor.class_obj.time_projection.register_forward_hook(
+            lambda module, inputs, out: out + vec.to(device=out.device, dtype=out.dtype))
         try:
             return executor(*args, **kwargs)
         finally:

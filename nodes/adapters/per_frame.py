@@ -1,12 +1,7 @@
-"""One sigma per latent frame through the host's Wan model, for Diffusion Forcing.
-
-ComfyUI's Wan model already accepts a timestep per frame ([B, F]); the rest of the host expects one sigma per
-batch item. So the sampler gives the host the noisiest frame's sigma (for CFG, timestep ranges, hook keyframes)
-and puts the per-frame sigmas in transformer_options[KEY]; an APPLY_MODEL wrapper swaps them in right before the
-model, and model_sampling (the host's flow formulas, with SkyReels-V2's shift) is patched to take [B, F]: frames
-are moved into the batch so the host's own math applies frame by frame. Both are installed on a clone, as core's
-ModelSamplingSD3 node installs its shift.
-"""
+"""One sigma per latent frame through the host's Wan model, for Diffusion Forcing. The host expects one sigma per
+batch item, so it is given the noisiest frame's (for CFG, timestep ranges, hook keyframes) and the per-frame sigmas
+travel in transformer_options[KEY] to an APPLY_MODEL wrapper that swaps them in (Wan takes a timestep per frame);
+model_sampling takes [B, F] by moving frames into the batch. Both on a clone, as core's ModelSamplingSD3."""
 import comfy.model_sampling
 import torch
 from comfy.patcher_extension import WrappersMP
@@ -14,14 +9,13 @@ from comfy.patcher_extension import WrappersMP
 KEY = "skyreels_frame_sigmas"
 
 
-def _frames_to_batch(t):
-    b, c, f = t.shape[:3]
-    return t.movedim(2, 1).reshape(b * f, c, 1, *t.shape[3:])
-
-
-def _batch_to_frames(t, b):
-    bf, c = t.shape[:2]
-    return t.reshape(b, bf // b, c, *t.shape[3:]).movedim(1, 2)
+def _by_frame(formula, sigma, *tensors):
+    """The host's per-item `formula` with [B, F] sigmas: frames moved into the batch and back."""
+    if sigma.ndim < 2:
+        return formula(sigma, *tensors)
+    b, c, f = tensors[0].shape[:3]
+    out = formula(sigma.flatten(), *(t.movedim(2, 1).reshape(b * f, c, 1, *t.shape[3:]) for t in tensors))
+    return out.reshape(b, f, c, *out.shape[3:]).movedim(1, 2)
 
 
 class PerFrameFlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
@@ -43,17 +37,10 @@ class PerFrameFlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy
         return noise + latent_image
 
     def calculate_input(self, sigma, noise):
-        if sigma.ndim < 2:
-            return super().calculate_input(sigma, noise)
-        out = super().calculate_input(sigma.flatten(), _frames_to_batch(noise))
-        return _batch_to_frames(out, noise.shape[0])
+        return _by_frame(super().calculate_input, sigma, noise)
 
     def calculate_denoised(self, sigma, model_output, model_input):
-        if sigma.ndim < 2:
-            return super().calculate_denoised(sigma, model_output, model_input)
-        out = super().calculate_denoised(sigma.flatten(), _frames_to_batch(model_output),
-                                         _frames_to_batch(model_input))
-        return _batch_to_frames(out, model_input.shape[0])
+        return _by_frame(super().calculate_denoised, sigma, model_output, model_input)
 
 
 def _frame_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},

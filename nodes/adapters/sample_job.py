@@ -1,11 +1,6 @@
 """One Sample Video run: its windows and their Diffusion Forcing plans, the prefix carried from one window to the
-next, and the sampler function the host runs for each window.
-
-The host does what it already can: conditioning, CFG, model loading and offloading, wrappers and hooks
-(`comfy.sample.sample_custom` with our sampler function), progress and previews. The host always sees one sigma
-per batch item (the noisiest frame's, so timestep ranges and hook keyframes work); the per-frame sigmas travel in
-transformer_options to `per_frame`'s wrapper, which hands them to the model.
-"""
+next, and the sampler function each window runs in `comfy.sample.sample_custom`, so that the host still does
+conditioning, CFG, model loading and offloading, wrappers and hooks, progress and previews."""
 import logging
 import time
 
@@ -21,11 +16,9 @@ from ...attention.sage import log_once
 from ...sampling import forcing, solvers
 from ...sampling.schedule import flow_sigmas, latent_frames, model_timesteps, video_frames
 from . import fps as fps_term
-from . import per_frame, run_report, sequence_parallel, video_attention
-from . import teacache_hooks
+from . import per_frame, run_report, sequence_parallel, teacache_hooks, video_attention
 
 log = logging.getLogger("skyreels_fp8")
-CALL_KEY = teacache_hooks.CALL   # transformer_options: the model call within the window (attention guard, TeaCache)
 
 
 def fail(message):
@@ -67,11 +60,11 @@ class Job:
         self.positives, self.negative, self.seed, self.cfg = [positive], negative, seed, cfg
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.sigmas = flow_sigmas(steps, shift)
-        self.steps, self.fps, self.prefix, self.tail, self.end = steps, fps, None, None, None
+        self.steps, self.fps = steps, fps
+        self.prefix = self.prefix_pixels = self.tail = self.end = None
         # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`): each window decoded alone, joined in
         # pixels. The windows are decoded for the overlap anyway; the images cost the last window's decode.
         self.images, self.images_made = None, 0
-        self.prefix_pixels = None
         # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
         self.generator = torch.Generator().manual_seed(seed)
@@ -94,23 +87,17 @@ class Job:
             fail("start_image / prefix_video need a vae connected to encode them")
         if prefix_video is not None:
             check_frames("overlap_history", self.opts["overlap_history"])
-            pixels, source = prefix_video[None], "prefix_video"
-        else:
-            pixels, source = start_image[None, :1], "start_image"
-        self.prefix = self._encode_tail(pixels, source).expand(self.shape[0], -1, -1, -1, -1)
-        if prefix_video is not None:
+            pixels = self._tail_pixels(prefix_video[None], "prefix_video")
             # SkyReels-V2 continues a video with its own pixels, not a decode of them (extend_video).
-            self.prefix_pixels = self._tail_pixels(pixels).expand(self.shape[0], -1, -1, -1, -1)
-
-    def set_window_prompts(self, later):
-        """The positive conditioning of each later window of a long video, the last one carrying on."""
-        self.positives += list(later)
+            self.prefix_pixels = pixels.expand(self.shape[0], -1, -1, -1, -1)
+        else:
+            pixels = self._tail_pixels(start_image[None, :1], "start_image")
+        self.prefix = self._encode(pixels).expand(self.shape[0], -1, -1, -1, -1)
 
     def _positive(self, window, windows):
         if window == 0 and len(self.positives) > windows:
-            extra = len(self.positives) - windows
             note = (f"window_prompts: {len(self.positives) - 1} given for {windows - 1} later window(s); the last "
-                    f"{extra} not used")
+                    f"{len(self.positives) - windows} not used")
             log_once(note, f"Sample Video: {note}")
             self.notes.append(note)
         return self.positives[min(window, len(self.positives) - 1)]
@@ -127,8 +114,7 @@ class Job:
         if self.opts["causal_block_size"] != 1:
             fail(f"end_image: needs causal_block_size 1, not {self.opts['causal_block_size']} (SkyReels-V2 appends the "
                  "end image as one latent frame, which larger causal blocks cannot hold)")
-        pixels = self._fit(end_image[:1])
-        self.end = sequence_parallel.agree(self.model, self.vae.encode(pixels)).expand(self.shape[0], -1, -1, -1, -1)
+        self.end = self._encode(self._fit(end_image[:1])[None]).expand(self.shape[0], -1, -1, -1, -1)
 
     def _fit(self, pixels):
         """Frames [F, H, W, C] at the output size (bilinear, center crop), RGB."""
@@ -137,24 +123,20 @@ class Job:
             pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
         return pixels[:, :, :, :3]
 
-    def _encode_tail(self, videos, source):
-        """Encode the end of each video [B, frames, H, W, C] as SkyReels-V2 does: its last overlap_history frames,
-        of whose latents only whole causal blocks are kept, the oldest. The VAE is causal, so those are the latents
-        of the first frames of that tail alone, which is all that is encoded."""
+    def _tail_pixels(self, videos, source):
+        """The frames of each video [B, frames, H, W, C] that SkyReels-V2 encodes to carry it on, at the output
+        size, RGB: of its last overlap_history frames, the oldest whose latents make whole causal blocks. The VAE
+        is causal, so their latents are those of the first frames of the whole tail."""
         cbs = self.opts["causal_block_size"]
         available = min(self.opts["overlap_history"], videos.shape[1])
         keep = latent_frames(available) // cbs * cbs
         if keep == 0:
             fail(f"{source}: gives {latent_frames(available)} latent frame(s), fewer than causal_block_size {cbs}; "
                  f"use causal_block_size 1 or at least {video_frames(cbs)} frames")
-        out = [self.vae.encode(pixels) for pixels in self._tail_pixels(videos)]
-        return sequence_parallel.agree(self.model, torch.cat(out))
-
-    def _tail_pixels(self, videos):
-        """The frames of each video that `_encode_tail` encodes, at the output size, RGB: [B, frames, H, W, 3]."""
-        available = min(self.opts["overlap_history"], videos.shape[1])
-        keep = latent_frames(available) // self.opts["causal_block_size"] * self.opts["causal_block_size"]
         return torch.stack([self._fit(video[-available:][:video_frames(keep)]) for video in videos])
+
+    def _encode(self, videos):
+        return sequence_parallel.agree(self.model, torch.cat([self.vae.encode(pixels) for pixels in videos]))
 
     def _add_pixels(self, window, overlap, first):
         """Decode a window alone and join its frames to the video, dropping those of its overlap (made again by
@@ -177,7 +159,7 @@ class Job:
         does it in pixels: the last overlap_history frames of the video joined in pixels, encoded again."""
         if self.vae is None:
             return torch.cat(parts, dim=2)[:, :, -next_overlap:][:, :, :keep]
-        return self._encode_tail(self.tail, "overlap_history")
+        return self._encode(self._tail_pixels(self.tail, "overlap_history"))
 
     # --- windows ------------------------------------------------------------------------------------------------
 
@@ -254,7 +236,6 @@ class Job:
         end_in = None if end is None else self.model.model.process_latent_in(end.float())
         addnoise = self.opts["addnoise_condition"] if prefix is not None else 0
         total_calls = self.steps if plan is None else plan.rows
-        job = self
 
         def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
             extra_args = dict(extra_args or {})
@@ -265,13 +246,13 @@ class Job:
             def denoise(x_in, sigma):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 sigma = sigma.to(x_in.device)
-                to = {**options.get("transformer_options", {}), CALL_KEY: calls[0], teacache_hooks.CALLS: total_calls}
+                to = {**options.get("transformer_options", {}), teacache_hooks.CALL: calls[0], teacache_hooks.CALLS: total_calls}
                 if sigma.ndim:
                     to[per_frame.KEY] = sigma
-                started = job._clock(x_in.device)
+                started = self._clock(x_in.device)
                 x0 = model(x_in, sigma.max() * ones, model_options={**options, "transformer_options": to},
                            **extra_args)
-                job.model_seconds += job._clock(x_in.device) - started
+                self.model_seconds += self._clock(x_in.device) - started
                 calls[0] += 1
                 return x0
 

@@ -37,21 +37,15 @@ class Run:
         self.runs = [self.cache.compute(s, self.index, self.total, e, self.coeffs, xs.shape) for s, e, xs in parts]
         self.x_in = x
 
-    def skips_all(self):
-        return all(run is False for run in self.runs)
-
     def finish(self, x):
         """Computed chunks keep their output and leave its residual (not a second call at one step: run None);
         skipped ones take input + their residual."""
         out = []
         for s, run, x_in, x_out in zip(self.streams, self.runs, self.x_in.chunk(len(self.streams)),
                                        x.chunk(len(self.streams))):
-            if run is False:
-                out.append(x_in + self.cache.residual(s))
-                continue
             if run:
                 self.cache.keep(s, x_out - x_in)
-            out.append(x_out)
+            out.append(x_in + self.cache.residual(s) if run is False else x_out)
         return torch.cat(out)
 
 
@@ -66,7 +60,7 @@ class Blocks:
             run.start(x, args["vec"])
         if run.runs is None:    # block 0 is not ours (replaced after TeaCache): nothing is decided, all runs
             return extra["original_block"](args)
-        if run.skips_all():
+        if all(r is False for r in run.runs):
             return {"img": run.finish(x) if i == 0 else x}
         out = extra["original_block"](args)
         if i == to["total_blocks"] - 1:
@@ -91,11 +85,7 @@ def _call(executor, *args, **kwargs):
     kinds = to.get("cond_or_uncond", [0])
     streams = list(zip(kinds, to.get("uuids") or range(len(kinds))))
     run = Run(cache, streams, *step(to), coeffs)
-
-    def capture(module, inputs, out):
-        run.embedding = out
-
-    hook = dm.time_embedding.register_forward_hook(capture)
+    hook = dm.time_embedding.register_forward_hook(lambda module, inputs, out: setattr(run, "embedding", out))
     to[RUN] = run
     try:
         return executor(*args, **kwargs)
