@@ -11,8 +11,24 @@ from .adapters.sample_job import Job, check_frames, fail, model_shift
 
 # The DF widgets, in the order they had before `mode` became a dynamic combo: the frontend restores a saved
 # workflow's values by position, and these came right after `mode`, so old workflows load unchanged.
-DF_DEFAULTS = dict(base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1, addnoise_condition=0,
-                   causal_attention=False)
+DF_WIDGETS = [
+    io.Int.Input("base_num_frames", default=97, min=1, max=100001, step=4,
+                 tooltip="Frames the model sees at once (4k+1). Longer videos are made in windows."),
+    io.Int.Input("overlap_history", default=17, min=1, max=100001, step=4,
+                 tooltip="Frames of each window that start the next one (4k+1)."),
+    io.Int.Input("ar_step", default=0, min=0, max=1000,
+                 tooltip="0 synchronous; >0 asynchronous, each causal block this many steps behind the one "
+                         "before (SkyReels-V2 uses 5)."),
+    io.Int.Input("causal_block_size", default=1, min=1, max=100,
+                 tooltip="Latent frames that share a noise level (SkyReels-V2 uses 5 with ar_step 5)."),
+    io.Int.Input("addnoise_condition", default=0, min=0, max=1000,
+                 tooltip="Noise (in timesteps) added to the prefix frames the model sees; 20 helps long videos "
+                         "stay consistent."),
+    io.Boolean.Input("causal_attention", default=False, optional=True,
+                     tooltip="Frames attend only to their own and earlier causal blocks (SkyReels-V2's "
+                             "--causal_attention). Also in parallel runs."),
+]
+DF_DEFAULTS = {widget.id: widget.default for widget in DF_WIDGETS}
 NODE_ID = "SkyReelsSampleVideo"
 WINDOW_PROMPTS = [f"window_{i}" for i in range(2, 18)]
 
@@ -43,9 +59,9 @@ class SampleVideo(io.ComfyNode):
                 io.Combo.Input("sampler", options=list(solvers.SOLVERS), default="unipc",
                                tooltip="unipc: SkyReels-V2's flow UniPC (bh2, order 2). euler: ComfyUI's euler."),
                 io.Int.Input("fps", default=24, min=1, max=120,
-                             tooltip="Frame rate the DF-1.3B model conditions on (16 or other). Other models ignore it."),
+                             tooltip="Frame rate DF-1.3B conditions on (16 or other). Other models ignore it."),
                 io.DynamicCombo.Input("mode", options=[io.DynamicCombo.Option("standard", []),
-                                                       io.DynamicCombo.Option("diffusion forcing", df_widgets())],
+                                                       io.DynamicCombo.Option("diffusion forcing", DF_WIDGETS)],
                                       tooltip="diffusion forcing: a noise level per frame (SkyReels-V2 DF models); "
                                               "needed for start_image, prefix_video, end_image and videos longer "
                                               "than base_num_frames. Its own widgets show under it."),
@@ -108,26 +124,6 @@ class SampleVideo(io.ComfyNode):
         return io.NodeOutput({"samples": samples}, report, images if images is not None else ExecutionBlocker(
             "Sample Video: images needs a vae connected (it decodes each window as SkyReels-V2 does); or decode "
             "the LATENT output with VAE Decode"))
-
-
-def df_widgets():
-    return [
-        io.Int.Input("base_num_frames", default=DF_DEFAULTS["base_num_frames"], min=1, max=100001, step=4,
-                     tooltip="Frames the model sees at once (4k+1). Longer videos are made in windows."),
-        io.Int.Input("overlap_history", default=DF_DEFAULTS["overlap_history"], min=1, max=100001, step=4,
-                     tooltip="Frames of each window that start the next one (4k+1)."),
-        io.Int.Input("ar_step", default=DF_DEFAULTS["ar_step"], min=0, max=1000,
-                     tooltip="0 synchronous; >0 asynchronous, each causal block this many steps behind the one "
-                             "before (SkyReels-V2 uses 5)."),
-        io.Int.Input("causal_block_size", default=DF_DEFAULTS["causal_block_size"], min=1, max=100,
-                     tooltip="Latent frames that share a noise level (SkyReels-V2 uses 5 with ar_step 5)."),
-        io.Int.Input("addnoise_condition", default=DF_DEFAULTS["addnoise_condition"], min=0, max=1000,
-                     tooltip="Noise (in timesteps) added to the prefix frames the model sees; 20 helps long videos "
-                             "stay consistent."),
-        io.Boolean.Input("causal_attention", default=DF_DEFAULTS["causal_attention"], optional=True,
-                         tooltip="Frames attend only to their own and earlier causal blocks (SkyReels-V2's "
-                                 "--causal_attention). Also in parallel runs."),
-    ]
 
 
 def upgrade_prompt(json_data):

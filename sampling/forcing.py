@@ -33,7 +33,7 @@ class Plan:
 
 
 def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready=0, causal_block_size=1):
-    """The Diffusion Forcing plan, with SkyReels-V2's `generate_timestep_matrix` semantics (frames are latent frames)."""
+    """The Diffusion Forcing plan, as SkyReels-V2's `generate_timestep_matrix` makes it (frames are latent frames)."""
     if causal_block_size < 1 or num_frames % causal_block_size:
         raise ValueError(f"{num_frames} latent frames do not split into blocks of causal_block_size "
                          f"{causal_block_size}")
@@ -49,10 +49,7 @@ def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready
     while not bool(torch.all(row >= steps)):
         new = torch.zeros_like(row)
         for i in range(blocks):
-            if i == 0 or row[i - 1] >= steps:
-                new[i] = row[i] + 1
-            else:
-                new[i] = new[i - 1] - ar_step
+            new[i] = row[i] + 1 if i == 0 or row[i - 1] >= steps else new[i - 1] - ar_step
         new = new.clamp(0, done)
         updates.append((new != row) & (new != done))
         rows.append(new)
@@ -62,8 +59,8 @@ def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready
         if end < blocks and update[end]:
             end += 1
         intervals.append((max(end - base_blocks, 0) * causal_block_size, end * causal_block_size))
-    expand = lambda t: t.repeat_interleave(causal_block_size, dim=1)    # noqa: E731
-    return Plan(expand(torch.stack(rows)), expand(torch.stack(updates)), intervals, steps)
+    step_index, update = (torch.stack(t).repeat_interleave(causal_block_size, dim=1) for t in (rows, updates))
+    return Plan(step_index, update, intervals, steps)
 
 
 def clean_end(plan, frames):

@@ -23,7 +23,6 @@ AREA_720P = (544 * 960 + 720 * 1280) // 2   # pixel area between SkyReels-V2's 5
 
 
 def coefficients(image_to_video, width, pixel_area, retention):
-    """The coefficient set for a model (I2V or not, its width) sampling frames of `pixel_area` pixels."""
     if image_to_video:
         return COEFFICIENTS[("I2V", "720P" if pixel_area >= AREA_720P else "540P", retention)]
     return COEFFICIENTS[("T2V", SIZES[width], retention)]
@@ -51,9 +50,9 @@ class TeaCache:
         """Whether call `index` of `total` of `stream` runs the blocks (else it reuses the residual). A second call
         at the same step (a sampler's second evaluation, a guidance pass on the same prompt) runs them and changes
         nothing: only one call per step counts, as in SkyReels-V2's loop."""
+        self.calls += 1
         s = self.streams.setdefault(stream, Stream())
         if index == s.index:
-            self.calls += 1
             return None
         if index == 0:
             self.streams[stream] = s = Stream()
@@ -68,7 +67,6 @@ class TeaCache:
         if run:
             s.distance = 0.0
         s.previous = embedding.detach().clone()
-        self.calls += 1
         self.skipped += not run
         return run
 

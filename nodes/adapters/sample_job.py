@@ -75,8 +75,6 @@ class Job:
         for note in self.notes:
             log_once(note, f"Sample Video: {note}")
 
-    # --- prefix -------------------------------------------------------------------------------------------------
-
     def set_prefix(self, start_image, prefix_video):
         if start_image is None and prefix_video is None:
             return
@@ -161,8 +159,6 @@ class Job:
             return torch.cat(parts, dim=2)[:, :, -next_overlap:][:, :, :keep]
         return self._encode(self._tail_pixels(self.tail, "overlap_history"))
 
-    # --- windows ------------------------------------------------------------------------------------------------
-
     def plans(self):
         """[(prefix, overlap, length, plan)] of every window: `prefix` clean frames start it, and the first `overlap`
         frames of a later window repeat the window before (SkyReels-V2 lays windows out by the whole overlap, and
@@ -203,20 +199,20 @@ class Job:
 
     def run(self):
         windows = self.plans()
-        calls = sum(self.steps if plan is None else plan.rows for *_, plan in windows)
+        counts = [self.steps if plan is None else plan.rows for *_, plan in windows]     # model calls
+        calls = sum(counts)
         progress = latent_preview.prepare_callback(self.model, calls)
         attention_before = run_report.attention_counts(self.model)
         teacache_before = teacache_hooks.counts(self.model)
         meter = run_report.Meter(self.model.load_device)
-        done, parts, carry = 0, [], self.prefix
+        parts, carry = [], self.prefix
         for i, (prefix, overlap, length, plan) in enumerate(windows):
             shape = [self.shape[0], self.shape[1], length, *self.shape[3:]]
             end = self.end if i + 1 == len(windows) else None
             out = self._window(shape, self._positive(i, len(windows)), carry if prefix else None, plan, progress,
-                               done, calls, end)
+                               sum(counts[:i]), calls, end)
             if end is not None:
                 out = out[:, :, :-end.shape[2]]
-            done += self.steps if plan is None else plan.rows
             parts.append(out[:, :, overlap:])
             if self.vae is not None:
                 self._add_pixels(out, overlap, i == 0)
@@ -246,7 +242,8 @@ class Job:
             def denoise(x_in, sigma):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 sigma = sigma.to(x_in.device)
-                to = {**options.get("transformer_options", {}), teacache_hooks.CALL: calls[0], teacache_hooks.CALLS: total_calls}
+                to = {**options.get("transformer_options", {}), teacache_hooks.CALL: calls[0],
+                      teacache_hooks.CALLS: total_calls}
                 if sigma.ndim:
                     to[per_frame.KEY] = sigma
                 started = self._clock(x_in.device)
@@ -278,8 +275,6 @@ class Job:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
-
-    # --- report -------------------------------------------------------------------------------------------------
 
     def _teacache_line(self, before):
         after = teacache_hooks.counts(self.model)

@@ -18,9 +18,8 @@ def install(model, cache):
     m.model_options["transformer_options"][KEY] = cache
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, _call)
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _release)
-    blocks = Blocks()
     for i in range(len(m.model.diffusion_model.blocks)):
-        m.set_model_patch_replace(blocks, "dit", "double_block", i)
+        m.set_model_patch_replace(_block, "dit", "double_block", i)
     return m
 
 
@@ -49,23 +48,22 @@ class Run:
         return torch.cat(out)
 
 
-class Blocks:
-    def __call__(self, args, extra):
-        to = args["transformer_options"]
-        run = to.get(RUN)
-        if run is None:
-            return extra["original_block"](args)
-        i, x = to["block_index"], args["img"]
-        if i == 0:
-            run.start(x, args["vec"])
-        if run.runs is None:    # block 0 is not ours (replaced after TeaCache): nothing is decided, all runs
-            return extra["original_block"](args)
-        if all(r is False for r in run.runs):
-            return {"img": run.finish(x) if i == 0 else x}
-        out = extra["original_block"](args)
-        if i == to["total_blocks"] - 1:
-            out["img"] = run.finish(out["img"])
-        return out
+def _block(args, extra):
+    to = args["transformer_options"]
+    run = to.get(RUN)
+    if run is None:
+        return extra["original_block"](args)
+    i, x = to["block_index"], args["img"]
+    if i == 0:
+        run.start(x, args["vec"])
+    if run.runs is None:    # block 0 is not ours (replaced after TeaCache): nothing is decided, all runs
+        return extra["original_block"](args)
+    if all(r is False for r in run.runs):
+        return {"img": run.finish(x) if i == 0 else x}
+    out = extra["original_block"](args)
+    if i == to["total_blocks"] - 1:
+        out["img"] = run.finish(out["img"])
+    return out
 
 
 def step(to):
