@@ -109,9 +109,8 @@ class SampleVideo(io.ComfyNode):
         chosen = {k: v for k, v in mode.items() if v is not None}
         widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
                        sampler=sampler, fps=fps, **{**DF_DEFAULTS, **chosen}, latent=latent)
-        later = window_positives(positive, window_prompts or {})
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
-                      window_prompts=later)
+                      window_prompts=window_positives(positive, window_prompts or {}))
         if parallel is not None:
             check_model(model)
             widgets["shift"] = model_shift(model, shift)
@@ -157,8 +156,7 @@ def window_positives(positive, given):
 def sample_video(model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                  vae=None, start_image=None, end_image=None, prefix_video=None, latent=None, window_prompts=(),
                  **df_options):
-    """One Sample Video run on this process's device: (samples, report, images: None without a vae).
-    `df_options`: the DF widgets (DF_DEFAULTS' names)."""
+    """One run on this process's device: (samples, report, images: None without a vae); `df_options`: DF widgets."""
     check_model(model)
     shift = model_shift(model, shift)
     if latent is not None:

@@ -1,11 +1,8 @@
-"""Diffusion Forcing (SkyReels-V2): every latent frame has its own noise level.
-
-A plan row says, for each causal block of frames, how many solver steps it has taken: 0 = not started (noise,
-timestep 999), 1..steps = being denoised, steps + 1 = finished (clean, timestep 0; a clean prefix starts so). Block
-0 advances one step per row; each later block follows `ar_step` steps behind the one before (0: all together, as
-standard sampling), and freely once that one is finished. With more blocks than `base_num_frames` the model sees a
-sliding window of that many, ending just past the last block being denoised. Longer videos are made of `windows`
-that start with the last frames of the window before."""
+"""Diffusion Forcing (SkyReels-V2): every latent frame has its own noise level. A plan row gives each causal block
+its solver steps taken: 0 = not started (timestep 999), 1..steps, steps + 1 = finished (clean, timestep 0; a clean
+prefix starts so). Block 0 takes a step per row; each later block follows `ar_step` steps behind the one before (0:
+all together, as standard sampling), freely once that one is finished. The model sees at most `base_num_frames`,
+a sliding window ending just past the last block being denoised; longer videos are made of `windows`."""
 from dataclasses import dataclass
 
 import torch

@@ -36,7 +36,6 @@ def model_timesteps(steps, shift, addnoise_condition=0):
 
 
 def latent_frames(frames):
-    """Latent frames of a video of `frames` (4k + 1) frames."""
     return (frames - 1) // 4 + 1
 
 

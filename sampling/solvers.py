@@ -1,11 +1,8 @@
-"""Flow-matching solvers stepped one step at a time on x0 predictions: Diffusion Forcing needs one per frame block,
-as blocks sit at different steps, and the host's samplers only run whole schedules. A solver keeps references to
-the tensors it is given; the caller must not modify them afterwards.
-
-`unipc` is UniPC (Zhao et al. 2023) as SkyReels-V2 runs it: multistep, data prediction, B(h) = expm1(h) ("bh2"),
-order 2 with a first-order start and last step, the UniC corrector on every step after the first; in flow matching
-alpha = 1 - sigma and lambda = log(alpha / sigma). `euler` is ComfyUI's `euler` step, written to give its numbers.
-"""
+"""Flow-matching solvers stepped one step at a time on x0 predictions (Diffusion Forcing needs one per frame block,
+each at its own step; the host's samplers run whole schedules). A solver keeps the tensors it is given: the caller
+must not modify them. `unipc`: UniPC (Zhao et al. 2023) as SkyReels-V2 runs it: data prediction, B(h) = expm1(h)
+("bh2"), order 2 with first-order first and last steps, the UniC corrector after the first step; alpha = 1 - sigma,
+lambda = log(alpha / sigma). `euler`: ComfyUI's `euler` step, written to give its numbers."""
 import math
 
 

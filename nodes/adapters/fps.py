@@ -20,14 +20,10 @@ def fps_vectors(fps_sd):
     return F.linear(h, w["fps_projection.2.weight"], w["fps_projection.2.bias"])
 
 
-def fps_id(fps):
-    return 0 if round(fps) == 16 else 1
-
-
 def install(patcher, vectors):
     def wrapper(executor, *args, **kwargs):
         transformer_options = args[5] if len(args) > 5 else kwargs.get("transformer_options", {})
-        vec = vectors[fps_id(transformer_options.get(KEY, DEFAULT_FPS))]
+        vec = vectors[0 if round(transformer_options.get(KEY, DEFAULT_FPS)) == 16 else 1]
         hook = executor.class_obj.time_projection.register_forward_hook(
             lambda module, inputs, out: out + vec.to(device=out.device, dtype=out.dtype))
         try:

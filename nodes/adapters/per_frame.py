@@ -52,8 +52,7 @@ def _frame_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None,
 
 
 def patch(model, shift, timesteps):
-    """A clone of `model` (a ModelPatcher) whose model_sampling has `shift`, takes per-frame sigmas and gives the
-    model the integer `timesteps` ({sigma: timestep}) SkyReels-V2 gives it."""
+    """A clone of `model` whose model_sampling has `shift`, takes per-frame sigmas and gives the model `timesteps`."""
     sampling = PerFrameFlowSampling(model.model.model_config)
     sampling.set_parameters(shift=shift, multiplier=1000)
     sampling.set_timesteps(timesteps)

@@ -1,6 +1,5 @@
-"""One Sample Video run: its windows and their Diffusion Forcing plans, the prefix carried from one window to the
-next, and the sampler function each window runs in `comfy.sample.sample_custom`, so that the host still does
-conditioning, CFG, model loading and offloading, wrappers and hooks, progress and previews."""
+"""One Sample Video run: its windows, their Diffusion Forcing plans and the prefix carried between them; each window
+runs our sampler function in `comfy.sample.sample_custom`, so the host still does CFG, offloading, hooks, previews."""
 import logging
 import time
 
@@ -60,7 +59,7 @@ class Job:
         self.positives, self.negative, self.seed, self.cfg = [positive], negative, seed, cfg
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.sigmas = flow_sigmas(steps, shift)
-        self.steps, self.fps = steps, fps
+        self.steps, self.fps, self.shift = steps, fps, shift
         self.prefix = self.prefix_pixels = self.tail = self.end = None
         # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`): each window decoded alone, joined in
         # pixels. The windows are decoded for the overlap anyway; the images cost the last window's decode.
@@ -69,8 +68,6 @@ class Job:
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
         self.generator = torch.Generator().manual_seed(seed)
         self.model_seconds = 0.0
-        self.description = (f"{'diffusion forcing' if df else 'standard'}, {sampler} {steps} steps, cfg {cfg}, "
-                            f"shift {shift:g}")
         self.notes = [note for note in (fps_term.lost(model),) if note]
         for note in self.notes:
             log_once(note, f"Sample Video: {note}")
@@ -152,9 +149,8 @@ class Job:
         self.images_made += pixels.shape[1]
 
     def _next_prefix(self, parts, keep, next_overlap):
-        """The next window's prefix: the oldest `keep` of the last `next_overlap` latent frames of the video made so
-        far (`parts`, where the frames a window made again are the earlier window's). With a VAE, as SkyReels-V2
-        does it in pixels: the last overlap_history frames of the video joined in pixels, encoded again."""
+        """The next window's prefix: the oldest `keep` of the last `next_overlap` latent frames made so far (`parts`:
+        each window's new frames). With a VAE, as SkyReels-V2: the video's last overlap_history pixels, encoded."""
         if self.vae is None:
             return torch.cat(parts, dim=2)[:, :, -next_overlap:][:, :, :keep]
         return self._encode(self._tail_pixels(self.tail, "overlap_history"))
@@ -167,8 +163,7 @@ class Job:
         if not self.df:
             return [(0, 0, total, None)]
         check_frames("base_num_frames", o["base_num_frames"])
-        base = latent_frames(o["base_num_frames"])
-        overlap = latent_frames(o["overlap_history"])
+        base, overlap = latent_frames(o["base_num_frames"]), latent_frames(o["overlap_history"])
         keep = overlap // cbs * cbs
         if total > base:
             check_frames("overlap_history", o["overlap_history"])
@@ -228,8 +223,6 @@ class Job:
         if end is not None:     # as SkyReels-V2: the window's noise drawn, then the end image's frames appended
             noise = torch.cat([noise, torch.zeros(*shape[:2], end.shape[2], *shape[3:])], dim=2)
         latent = torch.zeros(noise.shape)
-        prefix_in = None if prefix is None else self.model.model.process_latent_in(prefix.float())
-        end_in = None if end is None else self.model.model.process_latent_in(end.float())
         addnoise = self.opts["addnoise_condition"] if prefix is not None else 0
         total_calls = self.steps if plan is None else plan.rows
 
@@ -259,10 +252,10 @@ class Job:
             if plan is None:
                 return solvers.sample(denoise, x, sigmas.cpu(), self.sampler, step)
             x = x.clone()
-            if prefix_in is not None:
-                x[:, :, :prefix_in.shape[2]] = prefix_in.to(x)
-            if end_in is not None:
-                x[:, :, -end_in.shape[2]:] = end_in.to(x)
+            if prefix is not None:
+                x[:, :, :prefix.shape[2]] = self.model.model.process_latent_in(prefix.float()).to(x)
+            if end is not None:
+                x[:, :, -end.shape[2]:] = self.model.model.process_latent_in(end.float()).to(x)
             return forcing.sample_window(denoise, x, sigmas.cpu(), plan, self.sampler, addnoise_condition=addnoise,
                                          generator=self.generator, callback=step)
 
@@ -277,20 +270,19 @@ class Job:
         return time.perf_counter()
 
     def _teacache_line(self, before):
-        after = teacache_hooks.counts(self.model)
-        if after is None:
+        cache = self.model.model_options["transformer_options"].get(teacache_hooks.KEY)
+        if cache is None:
             return []
-        calls, skipped = after[0] - before[0], after[1] - before[1]
-        cache = self.model.model_options["transformer_options"][teacache_hooks.KEY]
-        return [f"TeaCache: {skipped} of {calls} model calls skipped (threshold {cache.threshold:g}"
-                f"{', retention steps' if cache.retention else ''}; cond and uncond counted apart)"]
+        return [f"TeaCache: {cache.skipped - before[1]} of {cache.calls - before[0]} model calls skipped (threshold "
+                f"{cache.threshold:g}{', retention steps' if cache.retention else ''}; cond and uncond counted apart)"]
 
     def _report(self, windows, calls, meter, attention_before, teacache_before, samples):
         weights, fp8_matmul, has_fp8 = run_report.weights_summary(self.model)
         compute = self.model.model.get_dtype_inference()
         matmul = run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute, meter.fallback_reasons)
         lines = [
-            f"Sample Video: {self.description}; {len(windows)} window(s), {samples.shape[2]} latent frames = "
+            f"Sample Video: {'diffusion forcing' if self.df else 'standard'}, {self.sampler} {self.steps} steps, cfg "
+            f"{self.cfg}, shift {self.shift:g}; {len(windows)} window(s), {samples.shape[2]} latent frames = "
             f"{video_frames(samples.shape[2])} video frames",
             f"{calls} model calls, {self.model_seconds / max(calls, 1):.3f} s per call ({self.model_seconds:.1f} s "
             f"in the model of {meter.seconds:.1f} s in all); {meter.memory}",

@@ -1,6 +1,5 @@
-"""TeaCache's hooks in the host: a diffusion-model wrapper captures the timestep embedding of each model call, and
-every transformer block is replaced by a pass that runs the block or, on a skipped call, leaves the input as it is
-and adds the residual once (the decisions: sampling/teacache.py)."""
+"""TeaCache in the host: a diffusion-model wrapper captures each call's timestep embedding, and block replacements run
+the blocks or, on a skipped call, add the residual to the input once (the decisions: sampling/teacache.py)."""
 import torch
 from comfy.patcher_extension import WrappersMP
 
@@ -37,8 +36,7 @@ class Run:
         self.x_in = x
 
     def finish(self, x):
-        """Computed chunks keep their output and leave its residual (not a second call at one step: run None);
-        skipped ones take input + their residual."""
+        """Skipped chunks take input + residual; computed ones keep their output and its residual (unless run None)."""
         out = []
         for s, run, x_in, x_out in zip(self.streams, self.runs, self.x_in.chunk(len(self.streams)),
                                        x.chunk(len(self.streams))):
@@ -77,8 +75,7 @@ def step(to):
 def _call(executor, *args, **kwargs):
     to = args[5] if len(args) > 5 else kwargs["transformer_options"]
     cache, dm, x = to[KEY], executor.class_obj, args[0]
-    pixel_area = x.shape[-1] * x.shape[-2] * 64
-    coeffs = teacache.coefficients(dm.in_dim == 36, dm.dim, pixel_area, cache.retention)
+    coeffs = teacache.coefficients(dm.in_dim == 36, dm.dim, x.shape[-1] * x.shape[-2] * 64, cache.retention)
     # One stream per prompt: cond / uncond and the conditioning's id (several positive prompts share a batch)
     kinds = to.get("cond_or_uncond", [0])
     streams = list(zip(kinds, to.get("uuids") or range(len(kinds))))
