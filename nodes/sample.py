@@ -77,7 +77,7 @@ class SampleVideo(io.ComfyNode):
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Takes the size from this latent instead of width/height/frames."),
                 PARALLEL.Input("parallel", optional=True,
-                                        tooltip="From Parallel Config: run on several GPUs (sequence parallel)."),
+                               tooltip="From Parallel Config: run on several GPUs (sequence parallel)."),
                 # last, so that saved workflows keep their inputs in place
                 io.Image.Input("end_image", optional=True,
                                tooltip="DF: the frame the video leads to (needs vae, causal_block_size 1). As "

@@ -50,19 +50,16 @@ class Job:
         causal = df and opts.get("causal_attention", False)      # a DF widget: standard mode has none
         addnoise = opts.get("addnoise_condition", 0) if df else 0
         self.model = per_frame.patch(model, shift, model_timesteps(steps, shift, addnoise))
-        if causal:
+        self.model.model_options.setdefault("transformer_options", {})[fps_term.KEY] = fps
+        if causal:     # a clone with the options above
             self.model = video_attention.install(self.model)
-        to = self.model.model_options.setdefault("transformer_options", {})
-        to[fps_term.KEY] = fps
-        if causal:
-            to[video_attention.CAUSAL_KEY] = opts["causal_block_size"]
+            self.model.model_options["transformer_options"][video_attention.CAUSAL_KEY] = opts["causal_block_size"]
         self.positives, self.negative, self.seed, self.cfg = [positive], negative, seed, cfg
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.sigmas = flow_sigmas(steps, shift)
         self.steps, self.fps, self.shift = steps, fps, shift
         self.prefix = self.prefix_pixels = self.tail = self.end = None
-        # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`): each window decoded alone, joined in
-        # pixels. The windows are decoded for the overlap anyway; the images cost the last window's decode.
+        # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`); windows are decoded for the overlap anyway.
         self.images, self.images_made = None, 0
         # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
@@ -98,8 +95,7 @@ class Job:
         return self.positives[min(window, len(self.positives) - 1)]
 
     def set_end(self, end_image):
-        """SkyReels-V2's end image: one latent frame after the last window's frames, clean throughout (the model sees
-        it at timestep 0), not part of the output."""
+        """SkyReels-V2's end image: one clean latent frame (timestep 0) after the last window's, not in the output."""
         if end_image is None:
             return
         if not self.df:
