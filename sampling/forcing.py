@@ -2,7 +2,7 @@
 its solver steps taken: 0 = not started (timestep 999), 1..steps, steps + 1 = finished (clean, timestep 0; a clean
 prefix starts so). Block 0 takes a step per row; each later block follows `ar_step` steps behind the one before (0:
 all together, as standard sampling), freely once that one is finished. The model sees at most `base_num_frames`,
-a sliding window ending just past the last block being denoised; longer videos are made of `windows`."""
+ending just past the last block denoised; longer videos are `windows`, each starting with the end of the one before."""
 from dataclasses import dataclass
 
 import torch

@@ -7,26 +7,22 @@ TRAIN_STEPS = 1000
 SIGMA_MAX = float(torch.tensor(1 - 1 / TRAIN_STEPS, dtype=torch.float32))
 
 
-def _shifted(steps, shift):
-    """Linear from sigma_max to 0, then the flow shift (more steps at high noise), in float64 as SkyReels-V2's numpy."""
+def flow_sigmas(steps, shift, dtype=torch.float32):
+    """[steps + 1] sigmas, high to low, ending at 0: linear from sigma_max, then the flow shift (more steps at high
+    noise for larger `shift`), computed in float64 as SkyReels-V2's numpy code does."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if shift <= 0:
         raise ValueError(f"shift must be above 0, got {shift}")
     sigma = torch.linspace(SIGMA_MAX, 0, steps + 1, dtype=torch.float64)
-    return shift * sigma / (1 + (shift - 1) * sigma)
-
-
-def flow_sigmas(steps, shift):
-    """[steps + 1] float32 sigmas, high to low, ending at 0."""
-    return _shifted(steps, shift).float()
+    return (shift * sigma / (1 + (shift - 1) * sigma)).to(dtype)
 
 
 def model_timesteps(steps, shift, addnoise_condition=0):
     """{float32 sigma: timestep} for every sigma the model is shown: SkyReels-V2's int64(1000 sigma) of its float64
     schedule, 999 to frames not started, the addnoise level to noised prefix frames, 0 to clean ones. (Truncating
     the float32 sigma would be one off where 1000 sigma sits just under an integer: float32(0.251) * 1000 < 251.)"""
-    shifted = _shifted(steps, shift)[:-1]
+    shifted = flow_sigmas(steps, shift, torch.float64)[:-1]
     table = dict(zip(shifted.float().tolist(), (shifted * TRAIN_STEPS).long().tolist()))
     table[SIGMA_MAX] = TRAIN_STEPS - 1
     if addnoise_condition:

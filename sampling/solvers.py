@@ -45,7 +45,12 @@ class FlowUniPC:
         self.last_order = min(self.order, len(self.sigmas) - 1 - k, len(self.x0s))
         self.last_x = x
         self.index = k + 1
-        out = self._predictor(x, self.last_order)
+        if self.sigmas[k + 1] == 0:
+            out = x0        # the limit of the first-order step at sigma 0: the x0 prediction itself
+        else:
+            out, t, h, b_h = self._first_order(k, x)
+            if self.last_order == 2:
+                out = out - (1 - t) * b_h * 0.5 * self._d1(k, h)[0]
         if self.df and k == 0:
             self.last_x = out
         return out
@@ -61,15 +66,6 @@ class FlowUniPC:
         """(D1 / r1, r1): the last x0 difference of the step from sigmas[j]."""
         r1 = (_lam(self.sigmas[j - 1]) - _lam(self.sigmas[j])) / h
         return (self.x0s[-2] - self.x0s[-1]) / r1, r1
-
-    def _predictor(self, x, order):
-        j = self.index - 1
-        if self.sigmas[j + 1] == 0:
-            return self.x0s[-1]     # the limit of the first-order step at sigma 0: the x0 prediction itself
-        out, t, h, b_h = self._first_order(j, x)
-        if order == 2:
-            out = out - (1 - t) * b_h * 0.5 * self._d1(j, h)[0]
-        return out
 
     def _corrector(self, x0_t):
         j = self.index - 1

@@ -56,8 +56,7 @@ class Job:
             self.model.model_options["transformer_options"][video_attention.CAUSAL_KEY] = opts["causal_block_size"]
         self.positives, self.negative, self.seed, self.cfg = [positive], negative, seed, cfg
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
-        self.sigmas = flow_sigmas(steps, shift)
-        self.steps, self.fps, self.shift = steps, fps, shift
+        self.steps, self.fps, self.shift, self.sigmas = steps, fps, shift, flow_sigmas(steps, shift)
         self.prefix = self.prefix_pixels = self.tail = self.end = None
         # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`); windows are decoded for the overlap anyway.
         self.images, self.images_made = None, 0
