@@ -1,8 +1,7 @@
-"""Diffusion Forcing (SkyReels-V2): every latent frame has its own noise level. A plan row gives each causal block
-its solver steps taken: 0 = not started (timestep 999), 1..steps, steps + 1 = finished (clean, timestep 0; a clean
-prefix starts so). Block 0 takes a step per row; each later block follows `ar_step` steps behind the one before (0:
-all together, as standard sampling), freely once that one is finished. The model sees at most `base_num_frames`,
-ending just past the last block denoised; longer videos are `windows`, each starting with the end of the one before."""
+"""Diffusion Forcing (SkyReels-V2): a noise level per latent frame. A plan row gives each causal block its solver steps
+taken: 0 = not started (timestep 999), 1..steps, steps + 1 = finished (clean, timestep 0; a clean prefix starts so).
+Block 0 takes a step per row; each later one follows `ar_step` steps behind the one before (0: all together), freely
+once that one is finished. The model sees at most `base_num_frames`, ending just past the last block denoised."""
 from dataclasses import dataclass
 
 import torch

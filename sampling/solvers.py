@@ -1,8 +1,7 @@
 """Flow-matching solvers stepped one step at a time on x0 predictions (Diffusion Forcing needs one per frame block,
-each at its own step; the host's samplers run whole schedules). A solver keeps the tensors it is given: the caller
-must not modify them. `unipc`: UniPC (Zhao et al. 2023) as SkyReels-V2 runs it: data prediction, B(h) = expm1(h)
-("bh2"), order 2 with first-order first and last steps, the UniC corrector after the first step; alpha = 1 - sigma,
-lambda = log(alpha / sigma). `euler`: ComfyUI's `euler` step, written to give its numbers."""
+each at its own step; the host's samplers run whole schedules). They keep the tensors given: don't modify those.
+`unipc`: UniPC (Zhao et al. 2023) as SkyReels-V2 runs it: data prediction, B(h) = expm1(h) ("bh2"), order 2 with
+first-order first and last steps, UniC corrector after the first. `euler`: ComfyUI's `euler` step, same numbers."""
 import math
 
 
@@ -19,14 +18,13 @@ class FlowEuler:
 
 
 def _lam(sigma):
-    return math.log(1 - sigma) - math.log(sigma)
+    return math.log(1 - sigma) - math.log(sigma)     # lambda = log(alpha / sigma); flow matching: alpha = 1 - sigma
 
 
 class FlowUniPC:
-    """`df`: as SkyReels-V2's Diffusion Forcing loop runs it. That loop hands each frame's scheduler a view into
-    its latents and then writes the step's result into that view, so the sample the scheduler kept from its first
-    step becomes that result, and the corrector of the second step starts from x1 instead of x0. (Its standard
-    T2V/I2V loops rebind instead of writing, so they run textbook UniPC, as `df=False` does.)"""
+    """`df`: as SkyReels-V2's Diffusion Forcing loop, which writes each step's result into the latents' view its
+    scheduler kept from the first step, so the second step's corrector starts from x1, not x0. (Its T2V/I2V loops
+    rebind instead, so run textbook UniPC, as `df=False` does.)"""
 
     def __init__(self, sigmas, order=2, df=False):
         self.sigmas = [float(s) for s in sigmas]

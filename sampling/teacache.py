@@ -1,7 +1,6 @@
-"""TeaCache as SkyReels-V2 runs it: a call reuses the last computed call's block residual (blocks output - input)
-until the summed change of the timestep embedding (relative L1, rescaled by a polynomial fitted per model) since
-then reaches the threshold. Each stream (cond, uncond) keeps its own; the first steps (1, or 5 with retention
-steps) are always computed, and so is the last one without retention steps."""
+"""TeaCache as SkyReels-V2 runs it: a call reuses the last computed call's block residual until the summed relative L1
+change of the timestep embedding (rescaled by a polynomial fitted per model) reaches the threshold; per stream (cond,
+uncond). The first steps (1, or 5 with retention steps) always run, and the last one without retention steps."""
 from dataclasses import dataclass
 
 import torch
@@ -47,9 +46,8 @@ class TeaCache:
         self.calls = self.skipped = 0
 
     def compute(self, stream, index, total, embedding, coeffs, shape):
-        """Whether call `index` of `total` of `stream` runs the blocks (else it reuses the residual). A second call
-        at the same step (a sampler's second evaluation, a guidance pass on the same prompt) runs them and changes
-        nothing: only one call per step counts, as in SkyReels-V2's loop."""
+        """Whether call `index` of `total` of `stream` runs the blocks (else it reuses the residual). A second call at
+        one step (a sampler's second evaluation, a guidance pass on one prompt) runs them and changes nothing."""
         self.calls += 1
         s = self.streams.setdefault(stream, Stream())
         if index == s.index:

@@ -1,7 +1,6 @@
-"""One sigma per latent frame through the host's Wan model, for Diffusion Forcing. The host expects one sigma per
-batch item, so it is given the noisiest frame's (for CFG, timestep ranges, hook keyframes) and the per-frame sigmas
-travel in transformer_options[KEY] to an APPLY_MODEL wrapper that swaps them in (Wan takes a timestep per frame);
-model_sampling takes [B, F] by moving frames into the batch. Both on a clone, as core's ModelSamplingSD3."""
+"""One sigma per latent frame through the host's Wan model (Diffusion Forcing). The host sees one sigma per batch item,
+the noisiest frame's (for CFG, timestep ranges, hook keyframes); an APPLY_MODEL wrapper hands Wan (which takes [B, F]
+timesteps) the per-frame sigmas in transformer_options[KEY], and model_sampling takes [B, F]; both on a clone."""
 import comfy.model_sampling
 import torch
 from comfy.patcher_extension import WrappersMP

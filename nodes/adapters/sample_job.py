@@ -85,14 +85,6 @@ class Job:
             pixels = self._tail_pixels(start_image[None, :1], "start_image")
         self.prefix = self._encode(pixels).expand(self.shape[0], -1, -1, -1, -1)
 
-    def _positive(self, window, windows):
-        if window == 0 and len(self.positives) > windows:
-            note = (f"window_prompts: {len(self.positives) - 1} given for {windows - 1} later window(s); the last "
-                    f"{len(self.positives) - windows} not used")
-            log_once(note, f"Sample Video: {note}")
-            self.notes.append(note)
-        return self.positives[min(window, len(self.positives) - 1)]
-
     def set_end(self, end_image):
         """SkyReels-V2's end image: one clean latent frame (timestep 0) after the last window's, not in the output."""
         if end_image is None:
@@ -195,11 +187,16 @@ class Job:
         attention_before = run_report.attention_counts(self.model)
         teacache_before = teacache_hooks.counts(self.model)
         meter = run_report.Meter(self.model.load_device)
-        parts, carry = [], self.prefix
+        parts, carry, given = [], self.prefix, len(self.positives)
+        if given > len(windows):
+            note = (f"window_prompts: {given - 1} given for {len(windows) - 1} later window(s); the last "
+                    f"{given - len(windows)} not used")
+            log_once(note, f"Sample Video: {note}")
+            self.notes.append(note)
         for i, (prefix, overlap, length, plan) in enumerate(windows):
             shape = [self.shape[0], self.shape[1], length, *self.shape[3:]]
             end = self.end if i + 1 == len(windows) else None
-            out = self._window(shape, self._positive(i, len(windows)), carry if prefix else None, plan, progress,
+            out = self._window(shape, self.positives[min(i, given - 1)], carry if prefix else None, plan, progress,
                                sum(counts[:i]), calls, end)
             if end is not None:
                 out = out[:, :, :-end.shape[2]]
