@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Generate a SkyReels-V2 video headless: runs one of this pack's workflows through a real ComfyUI.
 
-    python generate_video_fp8.py --model_path MODEL [--prompt "..."] [--image START.png] [--use_sage_attention]
+    python generate_video_fp8.py --model_path MODEL [--prompt "..."] [--resolution 540P|720P] [--num_frames 97]
+        [--image START.png] [--use_sage_attention] [--no-fp8] [--offload] [--seed N] [--output out.mp4]
         [DF: --ar_step 5 --causal_block_size 5 --base_num_frames 97 --overlap_history 17 --addnoise_condition 20]
+        (all options and their defaults, SkyReels-V2's: --help)
 
 The workflow follows from the model's tensors (I2V with --image: skyreels_i2v_fp8_sage.json; DF model or any DF
 flag: skyreels_df_long_video.json; else skyreels_t2v_fp8_sage.json). With no --model_path it runs the DF workflow on
@@ -194,7 +196,8 @@ def parse_args(argv):
     p.add_argument("--output", help="video file to write (default: video_out/<workflow>_<seed>_<time>.mp4)")
     for flag, default in DF_DEFAULTS.items():
         p.add_argument("--" + flag, type=int, help=f"Diffusion Forcing (default: {default}, as SkyReels-V2)")
-    p.add_argument("--causal_attention", action="store_true", help="Diffusion Forcing: causal attention, as SkyReels-V2")
+    p.add_argument("--causal_attention", action="store_true",
+                   help="Diffusion Forcing: causal attention, as SkyReels-V2")
     p.add_argument("--use_usp", action="store_true",
                    help="several GPUs through Ray: Parallel Config (cfg parallel, then Ulysses/ring); see README")
     p.add_argument("--workers", type=int, default=2, help="with --use_usp: GPUs, one worker each (default 2)")
@@ -425,8 +428,9 @@ def prepare_demo(host, base):
     tiny.write_release(os.path.join(models, "diffusion_models", "tiny-SkyReels-V2-DF"),
                        tiny.state_dict(tiny.info("DF"), seed=2))
     os.makedirs(os.path.join(models, "vae"), exist_ok=True)
+    vae = os.path.join(models, "vae", "tiny_wan_vae.safetensors")
     code = (f"import sys; sys.path[:0] = [{host!r}, {REPO!r}]\nimport comfy.cli_args; comfy.cli_args.args.cpu = True\n"
-            f"from generate_video_fp8 import write_tiny_vae; write_tiny_vae({os.path.join(models, 'vae', 'tiny_wan_vae.safetensors')!r})")
+            f"from generate_video_fp8 import write_tiny_vae; write_tiny_vae({vae!r})")
     subprocess.run([sys.executable, "-c", code], cwd=host, check=True, capture_output=True)
     write_demo_conditioning(base)
     return {"diffusion_models": "tiny-SkyReels-V2-DF/", "vae": "tiny_wan_vae.safetensors"}

@@ -4,7 +4,7 @@ registered "comfy-kitchen int8" and "sage3", "reference" (ours, PyTorch) and "ex
 import functools
 import importlib.metadata
 import importlib.util
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -13,19 +13,6 @@ ALIASES = {"sageattn": "sageattention"}  # the mode's name in workflows saved be
 FIXED = {"disabled": ("exact", "disabled"), "reference": ("reference", "this pack's PyTorch SageAttention")}
 # The compute capabilities sageattention 2.x's `sageattn` has a kernel for; it raises on any other.
 SAGE2_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0))
-# The host's backends: (Installed field, why it is missing, its kernels, least compute capability, what it needs,
-# what runs). sage3 is Blackwell-only.
-HOST_BACKENDS = {
-    "comfy-kitchen int8": (
-        "kitchen_int8", "ComfyUI registered no comfy_kitchen_int8 attention (it needs comfy-kitchen with its CUDA "
-        "kernels and a GPU of compute capability 7.5+)", "comfy-kitchen's int8 attention kernels", (7, 5),
-        "comfy-kitchen's int8 attention needs 7.5+", "ComfyUI's comfy_kitchen_int8 attention (CUDA kernel)"),
-    "sage3": (
-        "sage3", "ComfyUI registered no sage3 attention (it needs the sageattn3 package)", "sage3's kernels", (10, 0),
-        "sage3 needs a Blackwell GPU, 10.0+", "ComfyUI's sage3 attention (Blackwell FP4 kernels)"),
-}
-
-
 class Installed(NamedTuple):
     sageattention: Optional[str] = None  # its version, None if it is not installed
     triton: bool = False
@@ -52,35 +39,49 @@ def _cc(capability):
     return f"{capability[0]}.{capability[1]}"
 
 
-def _requirements(mode, pkgs):
-    """A backend's (why it is missing or None, its kernels, whether a (major, minor) fits, what it needs, what runs)."""
-    if mode in HOST_BACKENDS:
-        field, missing, kernels, least, needs, runs = HOST_BACKENDS[mode]
-        return None if getattr(pkgs, field) else missing, kernels, lambda cc: cc >= least, needs, (mode, runs)
+class Needs(NamedTuple):
+    missing: Optional[str]   # why the backend is not installed, or None
+    kernels: str             # its kernels, as "... need an NVIDIA GPU" names them
+    fits: Callable           # (major, minor) -> whether it has kernels for that GPU
+    needs: str               # what it needs of the GPU
+    runs: str                # what runs
+
+
+def _needs(mode, pkgs):
+    if mode == "comfy-kitchen int8":
+        return Needs(None if pkgs.kitchen_int8 else "ComfyUI registered no comfy_kitchen_int8 attention (it needs "
+                     "comfy-kitchen with its CUDA kernels and a GPU of compute capability 7.5+)",
+                     "comfy-kitchen's int8 attention kernels", lambda cc: cc >= (7, 5),
+                     "comfy-kitchen's int8 attention needs 7.5+",
+                     "ComfyUI's comfy_kitchen_int8 attention (CUDA kernel)")
+    if mode == "sage3":
+        return Needs(None if pkgs.sage3 else "ComfyUI registered no sage3 attention (it needs the sageattn3 package)",
+                     "sage3's kernels", lambda cc: cc >= (10, 0), "sage3 needs a Blackwell GPU, 10.0+",
+                     "ComfyUI's sage3 attention (Blackwell FP4 kernels)")
     version, missing = pkgs.sageattention, None
     if version is None:
         missing = "No module named 'sageattention' (pip install sageattention)"
     elif not pkgs.triton:  # every sageattention imports triton; it does not declare it and Windows torch lacks it
         missing = "No module named 'triton' (sageattention's kernels need it: pip install triton, or triton-windows)"
     if sage_major(version) >= 2:
-        return (missing, "the sageattention kernels", SAGE2_CAPABILITIES.__contains__,
-                f"sageattention {version} has kernels for {', '.join(map(_cc, SAGE2_CAPABILITIES))}",
-                (mode, f"sageattention {version} (CUDA kernels)"))
-    return (missing, "the sageattention kernels", lambda cc: cc >= (8, 0), "the sageattention 1.x kernels need 8.0+",
-            (mode, f"sageattention {version} (Triton kernels)"))
+        return Needs(missing, "the sageattention kernels", lambda cc: cc in SAGE2_CAPABILITIES,
+                     f"sageattention {version} has kernels for {', '.join(map(_cc, SAGE2_CAPABILITIES))}",
+                     f"sageattention {version} (CUDA kernels)")
+    return Needs(missing, "the sageattention kernels", lambda cc: cc >= (8, 0),
+                 "the sageattention 1.x kernels need 8.0+", f"sageattention {version} (Triton kernels)")
 
 
 def _backend(mode, device_type, capability, pkgs):
     """(mode, what runs) or ("exact", why it cannot run here). What is missing is named before the device, so a user
     on the wrong machine still learns what to install."""
-    missing, kernels, fits, needs, runs = _requirements(mode, pkgs)
-    if missing:
-        return "exact", missing
+    need = _needs(mode, pkgs)
+    if need.missing:
+        return "exact", need.missing
     if device_type != "cuda":
-        return "exact", f"{device_type} device ({kernels} need an NVIDIA GPU)"
-    if not fits(tuple(capability)):
-        return "exact", f"GPU compute capability {_cc(capability)} ({needs})"
-    return runs
+        return "exact", f"{device_type} device ({need.kernels} need an NVIDIA GPU)"
+    if not need.fits(tuple(capability)):
+        return "exact", f"GPU compute capability {_cc(capability)} ({need.needs})"
+    return mode, need.runs
 
 
 def choose(mode, device_type, capability, pkgs):

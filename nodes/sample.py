@@ -59,7 +59,8 @@ class SampleVideo(io.ComfyNode):
                 io.Combo.Input("sampler", options=list(solvers.SOLVERS), default="unipc",
                                tooltip="unipc: SkyReels-V2's flow UniPC (bh2, order 2). euler: ComfyUI's euler."),
                 io.Int.Input("fps", default=24, min=1, max=120,
-                             tooltip="Frame rate DF-1.3B conditions on (16 or other). Other models ignore it."),
+                             tooltip="Frame rate the DF-1.3B model conditions on (16 or other). Other models "
+                                     "ignore it."),
                 io.DynamicCombo.Input("mode", options=[io.DynamicCombo.Option("standard", []),
                                                        io.DynamicCombo.Option("diffusion forcing", DF_WIDGETS)],
                                       tooltip="diffusion forcing: a noise level per frame (SkyReels-V2 DF models); "
@@ -133,7 +134,9 @@ def upgrade_prompt(json_data):
         prompt = json_data.get("prompt")
         for node in prompt.values() if isinstance(prompt, dict) else ():
             inputs = node.get("inputs") if isinstance(node, dict) and node.get("class_type") == NODE_ID else None
-            for name in [n for n in DF_DEFAULTS if n in inputs] if isinstance(inputs, dict) else ():
+            if not isinstance(inputs, dict):
+                continue
+            for name in [n for n in DF_DEFAULTS if n in inputs]:
                 value = inputs.pop(name)
                 # A link (an old slot still connected in the frontend) wins over the widget value sent beside it.
                 take = isinstance(value, list) or f"mode.{name}" not in inputs
@@ -157,6 +160,8 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
                  vae=None, start_image=None, end_image=None, prefix_video=None, latent=None, window_prompts=(),
                  **df_options):
     """One run on this process's device: (samples, report, images: None without a vae); `df_options`: DF widgets."""
+    if set(df_options) != set(DF_DEFAULTS):   # all of them, always (execute fills in the defaults)
+        raise TypeError(f"sample_video: DF options {sorted(df_options)}, expected {sorted(DF_DEFAULTS)}")
     check_model(model)
     shift = model_shift(model, shift)
     if latent is not None:

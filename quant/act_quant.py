@@ -1,5 +1,6 @@
-"""Per-token FP8 (e4m3fn) quantization of Linear inputs for torch._scaled_mm (Triton kernel or eager chunks, same
-bytes), with a one-entry cache so that an attention's q, k and v Linears quantize their shared input once."""
+"""Per-token FP8 (e4m3fn) quantization of Linear inputs for torch._scaled_mm, with a one-entry cache so that an
+attention's q, k and v Linears quantize their shared input once. The Triton kernel and the eager chunks give the
+same bytes: scale = row absmax / 448 in fp32 (1 for all-zero rows), x / scale clamped to +-448, rounded to even."""
 import functools
 import threading
 import weakref

@@ -74,10 +74,12 @@ class _SafetensorsFile:
                 self.metadata = handle.metadata() or {}
         except Exception as e:  # safetensors raises its own error type with a terse text
             raise CheckpointError(_safetensors_problem(path, str(e))) from None
-        self.path, self._file, self._lock = path, open(path, "rb"), threading.Lock()
-        n = int.from_bytes(self._file.read(8), "little")
-        self._header, self._start = json.loads(self._file.read(n)), 8 + n
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            self._header = json.loads(f.read(n))
         self._header.pop("__metadata__", None)
+        self.path, self._start, self._lock = path, 8 + n, threading.Lock()
+        self._file = open(path, "rb")
 
     def keys(self):
         return list(self._header)
@@ -108,10 +110,7 @@ def _safetensors_problem(path, text):
     return f"{path}: not a valid .safetensors file ({text.split(':')[-1].strip()}); check that the download finished"
 
 
-class _PickleFile(dict):
-    """A torch.load'ed state dict behind the same reader interface."""
-    metadata = {}
-
+class _PickleFile:
     def __init__(self, path):
         try:
             try:
@@ -130,13 +129,19 @@ class _PickleFile(dict):
                 sd = sd[wrapper]
         if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             raise CheckpointError(f"{path}: not a state dict of tensors")
-        super().__init__(sd)
+        self.path, self.sd, self.metadata = path, sd, {}
+
+    def keys(self):
+        return list(self.sd)
 
     def spec(self, key):
-        return tuple(self[key].shape), self[key].dtype
+        return tuple(self.sd[key].shape), self.sd[key].dtype
 
-    load = dict.__getitem__
-    close = dict.clear
+    def load(self, key):
+        return self.sd[key]
+
+    def close(self):
+        self.sd = {}
 
 
 def _open_file(path):

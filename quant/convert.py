@@ -142,6 +142,7 @@ def _plan(ckpt, info, options):
 def _metadata(ckpt, info, options, report, quantize):
     fmt = format_name(options.fp8, options.granularity)
     layers = {layer_name(n): {"format": fmt} for n in sorted(quantize)}
+    # Every Options field is recorded (fp8, granularity, keep_first_blocks, keep_last_blocks): a new one lands here.
     ours = {"pack_version": __version__, "source": os.path.basename(ckpt.path.rstrip(os.sep)),
             "source_bytes": ckpt.nbytes, "model": info.describe(), **asdict(options),
             "errors": {k: float(f"{v:.5g}") for k, v in report.errors.items()}}

@@ -109,7 +109,9 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
         reason = _failed.get((x.device.type, qweight.dtype)) if plan else reason
         if reason is None:
             try:
-                return _w8a8(x, qweight, scale, bias, plan)
+                y = _w8a8(x, qweight, scale, bias, plan)
+                stats["w8a8"] += 1   # counted once the product is made: a failure counts as a fallback only
+                return y
             except RuntimeError as e:  # a kernel this torch build or GPU lacks (e.g. an e5m2 x e4m3 product)
                 reason = f"torch._scaled_mm failed: {str(e).splitlines()[0]}"
                 _failed[(x.device.type, qweight.dtype)] = reason  # don't retry a failing kernel on every call
@@ -141,5 +143,4 @@ def _w8a8(x, qweight, scale, bias, plan):
         w_scale = scale.float().reshape(1, -1).expand(1, n if plan == "rowwise" else 1).contiguous()
         y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=w_scale,
                              bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
-    stats["w8a8"] += 1
     return y.to(x.dtype).reshape(*x.shape[:-1], n)
