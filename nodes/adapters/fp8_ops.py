@@ -80,16 +80,23 @@ def make_operations(compute_dtype, fp8_matmul):
             def _forward(self, input, weight, bias):
                 # `weight` is still quantized here unless the host had to cast it (LoRA in lowvram mode, offload).
                 if fp8_matmul and isinstance(weight, QuantizedTensor) and weight._qdata.dtype in FP8_DTYPES.values():
-                    qdata, scale = weight.layout_cls.get_plain_tensors(weight)[:2]
-                    fell = fp8.stats["fallback"]
-                    y = fp8.fp8_linear(input, qdata, scale, bias, mode="w8a8")
-                    if fp8.stats["fallback"] != fell:    # also in the log: core samplers have no report
-                        for reason in fp8.fallback_reasons:
-                            log_once(("w8a8", reason), f"fp8 matmul unavailable ({reason}); using upcast")
-                    return y
+                    return _fp8_product(input, weight, bias)
                 return super()._forward(input, weight, bias)
 
     return SkyReelsFP8Ops
+
+
+# Under TorchCompileModel this runs eagerly, between compiled parts: inductor cannot lower the eager quantization's
+# writes into fp8 slices, and the activation cache and the counters are Python state a compiled graph would freeze.
+@torch.compiler.disable
+def _fp8_product(input, weight, bias):
+    qdata, scale = weight.layout_cls.get_plain_tensors(weight)[:2]
+    fell = fp8.stats["fallback"]
+    y = fp8.fp8_linear(input, qdata, scale, bias, mode="w8a8")
+    if fp8.stats["fallback"] != fell:    # also in the log: core samplers have no report
+        for reason in fp8.fallback_reasons:
+            log_once(("w8a8", reason), f"fp8 matmul unavailable ({reason}); using upcast")
+    return y
 
 
 def share_attention_inputs(model):

@@ -4,6 +4,7 @@ global choice, which is itself 8-bit under --use-sage-attention."""
 import inspect
 import logging
 
+import torch
 from comfy.ldm.modules import attention as host_attention
 
 from ...attention import sage_attention
@@ -101,6 +102,9 @@ class SageOverride:
                                         "exact attention there")
         return exact()
 
+    # Under TorchCompileModel this runs eagerly: the guard's checks, the backend choice and the counts are Python
+    # state that a compiled graph would freeze at its first call.
+    @torch.compiler.disable
     def __call__(self, func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
                  skip_output_reshape=False, **kwargs):
         # `func`, the host's global attention, goes unused: exact means its PyTorch attention (see the docstring).

@@ -46,6 +46,9 @@ class Run:
         return torch.cat(out)
 
 
+# Under TorchCompileModel this function runs eagerly (the block it calls is still compiled, as its own frame): compiled
+# code would read the call's decisions, made in Python, from its own stale copy and run skipped blocks.
+@torch.compiler.disable(recursive=False)
 def _block(args, extra):
     to = args["transformer_options"]
     run = to.get(RUN)
