@@ -58,3 +58,20 @@ def run_in_host(host, code, timeout=600):
     if proc.returncode != 0 or not marker:
         raise AssertionError(f"host process failed (rc {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return json.loads(marker[-1][len("@@RESULT@@"):])
+
+
+def find_gguf_pack(host):
+    """ComfyUI-GGUF's folder: $COMFYUI_GGUF_PATH, else the host's custom_nodes/ComfyUI-GGUF, else ~/ComfyUI-GGUF;
+    None if none holds its loader."""
+    for path in (os.environ.get("COMFYUI_GGUF_PATH"), os.path.join(host, "custom_nodes", "ComfyUI-GGUF"),
+                 os.path.join(os.path.expanduser("~"), "ComfyUI-GGUF")):
+        if path and os.path.isfile(os.path.join(path, "loader.py")) and os.path.isfile(os.path.join(path, "nodes.py")):
+            return os.path.abspath(path)
+    return None
+
+
+def describe_pack(path):
+    """A laid-out pack's folder and the commit it was laid out from (its .git-rev file), where known."""
+    rev_file = os.path.join(path, ".git-rev")
+    rev = open(rev_file).read().strip()[:10] if os.path.exists(rev_file) else "(commit unknown)"
+    return f"{path} {rev}"

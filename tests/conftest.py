@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import torch
-from comfy_host import describe, find_host
+from comfy_host import describe, describe_pack, find_gguf_pack, find_host
 from helpers import REPO, e4m3_neighbours, linear_case, write_tiny
 
 from quant import quantize_weight
@@ -31,6 +31,22 @@ def pytest_terminal_summary(terminalreporter):
         line = (f"host tests: ran against {describe(_HOST)} ({ran['passed']} passed, "
                 f"{ran['failed'] + ran['error']} failed)")
     terminalreporter.write_line(line)
+    if _HOST:
+        terminalreporter.write_line(_gguf_line(stats))
+
+
+def _gguf_line(stats):
+    """Did the tests with the real ComfyUI-GGUF run (tests/host/test_host_gguf.py)?"""
+    counts = {k: [r for r in stats.get(k, []) if "test_host_gguf" in getattr(r, "nodeid", "")]
+              for k in ("passed", "failed", "error", "skipped")}
+    if counts["skipped"] and not counts["passed"]:
+        reason = counts["skipped"][0].longrepr[-1] if isinstance(counts["skipped"][0].longrepr, tuple) else ""
+        return f"ComfyUI-GGUF tests: SKIPPED — {reason.removeprefix('Skipped: ')}"
+    ran = len(counts["passed"]) + len(counts["failed"]) + len(counts["error"])
+    if not ran:
+        return "ComfyUI-GGUF tests: NOT RUN (deselected?)"
+    return (f"ComfyUI-GGUF tests: ran against {describe_pack(find_gguf_pack(_HOST))} ({len(counts['passed'])} "
+            f"passed, {len(counts['failed']) + len(counts['error'])} failed)")
 
 
 @pytest.fixture(scope="session")

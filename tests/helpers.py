@@ -57,3 +57,36 @@ def nest_mode(widgets, api=False):
     else:
         w["mode"] = {"mode": w["mode"], **df}
     return w
+
+
+def write_tiny_gguf(path, sd):
+    """`sd` as a ComfyUI-GGUF diffusion model file (architecture "wan"), laid out by the rules of that pack's own
+    converter: 2-D weights with rows of whole 32-value blocks in Q8_0, the rest (norms, biases, modulation, the 5-D
+    patch embedding, small tensors) in F32. Each Q8_0 block is first snapped to a power-of-two scale: its values are
+    then exact in fp16 and fp32 alike, so however ComfyUI-GGUF dequantizes them it gets the values returned here
+    (the state dict the file holds, fp32)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch="wan")
+    held = {}
+    for key, t in sd.items():
+        data = t.float()
+        quantized = data.ndim == 2 and data.shape[1] % 32 == 0 and data.numel() > 1024 and "modulation" not in key
+        if quantized:
+            data = _snap_q8_blocks(data)
+        qtype = gguf.GGMLQuantizationType.Q8_0 if quantized else gguf.GGMLQuantizationType.F32
+        writer.add_tensor(key, gguf.quants.quantize(data.numpy(), qtype), raw_dtype=qtype)
+        held[key] = data
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return held
+
+
+def _snap_q8_blocks(w):
+    """w [N, K] on Q8_0's grid with a power-of-two scale per block of 32: the scale is the power of two at or below
+    amax / 127, so the block's largest values clip to 127 steps, and Q8_0's own scale (amax / 127) is that power."""
+    blocks = w.reshape(-1, 32)
+    step = torch.exp2(torch.floor(torch.log2(blocks.abs().amax(1, keepdim=True) / 127)))
+    return (torch.round(blocks / step).clamp(-127, 127) * step).reshape(w.shape)
