@@ -1,6 +1,6 @@
 """Core TorchCompileModel (inductor, on the CPU) on top of this pack's nodes: Load FP8 SkyReels Model (upcast and fp8
 matmul), Patch SageAttention, TeaCache, then Sample Video (standard; Diffusion Forcing, long, causal) or core
-KSampler. A compiled run must do what the eager run of the same MODEL does: the same products, attention calls and
+KSampler; the whole model compiled, or each transformer block on its own (as KJNodes' Wan compile nodes do). A compiled run must do what the eager run of the same MODEL does: the same products, attention calls and
 TeaCache skips in its report, and the same latent up to the compiled kernels' rounding.
 
 What it guards against, each seen before the fix: the eager activation quantization cannot be compiled (inductor
@@ -12,6 +12,7 @@ from in_host import SETUP, write_models
 
 CODE = r"""
 import logging, nodes as core
+from comfy_api.torch_helpers import set_torch_compile_wrapper
 from comfy_extras.nodes_torch_compile import TorchCompileModel
 from skyreels_pack.nodes.sage_patch import PatchSageAttention
 from skyreels_pack.nodes.sample import SampleVideo
@@ -36,16 +37,22 @@ def sample(m, **kw):
     samples, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({**ARGS, **kw})).args
     return samples["samples"], [l for l in report.splitlines() if " model calls, " not in l]   # not the timing
 
-def compiled(m):
-    return TorchCompileModel.execute(m, "inductor").args[0]
+def compiled(m, blocks_only=False):
+    if not blocks_only:
+        return TorchCompileModel.execute(m, "inductor").args[0]
+    c = m.clone()    # each transformer block compiled on its own, as KJNodes' Wan compile nodes do by default
+    blocks = [f"diffusion_model.blocks.{i}" for i in range(len(m.model.diffusion_model.blocks))]
+    set_torch_compile_wrapper(c, backend="inductor", keys=blocks)
+    return c
 
 result = {}
-for case, (name, fmt, compute, attention, kw) in dict(
-        upcast=("t2v_fp8_channel.safetensors", "auto", "upcast", "disabled", {}),
-        df_long_causal=("df_bf16.safetensors", "bf16", "upcast", "disabled", LONG),
-        fp8_matmul=("t2v_fp8_channel.safetensors", "auto", "fp8 matmul", "reference", {})).items():
+for case, (name, fmt, compute, attention, kw, blocks_only) in dict(
+        upcast=("t2v_fp8_channel.safetensors", "auto", "upcast", "disabled", {}, False),
+        df_long_causal=("df_bf16.safetensors", "bf16", "upcast", "disabled", LONG, False),
+        df_long_causal_blocks=("df_bf16.safetensors", "bf16", "upcast", "disabled", LONG, True),
+        fp8_matmul=("t2v_fp8_channel.safetensors", "auto", "fp8 matmul", "reference", {}, False)).items():
     m = chain(name, fmt, compute, attention)
-    (a, report_a), (b, report_b) = sample(m, **kw), sample(compiled(m), **kw)
+    (a, report_a), (b, report_b) = sample(m, **kw), sample(compiled(m, blocks_only), **kw)
     result[case] = dict(rel=rel(b, a), eager=report_a, compiled=report_b)
 result["fallbacks"] = dict(fp8.fallback_reasons)
 m = chain("t2v_fp8_channel.safetensors", "auto", "upcast", "disabled")
@@ -63,18 +70,19 @@ result["ksampler"] = dict(rel=rel(runs[1][0], runs[0][0]), counts=[r[1] for r in
 def test_torch_compile_model_on_our_nodes(host, tmp_path):
     write_models(tmp_path)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + CODE, timeout=900)
-    for case in ("upcast", "df_long_causal", "fp8_matmul"):
+    for case in ("upcast", "df_long_causal", "df_long_causal_blocks", "fp8_matmul"):
         run = r[case]
         # the same products, attention calls (8-bit and exact) and TeaCache skips as the eager run
         assert run["compiled"] == run["eager"], (case, run)
         assert any(line.startswith("TeaCache: ") and not line.startswith("TeaCache: 0 of") for line in run["eager"])
     assert any("matmul: fp8 w8a8 (" in line and "upcast" not in line for line in r["fp8_matmul"]["eager"])
     assert r["fallbacks"] == {}, r["fallbacks"]
-    # fp32 throughout: inductor's fused kernels sum in another order (measured: 6e-7 for both runs)
-    assert r["upcast"]["rel"] < 1e-5 and r["df_long_causal"]["rel"] < 1e-5, r
-    # fp8 matmul rounds each token's activations to e4m3: a last-bit difference from a compiled part moves a value
-    # across a rounding boundary now and then, by one e4m3 step (measured: 0.9% after 4 steps; the whole effect of
-    # fp8 matmul against upcast on this model is 3.5%). The report lines above show the fp8 path ran.
-    assert r["fp8_matmul"]["rel"] < 0.03, r["fp8_matmul"]["rel"]
+    # fp32 throughout: inductor's fused kernels sum in another order (measured: 6e-7 for each of these runs)
+    assert all(r[case]["rel"] < 1e-5 for case in ("upcast", "df_long_causal", "df_long_causal_blocks")), r
+    # fp8 matmul rounds each token's activations to e4m3: a last-bit difference from a compiled part can move a value
+    # across a rounding boundary, by one e4m3 step, and sampling carries that on (measured: 6e-7 for this chain; 2.7%
+    # for the same chain without TeaCache, where more products are made). 5% bounds that; a wrong scale or layout
+    # would be far off, and the report lines above show that the fp8 path ran.
+    assert r["fp8_matmul"]["rel"] < 0.05, r["fp8_matmul"]["rel"]
     assert r["ksampler"]["rel"] < 1e-5 and r["ksampler"]["counts"][0] == r["ksampler"]["counts"][1], r["ksampler"]
     assert r["ksampler"]["counts"][0][1] > 0, r["ksampler"]            # TeaCache skipped calls under KSampler too
