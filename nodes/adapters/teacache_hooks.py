@@ -29,12 +29,14 @@ class Run:
         self.cache, self.streams, self.index, self.total, self.coeffs = cache, streams, index, total, coeffs
         self.embedding, self.runs, self.x_in = None, None, None
 
+    @torch.compiler.disable      # TorchCompileModel: decisions and their state stay eager (see _block)
     def start(self, x, e0):
         inp = e0 if self.cache.retention else self.embedding
         parts = zip(self.streams, inp.chunk(len(self.streams)), x.chunk(len(self.streams)))
         self.runs = [self.cache.compute(s, self.index, self.total, e, self.coeffs, xs.shape) for s, e, xs in parts]
         self.x_in = x
 
+    @torch.compiler.disable
     def finish(self, x):
         """Skipped chunks take input + residual; computed ones keep their output and its residual (unless run None)."""
         out = []
@@ -46,8 +48,9 @@ class Run:
         return torch.cat(out)
 
 
-# Under TorchCompileModel this function runs eagerly (the block it calls is still compiled, as its own frame): compiled
-# code would read the call's decisions, made in Python, from its own stale copy and run skipped blocks.
+# Under TorchCompileModel this function runs eagerly, and so do the decisions it calls (Run.start, Run.finish); the
+# block it calls is still compiled, as its own frame. Compiled, it read the call's decisions from its own stale copy
+# and ran skipped blocks.
 @torch.compiler.disable(recursive=False)
 def _block(args, extra):
     to = args["transformer_options"]

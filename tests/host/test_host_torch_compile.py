@@ -12,6 +12,7 @@ from in_host import SETUP, write_models
 
 CODE = r"""
 import logging, nodes as core
+import torch._dynamo
 from comfy_api.torch_helpers import set_torch_compile_wrapper
 from comfy_extras.nodes_torch_compile import TorchCompileModel
 from skyreels_pack.nodes.sage_patch import PatchSageAttention
@@ -21,6 +22,10 @@ from skyreels_pack.quant import fp8
 from skyreels_pack.sampling import teacache
 
 teacache.SIZES[256] = "1.3B"           # the tiny models stand for the 1.3B ones
+# The cases' chains, compiled one after another in one process, add up past torch's default of 8 recompiles of one
+# function (the host's wrapper executor), after which the rest would run eagerly and test nothing: each case starts
+# afresh (torch._dynamo.reset), with room to spare.
+torch._dynamo.config.recompile_limit = 64
 pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
 neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
 ARGS = dict(width=32, height=32, frames=9, seed=1, steps=4, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
@@ -37,7 +42,11 @@ def sample(m, **kw):
     samples, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({**ARGS, **kw})).args
     return samples["samples"], [l for l in report.splitlines() if " model calls, " not in l]   # not the timing
 
+def graphs():   # how many graphs torch has compiled so far
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
 def compiled(m, blocks_only=False):
+    torch._dynamo.reset()
     if not blocks_only:
         return TorchCompileModel.execute(m, "inductor").args[0]
     c = m.clone()    # each transformer block compiled on its own, as KJNodes' Wan compile nodes do by default
@@ -52,18 +61,21 @@ for case, (name, fmt, compute, attention, kw, blocks_only) in dict(
         df_long_causal_blocks=("df_bf16.safetensors", "bf16", "upcast", "disabled", LONG, True),
         fp8_matmul=("t2v_fp8_channel.safetensors", "auto", "fp8 matmul", "reference", {}, False)).items():
     m = chain(name, fmt, compute, attention)
-    (a, report_a), (b, report_b) = sample(m, **kw), sample(compiled(m, blocks_only), **kw)
-    result[case] = dict(rel=rel(b, a), eager=report_a, compiled=report_b)
+    a, report_a = sample(m, **kw)
+    before = graphs()
+    b, report_b = sample(compiled(m, blocks_only), **kw)
+    result[case] = dict(rel=rel(b, a), eager=report_a, compiled=report_b, graphs=graphs() - before)
 result["fallbacks"] = dict(fp8.fallback_reasons)
 m = chain("t2v_fp8_channel.safetensors", "auto", "upcast", "disabled")
 latent = {"samples": torch.zeros(1, 16, 3, 4, 4)}
-runs = []
+runs, before = [], graphs()
 for model in (m, compiled(m)):
     out = core.common_ksampler(model, 1, 6, 3.0, "euler", "simple", pos, neg, latent)[0]["samples"]
     cache = model.model_options["transformer_options"]["skyreels_teacache"]
     runs.append((out, [cache.calls, cache.skipped]))
     cache.calls = cache.skipped = 0    # the compiled clone shares the eager model's cache object
-result["ksampler"] = dict(rel=rel(runs[1][0], runs[0][0]), counts=[r[1] for r in runs])
+result["ksampler"] = dict(rel=rel(runs[1][0], runs[0][0]), counts=[r[1] for r in runs],
+                         graphs=graphs() - before)
 """
 
 
@@ -74,15 +86,15 @@ def test_torch_compile_model_on_our_nodes(host, tmp_path):
         run = r[case]
         # the same products, attention calls (8-bit and exact) and TeaCache skips as the eager run
         assert run["compiled"] == run["eager"], (case, run)
+        assert run["graphs"] > 0, (case, run)
         assert any(line.startswith("TeaCache: ") and not line.startswith("TeaCache: 0 of") for line in run["eager"])
     assert any("matmul: fp8 w8a8 (" in line and "upcast" not in line for line in r["fp8_matmul"]["eager"])
     assert r["fallbacks"] == {}, r["fallbacks"]
     # fp32 throughout: inductor's fused kernels sum in another order (measured: 6e-7 for each of these runs)
     assert all(r[case]["rel"] < 1e-5 for case in ("upcast", "df_long_causal", "df_long_causal_blocks")), r
     # fp8 matmul rounds each token's activations to e4m3: a last-bit difference from a compiled part can move a value
-    # across a rounding boundary, by one e4m3 step, and sampling carries that on (measured: 6e-7 for this chain; 2.7%
-    # for the same chain without TeaCache, where more products are made). 5% bounds that; a wrong scale or layout
-    # would be far off, and the report lines above show that the fp8 path ran.
-    assert r["fp8_matmul"]["rel"] < 0.05, r["fp8_matmul"]["rel"]
+    # across a rounding boundary, by one e4m3 step, and sampling carries that on (measured: 7e-7 for this chain; 0.8%
+    # for the same chain without TeaCache, where more products are made; a fall-back to upcast would be 3.3%).
+    assert r["fp8_matmul"]["rel"] < 1e-2, r["fp8_matmul"]["rel"]
     assert r["ksampler"]["rel"] < 1e-5 and r["ksampler"]["counts"][0] == r["ksampler"]["counts"][1], r["ksampler"]
-    assert r["ksampler"]["counts"][0][1] > 0, r["ksampler"]            # TeaCache skipped calls under KSampler too
+    assert r["ksampler"]["counts"][0][1] > 0 and r["ksampler"]["graphs"] > 0, r["ksampler"]   # TeaCache skipped too
