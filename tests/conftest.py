@@ -45,8 +45,9 @@ def _gguf_line(stats):
     ran = len(counts["passed"]) + len(counts["failed"]) + len(counts["error"])
     if not ran:
         return "ComfyUI-GGUF tests: NOT RUN (deselected?)"
-    return (f"ComfyUI-GGUF tests: ran against {describe_pack(find_gguf_pack(_HOST))} ({len(counts['passed'])} "
-            f"passed, {len(counts['failed']) + len(counts['error'])} failed)")
+    pack = find_gguf_pack(_HOST)
+    return (f"ComfyUI-GGUF tests: ran against {describe_pack(pack) if pack else 'no ComfyUI-GGUF found'} "
+            f"({len(counts['passed'])} passed, {len(counts['failed']) + len(counts['error'])} failed)")
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,9 @@ def write_tiny_gguf(path, sd):
 
 def _snap_q8_blocks(w):
     """w [N, K] on Q8_0's grid with a power-of-two scale per block of 32: the scale is the power of two at or below
-    amax / 127, so the block's largest values clip to 127 steps, and Q8_0's own scale (amax / 127) is that power."""
+    amax / 127, so the block's largest values clip to 127 steps, and Q8_0's own scale (amax / 127) is that power.
+    At least 2^-14, fp16's smallest normal number (an all-zero block stays zero, not NaN)."""
     blocks = w.reshape(-1, 32)
-    step = torch.exp2(torch.floor(torch.log2(blocks.abs().amax(1, keepdim=True) / 127)))
+    amax = blocks.abs().amax(1, keepdim=True).clamp(min=127 * 2.0 ** -14)
+    step = torch.exp2(torch.floor(torch.log2(amax / 127)))
     return (torch.round(blocks / step).clamp(-127, 127) * step).reshape(w.shape)
