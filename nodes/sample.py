@@ -163,6 +163,10 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
     if set(df_options) != set(DF_DEFAULTS):   # all of them, always (execute fills in the defaults)
         raise TypeError(f"sample_video: DF options {sorted(df_options)}, expected {sorted(DF_DEFAULTS)}")
     check_model(model)
+    if mode == "diffusion forcing" and model.model_options.get("context_handler") is not None:
+        fail("mode: diffusion forcing makes long videos in its own windows (base_num_frames, overlap_history), with a "
+             "noise level per frame that the MODEL's context windows (e.g. Wan Context Windows) cannot split; remove "
+             "that node from the MODEL, or use mode 'standard'")
     shift = model_shift(model, shift)
     if latent is not None:
         shape = list(latent["samples"].shape)

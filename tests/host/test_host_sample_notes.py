@@ -56,6 +56,17 @@ sampling = per_frame.patch(ours, 8.0, model_timesteps(4, 8.0, 251)).get_model_ob
 sigmas = flow_sigmas(4, 8.0)
 result["timesteps"] = sampling.timestep(torch.tensor([[sigmas[0], sigmas[1], 0.251, 0.999, 0.0, 0.5]])).tolist()
 
+# Core Wan Context Windows: standard mode samples through them; Diffusion Forcing (its own windows, a sigma per
+# frame) refuses them by name instead of failing inside the model on mismatched sizes.
+from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
+windowed = WanContextWindowsManualNode.execute(ours, 9, 4, "standard_static", 1, False, "pyramid", False).args[0]
+plain, split = (sample(m, mode="standard", frames=17)[0]["samples"] for m in (ours, windowed))
+result["windows standard"] = [bool(split.isfinite().all()), rel(split, plain)]
+try:
+    sample(windowed, frames=17)
+except ValueError as e:
+    result["windows df"] = str(e)
+
 result["log"] = lines
 """
 
@@ -76,4 +87,9 @@ def test_sample_video_says_what_it_does_not_use(host, tmp_path):
     assert r["no flow shift"] == ("Sample Video: shift: 0 takes the MODEL's flow shift, but its model sampling "
                                   "(ModelSamplingAdvanced) has none; set a shift (SkyReels-V2: 8.0)"), r
     assert r["eps runs"]
+    assert r["windows standard"][0] and r["windows standard"][1] > 1e-3, r["windows standard"]   # windows applied
+    assert r["windows df"] == ("Sample Video: mode: diffusion forcing makes long videos in its own windows "
+                               "(base_num_frames, overlap_history), with a noise level per frame that the MODEL's "
+                               "context windows (e.g. Wan Context Windows) cannot split; remove that node from the "
+                               "MODEL, or use mode 'standard'"), r.get("windows df")
     assert r["timesteps"] == [[999.0, 959.0, 251.0, 999.0, 0.0, 500.0]], r["timesteps"]
