@@ -155,3 +155,52 @@ def test_core_bypass_lora_on_fp8_weights(host, tmp_path):
         # Only the FP8 weights' error is left (measured: 3.5% upcast, 5.0% w8a8); without the LoRA it is ~17%.
         assert v["rel"] < 0.08 and v["no_lora"] > 0.1, (compute, v)
         assert "20 float8_e4m3fn (per-channel)" in v["report"] and f"matmul: {matmul}" in v["report"], (compute, v)
+
+
+SAVE = r"""
+import glob, nodes as core
+from comfy_extras.nodes_model_merging import ModelSave
+from skyreels_pack.nodes.sample import SampleVideo
+folder_paths.add_model_folder_path("loras", {folder!r})
+folder_paths.set_output_directory({out!r})
+folder_paths.add_model_folder_path("diffusion_models", os.path.join({out!r}, "diffusion_models"))
+pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+ARGS = dict(width=32, height=32, frames=9, seed=1, steps=4, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
+            mode={{"mode": "standard"}})
+
+def sample(m):
+    samples, report, _ = SampleVideo.execute(m, pos, neg, **ARGS).args
+    return samples["samples"], report.splitlines()[2]
+
+result = {{}}
+for granularity in ("channel", "tensor"):
+    merged = core.LoraLoaderModelOnly().load_lora_model_only(load(f"t2v_fp8_{{granularity}}.safetensors")[0],
+                                                             "lora.safetensors", 1.0)[0]
+    before, weights = sample(merged)
+    ModelSave().save(merged, f"diffusion_models/merged_{{granularity}}")
+    path = glob.glob(os.path.join({out!r}, "diffusion_models", f"merged_{{granularity}}_*.safetensors"))[0]
+    ours, ours_weights = sample(load(os.path.basename(path))[0])
+    result[granularity] = dict(weights=weights, ours=rel(ours, before), ours_weights=ours_weights)
+    try:
+        result[granularity]["core"] = rel(sample(comfy.sd.load_diffusion_model(path))[0], before)
+    except Exception as e:
+        result[granularity]["core"] = f"{{type(e).__name__}}: {{e}}"
+"""
+
+
+def test_core_model_save_of_a_merged_fp8_model_loads_again(host, tmp_path):
+    """Core Save Model of an FP8 MODEL with a LoRA merged (what Parallel Config tells users to do with model merges):
+    the file loads in Load FP8 SkyReels Model with the same weights; per-tensor files in core Load Diffusion Model
+    too, while core stops at the per-channel format it does not know rather than use the wrong scale."""
+    from conftest import write_lora
+    write_models(tmp_path)
+    write_lora(tmp_path / "lora.safetensors", safetensors.torch.load_file(str(tmp_path / "t2v_bf16.safetensors")))
+    code = SAVE.format(folder=str(tmp_path), out=str(tmp_path / "output"))
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + code)
+    for granularity in ("channel", "tensor"):
+        v = r[granularity]
+        assert v["ours"] == 0.0 and v["ours_weights"] == v["weights"], (granularity, v)   # the same fp8 weights
+        assert f"20 float8_e4m3fn (per-{granularity})" in v["weights"], v
+    assert r["tensor"]["core"] == 0.0, r["tensor"]
+    assert r["channel"]["core"] == "KeyError: 'skyreels_fp8_e4m3fn_per_channel'", r["channel"]
