@@ -118,9 +118,9 @@ def test_df_fps_term_matches_skyreels_definition(host, tmp_path):
     assert "fps embedding: on" in r["report"]
 
 
-BYPASS = r"""
+# A standard Sample Video run (a LoRA folder registered): sample(model) -> (latent, report).
+SAMPLE_WITH_LORAS = r"""
 import nodes as core
-from comfy_extras.nodes_lora_debug import LoraLoaderBypassModelOnly
 from skyreels_pack.nodes.sample import SampleVideo
 folder_paths.add_model_folder_path("loras", {folder!r})
 pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
@@ -131,7 +131,10 @@ ARGS = dict(width=32, height=32, frames=9, seed=1, steps=4, cfg=3.0, shift=8.0, 
 def sample(m):
     samples, report, _ = SampleVideo.execute(m, pos, neg, **ARGS).args
     return samples["samples"], report
+"""
 
+BYPASS = SAMPLE_WITH_LORAS + r"""
+from comfy_extras.nodes_lora_debug import LoraLoaderBypassModelOnly
 bf16 = load("t2v_bf16.safetensors", "bf16")[0]
 ref = sample(core.LoraLoaderModelOnly().load_lora_model_only(bf16, "lora.safetensors", 1.0)[0])[0]
 result = {{"lora effect": rel(sample(bf16)[0], ref)}}
@@ -157,30 +160,24 @@ def test_core_bypass_lora_on_fp8_weights(host, tmp_path):
         assert "20 float8_e4m3fn (per-channel)" in v["report"] and f"matmul: {matmul}" in v["report"], (compute, v)
 
 
-SAVE = r"""
-import glob, nodes as core
+SAVE = SAMPLE_WITH_LORAS + r"""
+import glob
 from comfy_extras.nodes_model_merging import ModelSave
-from skyreels_pack.nodes.sample import SampleVideo
-folder_paths.add_model_folder_path("loras", {folder!r})
 folder_paths.set_output_directory({out!r})
 folder_paths.add_model_folder_path("diffusion_models", os.path.join({out!r}, "diffusion_models"))
-pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
-neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
-ARGS = dict(width=32, height=32, frames=9, seed=1, steps=4, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
-            mode={{"mode": "standard"}})
 
-def sample(m):
-    samples, report, _ = SampleVideo.execute(m, pos, neg, **ARGS).args
-    return samples["samples"], report.splitlines()[2]
+def weights_run(m):   # the latent and the report's weights line
+    samples, report = sample(m)
+    return samples, report.splitlines()[2]
 
 result = {{}}
 for granularity in ("channel", "tensor"):
     merged = core.LoraLoaderModelOnly().load_lora_model_only(load(f"t2v_fp8_{{granularity}}.safetensors")[0],
                                                              "lora.safetensors", 1.0)[0]
-    before, weights = sample(merged)
+    before, weights = weights_run(merged)
     ModelSave().save(merged, f"diffusion_models/merged_{{granularity}}")
     path = glob.glob(os.path.join({out!r}, "diffusion_models", f"merged_{{granularity}}_*.safetensors"))[0]
-    ours, ours_weights = sample(load(os.path.basename(path))[0])
+    ours, ours_weights = weights_run(load(os.path.basename(path))[0])
     result[granularity] = dict(weights=weights, ours=rel(ours, before), ours_weights=ours_weights)
     try:
         result[granularity]["core"] = rel(sample(comfy.sd.load_diffusion_model(path))[0], before)
