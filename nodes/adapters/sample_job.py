@@ -78,9 +78,11 @@ class Job:
             fail("start_image / prefix_video need a vae connected to encode them")
         if prefix_video is not None:
             check_frames("overlap_history", self.opts["overlap_history"])
-            pixels = self._tail_pixels(prefix_video[None], "prefix_video")
-            # SkyReels-V2 continues a video with its own pixels, not a decode of them (extend_video).
-            self.prefix_pixels = pixels.expand(self.shape[0], -1, -1, -1, -1)
+            # SkyReels-V2 continues a video with its own pixels, not a decode of them (extend_video): all of its
+            # last overlap_history frames, also those after the whole causal blocks that are encoded.
+            own = self._fit(prefix_video[-self.opts["overlap_history"]:])[None]
+            self.prefix_pixels = own.expand(self.shape[0], -1, -1, -1, -1)
+            pixels = self._tail_pixels(own, "prefix_video")
         else:
             pixels = self._tail_pixels(start_image[None, :1], "start_image")
         self.prefix = self._encode(pixels).expand(self.shape[0], -1, -1, -1, -1)
@@ -126,7 +128,7 @@ class Job:
         pixels = self.vae.decode(window)                  # [B * frames, H, W, C] or [B, frames, H, W, C]
         pixels = pixels.reshape(window.shape[0], -1, *pixels.shape[-3:])[:, video_frames(overlap) if overlap else 0:]
         if first and self.prefix_pixels is not None:
-            own = self.prefix_pixels.to(pixels)
+            own = self.prefix_pixels.to(pixels)[:, :pixels.shape[1]]
             pixels = torch.cat([own, pixels[:, own.shape[1]:]], dim=1)
         joined = pixels if self.tail is None else torch.cat([self.tail, pixels], dim=1)
         self.tail = joined[:, -self.opts["overlap_history"]:]

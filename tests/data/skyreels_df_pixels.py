@@ -33,6 +33,7 @@ CASES = {
     "long": (21, 13, 5, 0, 1, False, 0, False),
     "start_image": (21, 13, 5, 0, 1, True, 0, False),
     "extend": (21, 13, 5, 0, 1, False, 9, False),
+    "extend_blocks_of_3": (29, 21, 13, 1, 3, False, 17, False),
     "blocks_of_3": (29, 21, 13, 1, 3, False, 0, False),
     "start_end": (13, 97, 5, 0, 1, True, 0, True),
     "long_start_end": (21, 13, 5, 1, 1, True, 0, True),
