@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Generate a SkyReels-V2 video headless: runs one of this pack's workflows through a real ComfyUI.
 
-    python generate_video_fp8.py --model_path MODEL [--prompt "..."] [--resolution 540P|720P] [--num_frames 97]
+    python generate_video_fp8.py --model_id MODEL [--prompt "..."] [--resolution 540P|720P] [--num_frames 97]
         [--image START.png] [--use_sage_attention] [--no-fp8] [--offload] [--seed N] [--output out.mp4]
-        [DF: --ar_step 5 --causal_block_size 5 --base_num_frames 97 --overlap_history 17 --addnoise_condition 20]
+        [--teacache --teacache_thresh 0.2 --use_ret_steps]
+        [DF: --ar_step 5 --causal_block_size 5 --base_num_frames 97 --overlap_history 17 --addnoise_condition 20
+             --end_image END.png --video_path CONTINUE.mp4]
         (all options and their defaults, SkyReels-V2's: --help)
 
 The workflow follows from the model's tensors (I2V with --image: skyreels_i2v_fp8_sage.json; DF model or any DF
-flag: skyreels_df_long_video.json; else skyreels_t2v_fp8_sage.json). With no --model_path it runs the DF workflow on
-an embedded tiny model on the CPU (random conditioning stands in for umt5-xxl): noise, but every node runs.
+flag: skyreels_df_long_video.json; else skyreels_t2v_fp8_sage.json), with nodes added for the flags that need them.
+With no --model_id it runs the DF workflow on an embedded tiny model on the CPU (random conditioning stands in for
+umt5-xxl): noise, but every node runs.
 ComfyUI is found as the tests find it ($COMFYUI_PATH, the ComfyUI this pack is in, ~/ComfyUI) and started on
 127.0.0.1 with a temporary base folder. Exit status: 0 done, 2 bad input or no ComfyUI, 1 generation failed.
 """
@@ -33,6 +36,7 @@ RESOLUTIONS = {"540P": (960, 544), "720P": (1280, 720)}
 # SkyReels-V2's generate_video_df.py defaults (its overlap_history has none; 17 is what its README uses).
 DF_DEFAULTS = dict(ar_step=0, causal_block_size=1, base_num_frames=97, overlap_history=17, addnoise_condition=0)
 DF_FLAGS = tuple(DF_DEFAULTS)
+DF_INPUTS = ("end_image", "video_path")     # files only Diffusion Forcing takes
 # The demo's long video, small and asynchronous: 57 frames in windows of 37 overlapping by 17, causal blocks of 5.
 DEMO = dict(width=64, height=64, frames=57, steps=4, ar_step=5, causal_block_size=5, base_num_frames=37,
             overlap_history=17, addnoise_condition=20)
@@ -177,12 +181,19 @@ def write_tiny_vae(path, seed=0):
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model_path", help="SkyReels-V2 model file or downloaded folder (none: the tiny demo)")
+    p.add_argument("--model_id", "--model_path", dest="model_path",
+                   help="SkyReels-V2 model: a file, a downloaded folder, or a Hugging Face id already downloaded "
+                        "(into models/diffusion_models/<name> or the Hugging Face cache; nothing is downloaded). "
+                        "None: the tiny demo")
     p.add_argument("--prompt", default="A graceful white swan swimming in a serene lake at dawn.")
     p.add_argument("--negative_prompt", help="default: the workflow's")
     p.add_argument("--resolution", choices=list(RESOLUTIONS), default="540P")
     p.add_argument("--num_frames", type=int, default=97)
-    p.add_argument("--image", help="start image (I2V model: image to video; DF model: first frame)")
+    p.add_argument("--image", help="start image (I2V model: image to video; DF model: first frame); a portrait "
+                                   "image makes a portrait video, as SkyReels-V2's scripts do")
+    p.add_argument("--end_image", help="Diffusion Forcing: the frame the video leads to (causal_block_size 1)")
+    p.add_argument("--video_path", help="Diffusion Forcing: a video to continue; the output is that video, then the "
+                                        "new frames (SkyReels-V2's extend_video)")
     p.add_argument("--inference_steps", type=int, default=30)
     p.add_argument("--guidance_scale", type=float, help="cfg (default: the workflow's, 6.0; I2V 5.0)")
     p.add_argument("--shift", type=float, help="flow shift (default: the workflow's, 8.0; I2V 3.0)")
@@ -193,7 +204,16 @@ def parse_args(argv):
     p.add_argument("--use_sage_attention", action="store_true", help="8-bit SageAttention (Patch SageAttention)")
     p.add_argument("--offload", action="store_true", help="start ComfyUI with --lowvram (weights streamed to the GPU)")
     p.add_argument("--monitor_memory", action="store_true", help="print peak memory and time per step")
-    p.add_argument("--output", help="video file to write (default: video_out/<workflow>_<seed>_<time>.mp4)")
+    p.add_argument("--teacache", action="store_true", help="TeaCache (SkyReels-V2): skip model passes that would "
+                                                           "change little")
+    p.add_argument("--teacache_thresh", type=float, default=0.2,
+                   help="with --teacache: higher is faster and further from the video without it (SkyReels-V2's "
+                        "figures: 0.1 about 2x, 0.2 about 3x)")
+    p.add_argument("--use_ret_steps", action="store_true",
+                   help="with --teacache: retention steps (SkyReels-V2: faster and better)")
+    p.add_argument("--prompt_enhancer", action="store_true", help="not available here (it says why)")
+    p.add_argument("--output", help="video file to write (default: OUTDIR/<workflow>_<seed>_<time>.mp4)")
+    p.add_argument("--outdir", default="video_out", help="folder of the video when --output is not given")
     for flag, default in DF_DEFAULTS.items():
         p.add_argument("--" + flag, type=int, help=f"Diffusion Forcing (default: {default}, as SkyReels-V2)")
     p.add_argument("--causal_attention", action="store_true",
@@ -209,23 +229,89 @@ def parse_args(argv):
 
 
 def pick_workflow(args, info):
-    if info is None:
-        if args.image:
-            raise BadInput("--image needs --model_path (the demo model takes no image)")
+    given = [f"--{f}" for f in (*DF_FLAGS, "causal_attention", *DF_INPUTS) if getattr(args, f) not in (None, False)]
+    if info is None:    # the demo model is DF-1.3B-like
         return "skyreels_df_long_video.json"
     if info.variant == "I2V":
         if not args.image:
             raise BadInput(f"--model_path: {info.describe()} is an image-to-video model; give --image")
-        given = [f"--{f}" for f in (*DF_FLAGS, "causal_attention") if getattr(args, f) not in (None, False)]
         if given:
             raise BadInput(f"{', '.join(given)}: Diffusion Forcing options; {info.describe()} samples in standard "
                            "mode (use a DF model)")
         return "skyreels_i2v_fp8_sage.json"
     # DF-14B has the same tensors as T2V-14B: a start image or a DF flag asks for Diffusion Forcing.
-    if info.variant == "DF" or args.image or args.causal_attention or any(getattr(args, f) is not None
-                                                                         for f in DF_FLAGS):
+    if info.variant == "DF" or args.image or given:
         return "skyreels_df_long_video.json"
     return "skyreels_t2v_fp8_sage.json"
+
+
+def check_flags(args):
+    """What SkyReels-V2's scripts refuse, or would ignore, refused here before ComfyUI starts."""
+    if args.prompt_enhancer:
+        raise BadInput("--prompt_enhancer: SkyReels-V2's prompt enhancer (Qwen2.5-32B-Instruct) does not run in "
+                       "ComfyUI; run its skyreels_v2_infer/pipelines/prompt_enhancer.py and pass what it prints as "
+                       "--prompt")
+    for flag in ("image", *DF_INPUTS):
+        path = getattr(args, flag)
+        if path and not os.path.isfile(path):
+            raise BadInput(f"--{flag}: {path} not found")
+    if args.image and args.video_path:
+        raise BadInput("--image, --video_path: give one (a first frame, or a video to continue)")
+    if args.end_image and args.causal_block_size not in (None, 1):
+        raise BadInput(f"--end_image: needs --causal_block_size 1, not {args.causal_block_size} (the end image is "
+                       "one latent frame)")
+    if args.teacache and args.use_usp:
+        raise BadInput("--teacache: TeaCache does not reach --use_usp's parallel workers yet; drop one of the two")
+
+
+def read_source(args):
+    """(width, height, frames) of --video_path or --image, or None: SkyReels-V2 makes a portrait video from a portrait
+    one, and can continue a video of at least overlap_history frames."""
+    if args.video_path:
+        import av
+        try:
+            with av.open(args.video_path) as container:
+                stream = container.streams.video[0]
+                size = stream.codec_context.width, stream.codec_context.height
+                frames = sum(1 for _ in container.decode(stream))
+        except (av.FFmpegError, IndexError) as e:
+            raise BadInput(f"--video_path: {args.video_path} is not a video ComfyUI can read ({e})") from None
+        overlap = args.overlap_history or DF_DEFAULTS["overlap_history"]
+        if frames < overlap:
+            raise BadInput(f"--video_path: {frames} frames, fewer than overlap_history ({overlap}), the frames a "
+                           "continuation starts from")
+        return (*size, frames)
+    if args.image:
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(args.image) as picture:
+                return (*picture.size, 1)
+        except (UnidentifiedImageError, OSError) as e:
+            raise BadInput(f"--image: {args.image} is not an image ({e})") from None
+    return None
+
+
+def find_model(given, host):
+    """--model_id / --model_path: a file or folder, else a Hugging Face id (as SkyReels-V2's --model_id) downloaded
+    into ComfyUI's models/diffusion_models/<name> or the Hugging Face cache."""
+    if os.path.exists(given):
+        return given
+    owner, _, name = given.partition("/")
+    if not (owner and name) or "/" in name:
+        raise BadInput(f"--model_id: {given} not found")
+    places = [os.path.join(host, "models", "diffusion_models", name)]
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    repo = os.path.join(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"), f"models--{owner}--{name}")
+    try:
+        with open(os.path.join(repo, "refs", "main")) as f:
+            places.append(os.path.join(repo, "snapshots", f.read().strip()))
+    except OSError:
+        pass
+    for place in places:
+        if os.path.isdir(place):
+            return place
+    raise BadInput(f"--model_id: {given} is not downloaded (looked in {' and '.join(places)}; this script downloads "
+                   f"nothing): huggingface-cli download {given} --local-dir {places[0]}")
 
 
 def inspect_model(path):
@@ -243,7 +329,7 @@ class BadInput(Exception):
     pass
 
 
-def link_models(base, args, info):
+def link_models(base, args, info, model):
     """extra_model_paths.yaml pointing ComfyUI at the given files; returns {widget: file name}."""
     host_models = os.path.join(find_host() or DEFAULT_HOST, "models")
     wanted = [("diffusion_models", "model_path", None),
@@ -253,7 +339,7 @@ def link_models(base, args, info):
         wanted.append(("clip_vision", "clip_vision", "clip_vision_h.safetensors"))
     files = {}
     for kind, flag, default in wanted:
-        given = getattr(args, flag)
+        given = model if kind == "diffusion_models" else getattr(args, flag)
         files[kind] = os.path.abspath(given) if given else os.path.join(host_models, kind, default)
         if not os.path.exists(files[kind]):
             raise BadInput(f"{kind}: {files[kind]} not found; pass --{flag} or put the file there")
@@ -261,19 +347,28 @@ def link_models(base, args, info):
     with open(os.path.join(base, "extra_model_paths.yaml"), "w") as f:
         f.write("\n".join(lines) + "\n")
     names = {kind: os.path.basename(path) for kind, path in files.items()}
-    if os.path.isdir(files["diffusion_models"]):
-        names["diffusion_models"] += "/"
+    folder = files["diffusion_models"]
+    if os.path.isdir(folder):    # listed as "name/" with a shard index, else by its one file, as ComfyUI lists it
+        inside = os.listdir(folder)
+        single = [f for f in inside if f.endswith(".safetensors")]
+        indexed = any(f.endswith(".safetensors.index.json") for f in inside)
+        names["diffusion_models"] = (names["diffusion_models"] + "/" if indexed or len(single) != 1
+                                     else os.path.join(names["diffusion_models"], single[0]))
     return names
 
 
-def build_prompt(workflow, object_info, args, names, demo):
+def build_prompt(workflow, object_info, args, names, demo, source=None):
+    """The workflow in API form with the flags' values, and the nodes some flags add (`connect_flags`); `source`:
+    read_source's (width, height, frames)."""
     from workflows.api import ui_to_api
 
     prompt = ui_to_api(workflow, object_info)
     width, height = RESOLUTIONS[args.resolution]
+    if source and source[1] > source[0]:      # portrait, as SkyReels-V2's scripts turn it
+        width, height = height, width
     sizes = dict(width=width, height=height, frames=args.num_frames, steps=args.inference_steps)
     if demo:
-        sizes.update(DEMO)
+        sizes.update(DEMO, causal_block_size=1 if args.end_image else DEMO["causal_block_size"])
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "SkyReelsFP8ModelLoader":
@@ -292,19 +387,10 @@ def build_prompt(workflow, object_info, args, names, demo):
                     given = getattr(args, flag)
                     inputs["mode." + flag] = given if given is not None else sizes.get(flag, DF_DEFAULTS[flag])
                 inputs["mode.causal_attention"] = args.causal_attention
-            if args.use_usp:
-                prompt["parallel"] = {"class_type": "SkyReelsParallelConfig",
-                                      "inputs": {"workers": args.workers, "device": "auto", "ray_address": "",
-                                                 "cfg_parallel": True, "keep_workers": True, "ring_degree": 0}}
-                inputs["parallel"] = ["parallel", 0]
-            if args.image and inputs["mode"] == "diffusion forcing":
-                prompt["start"] = {"class_type": "LoadImage", "inputs": {"image": os.path.basename(args.image)}}
-                inputs["start_image"] = ["start", 0]
-                inputs["vae"] = next([i, 0] for i, n in prompt.items() if n["class_type"] == "VAELoader")
         elif kind == "WanImageToVideo":
             inputs.update(width=sizes["width"], height=sizes["height"], length=sizes["frames"])
         elif kind == "LoadImage" and args.image:
-            inputs["image"] = os.path.basename(args.image)
+            inputs["image"] = input_name(args, "image")
         elif kind == "CLIPLoader" and not demo:
             inputs["clip_name"] = names["text_encoders"]
         elif kind == "VAELoader":
@@ -323,6 +409,7 @@ def build_prompt(workflow, object_info, args, names, demo):
             inputs["fps"] = args.fps
         elif kind == "SaveVideo":
             inputs["filename_prefix"] = "headless/video"
+    connect_flags(prompt, args, sizes, source)
     if demo:
         prompt = {k: v for k, v in prompt.items() if v["class_type"] != "CLIPLoader"}
         for node in prompt.values():   # Load Training Dataset gives (latents, conditioning)
@@ -330,6 +417,54 @@ def build_prompt(workflow, object_info, args, names, demo):
                 if isinstance(link, list) and prompt[link[0]]["class_type"] == "LoadTrainingDataset":
                     node["inputs"][name] = [link[0], 1]
     return prompt
+
+
+def input_name(args, flag):
+    """The name --image / --end_image / --video_path get in ComfyUI's input folder (two files may share a name)."""
+    return f"{flag}_{os.path.basename(getattr(args, flag))}"
+
+
+def connect_flags(prompt, args, sizes, source):
+    """Nodes for the flags that feed Sample Video more: TeaCache, Parallel Config, start / end image (DF), a video
+    to continue."""
+    sample = next(n["inputs"] for n in prompt.values() if n["class_type"] == "SkyReelsSampleVideo")
+    vae = next([i, 0] for i, n in prompt.items() if n["class_type"] == "VAELoader")
+    if args.teacache:
+        prompt["teacache"] = {"class_type": "SkyReelsTeaCache", "inputs": {
+            "model": sample["model"], "threshold": args.teacache_thresh, "retention_steps": args.use_ret_steps}}
+        sample["model"] = ["teacache", 0]
+    if args.use_usp:
+        prompt["parallel"] = {"class_type": "SkyReelsParallelConfig",
+                              "inputs": {"workers": args.workers, "device": "auto", "ray_address": "",
+                                         "cfg_parallel": True, "keep_workers": True, "ring_degree": 0}}
+        sample["parallel"] = ["parallel", 0]
+    if sample["mode"] != "diffusion forcing":
+        return
+    for flag, slot in (("image", "start_image"), ("end_image", "end_image")):
+        if getattr(args, flag):
+            prompt[slot] = {"class_type": "LoadImage", "inputs": {"image": input_name(args, flag)}}
+            sample[slot], sample["vae"] = [slot, 0], vae
+    if args.video_path:
+        continue_video(prompt, sample, args, sizes, source[2], vae)
+
+
+def continue_video(prompt, sample, args, sizes, frames, vae):
+    """--video_path as SkyReels-V2's extend_video: the video resized to the output size (stretched, as its reader
+    does) is Sample Video's prefix_video, and the saved video is all of it, then the new frames."""
+    prompt["video"] = {"class_type": "LoadVideo", "inputs": {"file": input_name(args, "video_path")}}
+    prompt["video_frames"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["video", 0]}}
+    prompt["video_sized"] = {"class_type": "ImageScale", "inputs": {
+        "image": ["video_frames", 0], "upscale_method": "bicubic", "width": sizes["width"],
+        "height": sizes["height"], "crop": "disabled"}}
+    sample["prefix_video"], sample["vae"] = ["video_sized", 0], vae
+    head = frames - sample["mode.overlap_history"]     # Sample Video's images start with the last overlap_history
+    if head > 0:
+        create = next(n["inputs"] for n in prompt.values() if n["class_type"] == "CreateVideo")
+        prompt["video_head"] = {"class_type": "ImageFromBatch",
+                                "inputs": {"image": ["video_sized", 0], "batch_index": 0, "length": head}}
+        prompt["whole_video"] = {"class_type": "BatchImagesNode", "inputs": {
+            "images.image0": ["video_head", 0], "images.image1": create["images"]}}
+        create["images"] = ["whole_video", 0]
 
 
 def negative_encoder(prompt):
@@ -360,28 +495,31 @@ def main(argv=None):
     server = None
     try:
         check_output(args.output)
-        info = None if demo else inspect_model(args.model_path)
-        if args.image and not os.path.isfile(args.image):
-            raise BadInput(f"--image: {args.image} not found")
+        check_flags(args)
+        model = None if demo else find_model(args.model_path, host)
+        info = None if demo else inspect_model(model)
         name = pick_workflow(args, info)
+        source = read_source(args)
         extra = []
         if demo:
             names = prepare_demo(host, base)
             extra.append("--cpu")
-            print(f"no --model_path: {name} on the embedded tiny SkyReels-V2 DF model, CPU (random conditioning "
+            print(f"no --model_id: {name} on the embedded tiny SkyReels-V2 DF model, CPU (random conditioning "
                   "stands in for umt5-xxl; the prompt is not read)")
         else:
-            names = link_models(base, args, info)
+            names = link_models(base, args, info, model)
             extra += ["--extra-model-paths-config", os.path.join(base, "extra_model_paths.yaml")]
             extra += ["--cpu"] if args.cpu else []
             extra += ["--lowvram"] if args.offload else []
             print(f"{info.describe()}: {name}")
-        if args.image:
-            shutil.copy(args.image, os.path.join(base, "input", os.path.basename(args.image)))
+        os.makedirs(os.path.join(base, "input"))
+        for flag in ("image", *DF_INPUTS):
+            if getattr(args, flag):
+                shutil.copy(getattr(args, flag), os.path.join(base, "input", input_name(args, flag)))
         server = HostServer(host, base, extra).start()
         with open(os.path.join(REPO, "workflows", name)) as f:
             workflow = json.load(f)
-        prompt = build_prompt(workflow, server.get("/object_info"), args, names, demo)
+        prompt = build_prompt(workflow, server.get("/object_info"), args, names, demo, source)
         started = time.time()
         entry = server.run(prompt)
         err = error_of(entry)
@@ -422,11 +560,12 @@ def write_demo_conditioning(base):
 
 
 def prepare_demo(host, base):
-    """Tiny DF release folder, tiny VAE and the random conditioning, written under the base folder."""
+    """Tiny DF release folder, tiny VAE and the random conditioning, written under the base folder. The model has
+    DF-1.3B's width, which TeaCache's coefficients are for, and 2 blocks."""
     models = os.path.join(base, "models")
     from quant import tiny
     tiny.write_release(os.path.join(models, "diffusion_models", "tiny-SkyReels-V2-DF"),
-                       tiny.state_dict(tiny.info("DF"), seed=2))
+                       tiny.state_dict(tiny.info("DF", dim=1536, ffn_dim=1024), seed=2))
     os.makedirs(os.path.join(models, "vae"), exist_ok=True)
     vae = os.path.join(models, "vae", "tiny_wan_vae.safetensors")
     code = (f"import sys; sys.path[:0] = [{host!r}, {REPO!r}]\nimport comfy.cli_args; comfy.cli_args.args.cpu = True\n"
@@ -453,7 +592,7 @@ def save_output(base, args, workflow_name):
     if len(found) != 1:
         raise RuntimeError(f"expected one video in the output folder, found {found}")
     ext = os.path.splitext(found[0])[1]
-    dst = args.output or os.path.join("video_out", f"{workflow_name.split('.')[0]}_{args.seed}_"
+    dst = args.output or os.path.join(args.outdir, f"{workflow_name.split('.')[0]}_{args.seed}_"
                                                    f"{time.strftime('%Y%m%d_%H%M%S')}{ext}")
     if os.path.exists(dst):
         raise BadInput(f"--output: {dst} exists; choose another name")

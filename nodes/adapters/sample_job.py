@@ -287,11 +287,13 @@ class Job:
         ]
         if self.df:
             o = self.opts
+            start = ", a video continued" if self.prefix_pixels is not None else ", start image" if (
+                self.prefix is not None) else ""
             lines.insert(1, f"diffusion forcing: ar_step {o['ar_step']}, causal_block_size {o['causal_block_size']}"
                             f"{' (causal attention)' if o.get('causal_attention') else ''}, "
                             f"base_num_frames {o['base_num_frames']}, overlap_history {o['overlap_history']} "
                             f"({'through the VAE' if self.vae is not None else 'in latent space'}), addnoise_condition "
-                            f"{o['addnoise_condition']}, fps {self.fps}{', end image' if self.end is not None else ''}")
+                            f"{o['addnoise_condition']}, fps {self.fps}{start}{', end image' if self.end is not None else ''}")
         report = "\n".join(lines)
         log.info(report)
         return report

@@ -78,7 +78,7 @@ def test_flags_reach_the_workflow_widgets(server):
     assert (sample["mode.base_num_frames"], sample["mode.addnoise_condition"]) == (97, 0)
     assert sorted(e["text"] for e in by_type["CLIPTextEncode"]) == ["a red fox", "blurry"]
     assert by_type["CLIPLoader"][0]["clip_name"] == "umt5.safetensors"
-    assert by_type["LoadImage"][0]["image"] == "start.png" and prompt[sample["start_image"][0]]
+    assert by_type["LoadImage"][0]["image"] == "image_start.png" and prompt[sample["start_image"][0]]
     assert prompt[sample["vae"][0]]["class_type"] == "VAELoader"
     assert by_type["CreateVideo"][0]["fps"] == 24
     # the video as SkyReels-V2 assembles it: Sample Video's images output (slot 2), each window decoded alone
@@ -91,15 +91,143 @@ def test_flags_reach_the_workflow_widgets(server):
     assert set(parallel["inputs"]) == set(spec), (parallel["inputs"], spec)   # every widget, as the host names them
 
 
+def test_teacache_and_a_portrait_image_reach_the_i2v_workflow(server):
+    import json
+
+    from generate_video_fp8 import build_prompt, parse_args
+    info = server.get("/object_info")
+    names = {"diffusion_models": "i2v/", "text_encoders": "umt5.safetensors", "vae": "vae.safetensors",
+             "clip_vision": "clip_vision_h.safetensors"}
+    args = parse_args(["--model_id", "x", "--image", "me.png", "--teacache", "--use_ret_steps", "--resolution", "720P"])
+    with open(os.path.join(REPO, "workflows", "skyreels_i2v_fp8_sage.json")) as f:
+        prompt = build_prompt(json.load(f), info, args, names, demo=False, source=(720, 1280, 1))
+    by_type = {n["class_type"]: n["inputs"] for n in prompt.values()}
+    # a portrait image makes a portrait video, as SkyReels-V2's generate_video.py does
+    image_to_video = by_type["WanImageToVideo"]
+    assert (image_to_video["width"], image_to_video["height"]) == (720, 1280)
+    assert by_type["LoadImage"]["image"] == "image_me.png"
+    # TeaCache between Patch SageAttention and Sample Video, with every widget the host knows
+    cache = prompt[by_type["SkyReelsSampleVideo"]["model"][0]]
+    assert cache["class_type"] == "SkyReelsTeaCache"
+    assert cache["inputs"] == {"model": cache["inputs"]["model"], "threshold": 0.2, "retention_steps": True}
+    assert prompt[cache["inputs"]["model"][0]]["class_type"] == "SkyReelsPatchSageAttention"
+    assert set(cache["inputs"]) == set(info["SkyReelsTeaCache"]["input"]["required"])
+
+
 def test_model_and_image_must_fit(host, tmp_path):
     from helpers import write_tiny_release
     write_tiny_release(str(tmp_path / "i2v"), "I2V")
     proc = run(["--model_path", str(tmp_path / "i2v")], host, tmp_path)
     assert proc.returncode == 2 and "is an image-to-video model; give --image" in proc.stderr
-    (tmp_path / "start.png").write_bytes(b"")                  # exists; the demo refuses it before reading
+    (tmp_path / "start.png").write_bytes(b"")                  # exists, and is no image
     proc = run(["--image", "start.png"], host, tmp_path)
-    assert proc.returncode == 2 and "--image needs --model_path" in proc.stderr
+    assert proc.returncode == 2 and "--image: start.png is not an image" in proc.stderr
     # I2V samples in standard mode, where the DF widgets do not exist: their flags are refused, not dropped
     proc = run(["--model_path", str(tmp_path / "i2v"), "--image", "start.png", "--ar_step", "5",
-                "--causal_attention"], host, tmp_path)
-    assert proc.returncode == 2 and "--ar_step, --causal_attention: Diffusion Forcing options;" in proc.stderr
+                "--causal_attention", "--end_image", "start.png"], host, tmp_path)
+    assert proc.returncode == 2
+    assert "--ar_step, --causal_attention, --end_image: Diffusion Forcing options;" in proc.stderr
+
+
+def frames_of(path):
+    with av.open(str(path)) as c:
+        return torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]).float()
+
+
+def write_clip(path, frames, width, height):
+    """An h264 clip whose frames differ from each other (a ramp moving 5 levels a frame)."""
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            picture = torch.full((height, width, 3), 128, dtype=torch.uint8)
+            picture[:, :, 0] = (torch.arange(width) * 3 + i * 5) % 256
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(picture.numpy(), format="rgb24")))
+        c.mux(stream.encode())
+
+
+def test_skyreels_v2_flags_continue_a_video_to_an_end_image_with_teacache(host, tmp_path):
+    # SkyReels-V2's README commands use these flags; on the demo model (DF, TeaCache's 1.3B width) every node runs.
+    from PIL import Image
+    write_clip(tmp_path / "clip.mp4", 25, 80, 48)             # 5:3, stretched to the demo's 64x64 as SkyReels-V2's
+    Image.new("RGB", (80, 48), (200, 30, 30)).save(tmp_path / "end.png")
+    proc = run(["--video_path", "clip.mp4", "--end_image", "end.png", "--teacache", "--use_ret_steps",
+                "--teacache_thresh", "0.3", "--outdir", "mine"], host, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "overlap_history 17 (through the VAE), addnoise_condition 20, fps 24, a video continued, end image" \
+        in proc.stdout
+    assert "model calls skipped (threshold 0.3, retention steps;" in proc.stdout
+    [video] = list((tmp_path / "mine").iterdir())
+    assert video.name.startswith("skyreels_df_long_video_42_")
+    out, given = frames_of(video), frames_of(tmp_path / "clip.mp4")
+    # As SkyReels-V2's extend_video: the whole given video, then the frames made after its last 17 (57 - 17).
+    assert out.shape == (25 + 57 - 17, 64, 64, 3)
+    given = torch.nn.functional.interpolate(given.permute(0, 3, 1, 2), size=(64, 64), mode="bicubic")
+    given = given.permute(0, 2, 3, 1)
+    for k in range(25):
+        # h264 twice: measured 1.2 to 3.1 levels apart; frames 12 apart differ by 20 or more
+        assert (out[k] - given[k]).abs().mean() < 6 < (out[k] - given[(k + 12) % 25]).abs().mean(), k
+
+
+def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, capsys):
+    from generate_video_fp8 import main
+    from PIL import Image
+    monkeypatch.setenv("COMFYUI_PATH", host)
+    monkeypatch.chdir(tmp_path)
+    write_clip(tmp_path / "short.mp4", 9, 32, 32)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "clip.txt").write_text("not a video")
+    for argv, message in (
+            (["--prompt_enhancer"], "--prompt_enhancer: SkyReels-V2's prompt enhancer (Qwen2.5-32B-Instruct) does "
+                                    "not run in ComfyUI; run its skyreels_v2_infer/pipelines/prompt_enhancer.py"),
+            (["--image", "a.png", "--video_path", "short.mp4"], "--image, --video_path: give one"),
+            (["--end_image", "a.png", "--causal_block_size", "5"], "--end_image: needs --causal_block_size 1, not 5"),
+            (["--teacache", "--use_usp"], "--teacache: TeaCache does not reach --use_usp's parallel workers yet"),
+            (["--video_path", "short.mp4"], "--video_path: 9 frames, fewer than overlap_history (17)"),
+            (["--video_path", "clip.txt"], "--video_path: clip.txt is not a video ComfyUI can read"),
+            (["--end_image", "none.png"], "--end_image: none.png not found")):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+def test_model_id_is_found_where_it_was_downloaded(host, tmp_path, monkeypatch, capsys):
+    # The Hugging Face cache as huggingface_hub lays it out: refs/main names the snapshot, whose files link to blobs.
+    from generate_video_fp8 import main
+    from helpers import write_tiny_release
+    write_tiny_release(tmp_path / "blobs", "I2V")
+    repo = tmp_path / "hub" / "models--Skywork--SkyReels-V2-I2V-14B-540P"
+    (repo / "snapshots" / "0c7b").mkdir(parents=True)
+    for f in (tmp_path / "blobs").iterdir():
+        (repo / "snapshots" / "0c7b" / f.name).symlink_to(f)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0c7b")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("COMFYUI_PATH", host)
+    assert main(["--model_id", "Skywork/SkyReels-V2-I2V-14B-540P"]) == 2
+    err = capsys.readouterr().err       # found, and its tensors read
+    assert "SkyReels-V2 I2V" in err and "is an image-to-video model; give --image" in err, err
+    assert main(["--model_id", "Skywork/SkyReels-V2-DF-1.3B-540P"]) == 2
+    err = capsys.readouterr().err
+    assert "--model_id: Skywork/SkyReels-V2-DF-1.3B-540P is not downloaded (looked in " in err
+    assert "this script downloads nothing): huggingface-cli download Skywork/SkyReels-V2-DF-1.3B-540P " in err
+
+
+def test_a_release_folder_gets_the_name_the_loader_lists(server, tmp_path):
+    # A release of one model.safetensors (no shard index) is listed by its file, a sharded one as "name/".
+    import safetensors.torch
+    from generate_video_fp8 import link_models, parse_args
+    from quant import tiny
+    models = os.path.join(server.base, "models", "diffusion_models")
+    single = os.path.join(models, "release.single")
+    os.makedirs(single)
+    safetensors.torch.save_file(tiny.state_dict(tiny.info("DF"), seed=2), os.path.join(single, "model.safetensors"))
+    for name in ("te.safetensors", "vae.safetensors"):
+        safetensors.torch.save_file({"x": torch.zeros(1)}, str(tmp_path / name))
+    args = parse_args(["--text_encoder", str(tmp_path / "te.safetensors"), "--vae", str(tmp_path / "vae.safetensors")])
+    listed = server.get("/object_info/SkyReelsFP8ModelLoader")["SkyReelsFP8ModelLoader"]["input"]["required"][
+        "model_name"][1]["options"]
+    for folder in (single, os.path.join(models, "t2v.sharded")):
+        base = tmp_path / os.path.basename(folder)
+        base.mkdir()
+        name = link_models(str(base), args, None, folder)["diffusion_models"]
+        assert name in listed, (name, listed)
