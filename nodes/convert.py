@@ -23,7 +23,7 @@ class ConvertToFP8(io.ComfyNode):
             is_output_node=True,
             inputs=[
                 io.Combo.Input("model_name", options=model_files.model_list(),
-                               tooltip="Source: a bf16/fp16/fp32 file or shard folder (name/) in "
+                               tooltip="Source: a bf16/fp16/fp32 file or release folder (name/) in "
                                        "models/diffusion_models."),
                 io.String.Input("output_name", default="",
                                 tooltip="File name in models/diffusion_models; empty: <source>_fp8_<type>.safetensors"),

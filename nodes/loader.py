@@ -33,7 +33,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
                         "files quantized while loading, tensor by tensor.",
             inputs=[
                 io.Combo.Input("model_name", options=model_files.model_list(),
-                               tooltip="A file or a shard folder (name/) in models/diffusion_models."),
+                               tooltip="A file, or a downloaded release folder (name/), in models/diffusion_models."),
                 io.Combo.Input("weight_format", options=list(WEIGHT_FORMATS), default="auto",
                                tooltip="auto: FP8 files as they are, others as fp8_e4m3fn per-channel."),
                 io.Combo.Input("compute", options=COMPUTE, default="auto",

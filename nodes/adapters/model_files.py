@@ -1,4 +1,4 @@
-"""Model files as the nodes list them: the host's diffusion_models files, plus shard folders (shown as "name/")."""
+"""Model files as the nodes list them: the host's diffusion_models files, plus release folders (shown as "name/")."""
 import json
 import os
 
@@ -9,18 +9,25 @@ from ...quant.writer import name_problem
 FOLDER = "diffusion_models"
 
 
-def _shard_folders():
+def _is_release(files):
+    # Shards with their index, or a Hugging Face release's config.json beside its weights (SkyReels-V2's 1.3B models
+    # come as one model.safetensors, which its scripts load as the folder).
+    return any(f.endswith(".safetensors.index.json") for f in files) or (
+        "config.json" in files and any(f.endswith(".safetensors") for f in files))
+
+
+def _release_folders():
     found = []
     for root in filter(os.path.isdir, folder_paths.get_folder_paths(FOLDER)):
         for entry in sorted(os.listdir(root)):
             path = os.path.join(root, entry)
-            if os.path.isdir(path) and any(f.endswith(".safetensors.index.json") for f in os.listdir(path)):
+            if os.path.isdir(path) and _is_release(os.listdir(path)):
                 found.append(entry + "/")
     return found
 
 
 def model_list():
-    return _shard_folders() + folder_paths.get_filename_list(FOLDER)
+    return _release_folders() + folder_paths.get_filename_list(FOLDER)
 
 
 def shard_folder_of(path):

@@ -1,4 +1,5 @@
 import json
+import shutil
 import os
 
 import pytest
@@ -108,6 +109,10 @@ def server(host, tmp_path_factory):
     write_lora(os.path.join(base, "models", "loras", "tiny_lora.safetensors"), sd)
     write_bad_files(models)
     tiny.write_release(os.path.join(models, "t2v.sharded"), sd, shards=3)
+    os.makedirs(os.path.join(models, "t2v.release"))      # as SkyReels-V2's 1.3B releases: config.json, one file
+    shutil.copyfile(src, os.path.join(models, "t2v.release", "model.safetensors"))
+    with open(os.path.join(models, "t2v.release", "config.json"), "w") as f:
+        f.write('{"_class_name": "WanModel", "model_type": "t2v"}')
     write_workflow_files(host, base)
     srv.start()
     yield srv

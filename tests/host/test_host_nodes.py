@@ -74,11 +74,12 @@ def test_a_per_tensor_file_agrees_between_core_and_our_loader(server):
     assert rel(b, a) <= 1e-3
 
 
-def test_shard_folder_is_listed_and_loads_like_the_single_file(server):
+def test_release_folders_are_listed_and_load_like_the_single_file(server):
     options = server.get(f"/object_info/{LOADER}")[LOADER]["input"]["required"]["model_name"][1]["options"]
-    assert "t2v.sharded/" in options
+    assert "t2v.sharded/" in options and "t2v.release/" in options
     single = sample(server, ours("t2v_bf16.safetensors"), "shards_single")
     assert rel(sample(server, ours("t2v.sharded/"), "shards_folder"), single) <= 1e-6
+    assert rel(sample(server, ours("t2v.release/"), "release_folder"), single) <= 1e-6
 
 
 def test_c_bf16_through_our_node_equals_core(server, reference):
