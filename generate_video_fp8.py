@@ -17,6 +17,7 @@ ComfyUI is found as the tests find it ($COMFYUI_PATH, the ComfyUI this pack is i
 """
 import argparse
 import json
+import mimetypes
 import os
 import shutil
 import socket
@@ -139,7 +140,9 @@ class HostServer:
         status, body = self.post("/prompt", {"prompt": prompt, "client_id": "headless",
                                              "prompt_id": str(uuid.uuid4())})
         if status != 200:
-            raise RuntimeError(f"ComfyUI refused the prompt ({status}): {json.dumps(body)[:3000]}")
+            reasons = [f"{node.get('class_type')}: {e.get('message')}: {e.get('details')}"
+                       for node in body.get("node_errors", {}).values() for e in node.get("errors", [])]
+            raise RuntimeError(f"ComfyUI refused the prompt ({status}): {'; '.join(reasons) or json.dumps(body)[:3000]}")
         pid = body["prompt_id"]
         deadline = None if timeout is None else time.time() + timeout
         while deadline is None or time.time() < deadline:
@@ -234,7 +237,7 @@ def pick_workflow(args, info):
         return "skyreels_df_long_video.json"
     if info.variant == "I2V":
         if not args.image:
-            raise BadInput(f"--model_path: {info.describe()} is an image-to-video model; give --image")
+            raise BadInput(f"--model_id: {info.describe()} is an image-to-video model; give --image")
         if given:
             raise BadInput(f"{', '.join(given)}: Diffusion Forcing options; {info.describe()} samples in standard "
                            "mode (use a DF model)")
@@ -262,33 +265,53 @@ def check_flags(args):
                        "one latent frame)")
     if args.teacache and args.use_usp:
         raise BadInput("--teacache: TeaCache does not reach --use_usp's parallel workers yet; drop one of the two")
+    if not 0 <= args.teacache_thresh <= 1:
+        raise BadInput(f"--teacache_thresh: {args.teacache_thresh} is outside 0 to 1 (SkyReels-V2 uses 0.1 to 0.3)")
+    for flag in ("num_frames", "base_num_frames", "overlap_history"):
+        n = getattr(args, flag)
+        if n is not None and n < 1:
+            raise BadInput(f"--{flag}: {n} frames; give 1 or more")
+        if n is not None and (n - 1) % 4:   # SkyReels-V2 makes (n - 1) // 4 + 1 latent frames of any n
+            setattr(args, flag, (n - 1) // 4 * 4 + 1)
+            print(f"--{flag} {n}: {getattr(args, flag)} frames, as SkyReels-V2 makes them (4k+1)")
 
 
 def read_source(args):
     """(width, height, frames) of --video_path or --image, or None: SkyReels-V2 makes a portrait video from a portrait
     one, and can continue a video of at least overlap_history frames."""
     if args.video_path:
-        import av
-        try:
-            with av.open(args.video_path) as container:
-                stream = container.streams.video[0]
-                size = stream.codec_context.width, stream.codec_context.height
-                frames = sum(1 for _ in container.decode(stream))
-        except (av.FFmpegError, IndexError) as e:
-            raise BadInput(f"--video_path: {args.video_path} is not a video ComfyUI can read ({e})") from None
-        overlap = args.overlap_history or DF_DEFAULTS["overlap_history"]
-        if frames < overlap:
-            raise BadInput(f"--video_path: {frames} frames, fewer than overlap_history ({overlap}), the frames a "
-                           "continuation starts from")
-        return (*size, frames)
+        return read_video(args.video_path, args.overlap_history or DF_DEFAULTS["overlap_history"])
     if args.image:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, ImageOps, UnidentifiedImageError
         try:
-            with Image.open(args.image) as picture:
-                return (*picture.size, 1)
+            with Image.open(args.image) as picture:      # turned by its EXIF orientation, as LoadImage does
+                return (*ImageOps.exif_transpose(picture).size, 1)
         except (UnidentifiedImageError, OSError) as e:
             raise BadInput(f"--image: {args.image} is not an image ({e})") from None
     return None
+
+
+def read_video(path, overlap):
+    """(width, height, frames) as ComfyUI's Load Video gives them: turned by the rotation a phone records, without
+    the frames before time 0 that an mp4 edit list hides."""
+    import av
+    if not (mimetypes.guess_type(path, strict=False)[0] or "").startswith("video/"):
+        raise BadInput(f"--video_path: {path}: ComfyUI's Load Video takes video files (.mp4, .webm, .mov, .mkv, ...)")
+    size, frames = None, 0
+    try:
+        with av.open(path) as container:
+            for frame in container.decode(container.streams.video[0]):
+                if frame.pts is not None and frame.pts < 0:
+                    continue
+                if size is None:
+                    size = (frame.height, frame.width) if frame.rotation % 180 else (frame.width, frame.height)
+                frames += 1
+    except (av.FFmpegError, IndexError) as e:
+        raise BadInput(f"--video_path: {path} is not a video ComfyUI can read ({e})") from None
+    if not overlap <= frames <= overlap + 4096:     # core Image From Batch takes up to 4096 frames
+        raise BadInput(f"--video_path: {frames} frames; a continuation starts from its last overlap_history "
+                       f"({overlap}), and this script takes up to {overlap + 4096}: trim it")
+    return (*size, frames)
 
 
 def find_model(given, host):
@@ -322,7 +345,7 @@ def inspect_model(path):
         with Checkpoint(path) as ckpt:
             return ckpt.model_info()
     except (CheckpointError, FileNotFoundError, ValueError) as e:
-        raise BadInput(f"--model_path: {e}") from None
+        raise BadInput(f"--model_id: {e}") from None
 
 
 class BadInput(Exception):
@@ -332,7 +355,7 @@ class BadInput(Exception):
 def link_models(base, args, info, model):
     """extra_model_paths.yaml pointing ComfyUI at the given files; returns {widget: file name}."""
     host_models = os.path.join(find_host() or DEFAULT_HOST, "models")
-    wanted = [("diffusion_models", "model_path", None),
+    wanted = [("diffusion_models", "model_id", None),
               ("text_encoders", "text_encoder", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
               ("vae", "vae", "wan_2.1_vae.safetensors")]
     if args.image and info.variant == "I2V":

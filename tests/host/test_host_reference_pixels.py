@@ -50,7 +50,9 @@ for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in re
         # from that latent; its one-window path leaves them out, as Sample Video does everywhere.
         windows[-1], video = windows[-1][:, :-1], video[:-4]
     expected = torch.cat([windows[0]] + [w[:, latent_frames(overlap):] for w in windows[1:]], dim=1)[None]
-    video = video[video.shape[0] - images.shape[0]:]   # the pipeline's output also holds the older prefix frames
+    # the pipeline's output also holds the continued video's frames before its last overlap_history
+    made = video.shape[0] - (prefix_frames - overlap if prefix_frames else 0)
+    video = video[video.shape[0] - images.shape[0]:]
     gap = images.float() * 255 - video
     # Core VAE Decode of the LATENT output decodes all windows together: the frames after a seam then see the
     # previous window's latents instead of the re-encoded overlap they were made from.
@@ -58,7 +60,7 @@ for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in re
     first = 4 * (latent_frames(base) - 1) + 1   # the first window's frames
     result[name] = dict(
         latents=rel(model.model.process_latent_in(samples["samples"]), expected),
-        pixel_gap=[gap.min().item(), gap.max().item()], frames=[images.shape[0], video.shape[0]],
+        pixel_gap=[gap.min().item(), gap.max().item()], frames=[images.shape[0], made],
         together_first_window=(together[:first] - images[:first]).abs().max().item(),
         together_after=None if first >= images.shape[0] else          # one window: no seam
         [(together[first:] - images[first:]).abs().mean().item() * 255,
