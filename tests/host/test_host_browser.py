@@ -211,3 +211,28 @@ def test_an_old_workflows_linked_df_input_keeps_its_link(page):
     inputs = opened["prompt"][str(sample["id"])]["inputs"]
     assert inputs["mode.ar_step"] == ["99", 0] and "ar_step" not in inputs, inputs
     assert opened["stray"] == [] and page.errors == [], (opened["stray"], page.errors)
+
+
+def test_a_missing_vae_is_offered_for_download_where_comfy_org_keeps_it(page, server):
+    # The loaders of ComfyUI's Wan 2.1 files carry their download in the workflow, as ComfyUI's own templates do:
+    # with the file gone, the frontend's Missing Models panel offers Download, which asks for Comfy-Org's address.
+    # Without that entry the panel only names the file (checked by hand on the workflows before it).
+    vae = os.path.join(server.base, "models", "vae", "wan_2.1_vae.safetensors")
+    asked = []
+    page.context.route("https://huggingface.co/**",
+                       lambda route: (asked.append(route.request.url), route.fulfill(status=200, body=b"")))
+    refresh = "async () => { await window.app.refreshMissingModels({silent: false, reloadDefs: true}); }"
+    os.rename(vae, vae + ".away")
+    try:
+        open_template(page, "skyreels_t2v_fp8_sage")
+        page.evaluate(refresh)
+        page.get_by_text("View details").first.click()
+        page.get_by_role("button", name="Download wan_2.1_vae.safetensors").click()
+        page.wait_for_timeout(2000)
+    finally:
+        os.rename(vae + ".away", vae)
+        page.context.unroute("https://huggingface.co/**")
+        page.evaluate(refresh)
+        close_dialogs(page)
+    url = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/wan_2.1_vae.safetensors"
+    assert url in asked, asked

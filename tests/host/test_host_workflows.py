@@ -101,3 +101,39 @@ def test_convert_workflow_writes_the_fp8_file(server):
     assert os.path.isfile(out)
     text = "".join(t for o in entry["outputs"].values() for t in o.get("text", []))
     assert "wrote models/diffusion_models/SkyReels-V2-DF-1.3B-540P_fp8_e4m3fn.safetensors" in text
+
+
+LOADER_FOLDERS = {"CLIPLoader": "text_encoders", "VAELoader": "vae", "CLIPVisionLoader": "clip_vision"}
+
+
+def template_downloads():
+    """{(file name, folder): download addresses} in the workflow templates installed with the host."""
+    import importlib.util
+    spec = importlib.util.find_spec("comfyui_workflow_templates_json")
+    assert spec, "comfyui-workflow-templates is one of the host's requirements"
+    found = {}
+    for path in glob.glob(os.path.join(spec.submodule_search_locations[0], "templates", "*.json")):
+        with open(path, encoding="utf-8") as f:
+            workflow = json.load(f)
+        nodes = list(workflow.get("nodes", [])) if isinstance(workflow, dict) else []
+        for graph in (workflow.get("definitions") or {}).get("subgraphs", []) if nodes else []:
+            nodes += graph.get("nodes", [])
+        for node in nodes:
+            for model in (node.get("properties") or {}).get("models") or []:
+                found.setdefault((model.get("name"), model.get("directory")), set()).add(model.get("url"))
+    return found
+
+
+def test_core_model_files_carry_the_download_comfyuis_own_templates_give():
+    known = template_downloads()
+    checked = 0
+    for name in NAMES:
+        for node in load(name)["nodes"]:
+            folder = LOADER_FOLDERS.get(node["type"])
+            if folder is None:
+                continue
+            [model] = node["properties"]["models"]
+            assert model["name"] == node["widgets_values"][0] and model["directory"] == folder, (name, model)
+            assert model["url"] in known.get((model["name"], folder), ()), (name, model)
+            checked += 1
+    assert checked == 9      # CLIP and VAE in the four video workflows, CLIP Vision in I2V
