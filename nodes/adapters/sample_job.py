@@ -3,6 +3,7 @@ runs our sampler function in `comfy.sample.sample_custom`, so the host still doe
 import logging
 import time
 
+import numpy as np
 import torch
 import comfy.model_management
 import comfy.model_sampling
@@ -10,6 +11,7 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
+from PIL import Image
 
 from ...attention.sage import log_once
 from ...sampling import forcing, solvers
@@ -84,7 +86,7 @@ class Job:
             self.prefix_pixels = own.expand(self.shape[0], -1, -1, -1, -1)
             pixels = self._tail_pixels(own, "prefix_video")
         else:
-            pixels = self._tail_pixels(start_image[None, :1], "start_image")
+            pixels = self._tail_pixels(self._fit_picture(start_image)[None], "start_image")
         self.prefix = self._encode(pixels).expand(self.shape[0], -1, -1, -1, -1)
 
     def set_end(self, end_image):
@@ -98,7 +100,20 @@ class Job:
         if self.opts["causal_block_size"] != 1:
             fail(f"end_image: needs causal_block_size 1, not {self.opts['causal_block_size']} (SkyReels-V2 appends the "
                  "end image as one latent frame, which larger causal blocks cannot hold)")
-        self.end = self._encode(self._fit(end_image[:1])[None]).expand(self.shape[0], -1, -1, -1, -1)
+        self.end = self._encode(self._fit_picture(end_image)[None]).expand(self.shape[0], -1, -1, -1, -1)
+
+    def _fit_picture(self, images):
+        """The first image [1, H, W, C] at the output size as SkyReels-V2's script makes a start / end image: cropped
+        to the output's aspect (its resizecrop), then PIL's bicubic resize (its pipeline) of the 8-bit picture."""
+        h, w = self.shape[3] * 8, self.shape[4] * 8
+        picture = images[0, :, :, :3]
+        if picture.shape[:2] == (h, w):
+            return picture[None]
+        pil = Image.fromarray((picture * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy())
+        pw, ph = pil.size
+        cw, ch = (pw, int(pw * h / w)) if ph / pw > h / w else (int(ph * w / h), ph)
+        pil = pil.crop(((pw - cw) / 2, (ph - ch) / 2, (pw + cw) / 2, (ph + ch) / 2)).resize((w, h), Image.BICUBIC)
+        return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255)[None].to(picture)
 
     def _fit(self, pixels):
         """Frames [F, H, W, C] at the output size (bilinear, center crop), RGB."""

@@ -28,7 +28,7 @@ from quant import tiny  # noqa: E402
 OUT = os.path.join(HERE, "skyreels_df_pixels.safetensors")
 SIZE, STEPS, CFG, SHIFT, SEED = 32, 4, 5.0, 8.0, 11
 # name: (frames, base_num_frames, overlap_history, ar_step, causal_block_size, start image, prefix video frames,
-#        end image)
+#        end image); an image is True (SIZE x SIZE) or its (width, height)
 CASES = {
     "long": (21, 13, 5, 0, 1, False, 0, False),
     "start_image": (21, 13, 5, 0, 1, True, 0, False),
@@ -37,6 +37,7 @@ CASES = {
     "blocks_of_3": (29, 21, 13, 1, 3, False, 0, False),
     "start_end": (13, 97, 5, 0, 1, True, 0, True),
     "long_start_end": (21, 13, 5, 1, 1, True, 0, True),
+    "start_end_other_sizes": (13, 97, 5, 0, 1, (56, 40), 0, (40, 72)),
 }
 I2V_FRAMES = 17
 TEACACHE_STEPS, TEACACHE_SHAPE = 8, (1, 16, 5, 4, 4)
@@ -62,13 +63,14 @@ def embeddings(tokens, seed):
     return e
 
 
-def pictures(frames, seed):
-    """uint8 frames [F, H, W, 3]: smooth colour ramps plus a little noise, like a video more than like noise."""
+def pictures(frames, seed, size=True):
+    """uint8 frames [F, H, W, 3]: smooth colour ramps plus a little noise, like a video more than like noise; `size`
+    a case's image: True for SIZE x SIZE, or (width, height)."""
+    w, h = (SIZE, SIZE) if size is True else size
     g = torch.Generator().manual_seed(seed)
-    ramp = torch.linspace(0, 1, SIZE)
-    base = torch.stack([ramp[None, :].expand(SIZE, SIZE), ramp[:, None].expand(SIZE, SIZE),
-                        0.5 * torch.ones(SIZE, SIZE)], dim=-1)
-    out = [base.roll(i, dims=1) * 0.8 + 0.2 * torch.rand(SIZE, SIZE, 3, generator=g) for i in range(frames)]
+    base = torch.stack([torch.linspace(0, 1, w)[None, :].expand(h, w), torch.linspace(0, 1, h)[:, None].expand(h, w),
+                        0.5 * torch.ones(h, w)], dim=-1)
+    out = [base.roll(i, dims=1) * 0.8 + 0.2 * torch.rand(h, w, 3, generator=g) for i in range(frames)]
     return (torch.stack(out) * 255).round().to(torch.uint8)
 
 
@@ -175,6 +177,7 @@ class Recorder:
 
 def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames, end):
     from PIL import Image
+    from skyreels_v2_infer.pipelines.image2video_pipeline import resizecrop
     recorder = Recorder(pipe.vae)
     pipe.vae = recorder
     args = dict(prompt="positive", negative_prompt="negative", height=SIZE, width=SIZE, num_frames=frames,
@@ -188,8 +191,9 @@ def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames, end):
                 pipe.get_video_as_tensor = lambda path, w, h: video.permute(0, 3, 1, 2).float()
                 out = pipe.extend_video(prefix_video_path="prefix", **args)
             else:
-                picture = Image.fromarray(pictures(1, 4)[0].numpy()) if image else None
-                last = Image.fromarray(pictures(1, 6)[0].numpy()) if end else None
+                # as generate_video_df.py: cropped to the video's aspect, then resized by the pipeline
+                picture = resizecrop(Image.fromarray(pictures(1, 4, image)[0].numpy()), SIZE, SIZE) if image else None
+                last = resizecrop(Image.fromarray(pictures(1, 6, end)[0].numpy()), SIZE, SIZE) if end else None
                 out = pipe(image=picture, end_image=last, **args)
     finally:
         pipe.vae = recorder.vae

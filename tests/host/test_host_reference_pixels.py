@@ -2,7 +2,7 @@
 on the same tiny weights, noise, text embeddings and CLIP features by tests/data/skyreels_df_pixels.py, which wrote
 the table this test reads): long videos whose windows overlap through pixels, a start image, a continued (prefix)
 video, an overlap that is not whole causal blocks (also continuing a video), start and end images (one window, and a
-long video's last), and I2V through core WanImageToVideo. Checked: the latents of every window (relative L2 <= 1e-5, float noise is ~1e-6) and the video of the images
+long video's last; also of other sizes, which SkyReels-V2's script crops and resizes), and I2V through core WanImageToVideo. Checked: the latents of every window (relative L2 <= 1e-5, float noise is ~1e-6) and the video of the images
 output against the pipeline's uint8 video (ours * 255 within [ref, ref + 1): the pipeline truncates to uint8)."""
 import os
 
@@ -32,9 +32,9 @@ result = {{}}
 for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in ref.CASES.items():
     extra = {{}}
     if image:
-        extra["start_image"] = ref.pictures(1, 4).float() / 255
+        extra["start_image"] = ref.pictures(1, 4, image).float() / 255
     if end:
-        extra["end_image"] = ref.pictures(1, 6).float() / 255
+        extra["end_image"] = ref.pictures(1, 6, end).float() / 255
     if prefix_frames:
         extra["prefix_video"] = ref.pictures(prefix_frames, 3).float() / 255
     samples, report, images = SampleVideo.execute(
