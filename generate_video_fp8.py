@@ -386,9 +386,7 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
     from workflows.api import ui_to_api
 
     prompt = ui_to_api(workflow, object_info)
-    width, height = RESOLUTIONS[args.resolution]
-    if source and source[1] > source[0]:      # portrait, as SkyReels-V2's scripts turn it
-        width, height = height, width
+    width, height = video_size(args, source)
     sizes = dict(width=width, height=height, frames=args.num_frames, steps=args.inference_steps)
     if demo:
         sizes.update(DEMO, causal_block_size=1 if args.end_image else DEMO["causal_block_size"])
@@ -442,9 +440,32 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
     return prompt
 
 
+def video_size(args, source):
+    """(width, height): --resolution's, portrait for a portrait --image / --video_path as SkyReels-V2's scripts."""
+    width, height = RESOLUTIONS[args.resolution]
+    return (height, width) if source and source[1] > source[0] else (width, height)
+
+
 def input_name(args, flag):
-    """The name --image / --end_image / --video_path get in ComfyUI's input folder (two files may share a name)."""
-    return f"{flag}_{os.path.basename(getattr(args, flag))}"
+    """The name --image / --end_image / --video_path get in ComfyUI's input folder (two files may share a name);
+    --image is written as PNG (`write_image`)."""
+    name = os.path.basename(getattr(args, flag))
+    return f"image_{os.path.splitext(name)[0]}.png" if flag == "image" else f"{flag}_{name}"
+
+
+def write_image(src, dst, size=None):
+    """--image as PNG, upright (its EXIF orientation applied). With `size` (I2V) as SkyReels-V2 hands it to its
+    model: cropped to the video's aspect (its resizecrop), then PIL's Lanczos resize (its VideoProcessor); core
+    WanImageToVideo and CLIP Vision Encode then take it as it is, where they would resize it bilinearly."""
+    from PIL import Image, ImageOps
+    with Image.open(src) as picture:
+        picture = ImageOps.exif_transpose(picture).convert("RGB")
+    (pw, ph), (w, h) = picture.size, size or picture.size
+    if (pw, ph) != (w, h):
+        cw, ch = (pw, int(pw * h / w)) if ph / pw > h / w else (int(ph * w / h), ph)
+        box = ((pw - cw) / 2, (ph - ch) / 2, (pw + cw) / 2, (ph + ch) / 2)
+        picture = picture.crop(box).resize((w, h), Image.LANCZOS)
+    picture.save(dst, "PNG")
 
 
 def connect_flags(prompt, args, sizes, source):
@@ -536,7 +557,11 @@ def main(argv=None):
             extra += ["--lowvram"] if args.offload else []
             print(f"{info.describe()}: {name}")
         os.makedirs(os.path.join(base, "input"))
-        for flag in ("image", *DF_INPUTS):
+        if args.image:       # Sample Video crops and resizes a DF start image itself, as SkyReels-V2's DF script
+            i2v = name == "skyreels_i2v_fp8_sage.json"
+            write_image(args.image, os.path.join(base, "input", input_name(args, "image")),
+                        video_size(args, source) if i2v else None)
+        for flag in DF_INPUTS:
             if getattr(args, flag):
                 shutil.copy(getattr(args, flag), os.path.join(base, "input", input_name(args, flag)))
         server = HostServer(host, base, extra).start()

@@ -40,6 +40,7 @@ CASES = {
     "start_end_other_sizes": (13, 97, 5, 0, 1, (56, 40), 0, (40, 72)),
 }
 I2V_FRAMES = 17
+I2V_IMAGE = ((56, 40), (48, 32))      # an image of one size for a video of another: (width, height) of each
 TEACACHE_STEPS, TEACACHE_SHAPE = 8, (1, 16, 5, 4, 4)
 TEACACHE_RUNS = {"plain": (0.0, False), "skip": (1000.0, False), "skip_retention": (0.05, True)}  # thresh, ret steps
 
@@ -213,12 +214,27 @@ def run_i2v(pipe):
     return recorder.windows, torch.from_numpy(out[0])
 
 
+def i2v_image(skyreels_dir):
+    """What SkyReels-V2's I2V model is given of a start image of another size: generate_video.py's resizecrop, then
+    Image2VideoPipeline's VideoProcessor (PIL Lanczos to the video's size), as pixels in [0, 1], [H, W, 3]."""
+    from diffusers.video_processor import VideoProcessor
+    from PIL import Image
+    if skyreels_dir not in sys.path:
+        sys.path.insert(0, skyreels_dir)
+    from skyreels_v2_infer.pipelines.image2video_pipeline import resizecrop
+    (w, h) = I2V_IMAGE[1]
+    picture = resizecrop(Image.fromarray(pictures(1, 4, I2V_IMAGE[0])[0].numpy()), h, w)
+    img = VideoProcessor(vae_scale_factor=16).preprocess(picture, height=h, width=w)    # [1, 3, H, W] in [-1, 1]
+    return (img[0].permute(1, 2, 0) + 1) / 2
+
+
 def main(skyreels_dir, vae_file):
     import safetensors.torch
     pipe = load_reference(skyreels_dir, vae_file)
     runs = {name: run(pipe, *case) for name, case in CASES.items()}
     runs["i2v"] = run_i2v(load_reference(skyreels_dir, vae_file, "i2v"))
     table = teacache_reference(skyreels_dir)
+    table["i2v_image/pixels"] = i2v_image(skyreels_dir).contiguous()
     for name, (windows, video) in runs.items():
         for i, w in enumerate(windows):
             table[f"{name}/window{i}"] = w.contiguous()

@@ -265,3 +265,26 @@ def test_a_release_folder_gets_the_name_the_loader_lists(server, tmp_path):
         base.mkdir()
         name = link_models(str(base), args, None, folder)["diffusion_models"]
         assert name in listed, (name, listed)
+
+
+def test_an_i2v_image_of_another_size_is_the_picture_skyreels_v2_gives_its_model(tmp_path):
+    # SkyReels-V2's generate_video.py (resizecrop) and Image2VideoPipeline (VideoProcessor) on a 56x40 picture for a
+    # 48x32 video, as its own code made it (tests/data/skyreels_df_pixels.py): the PNG handed to ComfyUI is that
+    # picture, to the level, so core WanImageToVideo and CLIP Vision Encode have nothing left to resize.
+    import numpy as np
+    from PIL import Image
+    from generate_video_fp8 import write_image
+    sys.path.insert(0, os.path.join(REPO, "tests", "data"))
+    import skyreels_df_pixels as ref
+    Image.fromarray(ref.pictures(1, 4, ref.I2V_IMAGE[0])[0].numpy()).save(tmp_path / "photo.png")
+    write_image(str(tmp_path / "photo.png"), str(tmp_path / "given.png"), ref.I2V_IMAGE[1])
+    given = torch.from_numpy(np.asarray(Image.open(tmp_path / "given.png"))).float()
+    expected = safetensors.torch.load_file(ref.OUT)["i2v_image/pixels"] * 255
+    assert given.shape == expected.shape == (32, 48, 3)
+    assert torch.equal(given, expected.round()), (given - expected).abs().max()
+    # A DF start image keeps its size (Sample Video fits it), turned upright by its EXIF orientation
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (80, 48)).save(tmp_path / "phone.jpg", exif=exif)
+    write_image(str(tmp_path / "phone.jpg"), str(tmp_path / "upright.png"))
+    assert Image.open(tmp_path / "upright.png").size == (48, 80)
