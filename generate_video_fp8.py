@@ -448,18 +448,22 @@ def video_size(args, source):
 
 def input_name(args, flag):
     """The name --image / --end_image / --video_path get in ComfyUI's input folder (two files may share a name);
-    --image is written as PNG (`write_image`)."""
+    the images are written as PNG (`write_image`)."""
     name = os.path.basename(getattr(args, flag))
-    return f"image_{os.path.splitext(name)[0]}.png" if flag == "image" else f"{flag}_{name}"
+    return f"{flag}_{os.path.splitext(name)[0]}.png" if flag in ("image", "end_image") else f"{flag}_{name}"
 
 
-def write_image(src, dst, size=None):
-    """--image as PNG, upright (its EXIF orientation applied). With `size` (I2V) as SkyReels-V2 hands it to its
-    model: cropped to the video's aspect (its resizecrop), then PIL's Lanczos resize (its VideoProcessor); core
-    WanImageToVideo and CLIP Vision Encode then take it as it is, where they would resize it bilinearly."""
+def write_image(src, dst, size=None, flag="image"):
+    """An image as SkyReels-V2 reads it (PIL, upright by its EXIF orientation, RGB), written as PNG: ComfyUI's Load
+    Image decodes a JPEG through ffmpeg, a few levels away from PIL. With `size` (I2V) as SkyReels-V2 hands it to
+    its model: cropped to the video's aspect (its resizecrop), then PIL's Lanczos resize (its VideoProcessor), so
+    core WanImageToVideo takes it as it is where it would resize it bilinearly."""
     from PIL import Image, ImageOps
-    with Image.open(src) as picture:
-        picture = ImageOps.exif_transpose(picture).convert("RGB")
+    try:
+        with Image.open(src) as picture:
+            picture = ImageOps.exif_transpose(picture).convert("RGB")
+    except OSError as e:     # truncated files fail here, when the pixels are read
+        raise BadInput(f"--{flag}: {src} is not an image ({e})") from None
     (pw, ph), (w, h) = picture.size, size or picture.size
     if (pw, ph) != (w, h):
         cw, ch = (pw, int(pw * h / w)) if ph / pw > h / w else (int(ph * w / h), ph)
@@ -557,13 +561,14 @@ def main(argv=None):
             extra += ["--lowvram"] if args.offload else []
             print(f"{info.describe()}: {name}")
         os.makedirs(os.path.join(base, "input"))
-        if args.image:       # Sample Video crops and resizes a DF start image itself, as SkyReels-V2's DF script
-            i2v = name == "skyreels_i2v_fp8_sage.json"
-            write_image(args.image, os.path.join(base, "input", input_name(args, "image")),
-                        video_size(args, source) if i2v else None)
-        for flag in DF_INPUTS:
+        # Sample Video crops and resizes DF start / end images itself, as SkyReels-V2's DF script does
+        i2v = name == "skyreels_i2v_fp8_sage.json"
+        for flag in ("image", "end_image"):
             if getattr(args, flag):
-                shutil.copy(getattr(args, flag), os.path.join(base, "input", input_name(args, flag)))
+                write_image(getattr(args, flag), os.path.join(base, "input", input_name(args, flag)),
+                            video_size(args, source) if i2v else None, flag)
+        if args.video_path:
+            shutil.copy(args.video_path, os.path.join(base, "input", input_name(args, "video_path")))
         server = HostServer(host, base, extra).start()
         with open(os.path.join(REPO, "workflows", name)) as f:
             workflow = json.load(f)

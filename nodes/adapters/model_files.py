@@ -10,10 +10,10 @@ FOLDER = "diffusion_models"
 
 
 def _is_release(files):
-    # Shards with their index, or a Hugging Face release's config.json beside its weights (SkyReels-V2's 1.3B models
-    # come as one model.safetensors, which its scripts load as the folder).
+    # Shards with their index, or a Hugging Face release's config.json beside its one weights file (SkyReels-V2's
+    # 1.3B models, which its scripts load as the folder); other files beside it (a conversion) are listed alone.
     return any(f.endswith(".safetensors.index.json") for f in files) or (
-        "config.json" in files and any(f.endswith(".safetensors") for f in files))
+        "config.json" in files and sum(f.endswith(".safetensors") for f in files) == 1)
 
 
 def _release_folders():

@@ -113,6 +113,8 @@ def server(host, tmp_path_factory):
     shutil.copyfile(src, os.path.join(models, "t2v.release", "model.safetensors"))
     with open(os.path.join(models, "t2v.release", "config.json"), "w") as f:
         f.write('{"_class_name": "WanModel", "model_type": "t2v"}')
+    shutil.copytree(os.path.join(models, "t2v.release"), os.path.join(models, "t2v.converted"))    # + a conversion
+    shutil.copyfile(src, os.path.join(models, "t2v.converted", "model_fp8.safetensors"))
     write_workflow_files(host, base)
     srv.start()
     yield srv

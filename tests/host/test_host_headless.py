@@ -182,7 +182,9 @@ def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, 
     Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     (tmp_path / "broken.mp4").write_text("not a video")
     (tmp_path / "clip.gif").write_bytes(b"GIF89a")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "a.png").read_bytes()[:60])    # its header, then nothing
     for argv, message in (
+            (["--image", "cut.png"], "--image: cut.png is not an image"),
             (["--teacache", "--teacache_thresh", "2"], "--teacache_thresh: 2.0 is outside 0 to 1"),
             (["--video_path", "clip.gif"], "--video_path: clip.gif: ComfyUI's Load Video takes video files"),
             (["--prompt_enhancer"], "--prompt_enhancer: SkyReels-V2's prompt enhancer (Qwen2.5-32B-Instruct) does "

@@ -77,6 +77,8 @@ def test_a_per_tensor_file_agrees_between_core_and_our_loader(server):
 def test_release_folders_are_listed_and_load_like_the_single_file(server):
     options = server.get(f"/object_info/{LOADER}")[LOADER]["input"]["required"]["model_name"][1]["options"]
     assert "t2v.sharded/" in options and "t2v.release/" in options
+    # a release folder that also holds a file converted from it: its files are listed, not the folder
+    assert "t2v.converted/" not in options and os.path.join("t2v.converted", "model_fp8.safetensors") in options
     single = sample(server, ours("t2v_bf16.safetensors"), "shards_single")
     assert rel(sample(server, ours("t2v.sharded/"), "shards_folder"), single) <= 1e-6
     assert rel(sample(server, ours("t2v.release/"), "release_folder"), single) <= 1e-6

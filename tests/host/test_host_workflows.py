@@ -137,3 +137,11 @@ def test_core_model_files_carry_the_download_comfyuis_own_templates_give():
             assert model["url"] in known.get((model["name"], folder), ()), (name, model)
             checked += 1
     assert checked == 9      # CLIP and VAE in the four video workflows, CLIP Vision in I2V
+
+
+def test_named_widget_values_agree_with_the_widget_values():
+    # The frontend's restore-by-name setting reads widgets_values_named; it must hold what widgets_values holds.
+    for name in NAMES:
+        for node in load(name)["nodes"]:
+            if "widgets_values_named" in node:
+                assert list(node["widgets_values_named"].values()) == node["widgets_values"], (name, node["type"])
