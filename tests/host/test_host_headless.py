@@ -280,7 +280,7 @@ def test_an_i2v_image_of_another_size_is_the_picture_skyreels_v2_gives_its_model
     import skyreels_df_pixels as ref
     Image.fromarray(ref.pictures(1, 4, ref.I2V_IMAGE[0])[0].numpy()).save(tmp_path / "photo.png")
     write_image(str(tmp_path / "photo.png"), str(tmp_path / "given.png"), ref.I2V_IMAGE[1])
-    given = torch.from_numpy(np.asarray(Image.open(tmp_path / "given.png"))).float()
+    given = torch.from_numpy(np.array(Image.open(tmp_path / "given.png"))).float()
     expected = safetensors.torch.load_file(ref.OUT)["i2v_image/pixels"] * 255
     assert given.shape == expected.shape == (32, 48, 3)
     assert torch.equal(given, expected.round()), (given - expected).abs().max()
