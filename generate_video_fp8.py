@@ -459,6 +459,7 @@ def write_image(src, dst, size=None, flag="image"):
     its model: cropped to the video's aspect (its resizecrop), then PIL's Lanczos resize (its VideoProcessor), so
     core WanImageToVideo takes it as it is where it would resize it bilinearly."""
     from PIL import Image, ImageOps
+    from sampling.schedule import aspect_crop
     try:
         with Image.open(src) as picture:
             picture = ImageOps.exif_transpose(picture).convert("RGB")
@@ -466,9 +467,7 @@ def write_image(src, dst, size=None, flag="image"):
         raise BadInput(f"--{flag}: {src} is not an image ({e})") from None
     (pw, ph), (w, h) = picture.size, size or picture.size
     if (pw, ph) != (w, h):
-        cw, ch = (pw, int(pw * h / w)) if ph / pw > h / w else (int(ph * w / h), ph)
-        box = ((pw - cw) / 2, (ph - ch) / 2, (pw + cw) / 2, (ph + ch) / 2)
-        picture = picture.crop(box).resize((w, h), Image.LANCZOS)
+        picture = picture.crop(aspect_crop(pw, ph, w, h)).resize((w, h), Image.LANCZOS)
     picture.save(dst, "PNG")
 
 

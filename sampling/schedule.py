@@ -31,6 +31,16 @@ def model_timesteps(steps, shift, addnoise_condition=0):
     return table
 
 
+def aspect_crop(width, height, to_width, to_height):
+    """The box (left, top, right, bottom) SkyReels-V2's scripts crop a width x height picture to before resizing it
+    to to_width x to_height (its resizecrop: the largest centred box of that aspect, its sides truncated)."""
+    if height / width > to_height / to_width:
+        w, h = width, int(width * to_height / to_width)
+    else:
+        w, h = int(height * to_width / to_height), height
+    return (width - w) / 2, (height - h) / 2, (width + w) / 2, (height + h) / 2
+
+
 def latent_frames(frames):
     return (frames - 1) // 4 + 1
 

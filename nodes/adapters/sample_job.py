@@ -15,7 +15,7 @@ from PIL import Image
 
 from ...attention.sage import log_once
 from ...sampling import forcing, solvers
-from ...sampling.schedule import flow_sigmas, latent_frames, model_timesteps, video_frames
+from ...sampling.schedule import aspect_crop, flow_sigmas, latent_frames, model_timesteps, video_frames
 from . import fps as fps_term
 from . import per_frame, run_report, sequence_parallel, teacache_hooks, video_attention
 
@@ -110,9 +110,7 @@ class Job:
         if picture.shape[:2] == (h, w):
             return picture[None]
         pil = Image.fromarray((picture * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy())
-        pw, ph = pil.size
-        cw, ch = (pw, int(pw * h / w)) if ph / pw > h / w else (int(ph * w / h), ph)
-        pil = pil.crop(((pw - cw) / 2, (ph - ch) / 2, (pw + cw) / 2, (ph + ch) / 2)).resize((w, h), Image.BICUBIC)
+        pil = pil.crop(aspect_crop(*pil.size, w, h)).resize((w, h), Image.BICUBIC)
         return torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255)[None].to(picture)
 
     def _fit(self, pixels):
