@@ -371,11 +371,11 @@ def link_models(base, args, info, model):
         f.write("\n".join(lines) + "\n")
     names = {kind: os.path.basename(path) for kind, path in files.items()}
     folder = files["diffusion_models"]
-    if os.path.isdir(folder):    # listed as "name/" with a shard index, else by its one file, as ComfyUI lists it
+    if os.path.isdir(folder):    # as the loader lists it: a release as "name/", else by its one file
+        from quant.checkpoint import is_release
         inside = os.listdir(folder)
         single = [f for f in inside if f.endswith(".safetensors")]
-        indexed = any(f.endswith(".safetensors.index.json") for f in inside)
-        names["diffusion_models"] = (names["diffusion_models"] + "/" if indexed or len(single) != 1
+        names["diffusion_models"] = (names["diffusion_models"] + "/" if is_release(inside) or len(single) != 1
                                      else os.path.join(names["diffusion_models"], single[0]))
     return names
 

@@ -153,6 +153,14 @@ def _open_file(path):
                           "shards, or a .pth/.pt weights file")
 
 
+def is_release(files):
+    """Whether a folder holding `files` is one model, as downloaded: shards with their index, or a Hugging Face
+    release's config.json beside its one weights file (SkyReels-V2's 1.3B models, which its scripts load as the
+    folder). With other weights beside it (a conversion saved there) it is not."""
+    return any(f.endswith(".safetensors.index.json") for f in files) or (
+        "config.json" in files and sum(f.endswith(".safetensors") for f in files) == 1)
+
+
 def _shard_paths(folder):
     indexes = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
     if indexes:

@@ -4,16 +4,10 @@ import os
 
 import folder_paths
 
+from ...quant.checkpoint import is_release
 from ...quant.writer import name_problem
 
 FOLDER = "diffusion_models"
-
-
-def _is_release(files):
-    # Shards with their index, or a Hugging Face release's config.json beside its one weights file (SkyReels-V2's
-    # 1.3B models, which its scripts load as the folder); other files beside it (a conversion) are listed alone.
-    return any(f.endswith(".safetensors.index.json") for f in files) or (
-        "config.json" in files and sum(f.endswith(".safetensors") for f in files) == 1)
 
 
 def _release_folders():
@@ -21,7 +15,7 @@ def _release_folders():
     for root in filter(os.path.isdir, folder_paths.get_folder_paths(FOLDER)):
         for entry in sorted(os.listdir(root)):
             path = os.path.join(root, entry)
-            if os.path.isdir(path) and _is_release(os.listdir(path)):
+            if os.path.isdir(path) and is_release(os.listdir(path)):
                 found.append(entry + "/")
     return found
 
