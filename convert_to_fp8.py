@@ -114,4 +114,5 @@ def main_with(args):
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(errors="backslashreplace")   # piped on Windows it has the code page's characters only
     sys.exit(main())

@@ -95,8 +95,10 @@ class HostServer:
     def start(self, timeout=300):
         cmd = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory",
                self.base, "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *self.extra_args]
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=self.host, stdout=self.log, stderr=subprocess.STDOUT)
+        self.log = open(self.log_path, "wb")
+        # UTF-8 whatever the console's code page: what the host logs (a user's file name, a prompt) always encodes
+        env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+        self.proc = subprocess.Popen(cmd, cwd=self.host, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -119,7 +121,7 @@ class HostServer:
             self.log.close()
 
     def read_log(self):
-        with open(self.log_path) as f:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
     def get(self, path):
@@ -366,8 +368,10 @@ def link_models(base, args, info, model):
         files[kind] = os.path.abspath(given) if given else os.path.join(host_models, kind, default)
         if not os.path.exists(files[kind]):
             raise BadInput(f"{kind}: {files[kind]} not found; pass --{flag} or put the file there")
-    lines = ["headless:"] + [f"  {kind}: {os.path.dirname(path)}" for kind, path in files.items()]
-    with open(os.path.join(base, "extra_model_paths.yaml"), "w") as f:
+    # Quoted (a folder may hold " #" or ": ") and UTF-8, as ComfyUI reads it, not this OS's code page
+    lines = ["headless:"] + [f"  {kind}: {json.dumps(os.path.dirname(path), ensure_ascii=False)}"
+                             for kind, path in files.items()]
+    with open(os.path.join(base, "extra_model_paths.yaml"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     names = {kind: os.path.basename(path) for kind, path in files.items()}
     folder = files["diffusion_models"]
@@ -569,7 +573,7 @@ def main(argv=None):
         if args.video_path:
             shutil.copy(args.video_path, os.path.join(base, "input", input_name(args, "video_path")))
         server = HostServer(host, base, extra).start()
-        with open(os.path.join(REPO, "workflows", name)) as f:
+        with open(os.path.join(REPO, "workflows", name), encoding="utf-8") as f:
             workflow = json.load(f)
         prompt = build_prompt(workflow, server.get("/object_info"), args, names, demo, source)
         started = time.time()
@@ -656,4 +660,5 @@ def save_output(base, args, workflow_name):
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(errors="backslashreplace")   # piped on Windows it has the code page's characters only
     sys.exit(main())

@@ -164,7 +164,7 @@ def is_release(files):
 def _shard_paths(folder):
     indexes = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
     if indexes:
-        with open(os.path.join(folder, indexes[0])) as f:
+        with open(os.path.join(folder, indexes[0]), encoding="utf-8") as f:
             names = sorted(set(json.load(f).get("weight_map", {}).values()))
         for name in names:
             if not os.path.isfile(os.path.join(folder, name)):

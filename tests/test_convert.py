@@ -195,9 +195,11 @@ def test_overwrite_only_when_asked(tmp_path):
 
 # ---- the command line: every bad input exits 2 with one line, leaves no file and the source untouched ----
 
-def run_cli(*args):
+def run_cli(*args, encoding=None):
+    """`encoding`: the code page of a piped stdout on Windows (PYTHONIOENCODING simulates it)."""
+    env = {**os.environ, "PYTHONIOENCODING": encoding} if encoding else None
     return subprocess.run([sys.executable, os.path.join(REPO, "convert_to_fp8.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env, encoding=encoding)
 
 
 def digest(path):
@@ -301,13 +303,15 @@ def test_dst_inside_source_folder_is_refused(tmp_path):
 
 def test_cli_seed_spelling_and_report(tmp_path):
     write_tiny(tmp_path / "src.safetensors", "DF")
-    proc = run_cli("--model_path", tmp_path / "src.safetensors", "--output_path", tmp_path / "o.safetensors",
-                   "--verify", "--granularity", "channel")
+    # Piped on a Western Windows, stdout is cp1252, which has no Chinese: the name is escaped, not a crash.
+    proc = run_cli("--model_path", tmp_path / "src.safetensors", "--output_path", tmp_path / "o 天鹅.safetensors",
+                   "--verify", "--granularity", "channel", encoding="cp1252")
     assert proc.returncode == 0, proc.stderr
+    assert f"wrote {tmp_path}/o \\u5929\\u9e45.safetensors" in proc.stdout
     for text in ("SkyReels-V2 DF custom (dim 256), 2 blocks -> fp8 e4m3fn per-channel", "bytes in", "bytes out",
                  "ratio", "20 quantized, 54 kept", "verified", "worst layers"):
         assert text in proc.stdout
-    assert leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
+    assert leftovers(tmp_path, ["src.safetensors", "o 天鹅.safetensors"]) == []
 
 
 def test_progress_bar_draws_on_a_terminal_only():

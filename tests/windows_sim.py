@@ -6,6 +6,9 @@
 - /proc does not exist for the code under `watch` (the pack): Linux branches of other libraries still read it;
 - Windows file semantics: a file that is open (in this process, or held by "another program" through `hold`)
   cannot be replaced, renamed or deleted: PermissionError, WinError 32. `os.rename` does not overwrite.
+- Windows text files: `open` in text mode with no encoding uses the ANSI code page (cp1252 here, as on a Western
+  Windows; Python 3.10 to 3.14 there are not in UTF-8 mode), not UTF-8. A piped stdout has the code page too:
+  set PYTHONIOENCODING for the process to simulate that.
 
 This is no Windows: paths still use '/', `os.name` is still 'posix'. It finds the Unix-only calls and the
 replace-an-open-file cases, which are what broke the pack for Windows users.
@@ -27,6 +30,7 @@ _open_fds = {}                      # fd -> path, for os.open
 _held = set()                       # paths "another program" holds (see hold)
 _real = {}
 _watched = ()                       # folders whose code must not read /proc
+ANSI_CODE_PAGE = "cp1252"
 
 
 def _proc(path, depth=2):
@@ -58,10 +62,12 @@ def _in_use_error(*paths):
             raise e
 
 
-def _open(file, *args, **kwargs):
+def _open(file, mode="r", *args, **kwargs):
     if _proc(file):
         raise FileNotFoundError(2, "No such file or directory", os.fsdecode(file))
-    f = _real["open"](file, *args, **kwargs)
+    if "b" not in mode and len(args) < 2 and kwargs.get("encoding") is None:    # args: buffering, encoding, ...
+        kwargs["encoding"] = ANSI_CODE_PAGE
+    f = _real["open"](file, mode, *args, **kwargs)
     if not isinstance(file, int):
         _open_files.add(f)
     return f

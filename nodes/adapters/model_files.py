@@ -31,7 +31,7 @@ def shard_folder_of(path):
         return None
     for index in (f for f in os.listdir(folder) if f.endswith(".safetensors.index.json")):
         try:
-            with open(os.path.join(folder, index)) as f:
+            with open(os.path.join(folder, index), encoding="utf-8") as f:
                 listed = json.load(f).get("weight_map", {}).values()
         except (OSError, ValueError):
             continue  # an unreadable index: the folder entry will report it

@@ -117,7 +117,7 @@ def attention_summary(model, counts_before):
     sage, exact = (counts[k] - counts_before.get(k, 0) for k in ("sage", "exact"))
     ran = sorted(getattr(override, "ran", ()))
     backends = f" ({', '.join(ran)})" if ran else ""
-    return f"attention: {getattr(override, 'mode', '?')} — {sage} calls 8-bit{backends}, {exact} exact"
+    return f"attention: {getattr(override, 'mode', '?')} - {sage} calls 8-bit{backends}, {exact} exact"
 
 
 def attention_counts(model):

@@ -85,7 +85,7 @@ two, report = SampleVideo.execute(sequence_parallel.patch(sage, MESHES["ulysses"
 result["sage: parallel vs one process"] = rel(two["samples"], one)
 result["sage: one process vs exact"] = rel(one, exact)
 result["sage: parallel vs exact"] = rel(two["samples"], exact)
-result["sage calls"] = int(report.split("attention: reference — ")[1].split(" calls")[0])
+result["sage calls"] = int(report.split("attention: reference - ")[1].split(" calls")[0])
 result["usp calls"] = calls["usp"]
 """
 

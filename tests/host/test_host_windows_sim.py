@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import av
+import windows_sim
 from comfy_host import REPO, run_in_host
 from helpers import write_tiny
 
@@ -139,7 +140,8 @@ def test_pack_works_on_a_simulated_windows_python(host, tmp_path):
     assert r["samples_finite"]
     for report in r["reports"]:   # no /proc, no resource, no psutil peak on Linux: says so instead of failing
         assert "peak RSS n/a (this OS does not report it;" in report, report
-        assert "attention: auto — 0 calls 8-bit" in report     # CPU: the kernels fall back (below)
+        assert "attention: auto - 0 calls 8-bit" in report     # CPU: the kernels fall back (below)
+        assert report.isascii()    # the host logs it: piped, Japanese and Korean code pages have no em dash
     assert r["windows_peak"] == "peak RSS 300 MiB (process, since ComfyUI started; 100 MiB before the run)"
     fallbacks = [l for l in r["log"] if "attention stays exact" in l]
     assert len(fallbacks) == 1, r["log"]                       # once, for both runs
@@ -148,15 +150,47 @@ def test_pack_works_on_a_simulated_windows_python(host, tmp_path):
 
 
 def test_headless_job_on_a_simulated_windows_python(host, tmp_path):
-    """generate_video_fp8.py, and the ComfyUI it starts, both "on Windows": no symlink to install the pack."""
+    """generate_video_fp8.py, and the ComfyUI it starts, both "on Windows": no symlink to install the pack; stdout
+    piped, so in the code page (cp1252), which has no Chinese: the video's name is escaped when printed."""
     site = os.path.join(TESTS, "windows_site")
-    env = {**os.environ, "COMFYUI_PATH": host, "PYTHONPATH": os.pathsep.join([site, TESTS])}
+    env = {**os.environ, "COMFYUI_PATH": host, "PYTHONPATH": os.pathsep.join([site, TESTS]),
+           "PYTHONIOENCODING": windows_sim.ANSI_CODE_PAGE}
     script = (f"import sys, runpy, windows_sim; windows_sim.apply(watch=[{REPO!r}])\n"
-              f"sys.argv = ['generate_video_fp8.py', '--output', 'out dir/démo ü.mp4', '--seed', '3']\n"
+              f"sys.argv = ['generate_video_fp8.py', '--output', 'out dir/démo ü 天鹅.mp4', '--seed', '3']\n"
               f"runpy.run_path({os.path.join(REPO, 'generate_video_fp8.py')!r}, run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+                          encoding=windows_sim.ANSI_CODE_PAGE, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    with av.open(str(tmp_path / "out dir" / "démo ü.mp4")) as c:
+    with av.open(str(tmp_path / "out dir" / "démo ü 天鹅.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 57
+    assert "wrote out dir/démo ü \\u5929\\u9e45.mp4" in proc.stdout
     assert "peak RSS n/a" in proc.stdout          # the report came from the simulated host process
+
+
+def test_headless_model_paths_reach_the_host_on_a_simulated_windows_python(host, tmp_path):
+    """The extra_model_paths.yaml generate_video_fp8.py writes for --model_id / --text_encoder / --vae, written "on
+    Windows" (text files in cp1252) for a folder named as users name them, then read by the host's own loader."""
+    folder = tmp_path / "AI #2 Zoë's 模型 & more"
+    folder.mkdir()
+    write_tiny(folder / "t2v ü.safetensors", "T2V")
+    for name in ("umt5 ü.safetensors", "vae ü.safetensors"):
+        (folder / name).write_bytes(b"")
+    r = run_in_host(host, YAML_CODE.format(tests=TESTS, folder=str(folder), base=str(tmp_path)))
+    assert r == {kind: str(folder / name) for kind, name in (("diffusion_models", "t2v ü.safetensors"),
+                 ("text_encoders", "umt5 ü.safetensors"), ("vae", "vae ü.safetensors"))}, r
+
+
+YAML_CODE = r"""
+import os, folder_paths
+sys.path.insert(0, {tests!r})
+import windows_sim
+windows_sim.apply()
+from generate_video_fp8 import link_models, parse_args
+from utils.extra_config import load_extra_path_config
+folder = {folder!r}
+args = parse_args(["--text_encoder", os.path.join(folder, "umt5 ü.safetensors"),
+                   "--vae", os.path.join(folder, "vae ü.safetensors")])
+names = link_models({base!r}, args, None, os.path.join(folder, "t2v ü.safetensors"))
+load_extra_path_config(os.path.join({base!r}, "extra_model_paths.yaml"))
+result = {{kind: folder_paths.get_full_path(kind, name) for kind, name in names.items()}}
+"""

@@ -86,7 +86,7 @@ def test_video_workflow_runs_to_a_video_file(server, name, frames):
     assert re.search(r"Linear weights: \d+ float8_e4m3fn", report)   # bf16 release folder converted while loading
     # The test server runs ComfyUI with --cpu (also on a GPU runner), where auto has no 8-bit backend and every
     # call is exact; on a GPU auto would name its backend here with a nonzero count (bench/gpu_check.sh).
-    assert re.search(r"attention: auto — 0 calls 8-bit, \d+ exact", report) and " 0 exact" not in report
+    assert re.search(r"attention: auto - 0 calls 8-bit, \d+ exact", report) and " 0 exact" not in report
     if name == NAMES[2]:
         assert "2 window(s)" in report and "(through the VAE)" in report and "ar_step 5" in report
     if name == NAMES[4]:      # start and end images, and the second window's own prompt
