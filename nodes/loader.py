@@ -60,10 +60,6 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
     @classmethod
     def execute(cls, model_name, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0):
         path = model_files.resolve(model_name)
-        shard_of = model_files.shard_folder_of(path)
-        if shard_of:
-            raise CheckpointError(f"{path}: this is one shard of a sharded model: pick the folder entry {shard_of} "
-                                  "instead")
         with Checkpoint(path) as ckpt:
             info = ckpt.model_info()
             other = other_wan_model(ckpt.names)

@@ -53,7 +53,7 @@ def is_diffusers(keys):
 
 
 def original_name(key, diffusers):
-    key = re.sub(r"^(model\.)?diffusion_model\.", "", key)
+    key = re.sub(r"^(module\.)?(model\.)?(diffusion_model\.)?", "", key)   # DDP's, and ComfyUI's prefixes
     if diffusers:
         for pattern, repl in _DIFFUSERS_RENAMES:
             new, n = pattern.subn(repl, key)
@@ -124,11 +124,16 @@ class _PickleFile:
                                   "opened with weights_only=True); use a .safetensors release of the model") from None
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e}); download it again") from None
-        for wrapper in ("state_dict", "model", "module"):
-            if isinstance(sd, dict) and len(sd) == 1 and isinstance(sd.get(wrapper), dict):
-                sd = sd[wrapper]
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise CheckpointError(f"{path}: not a state dict of tensors")
+        # A training checkpoint: the weights under one of these, beside an epoch, an optimizer ...
+        while isinstance(sd, dict) and not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            inner = next((sd[k] for k in ("state_dict", "model", "module") if isinstance(sd.get(k), dict)), None)
+            if inner is None:
+                break
+            sd = inner
+        if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            found = f"a dict of {', '.join(map(str, list(sd)[:6]))}" if isinstance(sd, dict) else type(sd).__name__
+            raise CheckpointError(f"{path}: not a state dict of tensors (it holds {found}); save the model's "
+                                  "state_dict alone, or use a .safetensors release")
         self.path, self.sd, self.metadata = path, sd, {}
 
     def keys(self):
@@ -161,19 +166,43 @@ def is_release(files):
         "config.json" in files and sum(f.endswith(".safetensors") for f in files) == 1)
 
 
-def _shard_paths(folder):
+def _indexed_shards(folder):
+    """(index file name, the shard names it lists) of a folder, or (None, None) if it has no index."""
     indexes = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
-    if indexes:
+    if not indexes:
+        return None, None
+    try:
         with open(os.path.join(folder, indexes[0]), encoding="utf-8") as f:
-            names = sorted(set(json.load(f).get("weight_map", {}).values()))
-        for name in names:
-            if not os.path.isfile(os.path.join(folder, name)):
-                raise CheckpointError(f"{os.path.join(folder, name)}: shard listed in {indexes[0]} is missing")
-    else:
+            listed = json.load(f).get("weight_map", {}).values()
+        if not all(isinstance(name, str) for name in listed):
+            raise ValueError("its weight_map names something other than files")
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"{os.path.join(folder, indexes[0])}: not a readable shard index ({e}); download it "
+                              "again") from None
+    return indexes[0], sorted(set(listed))
+
+
+def _shard_paths(folder):
+    index, names = _indexed_shards(folder)
+    for name in names or ():
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise CheckpointError(f"{os.path.join(folder, name)}: shard listed in {index} is missing")
+    if index is None:
         names = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
     if not names:
-        raise CheckpointError(f"{folder}: the folder has no .safetensors shards")
+        inside = [d + "/" for d in sorted(os.listdir(folder)) if os.path.isdir(os.path.join(folder, d))]
+        raise CheckpointError(f"{folder}: the folder has no .safetensors shards" + (
+            f"; give the subfolder that holds the diffusion model ({', '.join(inside)})" if inside else ""))
     return [os.path.join(folder, n) for n in names]
+
+
+def _refuse_a_shard(path):
+    """One shard of a model alone is no model: say which folder to give instead."""
+    folder = os.path.dirname(os.path.abspath(path))
+    index, names = _indexed_shards(folder)
+    if index and os.path.basename(path) in names:
+        raise CheckpointError(f"{path}: one shard of the model in {os.path.basename(folder)}/ (listed in {index}); "
+                              f"give the folder (the loaders list it as {os.path.basename(folder)}/)")
 
 
 class Checkpoint:
@@ -183,6 +212,8 @@ class Checkpoint:
         if not os.path.exists(path):
             raise CheckpointError(f"{path}: file not found")
         self.path = path
+        if os.path.isfile(path):
+            _refuse_a_shard(path)
         paths = _shard_paths(path) if os.path.isdir(path) else [path]
         self.files = [_open_file(p) for p in paths]
         self.metadata = dict(self.files[0].metadata)

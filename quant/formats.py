@@ -38,11 +38,15 @@ class LoadSummary:
 
 def _layer_formats(ckpt):
     """{layer: (fp8, granularity)} declared by the file (comfy_quant tensors or _quantization_metadata)."""
-    meta = json.loads(ckpt.metadata.get("_quantization_metadata") or "{}")
-    declared = {k: v.get("format") for k, v in meta.get("layers", {}).items()}
-    for name in ckpt.names:
-        if name.endswith(".comfy_quant"):
-            declared[name[: -len(".comfy_quant")]] = format_of(ckpt.load(name))
+    try:
+        meta = json.loads(ckpt.metadata.get("_quantization_metadata") or "{}")
+        declared = {k: v.get("format") for k, v in meta.get("layers", {}).items()}
+        for name in ckpt.names:
+            if name.endswith(".comfy_quant"):
+                declared[name[: -len(".comfy_quant")]] = format_of(ckpt.load(name))
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"{ckpt.path}: its FP8 layer formats (_quantization_metadata, comfy_quant) are not "
+                              f"readable ({e}); the file is damaged: download or convert it again") from None
     for layer, fmt in declared.items():
         if fmt not in _FORMAT_TO_FP8:
             raise CheckpointError(f"{ckpt.path}: layer {layer} uses quantization format {fmt!r}, which this pack "
@@ -59,21 +63,33 @@ def describe_source(ckpt, declared):
     if "scaled_fp8" in ckpt.names:
         return "fp8 e4m3fn per-tensor (legacy scaled_fp8)"
     if fp8_names:
-        return f"fp8 {str(ckpt.spec(fp8_names[0])[1]).split('float8_')[-1]} (plain cast, no scales)"
+        scaled = any(n.endswith((".weight_scale", ".scale_weight")) for n in ckpt.names)
+        return f"fp8 {str(ckpt.spec(fp8_names[0])[1]).split('float8_')[-1]} " + (
+            "(scales, no format tags)" if scaled else "(plain cast, no scales)")
     dtypes = sorted({str(ckpt.spec(n)[1]).replace("torch.", "") for n in ckpt.names if "weight" in n})
     return "/".join(dtypes)
 
 
 def _fp8_weight(ckpt, name, declared):
-    """(qweight, scale) of an fp8 weight in the file, or None if it is stored in high precision."""
+    """(qweight, scale, granularity) of an fp8 weight in the file, or None if it is stored in high precision.
+    The scale's size gives the granularity where the file declares none."""
     layer = layer_name(name)
     if ckpt.spec(name)[1] not in FP8_DTYPES.values():
         return None
-    for key in (f"{layer}.weight_scale", f"{layer}.scale_weight"):
-        if key in ckpt.names:
-            per_channel = layer in declared and declared[layer][1] == "channel"
-            return ckpt.load(name), ckpt.load(key).float().reshape((-1, 1) if per_channel else ())
-    return ckpt.load(name), torch.ones((), dtype=torch.float32)  # a plain cast: scale 1
+    q = ckpt.load(name)
+    key = next((k for k in (f"{layer}.weight_scale", f"{layer}.scale_weight") if k in ckpt.names), None)
+    if key is None:
+        others = [n for n in ckpt.names if n.startswith(layer + ".") and "scale" in n]
+        if layer in declared or others:     # weights that need a scale this file lacks, or one we cannot read
+            raise CheckpointError(f"{ckpt.path}: layer {layer} is FP8 with {', '.join(others) or 'no weight_scale'}, "
+                                  "which this pack cannot read; use the bf16 original or a ComfyUI FP8 file")
+        return q, torch.ones((), dtype=torch.float32), "tensor"  # a plain cast: scale 1
+    scale = ckpt.load(key).float().flatten()
+    granularity = {1: "tensor", q.shape[0]: "channel"}.get(scale.numel())
+    if granularity is None or declared.get(layer, (0, granularity))[1] != granularity or (scale <= 0).any():
+        raise CheckpointError(f"{ckpt.path}: {key} ({scale.numel()} values, smallest {scale.min():g}) is no scale "
+                              f"of {name} {list(q.shape)}; the file is damaged: download or convert it again")
+    return q, scale.reshape((-1, 1) if granularity == "channel" else ()), granularity
 
 
 def _fp8_non_finite(q):
@@ -103,12 +119,12 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         fp8 = _fp8_weight(ckpt, name, declared) if name.endswith(".weight") else None
         fmt = None
         if fp8 is not None and (plain is not None or not linear):
-            sd[name] = dequantize_weight(*fp8, kept_dtype)  # fp8 in the file, high precision wanted here
+            sd[name] = dequantize_weight(*fp8[:2], kept_dtype)  # fp8 in the file, high precision wanted here
         elif fp8 is not None:
-            q, scale = fp8
+            q, scale, granularity = fp8
             if _fp8_non_finite(q) or not torch.isfinite(scale).all():
                 raise ckpt.non_finite(name)
-            fmt = declared.get(layer_name(name)) or (str(q.dtype).split("float8_")[-1], "tensor")
+            fmt = (str(q.dtype).split("float8_")[-1], granularity)
         elif linear and plain is None:
             fmt = target or AUTO
             try:

@@ -20,8 +20,10 @@ _BAD_CHARS = re.compile(r'[<>:"|?*\x00-\x1f]')
 
 def name_problem(name, windows=True):
     """Why `name` (one file name, no folders) cannot be written on every OS (on this one: windows=False), or None."""
-    if name in ("", ".", ".."):
+    if name in ("", ".", "..") or name.lower() == ".safetensors":
         return "it is empty or a folder reference"
+    if len(name.encode()) > 200:    # file systems stop at 255 bytes; the temp file's name is longer by about 20
+        return "it is longer than 200 bytes"
     if not windows:
         return None
     if _BAD_CHARS.search(name):

@@ -53,7 +53,7 @@ def assert_same(ckpt, sd):
 
 
 @pytest.mark.parametrize("variant", ["T2V", "I2V", "DF"])
-@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model.", "diffusion_model.", "model.", "module."])
 def test_single_file_with_or_without_prefix(tmp_path, variant, prefix):
     sd = write_tiny(tmp_path / "m.safetensors", variant, prefix=prefix)
     ckpt = Checkpoint(str(tmp_path / "m.safetensors"))
@@ -103,6 +103,14 @@ def test_pth_loads_with_weights_only(tmp_path):
     assert_same(Checkpoint(str(tmp_path / "m.pth")), sd)
     torch.save({"state_dict": sd}, tmp_path / "wrapped.pt")
     assert_same(Checkpoint(str(tmp_path / "wrapped.pt")), sd)
+    # A training checkpoint: the weights beside other things, one level deeper, under DDP's "module." prefix.
+    torch.save({"epoch": 3, "model": {"state_dict": {"module." + k: v for k, v in sd.items()}}}, tmp_path / "t.pt")
+    assert_same(Checkpoint(str(tmp_path / "t.pt")), sd)
+    torch.save({"epoch": 3, "step": 10}, tmp_path / "no_weights.pt")
+    with pytest.raises(CheckpointError, match=re.escape("no_weights.pt: not a state dict of tensors (it holds a dict "
+                                                        "of epoch, step); save the model's state_dict alone, or use "
+                                                        "a .safetensors release")):
+        Checkpoint(str(tmp_path / "no_weights.pt"))
 
 
 class Payload:
@@ -174,3 +182,108 @@ def test_truncated_data_is_named(tmp_path):
         last = max(ckpt.names, key=lambda n: ckpt._index[n][0]._header[n]["data_offsets"][1])
         with pytest.raises(CheckpointError, match="the file is truncated; download or copy it again"):
             ckpt.load(last)
+
+
+def test_a_shard_alone_names_its_folder(tmp_path):
+    tiny.write_release(str(tmp_path / "SkyReels-V2-DF-14B-540P"), tiny.state_dict(tiny.info("DF")), shards=2)
+    shard = tmp_path / "SkyReels-V2-DF-14B-540P" / "model-00001-of-00002.safetensors"
+    with pytest.raises(CheckpointError) as e:
+        Checkpoint(str(shard))
+    assert str(e.value) == (f"{shard}: one shard of the model in SkyReels-V2-DF-14B-540P/ (listed in "
+                            "model.safetensors.index.json); give the folder (the loaders list it as "
+                            "SkyReels-V2-DF-14B-540P/)")
+
+
+@pytest.mark.parametrize("index,why", [('{"weight_map": {"a": ', "Expecting value"),
+                                       ("[]", "'list' object has no attribute 'get'"),
+                                       ('{"weight_map": {"a": null}}', "names something other than files")])
+def test_a_damaged_shard_index_is_named(tmp_path, index, why):
+    tiny.write_release(str(tmp_path), tiny.state_dict(tiny.info("T2V")), shards=2)
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    for path in (tmp_path, tmp_path / "model-00001-of-00002.safetensors"):   # the folder, or one of its files
+        with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'model.safetensors.index.json'}: not a "
+                                                            f"readable shard index (") + ".*" + re.escape(why)):
+            Checkpoint(str(path))
+
+
+def test_a_diffusers_pipeline_folder_names_its_subfolders(tmp_path):
+    # A *-Diffusers download: model_index.json, and the diffusion model in transformer/.
+    tiny.write_release(str(tmp_path / "transformer"), tiny.state_dict(tiny.info("T2V")))
+    (tmp_path / "vae").mkdir()
+    with pytest.raises(CheckpointError, match=re.escape("the folder has no .safetensors shards; give the subfolder "
+                                                        "that holds the diffusion model (transformer/, vae/)")):
+        Checkpoint(str(tmp_path))
+
+
+@pytest.mark.parametrize("in_dim,out_dim,img,why", [
+    (48, 48, False, "it takes 48 latent channels and makes 48 (as Wan 2.2 TI2V-5B)"),
+    (36, 16, False, "it takes 36 latent channels and makes 16 (as Wan 2.2 I2V-A14B, which has no image embedding)"),
+    (16, 16, True, "it takes 16 latent channels and makes 16, where"),
+])
+def test_other_latent_channels_are_not_skyreels_v2(in_dim, out_dim, img, why):
+    # Wan 2.2 models have Wan 2.1's key names; only the patch embedding's and the head's shapes tell them apart.
+    shapes = tiny.shapes(tiny.info("I2V" if img else "T2V"))
+    shapes["patch_embedding.weight"] = (256, in_dim, 1, 2, 2)
+    shapes["head.head.weight"] = (4 * out_dim, 256)
+    with pytest.raises(ValueError, match=re.escape(f"not a SkyReels-V2 / Wan 2.1 model: {why}")):
+        detect(shapes)
+
+
+# ---- FP8 files as the loader reads them (quant.formats): a scale that is missing, unreadable or of the wrong size
+# is named; weights are never read with scale 1 where the file meant another ----
+
+def fp8_file(tmp_path, granularity, edit=None, metadata=True):
+    from quant import Options, convert
+    tmp_path.mkdir(exist_ok=True)
+    write_tiny(tmp_path / "bf16.safetensors", "T2V", seed=1)
+    convert(str(tmp_path / "bf16.safetensors"), str(tmp_path / "fp8.safetensors"), Options(granularity=granularity))
+    sd = safetensors.torch.load_file(str(tmp_path / "fp8.safetensors"))
+    with Checkpoint(str(tmp_path / "fp8.safetensors")) as ckpt:
+        meta = ckpt.metadata if metadata else None
+    if edit:
+        edit(sd)
+    safetensors.torch.save_file(sd, str(tmp_path / "edited.safetensors"), meta)
+    return str(tmp_path / "edited.safetensors")
+
+
+def load(path):
+    from quant.formats import load_fp8_state_dict
+    with Checkpoint(path) as ckpt:
+        return load_fp8_state_dict(ckpt, ckpt.model_info())
+
+
+LAYER = "blocks.0.ffn.0"
+
+
+def _set(key, value):
+    return lambda sd: sd.__setitem__(key, value(sd) if callable(value) else value)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+@pytest.mark.parametrize("edit,why", [
+    (lambda sd: sd.pop(f"{LAYER}.weight_scale"), f"layer {LAYER} is FP8 with no weight_scale, which this pack "
+                                                 "cannot read; use the bf16 original or a ComfyUI FP8 file"),
+    (lambda sd: sd.__setitem__(f"{LAYER}.weight_scale_inv", sd.pop(f"{LAYER}.weight_scale")),
+     f"layer {LAYER} is FP8 with {LAYER}.weight_scale_inv, which this pack cannot read"),
+    (_set(f"{LAYER}.weight_scale", torch.ones(7)), f"{LAYER}.weight_scale (7 values, smallest 1) is no scale of "
+                                                   f"{LAYER}.weight [512, 256]; the file is damaged"),
+    (_set(f"{LAYER}.weight_scale", lambda sd: -sd[f"{LAYER}.weight_scale"]), "is no scale of"),
+    (_set(f"{LAYER}.comfy_quant", torch.tensor(list(b"garbage"), dtype=torch.uint8)),
+     "its FP8 layer formats (_quantization_metadata, comfy_quant) are not readable (Expecting value"),
+])
+def test_fp8_scales_that_cannot_be_right_are_named(tmp_path, granularity, edit, why):
+    path = fp8_file(tmp_path, granularity, edit)
+    with pytest.raises(CheckpointError, match=re.escape(f"{path}: ") + ".*" + re.escape(why)):
+        load(path)
+
+
+def test_per_channel_scales_without_format_tags_are_read_per_channel(tmp_path):
+    # The scale's size tells its granularity; before, such a file failed to load (reshaping 512 scales to one).
+    tagged = load(fp8_file(tmp_path / "tagged", "channel"))[0]
+    sd, summary = load(fp8_file(tmp_path / "untagged", "channel", lambda sd: [sd.pop(k) for k in list(sd)
+                                                                 if k.endswith(".comfy_quant")], metadata=False))
+    assert summary.source == "fp8 e4m3fn (scales, no format tags)" and summary.scheme == "fp8 e4m3fn per-channel"
+    assert sorted(sd) == sorted(tagged)
+    for k, v in tagged.items():
+        assert torch.equal(sd[k].view(torch.uint8) if v.dtype == torch.float8_e4m3fn else sd[k],
+                           v.view(torch.uint8) if v.dtype == torch.float8_e4m3fn else v), k

@@ -1,5 +1,4 @@
 """Model files as the nodes list them: the host's diffusion_models files, plus release folders (shown as "name/")."""
-import json
 import os
 
 import folder_paths
@@ -11,40 +10,25 @@ FOLDER = "diffusion_models"
 
 
 def _release_folders():
-    found = []
-    for root in filter(os.path.isdir, folder_paths.get_folder_paths(FOLDER)):
-        for entry in sorted(os.listdir(root)):
-            path = os.path.join(root, entry)
+    """Folders at any depth holding one model as downloaded (`is_release`), as "sub/name/"."""
+    found = set()
+    for sub in {os.path.dirname(name) for name in folder_paths.get_filename_list(FOLDER)} - {""}:
+        for root in folder_paths.get_folder_paths(FOLDER):
+            path = os.path.join(root, sub)
             if os.path.isdir(path) and is_release(os.listdir(path)):
-                found.append(entry + "/")
-    return found
+                found.add(sub.replace(os.sep, "/") + "/")
+    return sorted(found)
 
 
 def model_list():
     return _release_folders() + folder_paths.get_filename_list(FOLDER)
 
 
-def shard_folder_of(path):
-    """"folder/" if `path` is a shard listed in its folder's index json, else None."""
-    folder = os.path.dirname(path)
-    if not os.path.isfile(path):
-        return None
-    for index in (f for f in os.listdir(folder) if f.endswith(".safetensors.index.json")):
-        try:
-            with open(os.path.join(folder, index), encoding="utf-8") as f:
-                listed = json.load(f).get("weight_map", {}).values()
-        except (OSError, ValueError):
-            continue  # an unreadable index: the folder entry will report it
-        if os.path.basename(path) in listed:
-            return os.path.basename(folder) + "/"
-    return None
-
-
 def resolve(name):
     """Full path of a listed file or shard folder; a clear error if it is not there."""
     if name.endswith("/"):
         for root in folder_paths.get_folder_paths(FOLDER):
-            path = os.path.join(root, name.rstrip("/"))
+            path = os.path.join(root, *name.replace("\\", "/").rstrip("/").split("/"))
             if os.path.isdir(path):
                 return path
         raise FileNotFoundError(f"{name}: no such folder in models/{FOLDER}; refresh the node list")
@@ -69,7 +53,7 @@ def output_path(name):
     if problem:
         raise ValueError(f"output_name {name!r}: {problem}; give a plain file name such as my_model_fp8.safetensors "
                          f"(it is written to models/{FOLDER})")
-    if not name.endswith(".safetensors"):
+    if not name.lower().endswith(".safetensors"):
         parts[-1] += ".safetensors"
     root = os.path.realpath(_output_folder())
     path = os.path.realpath(os.path.join(root, *parts))

@@ -67,6 +67,13 @@ def write_bad_files(folder):
     vace = tiny.state_dict(tiny.info("T2V"), seed=1)
     vace["vace_patch_embedding.weight"] = torch.zeros(256, 96, 1, 2, 2, dtype=torch.bfloat16)
     safetensors.torch.save_file(vace, os.path.join(folder, "bad_wan_vace.safetensors"))
+    wan22 = tiny.state_dict(tiny.info("T2V"), seed=1)      # Wan 2.2 TI2V-5B's latent: 48 channels, same key names
+    wan22["patch_embedding.weight"] = torch.zeros(256, 48, 1, 2, 2, dtype=torch.bfloat16)
+    wan22["head.head.weight"], wan22["head.head.bias"] = torch.zeros(192, 256), torch.zeros(192)
+    safetensors.torch.save_file(wan22, os.path.join(folder, "bad_wan22_ti2v.safetensors"))
+    fp8 = safetensors.torch.load_file(os.path.join(folder, "t2v_fp8_tensor.safetensors"))
+    del fp8["blocks.0.ffn.0.weight_scale"]                  # its comfy_quant still says it is scaled
+    safetensors.torch.save_file(fp8, os.path.join(folder, "bad_fp8_no_scale.safetensors"))
 
 
 class Payload:
@@ -109,6 +116,7 @@ def server(host, tmp_path_factory):
     write_lora(os.path.join(base, "models", "loras", "tiny_lora.safetensors"), sd)
     write_bad_files(models)
     tiny.write_release(os.path.join(models, "t2v.sharded"), sd, shards=3)
+    tiny.write_release(os.path.join(models, "SkyReels", "t2v.nested"), sd, shards=2)   # users sort models in folders
     os.makedirs(os.path.join(models, "t2v.release"))      # as SkyReels-V2's 1.3B releases: config.json, one file
     shutil.copyfile(src, os.path.join(models, "t2v.release", "model.safetensors"))
     with open(os.path.join(models, "t2v.release", "config.json"), "w") as f:
