@@ -112,8 +112,9 @@ class SampleVideo(io.ComfyNode):
                        sampler=sampler, fps=fps, **{**DF_DEFAULTS, **chosen}, latent=latent)
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
                       window_prompts=window_positives(positive, window_prompts or {}))
+        check_model(model)
+        check_conditioning(model, {"positive": positive, "negative": negative, **(window_prompts or {})})
         if parallel is not None:
-            check_model(model)
             widgets["shift"] = model_shift(model, shift)
             samples, report, images = parallel_run.run(parallel, model, positive, negative, widgets, inputs)
         else:
@@ -172,6 +173,10 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         shape = list(latent["samples"].shape)
         if len(shape) != 5:
             fail(f"latent: expected a video latent [B, C, frames, H, W], got {shape}")
+        channels = model.model.latent_format.latent_channels
+        if shape[1] != channels:
+            fail(f"latent: {shape[1]} channels; a Wan 2.1 model takes latents of {channels} (core Empty Hunyuan "
+                 "Latent Video or WanImageToVideo make them)")
     else:
         if width % 16 or height % 16:
             fail(f"width/height: {width}x{height} must be multiples of 16 (e.g. {width // 16 * 16}x"
@@ -184,6 +189,16 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
     job.set_end(end_image)
     job.positives += window_prompts     # the positive of each later window
     return job.run()
+
+
+def check_conditioning(model, named):
+    """Text conditioning as wide as the model reads it (umt5-xxl's 4096), checked per input before any step."""
+    width = getattr(model.model.diffusion_model.text_embedding[0], "in_features", None)
+    for name, conditioning in named.items():
+        for embedding, _ in conditioning or ():
+            if width and embedding.shape[-1] != width:
+                fail(f"{name}: {embedding.shape[-1]}-wide text conditioning; SkyReels-V2 reads umt5-xxl's ({width}): "
+                     "encode the prompt through Load CLIP with type 'wan' (umt5_xxl)")
 
 
 def check_model(model):

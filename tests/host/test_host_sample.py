@@ -146,6 +146,23 @@ def test_bad_widgets_are_named(server, widgets, message):
     assert err is not None and message in err["exception_message"], err and err["exception_message"]
 
 
+def test_conditioning_and_latents_of_other_models_are_named(server):
+    # Before, these failed inside the model ("mat1 and mat2 shapes cannot be multiplied", "shape ... is invalid").
+    prompt = graph("clip_l")
+    prompt["3"]["inputs"]["width"] = 768                     # a CLIP-L's conditioning, from Load CLIP of another type
+    err = error_of(server.run(prompt))
+    assert err["exception_message"].strip() == ("Sample Video: negative: 768-wide text conditioning; SkyReels-V2 "
+                                                "reads umt5-xxl's (4096): encode the prompt through Load CLIP with "
+                                                "type 'wan' (umt5_xxl)"), err["exception_message"]
+    prompt = graph("mochi_latent")
+    prompt["6"] = {"class_type": "EmptyMochiLatentVideo", "inputs": {"width": 32, "height": 32, "length": 7,
+                                                                     "batch_size": 1}}
+    prompt["4"]["inputs"]["latent"] = ["6", 0]
+    err = error_of(server.run(prompt))
+    assert err["exception_message"].strip() == ("Sample Video: latent: 12 channels; a Wan 2.1 model takes latents "
+                                                "of 16 (core Empty Hunyuan Latent Video or WanImageToVideo make them)")
+
+
 def test_core_loader_model_is_accepted(server):
     prompt = graph("core_model")
     prompt["1"] = {"class_type": "UNETLoader", "inputs": {"unet_name": "t2v_bf16.safetensors",

@@ -17,14 +17,15 @@ class TestWanConditioning(io.ComfyNode):
         return io.Schema(
             node_id="TestWanConditioning",
             category="testing",
-            inputs=[io.Int.Input("seed", default=0, min=0, max=2 ** 31), io.Int.Input("tokens", default=16, min=1)],
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2 ** 31), io.Int.Input("tokens", default=16, min=1),
+                    io.Int.Input("width", default=4096, min=1, optional=True)],   # another text encoder's: 768 ...
             outputs=[io.Conditioning.Output()],
         )
 
     @classmethod
-    def execute(cls, seed, tokens):
+    def execute(cls, seed, tokens, width=4096):
         g = torch.Generator().manual_seed(seed)
-        return io.NodeOutput([[torch.randn(1, tokens, 4096, generator=g), {}]])
+        return io.NodeOutput([[torch.randn(1, tokens, width, generator=g), {}]])
 
 
 class TestClipVisionOutput(io.ComfyNode):
