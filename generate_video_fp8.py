@@ -148,11 +148,16 @@ class HostServer:
         pid = body["prompt_id"]
         deadline = None if timeout is None else time.time() + timeout
         while deadline is None or time.time() < deadline:
-            hist = self.get(f"/history/{pid}")
+            try:
+                hist = self.get(f"/history/{pid}")
+            except OSError:       # it is gone (killed for lack of memory?) or busy: poll() tells
+                hist = {}
             if pid in hist:
                 return hist[pid]
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited:\n{self.read_log()[-4000:]}")
+                raise RuntimeError(f"ComfyUI exited (code {self.proc.returncode}; a negative code: killed, e.g. by "
+                                   f"the system for lack of memory, try --offload). Its log ends:\n"
+                                   f"{self.read_log()[-4000:]}")
             time.sleep(0.25)
         raise TimeoutError(f"prompt {pid} did not finish in {timeout} s")
 
@@ -379,7 +384,10 @@ def link_models(base, args, info, model):
         from quant.checkpoint import is_release
         inside = os.listdir(folder)
         single = [f for f in inside if f.endswith(".safetensors")]
-        names["diffusion_models"] = (names["diffusion_models"] + "/" if is_release(inside) or len(single) != 1
+        if not is_release(inside) and len(single) != 1:
+            raise BadInput(f"--model_id: {folder} holds {len(single)} .safetensors files and no shard index "
+                           "(*.safetensors.index.json): give one file, or download the folder with its index")
+        names["diffusion_models"] = (names["diffusion_models"] + "/" if is_release(inside)
                                      else os.path.join(names["diffusion_models"], single[0]))
     return names
 
@@ -545,7 +553,7 @@ def main(argv=None):
     base = tempfile.mkdtemp(prefix="skyreels-headless-")
     server = None
     try:
-        check_output(args.output)
+        check_output(args)
         check_flags(args)
         model = None if demo else find_model(args.model_path, host)
         info = None if demo else inspect_model(model)
@@ -588,8 +596,8 @@ def main(argv=None):
         return 0
     except BadInput as e:
         return error(e, 2)
-    except RuntimeError as e:
-        return error(e, 1)
+    except RuntimeError as e:     # a prompt ComfyUI refuses names the widgets: bad input too
+        return error(e, 2 if str(e).startswith("ComfyUI refused the prompt") else 1)
     finally:
         if server:
             server.stop()
@@ -631,15 +639,23 @@ def prepare_demo(host, base):
     return {"diffusion_models": "tiny-SkyReels-V2-DF/", "vae": "tiny_wan_vae.safetensors"}
 
 
-def check_output(path):
-    """Refuse an --output that exists or that this OS could not name, before the generation rather than after."""
+def check_output(args):
+    """Refuse an --output that exists, that this OS could not name, or a folder that cannot be made, before the
+    generation rather than after."""
     from quant.writer import name_problem
 
-    if path and os.path.exists(path):
+    path, flag = (args.output, "--output") if args.output else (os.path.join(args.outdir, "video.mp4"), "--outdir")
+    if args.output and os.path.exists(path):
         raise BadInput(f"--output: {path} exists; choose another name")
-    problem = path and name_problem(os.path.basename(path), windows=os.name == "nt")
+    problem = args.output and name_problem(os.path.basename(path), windows=os.name == "nt")
     if problem:
         raise BadInput(f"--output: {path}: {problem}; choose another name")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        raise BadInput(f"{flag}: {path}: {folder} is {'not a folder' if os.path.isfile(folder) else 'not writable'}; "
+                       "choose another place")
 
 
 def save_output(base, args, workflow_name):

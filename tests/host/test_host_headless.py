@@ -1,10 +1,12 @@
 """generate_video_fp8.py, the README's main job, run as a user runs it (a subprocess; it starts its own ComfyUI)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import av
+import pytest
 import safetensors.torch
 import torch
 
@@ -44,6 +46,41 @@ def test_bad_input_is_one_line_and_exit_2(host, tmp_path):
                 "--text_encoder", str(tmp_path / "missing_umt5.safetensors")], host, tmp_path)
     assert proc.returncode == 2
     assert "text_encoders: " in proc.stderr and "missing_umt5.safetensors not found; pass --text_encoder" in proc.stderr
+
+
+def test_bad_output_places_and_widget_values_exit_2_before_or_without_a_video(host, tmp_path):
+    (tmp_path / "afile").write_text("")
+    for flags in (["--output", "afile/out.mp4"], ["--outdir", "afile/videos"]):    # found before generating
+        proc = run(flags, host, tmp_path)
+        assert proc.returncode == 2 and f"{flags[0]}: {flags[1]}" in proc.stderr, proc.stderr
+        assert f"{tmp_path / 'afile'} is not a folder; choose another place" in proc.stderr
+        assert "ComfyUI" not in proc.stdout                     # it never started
+    proc = run(["--seed", "-1", "--output", "x.mp4"], host, tmp_path)    # ComfyUI refuses the widget's value
+    assert proc.returncode == 2 and "ComfyUI refused the prompt (400)" in proc.stderr and "seed" in proc.stderr
+
+
+def test_comfyui_dying_mid_run_is_reported_with_its_log(tmp_path):
+    # e.g. killed by the system for lack of memory: the server stops answering, then its process is gone.
+    import signal
+    from generate_video_fp8 import HostServer
+    server = HostServer(str(tmp_path), str(tmp_path), install_pack=False)
+    with open(server.log_path, "w") as f:
+        f.write("got prompt\nloading model ...\n")
+    server.post = lambda path, data: (200, {"prompt_id": "p1"})
+    server.proc = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    server.proc.wait()
+
+    def refused(path):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    server.get = refused
+    try:
+        server.run({})
+    except RuntimeError as e:
+        message = str(e)
+    assert message.startswith(f"ComfyUI exited (code {-signal.SIGKILL}; a negative code: killed, e.g. by the system "
+                              "for lack of memory, try --offload). Its log ends:\ngot prompt\nloading model ..."), \
+        message
 
 
 def test_no_host_is_named(tmp_path):
@@ -251,7 +288,7 @@ def test_sizes_frames_and_counts_are_read_as_comfyui_and_skyreels_v2_read_them(t
 def test_a_release_folder_gets_the_name_the_loader_lists(server, tmp_path):
     # A release of one model.safetensors (no shard index) is listed by its file, a sharded one as "name/".
     import safetensors.torch
-    from generate_video_fp8 import link_models, parse_args
+    from generate_video_fp8 import BadInput, link_models, parse_args
     from quant import tiny
     models = os.path.join(server.base, "models", "diffusion_models")
     single = os.path.join(models, "release.single")
@@ -267,6 +304,15 @@ def test_a_release_folder_gets_the_name_the_loader_lists(server, tmp_path):
         base.mkdir()
         name = link_models(str(base), args, None, folder)["diffusion_models"]
         assert name in listed, (name, listed)
+    # Shards without their index: the loader lists no folder for them, so the script says so before ComfyUI does.
+    loose = tmp_path / "loose"
+    tiny.write_release(str(loose), tiny.state_dict(tiny.info("T2V")))
+    (loose / "model.safetensors.index.json").unlink()
+    (tmp_path / "loose_base").mkdir()
+    with pytest.raises(BadInput, match=re.escape(f"--model_id: {loose} holds 2 .safetensors files and no shard index "
+                                                 "(*.safetensors.index.json): give one file, or download the folder "
+                                                 "with its index")):
+        link_models(str(tmp_path / "loose_base"), args, None, str(loose))
 
 
 def test_an_i2v_image_of_another_size_is_the_picture_skyreels_v2_gives_its_model(tmp_path):
