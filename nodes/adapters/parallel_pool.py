@@ -1,6 +1,7 @@
 """The Ray workers of parallel Sample Video runs: started for a run, kept (with the model loaded) for the next run
 with the same settings and model, released on a change, a failure, a cancel, a single-device run or when asked."""
 import os
+import socket
 import sys
 from types import SimpleNamespace
 
@@ -79,6 +80,8 @@ def _connect(ray, config):
     global _address, _pool
     if ray.is_initialized() and config["address"] == _address:
         return
+    if config["address"]:
+        _check_reachable(config["address"])
     _pool = None              # its handles belong to the cluster left behind (released on a key change before)
     if ray.is_initialized():
         ray.shutdown()        # another cluster than the last run's
@@ -88,6 +91,19 @@ def _connect(ray, config):
         ray.init(num_cpus=max(config["workers"], os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
     _address = config["address"]
+
+
+def _check_reachable(address):
+    """Ray retries an address where nothing answers for minutes, silently: ask it once first ("auto" and other
+    names without a port are left to Ray)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        fail(f"parallel: ray_address {address}: nothing answers there ({e.strerror or e}); start the cluster there "
+             "(ray start --head), or leave ray_address empty for a cluster on this machine")
 
 
 def _use_cpu(ray, config, n):

@@ -114,6 +114,10 @@ try:
 except ValueError as e:
     refused["no nccl"] = str(e)
 torch.distributed.is_nccl_available = nccl
+try:                                                     # Ray would retry this address for minutes, silently
+    SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "cpu", "127.0.0.1:1").args[0])
+except ValueError as e:
+    refused["nobody there"] = str(e)
 result["refused"] = refused
 SampleVideo.execute(model, pos, neg, **ARGS)             # a single-device run gives the GPUs back
 time.sleep(1)
@@ -192,6 +196,10 @@ def test_two_actors_equal_one_process(host, tmp_path):
     assert "a weight patch of type tuple (a model merge" in r["refused"]["merge"], r["refused"]
     assert r["refused"]["no nccl"].startswith("Sample Video: parallel: GPU workers talk through NCCL, which this "
                                               "PyTorch does not have"), r["refused"]
+    assert r["refused"]["nobody there"].startswith("Sample Video: parallel: ray_address 127.0.0.1:1: nothing "
+                                                   "answers there ("), r["refused"]
+    assert r["refused"]["nobody there"].endswith("); start the cluster there (ray start --head), or leave "
+                                                 "ray_address empty for a cluster on this machine")
     # one forward pass (5 frames padded to 6, per-frame timesteps) in 2 actors: measured 2.5e-7 on both ranks
     assert len(r["forward"]) == 2 and max(r["forward"]) <= 1e-5, r["forward"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
