@@ -144,7 +144,9 @@ class HostServer:
         if status != 200:
             reasons = [f"{node.get('class_type')}: {e.get('message')}: {e.get('details')}"
                        for node in body.get("node_errors", {}).values() for e in node.get("errors", [])]
-            raise RuntimeError(f"ComfyUI refused the prompt ({status}): {'; '.join(reasons) or json.dumps(body)[:3000]}")
+            if reasons:
+                raise RuntimeError(f"ComfyUI refused the prompt's inputs: {'; '.join(reasons)}")
+            raise RuntimeError(f"ComfyUI refused the prompt ({status}): {json.dumps(body)[:3000]}")
         pid = body["prompt_id"]
         deadline = None if timeout is None else time.time() + timeout
         while deadline is None or time.time() < deadline:
@@ -597,7 +599,7 @@ def main(argv=None):
     except BadInput as e:
         return error(e, 2)
     except RuntimeError as e:     # a prompt ComfyUI refuses names the widgets: bad input too
-        return error(e, 2 if str(e).startswith("ComfyUI refused the prompt") else 1)
+        return error(e, 2 if str(e).startswith("ComfyUI refused the prompt's inputs") else 1)
     finally:
         if server:
             server.stop()
@@ -645,17 +647,18 @@ def check_output(args):
     from quant.writer import name_problem
 
     path, flag = (args.output, "--output") if args.output else (os.path.join(args.outdir, "video.mp4"), "--outdir")
+    given = args.output or args.outdir
     if args.output and os.path.exists(path):
         raise BadInput(f"--output: {path} exists; choose another name")
     problem = args.output and name_problem(os.path.basename(path), windows=os.name == "nt")
     if problem:
         raise BadInput(f"--output: {path}: {problem}; choose another name")
     folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:    # a drive or share that is not there
         folder = os.path.dirname(folder)
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
-        raise BadInput(f"{flag}: {path}: {folder} is {'not a folder' if os.path.isfile(folder) else 'not writable'}; "
-                       "choose another place")
+        why = "not a folder" if os.path.isfile(folder) else "not writable" if os.path.exists(folder) else "not there"
+        raise BadInput(f"{flag}: {given}: {folder} is {why}; choose another place")
 
 
 def save_output(base, args, workflow_name):

@@ -10,7 +10,6 @@ import comfy.utils
 from comfy_api.latest import io
 
 from ..quant import Checkpoint, CheckpointError
-from ..quant.model_info import other_wan_model
 from ..quant.comfy_format import QUANT_SUFFIXES
 from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
 from ..quant.fp8_plan import fused_quant_available
@@ -62,10 +61,6 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
         path = model_files.resolve(model_name)
         with Checkpoint(path) as ckpt:
             info = ckpt.model_info()
-            other = other_wan_model(ckpt.names)
-            if other:
-                raise CheckpointError(f"{path}: this is a Wan {other} model, not SkyReels-V2; load it with ComfyUI's "
-                                      "Load Diffusion Model node")
             ckpt.require_keys(info)
             pbar = comfy.utils.ProgressBar(len(ckpt.names))
             load_device = comfy.model_management.get_torch_device()

@@ -48,12 +48,15 @@ class CheckpointError(ValueError):
     """Bad input: the message names the file and what to do."""
 
 
+_PREFIX = re.compile(r"^(module\.)?(model\.)?(diffusion_model\.)?")     # DDP's, and ComfyUI's prefixes
+
+
 def is_diffusers(keys):
-    return any(k.startswith("condition_embedder.") for k in keys)
+    return any(_PREFIX.sub("", k).startswith("condition_embedder.") for k in keys)
 
 
 def original_name(key, diffusers):
-    key = re.sub(r"^(module\.)?(model\.)?(diffusion_model\.)?", "", key)   # DDP's, and ComfyUI's prefixes
+    key = _PREFIX.sub("", key)
     if diffusers:
         for pattern, repl in _DIFFUSERS_RENAMES:
             new, n = pattern.subn(repl, key)
@@ -197,9 +200,13 @@ def _shard_paths(folder):
 
 
 def _refuse_a_shard(path):
-    """One shard of a model alone is no model: say which folder to give instead."""
+    """One shard of a model alone is no model: say which folder to give instead (an unreadable index is left to
+    the folder's own load to report)."""
     folder = os.path.dirname(os.path.abspath(path))
-    index, names = _indexed_shards(folder)
+    try:
+        index, names = _indexed_shards(folder)
+    except CheckpointError:
+        return
     if index and os.path.basename(path) in names:
         raise CheckpointError(f"{path}: one shard of the model in {os.path.basename(folder)}/ (listed in {index}); "
                               f"give the folder (the loaders list it as {os.path.basename(folder)}/)")
@@ -223,7 +230,8 @@ class Checkpoint:
         for f, k in raw:
             name = original_name(k, diffusers)
             if name in self._index:
-                raise CheckpointError(f"{path}: tensor {name} appears twice ({k}); the shards overlap")
+                raise CheckpointError(f"{path}: tensor {name} appears twice ({k})" + (
+                    "; the shards overlap" if len(self.files) > 1 else ""))
             self._index[name] = (f, k)
         self.nbytes = sum(os.path.getsize(p) for p in paths)
 

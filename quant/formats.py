@@ -81,8 +81,9 @@ def _fp8_weight(ckpt, name, declared):
     if key is None:
         others = [n for n in ckpt.names if n.startswith(layer + ".") and "scale" in n]
         if layer in declared or others:     # weights that need a scale this file lacks, or one we cannot read
-            raise CheckpointError(f"{ckpt.path}: layer {layer} is FP8 with {', '.join(others) or 'no weight_scale'}, "
-                                  "which this pack cannot read; use the bf16 original or a ComfyUI FP8 file")
+            raise CheckpointError(f"{ckpt.path}: layer {layer} is FP8 with {', '.join(others) or 'no weight_scale'}: "
+                                  "the file is damaged, or scaled in a way this pack cannot read; use the bf16 "
+                                  "original or a ComfyUI FP8 file")
         return q, torch.ones((), dtype=torch.float32), "tensor"  # a plain cast: scale 1
     scale = ckpt.load(key).float().flatten()
     granularity = {1: "tensor", q.shape[0]: "channel"}.get(scale.numel())

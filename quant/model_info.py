@@ -65,6 +65,10 @@ class NotWanModel(ValueError):
 
 def detect(shapes):
     """shapes: {original Wan key name: shape}. Raises NotWanModel if the keys are not a Wan 2.1 DiT."""
+    other = other_wan_model(shapes)
+    if other:
+        raise NotWanModel(f"this is a Wan {other} model, not SkyReels-V2; load it with ComfyUI's Load Diffusion "
+                          "Model node")
     missing = [k for k in CORE_KEYS if k not in shapes]
     if missing:
         raise NotWanModel("not a SkyReels-V2/Wan diffusion model (no " + ", ".join(missing[:3]) + ")")
@@ -73,13 +77,14 @@ def detect(shapes):
         raise NotWanModel(f"not a SkyReels-V2/Wan diffusion model (hidden size {dim} is not a multiple of 128)")
     has_img = "img_emb.proj.1.weight" in shapes
     has_fps = "fps_embedding.weight" in shapes
-    # Wan 2.1 takes 16 latent channels, I2V 20 more for the image (with its CLIP embedding); Wan 2.2 differs.
+    # SkyReels-V2 takes 16 latent channels, I2V 20 more for the image (beside its CLIP embedding).
     in_dim, out_dim = shapes["patch_embedding.weight"][1], shapes["head.head.weight"][0] // 4
     if (in_dim, out_dim) != (36 if has_img else 16, 16):
-        known = {48: " (as Wan 2.2 TI2V-5B)", 36: " (as Wan 2.2 I2V-A14B, which has no image embedding)"}
-        raise NotWanModel(f"not a SkyReels-V2 / Wan 2.1 model: it takes {in_dim} latent channels and makes {out_dim}"
-                          f"{known.get(in_dim, '')}, where Wan 2.1 takes 16 (36 for I2V) and makes 16; ComfyUI's "
-                          "Load Diffusion Model node runs other Wan models")
+        known = {(48, False): " (as Wan 2.2 TI2V-5B)", (36, False): " (as Wan 2.2 I2V-A14B)",
+                 (48, True): " (as Wan 2.1 Fun Control)"}.get((in_dim, has_img), "")
+        raise NotWanModel(f"not a model this pack runs: it takes {in_dim} latent channels and makes {out_dim}{known}, "
+                          "where SkyReels-V2 takes 16 (36 for I2V) and makes 16; ComfyUI's Load Diffusion Model node "
+                          "runs other Wan models")
     variant = "I2V" if has_img else ("DF" if has_fps else "T2V")
     blocks = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.split(".")[1].isdigit()}
     return ModelInfo(variant=variant, dim=dim, ffn_dim=shapes["blocks.0.ffn.0.weight"][0],

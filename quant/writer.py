@@ -22,8 +22,8 @@ def name_problem(name, windows=True):
     """Why `name` (one file name, no folders) cannot be written on every OS (on this one: windows=False), or None."""
     if name in ("", ".", "..") or name.lower() == ".safetensors":
         return "it is empty or a folder reference"
-    if len(name.encode()) > 200:    # file systems stop at 255 bytes; the temp file's name is longer by about 20
-        return "it is longer than 200 bytes"
+    if len(name) > 200 or len(os.fsencode(name)) > 235:   # NTFS stops at 255 characters, others at 255 bytes,
+        return "it is too long (at most 200 characters)"     # and the temp file's name is longer by about 20
     if not windows:
         return None
     if _BAD_CHARS.search(name):

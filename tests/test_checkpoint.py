@@ -200,10 +200,11 @@ def test_a_shard_alone_names_its_folder(tmp_path):
 def test_a_damaged_shard_index_is_named(tmp_path, index, why):
     tiny.write_release(str(tmp_path), tiny.state_dict(tiny.info("T2V")), shards=2)
     (tmp_path / "model.safetensors.index.json").write_text(index)
-    for path in (tmp_path, tmp_path / "model-00001-of-00002.safetensors"):   # the folder, or one of its files
-        with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'model.safetensors.index.json'}: not a "
-                                                            f"readable shard index (") + ".*" + re.escape(why)):
-            Checkpoint(str(path))
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'model.safetensors.index.json'}: not a "
+                                                        f"readable shard index (") + ".*" + re.escape(why)):
+        Checkpoint(str(tmp_path))
+    sd = write_tiny(tmp_path / "single.safetensors", "T2V")     # a model of one file beside it still loads
+    assert_same(Checkpoint(str(tmp_path / "single.safetensors")), sd)
 
 
 def test_a_diffusers_pipeline_folder_names_its_subfolders(tmp_path):
@@ -216,8 +217,9 @@ def test_a_diffusers_pipeline_folder_names_its_subfolders(tmp_path):
 
 
 @pytest.mark.parametrize("in_dim,out_dim,img,why", [
-    (48, 48, False, "it takes 48 latent channels and makes 48 (as Wan 2.2 TI2V-5B)"),
-    (36, 16, False, "it takes 36 latent channels and makes 16 (as Wan 2.2 I2V-A14B, which has no image embedding)"),
+    (48, 48, False, "it takes 48 latent channels and makes 48 (as Wan 2.2 TI2V-5B), where"),
+    (36, 16, False, "it takes 36 latent channels and makes 16 (as Wan 2.2 I2V-A14B), where"),
+    (48, 16, True, "it takes 48 latent channels and makes 16 (as Wan 2.1 Fun Control), where"),
     (16, 16, True, "it takes 16 latent channels and makes 16, where"),
 ])
 def test_other_latent_channels_are_not_skyreels_v2(in_dim, out_dim, img, why):
@@ -225,7 +227,16 @@ def test_other_latent_channels_are_not_skyreels_v2(in_dim, out_dim, img, why):
     shapes = tiny.shapes(tiny.info("I2V" if img else "T2V"))
     shapes["patch_embedding.weight"] = (256, in_dim, 1, 2, 2)
     shapes["head.head.weight"] = (4 * out_dim, 256)
-    with pytest.raises(ValueError, match=re.escape(f"not a SkyReels-V2 / Wan 2.1 model: {why}")):
+    with pytest.raises(ValueError, match=re.escape(f"not a model this pack runs: {why}")):
+        detect(shapes)
+
+
+def test_other_wan_models_are_named_first():
+    # Fun 1.1 Control has 48 input channels too, and a reference conv: named by its keys, not its channels.
+    shapes = tiny.shapes(tiny.info("I2V"))
+    shapes["patch_embedding.weight"], shapes["ref_conv.weight"] = (256, 48, 1, 2, 2), (256, 16, 2, 2)
+    with pytest.raises(ValueError, match=re.escape("this is a Wan Fun reference model, not SkyReels-V2; load it with "
+                                                   "ComfyUI's Load Diffusion Model node")):
         detect(shapes)
 
 
@@ -261,10 +272,11 @@ def _set(key, value):
 
 @pytest.mark.parametrize("granularity", ["tensor", "channel"])
 @pytest.mark.parametrize("edit,why", [
-    (lambda sd: sd.pop(f"{LAYER}.weight_scale"), f"layer {LAYER} is FP8 with no weight_scale, which this pack "
-                                                 "cannot read; use the bf16 original or a ComfyUI FP8 file"),
+    (lambda sd: sd.pop(f"{LAYER}.weight_scale"), f"layer {LAYER} is FP8 with no weight_scale: the file is damaged, "
+                                                 "or scaled in a way this pack cannot read; use the bf16 original "
+                                                 "or a ComfyUI FP8 file"),
     (lambda sd: sd.__setitem__(f"{LAYER}.weight_scale_inv", sd.pop(f"{LAYER}.weight_scale")),
-     f"layer {LAYER} is FP8 with {LAYER}.weight_scale_inv, which this pack cannot read"),
+     f"layer {LAYER} is FP8 with {LAYER}.weight_scale_inv: the file is damaged, or scaled in a way"),
     (_set(f"{LAYER}.weight_scale", torch.ones(7)), f"{LAYER}.weight_scale (7 values, smallest 1) is no scale of "
                                                    f"{LAYER}.weight [512, 256]; the file is damaged"),
     (_set(f"{LAYER}.weight_scale", lambda sd: -sd[f"{LAYER}.weight_scale"]), "is no scale of"),

@@ -160,7 +160,8 @@ CHARACTER = 'it has a character Windows does not allow in file names (< > : " | 
     ("com1.fp8.safetensors", "com1 is a reserved device name on Windows"),
     ("a:b.safetensors", CHARACTER),
     ("what?.safetensors", CHARACTER),
-    ("x" * 201 + ".safetensors", "it is longer than 200 bytes"),
+    ("x" * 201 + ".safetensors", "it is too long (at most 200 characters)"),
+    ("模" * 79 + ".safetensors", "it is too long (at most 200 characters)"),     # 249 bytes: 255 with the temp
 ])
 def test_output_names_windows_cannot_make_are_refused(tmp_path, monkeypatch, name, why):
     # On Windows "CON.safetensors" is the console, and ':' starts an alternate data stream. (The CLI applies the

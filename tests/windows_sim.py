@@ -65,7 +65,9 @@ def _in_use_error(*paths):
 def _open(file, mode="r", *args, **kwargs):
     if _proc(file):
         raise FileNotFoundError(2, "No such file or directory", os.fsdecode(file))
-    if "b" not in mode and len(args) < 2 and kwargs.get("encoding") is None:    # args: buffering, encoding, ...
+    if "b" not in mode and len(args) > 1 and args[1] in (None, "locale"):    # args: buffering, encoding, ...
+        args = (args[0], ANSI_CODE_PAGE, *args[2:])                          # (pathlib passes "locale" so)
+    elif "b" not in mode and len(args) < 2 and kwargs.get("encoding") in (None, "locale"):
         kwargs["encoding"] = ANSI_CODE_PAGE
     f = _real["open"](file, mode, *args, **kwargs)
     if not isinstance(file, int):

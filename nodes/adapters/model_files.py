@@ -15,7 +15,11 @@ def _release_folders():
     for sub in {os.path.dirname(name) for name in folder_paths.get_filename_list(FOLDER)} - {""}:
         for root in folder_paths.get_folder_paths(FOLDER):
             path = os.path.join(root, sub)
-            if os.path.isdir(path) and is_release(os.listdir(path)):
+            # A diffusers pipeline (model_index.json) holds its diffusion model in transformer/, beside text_encoder/,
+            # vae/ ..., which are releases too
+            pipeline = os.path.isfile(os.path.join(os.path.dirname(path), "model_index.json"))
+            if os.path.isdir(path) and is_release(os.listdir(path)) and (
+                    not pipeline or os.path.basename(sub) == "transformer"):
                 found.add(sub.replace(os.sep, "/") + "/")
     return sorted(found)
 

@@ -100,7 +100,7 @@ def _check_reachable(address):
     if not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as e:
         fail(f"parallel: ray_address {address}: nothing answers there ({e.strerror or e}); start the cluster there "
              "(ray start --head), or leave ray_address empty for a cluster on this machine")

@@ -117,6 +117,9 @@ def server(host, tmp_path_factory):
     write_bad_files(models)
     tiny.write_release(os.path.join(models, "t2v.sharded"), sd, shards=3)
     tiny.write_release(os.path.join(models, "SkyReels", "t2v.nested"), sd, shards=2)   # users sort models in folders
+    for part in ("transformer", "text_encoder"):             # a *-Diffusers download (keys as they are: not loaded)
+        tiny.write_release(os.path.join(models, "t2v-Diffusers", part), sd, shards=2)
+    open(os.path.join(models, "t2v-Diffusers", "model_index.json"), "w").write('{"_class_name": "SkyReelsV2Pipeline"}')
     os.makedirs(os.path.join(models, "t2v.release"))      # as SkyReels-V2's 1.3B releases: config.json, one file
     shutil.copyfile(src, os.path.join(models, "t2v.release", "model.safetensors"))
     with open(os.path.join(models, "t2v.release", "config.json"), "w") as f:

@@ -54,9 +54,18 @@ def test_bad_output_places_and_widget_values_exit_2_before_or_without_a_video(ho
         proc = run(flags, host, tmp_path)
         assert proc.returncode == 2 and f"{flags[0]}: {flags[1]}" in proc.stderr, proc.stderr
         assert f"{tmp_path / 'afile'} is not a folder; choose another place" in proc.stderr
-        assert "ComfyUI" not in proc.stdout                     # it never started
+        assert proc.stdout == ""                                # it stopped before anything else (the demo's line)
     proc = run(["--seed", "-1", "--output", "x.mp4"], host, tmp_path)    # ComfyUI refuses the widget's value
-    assert proc.returncode == 2 and "ComfyUI refused the prompt (400)" in proc.stderr and "seed" in proc.stderr
+    assert proc.returncode == 2 and "ComfyUI refused the prompt's inputs: " in proc.stderr and "seed" in proc.stderr
+
+
+def test_an_output_on_a_drive_that_is_not_there_is_named(monkeypatch, tmp_path):
+    # On Windows the parent of "E:\\" is "E:\\": with the drive unplugged, the search for a folder must still end.
+    from generate_video_fp8 import BadInput, check_output, parse_args
+    for name in ("exists", "isdir", "isfile"):
+        monkeypatch.setattr(os.path, name, lambda path: False)
+    with pytest.raises(BadInput, match=re.escape(f"--output: {tmp_path}/x.mp4: / is not there; choose another place")):
+        check_output(parse_args(["--output", f"{tmp_path}/x.mp4"]))
 
 
 def test_comfyui_dying_mid_run_is_reported_with_its_log(tmp_path):

@@ -77,6 +77,8 @@ def test_a_per_tensor_file_agrees_between_core_and_our_loader(server):
 def test_release_folders_are_listed_and_load_like_the_single_file(server):
     options = server.get(f"/object_info/{LOADER}")[LOADER]["input"]["required"]["model_name"][1]["options"]
     assert "t2v.sharded/" in options and "t2v.release/" in options and "SkyReels/t2v.nested/" in options
+    # a diffusers pipeline: its transformer/, not its text encoder's release beside it
+    assert "t2v-Diffusers/transformer/" in options and "t2v-Diffusers/text_encoder/" not in options
     # a release folder that also holds a file converted from it: its files are listed, not the folder
     assert "t2v.converted/" not in options and os.path.join("t2v.converted", "model_fp8.safetensors") in options
     single = sample(server, ours("t2v_bf16.safetensors"), "shards_single")
@@ -156,10 +158,9 @@ def test_df_fps_embedding_is_loaded_not_dropped(server):
     ("t2v.sharded/model-00001-of-00003.safetensors", "one shard of the model in t2v.sharded/ (listed in "
                                                      "model.safetensors.index.json); give the folder (the loaders "
                                                      "list it as t2v.sharded/)"),
-    ("bad_wan22_ti2v.safetensors", "not a SkyReels-V2 / Wan 2.1 model: it takes 48 latent channels and makes 48 "
-                                   "(as Wan 2.2 TI2V-5B)"),
-    ("bad_fp8_no_scale.safetensors", "layer blocks.0.ffn.0 is FP8 with no weight_scale, which this pack cannot "
-                                     "read"),
+    ("bad_wan22_ti2v.safetensors", "not a model this pack runs: it takes 48 latent channels and makes 48 (as "
+                                   "Wan 2.2 TI2V-5B)"),
+    ("bad_fp8_no_scale.safetensors", "layer blocks.0.ffn.0 is FP8 with no weight_scale: the file is damaged"),
 ])
 def test_bad_files_give_a_node_error_and_the_host_keeps_running(server, name, message):
     entry = server.run({"1": ours(name), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}})
