@@ -26,20 +26,29 @@ def fail(message):
     raise ValueError(f"Sample Video: {message}")
 
 
-def model_shift(model, shift):
-    """Sample Video's shift, or with 0 the MODEL's (ModelSamplingSD3's where applied). A ModelSamplingSD3 shift that
-    the widget overrides is named once in the log; the report names the shift that ran."""
+def _own_shift(model):
     sampling = model.get_model_object("model_sampling")
-    own = sampling.shift if isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow) else None
+    return sampling.shift if isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow) else None
+
+
+def model_shift(model, shift):
+    """Sample Video's shift, or with 0 the MODEL's (ModelSamplingSD3's where applied)."""
     if shift == 0:
-        if own is None:
-            fail(f"shift: 0 takes the MODEL's flow shift, but its model sampling ({type(sampling).__name__}) has "
-                 "none; set a shift (SkyReels-V2: 8.0)")
-        return float(own)
-    if own is not None and "model_sampling" in model.object_patches and abs(own - shift) > 1e-6:
-        log_once(("shift", own, shift), f"Sample Video: shift {shift:g} runs; the MODEL's ModelSamplingSD3 shift "
-                                        f"{own:g} is not used (set Sample Video's shift to 0 to use it)")
+        if _own_shift(model) is None:
+            fail(f"shift: 0 takes the MODEL's flow shift, but its model sampling "
+                 f"({type(model.get_model_object('model_sampling')).__name__}) has none; set a shift (SkyReels-V2: 8.0)")
+        return float(_own_shift(model))
     return shift
+
+
+def overridden_shift(model, shift):
+    """The note, for the log once and the report, when the widget overrides a ModelSamplingSD3 on the MODEL (Wan
+    workflows carry one before their sampler)."""
+    own = _own_shift(model)
+    if own is not None and "model_sampling" in model.object_patches and abs(own - shift) > 1e-6:
+        return (f"shift {shift:g} runs; the MODEL's ModelSamplingSD3 shift {own:g} is not used (set Sample Video's "
+                "shift to 0 to use it)")
+    return None
 
 
 def check_frames(widget, n):
@@ -66,7 +75,7 @@ class Job:
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
         self.generator = torch.Generator().manual_seed(seed)
         self.model_seconds = 0.0
-        self.notes = [note for note in (fps_term.lost(model),) if note]
+        self.notes = [note for note in (fps_term.lost(model), overridden_shift(model, shift)) if note]
         for note in self.notes:
             log_once(note, f"Sample Video: {note}")
 

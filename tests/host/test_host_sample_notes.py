@@ -84,6 +84,8 @@ def test_sample_video_says_what_it_does_not_use(host, tmp_path):
     overridden = ("Sample Video: shift 8 runs; the MODEL's ModelSamplingSD3 shift 3 is not used (set Sample Video's "
                   "shift to 0 to use it)")
     assert r["log"].count(overridden) == 1, r["log"]
+    assert r["eight report"].endswith("\n" + overridden[len("Sample Video: "):]), r["eight report"]   # and the report
+    assert "ModelSamplingSD3" not in r["zero report"]
     assert r["no flow shift"] == ("Sample Video: shift: 0 takes the MODEL's flow shift, but its model sampling "
                                   "(ModelSamplingAdvanced) has none; set a shift (SkyReels-V2: 8.0)"), r
     assert r["eps runs"]
