@@ -86,8 +86,8 @@ def _fp8_weight(ckpt, name, declared):
                                   "original or a ComfyUI FP8 file")
         return q, torch.ones((), dtype=torch.float32), "tensor"  # a plain cast: scale 1
     scale = ckpt.load(key).float().flatten()
-    granularity = {1: "tensor", q.shape[0]: "channel"}.get(scale.numel())
-    if granularity is None or declared.get(layer, (0, granularity))[1] != granularity or (scale <= 0).any():
+    granularity = declared[layer][1] if layer in declared else "tensor" if scale.numel() == 1 else "channel"
+    if scale.numel() != {"tensor": 1, "channel": q.shape[0]}[granularity] or (scale <= 0).any():
         raise CheckpointError(f"{ckpt.path}: {key} ({scale.numel()} values, smallest {scale.min():g}) is no scale "
                               f"of {name} {list(q.shape)}; the file is damaged: download or convert it again")
     return q, scale.reshape((-1, 1) if granularity == "channel" else ()), granularity
