@@ -33,12 +33,11 @@ def _own_shift(model):
 
 def model_shift(model, shift):
     """Sample Video's shift, or with 0 the MODEL's (ModelSamplingSD3's where applied)."""
-    if shift == 0:
-        if _own_shift(model) is None:
-            fail(f"shift: 0 takes the MODEL's flow shift, but its model sampling "
-                 f"({type(model.get_model_object('model_sampling')).__name__}) has none; set a shift (SkyReels-V2: 8.0)")
-        return float(_own_shift(model))
-    return shift
+    own = _own_shift(model)
+    if shift == 0 and own is None:
+        fail(f"shift: 0 takes the MODEL's flow shift, but its model sampling "
+             f"({type(model.get_model_object('model_sampling')).__name__}) has none; set a shift (SkyReels-V2: 8.0)")
+    return float(own) if shift == 0 else shift
 
 
 def overridden_shift(model, shift):
