@@ -3,8 +3,27 @@
 ComfyUI imports every pack at start-up, so this file imports nothing heavy: the nodes (and through them torch
 code, never sageattention/triton) are imported when the host asks for the node list.
 """
+import re
 
 WEB_DIRECTORY = "./nodes/web"    # one frontend file: loads workflows saved before mode was a dynamic combo
+# The oldest ComfyUI the host tests pass on (pyproject.toml's requires-comfyui tells ComfyUI-Manager the same). An
+# older one fails on host internals the nodes build on, with errors that name neither the pack nor the cure.
+OLDEST_COMFYUI = "0.30.0"
+
+
+def _check_comfyui():
+    try:
+        from comfyui_version import __version__ as found
+    except ImportError:     # not ComfyUI's main.py (a test harness, a fork without the file): nothing to compare
+        return
+    found_release, oldest = (tuple(int(n) for n in re.findall(r"\d+", v)[:3]) for v in (found, OLDEST_COMFYUI))
+    if found_release < oldest:
+        raise ImportError(f"SkyReels-V2 FP8 needs ComfyUI {OLDEST_COMFYUI} or newer, and this ComfyUI is {found}: "
+                          "update ComfyUI (ComfyUI-Manager: Update ComfyUI; Windows portable: "
+                          "update\\update_comfyui.bat), then restart it")
+
+
+_check_comfyui()
 
 
 async def comfy_entrypoint():

@@ -164,6 +164,18 @@ class HostServer:
         raise TimeoutError(f"prompt {pid} did not finish in {timeout} s")
 
 
+def check_pack_loaded(server, object_info):
+    """BadInput with the reason ComfyUI logged for not loading this pack (an old ComfyUI, a missing requirement)."""
+    if "SkyReelsSampleVideo" in object_info:
+        return
+    log = server.read_log()
+    # "Cannot import <pack> module for custom nodes: <why>", "Error while calling comfy_entrypoint in <pack>: <why>"
+    why = [line.split(PACK, 1)[1].partition(": ")[2] for line in log.splitlines()
+           if PACK in line and ("module for custom nodes: " in line or "comfy_entrypoint in " in line)]
+    reason = why[-1] if why else "its log ends:\n" + log[-3000:]
+    raise BadInput(f"ComfyUI ({server.host}) did not load this pack: {reason}")
+
+
 def error_of(entry):
     """The execution_error message of a finished prompt, or None if it succeeded."""
     for kind, data in entry["status"].get("messages", []):
@@ -585,7 +597,9 @@ def main(argv=None):
         server = HostServer(host, base, extra).start()
         with open(os.path.join(REPO, "workflows", name), encoding="utf-8") as f:
             workflow = json.load(f)
-        prompt = build_prompt(workflow, server.get("/object_info"), args, names, demo, source)
+        object_info = server.get("/object_info")
+        check_pack_loaded(server, object_info)
+        prompt = build_prompt(workflow, object_info, args, names, demo, source)
         started = time.time()
         entry = server.run(prompt)
         err = error_of(entry)

@@ -8,6 +8,7 @@ A $COMFYUI_PATH that is set but is not a ComfyUI folder is an error, not a silen
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -25,9 +26,18 @@ def describe(host):
     elif os.path.isdir(os.path.join(host, ".git")):
         rev = subprocess.run(["git", "-C", host, "rev-parse", "--short=10", "HEAD"], capture_output=True,
                              text=True).stdout.strip()
+    return f"ComfyUI {host_version(host)} {rev}".strip()
+
+
+def host_version(host):
     version = {}
     exec(open(os.path.join(host, "comfyui_version.py")).read(), version)
-    return f"ComfyUI {version.get('__version__', '?')} {rev}".strip()
+    return version.get("__version__", "?")
+
+
+def host_release(host):
+    """The host's version as (major, minor, patch)."""
+    return tuple(int(n) for n in re.findall(r"\d+", host_version(host))[:3])
 
 
 PRELUDE = """

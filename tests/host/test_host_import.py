@@ -1,5 +1,13 @@
-"""Loading the pack the way ComfyUI does must not pull in sageattention/triton nor touch CUDA."""
-from comfy_host import REPO, run_in_host
+"""Loading the pack the way ComfyUI does must not pull in sageattention/triton nor touch CUDA, and an older ComfyUI
+is told which version the pack needs."""
+import os
+import re
+import types
+
+import pytest
+from generate_video_fp8 import PACK, BadInput, check_pack_loaded, install_copy
+
+from comfy_host import REPO, host_release, host_version, run_in_host
 
 CODE = r"""
 import asyncio, builtins, time, torch, nodes
@@ -30,3 +38,49 @@ def test_pack_loads_without_sageattention_triton_or_cuda(host):
                           "SkyReelsPatchSageAttention", "SkyReelsSampleVideo", "SkyReelsTeaCache"]
     assert r["names"] == ["Convert to FP8", "Load FP8 SkyReels Model", "Parallel Config", "Patch SageAttention",
                           "Sample Video", "TeaCache (SkyReels-V2)"]
+
+
+OLD_HOST = r"""
+import asyncio, logging, comfyui_version, nodes
+comfyui_version.__version__ = {version!r}    # all the pack reads of the host's version
+warnings = []
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda record: warnings.append(record.getMessage())
+logging.getLogger().addHandler(handler)
+ok = asyncio.run(nodes.load_custom_node({pack!r}))
+result = dict(ok=ok, warnings=warnings, nodes=[k for k in nodes.NODE_CLASS_MAPPINGS if k.startswith("SkyReels")])
+"""
+
+
+def oldest_comfyui():
+    with open(os.path.join(REPO, "__init__.py"), encoding="utf-8") as f:
+        return re.search(r'^OLDEST_COMFYUI = "([\d.]+)"', f.read(), re.M).group(1)
+
+
+def test_an_older_comfyui_is_told_which_version_the_pack_needs(host, tmp_path):
+    """Releases before the oldest tested one fail inside the nodes, with errors such as "'Linear' object has no
+    attribute '_orig_shape'" (ComfyUI 0.10 to 0.22; README, "Which ComfyUI"); the pack says what to do instead, in
+    ComfyUI's log and through generate_video_fp8.py."""
+    pack = str(tmp_path / PACK)
+    install_copy(pack)        # as ComfyUI-Manager lays it out: the folder's name is in the host's messages
+    r = run_in_host(host, OLD_HOST.format(version="0.22.0", pack=pack))
+    need = (f"SkyReels-V2 FP8 needs ComfyUI {oldest_comfyui()} or newer, and this ComfyUI is 0.22.0: update ComfyUI "
+            "(ComfyUI-Manager: Update ComfyUI; Windows portable: update\\update_comfyui.bat), then restart it")
+    said = [w for w in r["warnings"] if "Cannot import" in w]
+    assert not r["ok"] and r["nodes"] == [], r
+    assert said == [f"Cannot import {pack} module for custom nodes: {need}"], r["warnings"]
+    started = types.SimpleNamespace(host=host, read_log=lambda: "\n".join(r["warnings"]))
+    with pytest.raises(BadInput) as e:
+        check_pack_loaded(started, {"KSampler": {}})
+    assert str(e.value) == f"ComfyUI ({host}) did not load this pack: {need}"
+    r = run_in_host(host, OLD_HOST.format(version=oldest_comfyui(), pack=pack))
+    assert r["ok"] and len(r["nodes"]) == 6 and not [w for w in r["warnings"] if "Cannot import" in w], r
+
+
+def test_the_registry_is_told_the_same_oldest_comfyui(host):
+    """pyproject.toml's requires-comfyui, as the host's own parser reads it (the registry and ComfyUI-Manager read the
+    same field), is the version the pack checks, and the host these tests pass on is not older."""
+    code = f"from comfy_config import config_parser\nconfig = config_parser.extract_node_configuration({REPO!r})\n"
+    declared = run_in_host(host, code + "result = config.project.supported_comfyui_version")
+    assert declared == f">={oldest_comfyui()}"
+    assert host_release(host) >= tuple(int(n) for n in oldest_comfyui().split(".")), host_version(host)

@@ -1,5 +1,5 @@
 """Patch SageAttention on the real host: core KSampler on a tiny model, counted attention calls, the guard."""
-from comfy_host import REPO, run_in_host
+from comfy_host import REPO, host_release, run_in_host
 from in_host import SETUP, write_models
 
 RUN = r"""
@@ -102,35 +102,37 @@ records.clear()
 
 # The comfy-kitchen call: what our adapter passes to the function the host registers, checked against that
 # function's own signature; then the host's real adapter run into comfy_kitchen.int8_attention's Python signature
-# (its CUDA kernel cannot run here: SDPA stands in for it).
-import comfy_kitchen
-calls = []
-def recording(*args, **kwargs):
-    calls.append((args, kwargs))
-    return attention_pytorch(*args, **kwargs)
-host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = recording
-override = fresh("comfy-kitchen int8")
-override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
-registered = inspect.signature(host_attention.attention_comfy_kitchen_int8)
-for skip in (False, True):
-    qq, kk, vv = (t.view(1, 128, 2, 64).transpose(1, 2).contiguous() if skip else t for t in (q, k, v))
-    override(attention_pytorch, qq, kk, vv, 2, skip_reshape=skip, skip_output_reshape=skip,
-             transformer_options={"block_index": int(skip)})  # a site of its own: the guard checks each
-bound = [registered.bind(*a, **kw) and True for a, kw in calls]
-kernel_signature = inspect.signature(comfy_kitchen.int8_attention)
-kernel_calls = []
-def fake_int8_attention(*args, **kwargs):
-    kernel_signature.bind(*args, **kwargs)
-    kernel_calls.append(sorted(kwargs))
-    return torch.nn.functional.scaled_dot_product_attention(args[0], args[1], args[2], attn_mask=kwargs["attn_mask"],
-                                                            scale=kwargs["scale"])
-comfy_kitchen.int8_attention = fake_int8_attention
-host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = host_attention.attention_comfy_kitchen_int8
-override = fresh("comfy-kitchen int8")
-override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
-via_host = override(attention_pytorch, q, k, v, 2, transformer_options={"block_index": 1})
-result["kitchen"] = dict(calls=[[len(a), sorted(kw)] for a, kw in calls], bound=bound, kernel_calls=kernel_calls,
-                         rel=rel(via_host, attention_pytorch(q, k, v, 2)), counts=dict(override.counts))
+# (its CUDA kernel cannot run here: SDPA stands in for it). ComfyUI registers that function since 0.32.
+result["kitchen"] = None
+if hasattr(host_attention, "attention_comfy_kitchen_int8"):
+    import comfy_kitchen
+    calls = []
+    def recording(*args, **kwargs):
+        calls.append((args, kwargs))
+        return attention_pytorch(*args, **kwargs)
+    host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = recording
+    override = fresh("comfy-kitchen int8")
+    override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
+    registered = inspect.signature(host_attention.attention_comfy_kitchen_int8)
+    for skip in (False, True):
+        qq, kk, vv = (t.view(1, 128, 2, 64).transpose(1, 2).contiguous() if skip else t for t in (q, k, v))
+        override(attention_pytorch, qq, kk, vv, 2, skip_reshape=skip, skip_output_reshape=skip,
+                 transformer_options={"block_index": int(skip)})  # a site of its own: the guard checks each
+    bound = [registered.bind(*a, **kw) and True for a, kw in calls]
+    kernel_signature = inspect.signature(comfy_kitchen.int8_attention)
+    kernel_calls = []
+    def fake_int8_attention(*args, **kwargs):
+        kernel_signature.bind(*args, **kwargs)
+        kernel_calls.append(sorted(kwargs))
+        return torch.nn.functional.scaled_dot_product_attention(args[0], args[1], args[2], attn_mask=kwargs["attn_mask"],
+                                                                scale=kwargs["scale"])
+    comfy_kitchen.int8_attention = fake_int8_attention
+    host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = host_attention.attention_comfy_kitchen_int8
+    override = fresh("comfy-kitchen int8")
+    override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
+    via_host = override(attention_pytorch, q, k, v, 2, transformer_options={"block_index": 1})
+    result["kitchen"] = dict(calls=[[len(a), sorted(kw)] for a, kw in calls], bound=bound, kernel_calls=kernel_calls,
+                             rel=rel(via_host, attention_pytorch(q, k, v, 2)), counts=dict(override.counts))
 
 # Exact is the host's PyTorch attention even where the host's global choice is 8-bit (--use-sage-attention).
 def global_8_bit(*a, **kw):
@@ -181,12 +183,19 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert nan["counts"] == {"sage": 1, "exact": 2} and nan["finite"] == [True, True, True]
     assert len(nan["logs"]) == 1 and "gave NaN or Inf" in nan["logs"][0] and "block 5" in nan["logs"][0]
     k = r["kitchen"]
+    if k is None:      # ComfyUI before 0.32 registers no comfy_kitchen_int8 (the mode's fallback is checked above)
+        assert host_release(host) < (0, 32), "the host registers comfy_kitchen_int8, and its checks did not run"
+    else:
+        check_kitchen(k)
+    assert r["exact_is_pytorch"] == 0.0
+    assert r["low_precision_false"] == {"sage": 0, "exact": 1}
+
+
+def check_kitchen(k):
     # the guard's call (2 heads, [B, H, L, D]) and the call itself, for each of the host's two layouts
     assert k["bound"] == [True] * 4 and len(k["calls"]) == 4
     assert k["kernel_calls"] == [["attn_mask", "scale"]] * 2 and k["rel"] <= 1e-6
     assert k["counts"] == {"sage": 1, "exact": 0}
-    assert r["exact_is_pytorch"] == 0.0
-    assert r["low_precision_false"] == {"sage": 0, "exact": 1}
 
 
 MISSING = r"""
