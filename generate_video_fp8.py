@@ -36,7 +36,6 @@ DEFAULT_HOST = os.path.join(os.path.expanduser("~"), "ComfyUI")
 RESOLUTIONS = {"540P": (960, 544), "720P": (1280, 720)}
 # SkyReels-V2's generate_video_df.py defaults (its overlap_history has none; 17 is what its README uses).
 DF_DEFAULTS = dict(ar_step=0, causal_block_size=1, base_num_frames=97, overlap_history=17, addnoise_condition=0)
-DF_FLAGS = tuple(DF_DEFAULTS)
 DF_INPUTS = ("end_image", "video_path")     # files only Diffusion Forcing takes
 # The demo's long video, small and asynchronous: 57 frames in windows of 37 overlapping by 17, causal blocks of 5.
 DEMO = dict(width=64, height=64, frames=57, steps=4, ar_step=5, causal_block_size=5, base_num_frames=37,
@@ -178,10 +177,7 @@ def check_pack_loaded(server, object_info):
 
 def error_of(entry):
     """The execution_error message of a finished prompt, or None if it succeeded."""
-    for kind, data in entry["status"].get("messages", []):
-        if kind == "execution_error":
-            return data
-    return None
+    return next((data for kind, data in entry["status"].get("messages", []) if kind == "execution_error"), None)
 
 
 def write_tiny_vae(path, seed=0):
@@ -253,7 +249,7 @@ def parse_args(argv):
 
 
 def pick_workflow(args, info):
-    given = [f"--{f}" for f in (*DF_FLAGS, "causal_attention", *DF_INPUTS) if getattr(args, f) not in (None, False)]
+    given = [f"--{f}" for f in (*DF_DEFAULTS, "causal_attention", *DF_INPUTS) if getattr(args, f) not in (None, False)]
     if info is None:    # the demo model is DF-1.3B-like
         return "skyreels_df_long_video.json"
     if info.variant == "I2V":
@@ -430,7 +426,7 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
                 if value is not None:
                     inputs[key] = value
             if inputs["mode"] == "diffusion forcing":         # its widgets are under mode, a dynamic combo
-                for flag in DF_FLAGS:
+                for flag in DF_DEFAULTS:
                     given = getattr(args, flag)
                     inputs["mode." + flag] = given if given is not None else sizes.get(flag, DF_DEFAULTS[flag])
                 inputs["mode.causal_attention"] = args.causal_attention

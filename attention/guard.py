@@ -6,6 +6,8 @@ from .sage import agreement
 
 CHECKPOINTS = (0.25, 0.5, 0.75)  # fractions of the steps from which a site is checked again
 GUARD_HEADS = 2
+# Sample Video's transformer_options: the index of the model call within its window, and the window's calls
+CALL, CALLS = "skyreels_call", "skyreels_calls"
 
 
 def phase(step, total):
@@ -25,14 +27,15 @@ class StepIndex:
     def __call__(self, to):
         schedule = to.get("sample_sigmas")
         total = len(schedule) - 1 if schedule is not None else 0
-        if "skyreels_call" in to:   # with the window's number of calls: asynchronous DF makes more than steps
-            return to["skyreels_call"], to.get("skyreels_calls", total)
+        if CALL in to:   # with the window's number of calls: asynchronous DF makes more than steps
+            return to[CALL], to.get(CALLS, total)
         sigmas = to.get("sigmas")
-        if sigmas is None or schedule is None:
+        if sigmas is None or not total:
             return 0, total
         if sigmas is not self._sigmas:  # a strong reference: no id() reuse between model calls
             self._sigmas = sigmas
-            self._step = int((schedule.to(sigmas.device) - sigmas.flatten()[0]).abs().argmin())
+            # the nearest step's sigma (the schedule's last one, 0, is where sampling ends: no step starts there)
+            self._step = int((schedule[:-1].to(sigmas.device) - sigmas.flatten()[0]).abs().argmin())
         return self._step, total
 
 

@@ -5,7 +5,7 @@ from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..sampling import solvers
 from ..sampling.schedule import latent_frames
-from .adapters import parallel_run
+from .adapters import parallel_pool, parallel_run
 from .parallel import PARALLEL
 from .adapters.sample_job import Job, check_frames, fail, model_shift
 
@@ -118,7 +118,7 @@ class SampleVideo(io.ComfyNode):
             widgets["shift"] = model_shift(model, shift)
             samples, report, images = parallel_run.run(parallel, model, positive, negative, widgets, inputs)
         else:
-            parallel_run.release()       # workers kept from a parallel run give their GPUs back to this run
+            parallel_pool.release()      # workers kept from a parallel run give their GPUs back to this run
             samples, report, images = sample_video(model, positive, negative, **widgets, **inputs)
         # Without a vae there is no images output; the host shows this message where it is connected (the node's
         # outputs are cached by its inputs, so whether images is connected cannot decide what the node makes).

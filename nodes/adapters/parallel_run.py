@@ -18,7 +18,6 @@ from .sage_override import SageOverride
 from .sample_job import fail
 
 log = logging.getLogger("skyreels_fp8")
-release = parallel_pool.release   # Sample Video's single-device runs free the kept workers
 RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
 
 

@@ -13,6 +13,7 @@ import comfy.utils
 import latent_preview
 from PIL import Image
 
+from ...attention.guard import CALL, CALLS
 from ...attention.sage import log_once
 from ...sampling import forcing, solvers
 from ...sampling.schedule import aspect_crop, flow_sigmas, latent_frames, model_timesteps, video_frames
@@ -250,8 +251,7 @@ class Job:
             def denoise(x_in, sigma):
                 comfy.model_management.throw_exception_if_processing_interrupted()
                 sigma = sigma.to(x_in.device)
-                to = {**options.get("transformer_options", {}), teacache_hooks.CALL: calls[0],
-                      teacache_hooks.CALLS: total_calls}
+                to = {**options.get("transformer_options", {}), CALL: calls[0], CALLS: total_calls}
                 if sigma.ndim:
                     to[per_frame.KEY] = sigma
                 started = self._clock(x_in.device)

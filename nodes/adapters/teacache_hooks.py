@@ -3,12 +3,11 @@ the blocks or, on a skipped call, add the residual to the input once (the decisi
 import torch
 from comfy.patcher_extension import WrappersMP
 
+from ...attention.guard import StepIndex
 from ...sampling import teacache
 
 KEY = "skyreels_teacache"      # transformer_options: the TeaCache of this MODEL
 RUN = "skyreels_teacache_run"  # transformer_options of one call: what its blocks do
-# Sample Video's transformer_options: the index of the model call within its window, and the window's calls
-CALL, CALLS = "skyreels_call", "skyreels_calls"
 
 
 def install(model, cache):
@@ -70,14 +69,6 @@ def _block(args, extra):
     return out
 
 
-def step(to):
-    """(index, total) of this call: Sample Video says; under core samplers, the sigma's place in the schedule."""
-    if CALL in to:
-        return to[CALL], to[CALLS]
-    sigmas = to["sample_sigmas"].cpu()
-    return int((sigmas[:-1] - to["sigmas"][0].cpu()).abs().argmin()), len(sigmas) - 1
-
-
 def _call(executor, *args, **kwargs):
     to = args[5] if len(args) > 5 else kwargs["transformer_options"]
     cache, dm, x = to[KEY], executor.class_obj, args[0]
@@ -85,7 +76,7 @@ def _call(executor, *args, **kwargs):
     # One stream per prompt: cond / uncond and the conditioning's id (several positive prompts share a batch)
     kinds = to.get("cond_or_uncond", [0])
     streams = list(zip(kinds, to.get("uuids") or range(len(kinds))))
-    run = Run(cache, streams, *step(to), coeffs)
+    run = Run(cache, streams, *StepIndex()(to), coeffs)  # (step, total): once per model call
     hook = dm.time_embedding.register_forward_hook(lambda module, inputs, out: setattr(run, "embedding", out))
     to[RUN] = run
     try:
