@@ -268,3 +268,30 @@ def test_tensorwise_per_channel_does_not_overflow_fp16(monkeypatch, linear_case)
     w = w * 1e-4
     y = fp8_linear(x.half(), *quantize_weight(w, granularity="channel"), mode="w8a8")
     assert torch.isfinite(y).all() and rel(y, F.linear(x, w)) <= 0.05
+
+
+# ---- the CUDA calls, checked by torch's own CUDA rules without a GPU ----
+# A FakeTensorMode tensor on device "cuda" runs torch._scaled_mm's meta function, which applies what the CUDA kernel
+# demands of its arguments (row-major activation, column-major weight, K and N multiples of 16, fp32 scales of shape
+# (1, 1) or (M, 1) x (1, N)) and refuses operands on two devices. The fallback in fp8_linear would turn a violation
+# into a silent upcast on every GPU, so this is where a bad call shows before a GPU runs it. On a GPU runner these
+# same calls run for real (bench/gpu_check.sh); this test asserts no numbers, only that the calls are accepted.
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+@pytest.mark.parametrize("plan", ["rowwise", "tensorwise"])
+def test_w8a8_calls_pass_torchs_cuda_checks(monkeypatch, linear_case, plan, granularity, dtype):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    monkeypatch.setattr(fp8.act_quant, "fused_available", lambda: (False, "the Triton kernel cannot run on fakes"))
+    x, w, b, _ = linear_case
+    real = (x.to(dtype), *quantize_weight(w, granularity=granularity), b.to(dtype))
+    with torch.inference_mode(), FakeTensorMode() as mode:
+        x, q, scale, b = (mode.from_tensor(t).to("cuda") for t in real)
+        for bias in (None, b):
+            y = fp8._w8a8(x, q, scale, bias, plan)
+            assert (y.shape, y.dtype, y.device.type) == ((3, 40, 96), dtype, "cuda")
+        # The checks are live: a row-major weight (the untransposed qweight) is refused as the CUDA kernel does.
+        xq, x_scale = fp8.act_quant.quantize_input(x)
+        with pytest.raises(RuntimeError, match="mat2 must be col_major"):
+            torch._scaled_mm(xq, q.t().contiguous(), scale_a=x_scale, scale_b=scale.reshape(1, -1),
+                             out_dtype=torch.bfloat16)
