@@ -1,0 +1,71 @@
+"""The GPU path without a GPU: a loaded FP8 model's forward through the host's own Wan code, on FakeTensorMode tensors
+that say they are on "cuda", with Diffusion Forcing's per-frame sigmas as Sample Video hands them. Each op then runs its meta function, which applies the CUDA kernel's argument rules
+(torch._scaled_mm: row-major activations, column-major weights, fp32 scales of the right shapes) and refuses tensors
+of two devices (a CPU table meeting CUDA activations raises here as it would on a GPU). No value is computed, so this
+asserts only what ran: on a GPU runner bench/gpu_check.sh runs the same path for real and measures it."""
+from comfy_host import REPO, run_in_host
+from in_host import SETUP, write_models
+
+FAKE_CUDA = r"""
+import comfy.model_management
+from torch._subclasses.fake_tensor import FakeTensorMode
+from skyreels_pack.nodes.adapters import per_frame
+from skyreels_pack.nodes.adapters.sage_override import SageOverride
+from skyreels_pack.sampling.schedule import model_timesteps
+from skyreels_pack.attention import dispatch
+from skyreels_pack.quant import act_quant, fp8, fp8_plan
+# As on a GPU: the loader computes in bf16 (float32 on this CPU host), and the GPU has the compute capability named
+# below. The Triton kernel cannot take fake tensors, so the activations are quantized eagerly.
+comfy.model_management.unet_manual_cast = lambda *args, **kwargs: torch.bfloat16
+act_quant.fused_available = lambda: (False, "no Triton on fake tensors")
+patcher, report = load("df_bf16.safetensors", compute="fp8 matmul")
+model = patcher.model.diffusion_model
+sampling = per_frame.patch(patcher, 8.0, model_timesteps(4, 8.0)).get_model_object("model_sampling")
+result = dict(report=report)
+with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name, tensor in store.items():
+                if tensor is not None:
+                    fake = mode.from_tensor(tensor.data if store is module._parameters else tensor).to("cuda")
+                    store[name] = torch.nn.Parameter(fake, requires_grad=False) if store is module._parameters else fake
+    xc, ctxc = (mode.from_tensor(a).to("cuda", torch.bfloat16) for a in (x, ctx))
+    # Tensors the pack made on the CPU stay there (as fakes: a real tensor would be copied for real)
+    sampling.keys, sampling.values = (mode.from_tensor(t) for t in (sampling.keys, sampling.values))
+    sigma = mode.from_tensor(torch.tensor([[0.999, 0.6]])).to("cuda")   # Diffusion Forcing: a sigma per frame
+    for plan, capability in (("rowwise", (9, 0)), ("tensorwise", (12, 0))):    # an H100, an RTX 50xx
+        torch.cuda.get_device_capability = lambda device=None: capability
+        fp8_plan._plans.clear()
+        dispatch.device_capability.cache_clear()
+        for attention in ("disabled", "reference"):
+            override = SageOverride(attention, guard=0)   # the guard reads values, which fake tensors have none of
+            opts = dict(patcher.model_options["transformer_options"], optimized_attention_override=override,
+                        wrappers=patcher.wrappers, skyreels_fps=16)
+            before = dict(fp8.stats)
+            # What the host's apply_model does with Sample Video's per-frame model_sampling
+            t = sampling.timestep(sigma)
+            out = model(sampling.calculate_input(sigma, xc), t, ctxc, transformer_options=opts)
+            out = sampling.calculate_denoised(sigma, out, xc)
+            result[f"{plan} {attention}"] = dict(
+                out=[list(out.shape), str(out.dtype), str(out.device)], t=list(t.shape), attention=override.counts,
+                plan=fp8_plan._plans[("cuda", 0, "channel")][0], **{k: fp8.stats[k] - before[k] for k in before})
+result["blocks"] = len(model.blocks)
+"""
+
+
+def test_fp8_model_forward_passes_torchs_cuda_rules(host, tmp_path):
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + FAKE_CUDA)
+    print(r)
+    assert "fps embedding: on" in r["report"], r
+    blocks = r["blocks"]
+    for plan in ("rowwise", "tensorwise"):
+        for attention, counts in (("disabled", {"sage": 0, "exact": 2 * blocks}),
+                                  ("reference", {"sage": 2 * blocks, "exact": 0})):
+            v = r[f"{plan} {attention}"]
+            assert v["plan"] == plan and v["t"] == [1, 2], v
+            # the x0 prediction, in float32 as the host's apply_model returns it
+            assert v["out"] == [[1, 16, 2, 16, 16], "torch.float32", "cuda:0"], (plan, attention, v)
+            # Every block Linear (10 a block) multiplied in FP8, none fell back to upcast.
+            assert (v["w8a8"], v["fallback"], v["upcast"]) == (10 * blocks, 0, 0), (plan, attention, v)
+            assert v["attention"] == counts, (plan, attention, v)
