@@ -21,6 +21,16 @@ def chunk_rows(m, k, budget):
     return max(1, min(m * 5 // 16, budget // max(1, k)))
 
 
+# What no missing or broken kernel raises: out of memory (ComfyUI's own handling frees models, and the next run may fit)
+# and CUDA errors (after which the device cannot be trusted) go up as they are, and turn fp8 matmul off for nothing.
+NOT_A_KERNEL_FAILURE = (torch.cuda.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.cuda.OutOfMemoryError))
+
+
+class KernelFailed(RuntimeError):
+    """The Triton kernel could not run here. It compiles on its first call, and that can fail in ways that are no
+    RuntimeError (Triton's CompilationError; CalledProcessError where its launcher finds no working C compiler)."""
+
+
 @functools.cache
 def fused_available():
     try:
@@ -40,7 +50,13 @@ def quantize(x, per_tensor=False, fused=None):
     given = absmax_scale(absmax(x), E4M3).reshape(1, 1) if per_tensor else None
     if _use_fused(x) if fused is None else fused:
         from .act_quant_triton import quantize_rows
-        return quantize_rows(x, given)
+        try:
+            return quantize_rows(x, given)
+        except NOT_A_KERNEL_FAILURE:
+            raise
+        except Exception as e:
+            first = (str(e).strip() or "no message").splitlines()[0]
+            raise KernelFailed(f"the Triton activation quantization failed ({type(e).__name__}: {first})") from e
     return _quantize_eager(x, given)
 
 

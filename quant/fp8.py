@@ -112,8 +112,11 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
                 y = _w8a8(x, qweight, scale, bias, plan)
                 stats["w8a8"] += 1   # counted once the product is made: a failure counts as a fallback only
                 return y
-            except RuntimeError as e:  # a kernel this torch build or GPU lacks (e.g. an e5m2 x e4m3 product)
-                reason = f"torch._scaled_mm failed: {str(e).splitlines()[0]}"
+            except act_quant.NOT_A_KERNEL_FAILURE:
+                raise
+            except RuntimeError as e:  # a kernel this torch build, GPU or Triton lacks (e.g. an e5m2 x e4m3 product)
+                first = (str(e) or type(e).__name__).splitlines()[0]
+                reason = first if isinstance(e, act_quant.KernelFailed) else f"torch._scaled_mm failed: {first}"
                 _failed[(x.device.type, qweight.dtype)] = reason  # don't retry a failing kernel on every call
         fallback_reasons[reason] = fallback_reasons.get(reason, 0) + 1
         stats["fallback"] += 1

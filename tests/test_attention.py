@@ -264,3 +264,20 @@ def test_a_failing_kernel_falls_back_once_and_is_not_retried(monkeypatch, caplog
     assert [r.getMessage() for r in caplog.records] == [
         "SageAttention kernels not used: the sageattention kernels failed (ImportError: triton: no GPU driver); "
         "using the PyTorch SageAttention"]
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   getattr(torch, "AcceleratorError", torch.cuda.OutOfMemoryError)("CUDA error")])
+def test_out_of_memory_in_the_kernel_goes_up_and_turns_nothing_off(monkeypatch, error):
+    # Not a broken kernel: ComfyUI's execution frees models on an OOM and says so; the next run may fit, and must
+    # still get the kernels (caught here, one OOM at a long video turned them off until ComfyUI restarted).
+    monkeypatch.setattr(sage, "_broken", None)
+
+    def out_of_memory(*a, **k):
+        raise error
+
+    monkeypatch.setattr(sage, "_kernel", out_of_memory)
+    monkeypatch.setattr(sage, "kernel_unavailable", lambda device: sage._broken)  # as if on a capable GPU
+    with pytest.raises(type(error), match="^CUDA"):
+        sage_attention(*make(64, 64, 64))
+    assert sage._broken is None

@@ -1,3 +1,5 @@
+import subprocess
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -295,3 +297,51 @@ def test_w8a8_calls_pass_torchs_cuda_checks(monkeypatch, linear_case, plan, gran
         with pytest.raises(RuntimeError, match="mat2 must be col_major"):
             torch._scaled_mm(xq, q.t().contiguous(), scale_a=x_scale, scale_b=scale.reshape(1, -1),
                              out_dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("error, named", [
+    (subprocess.CalledProcessError(1, ["cc", "cuda_utils.c"]),
+     "CalledProcessError: Command '['cc', 'cuda_utils.c']' returned non-zero exit status 1."),
+    (ValueError(""), "ValueError: no message"),
+], ids=["no C compiler", "no message"])
+def test_a_triton_kernel_that_fails_to_compile_means_upcast(monkeypatch, linear_case, error, named):
+    # The kernel compiles on its first call; that fails in ways that are no RuntimeError (Triton's CompilationError,
+    # a launcher without a working C compiler: common with triton-windows). fp8 matmul then upcasts, says why once,
+    # and does not try the kernel again.
+    import quant.act_quant_triton as kernel
+    calls = []
+
+    def failing(*a, **k):
+        calls.append(1)
+        raise error
+
+    monkeypatch.setattr(fp8.act_quant, "_use_fused", lambda x: True)
+    monkeypatch.setattr(kernel, "quantize_rows", failing)
+    monkeypatch.setattr(fp8, "_failed", {})
+    monkeypatch.setattr(fp8, "fallback_reasons", {})
+    x, w, b, _ = linear_case
+    q, scale = quantize_weight(w, granularity="channel")
+    ys = [fp8_linear(x, q, scale, b, mode="w8a8") for _ in range(3)]
+    assert len(calls) == 1 and all(torch.equal(y, fp8_linear(x, q, scale, b, mode="upcast")) for y in ys)
+    assert fp8.fallback_reasons == {f"the Triton activation quantization failed ({named})": 3}
+
+
+def test_out_of_memory_in_an_fp8_product_goes_up_and_turns_nothing_off(monkeypatch, linear_case):
+    # Not a missing kernel: ComfyUI's execution frees models on an OOM and says so; the next run may fit.
+    real = fp8._w8a8
+
+    def out_of_memory(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.41 GiB")
+
+    monkeypatch.setattr(fp8, "_failed", {})
+    monkeypatch.setattr(fp8, "fallback_reasons", {})
+    monkeypatch.setattr(fp8, "_w8a8", out_of_memory)
+    x, w, b, _ = linear_case
+    q, scale = quantize_weight(w, granularity="channel")
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="CUDA out of memory"):
+        fp8_linear(x, q, scale, b, mode="w8a8")
+    assert fp8._failed == {} and fp8.fallback_reasons == {}
+    monkeypatch.setattr(fp8, "_w8a8", real)
+    before = fp8.stats["w8a8"]
+    fp8_linear(x, q, scale, b, mode="w8a8")
+    assert fp8.stats["w8a8"] == before + 1
