@@ -16,9 +16,6 @@ KERNEL_HEAD_DIMS = (64, 96, 128)
 # still checks). 2.x on sm86 picks a Triton kernel that loads the padding the same way (read in its source, not
 # measured).
 RAGGED_EXACT_BELOW = 16384
-# What no missing or broken kernel raises: out of memory (ComfyUI's own handling frees models, and the next run may fit)
-# and CUDA errors (after which the device cannot be trusted) go up as they are, and turn the kernels off for nothing.
-NOT_A_KERNEL_FAILURE = (torch.cuda.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.cuda.OutOfMemoryError))
 _logged = set()
 _kernel = None
 _broken = None  # why the kernels failed at run time, once they have
@@ -30,6 +27,12 @@ def log_once(key, message, level=logging.WARNING, seen=None):
     if key not in seen:
         seen.add(key)
         log.log(level, message)
+
+
+def out_of_memory(e):
+    """Whether `e` is memory running out, as ComfyUI's is_oom tells (quant/act_quant.py has the same test): that goes
+    up as it is, since ComfyUI then frees models and the next run may fit; it must not turn the kernels off."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 def kernel_unavailable(device):
@@ -91,9 +94,10 @@ def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, att
         if reason is None:
             try:
                 return _kernel_call(q, k, v, layout, is_causal, sm_scale)
-            except NOT_A_KERNEL_FAILURE:
-                raise
-            except Exception as e:  # an import or compile failure of the kernels: never fail the graph for it
+            except Exception as e:  # an import or compile failure, a wheel without this GPU's kernels ("no kernel
+                # image is available"): never fail the graph for it
+                if out_of_memory(e):
+                    raise
                 reason = _broken = f"the sageattention kernels failed ({type(e).__name__}: {e})"
         log_once(("kernel", reason), f"SageAttention kernels not used: {reason}; using the PyTorch SageAttention")
     elif mode != "reference":

@@ -21,14 +21,22 @@ def chunk_rows(m, k, budget):
     return max(1, min(m * 5 // 16, budget // max(1, k)))
 
 
-# What no missing or broken kernel raises: out of memory (ComfyUI's own handling frees models, and the next run may fit)
-# and CUDA errors (after which the device cannot be trusted) go up as they are, and turn fp8 matmul off for nothing.
-NOT_A_KERNEL_FAILURE = (torch.cuda.OutOfMemoryError, getattr(torch, "AcceleratorError", torch.cuda.OutOfMemoryError))
+def out_of_memory(e):
+    """Whether `e` is memory running out, as ComfyUI's is_oom tells (attention/sage.py has the same test): that goes
+    up as it is, since ComfyUI then frees models and the next run may fit; any other error of a kernel means it
+    cannot run here. (attention/ and quant/ import nothing of each other.)"""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def first_line(e):
+    """The first line of an error's message, for a log line or a report."""
+    return (str(e).strip() or "no message").splitlines()[0]
 
 
 class KernelFailed(RuntimeError):
-    """The Triton kernel could not run here. It compiles on its first call, and that can fail in ways that are no
-    RuntimeError (Triton's CompilationError; CalledProcessError where its launcher finds no working C compiler)."""
+    """The Triton kernel could not run here. It compiles on the first call of each specialization (dtype, tile), and
+    that can fail in ways that are no RuntimeError (Triton's CompilationError; CalledProcessError where its launcher
+    finds no working C compiler)."""
 
 
 @functools.cache
@@ -52,11 +60,11 @@ def quantize(x, per_tensor=False, fused=None):
         from .act_quant_triton import quantize_rows
         try:
             return quantize_rows(x, given)
-        except NOT_A_KERNEL_FAILURE:
-            raise
         except Exception as e:
-            first = (str(e).strip() or "no message").splitlines()[0]
-            raise KernelFailed(f"the Triton activation quantization failed ({type(e).__name__}: {first})") from e
+            if out_of_memory(e):
+                raise
+            why = f"{type(e).__name__}: {first_line(e)}"
+            raise KernelFailed(f"the Triton activation quantization failed ({why})") from e
     return _quantize_eager(x, given)
 
 

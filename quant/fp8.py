@@ -112,10 +112,10 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
                 y = _w8a8(x, qweight, scale, bias, plan)
                 stats["w8a8"] += 1   # counted once the product is made: a failure counts as a fallback only
                 return y
-            except act_quant.NOT_A_KERNEL_FAILURE:
-                raise
             except RuntimeError as e:  # a kernel this torch build, GPU or Triton lacks (e.g. an e5m2 x e4m3 product)
-                first = (str(e) or type(e).__name__).splitlines()[0]
+                if act_quant.out_of_memory(e):
+                    raise
+                first = act_quant.first_line(e)
                 reason = first if isinstance(e, act_quant.KernelFailed) else f"torch._scaled_mm failed: {first}"
                 _failed[(x.device.type, qweight.dtype)] = reason  # don't retry a failing kernel on every call
         fallback_reasons[reason] = fallback_reasons.get(reason, 0) + 1

@@ -1,4 +1,6 @@
 import subprocess
+import sys
+import types
 
 import pytest
 import torch
@@ -274,10 +276,21 @@ def test_tensorwise_per_channel_does_not_overflow_fp16(monkeypatch, linear_case)
 
 # ---- the CUDA calls, checked by torch's own CUDA rules without a GPU ----
 # A FakeTensorMode tensor on device "cuda" runs torch._scaled_mm's meta function, which applies what the CUDA kernel
-# demands of its arguments (row-major activation, column-major weight, K and N multiples of 16, fp32 scales of shape
-# (1, 1) or (M, 1) x (1, N)) and refuses operands on two devices. The fallback in fp8_linear would turn a violation
-# into a silent upcast on every GPU, so this is where a bad call shows before a GPU runs it. On a GPU runner these
-# same calls run for real (bench/gpu_check.sh); this test asserts no numbers, only that the calls are accepted.
+# demands of its arguments' layout and shapes (row-major activation, column-major weight, K and N multiples of 16,
+# fp32 scales of shape (1, 1) or (M, 1) x (1, N)) and refuses operands on two devices. The dtype rules of the CUDA
+# kernels are not in the meta function; CUDA_DTYPE_RULES states them (torch's ScaledBlas.cpp). fp8_linear's
+# fallback would turn a broken rule into a silent upcast on every GPU, so this is where a bad call shows before a GPU
+# runs it. On a GPU runner the same calls run for real (bench/gpu_check.sh); this test asserts no numbers.
+
+def cuda_dtype_rules(xq, w, scale_a, scale_b, bias=None, out_dtype=None, **kwargs):
+    """What CUDA's torch._scaled_mm refuses and the meta function lets through."""
+    out_dtype = out_dtype or xq.dtype
+    if scale_a.numel() > 1:
+        assert out_dtype == torch.bfloat16, "Only bf16 high precision output types are supported for row-wise scaling"
+    if bias is not None:
+        assert out_dtype != torch.float32, "Bias is not supported when out_dtype is set to Float32"
+        assert bias.dtype == out_dtype, f"bias {bias.dtype} with {out_dtype} output"
+
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("granularity", ["tensor", "channel"])
@@ -285,6 +298,14 @@ def test_tensorwise_per_channel_does_not_overflow_fp16(monkeypatch, linear_case)
 def test_w8a8_calls_pass_torchs_cuda_checks(monkeypatch, linear_case, plan, granularity, dtype):
     from torch._subclasses.fake_tensor import FakeTensorMode
     monkeypatch.setattr(fp8.act_quant, "fused_available", lambda: (False, "the Triton kernel cannot run on fakes"))
+    scaled_mm, calls = torch._scaled_mm, []
+
+    def checked(*args, **kwargs):
+        cuda_dtype_rules(*args, **kwargs)
+        calls.append(1)
+        return scaled_mm(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", checked)
     x, w, b, _ = linear_case
     real = (x.to(dtype), *quantize_weight(w, granularity=granularity), b.to(dtype))
     with torch.inference_mode(), FakeTensorMode() as mode:
@@ -292,11 +313,26 @@ def test_w8a8_calls_pass_torchs_cuda_checks(monkeypatch, linear_case, plan, gran
         for bias in (None, b):
             y = fp8._w8a8(x, q, scale, bias, plan)
             assert (y.shape, y.dtype, y.device.type) == ((3, 40, 96), dtype, "cuda")
+        assert len(calls) == 2
         # The checks are live: a row-major weight (the untransposed qweight) is refused as the CUDA kernel does.
         xq, x_scale = fp8.act_quant.quantize_input(x)
         with pytest.raises(RuntimeError, match="mat2 must be col_major"):
-            torch._scaled_mm(xq, q.t().contiguous(), scale_a=x_scale, scale_b=scale.reshape(1, -1),
-                             out_dtype=torch.bfloat16)
+            scaled_mm(xq, q.t().contiguous(), scale_a=x_scale, scale_b=scale.reshape(1, -1), out_dtype=torch.bfloat16)
+
+
+def quantization_kernel(monkeypatch, error):
+    """The Triton quantization kernel, raising `error` on every call (and whether triton is installed or not)."""
+    calls = []
+
+    def failing(*a, **k):
+        calls.append(1)
+        raise error
+
+    monkeypatch.setattr(fp8.act_quant, "_use_fused", lambda x: True)
+    monkeypatch.setitem(sys.modules, "quant.act_quant_triton", types.SimpleNamespace(quantize_rows=failing))
+    monkeypatch.setattr(fp8, "_failed", {})
+    monkeypatch.setattr(fp8, "fallback_reasons", {})
+    return calls
 
 
 @pytest.mark.parametrize("error, named", [
@@ -305,20 +341,10 @@ def test_w8a8_calls_pass_torchs_cuda_checks(monkeypatch, linear_case, plan, gran
     (ValueError(""), "ValueError: no message"),
 ], ids=["no C compiler", "no message"])
 def test_a_triton_kernel_that_fails_to_compile_means_upcast(monkeypatch, linear_case, error, named):
-    # The kernel compiles on its first call; that fails in ways that are no RuntimeError (Triton's CompilationError,
-    # a launcher without a working C compiler: common with triton-windows). fp8 matmul then upcasts, says why once,
-    # and does not try the kernel again.
-    import quant.act_quant_triton as kernel
-    calls = []
-
-    def failing(*a, **k):
-        calls.append(1)
-        raise error
-
-    monkeypatch.setattr(fp8.act_quant, "_use_fused", lambda x: True)
-    monkeypatch.setattr(kernel, "quantize_rows", failing)
-    monkeypatch.setattr(fp8, "_failed", {})
-    monkeypatch.setattr(fp8, "fallback_reasons", {})
+    # The kernel compiles on the first call of each specialization; that fails in ways that are no RuntimeError
+    # (Triton's CompilationError, a launcher without a working C compiler: common with triton-windows). fp8 matmul
+    # then upcasts, says why once, and does not try the kernel again.
+    calls = quantization_kernel(monkeypatch, error)
     x, w, b, _ = linear_case
     q, scale = quantize_weight(w, granularity="channel")
     ys = [fp8_linear(x, q, scale, b, mode="w8a8") for _ in range(3)]
@@ -326,22 +352,25 @@ def test_a_triton_kernel_that_fails_to_compile_means_upcast(monkeypatch, linear_
     assert fp8.fallback_reasons == {f"the Triton activation quantization failed ({named})": 3}
 
 
-def test_out_of_memory_in_an_fp8_product_goes_up_and_turns_nothing_off(monkeypatch, linear_case):
+OUT_OF_MEMORY = [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.41 GiB"),
+                 RuntimeError("Triton Error [CUDA]: out of memory")]   # no OutOfMemoryError, as ComfyUI's is_oom knows
+
+
+@pytest.mark.parametrize("error", OUT_OF_MEMORY, ids=["OutOfMemoryError", "message"])
+@pytest.mark.parametrize("where", ["quantization kernel", "product"])
+def test_out_of_memory_in_an_fp8_product_goes_up_and_turns_nothing_off(monkeypatch, linear_case, error, where):
     # Not a missing kernel: ComfyUI's execution frees models on an OOM and says so; the next run may fit.
-    real = fp8._w8a8
-
     def out_of_memory(*a, **k):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.41 GiB")
+        raise error
 
-    monkeypatch.setattr(fp8, "_failed", {})
-    monkeypatch.setattr(fp8, "fallback_reasons", {})
-    monkeypatch.setattr(fp8, "_w8a8", out_of_memory)
+    if where == "product":
+        monkeypatch.setattr(fp8, "_failed", {})
+        monkeypatch.setattr(fp8, "fallback_reasons", {})
+        monkeypatch.setattr(fp8, "_w8a8", out_of_memory)
+    else:
+        quantization_kernel(monkeypatch, error)
     x, w, b, _ = linear_case
     q, scale = quantize_weight(w, granularity="channel")
-    with pytest.raises(torch.cuda.OutOfMemoryError, match="CUDA out of memory"):
+    with pytest.raises(type(error), match="out of memory"):
         fp8_linear(x, q, scale, b, mode="w8a8")
     assert fp8._failed == {} and fp8.fallback_reasons == {}
-    monkeypatch.setattr(fp8, "_w8a8", real)
-    before = fp8.stats["w8a8"]
-    fp8_linear(x, q, scale, b, mode="w8a8")
-    assert fp8.stats["w8a8"] == before + 1

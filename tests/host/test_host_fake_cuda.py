@@ -1,8 +1,9 @@
 """The GPU path without a GPU: a loaded FP8 model's forward through the host's own Wan code, on FakeTensorMode tensors
-that say they are on "cuda", with Diffusion Forcing's per-frame sigmas as Sample Video hands them. Each op then runs its meta function, which applies the CUDA kernel's argument rules
-(torch._scaled_mm: row-major activations, column-major weights, fp32 scales of the right shapes) and refuses tensors
-of two devices (a CPU table meeting CUDA activations raises here as it would on a GPU). No value is computed, so this
-asserts only what ran: on a GPU runner bench/gpu_check.sh runs the same path for real and measures it."""
+that say they are on "cuda", with Diffusion Forcing's per-frame sigmas as Sample Video hands them. Each op then runs
+its meta function, which applies the CUDA kernel's rules for layouts and shapes (torch._scaled_mm: row-major
+activations, column-major weights, fp32 scales of the right shapes; tests/test_fp8.py adds its dtype rules) and
+refuses tensors of two devices (a CPU table meeting CUDA activations raises here as it would on a GPU). No value is
+computed, so this asserts only what ran: on a GPU runner bench/gpu_check.sh runs the same path for real."""
 from comfy_host import REPO, run_in_host
 from in_host import SETUP, write_models
 
@@ -48,7 +49,8 @@ with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
             out = sampling.calculate_denoised(sigma, out, xc)
             result[f"{plan} {attention}"] = dict(
                 out=[list(out.shape), str(out.dtype), str(out.device)], t=list(t.shape), attention=override.counts,
-                plan=fp8_plan._plans[("cuda", 0, "channel")][0], **{k: fp8.stats[k] - before[k] for k in before})
+                plan=fp8_plan._plans[("cuda", 0, "channel")][0], fallback_reasons=dict(fp8.fallback_reasons),
+                **{k: fp8.stats[k] - before[k] for k in before})
 result["blocks"] = len(model.blocks)
 """
 
