@@ -336,13 +336,14 @@ def quantization_kernel(monkeypatch, error):
 
 
 @pytest.mark.parametrize("error, named", [
-    (subprocess.CalledProcessError(1, ["cc", "cuda_utils.c"]),
-     "CalledProcessError: Command '['cc', 'cuda_utils.c']' returned non-zero exit status 1."),
+    # triton-windows' own ptxas.exe failing to start (0xC0000142, a DLL it cannot load), as reported from ComfyUI
+    (subprocess.CalledProcessError(3221225794, ["ptxas.exe", "--version"]),
+     "CalledProcessError: Command '['ptxas.exe', '--version']' returned non-zero exit status 3221225794."),
     (ValueError(""), "ValueError: no message"),
-], ids=["no C compiler", "no message"])
+], ids=["ptxas fails to start", "no message"])
 def test_a_triton_kernel_that_fails_to_compile_means_upcast(monkeypatch, linear_case, error, named):
     # The kernel compiles on the first call of each specialization; that fails in ways that are no RuntimeError
-    # (Triton's CompilationError, a launcher without a working C compiler: common with triton-windows). fp8 matmul
+    # (Triton's CompilationError, a ptxas or C compiler that cannot run: common with triton-windows). fp8 matmul
     # then upcasts, says why once, and does not try the kernel again.
     calls = quantization_kernel(monkeypatch, error)
     x, w, b, _ = linear_case
