@@ -16,6 +16,19 @@ LAYOUT = "SkyReelsFP8PerChannelLayout"
 PER_CHANNEL = {format_name(f, "channel"): dtype for f, dtype in FP8_DTYPES.items()}
 
 
+# One opaque op, so that torch.compile never writes the fp8 cast as a Triton kernel of its own: Triton refuses
+# fp8_e4m3fn before compute capability 8.9 ("type fp8e4nv not supported in this architecture": RTX 30xx, A100;
+# pytorch issue 167082), and TorchCompileModel failed there. Compiled code calls this as PyTorch's own cast.
+@torch.library.custom_op("skyreels_fp8::dequantize", mutates_args=())
+def dequantize_fp8(qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return qdata.to(dtype) * scale.to(device=qdata.device, dtype=dtype)
+
+
+@dequantize_fp8.register_fake
+def _(qdata, scale, dtype):
+    return torch.empty(qdata.shape, dtype=dtype, device=qdata.device)
+
+
 class PerChannelFP8Layout(QuantizedLayout):
     """fp8 weight with one fp32 scale per output row: weight = qdata * scale[:, None]."""
 
@@ -38,7 +51,7 @@ class PerChannelFP8Layout(QuantizedLayout):
 
     @classmethod
     def dequantize(cls, qdata, params):
-        return qdata.to(params.orig_dtype) * params.scale.to(device=qdata.device, dtype=params.orig_dtype)
+        return dequantize_fp8(qdata, params.scale, params.orig_dtype)
 
     @classmethod
     def get_plain_tensors(cls, qtensor):
