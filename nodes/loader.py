@@ -34,9 +34,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
                 io.Combo.Input("model_name", options=model_files.model_list(),
                                tooltip="A file, or a downloaded release folder (name/), in models/diffusion_models."),
                 io.Combo.Input("weight_format", options=list(WEIGHT_FORMATS), default="auto",
-                               tooltip="auto: FP8 files as they are, others as fp8_e4m3fn per-channel. "
-                                       "TorchCompileModel on GPUs before RTX 40xx: not per-tensor fp8_e4m3fn "
-                                       "(Triton there cannot read it)."),
+                               tooltip="auto: FP8 files as they are, others as fp8_e4m3fn per-channel."),
                 io.Combo.Input("compute", options=COMPUTE, default="auto",
                                tooltip="fp8 matmul: FP8 products with per-token activation scales (GPUs of compute "
                                        "capability 8.9+). upcast: weights turned to bf16/fp16 for each product. "

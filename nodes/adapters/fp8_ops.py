@@ -1,6 +1,7 @@
-"""FP8 Linear layers for one model on the host's mixed-precision ops (no global patch), adding a per-channel FP8
-layout (registered, so the host's LoRA re-quantization and lowvram casting handle it) and "fp8 matmul": FP8 products
-with a dynamic per-token activation scale (quant.fp8_linear) instead of the host's static input scale of 1.0."""
+"""FP8 Linear layers for one model on the host's mixed-precision ops (no global patch), with an FP8 layout of our own
+for per-tensor and per-channel weights (registered, so the host's LoRA re-quantization and lowvram casting handle it)
+and "fp8 matmul": FP8 products with a dynamic per-token activation scale (quant.fp8_linear) instead of the host's
+static input scale of 1.0."""
 import torch
 import comfy.float
 import comfy.ops
@@ -12,8 +13,10 @@ from ...quant.comfy_format import format_name, format_of
 from ...quant.fp8 import FP8_DTYPES
 from ...quant.scale import absmax, absmax_scale, saturate
 
-LAYOUT = "SkyReelsFP8PerChannelLayout"
-PER_CHANNEL = {format_name(f, "channel"): dtype for f, dtype in FP8_DTYPES.items()}
+LAYOUT = "SkyReelsFP8Layout"
+# Every FP8 format the loader writes: ours per channel, the host's per tensor (saved under its own name, so a merged
+# model that ModelSave writes still loads in core).
+FORMATS = {format_name(f, g): (dtype, g) for f, dtype in FP8_DTYPES.items() for g in ("tensor", "channel")}
 
 
 # One opaque op, so that torch.compile never writes the fp8 cast as a Triton kernel of its own: Triton refuses
@@ -21,7 +24,7 @@ PER_CHANNEL = {format_name(f, "channel"): dtype for f, dtype in FP8_DTYPES.items
 # pytorch issue 167082), and TorchCompileModel failed there. Compiled code calls this as PyTorch's own cast.
 @torch.library.custom_op("skyreels_fp8::dequantize", mutates_args=())
 def dequantize_fp8(qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return qdata.to(dtype) * scale.to(device=qdata.device, dtype=dtype)
+    return qdata.to(dtype).mul_(scale.to(device=qdata.device, dtype=dtype))
 
 
 @dequantize_fp8.register_fake
@@ -29,17 +32,19 @@ def _(qdata, scale, dtype):
     return torch.empty(qdata.shape, dtype=dtype, device=qdata.device)
 
 
-class PerChannelFP8Layout(QuantizedLayout):
-    """fp8 weight with one fp32 scale per output row: weight = qdata * scale[:, None]."""
+class FP8Layout(QuantizedLayout):
+    """fp8 weight with one fp32 scale, of shape () for the tensor or (out, 1) per output row: weight = qdata * scale.
+    The host's own per-tensor layout copies fp8 weights inside a compiled graph (which Triton refuses before sm89)."""
 
     Params = BaseLayoutParams
 
     @classmethod
-    def quantize(cls, tensor, scale=None, stochastic_rounding=0, inplace_ops=False, fp8_dtype=None, **kwargs):
+    def quantize(cls, tensor, scale=None, stochastic_rounding=0, inplace_ops=False, fp8_dtype=None, per_channel=True,
+                 **kwargs):
         # The host calls this to re-quantize a weight after merging a LoRA ("recalculate": new scales).
         dtype = fp8_dtype or torch.float8_e4m3fn
         if scale is None or isinstance(scale, str):
-            scale = absmax_scale(absmax(tensor.detach(), dim=1), dtype)
+            scale = absmax_scale(absmax(tensor.detach(), dim=1 if per_channel else None), dtype)
         scaled = saturate(tensor.detach().to(torch.float32, copy=True), scale, dtype)
         qdata = (comfy.float.stochastic_rounding(scaled, dtype, seed=stochastic_rounding) if stochastic_rounding
                  else scaled.to(dtype))
@@ -47,7 +52,7 @@ class PerChannelFP8Layout(QuantizedLayout):
 
     @classmethod
     def requantize_kwargs(cls, qtensor):
-        return {"fp8_dtype": qtensor._qdata.dtype}
+        return {"fp8_dtype": qtensor._qdata.dtype, "per_channel": qtensor._params.scale.dim() > 0}
 
     @classmethod
     def dequantize(cls, qdata, params):
@@ -62,7 +67,7 @@ class PerChannelFP8Layout(QuantizedLayout):
         return {"": qdata, "_scale": params.scale}
 
 
-register_layout_class(LAYOUT, PerChannelFP8Layout)
+register_layout_class(LAYOUT, FP8Layout)
 
 
 def make_operations(compute_dtype, fp8_matmul):
@@ -77,14 +82,15 @@ def make_operations(compute_dtype, fp8_matmul):
             def _load_from_state_dict(self, state_dict, prefix, metadata, strict, missing_keys, *rest):
                 conf = state_dict.get(prefix + "comfy_quant")
                 fmt = None if conf is None else format_of(conf)
-                if fmt not in PER_CHANNEL:
+                if fmt not in FORMATS:
                     return super()._load_from_state_dict(state_dict, prefix, metadata, strict, missing_keys, *rest)
                 state_dict.pop(prefix + "comfy_quant")
-                device = self.factory_kwargs["device"]
-                weight = state_dict.pop(prefix + "weight").to(device=device, dtype=PER_CHANNEL[fmt])
-                scale = state_dict.pop(prefix + "weight_scale").to(device=device, dtype=torch.float32).reshape(-1, 1)
+                device, (dtype, granularity) = self.factory_kwargs["device"], FORMATS[fmt]
+                weight = state_dict.pop(prefix + "weight").to(device=device, dtype=dtype)
+                scale = state_dict.pop(prefix + "weight_scale").to(device=device, dtype=torch.float32)
+                scale = scale.reshape(-1, 1) if granularity == "channel" else scale.reshape(())
                 self.quant_format, self.layout_type = fmt, LAYOUT
-                params = PerChannelFP8Layout.Params(scale=scale, orig_dtype=compute_dtype, orig_shape=self._orig_shape)
+                params = FP8Layout.Params(scale=scale, orig_dtype=compute_dtype, orig_shape=self._orig_shape)
                 self.weight = torch.nn.Parameter(QuantizedTensor(weight, LAYOUT, params), requires_grad=False)
                 torch.nn.Module._load_from_state_dict(self, state_dict, prefix, metadata, strict, missing_keys, *rest)
                 if prefix + "weight" in missing_keys:

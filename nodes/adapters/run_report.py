@@ -26,9 +26,8 @@ def _kind(w):
     qdata = getattr(w, "_qdata", None)
     if qdata is None:
         return str(w.dtype).replace("torch.", "")
-    layout = getattr(w, "_layout_cls", None) or getattr(w, "layout_type", None)
-    name = layout if isinstance(layout, str) else getattr(layout, "__name__", str(layout))
-    name = "per-channel" if "PerChannel" in name else "per-tensor" if "Tensor" in name else name
+    scale = getattr(getattr(w, "_params", None), "scale", None)   # FP8 layouts: one scale, or one per row
+    name = "per-channel" if scale is not None and scale.numel() > 1 else "per-tensor"
     return f"{qdata.dtype}".replace("torch.", "") + f" ({name})"
 
 

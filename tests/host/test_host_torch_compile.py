@@ -106,11 +106,13 @@ def test_torch_compile_model_on_our_nodes(host, tmp_path):
 
 
 FP8_IN_GRAPH = r"""
+import os
 from torch._functorch.aot_autograd import aot_module_simplified
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
-result = {}
-for name in ("t2v_fp8_channel.safetensors", "t2v_fp8_tensor.safetensors"):
-    model = load(name)[0].model.diffusion_model
+models = {{name: load(name)[0] for name in ("t2v_fp8_channel.safetensors", "t2v_fp8_tensor.safetensors")}}
+models["core"] = comfy.sd.load_diffusion_model(os.path.join({folder!r}, "t2v_fp8_tensor.safetensors"))
+result = {{}}
+for name, patcher in models.items():
     graphs = []
 
     def capture(gm, inputs):   # the graph after AOT autograd: what inductor would write its kernels from
@@ -118,21 +120,21 @@ for name in ("t2v_fp8_channel.safetensors", "t2v_fp8_tensor.safetensors"):
 
     torch._dynamo.reset()
     with torch.inference_mode():
-        torch.compile(model, backend=capture)(x, t, ctx)
+        torch.compile(patcher.model.diffusion_model, backend=capture)(x, t, ctx)
     # every op that reads or makes an fp8 tensor, by name
-    ops = sorted({str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function" and any(
-        getattr(getattr(a, "meta", {}).get("val"), "dtype", None) in FP8 for a in (*n.args, n))})
-    result[name] = ops
+    result[name] = sorted({{str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function" and any(
+        getattr(getattr(a, "meta", {{}}).get("val"), "dtype", None) in FP8 for a in (*n.args, n))}})
 """
 
 
 def test_compiled_graph_reads_fp8_only_through_one_opaque_op(host, tmp_path):
     # Triton refuses fp8_e4m3fn before compute capability 8.9 (RTX 30xx, A100: "type fp8e4nv not supported in this
     # architecture", pytorch issue 167082), so inductor must write no kernel of its own that reads an fp8 weight: our
-    # per-channel layers hand it one custom op, which compiled code calls as PyTorch's own cast. This is checked in
-    # the graph inductor compiles from (on the CPU; the Triton compile itself needs such a GPU). The host's per-tensor
-    # layers copy their fp8 weight in the graph (aten.clone): they fail there as core's FP8 files do.
+    # layers hand it one custom op, which compiled code calls as PyTorch's own cast. This is checked in the graph
+    # inductor compiles from (on the CPU; the Triton compile itself needs such a GPU). Core's loader, on the same
+    # per-tensor file, copies the fp8 weights in the graph (aten.clone): the check sees that, and core fails there.
     write_models(tmp_path)
-    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + FP8_IN_GRAPH)
-    assert r["t2v_fp8_channel.safetensors"] == ["skyreels_fp8.dequantize.default"], r
-    assert "aten.clone.default" in r["t2v_fp8_tensor.safetensors"], r    # the check sees an fp8 copy where one is
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + FP8_IN_GRAPH.format(folder=str(tmp_path)))
+    for name in ("t2v_fp8_channel.safetensors", "t2v_fp8_tensor.safetensors"):
+        assert r[name] == ["skyreels_fp8.dequantize.default"], r
+    assert "aten.clone.default" in r["core"], r
