@@ -24,12 +24,18 @@ FORMATS = {format_name(f, g): (dtype, g) for f, dtype in FP8_DTYPES.items() for 
 # pytorch issue 167082), and TorchCompileModel failed there. Compiled code calls this as PyTorch's own cast.
 @torch.library.custom_op("skyreels_fp8::dequantize", mutates_args=())
 def dequantize_fp8(qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return qdata.to(dtype).mul_(scale.to(device=qdata.device, dtype=dtype))
+    # the fp32 scale applied as it is: one rounding to `dtype` (a bf16 or fp16 scale would add its own)
+    return qdata.to(dtype, copy=True).mul_(scale.to(qdata.device))
 
 
 @dequantize_fp8.register_fake
 def _(qdata, scale, dtype):
-    return torch.empty(qdata.shape, dtype=dtype, device=qdata.device)
+    return torch.empty_like(qdata, dtype=dtype)
+
+
+@torch.compiler.disable
+def _uncompiled(fn, *args, **kwargs):
+    return fn(*args, **kwargs)
 
 
 class FP8Layout(QuantizedLayout):
@@ -95,6 +101,13 @@ def make_operations(compute_dtype, fp8_matmul):
                 torch.nn.Module._load_from_state_dict(self, state_dict, prefix, metadata, strict, missing_keys, *rest)
                 if prefix + "weight" in missing_keys:
                     missing_keys.remove(prefix + "weight")
+
+            def forward_comfy_cast_weights(self, input, *args, **kwargs):
+                # A weight copied before use (a LoRA applied on the fly, a layer offloaded in low-VRAM mode) would be
+                # copied as fp8 inside a compiled graph, which Triton refuses before sm89: that cast runs uncompiled.
+                if self.weight_function or self.bias_function or self.weight.device != input.device:
+                    return _uncompiled(super().forward_comfy_cast_weights, input, *args, **kwargs)
+                return super().forward_comfy_cast_weights(input, *args, **kwargs)
 
             def _forward(self, input, weight, bias):
                 # `weight` is still quantized here unless the host had to cast it (LoRA in lowvram mode, offload).

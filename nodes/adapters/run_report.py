@@ -7,6 +7,7 @@ import psutil
 import torch
 
 from ...quant import fp8
+from . import fp8_ops
 
 
 def weights_summary(model):
@@ -26,8 +27,10 @@ def _kind(w):
     qdata = getattr(w, "_qdata", None)
     if qdata is None:
         return str(w.dtype).replace("torch.", "")
-    scale = getattr(getattr(w, "_params", None), "scale", None)   # FP8 layouts: one scale, or one per row
-    name = "per-channel" if scale is not None and scale.numel() > 1 else "per-tensor"
+    layout = getattr(w, "_layout_cls", None) or getattr(w, "layout_type", None)
+    name = layout if isinstance(layout, str) else getattr(layout, "__name__", str(layout))
+    if name == fp8_ops.LAYOUT or name.startswith("TensorCoreFP8"):   # FP8 with one scale, or one per row
+        name = "per-channel" if w._params.scale.dim() > 0 and w._params.scale.numel() > 1 else "per-tensor"
     return f"{qdata.dtype}".replace("torch.", "") + f" ({name})"
 
 

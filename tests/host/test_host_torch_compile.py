@@ -10,6 +10,7 @@ compiled code, ran every skipped call's last block anyway and counted nothing.""
 import shutil
 
 import pytest
+import safetensors.torch
 from comfy_host import REPO, run_in_host
 from in_host import SETUP, write_models
 
@@ -109,21 +110,30 @@ FP8_IN_GRAPH = r"""
 import os
 from torch._functorch.aot_autograd import aot_module_simplified
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+cpu = torch.device("cpu")
+lora = comfy.utils.load_torch_file(os.path.join({folder!r}, "lora.safetensors"))
 models = {{name: load(name)[0] for name in ("t2v_fp8_channel.safetensors", "t2v_fp8_tensor.safetensors")}}
 models["core"] = comfy.sd.load_diffusion_model(os.path.join({folder!r}, "t2v_fp8_tensor.safetensors"))
 result = {{}}
 for name, patcher in models.items():
-    graphs = []
+    for case in ("loaded", "low VRAM + LoRA"):   # the latter: weights cast per layer, the LoRA added on the fly
+        low = case != "loaded"
+        p = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0.0)[0] if low else patcher.clone()
+        p.patch_model(cpu, lowvram_model_memory=1 if low else 0)
+        graphs = []
 
-    def capture(gm, inputs):   # the graph after AOT autograd: what inductor would write its kernels from
-        return aot_module_simplified(gm, inputs, fw_compiler=lambda g, _: graphs.append(g) or g.forward)
+        def capture(gm, inputs):   # the graph after AOT autograd: what inductor would write its kernels from
+            return aot_module_simplified(gm, inputs, fw_compiler=lambda g, _: graphs.append(g) or g.forward)
 
-    torch._dynamo.reset()
-    with torch.inference_mode():
-        torch.compile(patcher.model.diffusion_model, backend=capture)(x, t, ctx)
-    # every op that reads or makes an fp8 tensor, by name
-    result[name] = sorted({{str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function" and any(
-        getattr(getattr(a, "meta", {{}}).get("val"), "dtype", None) in FP8 for a in (*n.args, n))}})
+        torch._dynamo.reset()
+        with torch.inference_mode():
+            torch.compile(p.model.diffusion_model, backend=capture)(
+                x, t, ctx, transformer_options=p.model_options["transformer_options"])
+        p.unpatch_model(cpu)
+        # every op that reads or makes an fp8 tensor, by name
+        result[f"{{name}} {{case}}"] = sorted({{str(n.target) for g in graphs for n in g.graph.nodes
+                                           if n.op == "call_function" and any(
+            getattr(getattr(a, "meta", {{}}).get("val"), "dtype", None) in FP8 for a in (*n.args, n))}})
 """
 
 
@@ -131,10 +141,14 @@ def test_compiled_graph_reads_fp8_only_through_one_opaque_op(host, tmp_path):
     # Triton refuses fp8_e4m3fn before compute capability 8.9 (RTX 30xx, A100: "type fp8e4nv not supported in this
     # architecture", pytorch issue 167082), so inductor must write no kernel of its own that reads an fp8 weight: our
     # layers hand it one custom op, which compiled code calls as PyTorch's own cast. This is checked in the graph
-    # inductor compiles from (on the CPU; the Triton compile itself needs such a GPU). Core's loader, on the same
-    # per-tensor file, copies the fp8 weights in the graph (aten.clone): the check sees that, and core fails there.
+    # inductor compiles from (on the CPU; the Triton compile itself needs such a GPU), for a loaded model and for one
+    # in low-VRAM mode with a LoRA applied on the fly (whose casts copy the weight: they run uncompiled). Core's
+    # Linear copies the fp8 weights of the same per-tensor file in the graph (aten.clone): the check sees that.
+    from conftest import write_lora
     write_models(tmp_path)
+    write_lora(tmp_path / "lora.safetensors", safetensors.torch.load_file(str(tmp_path / "t2v_bf16.safetensors")))
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + FP8_IN_GRAPH.format(folder=str(tmp_path)))
     for name in ("t2v_fp8_channel.safetensors", "t2v_fp8_tensor.safetensors"):
-        assert r[name] == ["skyreels_fp8.dequantize.default"], r
-    assert "aten.clone.default" in r["core"], r
+        for case in ("loaded", "low VRAM + LoRA"):
+            assert r[f"{name} {case}"] == ["skyreels_fp8.dequantize.default"], (case, r)
+    assert "aten.clone.default" in r["core loaded"], r
