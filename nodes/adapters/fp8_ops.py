@@ -14,6 +14,7 @@ from ...quant.fp8 import FP8_DTYPES
 from ...quant.scale import absmax, absmax_scale, saturate
 
 LAYOUT = "SkyReelsFP8Layout"
+REQUANTIZE_VALUES = 1 << 22   # values per block when a LoRA merge re-quantizes a layer (a 16 MiB fp32 temporary)
 # Every FP8 format the loader writes: ours per channel, the host's per tensor (saved under its own name, so a merged
 # model that ModelSave writes still loads in core).
 FORMATS = {format_name(f, g): (dtype, g) for f, dtype in FP8_DTYPES.items() for g in ("tensor", "channel")}
@@ -49,12 +50,20 @@ class FP8Layout(QuantizedLayout):
                  **kwargs):
         # The host calls this to re-quantize a weight after merging a LoRA ("recalculate": new scales).
         dtype = fp8_dtype or torch.float8_e4m3fn
+        w = tensor.detach()
         if scale is None or isinstance(scale, str):
-            scale = absmax_scale(absmax(tensor.detach(), dim=1 if per_channel else None), dtype)
-        scaled = saturate(tensor.detach().to(torch.float32, copy=True), scale, dtype)
-        qdata = (comfy.float.stochastic_rounding(scaled, dtype, seed=stochastic_rounding) if stochastic_rounding
-                 else scaled.to(dtype))
-        return qdata, cls.Params(scale=scale.float(), orig_dtype=tensor.dtype, orig_shape=tuple(tensor.shape))
+            scale = absmax_scale(absmax(w, dim=1 if per_channel else None), dtype)
+        scale = scale.float()
+        if stochastic_rounding:   # the host's seeded rounding, over the whole tensor as the host does it
+            qdata = comfy.float.stochastic_rounding(saturate(w.to(torch.float32, copy=True), scale, dtype), dtype,
+                                                    seed=stochastic_rounding)
+        else:   # in row blocks: the host's LoRA merge already holds an fp32 copy of the layer, this adds no second
+            qdata = torch.empty(w.shape, dtype=dtype, device=w.device)
+            rows = max(1, REQUANTIZE_VALUES // max(1, w[0].numel()))
+            for i in range(0, w.shape[0], rows):
+                block = scale if scale.numel() == 1 else scale[i:i + rows]
+                qdata[i:i + rows] = saturate(w[i:i + rows].to(torch.float32, copy=True), block, dtype)
+        return qdata, cls.Params(scale=scale, orig_dtype=tensor.dtype, orig_shape=tuple(tensor.shape))
 
     @classmethod
     def requantize_kwargs(cls, qtensor):
