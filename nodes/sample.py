@@ -113,7 +113,8 @@ class SampleVideo(io.ComfyNode):
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
                       window_prompts=window_positives(positive, window_prompts or {}))
         check_model(model)
-        check_conditioning(model, {"positive": positive, "negative": negative, **(window_prompts or {})})
+        check_conditioning(model, {"positive": positive, "negative": negative, **(window_prompts or {})},
+                           mode["mode"] == "diffusion forcing")
         if parallel is not None:
             widgets["shift"] = model_shift(model, shift)
             samples, report, images = parallel_run.run(parallel, model, positive, negative, widgets, inputs)
@@ -173,6 +174,9 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         shape = list(latent["samples"].shape)
         if len(shape) != 5:
             fail(f"latent: expected a video latent [B, C, frames, H, W], got {shape}")
+        if latent.get("noise_mask") is not None:
+            fail("latent: has a noise mask (e.g. Set Latent Noise Mask), which Sample Video would ignore: it makes "
+                 "the whole video; use KSampler for masked sampling, or remove the mask")
         channels = model.model.latent_format.latent_channels
         if shape[1] != channels:
             fail(f"latent: {shape[1]} channels; a Wan 2.1 model takes latents of {channels} (core Empty Hunyuan "
@@ -191,14 +195,23 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
     return job.run()
 
 
-def check_conditioning(model, named):
-    """Text conditioning as wide as the model reads it (umt5-xxl's 4096), checked per input before any step."""
+def check_conditioning(model, named, forcing=False):
+    """Text conditioning as wide as the model reads it (umt5-xxl's 4096), and no extras the run would drop or
+    misplace, checked per input before any step."""
     width = getattr(model.model.diffusion_model.text_embedding[0], "in_features", None)
     for name, conditioning in named.items():
-        for embedding, _ in conditioning or ():
+        for embedding, extras in conditioning or ():
             if width and embedding.shape[-1] != width:
                 fail(f"{name}: {embedding.shape[-1]}-wide text conditioning; SkyReels-V2 reads umt5-xxl's ({width}): "
                      "encode the prompt through Load CLIP with type 'wan' (umt5_xxl)")
+            # A Wan model without VACE blocks ignores these (core's samplers as well), so the video would not follow them.
+            if "vace_frames" in extras:
+                fail(f"{name}: holds VACE controls (WanVaceToVideo), which a SkyReels-V2 model has no blocks for and "
+                     "would ignore; load a Wan VACE model and sample it with KSampler, or remove that node")
+            # Reference frames appended in time (Phantom) would take the per-frame noise levels of the video's frames.
+            if forcing and "time_dim_concat" in extras:
+                fail(f"{name}: holds reference frames appended in time (WanPhantomSubjectToVideo), which diffusion "
+                     "forcing's per-frame noise levels do not cover; use mode 'standard'")
 
 
 def check_model(model):

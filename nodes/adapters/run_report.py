@@ -101,6 +101,9 @@ def matmul_summary(fp8_matmul, has_fp8, products, compute_dtype, reasons=()):
     done, fell, why = products["w8a8"], products["fallback"], "; ".join(reasons)
     if fell and not done:
         return f"matmul: fp8 unavailable here, upcast ({fell} products: {why})"
+    if not done:    # ComfyUI dequantized every weight first: it does for a compute dtype other than the loader's
+        return (f"matmul: fp8 weights upcast to {dtype} (no FP8 product ran: ComfyUI dequantized the weights "
+                "before them, as it does after e.g. ModelComputeDtype)")
     return f"matmul: fp8 w8a8 ({done} products" + (f", {fell} upcast: {why})" if fell else ")")
 
 

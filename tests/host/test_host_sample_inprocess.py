@@ -5,6 +5,7 @@ from in_host import SETUP, write_models
 
 RUN = r"""
 import comfy.utils
+from comfy_extras.nodes_model_advanced import ModelComputeDtype   # before generate_video_fp8 puts the pack first
 from skyreels_pack.nodes.sample import SampleVideo
 from generate_video_fp8 import write_tiny_vae
 write_tiny_vae(os.path.join({folder!r}, "vae.safetensors"))
@@ -77,7 +78,25 @@ try:
 except ValueError as e:
     no_mode = str(e)
 
+# Conditioning and latents the run would ignore or misplace are refused before any step.
+def error_with(positive, latent=None, **kw):
+    try:
+        SampleVideo.execute(model, positive, neg, **nest_mode({{**ARGS, **kw}}), latent=latent)
+    except ValueError as e:
+        return str(e)
+vace = [[pos[0][0], {{"vace_frames": [torch.zeros(1, 32, 3, 4, 4)], "vace_strength": [1.0]}}]]
+phantom = [[pos[0][0], {{"time_dim_concat": torch.zeros(1, 16, 1, 4, 4)}}]]
+masked = {{"samples": torch.zeros(1, 16, 3, 4, 4), "noise_mask": torch.ones(1, 1, 3, 4, 4)}}
+refused = dict(vace=error_with(vace), phantom_forcing=error_with(phantom, ar_step=1),
+               phantom_standard=error_with(phantom, mode="standard"), noise_mask=error_with(pos, masked))
+# fp8 matmul under ModelComputeDtype: ComfyUI dequantizes every weight before our product, and the report says so.
+fp8 = load("t2v_fp8_channel.safetensors", "auto", "fp8 matmul")[0]
+other = "fp16" if fp8.model.get_dtype_inference() != torch.float16 else "bf16"
+matmul_lines = [[l for l in SampleVideo.execute(m, pos, neg, **nest_mode({{**ARGS, "mode": "standard"}})).args[1]
+                 .splitlines() if "matmul" in l][0] for m in (fp8, ModelComputeDtype().patch(fp8, other)[0])]
+
 result = dict(
+    refused=refused, matmul_lines=matmul_lines,
     upgraded=upgraded, linked=linked, no_mode=no_mode,
     timesteps=[t.tolist() for t in seen],
     carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
@@ -126,6 +145,15 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["end_no_vae"] == "Sample Video: end_image: needs a vae connected to encode it"
     assert r["end_blocks"].startswith("Sample Video: end_image: needs causal_block_size 1, not 3")
     assert r["upgraded"] == [True] * 5
+    refused = r["refused"]
+    assert refused["vace"] == ("Sample Video: positive: holds VACE controls (WanVaceToVideo), which a SkyReels-V2 "
+                               "model has no blocks for and would ignore; load a Wan VACE model and sample it with "
+                               "KSampler, or remove that node"), refused
+    assert refused["phantom_forcing"].startswith("Sample Video: positive: holds reference frames appended in time")
+    assert refused["phantom_standard"] is None, refused    # standard mode runs them as core's samplers do
+    assert refused["noise_mask"].startswith("Sample Video: latent: has a noise mask"), refused
+    eager, dequantized = r["matmul_lines"]
+    assert "matmul: fp8 w8a8 (" in eager and "no FP8 product ran" in dequantized, r["matmul_lines"]
     assert r["linked"] == {"mode": "diffusion forcing", "mode.ar_step": ["9", 0], "mode.base_num_frames": 97}
     # a prompt whose mode is none of the options: the host leaves mode out, and the node says what it takes
     assert r["no_mode"] == "Sample Video: mode: must be 'standard' or 'diffusion forcing'"
