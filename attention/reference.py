@@ -20,21 +20,22 @@ def to_hnd(x, layout):
 
 
 def quantize_blocks(x, block):
-    """INT8 values (as fp32) and per-block scales of x [B, H, L, D], blocks of `block` tokens."""
-    b, h, n, d = x.shape
+    """INT8 values (as fp32) and per-block scales of x [..., L, D], blocks of `block` tokens."""
+    *lead, n, d = x.shape
     pad = (-n) % block
-    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(b, h, -1, block, d)
-    scale = xp.abs().amax(dim=(3, 4), keepdim=True) / 127.0
+    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(*lead, -1, block, d)
+    scale = xp.abs().amax(dim=(-2, -1), keepdim=True) / 127.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero block stays zero, not NaN
     scaled = xp / scale
     q = torch.trunc(scaled + 0.5 * torch.where(scaled >= 0, 1.0, -1.0))
-    q = q.reshape(b, h, -1, d)[:, :, :n]
-    per_token = scale.expand(b, h, scale.shape[2], block, 1).reshape(b, h, -1, 1)[:, :, :n]
+    q = q.reshape(*lead, -1, d)[..., :n, :]
+    per_token = scale.expand(*lead, scale.shape[-3], block, 1).reshape(*lead, -1, 1)[..., :n, :]
     return q, per_token
 
 
 def sage_attention_reference(q, k, v, *, layout="HND", is_causal=False, sm_scale=None):
-    """Same shape and dtype as q. Inputs are never modified."""
+    """Same shape and dtype as q. Inputs are never modified. Each group of heads is quantized and attended before
+    the next, so the fp32 working copies are a group's (at 51,000 tokens one head's), not the whole input's."""
     qh, kh, vh = (to_hnd(t, layout) for t in (q, k, v))
     b, h, nq, d = qh.shape
     hk, nk = kh.shape[1], kh.shape[2]
@@ -43,29 +44,27 @@ def sage_attention_reference(q, k, v, *, layout="HND", is_causal=False, sm_scale
     if is_causal and nq != nk:
         raise ValueError("is_causal needs as many queries as keys")
     sm_scale = d ** -0.5 if sm_scale is None else sm_scale
-    kf = kh.float()
-    q_int, q_scale = quantize_blocks(qh.float() * (sm_scale * LOG2E), BLOCK_Q)
-    k_int, k_scale = quantize_blocks(kf - kf.mean(dim=2, keepdim=True), BLOCK_K)
-    if hk != h:  # grouped heads: each K/V head serves h // hk query heads
-        k_int, k_scale = (t.repeat_interleave(h // hk, dim=1) for t in (k_int, k_scale))
-        vh = vh.repeat_interleave(h // hk, dim=1)
-    # Flatten batch and heads; work on groups of heads x query rows sized to CHUNK_BYTES of scores.
-    q_int, q_scale = q_int.reshape(b * h, nq, d), q_scale.reshape(b * h, nq, 1)
-    k_t, k_scale_row = k_int.reshape(b * h, nk, d).transpose(1, 2), k_scale.reshape(b * h, 1, nk)
-    v16 = vh.reshape(b * h, nk, d).to(torch.float16)
-    out = torch.empty(b * h, nq, d, dtype=q.dtype, device=q.device)
+    out = torch.empty(b, h, nq, d, dtype=q.dtype, device=q.device)
+    # Groups of heads x query rows sized to CHUNK_BYTES of scores.
     rows = min(nq, max(BLOCK_Q, CHUNK_BYTES // (4 * nk) // BLOCK_Q * BLOCK_Q))
     heads = max(1, CHUNK_BYTES // (4 * nk * rows))
-    for g in range(0, b * h, heads):
-        for start in range(0, nq, rows):
-            gs, rs = slice(g, g + heads), slice(start, start + rows)
-            scores = (q_int[gs, rs] @ k_t[gs]) * q_scale[gs, rs] * k_scale_row[gs]
-            if is_causal:
-                idx = torch.arange(start, min(nq, start + rows), device=q.device)[:, None]
-                scores.masked_fill_(torch.arange(nk, device=q.device)[None, :] > idx, -math.inf)
-            scores = torch.exp2(scores - scores.amax(dim=-1, keepdim=True))
-            denom = scores.sum(dim=-1, keepdim=True)
-            pv = scores.to(torch.float16).float() @ v16[gs].float()
-            out[gs, rs] = (pv / denom).to(q.dtype)
-    out = out.reshape(b, h, nq, d)
+    for i in range(b):
+        for g in range(0, h, heads):
+            kv = torch.arange(g, min(h, g + heads), device=q.device) // (h // hk)  # grouped heads share K/V heads
+            kf = kh[i].index_select(0, kv).float()
+            q_int, q_scale = quantize_blocks(qh[i, g:g + heads].float() * (sm_scale * LOG2E), BLOCK_Q)
+            k_int, k_scale = quantize_blocks(kf - kf.mean(dim=1, keepdim=True), BLOCK_K)
+            del kf
+            k_t, k_scale_row = k_int.transpose(1, 2), k_scale.transpose(1, 2)
+            v16 = vh[i].index_select(0, kv).to(torch.float16).float()
+            for start in range(0, nq, rows):
+                rs = slice(start, start + rows)
+                scores = (q_int[:, rs] @ k_t) * q_scale[:, rs] * k_scale_row
+                if is_causal:
+                    idx = torch.arange(start, min(nq, start + rows), device=q.device)[:, None]
+                    scores.masked_fill_(torch.arange(nk, device=q.device)[None, :] > idx, -math.inf)
+                scores = torch.exp2(scores - scores.amax(dim=-1, keepdim=True))
+                denom = scores.sum(dim=-1, keepdim=True)
+                pv = scores.to(torch.float16).float() @ v16
+                out[i, g:g + heads, rs] = (pv / denom).to(q.dtype)
     return out if layout == "HND" else out.transpose(1, 2)
