@@ -37,14 +37,16 @@ class Run:
 
     @torch.compiler.disable
     def finish(self, x):
-        """Skipped chunks take input + residual; computed ones keep their output and its residual (unless run None)."""
-        out = []
+        """Skipped chunks take input + residual, written into their part of x (the last block's output, or the
+        input itself when every chunk skips); computed ones keep their output and its residual (unless run None).
+        In place: a new batch would copy the whole hidden state on every call."""
         for s, run, x_in, x_out in zip(self.streams, self.runs, self.x_in.chunk(len(self.streams)),
                                        x.chunk(len(self.streams))):
             if run:
                 self.cache.keep(s, x_out - x_in)
-            out.append(x_in + self.cache.residual(s) if run is False else x_out)
-        return torch.cat(out)
+            elif run is False:
+                torch.add(x_in, self.cache.residual(s), out=x_out)
+        return x
 
 
 # Under TorchCompileModel this function runs eagerly, and so do the decisions it calls (Run.start, Run.finish); the
