@@ -115,6 +115,7 @@ class SampleVideo(io.ComfyNode):
         check_model(model)
         check_conditioning(model, {"positive": positive, "negative": negative, **(window_prompts or {})},
                            mode["mode"] == "diffusion forcing")
+        check_vae(model, vae)
         if parallel is not None:
             widgets["shift"] = model_shift(model, shift)
             samples, report, images = parallel_run.run(parallel, model, positive, negative, widgets, inputs)
@@ -199,11 +200,20 @@ def check_conditioning(model, named, forcing=False):
     """Text conditioning as wide as the model reads it (umt5-xxl's 4096), and no extras the run would drop or
     misplace, checked per input before any step."""
     width = getattr(model.model.diffusion_model.text_embedding[0], "in_features", None)
+    # An I2V model reads its start image as extra input channels; the others have none and would drop it.
+    i2v = model.model.diffusion_model.patch_embedding.weight.shape[1] > model.model.latent_format.latent_channels
+    if i2v and not any("concat_latent_image" in extras for _, extras in named["positive"] or ()):
+        fail("positive: an I2V model starts from an image: make the conditioning with WanImageToVideo (with the "
+             "start image and the Wan 2.1 VAE), or load a T2V or DF model")
     for name, conditioning in named.items():
         for embedding, extras in conditioning or ():
             if width and embedding.shape[-1] != width:
                 fail(f"{name}: {embedding.shape[-1]}-wide text conditioning; SkyReels-V2 reads umt5-xxl's ({width}): "
                      "encode the prompt through Load CLIP with type 'wan' (umt5_xxl)")
+            if not i2v and "concat_latent_image" in extras:
+                fail(f"{name}: holds a start image (e.g. from WanImageToVideo), which a T2V or DF model cannot take "
+                     "and would ignore; for a start image use mode 'diffusion forcing' with start_image (DF model), "
+                     "or load an I2V model")
             # A Wan model without VACE blocks ignores these (core's samplers as well), so the video would not follow them.
             if "vace_frames" in extras:
                 fail(f"{name}: holds VACE controls (WanVaceToVideo), which a SkyReels-V2 model has no blocks for and "
@@ -212,6 +222,15 @@ def check_conditioning(model, named, forcing=False):
             if forcing and "time_dim_concat" in extras:
                 fail(f"{name}: holds reference frames appended in time (WanPhantomSubjectToVideo), which diffusion "
                      "forcing's per-frame noise levels do not cover; use mode 'standard'")
+
+
+def check_vae(model, vae):
+    """The Wan 2.1 VAE's latents (16 channels, video): Wan 2.2's (48) or an image VAE's failed inside it."""
+    channels = model.model.latent_format.latent_channels
+    if vae is not None and (getattr(vae, "latent_channels", None), getattr(vae, "latent_dim", None)) != (channels, 3):
+        fail(f"vae: makes {getattr(vae, 'latent_channels', '?')}-channel {getattr(vae, 'latent_dim', '?')}-D "
+             f"latents; SkyReels-V2 takes the Wan 2.1 VAE's ({channels}-channel video latents): load "
+             "wan_2.1_vae.safetensors, not Wan 2.2's VAE or an image model's")
 
 
 def check_model(model):

@@ -1,6 +1,7 @@
 """Sample Video inside a fresh host process: one progress bar over all windows, the DF-1.3B fps term reaching the
 model, and start image / prefix video kept as clean first frames."""
 from comfy_host import REPO, run_in_host
+from helpers import write_tiny
 from in_host import SETUP, write_models
 
 RUN = r"""
@@ -79,9 +80,9 @@ except ValueError as e:
     no_mode = str(e)
 
 # Conditioning and latents the run would ignore or misplace are refused before any step.
-def error_with(positive, latent=None, **kw):
+def error_with(positive, latent=None, on=None, **kw):
     try:
-        SampleVideo.execute(model, positive, neg, **nest_mode({{**ARGS, **kw}}), latent=latent)
+        SampleVideo.execute(on or model, positive, neg, **nest_mode({{**ARGS, **kw}}), latent=latent)
     except ValueError as e:
         return str(e)
 vace = [[pos[0][0], {{"vace_frames": [torch.zeros(1, 32, 3, 4, 4)], "vace_strength": [1.0]}}]]
@@ -89,6 +90,14 @@ phantom = [[pos[0][0], {{"time_dim_concat": torch.zeros(1, 16, 1, 4, 4)}}]]
 masked = {{"samples": torch.zeros(1, 16, 3, 4, 4), "noise_mask": torch.ones(1, 1, 3, 4, 4)}}
 refused = dict(vace=error_with(vace), phantom_forcing=error_with(phantom, ar_step=1),
                phantom_standard=error_with(phantom, mode="standard"), noise_mask=error_with(pos, masked))
+# A start image: only an I2V model reads it from the conditioning, and an I2V model needs it.
+i2v = load("i2v_bf16.safetensors")[0]
+image_cond = [[pos[0][0], {{"concat_latent_image": torch.zeros(1, 16, 3, 4, 4), "concat_mask": torch.zeros(1, 1, 9, 4, 4)}}]]
+refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, on=i2v, mode="standard"))
+# VAEs of other latents, as the host loads them: Wan 2.2's (48 channels; its tiny decoder) and an image model's.
+import comfy.taesd.taehv, comfy.taesd.taesd
+for name, net in (("wan22", comfy.taesd.taehv.TAEHV(latent_channels=48)), ("sd", comfy.taesd.taesd.TAESD())):
+    refused[name] = error_with(pos, vae=comfy.sd.VAE(sd=net.state_dict()), start_image=image)
 # fp8 matmul under ModelComputeDtype: ComfyUI dequantizes every weight before our product, and the report says so.
 fp8 = load("t2v_fp8_channel.safetensors", "auto", "fp8 matmul")[0]
 other = "fp16" if fp8.model.get_dtype_inference() != torch.float16 else "bf16"
@@ -125,6 +134,7 @@ result = dict(
 
 def test_sample_video_in_process(host, tmp_path):
     write_models(tmp_path)
+    write_tiny(tmp_path / "i2v_bf16.safetensors", "I2V", seed=3)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + RUN.format(folder=str(tmp_path)))
     # One bar for every model call of every window: 4 windows of 6 latent frames = 2 causal blocks of 3; the first
     # takes 3 steps + 1 block x ar_step 2 = 5 rows, the others start with one finished block: 3 rows; 14 in all.
@@ -152,6 +162,12 @@ def test_sample_video_in_process(host, tmp_path):
     assert refused["phantom_forcing"].startswith("Sample Video: positive: holds reference frames appended in time")
     assert refused["phantom_standard"] is None, refused    # standard mode runs them as core's samplers do
     assert refused["noise_mask"].startswith("Sample Video: latent: has a noise mask"), refused
+    assert refused["image_on_df"].startswith("Sample Video: positive: holds a start image (e.g. from "
+                                             "WanImageToVideo), which a T2V or DF model cannot take"), refused
+    assert refused["i2v_without"].startswith("Sample Video: positive: an I2V model starts from an image"), refused
+    assert refused["wan22"].startswith("Sample Video: vae: makes 48-channel 3-D latents; SkyReels-V2 takes the Wan "
+                                       "2.1 VAE's (16-channel video latents)"), refused
+    assert refused["sd"].startswith("Sample Video: vae: makes 4-channel 2-D latents"), refused
     eager, dequantized = r["matmul_lines"]
     assert "matmul: fp8 w8a8 (" in eager and "no FP8 product ran" in dequantized, r["matmul_lines"]
     assert r["linked"] == {"mode": "diffusion forcing", "mode.ar_step": ["9", 0], "mode.base_num_frames": 97}
