@@ -48,10 +48,11 @@ class ConvertToFP8(io.ComfyNode):
                 stem = os.path.splitext(stem)[0]
             output_name = f"{stem}_fp8_{fp8_type}.safetensors"
         dst = model_files.output_path(output_name.strip())
+        os.makedirs(os.path.dirname(dst), exist_ok=True)    # subfolders are made, as Save Image makes its own
         options = Options(fp8=fp8_type, granularity=GRANULARITY[granularity], keep_first_blocks=keep_first_blocks,
                           keep_last_blocks=keep_last_blocks)
         pbar = comfy.utils.ProgressBar(1)
         report = convert(src, dst, options, overwrite=overwrite, progress=pbar.update_absolute,
                          check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
-        text = report.table() + f"\nwrote models/{model_files.FOLDER}/{os.path.basename(dst)}"
+        text = report.table() + f"\nwrote {model_files.shown(dst)}"
         return io.NodeOutput(text, ui=ui.PreviewText(text))

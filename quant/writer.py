@@ -2,6 +2,7 @@
 each tensor goes to its offset as soon as it exists (memory stays at one tensor). A temp file in the destination
 folder is renamed into place only when complete and fsynced; any error or Ctrl-C removes it."""
 import contextlib
+import errno
 import json
 import math
 import os
@@ -58,8 +59,30 @@ class SafetensorsWriter:
         self._total = offset
         self._written = set()
         self.tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{os.getpid()}.tmp")
-        self._f = open(self.tmp, "wb")
-        self._f.write(len(blob).to_bytes(8, "little") + blob)
+        self._f = None
+        with self._refusals():
+            self._f = open(self.tmp, "wb")
+            self._f.write(len(blob).to_bytes(8, "little") + blob)
+
+    @contextlib.contextmanager
+    def _refusals(self):
+        """A write the disk or the folder refuses, said of the output file (not of the hidden temp file), after the
+        temp file is gone."""
+        try:
+            yield
+        except OSError as e:
+            self.abort()
+            if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
+                size = self._size()
+                size = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+                why = f"the disk is full, or the file too large for it (it needs {size})"
+            else:
+                why = "check that you may write to its folder"
+            raise CheckpointError(f"{self.dst}: cannot be written ({e.strerror or e}): {why}. Nothing was "
+                                  "written") from None
+
+    def _size(self):
+        return self._data_start + self._total
 
     def _header_blob(self, metadata):
         meta = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
@@ -70,26 +93,29 @@ class SafetensorsWriter:
         room = self._data_start - 8
         if len(blob) > room:
             raise ValueError(f"metadata needs {len(blob)} header bytes, {room} were reserved")
-        self._f.seek(8)
-        self._f.write(blob + b" " * (room - len(blob)))
+        with self._refusals():
+            self._f.seek(8)
+            self._f.write(blob + b" " * (room - len(blob)))
 
     def write(self, name, tensor):
         offset, dtype, shape = self._spans[name]
         if tensor.dtype != dtype or tuple(tensor.shape) != shape:
             raise ValueError(f"{name}: expected {dtype} {shape}, got {tensor.dtype} {tuple(tensor.shape)}")
         data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._f.seek(self._data_start + offset)
-        self._f.write(data.data)
+        with self._refusals():
+            self._f.seek(self._data_start + offset)
+            self._f.write(data.data)
         self._written.add(name)
 
     def commit(self):
         missing = set(self._spans) - self._written
         if missing:
             raise ValueError(f"{len(missing)} tensors were never written, e.g. {sorted(missing)[0]}")
-        self._f.truncate(self._data_start + self._total)
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        with self._refusals():
+            self._f.truncate(self._size())
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
         if self.check:  # e.g. --verify: read the finished temp file back before it replaces anything
             self.check(self.tmp)
         try:
@@ -105,7 +131,9 @@ class SafetensorsWriter:
         _fsync_dir(os.path.dirname(os.path.abspath(self.dst)))
 
     def abort(self):
-        self._f.close()
+        if self._f is not None:
+            with contextlib.suppress(OSError):   # closing flushes, which a full disk refuses too
+                self._f.close()
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
 

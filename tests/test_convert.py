@@ -3,6 +3,7 @@ import importlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -102,6 +103,29 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="injected"):
         convert(str(src), str(tmp_path / "o.safetensors"))
     assert leftovers(tmp_path, ["src.safetensors"]) == []
+
+
+def test_a_full_disk_is_a_message_and_leaves_nothing(tmp_path):
+    # A real refusal by the OS: a file size limit of 64 KiB (RLIMIT_FSIZE, with SIGXFSZ ignored) makes the write
+    # fail with EFBIG, as a full disk fails with ENOSPC. The message names the output, not the hidden temp file.
+    resource = pytest.importorskip("resource")
+    src, dst = tmp_path / "src.safetensors", tmp_path / "out" / "o.safetensors"
+    write_tiny(src, "T2V")
+    dst.parent.mkdir()
+
+    def limit():
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+
+    run = subprocess.run([sys.executable, os.path.join(REPO, "convert_to_fp8.py"), str(src), str(dst)],
+                         capture_output=True, text=True, preexec_fn=limit)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert re.fullmatch(re.escape(f"convert_to_fp8: {dst}: cannot be written (File too large): the disk is full, or "
+                                  "the file too large for it (it needs ") + r"\d+\.\d MiB\)\. Nothing was written",
+                        lines[0]), lines
+    assert os.listdir(dst.parent) == []
 
 
 def test_interrupt_leaves_nothing(tmp_path):

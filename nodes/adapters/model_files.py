@@ -66,6 +66,12 @@ def output_path(name):
     return path
 
 
+def shown(path):
+    """An output path as the user named it: models/diffusion_models/<subfolders>/<file>."""
+    relative = os.path.relpath(path, os.path.realpath(_output_folder()))
+    return "/".join(["models", FOLDER, *relative.split(os.sep)])
+
+
 def _output_folder():
     # models/diffusion_models first; ComfyUI also lists the legacy models/unet, which may not exist.
     folders = [f for f in folder_paths.get_folder_paths(FOLDER) if os.path.isdir(f)]

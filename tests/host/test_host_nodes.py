@@ -199,6 +199,14 @@ def test_convert_node_writes_a_file_the_loader_lists_without_restart(server):
     assert error_of(server.run(convert_prompt("node_converted", overwrite=True))) is None
 
 
+def test_convert_node_makes_subfolders_and_reports_the_whole_name(server):
+    entry = server.run(convert_prompt("converted/sub\\inner"))       # '\\' as a workflow saved on Windows has it
+    assert error_of(entry) is None, error_of(entry)
+    assert "wrote models/diffusion_models/converted/sub/inner.safetensors" in entry["outputs"]["1"]["text"][0]
+    assert os.path.isfile(os.path.join(server.base, "models", "diffusion_models", "converted", "sub",
+                                       "inner.safetensors"))
+
+
 def test_convert_node_names_a_shard_folder_output_after_the_whole_folder_name(server):
     entry = server.run(convert_prompt("", source="t2v.sharded/"))
     assert error_of(entry) is None, error_of(entry)
