@@ -154,6 +154,10 @@ class _PickleFile:
 
 
 def _open_file(path):
+    try:    # safetensors' own message for this ends in its last ':' part, which read as a damaged download
+        open(path, "rb").close()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); check that you may read the file") from None
     if path.lower().endswith((".safetensors", ".sft")):
         return _SafetensorsFile(path)
     if path.lower().endswith(PICKLE_SUFFIXES):

@@ -322,3 +322,20 @@ def test_the_finite_check_finds_nan_and_inf_without_a_mask_of_the_tensor(tmp_pat
         with pytest.raises(CheckpointError, match="tensor x has NaN/Inf values"):
             ckpt.check_finite("x", t)
     ckpt.check_finite("empty", torch.zeros(0, dtype=dtype))
+
+
+def test_an_unreadable_file_is_named_as_such(tmp_path, monkeypatch):
+    # What Python's open says of a file this user may not read (simulated: these tests run as root, who may read
+    # anything). safetensors' own error for it was shown as a damaged download.
+    write_tiny(tmp_path / "m.safetensors", "T2V")
+    real_open = open
+
+    def refusing(path, *args, **kwargs):
+        if str(path).endswith("m.safetensors"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refusing)
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: cannot be read \(Permission denied\); check that "
+                                              r"you may read the file$"):
+        Checkpoint(str(tmp_path / "m.safetensors"))
