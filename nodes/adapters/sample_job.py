@@ -306,6 +306,11 @@ class Job:
             *self._teacache_line(teacache_before),
             *self.notes,
         ]
+        if not samples.isfinite().all():    # black or broken frames otherwise come with no word
+            bad = (~samples.isfinite()).float().mean().item()
+            lines.insert(0, f"WARNING: {bad:.0%} of the result is NaN/Inf: the inputs hold such values, or the model "
+                            "overflowed (e.g. computing in fp16)")
+            log.warning(lines[0])
         if self.df:
             o = self.opts
             start = ", a video continued" if self.prefix_pixels is not None else ", start image" if (

@@ -104,8 +104,12 @@ other = "fp16" if fp8.model.get_dtype_inference() != torch.float16 else "bf16"
 matmul_lines = [[l for l in SampleVideo.execute(m, pos, neg, **nest_mode({{**ARGS, "mode": "standard"}})).args[1]
                  .splitlines() if "matmul" in l][0] for m in (fp8, ModelComputeDtype().patch(fp8, other)[0])]
 
+# NaN in (a broken text encoder, an overflow): the result is NaN, and the report says so first.
+nan_report = SampleVideo.execute(model, [[torch.full((1, 8, 4096), float("nan")), {{}}]], neg,
+                                 **nest_mode(ARGS)).args[1]
+
 result = dict(
-    refused=refused, matmul_lines=matmul_lines,
+    refused=refused, matmul_lines=matmul_lines, nan_first=nan_report.splitlines()[0], clean_first=report.splitlines()[0],
     upgraded=upgraded, linked=linked, no_mode=no_mode,
     timesteps=[t.tolist() for t in seen],
     carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
@@ -169,6 +173,9 @@ def test_sample_video_in_process(host, tmp_path):
                                        "2.1 VAE's (16-channel video latents)"), refused
     assert refused["sd"].startswith("Sample Video: vae: makes 4-channel 2-D latents"), refused
     eager, dequantized = r["matmul_lines"]
+    assert r["nan_first"] == ("WARNING: 100% of the result is NaN/Inf: the inputs hold such values, or the model "
+                              "overflowed (e.g. computing in fp16)"), r["nan_first"]
+    assert r["clean_first"].startswith("Sample Video: diffusion forcing"), r["clean_first"]
     assert "matmul: fp8 w8a8 (" in eager and "no FP8 product ran" in dequantized, r["matmul_lines"]
     assert r["linked"] == {"mode": "diffusion forcing", "mode.ar_step": ["9", 0], "mode.base_num_frames": 97}
     # a prompt whose mode is none of the options: the host leaves mode out, and the node says what it takes
