@@ -286,6 +286,14 @@ class Checkpoint:
             shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
             raise CheckpointError(f"{self.path}: incomplete {info.describe()}: {len(missing)} tensors missing "
                                   f"({shown}); download the whole checkpoint again")
+        # A tensor of another shape would be cut to fit, or fail deep inside a run.
+        wrong = [(k, self.spec(k)[0], shape) for k, shape in info.expected_shapes().items() if self.spec(k)[0] != shape]
+        if wrong:
+            key, got, want = wrong[0]
+            more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+            raise CheckpointError(f"{self.path}: not a whole {info.describe()}: tensor {key} has shape {list(got)}, "
+                                  f"where the model needs {list(want)}{more}; the file is damaged or was edited: "
+                                  "download it again")
         return unexpected
 
     def check_keys(self, info):

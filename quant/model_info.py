@@ -1,4 +1,5 @@
 """What a Wan 2.1 / SkyReels-V2 state dict is, read from its key names and shapes only (never a file name)."""
+import re
 from dataclasses import dataclass
 
 # Keys every Wan 2.1 DiT has; a state dict without them is some other architecture.
@@ -19,6 +20,8 @@ _I2V_BLOCK_KEYS = ["cross_attn.k_img.weight", "cross_attn.k_img.bias", "cross_at
                    "cross_attn.v_img.bias", "cross_attn.norm_k_img.weight"]
 
 SIZES = {1536: "1.3B", 5120: "14B"}
+_SQUARE = re.compile(r"(^|\.)([qkvo]|k_img|v_img|text_embedding\.2|time_embedding\.2|fps_projection\.0)\.weight$")
+TEXT_DIM, FREQ_DIM, CLIP_DIM, OUT_DIM = 4096, 256, 1280, 16
 # Keys of other Wan 2.1/2.2 models built on the same blocks; ComfyUI's own loader runs those.
 OTHER_WAN_MODELS = {"vace_": "VACE", "img_emb.emb_pos": "FLF2V", "ref_conv.": "Fun reference",
                     "control_adapter.": "Fun Control / camera", "casual_audio_encoder.": "S2V", "audio_proj.": "HuMo",
@@ -59,6 +62,26 @@ class ModelInfo:
         return keys + [f"blocks.{i}.{k}" for i in range(self.num_layers) for k in block_keys]
 
 
+    def expected_shapes(self):
+        """{key: shape} of every tensor a model of this kind has."""
+        return {key: self._shape(key) for key in self.expected_keys()}
+
+    def _shape(self, key):
+        name = key.split(".", 2)[-1] if key.startswith("blocks.") else key   # block keys without "blocks.N."
+        d, f = self.dim, self.ffn_dim
+        fixed = {
+            "patch_embedding.weight": (d, self.in_dim, 1, 2, 2), "text_embedding.0.weight": (d, TEXT_DIM),
+            "time_embedding.0.weight": (d, FREQ_DIM), "time_projection.1.weight": (6 * d, d),
+            "time_projection.1.bias": (6 * d,), "head.modulation": (1, 2, d), "head.head.weight": (4 * OUT_DIM, d),
+            "head.head.bias": (4 * OUT_DIM,), "modulation": (1, 6, d), "ffn.0.weight": (f, d), "ffn.0.bias": (f,),
+            "ffn.2.weight": (d, f), "img_emb.proj.0.weight": (CLIP_DIM,), "img_emb.proj.0.bias": (CLIP_DIM,),
+            "img_emb.proj.1.weight": (CLIP_DIM, CLIP_DIM), "img_emb.proj.1.bias": (CLIP_DIM,),
+            "img_emb.proj.3.weight": (d, CLIP_DIM), "fps_embedding.weight": (2, d),
+            "fps_projection.2.weight": (6 * d, d), "fps_projection.2.bias": (6 * d,),
+        }
+        return fixed.get(name, (d, d) if _SQUARE.search(name) else (d,))
+
+
 class NotWanModel(ValueError):
     pass
 
@@ -72,6 +95,8 @@ def detect(shapes):
     missing = [k for k in CORE_KEYS if k not in shapes]
     if missing:
         raise NotWanModel("not a SkyReels-V2/Wan diffusion model (no " + ", ".join(missing[:3]) + ")")
+    if not shapes["head.modulation"]:
+        raise NotWanModel("not a SkyReels-V2/Wan diffusion model (its head.modulation is a single number)")
     dim = shapes["head.modulation"][-1]
     if dim % 128:
         raise NotWanModel(f"not a SkyReels-V2/Wan diffusion model (hidden size {dim} is not a multiple of 128)")

@@ -3,7 +3,6 @@ tests, demos and the embedded model of the headless job. Shapes of the real mode
 import json
 import math
 import os
-import re
 
 import safetensors.torch
 import torch
@@ -11,8 +10,6 @@ import torch
 from .model_info import ModelInfo
 
 REAL = {"1.3B": dict(dim=1536, ffn_dim=8960, num_layers=30), "14B": dict(dim=5120, ffn_dim=13824, num_layers=40)}
-_SQUARE = re.compile(r"(^|\.)([qkvo]|k_img|v_img|text_embedding\.2|time_embedding\.2|fps_projection\.0)\.weight$")
-TEXT_DIM, FREQ_DIM, CLIP_DIM, OUT_DIM = 4096, 256, 1280, 16
 
 
 def info(variant="T2V", dim=256, ffn_dim=512, num_layers=2, has_fps=None):
@@ -24,23 +21,7 @@ def info(variant="T2V", dim=256, ffn_dim=512, num_layers=2, has_fps=None):
 
 def shapes(model):
     """{original Wan key: shape} of a model described by a ModelInfo."""
-    return {key: _shape(key, model) for key in model.expected_keys()}
-
-
-def _shape(key, model):
-    name = key.split(".", 2)[-1] if key.startswith("blocks.") else key   # block keys without "blocks.N."
-    d, f = model.dim, model.ffn_dim
-    fixed = {
-        "patch_embedding.weight": (d, model.in_dim, 1, 2, 2), "text_embedding.0.weight": (d, TEXT_DIM),
-        "time_embedding.0.weight": (d, FREQ_DIM), "time_projection.1.weight": (6 * d, d),
-        "time_projection.1.bias": (6 * d,), "head.modulation": (1, 2, d), "head.head.weight": (4 * OUT_DIM, d),
-        "head.head.bias": (4 * OUT_DIM,), "modulation": (1, 6, d), "ffn.0.weight": (f, d), "ffn.0.bias": (f,),
-        "ffn.2.weight": (d, f), "img_emb.proj.0.weight": (CLIP_DIM,), "img_emb.proj.0.bias": (CLIP_DIM,),
-        "img_emb.proj.1.weight": (CLIP_DIM, CLIP_DIM), "img_emb.proj.1.bias": (CLIP_DIM,),
-        "img_emb.proj.3.weight": (d, CLIP_DIM), "fps_embedding.weight": (2, d),
-        "fps_projection.2.weight": (6 * d, d), "fps_projection.2.bias": (6 * d,),
-    }
-    return fixed.get(name, (d, d) if _SQUARE.search(name) else (d,))
+    return model.expected_shapes()
 
 
 def state_dict(model, seed=0, dtype=torch.bfloat16):

@@ -339,3 +339,25 @@ def test_an_unreadable_file_is_named_as_such(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match=r"m\.safetensors: cannot be read \(Permission denied\); check that "
                                               r"you may read the file$"):
         Checkpoint(str(tmp_path / "m.safetensors"))
+
+
+@pytest.mark.parametrize("key,shape,told", [
+    ("blocks.1.ffn.0.weight", (600, 256), "tensor blocks.1.ffn.0.weight has shape [600, 256], where the model needs "
+                                          "[512, 256];"),          # was loaded cut to its first 512 rows
+    ("blocks.0.self_attn.q.weight", (256, 200), "tensor blocks.0.self_attn.q.weight has shape [256, 200], where"),
+])
+def test_a_tensor_of_another_shape_is_named(tmp_path, key, shape, told):
+    sd = tiny.state_dict(tiny.info("T2V"))
+    sd[key] = torch.zeros(shape, dtype=torch.bfloat16)
+    safetensors.torch.save_file(sd, str(tmp_path / "m.safetensors"))
+    with Checkpoint(str(tmp_path / "m.safetensors")) as ckpt:
+        with pytest.raises(CheckpointError, match=re.escape(f"m.safetensors: not a whole SkyReels-V2 T2V/DF custom "
+                                                            f"(dim 256), 2 blocks: {told}")):
+            ckpt.require_keys(ckpt.model_info())
+
+
+def test_a_scalar_head_modulation_is_named():
+    shapes = tiny.shapes(tiny.info("T2V"))
+    shapes["head.modulation"] = ()
+    with pytest.raises(ValueError, match=re.escape("its head.modulation is a single number")):
+        detect(shapes)
