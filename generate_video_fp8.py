@@ -16,6 +16,7 @@ ComfyUI is found as the tests find it ($COMFYUI_PATH, the ComfyUI this pack is i
 127.0.0.1 with a temporary base folder. Exit status: 0 done, 2 bad input or no ComfyUI, 1 generation failed.
 """
 import argparse
+import contextlib
 import json
 import mimetypes
 import os
@@ -335,7 +336,7 @@ def find_model(given, host):
     """--model_id / --model_path: a file or folder, else a Hugging Face id (as SkyReels-V2's --model_id) downloaded
     into ComfyUI's models/diffusion_models/<name> or the Hugging Face cache."""
     if os.path.exists(given):
-        return given
+        return check_folder(given)
     owner, _, name = given.partition("/")
     if not (owner and name) or "/" in name:
         raise BadInput(f"--model_id: {given} not found")
@@ -349,9 +350,22 @@ def find_model(given, host):
         pass
     for place in places:
         if os.path.isdir(place):
-            return place
+            return check_folder(place)
     raise BadInput(f"--model_id: {given} is not downloaded (looked in {' and '.join(places)}; this script downloads "
                    f"nothing): huggingface-cli download {given} --local-dir {places[0]}")
+
+
+def check_folder(path):
+    """A folder is one model as the loader lists it: a release (shards and their index), or one file."""
+    from quant.checkpoint import is_release
+
+    if os.path.isdir(path):
+        inside = os.listdir(path)
+        single = [f for f in inside if f.endswith(".safetensors")]
+        if not is_release(inside) and len(single) != 1:
+            raise BadInput(f"--model_id: {path} holds {len(single)} .safetensors files and no shard index "
+                           "(*.safetensors.index.json): give one file, or download the folder with its index")
+    return path
 
 
 def inspect_model(path):
@@ -393,10 +407,7 @@ def link_models(base, args, info, model):
     if os.path.isdir(folder):    # as the loader lists it: a release as "name/", else by its one file
         from quant.checkpoint import is_release
         inside = os.listdir(folder)
-        single = [f for f in inside if f.endswith(".safetensors")]
-        if not is_release(inside) and len(single) != 1:
-            raise BadInput(f"--model_id: {folder} holds {len(single)} .safetensors files and no shard index "
-                           "(*.safetensors.index.json): give one file, or download the folder with its index")
+        single = [f for f in inside if f.endswith(".safetensors")]     # one (check_folder)
         names["diffusion_models"] = (names["diffusion_models"] + "/" if is_release(inside)
                                      else os.path.join(names["diffusion_models"], single[0]))
     return names
@@ -683,8 +694,15 @@ def save_output(base, args, workflow_name):
         raise BadInput(f"--output: {dst} exists; choose another name")
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     tmp = dst + ".part"
-    shutil.copyfile(found[0], tmp)
-    os.replace(tmp, dst)
+    try:
+        shutil.copyfile(found[0], tmp)
+        os.replace(tmp, dst)
+    except OSError as e:    # e.g. a full disk: no half file, and the video (minutes of work) is kept
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        kept = os.path.join(os.path.dirname(base), f"skyreels-video-{time.strftime('%Y%m%d_%H%M%S')}{ext}")
+        os.replace(found[0], kept)     # the temp folder's own disk: a rename, nothing written
+        raise BadInput(f"--output: {dst} cannot be written ({e.strerror or e}); the video is kept at {kept}") from None
     return dst
 
 

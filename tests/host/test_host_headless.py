@@ -297,7 +297,7 @@ def test_sizes_frames_and_counts_are_read_as_comfyui_and_skyreels_v2_read_them(t
 def test_a_release_folder_gets_the_name_the_loader_lists(server, tmp_path):
     # A release of one model.safetensors (no shard index) is listed by its file, a sharded one as "name/".
     import safetensors.torch
-    from generate_video_fp8 import BadInput, link_models, parse_args
+    from generate_video_fp8 import BadInput, find_model, link_models, parse_args
     from quant import tiny
     models = os.path.join(server.base, "models", "diffusion_models")
     single = os.path.join(models, "release.single")
@@ -313,15 +313,46 @@ def test_a_release_folder_gets_the_name_the_loader_lists(server, tmp_path):
         base.mkdir()
         name = link_models(str(base), args, None, folder)["diffusion_models"]
         assert name in listed, (name, listed)
-    # Shards without their index: the loader lists no folder for them, so the script says so before ComfyUI does.
-    loose = tmp_path / "loose"
+    # Shards without their index, or a release with a conversion saved beside it: the loader lists no folder for
+    # them, so the script says so before it reads the tensors (which overlap) or ComfyUI does.
+    loose, beside = tmp_path / "loose", tmp_path / "beside"
     tiny.write_release(str(loose), tiny.state_dict(tiny.info("T2V")))
     (loose / "model.safetensors.index.json").unlink()
-    (tmp_path / "loose_base").mkdir()
-    with pytest.raises(BadInput, match=re.escape(f"--model_id: {loose} holds 2 .safetensors files and no shard index "
-                                                 "(*.safetensors.index.json): give one file, or download the folder "
-                                                 "with its index")):
-        link_models(str(tmp_path / "loose_base"), args, None, str(loose))
+    shutil.copytree(single, beside)
+    shutil.copy(os.path.join(single, "model.safetensors"), beside / "model_fp8.safetensors")
+    (beside / "config.json").write_text("{}")
+    for folder in (loose, beside):
+        with pytest.raises(BadInput, match=re.escape(f"--model_id: {folder} holds 2 .safetensors files and no shard "
+                                                     "index (*.safetensors.index.json): give one file, or download "
+                                                     "the folder with its index")):
+            find_model(str(folder), server.host)
+
+
+def test_a_video_that_cannot_be_saved_is_kept_and_named(tmp_path):
+    # A real refusal by the OS at the end of a run: a 64 KiB file size limit (RLIMIT_FSIZE, SIGXFSZ ignored) stands
+    # for a full disk. No half file is left, and the generated video is moved out of the temp folder, not deleted.
+    pytest.importorskip("resource")
+    video = tmp_path / "base" / "output" / "headless" / "video_00001_.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(os.urandom(200_000))
+    (tmp_path / "out").mkdir()
+    code = f"""
+import resource, signal, sys
+sys.path.insert(0, {REPO!r})
+from generate_video_fp8 import BadInput, parse_args, save_output
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+try:
+    save_output({str(tmp_path / "base")!r}, parse_args(["--output", {str(tmp_path / "out" / "v.mp4")!r}]), "x.json")
+except BadInput as e:
+    print(e)
+"""
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    kept = [f for f in os.listdir(tmp_path) if f.startswith("skyreels-video-")]
+    assert len(kept) == 1 and os.path.getsize(tmp_path / kept[0]) == 200_000, (os.listdir(tmp_path), said.stderr)
+    assert said.stdout.strip() == (f"--output: {tmp_path / 'out' / 'v.mp4'} cannot be written (File too large); the "
+                                   f"video is kept at {tmp_path / kept[0]}"), said
+    assert os.listdir(tmp_path / "out") == [] and not video.exists()
 
 
 def test_an_i2v_image_of_another_size_is_the_picture_skyreels_v2_gives_its_model(tmp_path):
