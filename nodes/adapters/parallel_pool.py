@@ -86,7 +86,11 @@ def _connect(ray, config):
     if ray.is_initialized():
         ray.shutdown()        # another cluster than the last run's
     if config["address"]:
-        ray.init(address=config["address"], log_to_driver=False)
+        try:
+            ray.init(address=config["address"], log_to_driver=False)
+        except (ConnectionError, ValueError) as e:   # e.g. "auto" with no cluster on this machine
+            fail(f"parallel: ray_address {config['address']}: Ray found no cluster there ({str(e).splitlines()[0]}); "
+                 "start one (ray start --head), or leave ray_address empty for a cluster on this machine")
     else:
         ray.init(num_cpus=max(config["workers"], os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
@@ -94,11 +98,15 @@ def _connect(ray, config):
 
 
 def _check_reachable(address):
-    """Ray retries an address where nothing answers for minutes, silently: ask it once first ("auto" and other
-    names without a port are left to Ray)."""
+    """Ray retries an address where nothing answers for minutes, silently: ask it once first ("auto", the cluster
+    this machine is part of, is left to Ray)."""
     host, _, port = address.split("://")[-1].rpartition(":")
-    if not port.isdigit():
+    if address == "auto":
         return
+    if not (host and port.isdigit()):
+        fail(f"parallel: ray_address {address}: give the cluster's host:port, as ray start --head prints it (port "
+             "6379 unless changed), 'auto' for the cluster this machine is part of, or leave it empty for one on "
+             "this machine")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as e:

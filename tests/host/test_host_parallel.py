@@ -118,6 +118,11 @@ try:                                                     # Ray would retry this 
     SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "cpu", "127.0.0.1:1").args[0])
 except ValueError as e:
     refused["nobody there"] = str(e)
+for address in ("localhost", "auto"):                     # no port: Ray's own "Invalid address format"
+    try:
+        SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "cpu", address).args[0])
+    except ValueError as e:
+        refused[address] = str(e)
 result["refused"] = refused
 SampleVideo.execute(model, pos, neg, **ARGS)             # a single-device run gives the GPUs back
 time.sleep(1)
@@ -200,6 +205,10 @@ def test_two_actors_equal_one_process(host, tmp_path):
                                                    "answers there ("), r["refused"]
     assert r["refused"]["nobody there"].endswith("); start the cluster there (ray start --head), or leave "
                                                  "ray_address empty for a cluster on this machine")
+    assert r["refused"]["localhost"].startswith("Sample Video: parallel: ray_address localhost: give the cluster's "
+                                                "host:port, as ray start --head prints it"), r["refused"]
+    assert r["refused"]["auto"].startswith("Sample Video: parallel: ray_address auto: Ray found no cluster there "
+                                           "(Could not find any running Ray instance"), r["refused"]
     # one forward pass (5 frames padded to 6, per-frame timesteps) in 2 actors: measured 2.5e-7 on both ranks
     assert len(r["forward"]) == 2 and max(r["forward"]) <= 1e-5, r["forward"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
