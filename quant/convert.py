@@ -17,7 +17,7 @@ from . import __version__
 from .checkpoint import Checkpoint, CheckpointError
 from .comfy_format import comfy_quant, format_name, is_quant_extra
 from .fp8 import FP8_DTYPES, NonFiniteWeight, quantize_weight_chunked, relative_error
-from .policy import layer_name, should_quantize
+from .policy import check_kept, layer_name, should_quantize
 from .writer import SafetensorsWriter, name_problem
 
 log = logging.getLogger("skyreels_fp8")
@@ -109,6 +109,9 @@ def _check_source(ckpt, info, report):
         raise CheckpointError(f"{ckpt.path}: already FP8 ({prequant[0]}); load it directly with Load FP8 SkyReels "
                               "Model, or convert the original bf16/fp32 release")
     unexpected = ckpt.require_keys(info)
+    kept = check_kept(info.num_layers, report.options.keep_first_blocks, report.options.keep_last_blocks)
+    if kept:
+        raise CheckpointError(f"{ckpt.path}: {kept}")
     if unexpected:
         report.warnings.append(f"{len(unexpected)} tensors a {info.describe()} does not use were copied as they are:"
                                f" {', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''}")

@@ -9,7 +9,7 @@ import torch
 from .checkpoint import CheckpointError
 from .comfy_format import comfy_quant, format_name, format_of, is_quant_extra
 from .fp8 import FP8_DTYPES, NonFiniteWeight, dequantize_weight, quantize_weight_chunked
-from .policy import layer_name, should_quantize
+from .policy import check_kept, layer_name, should_quantize
 
 WEIGHT_FORMATS = {  # node choice -> (fp8 type, granularity) or a plain dtype
     "auto": None,
@@ -110,6 +110,9 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
     source = describe_source(ckpt, declared)
     target = WEIGHT_FORMATS[weight_format]
     plain = target if isinstance(target, torch.dtype) else None
+    kept = plain is None and check_kept(info.num_layers, keep_first_blocks, keep_last_blocks)
+    if kept:
+        raise CheckpointError(f"{ckpt.path}: {kept}")
     kept_dtype = plain or compute_dtype
     names = [n for n in ckpt.names if not is_quant_extra(n)]
     sd, schemes = {}, []  # schemes: the (fp8, granularity) of each quantized weight

@@ -20,3 +20,11 @@ def should_quantize(key, num_layers, keep_first_blocks=0, keep_last_blocks=0):
 
 def layer_name(weight_key):
     return weight_key[: -len(".weight")]
+
+
+def check_kept(num_layers, keep_first_blocks, keep_last_blocks):
+    """The message for keep_first/last_blocks that keep every block high precision (nothing would be FP8), or None."""
+    if keep_first_blocks + keep_last_blocks >= num_layers:
+        return (f"keep_first_blocks {keep_first_blocks} + keep_last_blocks {keep_last_blocks} keep all {num_layers} "
+                "blocks in high precision, so nothing would be FP8: lower them (or load with weight_format bf16)")
+    return None

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 
 import quant
-from quant import CheckpointError, Options, convert, tiny
+from quant import Checkpoint, CheckpointError, Options, convert, tiny
 from helpers import REPO, write_tiny
 
 convert_module = importlib.import_module("quant.convert")  # the package exports a function of that name
@@ -393,3 +393,20 @@ def test_tensor_of_an_unstorable_dtype_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="tensor extra.counter has a data type this converter cannot store"):
         convert(str(tmp_path / "src.safetensors"), str(tmp_path / "o.safetensors"))
     assert leftovers(tmp_path, ["src.safetensors"]) == []
+
+
+def test_keeping_every_block_is_refused(tmp_path):
+    # Converting or loading with every block kept made an "FP8" file / model with no FP8 tensor in it, silently.
+    from quant.formats import load_fp8_state_dict
+    write_tiny(tmp_path / "src.safetensors", "T2V")       # 2 blocks
+    told = ("keep_first_blocks 1 + keep_last_blocks 1 keep all 2 blocks in high precision, so nothing would be FP8: "
+            "lower them (or load with weight_format bf16)")
+    with pytest.raises(CheckpointError, match=re.escape(f"src.safetensors: {told}")):
+        convert(str(tmp_path / "src.safetensors"), str(tmp_path / "o.safetensors"),
+                Options(keep_first_blocks=1, keep_last_blocks=1))
+    assert leftovers(tmp_path, ["src.safetensors"]) == []
+    with Checkpoint(str(tmp_path / "src.safetensors")) as ckpt:
+        with pytest.raises(CheckpointError, match=re.escape(told)):
+            load_fp8_state_dict(ckpt, ckpt.model_info(), keep_first_blocks=1, keep_last_blocks=1)
+        sd, _ = load_fp8_state_dict(ckpt, ckpt.model_info(), "bf16", keep_first_blocks=2)   # bf16 keeps all anyway
+        assert all(t.dtype == torch.bfloat16 for t in sd.values())
