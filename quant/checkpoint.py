@@ -181,10 +181,13 @@ def _indexed_shards(folder):
         return None, None
     try:
         with open(os.path.join(folder, indexes[0]), encoding="utf-8") as f:
-            listed = json.load(f).get("weight_map", {}).values()
+            listed = json.load(f)["weight_map"].values()
         if not all(isinstance(name, str) for name in listed):
             raise ValueError("its weight_map names something other than files")
-    except (ValueError, AttributeError) as e:
+    except KeyError:
+        raise CheckpointError(f"{os.path.join(folder, indexes[0])}: not a shard index (it has no weight_map); "
+                              "download it again") from None
+    except (ValueError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{os.path.join(folder, indexes[0])}: not a readable shard index ({e}); download it "
                               "again") from None
     return indexes[0], sorted(set(listed))

@@ -99,6 +99,8 @@ def _check_paths(src, dst, overwrite):
         raise CheckpointError(f"{dst}: the output would overwrite the source; choose another output name")
     if not os.path.isdir(os.path.dirname(real_dst)):
         raise CheckpointError(f"{dst}: the output folder does not exist")
+    if os.path.isdir(dst):
+        raise CheckpointError(f"{dst}: is a folder; give the output file's name (ending in .safetensors)")
     if os.path.exists(dst) and not overwrite:
         raise CheckpointError(f"{dst}: already exists; pass --overwrite (or turn on overwrite) to replace it")
 

@@ -195,13 +195,16 @@ def test_a_shard_alone_names_its_folder(tmp_path):
 
 
 @pytest.mark.parametrize("index,why", [('{"weight_map": {"a": ', "Expecting value"),
-                                       ("[]", "'list' object has no attribute 'get'"),
-                                       ('{"weight_map": {"a": null}}', "names something other than files")])
+                                       ("[]", "list indices must be integers or slices, not str"),
+                                       ('{"weight_map": {"a": null}}', "names something other than files"),
+                                       ('{"metadata": {}}', None)])
 def test_a_damaged_shard_index_is_named(tmp_path, index, why):
     tiny.write_release(str(tmp_path), tiny.state_dict(tiny.info("T2V")), shards=2)
     (tmp_path / "model.safetensors.index.json").write_text(index)
-    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'model.safetensors.index.json'}: not a "
-                                                        f"readable shard index (") + ".*" + re.escape(why)):
+    told = (re.escape(f"{tmp_path / 'model.safetensors.index.json'}: not a readable shard index (") + ".*" +
+            re.escape(why) if why else re.escape(f"{tmp_path / 'model.safetensors.index.json'}: not a shard index (it "
+                                                 "has no weight_map); download it again"))
+    with pytest.raises(CheckpointError, match=told):
         Checkpoint(str(tmp_path))
     sd = write_tiny(tmp_path / "single.safetensors", "T2V")     # a model of one file beside it still loads
     assert_same(Checkpoint(str(tmp_path / "single.safetensors")), sd)

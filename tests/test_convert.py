@@ -410,3 +410,12 @@ def test_keeping_every_block_is_refused(tmp_path):
             load_fp8_state_dict(ckpt, ckpt.model_info(), keep_first_blocks=1, keep_last_blocks=1)
         sd, _ = load_fp8_state_dict(ckpt, ckpt.model_info(), "bf16", keep_first_blocks=2)   # bf16 keeps all anyway
         assert all(t.dtype == torch.bfloat16 for t in sd.values())
+
+
+def test_a_folder_as_the_output_is_named(tmp_path):
+    write_tiny(tmp_path / "src.safetensors", "T2V")
+    (tmp_path / "out.safetensors").mkdir()
+    for overwrite in (False, True):
+        with pytest.raises(CheckpointError, match=re.escape("out.safetensors: is a folder; give the output file's "
+                                                            "name (ending in .safetensors)")):
+            convert(str(tmp_path / "src.safetensors"), str(tmp_path / "out.safetensors"), overwrite=overwrite)
