@@ -116,6 +116,9 @@ class SampleVideo(io.ComfyNode):
         check_conditioning(model, {"positive": positive, "negative": negative, **(window_prompts or {})},
                            mode["mode"] == "diffusion forcing")
         check_vae(model, vae)
+        for name, images in (("start_image", start_image), ("end_image", end_image), ("prefix_video", prefix_video)):
+            if images is not None and images.shape[0] == 0:
+                fail(f"{name}: holds no image (an empty batch): connect one, or nothing")
         if parallel is not None:
             widgets["shift"] = model_shift(model, shift)
             samples, report, images = parallel_run.run(parallel, model, positive, negative, widgets, inputs)
@@ -201,6 +204,8 @@ def check_conditioning(model, named, forcing=False):
     misplace, checked per input before any step."""
     width = getattr(model.model.diffusion_model.text_embedding[0], "in_features", None)
     # An I2V model reads its start image as extra input channels; the others have none and would drop it.
+    if not named["positive"]:
+        fail("positive: holds no conditioning (an empty list): connect a text encoder's, e.g. CLIP Text Encode")
     i2v = model.model.diffusion_model.patch_embedding.weight.shape[1] > model.model.latent_format.latent_channels
     if i2v and not any("concat_latent_image" in extras for _, extras in named["positive"] or ()):
         fail("positive: an I2V model starts from an image: make the conditioning with WanImageToVideo (with the "

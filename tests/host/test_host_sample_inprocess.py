@@ -93,7 +93,8 @@ refused = dict(vace=error_with(vace), phantom_forcing=error_with(phantom, ar_ste
 # A start image: only an I2V model reads it from the conditioning, and an I2V model needs it.
 i2v = load("i2v_bf16.safetensors")[0]
 image_cond = [[pos[0][0], {{"concat_latent_image": torch.zeros(1, 16, 3, 4, 4), "concat_mask": torch.zeros(1, 1, 9, 4, 4)}}]]
-refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, on=i2v, mode="standard"))
+refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, on=i2v, mode="standard"),
+               no_positive=error_with([]), empty_image=error_with(pos, vae=vae, start_image=image[:0]))
 # VAEs of other latents, as the host loads them: Wan 2.2's (48 channels; its tiny decoder) and an image model's.
 import comfy.taesd.taehv, comfy.taesd.taesd
 for name, net in (("wan22", comfy.taesd.taehv.TAEHV(latent_channels=48)), ("sd", comfy.taesd.taesd.TAESD())):
@@ -168,6 +169,10 @@ def test_sample_video_in_process(host, tmp_path):
     assert refused["noise_mask"].startswith("Sample Video: latent: has a noise mask"), refused
     assert refused["image_on_df"].startswith("Sample Video: positive: holds a start image (e.g. from "
                                              "WanImageToVideo), which a T2V or DF model cannot take"), refused
+    assert refused["no_positive"] == ("Sample Video: positive: holds no conditioning (an empty list): connect a text "
+                                      "encoder's, e.g. CLIP Text Encode"), refused
+    assert refused["empty_image"] == "Sample Video: start_image: holds no image (an empty batch): connect one, or " \
+                                     "nothing", refused
     assert refused["i2v_without"].startswith("Sample Video: positive: an I2V model starts from an image"), refused
     assert refused["wan22"].startswith("Sample Video: vae: makes 48-channel 3-D latents; SkyReels-V2 takes the Wan "
                                        "2.1 VAE's (16-channel video latents)"), refused
