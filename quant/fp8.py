@@ -77,10 +77,9 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
 def dequantize_weight(qweight, scale, dtype=torch.bfloat16):
     """Inverse of `quantize_weight`, in `dtype`: one copy in `dtype` (fp8 values are exact in bf16/fp16), the fp32
     scale applied in place with one rounding; an fp32 copy of the weight first would double or treble the peak."""
-    s = scale.float()
-    if s.dim() == 2 and qweight.dim() > 2:
-        s = s.reshape(-1, *([1] * (qweight.dim() - 1)))
-    return qweight.to(dtype).mul_(s)
+    # (1, ...) or (rows, 1, ...), never 0-d: promotion keeps the multiply in fp32 (CUDA would cast a 0-d scale to
+    # bf16/fp16 first, a second rounding)
+    return qweight.to(dtype).mul_(scale.float().reshape(-1, *([1] * (qweight.dim() - 1))))
 
 
 def relative_error(weight, qweight, scale):

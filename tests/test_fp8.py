@@ -381,10 +381,32 @@ def test_out_of_memory_in_an_fp8_product_goes_up_and_turns_nothing_off(monkeypat
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dequantize_makes_one_copy_of_the_weight(granularity, dtype):
     # fp8_linear's upcast (every product where fp8 matmul falls back) and FP8 files loaded as bf16 go through this.
-    # Measured before: 2x the result's bytes in fp32, 4x in bf16 (fp32 copies of the weight). This meter counts the
-    # tensors torch's ops allocate; on a GPU the in-place mixed-dtype multiply makes no temporary either.
+    # Measured before: 2x the result's bytes in fp32, 4x in bf16: whole fp32 copies of the weight. The meter counts
+    # the tensors ops return, not buffers a kernel keeps inside itself (the CPU's mixed-dtype multiply has some; a
+    # CUDA kernel converts as it reads).
     from test_act_quant import peak_extra_bytes
     q, scale = quantize_weight(torch.randn(1024, 512, generator=torch.Generator().manual_seed(0)), granularity=granularity)
     peak, w = peak_extra_bytes(lambda: dequantize_weight(q, scale, dtype))
     assert w.dtype == dtype and peak <= 1.01 * w.nbytes, peak / w.nbytes
     assert torch.equal(w, (q.float() * scale.float()).to(dtype))     # the fp32 product, rounded once
+    # One rounding on every device: the multiply's type promotion, which decides what a kernel computes in, is fp32.
+    # (A 0-d fp32 scale promotes to bf16/fp16; CUDA then rounds the scale first. The CPU reads it as a float
+    # scalar, so the values above cannot show it.)
+    assert multiply_dtypes(lambda: dequantize_weight(q, scale, dtype)) == [torch.float32]
+
+
+def multiply_dtypes(fn):
+    """The result types torch's promotion gives every multiply fn makes."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        types = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mul.Tensor, torch.ops.aten.mul_.Tensor):
+                self.types.append(torch.result_type(args[0], args[1]))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as seen:
+        fn()
+    return seen.types

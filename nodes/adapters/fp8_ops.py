@@ -25,8 +25,7 @@ FORMATS = {format_name(f, g): (dtype, g) for f, dtype in FP8_DTYPES.items() for 
 # pytorch issue 167082), and TorchCompileModel failed there. Compiled code calls this as PyTorch's own cast.
 @torch.library.custom_op("skyreels_fp8::dequantize", mutates_args=())
 def dequantize_fp8(qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # the fp32 scale applied as it is: one rounding to `dtype` (a bf16 or fp16 scale would add its own)
-    return qdata.to(dtype, copy=True).mul_(scale.to(qdata.device))
+    return fp8.dequantize_weight(qdata, scale.to(qdata.device), dtype)    # one rounding, one copy of the weight
 
 
 @dequantize_fp8.register_fake
