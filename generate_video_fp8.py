@@ -362,7 +362,7 @@ def check_folder(path):
     if os.path.isdir(path):
         inside = os.listdir(path)
         single = [f for f in inside if f.endswith(".safetensors")]
-        if not is_release(inside) and len(single) != 1:
+        if not is_release(inside) and len(single) > 1:     # none: the reader names what the folder holds
             raise BadInput(f"--model_id: {path} holds {len(single)} .safetensors files and no shard index "
                            "(*.safetensors.index.json): give one file, or download the folder with its index")
     return path
@@ -692,17 +692,21 @@ def save_output(base, args, workflow_name):
                                                    f"{time.strftime('%Y%m%d_%H%M%S')}{ext}")
     if os.path.exists(dst):
         raise BadInput(f"--output: {dst} exists; choose another name")
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     tmp = dst + ".part"
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
         shutil.copyfile(found[0], tmp)
         os.replace(tmp, dst)
     except OSError as e:    # e.g. a full disk: no half file, and the video (minutes of work) is kept
         with contextlib.suppress(OSError):
             os.remove(tmp)
         kept = os.path.join(os.path.dirname(base), f"skyreels-video-{time.strftime('%Y%m%d_%H%M%S')}{ext}")
-        os.replace(found[0], kept)     # the temp folder's own disk: a rename, nothing written
-        raise BadInput(f"--output: {dst} cannot be written ({e.strerror or e}); the video is kept at {kept}") from None
+        try:
+            os.replace(found[0], kept)     # the temp folder's own disk: a rename, nothing written
+            where = f"the video is kept at {kept}"
+        except OSError:
+            where = "the video could not be kept either"
+        raise BadInput(f"--output: {dst} cannot be written ({e.strerror or e}); {where}") from None
     return dst
 
 

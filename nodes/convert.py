@@ -48,7 +48,11 @@ class ConvertToFP8(io.ComfyNode):
                 stem = os.path.splitext(stem)[0]
             output_name = f"{stem}_fp8_{fp8_type}.safetensors"
         dst = model_files.output_path(output_name.strip())
-        os.makedirs(os.path.dirname(dst), exist_ok=True)    # subfolders are made, as Save Image makes its own
+        try:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)    # subfolders are made, as Save Image makes its own
+        except OSError as e:
+            raise ValueError(f"output_name {output_name!r}: its folder cannot be made ({e.strerror or e}); choose "
+                             "another name") from None
         options = Options(fp8=fp8_type, granularity=GRANULARITY[granularity], keep_first_blocks=keep_first_blocks,
                           keep_last_blocks=keep_last_blocks)
         pbar = comfy.utils.ProgressBar(1)

@@ -178,13 +178,13 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         shape = list(latent["samples"].shape)
         if len(shape) != 5:
             fail(f"latent: expected a video latent [B, C, frames, H, W], got {shape}")
-        if latent.get("noise_mask") is not None:
-            fail("latent: has a noise mask (e.g. Set Latent Noise Mask), which Sample Video would ignore: it makes "
-                 "the whole video; use KSampler for masked sampling, or remove the mask")
         channels = model.model.latent_format.latent_channels
         if shape[1] != channels:
             fail(f"latent: {shape[1]} channels; a Wan 2.1 model takes latents of {channels} (core Empty Hunyuan "
                  "Latent Video or WanImageToVideo make them)")
+        if latent.get("noise_mask") is not None:
+            fail("latent: has a noise mask (e.g. Set Latent Noise Mask), which Sample Video would ignore: it makes "
+                 "the whole video; use KSampler for masked sampling, or remove the mask")
     else:
         if width % 16 or height % 16:
             fail(f"width/height: {width}x{height} must be multiples of 16 (e.g. {width // 16 * 16}x"

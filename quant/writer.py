@@ -134,8 +134,9 @@ class SafetensorsWriter:
         if self._f is not None:
             with contextlib.suppress(OSError):   # closing flushes, which a full disk refuses too
                 self._f.close()
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        with contextlib.suppress(OSError):   # what the refusal says counts more than a temp file it keeps
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
 
     def __enter__(self):
         return self

@@ -99,9 +99,9 @@ def _connect(ray, config):
 
 def _check_reachable(address):
     """Ray retries an address where nothing answers for minutes, silently: ask it once first ("auto", the cluster
-    this machine is part of, is left to Ray)."""
+    this machine is part of, and "local" are left to Ray)."""
     host, _, port = address.split("://")[-1].rpartition(":")
-    if address == "auto":
+    if address in ("auto", "local"):
         return
     if not (host and port.isdigit()):
         fail(f"parallel: ray_address {address}: give the cluster's host:port, as ray start --head prints it (port "

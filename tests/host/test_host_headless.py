@@ -297,7 +297,7 @@ def test_sizes_frames_and_counts_are_read_as_comfyui_and_skyreels_v2_read_them(t
 def test_a_release_folder_gets_the_name_the_loader_lists(server, tmp_path):
     # A release of one model.safetensors (no shard index) is listed by its file, a sharded one as "name/".
     import safetensors.torch
-    from generate_video_fp8 import BadInput, find_model, link_models, parse_args
+    from generate_video_fp8 import BadInput, find_model, inspect_model, link_models, parse_args
     from quant import tiny
     models = os.path.join(server.base, "models", "diffusion_models")
     single = os.path.join(models, "release.single")
@@ -326,6 +326,12 @@ def test_a_release_folder_gets_the_name_the_loader_lists(server, tmp_path):
                                                      "index (*.safetensors.index.json): give one file, or download "
                                                      "the folder with its index")):
             find_model(str(folder), server.host)
+    # A folder without model files is left to the reader, which names what it holds (a diffusers pipeline here).
+    pipeline = tmp_path / "pipeline"
+    tiny.write_release(str(pipeline / "transformer"), tiny.state_dict(tiny.info("T2V")))
+    with pytest.raises(BadInput, match=re.escape("the folder has no .safetensors shards; give the subfolder that "
+                                                 "holds the diffusion model (transformer/)")):
+        inspect_model(find_model(str(pipeline), server.host))
 
 
 def test_a_video_that_cannot_be_saved_is_kept_and_named(tmp_path):

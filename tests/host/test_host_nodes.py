@@ -205,6 +205,9 @@ def test_convert_node_makes_subfolders_and_reports_the_whole_name(server):
     assert "wrote models/diffusion_models/converted/sub/inner.safetensors" in entry["outputs"]["1"]["text"][0]
     assert os.path.isfile(os.path.join(server.base, "models", "diffusion_models", "converted", "sub",
                                        "inner.safetensors"))
+    open(os.path.join(server.base, "models", "diffusion_models", "a_file"), "w").close()
+    err = error_of(server.run(convert_prompt("a_file/inner")))
+    assert err["exception_message"].startswith("output_name 'a_file/inner': its folder cannot be made ("), err
 
 
 def test_convert_node_names_a_shard_folder_output_after_the_whole_folder_name(server):

@@ -99,6 +99,8 @@ refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, o
 import comfy.taesd.taehv, comfy.taesd.taesd
 for name, net in (("wan22", comfy.taesd.taehv.TAEHV(latent_channels=48)), ("sd", comfy.taesd.taesd.TAESD())):
     refused[name] = error_with(pos, vae=comfy.sd.VAE(sd=net.state_dict()), start_image=image)
+from skyreels_pack.nodes.sample import check_vae      # the Wan 2.1 VAE's tiny decoder (TAEW 2.1) passes
+refused["taew2_1"] = check_vae(model, comfy.sd.VAE(sd=comfy.taesd.taehv.TAEHV(latent_channels=16).state_dict()))
 # fp8 matmul under ModelComputeDtype: ComfyUI dequantizes every weight before our product, and the report says so.
 fp8 = load("t2v_fp8_channel.safetensors", "auto", "fp8 matmul")[0]
 other = "fp16" if fp8.model.get_dtype_inference() != torch.float16 else "bf16"
@@ -177,6 +179,7 @@ def test_sample_video_in_process(host, tmp_path):
     assert refused["wan22"].startswith("Sample Video: vae: makes 48-channel 3-D latents; SkyReels-V2 takes the Wan "
                                        "2.1 VAE's (16-channel video latents)"), refused
     assert refused["sd"].startswith("Sample Video: vae: makes 4-channel 2-D latents"), refused
+    assert refused["taew2_1"] is None, refused
     eager, dequantized = r["matmul_lines"]
     assert r["nan_first"] == ("WARNING: 100% of the result is NaN/Inf: the inputs hold such values, or the model "
                               "overflowed (e.g. computing in fp16)"), r["nan_first"]
