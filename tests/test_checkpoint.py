@@ -304,16 +304,15 @@ def test_per_channel_scales_without_format_tags_are_read_per_channel(tmp_path):
                            v.view(torch.uint8) if v.dtype == torch.float8_e4m3fn else v), k
 
 
-@pytest.mark.parametrize("bad", [None, float("nan"), float("inf"), -float("inf")])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float8_e4m3fn])
+@pytest.mark.parametrize("dtype,bad", [(d, b) for d in (torch.bfloat16, torch.float32, torch.float8_e4m3fn)
+                                       for b in (None, float("nan"), float("inf"), -float("inf"))
+                                       if d != torch.float8_e4m3fn or b in (None, float("nan"))])  # e4m3fn: no Inf
 def test_the_finite_check_finds_nan_and_inf_without_a_mask_of_the_tensor(tmp_path, bad, dtype):
     # Every tensor a load or conversion reads is checked. isfinite's mask and reduction took 2.5x the tensor (750 MiB
     # for the 14B model's time_projection); max |t| takes none: the meter counts the tensors torch's ops allocate.
     from test_act_quant import peak_extra_bytes
     write_tiny(tmp_path / "m.safetensors", "T2V")
     ckpt = Checkpoint(str(tmp_path / "m.safetensors"))
-    if dtype == torch.float8_e4m3fn and bad in (float("inf"), -float("inf")):
-        pytest.skip("e4m3fn has no Inf: torch casts it to 448")
     t = torch.randn(1024, 256)
     if bad is not None:
         t[700, 3] = bad
