@@ -203,11 +203,11 @@ def check_conditioning(model, named, forcing=False):
     """Text conditioning as wide as the model reads it (umt5-xxl's 4096), and no extras the run would drop or
     misplace, checked per input before any step."""
     width = getattr(model.model.diffusion_model.text_embedding[0], "in_features", None)
-    # An I2V model reads its start image as extra input channels; the others have none and would drop it.
     if not named["positive"]:
         fail("positive: holds no conditioning (an empty list): connect a text encoder's, e.g. CLIP Text Encode")
+    # An I2V model reads its start image as extra input channels; the others have none and would drop it.
     i2v = model.model.diffusion_model.patch_embedding.weight.shape[1] > model.model.latent_format.latent_channels
-    if i2v and not any("concat_latent_image" in extras for _, extras in named["positive"] or ()):
+    if i2v and not any("concat_latent_image" in extras for _, extras in named["positive"]):
         fail("positive: an I2V model starts from an image: make the conditioning with WanImageToVideo (with the "
              "start image and the Wan 2.1 VAE), or load a T2V or DF model")
     for name, conditioning in named.items():
@@ -219,7 +219,7 @@ def check_conditioning(model, named, forcing=False):
                 fail(f"{name}: holds a start image (e.g. from WanImageToVideo), which a T2V or DF model cannot take "
                      "and would ignore; for a start image use mode 'diffusion forcing' with start_image (DF model), "
                      "or load an I2V model")
-            # A Wan model without VACE blocks ignores these (core's samplers as well), so the video would not follow them.
+            # A Wan model without VACE blocks ignores these (core's samplers too): the video would not follow them.
             if "vace_frames" in extras:
                 fail(f"{name}: holds VACE controls (WanVaceToVideo), which a SkyReels-V2 model has no blocks for and "
                      "would ignore; load a Wan VACE model and sample it with KSampler, or remove that node")

@@ -92,7 +92,8 @@ refused = dict(vace=error_with(vace), phantom_forcing=error_with(phantom, ar_ste
                phantom_standard=error_with(phantom, mode="standard"), noise_mask=error_with(pos, masked))
 # A start image: only an I2V model reads it from the conditioning, and an I2V model needs it.
 i2v = load("i2v_bf16.safetensors")[0]
-image_cond = [[pos[0][0], {{"concat_latent_image": torch.zeros(1, 16, 3, 4, 4), "concat_mask": torch.zeros(1, 1, 9, 4, 4)}}]]
+image_cond = [[pos[0][0], {{"concat_latent_image": torch.zeros(1, 16, 3, 4, 4),
+                            "concat_mask": torch.zeros(1, 1, 9, 4, 4)}}]]
 refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, on=i2v, mode="standard"),
                no_positive=error_with([]), empty_image=error_with(pos, vae=vae, start_image=image[:0]))
 # VAEs of other latents, as the host loads them: Wan 2.2's (48 channels; its tiny decoder) and an image model's.
@@ -112,7 +113,8 @@ nan_report = SampleVideo.execute(model, [[torch.full((1, 8, 4096), float("nan"))
                                  **nest_mode(ARGS)).args[1]
 
 result = dict(
-    refused=refused, matmul_lines=matmul_lines, nan_first=nan_report.splitlines()[0], clean_first=report.splitlines()[0],
+    refused=refused, matmul_lines=matmul_lines, nan_first=nan_report.splitlines()[0],
+    clean_first=report.splitlines()[0],
     upgraded=upgraded, linked=linked, no_mode=no_mode,
     timesteps=[t.tolist() for t in seen],
     carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
