@@ -250,7 +250,9 @@ def parse_args(argv):
 
 
 def pick_workflow(args, info):
-    given = [f"--{f}" for f in (*DF_DEFAULTS, "causal_attention", *DF_INPUTS) if getattr(args, f) not in (None, False)]
+    # `is not`, as 0 == False: --ar_step 0 (SkyReels-V2's synchronous default) asks for Diffusion Forcing too
+    given = [f"--{f}" for f in (*DF_DEFAULTS, "causal_attention", *DF_INPUTS)
+             if getattr(args, f) is not None and getattr(args, f) is not False]
     if info is None:    # the demo model is DF-1.3B-like
         return "skyreels_df_long_video.json"
     if info.variant == "I2V":
@@ -352,7 +354,7 @@ def find_model(given, host):
         if os.path.isdir(place):
             return check_folder(place)
     raise BadInput(f"--model_id: {given} is not downloaded (looked in {' and '.join(places)}; this script downloads "
-                   f"nothing): huggingface-cli download {given} --local-dir {places[0]}")
+                   f"nothing): hf download {given} --local-dir {places[0]}")
 
 
 def check_folder(path):

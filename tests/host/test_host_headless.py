@@ -268,7 +268,7 @@ def test_model_id_is_found_where_it_was_downloaded(host, tmp_path, monkeypatch, 
     assert main(["--model_id", "Skywork/SkyReels-V2-DF-1.3B-540P"]) == 2
     err = capsys.readouterr().err
     assert "--model_id: Skywork/SkyReels-V2-DF-1.3B-540P is not downloaded (looked in " in err
-    assert "this script downloads nothing): huggingface-cli download Skywork/SkyReels-V2-DF-1.3B-540P " in err
+    assert "this script downloads nothing): hf download Skywork/SkyReels-V2-DF-1.3B-540P " in err
     # ComfyUI's own models folder comes first
     from generate_video_fp8 import find_model
     write_tiny_release(tmp_path / "comfy" / "models" / "diffusion_models" / "SkyReels-V2-I2V-14B-540P", "I2V")
@@ -292,6 +292,21 @@ def test_sizes_frames_and_counts_are_read_as_comfyui_and_skyreels_v2_read_them(t
     check_flags(args)
     assert (args.num_frames, args.overlap_history) == (117, 17)
     assert "--num_frames 120: 117 frames, as SkyReels-V2 makes them (4k+1)" in capsys.readouterr().out
+
+
+def test_the_workflow_follows_the_model_and_any_diffusion_forcing_flag():
+    from generate_video_fp8 import BadInput, parse_args, pick_workflow
+    from quant import tiny
+    t2v_14b, i2v = tiny.info("T2V", **tiny.REAL["14B"]), tiny.info("I2V")
+    pick = lambda info, *flags: pick_workflow(parse_args(list(flags)), info)     # noqa: E731
+    assert pick(t2v_14b) == "skyreels_t2v_fp8_sage.json"
+    # DF-14B has T2V-14B's tensors: any DF flag asks for it, a 0 (SkyReels-V2's defaults) as much as another value
+    for flags in (["--ar_step", "0"], ["--addnoise_condition", "0"], ["--ar_step", "5"], ["--causal_attention"]):
+        assert pick(t2v_14b, *flags) == "skyreels_df_long_video.json", flags
+    assert pick(tiny.info("DF")) == "skyreels_df_long_video.json"
+    assert pick(i2v, "--image", "start.png") == "skyreels_i2v_fp8_sage.json"
+    with pytest.raises(BadInput, match=r"^--ar_step: Diffusion Forcing options; SkyReels-V2 I2V"):
+        pick(i2v, "--image", "start.png", "--ar_step", "0")
 
 
 def test_a_release_folder_gets_the_name_the_loader_lists(server, tmp_path):
