@@ -55,6 +55,9 @@ class TeaCache:
         if index == 0:
             self.streams[stream] = s = Stream()
         s.index = index
+        # A stream missing from the last step (a context window that moved) holds a full-size residual to no use
+        for key in [k for k, other in self.streams.items() if other.index < index - 1]:
+            del self.streams[key]
         run = (index < (5 if self.retention else 1) or (not self.retention and index >= total - 1)
                or s.previous is None or s.previous.shape != embedding.shape
                or s.residual is None or s.residual.shape != shape)

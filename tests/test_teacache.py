@@ -70,3 +70,12 @@ def test_release_drops_every_stream():
     calls(cache, [0.01] * 3)
     cache.release()
     assert cache.streams == {}
+
+
+def test_a_stream_missing_from_the_last_step_is_dropped():
+    # a context window that moved: its full-size residual would wait for frames that may not come back
+    cache = teacache.TeaCache(1e9, False)
+    for i in range(3):
+        for stream in ("a", "b") if i == 0 else ("a",):
+            cache.compute(stream, i, 10, torch.ones(4, 8), IDENTITY, (1, 2))
+        assert set(cache.streams) == ({"a", "b"} if i < 2 else {"a"}), i

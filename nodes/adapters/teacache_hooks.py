@@ -75,9 +75,12 @@ def _call(executor, *args, **kwargs):
     to = args[5] if len(args) > 5 else kwargs["transformer_options"]
     cache, dm, x = to[KEY], executor.class_obj, args[0]
     coeffs = teacache.coefficients(dm.in_dim == 36, dm.dim, x.shape[-1] * x.shape[-2] * 64, cache.retention)
-    # One stream per prompt: cond / uncond and the conditioning's id (several positive prompts share a batch)
-    kinds = to.get("cond_or_uncond", [0])
-    streams = list(zip(kinds, to.get("uuids") or range(len(kinds))))
+    # One stream per prompt: cond / uncond and the conditioning's id (several positive prompts share a batch), and
+    # per context window (core Wan Context Windows), whose frames can change from step to step: a residual is only
+    # ever added to the frames it was made on.
+    kinds, window = to.get("cond_or_uncond", [0]), to.get("context_window")
+    frames = None if window is None else tuple(window.index_list)
+    streams = [(kind, uuid, frames) for kind, uuid in zip(kinds, to.get("uuids") or range(len(kinds)))]
     run = Run(cache, streams, *StepIndex()(to), coeffs)  # (step, total): once per model call
     hook = dm.time_embedding.register_forward_hook(lambda module, inputs, out: setattr(run, "embedding", out))
     to[RUN] = run

@@ -136,3 +136,58 @@ def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
         assert r[f"reference {name}"] <= 1e-5, r
     assert any("EasyCache - skipped" in line for line in r["EasyCacheNode"]), r["EasyCacheNode"]
     assert any("LazyCache - skipped" in line for line in r["LazyCacheNode"]), r["LazyCacheNode"]
+
+
+WINDOWS = r"""
+from comfy.patcher_extension import WrappersMP
+from comfy_extras.nodes_context_windows import WanContextWindowsManualNode
+import nodes as core
+from skyreels_pack.nodes.teacache import TeaCache
+from skyreels_pack.sampling import teacache
+
+teacache.SIZES[256] = "1.3B"
+model = load("df_bf16.safetensors", "bf16")[0]
+g = torch.Generator().manual_seed(0)
+pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+now = [None]      # the frames of the model call under way
+
+def note_frames(executor, *args, **kwargs):
+    now[0] = tuple((args[5] if len(args) > 5 else kwargs["transformer_options"])["context_window"].index_list)
+    return executor(*args, **kwargs)
+
+made_on, used = {{}}, []       # id(residual) -> (residual, frames it was made on); (made on, added to) of each use
+keep, residual = teacache.TeaCache.keep, teacache.TeaCache.residual
+def keep_(self, stream, r):
+    made_on[id(r)] = (r, now[0])
+    return keep(self, stream, r)
+def residual_(self, stream):
+    r = residual(self, stream)
+    used.append((made_on[id(r)][1], now[0]))
+    return r
+teacache.TeaCache.keep, teacache.TeaCache.residual = keep_, residual_
+result = {{}}
+for schedule in ("standard_static", "standard_uniform"):
+    m = WanContextWindowsManualNode.execute(TeaCache.execute(model, 1e9, False).args[0], 13, 4, schedule, 1, False,
+                                            "pyramid", False).args[0].clone()
+    m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, "test", note_frames)
+    used.clear()
+    out = core.common_ksampler(m, 0, 8, 3.0, "euler", "simple", pos, neg,
+                               {{"samples": torch.zeros(1, 16, 8, 4, 4)}})[0]["samples"]
+    cache = m.model_options["transformer_options"]["skyreels_teacache"]
+    result[schedule] = dict(calls=cache.calls, skipped=cache.skipped, uses=len(used),
+                            other_frames=sum(a != b for a, b in used), finite=bool(out.isfinite().all()))
+"""
+
+
+def test_teacache_adds_a_residual_only_to_the_frames_it_was_made_on_under_context_windows(host, tmp_path):
+    # Core Wan Context Windows runs the model window by window; its uniform schedule moves the windows at every step.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + WINDOWS.format())
+    print(r)
+    for schedule, s in r.items():
+        assert s["finite"] and s["uses"] == s["skipped"] > 0, (schedule, s)
+        assert s["other_frames"] == 0, (schedule, s)       # 8 of 10 uses, on the uniform schedule, before
+    # static windows: each window and prompt is a stream, all but its first and last step skipped
+    static = r["standard_static"]
+    assert static["skipped"] == static["calls"] - 2 * static["calls"] // 8, static
