@@ -17,6 +17,7 @@ from .adapters import fps, model_files
 from .adapters.fp8_ops import make_operations, share_attention_inputs
 from .adapters.parallel_run import RECIPE
 
+WAN_DTYPES = comfy.supported_models.WAN21_T2V.supported_inference_dtypes
 log = logging.getLogger("skyreels_fp8")
 COMPUTE = ["auto", "upcast", "fp8 matmul"]
 
@@ -65,8 +66,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
             pbar = comfy.utils.ProgressBar(len(ckpt.names))
             load_device = comfy.model_management.get_torch_device()
             # What the host computes a quantized Wan model in on this device (its own rule, as in its loader).
-            compute_dtype = comfy.model_management.unet_manual_cast(
-                None, load_device, comfy.supported_models.WAN21_T2V.supported_inference_dtypes) or torch.bfloat16
+            compute_dtype = comfy.model_management.unet_manual_cast(None, load_device, WAN_DTYPES) or torch.bfloat16
             sd, summary = load_fp8_state_dict(
                 ckpt, info, weight_format, keep_first_blocks, keep_last_blocks, progress=pbar.update_absolute,
                 check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
@@ -106,7 +106,13 @@ def _build(sd, summary, compute, path, load_device, compute_dtype):
             log.warning("fp8 matmul requested where auto would upcast (%s): torch._scaled_mm with activations "
                         "quantized eagerly (slow on CPU)", note)
         used = ("fp8 matmul" if fp8_matmul else "upcast") + (f" ({note})" if note and compute != "upcast" else "")
-        options = {"custom_operations": make_operations(compute_dtype, fp8_matmul)}
+        # The tensors kept in high precision stay as read: without a dtype the host would store them in its
+        # --fp8_e4m3fn-unet / --bf16-unet choice (an fp8 cast with no scale), unlike what the report says.
+        options = {"custom_operations": make_operations(compute_dtype, fp8_matmul), "dtype": compute_dtype}
+        asked = comfy.model_management.unet_dtype(supported_dtypes=WAN_DTYPES)
+        if asked != compute_dtype:
+            summary.notes.append(f"ComfyUI's weight dtype option ({str(asked)[6:]}) is not applied: the FP8 layers "
+                                 f"are this loader's, the other tensors stay {summary.kept_dtype}")
     patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
     if patcher is None:
         raise CheckpointError(f"{path}: ComfyUI could not build a Wan model from this file")

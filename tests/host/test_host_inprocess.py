@@ -261,3 +261,44 @@ def test_lora_requantization_in_row_blocks_equals_the_whole_layer(host, tmp_path
     peaks = r["stochastic"]["peaks"]
     assert r["stochastic"]["same"], r
     assert max(peaks["ours tensor"], peaks["ours channel"]) <= peaks["host tensor"] + 0.05, peaks
+
+
+UNET_DTYPE_OPTION = r"""
+import comfy.cli_args
+cpu = torch.device("cpu")
+
+def run(fmt):
+    patcher, report = load("t2v_bf16.safetensors", fmt)
+    patcher.patch_model(cpu)
+    with torch.no_grad():
+        out = patcher.model.diffusion_model(x, t, ctx, transformer_options=patcher.model_options["transformer_options"])
+    kept = sorted({{str(p.dtype) for n, p in patcher.model.diffusion_model.named_parameters()
+                   if not n.endswith(".weight") or "blocks." not in n or "norm" in n or "modulation" in n}})
+    return out, kept, report
+
+result = {{}}
+for fmt in ("fp8_e4m3fn (per-channel)", "bf16"):
+    base, base_kept, base_report = run(fmt)
+    comfy.cli_args.args.fp8_e4m3fn_unet = True       # ComfyUI started with --fp8_e4m3fn-unet
+    try:
+        out, kept, report = run(fmt)
+    finally:
+        comfy.cli_args.args.fp8_e4m3fn_unet = False
+    result[fmt] = dict(rel=rel(out, base), kept=kept, base_kept=base_kept, report=report, base_report=base_report)
+"""
+
+
+def test_comfyui_weight_dtype_option_leaves_the_kept_tensors_alone(host, tmp_path):
+    # --fp8_e4m3fn-unet (a common launch option on small GPUs) made the host store every tensor this loader keeps in
+    # high precision (modulation, norms, biases, the head) as an fp8 cast with no scale, under a report saying
+    # otherwise: 3.7% from bf16 where the FP8 model alone is 2.8%.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + UNET_DTYPE_OPTION.format())
+    print(r)
+    fp8 = r["fp8_e4m3fn (per-channel)"]
+    assert fp8["rel"] == 0.0 and fp8["kept"] == fp8["base_kept"] == ["torch.float32"], fp8
+    assert "note" not in fp8["base_report"], fp8["base_report"]
+    assert fp8["report"].endswith("; note: ComfyUI's weight dtype option (float8_e4m3fn) is not applied: the FP8 "
+                                  "layers are this loader's, the other tensors stay float32"), fp8["report"]
+    # weight_format bf16 names its dtype, which the option does not change either
+    assert r["bf16"]["rel"] == 0.0 and r["bf16"]["kept"] == r["bf16"]["base_kept"], r["bf16"]
