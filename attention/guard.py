@@ -8,6 +8,7 @@ CHECKPOINTS = (0.25, 0.5, 0.75)  # fractions of the steps from which a site is c
 GUARD_HEADS = 2
 # Sample Video's transformer_options: the index of the model call within its window, and the window's calls
 CALL, CALLS = "skyreels_call", "skyreels_calls"
+FROM_NOISE = 0.99    # a pass starting at this flow sigma or above starts from noise (SkyReels-V2's first: 0.9999)
 
 
 def phase(step, total):
@@ -23,6 +24,18 @@ class StepIndex:
 
     def __init__(self):
         self._sigmas, self._step = None, 0
+        self._schedule, self._continues = None, False
+
+    def continues(self, to):
+        """Whether this sampling pass starts below the top of the flow schedule (sigma 1): a second KSampler
+        (Advanced) or SplitSigmas pass, or a denoise below 1, whose noisiest steps ran before it or not at all.
+        Read once per pass. Sample Video's passes always start from noise."""
+        schedule = to.get("sample_sigmas")
+        if CALL in to or schedule is None or not len(schedule):
+            return False
+        if schedule is not self._schedule:
+            self._schedule, self._continues = schedule, float(schedule[0]) < FROM_NOISE
+        return self._continues
 
     def __call__(self, to):
         schedule = to.get("sample_sigmas")

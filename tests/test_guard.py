@@ -24,6 +24,17 @@ def test_step_from_the_schedule_is_looked_up_once_per_model_call():
     assert index({}) == (0, 0)
 
 
+def test_a_pass_that_starts_below_the_top_of_the_schedule_continues_one():
+    index, top = StepIndex(), torch.tensor([1.0, 0.5, 0.0])
+    assert not index.continues({"sample_sigmas": top})
+    later = torch.tensor([0.5, 0.25, 0.0])          # KSampler (Advanced) from step 2 of 4, or denoise 0.5
+    assert index.continues({"sample_sigmas": later})
+    later[0] = 1.0             # the same schedule tensor: the answer read at the pass's first call
+    assert index.continues({"sample_sigmas": later})
+    assert not index.continues({"sample_sigmas": later, "skyreels_call": 3})     # Sample Video: from noise
+    assert not index.continues({})
+
+
 def test_guard_cosine_and_non_finite_outputs():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 6, 32, 16, generator=g) for _ in range(3))

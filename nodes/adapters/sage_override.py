@@ -86,7 +86,7 @@ class SageOverride:
                     or "scale" in kwargs or kwargs.get("enable_gqa")  # not a Wan call; the host handles it
                     or kwargs.get("low_precision_attention", True) is False  # Wan I2V image cross-attention
                     or block is not None and (block < self.first or (total is not None and block >= total - self.last))
-                    or self.steps and self.step_index(to)[0] < self.steps  # kept exact steps
+                    or self.steps and not self.step_index.continues(to) and self.step_index(to)[0] < self.steps
                     or backend == "sageattention" and kernel_unavailable(device))  # the kernels failed at run time
 
     def _check_due(self, site, to):

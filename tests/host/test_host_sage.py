@@ -54,6 +54,19 @@ kept = PatchSageAttention.execute(patcher, "reference", 1, 0, 1, 0.995).args[0]
 ksample(kept)
 result["kept"] = dict(override_of(kept).counts)
 
+# exact_first_steps counts from noise: sampling split in two KSampler (Advanced) passes (steps 0-2 and 2-4 of 4)
+# keeps the steps one pass of 4 keeps; the second pass starts below sigma 1, its noisiest steps behind it.
+def first_step_exact(run):
+    patched = PatchSageAttention.execute(patcher, "reference", 0, 0, 1, 0.995).args[0]
+    run(patched)
+    return dict(override_of(patched).counts)
+ksa = core.KSamplerAdvanced().sample
+def two_passes(m):
+    half = ksa(m, "enable", 0, 4, 2.0, "euler", "simple", pos, neg, latent, 0, 2, "enable")[0]
+    ksa(m, "disable", 0, 4, 2.0, "euler", "simple", pos, neg, half, 2, 4, "disable")
+result["split"] = [first_step_exact(two_passes), first_step_exact(
+    lambda m: core.common_ksampler(m, 0, 4, 2.0, "euler", "simple", pos, neg, latent))]
+
 def fresh(mode="reference"):
     return override_of(PatchSageAttention.execute(patcher, mode, 0, 0, 0, 0.995).args[0])
 
@@ -171,6 +184,8 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert r["sageattn"] == {**r["sageattention"]}  # the old name: the same decision, the same result
     # keep block 0 and step 0 exact: step 0 is all exact (4 calls), step 1 has block 0 exact (2) and block 1 sage.
     assert r["kept"] == {"sage": 2, "exact": 6}
+    # 4 steps of 4 calls, the first exact, in two passes as in one (the second pass's first step was exact too)
+    assert r["split"] == [{"sage": 12, "exact": 4}] * 2, r["split"]
     assert r["original_untouched"] and r["original_untouched_after"]
     g = r["guard"]
     assert g["first"] <= 1e-6 and g["second"] <= 1e-6 and g["counts"] == {"sage": 0, "exact": 2}
