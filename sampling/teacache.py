@@ -44,20 +44,27 @@ class TeaCache:
         self.threshold, self.retention = threshold, retention
         self.streams = {}
         self.calls = self.skipped = 0
+        self.step = self.last_step = -1     # the step index of the latest call, and the one before it
+
+    def _forget_absent(self, index):
+        """Drop the streams the last step did not call (a context window that moved): each holds a full-size
+        residual. Steps count as they come, as a sampler may skip indices; a stream's own call order is no matter."""
+        if index != self.step:
+            self.last_step, self.step = self.step, index
+            for key in [k for k, s in self.streams.items() if s.index < self.last_step]:
+                del self.streams[key]
 
     def compute(self, stream, index, total, embedding, coeffs, shape):
         """Whether call `index` of `total` of `stream` runs the blocks (else it reuses the residual). A second call at
         one step (a sampler's second evaluation, a guidance pass on one prompt) runs them and changes nothing."""
         self.calls += 1
+        self._forget_absent(index)
         s = self.streams.setdefault(stream, Stream())
         if index == s.index:
             return None
         if index == 0:
             self.streams[stream] = s = Stream()
         s.index = index
-        # A stream missing from the last step (a context window that moved) holds a full-size residual to no use
-        for key in [k for k, other in self.streams.items() if other.index < index - 1]:
-            del self.streams[key]
         run = (index < (5 if self.retention else 1) or (not self.retention and index >= total - 1)
                or s.previous is None or s.previous.shape != embedding.shape
                or s.residual is None or s.residual.shape != shape)
@@ -80,3 +87,4 @@ class TeaCache:
     def release(self):
         """Drop the residuals and embeddings (full-size tensors on the GPU) once a sampling run ends."""
         self.streams = {}
+        self.step = self.last_step = -1

@@ -79,3 +79,8 @@ def test_a_stream_missing_from_the_last_step_is_dropped():
         for stream in ("a", "b") if i == 0 else ("a",):
             cache.compute(stream, i, 10, torch.ones(4, 8), IDENTITY, (1, 2))
         assert set(cache.streams) == ({"a", "b"} if i < 2 else {"a"}), i
+    # a sampler that skips step indices (dpm_adaptive): the streams of the step before stay, whichever calls first
+    for stream in ("a", "c"):
+        cache.compute(stream, 3, 10, torch.ones(4, 8), IDENTITY, (1, 2))
+    cache.compute("a", 5, 10, torch.ones(4, 8), IDENTITY, (1, 2))
+    assert set(cache.streams) == {"a", "c"}

@@ -79,7 +79,7 @@ def _call(executor, *args, **kwargs):
     # per context window (core Wan Context Windows), whose frames can change from step to step: a residual is only
     # ever added to the frames it was made on.
     kinds, window = to.get("cond_or_uncond", [0]), to.get("context_window")
-    frames = None if window is None else tuple(window.index_list)
+    frames = None if window is None else tuple(getattr(window, "index_list", ()))
     streams = [(kind, uuid, frames) for kind, uuid in zip(kinds, to.get("uuids") or range(len(kinds)))]
     run = Run(cache, streams, *StepIndex()(to), coeffs)  # (step, total): once per model call
     hook = dm.time_embedding.register_forward_hook(lambda module, inputs, out: setattr(run, "embedding", out))
