@@ -3,6 +3,7 @@ import logging
 import os
 
 import torch
+import comfy.cli_args
 import comfy.model_management
 import comfy.sd
 import comfy.supported_models
@@ -18,6 +19,9 @@ from .adapters.fp8_ops import make_operations, share_attention_inputs
 from .adapters.parallel_run import RECIPE
 
 WAN_DTYPES = comfy.supported_models.WAN21_T2V.supported_inference_dtypes
+# ComfyUI's options that set the dtype its loader stores a model in (comfy.model_management.unet_dtype)
+UNET_OPTIONS = ("fp32_unet", "fp64_unet", "bf16_unet", "fp16_unet", "fp8_e4m3fn_unet", "fp8_e5m2_unet",
+                "fp8_e8m0fnu_unet")
 log = logging.getLogger("skyreels_fp8")
 COMPUTE = ["auto", "upcast", "fp8 matmul"]
 
@@ -109,10 +113,10 @@ def _build(sd, summary, compute, path, load_device, compute_dtype):
         # The tensors kept in high precision stay as read: without a dtype the host would store them in its
         # --fp8_e4m3fn-unet / --bf16-unet choice (an fp8 cast with no scale), unlike what the report says.
         options = {"custom_operations": make_operations(compute_dtype, fp8_matmul), "dtype": compute_dtype}
-        asked = comfy.model_management.unet_dtype(supported_dtypes=WAN_DTYPES)
-        if asked != compute_dtype:
-            summary.notes.append(f"ComfyUI's weight dtype option ({str(asked)[6:]}) is not applied: the FP8 layers "
-                                 f"are this loader's, the other tensors stay {summary.kept_dtype}")
+        given = [f"--{name[:-5]}-unet" for name in UNET_OPTIONS if getattr(comfy.cli_args.args, name, False)]
+        if given:
+            summary.notes.append(f"ComfyUI's {given[0]} is not applied: the FP8 layers are this loader's, the "
+                                 f"other tensors stay {summary.kept_dtype}")
     patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
     if patcher is None:
         raise CheckpointError(f"{path}: ComfyUI could not build a Wan model from this file")

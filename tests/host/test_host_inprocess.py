@@ -298,7 +298,7 @@ def test_comfyui_weight_dtype_option_leaves_the_kept_tensors_alone(host, tmp_pat
     fp8 = r["fp8_e4m3fn (per-channel)"]
     assert fp8["rel"] == 0.0 and fp8["kept"] == fp8["base_kept"] == ["torch.float32"], fp8
     assert "note" not in fp8["base_report"], fp8["base_report"]
-    assert fp8["report"].endswith("; note: ComfyUI's weight dtype option (float8_e4m3fn) is not applied: the FP8 "
-                                  "layers are this loader's, the other tensors stay float32"), fp8["report"]
+    assert fp8["report"].endswith("; note: ComfyUI's --fp8_e4m3fn-unet is not applied: the FP8 layers are this "
+                                  "loader's, the other tensors stay float32"), fp8["report"]
     # weight_format bf16 names its dtype, which the option does not change either
     assert r["bf16"]["rel"] == 0.0 and r["bf16"]["kept"] == r["bf16"]["base_kept"], r["bf16"]
