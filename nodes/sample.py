@@ -188,7 +188,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         if latent["samples"].any():    # Empty Hunyuan Latent Video and the Wan conditioning nodes give zeros
             fail("latent: holds a video (e.g. from VAE Encode or a sampler), which Sample Video would ignore: it "
                  "samples from noise and takes only the latent's size; to rework a video use KSampler with a denoise "
-                 "below 1, to continue one connect it as prefix_video (diffusion forcing)")
+                 "below 1, to continue one VAE Decode it into prefix_video (diffusion forcing)")
     else:
         if width % 16 or height % 16:
             fail(f"width/height: {width}x{height} must be multiples of 16 (e.g. {width // 16 * 16}x"

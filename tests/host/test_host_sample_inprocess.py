@@ -175,8 +175,8 @@ def test_sample_video_in_process(host, tmp_path):
     # a VAE Encode or a sampler's latent: it used to run from noise as if it were empty (the same result to 0.0)
     assert refused["encoded"] == ("Sample Video: latent: holds a video (e.g. from VAE Encode or a sampler), which "
                                   "Sample Video would ignore: it samples from noise and takes only the latent's size; "
-                                  "to rework a video use KSampler with a denoise below 1, to continue one connect it "
-                                  "as prefix_video (diffusion forcing)"), refused
+                                  "to rework a video use KSampler with a denoise below 1, to continue one VAE Decode "
+                                  "it into prefix_video (diffusion forcing)"), refused
     assert refused["image_on_df"].startswith("Sample Video: positive: holds a start image (e.g. from "
                                              "WanImageToVideo), which a T2V or DF model cannot take"), refused
     assert refused["no_positive"] == ("Sample Video: positive: holds no conditioning (an empty list): connect a text "
