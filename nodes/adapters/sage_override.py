@@ -56,9 +56,20 @@ class SageOverride:
         self.exact_sites, self.logged, self.ran = set(), set(), set()
         self.counts = {"sage": 0, "exact": 0}
         self.step_index = StepIndex()
+        self._pass = None          # the sample_sigmas of the sampling pass under way
+
+    def _start_pass(self, to):
+        """The guard's verdicts and check phases hold for one sampling pass: the next (a new run, another sampler
+        on this MODEL, a run after a cancelled one) checks every site afresh, so a seed gives the same video
+        whatever ran before."""
+        schedule = to.get("sample_sigmas")
+        if schedule is not None and schedule is not self._pass:
+            self._pass = schedule
+            self.exact_sites.clear()
+            self.checked.clear()
 
     def __deepcopy__(self, memo):
-        return self  # model options are deep-copied on clone; the guard's findings stay shared on purpose
+        return self  # model options are deep-copied on clone; the guard's findings (per pass) stay shared on purpose
 
     def _log_once(self, key, message, level=logging.WARNING):
         log_once(key, f"Patch SageAttention: {message}", level, seen=self.logged)   # once per patched model
@@ -109,6 +120,7 @@ class SageOverride:
                  skip_output_reshape=False, **kwargs):
         # `func`, the host's global attention, goes unused: exact means its PyTorch attention (see the docstring).
         to = kwargs.get("transformer_options") or {}
+        self._start_pass(to)
         options = dict(mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
                        skip_output_reshape=skip_output_reshape, **kwargs)
 
@@ -130,7 +142,7 @@ class SageOverride:
             eight_bit = hnd(host_fn) if host_fn else lambda *t: sage_attention(*t, layout="HND", mode=backend)
             cos = guard_cosine(eight_bit, hnd(PYTORCH), *as_hnd)
             if cos < self.guard:
-                return self._go_exact(site, f"is off by cosine {cos:.4f} < {self.guard}", exact)
+                return self._go_exact(site, f"is off by cosine {cos:.6f} < {self.guard}", exact)
         out = (host_fn(q, k, v, heads, **options) if host_fn
                else ours(backend, *native, skip_reshape, skip_output_reshape))
         if self.guard > 0 and not all_finite(out):

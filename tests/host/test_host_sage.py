@@ -95,6 +95,13 @@ for step in range(8):
     late[step] = dict(override.counts)
 result["late"] = dict(counts=late, logs=[m for m in records if "cosine" in m])
 records.clear()
+# ... and the next run (its own schedule tensor, as every sampler run makes) checks that site afresh: a seed queued
+# again gives what it gave the first time, whatever ran before it.
+schedule = torch.linspace(1, 0, 9)
+to = {"block_index": 3, "sigmas": schedule[:1].clone(), "sample_sigmas": schedule}
+override(attention_pytorch, q, k, v, 2, transformer_options=to)
+result["next_run"] = dict(override.counts)
+records.clear()
 
 # A NaN or Inf 8-bit output: that call and the site from then on are exact, logged once.
 override = fresh("comfy-kitchen int8")
@@ -194,6 +201,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert late["counts"]["5"] == {"sage": 6, "exact": 0}                    # steps 0-5: 8-bit
     assert late["counts"]["7"] == {"sage": 6, "exact": 2}                    # re-checked at 3/4: exact from step 6
     assert len(late["logs"]) == 1 and "block 3" in late["logs"][0]
+    assert r["next_run"] == {"sage": 7, "exact": 2}, r["next_run"]       # its first call in 8-bit again
     nan = r["nan"]
     assert nan["counts"] == {"sage": 1, "exact": 2} and nan["finite"] == [True, True, True]
     assert len(nan["logs"]) == 1 and "gave NaN or Inf" in nan["logs"][0] and "block 5" in nan["logs"][0]
