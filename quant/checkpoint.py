@@ -8,6 +8,7 @@ import re
 import threading
 
 import torch
+from safetensors import safe_open
 
 from .model_info import NotWanModel, detect
 from .scale import absmax
@@ -17,10 +18,6 @@ SAFETENSORS_DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
-# Every dtype the safetensors format names, in bits: what its own reader accepts (we read those in the table above)
-_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
-         "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32,
-         "F32": 32, "C64": 64, "F64": 64, "I64": 64, "U64": 64}
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 # diffusers name -> original Wan name (SkyReels-V2 uses the Wan 2.1 names in its own releases).
@@ -69,60 +66,33 @@ def original_name(key, diffusers):
     return key
 
 
-def _read_header(path):
-    """(header, metadata, data start) of a .safetensors file, checked as safetensors checks it. Not through
-    safe_open: it maps the whole file copy-on-write, which counts against the OS's commit limit (a 28 GB single-file
-    14B model failed with 'Cannot allocate memory' on a 24 GB machine), where reading needs one tensor's memory."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        if size < 8 or n > 100 << 20:    # safetensors' own limit: this is no header size
-            raise CheckpointError(f"{path}: not a valid .safetensors file (no header); check that the download "
-                                  "finished")
-        if n > size - 8:
-            raise CheckpointError(f"{path}: the file is truncated (shorter than its header says); download or copy "
-                                  "it again")
-        try:
-            header = json.loads(f.read(n))
-            metadata = header.pop("__metadata__", None) or {}
-            if not all(isinstance(v, str) for v in metadata.values()):
-                raise ValueError("__metadata__ holds something other than text")
-            spans = sorted(_span(k, v) for k, v in header.items())
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
-            raise CheckpointError(f"{path}: not a valid .safetensors file (its header: {e}); check that the download "
-                                  "finished") from None
-    covered, end = all(a[1] == b[0] for a, b in zip([(0, 0)] + spans, spans)), spans[-1][1] if spans else 0
-    if covered and end > size - 8 - n:
-        raise CheckpointError(f"{path}: the file is truncated (shorter than its header says); download or copy it "
-                              "again")
-    if not covered or end != size - 8 - n:
-        raise CheckpointError(f"{path}: not a valid .safetensors file (its tensors do not cover its data exactly); "
-                              "check that the download finished")
-    return header, metadata, 8 + n
-
-
-def _span(key, entry):
-    """(begin, end) of a header entry's bytes; ValueError where they do not fit its dtype and shape."""
-    begin, end = (int(x) for x in entry["data_offsets"])
-    if entry["dtype"] not in _BITS:
-        raise ValueError(f"tensor {key}: unknown dtype {entry['dtype']}")
-    numel = 1
-    for d in entry["shape"]:
-        numel *= int(d)
-    if not 0 <= begin <= end or numel * _BITS[entry["dtype"]] != (end - begin) * 8:
-        raise ValueError(f"tensor {key}: offsets {begin}..{end} do not hold {entry['dtype']} {entry['shape']}")
-    return begin, end
+def open_safetensors(path):
+    """safetensors' own reader, which validates the file, without its memory map where it has a choice (0.8 and
+    newer): the map is copy-on-write, which counts against the OS's commit limit, so a 28 GB single-file 14B model
+    failed to open on a 24 GB machine ('Cannot allocate memory')."""
+    try:
+        return safe_open(path, framework="pt", device="cpu", backend="pread")
+    except TypeError:    # an older safetensors: the map only
+        return safe_open(path, framework="pt", device="cpu")
 
 
 class _SafetensorsFile:
-    """Each tensor is read into its own buffer, not through a memory map, whose touched pages would count as this
-    process's memory until the whole model was read. seek + readinto works on every OS (Windows' os has no pread);
-    the lock keeps a prefetching thread's seek from moving another. A buffered readinto stops short only at the end
-    of the file (large reads go straight into the buffer given)."""
+    """safetensors validates the file; data is then read into each tensor's own buffer, not through a memory map,
+    whose touched pages would count as this process's memory until the whole model was read. seek + readinto works on
+    every OS (Windows' os has no pread); the lock keeps a prefetching thread's seek from moving another. A buffered
+    readinto stops short only at the end of the file (large reads go straight into the buffer given)."""
 
     def __init__(self, path):
-        self._header, self.metadata, self._start = _read_header(path)
-        self.path, self._lock = path, threading.Lock()
+        try:
+            with open_safetensors(path) as handle:
+                self.metadata = handle.metadata() or {}
+        except Exception as e:  # safetensors raises its own error type with a terse text
+            raise CheckpointError(_safetensors_problem(path, str(e))) from None
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            self._header = json.loads(f.read(n))
+        self._header.pop("__metadata__", None)
+        self.path, self._start, self._lock = path, 8 + n, threading.Lock()
         self._file = open(path, "rb")
 
     def keys(self):
@@ -146,6 +116,15 @@ class _SafetensorsFile:
 
     def close(self):
         self._file.close()
+
+
+def _safetensors_problem(path, text):
+    if "unable to mmap" in text:
+        return (f"{path}: this safetensors maps the whole file into memory, more than this machine allows ("
+                f"{text.split(':')[-1].strip()}); update it (pip install -U safetensors: 0.8 reads without the map)")
+    if "incomplete metadata" in text or "MetadataIncompleteBuffer" in text or "not fully covered" in text:
+        return f"{path}: the file is truncated (shorter than its header says); download or copy it again"
+    return f"{path}: not a valid .safetensors file ({text.split(':')[-1].strip()}); check that the download finished"
 
 
 class _PickleFile:

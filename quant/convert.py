@@ -3,7 +3,6 @@
 Per-tensor files use the host's own format names and load in core UNETLoader. Per-channel files are tagged
 `skyreels_fp8_*_per_channel`: the host has no per-channel layout, and stops at a format name it does not know
 rather than load the weights with the wrong scale."""
-import contextlib
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import __version__
-from .checkpoint import Checkpoint, CheckpointError, _SafetensorsFile
+from .checkpoint import Checkpoint, CheckpointError, open_safetensors
 from .comfy_format import comfy_quant, format_name, is_quant_extra
 from .fp8 import FP8_DTYPES, NonFiniteWeight, quantize_weight_chunked, relative_error
 from .policy import check_kept, layer_name, should_quantize
@@ -223,15 +222,15 @@ def verify_file(ckpt, path, quantize, dst=None):
     """Re-read `path` and measure each quantized layer against the source; kept tensors must match exactly."""
     errors = {}
     dst = dst or path
-    with contextlib.closing(_SafetensorsFile(path)) as f:     # read as the loader reads it, a tensor at a time
-        layers = json.loads(f.metadata["_quantization_metadata"])["layers"]
+    with open_safetensors(path) as f:
+        layers = json.loads(f.metadata()["_quantization_metadata"])["layers"]
         for name in ckpt.names:
             ref = ckpt.load(name)
             if name in quantize:
                 layer = layer_name(name)
                 if layer not in layers:
                     raise VerifyError(f"{dst}: verify failed: {layer} is missing from _quantization_metadata")
-                errors[layer] = relative_error(ref, f.load(name), f.load(f"{layer}.weight_scale"))
-            elif not torch.equal(f.load(name), ref.to(_kept_dtype(ref.dtype))):
+                errors[layer] = relative_error(ref, f.get_tensor(name), f.get_tensor(f"{layer}.weight_scale"))
+            elif not torch.equal(f.get_tensor(name), ref.to(_kept_dtype(ref.dtype))):
                 raise VerifyError(f"{dst}: verify failed: {name} differs from the source")
     return errors
