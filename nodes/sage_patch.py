@@ -1,8 +1,9 @@
 """Patch SageAttention: 8-bit attention for one MODEL (adapters/sage_override.py); the input MODEL keeps its own."""
+from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
 from ..attention.dispatch import ALIASES, MODES
-from .adapters.sage_override import SageOverride
+from .adapters.sage_override import KEY, SageOverride
 
 NODE_MODES = [*MODES, *ALIASES]  # the old name last: saved workflows still validate ("sageattn" = "sageattention")
 
@@ -46,4 +47,5 @@ class PatchSageAttention(io.ComfyNode):
         patched = model.clone()
         override = SageOverride(mode, exact_first_blocks, exact_last_blocks, exact_first_steps, guard_threshold)
         patched.model_options["transformer_options"]["optimized_attention_override"] = override
+        patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, override.new_pass)
         return io.NodeOutput(patched)

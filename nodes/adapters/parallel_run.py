@@ -14,6 +14,7 @@ from comfy.patcher_extension import WrappersMP
 from ...attention.usp import layout
 from . import fps as fps_term
 from . import parallel_pool, teacache_hooks
+from .sage_override import KEY as SAGE_KEY
 from .sage_override import SageOverride
 from .sample_job import fail
 
@@ -38,8 +39,9 @@ def recipe_of(model):
         fail("parallel: TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or run on one GPU")
     extra = sorted(k for k in model.model_options if k != "transformer_options")
     extra += sorted(k for k in to if k not in ("optimized_attention_override", "wrappers", "callbacks") and to[k])
-    extra += sorted(k for k in model.wrappers if model.wrappers[k] and k != WrappersMP.DIFFUSION_MODEL)
-    extra += sorted(k for k in model.wrappers.get(WrappersMP.DIFFUSION_MODEL, {}) if k != fps_term.KEY)
+    ours = {WrappersMP.DIFFUSION_MODEL: fps_term.KEY, WrappersMP.OUTER_SAMPLE: SAGE_KEY}   # rebuilt there
+    extra += sorted(k for kind, keyed in model.wrappers.items() for k, fns in keyed.items()
+                    if fns and k != ours.get(kind))
     if extra:
         fail(f"parallel: this MODEL carries changes a worker cannot rebuild ({', '.join(map(str, extra))}); "
              "connect Load FP8 SkyReels Model (and Patch SageAttention) directly")

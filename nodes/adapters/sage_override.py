@@ -12,6 +12,7 @@ from ...attention.dispatch import Installed, canonical, choose, device_capabilit
 from ...attention.guard import StepIndex, all_finite, guard_cosine, phase
 from ...attention.sage import kernel_unavailable, log_once
 
+KEY = "skyreels_sage"   # the MODEL's outer-sample wrapper: one guard pass per sampling pass (SageOverride.new_pass)
 HOST_NAMES = {"comfy-kitchen int8": "comfy_kitchen_int8", "sage3": "sage3"}  # our backend: the host's registry name
 
 
@@ -56,17 +57,14 @@ class SageOverride:
         self.exact_sites, self.logged, self.ran = set(), set(), set()
         self.counts = {"sage": 0, "exact": 0}
         self.step_index = StepIndex()
-        self._pass = None          # the sample_sigmas of the sampling pass under way
 
-    def _start_pass(self, to):
-        """The guard's verdicts and check phases hold for one sampling pass: the next (a new run, another sampler
-        on this MODEL, a run after a cancelled one) checks every site afresh, so a seed gives the same video
-        whatever ran before."""
-        schedule = to.get("sample_sigmas")
-        if schedule is not None and schedule is not self._pass:
-            self._pass = schedule
-            self.exact_sites.clear()
-            self.checked.clear()
+    def new_pass(self, executor, *args, **kwargs):
+        """The MODEL's outer-sample wrapper: the guard's verdicts and check phases hold for one sampling pass (a
+        sampler run; each Diffusion Forcing window is one). The next, also after a cancelled one, checks every site
+        afresh, so a seed gives the same video whatever ran before it."""
+        self.exact_sites.clear()
+        self.checked.clear()
+        return executor(*args, **kwargs)
 
     def __deepcopy__(self, memo):
         return self  # model options are deep-copied on clone; the guard's findings (per pass) stay shared on purpose
@@ -120,7 +118,6 @@ class SageOverride:
                  skip_output_reshape=False, **kwargs):
         # `func`, the host's global attention, goes unused: exact means its PyTorch attention (see the docstring).
         to = kwargs.get("transformer_options") or {}
-        self._start_pass(to)
         options = dict(mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
                        skip_output_reshape=skip_output_reshape, **kwargs)
 
