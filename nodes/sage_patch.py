@@ -3,7 +3,8 @@ from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
 from ..attention.dispatch import ALIASES, MODES
-from .adapters.sage_override import KEY, SageOverride
+from ..attention.sage import log_once
+from .adapters.sage_override import KEY, SageOverride, describe
 
 NODE_MODES = [*MODES, *ALIASES]  # the old name last: saved workflows still validate ("sageattn" = "sageattention")
 
@@ -44,6 +45,10 @@ class PatchSageAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, mode, exact_first_blocks=0, exact_last_blocks=0, exact_first_steps=0,
                 guard_threshold=0.995):
+        replaced = model.model_options.get("transformer_options", {}).get("optimized_attention_override")
+        if replaced is not None and not isinstance(replaced, SageOverride):     # the host runs one: the last applied
+            log_once(("replaced", describe(replaced)), "Patch SageAttention: replaces the attention override already "
+                     f"on this MODEL, {describe(replaced)}; ComfyUI runs one per model")
         patched = model.clone()
         override = SageOverride(mode, exact_first_blocks, exact_last_blocks, exact_first_steps, guard_threshold)
         patched.model_options["transformer_options"]["optimized_attention_override"] = override

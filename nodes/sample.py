@@ -119,6 +119,9 @@ class SampleVideo(io.ComfyNode):
         for name, images in (("start_image", start_image), ("end_image", end_image), ("prefix_video", prefix_video)):
             if images is not None and images.shape[0] == 0:
                 fail(f"{name}: holds no image (an empty batch): connect one, or nothing")
+            if images is not None and images.shape[0] > 1 and name != "prefix_video":     # e.g. a loaded video
+                fail(f"{name}: holds {images.shape[0]} images and takes one; to continue a video connect it to "
+                     "prefix_video, or pick one frame with Get Image from Batch")
         if parallel is not None:
             widgets["shift"] = model_shift(model, shift)
             samples, report, images = parallel_run.run(parallel, model, positive, negative, widgets, inputs)

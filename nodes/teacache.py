@@ -37,7 +37,10 @@ class TeaCache(io.ComfyNode):
                              f"(14B); this model is {dm.dim} wide")
         if threshold <= 0:
             return io.NodeOutput(model)
-        if model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit"):
+        to = model.model_options.get("transformer_options", {})
+        if teacache_hooks.KEY in to:
+            raise ValueError("TeaCache: model: already has TeaCache (SkyReels-V2); use one TeaCache node")
+        if to.get("patches_replace", {}).get("dit"):
             raise ValueError("TeaCache: model: its transformer blocks are already replaced by another patch (e.g. "
                              "another cache or Skip Layer Guidance); put TeaCache first")
         return io.NodeOutput(teacache_hooks.install(model, teacache.TeaCache(threshold, retention_steps)))

@@ -15,7 +15,7 @@ from ...attention.usp import layout
 from . import fps as fps_term
 from . import parallel_pool, teacache_hooks
 from .sage_override import KEY as SAGE_KEY
-from .sage_override import SageOverride
+from .sage_override import SageOverride, describe
 from .sample_job import fail
 
 log = logging.getLogger("skyreels_fp8")
@@ -47,7 +47,8 @@ def recipe_of(model):
              "connect Load FP8 SkyReels Model (and Patch SageAttention) directly")
     override = to.get("optimized_attention_override")
     if override is not None and not isinstance(override, SageOverride):
-        fail("parallel: an attention override other than Patch SageAttention is set on this MODEL")
+        fail(f"parallel: an attention override other than Patch SageAttention is set on this MODEL, "
+             f"{describe(override)}; remove that node")
     sage = None if override is None else (override.mode, override.first, override.last, override.steps, override.guard)
     return recipe, sage, _weight_patches(model)
 

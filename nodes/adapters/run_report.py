@@ -8,6 +8,7 @@ import torch
 
 from ...quant import fp8
 from . import fp8_ops
+from .sage_override import describe
 
 
 def weights_summary(model):
@@ -114,11 +115,13 @@ def _sage(model):
 
 
 def attention_summary(model, counts_before):
-    """What the Patch SageAttention override did during the run, or the host's attention if none is set."""
+    """What the Patch SageAttention override did during the run, or whose attention ran if it is not set."""
     override = _sage(model)
     counts = getattr(override, "counts", None)
-    if counts is None:
+    if override is None:
         return "attention: ComfyUI's (no Patch SageAttention)"
+    if counts is None:      # e.g. KJNodes' Patch Sage Attention KJ: the host runs one override, the last applied
+        return f"attention: another node's override, {describe(override)} (not Patch SageAttention; not counted)"
     sage, exact = (counts[k] - counts_before.get(k, 0) for k in ("sage", "exact"))
     ran = sorted(getattr(override, "ran", ()))
     backends = f" ({', '.join(ran)})" if ran else ""

@@ -26,6 +26,16 @@ def host_function(name):
 PYTORCH = host_function("pytorch")  # "exact" everywhere in this node
 
 
+def describe(override):
+    """Who set an attention override that is not ours, for a message: "attention_override_sage (PathchSageAttentionKJ,
+    ComfyUI-KJNodes)", the function (or class) and, where it is a closure, the class that made it, and its pack."""
+    qualname = getattr(override, "__qualname__", None) or type(override).__qualname__
+    module = getattr(override, "__module__", None) or type(override).__module__
+    parts = qualname.split(".<locals>.")
+    maker = [parts[0].split(".")[0]] if len(parts) > 1 else []
+    return f"{parts[-1]} ({', '.join(maker + [module.split('.')[0]])})"
+
+
 def host_installed():
     return Installed(*installed_packages(), kitchen_int8=host_function("comfy_kitchen_int8") is not None,
                      sage3=host_function("sage3") is not None)

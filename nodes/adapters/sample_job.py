@@ -51,6 +51,19 @@ def overridden_shift(model, shift):
     return None
 
 
+SIGMA_READERS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function",
+                 "sampler_calc_cond_batch_function")     # the model_options of patches that read one sigma per call
+
+
+def frame_sigmas_unseen(model, df, ar_step):
+    """The note when the MODEL's guidance patches (e.g. RescaleCFG, CFG-Zero*, Skip Layer Guidance) run where the
+    frames of one call are at different noise levels: they see the noisiest frame's sigma (README)."""
+    if df and ar_step and any(model.model_options.get(k) for k in SIGMA_READERS):
+        return (f"ar_step {ar_step}: this MODEL's guidance patches (e.g. RescaleCFG, CFG-Zero*, Skip Layer Guidance) "
+                "read one sigma per model call, the noisiest frame's; frames further along are treated as that noisy")
+    return None
+
+
 def check_frames(widget, n):
     if n < 1 or (n - 1) % 4:
         fail(f"{widget}: {n} is not 4k+1; use {max(1, (n - 1) // 4 * 4 + 1)} or {(n - 1) // 4 * 4 + 5}")
@@ -75,7 +88,9 @@ class Job:
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
         self.generator = torch.Generator().manual_seed(seed)
         self.model_seconds = 0.0
-        self.notes = [note for note in (fps_term.lost(model), overridden_shift(model, shift)) if note]
+        notes = (fps_term.lost(model), overridden_shift(model, shift),
+                 frame_sigmas_unseen(model, df, opts.get("ar_step")))
+        self.notes = [note for note in notes if note]
         for note in self.notes:
             log_once(note, f"Sample Video: {note}")
 

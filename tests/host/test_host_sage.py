@@ -124,6 +124,25 @@ try:
 except ValueError as e:
     result["parallel"] = [list(recipe_of(guarded)[1]), str(e)]
 
+# Another node's override (KJNodes' Patch Sage Attention KJ sets a closure made in its node): Patch SageAttention
+# after it replaces it and says so; a run with it reports whose attention ran, and Parallel Config names it.
+from skyreels_pack.nodes.adapters import run_report
+class OtherPackNode:
+    def patch(self, model):
+        def attention_override_sage(func, *args, **kwargs):
+            return func(*args, **kwargs)
+        m = model.clone()
+        m.model_options["transformer_options"]["optimized_attention_override"] = attention_override_sage
+        return m
+theirs = OtherPackNode().patch(patcher)
+PatchSageAttention.execute(theirs, "reference", 0, 0, 0, 0.995)
+result["foreign"] = dict(logs=[m for m in records if "replaces" in m], report=run_report.attention_summary(theirs, {}))
+try:
+    recipe_of(theirs)
+except ValueError as e:
+    result["foreign"]["parallel"] = str(e)
+records.clear()
+
 # A NaN or Inf 8-bit output: that call and the site from then on are exact, logged once.
 override = fresh("comfy-kitchen int8")
 override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
@@ -227,6 +246,13 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert r["parallel"] == [["reference", 0, 0, 0, 0.995], "Sample Video: parallel: this MODEL carries changes a "
                              "worker cannot rebuild (another_pack); connect Load FP8 SkyReels Model (and Patch "
                              "SageAttention) directly"], r["parallel"]
+    who = "attention_override_sage (OtherPackNode, __main__)"
+    assert r["foreign"] == dict(
+        logs=[f"Patch SageAttention: replaces the attention override already on this MODEL, {who}; ComfyUI runs one "
+              "per model"],
+        report=f"attention: another node's override, {who} (not Patch SageAttention; not counted)",
+        parallel=f"Sample Video: parallel: an attention override other than Patch SageAttention is set on this MODEL, "
+                 f"{who}; remove that node"), r["foreign"]
     nan = r["nan"]
     assert nan["counts"] == {"sage": 1, "exact": 2} and nan["finite"] == [True, True, True]
     assert len(nan["logs"]) == 1 and "gave NaN or Inf" in nan["logs"][0] and "block 5" in nan["logs"][0]

@@ -6,7 +6,7 @@ from in_host import SETUP, write_models
 
 RUN = r"""
 import comfy.utils
-from comfy_extras.nodes_model_advanced import ModelComputeDtype   # before generate_video_fp8 puts the pack first
+from comfy_extras.nodes_model_advanced import ModelComputeDtype, RescaleCFG   # before generate_video_fp8 puts the pack first
 from skyreels_pack.nodes.sample import SampleVideo
 from generate_video_fp8 import write_tiny_vae
 write_tiny_vae(os.path.join({folder!r}, "vae.safetensors"))
@@ -96,7 +96,10 @@ i2v = load("i2v_bf16.safetensors")[0]
 image_cond = [[pos[0][0], {{"concat_latent_image": torch.zeros(1, 16, 3, 4, 4),
                             "concat_mask": torch.zeros(1, 1, 9, 4, 4)}}]]
 refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, on=i2v, mode="standard"),
-               no_positive=error_with([]), empty_image=error_with(pos, vae=vae, start_image=image[:0]))
+               no_positive=error_with([]), empty_image=error_with(pos, vae=vae, start_image=image[:0]),
+               # a loaded clip used to start the video from its first frame, with no word
+               clip_start=error_with(pos, vae=vae, start_image=image.repeat(13, 1, 1, 1)),
+               clip_end=error_with(pos, vae=vae, end_image=image.repeat(2, 1, 1, 1)))
 # VAEs of other latents, as the host loads them: Wan 2.2's (48 channels; its tiny decoder) and an image model's.
 import comfy.taesd.taehv, comfy.taesd.taesd
 for name, net in (("wan22", comfy.taesd.taehv.TAEHV(latent_channels=48)), ("sd", comfy.taesd.taesd.TAESD())):
@@ -109,12 +112,17 @@ other = "fp16" if fp8.model.get_dtype_inference() != torch.float16 else "bf16"
 matmul_lines = [[l for l in SampleVideo.execute(m, pos, neg, **nest_mode({{**ARGS, "mode": "standard"}})).args[1]
                  .splitlines() if "matmul" in l][0] for m in (fp8, ModelComputeDtype().patch(fp8, other)[0])]
 
+# A guidance patch that reads the call's sigma, with frames at different noise levels (ar_step > 0): a note.
+rescaled = RescaleCFG().patch(model, 0.7)[0]
+guidance_notes = [[l for l in SampleVideo.execute(rescaled, pos, neg, **nest_mode({{**ARGS, "ar_step": ar}})).args[1]
+                   .splitlines() if l.startswith("ar_step")] for ar in (0, 1)]
+
 # NaN in (a broken text encoder, an overflow): the result is NaN, and the report says so first.
 nan_report = SampleVideo.execute(model, [[torch.full((1, 8, 4096), float("nan")), {{}}]], neg,
                                  **nest_mode(ARGS)).args[1]
 
 result = dict(
-    refused=refused, matmul_lines=matmul_lines, nan_first=nan_report.splitlines()[0],
+    refused=refused, matmul_lines=matmul_lines, guidance_notes=guidance_notes, nan_first=nan_report.splitlines()[0],
     clean_first=report.splitlines()[0],
     upgraded=upgraded, linked=linked, no_mode=no_mode,
     timesteps=[t.tolist() for t in seen],
@@ -183,11 +191,17 @@ def test_sample_video_in_process(host, tmp_path):
                                       "encoder's, e.g. CLIP Text Encode"), refused
     assert refused["empty_image"] == "Sample Video: start_image: holds no image (an empty batch): connect one, or " \
                                      "nothing", refused
+    assert refused["clip_start"] == ("Sample Video: start_image: holds 13 images and takes one; to continue a video "
+                                     "connect it to prefix_video, or pick one frame with Get Image from Batch"), refused
+    assert refused["clip_end"].startswith("Sample Video: end_image: holds 2 images and takes one;"), refused
     assert refused["i2v_without"].startswith("Sample Video: positive: an I2V model starts from an image"), refused
     assert refused["wan22"].startswith("Sample Video: vae: makes 48-channel 3-D latents; SkyReels-V2 takes the Wan "
                                        "2.1 VAE's (16-channel video latents)"), refused
     assert refused["sd"].startswith("Sample Video: vae: makes 4-channel 2-D latents"), refused
     assert refused["taew2_1"] is None, refused
+    assert r["guidance_notes"] == [[], [
+        "ar_step 1: this MODEL's guidance patches (e.g. RescaleCFG, CFG-Zero*, Skip Layer Guidance) read one sigma per "
+        "model call, the noisiest frame's; frames further along are treated as that noisy"]], r["guidance_notes"]
     eager, dequantized = r["matmul_lines"]
     assert r["nan_first"] == ("WARNING: 100% of the result is NaN/Inf: the inputs hold such values, or the model "
                               "overflowed (e.g. computing in fp16)"), r["nan_first"]

@@ -68,6 +68,12 @@ result["heun"] = bool(core.common_ksampler(cached, 1, 4, 3.0, "heun", "simple", 
 try:
     TeaCache.execute(cached, 0.2, False)          # TeaCache twice
 except ValueError as e:
+    result["twice"] = str(e)
+replaced = model.clone()                          # another pack's block replacement
+replaced.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 0)
+try:
+    TeaCache.execute(replaced, 0.2, False)
+except ValueError as e:
     result["replaced"] = str(e)
 from skyreels_pack.nodes.adapters.parallel_run import recipe_of
 try:
@@ -127,6 +133,7 @@ def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
     assert r["ksampler"] == [12, 8, 0]          # ... and nothing kept once sampling ends
     assert r["two prompts"] <= 1e-5, r
     assert r["heun"]
+    assert r["twice"] == "TeaCache: model: already has TeaCache (SkyReels-V2); use one TeaCache node", r["twice"]
     assert r["replaced"].startswith("TeaCache: model: its transformer blocks are already replaced by another patch")
     assert r["parallel"].endswith("TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or "
                                   "run on one GPU")
