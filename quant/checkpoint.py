@@ -10,6 +10,7 @@ import threading
 import torch
 from safetensors import safe_open
 
+from .comfy_format import is_quant_extra
 from .model_info import NotWanModel, detect
 from .scale import absmax
 
@@ -209,6 +210,9 @@ def _indexed_shards(folder):
 def _shard_paths(folder):
     index, names = _indexed_shards(folder)
     for name in names or ():
+        if os.path.basename(name) != name or name in ("", ".", ".."):   # a release's index names its own files
+            raise CheckpointError(f"{os.path.join(folder, index)}: names {name!r}, not a file in its folder; the "
+                                  "index is damaged or was edited: download it again")
         if not os.path.isfile(os.path.join(folder, name)):
             raise CheckpointError(f"{os.path.join(folder, name)}: shard listed in {index} is missing")
     if index is None:
@@ -242,8 +246,8 @@ class Checkpoint:
         self.path = path
         if os.path.isfile(path):
             _refuse_a_shard(path)
-        paths = _shard_paths(path) if os.path.isdir(path) else [path]
-        self.files = [_open_file(p) for p in paths]
+        self.paths = _shard_paths(path) if os.path.isdir(path) else [path]
+        self.files = [_open_file(p) for p in self.paths]
         self.metadata = dict(self.files[0].metadata)
         raw = [(f, k) for f in self.files for k in f.keys()]
         diffusers = is_diffusers([k for _, k in raw])
@@ -254,7 +258,7 @@ class Checkpoint:
                 raise CheckpointError(f"{path}: tensor {name} appears twice ({k})" + (
                     "; the shards overlap" if len(self.files) > 1 else ""))
             self._index[name] = (f, k)
-        self.nbytes = sum(os.path.getsize(p) for p in paths)
+        self.nbytes = sum(os.path.getsize(p) for p in self.paths)
 
     @property
     def names(self):
@@ -280,9 +284,20 @@ class Checkpoint:
 
     def model_info(self):
         try:
-            return detect({n: self.spec(n)[0] for n in self._index})
+            info = detect({n: self.spec(n)[0] for n in self._index})
         except NotWanModel as e:
             raise CheckpointError(f"{self.path}: {e}") from None
+        # No tensor of the model is integer or bool: such values would be quantized, or kept, as if they were
+        # weights. Tensors it does not use are copied as they are, and named; a layer with a format tag or scale
+        # (NVFP4 packs two values in a byte) is the loader's to name.
+        tagged = {n.rsplit(".", 1)[0] for n in self._index if is_quant_extra(n)}
+        for name in info.expected_keys():
+            dtype = self.spec(name)[1] if name in self._index else None
+            if dtype is not None and not dtype.is_floating_point and name.rsplit(".", 1)[0] not in tagged:
+                raise CheckpointError(f"{self.path}: tensor {name} holds {str(dtype).replace('torch.', '')} values, "
+                                      "not floating-point weights: the file is damaged or not a model release; "
+                                      "use the original download")
+        return info
 
     def non_finite(self, name):
         """The error for a tensor with NaN/Inf values (raised by every reader of this checkpoint)."""

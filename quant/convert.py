@@ -174,6 +174,11 @@ def convert(src, dst, options=None, *, overwrite=False, verify=False, progress=N
     options.check()
     _check_paths(src, dst, overwrite)
     with Checkpoint(src) as ckpt:
+        # A shard may be a link out of its folder (the Hugging Face cache links snapshots/ into blobs/).
+        read = next((p for p in ckpt.paths if os.path.exists(dst) and os.path.samefile(p, dst)), None)
+        if read is not None:
+            raise CheckpointError(f"{dst}: the output would overwrite the source ({read} is the same file); choose "
+                                  "another output name")
         return _convert(ckpt, dst, options, verify, progress, check_interrupt)
 
 

@@ -122,13 +122,14 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         linear = should_quantize(name, info.num_layers, keep_first_blocks, keep_last_blocks)
         fp8 = _fp8_weight(ckpt, name, declared) if name.endswith(".weight") else None
         fmt = None
-        if fp8 is not None and (plain is not None or not linear):
-            sd[name] = dequantize_weight(*fp8[:2], kept_dtype)  # fp8 in the file, high precision wanted here
-        elif fp8 is not None:
+        if fp8 is not None:
             q, scale, granularity = fp8
             if _fp8_non_finite(q) or not torch.isfinite(scale).all():
                 raise ckpt.non_finite(name)
-            fmt = (str(q.dtype).split("float8_")[-1], granularity)
+            if plain is not None or not linear:     # fp8 in the file, high precision wanted here
+                sd[name] = dequantize_weight(q, scale, kept_dtype)
+            else:
+                fmt = (str(q.dtype).split("float8_")[-1], granularity)
         elif linear and plain is None:
             fmt = target or AUTO
             try:

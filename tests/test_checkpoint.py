@@ -366,9 +366,10 @@ def test_packed_weights_of_other_formats_are_left_to_the_loader(tmp_path):
     # (quant/formats.py); the shape check does not call the file damaged first.
     sd = tiny.state_dict(tiny.info("T2V"))
     sd["blocks.0.ffn.0.weight"] = torch.zeros(512, 128, dtype=torch.uint8)
+    sd["blocks.0.ffn.0.comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)
     safetensors.torch.save_file(sd, str(tmp_path / "m.safetensors"))
     with Checkpoint(str(tmp_path / "m.safetensors")) as ckpt:
-        assert ckpt.require_keys(ckpt.model_info()) == []
+        assert ckpt.require_keys(ckpt.model_info()) == ["blocks.0.ffn.0.comfy_quant"]
 
 
 def test_a_scalar_head_modulation_is_named():
@@ -411,3 +412,57 @@ def test_an_older_safetensors_that_cannot_map_the_file_is_named(tmp_path, monkey
     assert str(e.value) == (f"{tmp_path / 'huge.safetensors'}: this safetensors maps the whole file into memory, more "
                             "than this machine allows (Cannot allocate memory (12)); update it (pip install -U "
                             "safetensors: 0.8 reads without the map)")
+
+
+@pytest.mark.parametrize("change", ["all int8", "int32 linear weight", "bool bias"])
+def test_integer_or_bool_model_tensors_are_refused(tmp_path, change):
+    # They used to be quantized as if they were weights (int8, int32) or to crash in the absmax (bool).
+    from quant.formats import load_fp8_state_dict
+    sd = tiny.state_dict(tiny.info("T2V"))
+    if change == "all int8":
+        sd = {k: (v * 100).to(torch.int8) for k, v in sd.items()}
+    elif change == "int32 linear weight":
+        sd["blocks.0.ffn.0.weight"] = sd["blocks.0.ffn.0.weight"].to(torch.int32)
+    else:
+        sd["blocks.1.self_attn.q.bias"] = sd["blocks.1.self_attn.q.bias"] > 0
+    path = tmp_path / "m.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    dtype = {"all int8": "int8", "int32 linear weight": "int32", "bool bias": "bool"}[change]
+    with Checkpoint(str(path)) as ckpt:
+        for fmt in ("auto", "bf16"):
+            with pytest.raises(CheckpointError, match=re.escape(f"{path}: tensor ") + r"\S+" + re.escape(
+                    f" holds {dtype} values, not floating-point weights: the file is damaged or not a model release")):
+                load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)
+
+
+def test_an_index_naming_files_outside_its_folder_is_refused(tmp_path):
+    tiny.write_release(str(tmp_path / "release"), tiny.state_dict(tiny.info("T2V")), shards=2)
+    index = tmp_path / "release" / "model.safetensors.index.json"
+    shard = "model-00002-of-00002.safetensors"
+    (tmp_path / "release" / shard).rename(tmp_path / shard)
+    index.write_text(index.read_text().replace(shard, "../" + shard))
+    with pytest.raises(CheckpointError, match=re.escape(f"{index}: names '../{shard}', not a file in its folder")):
+        Checkpoint(str(tmp_path / "release"))
+
+
+def test_nan_in_fp8_tensors_is_refused_whatever_they_load_as(tmp_path):
+    # An fp8 tensor dequantized on loading (a bf16 choice, or a tensor that stays high precision) went unchecked.
+    from quant.formats import load_fp8_state_dict
+    sd = tiny.state_dict(tiny.info("T2V"))
+    sd = {k: v.to(torch.float8_e4m3fn) if k.endswith(".weight") and v.ndim == 2 else v for k, v in sd.items()}
+    sd["blocks.0.norm3.weight"] = sd["blocks.0.norm3.weight"].to(torch.float8_e4m3fn)
+    sd["blocks.0.norm3.weight"].view(torch.uint8)[1] = 0x7F          # e4m3fn's NaN
+    path = tmp_path / "plain_cast.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    with Checkpoint(str(path)) as ckpt:
+        for fmt in ("auto", "bf16", "fp16"):
+            with pytest.raises(CheckpointError, match="tensor blocks.0.norm3.weight has NaN/Inf values"):
+                load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)
+    del sd["blocks.0.norm3.weight"]
+    sd["blocks.0.norm3.weight"] = torch.ones(tiny.info("T2V").dim)
+    sd["blocks.1.ffn.2.scale_weight"] = torch.tensor(float("nan"))     # a legacy scaled_fp8 scale
+    safetensors.torch.save_file(sd, str(path))
+    with Checkpoint(str(path)) as ckpt:
+        for fmt in ("auto", "bf16"):
+            with pytest.raises(CheckpointError, match="tensor blocks.1.ffn.2.weight has NaN/Inf values"):
+                load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)

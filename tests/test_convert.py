@@ -419,3 +419,20 @@ def test_a_folder_as_the_output_is_named(tmp_path):
         with pytest.raises(CheckpointError, match=re.escape("out.safetensors: is a folder; give the output file's "
                                                             "name (ending in .safetensors)")):
             convert(str(tmp_path / "src.safetensors"), str(tmp_path / "out.safetensors"), overwrite=overwrite)
+
+
+def test_a_source_shard_reached_through_a_link_is_never_the_output(tmp_path):
+    # The Hugging Face cache: snapshots/<rev>/*.safetensors are links into blobs/. --overwrite onto a blob used to
+    # replace that shard of the source.
+    (tmp_path / "blobs").mkdir()
+    tiny.write_release(str(tmp_path / "snap"), tiny.state_dict(tiny.info("T2V")), shards=2)
+    for shard in sorted((tmp_path / "snap").glob("*.safetensors")):
+        shard.rename(tmp_path / "blobs" / shard.name)
+        shard.symlink_to(f"../blobs/{shard.name}")
+    blob = tmp_path / "blobs" / "model-00002-of-00002.safetensors"
+    before = digest(blob)
+    proc = run_cli(tmp_path / "snap", blob, "--overwrite")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"convert_to_fp8: {blob}: the output would overwrite the source "
+                                   f"({tmp_path / 'snap' / blob.name} is the same file); choose another output name")
+    assert digest(blob) == before
