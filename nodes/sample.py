@@ -185,6 +185,9 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         if shape[1] != channels:
             fail(f"latent: {shape[1]} channels; a Wan 2.1 model takes latents of {channels} (core Empty Hunyuan "
                  "Latent Video or WanImageToVideo make them)")
+        if shape[3] % 2 or shape[4] % 2:
+            fail(f"latent: {shape[4] * 8}x{shape[3] * 8} pixels; width/height must be multiples of 16 (core Empty "
+                 "Hunyuan Latent Video makes such latents)")
         if latent.get("noise_mask") is not None:
             fail("latent: has a noise mask (e.g. Set Latent Noise Mask), which Sample Video would ignore: it makes "
                  "the whole video; use KSampler for masked sampling, or remove the mask")

@@ -97,6 +97,8 @@ class Job:
     def set_prefix(self, start_image, prefix_video):
         if start_image is None and prefix_video is None:
             return
+        if start_image is not None and prefix_video is not None:
+            fail("start_image / prefix_video: connect one; a continued video starts from its own last frames")
         if not self.df:
             fail("start_image / prefix_video need mode 'diffusion forcing' (for the I2V model use core "
                  "WanImageToVideo into positive/negative/latent instead)")
@@ -202,8 +204,9 @@ class Job:
         wins = [(keep, overlap, length) for _, length in forcing.windows(total, base, overlap)]
         first = 0 if self.prefix is None else self.prefix.shape[2]
         if first >= wins[0][2]:
-            fail(f"the prefix has {first} latent frames; the video needs more than that (frames > "
-                 f"{video_frames(first)})")
+            given = "prefix_video (its last overlap_history frames)" if self.prefix_pixels is not None else "start_image"
+            fail(f"frames: {video_frames(total)} leaves no frame to make after the {first} latent frame(s) that "
+                 f"{given} gives; use frames above {video_frames(first)}")
         wins[0] = (first, 0, wins[0][2])
         out = []
         for i, (prefix, overlap, length) in enumerate(wins):

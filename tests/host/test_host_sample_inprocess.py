@@ -146,6 +146,9 @@ result = dict(
     end_standard=error(mode="standard", end_image=image, vae=vae),
     end_no_vae=error(end_image=image),
     end_blocks=error(end_image=image, vae=vae, causal_block_size=3, frames=9, ar_step=0),
+    both_starts=error(start_image=image, prefix_video=video, vae=vae),
+    prefix_fills=error(frames=5, prefix_video=video, overlap_history=5, vae=vae),
+    odd_latent=error_with(pos, {{"samples": torch.zeros(1, 16, 3, 3, 5)}}),
 )
 """
 
@@ -172,6 +175,12 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["end_standard"] == "Sample Video: end_image: needs mode 'diffusion forcing'"
     assert r["end_no_vae"] == "Sample Video: end_image: needs a vae connected to encode it"
     assert r["end_blocks"].startswith("Sample Video: end_image: needs causal_block_size 1, not 3")
+    assert r["both_starts"] == ("Sample Video: start_image / prefix_video: connect one; a continued video starts "
+                                "from its own last frames")      # start_image used to be dropped with no word
+    assert r["prefix_fills"] == ("Sample Video: frames: 5 leaves no frame to make after the 2 latent frame(s) that "
+                                 "prefix_video (its last overlap_history frames) gives; use frames above 5")
+    assert r["odd_latent"] == ("Sample Video: latent: 40x24 pixels; width/height must be multiples of 16 (core Empty "
+                               "Hunyuan Latent Video makes such latents)")     # the widgets' rule, which it escaped
     assert r["upgraded"] == [True] * 5
     refused = r["refused"]
     assert refused["vace"] == ("Sample Video: positive: holds VACE controls (WanVaceToVideo), which a SkyReels-V2 "
