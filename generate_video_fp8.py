@@ -20,6 +20,7 @@ import contextlib
 import json
 import mimetypes
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,10 @@ RESOLUTIONS = {"540P": (960, 544), "720P": (1280, 720)}
 # SkyReels-V2's generate_video_df.py defaults (its overlap_history has none; 17 is what its README uses).
 DF_DEFAULTS = dict(ar_step=0, causal_block_size=1, base_num_frames=97, overlap_history=17, addnoise_condition=0)
 DF_INPUTS = ("end_image", "video_path")     # files only Diffusion Forcing takes
+SIZE_FLAGS = dict(resolution="540P", num_frames=97, inference_steps=30)
+# The widgets that ComfyUI names when it refuses a value, and the flags that set them.
+FLAG_OF = dict(cfg="--guidance_scale", steps="--inference_steps", frames="--num_frames", shift="--shift",
+               fps="--fps", seed="--seed")
 # The demo's long video, small and asynchronous: 57 frames in windows of 37 overlapping by 17, causal blocks of 5.
 DEMO = dict(width=64, height=64, frames=57, steps=4, ar_step=5, causal_block_size=5, base_num_frames=37,
             overlap_history=17, addnoise_condition=20)
@@ -208,14 +213,14 @@ def parse_args(argv):
                         "None: the tiny demo")
     p.add_argument("--prompt", default="A graceful white swan swimming in a serene lake at dawn.")
     p.add_argument("--negative_prompt", help="default: the workflow's")
-    p.add_argument("--resolution", choices=list(RESOLUTIONS), default="540P")
-    p.add_argument("--num_frames", type=int, default=97)
+    p.add_argument("--resolution", choices=list(RESOLUTIONS), help="default: 540P (the demo: 64x64)")
+    p.add_argument("--num_frames", type=int, help="default: 97 (the demo: 57)")
     p.add_argument("--image", help="start image (I2V model: image to video; DF model: first frame); a portrait "
                                    "image makes a portrait video, as SkyReels-V2's scripts do")
     p.add_argument("--end_image", help="Diffusion Forcing: the frame the video leads to (causal_block_size 1)")
     p.add_argument("--video_path", help="Diffusion Forcing: a video to continue; the output is that video, then the "
                                         "new frames (SkyReels-V2's extend_video)")
-    p.add_argument("--inference_steps", type=int, default=30)
+    p.add_argument("--inference_steps", type=int, help="default: 30 (the demo: 4)")
     p.add_argument("--guidance_scale", type=float, help="cfg (default: the workflow's, 6.0; I2V 5.0)")
     p.add_argument("--shift", type=float, help="flow shift (default: the workflow's, 8.0; I2V 3.0)")
     p.add_argument("--fps", type=int, default=24)
@@ -247,7 +252,12 @@ def parse_args(argv):
     p.add_argument("--vae", help="Wan 2.1 VAE file (default: models/vae/wan_2.1_vae.safetensors)")
     p.add_argument("--clip_vision", help="CLIP vision file for I2V (default: models/clip_vision/clip_vision_h)")
     p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (the demo always does)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # The demo keeps its small sizes except those given here; a model takes SkyReels-V2's defaults.
+    args.given = {flag for flag in SIZE_FLAGS if getattr(args, flag) is not None}
+    for flag, default in SIZE_FLAGS.items():
+        setattr(args, flag, default if getattr(args, flag) is None else getattr(args, flag))
+    return args
 
 
 def pick_workflow(args, info):
@@ -288,6 +298,8 @@ def check_flags(args):
         raise BadInput("--teacache: TeaCache does not reach --use_usp's parallel workers yet; drop one of the two")
     if not 0 <= args.teacache_thresh <= 1:
         raise BadInput(f"--teacache_thresh: {args.teacache_thresh} is outside 0 to 1 (SkyReels-V2 uses 0.1 to 0.3)")
+    if args.inference_steps < 1:
+        raise BadInput(f"--inference_steps: {args.inference_steps}; give 1 or more (SkyReels-V2 uses 30 to 50)")
     for flag in ("num_frames", "base_num_frames", "overlap_history"):
         n = getattr(args, flag)
         if n is not None and n < 1:
@@ -425,7 +437,9 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
     width, height = video_size(args, source)
     sizes = dict(width=width, height=height, frames=args.num_frames, steps=args.inference_steps)
     if demo:
-        sizes.update(DEMO, causal_block_size=1 if args.end_image else DEMO["causal_block_size"])
+        own = dict(DEMO, causal_block_size=1 if args.end_image else DEMO["causal_block_size"])
+        given = {"resolution": ("width", "height"), "num_frames": ("frames",), "inference_steps": ("steps",)}
+        sizes.update({k: v for k, v in own.items() if not any(k in given[f] for f in args.given)})
     for node_id, node in list(prompt.items()):
         kind, inputs = node["class_type"], node["inputs"]
         if kind == "SkyReelsFP8ModelLoader":
@@ -622,8 +636,11 @@ def main(argv=None):
         return 0
     except BadInput as e:
         return error(e, 2)
-    except RuntimeError as e:     # a prompt ComfyUI refuses names the widgets: bad input too
-        return error(e, 2 if str(e).startswith("ComfyUI refused the prompt's inputs") else 1)
+    except RuntimeError as e:     # a prompt ComfyUI refuses names the widgets: bad input too, said with the flags
+        if not str(e).startswith("ComfyUI refused the prompt's inputs"):
+            return error(e, 1)
+        flags = [f"{w} is {f}" for w, f in FLAG_OF.items() if re.search(rf"\b{w}\b", str(e))]
+        return error(f"{e}" + (f" (here {', '.join(flags)})" if flags else ""), 2)
     finally:
         if server:
             server.stop()

@@ -57,6 +57,10 @@ def test_bad_output_places_and_widget_values_exit_2_before_or_without_a_video(ho
         assert proc.stdout == ""                                # it stopped before anything else (the demo's line)
     proc = run(["--seed", "-1", "--output", "x.mp4"], host, tmp_path)    # ComfyUI refuses the widget's value
     assert proc.returncode == 2 and "ComfyUI refused the prompt's inputs: " in proc.stderr and "seed" in proc.stderr
+    assert proc.stderr.rstrip().endswith("(here seed is --seed)"), proc.stderr
+    proc = run(["--inference_steps", "0"], host, tmp_path)              # the demo used to run its own 4 steps
+    assert proc.returncode == 2 and proc.stderr.strip() == ("generate_video_fp8: --inference_steps: 0; give 1 or more "
+                                                            "(SkyReels-V2 uses 30 to 50)"), proc.stderr
 
 
 def test_an_output_on_a_drive_that_is_not_there_is_named(monkeypatch, tmp_path):
@@ -97,6 +101,24 @@ def test_no_host_is_named(tmp_path):
                           env={**os.environ, "COMFYUI_PATH": str(tmp_path)})
     assert proc.returncode == 2
     assert f"COMFYUI_PATH={tmp_path} is not a ComfyUI folder" in proc.stderr
+
+
+def test_the_demo_keeps_its_small_sizes_except_those_given(server):
+    import json
+
+    from generate_video_fp8 import build_prompt, parse_args
+    info = server.get("/object_info")
+    names = {"diffusion_models": "tiny-SkyReels-V2-DF/", "vae": "tiny_wan_vae.safetensors"}
+
+    def sample_widgets(argv):
+        with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json")) as f:
+            prompt = build_prompt(json.load(f), info, parse_args(argv), names, demo=True)
+        sample = next(n["inputs"] for n in prompt.values() if n["class_type"] == "SkyReelsSampleVideo")
+        return sample["width"], sample["height"], sample["frames"], sample["steps"]
+
+    assert sample_widgets([]) == (64, 64, 57, 4)
+    assert sample_widgets(["--num_frames", "17", "--inference_steps", "2"]) == (64, 64, 17, 2)   # were 57 and 4
+    assert sample_widgets(["--resolution", "720P"]) == (1280, 720, 57, 4)
 
 
 def test_flags_reach_the_workflow_widgets(server):
