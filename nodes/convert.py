@@ -1,4 +1,5 @@
 """Convert to FP8: the converter of convert_to_fp8.py as a node, writing into models/diffusion_models."""
+import contextlib
 import os
 
 import comfy.model_management
@@ -48,6 +49,7 @@ class ConvertToFP8(io.ComfyNode):
                 stem = os.path.splitext(stem)[0]
             output_name = f"{stem}_fp8_{fp8_type}.safetensors"
         dst = model_files.output_path(output_name.strip())
+        made = _missing_folders(os.path.dirname(dst))
         try:
             os.makedirs(os.path.dirname(dst), exist_ok=True)    # subfolders are made, as Save Image makes its own
         except OSError as e:
@@ -56,7 +58,22 @@ class ConvertToFP8(io.ComfyNode):
         options = Options(fp8=fp8_type, granularity=GRANULARITY[granularity], keep_first_blocks=keep_first_blocks,
                           keep_last_blocks=keep_last_blocks)
         pbar = comfy.utils.ProgressBar(1)
-        report = convert(src, dst, options, overwrite=overwrite, progress=pbar.update_absolute,
-                         check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        try:
+            report = convert(src, dst, options, overwrite=overwrite, progress=pbar.update_absolute,
+                             check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted)
+        except BaseException:       # a refused or stopped conversion leaves no folders behind either
+            for folder in made:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)
+            raise
         text = report.table() + f"\nwrote {model_files.shown(dst)}"
         return io.NodeOutput(text, ui=ui.PreviewText(text))
+
+
+def _missing_folders(folder):
+    """The folders of `folder`'s path that do not exist yet, deepest first."""
+    missing = []
+    while folder and not os.path.exists(folder) and folder != os.path.dirname(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing

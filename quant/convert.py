@@ -94,14 +94,18 @@ def _check_paths(src, dst, overwrite):
         raise CheckpointError(f"{dst}: {problem}; choose another output name")
     real_src, real_dst = (os.path.normcase(os.path.realpath(p)) for p in (src, dst))   # normcase: Windows' disks
     same = os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst)  # case-insensitive disks too
-    if same or real_dst == real_src or real_dst.startswith(os.path.join(real_src, "")):
+    if same or real_dst == real_src:
         raise CheckpointError(f"{dst}: the output would overwrite the source; choose another output name")
+    if real_dst.startswith(os.path.join(real_src, "")):     # the folder would then hold two models' files
+        what = "overwrite a file in" if os.path.exists(dst) else "be inside"
+        raise CheckpointError(f"{dst}: the output would {what} the source folder {src}; choose a name outside it")
     if not os.path.isdir(os.path.dirname(real_dst)):
         raise CheckpointError(f"{dst}: the output folder does not exist")
     if os.path.isdir(dst):
         raise CheckpointError(f"{dst}: is a folder; give the output file's name (ending in .safetensors)")
     if os.path.exists(dst) and not overwrite:
-        raise CheckpointError(f"{dst}: already exists; pass --overwrite (or turn on overwrite) to replace it")
+        raise CheckpointError(f"{dst}: already exists; to replace it turn on overwrite (convert_to_fp8.py: "
+                              "--overwrite)")
 
 
 def _check_source(ckpt, info, report):

@@ -212,7 +212,7 @@ def test_overwrite_only_when_asked(tmp_path):
     write_tiny(src, "T2V")
     dst = tmp_path / "o.safetensors"
     dst.write_bytes(b"old")
-    with pytest.raises(CheckpointError, match="already exists; pass --overwrite"):
+    with pytest.raises(CheckpointError, match=re.escape("already exists; to replace it turn on overwrite (convert_to_fp8.py: --overwrite)")):
         convert(str(src), str(dst))
     assert dst.read_bytes() == b"old"
     convert(str(src), str(dst), overwrite=True)
@@ -324,7 +324,11 @@ def test_dst_inside_source_folder_is_refused(tmp_path):
     folder.mkdir()
     write_tiny(folder / "model.safetensors", "T2V")
     proc = run_cli(folder, folder / "model.safetensors", "--overwrite")
-    assert proc.returncode == 2 and "would overwrite the source" in proc.stderr
+    assert proc.returncode == 2 and "would overwrite a file in the source folder" in proc.stderr
+    proc = run_cli(folder, folder / "new.safetensors")     # not an overwrite, and said so
+    assert proc.returncode == 2 and proc.stderr.strip() == (f"convert_to_fp8: {folder / 'new.safetensors'}: the output "
+                                                            f"would be inside the source folder {folder}; choose a name "
+                                                            "outside it"), proc.stderr
 
 
 def test_cli_seed_spelling_and_report(tmp_path):

@@ -51,7 +51,7 @@ def output_path(name):
     if name.startswith(("/", "\\")) or os.path.isabs(name):   # "\\\\server\\share" too
         problem = "it is an absolute path"
     elif name[1:2] == ":":
-        problem = "it names a drive"
+        problem = "it names a drive (on Windows, a letter and a colon)"
     else:
         problem = next((p for p in map(name_problem, parts) if p), None)
     if problem:

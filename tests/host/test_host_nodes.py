@@ -195,7 +195,12 @@ def test_convert_node_writes_a_file_the_loader_lists_without_restart(server):
     assert torch.isfinite(d).all()
 
     again = error_of(server.run(convert_prompt("node_converted")))
-    assert again and "already exists" in again["exception_message"]
+    assert again and "already exists; to replace it turn on overwrite" in again["exception_message"]
+    # A refused conversion leaves no folder of its output's name either (the subfolders used to stay).
+    refused = convert_prompt("made_by_a_refused_run/deeper/x")
+    refused["1"]["inputs"]["keep_first_blocks"] = 64
+    assert "keep" in error_of(server.run(refused))["exception_message"]
+    assert not os.path.exists(os.path.join(server.base, "models", "diffusion_models", "made_by_a_refused_run"))
     assert error_of(server.run(convert_prompt("node_converted", overwrite=True))) is None
 
 
