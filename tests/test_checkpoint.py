@@ -466,3 +466,19 @@ def test_nan_in_fp8_tensors_is_refused_whatever_they_load_as(tmp_path):
         for fmt in ("auto", "bf16"):
             with pytest.raises(CheckpointError, match="tensor blocks.1.ffn.2.weight has NaN/Inf values"):
                 load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)
+
+
+def test_another_fp8_format_asked_of_an_fp8_file_is_noted(tmp_path):
+    # A plain-cast e5m2 file loaded as "fp8_e4m3fn (per-tensor)": its weights are used as they are, which the
+    # report used to leave unsaid (only files with format tags got the note).
+    from quant.formats import load_fp8_state_dict
+    sd = tiny.state_dict(tiny.info("T2V"))
+    sd = {k: v.to(torch.float8_e5m2) if k.endswith(".weight") and v.ndim == 2 and k.startswith("blocks.") else v
+          for k, v in sd.items()}
+    safetensors.torch.save_file(sd, str(tmp_path / "e5m2.safetensors"))
+    with Checkpoint(str(tmp_path / "e5m2.safetensors")) as ckpt:
+        asked = {fmt: load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)[1].notes
+                 for fmt in ("fp8_e4m3fn (per-tensor)", "fp8_e5m2", "auto")}
+    assert asked == {"fp8_e4m3fn (per-tensor)": ["the file is already fp8 e5m2 (plain cast, no scales); its FP8 "
+                                                 "weights are used as they are"],
+                     "fp8_e5m2": [], "auto": []}
