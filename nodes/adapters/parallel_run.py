@@ -20,6 +20,13 @@ from .sample_job import fail
 
 log = logging.getLogger("skyreels_fp8")
 RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
+KNOWN = {   # model_options keys that parallel runs refuse, and core nodes that set them
+    "sampler_cfg_function": "e.g. RescaleCFG, Perp-Neg",
+    "sampler_post_cfg_function": "e.g. CFG-Zero*, Skip Layer Guidance DiT, PAG",
+    "sampler_pre_cfg_function": "e.g. APG",
+    "sampler_calc_cond_batch_function": "e.g. Skip Layer Guidance DiT Simple",
+    "patches_replace": "a block replacement, e.g. another pack's cache or attention patch",
+}
 
 
 def recipe_of(model):
@@ -29,8 +36,11 @@ def recipe_of(model):
     if recipe is None:
         fail("parallel: needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch "
              "SageAttention): each worker loads the same file itself")
-    unsupported = [name for name in ("object_patches", "hook_patches", "injections", "weight_wrapper_patches",
-                                     "additional_models") if getattr(model, name, None)]
+    # ModelSamplingSD3's object patch may stay: Sample Video samples with its own model sampling, from the shift
+    # it read before the workers start.
+    objects = {k: v for k, v in model.object_patches.items() if k != "model_sampling"}
+    unsupported = [name for name in ("hook_patches", "injections", "weight_wrapper_patches", "additional_models")
+                   if getattr(model, name, None)] + (["object_patches"] if objects else [])
     if unsupported:   # e.g. Load LoRA (Bypass) injects its adapters: a worker would run without them
         fail(f"parallel: this MODEL carries {', '.join(unsupported)}, which parallel runs cannot rebuild; use the "
              "plain LoRA loaders (weight patches) or Load FP8 SkyReels Model alone")
@@ -43,8 +53,9 @@ def recipe_of(model):
     extra += sorted(k for kind, keyed in model.wrappers.items() for k, fns in keyed.items()
                     if fns and k != ours.get(kind))
     if extra:
-        fail(f"parallel: this MODEL carries changes a worker cannot rebuild ({', '.join(map(str, extra))}); "
-             "connect Load FP8 SkyReels Model (and Patch SageAttention) directly")
+        named = ", ".join(f"{k}: {KNOWN[k]}" if k in KNOWN else str(k) for k in extra)
+        fail(f"parallel: this MODEL carries changes a worker cannot rebuild ({named}); connect Load FP8 SkyReels "
+             "Model (and Patch SageAttention) directly")
     override = to.get("optimized_attention_override")
     if override is not None and not isinstance(override, SageOverride):
         fail(f"parallel: an attention override other than Patch SageAttention is set on this MODEL, "

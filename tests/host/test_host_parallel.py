@@ -33,6 +33,7 @@ def workers():
 
 EQUAL = COMMON + r"""
 import comfy.utils
+from comfy_extras.nodes_model_advanced import ModelSamplingSD3, RescaleCFG   # before generate_video_fp8's import
 bar = []
 comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: bar.append((value, total)))
 result = {}
@@ -96,6 +97,11 @@ result["kept"] = [first[1].splitlines()[-1], second[1].splitlines()[-1], pids ==
 third = SampleVideo.execute(model, pos, neg, **ARGS, parallel=keep).args       # another model: new workers
 result["new model"] = [rel(third[0]["samples"], plain), third[1].splitlines()[-1],
                        bool(set(pids) & {pid for pid, _ in workers()})]
+# ModelSamplingSD3 before Sample Video, as in core's Wan workflows (shift 0: Sample Video takes its shift): the
+# workers run with the shift read here, as the single-device run does.
+sd3 = ModelSamplingSD3().patch(model, 5.0)[0]
+result["model sampling sd3"] = rel(SampleVideo.execute(sd3, pos, neg, **nest_mode({**FLAT, "shift": 0}), parallel=keep)
+                                   .args[0]["samples"], sample(shift=5.0)[0]["samples"])
 # What the workers could not rebuild is refused before any starts: a bypass LoRA (injected, not a weight patch),
 # a model merge (whole weights as patches).
 refused = {}
@@ -103,7 +109,7 @@ bypass = comfy.sd.load_bypass_lora_for_models(model, None, lora, 1.0, 0)[0]
 merged = model.clone()
 q = model.model.diffusion_model.blocks[0].self_attn.q.weight
 merged.add_patches({"diffusion_model.blocks.0.self_attn.q.weight": (torch.zeros(q.shape),)}, 0.5, 0.5)  # as ModelMergeSimple
-for name, m in (("bypass", bypass), ("merge", merged)):
+for name, m in (("bypass", bypass), ("merge", merged), ("rescale", RescaleCFG().patch(model, 0.7)[0])):
     try:
         SampleVideo.execute(m, pos, neg, **ARGS, parallel=keep)
     except ValueError as e:
@@ -199,6 +205,9 @@ def test_two_actors_equal_one_process(host, tmp_path):
     assert r["refused"]["bypass"].startswith("Sample Video: parallel: this MODEL carries injections, which parallel "
                                              "runs cannot rebuild"), r["refused"]
     assert "a weight patch of type tuple (a model merge" in r["refused"]["merge"], r["refused"]
+    assert r["refused"]["rescale"].startswith("Sample Video: parallel: this MODEL carries changes a worker cannot "
+                                              "rebuild (sampler_cfg_function: e.g. RescaleCFG, Perp-Neg)"), r["refused"]
+    assert r["model sampling sd3"] <= 1e-5, r["model sampling sd3"]     # was refused (object_patches)
     assert r["refused"]["no nccl"].startswith("Sample Video: parallel: GPU workers talk through NCCL, which this "
                                               "PyTorch does not have"), r["refused"]
     assert r["refused"]["nobody there"].startswith("Sample Video: parallel: ray_address 127.0.0.1:1: nothing "
