@@ -49,6 +49,11 @@ class PatchSageAttention(io.ComfyNode):
         if replaced is not None and not isinstance(replaced, SageOverride):     # the host runs one: the last applied
             log_once(("replaced", describe(replaced)), "Patch SageAttention: replaces the attention override already "
                      f"on this MODEL, {describe(replaced)}; ComfyUI runs one per model")
+        blocks = len(getattr(model.model.diffusion_model, "blocks", ()))
+        if blocks and exact_first_blocks + exact_last_blocks >= blocks:
+            log_once(("all exact", blocks), f"Patch SageAttention: exact_first_blocks + exact_last_blocks ("
+                     f"{exact_first_blocks + exact_last_blocks}) cover all {blocks} blocks of this model: every "
+                     "attention call stays exact")
         patched = model.clone()
         override = SageOverride(mode, exact_first_blocks, exact_last_blocks, exact_first_steps, guard_threshold)
         patched.model_options["transformer_options"]["optimized_attention_override"] = override

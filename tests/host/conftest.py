@@ -74,6 +74,7 @@ def write_bad_files(folder):
     fp8 = safetensors.torch.load_file(os.path.join(folder, "t2v_fp8_tensor.safetensors"))
     del fp8["blocks.0.ffn.0.weight_scale"]                  # its comfy_quant still says it is scaled
     safetensors.torch.save_file(fp8, os.path.join(folder, "bad_fp8_no_scale.safetensors"))
+    os.symlink("moved_away.safetensors", os.path.join(folder, "bad_dangling.safetensors"))   # a moved model
 
 
 class Payload:

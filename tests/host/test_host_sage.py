@@ -53,6 +53,11 @@ result["original_untouched_after"] = "optimized_attention_override" not in patch
 kept = PatchSageAttention.execute(patcher, "reference", 1, 0, 1, 0.995).args[0]
 ksample(kept)
 result["kept"] = dict(override_of(kept).counts)
+records.clear()
+all_kept = PatchSageAttention.execute(patcher, "reference", 60, 0, 0, 0.995).args[0]   # the model has 2 blocks
+ksample(all_kept)
+result["all_kept"] = [dict(override_of(all_kept).counts), [m for m in records if "cover" in m]]
+records.clear()
 
 # exact_first_steps counts from noise: sampling split in two KSampler (Advanced) passes (steps 0-2 and 2-4 of 4)
 # keeps the steps one pass of 4 keeps; the second pass starts below sigma 1, its noisiest steps behind it.
@@ -246,6 +251,9 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert r["parallel"] == [["reference", 0, 0, 0, 0.995], "Sample Video: parallel: this MODEL carries changes a "
                              "worker cannot rebuild (another_pack); connect Load FP8 SkyReels Model (and Patch "
                              "SageAttention) directly"], r["parallel"]
+    assert r["all_kept"] == [{"sage": 0, "exact": n}, [
+        "Patch SageAttention: exact_first_blocks + exact_last_blocks (60) cover all 2 blocks of this model: every "
+        "attention call stays exact"]], r["all_kept"]
     who = "attention_override_sage (OtherPackNode, __main__)"
     assert r["foreign"] == dict(
         logs=[f"Patch SageAttention: replaces the attention override already on this MODEL, {who}; ComfyUI runs one "
