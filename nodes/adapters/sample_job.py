@@ -58,7 +58,9 @@ SIGMA_READERS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_po
 def frame_sigmas_unseen(model, df, ar_step):
     """The note when the MODEL's guidance patches (e.g. RescaleCFG, CFG-Zero*, Skip Layer Guidance) run where the
     frames of one call are at different noise levels: they see the noisiest frame's sigma (README)."""
-    if df and ar_step and any(model.model_options.get(k) for k in SIGMA_READERS):
+    parallel = sequence_parallel.MESH_KEY in model.model_options.get("transformer_options", {})   # its batching
+    readers = [k for k in SIGMA_READERS if not (parallel and k == "sampler_calc_cond_batch_function")]
+    if df and ar_step and any(model.model_options.get(k) for k in readers):
         return (f"ar_step {ar_step}: this MODEL's guidance patches (e.g. RescaleCFG, CFG-Zero*, Skip Layer Guidance) "
                 "read one sigma per model call, the noisiest frame's; frames further along are treated as that noisy")
     return None

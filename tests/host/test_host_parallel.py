@@ -186,6 +186,8 @@ def test_two_actors_equal_one_process(host, tmp_path):
         assert r[mode] <= 1e-5, (mode, r[mode])
         assert "parallel: 2 CPU processes (gloo), cfg 1 x ulysses 2 x ring 1" in r[mode + " report"]
     assert "2 window(s)" in r["diffusion forcing report"]
+    # ar_step 1, and the workers' own cond batching is no guidance patch of the user's
+    assert "guidance patches" not in r["diffusion forcing report"], r["diffusion forcing report"]
     # cfg parallel (one actor the positive pass, one the negative), windows through the VAE from a start image,
     # causal attention: measured 7e-7 (a batch of one instead of two).
     assert r["cfg parallel, vae, causal"] <= 1e-5, r["cfg parallel, vae, causal"]
