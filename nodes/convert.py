@@ -40,6 +40,7 @@ class ConvertToFP8(io.ComfyNode):
         )
 
     @classmethod
+    @model_files.plain_errors
     def execute(cls, model_name, output_name, granularity, fp8_type, keep_first_blocks=0, keep_last_blocks=0,
                 overwrite=False):
         src = model_files.resolve(model_name)

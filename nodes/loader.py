@@ -62,6 +62,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
         return os.path.getmtime(path)
 
     @classmethod
+    @model_files.plain_errors
     def execute(cls, model_name, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0):
         path = model_files.resolve(model_name)
         with Checkpoint(path) as ckpt:

@@ -1,12 +1,25 @@
 """Model files as the nodes list them: the host's diffusion_models files, plus release folders (shown as "name/")."""
+import functools
 import os
 
 import folder_paths
 
-from ...quant.checkpoint import is_release
+from ...quant.checkpoint import CheckpointError, is_release
 from ...quant.writer import name_problem
 
 FOLDER = "diffusion_models"
+
+
+def plain_errors(execute):
+    """A node's execute whose CheckpointError reaches ComfyUI as a ValueError: the host heads its error with the
+    exception's module, which for a custom node is the path of its folder."""
+    @functools.wraps(execute)
+    def run(*args, **kwargs):
+        try:
+            return execute(*args, **kwargs)
+        except CheckpointError as e:
+            raise ValueError(str(e)) from None
+    return run
 
 
 def _release_folders():

@@ -124,7 +124,7 @@ def test_pack_works_on_a_simulated_windows_python(host, tmp_path):
     assert "wrote models/diffusion_models/t2v fp8 ü.safetensors" in r["convert"] and r["cli"] == 0
     # A held file: a clear message naming it, the old file intact, no temp file left.
     for case in ("held", "loader_holds"):
-        assert r[case].startswith(f"CheckpointError: {folder / 't2v fp8 ü.safetensors'}: cannot be replaced"), r[case]
+        assert r[case].startswith(f"ValueError: {folder / 't2v fp8 ü.safetensors'}: cannot be replaced"), r[case]
         assert "Nothing was changed: close it and run again, or choose another output name" in r[case]
         assert r[case + "_unchanged"]
     assert "per-tensor" in r["load_midway"] and r["replaced"] and r["leftovers"] == []
