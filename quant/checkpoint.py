@@ -10,7 +10,6 @@ import threading
 import torch
 from safetensors import safe_open
 
-from .comfy_format import is_quant_extra
 from .model_info import NotWanModel, detect
 from .scale import absmax
 
@@ -288,16 +287,31 @@ class Checkpoint:
         except NotWanModel as e:
             raise CheckpointError(f"{self.path}: {e}") from None
         # No tensor of the model is integer or bool: such values would be quantized, or kept, as if they were
-        # weights. Tensors it does not use are copied as they are, and named; a layer with a format tag or scale
-        # (NVFP4 packs two values in a byte) is the loader's to name.
-        tagged = {n.rsplit(".", 1)[0] for n in self._index if is_quant_extra(n)}
+        # weights. Tensors it does not use are copied as they are, and named; a layer whose format the file
+        # declares (NVFP4 packs two values in a byte) is the loader's to name.
+        declared = self._declared_layers()
+        expected = set(info.expected_keys())
         for name in info.expected_keys():
             dtype = self.spec(name)[1] if name in self._index else None
-            if dtype is not None and not dtype.is_floating_point and name.rsplit(".", 1)[0] not in tagged:
-                raise CheckpointError(f"{self.path}: tensor {name} holds {str(dtype).replace('torch.', '')} values, "
-                                      "not floating-point weights: the file is damaged or not a model release; "
-                                      "use the original download")
+            layer = name.rsplit(".", 1)[0]
+            if dtype is None or dtype.is_floating_point or layer in declared:
+                continue
+            kind = str(dtype).replace("torch.", "")
+            if any(n.startswith(layer + ".") and n not in expected for n in self._index):   # a scale beside it
+                raise CheckpointError(f"{self.path}: layer {layer} is quantized ({kind}) in a format this pack "
+                                      "cannot read; use the bf16 release or a ComfyUI FP8 file")
+            raise CheckpointError(f"{self.path}: tensor {name} holds {kind} values, not floating-point weights: the "
+                                  "file is damaged or not a model release; use the original download")
         return info
+
+    def _declared_layers(self):
+        """Layers whose quantization format the file names (comfy_quant tensors, _quantization_metadata)."""
+        layers = {n[: -len(".comfy_quant")] for n in self._index if n.endswith(".comfy_quant")}
+        try:
+            layers |= set(json.loads(self.metadata.get("_quantization_metadata") or "{}").get("layers", {}))
+        except (ValueError, AttributeError, TypeError):
+            pass        # unreadable: the loader says so
+        return layers
 
     def non_finite(self, name):
         """The error for a tensor with NaN/Inf values (raised by every reader of this checkpoint)."""

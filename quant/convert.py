@@ -86,7 +86,7 @@ def _summary(errors):
     return f"mean {sum(values) / len(values) * 100:.3f}%, max {max(values) * 100:.3f}% over {len(values)} layers"
 
 
-def _check_paths(src, dst, overwrite):
+def _check_paths(src, dst):
     if not dst.lower().endswith(".safetensors"):
         raise CheckpointError(f"{dst}: the output name must end in .safetensors")
     problem = name_problem(os.path.basename(dst), windows=WINDOWS)   # a path the user typed: this OS's rules
@@ -103,9 +103,6 @@ def _check_paths(src, dst, overwrite):
         raise CheckpointError(f"{dst}: the output folder does not exist")
     if os.path.isdir(dst):
         raise CheckpointError(f"{dst}: is a folder; give the output file's name (ending in .safetensors)")
-    if os.path.exists(dst) and not overwrite:
-        raise CheckpointError(f"{dst}: already exists; to replace it turn on overwrite (convert_to_fp8.py: "
-                              "--overwrite)")
 
 
 def _check_source(ckpt, info, report):
@@ -176,13 +173,16 @@ def convert(src, dst, options=None, *, overwrite=False, verify=False, progress=N
     raise to stop, which removes the partial output."""
     options = options or Options()
     options.check()
-    _check_paths(src, dst, overwrite)
+    _check_paths(src, dst)
     with Checkpoint(src) as ckpt:
         # A shard may be a link out of its folder (the Hugging Face cache links snapshots/ into blobs/).
         read = next((p for p in ckpt.paths if os.path.exists(dst) and os.path.samefile(p, dst)), None)
         if read is not None:
             raise CheckpointError(f"{dst}: the output would overwrite the source ({read} is the same file); choose "
                                   "another output name")
+        if os.path.exists(dst) and not overwrite:
+            raise CheckpointError(f"{dst}: already exists; to replace it turn on overwrite (convert_to_fp8.py: "
+                                  "--overwrite)")
         return _convert(ckpt, dst, options, verify, progress, check_interrupt)
 
 

@@ -149,7 +149,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         if progress:
             progress(i + 1, len(names))
     notes = []
-    if target not in (None, AUTO) and plain is None and set(schemes) - {target}:    # fp8 weights of the file
+    if weight_format != "auto" and plain is None and set(schemes) - {target}:    # fp8 weights of the file
         notes.append(f"the file is already {source}; its FP8 weights are used as they are")
     kept = str(kept_dtype).replace("torch.", "")
     scheme = ", ".join(f"fp8 {f} per-{g}" for f, g in sorted(set(schemes))) or kept

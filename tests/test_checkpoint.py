@@ -4,7 +4,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from quant import Checkpoint, CheckpointError, ModelInfo, detect, tiny
+from quant import Checkpoint, CheckpointError, ModelInfo, convert, detect, tiny
 from quant.policy import should_quantize
 from helpers import write_tiny
 
@@ -435,6 +435,23 @@ def test_integer_or_bool_model_tensors_are_refused(tmp_path, change):
                 load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)
 
 
+def test_an_integer_layer_with_an_untagged_scale_is_a_format_the_pack_cannot_read(tmp_path):
+    # int8 codes with a weight_scale beside them (no comfy_quant tag) were quantized again as if they were weights.
+    from quant.formats import load_fp8_state_dict
+    sd = tiny.state_dict(tiny.info("T2V"))
+    sd["blocks.0.ffn.0.weight"] = (sd["blocks.0.ffn.0.weight"] * 400).to(torch.int8)
+    sd["blocks.0.ffn.0.weight_scale"] = torch.tensor(0.0025)
+    path = tmp_path / "int8.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    with Checkpoint(str(path)) as ckpt:
+        with pytest.raises(CheckpointError) as e:
+            load_fp8_state_dict(ckpt, ckpt.model_info())
+    assert str(e.value) == (f"{path}: layer blocks.0.ffn.0 is quantized (int8) in a format this pack cannot read; "
+                            "use the bf16 release or a ComfyUI FP8 file")
+    with pytest.raises(CheckpointError, match="is quantized \\(int8\\) in a format this pack cannot read"):
+        convert(str(path), str(tmp_path / "out.safetensors"))     # not "already FP8"
+
+
 def test_an_index_naming_files_outside_its_folder_is_refused(tmp_path):
     tiny.write_release(str(tmp_path / "release"), tiny.state_dict(tiny.info("T2V")), shards=2)
     index = tmp_path / "release" / "model.safetensors.index.json"
@@ -478,7 +495,6 @@ def test_another_fp8_format_asked_of_an_fp8_file_is_noted(tmp_path):
     safetensors.torch.save_file(sd, str(tmp_path / "e5m2.safetensors"))
     with Checkpoint(str(tmp_path / "e5m2.safetensors")) as ckpt:
         asked = {fmt: load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)[1].notes
-                 for fmt in ("fp8_e4m3fn (per-tensor)", "fp8_e5m2", "auto")}
-    assert asked == {"fp8_e4m3fn (per-tensor)": ["the file is already fp8 e5m2 (plain cast, no scales); its FP8 "
-                                                 "weights are used as they are"],
-                     "fp8_e5m2": [], "auto": []}
+                 for fmt in ("fp8_e4m3fn (per-tensor)", "fp8_e4m3fn (per-channel)", "fp8_e5m2", "auto")}
+    note = ["the file is already fp8 e5m2 (plain cast, no scales); its FP8 weights are used as they are"]
+    assert asked == {"fp8_e4m3fn (per-tensor)": note, "fp8_e4m3fn (per-channel)": note, "fp8_e5m2": [], "auto": []}

@@ -435,8 +435,10 @@ def test_a_source_shard_reached_through_a_link_is_never_the_output(tmp_path):
         shard.symlink_to(f"../blobs/{shard.name}")
     blob = tmp_path / "blobs" / "model-00002-of-00002.safetensors"
     before = digest(blob)
-    proc = run_cli(tmp_path / "snap", blob, "--overwrite")
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip() == (f"convert_to_fp8: {blob}: the output would overwrite the source "
-                                   f"({tmp_path / 'snap' / blob.name} is the same file); choose another output name")
+    for flags in (["--overwrite"], []):     # without it, not "already exists; turn on overwrite"
+        proc = run_cli(tmp_path / "snap", blob, *flags)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == (f"convert_to_fp8: {blob}: the output would overwrite the source "
+                                       f"({tmp_path / 'snap' / blob.name} is the same file); choose another output "
+                                       "name")
     assert digest(blob) == before
