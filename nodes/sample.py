@@ -3,11 +3,12 @@ window by window inside the node (`sample_job.Job`)."""
 from comfy_api.latest import io
 from comfy_execution.graph_utils import ExecutionBlocker
 
+from ..attention.sage import log_once
 from ..sampling import solvers
 from ..sampling.schedule import latent_frames
 from .adapters import parallel_pool, parallel_run
 from .parallel import PARALLEL
-from .adapters.sample_job import Job, check_frames, fail, model_shift
+from .adapters.sample_job import Job, check_frames, fail, model_shift, overridden_shift
 
 # The DF widgets, in the order they had before `mode` became a dynamic combo: the frontend restores a saved
 # workflow's values by position, and these came right after `mode`, so old workflows load unchanged.
@@ -120,11 +121,16 @@ class SampleVideo(io.ComfyNode):
             if images is not None and images.shape[0] == 0:
                 fail(f"{name}: holds no image (an empty batch): connect one, or nothing")
             if images is not None and images.shape[0] > 1 and name != "prefix_video":     # e.g. a loaded video
-                fail(f"{name}: holds {images.shape[0]} images and takes one; to continue a video connect it to "
-                     "prefix_video, or pick one frame with Get Image from Batch")
+                fail(f"{name}: holds {images.shape[0]} images and takes one; pick one frame with Get Image from Batch"
+                     + ("; to continue a video, connect it to prefix_video" if name == "start_image" else ""))
         if parallel is not None:
             widgets["shift"] = model_shift(model, shift)
             samples, report, images = parallel_run.run(parallel, model, positive, negative, widgets, inputs)
+            note = overridden_shift(model, shift)      # the workers load the file without ModelSamplingSD3
+            if note:
+                log_once(note, f"Sample Video: {note}")
+                *lines, layout = report.splitlines()
+                report = "\n".join([*lines, note, layout])
         else:
             parallel_pool.release()      # workers kept from a parallel run give their GPUs back to this run
             samples, report, images = sample_video(model, positive, negative, **widgets, **inputs)
@@ -185,9 +191,6 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         if shape[1] != channels:
             fail(f"latent: {shape[1]} channels; a Wan 2.1 model takes latents of {channels} (core Empty Hunyuan "
                  "Latent Video or WanImageToVideo make them)")
-        if shape[3] % 2 or shape[4] % 2:
-            fail(f"latent: {shape[4] * 8}x{shape[3] * 8} pixels; width/height must be multiples of 16 (core Empty "
-                 "Hunyuan Latent Video makes such latents)")
         if latent.get("noise_mask") is not None:
             fail("latent: has a noise mask (e.g. Set Latent Noise Mask), which Sample Video would ignore: it makes "
                  "the whole video; use KSampler for masked sampling, or remove the mask")
@@ -203,6 +206,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         shape = [1, 16, latent_frames(frames), height // 8, width // 8]
     job = Job(model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape,
               mode == "diffusion forcing", df_options)
+    job.length_from = "frames" if latent is None else "latent"
     job.set_prefix(start_image, prefix_video)
     job.set_end(end_image)
     job.positives += window_prompts     # the positive of each later window

@@ -56,13 +56,14 @@ SIGMA_READERS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_po
 
 
 def frame_sigmas_unseen(model, df, ar_step):
-    """The note when the MODEL's guidance patches (e.g. RescaleCFG, CFG-Zero*, Skip Layer Guidance) run where the
-    frames of one call are at different noise levels: they see the noisiest frame's sigma (README)."""
+    """The note when the MODEL has guidance patches, which may read the sampling's sigma (e.g. RescaleCFG, Skip Layer
+    Guidance; which do cannot be told), where the frames of one call are at different noise levels (README)."""
     parallel = sequence_parallel.MESH_KEY in model.model_options.get("transformer_options", {})   # its batching
     readers = [k for k in SIGMA_READERS if not (parallel and k == "sampler_calc_cond_batch_function")]
     if df and ar_step and any(model.model_options.get(k) for k in readers):
-        return (f"ar_step {ar_step}: this MODEL's guidance patches (e.g. RescaleCFG, CFG-Zero*, Skip Layer Guidance) "
-                "read one sigma per model call, the noisiest frame's; frames further along are treated as that noisy")
+        return (f"ar_step {ar_step}: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, Skip Layer "
+                "Guidance, TemporalScoreRescaling) see one per model call, the noisiest frame's; frames further along "
+                "are treated as that noisy")
     return None
 
 
@@ -84,6 +85,7 @@ class Job:
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.steps, self.fps, self.shift, self.sigmas = steps, fps, shift, flow_sigmas(steps, shift)
         self.prefix = self.prefix_pixels = self.tail = self.end = None
+        self.length_from = "frames"      # the input that sets the video's length: frames, or a connected latent
         # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`); windows are decoded for the overlap anyway.
         self.images, self.images_made = None, 0
         # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
@@ -207,8 +209,8 @@ class Job:
         first = 0 if self.prefix is None else self.prefix.shape[2]
         if first >= wins[0][2]:
             given = "prefix_video (its last overlap_history frames)" if self.prefix_pixels is not None else "start_image"
-            fail(f"frames: {video_frames(total)} leaves no frame to make after the {first} latent frame(s) that "
-                 f"{given} gives; use frames above {video_frames(first)}")
+            fail(f"{self.length_from}: {video_frames(total)} frames leave no frame to make after the {first} latent "
+                 f"frame(s) that {given} gives; make it more than {video_frames(first)}")
         wins[0] = (first, 0, wins[0][2])
         out = []
         for i, (prefix, overlap, length) in enumerate(wins):

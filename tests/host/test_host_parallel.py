@@ -102,6 +102,8 @@ result["new model"] = [rel(third[0]["samples"], plain), third[1].splitlines()[-1
 sd3 = ModelSamplingSD3().patch(model, 5.0)[0]
 result["model sampling sd3"] = rel(SampleVideo.execute(sd3, pos, neg, **nest_mode({**FLAT, "shift": 0}), parallel=keep)
                                    .args[0]["samples"], sample(shift=5.0)[0]["samples"])
+overridden = SampleVideo.execute(sd3, pos, neg, **ARGS, parallel=keep).args[1].splitlines()    # shift 8 runs
+result["sd3 note"] = [overridden[-2], overridden[-1].startswith("parallel:")]
 # What the workers could not rebuild is refused before any starts: a bypass LoRA (injected, not a weight patch),
 # a model merge (whole weights as patches).
 refused = {}
@@ -210,6 +212,8 @@ def test_two_actors_equal_one_process(host, tmp_path):
     assert r["refused"]["rescale"].startswith("Sample Video: parallel: this MODEL carries changes a worker cannot "
                                               "rebuild (sampler_cfg_function: e.g. RescaleCFG, Perp-Neg)"), r["refused"]
     assert r["model sampling sd3"] <= 1e-5, r["model sampling sd3"]     # was refused (object_patches)
+    assert r["sd3 note"] == ["shift 8 runs; the MODEL's ModelSamplingSD3 shift 5 is not used (set Sample Video's shift "
+                             "to 0 to use it)", True], r["sd3 note"]      # as a single-device run says
     assert r["refused"]["no nccl"].startswith("Sample Video: parallel: GPU workers talk through NCCL, which this "
                                               "PyTorch does not have"), r["refused"]
     assert r["refused"]["nobody there"].startswith("Sample Video: parallel: ray_address 127.0.0.1:1: nothing "

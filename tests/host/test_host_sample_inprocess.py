@@ -148,7 +148,8 @@ result = dict(
     end_blocks=error(end_image=image, vae=vae, causal_block_size=3, frames=9, ar_step=0),
     both_starts=error(start_image=image, prefix_video=video, vae=vae),
     prefix_fills=error(frames=5, prefix_video=video, overlap_history=5, vae=vae),
-    odd_latent=error_with(pos, {{"samples": torch.zeros(1, 16, 3, 3, 5)}}),
+    latent_fills=error(frames=97, prefix_video=video, overlap_history=5, vae=vae,
+                       latent={{"samples": torch.zeros(1, 16, 2, 4, 4)}}),
 )
 """
 
@@ -177,10 +178,9 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["end_blocks"].startswith("Sample Video: end_image: needs causal_block_size 1, not 3")
     assert r["both_starts"] == ("Sample Video: start_image / prefix_video: connect one; a continued video starts "
                                 "from its own last frames")      # start_image used to be dropped with no word
-    assert r["prefix_fills"] == ("Sample Video: frames: 5 leaves no frame to make after the 2 latent frame(s) that "
-                                 "prefix_video (its last overlap_history frames) gives; use frames above 5")
-    assert r["odd_latent"] == ("Sample Video: latent: 40x24 pixels; width/height must be multiples of 16 (core Empty "
-                               "Hunyuan Latent Video makes such latents)")     # the widgets' rule, which it escaped
+    assert r["prefix_fills"] == ("Sample Video: frames: 5 frames leave no frame to make after the 2 latent frame(s) "
+                                 "that prefix_video (its last overlap_history frames) gives; make it more than 5")
+    assert r["latent_fills"].startswith("Sample Video: latent: 5 frames leave no frame to make after the 2 "), r
     assert r["upgraded"] == [True] * 5
     refused = r["refused"]
     assert refused["vace"] == ("Sample Video: positive: holds VACE controls (WanVaceToVideo), which a SkyReels-V2 "
@@ -200,17 +200,19 @@ def test_sample_video_in_process(host, tmp_path):
                                       "encoder's, e.g. CLIP Text Encode"), refused
     assert refused["empty_image"] == "Sample Video: start_image: holds no image (an empty batch): connect one, or " \
                                      "nothing", refused
-    assert refused["clip_start"] == ("Sample Video: start_image: holds 13 images and takes one; to continue a video "
-                                     "connect it to prefix_video, or pick one frame with Get Image from Batch"), refused
-    assert refused["clip_end"].startswith("Sample Video: end_image: holds 2 images and takes one;"), refused
+    assert refused["clip_start"] == ("Sample Video: start_image: holds 13 images and takes one; pick one frame with "
+                                     "Get Image from Batch; to continue a video, connect it to prefix_video"), refused
+    assert refused["clip_end"] == ("Sample Video: end_image: holds 2 images and takes one; pick one frame with Get "
+                                   "Image from Batch"), refused
     assert refused["i2v_without"].startswith("Sample Video: positive: an I2V model starts from an image"), refused
     assert refused["wan22"].startswith("Sample Video: vae: makes 48-channel 3-D latents; SkyReels-V2 takes the Wan "
                                        "2.1 VAE's (16-channel video latents)"), refused
     assert refused["sd"].startswith("Sample Video: vae: makes 4-channel 2-D latents"), refused
     assert refused["taew2_1"] is None, refused
     assert r["guidance_notes"] == [[], [
-        "ar_step 1: this MODEL's guidance patches (e.g. RescaleCFG, CFG-Zero*, Skip Layer Guidance) read one sigma per "
-        "model call, the noisiest frame's; frames further along are treated as that noisy"]], r["guidance_notes"]
+        "ar_step 1: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, Skip Layer Guidance, "
+        "TemporalScoreRescaling) see one per model call, the noisiest frame's; frames further along are treated as "
+        "that noisy"]], r["guidance_notes"]
     eager, dequantized = r["matmul_lines"]
     assert r["nan_first"] == ("WARNING: 100% of the result is NaN/Inf: the inputs hold such values, or the model "
                               "overflowed (e.g. computing in fp16)"), r["nan_first"]
