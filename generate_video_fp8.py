@@ -437,7 +437,9 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
     width, height = video_size(args, source)
     sizes = dict(width=width, height=height, frames=args.num_frames, steps=args.inference_steps)
     if demo:
-        own = dict(DEMO, causal_block_size=1 if args.end_image else DEMO["causal_block_size"])
+        # its causal blocks of 5 latent frames fit its own windows, not any other --num_frames
+        own = dict(DEMO, causal_block_size=1 if args.end_image or "num_frames" in args.given else
+                   DEMO["causal_block_size"])
         given = {"resolution": ("width", "height"), "num_frames": ("frames",), "inference_steps": ("steps",)}
         sizes.update({k: v for k, v in own.items() if not any(k in given[f] for f in args.given)})
     for node_id, node in list(prompt.items()):

@@ -114,11 +114,13 @@ def test_the_demo_keeps_its_small_sizes_except_those_given(server):
         with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json")) as f:
             prompt = build_prompt(json.load(f), info, parse_args(argv), names, demo=True)
         sample = next(n["inputs"] for n in prompt.values() if n["class_type"] == "SkyReelsSampleVideo")
-        return sample["width"], sample["height"], sample["frames"], sample["steps"]
+        return sample["width"], sample["height"], sample["frames"], sample["steps"], sample["mode.causal_block_size"]
 
-    assert sample_widgets([]) == (64, 64, 57, 4)
-    assert sample_widgets(["--num_frames", "17", "--inference_steps", "2"]) == (64, 64, 17, 2)   # were 57 and 4
-    assert sample_widgets(["--resolution", "720P"]) == (1280, 720, 57, 4)
+    assert sample_widgets([]) == (64, 64, 57, 4, 5)
+    # were 57 and 4; blocks of 5 latent frames fit the demo's own windows only (33 frames: 9 latent frames)
+    assert sample_widgets(["--num_frames", "33", "--inference_steps", "2"]) == (64, 64, 33, 2, 1)
+    assert sample_widgets(["--num_frames", "33", "--causal_block_size", "3"])[-1] == 3
+    assert sample_widgets(["--resolution", "720P"]) == (1280, 720, 57, 4, 5)
 
 
 def test_flags_reach_the_workflow_widgets(server):
