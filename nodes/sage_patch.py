@@ -1,8 +1,9 @@
 """Patch SageAttention: 8-bit attention for one MODEL (adapters/sage_override.py); the input MODEL keeps its own."""
+from comfy.ldm.wan.model import WanModel
 from comfy.patcher_extension import WrappersMP
 from comfy_api.latest import io
 
-from ..attention.dispatch import ALIASES, MODES
+from ..attention.dispatch import ALIASES, MODES, canonical
 from ..attention.sage import log_once
 from .adapters.sage_override import KEY, SageOverride, describe
 
@@ -49,8 +50,9 @@ class PatchSageAttention(io.ComfyNode):
         if replaced is not None and not isinstance(replaced, SageOverride):     # the host runs one: the last applied
             log_once(("replaced", describe(replaced)), "Patch SageAttention: replaces the attention override already "
                      f"on this MODEL, {describe(replaced)}; ComfyUI runs one per model")
-        blocks = len(getattr(model.model.diffusion_model, "blocks", ()))
-        if blocks and exact_first_blocks + exact_last_blocks >= blocks:
+        dm = model.model.diffusion_model      # Wan's blocks name their index to the override; other models' may not
+        blocks = len(dm.blocks) if isinstance(dm, WanModel) else 0
+        if blocks and exact_first_blocks + exact_last_blocks >= blocks and canonical(mode) != "disabled":
             log_once(("all exact", blocks), f"Patch SageAttention: exact_first_blocks + exact_last_blocks ("
                      f"{exact_first_blocks + exact_last_blocks}) cover all {blocks} blocks of this model: every "
                      "attention call stays exact")

@@ -55,10 +55,10 @@ def resolve(name):
     if path is None:
         # ComfyUI lists a link whose target is gone (or a loop of links): refreshing would list it again
         for root in folder_paths.get_folder_paths(FOLDER):
-            link = os.path.join(root, name)
+            link = os.path.join(root, *name.replace("\\", "/").split("/"))
             if os.path.islink(link):
-                raise FileNotFoundError(f"{name}: a link to {os.readlink(link)}, which is not there (or links in a "
-                                        f"loop); fix or remove the link in models/{FOLDER}")
+                raise FileNotFoundError(f"{name}: a link to {os.path.realpath(link)}, which is not there (or the "
+                                        f"links loop); fix or remove the link in models/{FOLDER}")
         raise FileNotFoundError(f"{name}: no such file in models/{FOLDER}; refresh the node list")
     return path
 

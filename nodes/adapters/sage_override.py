@@ -3,6 +3,7 @@ attention override (nothing global is patched). "Exact" is the host's PyTorch at
 global choice, which is itself 8-bit under --use-sage-attention."""
 import inspect
 import logging
+import os
 
 import torch
 from comfy.ldm.modules import attention as host_attention
@@ -30,10 +31,22 @@ def describe(override):
     """Who set an attention override that is not ours, for a message: "attention_override_sage (PathchSageAttentionKJ,
     ComfyUI-KJNodes)", the function (or class) and, where it is a closure, the class that made it, and its pack."""
     qualname = getattr(override, "__qualname__", None) or type(override).__qualname__
-    module = getattr(override, "__module__", None) or type(override).__module__
     parts = qualname.split(".<locals>.")
     maker = [parts[0].split(".")[0]] if len(parts) > 1 else []
-    return f"{parts[-1]} ({', '.join(maker + [module.split('.')[0]])})"
+    return f"{parts[-1]} ({', '.join(maker + [_pack(override)])})"
+
+
+def _pack(obj):
+    """The custom node pack (its folder under custom_nodes) that defines `obj`, else its module: the host imports
+    a pack under its folder's whole path, so the module's name is no name to show."""
+    try:
+        path = inspect.getfile(obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj))
+    except TypeError:
+        path = ""
+    parts = os.path.normpath(path).split(os.sep)
+    if "custom_nodes" in parts[:-1]:
+        return os.path.splitext(parts[len(parts) - 1 - parts[::-1].index("custom_nodes") + 1])[0]
+    return (getattr(obj, "__module__", None) or type(obj).__module__).split(".")[0]
 
 
 def host_installed():

@@ -161,8 +161,8 @@ def test_df_fps_embedding_is_loaded_not_dropped(server):
     ("bad_wan22_ti2v.safetensors", "not a model this pack runs: it takes 48 latent channels and makes 48 (as "
                                    "Wan 2.2 TI2V-5B)"),
     ("bad_fp8_no_scale.safetensors", "layer blocks.0.ffn.0 is FP8 with no weight_scale: the file is damaged"),
-    ("bad_dangling.safetensors", "a link to moved_away.safetensors, which is not there (or links in a loop); fix or "
-                                 "remove the link in models/diffusion_models"),   # was: refresh the node list
+    ("bad_dangling.safetensors", "moved_away.safetensors, which is not there (or the links loop); fix or remove the "
+                                 "link in models/diffusion_models"),   # was: refresh the node list
 ])
 def test_bad_files_give_a_node_error_and_the_host_keeps_running(server, name, message):
     entry = server.run({"1": ours(name), "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}})

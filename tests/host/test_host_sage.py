@@ -131,15 +131,26 @@ except ValueError as e:
 
 # Another node's override (KJNodes' Patch Sage Attention KJ sets a closure made in its node): Patch SageAttention
 # after it replaces it and says so; a run with it reports whose attention ran, and Parallel Config names it.
+# The other pack is imported as the host imports packs: under its folder's whole path, dots as "_x_".
+import importlib.util, tempfile
 from skyreels_pack.nodes.adapters import run_report
-class OtherPackNode:
-    def patch(self, model):
-        def attention_override_sage(func, *args, **kwargs):
-            return func(*args, **kwargs)
-        m = model.clone()
-        m.model_options["transformer_options"]["optimized_attention_override"] = attention_override_sage
-        return m
-theirs = OtherPackNode().patch(patcher)
+pack = os.path.join(tempfile.mkdtemp(prefix="v0.33."), "custom_nodes", "ComfyUI-OtherPack")
+os.makedirs(os.path.join(pack, "nodes"))
+open(os.path.join(pack, "__init__.py"), "w").write("from .nodes.patches import OtherPackNode\n")
+open(os.path.join(pack, "nodes", "__init__.py"), "w").write("")
+open(os.path.join(pack, "nodes", "patches.py"), "w").write(
+    "class OtherPackNode:\n"
+    "    def patch(self, model):\n"
+    "        def attention_override_sage(func, *args, **kwargs):\n"
+    "            return func(*args, **kwargs)\n"
+    "        m = model.clone()\n"
+    "        m.model_options['transformer_options']['optimized_attention_override'] = attention_override_sage\n"
+    "        return m\n")
+spec = importlib.util.spec_from_file_location(pack.replace(".", "_x_"), os.path.join(pack, "__init__.py"))
+other = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = other
+spec.loader.exec_module(other)
+theirs = other.OtherPackNode().patch(patcher)
 PatchSageAttention.execute(theirs, "reference", 0, 0, 0, 0.995)
 result["foreign"] = dict(logs=[m for m in records if "replaces" in m], report=run_report.attention_summary(theirs, {}))
 try:
@@ -254,7 +265,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert r["all_kept"] == [{"sage": 0, "exact": n}, [
         "Patch SageAttention: exact_first_blocks + exact_last_blocks (60) cover all 2 blocks of this model: every "
         "attention call stays exact"]], r["all_kept"]
-    who = "attention_override_sage (OtherPackNode, __main__)"
+    who = "attention_override_sage (OtherPackNode, ComfyUI-OtherPack)"     # not the folder's path
     assert r["foreign"] == dict(
         logs=[f"Patch SageAttention: replaces the attention override already on this MODEL, {who}; ComfyUI runs one "
               "per model"],
