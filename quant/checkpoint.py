@@ -246,6 +246,9 @@ class Checkpoint:
         if os.path.isfile(path):
             _refuse_a_shard(path)
         self.paths = _shard_paths(path) if os.path.isdir(path) else [path]
+        read = {os.path.basename(p) for p in self.paths}
+        self.unlisted = sorted(f for f in os.listdir(path) if f.endswith(".safetensors") and f not in read) if (
+            os.path.isdir(path)) else []      # beside an index: files it does not list (a newer shard?)
         self.files = [_open_file(p) for p in self.paths]
         self.metadata = dict(self.files[0].metadata)
         raw = [(f, k) for f in self.files for k in f.keys()]
@@ -285,7 +288,7 @@ class Checkpoint:
         try:
             info = detect({n: self.spec(n)[0] for n in self._index})
         except NotWanModel as e:
-            raise CheckpointError(f"{self.path}: {e}") from None
+            raise CheckpointError(f"{self.path}: {e}{self._unlisted_hint()}") from None
         # No tensor of the model is integer or bool: such values would be quantized, or kept, as if they were
         # weights. Tensors it does not use are copied as they are, and named; a layer whose format the file
         # declares (NVFP4 packs two values in a byte) is the loader's to name.
@@ -303,6 +306,12 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: tensor {name} holds {kind} values, not floating-point weights: the "
                                   "file is damaged or not a model release; use the original download")
         return info
+
+    def _unlisted_hint(self):
+        if not self.unlisted:
+            return ""
+        return (f" (the folder also holds {', '.join(self.unlisted[:3])}, which its index does not list: if that is "
+                "a shard of this model, the index is out of date)")
 
     def _declared_layers(self):
         """Layers whose quantization format the file names (comfy_quant tensors, _quantization_metadata)."""
@@ -330,7 +339,7 @@ class Checkpoint:
         if missing:
             shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
             raise CheckpointError(f"{self.path}: incomplete {info.describe()}: {len(missing)} tensors missing "
-                                  f"({shown}); download the whole checkpoint again")
+                                  f"({shown}); download the whole checkpoint again{self._unlisted_hint()}")
         # A tensor of another shape would be cut to fit, or fail deep inside a run. Floating-point ones only: other
         # formats pack their values (NVFP4: two to a byte), and the loader names those formats it cannot read.
         wrong = [(k, self.spec(k)[0], shape) for k, shape in info.expected_shapes().items()

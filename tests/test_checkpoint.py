@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -90,6 +91,20 @@ def test_shard_listed_in_index_but_missing(tmp_path):
     (tmp_path / "model-00002-of-00003.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model-00002-of-00003.safetensors: shard listed in .* is missing"):
         Checkpoint(str(tmp_path))
+
+
+def test_a_shard_the_index_does_not_list_is_named_when_tensors_are_missing(tmp_path):
+    # An index older than the shards beside it: the missing tensors' message used to stop at "download again".
+    tiny.write_release(str(tmp_path), tiny.state_dict(tiny.info("T2V")), shards=2)
+    index = tmp_path / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"] = {k: v for k, v in data["weight_map"].items() if v != "model-00002-of-00002.safetensors"}
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError) as e:
+        with Checkpoint(str(tmp_path)) as ckpt:
+            ckpt.require_keys(ckpt.model_info())
+    assert str(e.value).endswith(" (the folder also holds model-00002-of-00002.safetensors, which its index does not "
+                                 "list: if that is a shard of this model, the index is out of date)"), str(e.value)
 
 
 def test_empty_folder(tmp_path):
