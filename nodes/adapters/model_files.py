@@ -17,8 +17,8 @@ def plain_errors(execute):
     def run(*args, **kwargs):
         try:
             return execute(*args, **kwargs)
-        except CheckpointError as e:
-            raise ValueError(str(e)) from None
+        except CheckpointError as e:     # its frames kept: ComfyUI shows the traceback
+            raise ValueError(str(e)).with_traceback(e.__traceback__) from None
     return run
 
 

@@ -1,10 +1,12 @@
 """Patch SageAttention's override: 8-bit attention for one MODEL's every attention call, through the host's per-model
 attention override (nothing global is patched). "Exact" is the host's PyTorch attention from its registry, never its
 global choice, which is itself 8-bit under --use-sage-attention."""
+import functools
 import inspect
 import logging
 import os
 
+import folder_paths
 import torch
 from comfy.ldm.modules import attention as host_attention
 
@@ -30,23 +32,26 @@ PYTORCH = host_function("pytorch")  # "exact" everywhere in this node
 def describe(override):
     """Who set an attention override that is not ours, for a message: "attention_override_sage (PathchSageAttentionKJ,
     ComfyUI-KJNodes)", the function (or class) and, where it is a closure, the class that made it, and its pack."""
+    if isinstance(override, functools.partial):
+        override = override.func
     qualname = getattr(override, "__qualname__", None) or type(override).__qualname__
     parts = qualname.split(".<locals>.")
     maker = [parts[0].split(".")[0]] if len(parts) > 1 else []
-    return f"{parts[-1]} ({', '.join(maker + [_pack(override)])})"
+    return f"{parts[-1]} ({', '.join(maker + [_pack(getattr(override, '__func__', override))])})"
 
 
 def _pack(obj):
-    """The custom node pack (its folder under custom_nodes) that defines `obj`, else its module: the host imports
-    a pack under its folder's whole path, so the module's name is no name to show."""
+    """The custom node pack (its folder in one of ComfyUI's custom_nodes folders) that defines `obj`: the host
+    imports a pack under its folder's whole path, with dots as "_x_", so the module's name is no name to show."""
     try:
-        path = inspect.getfile(obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj))
+        path = os.path.abspath(inspect.getfile(obj if inspect.isfunction(obj) or inspect.isclass(obj) else type(obj)))
     except TypeError:
         path = ""
-    parts = os.path.normpath(path).split(os.sep)
-    if "custom_nodes" in parts[:-1]:
-        return os.path.splitext(parts[len(parts) - 1 - parts[::-1].index("custom_nodes") + 1])[0]
-    return (getattr(obj, "__module__", None) or type(obj).__module__).split(".")[0]
+    for root in map(os.path.abspath, folder_paths.get_folder_paths("custom_nodes")):
+        if os.path.normcase(path).startswith(os.path.normcase(os.path.join(root, ""))):
+            return os.path.splitext(os.path.relpath(path, root).split(os.sep)[0])[0]
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    return os.path.basename(module.split(".")[0]).replace("_x_", ".")
 
 
 def host_installed():

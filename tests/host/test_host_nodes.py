@@ -170,6 +170,9 @@ def test_bad_files_give_a_node_error_and_the_host_keeps_running(server, name, me
     assert err is not None and err["node_type"] == LOADER
     # not "<the pack's folder path>.quant.checkpoint.CheckpointError", which the host heads its error with
     assert err["exception_type"] in ("ValueError", "FileNotFoundError"), err["exception_type"]
+    # and the traceback ComfyUI shows still reaches where the file was found bad (the pack's quant/ reader)
+    assert err["exception_type"] == "FileNotFoundError" or any(
+        f"quant{os.sep}" in line for line in err["traceback"]), err["traceback"]
     assert name in err["exception_message"] and message in err["exception_message"], err["exception_message"]
     assert "pickled code ran" not in server.read_log()
     assert server.get("/system_stats")  # still answering

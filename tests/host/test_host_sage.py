@@ -131,14 +131,19 @@ except ValueError as e:
 
 # Another node's override (KJNodes' Patch Sage Attention KJ sets a closure made in its node): Patch SageAttention
 # after it replaces it and says so; a run with it reports whose attention ran, and Parallel Config names it.
-# The other pack is imported as the host imports packs: under its folder's whole path, dots as "_x_".
-import importlib.util, tempfile
+# The other pack is imported as the host imports packs: under its folder's whole path, dots as "_x_", here from
+# a custom_nodes folder of another name (extra_model_paths.yaml can add one).
+import importlib.util, tempfile, folder_paths
 from skyreels_pack.nodes.adapters import run_report
-pack = os.path.join(tempfile.mkdtemp(prefix="v0.33."), "custom_nodes", "ComfyUI-OtherPack")
+pack = os.path.join(tempfile.mkdtemp(prefix="v0.33."), "extra_nodes", "ComfyUI-OtherPack")
+folder_paths.add_model_folder_path("custom_nodes", os.path.dirname(pack))
 os.makedirs(os.path.join(pack, "nodes"))
 open(os.path.join(pack, "__init__.py"), "w").write("from .nodes.patches import OtherPackNode\n")
 open(os.path.join(pack, "nodes", "__init__.py"), "w").write("")
 open(os.path.join(pack, "nodes", "patches.py"), "w").write(
+    "class Override:\n"
+    "    def run(self, func, *args, **kwargs):\n"
+    "        return func(*args, **kwargs)\n"
     "class OtherPackNode:\n"
     "    def patch(self, model):\n"
     "        def attention_override_sage(func, *args, **kwargs):\n"
@@ -153,6 +158,7 @@ spec.loader.exec_module(other)
 theirs = other.OtherPackNode().patch(patcher)
 PatchSageAttention.execute(theirs, "reference", 0, 0, 0, 0.995)
 result["foreign"] = dict(logs=[m for m in records if "replaces" in m], report=run_report.attention_summary(theirs, {}))
+result["foreign_method"] = sage_override.describe(other.nodes.patches.Override().run)
 try:
     recipe_of(theirs)
 except ValueError as e:
@@ -266,6 +272,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
         "Patch SageAttention: exact_first_blocks + exact_last_blocks (60) cover all 2 blocks of this model: every "
         "attention call stays exact"]], r["all_kept"]
     who = "attention_override_sage (OtherPackNode, ComfyUI-OtherPack)"     # not the folder's path
+    assert r["foreign_method"] == "Override.run (ComfyUI-OtherPack)", r["foreign_method"]
     assert r["foreign"] == dict(
         logs=[f"Patch SageAttention: replaces the attention override already on this MODEL, {who}; ComfyUI runs one "
               "per model"],

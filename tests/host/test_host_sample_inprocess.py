@@ -148,6 +148,8 @@ result = dict(
     end_blocks=error(end_image=image, vae=vae, causal_block_size=3, frames=9, ar_step=0),
     both_starts=error(start_image=image, prefix_video=video, vae=vae),
     prefix_fills=error(frames=5, prefix_video=video, overlap_history=5, vae=vae),
+    # a latent core LatentUpscale makes (8-pixel steps: 40x24) runs, as the host pads it to the patch size
+    odd_latent=bool(sample(latent={{"samples": torch.zeros(1, 16, 3, 3, 5)}}, ar_step=1)[0]["samples"].isfinite().all()),
     latent_fills=error(frames=97, prefix_video=video, overlap_history=5, vae=vae,
                        latent={{"samples": torch.zeros(1, 16, 2, 4, 4)}}),
 )
@@ -180,6 +182,7 @@ def test_sample_video_in_process(host, tmp_path):
                                 "from its own last frames")      # start_image used to be dropped with no word
     assert r["prefix_fills"] == ("Sample Video: frames: 5 frames leave no frame to make after the 2 latent frame(s) "
                                  "that prefix_video (its last overlap_history frames) gives; make it more than 5")
+    assert r["odd_latent"] is True
     assert r["latent_fills"].startswith("Sample Video: latent: 5 frames leave no frame to make after the 2 "), r
     assert r["upgraded"] == [True] * 5
     refused = r["refused"]
