@@ -192,6 +192,9 @@ def _indexed_shards(folder):
     indexes = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
     if not indexes:
         return None, None
+    if len(indexes) > 1:    # which one is this model's cannot be read from the folder
+        raise CheckpointError(f"{folder}: holds {len(indexes)} shard indexes ({', '.join(indexes)}); a model's "
+                              "folder has one: move the others out, with their shards")
     try:
         with open(os.path.join(folder, indexes[0]), encoding="utf-8") as f:
             listed = json.load(f)["weight_map"].values()

@@ -86,6 +86,16 @@ def test_shard_folder_without_index(tmp_path):
     assert_same(Checkpoint(str(tmp_path)), sd)
 
 
+def test_a_folder_with_two_shard_indexes_is_refused(tmp_path):
+    # An empty index that sorted first used to be read instead of the model's ("no .safetensors shards").
+    tiny.write_release(str(tmp_path), tiny.state_dict(tiny.info("T2V")), shards=2)
+    (tmp_path / "a.safetensors.index.json").write_text('{"weight_map": {}}')
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{tmp_path}: holds 2 shard indexes (a.safetensors.index.json, model.safetensors.index.json); a model's "
+            "folder has one: move the others out, with their shards")):
+        Checkpoint(str(tmp_path))
+
+
 def test_shard_listed_in_index_but_missing(tmp_path):
     tiny.write_release(str(tmp_path), tiny.state_dict(tiny.info("T2V")), shards=3)
     (tmp_path / "model-00002-of-00003.safetensors").unlink()
