@@ -73,9 +73,15 @@ def _kernel_call(q, k, v, layout, is_causal, sm_scale):
     return out[..., :d] if pad else out
 
 
-def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, attn_mask=None, mode="auto"):
+class KernelsUnavailable(RuntimeError):
+    """The sageattention kernels cannot run these inputs here (raised by sage_attention(strict=True))."""
+
+
+def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, attn_mask=None, mode="auto",
+                   strict=False):
     """8-bit attention, same shape and dtype as q; q, k and v are never modified. mode "auto" or "sageattention":
-    the kernels where they can run, else our PyTorch implementation (logged); "reference": the latter."""
+    the kernels where they can run, else our PyTorch implementation (logged) or, with strict, KernelsUnavailable
+    (the caller falls back to exact attention instead); "reference": the PyTorch implementation."""
     global _broken
     if attn_mask is not None:
         log_once("mask", "8-bit attention has no mask support: masked attention calls stay exact")
@@ -99,6 +105,8 @@ def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, att
                 if out_of_memory(e):
                     raise
                 reason = _broken = f"the sageattention kernels failed ({type(e).__name__}: {e})"
+        if strict:
+            raise KernelsUnavailable(reason)
         log_once(("kernel", reason), f"SageAttention kernels not used: {reason}; using the PyTorch SageAttention")
     elif mode != "reference":
         raise ValueError(f"mode must be 'auto', 'sageattention' or 'reference', not {mode!r}")

@@ -13,7 +13,7 @@ from comfy.ldm.modules import attention as host_attention
 from ...attention import sage_attention
 from ...attention.dispatch import Installed, canonical, choose, device_capability, installed_packages
 from ...attention.guard import StepIndex, all_finite, guard_cosine, phase
-from ...attention.sage import kernel_unavailable, log_once
+from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once
 
 KEY = "skyreels_sage"   # the MODEL's outer-sample wrapper: one guard pass per sampling pass (SageOverride.new_pass)
 HOST_NAMES = {"comfy-kitchen int8": "comfy_kitchen_int8", "sage3": "sage3"}  # our backend: the host's registry name
@@ -63,7 +63,7 @@ def ours(backend, q, k, v, skip_reshape, skip_output_reshape):
     """This pack's sage_attention on the host's own layout (no copy of the inputs or output), returning
     [B, heads, L, D] if skip_output_reshape, else [B, L, heads * D]."""
     layout = "HND" if skip_reshape else "NHD"
-    out = sage_attention(q, k, v, layout=layout, mode=backend)
+    out = sage_attention(q, k, v, layout=layout, mode=backend, strict=True)
     if layout != ("HND" if skip_output_reshape else "NHD"):
         out = out.transpose(1, 2)
     return out if skip_output_reshape else out.reshape(out.shape[0], out.shape[1], -1)
@@ -163,13 +163,18 @@ class SageOverride:
         if site in self.exact_sites:
             return exact()
         host_fn = host_function(HOST_NAMES[backend]) if backend in HOST_NAMES else None
-        if self.guard > 0 and self._check_due(site, to):
-            eight_bit = hnd(host_fn) if host_fn else lambda *t: sage_attention(*t, layout="HND", mode=backend)
-            cos = guard_cosine(eight_bit, hnd(PYTORCH), *as_hnd)
-            if cos < self.guard:
-                return self._go_exact(site, f"is off by cosine {cos:.6f} < {self.guard}", exact)
-        out = (host_fn(q, k, v, heads, **options) if host_fn
-               else ours(backend, *native, skip_reshape, skip_output_reshape))
+        try:
+            if self.guard > 0 and self._check_due(site, to):
+                eight_bit = (hnd(host_fn) if host_fn else
+                             lambda *t: sage_attention(*t, layout="HND", mode=backend, strict=True))
+                cos = guard_cosine(eight_bit, hnd(PYTORCH), *as_hnd)
+                if cos < self.guard:
+                    return self._go_exact(site, f"is off by cosine {cos:.6f} < {self.guard}", exact)
+            out = (host_fn(q, k, v, heads, **options) if host_fn
+                   else ours(backend, *native, skip_reshape, skip_output_reshape))
+        except KernelsUnavailable as e:     # they failed in this call (a compile error): exact from now on
+            self._log_once(("broken", q.device), f"{e}; attention stays exact (ComfyUI's PyTorch attention)")
+            return exact()
         if self.guard > 0 and not all_finite(out):
             return self._go_exact(site, "gave NaN or Inf", exact)
         self.counts["sage"] += 1

@@ -330,3 +330,43 @@ def test_without_sageattention_the_node_runs_exact_and_says_why(host, tmp_path):
     assert r["rel"] == 0.0 and r["counts"] == {"sage": 0, "exact": 8}
     assert r["logs"] == ["Patch SageAttention: No module named 'sageattention' (pip install sageattention); "
                          "attention stays exact (ComfyUI's PyTorch attention)"]
+
+
+KERNELS_FAIL = r"""
+import logging, nodes as core
+from skyreels_pack.attention import sage
+from skyreels_pack.nodes.adapters import sage_override
+from skyreels_pack.nodes.sage_patch import PatchSageAttention
+calls = []
+def failing_kernel(*a, **k):     # as a Triton compile that fails on the user's machine (ptxas, no compiler)
+    calls.append(1)
+    raise RuntimeError("ptxas exited with status 3221225794")
+sage._kernel = failing_kernel
+# As on a GPU the kernels can run on: only a failure makes them unavailable.
+sage.kernel_unavailable = sage_override.kernel_unavailable = lambda device: sage._broken
+sage_override.choose = lambda *a: ("sageattention", "sageattention 1.0.6 (Triton kernels)")
+records = []
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda r: records.append(r.getMessage())
+logging.getLogger("skyreels_fp8").addHandler(handler)
+pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
+latent = {"samples": torch.zeros(1, 16, 4, 8, 8)}    # 64 tokens: no ragged-key rule
+patcher, _ = load("t2v_fp8_tensor.safetensors")
+patched = PatchSageAttention.execute(patcher, "sageattn", 0, 0, 0, 0.995).args[0]
+a = core.common_ksampler(patched, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
+exact = PatchSageAttention.execute(patcher, "disabled", 0, 0, 0, 0.995).args[0]
+b = core.common_ksampler(exact, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
+override = patched.model_options["transformer_options"]["optimized_attention_override"]
+result = dict(rel=rel(a, b), counts=dict(override.counts), ran=sorted(override.ran), kernel_calls=len(calls),
+              logs=records)
+"""
+
+
+def test_kernels_that_fail_at_run_time_leave_attention_exact(host, tmp_path):
+    # The first call used to be answered by this pack's PyTorch SageAttention and counted as sageattention's.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + KERNELS_FAIL)
+    assert r["rel"] == 0.0 and r["counts"] == {"sage": 0, "exact": 8} and r["ran"] == [], r
+    assert r["kernel_calls"] == 1, r
+    assert r["logs"] == ["Patch SageAttention: the sageattention kernels failed (RuntimeError: ptxas exited with "
+                         "status 3221225794); attention stays exact (ComfyUI's PyTorch attention)"], r
