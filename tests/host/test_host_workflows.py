@@ -101,6 +101,13 @@ def test_convert_workflow_writes_the_fp8_file(server):
     assert os.path.isfile(out)
     text = "".join(t for o in entry["outputs"].values() for t in o.get("text", []))
     assert "wrote models/diffusion_models/SkyReels-V2-DF-1.3B-540P_fp8_e4m3fn.safetensors" in text
+    # Another model picked in the template: its file is named after it (the template used to carry the DF-1.3B name).
+    prompt = small_prompt(NAMES[3], server.get("/object_info"))
+    next(n for n in prompt.values() if n["class_type"] == "SkyReelsConvertToFP8")["inputs"]["model_name"] = \
+        "SkyReels-V2-T2V-14B-540P/"
+    err = error_of(server.run(prompt))
+    assert err is None, err and err["exception_message"]
+    assert os.path.isfile(out.replace("DF-1.3B", "T2V-14B"))
 
 
 LOADER_FOLDERS = {"CLIPLoader": "text_encoders", "VAELoader": "vae", "CLIPVisionLoader": "clip_vision"}
