@@ -122,8 +122,8 @@ class SafetensorsWriter:
             os.replace(self.tmp, self.dst)
         except PermissionError as e:
             if os.name == "nt" or getattr(e, "winerror", None):   # Windows: an open or mapped file stays put
-                why = ("it is in use, by a model ComfyUI loaded from it (ComfyUI's 'Free model and node cache' "
-                       "lets it go) or by another program, or it is read-only")
+                why = ("it is in use, by a model ComfyUI loaded from it (ComfyUI's 'Unload Models and "
+                       "Execution Cache' lets it go) or by another program, or it is read-only")
             else:
                 why = "check that you may write the file and its folder"
             raise CheckpointError(f"{self.dst}: cannot be replaced ({e.strerror}): {why}. Nothing was changed: "

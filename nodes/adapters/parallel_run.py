@@ -21,10 +21,10 @@ from .sample_job import fail
 log = logging.getLogger("skyreels_fp8")
 RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
 KNOWN = {   # model_options keys that parallel runs refuse, and core nodes that set them
-    "sampler_cfg_function": "e.g. RescaleCFG, Perp-Neg",
-    "sampler_post_cfg_function": "e.g. CFG-Zero*, Skip Layer Guidance DiT, PAG",
-    "sampler_pre_cfg_function": "e.g. APG",
-    "sampler_calc_cond_batch_function": "e.g. Skip Layer Guidance DiT Simple",
+    "sampler_cfg_function": "e.g. RescaleCFG, Perp-Neg",     # as ComfyUI shows the nodes
+    "sampler_post_cfg_function": "e.g. CFGZeroStar, SkipLayerGuidanceDiT, PerturbedAttentionGuidance",
+    "sampler_pre_cfg_function": "e.g. Adaptive Projected Guidance",
+    "sampler_calc_cond_batch_function": "e.g. SkipLayerGuidanceDiTSimple",
     "patches_replace": "a block replacement, e.g. another pack's cache or attention patch",
 }
 

@@ -62,8 +62,8 @@ def frame_sigmas_unseen(model, df, ar_step):
     readers = [k for k in SIGMA_READERS if not (parallel and k == "sampler_calc_cond_batch_function")]
     if df and ar_step and any(model.model_options.get(k) for k in readers):
         return (f"ar_step {ar_step}: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, Skip Layer "
-                "Guidance, TemporalScoreRescaling) see one per model call, the noisiest frame's; frames further along "
-                "are treated as that noisy")
+                "Guidance, TSR - Temporal Score Rescaling) see one per model call, the noisiest frame's; frames further "
+                "along are treated as that noisy")
     return None
 
 

@@ -214,8 +214,8 @@ def test_sample_video_in_process(host, tmp_path):
     assert refused["taew2_1"] is None, refused
     assert r["guidance_notes"] == [[], [
         "ar_step 1: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, Skip Layer Guidance, "
-        "TemporalScoreRescaling) see one per model call, the noisiest frame's; frames further along are treated as "
-        "that noisy"]], r["guidance_notes"]
+        "TSR - Temporal Score Rescaling) see one per model call, the noisiest frame's; frames further along are "
+        "treated as that noisy"]], r["guidance_notes"]
     eager, dequantized = r["matmul_lines"]
     assert r["nan_first"] == ("WARNING: 100% of the result is NaN/Inf: the inputs hold such values, or the model "
                               "overflowed (e.g. computing in fp16)"), r["nan_first"]
