@@ -91,11 +91,9 @@ def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, att
     mode = canonical(mode)
     if mode in ("auto", "sageattention"):
         reason = kernel_unavailable(q.device) or _shape_unsupported(q, k, layout, is_causal)
-        kv_len = k.shape[2 if layout == "HND" else 1]
-        if reason is None and kv_len % 64 and kv_len < RAGGED_EXACT_BELOW and (
-                not _sage2() or device_capability(q.device) == (8, 6)):  # the kernels that miscount the padding
-            log_once(("ragged", kv_len), f"{kv_len} keys is not a multiple of 64: sageattention here would "
-                                         "miscount the padding, so these calls use exact attention")
+        ragged = reason is None and miscounted_padding(k.shape[2 if layout == "HND" else 1], q.device)
+        if ragged:
+            log_once(ragged, ragged)
             return exact_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
         if reason is None:
             try:
@@ -111,6 +109,15 @@ def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, att
     elif mode != "reference":
         raise ValueError(f"mode must be 'auto', 'sageattention' or 'reference', not {mode!r}")
     return sage_attention_reference(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
+
+
+def miscounted_padding(kv_len, device):
+    """Why calls with kv_len keys use exact attention where the installed kernels would miscount the padding of the
+    last 64-key block (RAGGED_EXACT_BELOW), or None."""
+    if kv_len % 64 and kv_len < RAGGED_EXACT_BELOW and (not _sage2() or device_capability(device) == (8, 6)):
+        return (f"{kv_len} keys is not a multiple of 64: sageattention here would miscount the padding, so these "
+                "calls use exact attention")
+    return None
 
 
 def _shape_unsupported(q, k, layout, is_causal):

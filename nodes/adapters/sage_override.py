@@ -13,7 +13,7 @@ from comfy.ldm.modules import attention as host_attention
 from ...attention import sage_attention
 from ...attention.dispatch import Installed, canonical, choose, device_capability, installed_packages
 from ...attention.guard import StepIndex, all_finite, guard_cosine, phase
-from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once
+from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once, miscounted_padding
 
 KEY = "skyreels_sage"   # the MODEL's outer-sample wrapper: one guard pass per sampling pass (SageOverride.new_pass)
 HOST_NAMES = {"comfy-kitchen int8": "comfy_kitchen_int8", "sage3": "sage3"}  # our backend: the host's registry name
@@ -161,6 +161,10 @@ class SageOverride:
         as_hnd = native if skip_reshape else tuple(t.transpose(1, 2) for t in native)
         site = (to.get("block_index"), tuple(as_hnd[0].shape), tuple(as_hnd[1].shape))
         if site in self.exact_sites:
+            return exact()
+        ragged = backend == "sageattention" and miscounted_padding(site[2][2], q.device)
+        if ragged:     # counted as exact, which it is
+            self._log_once(ragged, ragged)
             return exact()
         host_fn = host_function(HOST_NAMES[backend]) if backend in HOST_NAMES else None
         try:

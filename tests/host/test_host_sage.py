@@ -344,7 +344,9 @@ def failing_kernel(*a, **k):     # as a Triton compile that fails on the user's 
 sage._kernel = failing_kernel
 # As on a GPU the kernels can run on: only a failure makes them unavailable.
 sage.kernel_unavailable = sage_override.kernel_unavailable = lambda device: sage._broken
-sage_override.choose = lambda *a: ("sageattention", "sageattention 1.0.6 (Triton kernels)")
+real_choose = sage_override.choose
+sage_override.choose = lambda mode, *a: (("sageattention", "sageattention 1.0.6 (Triton kernels)")
+                                         if mode != "disabled" else real_choose(mode, *a))
 records = []
 handler = logging.Handler(logging.WARNING)
 handler.emit = lambda r: records.append(r.getMessage())
@@ -370,3 +372,15 @@ def test_kernels_that_fail_at_run_time_leave_attention_exact(host, tmp_path):
     assert r["kernel_calls"] == 1, r
     assert r["logs"] == ["Patch SageAttention: the sageattention kernels failed (RuntimeError: ptxas exited with "
                          "status 3221225794); attention stays exact (ComfyUI's PyTorch attention)"], r
+
+
+def test_calls_that_kernels_would_pad_wrongly_are_counted_exact(host, tmp_path):
+    # 32 tokens: sageattention 1.x would miscount the padding of the last 64-key block, so these calls run exact
+    # attention; they used to be counted (and reported) as sageattention's.
+    write_models(tmp_path)
+    code = KERNELS_FAIL.replace("torch.zeros(1, 16, 4, 8, 8)", "torch.zeros(1, 16, 2, 8, 8)")
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + code)
+    assert r["rel"] == 0.0 and r["counts"] == {"sage": 0, "exact": 8} and r["ran"] == [], r
+    assert r["kernel_calls"] == 0, r
+    assert r["logs"] == [f"Patch SageAttention: {n} keys is not a multiple of 64: sageattention here would miscount "
+                         "the padding, so these calls use exact attention" for n in (32, 16)], r   # video, text
