@@ -9,6 +9,7 @@ import os
 import time
 
 import comfy.utils
+import torch
 from comfy.patcher_extension import WrappersMP
 
 from ...attention.usp import layout
@@ -73,10 +74,16 @@ def _weight_patches(model):
     from comfy.weight_adapter import WeightAdapterBase
     for key, entries in model.patches.items():
         for strength, value, strength_model, offset, function in entries:
-            if not isinstance(value, WeightAdapterBase) or function is not None:
+            # A LoRA file's .diff / .diff_b / .set_weight keys (Kijai's ComfyUI-format distillation LoRAs carry
+            # .diff_b on every Linear bias and .diff on the norms) reach the model as ("diff" | "set", (tensor,)),
+            # the host's load_lora's own form; a model merge's patches are (weight,): whole weights of another model.
+            from_lora = (isinstance(value, tuple) and len(value) == 2 and value[0] in ("diff", "set")
+                         and isinstance(value[1], tuple) and all(isinstance(t, torch.Tensor) for t in value[1]))
+            if not (isinstance(value, WeightAdapterBase) or from_lora) or function is not None:
                 fail(f"parallel: {key}: a weight patch of type {type(value).__name__} (a model merge or another "
                      "pack's patch); parallel runs take LoRA-style patches only: save the merged model and load that")
-            if any(t.device.type != "cpu" for t in value.weights if hasattr(t, "device")):
+            tensors = value[1] if from_lora else value.weights
+            if any(t.device.type != "cpu" for t in tensors if hasattr(t, "device")):
                 fail(f"parallel: {key}: a LoRA held on a GPU; load LoRAs with ComfyUI's loaders (they keep them on "
                      "the CPU)")
     return {"uuid": str(model.patches_uuid), "patches": {k: list(v) for k, v in model.patches.items()}}

@@ -83,6 +83,9 @@ for i in range(2):
         w = model.model.diffusion_model.blocks[i].get_submodule(name).weight
         lora[f"diffusion_model.blocks.{i}.{name}.lora_up.weight"] = torch.randn(w.shape[0], 4, generator=g) * 0.3
         lora[f"diffusion_model.blocks.{i}.{name}.lora_down.weight"] = torch.randn(4, w.shape[1], generator=g) * 0.3
+        # Kijai's ComfyUI-format distillation LoRAs (lightx2v, CausVid, ...) also carry .diff_b on the Linear biases
+        lora[f"diffusion_model.blocks.{i}.{name}.diff_b"] = torch.randn(w.shape[0], generator=g) * 0.05
+    lora[f"diffusion_model.blocks.{i}.norm3.diff"] = torch.randn(256, generator=g) * 0.1    # ... and .diff on norms
 with_lora = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)[0]
 keep = ParallelConfig.execute(2, "cpu", "", cfg_parallel=False, keep_workers=True).args[0]
 one = SampleVideo.execute(with_lora, pos, neg, **ARGS).args[0]["samples"]
