@@ -21,6 +21,13 @@ def weights_summary(model):
     return f"Linear weights: {parts}", fp8_matmul, any(k.startswith("float8") for k in kinds)
 
 
+def patches_lines(model):
+    """The line naming the weights LoRAs (or merges) patch, if any: a LoRA whose keys ComfyUI did not load is only
+    logged, so its missing line is what shows it here."""
+    n = sum(1 for entries in model.patches.values() if entries)
+    return [f"weight patches (LoRAs): {n} weights"] if n else []
+
+
 def _kind(w):
     gguf = getattr(w, "tensor_type", None)          # ComfyUI-GGUF's GGMLTensor: a GGMLQuantizationType
     if gguf is not None:

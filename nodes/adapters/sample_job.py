@@ -324,6 +324,7 @@ class Job:
             f"{calls} model calls, {self.model_seconds / max(calls, 1):.3f} s per call ({self.model_seconds:.1f} s "
             f"in the model of {meter.seconds:.1f} s in all); {meter.memory}",
             f"{weights}; {matmul}",
+            *run_report.patches_lines(self.model),
             run_report.attention_summary(self.model, attention_before),
             *self._teacache_line(teacache_before),
             *self.notes,

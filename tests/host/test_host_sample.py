@@ -200,3 +200,16 @@ def test_forcing_works_with_core_timestep_ranges(server):
     prompt["4"]["inputs"]["positive"] = ["6", 0]
     run_ok(server, prompt)
     assert latent_of(server, "ranges").isfinite().all()
+
+
+def test_report_names_the_weights_a_lora_patches(server):
+    # A distillation LoRA whose keys ComfyUI does not load is only logged by the host; the report shows it.
+    prompt = graph("lora_report", model="t2v_bf16.safetensors", steps=1)
+    prompt["6"] = {"class_type": "LoraLoaderModelOnly",
+                   "inputs": {"model": ["1", 0], "lora_name": "tiny_lora.safetensors", "strength_model": 0.5}}
+    prompt["7"] = {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}}
+    plain = run_ok(server, prompt)["outputs"]["7"]["text"][0]
+    prompt["4"]["inputs"]["model"] = ["6", 0]
+    patched = run_ok(server, prompt)["outputs"]["7"]["text"][0]
+    assert "weight patches" not in plain, plain
+    assert "\nweight patches (LoRAs): 8 weights\n" in patched, patched     # self_attn q, k, v, o of 2 blocks
