@@ -236,3 +236,47 @@ def test_a_missing_vae_is_offered_for_download_where_comfy_org_keeps_it(page, se
         close_dialogs(page)
     url = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/vae/wan_2.1_vae.safetensors"
     assert url in asked, asked
+
+
+# Sample Video into a subgraph (Comfy.Graph.ConvertToSubgraph), `mode` and `mode.ar_step` promoted from its widgets'
+# context menu inside, ar_step changed on the subgraph node: the prompt holds the same values as before the
+# conversion but that one, and a save and reopen keeps them all.
+WIDGET_POINT = """([id, name]) => {
+  const c = window.app.canvas, n = c.graph.getNodeById(id);
+  c.ds.scale = 1; c.ds.offset[0] = -n.pos[0] + 300; c.ds.offset[1] = -n.pos[1] + 100; c.setDirty(true, true);
+  c.draw(true, true);
+  const w = n.widgets.find(w => w.name === name);
+  const p = c.ds.convertOffsetToCanvas([n.pos[0] + n.size[0] / 2, n.pos[1] + w.last_y + (w.computedHeight ?? 20) / 2]);
+  const r = c.canvas.getBoundingClientRect();
+  return [r.left + p[0], r.top + p[1]];
+}"""
+SAMPLE_PROMPT = """async () => Object.values((await window.app.graphToPrompt()).output)
+  .find(n => n.class_type === "SkyReelsSampleVideo").inputs"""
+
+
+def test_sample_video_in_a_subgraph_with_promoted_df_widgets(page):
+    open_template(page, "skyreels_df_long_video")
+    page.evaluate(SUBSTITUTE)
+    before = page.evaluate(SAMPLE_PROMPT)
+    sub = page.evaluate("""async () => { const c = window.app.canvas; c.deselectAll();
+      c.select(window.app.graph.nodes.find(n => n.type === "SkyReelsSampleVideo"));
+      await window.app.extensionManager.command.execute("Comfy.Graph.ConvertToSubgraph");
+      const s = window.app.graph.nodes.find(n => n.isSubgraphNode?.()); c.openSubgraph(s.subgraph, s); return s.id; }""")
+    page.wait_for_timeout(500)
+    inner = page.evaluate("() => window.app.canvas.graph.nodes.find(n => n.type === 'SkyReelsSampleVideo').id")
+    for name in ("mode", "mode.ar_step"):
+        x, y = page.evaluate(WIDGET_POINT, [inner, name])
+        page.mouse.click(x, y, button="right")
+        page.locator(".litecontextmenu .litemenu-entry").filter(has_text="Promote Widget").first.click()
+        page.wait_for_timeout(300)
+    page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Graph.ExitSubgraph'); }")
+    page.wait_for_timeout(500)
+    outer = page.evaluate("""(id) => { const s = window.app.graph.getNodeById(id);
+      s.widgets.find(w => w.name === "mode.ar_step").value = 3; return s.widgets.map(w => w.name); }""", sub)
+    assert {"mode", "mode.ar_step"} <= set(outer), outer
+    promoted = page.evaluate(SAMPLE_PROMPT)
+    assert promoted == {**before, "mode.ar_step": 3}, (before, promoted)
+    saved = page.evaluate("() => window.app.graph.serialize()")
+    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", saved)
+    assert page.evaluate(SAMPLE_PROMPT) == promoted
+    assert page.errors == [], page.errors
