@@ -56,8 +56,8 @@ class SampleVideo(io.ComfyNode):
                 io.Float.Input("cfg", default=6.0, min=0.0, max=100.0, step=0.1, round=0.01),
                 io.Float.Input("shift", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Flow shift of the sigma schedule (SkyReels-V2: 8.0; for I2V its README says "
-                                       "3.0). 0: the MODEL's own (e.g. from ModelSamplingSD3; ComfyUI's default for "
-                                       "Wan is 8.0)."),
+                                       "3.0, its table 5.0). 0: the MODEL's own (e.g. from ModelSamplingSD3; "
+                                       "ComfyUI's default for Wan is 8.0)."),
                 io.Combo.Input("sampler", options=list(solvers.SOLVERS), default="unipc",
                                tooltip="unipc: SkyReels-V2's flow UniPC (bh2, order 2). euler: ComfyUI's euler."),
                 io.Int.Input("fps", default=24, min=1, max=120,

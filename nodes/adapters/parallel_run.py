@@ -76,7 +76,8 @@ def _weight_patches(model):
         for strength, value, strength_model, offset, function in entries:
             # A LoRA file's .diff / .diff_b / .set_weight keys (Kijai's ComfyUI-format distillation LoRAs carry
             # .diff_b on every Linear bias and .diff on the norms) reach the model as ("diff" | "set", (tensor,)),
-            # the host's load_lora's own form; a model merge's patches are (weight,): whole weights of another model.
+            # the host's load_lora's own form; a model merge's patches are lists, [(weight, convert), ...]: whole
+            # weights of another model.
             from_lora = (isinstance(value, tuple) and len(value) == 2 and value[0] in ("diff", "set")
                          and isinstance(value[1], tuple) and all(isinstance(t, torch.Tensor) for t in value[1]))
             if not (isinstance(value, WeightAdapterBase) or from_lora) or function is not None:

@@ -22,10 +22,17 @@ def weights_summary(model):
 
 
 def patches_lines(model):
-    """The line naming the weights LoRAs (or merges) patch, if any: a LoRA whose keys ComfyUI did not load is only
-    logged, so its missing line is what shows it here."""
-    n = sum(1 for entries in model.patches.values() if entries)
-    return [f"weight patches (LoRAs): {n} weights"] if n else []
+    """Lines naming the weights LoRAs patch, and those a model merge patches (ComfyUI's ModelMerge* nodes add each
+    weight as a list, [(weight, convert), ...]), if any: a LoRA whose keys ComfyUI did not load is only logged, so its
+    missing line is what shows it here. Load LoRA (Bypass)'s adapters are not weight patches (ComfyUI injects them
+    into the layers): they have a line of their own."""
+    merged = sum(1 for entries in model.patches.values() if any(isinstance(e[1], list) for e in entries))
+    lora = sum(1 for entries in model.patches.values() if any(not isinstance(e[1], list) for e in entries))
+    lines = [f"weight patches (LoRAs): {lora} weights"] if lora else []
+    lines += [f"weight patches (model merge): {merged} weights"] if merged else []
+    if getattr(model, "injections", {}).get("bypass_lora"):
+        lines.append("LoRAs in bypass mode (Load LoRA (Bypass) (For debugging)): applied beside the weights")
+    return lines
 
 
 def _kind(w):

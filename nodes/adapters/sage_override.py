@@ -176,8 +176,8 @@ class SageOverride:
                     return self._go_exact(site, f"is off by cosine {cos:.6f} < {self.guard}", exact)
             out = (host_fn(q, k, v, heads, **options) if host_fn
                    else ours(backend, *native, skip_reshape, skip_output_reshape))
-        except KernelsUnavailable as e:     # they failed in this call (a compile error): exact from now on
-            self._log_once(("broken", q.device), f"{e}; attention stays exact (ComfyUI's PyTorch attention)")
+        except KernelsUnavailable as e:  # they failed in this call (exact from now on) or cannot take these inputs
+            self._log_once(("kernels", q.device, str(e)), f"{e}; attention stays exact (ComfyUI's PyTorch attention)")
             return exact()
         if self.guard > 0 and not all_finite(out):
             return self._go_exact(site, "gave NaN or Inf", exact)

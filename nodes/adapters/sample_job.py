@@ -61,9 +61,9 @@ def frame_sigmas_unseen(model, df, ar_step):
     parallel = sequence_parallel.MESH_KEY in model.model_options.get("transformer_options", {})   # its batching
     readers = [k for k in SIGMA_READERS if not (parallel and k == "sampler_calc_cond_batch_function")]
     if df and ar_step and any(model.model_options.get(k) for k in readers):
-        return (f"ar_step {ar_step}: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, Skip Layer "
-                "Guidance, TSR - Temporal Score Rescaling) see one per model call, the noisiest frame's; frames further "
-                "along are treated as that noisy")
+        return (f"ar_step {ar_step}: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, "
+                "SkipLayerGuidanceDiT, TSR - Temporal Score Rescaling) see one per model call, the noisiest frame's; "
+                "frames further along are treated as that noisy")
     return None
 
 

@@ -261,7 +261,8 @@ def test_sample_video_in_a_subgraph_with_promoted_df_widgets(page):
     sub = page.evaluate("""async () => { const c = window.app.canvas; c.deselectAll();
       c.select(window.app.graph.nodes.find(n => n.type === "SkyReelsSampleVideo"));
       await window.app.extensionManager.command.execute("Comfy.Graph.ConvertToSubgraph");
-      const s = window.app.graph.nodes.find(n => n.isSubgraphNode?.()); c.openSubgraph(s.subgraph, s); return s.id; }""")
+      const s = window.app.graph.nodes.find(n => n.isSubgraphNode?.());
+      c.openSubgraph(s.subgraph, s); return s.id; }""")
     page.wait_for_timeout(500)
     inner = page.evaluate("() => window.app.canvas.graph.nodes.find(n => n.type === 'SkyReelsSampleVideo').id")
     for name in ("mode", "mode.ar_step"):

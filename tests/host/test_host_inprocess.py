@@ -302,3 +302,41 @@ def test_comfyui_weight_dtype_option_leaves_the_kept_tensors_alone(host, tmp_pat
                                   "loader's, the other tensors stay float32"), fp8["report"]
     # weight_format bf16 names its dtype, which the option does not change either
     assert r["bf16"]["rel"] == 0.0 and r["bf16"]["kept"] == r["bf16"]["base_kept"], r["bf16"]
+
+
+PATCHES = r"""
+from skyreels_pack.nodes.adapters import parallel_run, run_report
+from comfy_extras.nodes_model_merging import ModelAdd, ModelMergeSimple
+model, _ = load("t2v_bf16.safetensors")
+other = comfy.sd.load_diffusion_model(folder_paths.get_full_path("diffusion_models", "t2v_bf16.safetensors"))
+lora = {}
+for i in range(2):
+    for name in ("self_attn.q", "cross_attn.o"):
+        w = model.model.diffusion_model.blocks[i].get_submodule(name).weight
+        lora[f"diffusion_model.blocks.{i}.{name}.lora_up.weight"] = torch.randn(w.shape[0], 4, generator=g)
+        lora[f"diffusion_model.blocks.{i}.{name}.lora_down.weight"] = torch.randn(4, w.shape[1], generator=g)
+models = dict(plain=comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)[0],
+              bypass=comfy.sd.load_bypass_lora_for_models(model, None, lora, 1.0, 0)[0],
+              merged=ModelMergeSimple().merge(model, other, 0.5)[0], added=ModelAdd().merge(model, other)[0])
+result = dict(lines={k: run_report.patches_lines(m) for k, m in models.items()}, parallel={})
+for name in ("merged", "added"):
+    try:
+        parallel_run._weight_patches(models[name])
+        result["parallel"][name] = "accepted"
+    except ValueError as e:
+        result["parallel"][name] = str(e)
+"""
+
+
+def test_report_tells_loras_bypass_loras_and_merges_apart(host, tmp_path):
+    # Sample Video's report line; and ComfyUI's real merges (lists of whole weights) stay refused by Parallel Config
+    # now that a LoRA file's diff / set tuples are taken.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + PATCHES)
+    assert r["lines"] == {"plain": ["weight patches (LoRAs): 4 weights"],
+                          "bypass": ["LoRAs in bypass mode (Load LoRA (Bypass) (For debugging)): applied beside the "
+                                     "weights"],
+                          "merged": ["weight patches (model merge): 69 weights"],
+                          "added": ["weight patches (model merge): 69 weights"]}, r["lines"]
+    for name, message in r["parallel"].items():
+        assert "a weight patch of type list (a model merge" in message, (name, message)

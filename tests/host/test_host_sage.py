@@ -384,3 +384,25 @@ def test_calls_that_kernels_would_pad_wrongly_are_counted_exact(host, tmp_path):
     assert r["kernel_calls"] == 0, r
     assert r["logs"] == [f"Patch SageAttention: {n} keys is not a multiple of 64: sageattention here would miscount "
                          "the padding, so these calls use exact attention" for n in (32, 16)], r   # video, text
+
+
+def test_kernels_that_fail_with_the_guard_off_leave_attention_exact(host, tmp_path):
+    write_models(tmp_path)
+    code = KERNELS_FAIL.replace('"sageattn", 0, 0, 0, 0.995', '"sageattn", 0, 0, 0, 0.0')
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + code)
+    assert r["rel"] == 0.0 and r["counts"] == {"sage": 0, "exact": 8} and r["ran"] == [] and r["kernel_calls"] == 1, r
+
+
+def test_a_call_refused_by_shape_does_not_hide_a_later_kernel_failure(host, tmp_path):
+    # Both reach Patch SageAttention as KernelsUnavailable; each is logged once, with its own reason.
+    write_models(tmp_path)
+    refuse_first = ("n = [0]\nreal = sage._shape_unsupported\n"
+                    "def first_refused(*a):\n    n[0] += 1\n"
+                    "    return 'fp32 inputs (sageattention 2.x takes fp16/bf16)' if n[0] == 1 else real(*a)\n"
+                    "sage._shape_unsupported = first_refused\n")
+    code = KERNELS_FAIL.replace("sage._kernel = failing_kernel\n", "sage._kernel = failing_kernel\n" + refuse_first)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + code)
+    assert r["kernel_calls"] == 1 and r["counts"] == {"sage": 0, "exact": 8}, r
+    assert [m.split(";")[0] for m in r["logs"] if "is not a multiple of 64" not in m] == [   # text: 16 keys
+        "Patch SageAttention: fp32 inputs (sageattention 2.x takes fp16/bf16)",
+        "Patch SageAttention: the sageattention kernels failed (RuntimeError: ptxas exited with status 3221225794)"], r

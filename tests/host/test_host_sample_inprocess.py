@@ -213,7 +213,7 @@ def test_sample_video_in_process(host, tmp_path):
     assert refused["sd"].startswith("Sample Video: vae: makes 4-channel 2-D latents"), refused
     assert refused["taew2_1"] is None, refused
     assert r["guidance_notes"] == [[], [
-        "ar_step 1: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, Skip Layer Guidance, "
+        "ar_step 1: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, SkipLayerGuidanceDiT, "
         "TSR - Temporal Score Rescaling) see one per model call, the noisiest frame's; frames further along are "
         "treated as that noisy"]], r["guidance_notes"]
     eager, dequantized = r["matmul_lines"]
