@@ -187,26 +187,33 @@ def is_release(files):
         "config.json" in files and sum(f.endswith(".safetensors") for f in files) == 1)
 
 
+def _indexes(folder):
+    return sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
+
+
 def _indexed_shards(folder):
     """(index file name, the shard names it lists) of a folder, or (None, None) if it has no index."""
-    indexes = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
+    indexes = _indexes(folder)
     if not indexes:
         return None, None
     if len(indexes) > 1:    # which one is this model's cannot be read from the folder
         raise CheckpointError(f"{folder}: holds {len(indexes)} shard indexes ({', '.join(indexes)}); a model's "
                               "folder has one: move the others out, with their shards")
+    return indexes[0], _listed(os.path.join(folder, indexes[0]))
+
+
+def _listed(index):
+    """The shard names a shard index lists."""
     try:
-        with open(os.path.join(folder, indexes[0]), encoding="utf-8") as f:
+        with open(index, encoding="utf-8") as f:
             listed = json.load(f)["weight_map"].values()
         if not all(isinstance(name, str) for name in listed):
             raise ValueError("its weight_map names something other than files")
     except KeyError:
-        raise CheckpointError(f"{os.path.join(folder, indexes[0])}: not a shard index (it has no weight_map); "
-                              "download it again") from None
+        raise CheckpointError(f"{index}: not a shard index (it has no weight_map); download it again") from None
     except (ValueError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{os.path.join(folder, indexes[0])}: not a readable shard index ({e}); download it "
-                              "again") from None
-    return indexes[0], sorted(set(listed))
+        raise CheckpointError(f"{index}: not a readable shard index ({e}); download it again") from None
+    return sorted(set(listed))
 
 
 def _shard_paths(folder):
@@ -230,13 +237,14 @@ def _refuse_a_shard(path):
     """One shard of a model alone is no model: say which folder to give instead (an unreadable index is left to
     the folder's own load to report)."""
     folder = os.path.dirname(os.path.abspath(path))
-    try:
-        index, names = _indexed_shards(folder)
-    except CheckpointError:
-        return
-    if index and os.path.basename(path) in names:
-        raise CheckpointError(f"{path}: one shard of the model in {os.path.basename(folder)}/ (listed in {index}); "
-                              f"give the folder (the loaders list it as {os.path.basename(folder)}/)")
+    for index in _indexes(folder):     # any of them: a folder of several is refused as a whole
+        try:
+            listed = os.path.basename(path) in _listed(os.path.join(folder, index))
+        except CheckpointError:
+            continue
+        if listed:
+            raise CheckpointError(f"{path}: one shard of the model in {os.path.basename(folder)}/ (listed in "
+                                  f"{index}); give the folder (the loaders list it as {os.path.basename(folder)}/)")
 
 
 class Checkpoint:

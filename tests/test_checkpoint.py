@@ -218,6 +218,10 @@ def test_a_shard_alone_names_its_folder(tmp_path):
                             "model.safetensors.index.json); give the folder (the loaders list it as "
                             "SkyReels-V2-DF-14B-540P/)")
 
+    (tmp_path / "SkyReels-V2-DF-14B-540P" / "a.safetensors.index.json").write_text('{"weight_map": {}}')
+    with pytest.raises(CheckpointError, match=re.escape("(listed in model.safetensors.index.json)")):
+        Checkpoint(str(shard))     # beside a second index too (it loaded alone)
+
 
 @pytest.mark.parametrize("index,why", [('{"weight_map": {"a": ', "Expecting value"),
                                        ("[]", "list indices must be integers or slices, not str"),
