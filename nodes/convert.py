@@ -10,6 +10,8 @@ from ..quant import Options, convert
 from .adapters import model_files
 
 GRANULARITY = {"per-tensor (loads in core)": "tensor", "per-channel (more accurate)": "channel"}
+# output path: [the signature it had when last written or last seen changed, the times it was seen changed]
+_written = {}
 
 
 class ConvertToFP8(io.ComfyNode):
@@ -40,16 +42,31 @@ class ConvertToFP8(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, model_name, output_name, fp8_type, **kwargs):
+        """The host serves this node from its cache (writing nothing, showing the last report) while this stays the
+        same: so it covers the source's files, and counts the times the output this node wrote was found deleted or
+        replaced (the node then runs again, once)."""
+        try:
+            src = model_files.resolve(model_name)
+            dst = model_files.output_path(_output_name(src, output_name, fp8_type))
+            source = model_files.signature(src)
+            now = model_files.signature(dst) if os.path.isfile(dst) else "missing"
+        except (OSError, ValueError):     # execute says what is wrong
+            return ""
+        written = _written.get(dst)
+        if written is None:
+            return source, 0
+        if now != written[0]:      # deleted or replaced since: count it once, then run again
+            written[0], written[1] = now, written[1] + 1
+        return source, written[1]
+
+    @classmethod
     @model_files.plain_errors
     def execute(cls, model_name, output_name, granularity, fp8_type, keep_first_blocks=0, keep_last_blocks=0,
                 overwrite=False):
         src = model_files.resolve(model_name)
-        if not output_name.strip():
-            stem = os.path.basename(src.rstrip(os.sep))
-            if os.path.isfile(src):  # a shard folder such as "Wan2.1-T2V-14B" keeps its whole name
-                stem = os.path.splitext(stem)[0]
-            output_name = f"{stem}_fp8_{fp8_type}.safetensors"
-        dst = model_files.output_path(output_name.strip())
+        output_name = _output_name(src, output_name, fp8_type)
+        dst = model_files.output_path(output_name)
         made = _missing_folders(os.path.dirname(dst))
         try:
             os.makedirs(os.path.dirname(dst), exist_ok=True)    # subfolders are made, as Save Image makes its own
@@ -67,8 +84,19 @@ class ConvertToFP8(io.ComfyNode):
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
             raise
+        _written.setdefault(dst, [None, 0])[0] = model_files.signature(dst)
         text = report.table() + f"\nwrote {model_files.shown(dst)}"
         return io.NodeOutput(text, ui=ui.PreviewText(text))
+
+
+def _output_name(src, output_name, fp8_type):
+    """output_name, or when empty <source>_fp8_<type>.safetensors."""
+    if output_name.strip():
+        return output_name.strip()
+    stem = os.path.basename(src.rstrip(os.sep))
+    if os.path.isfile(src):  # a shard folder such as "Wan2.1-T2V-14B" keeps its whole name
+        stem = os.path.splitext(stem)[0]
+    return f"{stem}_fp8_{fp8_type}.safetensors"
 
 
 def _missing_folders(folder):

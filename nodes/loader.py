@@ -1,6 +1,5 @@
 """Load FP8 SkyReels Model: any SkyReels-V2 file as an FP8 ComfyUI MODEL (a real ModelPatcher)."""
 import logging
-import os
 
 import torch
 import comfy.cli_args
@@ -55,11 +54,11 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, model_name, **kwargs):
+        # the host serves the cached MODEL while this stays the same: every file of the model, not a folder's mtime
         try:
-            path = model_files.resolve(model_name)
-        except FileNotFoundError:
+            return model_files.signature(model_files.resolve(model_name))
+        except OSError:      # FileNotFoundError from resolve, or a file gone while listed
             return ""
-        return os.path.getmtime(path)
 
     @classmethod
     @model_files.plain_errors

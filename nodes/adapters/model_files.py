@@ -63,6 +63,14 @@ def resolve(name):
     return path
 
 
+def signature(path):
+    """(file, size, mtime_ns) of every file of a model: a file, or each file of a release folder (a shard replaced in
+    place, e.g. copied over, leaves the folder's own mtime as it was)."""
+    names = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+    stats = [(f, os.stat(f)) for f in names if os.path.isfile(f)]
+    return tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats)
+
+
 def output_path(name):
     """Where Convert to FP8 may write `name`: inside the first diffusion_models folder, never above it. Names follow
     Windows' rules on every OS ('/' or '\\' for subfolders), so a workflow saves the same everywhere."""

@@ -5,7 +5,6 @@ the images travel, never the model's weights: each actor loads the same file its
 has no file name to load from).
 """
 import logging
-import os
 import time
 
 import comfy.utils
@@ -14,7 +13,7 @@ from comfy.patcher_extension import WrappersMP
 
 from ...attention.usp import layout
 from . import fps as fps_term
-from . import parallel_pool, teacache_hooks
+from . import model_files, parallel_pool, teacache_hooks
 from .sage_override import KEY as SAGE_KEY
 from .sage_override import SageOverride, describe
 from .sample_job import fail
@@ -153,7 +152,4 @@ def _sample(ray, pool, positive, negative, widgets, inputs):
 
 def _files(recipe):
     """Size and time of the model's files: a file changed on disk under the same name means new workers."""
-    path = recipe["path"]
-    names = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
-    stats = [(f, os.stat(f)) for f in names if os.path.isfile(f)]
-    return tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats)
+    return model_files.signature(recipe["path"])

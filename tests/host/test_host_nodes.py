@@ -256,3 +256,54 @@ def test_patch_sage_attention_in_a_graph(server):
     # rounding. On a GPU with a backend installed these would be 8-bit, within ~0.02 like the reference.
     assert rel(auto, base) <= 1e-5 and rel(old, base) <= 1e-5
     assert "Patch SageAttention: cpu device" in server.read_log()
+
+
+def test_a_release_folder_whose_shards_are_replaced_in_place_loads_again(server, tmp_path):
+    # Copying new shards over old ones (cp, a file manager's "replace") keeps the folder's own mtime: the loader's
+    # cache key is every file of the model, so the same prompt queued again loads the new weights.
+    import shutil
+    from quant import tiny
+    folder = os.path.join(server.base, "models", "diffusion_models", "t2v.inplace")
+    tiny.write_release(folder, tiny.state_dict(tiny.info("T2V"), seed=1), shards=2)
+    tiny.write_release(str(tmp_path / "new"), tiny.state_dict(tiny.info("T2V"), seed=9), shards=2)
+    before = sample(server, ours("t2v.inplace/"), "inplace_before")
+    mtime = os.stat(folder).st_mtime_ns
+    for name in os.listdir(tmp_path / "new"):
+        if name.endswith(".safetensors"):
+            shutil.copyfile(tmp_path / "new" / name, os.path.join(folder, name))
+    assert os.stat(folder).st_mtime_ns == mtime
+    after = sample(server, ours("t2v.inplace/"), "inplace_after")
+    assert rel(after, before) > 0.01
+
+
+def test_convert_node_queued_again_runs_again_only_when_its_files_changed(server):
+    # The host serves a node from its cache while its inputs are the same, which would show the last report and
+    # write nothing: after the output was deleted, or the source replaced under the same name.
+    import time
+    from helpers import write_tiny
+    models = os.path.join(server.base, "models", "diffusion_models")
+    write_tiny(os.path.join(models, "conv_source.safetensors"), "T2V", seed=1)
+    out = os.path.join(models, "conv_again.safetensors")
+    prompt = convert_prompt("conv_again", source="conv_source.safetensors")
+
+    def cached(entry):
+        assert error_of(entry) is None, error_of(entry)
+        return "1" in {n for kind, data in entry["status"]["messages"] if kind == "execution_cached"
+                       for n in data["nodes"]}
+
+    assert not cached(server.run(prompt)) and os.path.exists(out)
+    assert cached(server.run(prompt))                 # nothing changed: cached (no "already exists" error)
+    os.remove(out)
+    assert not cached(server.run(prompt)) and os.path.exists(out)      # deleted: written again
+    assert cached(server.run(prompt))
+    os.remove(out)
+    assert not cached(server.run(prompt)) and os.path.exists(out)      # and each time it is deleted
+    assert cached(server.run(prompt))
+    overwrite = convert_prompt("conv_again", overwrite=True, source="conv_source.safetensors")
+    server.run(overwrite)
+    assert cached(server.run(overwrite))
+    time.sleep(0.01)
+    write_tiny(os.path.join(models, "conv_source.safetensors"), "T2V", seed=2)   # a new source, same name
+    written = os.stat(out).st_mtime_ns
+    assert not cached(server.run(overwrite)) and os.stat(out).st_mtime_ns != written
+    assert cached(server.run(overwrite))
