@@ -5,7 +5,7 @@ code, never sageattention/triton) are imported when the host asks for the node l
 """
 import re
 
-WEB_DIRECTORY = "./nodes/web"    # one frontend file: loads workflows saved before mode was a dynamic combo
+WEB_DIRECTORY = "./nodes/web"    # a frontend file (workflows saved before mode was a dynamic combo), help pages
 # The oldest ComfyUI the host tests pass on (pyproject.toml's requires-comfyui tells ComfyUI-Manager the same). An
 # older one fails on host internals the nodes build on, with errors that name neither the pack nor the cure.
 OLDEST_COMFYUI = "0.30.0"

@@ -9,6 +9,7 @@ test-artifacts/ in the repository).
 """
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -280,4 +281,31 @@ def test_sample_video_in_a_subgraph_with_promoted_df_widgets(page):
     saved = page.evaluate("() => window.app.graph.serialize()")
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", saved)
     assert page.evaluate(SAMPLE_PROMPT) == promoted
+    assert page.errors == [], page.errors
+
+
+def test_node_info_shows_the_help_page_with_every_widget(page):
+    # The frontend's Info tab lists only a node's top-level inputs; the help page in nodes/web/docs/ also describes
+    # the DF widgets under `mode`. It must name every input, with the default its schema gives where it states one.
+    open_template(page, "skyreels_df_long_video")
+    info = page.evaluate("async () => (await (await fetch('/object_info/SkyReelsSampleVideo')).json())"
+                         ".SkyReelsSampleVideo")
+    inputs = {**info["input"]["required"], **info["input"]["optional"]}
+    df = next(o for o in inputs["mode"][1]["options"] if o["key"] == "diffusion forcing")["inputs"]
+    inputs.update({**df["required"], **df.get("optional", {})})
+    with open(os.path.join(REPO, "nodes", "web", "docs", "SkyReelsSampleVideo.md"), encoding="utf-8") as f:
+        text = f.read()
+    for name, (_, options) in [(k, v if len(v) > 1 else (v[0], {})) for k, v in inputs.items()]:
+        assert f"**{name}**" in text, name
+        stated = re.search(rf"\*\*{name}\*\* \(([^)]+)\)", text)
+        if stated and "default" in options:
+            default, said = options["default"], stated.group(1)
+            assert said == {True: "on", False: "off"}[default] if isinstance(default, bool) else \
+                float(said) == default, (name, said, default)
+    page.evaluate("() => { const c = window.app.canvas; c.deselectAll(); "
+                  "c.selectNode(window.app.graph.nodes.find(n => n.type === 'SkyReelsSampleVideo')); "
+                  "window.app.graph.setDirtyCanvas(true, true); }")
+    page.locator('button[aria-label="Node Info"]').filter(visible=True).first.click()
+    page.get_by_text("SkyReels-V2's settings as widgets").wait_for(timeout=30_000)
+    assert page.get_by_text("addnoise_condition", exact=True).filter(visible=True).count() >= 1
     assert page.errors == [], page.errors
