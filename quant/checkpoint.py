@@ -191,17 +191,6 @@ def _indexes(folder):
     return sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
 
 
-def _indexed_shards(folder):
-    """(index file name, the shard names it lists) of a folder, or (None, None) if it has no index."""
-    indexes = _indexes(folder)
-    if not indexes:
-        return None, None
-    if len(indexes) > 1:    # which one is this model's cannot be read from the folder
-        raise CheckpointError(f"{folder}: holds {len(indexes)} shard indexes ({', '.join(indexes)}); a model's "
-                              "folder has one: move the others out, with their shards")
-    return indexes[0], _listed(os.path.join(folder, indexes[0]))
-
-
 def _listed(index):
     """The shard names a shard index lists."""
     try:
@@ -217,8 +206,14 @@ def _listed(index):
 
 
 def _shard_paths(folder):
-    index, names = _indexed_shards(folder)
-    for name in names or ():
+    """The shard files of a folder: those its one index lists (checked), else every .safetensors in it."""
+    indexes = _indexes(folder)
+    if len(indexes) > 1:    # which one is this model's cannot be read from the folder
+        raise CheckpointError(f"{folder}: holds {len(indexes)} shard indexes ({', '.join(indexes)}); a model's "
+                              "folder has one: move the others out, with their shards")
+    index = indexes[0] if indexes else None
+    names = _listed(os.path.join(folder, index)) if index else []
+    for name in names:
         if os.path.basename(name) != name or name in ("", ".", ".."):   # a release's index names its own files
             raise CheckpointError(f"{os.path.join(folder, index)}: names {name!r}, not a file in its folder; the "
                                   "index is damaged or was edited: download it again")
