@@ -102,8 +102,9 @@ class Plan:
             fail(f"parallel: {e}")
         if config.get("cfg_parallel", True) and self.cfg == 1:
             log.warning("Parallel Config: cfg_parallel needs an even number of workers; %d run without it", self.n)
+        # A file of the model changed on disk under the same name (its size or time) means new workers.
         self.key = (config["address"], config["device"], self.n, self.cfg, self.ring,
-                    tuple(sorted(self.recipe.items())), _files(self.recipe), self.sage,
+                    tuple(sorted(self.recipe.items())), model_files.signature(self.recipe["path"]), self.sage,
                     self.patches["uuid"] if self.patches else None)
 
 
@@ -149,7 +150,3 @@ def _sample(ray, pool, positive, negative, widgets, inputs):
     finally:
         ray.kill(progress.actor)
 
-
-def _files(recipe):
-    """Size and time of the model's files: a file changed on disk under the same name means new workers."""
-    return model_files.signature(recipe["path"])
