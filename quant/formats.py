@@ -20,7 +20,9 @@ WEIGHT_FORMATS = {  # node choice -> (fp8 type, granularity) or a plain dtype
     "fp16": torch.float16,
 }
 AUTO = ("e4m3fn", "channel")  # high-precision sources: the most accurate scheme (our loader reads it)
-_FORMAT_TO_FP8 = {format_name(f, g): (f, g) for f in FP8_DTYPES for g in ("tensor", "channel")}
+# Every FP8 format the loader writes, as (fp8 type, granularity): ours per channel, the host's per tensor (saved under
+# its own name, so a merged model that ModelSave writes still loads in core).
+FORMATS = {format_name(f, g): (f, g) for f in FP8_DTYPES for g in ("tensor", "channel")}
 
 
 @dataclass
@@ -48,10 +50,10 @@ def _layer_formats(ckpt):
         raise CheckpointError(f"{ckpt.path}: its FP8 layer formats (_quantization_metadata, comfy_quant) are not "
                               f"readable ({e}); the file is damaged: download or convert it again") from None
     for layer, fmt in declared.items():
-        if fmt not in _FORMAT_TO_FP8:
+        if fmt not in FORMATS:
             raise CheckpointError(f"{ckpt.path}: layer {layer} uses quantization format {fmt!r}, which this pack "
                                   "cannot read; use an fp8 file or the bf16 original")
-    return {layer: _FORMAT_TO_FP8[fmt] for layer, fmt in declared.items()}
+    return {layer: FORMATS[fmt] for layer, fmt in declared.items()}
 
 
 def describe_source(ckpt, declared):

@@ -9,15 +9,13 @@ from comfy_kitchen.tensor import BaseLayoutParams, QuantizedLayout, QuantizedTen
 
 from ...attention.sage import log_once
 from ...quant import act_quant, fp8
-from ...quant.comfy_format import format_name, format_of
+from ...quant.comfy_format import format_of
+from ...quant.formats import FORMATS
 from ...quant.fp8 import FP8_DTYPES
 from ...quant.scale import absmax, absmax_scale, saturate
 
 LAYOUT = "SkyReelsFP8Layout"
 REQUANTIZE_VALUES = 1 << 22   # values per block when a LoRA merge re-quantizes a layer (a 16 MiB fp32 temporary)
-# Every FP8 format the loader writes: ours per channel, the host's per tensor (saved under its own name, so a merged
-# model that ModelSave writes still loads in core).
-FORMATS = {format_name(f, g): (dtype, g) for f, dtype in FP8_DTYPES.items() for g in ("tensor", "channel")}
 
 
 # One opaque op, so that torch.compile never writes the fp8 cast as a Triton kernel of its own: Triton refuses
@@ -102,8 +100,8 @@ def make_operations(compute_dtype, fp8_matmul):
                 if fmt not in FORMATS:
                     return super()._load_from_state_dict(state_dict, prefix, metadata, strict, missing_keys, *rest)
                 state_dict.pop(prefix + "comfy_quant")
-                device, (dtype, granularity) = self.factory_kwargs["device"], FORMATS[fmt]
-                weight = state_dict.pop(prefix + "weight").to(device=device, dtype=dtype)
+                device, (fp8_type, granularity) = self.factory_kwargs["device"], FORMATS[fmt]
+                weight = state_dict.pop(prefix + "weight").to(device=device, dtype=FP8_DTYPES[fp8_type])
                 scale = state_dict.pop(prefix + "weight_scale").to(device=device, dtype=torch.float32)
                 scale = scale.reshape(-1, 1) if granularity == "channel" else scale.reshape(())
                 self.quant_format, self.layout_type = fmt, LAYOUT
