@@ -84,8 +84,8 @@ class HostServer:
     """ComfyUI's main.py on a free loopback port with `base` as its base folder (this pack copied into its
     custom_nodes unless install_pack is False)."""
 
-    def __init__(self, host, base, extra_args=(), python=sys.executable, install_pack=True):
-        self.host, self.base, self.extra_args, self.python = host, base, list(extra_args), python
+    def __init__(self, host, base, extra_args=(), install_pack=True):
+        self.host, self.base, self.extra_args = host, base, list(extra_args)
         for sub in ("custom_nodes", "models/diffusion_models", "input", "output", "user"):
             os.makedirs(os.path.join(base, sub), exist_ok=True)
         if install_pack:   # a copy, not a link: Windows allows links only to admins or in Developer Mode
@@ -98,7 +98,7 @@ class HostServer:
         self.proc = None
 
     def start(self, timeout=300):
-        cmd = [self.python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory",
+        cmd = [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory",
                self.base, "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *self.extra_args]
         self.log = open(self.log_path, "wb")
         # UTF-8 whatever the console's code page: what the host logs (a user's file name, a prompt) always encodes

@@ -227,10 +227,9 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
     return report
 
 
-def verify_file(ckpt, path, quantize, dst=None):
+def verify_file(ckpt, path, quantize, dst):
     """Re-read `path` and measure each quantized layer against the source; kept tensors must match exactly."""
     errors = {}
-    dst = dst or path
     with open_safetensors(path) as f:
         layers = json.loads(f.metadata()["_quantization_metadata"])["layers"]
         for name in ckpt.names:
