@@ -1,5 +1,5 @@
 """8-bit attention with a safe path everywhere: the `sageattention` kernels where they can run, our PyTorch
-SageAttention elsewhere, exact attention where 8-bit cannot apply (masks). Each fallback is logged once."""
+SageAttention elsewhere, exact attention where the kernels would miscount. Each fallback is logged once."""
 import logging
 
 import torch
@@ -45,12 +45,12 @@ def _sage2():
     return sage_major(installed_packages()[0]) >= 2
 
 
-def exact_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, attn_mask=None):
+def exact_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None):
     """PyTorch SDPA in the given layout (the reference every other path is compared with)."""
     qh, kh, vh = (to_hnd(t, layout) for t in (q, k, v))
     if kh.shape[1] != qh.shape[1]:
         kh, vh = (t.repeat_interleave(qh.shape[1] // kh.shape[1], dim=1) for t in (kh, vh))
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=attn_mask, is_causal=is_causal, scale=sm_scale)
+    out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=is_causal, scale=sm_scale)
     return out if layout == "HND" else out.transpose(1, 2)
 
 
@@ -77,15 +77,11 @@ class KernelsUnavailable(RuntimeError):
     """The sageattention kernels cannot run these inputs here (raised by sage_attention(strict=True))."""
 
 
-def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, attn_mask=None, mode="auto",
-                   strict=False):
+def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, mode="auto", strict=False):
     """8-bit attention, same shape and dtype as q; q, k and v are never modified. mode "auto" or "sageattention":
     the kernels where they can run, else our PyTorch implementation (logged) or, with strict, KernelsUnavailable
     (the caller falls back to exact attention instead); "reference": the PyTorch implementation."""
     global _broken
-    if attn_mask is not None:
-        log_once("mask", "8-bit attention has no mask support: masked attention calls stay exact")
-        return exact_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale, attn_mask=attn_mask)
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"sage_attention takes fp32/bf16/fp16 tensors, not {q.dtype}")
     mode = canonical(mode)

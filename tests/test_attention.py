@@ -149,18 +149,6 @@ def fresh_logs(monkeypatch):
     monkeypatch.setattr(sage, "_logged", set())
 
 
-def test_mask_falls_back_to_exact_and_logs_once(monkeypatch, caplog):
-    fresh_logs(monkeypatch)
-    q, k, v = make(64, 64, 64)
-    mask = torch.zeros(64, 64, dtype=torch.bool).tril_()
-    with caplog.at_level(logging.WARNING, logger="skyreels_fp8"):
-        a = sage_attention(q, k, v, attn_mask=mask)
-        sage_attention(q, k, v, attn_mask=mask)
-    assert torch.equal(a, exact_attention(q, k, v, attn_mask=mask))
-    assert [r.getMessage() for r in caplog.records].count(
-        "8-bit attention has no mask support: masked attention calls stay exact") == 1
-
-
 def test_no_gpu_uses_our_implementation_and_logs_once(monkeypatch, caplog):
     fresh_logs(monkeypatch)
     q, k, v = make(64, 64, 64)
