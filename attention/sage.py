@@ -133,10 +133,3 @@ def agreement(out, exact):
     a, e = out.float(), exact.float()
     cos = F.cosine_similarity(a.flatten(), e.flatten(), dim=0).item()
     return {"cosine": cos, "max_error": (a - e).abs().max().item(), "rel_error": ((a - e).norm() / e.norm()).item()}
-
-
-def compare(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, mode="auto"):
-    """agreement of sage_attention with exact attention (in fp32) on these inputs."""
-    a = sage_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale, mode=mode)
-    return agreement(a, exact_attention(q.float(), k.float(), v.float(), layout=layout, is_causal=is_causal,
-                                        sm_scale=sm_scale))

@@ -10,7 +10,8 @@ from helpers import REPO
 
 import attention.dispatch as dispatch
 import attention.sage as sage
-from attention import compare, exact_attention, sage_attention, sage_attention_reference
+from attention import exact_attention, sage_attention, sage_attention_reference
+from attention.sage import agreement
 
 
 def make(shape_l, lk, d, layout="HND", dtype=torch.float16, heads=2, seed=0, k_offset=0.0, scale=1.0):
@@ -25,6 +26,13 @@ def make(shape_l, lk, d, layout="HND", dtype=torch.float16, heads=2, seed=0, k_o
         off = torch.randn(d, generator=g) * k_offset
         k = k + off
     return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def compare(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, mode="auto"):
+    """agreement of sage_attention with exact attention (in fp32) on these inputs."""
+    a = sage_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale, mode=mode)
+    return agreement(a, exact_attention(q.float(), k.float(), v.float(), layout=layout, is_causal=is_causal,
+                                        sm_scale=sm_scale))
 
 
 # ---- our PyTorch SageAttention against the real sageattention Triton kernels (CPU interpreter) ----
