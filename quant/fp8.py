@@ -51,9 +51,6 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
     """`quantize_weight` in blocks of about `chunk` values (small fp32 temporaries, in cache: 2x faster on CPU), and
     ||W - dequant||_F / ||W||_F from every `error_every`-th block: reading fp8 back is slow on CPU; rows err alike."""
     _check(dtype, granularity, weight)
-    if weight.dim() == 0:
-        q, scale = quantize_weight(weight, dtype=dtype, granularity=granularity)
-        return q, scale, relative_error(weight, q, scale)
     rows = max(1, chunk // max(1, weight[0].numel()))
     scale = _scale_of(weight, dtype, granularity)
     qweight = torch.empty(weight.shape, dtype=dtype)
