@@ -52,10 +52,6 @@ class CheckpointError(ValueError):
 _PREFIX = re.compile(r"^(module\.)?(model\.)?(diffusion_model\.)?")     # DDP's, and ComfyUI's prefixes
 
 
-def is_diffusers(keys):
-    return any(_PREFIX.sub("", k).startswith("condition_embedder.") for k in keys)
-
-
 def original_name(key, diffusers):
     key = _PREFIX.sub("", key)
     if diffusers:
@@ -258,7 +254,7 @@ class Checkpoint:
         self.files = [_open_file(p) for p in self.paths]
         self.metadata = dict(self.files[0].metadata)
         raw = [(f, k) for f in self.files for k in f.keys()]
-        diffusers = is_diffusers([k for _, k in raw])
+        diffusers = any(_PREFIX.sub("", k).startswith("condition_embedder.") for _, k in raw)
         self._index = {}
         for f, k in raw:
             name = original_name(k, diffusers)

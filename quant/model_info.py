@@ -28,11 +28,6 @@ OTHER_WAN_MODELS = {"vace_": "VACE", "img_emb.emb_pos": "FLF2V", "ref_conv.": "F
                     "face_adapter.": "Animate", "patch_embedding_": "SCAIL / WanDancer"}
 
 
-def other_wan_model(keys):
-    """The name of the non-SkyReels Wan model these keys belong to, or None."""
-    return next((name for prefix, name in OTHER_WAN_MODELS.items() if any(k.startswith(prefix) for k in keys)), None)
-
-
 @dataclass(frozen=True)
 class ModelInfo:
     variant: str        # "T2V", "I2V" or "DF" (DF-1.3B is the one variant with an fps embedding)
@@ -88,7 +83,7 @@ class NotWanModel(ValueError):
 
 def detect(shapes):
     """shapes: {original Wan key name: shape}. Raises NotWanModel if the keys are not a Wan 2.1 DiT."""
-    other = other_wan_model(shapes)
+    other = next((name for prefix, name in OTHER_WAN_MODELS.items() if any(k.startswith(prefix) for k in shapes)), None)
     if other:
         raise NotWanModel(f"this is a Wan {other} model, not SkyReels-V2; load it with ComfyUI's Load Diffusion "
                           "Model node")
