@@ -3,6 +3,8 @@
 ComfyUI imports every pack at start-up, so this file imports nothing heavy: the nodes (and through them torch
 code, never sageattention/triton) are imported when the host asks for the node list.
 """
+import logging
+import os
 import re
 
 WEB_DIRECTORY = "./nodes/web"    # a frontend file (workflows saved before mode was a dynamic combo), help pages
@@ -23,7 +25,18 @@ def _check_comfyui():
                           "update\\update_comfyui.bat), then restart it")
 
 
+def _check_folder_name():
+    # ComfyUI serves a pack's web files and workflow templates under its folder's name, and its web server (aiohttp)
+    # answers 404 where a URL has to escape the name: a space (the "... (1)" of a second download), non-ASCII letters.
+    folder = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
+    if re.search(r'[^\x21-\x7e]|[%#"<>`{}|\\^?]', folder):
+        logging.warning("SkyReels-V2 FP8: ComfyUI cannot serve this pack's workflow templates, help pages and frontend "
+                        "file from a folder named %r (a space, non-ASCII letters, %% or #): rename the folder to "
+                        "ComfyUI-SkyReels-FP8 and restart ComfyUI", folder)
+
+
 _check_comfyui()
+_check_folder_name()
 
 
 async def comfy_entrypoint():

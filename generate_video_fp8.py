@@ -355,7 +355,8 @@ def find_model(given, host):
     owner, _, name = given.partition("/")
     if not (owner and name) or "/" in name:
         raise BadInput(f"--model_id: {given} not found")
-    places = [os.path.join(host, "models", "diffusion_models", name)]
+    places = [os.path.join(host, "models", "diffusion_models", name)]    # first: where the hf command below puts it
+    places += [p for p in (os.path.join(f, name) for f in host_folders(host)["diffusion_models"]) if p not in places]
     hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     repo = os.path.join(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"), f"models--{owner}--{name}")
     try:
@@ -383,6 +384,23 @@ def check_folder(path):
     return path
 
 
+def host_folders(host):
+    """{kind: folders} as the host's own folder_paths lists them for its main.py: its models/ folders, then what its
+    extra_model_paths.yaml adds (users keep models shared between installs there); models/<kind> if it cannot say."""
+    kinds = ("diffusion_models", "text_encoders", "vae", "clip_vision")
+    code = ("import json, os, sys; sys.path.insert(0, os.getcwd()); import folder_paths\n"
+            "from utils.extra_config import load_extra_path_config\n"
+            "yaml = os.path.join(os.getcwd(), 'extra_model_paths.yaml')\n"
+            "if os.path.isfile(yaml): load_extra_path_config(yaml)\n"
+            f"print(json.dumps({{k: folder_paths.get_folder_paths(k) for k in {kinds!r}}}))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], cwd=host, capture_output=True, text=True, timeout=60,
+                             encoding="utf-8")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return {k: [os.path.join(host, "models", k)] for k in kinds}
+
+
 def inspect_model(path):
     """The model's ModelInfo, read from its tensors (BadInput if it is not a SkyReels-V2 model)."""
     from quant import Checkpoint, CheckpointError
@@ -406,10 +424,13 @@ def link_models(base, args, info, model):
               ("vae", "vae", "wan_2.1_vae.safetensors")]
     if args.image and info.variant == "I2V":
         wanted.append(("clip_vision", "clip_vision", "clip_vision_h.safetensors"))
-    files = {}
+    files, folders = {}, host_folders(find_host() or DEFAULT_HOST)
     for kind, flag, default in wanted:
         given = model if kind == "diffusion_models" else getattr(args, flag)
-        files[kind] = os.path.abspath(given) if given else os.path.join(host_models, kind, default)
+        # as that ComfyUI finds a file: its models folder, then the folders its extra_model_paths.yaml adds
+        found = [os.path.join(f, default) for f in folders.get(kind, []) if default and
+                 os.path.isfile(os.path.join(f, default))]
+        files[kind] = os.path.abspath(given) if given else (found or [os.path.join(host_models, kind, default)])[0]
         if not os.path.exists(files[kind]):
             raise BadInput(f"{kind}: {files[kind]} not found; pass --{flag} or put the file there")
     # Quoted (a folder may hold " #" or ": ") and UTF-8, as ComfyUI reads it, not this OS's code page
@@ -438,7 +459,8 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
     sizes = dict(width=width, height=height, frames=args.num_frames, steps=args.inference_steps)
     if demo:
         # its causal blocks of 5 latent frames fit its own windows, not any other --num_frames
-        own = dict(DEMO, causal_block_size=1 if args.end_image or "num_frames" in args.given else
+        # (a start image is one latent frame: a causal block of 5 cannot start from it)
+        own = dict(DEMO, causal_block_size=1 if args.image or args.end_image or "num_frames" in args.given else
                    DEMO["causal_block_size"])
         given = {"resolution": ("width", "height"), "num_frames": ("frames",), "inference_steps": ("steps",)}
         sizes.update({k: v for k, v in own.items() if not any(k in given[f] for f in args.given)})

@@ -15,7 +15,9 @@ from .checkpoint import SAFETENSORS_DTYPES, CheckpointError
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 
 # Windows' rules, checked on every OS: a workflow written on Linux must save on Windows too.
-_RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
+# Device names as CPython 3.13's ntpath.isreserved reads them: with any extension, with spaces before it ("NUL .txt"),
+# the console's CONIN$ / CONOUT$, and COM / LPT with a superscript digit.
+_RESERVED = re.compile(r"^(con|prn|aux|nul|conin\$|conout\$|(com|lpt)[0-9\u00b9\u00b2\u00b3]) *(\..*)?$", re.IGNORECASE)
 _BAD_CHARS = re.compile(r'[<>:"|?*\x00-\x1f]')
 
 
@@ -23,8 +25,10 @@ def name_problem(name, windows=True):
     """Why `name` (one file name, no folders) cannot be written on every OS (on this one: windows=False), or None."""
     if name in ("", ".", "..") or name.lower() == ".safetensors":
         return "it is empty or a folder reference"
-    if len(name) > 200 or len(os.fsencode(name)) > 235:   # NTFS stops at 255 characters, others at 255 bytes,
-        return "it is too long (at most 200 characters)"     # and the temp file's name is longer by about 20
+    if len(name) > 200:    # NTFS stops at 255 characters, others at 255 bytes, and the temp file's name is longer
+        return "it is too long (at most 200 characters)"     # by about 20
+    if len(os.fsencode(name)) > 235:
+        return f"it is too long ({len(os.fsencode(name))} bytes as this OS stores it; at most 235)"
     if not windows:
         return None
     if _BAD_CHARS.search(name):
@@ -32,7 +36,7 @@ def name_problem(name, windows=True):
     if name[-1] in ". ":
         return "it ends in a dot or a space, which Windows drops"
     if _RESERVED.match(name):
-        return f"{name.split('.')[0]} is a reserved device name on Windows"
+        return f"{name.split('.')[0].rstrip(' ')} is a reserved device name on Windows"
     return None
 
 

@@ -182,10 +182,13 @@ CHARACTER = 'it has a character Windows does not allow in file names (< > : " | 
 @pytest.mark.parametrize("name,why", [
     ("CON.safetensors", "CON is a reserved device name on Windows"),
     ("com1.fp8.safetensors", "com1 is a reserved device name on Windows"),
+    ("NUL .safetensors", "NUL is a reserved device name on Windows"),     # spaces before the dot: still NUL
+    ("CONIN$.safetensors", "CONIN$ is a reserved device name on Windows"),
+    ("COM\u00b9.safetensors", "COM\u00b9 is a reserved device name on Windows"),
     ("a:b.safetensors", CHARACTER),
     ("what?.safetensors", CHARACTER),
     ("x" * 201 + ".safetensors", "it is too long (at most 200 characters)"),
-    ("模" * 79 + ".safetensors", "it is too long (at most 200 characters)"),     # 249 bytes: 255 with the temp
+    ("模" * 79 + ".safetensors", "it is too long (249 bytes as this OS stores it; at most 235)"),   # 255 with the temp
 ])
 def test_output_names_windows_cannot_make_are_refused(tmp_path, monkeypatch, name, why):
     # On Windows "CON.safetensors" is the console, and ':' starts an alternate data stream. (The CLI applies the

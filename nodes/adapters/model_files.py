@@ -44,10 +44,12 @@ def model_list():
 def resolve(name):
     """Full path of a listed file or shard folder; a clear error if it is not there."""
     if name.endswith("/"):
-        for root in folder_paths.get_folder_paths(FOLDER):
-            path = os.path.join(root, *name.replace("\\", "/").rstrip("/").split("/"))
-            if os.path.isdir(path):
-                return path
+        # The list shows "name/" for a release in any folder; a plain folder of that name in a folder ComfyUI
+        # lists earlier (models/unet, an is_default extra path) is not it.
+        found = [p for p in (os.path.join(root, *name.replace("\\", "/").rstrip("/").split("/"))
+                             for root in folder_paths.get_folder_paths(FOLDER)) if os.path.isdir(p)]
+        if found:
+            return next((p for p in found if is_release(os.listdir(p))), found[0])
         raise FileNotFoundError(f"{name}: no such folder in models/{FOLDER}; refresh the node list")
     path = folder_paths.get_full_path(FOLDER, name)
     if path is None and "\\" in name and os.sep == "/":   # a workflow saved on Windows names subfolders with '\\'
@@ -81,11 +83,12 @@ def output_path(name):
         problem = "it names a drive (on Windows, a letter and a colon)"
     else:
         problem = next((p for p in map(name_problem, parts) if p), None)
+    if not problem and not name.lower().endswith(".safetensors"):
+        parts[-1] += ".safetensors"     # before the checks: the name written is checked (its length too)
+        problem = name_problem(parts[-1])
     if problem:
         raise ValueError(f"output_name {name!r}: {problem}; give a plain file name such as my_model_fp8.safetensors "
                          f"(it is written to models/{FOLDER})")
-    if not name.lower().endswith(".safetensors"):
-        parts[-1] += ".safetensors"
     root = os.path.realpath(_output_folder())
     path = os.path.realpath(os.path.join(root, *parts))
     if os.path.commonpath([root, path]) != root:
@@ -95,13 +98,32 @@ def output_path(name):
 
 def shown(path):
     """An output path as the user named it: models/diffusion_models/<subfolders>/<file>."""
-    relative = os.path.relpath(path, os.path.realpath(_output_folder()))
-    return "/".join(["models", FOLDER, *relative.split(os.sep)])
+    folder = os.path.realpath(_output_folder())
+    relative = os.path.relpath(path, folder)
+    text = "/".join(["models", FOLDER, *relative.split(os.sep)])
+    own = os.path.realpath(os.path.join(folder_paths.models_dir, FOLDER))
+    # Another folder (extra_model_paths.yaml's is_default, --models-directory's unet): say where it really is
+    return text if folder == own else f"{text} (in {folder}, the first {FOLDER} folder ComfyUI lists)"
+
+
+def shadowed_by(path):
+    """The file the loaders would open for `path`'s name (relative to the output folder) if it is another one: a
+    folder ComfyUI lists before the output folder (models/unet, an extra path) holds the same name."""
+    out = os.path.realpath(_output_folder())
+    name = os.path.relpath(path, out)
+    for root in folder_paths.get_folder_paths(FOLDER):    # ComfyUI's own order (folder_paths.get_full_path)
+        if os.path.realpath(root) == out:
+            return None
+        if os.path.isfile(os.path.join(root, name)):
+            return os.path.join(root, name)
+    return None
 
 
 def _output_folder():
     # models/diffusion_models first; ComfyUI also lists the legacy models/unet, which may not exist.
+    # a read-only one (a shared network folder marked is_default) is passed over where another can be written
     folders = [f for f in folder_paths.get_folder_paths(FOLDER) if os.path.isdir(f)]
+    folders = [f for f in folders if os.access(f, os.W_OK)] or folders
     named = [f for f in folders if os.path.basename(os.path.normpath(f)) == FOLDER]
     if not folders:
         raise FileNotFoundError(f"no models/{FOLDER} folder exists; create it first")

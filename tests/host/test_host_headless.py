@@ -121,6 +121,8 @@ def test_the_demo_keeps_its_small_sizes_except_those_given(server):
     assert sample_widgets(["--num_frames", "33", "--inference_steps", "2"]) == (64, 64, 33, 2, 1)
     assert sample_widgets(["--num_frames", "33", "--causal_block_size", "3"])[-1] == 3
     assert sample_widgets(["--resolution", "720P"]) == (1280, 720, 57, 4, 5)
+    # a start image is one latent frame: blocks of 5 cannot start from it (Sample Video refused the demo's prompt)
+    assert sample_widgets(["--image", "start.png"])[-1] == 1
 
 
 def test_flags_reach_the_workflow_widgets(server):

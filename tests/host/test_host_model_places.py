@@ -1,0 +1,81 @@
+"""Where users keep files: several diffusion_models folders (models/unet before models/diffusion_models, extra paths
+marked is_default), and the pack's own folder named as a second download names it."""
+import os
+
+from comfy_host import REPO, run_in_host
+from helpers import write_tiny, write_tiny_release
+
+from generate_video_fp8 import install_copy
+
+CODE = r"""
+import asyncio, os, logging, nodes, folder_paths
+said = []
+handler = logging.Handler()
+handler.emit = lambda record: said.append(record.getMessage())
+logging.getLogger().addHandler(handler)
+ok = asyncio.run(nodes.load_custom_node({pack!r}))
+N = nodes.NODE_CLASS_MAPPINGS
+Convert, Load = N["SkyReelsConvertToFP8"], N["SkyReelsFP8ModelLoader"]
+first, out, extra = {first!r}, {out!r}, {extra!r}
+folder_paths.folder_names_and_paths["diffusion_models"] = ([first, out], folder_paths.supported_pt_extensions)
+
+def error(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs).args
+    except Exception as e:
+        return f"{{type(e).__name__}}: {{e}}"
+
+result = dict(ok=ok, said=[m for m in said if 'SkyReels' in m])
+convert = lambda name: error(Convert.execute, "t2v.safetensors", name, "per-tensor (loads in core)", "e4m3fn")
+result["shadowed"] = convert("mine_fp8")
+result["not_shadowed"] = convert("other_fp8")[0].splitlines()[-1]
+result["release"] = Load.execute("DF/", "auto", "upcast").args[1]
+folder_paths.add_model_folder_path("diffusion_models", extra, is_default=True)    # extra_model_paths.yaml's
+result["extra"] = convert("on_extra")[0].splitlines()[-1]
+result["files"] = sorted(os.listdir(extra))
+"""
+
+
+def test_outputs_and_release_folders_with_several_diffusion_models_folders(host, tmp_path):
+    first, out, extra = (tmp_path / "models" / "unet", tmp_path / "models" / "diffusion_models",
+                         tmp_path / "D drive" / "diffusion_models")
+    for f in (first, out, extra):
+        f.mkdir(parents=True)
+    write_tiny(out / "t2v.safetensors", "T2V", seed=1)
+    write_tiny(first / "mine_fp8.safetensors", "I2V", seed=2)      # an older file of the output's name, listed first
+    write_tiny_release(str(out / "DF"), "DF", seed=3)               # the release the list shows as "DF/" ...
+    (first / "DF").mkdir()                                          # ... and a plain folder of that name listed first
+    write_tiny(first / "DF" / "converted.safetensors", "T2V", seed=4)
+    pack = tmp_path / "custom_nodes" / "ComfyUI-SkyReels-FP8-main (1)"   # a second download, unzipped on Windows
+    install_copy(str(pack))
+    r = run_in_host(host, CODE.format(pack=str(pack), first=str(first), out=str(out), extra=str(extra)))
+    # the nodes load; what the host cannot serve from such a folder is said, with the cure
+    assert r["ok"] and r["said"] == ["SkyReels-V2 FP8: ComfyUI cannot serve this pack's workflow templates, help pages "
+                                     "and frontend file from a folder named 'ComfyUI-SkyReels-FP8-main (1)' (a space, "
+                                     "non-ASCII letters, % or #): rename the folder to ComfyUI-SkyReels-FP8 and restart "
+                                     "ComfyUI"], r["said"]
+    assert r["shadowed"] == (f"ValueError: output_name 'mine_fp8': {first / 'mine_fp8.safetensors'} has this name in "
+                             "a folder ComfyUI lists first, so the loaders would load that file, not this one; choose "
+                             "another name")
+    assert not os.path.exists(out / "mine_fp8.safetensors")
+    assert r["not_shadowed"].startswith("wrote models/diffusion_models/other_fp8.safetensors (in ")
+    assert r["release"].startswith("SkyReels-V2 DF ")
+    assert r["extra"] == (f"wrote models/diffusion_models/on_extra.safetensors (in {extra}, the first diffusion_models "
+                          "folder ComfyUI lists)") and r["files"] == ["on_extra.safetensors"]
+
+
+def test_the_script_finds_files_in_the_folders_of_the_hosts_extra_model_paths(host, tmp_path):
+    # Portable installs share models with other apps through extra_model_paths.yaml, which the ComfyUI that
+    # generate_video_fp8.py starts reads too: the script's own checks look there as well. The host is linked
+    # entry by entry, with a yaml of its own.
+    from generate_video_fp8 import host_folders
+    linked = tmp_path / "ComfyUI"
+    linked.mkdir()
+    for name in os.listdir(host):
+        if name not in ("extra_model_paths.yaml", "models"):
+            os.symlink(os.path.join(host, name), linked / name)
+    shared = tmp_path / "shared models"
+    (linked / "extra_model_paths.yaml").write_text(f"shared:\n  base_path: {shared}\n  text_encoders: te\n  vae: vae\n")
+    folders = host_folders(str(linked))
+    assert str(shared / "te") in folders["text_encoders"] and str(shared / "vae") in folders["vae"], folders
+    assert not any(str(shared) in f for f in folders["diffusion_models"]), folders
