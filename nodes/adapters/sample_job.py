@@ -81,7 +81,10 @@ class Job:
         if causal:     # a clone with the options above
             self.model = video_attention.install(self.model)
             self.model.model_options["transformer_options"][video_attention.CAUSAL_KEY] = opts["causal_block_size"]
-        self.positives, self.negative, self.seed, self.cfg = [positive], negative, seed, cfg
+        # SkyReels-V2's DiffusionForcingPipeline guides only above cfg 1 (do_classifier_free_guidance); below it
+        # runs the positive prompt alone, as cfg 1 (its T2V / I2V pipelines, like the host, guide at any cfg).
+        self.cfg = 1.0 if df and cfg < 1 else cfg
+        self.positives, self.negative, self.seed = [positive], negative, seed
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.steps, self.fps, self.shift, self.sigmas = steps, fps, shift, flow_sigmas(steps, shift)
         self.prefix = self.prefix_pixels = self.tail = self.end = None
@@ -92,8 +95,10 @@ class Job:
         # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
         self.generator = torch.Generator().manual_seed(seed)
         self.model_seconds = 0.0
+        unguided = (f"cfg {cfg:g}: diffusion forcing guides only above 1, as SkyReels-V2's DiffusionForcingPipeline; "
+                    "the positive prompt runs alone, as cfg 1") if self.cfg != cfg else None
         notes = (fps_term.lost(model), overridden_shift(model, shift),
-                 frame_sigmas_unseen(model, df, opts.get("ar_step")))
+                 frame_sigmas_unseen(model, df, opts.get("ar_step")), unguided)
         self.notes = [note for note in notes if note]
         for note in self.notes:
             log_once(note, f"Sample Video: {note}")
