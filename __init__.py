@@ -29,9 +29,9 @@ def _check_folder_name():
     # ComfyUI serves a pack's web files and workflow templates under its folder's name, and its web server (aiohttp)
     # answers 404 where a URL has to escape the name: a space (the "... (1)" of a second download), non-ASCII letters.
     folder = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
-    if re.search(r'[^\x21-\x7e]|[%#"<>`{}|\\^?]', folder):
+    if re.search(r'[^\x21-\x7e]|[%#"<>`{}|\\^?\[\]]', folder):    # what yarl quotes in a path: aiohttp's route
         logging.warning("SkyReels-V2 FP8: ComfyUI cannot serve this pack's workflow templates, help pages and frontend "
-                        "file from a folder named %r (a space, non-ASCII letters, %% or #): rename the folder to "
+                        "file from a folder named %r (a space, non-ASCII letters, %%, # or [ ]): rename the folder to "
                         "ComfyUI-SkyReels-FP8 and restart ComfyUI", folder)
 
 

@@ -7,6 +7,7 @@ from comfy.patcher_extension import WrappersMP
 KEY = "skyreels_fps"          # transformer_options key the Sample Video node sets; absent means 24 fps
 DEFAULT_FPS = 24
 DF_1_3B_DIM = 1536            # the only SkyReels-V2 model with an fps embedding is DF-1.3B
+LOADED_BY_US = "skyreels_recipe"   # parallel_run.RECIPE, the attachment Load FP8 SkyReels Model sets (no import: a cycle)
 
 
 def split_fps_keys(sd):
@@ -36,9 +37,13 @@ def install(patcher, vectors):
 
 def lost(model):
     """What to say when `model` may be SkyReels-V2 DF-1.3B loaded without its fps embedding (core Load Diffusion
-    Model and ComfyUI-GGUF drop those keys), else None. Only DF-1.3B has one: a 1.3B text-to-video-shaped model."""
+    Model and ComfyUI-GGUF drop those keys), else None. Only DF-1.3B has one: a 1.3B text-to-video-shaped model.
+    Load FP8 SkyReels Model keeps the embedding wherever the file has one, so a model it loaded without one came
+    from a file without it (Wan 2.1 T2V-1.3B, the model of core's text_to_video_wan template): nothing was lost."""
     dm = model.model.diffusion_model
     if model.get_wrappers(WrappersMP.DIFFUSION_MODEL, KEY) or (dm.dim, dm.in_dim) != (DF_1_3B_DIM, 16):
+        return None
+    if getattr(model, "attachments", {}).get(LOADED_BY_US) is not None:
         return None
     return ("fps: not applied: this 1.3B MODEL has no fps embedding. SkyReels-V2 DF-1.3B has one, which core Load "
             "Diffusion Model and ComfyUI-GGUF drop: load DF-1.3B with Load FP8 SkyReels Model to condition on fps")

@@ -86,6 +86,7 @@ def output_path(name):
     if not problem and not name.lower().endswith(".safetensors"):
         parts[-1] += ".safetensors"     # before the checks: the name written is checked (its length too)
         problem = name_problem(parts[-1])
+        problem = problem and f"{problem} with the .safetensors added"
     if problem:
         raise ValueError(f"output_name {name!r}: {problem}; give a plain file name such as my_model_fp8.safetensors "
                          f"(it is written to models/{FOLDER})")
@@ -99,11 +100,12 @@ def output_path(name):
 def shown(path):
     """An output path as the user named it: models/diffusion_models/<subfolders>/<file>."""
     folder = os.path.realpath(_output_folder())
-    relative = os.path.relpath(path, folder)
-    text = "/".join(["models", FOLDER, *relative.split(os.sep)])
     own = os.path.realpath(os.path.join(folder_paths.models_dir, FOLDER))
-    # Another folder (extra_model_paths.yaml's is_default, --models-directory's unet): say where it really is
-    return text if folder == own else f"{text} (in {folder}, the first {FOLDER} folder ComfyUI lists)"
+    if folder == own:
+        return "/".join(["models", FOLDER, *os.path.relpath(path, folder).split(os.sep)])
+    # Another folder (extra_model_paths.yaml's is_default; models/unet where models/diffusion_models is missing):
+    # its own path, not a models/diffusion_models/... that does not hold the file
+    return f"{path} (the first {FOLDER} folder ComfyUI lists that can be written)"
 
 
 def shadowed_by(path):

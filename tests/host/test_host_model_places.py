@@ -33,6 +33,7 @@ result["release"] = Load.execute("DF/", "auto", "upcast").args[1]
 folder_paths.add_model_folder_path("diffusion_models", extra, is_default=True)    # extra_model_paths.yaml's
 result["extra"] = convert("on_extra")[0].splitlines()[-1]
 result["files"] = sorted(os.listdir(extra))
+result["long"] = convert("n" * 195)
 """
 
 
@@ -52,16 +53,20 @@ def test_outputs_and_release_folders_with_several_diffusion_models_folders(host,
     # the nodes load; what the host cannot serve from such a folder is said, with the cure
     assert r["ok"] and r["said"] == ["SkyReels-V2 FP8: ComfyUI cannot serve this pack's workflow templates, help pages "
                                      "and frontend file from a folder named 'ComfyUI-SkyReels-FP8-main (1)' (a space, "
-                                     "non-ASCII letters, % or #): rename the folder to ComfyUI-SkyReels-FP8 and restart "
-                                     "ComfyUI"], r["said"]
+                                     "non-ASCII letters, %, # or [ ]): rename the folder to ComfyUI-SkyReels-FP8 and "
+                                     "restart ComfyUI"], r["said"]
     assert r["shadowed"] == (f"ValueError: output_name 'mine_fp8': {first / 'mine_fp8.safetensors'} has this name in "
                              "a folder ComfyUI lists first, so the loaders would load that file, not this one; choose "
                              "another name")
     assert not os.path.exists(out / "mine_fp8.safetensors")
-    assert r["not_shadowed"].startswith("wrote models/diffusion_models/other_fp8.safetensors (in ")
+    # the file's own path: it is not in models/diffusion_models
+    assert r["not_shadowed"] == (f"wrote {os.path.realpath(out / 'other_fp8.safetensors')} (the first "
+                                 "diffusion_models folder ComfyUI lists that can be written)")
     assert r["release"].startswith("SkyReels-V2 DF ")
-    assert r["extra"] == (f"wrote models/diffusion_models/on_extra.safetensors (in {extra}, the first diffusion_models "
-                          "folder ComfyUI lists)") and r["files"] == ["on_extra.safetensors"]
+    assert r["extra"] == (f"wrote {os.path.realpath(extra / 'on_extra.safetensors')} (the first diffusion_models "
+                          "folder ComfyUI lists that can be written)") and r["files"] == ["on_extra.safetensors"]
+    # 195 characters given, 207 written: the message says where the other 12 come from
+    assert "it is too long (at most 200 characters) with the .safetensors added;" in r["long"], r["long"]
 
 
 def test_the_script_finds_files_in_the_folders_of_the_hosts_extra_model_paths(host, tmp_path):
