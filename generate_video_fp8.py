@@ -17,6 +17,7 @@ ComfyUI is found as the tests find it ($COMFYUI_PATH, the ComfyUI this pack is i
 """
 import argparse
 import contextlib
+import functools
 import json
 import mimetypes
 import os
@@ -384,6 +385,7 @@ def check_folder(path):
     return path
 
 
+@functools.lru_cache(maxsize=None)   # one host, asked by the model lookup and the file links: one subprocess
 def host_folders(host):
     """{kind: folders} as the host's own folder_paths lists them for its main.py: its models/ folders, then what its
     extra_model_paths.yaml adds (users keep models shared between installs there); models/<kind> if it cannot say."""
@@ -418,13 +420,14 @@ class BadInput(Exception):
 
 def link_models(base, args, info, model):
     """extra_model_paths.yaml pointing ComfyUI at the given files; returns {widget: file name}."""
-    host_models = os.path.join(find_host() or DEFAULT_HOST, "models")
+    host = find_host() or DEFAULT_HOST
+    host_models = os.path.join(host, "models")
     wanted = [("diffusion_models", "model_id", None),
               ("text_encoders", "text_encoder", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
               ("vae", "vae", "wan_2.1_vae.safetensors")]
     if args.image and info.variant == "I2V":
         wanted.append(("clip_vision", "clip_vision", "clip_vision_h.safetensors"))
-    files, folders = {}, host_folders(find_host() or DEFAULT_HOST)
+    files, folders = {}, host_folders(host)
     for kind, flag, default in wanted:
         given = model if kind == "diffusion_models" else getattr(args, flag)
         # as that ComfyUI finds a file: its models folder, then the folders its extra_model_paths.yaml adds
