@@ -50,10 +50,11 @@ def _kind(w):
 
 
 class Meter:
-    """Wall time and peak memory of a run: CUDA peak allocation on a GPU, the process's peak RSS on CPU."""
+    """Wall time and peak memory of a run: CUDA peak allocation on a GPU (and the weights ComfyUI's Dynamic VRAM holds
+    for `model`, which PyTorch's allocator does not count), the process's peak RSS on CPU."""
 
-    def __init__(self, device):
-        self.device = device
+    def __init__(self, device, model=None):
+        self.device, self.model = device, model
         self.cuda = device.type == "cuda"
         if self.cuda:
             torch.cuda.synchronize(device)
@@ -72,11 +73,18 @@ class Meter:
         if self.cuda:
             torch.cuda.synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
-        self.memory = (f"peak VRAM {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f} MiB" if self.cuda
-                       else self._cpu_peak())
+        self.memory = self._cuda_peak() if self.cuda else self._cpu_peak()
         self.products = {k: fp8.stats[k] - self.stats_before[k] for k in fp8.stats}
         self.fallback_reasons = [r for r, n in fp8.fallback_reasons.items() if n > self.reasons_before.get(r, 0)]
         return self
+
+    def _cuda_peak(self):
+        line = f"peak VRAM {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f} MiB"
+        held = dynamic_vram_weights(self.model)
+        if held is not None:
+            line += (f" + {held / 2**20:.0f} MiB of weights held by ComfyUI's Dynamic VRAM at the end (outside "
+                     "PyTorch's allocator)")
+        return line
 
     def _cpu_peak(self):
         before = f"{self.rss_before:.0f} MiB before the run"
@@ -85,6 +93,15 @@ class Meter:
             return f"peak RSS n/a (this OS does not report it; {before})"
         since = "process" if self.peak_reset else "process, since ComfyUI started"
         return f"peak RSS {peak:.0f} MiB ({since}; {before})"
+
+
+def dynamic_vram_weights(model):
+    """Bytes of `model`'s weights in VRAM under ComfyUI's Dynamic VRAM (its default on NVIDIA GPUs), or None for a
+    plain ModelPatcher. comfy-aimdo maps that memory itself, so torch.cuda.max_memory_allocated leaves it out; the
+    host's loaded_size() is it plus the small weights it loads the plain way (those PyTorch counts)."""
+    if model is None or not getattr(model, "is_dynamic", lambda: False)():   # older hosts have no is_dynamic
+        return None
+    return model.loaded_size() - model.model.model_loaded_weight_memory
 
 
 def _peak_rss_mib():

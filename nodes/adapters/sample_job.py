@@ -237,7 +237,7 @@ class Job:
         progress = latent_preview.prepare_callback(self.model, calls)
         attention_before = run_report.attention_counts(self.model)
         teacache_before = teacache_hooks.counts(self.model)
-        meter = run_report.Meter(self.model.load_device)
+        meter = run_report.Meter(self.model.load_device, self.model)
         parts, carry, given = [], self.prefix, len(self.positives)
         if given > len(windows):
             note = (f"window_prompts: {given - 1} given for {len(windows) - 1} later window(s); the last "

@@ -155,7 +155,8 @@ for granularity in ("tensor", "channel"):
         r["size"] = [mm.vram_aligned_size([W, b]), up(W._qdata) + up(W._params.scale) + up(b)]
         r["geometry"] = mm.tensors_to_geometries([W, b])[0] is W      # a QuantizedTensor is its own geometry
         # our tensors are not file slices (the loader made them): the gather copies them
-        r["file_read"] = mm.read_tensor_file_slice_into(W, mm.interpret_gathered_like([W], torch.empty(r["size"][0], dtype=torch.uint8))[0])
+        r["file_read"] = mm.read_tensor_file_slice_into(
+            W, mm.interpret_gathered_like([W], torch.empty(r["size"][0], dtype=torch.uint8))[0])
         # gathered into a buffer and a second one (the pinned one and the VRAM slot), as cast_to_gathered's r and r2
         r1, r2 = (torch.full((r["size"][0],), 0xA5, dtype=torch.uint8) for _ in range(2))
         mmg.cast_to_gathered([W, b], r1, r2=r2)
@@ -187,7 +188,8 @@ for granularity in ("tensor", "channel"):
         file.close()
         # .to(dtype) / .dtype as post_cast uses them
         f16 = W.to(dtype=torch.float16)
-        r["to"] = [type(f16).__name__, str(f16.dtype), str(W.dtype), torch.equal(f16._qdata.view(torch.uint8), W._qdata.view(torch.uint8)),
+        r["to"] = [type(f16).__name__, str(f16.dtype), str(W.dtype),
+                   torch.equal(f16._qdata.view(torch.uint8), W._qdata.view(torch.uint8)),
                    str(f16.dequantize().dtype), rel(f16.dequantize().float(), W.dequantize().float())]
 
         # A LoRA through the dynamic cast (LowVramPatch, as ModelPatcherDynamic.load attaches it)
@@ -206,7 +208,8 @@ for granularity in ("tensor", "channel"):
         def call():    # cast_bias_weight's vbar branch, for a CPU device
             comfy.ops.cast_modules_with_vbar([m], torch.bfloat16, cpu, torch.bfloat16, False)
             resident = m._prefetch["resident"]
-            w, bb = comfy.ops.resolve_cast_module_with_vbar(m, torch.bfloat16, cpu, torch.bfloat16, torch.bfloat16, False)
+            w, bb = comfy.ops.resolve_cast_module_with_vbar(m, torch.bfloat16, cpu, torch.bfloat16, torch.bfloat16,
+                                                            False)
             m.weight_lowvram_function.clear_prepared()
             del m._prefetch
             return w, bb, resident
@@ -307,7 +310,7 @@ result["patchers"] = [type(p).__name__ for p in (patcher, lp, *with_sigmas)]
 result["summary"] = run_report.weights_summary(patcher)[0]
 layers = fp8_layers(patcher.model)
 result["layers"] = [len(layers), all(str(m.weight.device) == "cpu" for n, m in layers)]
-expected_size = sum(m.weight._qdata.nbytes + m.weight._params.scale.nbytes + (m.bias.nbytes if m.bias is not None else 0)
+expected_size = sum(m.weight._qdata.nbytes + m.weight._params.scale.nbytes + (0 if m.bias is None else m.bias.nbytes)
                     for n, m in layers) + sum(
     t.nbytes for n, t in patcher.model.state_dict().items() if not any(n.startswith(l + ".") for l, m in layers))
 result["size"] = [patcher.model_size(), expected_size, len(layers)]
@@ -324,7 +327,8 @@ def fakes(model):   # the model's CPU tensors as fake CPU tensors: they stay on 
                 elif tensor is not None:
                     tensor = mode.from_tensor(tensor.data if store is module._parameters else tensor)
                 if tensor is not None:
-                    store[name] = torch.nn.Parameter(tensor, requires_grad=False) if store is module._parameters else tensor
+                    param = store is module._parameters
+                    store[name] = torch.nn.Parameter(tensor, requires_grad=False) if param else tensor
 
 with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
     for module in (patcher.model, *(p.get_model_object("model_sampling") for p in with_sigmas)):
@@ -343,7 +347,8 @@ with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
         out = dm(sampling.calculate_input(sigma, xc), sampling.timestep(sigma), ctxc, transformer_options=opts)
         out = sampling.calculate_denoised(sigma, out, xc)
         return dict(out=[list(out.shape), str(out.dtype), str(out.device)], attention=dict(override.counts),
-                    faults=sum(v.faults for v in FakeVBAR.made) - faults, **{{k: fp8.stats[k] - before[k] for k in before}})
+                    faults=sum(v.faults for v in FakeVBAR.made) - faults,
+                    **{{k: fp8.stats[k] - before[k] for k in before}})
 
     def slots():
         return {{n: m._v_weight for n, m in layers if getattr(m, "_v_weight", None) is not None}}
@@ -356,10 +361,18 @@ with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
     result["first"] = forward(with_sigmas[0])
     kept = slots()
     result["kept"] = [len(kept), all(isinstance(w, QuantizedTensor) and w._layout_cls == fp8_ops.LAYOUT
-                                     and str(w.device) == "cuda:0" and w._params.scale.shape == m.weight._params.scale.shape
+                                     and str(w.device) == "cuda:0"
+                                     and w._params.scale.shape == m.weight._params.scale.shape
                                      for (n, m), w in zip(layers, kept.values()))]
     result["second"] = forward(with_sigmas[0])
     result["reused"] = all(slots()[n] is w for n, w in kept.items())   # resident: the slots' views as they were
+    # Sample Video's memory line: PyTorch's peak (the CUDA calls of its meter stubbed: 512 MiB) does not hold what the
+    # vbar holds (comfy-aimdo maps that memory itself)
+    torch.cuda.synchronize = torch.cuda.reset_peak_memory_stats = lambda device=None: None
+    torch.cuda.max_memory_allocated = lambda device=None: 512 * 2 ** 20
+    result["meter"] = [run_report.Meter(gpu, with_sigmas[0]).finish().memory, run_report.Meter(gpu).finish().memory,
+                       with_sigmas[0].loaded_size() - patcher.model.model_loaded_weight_memory,
+                       FakeVBAR.made[0].loaded_size()]
     # The LoRA clone: its patches go to the layers as LowVramPatch; with no VRAM for the slots (fault -> None) every
     # call patches a weight of its own (with VRAM the merge is re-quantized into the slot: stochastic rounding makes a
     # CUDA generator, which fake tensors cannot; test_fp8_layer_through_the_dynamic_cast checks it on the CPU)
@@ -405,6 +418,12 @@ def test_dynamic_patcher_loads_and_runs_our_model(host, tmp_path):
     assert r["first"]["attention"] == {"sage": 0, "exact": 2 * blocks}, r
     # after the first pass each slot holds our QuantizedTensor on the GPU, which the second pass reuses as it is
     assert r["kept"] == [10 * blocks, True] and r["reused"], r
+    # the report's VRAM line adds the weights Dynamic VRAM holds (the host's loaded_size: the vbar's, here the fake's)
+    dynamic, plain, held, vbar = r["meter"]
+    assert held == vbar > 10 * blocks * 65536, r
+    assert dynamic == (f"peak VRAM 512 MiB + {held / 2 ** 20:.0f} MiB of weights held by ComfyUI's Dynamic VRAM at the "
+                       "end (outside PyTorch's allocator)"), r
+    assert plain == "peak VRAM 512 MiB", r
     # the LoRA (self-attention q, k, v, o of each block): those layers get a patched bf16 weight, the others stay FP8
     assert r["lora_load"] == [4 * blocks, 4 * blocks], r
     v = r["lora"]
