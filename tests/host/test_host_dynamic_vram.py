@@ -112,7 +112,7 @@ HOST = r"""
 import dataclasses
 import comfy.cli_args, comfy.float, comfy.lora, comfy.memory_management, comfy.model_management, comfy.model_patcher
 import comfy.ops, comfy.utils
-import comfy_aimdo.host_buffer
+import comfy_aimdo.host_buffer, comfy_aimdo.torch
 from comfy.quant_ops import QuantizedTensor
 from skyreels_pack.nodes.adapters import fp8_ops
 from skyreels_pack.quant import fp8
@@ -219,7 +219,10 @@ for granularity in ("tensor", "channel"):
         patched = comfy.lora.calculate_weight(lp.patches[key], W.dequantize(), key, intermediate_dtype=torch.bfloat16)
         seed = comfy.utils.string_to_seed(n)
         expected = W.requantize_from_float(w1, scale="recalculate", stochastic_rounding=seed)
+        # the slot's bytes themselves, viewed afresh (not the object the host kept): the merge landed in VRAM
+        slot = mm.interpret_gathered_like([W, b], comfy_aimdo.torch.aimdo_to_tensor(m._v, cpu))
         r["lora"] = dict(
+            slot=[same(slot[0], expected), torch.equal(slot[1], b)],
             first=[type(w1).__name__, str(w1.dtype), res1, torch.equal(w1, patched), torch.equal(b1, b)],
             second=[type(w2).__name__, getattr(w2, "_layout_cls", None), res2, str(w2.dtype),
                     list(w2._params.scale.shape), list(legacy._params.scale.shape), same(w2, expected)],
@@ -231,10 +234,11 @@ for granularity in ("tensor", "channel"):
             out = m._forward(xs, w2, b2)
             ref = torch.nn.functional.linear(xs, w2.dequantize(), b2)
         r["lora"]["product"] = [rel(out.float(), ref.float()), str(out.dtype)]
+        kept = [t.clone() for t in raw(w2)]     # w2 views the slot, which eviction overwrites
         vbar.evict()       # the pages went to something else: gathered and patched again, the same bytes
         w3, b3, res3 = call()
         w4, b4, res4 = call()
-        r["lora"]["evicted"] = [res3, torch.equal(w3, w1), res4, same(w4, w2)]
+        r["lora"]["evicted"] = [res3, torch.equal(w3, w1), res4, all(map(torch.equal, raw(w4), kept))]
         vbar.oom = True    # no VRAM for the slot: a patched weight of its own on every call, nothing kept
         w5, b5, res5 = call()
         r["lora"]["oom"] = [type(w5).__name__, res5, torch.equal(w5, w1), same(m.weight, W)]
@@ -277,6 +281,7 @@ def test_fp8_layer_through_the_dynamic_cast(host, tmp_path):
         # 0.0377 / 0.0377 / 0.0371 / 0.0371); the LoRA itself moves the weight by ~0.58.
         dynamic, plain, base = lora["err"]
         assert dynamic < 0.06 and 0.8 < dynamic / plain < 1.25 and base > 0.3, (case, lora)
+        assert lora["slot"] == [True, True], (case, lora)
         assert lora["module_weight_kept"], (case, lora)     # the model's own CPU weight is never written
         # w8a8 quantizes the activations per token (e4m3: ~2-3% relative); upcast multiplies the same dequantized weight
         assert lora["product"][1] == "torch.bfloat16", (case, lora)
