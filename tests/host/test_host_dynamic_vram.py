@@ -18,19 +18,22 @@ library itself is loaded for real (it loads without a GPU): the host's mmap load
 - test_dynamic_patcher_loads_and_runs_our_model: the whole route, on FakeTensorMode tensors that say they are on
   "cuda": Load FP8 SkyReels Model -> ModelPatcherDynamic (as main.py sets it up) -> a LoRA loader -> load() ->
   forward passes of the host's Wan model with Sample Video's per-frame sigmas, the fps term and Patch SageAttention's
-  override. Each op runs its meta function (device, dtype, shape rules), no value is computed.
+  override; the report's weight count, model_size and VRAM line. Each op runs its meta function (device, dtype,
+  shape rules), no value is computed.
 
 What a GPU run must check in addition (ComfyUI's main.py on an NVIDIA GPU, once as it starts by default and once with
 --disable-dynamic-vram; the log says "DynamicVRAM support detected and enabled"):
 - a Sample Video run of an FP8 model (per-channel and per-tensor, fp8 matmul and upcast) gives the same latents in
-  both modes (bit-equal without a LoRA; with a LoRA the two modes round the merged weight with different seeds, the
-  host's own choice: close, not equal), and its report counts the same w8a8 products;
+  both modes (without a LoRA the same bytes reach the same kernels: equal unless a kernel is non-deterministic; with
+  a LoRA the two modes round the merged weight with different seeds, the host's own choice: close, not equal), and
+  its report counts the same w8a8 products;
 - with a LoRA: the first model call patches in the compute dtype, later calls use the re-quantized weight kept in
   VRAM (the real stochastic rounding on CUDA, which FakeTensorMode cannot run);
 - VRAM under pressure (a model larger than free VRAM, or --reserve-vram): pages evicted and faulted back give the same
   output; the pinned host buffers (--disable-pinned-memory is set here) carry our QuantizedTensor;
-- the report's memory line (peak VRAM) against nvidia-smi in both modes, and the process's RSS: under Dynamic VRAM
-  the CPU copy of the weights stays for the whole session and pinned copies may come on top of it;
+- the report's memory line against nvidia-smi in both modes (under Dynamic VRAM it adds the host's vbar
+  loaded_size(), which this file only sees from the fake), and the process's RSS: under Dynamic VRAM the CPU copy
+  of the weights stays for the whole session and pinned copies may come on top of it;
 - TorchCompileModel, TeaCache and the sequence-parallel / parallel paths (their Ray workers do not run main.py, so
   they load with the plain ModelPatcher) in both modes.
 """
@@ -83,7 +86,8 @@ class FakeVBAR:
     def evict(self):
         self.generation += 1
         if self.store is not None:
-            self.store.fill_(0xA5)
+            with torch.inference_mode():    # where ComfyUI runs the model (the store may be an inference tensor)
+                self.store.fill_(0xA5)
 
     def view(self, alloc, size, device):
         if self.store is None:
@@ -205,11 +209,12 @@ for granularity in ("tensor", "channel"):
         vbar = FakeVBAR(1 << 20, 0)
         m._v = vbar.alloc(mm.vram_aligned_size([W, b]))
 
-        def call():    # cast_bias_weight's vbar branch, for a CPU device
-            comfy.ops.cast_modules_with_vbar([m], torch.bfloat16, cpu, torch.bfloat16, False)
-            resident = m._prefetch["resident"]
-            w, bb = comfy.ops.resolve_cast_module_with_vbar(m, torch.bfloat16, cpu, torch.bfloat16, torch.bfloat16,
-                                                            False)
+        def call():    # cast_bias_weight's vbar branch, for a CPU device (ComfyUI runs its nodes in inference mode)
+            with torch.inference_mode():
+                comfy.ops.cast_modules_with_vbar([m], torch.bfloat16, cpu, torch.bfloat16, False)
+                resident = m._prefetch["resident"]
+                w, bb = comfy.ops.resolve_cast_module_with_vbar(m, torch.bfloat16, cpu, torch.bfloat16,
+                                                                torch.bfloat16, False)
             m.weight_lowvram_function.clear_prepared()
             del m._prefetch
             return w, bb, resident
@@ -307,6 +312,9 @@ torch.cuda.get_device_capability = lambda device=None: (9, 0)
 act_quant.fused_available = lambda: (False, "no Triton on fake tensors")
 result = {{}}
 patcher, report = load("df_bf16.safetensors", compute="fp8 matmul")
+# a LoRA file as the host's loaders read it now: mapped by comfy-aimdo, each tensor a slice of the file
+lora = comfy.utils.load_torch_file(os.path.join({folder!r}, "lora.safetensors"))
+result["lora_file_slices"] = all(hasattr(t.untyped_storage(), "_comfy_tensor_file_slice") for t in lora.values())
 blocks = len(patcher.model.diffusion_model.blocks)
 lp = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)[0]
 with_sigmas = [per_frame.patch(p, 8.0, model_timesteps(4, 8.0)) for p in (patcher, lp)]
@@ -402,6 +410,7 @@ def test_dynamic_patcher_loads_and_runs_our_model(host, tmp_path):
     blocks = r["blocks"]
     assert "fps embedding: on" in r["report"] and "compute: fp8 matmul" in r["report"], r
     assert r["patchers"] == ["ModelPatcherDynamic"] * 4, r      # the LoRA loader and our clones stay dynamic
+    assert r["lora_file_slices"], r
     # loaded with assign=True: our QuantizedTensors as the loader made them, on the CPU; the report counts them
     assert r["layers"] == [10 * blocks, True], r
     assert r["summary"].startswith(f"Linear weights: {10 * blocks} float8_e4m3fn (per-channel)"), r
