@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark as one command, for a lent H100/H200 (the device tool's `run`), in at most 9 minutes (the
-# sections' time limits add up to 530 s; a section that runs out is marked and the next one starts).
+# sections' time limits add up to 530 s; a section that runs out is marked and the next one starts). The sections
+# run most important first, so a run cut short still brings back what matters most.
 #
 #   here, once:  bash bench/gpu_check.sh --prepare
 #       wheels the device image lacks into .whl/ (sageattention, av, torchsde, comfy-kitchen without its CUDA
@@ -8,7 +9,9 @@
 #       both are listed in .git/info/exclude and travel with `carry`.
 #   there:       run(command="bash bench/gpu_check.sh", carry=[".whl", ".host"], timeout_s=580)
 #
-# Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): the fp8 GEMM
+# Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): our FP8 model
+# under ComfyUI's own main.py with Dynamic VRAM, its default on NVIDIA GPUs, against --disable-dynamic-vram, with
+# and without a LoRA (bench/dynamic_vram.py: no CPU test reaches that path), the fp8 GEMM
 # table and the 1.3B weight memory (bench/gemm.py), the activation quantization's time and memory, fused vs eager
 # (bench/act_quant.py), each attention backend Patch SageAttention can run there vs SDPA at L = 51000 and
 # 111600, with peak VRAM and the NaN/Inf check's cost, after each mode's dispatch decision (bench/attention.py; the
@@ -83,9 +86,10 @@ section() {   # title, time limit in seconds, command...
 : > "$REPORT"
 section "device" 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
     || echo 'no GPU: CPU smoke run'; $PYTHON -c 'import torch; print(\"torch\", torch.__version__)'"
-section "fp8 GEMM and weight memory (bench/gemm.py)" 90 "$PYTHON" bench/gemm.py
+section "Dynamic VRAM, ComfyUI's default on NVIDIA (bench/dynamic_vram.py)" 75 "$PYTHON" bench/dynamic_vram.py
+section "fp8 GEMM and weight memory (bench/gemm.py)" 75 "$PYTHON" bench/gemm.py
 section "activation quantization memory and time (bench/act_quant.py)" 45 "$PYTHON" bench/act_quant.py --repeats 3
-section "attention backends vs SDPA (bench/attention.py)" 90 "$PYTHON" bench/attention.py
-section "Sample Video (bench/sample.py)" 180 "$PYTHON" bench/sample.py --steps 2
-section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 105 "$PYTHON" bench/teacache.py --steps 6 --quick
+section "attention backends vs SDPA (bench/attention.py)" 80 "$PYTHON" bench/attention.py
+section "Sample Video (bench/sample.py)" 170 "$PYTHON" bench/sample.py --steps 2
+section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 65 "$PYTHON" bench/teacache.py --steps 6 --quick
 echo "gpu_check: wrote $REPORT"
