@@ -229,7 +229,9 @@ def parse_args(argv):
     p.add_argument("--use_fp8", dest="fp8", action="store_true", default=True, help="FP8 weights (default)")
     p.add_argument("--no-fp8", "--no_fp8", dest="fp8", action="store_false", help="bf16 weights")
     p.add_argument("--use_sage_attention", action="store_true", help="8-bit SageAttention (Patch SageAttention)")
-    p.add_argument("--offload", action="store_true", help="start ComfyUI with --lowvram (weights streamed to the GPU)")
+    p.add_argument("--offload", action="store_true",
+                   help="start ComfyUI with --lowvram (weights streamed to the GPU; its Dynamic VRAM, the default on "
+                        "NVIDIA GPUs, does that anyway)")
     p.add_argument("--monitor_memory", action="store_true",
                    help="print the whole report: peak memory, time per model call")
     p.add_argument("--teacache", action="store_true", help="TeaCache (SkyReels-V2): skip model passes that would "
