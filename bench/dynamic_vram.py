@@ -19,6 +19,7 @@ in one step: the script's smoke run.
 """
 import argparse
 import glob
+import importlib.util
 import json
 import math
 import os
@@ -86,6 +87,9 @@ def prompts(server, names, gpu):
 
 
 def run_server(host, base, flags, names, first, gpu):
+    if importlib.util.find_spec("comfyui_frontend_package") is None:   # as on the GPU machine: only the API is used
+        os.makedirs(os.path.join(base, "frontend"), exist_ok=True)
+        flags = flags + ["--front-end-root", os.path.join(base, "frontend")]
     server = gen.HostServer(host, base, flags, install_pack=first).start()
     results = {}
     try:

@@ -30,8 +30,11 @@ prepare() {
     plat="$plat --platform manylinux2014_x86_64 --platform manylinux_2_12_x86_64"
     rm -rf .whl .host && mkdir -p .whl
     # What the pack and ComfyUI import for these runs and the device image (Python 3.12, torch) does not hold.
+    # ComfyUI's main.py (bench/dynamic_vram.py) needs SQLAlchemy and pydantic too; its frontend package (85 MB) is
+    # replaced there by an empty --front-end-root, as only its API is used.
     "$PYTHON" -m pip download -q $py $plat -d .whl sageattention==1.0.6 av==18.1.0 torchsde==0.2.6 \
-        trampoline==0.1.2 comfy-aimdo==0.4.13 simpleeval blake3
+        trampoline==0.1.2 comfy-aimdo==0.4.13 simpleeval blake3 sqlalchemy==2.1.9 pydantic==2.14.4 \
+        pydantic-core==2.50.5 annotated-types typing-inspection
     # comfy-kitchen's wheel is 58 MB, nearly all CUDA/HIP extensions built for other torch versions: leave them
     # out (its loader then uses the eager backend) to stay inside the 64 MiB the device tool carries.
     local tmp whl repo=$PWD
