@@ -12,6 +12,8 @@ from .adapters import model_files
 GRANULARITY = {"per-tensor (loads in core)": "tensor", "per-channel (more accurate)": "channel"}
 # output path: [the signature it had when last written or last seen changed, the times it was seen changed]
 _written = {}
+# output path: (the source's signature, the options, the output's signature as written, the report) of the last write
+_made = {}
 
 
 class ConvertToFP8(io.ComfyNode):
@@ -79,6 +81,15 @@ class ConvertToFP8(io.ComfyNode):
                              "another name") from None
         options = Options(fp8=fp8_type, granularity=GRANULARITY[granularity], keep_first_blocks=keep_first_blocks,
                           keep_last_blocks=keep_last_blocks)
+        # The same conversion queued again where the host's cache no longer holds this node (--cache-none, a
+        # small --cache-lru, another workflow run in between): the file this node wrote is still there as written,
+        # so it is what a run would write; say so rather than refuse it as "already exists" (or convert it again).
+        last = _made.get(dst)
+        if last and last[:2] == (model_files.signature(src), options) and os.path.isfile(dst) and \
+                model_files.signature(dst) == last[2]:
+            text = last[3] + f"\n{model_files.shown(dst)} is already this conversion (written earlier from the same " \
+                             "source and settings; not written again)"
+            return io.NodeOutput(text, ui=ui.PreviewText(text))
         pbar = comfy.utils.ProgressBar(1)
         try:
             report = convert(src, dst, options, overwrite=overwrite, progress=pbar.update_absolute,
@@ -89,6 +100,7 @@ class ConvertToFP8(io.ComfyNode):
                     os.rmdir(folder)
             raise
         _written.setdefault(dst, [None, 0])[0] = model_files.signature(dst)
+        _made[dst] = (model_files.signature(src), options, model_files.signature(dst), report.table())
         text = report.table() + f"\nwrote {model_files.shown(dst)}"
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 

@@ -201,7 +201,20 @@ def test_convert_node_writes_a_file_the_loader_lists_without_restart(server):
     d = sample(server, ours("node_converted.safetensors"), "convert_node_loaded")
     assert torch.isfinite(d).all()
 
-    again = error_of(server.run(convert_prompt("node_converted")))
+    # Queued again after another prompt (the host's cache has dropped this node; with --cache-none it never keeps
+    # it): the file is this node's conversion of the same source with the same settings, so it is not refused as
+    # "already exists" (which failed the whole prompt) nor written again.
+    out = os.path.join(server.base, "models", "diffusion_models", "node_converted.safetensors")
+    written = os.stat(out).st_mtime_ns
+    entry = server.run(convert_prompt("node_converted"))
+    assert error_of(entry) is None, error_of(entry)
+    assert entry["outputs"]["1"]["text"][0].endswith(
+        "models/diffusion_models/node_converted.safetensors is already this conversion (written earlier from the "
+        "same source and settings; not written again)")
+    assert os.stat(out).st_mtime_ns == written
+    other = convert_prompt("node_converted")        # other settings into that name: refused
+    other["1"]["inputs"]["granularity"] = "per-tensor (loads in core)"
+    again = error_of(server.run(other))
     assert again and "already exists; to replace it turn on overwrite" in again["exception_message"]
     # A refused conversion leaves no folder of its output's name either (the subfolders used to stay).
     refused = convert_prompt("made_by_a_refused_run/deeper/x")
