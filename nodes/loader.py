@@ -113,9 +113,12 @@ def _build(sd, summary, compute, path, load_device, compute_dtype):
         # The tensors kept in high precision stay as read: without a dtype the host would store them in its
         # --fp8_e4m3fn-unet / --bf16-unet choice (an fp8 cast with no scale), unlike what the report says.
         options = {"custom_operations": make_operations(compute_dtype, fp8_matmul), "dtype": compute_dtype}
-        given = [f"--{name[:-5]}-unet" for name in UNET_OPTIONS if getattr(comfy.cli_args.args, name, False)]
+        args = comfy.cli_args.args
+        given = [f"--{name[:-5]}-unet" for name in UNET_OPTIONS if getattr(args, name, False)]
         if given:
-            summary.notes.append(f"ComfyUI's {given[0]} is not applied: the FP8 layers are this loader's, the "
+            # --force-fp16 reaches the loaders as --fp16-unet (ComfyUI's cli_args sets it): name what the user gave
+            flag = "--force-fp16" if given[0] == "--fp16-unet" and getattr(args, "force_fp16", False) else given[0]
+            summary.notes.append(f"ComfyUI's {flag} is not applied: the FP8 layers are this loader's, the "
                                  f"other tensors stay {summary.kept_dtype}")
     patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
     if patcher is None:

@@ -285,6 +285,11 @@ for fmt in ("fp8_e4m3fn (per-channel)", "bf16"):
     finally:
         comfy.cli_args.args.fp8_e4m3fn_unet = False
     result[fmt] = dict(rel=rel(out, base), kept=kept, base_kept=base_kept, report=report, base_report=base_report)
+comfy.cli_args.args.force_fp16 = comfy.cli_args.args.fp16_unet = True    # --force-fp16, as cli_args sets it
+try:
+    result["--force-fp16"] = run("fp8_e4m3fn (per-channel)")[2]
+finally:
+    comfy.cli_args.args.force_fp16 = comfy.cli_args.args.fp16_unet = False
 """
 
 
@@ -300,6 +305,9 @@ def test_comfyui_weight_dtype_option_leaves_the_kept_tensors_alone(host, tmp_pat
     assert "note" not in fp8["base_report"], fp8["base_report"]
     assert fp8["report"].endswith("; note: ComfyUI's --fp8_e4m3fn-unet is not applied: the FP8 layers are this "
                                   "loader's, the other tensors stay float32"), fp8["report"]
+    # the option the user gave: --force-fp16 reaches the loader as --fp16-unet
+    assert r["--force-fp16"].endswith("; note: ComfyUI's --force-fp16 is not applied: the FP8 layers are this "
+                                      "loader's, the other tensors stay float32"), r["--force-fp16"]
     # weight_format bf16 names its dtype, which the option does not change either
     assert r["bf16"]["rel"] == 0.0 and r["bf16"]["kept"] == r["bf16"]["base_kept"], r["bf16"]
 
