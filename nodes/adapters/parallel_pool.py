@@ -12,6 +12,19 @@ from . import parallel_worker
 from .sample_job import fail
 
 PACK = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))   # nodes/adapters/ -> the pack
+# ComfyUI's launch options that decide how a model is stored, computed, attended and held in memory (comfy.
+# model_management, comfy.ops and the attention module read several at import): the workers start with the host's,
+# not with the defaults, so e.g. --lowvram, --reserve-vram, --force-fp32 or --use-sage-attention hold there too.
+FORWARDED_ARGS = (
+    "force_fp32", "force_fp16", "fp32_unet", "fp64_unet", "bf16_unet", "fp16_unet", "fp8_e4m3fn_unet", "fp8_e5m2_unet",
+    "fp8_e8m0fnu_unet", "fp16_vae", "fp32_vae", "bf16_vae", "cpu_vae", "fp16_intermediates", "force_channels_last",
+    "supports_fp8_compute", "enable_triton_backend", "disable_triton_backend", "use_split_cross_attention",
+    "use_quad_cross_attention", "use_pytorch_cross_attention", "use_sage_attention", "use_flash_attention",
+    "use_ck_attention", "disable_xformers", "force_upcast_attention", "dont_upcast_attention", "gpu_only", "highvram",
+    "lowvram", "novram", "reserve_vram", "vram_headroom", "disable_nvml_pressure", "async_offload",
+    "disable_async_offload", "disable_dynamic_vram", "enable_dynamic_vram", "fast_disk", "disable_cuda_graphs",
+    "force_non_blocking", "disable_smart_memory", "deterministic", "fast", "disable_pinned_memory", "mmap_torch_files",
+    "disable_mmap", "high_ram")
 _pool = None      # the running workers, what they were started for (key) and where they run
 _address = None
 
@@ -33,7 +46,7 @@ def workers_for(ray, plan):
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // plan.n)
     actor = ray.remote(num_cpus=threads, num_gpus=0 if cpu else 1)(parallel_worker.Worker)
     host = os.path.dirname(os.path.abspath(sys.modules["comfy"].__path__[0]))
-    workers = [actor.remote(host, PACK, cpu, threads) for _ in range(plan.n)]
+    workers = [actor.remote(host, PACK, cpu, threads, host_args()) for _ in range(plan.n)]
     _pool = pool = SimpleNamespace(key=plan.key, workers=workers, where=[])
     pool.where = wait(ray, [w.where.remote() for w in workers], workers)   # first: to wait on their exit
     [(address, port)] = wait(ray, [workers[0].address.remote()], workers)
@@ -41,6 +54,17 @@ def workers_for(ray, plan):
     patches = ray.put(plan.patches) if plan.patches else None
     wait(ray, [w.load.remote(plan.recipe, plan.sage, patches) for w in workers], workers)
     return pool, cpu, False
+
+
+def host_args():
+    """The host's FORWARDED_ARGS as plain values (the workers unpickle them before they can import the host)."""
+    import comfy.cli_args
+    args, out = comfy.cli_args.args, {}
+    for name in FORWARDED_ARGS:
+        if hasattr(args, name):
+            value = getattr(args, name)
+            out[name] = sorted(feature.value for feature in value) if name == "fast" else value
+    return out
 
 
 def release():

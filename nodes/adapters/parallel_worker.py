@@ -8,14 +8,34 @@ import socket
 import sys
 
 
+# Attention options ComfyUI exits for at import where their package is missing (a worker on another machine)
+NEEDS = {"use_sage_attention": "sageattention", "use_flash_attention": "flash_attn"}
+
+
+def apply_host_args(cli_args, given):
+    """The host's launch options (parallel_pool.host_args) on this process's ComfyUI, before anything reads them. An
+    attention option this machine cannot run is left off, as ComfyUI would exit for it."""
+    for name, value in given.items():
+        if value and name in NEEDS and importlib.util.find_spec(NEEDS[name]) is None:
+            continue
+        if value and name == "use_ck_attention":
+            import comfy_kitchen
+            if not comfy_kitchen.int8_attention_is_available():
+                continue
+        if name == "fast":
+            value = {cli_args.PerformanceFeature(v) for v in value}
+        setattr(cli_args.args, name, value)
+
+
 class Worker:
-    def __init__(self, host, pack, cpu, threads):
+    def __init__(self, host, pack, cpu, threads, host_args=None):
         sys.path[:0] = [host]
         import torch
         torch.set_num_threads(threads)          # Ray sets OMP_NUM_THREADS to the actor's CPUs; say it to torch too
         if not cpu:
             torch.cuda.set_device(0)             # Ray's CUDA_VISIBLE_DEVICES leaves this actor its one GPU
         import comfy.cli_args
+        apply_host_args(comfy.cli_args, host_args or {})
         comfy.cli_args.args.cpu = cpu
         spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join(pack, "__init__.py"),
                                                       submodule_search_locations=[pack])

@@ -1,5 +1,5 @@
 """Parallel Config + Sample Video on a local Ray cluster: 2 CPU actors on gloo, inside a fresh host process."""
-from comfy_host import REPO, run_in_host
+from comfy_host import IMPORT_PACK, REPO, run_in_host
 from in_host import SETUP, write_models
 
 COMMON = r"""
@@ -248,3 +248,41 @@ def test_without_ray_the_message_says_how_and_single_device_works(host, tmp_path
     assert r["message"] == ("Sample Video: parallel: Ray is not installed: `pip install ray` in ComfyUI's Python "
                             "(single-device runs need nothing)")
     assert r["single"]
+
+
+HOST_FLAGS = r"""
+from comfy.cli_args import PerformanceFeature
+a = comfy.cli_args.args              # as main.py's parser leaves them for these launch options
+a.fp16_intermediates = a.deterministic = a.disable_smart_memory = a.use_split_cross_attention = True
+a.reserve_vram, a.fast = 2.0, set([PerformanceFeature.Fp16Accumulation, PerformanceFeature.AutoTune])
+""" + IMPORT_PACK + r"""
+from skyreels_pack.nodes.adapters import parallel_pool
+a.use_flash_attention = True   # as a host with flash_attn has it; a worker without it leaves it off (ComfyUI would exit)
+result = parallel_pool.host_args()
+"""
+
+IN_WORKER = r"""
+import importlib.util, os, torch
+path = os.path.join({repo!r}, "nodes", "adapters", "parallel_worker.py")
+spec = importlib.util.spec_from_file_location("parallel_worker", path)
+parallel_worker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(parallel_worker)
+parallel_worker.Worker(os.getcwd(), {repo!r}, True, 1, {given!r})      # what a Ray actor runs first
+import comfy.cli_args, comfy.model_management as mm, comfy.ldm.modules.attention as attention
+a = comfy.cli_args.args
+result = dict(intermediate=str(mm.intermediate_dtype()), smart_off=mm.DISABLE_SMART_MEMORY,
+              deterministic=torch.are_deterministic_algorithms_enabled(), attention=attention.optimized_attention.__name__,
+              fast=sorted(f.value for f in a.fast), reserve=a.reserve_vram, flash=a.use_flash_attention, cpu=a.cpu)
+"""
+
+
+def test_workers_start_with_the_hosts_launch_options(host):
+    # A Ray actor is a fresh Python: without the host's options it ran with ComfyUI's defaults (measured: under
+    # --fp16-intermediates a parallel run returned float32 where one device returns float16; --lowvram,
+    # --reserve-vram, --force-fp32, --use-sage-attention ... did not reach the workers either).
+    given = run_in_host(host, HOST_FLAGS.format(repo=REPO))
+    assert given["fp16_intermediates"] and given["reserve_vram"] == 2.0 and given["use_flash_attention"], given
+    assert given["fast"] == ["autotune", "fp16_accumulation"], given
+    r = run_in_host(host, IN_WORKER.format(repo=REPO, given=given))
+    assert r == dict(intermediate="torch.float16", smart_off=True, deterministic=True, attention="attention_split",
+                     fast=["autotune", "fp16_accumulation"], reserve=2.0, flash=False, cpu=True), r
