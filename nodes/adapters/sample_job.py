@@ -289,6 +289,12 @@ class Job:
                 return x0
 
             def step(i, x0, x_now):
+                # x0 holds the frames of this model call; the preview shows its first one (as after KSampler). A
+                # window's first frames carried over from the one before (or a start image) are already made:
+                # show the first frame this window makes, or the preview would stay on the old frame all window.
+                if plan is not None and plan.prefix:
+                    skip = plan.prefix - plan.intervals[i][0]
+                    x0 = x0[:, :, min(max(skip, 0), x0.shape[2] - 1):]
                 progress(offset + i, x0, x_now, total)
 
             if plan is None:

@@ -243,3 +243,34 @@ def test_sample_video_in_process(host, tmp_path):
                                   "window as SkyReels-V2 does); or decode the LATENT output with VAE Decode"]
     assert r["block_too_big"].startswith("Sample Video: start_image: gives 1 latent frame(s), fewer than "
                                          "causal_block_size 3")
+
+
+PREVIEWS = r"""
+import latent_preview
+from skyreels_pack.nodes.sample import SampleVideo
+from skyreels_pack.nodes.adapters import sample_job
+model = load("df_bf16.safetensors")[0]
+pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+shown = []                 # what each preview is made of: the first frame of the x0 the progress callback gets
+def prepare(m, steps, x0_output_dict=None):
+    callback = latent_preview.prepare_callback(m, steps, x0_output_dict)
+    return lambda step, x0, x, total: (shown.append(x0[:, :, 0].clone()), callback(step, x0, x, total))[1]
+sample_job.latent_preview = type("latent_preview", (), {{"prepare_callback": staticmethod(prepare)}})
+# 33 frames = 9 latent, windows of 5 latent frames carrying 2: frames 0-4, then 3-7 (makes 5-7), then 6-8 (makes 8)
+ARGS = dict(width=32, height=32, frames=33, seed=1, steps=4, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
+            mode="diffusion forcing", base_num_frames=17, overlap_history=5, ar_step=0, causal_block_size=1,
+            addnoise_condition=20)
+out = model.model.process_latent_in(SampleVideo.execute(model, pos, neg, **nest_mode(ARGS)).args[0]["samples"])
+cos = lambda a, b: torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+# at each window's last step: the output frame the preview frame is (closest to)
+result = [max(range(out.shape[2]), key=lambda k: cos(shown[s], out[:, :, k])) for s in (3, 7, 11)]
+"""
+
+
+def test_previews_show_the_frames_each_window_makes(host, tmp_path):
+    # A long Diffusion Forcing video's later windows start from frames of the window before, already made: the
+    # previews (the first frame of each step's x0, as after KSampler) showed that old frame for the whole window.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + PREVIEWS.format())
+    assert r == [0, 5, 8], r         # was [0, 3, 6]: the carried-over frames
