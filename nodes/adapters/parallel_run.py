@@ -7,7 +7,9 @@ has no file name to load from).
 import logging
 import time
 
+import comfy.cli_args
 import comfy.utils
+import latent_preview
 import torch
 from comfy.patcher_extension import WrappersMP
 
@@ -137,13 +139,16 @@ def _sample(ray, pool, positive, negative, widgets, inputs):
         inputs["vae"] = ray.put({k: t.detach().cpu() for k, t in inputs["vae"].first_stage_model.state_dict().items()})
     cond = ray.put((positive, negative))
     bar, progress = comfy.utils.ProgressBar(1), Queue()   # the queue is an actor too
+    preview = (comfy.cli_args.args.preview_method.value, latent_preview.MAX_PREVIEW_RESOLUTION)
 
     def show():
         updates = progress.get_nowait_batch(progress.qsize())
-        if updates:
-            bar.update_absolute(*updates[-1])
+        if updates:     # the latest step, with the latest preview made since the last look
+            value, total, image = updates[-1]
+            bar.update_absolute(value, total, image or next((u[2] for u in reversed(updates) if u[2]), None))
     try:
-        results = parallel_pool.wait(ray, [w.sample.remote(cond, widgets, inputs, progress) for w in pool.workers],
+        results = parallel_pool.wait(ray, [w.sample.remote(cond, widgets, inputs, progress, preview)
+                                           for w in pool.workers],
                                      pool.workers, show)
         show()
         return results[0]

@@ -82,18 +82,25 @@ class Worker:
             model = PatchSageAttention.execute(model, *sage).args[0]
         self.model = sequence_parallel.patch(model, self.mesh)
 
-    def sample(self, conditioning, widgets, inputs, progress):
+    def sample(self, conditioning, widgets, inputs, progress, preview=("none", 512)):
+        import comfy.cli_args
         import comfy.model_management
         import comfy.sd
         import comfy.utils
+        import latent_preview
         from skyreels_pack.nodes.sample import sample_video
         inputs = dict(inputs)
         if inputs.get("vae") is not None:   # the host's VAE weights, in Ray's object store
             import ray
             inputs["vae"] = comfy.sd.VAE(sd=ray.get(inputs["vae"]))
-        if self.rank == 0:   # the host shows rank 0's progress bar
+        # The host's preview method of this prompt (its launch option or the frontend's setting) and size: rank 0
+        # makes the previews the host shows, the other ranks none.
+        method, size = preview if self.rank == 0 else ("none", preview[1])
+        comfy.cli_args.args.preview_method = comfy.cli_args.LatentPreviewMethod(method)
+        latent_preview.MAX_PREVIEW_RESOLUTION = size
+        if self.rank == 0:   # the host shows rank 0's progress bar, and its previews
             comfy.utils.set_progress_bar_global_hook(
-                lambda value, total, preview=None, node_id=None: progress.put_nowait((value, total)))
+                lambda value, total, preview=None, node_id=None: progress.put_nowait((value, total, preview)))
         result = sample_video(self.model, *conditioning, **widgets, **inputs)
         del inputs
         comfy.model_management.soft_empty_cache()   # kept workers hold the model, not this run's activations

@@ -34,13 +34,21 @@ def workers():
 EQUAL = COMMON + r"""
 import comfy.utils
 from comfy_extras.nodes_model_advanced import ModelSamplingSD3, RescaleCFG   # before generate_video_fp8's import
-bar = []
-comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: bar.append((value, total)))
-result = {}
+bar, previews = [], {"one": 0, "two": 0, "other": 0}
+run = ["one"]
+def hook(value, total, preview=None, node_id=None):
+    bar.append((value, total))
+    previews[run[0]] += preview is not None
+comfy.utils.set_progress_bar_global_hook(hook)
+comfy.cli_args.args.preview_method = comfy.cli_args.LatentPreviewMethod.Latent2RGB    # --preview-method latent2rgb
+result = {"previews": previews}
 for mode, extra in (("standard", {}), ("diffusion forcing", dict(frames=17, base_num_frames=13, overlap_history=5,
                                                                  ar_step=1, addnoise_condition=20))):
+    run[0] = "one"
     one = sample(mode=mode, **extra)[0]["samples"]
+    run[0] = "two"
     two, report = sample(config, mode=mode, **extra)[:2]
+    run[0] = "other"
     result[mode] = rel(two["samples"], one)
     result[mode + " report"] = report
 time.sleep(1)
@@ -231,6 +239,9 @@ def test_two_actors_equal_one_process(host, tmp_path):
     assert len(r["forward"]) == 2 and max(r["forward"]) <= 1e-5, r["forward"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
     assert [3, 3] in r["bar"] and any(total > 3 and value == total for value, total in r["bar"]), r["bar"]
+    # Under --preview-method latent2rgb the parallel runs show rank 0's previews too (none came before): one with
+    # each progress update the host polls (every model call on one device: 3 + 9 here)
+    assert r["previews"]["one"] == 12 and r["previews"]["two"] >= 2, r["previews"]
     assert r["workers left"] == 0, r["left"]      # released after every run
 
 
