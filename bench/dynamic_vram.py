@@ -40,6 +40,7 @@ import generate_video_fp8 as gen  # noqa: E402
 from quant import tiny  # noqa: E402
 
 LORA = "tiny_lora.safetensors"
+LABELS = ("per-channel, compute auto", "per-tensor, upcast", "per-channel, compute auto + LoRA")
 SERVERS = {"dynamic VRAM (default)": [], "legacy (--disable-dynamic-vram)": ["--disable-dynamic-vram"]}
 
 
@@ -66,8 +67,7 @@ def prompts(server, names, gpu):
     with open(os.path.join(REPO, "workflows", workflow_name), encoding="utf-8") as f:
         base = gen.build_prompt(json.load(f), server.get("/object_info"), args, names, True)
     out = {}
-    labels = ("per-channel, compute auto", "per-tensor, upcast", "per-channel, compute auto + LoRA")
-    for label in labels if gpu else labels[-1:]:
+    for label in LABELS if gpu else LABELS[-1:]:
         p = {k: dict(v, inputs=dict(v["inputs"])) for k, v in base.items()}
         loader = next(k for k, v in p.items() if v["class_type"] == "SkyReelsFP8ModelLoader")
         sample = next(k for k, v in p.items() if v["class_type"] == "SkyReelsSampleVideo")
@@ -86,33 +86,49 @@ def prompts(server, names, gpu):
     return out
 
 
-def run_server(host, base, flags, names, first, gpu):
+def run_server(host, base, name, flags, names, first, gpu):
+    """{label: result} of the prompts on one server. Each result is printed as soon as it is known, and a server that
+    fails to start, exits or refuses a prompt is recorded, not raised: gpu_check.sh's time limit or one server's
+    failure still leaves what ran in the report, and the other server still runs."""
     if importlib.util.find_spec("comfyui_frontend_package") is None:   # as on the GPU machine: only the API is used
         os.makedirs(os.path.join(base, "frontend"), exist_ok=True)
         flags = flags + ["--front-end-root", os.path.join(base, "frontend")]
-    server = gen.HostServer(host, base, flags, install_pack=first).start()
+    server = gen.HostServer(host, base, flags, install_pack=first)
     results = {}
     try:
+        server.start()
         for label, prompt in prompts(server, names, gpu).items():
             for old in glob.glob(os.path.join(base, "output", "dyn", "*")):
                 os.remove(old)
             started = time.time()
-            entry = server.run(prompt, timeout=300)
+            try:
+                entry = server.run(prompt, timeout=300)
+            except Exception as e:      # refused, timed out, or the server exited (its log's end is in the text)
+                results[label] = dict(error=f"{type(e).__name__}: {str(e).strip()[-2000:]}")
+                print(f"  {label}, {name}: FAILED: {results[label]['error']}")
+                if server.proc.poll() is not None:
+                    break
+                continue
             seconds = time.time() - started
             err = gen.error_of(entry)
             if err:
                 results[label] = dict(error=f"{err['node_type']}: {err['exception_message'].strip()[:300]}")
+                print(f"  {label}, {name}: FAILED: {results[label]['error']}")
                 continue
             latent = safetensors.torch.load_file(glob.glob(os.path.join(base, "output", "dyn", "*.latent"))[0])
             report = "".join(t for out in entry["outputs"].values() for t in out.get("text", []))
-            results[label] = dict(latent=latent["latent_tensor"].float(), seconds=seconds,
-                                  report="".join(f"\n    {line}" for line in report.splitlines() if line.strip()))
+            results[label] = dict(latent=latent["latent_tensor"].float(), seconds=seconds)
+            print(f"  {label}, {name}: {seconds:.1f} s; report:"
+                  + "".join(f"\n    {line}" for line in report.splitlines() if line.strip()))
+    except Exception as e:
+        results["start"] = dict(error=f"{type(e).__name__}: {str(e).strip()[-2000:]}")
+        print(f"  {name}: FAILED: {results['start']['error']}")
     finally:
         server.stop()
-    log = server.read_log()
-    results["log"] = dict(enabled="DynamicVRAM support detected and enabled" in log,
-                          prepared=log.count("prepared for dynamic VRAM loading"),
-                          warnings=[l for l in log.splitlines() if "Traceback" in l or "Error" in l][:5])
+    log = server.read_log() if os.path.exists(server.log_path) else ""
+    print(f"{name}: host said dynamic VRAM enabled: {'DynamicVRAM support detected and enabled' in log}; models "
+          f"prepared for dynamic loading: {log.count('prepared for dynamic VRAM loading')}"
+          + "".join(f"\n  log: {w}" for w in [l for l in log.splitlines() if "Traceback" in l or "Error" in l][:5]))
     return results
 
 
@@ -133,24 +149,20 @@ def main():
         write_lora(os.path.join(base, "models", "loras", LORA))
         runs = {}
         for i, (server, flags) in enumerate(SERVERS.items()):
-            runs[server] = run_server(host, base, flags + ([] if gpu else ["--cpu"]), names, i == 0, gpu)
-            log = runs[server].pop("log")
-            print(f"{server}: host said dynamic VRAM enabled: {log['enabled']}; models prepared for dynamic "
-                  f"loading: {log['prepared']}" + "".join(f"\n  log: {w}" for w in log["warnings"]))
+            print(f"{server}:")
+            runs[server] = run_server(host, base, server, flags + ([] if gpu else ["--cpu"]), names, i == 0, gpu)
         (a_name, a), (b_name, b) = runs.items()
-        for label in a:
-            for name, r in ((a_name, a[label]), (b_name, b[label])):
-                if "error" in r:
-                    failed = True
-                    print(f"  {label}, {name}: FAILED: {r['error']}")
-                else:
-                    print(f"  {label}, {name}: {r['seconds']:.1f} s; report:{r['report']}")
-            if "latent" in a[label] and "latent" in b[label]:
+        failed = any("error" in r for r in (*a.values(), *b.values()))
+        for label in LABELS if gpu else LABELS[-1:]:
+            if "latent" in a.get(label, {}) and "latent" in b.get(label, {}):
                 x, y = a[label]["latent"], b[label]["latent"]
                 rel = ((x - y).norm() / y.norm()).item()
                 finite = bool(torch.isfinite(x).all() and torch.isfinite(y).all())
                 failed |= not finite or not math.isfinite(rel)
                 print(f"  {label}: final latents, dynamic vs legacy: relative L2 {rel:.2e}; all finite: {finite}")
+            else:
+                failed = True
+                print(f"  {label}: not compared (a server has no latent for it)")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 1 if failed else 0
