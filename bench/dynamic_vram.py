@@ -128,7 +128,8 @@ def run_server(host, base, name, flags, names, first, gpu):
     log = server.read_log() if os.path.exists(server.log_path) else ""
     print(f"{name}: host said dynamic VRAM enabled: {'DynamicVRAM support detected and enabled' in log}; models "
           f"prepared for dynamic loading: {log.count('prepared for dynamic VRAM loading')}"
-          + "".join(f"\n  log: {w}" for w in [l for l in log.splitlines() if "Traceback" in l or "Error" in l][:5]))
+          # the last: the first are the start-up's (core nodes whose packages this machine lacks, e.g. kornia)
+          + "".join(f"\n  log: {w}" for w in [l for l in log.splitlines() if "Traceback" in l or "Error" in l][-5:]))
     return results
 
 
