@@ -250,15 +250,21 @@ for granularity in ("tensor", "channel"):
 """
 
 
-def test_fp8_layer_through_the_dynamic_cast(host, tmp_path):
+def run_with_fake_aimdo(host, tmp_path, part):
+    """`part` (CAST or DYNAMIC) in a host process with the tiny models, a LoRA and the comfy-aimdo fakes."""
     import safetensors.torch
     from conftest import write_lora
     write_models(tmp_path)
     write_lora(tmp_path / "lora.safetensors", safetensors.torch.load_file(str(tmp_path / "t2v_bf16.safetensors")))
     code = (AIMDO_LIBRARY + SETUP.format(repo=REPO, folder=str(tmp_path)) + FAKE_AIMDO
-            + HOST.format(folder=str(tmp_path)) + CAST.format(folder=str(tmp_path)))
+            + HOST.format(folder=str(tmp_path)) + part.format(folder=str(tmp_path)))
     r = run_in_host(host, code)
     print(r)
+    return r
+
+
+def test_fp8_layer_through_the_dynamic_cast(host, tmp_path):
+    r = run_with_fake_aimdo(host, tmp_path, CAST)
     for case, v in r.items():
         scale = [] if case.startswith("tensor") else [256, 1]
         assert v["weight"] == ["QuantizedTensor", "SkyReelsFP8Layout", "torch.bfloat16", scale], (case, v)
@@ -399,14 +405,7 @@ result["blocks"] = blocks
 
 
 def test_dynamic_patcher_loads_and_runs_our_model(host, tmp_path):
-    import safetensors.torch
-    from conftest import write_lora
-    write_models(tmp_path)
-    write_lora(tmp_path / "lora.safetensors", safetensors.torch.load_file(str(tmp_path / "t2v_bf16.safetensors")))
-    code = (AIMDO_LIBRARY + SETUP.format(repo=REPO, folder=str(tmp_path)) + FAKE_AIMDO
-            + HOST.format(folder=str(tmp_path)) + DYNAMIC.format(folder=str(tmp_path)))
-    r = run_in_host(host, code)
-    print(r)
+    r = run_with_fake_aimdo(host, tmp_path, DYNAMIC)
     blocks = r["blocks"]
     assert "fps embedding: on" in r["report"] and "compute: fp8 matmul" in r["report"], r
     assert r["patchers"] == ["ModelPatcherDynamic"] * 4, r      # the LoRA loader and our clones stay dynamic
