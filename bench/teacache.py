@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -64,7 +65,6 @@ def run(m, mode):
         skipped = f"{{sum(s for s, _ in skipped_log)}}/{{sum(t for _, t in skipped_log)}} steps"
     return samples["samples"], skipped, seconds
 
-rows = []
 for mode in {modes!r}:
     base, _, base_s = run(model, mode)
     configs = [("none", "", model)]
@@ -77,9 +77,8 @@ for mode in {modes!r}:
         configs.append(("LazyCache", f"{{reuse:g}}", LazyCacheNode.execute(model, reuse, 0.15, 0.95, False).args[0]))
     for name, param, m in configs:
         out, skipped, seconds = (base, None, base_s) if name == "none" else run(m, mode)
-        rows.append(dict(mode=mode, name=name, param=param, skipped=skipped, seconds=seconds,
-                         distance=((out - base).norm() / base.norm()).item()))
-print(json.dumps(rows))
+        print("@@ROW@@" + json.dumps(dict(mode=mode, name=name, param=param, skipped=skipped, seconds=seconds,
+                                          distance=((out - base).norm() / base.norm()).item())), flush=True)
 """
 
 
@@ -103,17 +102,23 @@ def main():
             folder=folder, steps=args.steps, **size)
         if gpu:
             code = code.replace("comfy.cli_args.args.cpu = True", "")
-        proc = subprocess.run([sys.executable, "-c", code], cwd=host, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(proc.stderr[-4000:])
-        rows = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{size['width']}x{size['height']}, {size['frames']} frames, {args.steps} steps, cfg 6; TeaCache counts "
               "model calls (cond and uncond apart), core's caches the steps they see; distance: relative L2 of the "
               "final latent from the run without a cache")
-        print(f"{'mode':18s} {'cache':10s} {'setting':>9s} {'skipped':>14s} {'distance':>9s} {'seconds':>8s}")
-        for r in rows:
-            print(f"{r['mode']:18s} {r['name']:10s} {r['param']:>9s} {r['skipped'] or '-':>14s} "
-                  f"{r['distance']:9.4f} {r['seconds']:8.2f}")
+        print(f"{'mode':18s} {'cache':10s} {'setting':>9s} {'skipped':>14s} {'distance':>9s} {'seconds':>8s}",
+              flush=True)
+        # Each row as the child makes it: under gpu_check.sh's time limit a cut run keeps the rows it made.
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen([sys.executable, "-c", code], cwd=host, stdout=subprocess.PIPE, stderr=err,
+                                    text=True)
+            for line in proc.stdout:
+                if line.startswith("@@ROW@@"):
+                    r = json.loads(line[len("@@ROW@@"):])
+                    print(f"{r['mode']:18s} {r['name']:10s} {r['param']:>9s} {r['skipped'] or '-':>14s} "
+                          f"{r['distance']:9.4f} {r['seconds']:8.2f}", flush=True)
+            if proc.wait():
+                err.seek(0)
+                raise SystemExit(err.read()[-4000:])
     finally:
         shutil.rmtree(folder)
 
