@@ -99,8 +99,9 @@ class ConvertToFP8(io.ComfyNode):
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
             raise
-        _written.setdefault(dst, [None, 0])[0] = model_files.signature(dst)
-        _made[dst] = (model_files.signature(src), options, model_files.signature(dst), report.table())
+        written = model_files.signature(dst)
+        _written.setdefault(dst, [None, 0])[0] = written
+        _made[dst] = (model_files.signature(src), options, written, report.table())
         text = report.table() + f"\nwrote {model_files.shown(dst)}"
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 
