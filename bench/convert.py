@@ -39,7 +39,7 @@ def numel(shape):
 
 
 def model_shapes(size, variant="T2V"):
-    return tiny.shapes(tiny.info(variant, **tiny.REAL[size]))
+    return tiny.info(variant, **tiny.REAL[size]).expected_shapes()
 
 
 def byte_ratio(size):

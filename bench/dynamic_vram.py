@@ -48,7 +48,7 @@ def write_lora(path, seed=3, rank=4):
     """A rank-4 LoRA on every attention and FFN Linear of the demo model (ComfyUI's lora_up/lora_down keys)."""
     g = torch.Generator().manual_seed(seed)
     lora = {}
-    for key, shape in tiny.shapes(tiny.info("DF", dim=1536, ffn_dim=1024)).items():
+    for key, shape in tiny.info("DF", dim=1536, ffn_dim=1024).expected_shapes().items():
         if key.startswith("blocks.") and key.endswith(".weight") and len(shape) == 2 and "modulation" not in key:
             base = "diffusion_model." + key[:-len(".weight")]
             lora[base + ".lora_up.weight"] = torch.randn(shape[0], rank, generator=g) * 0.05

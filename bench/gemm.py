@@ -24,7 +24,7 @@ from bench.act_quant import quant_stats, timed  # noqa: E402
 from quant import act_quant, fp8_linear, quantize_weight  # noqa: E402
 from quant import fp8 as fp8_module  # noqa: E402
 from quant.policy import should_quantize  # noqa: E402
-from quant.tiny import REAL, info, shapes  # noqa: E402
+from quant.tiny import REAL, info  # noqa: E402
 
 
 def gemm_table(device, ms, repeats):
@@ -65,7 +65,7 @@ def weight_memory(device):
     """GPU bytes of the 1.3B model's weights: bf16 vs our FP8 layout (block Linears FP8 + fp32 scale per channel)."""
     model = info("T2V", **REAL["1.3B"])
     bf16 = fp8 = 0
-    for key, shape in shapes(model).items():
+    for key, shape in model.expected_shapes().items():
         numel = 1
         for s in shape:
             numel *= s

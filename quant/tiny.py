@@ -19,16 +19,11 @@ def info(variant="T2V", dim=256, ffn_dim=512, num_layers=2, has_fps=None):
                      in_dim=36 if variant == "I2V" else 16, has_fps=has_fps)
 
 
-def shapes(model):
-    """{original Wan key: shape} of a model described by a ModelInfo."""
-    return model.expected_shapes()
-
-
 def state_dict(model, seed=0, dtype=torch.bfloat16):
     """Seeded random weights in the layout of `model`. Linear weights ~ N(0, 1/fan_in), norms ~ 1, biases small."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
-    for key, shape in shapes(model).items():
+    for key, shape in model.expected_shapes().items():
         if len(shape) >= 2 and "modulation" not in key:
             t = torch.randn(shape, generator=g) / math.prod(shape[1:]) ** 0.5
         elif "modulation" in key:

@@ -153,11 +153,11 @@ def test_pickled_code_is_refused(tmp_path, capsys):
 def test_real_model_sizes_from_shapes():
     for size, dims in tiny.REAL.items():
         for variant in ("T2V", "I2V", "DF"):
-            shapes = tiny.shapes(tiny.info(variant, **dims))
+            shapes = tiny.info(variant, **dims).expected_shapes()
             info = detect(shapes)
             assert (info.size, info.variant, info.num_layers, info.num_heads) == (
                 size, variant, dims["num_layers"], dims["dim"] // 128)
-    assert detect(tiny.shapes(tiny.info("T2V", **tiny.REAL["1.3B"]))).describe() == \
+    assert detect(tiny.info("T2V", **tiny.REAL["1.3B"]).expected_shapes()).describe() == \
         "SkyReels-V2 T2V/DF 1.3B, 30 blocks"
 
 
@@ -183,7 +183,7 @@ def test_policy_quantizes_exactly_the_block_linears(variant):
 
 def test_model_info_expected_keys_match_generated_shapes():
     info = ModelInfo(variant="I2V", dim=256, ffn_dim=512, num_layers=3, in_dim=36, has_fps=False)
-    assert set(tiny.shapes(info)) == set(info.expected_keys())
+    assert set(info.expected_shapes()) == set(info.expected_keys())
 
 
 def test_reads_without_pread_and_from_two_threads(tmp_path, monkeypatch):
@@ -256,7 +256,7 @@ def test_a_diffusers_pipeline_folder_names_its_subfolders(tmp_path):
 ])
 def test_other_latent_channels_are_not_skyreels_v2(in_dim, out_dim, img, why):
     # Wan 2.2 models have Wan 2.1's key names; only the patch embedding's and the head's shapes tell them apart.
-    shapes = tiny.shapes(tiny.info("I2V" if img else "T2V"))
+    shapes = tiny.info("I2V" if img else "T2V").expected_shapes()
     shapes["patch_embedding.weight"] = (256, in_dim, 1, 2, 2)
     shapes["head.head.weight"] = (4 * out_dim, 256)
     with pytest.raises(ValueError, match=re.escape(f"not a model this pack runs: {why}")):
@@ -265,7 +265,7 @@ def test_other_latent_channels_are_not_skyreels_v2(in_dim, out_dim, img, why):
 
 def test_other_wan_models_are_named_first():
     # Fun 1.1 Control has 48 input channels too, and a reference conv: named by its keys, not its channels.
-    shapes = tiny.shapes(tiny.info("I2V"))
+    shapes = tiny.info("I2V").expected_shapes()
     shapes["patch_embedding.weight"], shapes["ref_conv.weight"] = (256, 48, 1, 2, 2), (256, 16, 2, 2)
     with pytest.raises(ValueError, match=re.escape("this is a Wan Fun reference model, not SkyReels-V2; load it with "
                                                    "ComfyUI's Load Diffusion Model node")):
@@ -402,7 +402,7 @@ def test_packed_weights_of_other_formats_are_left_to_the_loader(tmp_path):
 
 
 def test_a_scalar_head_modulation_is_named():
-    shapes = tiny.shapes(tiny.info("T2V"))
+    shapes = tiny.info("T2V").expected_shapes()
     shapes["head.modulation"] = ()
     with pytest.raises(ValueError, match=re.escape("its head.modulation is a single number")):
         detect(shapes)
