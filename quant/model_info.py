@@ -41,10 +41,6 @@ class ModelInfo:
     def size(self):
         return SIZES.get(self.dim, f"custom (dim {self.dim})")
 
-    @property
-    def num_heads(self):
-        return self.dim // 128
-
     def describe(self):
         # T2V and DF checkpoints have the same keys; only DF-1.3B's fps embedding tells DF apart.
         variant = "T2V/DF" if self.variant == "T2V" else self.variant
