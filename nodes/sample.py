@@ -178,7 +178,6 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
     """One run on this process's device: (samples, report, images: None without a vae); `df_options`: DF widgets."""
     if set(df_options) != set(DF_DEFAULTS):   # all of them, always (execute fills in the defaults)
         raise TypeError(f"sample_video: DF options {sorted(df_options)}, expected {sorted(DF_DEFAULTS)}")
-    check_model(model)
     if mode == "diffusion forcing" and model.model_options.get("context_handler") is not None:
         fail("mode: diffusion forcing makes long videos in its own windows (base_num_frames, overlap_history), with a "
              "noise level per frame that the MODEL's context windows (e.g. Wan Context Windows) cannot split; remove "
