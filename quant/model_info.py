@@ -52,7 +52,6 @@ class ModelInfo:
         block_keys = _BLOCK_KEYS + (_I2V_BLOCK_KEYS if i2v else [])
         return keys + [f"blocks.{i}.{k}" for i in range(self.num_layers) for k in block_keys]
 
-
     def expected_shapes(self):
         """{key: shape} of every tensor a model of this kind has."""
         return {key: self._shape(key) for key in self.expected_keys()}
