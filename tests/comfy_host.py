@@ -85,3 +85,13 @@ def describe_pack(path):
     rev_file = os.path.join(path, ".git-rev")
     rev = open(rev_file).read().strip()[:10] if os.path.exists(rev_file) else "(commit unknown)"
     return f"{path} {rev}"
+
+
+def find_pack(host, folder, env, marker="nodes.py"):
+    """A third-party pack's folder: $`env`, else the host's custom_nodes/`folder`, else ~/`folder`; None if none holds
+    its __init__.py and `marker`."""
+    for path in (os.environ.get(env), os.path.join(host, "custom_nodes", folder),
+                 os.path.join(os.path.expanduser("~"), folder)):
+        if path and all(os.path.isfile(os.path.join(path, f)) for f in ("__init__.py", marker)):
+            return os.path.abspath(path)
+    return None

@@ -5,6 +5,8 @@ import comfy.model_sampling
 import torch
 from comfy.patcher_extension import WrappersMP
 
+from . import foreign_forward
+
 KEY = "skyreels_frame_sigmas"
 
 
@@ -46,6 +48,9 @@ def _frame_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None,
                   **kwargs):
     frames = transformer_options.get(KEY)
     if frames is not None:
+        other = foreign_forward.replacement(executor.class_obj.diffusion_model)   # inside that pack's wrapper: now
+        if other is not None:
+            raise ValueError(foreign_forward.in_diffusion_forcing(other))
         t = frames.to(t)[None].expand(t.shape[0], -1)
     return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
