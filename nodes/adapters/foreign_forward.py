@@ -23,3 +23,9 @@ def in_diffusion_forcing(who):
             f"{who} replaced the model's forward pass with one made for a single timestep per call (another pack's "
             "cache, e.g. TeaCache or MagCache). Remove that node from the MODEL and use TeaCache (SkyReels-V2), which "
             "skips model calls in diffusion forcing too, or use mode 'standard'")
+
+
+def with_our_teacache(who):
+    return (f"TeaCache (SkyReels-V2): {who} replaced the model's forward pass (another pack's cache, e.g. TeaCache or "
+            "MagCache) and runs the transformer blocks its own way, so the two caches cannot run together: use one, "
+            "remove that node or TeaCache (SkyReels-V2)")

@@ -5,6 +5,7 @@ from comfy.patcher_extension import WrappersMP
 
 from ...attention.guard import StepIndex
 from ...sampling import teacache
+from . import foreign_forward
 
 KEY = "skyreels_teacache"      # transformer_options: the TeaCache of this MODEL
 RUN = "skyreels_teacache_run"  # transformer_options of one call: what its blocks do
@@ -74,6 +75,9 @@ def _block(args, extra):
 def _call(executor, *args, **kwargs):
     to = args[5] if len(args) > 5 else kwargs["transformer_options"]
     cache, dm, x = to[KEY], executor.class_obj, args[0]
+    other = foreign_forward.replacement(dm)      # it would call our blocks without the options they need
+    if other is not None:
+        raise ValueError(foreign_forward.with_our_teacache(other))
     coeffs = teacache.coefficients(dm.in_dim == 36, dm.dim, x.shape[-1] * x.shape[-2] * 64, cache.retention)
     # One stream per prompt: cond / uncond and the conditioning's id (several positive prompts share a batch), and
     # per context window (core Wan Context Windows), whose frames can change from step to step: a residual is only

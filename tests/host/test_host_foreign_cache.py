@@ -26,7 +26,10 @@ CODE = r"""
 import asyncio, nodes as core
 import comfy.ldm.lightricks.model as ltx
 from skyreels_pack.nodes.sample import SampleVideo
+from skyreels_pack.nodes.teacache import TeaCache
+from skyreels_pack.sampling import teacache
 
+teacache.SIZES[256] = "1.3B"
 if not hasattr(ltx, "precompute_freqs_cis"):      # see the module's docstring
     def precompute_freqs_cis(*args, **kwargs):
         raise NotImplementedError("a test's stand-in: not in this ComfyUI")
@@ -65,6 +68,8 @@ result["standard"] = dict(vs_host=rel(a, b), vs_plain=rel(a, plain), lines=lines
 plain_df, _, _ = sample(ours, **DF)
 result["df"] = sample(cache(ours), **DF)[1:]
 result["df again"] = rel(sample(ours, **DF)[0], plain_df)       # the refused run left nothing behind
+result["our teacache after"] = sample(cache(TeaCache.execute(ours, 0.2, False).args[0]))[1]
+result["our teacache before"] = sample(TeaCache.execute(cache(ours), 0.2, False).args[0])[1]
 """
 
 STAND_IN = '''"""Stands for ComfyUI-TeaCache's and ComfyUI-MagCache's Wan caches as tests/host/test_host_foreign_cache.py saw them
@@ -117,6 +122,9 @@ def check(r, pack, name):
     assert who in r["df"][0] and "use TeaCache (SkyReels-V2)" in r["df"][0], r["df"]
     assert r["df"][1] == [0, 0], r["df"]          # refused at the first model call, before the model ran
     assert r["df again"] == 0.0
+    for key in ("our teacache after", "our teacache before"):
+        assert r[key].startswith("TeaCache (SkyReels-V2): ") and who in r[key], r[key]
+        assert r[key].endswith("use one, remove that node or TeaCache (SkyReels-V2)"), r[key]
 
 
 @pytest.mark.parametrize("folder, node, widgets", [
