@@ -5,6 +5,7 @@ idea of the timestep (one per call) and of how the blocks run (without the MODEL
 Patch SageAttention's override or this pack's TeaCache)."""
 from .sage_override import describe
 
+KEY = "skyreels_foreign_forward"    # transformer_options: a Seen that Sample Video reads for its report
 NAMES = ("forward_orig", "_forward")     # what the host's Wan model runs under its forward(); the instance has none
 
 
@@ -29,3 +30,23 @@ def with_our_teacache(who):
     return (f"TeaCache (SkyReels-V2): {who} replaced the model's forward pass (another pack's cache, e.g. TeaCache or "
             "MagCache) and runs the transformer blocks its own way, so the two caches cannot run together: use one, "
             "remove that node or TeaCache (SkyReels-V2)")
+
+
+def sage_bypassed(who):
+    return (f"attention: no call reached Patch SageAttention: {who} replaced the model's forward pass and runs the "
+            "blocks without the MODEL's options, so ComfyUI's own attention ran; TeaCache (SkyReels-V2) skips calls "
+            "and keeps Patch SageAttention")
+
+
+class Seen:
+    """The replacements seen during one Sample Video run (shared by the copies the host makes of the options)."""
+
+    def __init__(self):
+        self.who = []
+
+    def add(self, who):
+        if who not in self.who:
+            self.who.append(who)
+
+    def __deepcopy__(self, memo):
+        return self

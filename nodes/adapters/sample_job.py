@@ -18,7 +18,7 @@ from ...attention.sage import log_once
 from ...sampling import forcing, solvers
 from ...sampling.schedule import aspect_crop, flow_sigmas, latent_frames, model_timesteps, video_frames
 from . import fps as fps_term
-from . import per_frame, run_report, sequence_parallel, teacache_hooks, video_attention
+from . import foreign_forward, per_frame, run_report, sequence_parallel, teacache_hooks, video_attention
 
 log = logging.getLogger("skyreels_fp8")
 
@@ -78,6 +78,7 @@ class Job:
         addnoise = opts.get("addnoise_condition", 0) if df else 0
         self.model = per_frame.patch(model, shift, model_timesteps(steps, shift, addnoise))
         self.model.model_options.setdefault("transformer_options", {})[fps_term.KEY] = fps
+        self.foreign = self.model.model_options["transformer_options"][foreign_forward.KEY] = foreign_forward.Seen()
         if causal:     # a clone with the options above
             self.model = video_attention.install(self.model)
             self.model.model_options["transformer_options"][video_attention.CAUSAL_KEY] = opts["causal_block_size"]
@@ -324,6 +325,15 @@ class Job:
         return [f"TeaCache: {cache.skipped - before[1]} of {cache.calls - before[0]} model calls skipped (threshold "
                 f"{cache.threshold:g}{', retention steps' if cache.retention else ''}; cond and uncond counted apart)"]
 
+    def _bypassed_line(self, before):
+        """Patch SageAttention on the MODEL, and no attention call reached it while another pack's forward ran."""
+        counts = run_report.attention_counts(self.model)
+        if not self.foreign.who or not counts or any(counts[k] != before.get(k, 0) for k in counts):
+            return []
+        line = foreign_forward.sage_bypassed(", ".join(self.foreign.who))
+        log_once(line, f"Sample Video: {line}")
+        return [line]
+
     def _report(self, windows, calls, meter, attention_before, teacache_before, samples):
         weights, fp8_matmul, has_fp8 = run_report.weights_summary(self.model)
         compute = self.model.model.get_dtype_inference()
@@ -337,6 +347,7 @@ class Job:
             f"{weights}; {matmul}",
             *run_report.patches_lines(self.model),
             run_report.attention_summary(self.model, attention_before),
+            *self._bypassed_line(attention_before),
             *self._teacache_line(teacache_before),
             *self.notes,
         ]

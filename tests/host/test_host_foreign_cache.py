@@ -26,6 +26,7 @@ CODE = r"""
 import asyncio, nodes as core
 import comfy.ldm.lightricks.model as ltx
 from skyreels_pack.nodes.sample import SampleVideo
+from skyreels_pack.nodes.sage_patch import PatchSageAttention
 from skyreels_pack.nodes.teacache import TeaCache
 from skyreels_pack.sampling import teacache
 
@@ -68,6 +69,10 @@ result["standard"] = dict(vs_host=rel(a, b), vs_plain=rel(a, plain), lines=lines
 plain_df, _, _ = sample(ours, **DF)
 result["df"] = sample(cache(ours), **DF)[1:]
 result["df again"] = rel(sample(ours, **DF)[0], plain_df)       # the refused run left nothing behind
+sage = PatchSageAttention.execute(ours, "reference").args[0]
+result["sage after"] = sample(cache(sage))[1:]
+result["sage before"] = sample(PatchSageAttention.execute(cache(ours), "reference").args[0])[1:]
+result["sage alone"] = sample(sage)[1]
 result["our teacache after"] = sample(cache(TeaCache.execute(ours, 0.2, False).args[0]))[1]
 result["our teacache before"] = sample(TeaCache.execute(cache(ours), 0.2, False).args[0])[1]
 """
@@ -122,6 +127,12 @@ def check(r, pack, name):
     assert who in r["df"][0] and "use TeaCache (SkyReels-V2)" in r["df"][0], r["df"]
     assert r["df"][1] == [0, 0], r["df"]          # refused at the first model call, before the model ran
     assert r["df again"] == 0.0
+    assert r["sage alone"][0].startswith("attention: reference - 40 calls 8-bit"), r["sage alone"]
+    for key in ("sage after", "sage before"):
+        lines, calls = r[key]
+        assert lines[0] in ("attention: reference - 0 calls 8-bit, 0 exact",
+                            "attention: reference - 0 calls 8-bit (this pack's PyTorch SageAttention), 0 exact"), r
+        assert lines[1].startswith("attention: no call reached Patch SageAttention: ") and who in lines[1], lines
     for key in ("our teacache after", "our teacache before"):
         assert r[key].startswith("TeaCache (SkyReels-V2): ") and who in r[key], r[key]
         assert r[key].endswith("use one, remove that node or TeaCache (SkyReels-V2)"), r[key]
