@@ -25,7 +25,10 @@ def _round_e4m3(v):
     c = (((step_exponent + 23 + 127) << 23) | 0x400000).to(tl.float32, bitcast=True)
     r = (v + c) - c
     # The add and subtract turn -0.0 and negatives rounded to zero into +0.0: restore the sign bit, as a cast keeps.
-    return tl.where(bits < 0, -tl.abs(r), tl.abs(r))
+    # With bit operations: Triton 3.6 (torch 2.11 brings it) and older compile a float's unary minus as 0 - x, which
+    # loses the sign of zero.
+    sign = (bits >> 31) << 31
+    return (tl.abs(r).to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
 
 
 @triton.jit

@@ -1,6 +1,8 @@
 """How torch._scaled_mm multiplies FP8 on a device, decided once per device: "rowwise" (per-token x per-channel
 scales) on sm89, sm90, sm100 and CPU; "tensorwise" (one scale each, per-channel ones applied to the output) on sm120
-and newer or unknown GPUs, as cuBLASLt rejects row-wise FP8 scales on sm120 (pytorch issue 192707); else None."""
+and newer or unknown GPUs, as cuBLASLt rejects row-wise FP8 scales on sm120 (pytorch issue 192707); else None (also
+on CPU where torch's kernel takes one scale per operand: torch 2.11 and older)."""
+import functools
 import re
 
 import torch
@@ -14,14 +16,20 @@ TENSORWISE_SINCE = (2, 5)   # _scaled_mm returning one tensor, with 2-D scales
 _plans = {}
 
 
-def scaled_mm_plan(device_type, capability, torch_version, granularity):
+def scaled_mm_plan(device_type, capability, torch_version, granularity, cpu_rowwise=True):
     """("rowwise" | "tensorwise" | None, reason) for a device type ("cuda", "cpu", ...), its CUDA compute capability
-    (major, minor) (None off CUDA), a torch version string and the weight's scale granularity ("tensor"/"channel")."""
+    (major, minor) (None off CUDA), a torch version string and the weight's scale granularity ("tensor"/"channel");
+    cpu_rowwise: whether this torch's CPU kernel takes row-wise scales (cpu_rowwise_scales())."""
     if granularity not in ("tensor", "channel"):
         raise ValueError(f"granularity must be 'tensor' or 'channel', not {granularity!r}")
     weight = f"per-{granularity} weight scales"
     if device_type == "cpu":
-        # Slow, but the same code as on a GPU: used where fp8 matmul is forced on CPU, and by the tests.
+        # Slow, but the same code as on a GPU: used where fp8 matmul is forced on CPU, and by the tests. Not the
+        # tensorwise plan where row-wise scales are missing: one activation scale zeroes tokens 1e6 times quieter
+        # than the loudest, and an upcast product is exact there.
+        if not cpu_rowwise:
+            return None, (f"cpu: torch {torch_version}'s torch._scaled_mm takes no per-token scales on CPU "
+                          "(torch 2.14 does)")
         return "rowwise", f"cpu: torch._scaled_mm's CPU kernel, per-token activation scales x {weight}"
     if device_type != "cuda":
         return None, f"{device_type} device: no FP8 tensor cores"
@@ -47,8 +55,22 @@ def device_plan(device, granularity):
     key = (device.type, device.index, granularity)
     if key not in _plans:
         capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
-        _plans[key] = scaled_mm_plan(device.type, capability, torch.__version__, granularity)
+        cpu_rowwise = cpu_rowwise_scales() if device.type == "cpu" else True
+        _plans[key] = scaled_mm_plan(device.type, capability, torch.__version__, granularity, cpu_rowwise)
     return _plans[key]
+
+
+@functools.cache
+def cpu_rowwise_scales():
+    """Whether this torch's CPU _scaled_mm takes row-wise scales, tried once on a 16 x 16 product: torch 2.8 and 2.11
+    (measured) fail an internal assert on them ("please report a bug to PyTorch. Now _scaled_mm only supports
+    per-tensor scaling for CPU backend"), which the report would otherwise show as the reason for upcasting."""
+    a = torch.zeros((16, 16), dtype=torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(a, a.t(), scale_a=torch.ones((16, 1)), scale_b=torch.ones((1, 16)), out_dtype=torch.float32)
+    except RuntimeError:   # also NotImplementedError: a torch without a CPU kernel at all
+        return False
+    return True
 
 
 def fused_quant_available(device):

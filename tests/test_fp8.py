@@ -172,6 +172,13 @@ def test_chunked_quantization_leaves_an_fp32_weight_alone(weight):
     assert torch.equal(weight, before)
 
 
+def rowwise_cpu_plan(monkeypatch):
+    """The row-wise plan on CPU whatever this torch's CPU kernel takes (2.11 and older take no row-wise scales), for
+    the tests of what happens after the plan, which never reach the real kernel."""
+    monkeypatch.setattr(fp8_plan, "_plans", {})
+    monkeypatch.setattr(fp8_plan, "cpu_rowwise_scales", lambda: True)
+
+
 def test_a_failing_scaled_mm_is_not_retried(monkeypatch):
     import quant.fp8 as fp8
 
@@ -182,6 +189,7 @@ def test_a_failing_scaled_mm_is_not_retried(monkeypatch):
         raise RuntimeError("no kernel for this dtype pair\nmore")
 
     monkeypatch.setattr(fp8, "_w8a8", broken)
+    rowwise_cpu_plan(monkeypatch)
     monkeypatch.setattr(fp8, "_failed", {})
     monkeypatch.setattr(fp8, "fallback_reasons", {})
     x, (q, scale) = torch.randn(4, 32), quantize_weight(torch.randn(16, 32), dtype=E5M2)
@@ -265,6 +273,39 @@ def test_tensorwise_plan_within_5_percent(monkeypatch, linear_case, granularity,
     assert rel(y, ref) <= 0.05
 
 
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_cpu_kernel_without_row_wise_scales_upcasts_and_says_why(monkeypatch, linear_case, granularity):
+    # torch 2.11 and older (measured on 2.8.0 and 2.11.0): the CPU _scaled_mm takes one scale per operand and fails
+    # an internal assert on row-wise ones ("please report a bug to PyTorch"). Simulated on this torch: fp8 matmul on
+    # CPU upcasts, and the reason names torch, not an assert.
+    scaled_mm, calls = torch._scaled_mm, []
+
+    def per_tensor_only(a, b, *, scale_a, scale_b, **kwargs):
+        calls.append((scale_a.numel(), scale_b.numel()))
+        if a.device.type == "cpu" and (scale_a.numel() != 1 or scale_b.numel() != 1):
+            raise RuntimeError("(scale_a.numel() == 1 && scale_b.numel() == 1) INTERNAL ASSERT FAILED at "
+                               "Blas.cpp:248, please report a bug to PyTorch. Now _scaled_mm only supports "
+                               "per-tensor scaling for CPU backend.")
+        return scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", per_tensor_only)
+    monkeypatch.setattr(fp8_plan, "_plans", {})
+    monkeypatch.setattr(fp8, "_failed", {})
+    monkeypatch.setattr(fp8, "fallback_reasons", {})
+    fp8_plan.cpu_rowwise_scales.cache_clear()
+    try:
+        why = f"cpu: torch {torch.__version__}'s torch._scaled_mm takes no per-token scales on CPU (torch 2.14 does)"
+        assert fp8_plan.device_plan(torch.device("cpu"), granularity) == (None, why)
+        x, w, b, _ = linear_case
+        q, scale = quantize_weight(w, granularity=granularity)
+        for _ in range(2):
+            y = fp8_linear(x, q, scale, b, mode="w8a8")
+        assert torch.equal(y, fp8_linear(x, q, scale, b, mode="upcast"))
+        assert fp8.fallback_reasons == {why: 2} and calls == [(16, 16)]    # the probe's one call
+    finally:
+        fp8_plan.cpu_rowwise_scales.cache_clear()
+
+
 def test_tensorwise_per_channel_does_not_overflow_fp16(monkeypatch, linear_case):
     # Tiny weights have tiny channel scales: the products before those scales pass fp16's 65504 (here ~1e5).
     monkeypatch.setattr(fp8, "device_plan", lambda device, granularity: ("tensorwise", "sm120"))
@@ -330,6 +371,7 @@ def quantization_kernel(monkeypatch, error):
 
     monkeypatch.setattr(fp8.act_quant, "_use_fused", lambda x: True)
     monkeypatch.setitem(sys.modules, "quant.act_quant_triton", types.SimpleNamespace(quantize_rows=failing))
+    rowwise_cpu_plan(monkeypatch)
     monkeypatch.setattr(fp8, "_failed", {})
     monkeypatch.setattr(fp8, "fallback_reasons", {})
     return calls
@@ -365,6 +407,7 @@ def test_out_of_memory_in_an_fp8_product_goes_up_and_turns_nothing_off(monkeypat
         raise error
 
     if where == "product":
+        rowwise_cpu_plan(monkeypatch)
         monkeypatch.setattr(fp8, "_failed", {})
         monkeypatch.setattr(fp8, "fallback_reasons", {})
         monkeypatch.setattr(fp8, "_w8a8", out_of_memory)
