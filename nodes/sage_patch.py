@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..attention.dispatch import ALIASES, MODES, canonical
 from ..attention.sage import log_once
+from .adapters.foreign_forward import SageWatch
 from .adapters.sage_override import KEY, SageOverride, describe
 
 NODE_MODES = [*MODES, *ALIASES]  # the old name last: saved workflows still validate ("sageattn" = "sageattention")
@@ -59,5 +60,7 @@ class PatchSageAttention(io.ComfyNode):
         patched = model.clone()
         override = SageOverride(mode, exact_first_blocks, exact_last_blocks, exact_first_steps, guard_threshold)
         patched.model_options["transformer_options"]["optimized_attention_override"] = override
-        patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, override.new_pass)
+        watch = SageWatch(override)
+        patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, watch.sampling)
+        patched.add_wrapper_with_key(WrappersMP.APPLY_MODEL, KEY, watch.call)
         return io.NodeOutput(patched)

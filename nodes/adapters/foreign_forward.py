@@ -3,9 +3,9 @@ ComfyUI-MagCache's MagCache nodes) set their own function as the model's forward
 (from a model_function_wrapper), so it is seen on the model instance only during a call. Such a function has its own
 idea of the timestep (one per call) and of how the blocks run (without the MODEL's transformer_options, so without
 Patch SageAttention's override or this pack's TeaCache)."""
+from ...attention.sage import log_once
 from .sage_override import describe
 
-KEY = "skyreels_foreign_forward"    # transformer_options: a Seen that Sample Video reads for its report
 NAMES = ("forward_orig", "_forward")     # what the host's Wan model runs under its forward(); the instance has none
 
 
@@ -38,15 +38,28 @@ def sage_bypassed(who):
             "and keeps Patch SageAttention")
 
 
-class Seen:
-    """The replacements seen during one Sample Video run (shared by the copies the host makes of the options)."""
+class SageWatch:
+    """Patch SageAttention's wrappers that notice a replaced forward under any sampler (core's KSampler has no report
+    to say it): one on each model call notes who replaced it; one on each sampling pass logs, once per patched MODEL,
+    when no attention call of the pass reached the override."""
 
-    def __init__(self):
-        self.who = []
+    def __init__(self, override):
+        self.override, self.who = override, []
 
-    def add(self, who):
-        if who not in self.who:
+    def call(self, executor, *args, **kwargs):
+        who = replacement(executor.class_obj.diffusion_model)
+        if who is not None and who not in self.who:
             self.who.append(who)
+        return executor(*args, **kwargs)
+
+    def sampling(self, executor, *args, **kwargs):
+        before, self.who = dict(self.override.counts), []
+        out = self.override.new_pass(executor, *args, **kwargs)
+        self.override.bypassed_by = self.who if self.override.counts == before else []    # Sample Video reports it
+        if self.override.bypassed_by:
+            log_once(("bypassed", *self.who), sage_bypassed(", ".join(self.who)), seen=self.override.logged)
+        return out
 
     def __deepcopy__(self, memo):
-        return self
+        return self     # cloned MODELs share it, as they share the override
+

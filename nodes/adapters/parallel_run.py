@@ -51,7 +51,8 @@ def recipe_of(model):
         fail("parallel: TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or run on one GPU")
     extra = sorted(k for k in model.model_options if k != "transformer_options")
     extra += sorted(k for k in to if k not in ("optimized_attention_override", "wrappers", "callbacks") and to[k])
-    ours = {WrappersMP.DIFFUSION_MODEL: fps_term.KEY, WrappersMP.OUTER_SAMPLE: SAGE_KEY}   # rebuilt there
+    ours = {WrappersMP.DIFFUSION_MODEL: fps_term.KEY, WrappersMP.OUTER_SAMPLE: SAGE_KEY,    # rebuilt there
+            WrappersMP.APPLY_MODEL: SAGE_KEY}
     extra += sorted(k for kind, keyed in model.wrappers.items() for k, fns in keyed.items()
                     if fns and k != ours.get(kind))
     if extra:

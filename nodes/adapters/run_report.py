@@ -161,3 +161,9 @@ def attention_summary(model, counts_before):
 
 def attention_counts(model):
     return dict(getattr(_sage(model), "counts", {}) or {})
+
+
+def bypassed_by(model):
+    """Who replaced the model's forward pass so that no attention call of the last sampling pass reached Patch
+    SageAttention (foreign_forward.SageWatch), or []."""
+    return getattr(_sage(model), "bypassed_by", [])

@@ -85,6 +85,7 @@ class SageOverride:
         self.exact_sites, self.logged, self.ran = set(), set(), set()
         self.counts = {"sage": 0, "exact": 0}
         self.step_index = StepIndex()
+        self.bypassed_by = []      # set after each sampling pass by foreign_forward.SageWatch
 
     def new_pass(self, executor, *args, **kwargs):
         """The MODEL's outer-sample wrapper: the guard's verdicts and check phases hold for one sampling pass (a

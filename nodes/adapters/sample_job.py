@@ -78,7 +78,6 @@ class Job:
         addnoise = opts.get("addnoise_condition", 0) if df else 0
         self.model = per_frame.patch(model, shift, model_timesteps(steps, shift, addnoise))
         self.model.model_options.setdefault("transformer_options", {})[fps_term.KEY] = fps
-        self.foreign = self.model.model_options["transformer_options"][foreign_forward.KEY] = foreign_forward.Seen()
         if causal:     # a clone with the options above
             self.model = video_attention.install(self.model)
             self.model.model_options["transformer_options"][video_attention.CAUSAL_KEY] = opts["causal_block_size"]
@@ -325,14 +324,10 @@ class Job:
         return [f"TeaCache: {cache.skipped - before[1]} of {cache.calls - before[0]} model calls skipped (threshold "
                 f"{cache.threshold:g}{', retention steps' if cache.retention else ''}; cond and uncond counted apart)"]
 
-    def _bypassed_line(self, before):
+    def _bypassed_line(self):
         """Patch SageAttention on the MODEL, and no attention call reached it while another pack's forward ran."""
-        counts = run_report.attention_counts(self.model)
-        if not self.foreign.who or not counts or any(counts[k] != before.get(k, 0) for k in counts):
-            return []
-        line = foreign_forward.sage_bypassed(", ".join(self.foreign.who))
-        log_once(line, f"Sample Video: {line}")
-        return [line]
+        who = run_report.bypassed_by(self.model)
+        return [foreign_forward.sage_bypassed(", ".join(who))] if who else []
 
     def _report(self, windows, calls, meter, attention_before, teacache_before, samples):
         weights, fp8_matmul, has_fp8 = run_report.weights_summary(self.model)
@@ -347,7 +342,7 @@ class Job:
             f"{weights}; {matmul}",
             *run_report.patches_lines(self.model),
             run_report.attention_summary(self.model, attention_before),
-            *self._bypassed_line(attention_before),
+            *self._bypassed_line(),
             *self._teacache_line(teacache_before),
             *self.notes,
         ]

@@ -5,7 +5,7 @@ model call runs (from a model_function_wrapper); that function takes one timeste
 each frame its own: it stopped with "outer: Expected 1-D argument") and runs the blocks without the MODEL's
 transformer_options (Patch SageAttention's override and this pack's TeaCache never saw a call). Sample Video
 refuses diffusion forcing with them and names the node, TeaCache (SkyReels-V2) refuses to run beside them, and Sample
-Video's report says when Patch SageAttention was bypassed; standard mode runs as on core's loader.
+Video's report (under core KSampler, a log line) says when Patch SageAttention was bypassed; standard mode runs as on core's loader.
 
 The packs are found as tests/comfy_host.find_pack says ($COMFYUI_TEACACHE_PATH / $COMFYUI_MAGCACHE_PATH, the host's
 custom_nodes, ~); without them those tests are skipped. Both import comfy.ldm.lightricks.model.precompute_freqs_cis,
@@ -23,7 +23,7 @@ from in_host import SETUP
 PACKS = {"ComfyUI-TeaCache": "COMFYUI_TEACACHE_PATH", "ComfyUI-MagCache": "COMFYUI_MAGCACHE_PATH"}
 
 CODE = r"""
-import asyncio, nodes as core
+import asyncio, logging, nodes as core
 import comfy.ldm.lightricks.model as ltx
 from skyreels_pack.nodes.sample import SampleVideo
 from skyreels_pack.nodes.sage_patch import PatchSageAttention
@@ -73,6 +73,16 @@ sage = PatchSageAttention.execute(ours, "reference").args[0]
 result["sage after"] = sample(cache(sage))[1:]
 result["sage before"] = sample(PatchSageAttention.execute(cache(ours), "reference").args[0])[1:]
 result["sage alone"] = sample(sage)[1]
+grab = []          # core KSampler has no report: Patch SageAttention logs that no call reached it
+handler = logging.Handler()
+handler.emit = lambda record: grab.append(record.getMessage())
+logging.getLogger("skyreels_fp8").addHandler(handler)
+core.common_ksampler(PatchSageAttention.execute(cache(ours), "reference").args[0], 1, 3, 3.0, "uni_pc", "simple",
+                     pos, neg, {{"samples": torch.zeros(1, 16, 3, 4, 4)}})
+result["ksampler sage log"] = [line for line in grab if "no call reached" in line]
+grab.clear()
+core.common_ksampler(sage, 1, 3, 3.0, "uni_pc", "simple", pos, neg, {{"samples": torch.zeros(1, 16, 3, 4, 4)}})
+result["ksampler sage alone log"] = [line for line in grab if "no call reached" in line]
 result["our teacache after"] = sample(cache(TeaCache.execute(ours, 0.2, False).args[0]))[1]
 result["our teacache before"] = sample(TeaCache.execute(cache(ours), 0.2, False).args[0])[1]
 """
@@ -133,6 +143,9 @@ def check(r, pack, name):
         assert lines[0] in ("attention: reference - 0 calls 8-bit, 0 exact",
                             "attention: reference - 0 calls 8-bit (this pack's PyTorch SageAttention), 0 exact"), r
         assert lines[1].startswith("attention: no call reached Patch SageAttention: ") and who in lines[1], lines
+    log = r["ksampler sage log"]
+    assert len(log) == 1 and log[0].startswith("attention: no call reached Patch SageAttention: ") and who in log[0], r
+    assert r["ksampler sage alone log"] == [], r
     for key in ("our teacache after", "our teacache before"):
         assert r[key].startswith("TeaCache (SkyReels-V2): ") and who in r[key], r[key]
         assert r[key].endswith("use one, remove that node or TeaCache (SkyReels-V2)"), r[key]
