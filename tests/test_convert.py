@@ -361,6 +361,15 @@ def test_no_arguments_run_the_demo_and_one_path_is_refused(tmp_path):
     proc = run_cli(tmp_path / "src.safetensors")
     assert proc.returncode == 2 and "give SRC and DST" in proc.stderr, proc.stderr
 
+
+@pytest.mark.parametrize("dst, message", [("no_folder/out.safetensors", "the output folder does not exist"),
+                                          ("out.bin", "the output name must end in .safetensors")])
+def test_an_output_path_that_cannot_be_written_exits_2(tmp_path, dst, message):
+    write_tiny(tmp_path / "src.safetensors", "T2V")
+    proc = run_cli(tmp_path / "src.safetensors", tmp_path / dst)
+    assert proc.returncode == 2 and proc.stderr == f"convert_to_fp8: {tmp_path / dst}: {message}\n", proc.stderr
+    assert leftovers(tmp_path, ["src.safetensors"]) == []
+
 def test_progress_bar_draws_on_a_terminal_only():
     sys.path.insert(0, REPO)
     from convert_to_fp8 import ProgressBar
