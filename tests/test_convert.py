@@ -362,12 +362,15 @@ def test_no_arguments_run_the_demo_and_one_path_is_refused(tmp_path):
     assert proc.returncode == 2 and "give SRC and DST" in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("dst, message", [("no_folder/out.safetensors", "the output folder does not exist"),
-                                          ("out.bin", "the output name must end in .safetensors")])
-def test_an_output_path_that_cannot_be_written_exits_2(tmp_path, dst, message):
+@pytest.mark.parametrize("dst, flags, message", [
+    ("no_folder/out.safetensors", [], "{dst}: the output folder does not exist"),
+    ("out.bin", [], "{dst}: the output name must end in .safetensors"),
+    ("out.safetensors", ["--keep-first-blocks", "-1"], "keep-first/keep-last blocks must be 0 or more")])
+def test_an_output_or_option_that_cannot_be_used_exits_2(tmp_path, dst, flags, message):
     write_tiny(tmp_path / "src.safetensors", "T2V")
-    proc = run_cli(tmp_path / "src.safetensors", tmp_path / dst)
-    assert proc.returncode == 2 and proc.stderr == f"convert_to_fp8: {tmp_path / dst}: {message}\n", proc.stderr
+    proc = run_cli(tmp_path / "src.safetensors", tmp_path / dst, *flags)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "convert_to_fp8: " + message.format(dst=tmp_path / dst) + "\n", proc.stderr
     assert leftovers(tmp_path, ["src.safetensors"]) == []
 
 def test_progress_bar_draws_on_a_terminal_only():
