@@ -347,6 +347,32 @@ def test_cli_seed_spelling_and_report(tmp_path):
     assert leftovers(tmp_path, ["src.safetensors", "o 天鹅.safetensors"]) == []
 
 
+def test_no_arguments_run_the_demo_and_one_path_is_refused(tmp_path):
+    # README: `python convert_to_fp8.py` with no arguments converts the embedded tiny model, verified, in a temp folder
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "convert_to_fp8.py")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TMPDIR": str(temp)})
+    assert proc.returncode == 0, proc.stderr
+    for text in ("(demo)", "SkyReels-V2 DF custom (dim 256), 2 blocks -> fp8 e4m3fn per-tensor", "verified",
+                 "removed again"):
+        assert text in proc.stdout
+    assert os.listdir(temp) == []
+    proc = run_cli(tmp_path / "src.safetensors")
+    assert proc.returncode == 2 and "give SRC and DST" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("dst, flags, message", [
+    ("no_folder/out.safetensors", [], "{dst}: the output folder does not exist"),
+    ("out.bin", [], "{dst}: the output name must end in .safetensors"),
+    ("out.safetensors", ["--keep-first-blocks", "-1"], "keep-first/keep-last blocks must be 0 or more")])
+def test_an_output_or_option_that_cannot_be_used_exits_2(tmp_path, dst, flags, message):
+    write_tiny(tmp_path / "src.safetensors", "T2V")
+    proc = run_cli(tmp_path / "src.safetensors", tmp_path / dst, *flags)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "convert_to_fp8: " + message.format(dst=tmp_path / dst) + "\n", proc.stderr
+    assert leftovers(tmp_path, ["src.safetensors"]) == []
+
 def test_progress_bar_draws_on_a_terminal_only():
     sys.path.insert(0, REPO)
     from convert_to_fp8 import ProgressBar

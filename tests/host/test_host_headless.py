@@ -135,7 +135,8 @@ def test_flags_reach_the_workflow_widgets(server):
              "vae": "vae.safetensors"}
     args = parse_args(["--model_path", "x", "--prompt", "a red fox", "--negative_prompt", "blurry", "--no-fp8",
                        "--resolution", "720P", "--num_frames", "257", "--ar_step", "5", "--causal_block_size", "5",
-                       "--seed", "7", "--image", "start.png", "--causal_attention", "--use_usp", "--workers", "4"])
+                       "--seed", "7", "--image", "start.png", "--causal_attention", "--use_usp", "--workers", "4",
+                       "--guidance_scale", "4.5", "--shift", "5"])
     with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json")) as f:
         prompt = build_prompt(json.load(f), info, args, names, demo=False)
     by_type = {}
@@ -146,6 +147,7 @@ def test_flags_reach_the_workflow_widgets(server):
     assert loader["model_name"] == "SkyReels-V2-DF-1.3B-540P/" and loader["weight_format"] == "bf16"
     assert sage["mode"] == "disabled"
     assert (sample["width"], sample["height"], sample["frames"], sample["seed"]) == (1280, 720, 257, 7)
+    assert (sample["cfg"], sample["shift"]) == (4.5, 5.0)
     # Given flags win; the others take SkyReels-V2's CLI defaults, not the workflow's long-video settings.
     assert (sample["mode.ar_step"], sample["mode.causal_block_size"], sample["mode.overlap_history"]) == (5, 5, 17)
     assert (sample["mode.base_num_frames"], sample["mode.addnoise_condition"]) == (97, 0)
