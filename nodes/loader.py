@@ -88,7 +88,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
                                              keep_first_blocks=keep_first_blocks, keep_last_blocks=keep_last_blocks))
         report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
         if fps_sd:
-            fps.install(patcher, fps.fps_vectors(fps_sd))
+            fps.install(patcher, fps_sd)
             report += "; fps embedding: on (24 fps unless Sample Video sets it)"
         for note in summary.notes:
             report += f"; note: {note}"

@@ -1,7 +1,10 @@
-"""SkyReels-V2 DF-1.3B's fps conditioning on the host's Wan model (which drops these keys as unexpected): e0 of
-every step gets fps_projection(fps_embedding(id)), id 0 for 16 fps and 1 for other rates. It does not depend on
-the timestep, so both vectors are computed once at load time and added by a wrapper on this model only."""
-import torch.nn.functional as F
+"""SkyReels-V2 DF-1.3B's fps conditioning on the host's Wan model, which drops these keys as unexpected: e0 of every
+step gets fps_projection(fps_embedding(id)), id 0 for 16 fps and 1 for other rates, added by a wrapper on this model
+only. The two layers are modules of the model under SkyReels-V2's names, built with ComfyUI's manual_cast ops, so
+ComfyUI moves, offloads and LoRA-patches them as its own layers and ModelSave writes them."""
+import comfy.model_management
+import comfy.ops
+import torch
 from comfy.patcher_extension import WrappersMP
 
 KEY = "skyreels_fps"          # transformer_options key the Sample Video node sets; absent means 24 fps
@@ -14,19 +17,24 @@ def split_fps_keys(sd):
     return {k: sd.pop(k) for k in [k for k in sd if k.startswith(("fps_embedding.", "fps_projection."))]}
 
 
-def fps_vectors(fps_sd):
-    """[2, 6*dim] fp32: the e0 offsets for fps id 0 (16 fps) and id 1 (other rates)."""
-    w = {k: v.float() for k, v in fps_sd.items()}
-    h = F.silu(F.linear(w["fps_embedding.weight"], w["fps_projection.0.weight"], w["fps_projection.0.bias"]))
-    return F.linear(h, w["fps_projection.2.weight"], w["fps_projection.2.bias"])
+def install(patcher, fps_sd):
+    dm, ops = patcher.model.diffusion_model, comfy.ops.manual_cast
+    dim, dtype = dm.dim, fps_sd["fps_embedding.weight"].dtype
+    dm.fps_embedding = ops.Embedding(2, dim, dtype=dtype)
+    dm.fps_projection = torch.nn.Sequential(ops.Linear(dim, dim, dtype=dtype), torch.nn.SiLU(),
+                                            ops.Linear(dim, 6 * dim, dtype=dtype))
+    for name in ("fps_embedding", "fps_projection"):
+        getattr(dm, name).load_state_dict({k[len(name) + 1:]: v for k, v in fps_sd.items() if k.startswith(name)})
+    patcher.size = comfy.model_management.module_size(patcher.model)    # counted at the patcher's creation
 
-
-def install(patcher, vectors):
     def wrapper(executor, *args, **kwargs):
         transformer_options = args[5] if len(args) > 5 else kwargs.get("transformer_options", {})
-        vec = vectors[0 if round(transformer_options.get(KEY, DEFAULT_FPS)) == 16 else 1]
-        hook = executor.class_obj.time_projection.register_forward_hook(
-            lambda module, inputs, out: out + vec.to(device=out.device, dtype=out.dtype))
+        fps_id = 0 if round(transformer_options.get(KEY, DEFAULT_FPS)) == 16 else 1
+        ids = torch.full((1,), fps_id, device=args[0].device)     # a fill on the device, no copy from the host
+        model = executor.class_obj
+        # in float32, as SkyReels-V2 (autocast): the weights are cast, the patched ones included, on every call
+        vec = model.fps_projection(model.fps_embedding(ids).float())[0]
+        hook = model.time_projection.register_forward_hook(lambda module, inputs, out: out + vec.to(out.dtype))
         try:
             return executor(*args, **kwargs)
         finally:

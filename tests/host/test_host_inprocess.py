@@ -162,6 +162,7 @@ def test_core_bypass_lora_on_fp8_weights(host, tmp_path):
 
 SAVE = SAMPLE_WITH_LORAS + r"""
 import glob
+from safetensors import safe_open
 from comfy_extras.nodes_model_merging import ModelSave
 folder_paths.set_output_directory({out!r})
 folder_paths.add_model_folder_path("diffusion_models", os.path.join({out!r}, "diffusion_models"))
@@ -183,6 +184,21 @@ for granularity in ("channel", "tensor"):
         result[granularity]["core"] = rel(sample(comfy.sd.load_diffusion_model(path))[0], before)
     except Exception as e:
         result[granularity]["core"] = f"{{type(e).__name__}}: {{e}}"
+
+# DF-1.3B's fps layers: a LoRA on them applies, and Save Model writes them (SkyReels-V2's names, the LoRA merged)
+df = load("df_bf16.safetensors")[0]
+w = torch.randn(6 * 256, 4, generator=g), torch.randn(4, 256, generator=g)
+fps_lora = {{"diffusion_model.fps_projection.2.lora_up.weight": w[0] * 0.1,
+             "diffusion_model.fps_projection.2.lora_down.weight": w[1] * 0.1}}
+df_lora = comfy.sd.load_lora_for_models(df, None, fps_lora, 1.0, 0.0)[0]
+before = sample(df_lora)[0]
+ModelSave().save(df_lora, "diffusion_models/df_saved")
+path = glob.glob(os.path.join({out!r}, "diffusion_models", "df_saved_*.safetensors"))[0]
+with safe_open(path, "pt") as f:
+    fps_keys = sorted(k for k in f.keys() if ".fps_" in k)
+again, report = load(os.path.basename(path))
+result["df"] = dict(lora=rel(before, sample(df)[0]), saved=rel(sample(again)[0], before), fps_keys=fps_keys,
+                    report=report)
 """
 
 
@@ -201,6 +217,12 @@ def test_core_model_save_of_a_merged_fp8_model_loads_again(host, tmp_path):
         assert f"20 float8_e4m3fn (per-{granularity})" in v["weights"], v
     assert r["tensor"]["core"] == 0.0, r["tensor"]
     assert r["channel"]["core"] == "KeyError: 'skyreels_fp8_e4m3fn_per_channel'", r["channel"]
+    df = r["df"]
+    assert df["lora"] > 1e-3, df      # the fps LoRA moves the video (measured 0.0071); its keys were not loaded before
+    assert df["saved"] == 0.0 and "fps embedding: on" in df["report"], df
+    assert df["fps_keys"] == [f"model.diffusion_model.{k}" for k in (
+        "fps_embedding.weight", "fps_projection.0.bias", "fps_projection.0.weight", "fps_projection.2.bias",
+        "fps_projection.2.weight")], df
 
 
 REQUANTIZE = r"""
