@@ -63,40 +63,47 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
     @classmethod
     @model_files.plain_errors
     def execute(cls, model_name, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0):
-        path = model_files.resolve(model_name)
-        with Checkpoint(path) as ckpt:
-            info = ckpt.model_info()
-            ckpt.require_keys(info)
-            pbar = comfy.utils.ProgressBar(len(ckpt.names))
-            load_device = comfy.model_management.get_torch_device()
-            # What the host computes a quantized Wan model in on this device (its own rule, as in its loader).
-            compute_dtype = comfy.model_management.unet_manual_cast(None, load_device, WAN_DTYPES) or torch.bfloat16
-            sd, summary = load_fp8_state_dict(
-                ckpt, info, weight_format, keep_first_blocks, keep_last_blocks, progress=pbar.update_absolute,
-                check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
-                compute_dtype=compute_dtype)
-        expected = set(info.expected_keys())
-        unexpected = [k for k in sd if k not in expected and not k.endswith(QUANT_SUFFIXES)]
-        if unexpected:
-            log.warning("%s: %d tensors a %s does not use are ignored: %s", path, len(unexpected), info.describe(),
-                        ", ".join(unexpected[:8]))
-            for k in unexpected:
-                sd.pop(k)
-        fps_sd = fps.split_fps_keys(sd)
-        patcher, compute_used = _build(sd, summary, compute, path, load_device, compute_dtype)
-        patcher.set_attachments(RECIPE, dict(path=path, weight_format=weight_format, compute=compute,
-                                             keep_first_blocks=keep_first_blocks, keep_last_blocks=keep_last_blocks))
-        report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
-        if fps_sd:
-            fps.install(patcher, fps_sd)
-            report += "; fps embedding: on (24 fps unless Sample Video sets it)"
-        for note in summary.notes:
-            report += f"; note: {note}"
-        log.info("Load FP8 SkyReels Model: %s", report)
-        return io.NodeOutput(patcher, report)
+        return io.NodeOutput(*load(model_files.resolve(model_name), weight_format, compute, keep_first_blocks,
+                                   keep_last_blocks))
 
 
-def _build(sd, summary, compute, path, load_device, compute_dtype):
+def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, disable_dynamic=False):
+    """(MODEL, report). Also the MODEL's cached_patcher_init: ComfyUI calls it again with disable_dynamic for a copy
+    outside Dynamic VRAM (TorchCompileModel, hooked conditioning, its multi-GPU clones)."""
+    with Checkpoint(path) as ckpt:
+        info = ckpt.model_info()
+        ckpt.require_keys(info)
+        pbar = comfy.utils.ProgressBar(len(ckpt.names))
+        load_device = comfy.model_management.get_torch_device()
+        # What the host computes a quantized Wan model in on this device (its own rule, as in its loader).
+        compute_dtype = comfy.model_management.unet_manual_cast(None, load_device, WAN_DTYPES) or torch.bfloat16
+        sd, summary = load_fp8_state_dict(
+            ckpt, info, weight_format, keep_first_blocks, keep_last_blocks, progress=pbar.update_absolute,
+            check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
+            compute_dtype=compute_dtype)
+    expected = set(info.expected_keys())
+    unexpected = [k for k in sd if k not in expected and not k.endswith(QUANT_SUFFIXES)]
+    if unexpected:
+        log.warning("%s: %d tensors a %s does not use are ignored: %s", path, len(unexpected), info.describe(),
+                    ", ".join(unexpected[:8]))
+        for k in unexpected:
+            sd.pop(k)
+    fps_sd = fps.split_fps_keys(sd)
+    patcher, compute_used = _build(sd, summary, compute, path, load_device, compute_dtype, disable_dynamic)
+    patcher.cached_patcher_init = (load, (path, weight_format, compute, keep_first_blocks, keep_last_blocks), 0)
+    patcher.set_attachments(RECIPE, dict(path=path, weight_format=weight_format, compute=compute,
+                                         keep_first_blocks=keep_first_blocks, keep_last_blocks=keep_last_blocks))
+    report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
+    if fps_sd:
+        fps.install(patcher, fps_sd)
+        report += "; fps embedding: on (24 fps unless Sample Video sets it)"
+    for note in summary.notes:
+        report += f"; note: {note}"
+    log.info("Load FP8 SkyReels Model: %s", report)
+    return patcher, report
+
+
+def _build(sd, summary, compute, path, load_device, compute_dtype, disable_dynamic=False):
     """The host's own loader on our state dict; FP8 layers through our operations class."""
     if summary.quantized == 0:  # bf16/fp16 requested: exactly the host's path
         fp8_matmul, used = False, "upcast (no FP8 weights)"
@@ -120,7 +127,9 @@ def _build(sd, summary, compute, path, load_device, compute_dtype):
             flag = "--force-fp16" if given[0] == "--fp16-unet" and getattr(args, "force_fp16", False) else given[0]
             summary.notes.append(f"ComfyUI's {flag} is not applied: the FP8 layers are this loader's, the "
                                  f"other tensors stay {summary.kept_dtype}")
-    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options)
+    # the keyword only where asked: ComfyUI before Dynamic VRAM has none (and never asks)
+    extra = {"disable_dynamic": True} if disable_dynamic else {}
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options, **extra)
     if patcher is None:
         raise CheckpointError(f"{path}: ComfyUI could not build a Wan model from this file")
     if fp8_matmul:

@@ -442,3 +442,38 @@ def test_dynamic_patcher_loads_and_runs_our_model(host, tmp_path):
     v = r["lora"]
     assert v["out"] == [[1, 16, 2, 16, 16], "torch.float32", "cuda:0"], v
     assert (v["w8a8"], v["fallback"], v["upcast"]) == (6 * blocks, 0, 0), v
+
+
+NON_DYNAMIC = r"""
+from comfy_extras.nodes_torch_compile import TorchCompileModel
+comfy.memory_management.aimdo_enabled = True
+comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+comfy.model_management.get_torch_device = lambda: torch.device("cuda", 0)
+torch.cuda.get_device_capability = lambda device=None: (9, 0)     # an H100's, for the fp8 plan
+patcher = load("df_bf16.safetensors")[0]
+lp = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)[0]
+result = {{}}
+for name, make in (("TorchCompileModel", lambda: TorchCompileModel.execute(lp, "inductor").args[0]),
+                   ("non-dynamic delegate", lp.get_non_dynamic_delegate)):
+    try:
+        p = make()
+    except Exception as e:
+        result[name] = f"{{type(e).__name__}}: {{e}}"
+        continue
+    ours, theirs = patcher.model.state_dict(), p.model.state_dict()
+    result[name] = dict(patcher=type(p).__name__, keys=sorted(ours) == sorted(theirs), patches=len(p.patches),
+                        same=all(same(ours[k], theirs[k]) if isinstance(ours[k], QuantizedTensor)
+                                 else torch.equal(ours[k], theirs[k]) for k in ours))
+result["patches"] = len(lp.patches)
+"""
+
+
+def test_non_dynamic_copies_of_our_model(host, tmp_path):
+    """What ComfyUI makes of a Dynamic VRAM MODEL where it needs a plain one: core TorchCompileModel, conditioning with
+    hooks and its multi-GPU clones rebuild the model through the loader's cached_patcher_init (before: "Cannot create
+    non-dynamic delegate: cached_patcher_init is not initialized", on every NVIDIA GPU). The copy has the same
+    tensors, FP8 bytes and scales (the DF fps layers included), and keeps the LoRA's patches."""
+    r = run_with_fake_aimdo(host, tmp_path, NON_DYNAMIC)
+    for name in ("TorchCompileModel", "non-dynamic delegate"):
+        assert r[name] == dict(patcher="ModelPatcher", keys=True, patches=r["patches"], same=True), (name, r)
+    assert r["patches"] > 0, r
