@@ -12,6 +12,7 @@ NAMES = ("forward_orig", "_forward")     # what the host's Wan model runs under 
 def replacement(dm):
     """Who replaced `dm`'s forward pass on the instance for this call, e.g. "teacache_wanmodel_forward
     (ComfyUI-TeaCache)"; None when it runs the host's own."""
+    dm = getattr(dm, "_orig_mod", dm)   # under TorchCompileModel's wrapper the call sees torch.compile's module
     for name in NAMES:
         fn = vars(dm).get(name)
         if fn is not None:

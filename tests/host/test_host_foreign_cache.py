@@ -83,6 +83,12 @@ result["ksampler sage log"] = [line for line in grab if "no call reached" in lin
 grab.clear()
 core.common_ksampler(sage, 1, 3, 3.0, "uni_pc", "simple", pos, neg, {{"samples": torch.zeros(1, 16, 3, 4, 4)}})
 result["ksampler sage alone log"] = [line for line in grab if "no call reached" in line]
+# TorchCompileModel applied before Patch SageAttention: the calls see torch.compile's module in place of the model
+from skyreels_pack.nodes.adapters import foreign_forward
+dm = ours.model.diffusion_model
+dm.forward_orig = lambda *args, **kwargs: None
+result["compiled"] = [foreign_forward.replacement(m) for m in (torch.compile(dm, backend="eager"), dm)]
+del dm.forward_orig
 result["our teacache after"] = sample(cache(TeaCache.execute(ours, 0.2, False).args[0]))[1]
 result["our teacache before"] = sample(TeaCache.execute(cache(ours), 0.2, False).args[0])[1]
 """
@@ -146,6 +152,7 @@ def check(r, pack, name):
     log = r["ksampler sage log"]
     assert len(log) == 1 and log[0].startswith("attention: no call reached Patch SageAttention: ") and who in log[0], r
     assert r["ksampler sage alone log"] == [], r
+    assert r["compiled"][0] == r["compiled"][1] and r["compiled"][0].startswith("<lambda> ("), r["compiled"]
     for key in ("our teacache after", "our teacache before"):
         assert r[key].startswith("TeaCache (SkyReels-V2): ") and who in r[key], r[key]
         assert r[key].endswith("use one, remove that node or TeaCache (SkyReels-V2)"), r[key]
