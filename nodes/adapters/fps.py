@@ -24,7 +24,8 @@ def install(patcher, fps_sd):
     dm.fps_projection = torch.nn.Sequential(ops.Linear(dim, dim, dtype=dtype), torch.nn.SiLU(),
                                             ops.Linear(dim, 6 * dim, dtype=dtype))
     for name in ("fps_embedding", "fps_projection"):
-        getattr(dm, name).load_state_dict({k[len(name) + 1:]: v for k, v in fps_sd.items() if k.startswith(name)})
+        module = getattr(dm, name).requires_grad_(False)     # as the host's weights: no autograd graph in sampling
+        module.load_state_dict({k[len(name) + 1:]: v for k, v in fps_sd.items() if k.startswith(name)})
     patcher.size = comfy.model_management.module_size(patcher.model)    # counted at the patcher's creation
 
     def wrapper(executor, *args, **kwargs):
