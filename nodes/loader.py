@@ -1,4 +1,5 @@
 """Load FP8 SkyReels Model: any SkyReels-V2 file as an FP8 ComfyUI MODEL (a real ModelPatcher)."""
+import functools
 import logging
 
 import torch
@@ -90,9 +91,10 @@ def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, 
             sd.pop(k)
     fps_sd = fps.split_fps_keys(sd)
     patcher, compute_used = _build(sd, summary, compute, path, load_device, compute_dtype, disable_dynamic)
-    patcher.cached_patcher_init = (load, (path, weight_format, compute, keep_first_blocks, keep_last_blocks), 0)
-    patcher.set_attachments(RECIPE, dict(path=path, weight_format=weight_format, compute=compute,
-                                         keep_first_blocks=keep_first_blocks, keep_last_blocks=keep_last_blocks))
+    recipe = dict(path=path, weight_format=weight_format, compute=compute, keep_first_blocks=keep_first_blocks,
+                  keep_last_blocks=keep_last_blocks)
+    patcher.cached_patcher_init = (functools.partial(load, **recipe), (), 0)
+    patcher.set_attachments(RECIPE, recipe)
     report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
     if fps_sd:
         fps.install(patcher, fps_sd)
