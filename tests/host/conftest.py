@@ -110,6 +110,7 @@ def server(host, tmp_path_factory):
     models = os.path.join(base, "models", "diffusion_models")
     sd = write_tiny(os.path.join(models, "t2v_bf16.safetensors"), "T2V", seed=1)
     write_tiny(os.path.join(models, "df_bf16.safetensors"), "DF", seed=2)
+    torch.save(sd, os.path.join(models, "t2v_bf16.pth"))     # the same weights as a plain torch state dict
     src = os.path.join(models, "t2v_bf16.safetensors")
     convert(src, os.path.join(models, "t2v_fp8_tensor.safetensors"), Options())
     convert(src, os.path.join(models, "t2v_fp8_channel.safetensors"), Options(granularity="channel"))

@@ -87,6 +87,21 @@ def test_release_folders_are_listed_and_load_like_the_single_file(server):
     assert rel(sample(server, ours("SkyReels/t2v.nested/"), "nested_folder"), single) <= 1e-6   # in a subfolder
 
 
+def test_a_pth_state_dict_loads_and_converts_like_its_safetensors_twin(server):
+    # read with torch.load(weights_only=True): the same tensors, so the same video and the same FP8 file
+    single = sample(server, ours("t2v_bf16.safetensors"), "pth_single")
+    assert rel(sample(server, ours("t2v_bf16.pth"), "pth_file"), single) <= 1e-6
+    entry = server.run(convert_prompt("from_pth", source="t2v_bf16.pth"))
+    assert error_of(entry) is None, error_of(entry)
+    assert "wrote models/diffusion_models/from_pth.safetensors" in entry["outputs"]["1"]["text"][0]
+    models = os.path.join(server.base, "models", "diffusion_models")
+    converted, twin = (load_file(os.path.join(models, name)) for name in ("from_pth.safetensors",
+                                                                          "t2v_fp8_channel.safetensors"))
+    assert converted.keys() == twin.keys()
+    assert all(converted[k].dtype == twin[k].dtype and torch.equal(converted[k].reshape(-1).view(torch.uint8),
+                                                                   twin[k].reshape(-1).view(torch.uint8)) for k in twin)
+
+
 def test_c_bf16_through_our_node_equals_core(server, reference):
     assert rel(sample(server, ours("t2v_bf16.safetensors", "bf16"), "c_ours_bf16"), reference) <= 1e-5
 
