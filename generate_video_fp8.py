@@ -438,6 +438,13 @@ def link_models(base, args, info, model):
         files[kind] = os.path.abspath(given) if given else (found or [os.path.join(host_models, kind, default)])[0]
         if not os.path.exists(files[kind]):
             raise BadInput(f"{kind}: {files[kind]} not found; pass --{flag} or put the file there")
+        if kind != "diffusion_models" and files[kind].endswith(".safetensors"):
+            # a truncated download (umt5-xxl is 6.7 GB) is named now, not after ComfyUI has loaded the model
+            from quant.checkpoint import CheckpointError, check_safetensors
+            try:
+                check_safetensors(files[kind])
+            except CheckpointError as e:
+                raise BadInput(f"--{flag}: {e}") from None
     # Quoted (a folder may hold " #" or ": ") and UTF-8, as ComfyUI reads it, not this OS's code page
     lines = ["headless:"] + [f"  {kind}: {json.dumps(os.path.dirname(path), ensure_ascii=False)}"
                              for kind, path in files.items()]
@@ -602,6 +609,22 @@ def negative_encoder(prompt):
     return None
 
 
+LOADER_FLAGS = {"VAELoader": ("vae", "--vae"), "CLIPLoader": ("text_encoders", "--text_encoder"),
+                "CLIPVisionLoader": ("clip_vision", "--clip_vision")}
+
+
+def node_failure(err, object_info, names):
+    """One line for a node that failed while the video was made: the node as the graph names it and, for a core
+    loader (whose message does not say), the file it read and its flag."""
+    node = object_info.get(err["node_type"], {}).get("display_name") or err["node_type"]
+    message = " ".join(err["exception_message"].split())      # one line, as the script's other errors
+    if message.startswith(f"{node}: "):     # this pack's nodes name themselves
+        return message
+    kind, flag = LOADER_FLAGS.get(err["node_type"], (None, None))
+    read = f" ({flag} {names[kind]})" if kind in names else ""
+    return f"{node}{read} failed: {message}"
+
+
 def error(message, code):
     print(f"generate_video_fp8: {message}", file=sys.stderr)
     return code
@@ -657,7 +680,7 @@ def main(argv=None):
         entry = server.run(prompt)
         err = error_of(entry)
         if err:
-            return error(f"{err['node_type']} failed: {err['exception_message'].strip()}", 1)
+            return error(node_failure(err, object_info, names), 1)
         report = "".join(text for out in entry["outputs"].values() for text in out.get("text", []))
         video = save_output(base, args, name)
         print(report if args.monitor_memory or demo else report.splitlines()[0])

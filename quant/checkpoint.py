@@ -79,11 +79,7 @@ class _SafetensorsFile:
     readinto stops short only at the end of the file (large reads go straight into the buffer given)."""
 
     def __init__(self, path):
-        try:
-            with open_safetensors(path) as handle:
-                self.metadata = handle.metadata() or {}
-        except Exception as e:  # safetensors raises its own error type with a terse text
-            raise CheckpointError(_safetensors_problem(path, str(e))) from None
+        self.metadata = check_safetensors(path)
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
             self._header = json.loads(f.read(n))
@@ -112,6 +108,15 @@ class _SafetensorsFile:
 
     def close(self):
         self._file.close()
+
+
+def check_safetensors(path):
+    """The file's metadata; CheckpointError saying what is wrong (truncated, not safetensors) from its header alone."""
+    try:
+        with open_safetensors(path) as handle:
+            return handle.metadata() or {}
+    except Exception as e:  # safetensors raises its own error type with a terse text
+        raise CheckpointError(_safetensors_problem(path, str(e))) from None
 
 
 def _safetensors_problem(path, text):

@@ -72,6 +72,52 @@ def test_an_output_on_a_drive_that_is_not_there_is_named(monkeypatch, tmp_path):
         check_output(parse_args(["--output", f"{tmp_path}/x.mp4"]))
 
 
+def test_an_output_folder_that_cannot_be_written_is_named(monkeypatch, tmp_path):
+    # The tests run as root, which may write anywhere: the OS's refusal (a read-only share, Program Files) is asked
+    # of os.access, and stands in here.
+    from generate_video_fp8 import BadInput, check_output, parse_args
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(BadInput, match=re.escape(f"--outdir: {tmp_path}/videos: {tmp_path} is not writable; choose "
+                                                 "another place")):
+        check_output(parse_args(["--outdir", f"{tmp_path}/videos"]))
+
+
+def test_damaged_files_beside_the_model_exit_2_before_comfyui_and_a_failing_node_exits_1(host, tmp_path):
+    from comfy_host import run_in_host
+    from helpers import write_tiny
+    write_tiny(tmp_path / "model.safetensors", "T2V", seed=1)
+    run_in_host(host, f"from generate_video_fp8 import write_tiny_vae\nwrite_tiny_vae({str(tmp_path / 'vae.safetensors')!r})"
+                      "\nresult = 1")
+    data = (tmp_path / "vae.safetensors").read_bytes()
+    (tmp_path / "cut_vae.safetensors").write_bytes(data[:len(data) // 2])      # a download that stopped half way
+    safetensors.torch.save_file({"model.layers.0.mlp.up_proj.weight": torch.ones(4, 4)},
+                                str(tmp_path / "umt5.safetensors"))           # a file, but not umt5-xxl
+    flags = ["--model_path", "model.safetensors", "--text_encoder", "umt5.safetensors", "--cpu", "--output", "v.mp4"]
+    proc = run(flags + ["--vae", "cut_vae.safetensors"], host, tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr     # before ComfyUI started
+    assert proc.stderr == (f"generate_video_fp8: --vae: {tmp_path / 'cut_vae.safetensors'}: the file is truncated "
+                           "(shorter than its header says); download or copy it again\n"), proc.stderr
+    # ComfyUI loads this file as some text encoder; Sample Video then refuses its conditioning: exit 1, its one line
+    proc = run(flags + ["--vae", "vae.safetensors"], host, tmp_path)
+    assert proc.returncode == 1 and not (tmp_path / "v.mp4").exists(), proc.stdout + proc.stderr
+    assert proc.stderr.startswith("generate_video_fp8: Sample Video: positive: 768-wide text conditioning; "
+                                  "SkyReels-V2 reads umt5-xxl's (4096)") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_a_core_loader_that_fails_is_named_with_its_flag_and_file():
+    # Core's loaders do not name their file, and their messages run over lines: the script's line says both.
+    from generate_video_fp8 import node_failure
+    err = {"node_type": "VAELoader", "exception_message": "ERROR: VAE is invalid: None\n\nIf the VAE is from a "
+                                                          "checkpoint loader node your checkpoint does not contain a "
+                                                          "valid VAE.\n"}
+    info = {"VAELoader": {"display_name": "Load VAE"}}
+    assert node_failure(err, info, {"vae": "my_vae.safetensors"}) == (
+        "Load VAE (--vae my_vae.safetensors) failed: ERROR: VAE is invalid: None If the VAE is from a checkpoint "
+        "loader node your checkpoint does not contain a valid VAE.")
+    err = {"node_type": "SkyReelsSampleVideo", "exception_message": "Sample Video: steps: 0\n"}
+    assert node_failure(err, {"SkyReelsSampleVideo": {"display_name": "Sample Video"}}, {}) == "Sample Video: steps: 0"
+
+
 def test_comfyui_dying_mid_run_is_reported_with_its_log(tmp_path):
     # e.g. killed by the system for lack of memory: the server stops answering, then its process is gone.
     import signal
