@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import av
+import safetensors.torch
+import torch
 import windows_sim
 from comfy_host import REPO, run_in_host
 from helpers import write_tiny
@@ -174,8 +176,8 @@ def test_headless_model_paths_reach_the_host_on_a_simulated_windows_python(host,
     folder = tmp_path / "AI #2 Zoë's 模型 & more"
     folder.mkdir()
     write_tiny(folder / "t2v ü.safetensors", "T2V")
-    for name in ("umt5 ü.safetensors", "vae ü.safetensors"):
-        (folder / name).write_bytes(b"")
+    for name in ("umt5 ü.safetensors", "vae ü.safetensors"):     # only their names matter; link_models checks
+        safetensors.torch.save_file({"x": torch.zeros(1)}, str(folder / name))  # that their headers are whole
     r = run_in_host(host, YAML_CODE.format(tests=TESTS, folder=str(folder), base=str(tmp_path)))
     assert r == {kind: str(folder / name) for kind, name in (("diffusion_models", "t2v ü.safetensors"),
                  ("text_encoders", "umt5 ü.safetensors"), ("vae", "vae ü.safetensors"))}, r
