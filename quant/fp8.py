@@ -8,6 +8,7 @@ from .fp8_plan import device_plan
 from .scale import absmax, absmax_scale, saturate
 
 FP8_DTYPES = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+DEQUANTIZE_VALUES = 1 << 20   # values per block of a CPU dequantization (a 4 MiB fp32 temporary)
 
 _failed = {}
 # Products per path since import, and why fp8 matmul fell back to upcast; Sample Video reports them over its run.
@@ -73,10 +74,21 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
 
 def dequantize_weight(qweight, scale, dtype=torch.bfloat16):
     """Inverse of `quantize_weight`, in `dtype`: one copy in `dtype` (fp8 values are exact in bf16/fp16), the fp32
-    scale applied in place with one rounding; an fp32 copy of the weight first would double or treble the peak."""
+    scale applied with one rounding; an fp32 copy of the weight first would double or treble the peak."""
     # (1, ...) or (rows, 1, ...), never 0-d: promotion keeps the multiply in fp32 (CUDA would cast a 0-d scale to
     # bf16/fp16 first, a second rounding)
-    return qweight.to(dtype).mul_(scale.float().reshape(-1, *([1] * (qweight.dim() - 1))))
+    scale = scale.float().reshape(-1, *([1] * (qweight.dim() - 1)))
+    if dtype == torch.float32 or qweight.device.type != "cpu":
+        return qweight.to(dtype).mul_(scale)   # a GPU kernel converts as it reads: no temporary
+    # The CPU multiplies a bf16/fp16 tensor by an fp32 one through whole fp32 copies of both (4x the result's bytes,
+    # 540 MiB for a 14B FFN weight, on every upcast product): row blocks bound them to one block's fp32 copy. The
+    # same numbers: the product in fp32, rounded once to `dtype`.
+    out = torch.empty(qweight.shape, dtype=dtype)
+    rows = max(1, DEQUANTIZE_VALUES // max(1, qweight[0].numel()))
+    for i in range(0, qweight.shape[0], rows):
+        block = scale if scale.shape[0] == 1 else scale[i:i + rows]
+        out[i:i + rows] = qweight[i:i + rows].to(torch.float32).mul_(block)
+    return out
 
 
 def relative_error(weight, qweight, scale):

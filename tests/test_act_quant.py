@@ -117,6 +117,20 @@ def peak_extra_bytes(fn):
     return peak, result
 
 
+def allocated_peak(fn):
+    """Peak of the CPU bytes allocated and not yet freed while fn runs, from each allocation and free at its own time
+    (the profiler's raw memory events), and fn's result. Also sees the temporaries an op frees before it returns."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    cpu = torch._C._autograd.DeviceType.CPU
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == cpu]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak, result
+
+
 def test_eager_extra_memory_is_within_0_75x_of_a_bf16_activation():
     x = torch.randn(512, 1024).bfloat16()
     peak, (q, scale) = peak_extra_bytes(lambda: act_quant.quantize(x, fused=False))
