@@ -428,10 +428,10 @@ def test_dequantize_makes_one_copy_of_the_weight(monkeypatch, granularity, dtype
     # result's bytes in fp32, 4x in bf16: whole fp32 copies of the weight. Then 5x in bf16 on the CPU, by a meter
     # that sees every allocation: the CPU's multiply of a bf16 tensor by an fp32 one converted both to whole fp32
     # copies (a CUDA kernel converts as it reads). Bound: the result and one block's fp32 copy (64 rows here).
-    from test_act_quant import allocated_peak
+    from test_act_quant import peak_extra_bytes
     monkeypatch.setattr(fp8, "DEQUANTIZE_VALUES", 64 * 512, raising=False)
     q, scale = quantize_weight(torch.randn(1024, 512, generator=torch.Generator().manual_seed(0)), granularity=granularity)
-    peak, w = allocated_peak(lambda: dequantize_weight(q, scale, dtype))
+    peak, w = peak_extra_bytes(lambda: dequantize_weight(q, scale, dtype))
     assert w.dtype == dtype and peak <= w.nbytes + 4 * 64 * 512 + 4096, peak / w.nbytes
     assert torch.equal(w, (q.float() * scale.float()).to(dtype))     # the fp32 product, rounded once
     # One rounding on every device: the multiply's type promotion, which decides what a kernel computes in, is fp32.
