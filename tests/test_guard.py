@@ -49,6 +49,15 @@ def test_guard_cosine_and_non_finite_outputs():
     assert guard_cosine(lambda a, b, c: exact(a, b, c) * float("nan"), exact, q, k, v) == float("-inf")
 
 
+def test_the_finite_check_makes_no_copy_of_the_output():
+    # Every 8-bit attention call's output is checked. A sum in fp32 made an fp32 copy of it on the CPU (measured 2x
+    # its bytes); min and max read it in its own dtype (two scalars).
+    from test_act_quant import peak_extra_bytes
+    out = torch.randn(1, 512, 640).bfloat16()
+    peak, finite = peak_extra_bytes(lambda: all_finite(out))
+    assert finite and peak <= 4096, peak / out.nbytes
+
+
 def test_all_finite():
     out = torch.randn(2, 64, 4, 8, dtype=torch.bfloat16)
     assert all_finite(out)
