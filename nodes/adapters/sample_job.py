@@ -43,12 +43,32 @@ def model_shift(model, shift):
 
 def overridden_shift(model, shift):
     """The note, for the log once and the report, when the widget overrides a ModelSamplingSD3 on the MODEL (Wan
-    workflows carry one before their sampler)."""
+    workflows carry one before their sampler), or when the MODEL's model sampling is one Sample Video does not run at
+    all (its own is SkyReels-V2's flow: only a shift of the MODEL's is taken, with shift 0)."""
+    other = _unused_sampling(model)
+    if other:
+        return (f"the MODEL's model sampling ({other}) is not used: Sample Video samples SkyReels-V2's flow matching "
+                f"(shift {shift:g}); use KSampler to sample with it")
     own = _own_shift(model)
     if own is not None and "model_sampling" in model.object_patches and abs(own - shift) > 1e-6:
         return (f"shift {shift:g} runs; the MODEL's ModelSamplingSD3 shift {own:g} is not used (set Sample Video's "
                 "shift to 0 to use it)")
     return None
+
+
+def _unused_sampling(model):
+    """What of a model sampling set on the MODEL (a core node's object patch) Sample Video's flow sampling drops, e.g.
+    "ModelSamplingDiscrete, V_PREDICTION" (ModelSamplingDiscrete) or "noise scale 2" (ModelNoiseScale); None if
+    nothing but the shift."""
+    if "model_sampling" not in model.object_patches:
+        return None
+    sampling = model.get_model_object("model_sampling")
+    if not (isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow)
+            and isinstance(sampling, comfy.model_sampling.CONST)):
+        return ", ".join(base.__name__ for base in type(sampling).__bases__) or type(sampling).__name__
+    dropped = [f"multiplier {sampling.multiplier:g}" if sampling.multiplier != 1000 else "",
+               f"noise scale {sampling.noise_scale:g}" if getattr(sampling, "noise_scale", 1.0) != 1.0 else ""]
+    return ", ".join(d for d in dropped if d) or None
 
 
 SIGMA_READERS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function",
