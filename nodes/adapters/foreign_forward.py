@@ -39,6 +39,11 @@ def sage_bypassed(who):
             "and keeps Patch SageAttention")
 
 
+def replaced_later(who):
+    return (f"Patch SageAttention: not used: a node after it set another attention override on this MODEL, {who}; "
+            "ComfyUI runs one per model, the last applied (apply Patch SageAttention after that node to use it)")
+
+
 class SageWatch:
     """Patch SageAttention's wrappers that notice a replaced forward under any sampler (core's KSampler has no report
     to say it): one on each model call notes who replaced it; one on each sampling pass logs, once per patched MODEL,
@@ -54,11 +59,20 @@ class SageWatch:
         return executor(*args, **kwargs)
 
     def sampling(self, executor, *args, **kwargs):
+        # The guider's options: a node applied after Patch SageAttention may have set another attention override
+        running = getattr(executor.class_obj, "model_options", {}).get("transformer_options", {}).get(
+            "optimized_attention_override")
         before, self.who = dict(self.override.counts), []
         out = self.override.new_pass(executor, *args, **kwargs)
         self.override.bypassed_by = self.who if self.override.counts == before else []    # Sample Video reports it
         if self.override.bypassed_by:
             log_once(("bypassed", *self.who), sage_bypassed(", ".join(self.who)), seen=self.override.logged)
+        elif self.override.counts == before and running is not None and running is not self.override:
+            # e.g. ModelAttentionBackend or KJNodes' Patch Sage Attention KJ after it: the host ran that override
+            # alone, and under KSampler nothing said so (Sample Video's report names it). Sample Video's causal
+            # attention keeps ours underneath, and an override calling ours would have counted calls.
+            who = describe(running)
+            log_once(("replaced later", who), replaced_later(who), seen=self.override.logged)
         return out
 
     def __deepcopy__(self, memo):
