@@ -241,6 +241,11 @@ def check_conditioning(model, named, forcing=False):
             if forcing and "time_dim_concat" in extras:
                 fail(f"{name}: holds reference frames appended in time (WanPhantomSubjectToVideo), which diffusion "
                      "forcing's per-frame noise levels do not cover; use mode 'standard'")
+            # So would in-context latents appended to the video's tokens (Bernini): Wan spreads each frame's level over
+            # as many tokens as the whole sequence holds per frame, so the video's own frames get their neighbours'.
+            if forcing and "context_latents" in extras:
+                fail(f"{name}: holds in-context latents appended to the video (BerniniConditioning), which diffusion "
+                     "forcing's per-frame noise levels do not cover; use mode 'standard'")
 
 
 def check_vae(model, vae):

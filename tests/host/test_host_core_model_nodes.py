@@ -111,3 +111,40 @@ def test_patch_sage_attention_replaced_by_a_later_attention_override_is_logged(h
     assert replaced["counts"] is None, replaced             # the override that ran is the host's
     for name in ("backend then sage", "sage", "causal"):
         assert r[name]["lines"] == [] and r[name]["counts"]["sage"] > 0, (name, r[name])
+
+
+BERNINI = r"""
+from comfy_extras.nodes_bernini import BerniniConditioning
+from skyreels_pack.nodes.sample import SampleVideo
+from generate_video_fp8 import write_tiny_vae
+write_tiny_vae(os.path.join({folder!r}, "vae.safetensors"))
+vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join({folder!r}, "vae.safetensors")))
+pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+pos, neg, _ = BerniniConditioning.execute(pos, neg, vae, 32, 32, 9, 1, source_video=torch.rand(9, 32, 32, 3,
+                                                                                               generator=g)).args
+ARGS = dict(width=32, height=32, frames=9, seed=1, steps=2, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
+            mode="diffusion forcing", base_num_frames=97, overlap_history=17, ar_step=1, causal_block_size=1,
+            addnoise_condition=0)
+model = load("df_bf16.safetensors")[0]
+result = dict(standard=bool(SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, "mode": "standard"}})).args[0]
+                            ["samples"].isfinite().all()))
+try:
+    SampleVideo.execute(model, pos, neg, **nest_mode(ARGS))
+    result["forcing"] = "ran"
+except ValueError as e:
+    result["forcing"] = str(e)
+"""
+
+
+def test_diffusion_forcing_refuses_in_context_latents(host, tmp_path):
+    # Core BerniniConditioning appends the source video's latents to the video's tokens. With a noise level per frame
+    # (diffusion forcing) the host's Wan spreads each frame's level over all tokens per frame, context included:
+    # measured 24 tokens for 3 frames of 4, so each level covered 8 tokens and frames 2 and 3 ran at their
+    # predecessors' levels, with no word. Refused by name, as Phantom's frames are; standard mode runs them.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + BERNINI.format(folder=str(tmp_path)))
+    assert r["standard"], r
+    assert r["forcing"] == ("Sample Video: positive: holds in-context latents appended to the video "
+                            "(BerniniConditioning), which diffusion forcing's per-frame noise levels do not cover; "
+                            "use mode 'standard'"), r
