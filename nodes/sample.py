@@ -115,8 +115,9 @@ class SampleVideo(io.ComfyNode):
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
                       window_prompts=window_positives(positive, window_prompts or {}))
         check_model(model)
-        check_conditioning(model, {"positive": positive, "negative": negative, **(window_prompts or {})},
-                           mode["mode"] == "diffusion forcing")
+        named = {"positive": positive, "negative": negative, **(window_prompts or {})}
+        check_conditioning(model, named, mode["mode"] == "diffusion forcing")
+        check_conditioned_frames(named, widgets, mode["mode"] == "diffusion forcing")
         check_vae(model, vae)
         for name, images in (("start_image", start_image), ("end_image", end_image), ("prefix_video", prefix_video)):
             if images is not None and images.shape[0] == 0:
@@ -246,6 +247,36 @@ def check_conditioning(model, named, forcing=False):
             if forcing and "context_latents" in extras:
                 fail(f"{name}: holds in-context latents appended to the video (BerniniConditioning), which diffusion "
                      "forcing's per-frame noise levels do not cover; use mode 'standard'")
+
+
+def _partial_frames(area, window):
+    """Whether a conditioning area (the host's tuple: sizes, then offsets; or "percentage" and fractions) leaves out
+    some of a window's `window` latent frames: only areas with a frame dimension (video areas) can."""
+    if area[0] == "percentage":
+        sizes = area[1:]
+        half = len(sizes) // 2
+        return half >= 3 and (sizes[0] < 1 or sizes[half] > 0)
+    half = len(area) // 2
+    return half >= 3 and (area[half] > 0 or area[0] < window)
+
+
+def check_conditioned_frames(named, widgets, forcing):
+    """Areas over part of the frames (a frame dimension narrowed) in diffusion forcing stopped inside the model."""
+    latent = widgets.get("latent")
+    if latent is not None:
+        shape = getattr(latent.get("samples"), "shape", ())
+        total = shape[2] if len(shape) == 5 else None
+    else:
+        n = widgets["frames"]
+        total = latent_frames(n) if n >= 1 and (n - 1) % 4 == 0 else None
+    base = widgets["base_num_frames"]
+    window = min(total, latent_frames(base)) if forcing and total and base >= 1 and (base - 1) % 4 == 0 else total
+    for name, conditioning in named.items():
+        for _, extras in conditioning or ():
+            if forcing and "area" in extras and _partial_frames(extras["area"], window or 0):
+                fail(f"{name}: holds an area over part of the video's frames (e.g. Conditioning (Set Area with "
+                     "Percentage for Video) with temporal below 1 or z above 0), which diffusion forcing's per-frame "
+                     "noise levels do not cover; use mode 'standard', or an area over all frames")
 
 
 def check_vae(model, vae):

@@ -1,0 +1,55 @@
+"""Core CONDITIONING nodes between the text encoder and Sample Video: what it runs as core's samplers do, and what it
+refuses (by name) or notes where one noise level per frame, or its own windows and end image, cannot honour them."""
+from comfy_host import REPO, run_in_host
+from in_host import SETUP, write_models
+
+AREAS = r"""
+import nodes as core
+from comfy_extras.nodes_video_model import ConditioningSetAreaPercentageVideo
+from skyreels_pack.nodes.sample import SampleVideo
+pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
+other = [[torch.randn(1, 6, 4096, generator=g), {}]]
+ARGS = dict(width=64, height=64, frames=9, seed=1, steps=2, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
+            mode="diffusion forcing", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
+            addnoise_condition=0)
+model = load("df_bf16.safetensors", "bf16")[0]
+
+def with_area(temporal, z, width=1.0):
+    area = ConditioningSetAreaPercentageVideo().append(other, width, 1.0, temporal, 0.0, 0.0, z, 1.0)[0]
+    return core.ConditioningCombine().combine(pos, area)[0]
+
+def sample(positive, **kw):
+    try:
+        return SampleVideo.execute(model, positive, neg, **nest_mode({**ARGS, **kw})).args[0]["samples"]
+    except ValueError as e:
+        return str(e)
+
+plain = sample(pos)
+spatial = sample(core.ConditioningCombine().combine(pos, core.ConditioningSetArea().append(other, 32, 64, 32, 0,
+                                                                                            1.0)[0])[0])
+result = dict(forcing=sample(with_area(0.5, 0.5)), offset=sample(with_area(1.0, 0.5)),
+              window=sample(core.ConditioningCombine().combine(pos, core.ConditioningSetArea().append(other, 64, 64, 0,
+                            0, 1.0)[0])[0], window_prompts={"window_2": with_area(0.5, 0.0)}),
+              standard=rel(sample(with_area(0.5, 0.5), mode="standard"), sample(pos, mode="standard")),
+              spatial=rel(spatial, plain), whole_frames=rel(sample(with_area(1.0, 0.0, width=0.5)), plain))
+"""
+
+
+def test_diffusion_forcing_refuses_an_area_over_part_of_the_frames(host, tmp_path):
+    # Core Conditioning (Set Area with Percentage for Video) with temporal below 1 narrows the frames a prompt runs
+    # on. With a noise level per frame (diffusion forcing) the per-frame levels no longer matched the frames: the run
+    # stopped inside the model sampling with "shape '[1, 1, 16, 8, 8]' is invalid for input of size 3072". It is
+    # refused by name (window prompts too); standard mode runs it (as KSampler does), and spatial areas run in both.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + AREAS)
+    message = ("holds an area over part of the video's frames (e.g. Conditioning (Set Area with Percentage for "
+               "Video) with temporal below 1 or z above 0), which diffusion forcing's per-frame noise levels do not "
+               "cover; use mode 'standard', or an area over all frames")
+    assert r["forcing"] == f"Sample Video: positive: {message}", r
+    assert r["offset"] == f"Sample Video: positive: {message}", r
+    assert r["window"] == f"Sample Video: window_2: {message}", r
+    # The areas change the result (measured 0.2-0.3 of the latent): they were run, not dropped.
+    for case in ("standard", "spatial", "whole_frames"):
+        assert r[case] > 0.05, (case, r)
+
