@@ -5,7 +5,7 @@ from comfy_execution.graph_utils import ExecutionBlocker
 
 from ..attention.sage import log_once
 from ..sampling import solvers
-from ..sampling.schedule import latent_frames
+from ..sampling.schedule import latent_frames, video_frames
 from .adapters import parallel_pool, parallel_run
 from .parallel import PARALLEL
 from .adapters.sample_job import Job, check_frames, fail, model_shift, overridden_shift
@@ -117,7 +117,7 @@ class SampleVideo(io.ComfyNode):
         check_model(model)
         named = {"positive": positive, "negative": negative, **(window_prompts or {})}
         check_conditioning(model, named, mode["mode"] == "diffusion forcing")
-        check_conditioned_frames(named, widgets, mode["mode"] == "diffusion forcing")
+        check_conditioned_frames(named, widgets, mode["mode"] == "diffusion forcing", end_image)
         check_vae(model, vae)
         for name, images in (("start_image", start_image), ("end_image", end_image), ("prefix_video", prefix_video)):
             if images is not None and images.shape[0] == 0:
@@ -260,15 +260,17 @@ def _partial_frames(area, window):
     return half >= 3 and (area[half] > 0 or area[0] < window)
 
 
-def check_conditioned_frames(named, widgets, forcing):
-    """Areas over part of the frames (a frame dimension narrowed) in diffusion forcing stopped inside the model."""
+def check_conditioned_frames(named, widgets, forcing, end_image):
+    """Conditioning made for a number of frames against the video this run makes: an I2V image conditioning (core
+    WanImageToVideo / WanFirstLastFrameToVideo) made for another length, or split by diffusion forcing's windows or
+    lengthened by its end_image, and areas over part of the frames in diffusion forcing, stopped inside the model."""
     latent = widgets.get("latent")
     if latent is not None:
         shape = getattr(latent.get("samples"), "shape", ())
-        total = shape[2] if len(shape) == 5 else None
+        total, source = (shape[2] if len(shape) == 5 else None), "latent"
     else:
         n = widgets["frames"]
-        total = latent_frames(n) if n >= 1 and (n - 1) % 4 == 0 else None
+        total, source = (latent_frames(n) if n >= 1 and (n - 1) % 4 == 0 else None), "frames"
     base = widgets["base_num_frames"]
     window = min(total, latent_frames(base)) if forcing and total and base >= 1 and (base - 1) % 4 == 0 else total
     for name, conditioning in named.items():
@@ -277,6 +279,22 @@ def check_conditioned_frames(named, widgets, forcing):
                 fail(f"{name}: holds an area over part of the video's frames (e.g. Conditioning (Set Area with "
                      "Percentage for Video) with temporal below 1 or z above 0), which diffusion forcing's per-frame "
                      "noise levels do not cover; use mode 'standard', or an area over all frames")
+            image = extras.get("concat_latent_image")
+            if image is None or image.ndim != 5 or total is None:
+                continue
+            made = video_frames(image.shape[2])
+            what = f"{name}'s image conditioning (WanImageToVideo / WanFirstLastFrameToVideo)"
+            if image.shape[2] != total:
+                todo = (f"set frames to {made}, or connect that node's latent to latent" if source == "frames" else
+                        "connect that node's own latent")
+                given = video_frames(total) if source == "frames" else f"{video_frames(total)} frames"
+                fail(f"{source}: {given}, but {what} was made for {made} frames; {todo}")
+            if forcing and window < total:
+                fail(f"base_num_frames: {base}, but {what} covers all {made} frames, which diffusion forcing would "
+                     f"make in windows; set base_num_frames to at least {made}, or use mode 'standard'")
+            if end_image is not None:
+                fail(f"end_image: an I2V model takes its images from {name}'s image conditioning; for a last frame "
+                     "use core WanFirstLastFrameToVideo's end_image (mode 'standard'), or a DF model")
 
 
 def check_vae(model, vae):

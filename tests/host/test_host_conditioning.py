@@ -1,6 +1,7 @@
 """Core CONDITIONING nodes between the text encoder and Sample Video: what it runs as core's samplers do, and what it
 refuses (by name) or notes where one noise level per frame, or its own windows and end image, cannot honour them."""
 from comfy_host import REPO, run_in_host
+from helpers import write_tiny
 from in_host import SETUP, write_models
 
 AREAS = r"""
@@ -53,3 +54,57 @@ def test_diffusion_forcing_refuses_an_area_over_part_of_the_frames(host, tmp_pat
     for case in ("standard", "spatial", "whole_frames"):
         assert r[case] > 0.05, (case, r)
 
+
+I2V = r"""
+from comfy_extras.nodes_wan import WanFirstLastFrameToVideo, WanImageToVideo
+from skyreels_pack.nodes.sample import SampleVideo
+from generate_video_fp8 import write_tiny_vae
+write_tiny_vae(os.path.join({folder!r}, "vae.safetensors"))
+vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join({folder!r}, "vae.safetensors")))
+pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+first, last = torch.rand(1, 32, 32, 3, generator=g), torch.rand(1, 32, 32, 3, generator=g)
+ip, ineg, ilatent = WanImageToVideo.execute(pos, neg, vae, 32, 32, 17, 1, start_image=first).args
+fp, fneg, flatent = WanFirstLastFrameToVideo.execute(pos, neg, vae, 32, 32, 17, 1, start_image=first,
+                                                     end_image=last).args
+model = load("i2v_bf16.safetensors", "bf16")[0]
+ARGS = dict(width=32, height=32, frames=17, seed=1, steps=2, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
+            mode="standard", base_num_frames=97, overlap_history=5, ar_step=0, causal_block_size=1,
+            addnoise_condition=0)
+
+def sample(p=ip, n=ineg, **kw):
+    try:
+        return SampleVideo.execute(model, p, n, **nest_mode({{**ARGS, **kw}})).args[0]["samples"]
+    except ValueError as e:
+        return str(e)
+
+result = dict(frames=sample(frames=9), latent=sample(latent={{"samples": torch.zeros(1, 16, 3, 4, 4)}}),
+              windows=sample(mode="diffusion forcing", base_num_frames=9),
+              end=sample(mode="diffusion forcing", vae=vae, end_image=last),
+              last_frame=rel(sample(fp, fneg, latent=flatent), sample(latent=ilatent)),
+              one_window=list(sample(mode="diffusion forcing").shape))
+"""
+
+
+def test_i2v_image_conditioning_that_does_not_fit_the_video_is_refused(host, tmp_path):
+    # Core WanImageToVideo / WanFirstLastFrameToVideo make their image conditioning for `length` frames. Sample Video
+    # stopped inside the model ("Sizes of tensors must match except in dimension 1. Expected size 3 but got size 5")
+    # when its video had another length (frames set apart from a latent not connected), when diffusion forcing made
+    # it in windows shorter than that, and with its own end_image (one more latent frame). Each is refused by name;
+    # WanFirstLastFrameToVideo's end image itself runs (standard mode) and changes the video, as under KSampler.
+    write_models(tmp_path)
+    write_tiny(tmp_path / "i2v_bf16.safetensors", "I2V", seed=3)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + I2V.format(folder=str(tmp_path)))
+    assert r["frames"] == ("Sample Video: frames: 9, but positive's image conditioning (WanImageToVideo / "
+                           "WanFirstLastFrameToVideo) was made for 17 frames; set frames to 17, or connect that "
+                           "node's latent to latent"), r
+    assert r["latent"] == ("Sample Video: latent: 9 frames, but positive's image conditioning (WanImageToVideo / "
+                           "WanFirstLastFrameToVideo) was made for 17 frames; connect that node's own latent"), r
+    assert r["windows"] == ("Sample Video: base_num_frames: 9, but positive's image conditioning (WanImageToVideo / "
+                            "WanFirstLastFrameToVideo) covers all 17 frames, which diffusion forcing would make in "
+                            "windows; set base_num_frames to at least 17, or use mode 'standard'"), r
+    assert r["end"] == ("Sample Video: end_image: an I2V model takes its images from positive's image conditioning; "
+                        "for a last frame use core WanFirstLastFrameToVideo's end_image (mode 'standard'), or a DF "
+                        "model"), r
+    assert r["last_frame"] > 0.02, r          # measured 0.095 on the 64x64 case
+    assert r["one_window"] == [1, 16, 5, 4, 4], r
