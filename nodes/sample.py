@@ -8,7 +8,7 @@ from ..sampling import solvers
 from ..sampling.schedule import latent_frames, video_frames
 from .adapters import parallel_pool, parallel_run
 from .parallel import PARALLEL
-from .adapters.sample_job import Job, check_frames, fail, model_shift, overridden_shift
+from .adapters.sample_job import Job, check_frames, fail, model_shift, overridden_shift, schedules_unseen
 
 # The DF widgets, in the order they had before `mode` became a dynamic combo: the frontend restores a saved
 # workflow's values by position, and these came right after `mode`, so old workflows load unchanged.
@@ -211,6 +211,10 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
     job.set_prefix(start_image, prefix_video)
     job.set_end(end_image)
     job.positives += window_prompts     # the positive of each later window
+    note = schedules_unseen([*job.positives, negative], job.df, df_options["ar_step"])
+    if note:
+        log_once(note, f"Sample Video: {note}")
+        job.notes.append(note)
     return job.run()
 
 

@@ -87,6 +87,27 @@ def frame_sigmas_unseen(model, df, ar_step):
     return None
 
 
+def _scheduled(extras):
+    """Whether a conditioning runs by noise level: a timestep range (ConditioningSetTimestepRange, a hook node's
+    timesteps, SetClipHooks' schedule) or hooks with keyframes (SetHookKeyframes)."""
+    if extras.get("start_percent", 0.0) > 0 or extras.get("end_percent", 1.0) < 1:
+        return True
+    if extras.get("clip_start_percent", 0.0) > 0 or extras.get("clip_end_percent", 1.0) < 1:
+        return True
+    hooks = getattr(extras.get("hooks"), "hooks", ())
+    return any(getattr(getattr(hook, "hook_keyframe", None), "keyframes", None) for hook in hooks)
+
+
+def schedules_unseen(conditionings, df, ar_step):
+    """The note when conditioning switches by noise level where the frames of one call are at different levels: the
+    host picks the prompt (and a hook's strength) by the one sigma it sees per call, the noisiest frame's."""
+    if df and ar_step and any(_scheduled(extras) for c in conditionings for _, extras in c or ()):
+        return (f"ar_step {ar_step}: conditioning scheduled by noise level (ConditioningSetTimestepRange, hook "
+                "keyframes) switches at the noisiest frame's level, one per model call; frames further along switch "
+                "later than their own level says, or not at all")
+    return None
+
+
 def check_frames(widget, n):
     if n < 1 or (n - 1) % 4:
         fail(f"{widget}: {n} is not 4k+1; use {max(1, (n - 1) // 4 * 4 + 1)} or {(n - 1) // 4 * 4 + 5}")

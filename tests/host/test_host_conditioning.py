@@ -108,3 +108,65 @@ def test_i2v_image_conditioning_that_does_not_fit_the_video_is_refused(host, tmp
                         "model"), r
     assert r["last_frame"] > 0.02, r          # measured 0.095 on the 64x64 case
     assert r["one_window"] == [1, 16, 5, 4, 4], r
+
+
+SCHEDULED = r"""
+import nodes as core
+import safetensors.torch
+import comfy.hooks
+from comfy_extras import nodes_hooks
+from skyreels_pack.nodes.sample import SampleVideo
+pos = [[torch.randn(1, 8, 4096, generator=g), {{}}]]
+neg = [[torch.randn(1, 5, 4096, generator=g), {{}}]]
+other = [[torch.randn(1, 6, 4096, generator=g), {{}}]]
+ranged = core.ConditioningCombine().combine(core.ConditioningSetTimestepRange().set_range(pos, 0.0, 0.5)[0],
+                                            core.ConditioningSetTimestepRange().set_range(other, 0.5, 1.0)[0])[0]
+lora = safetensors.torch.load_file(os.path.join({folder!r}, "lora.safetensors"))
+hooks = comfy.hooks.create_hook_lora(lora, 1.0, 0.0)
+keyframes = nodes_hooks.CreateHookKeyframe().create_hook_keyframe(0.0, 0.5)[0]
+hooked = nodes_hooks.PairConditioningSetProperties().set_properties(pos, neg, 1.0, "default", hooks=hooks)
+scheduled = nodes_hooks.PairConditioningSetProperties().set_properties(
+    pos, neg, 1.0, "default", hooks=nodes_hooks.SetHookKeyframes().set_hook_keyframes(hooks, keyframes)[0])
+model = load("df_bf16.safetensors", "bf16")[0]
+ARGS = dict(width=32, height=32, frames=9, seed=1, steps=4, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
+            mode="diffusion forcing", base_num_frames=97, overlap_history=17, ar_step=2, causal_block_size=1,
+            addnoise_condition=0)
+# which prompt each model call ran (its token count: 8 the first, 6 the second) at each frame's timestep
+seen = []
+model.model.diffusion_model.register_forward_pre_hook(
+    lambda m, args, kwargs: seen.append((args[1][0].tolist(), int(kwargs["context"][0].abs().sum(-1).gt(0).sum()))),
+    with_kwargs=True)
+
+def notes(p, n=neg, **kw):
+    report = SampleVideo.execute(model, p, n, **nest_mode({{**ARGS, **kw}})).args[1]
+    return [line for line in report.splitlines() if "scheduled" in line]
+
+result = dict(ranged=notes(ranged), synchronous=notes(ranged, ar_step=0), standard=notes(ranged, mode="standard"),
+              keyframes=notes(*scheduled), hooks=notes(*hooked), whole=notes(
+                  core.ConditioningSetTimestepRange().set_range(pos, 0.0, 1.0)[0]))
+seen.clear()
+notes(ranged)
+result["seen"] = [(t, tokens) for t, tokens in seen if tokens != 5]      # the positive's calls
+"""
+
+
+def test_scheduled_conditioning_in_asynchronous_diffusion_forcing_is_noted(host, tmp_path):
+    # With ar_step > 0 the host picks a timestep range's prompt (and a hook keyframe's strength) by one sigma per
+    # model call, the noisiest frame's. Measured on 3 frames, 4 steps, ar_step 2, prompt A for the first half and B
+    # for the second: frames 0 and 1 ran all four of their steps on A (their last two are in B's half); only the
+    # last frame switched. Nothing said so (the guidance patches that read the sigma were already noted). The
+    # report and the log (once) now say it; synchronous and standard runs switch every frame together.
+    write_models(tmp_path)
+    from conftest import write_lora
+    import safetensors.torch
+    write_lora(tmp_path / "lora.safetensors", safetensors.torch.load_file(str(tmp_path / "t2v_bf16.safetensors")))
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + SCHEDULED.format(folder=str(tmp_path)))
+    note = ("ar_step 2: conditioning scheduled by noise level (ConditioningSetTimestepRange, hook keyframes) switches "
+            "at the noisiest frame's level, one per model call; frames further along switch later than their own "
+            "level says, or not at all")
+    assert r["ranged"] == [note] and r["keyframes"] == [note], r
+    assert r["synchronous"] == r["standard"] == r["hooks"] == r["whole"] == [], r
+    # (timesteps of the 3 frames, the prompt's tokens): frame 0 at 888 and 727, in B's half (from 888.9), ran A
+    assert r["seen"] == [[[999.0, 999.0, 999.0], 8], [[959.0, 999.0, 999.0], 8], [[888.0, 999.0, 999.0], 8],
+                         [[727.0, 959.0, 999.0], 8], [[0.0, 888.0, 999.0], 8], [[0.0, 727.0, 959.0], 8],
+                         [[0.0, 0.0, 888.0], 6], [[0.0, 0.0, 727.0], 6]], r["seen"]
