@@ -267,7 +267,8 @@ def _partial_frames(area, window):
 def check_conditioned_frames(named, widgets, forcing, end_image):
     """Conditioning made for a number of frames against the video this run makes: an I2V image conditioning (core
     WanImageToVideo / WanFirstLastFrameToVideo) made for another length, or split by diffusion forcing's windows or
-    lengthened by its end_image, and areas over part of the frames in diffusion forcing, stopped inside the model."""
+    lengthened by its end_image, and areas over part of the frames or masks per frame split by diffusion forcing's
+    windows, stopped inside the model."""
     latent = widgets.get("latent")
     if latent is not None:
         shape = getattr(latent.get("samples"), "shape", ())
@@ -283,6 +284,12 @@ def check_conditioned_frames(named, widgets, forcing, end_image):
                 fail(f"{name}: holds an area over part of the video's frames (e.g. Conditioning (Set Area with "
                      "Percentage for Video) with temporal below 1 or z above 0), which diffusion forcing's per-frame "
                      "noise levels do not cover; use mode 'standard', or an area over all frames")
+            mask = extras.get("mask")
+            masks = mask.shape[-3] if getattr(mask, "ndim", 0) >= 3 else 1
+            if forcing and masks > 1 and total and window < total:
+                fail(f"base_num_frames: {base}, but {name} holds a mask per frame ({masks} masks, e.g. from "
+                     "ConditioningSetMask), which diffusion forcing would split into windows; set base_num_frames to "
+                     f"at least {video_frames(total)}, or use mode 'standard'")
             image = extras.get("concat_latent_image")
             if image is None or image.ndim != 5 or total is None:
                 continue
