@@ -5,6 +5,7 @@ idea of the timestep (one per call) and of how the blocks run (without the MODEL
 Patch SageAttention's override or this pack's TeaCache)."""
 from ...attention.sage import log_once
 from .sage_override import describe
+from .video_attention import VideoAttention
 
 NAMES = ("forward_orig", "_forward")     # what the host's Wan model runs under its forward(); the instance has none
 
@@ -62,6 +63,8 @@ class SageWatch:
         # The guider's options: a node applied after Patch SageAttention may have set another attention override
         running = getattr(executor.class_obj, "model_options", {}).get("transformer_options", {}).get(
             "optimized_attention_override")
+        while isinstance(running, VideoAttention):   # Sample Video's causal attention: the override it wraps
+            running = running.inner
         before, self.who = dict(self.override.counts), []
         out = self.override.new_pass(executor, *args, **kwargs)
         self.override.bypassed_by = self.who if self.override.counts == before else []    # Sample Video reports it

@@ -94,6 +94,13 @@ SampleVideo.execute(df, pos, neg, **nest_mode(dict(width=32, height=32, frames=9
         sampler="unipc", fps=24, mode="diffusion forcing", base_num_frames=97, overlap_history=17, ar_step=0,
         causal_block_size=1, addnoise_condition=0, causal_attention=True)))
 result["causal"] = dict(lines=[l for l in lines if "not used" in l], counts=override(df).counts)
+# ModelAttentionBackend after Patch SageAttention, then Sample Video's causal attention around the host's override
+lines.clear()
+SampleVideo.execute(pytorch(sage(load("df_bf16.safetensors")[0])), pos, neg, **nest_mode(dict(width=32, height=32,
+        frames=9, seed=1, steps=2, cfg=3.0, shift=8.0, sampler="unipc", fps=24, mode="diffusion forcing",
+        base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1, addnoise_condition=0,
+        causal_attention=True)))
+result["backend, causal"] = dict(lines=[l for l in lines if "not used" in l])
 """
 
 
@@ -109,6 +116,9 @@ def test_patch_sage_attention_replaced_by_a_later_attention_override_is_logged(h
         "optimized_attention_override (ModelPatcher, comfy); ComfyUI runs one per model, the last applied (apply "
         "Patch SageAttention after that node to use it)"], replaced                 # once, for two runs
     assert replaced["counts"] is None, replaced             # the override that ran is the host's
+    # Under Sample Video's causal attention (which wraps the override it finds) the line names the same override,
+    # not Sample Video's own wrapper
+    assert r["backend, causal"]["lines"] == replaced["lines"], r["backend, causal"]
     for name in ("backend then sage", "sage", "causal"):
         assert r[name]["lines"] == [] and r[name]["counts"]["sage"] > 0, (name, r[name])
 
@@ -148,3 +158,4 @@ def test_diffusion_forcing_refuses_in_context_latents(host, tmp_path):
     assert r["forcing"] == ("Sample Video: positive: holds in-context latents appended to the video "
                             "(BerniniConditioning), which diffusion forcing's per-frame noise levels do not cover; "
                             "use mode 'standard'"), r
+
