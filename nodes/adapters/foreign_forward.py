@@ -4,7 +4,7 @@ ComfyUI-MagCache's MagCache nodes) set their own function as the model's forward
 idea of the timestep (one per call) and of how the blocks run (without the MODEL's transformer_options, so without
 Patch SageAttention's override or this pack's TeaCache)."""
 from ...attention.sage import log_once
-from .sage_override import describe
+from .sage_override import SageOverride, describe
 from .video_attention import VideoAttention
 
 NAMES = ("forward_orig", "_forward")     # what the host's Wan model runs under its forward(); the instance has none
@@ -70,10 +70,11 @@ class SageWatch:
         self.override.bypassed_by = self.who if self.override.counts == before else []    # Sample Video reports it
         if self.override.bypassed_by:
             log_once(("bypassed", *self.who), sage_bypassed(", ".join(self.who)), seen=self.override.logged)
-        elif self.override.counts == before and running is not None and running is not self.override:
+        elif self.override.counts == before and running is not None and not isinstance(running, SageOverride):
             # e.g. ModelAttentionBackend or KJNodes' Patch Sage Attention KJ after it: the host ran that override
             # alone, and under KSampler nothing said so (Sample Video's report names it). Sample Video's causal
-            # attention keeps ours underneath, and an override calling ours would have counted calls.
+            # attention keeps ours underneath, and an override calling ours would have counted calls. A later Patch
+            # SageAttention replaces ours as designed (silently, as it does): Patch SageAttention still runs.
             who = describe(running)
             log_once(("replaced later", who), replaced_later(who), seen=self.override.logged)
         return out

@@ -159,3 +159,30 @@ def test_diffusion_forcing_refuses_in_context_latents(host, tmp_path):
                             "(BerniniConditioning), which diffusion forcing's per-frame noise levels do not cover; "
                             "use mode 'standard'"), r
 
+
+SAGE_TWICE = r"""
+import logging
+import nodes as core
+from skyreels_pack.nodes.sage_patch import PatchSageAttention
+
+lines = []
+handler = logging.Handler()
+handler.emit = lambda record: lines.append(record.getMessage())
+logging.getLogger("skyreels_fp8").addHandler(handler)
+pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
+neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
+latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
+first = PatchSageAttention.execute(load("t2v_fp8_channel.safetensors")[0], "reference", 0, 0, 0, 0.995).args[0]
+second = PatchSageAttention.execute(first, "reference", 1, 0, 0, 0.995).args[0]     # its settings changed
+core.common_ksampler(second, 0, 2, 3.0, "euler", "simple", pos, neg, latent)
+override = second.model_options["transformer_options"]["optimized_attention_override"]
+result = dict(lines=[l for l in lines if "not used" in l], sage=override.counts["sage"])
+"""
+
+
+def test_patch_sage_attention_applied_again_is_not_reported_as_replaced(host, tmp_path):
+    # The second Patch SageAttention replaces the first one's override, as designed (silently: it is Patch
+    # SageAttention that runs); the first one's sampling watch must not log that Patch SageAttention is not used.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + SAGE_TWICE)
+    assert r["sage"] > 0 and r["lines"] == [], r
