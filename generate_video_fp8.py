@@ -438,7 +438,7 @@ def link_models(base, args, info, model):
         files[kind] = os.path.abspath(given) if given else (found or [os.path.join(host_models, kind, default)])[0]
         if not os.path.exists(files[kind]):
             raise BadInput(f"{kind}: {files[kind]} not found; pass --{flag} or put the file there")
-        if kind != "diffusion_models" and files[kind].endswith(".safetensors"):
+        if kind != "diffusion_models" and files[kind].lower().endswith((".safetensors", ".sft")):   # as ComfyUI reads
             # a truncated download (umt5-xxl is 6.7 GB) is named now, not after ComfyUI has loaded the model
             from quant.checkpoint import CheckpointError, check_safetensors
             try:

@@ -104,6 +104,23 @@ def test_damaged_files_beside_the_model_exit_2_before_comfyui_and_a_failing_node
                                   "SkyReels-V2 reads umt5-xxl's (4096)") and proc.stderr.count("\n") == 1, proc.stderr
 
 
+@pytest.mark.parametrize("name", ["cut_vae.sft", "cut_VAE.SafeTensors"])
+def test_a_damaged_safetensors_by_another_of_its_names_exits_2_before_comfyui(host, tmp_path, name):
+    # ComfyUI reads .sft and any case of .safetensors as safetensors (comfy.utils.load_torch_file, folder_paths):
+    # checked as .safetensors is, not found by Load VAE after ComfyUI started (exit 1)
+    from helpers import write_tiny
+    write_tiny(tmp_path / "model.safetensors", "T2V", seed=1)
+    safetensors.torch.save_file({"x": torch.zeros(1)}, str(tmp_path / "umt5.safetensors"))
+    safetensors.torch.save_file({"x": torch.zeros(64, 64)}, str(tmp_path / "whole.safetensors"))
+    data = (tmp_path / "whole.safetensors").read_bytes()
+    (tmp_path / name).write_bytes(data[:len(data) // 2])
+    proc = run(["--model_path", "model.safetensors", "--text_encoder", "umt5.safetensors", "--vae", name, "--cpu",
+                "--output", "v.mp4"], host, tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    assert proc.stderr == (f"generate_video_fp8: --vae: {tmp_path / name}: the file is truncated (shorter than its "
+                           "header says); download or copy it again\n"), proc.stderr
+
+
 def test_a_core_loader_that_fails_is_named_with_its_flag_and_file():
     # Core's loaders do not name their file, and their messages run over lines: the script's line says both.
     from generate_video_fp8 import node_failure
