@@ -84,7 +84,7 @@ def dequantize_weight(qweight, scale, dtype=torch.bfloat16):
     # 540 MiB for a 14B FFN weight, on every upcast product): row blocks bound them to one block's fp32 copy. The
     # same numbers: the product in fp32, rounded once to `dtype`.
     out = torch.empty(qweight.shape, dtype=dtype)
-    rows = max(1, DEQUANTIZE_VALUES // max(1, qweight[0].numel()))
+    rows = max(1, DEQUANTIZE_VALUES // max(1, qweight[:1].numel()))     # [:1]: also with 0 rows
     for i in range(0, qweight.shape[0], rows):
         block = scale if scale.shape[0] == 1 else scale[i:i + rows]
         out[i:i + rows] = qweight[i:i + rows].to(torch.float32).mul_(block)

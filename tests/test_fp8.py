@@ -420,6 +420,15 @@ def test_out_of_memory_in_an_fp8_product_goes_up_and_turns_nothing_off(monkeypat
     assert fp8._failed == {} and fp8.fallback_reasons == {}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dequantize_an_empty_weight(dtype):
+    # 0 rows (the CPU's row blocks read the size of row 0) as the whole-tensor form did: an empty result
+    q = torch.zeros(0, 8, dtype=torch.float8_e4m3fn)
+    for scale in (torch.ones(1), torch.ones(0, 1)):
+        w = dequantize_weight(q, scale, dtype)
+        assert w.shape == (0, 8) and w.dtype == dtype
+
+
 @pytest.mark.parametrize("granularity", ["tensor", "channel"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dequantize_makes_one_copy_of_the_weight(monkeypatch, granularity, dtype):
