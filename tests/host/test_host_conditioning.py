@@ -4,13 +4,17 @@ from comfy_host import REPO, run_in_host
 from helpers import write_tiny
 from in_host import SETUP, write_models
 
-AREAS = r"""
+# The prompts the runs below share (two the same length, so either may be positive or negative; one other).
+PROMPTS = r"""
 import nodes as core
-from comfy_extras.nodes_video_model import ConditioningSetAreaPercentageVideo
 from skyreels_pack.nodes.sample import SampleVideo
 pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
 neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
 other = [[torch.randn(1, 6, 4096, generator=g), {}]]
+"""
+
+AREAS = PROMPTS + r"""
+from comfy_extras.nodes_video_model import ConditioningSetAreaPercentageVideo
 ARGS = dict(width=64, height=64, frames=9, seed=1, steps=2, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
             mode="diffusion forcing", base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1,
             addnoise_condition=0)
@@ -172,12 +176,7 @@ def test_scheduled_conditioning_in_asynchronous_diffusion_forcing_is_noted(host,
                          [[0.0, 0.0, 888.0], 6], [[0.0, 0.0, 727.0], 6]], r["seen"]
 
 
-MASKS = r"""
-import nodes as core
-from skyreels_pack.nodes.sample import SampleVideo
-pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
-neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
-other = [[torch.randn(1, 6, 4096, generator=g), {}]]
+MASKS = PROMPTS + r"""
 ARGS = dict(width=32, height=32, frames=17, seed=1, steps=2, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
             mode="diffusion forcing", base_num_frames=97, overlap_history=5, ar_step=0, causal_block_size=1,
             addnoise_condition=0)

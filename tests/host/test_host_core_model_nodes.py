@@ -3,10 +3,11 @@ Video and Patch SageAttention do with them, where that differs from core's loade
 from comfy_host import REPO, run_in_host
 from in_host import SETUP, write_models
 
-SAMPLING = r"""
+# What the pack logs (`lines`), and a prompt pair and latent for KSampler runs.
+LOGGED = r"""
 import logging
-from comfy_extras.nodes_model_advanced import ModelNoiseScale, ModelSamplingDiscrete, ModelSamplingSD3
-from skyreels_pack.nodes.sample import SampleVideo
+import nodes as core
+from skyreels_pack.nodes.sage_patch import PatchSageAttention
 
 lines = []
 handler = logging.Handler()
@@ -14,6 +15,12 @@ handler.emit = lambda record: lines.append(record.getMessage())
 logging.getLogger("skyreels_fp8").addHandler(handler)
 pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
 neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
+latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
+"""
+
+SAMPLING = LOGGED + r"""
+from comfy_extras.nodes_model_advanced import ModelNoiseScale, ModelSamplingDiscrete, ModelSamplingSD3
+from skyreels_pack.nodes.sample import SampleVideo
 ARGS = dict(width=32, height=32, frames=5, seed=1, steps=2, cfg=3.0, shift=8.0, sampler="unipc", fps=24,
             mode="standard")
 
@@ -52,20 +59,9 @@ def test_sample_video_names_a_model_sampling_it_does_not_run(host, tmp_path):
     assert "model sampling" not in r["sd3 shift 0"]["report"], r["sd3 shift 0"]
 
 
-REPLACED = r"""
-import logging
-import nodes as core
+REPLACED = LOGGED + r"""
 from comfy_extras.nodes_model_advanced import ModelAttentionBackend
-from skyreels_pack.nodes.sage_patch import PatchSageAttention
 from skyreels_pack.nodes.sample import SampleVideo
-
-lines = []
-handler = logging.Handler()
-handler.emit = lambda record: lines.append(record.getMessage())
-logging.getLogger("skyreels_fp8").addHandler(handler)
-pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
-neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
-latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
 
 def ksample(model):
     return core.common_ksampler(model, 0, 2, 3.0, "euler", "simple", pos, neg, latent)[0]["samples"]
@@ -160,18 +156,7 @@ def test_diffusion_forcing_refuses_in_context_latents(host, tmp_path):
                             "use mode 'standard'"), r
 
 
-SAGE_TWICE = r"""
-import logging
-import nodes as core
-from skyreels_pack.nodes.sage_patch import PatchSageAttention
-
-lines = []
-handler = logging.Handler()
-handler.emit = lambda record: lines.append(record.getMessage())
-logging.getLogger("skyreels_fp8").addHandler(handler)
-pos = [[torch.randn(1, 8, 4096, generator=g), {}]]
-neg = [[torch.randn(1, 8, 4096, generator=g), {}]]
-latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
+SAGE_TWICE = LOGGED + r"""
 first = PatchSageAttention.execute(load("t2v_fp8_channel.safetensors")[0], "reference", 0, 0, 0, 0.995).args[0]
 second = PatchSageAttention.execute(first, "reference", 1, 0, 0, 0.995).args[0]     # its settings changed
 core.common_ksampler(second, 0, 2, 3.0, "euler", "simple", pos, neg, latent)
