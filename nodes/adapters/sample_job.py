@@ -18,6 +18,7 @@ from ...attention.sage import log_once
 from ...sampling import forcing, solvers
 from ...sampling.schedule import aspect_crop, flow_sigmas, latent_frames, model_timesteps, video_frames
 from . import fps as fps_term
+from .sage_override import describe
 from . import foreign_forward, per_frame, run_report, sequence_parallel, teacache_hooks, video_attention
 
 log = logging.getLogger("skyreels_fp8")
@@ -111,6 +112,38 @@ def schedules_unseen(conditionings, df, ar_step):
 def check_frames(widget, n):
     if n < 1 or (n - 1) % 4:
         fail(f"{widget}: {n} is not 4k+1; use {max(1, (n - 1) // 4 * 4 + 1)} or {(n - 1) // 4 * 4 + 5}")
+
+
+def _layer_patches(model):
+    """Other nodes' object patches of the model's layers (e.g. KJNodes' WanVideo Enhance A Video), named for a message;
+    this pack patches none."""
+    patches = {k: v for k, v in model.object_patches.items() if k.startswith("diffusion_model.")}
+    names = list(dict.fromkeys(describe(getattr(v, "__func__", v)) for v in patches.values()))
+    return len(patches), names
+
+
+def window_failed(model, error, i, n, frames, total, end):
+    """A model call that failed in a diffusion forcing window of another frame count than the video's, on a MODEL whose
+    layers another node patched: that node may have been set up for the latent's frame count (WanVideo Enhance A Video
+    takes a latent for it), which core's KSampler always gives the model, but a window does not. The error that
+    says so, or None to let the host's own error through (out of memory, our own message, or nothing of the
+    kind)."""
+    oom = isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+    if frames == total or oom or str(error).startswith("Sample Video:"):      # (Cancel is no Exception: not here)
+        return None
+    count, names = _layer_patches(model)
+    if not count:
+        return None
+    cause = (f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}").strip()
+    fixes = ["make base_num_frames at least frames (one window)"] if n > 1 else []
+    if end:
+        fixes.append("leave out end_image (it adds a frame after the video's)")
+    return ValueError(
+        f"Sample Video: diffusion forcing window {i + 1} of {n} gives the model {frames} latent frames (the video has "
+        f"{total}), and a model call failed there: {cause}. The MODEL carries {count} patch(es) of its layers from "
+        f"another node, {', '.join(names)}: a node set up for the latent's frame count (e.g. KJNodes' WanVideo "
+        f"Enhance A Video, whose latent input gives it) cannot run on a window of another length; "
+        f"{' or '.join(fixes)}, or remove that node")
 
 
 class Job:
@@ -288,8 +321,15 @@ class Job:
         for i, (prefix, overlap, length, plan) in enumerate(windows):
             shape = [self.shape[0], self.shape[1], length, *self.shape[3:]]
             end = self.end if i + 1 == len(windows) else None
-            out = self._window(shape, self.positives[min(i, given - 1)], carry if prefix else None, plan, progress,
-                               sum(counts[:i]), calls, end)
+            try:
+                out = self._window(shape, self.positives[min(i, given - 1)], carry if prefix else None, plan,
+                                   progress, sum(counts[:i]), calls, end)
+            except Exception as e:
+                failed = window_failed(self.model, e, i, len(windows), length + (0 if end is None else end.shape[2]),
+                                       self.shape[2], end is not None)
+                if failed is None:
+                    raise
+                raise failed from e
             if end is not None:
                 out = out[:, :, :-end.shape[2]]
             parts.append(out[:, :, overlap:])
