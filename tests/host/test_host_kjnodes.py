@@ -88,6 +88,10 @@ a, report = sv(patch(df, 10), **ONE)
 result["one window"] = rel(a, plain)
 result["windows"] = [sv(patch(df, n), **WINDOWS)[1] for n in (10, 8)]
 result["plain windows"] = sv(df, **WINDOWS)[1].splitlines()[0]
+from generate_video_fp8 import write_tiny_vae
+write_tiny_vae(os.path.join({folder!r}, "vae.safetensors"))
+vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join({folder!r}, "vae.safetensors")))
+result["end image"] = sv(patch(df, 10), vae=vae, end_image=torch.rand(1, 32, 32, 3, generator=g), **ONE)[1]
 """
 
 STAND_IN = '''"""Stands for a node that patches each self-attention of a Wan model for a latent's frame count (as KJNodes' WanVideo
@@ -172,8 +176,12 @@ def test_stand_in_frame_patch_in_windows(host, tmp_path):
     write_tiny(tmp_path / "t2v_bf16.safetensors", "T2V", seed=1)
     write_tiny(tmp_path / "df_bf16.safetensors", "DF", seed=2)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + COMMON.format(pack=str(pack))
-                    + STAND_IN_RUN)
+                    + STAND_IN_RUN.format(folder=str(tmp_path)))
     print(r)
+    # one window and end_image: the model sees the end image's latent frame after the video's 10
+    assert r["end image"].startswith("Sample Video: diffusion forcing window 1 of 1 gives the model 11 latent frames "
+                                     "(the video has 10)"), r["end image"]
+    assert "leave out end_image" in r["end image"] and "base_num_frames" not in r["end image"], r["end image"]
     assert r["plain windows"].startswith("Sample Video: diffusion forcing, unipc 3 steps"), r
     check_windows(r, "(FramePatch, StandInFramePatch)")
     assert all("RuntimeError: stand-in: " in m for m in r["windows"]), r["windows"]
