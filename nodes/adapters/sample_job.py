@@ -134,7 +134,8 @@ def window_failed(model, error, i, n, frames, total, end):
     count, names = _layer_patches(model)
     if not count:
         return None
-    cause = (f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}").strip()
+    text = str(error).strip()
+    cause = f"{type(error).__name__}: {text.splitlines()[0].rstrip('.') if text else ''}".strip()
     fixes = ["make base_num_frames at least frames (one window)"] if n > 1 else []
     if end:
         fixes.append("leave out end_image (it adds a frame after the video's)")
