@@ -128,7 +128,7 @@ def window_failed(model, error, i, n, frames, total, end):
     takes a latent for it), which core's KSampler always gives the model, but a window does not. The error that
     says so, or None to let the host's own error through (out of memory, our own message, or nothing of the
     kind)."""
-    oom = isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+    oom = comfy.model_management.is_oom(error)
     if frames == total or oom or str(error).startswith("Sample Video:"):      # (Cancel is no Exception: not here)
         return None
     count, names = _layer_patches(model)
