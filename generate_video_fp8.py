@@ -226,6 +226,10 @@ def parse_args(argv):
     p.add_argument("--shift", type=float, help="flow shift (default: the workflow's, 8.0; I2V 3.0)")
     p.add_argument("--fps", type=int, default=24)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cpu_noise", action="store_true",
+                   help="draw the seed's noise on the CPU, as ComfyUI's KSampler: the same video on every machine "
+                        "(default: on the GPU, as SkyReels-V2's scripts, so --seed gives their video on the same GPU "
+                        "model)")
     p.add_argument("--use_fp8", dest="fp8", action="store_true", default=True, help="FP8 weights (default)")
     p.add_argument("--no-fp8", "--no_fp8", dest="fp8", action="store_false", help="bf16 weights")
     p.add_argument("--use_sage_attention", action="store_true", help="8-bit SageAttention (Patch SageAttention)")
@@ -485,7 +489,8 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
             inputs["mode"] = "auto" if args.use_sage_attention else "disabled"
         elif kind == "SkyReelsSampleVideo":
             inputs.update(width=sizes["width"], height=sizes["height"], frames=sizes["frames"], steps=sizes["steps"],
-                          seed=args.seed, fps=args.fps)
+                          seed=args.seed, fps=args.fps,
+                          noise="cpu (ComfyUI)" if args.cpu_noise else "gpu (SkyReels-V2)")
             for key, value in (("cfg", args.guidance_scale), ("shift", args.shift)):
                 if value is not None:
                     inputs[key] = value

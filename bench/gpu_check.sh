@@ -15,10 +15,11 @@
 # table and the 1.3B weight memory (bench/gemm.py), the activation quantization's time and memory, fused vs eager
 # (bench/act_quant.py), each attention backend Patch SageAttention can run there vs SDPA at L = 51000 and
 # 111600, with peak VRAM and the NaN/Inf check's cost, after each mode's dispatch decision (bench/attention.py; the
-# carried comfy-kitchen lacks its CUDA extension, so its int8 attention shows as unavailable), and Sample Video's
-# step time and peak VRAM, fp8 + sage vs bf16 + SDPA vs core fp8_e4m3fn_fast (bench/sample.py), and TeaCache's
-# calls skipped, latent distance and time beside core's EasyCache / LazyCache (bench/teacache.py). Without a GPU
-# every part runs its CPU smoke version, so the script is checked on any machine.
+# carried comfy-kitchen lacks its CUDA extension, so its int8 attention shows as unavailable), Sample Video's seed
+# noise on the GPU against SkyReels-V2's scripts' draw (bench/noise.py), Sample Video's step time and peak
+# VRAM, fp8 + sage vs bf16 + SDPA vs core fp8_e4m3fn_fast (bench/sample.py), and TeaCache's calls skipped,
+# latent distance and time beside core's EasyCache / LazyCache (bench/teacache.py). Without a GPU every part
+# runs its CPU smoke version, so the script is checked on any machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -94,7 +95,8 @@ DYNAMIC_LIMIT=$(nvidia-smi -L >/dev/null 2>&1 && echo 90 || echo 240)
 section "Dynamic VRAM, ComfyUI's default on NVIDIA (bench/dynamic_vram.py)" "$DYNAMIC_LIMIT" "$PYTHON" bench/dynamic_vram.py
 section "fp8 GEMM and weight memory (bench/gemm.py)" 75 "$PYTHON" bench/gemm.py
 section "activation quantization memory and time (bench/act_quant.py)" 45 "$PYTHON" bench/act_quant.py --repeats 3
-section "attention backends vs SDPA (bench/attention.py)" 80 "$PYTHON" bench/attention.py
-section "Sample Video (bench/sample.py)" 155 "$PYTHON" bench/sample.py --steps 2
-section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 65 "$PYTHON" bench/teacache.py --steps 6 --quick
+section "attention backends vs SDPA (bench/attention.py)" 75 "$PYTHON" bench/attention.py
+section "noise drawn as SkyReels-V2's scripts (bench/noise.py)" 30 "$PYTHON" bench/noise.py
+section "Sample Video (bench/sample.py)" 135 "$PYTHON" bench/sample.py --steps 2
+section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 60 "$PYTHON" bench/teacache.py --steps 6 --quick
 echo "gpu_check: wrote $REPORT"

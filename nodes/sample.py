@@ -8,7 +8,7 @@ from ..sampling import solvers
 from ..sampling.schedule import latent_frames, video_frames
 from .adapters import parallel_pool, parallel_run
 from .parallel import PARALLEL
-from .adapters.sample_job import Job, check_frames, fail, model_shift, overridden_shift, schedules_unseen
+from .adapters.sample_job import NOISE, Job, check_frames, fail, model_shift, overridden_shift, schedules_unseen
 
 # The DF widgets, in the order they had before `mode` became a dynamic combo: the frontend restores a saved
 # workflow's values by position, and these came right after `mode`, so old workflows load unchanged.
@@ -92,6 +92,11 @@ class SampleVideo(io.ComfyNode):
                                       names=WINDOW_PROMPTS, min=0),
                                   tooltip="DF long videos: a prompt per window. positive is the first window's; "
                                           "window_2 the second's, and so on; the last one given carries on."),
+                # last, so that saved workflows keep their widget values in place
+                io.Combo.Input("noise", options=NOISE, default=NOISE[0], optional=True,
+                               tooltip="Where the seed's noise is drawn. cpu: as ComfyUI's KSampler, the same video "
+                                       "on every machine. gpu: as SkyReels-V2's scripts, so a seed gives their "
+                                       "video, on the same GPU model only (a GPU's random numbers depend on it)."),
             ],
             # images comes last so that saved workflows keep their links to LATENT and report.
             outputs=[io.Latent.Output(), io.String.Output(display_name="report"),
@@ -104,14 +109,15 @@ class SampleVideo(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode=None,
                 vae=None, start_image=None, end_image=None, prefix_video=None, latent=None, parallel=None,
-                window_prompts=None) -> io.NodeOutput:
+                window_prompts=None, noise=None) -> io.NodeOutput:
         # mode: {"mode": "standard"} or {"mode": "diffusion forcing", "base_num_frames": ..., ...}; the host leaves
         # it out of a prompt whose mode is none of its options, and gives None for an optional widget not sent.
         if not isinstance(mode, dict) or mode.get("mode") not in ("standard", "diffusion forcing"):
             fail("mode: must be 'standard' or 'diffusion forcing'")
         chosen = {k: v for k, v in mode.items() if v is not None}
         widgets = dict(width=width, height=height, frames=frames, seed=seed, steps=steps, cfg=cfg, shift=shift,
-                       sampler=sampler, fps=fps, **{**DF_DEFAULTS, **chosen}, latent=latent)
+                       sampler=sampler, fps=fps, **{**DF_DEFAULTS, **chosen}, latent=latent,
+                       noise=noise or NOISE[0])     # an API prompt from before the widget has none
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
                       window_prompts=window_positives(positive, window_prompts or {}))
         check_model(model)
@@ -175,7 +181,7 @@ def window_positives(positive, given):
 
 def sample_video(model, positive, negative, width, height, frames, seed, steps, cfg, shift, sampler, fps, mode,
                  vae=None, start_image=None, end_image=None, prefix_video=None, latent=None, window_prompts=(),
-                 **df_options):
+                 noise=NOISE[0], **df_options):
     """One run on this process's device: (samples, report, images: None without a vae); `df_options`: DF widgets."""
     if set(df_options) != set(DF_DEFAULTS):   # all of them, always (execute fills in the defaults)
         raise TypeError(f"sample_video: DF options {sorted(df_options)}, expected {sorted(DF_DEFAULTS)}")
@@ -206,7 +212,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         check_frames("frames", frames)
         shape = [1, 16, latent_frames(frames), height // 8, width // 8]
     job = Job(model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape,
-              mode == "diffusion forcing", df_options)
+              mode == "diffusion forcing", df_options, noise)
     job.length_from = "frames" if latent is None else "latent"
     job.set_prefix(start_image, prefix_video)
     job.set_end(end_image)

@@ -106,7 +106,8 @@ def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0
         if addnoise_condition > 0 and start < prefix:
             level = addnoise_condition / TRAIN_STEPS
             cond = x_in[:, :, :prefix - start]
-            noise = torch.randn(cond.shape, generator=generator, dtype=cond.dtype).to(cond.device)
+            where = generator.device if generator is not None else "cpu"    # e.g. a GPU generator, as SkyReels-V2
+            noise = torch.randn(cond.shape, generator=generator, dtype=cond.dtype, device=where).to(cond.device)
             x_in[:, :, :prefix - start] = cond * (1 - level) + noise * level
             s_in[:prefix - start] = level
         x0 = denoise(x_in, s_in)

@@ -21,6 +21,11 @@ from . import fps as fps_term
 from .sage_override import describe
 from . import foreign_forward, per_frame, run_report, sequence_parallel, teacache_hooks, video_attention
 
+# Where a seed's noise is drawn. ComfyUI draws it on the CPU, so a seed gives the same video on every machine.
+# SkyReels-V2's scripts draw it with a seeded torch.Generator("cuda"), and addnoise_condition's noise from the GPU's
+# default generator, which they never seed (a new process holds it at torch's default seed). A GPU's numbers depend
+# on its number of multiprocessors: the GPU choice gives their video for a seed on the same GPU model.
+NOISE = ["cpu (ComfyUI)", "gpu (SkyReels-V2)"]
 log = logging.getLogger("skyreels_fp8")
 
 
@@ -148,7 +153,8 @@ def window_failed(model, error, i, n, frames, total, end):
 
 
 class Job:
-    def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts):
+    def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts,
+                 noise=NOISE[0]):
         causal = df and opts.get("causal_attention", False)      # a DF widget: standard mode has none
         addnoise = opts.get("addnoise_condition", 0) if df else 0
         self.model = per_frame.patch(model, shift, model_timesteps(steps, shift, addnoise))
@@ -167,8 +173,14 @@ class Job:
         # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`); windows are decoded for the overlap anyway.
         self.images, self.images_made = None, 0
         # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
-        # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed).
-        self.generator = torch.Generator().manual_seed(seed)
+        # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed). On the GPU
+        # (NOISE), two streams as SkyReels-V2 draws them: the windows' from the seed, addnoise's from a new
+        # generator's default seed.
+        gpu = noise == NOISE[1]
+        device = self.model.load_device if gpu else torch.device("cpu")
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.addnoise_generator = torch.Generator(device) if gpu else self.generator
+        self.noise_line = [f"noise: drawn on {device} (the model's device), as SkyReels-V2's scripts draw it"] * gpu
         self.model_seconds = 0.0
         unguided = (f"cfg {cfg:g}: diffusion forcing guides only above 1, as SkyReels-V2's DiffusionForcingPipeline; "
                     "the positive prompt runs alone, as cfg 1") if self.cfg != cfg else None
@@ -344,7 +356,7 @@ class Job:
         return samples, self._report(windows, calls, meter, attention_before, teacache_before, samples), images
 
     def _window(self, shape, positive, prefix, plan, progress, offset, total, end=None):
-        noise = torch.randn(shape, generator=self.generator)
+        noise = torch.randn(shape, generator=self.generator, device=self.generator.device).cpu()
         if end is not None:     # as SkyReels-V2: the window's noise drawn, then the end image's frames appended
             noise = torch.cat([noise, torch.zeros(*shape[:2], end.shape[2], *shape[3:])], dim=2)
         latent = torch.zeros(noise.shape)
@@ -387,7 +399,7 @@ class Job:
             if end is not None:
                 x[:, :, -end.shape[2]:] = self.model.model.process_latent_in(end.float()).to(x)
             return forcing.sample_window(denoise, x, sigmas.cpu(), plan, self.sampler, addnoise_condition=addnoise,
-                                         generator=self.generator, callback=step)
+                                         generator=self.addnoise_generator, callback=step)
 
         sampler = comfy.samplers.KSAMPLER(sampler_function)
         return comfy.sample.sample_custom(self.model, noise, self.cfg, sampler, self.sigmas, positive,
@@ -426,6 +438,7 @@ class Job:
             run_report.attention_summary(self.model, attention_before),
             *self._bypassed_line(),
             *self._teacache_line(teacache_before),
+            *self.noise_line,
             *self.notes,
         ]
         if not samples.isfinite().all():    # black or broken frames otherwise come with no word

@@ -1,8 +1,9 @@
-// Workflows saved before Sample Video's `mode` became a dynamic combo: the frontend gives the DF widgets their
-// values back by position (they still follow `mode`), but keeps the input slots saved under their old names
-// ("ar_step", now "mode.ar_step"), and its own clean-up of slots without a widget removes only every other one
-// (it deletes from the list it walks), linked or not. Here each old slot goes: its link, if any, moves to the new
-// slot; and where a workflow holds values by name (the frontend's restore-by-name setting), the old names are read.
+// Workflows saved before Sample Video's `mode` became a dynamic combo (and before its last widget, `noise`): the
+// frontend gives the DF widgets their values back by position (they still follow `mode`), but keeps the input
+// slots saved under their old names ("ar_step", now "mode.ar_step"), and its own clean-up of slots without a widget
+// removes only every other one (it deletes from the list it walks), linked or not. Here each old slot goes: its
+// link, if any, moves to the new slot; and where a workflow holds values by name (the frontend's restore-by-name
+// setting), the old names are read.
 import { app } from "../../scripts/app.js";
 
 function moveLink(node, from, to) {
@@ -33,6 +34,9 @@ app.registerExtension({
         const old = w.name.startsWith("mode.") ? w.name.slice("mode.".length) : null;
         if (old && !(w.name in named) && old in named) w.value = named[old];
       }
+      // Such a workflow in standard mode still holds the DF values after `mode`, where `noise` now sits.
+      const noise = this.widgets?.find((w) => w.name === "noise");
+      if (noise && !noise.options?.values?.includes(noise.value)) noise.value = noise.options.values[0];
       return result;
     };
   },

@@ -189,8 +189,8 @@ def test_df_widgets_show_in_df_mode_only(page):
     }""")
     df = ["mode.base_num_frames", "mode.overlap_history", "mode.ar_step", "mode.causal_block_size",
           "mode.addnoise_condition", "mode.causal_attention"]
-    assert names[0][names[0].index("mode") + 1:] == df
-    assert names[1][-1] == "mode" and not set(df) & set(names[1])
+    assert names[0][names[0].index("mode") + 1:] == df + ["noise"]      # noise stays last
+    assert names[1][-2:] == ["mode", "noise"] and not set(df) & set(names[1])
     assert dict(names[2])["mode.ar_step"] == 0     # back in DF mode: the widgets' defaults
 
 
@@ -253,6 +253,36 @@ WIDGET_POINT = """([id, name]) => {
 }"""
 SAMPLE_PROMPT = """async () => Object.values((await window.app.graphToPrompt()).output)
   .find(n => n.class_type === "SkyReelsSampleVideo").inputs"""
+
+
+def test_noise_comes_back_from_a_saved_workflow_in_either_mode(page):
+    # `noise` is Sample Video's last widget, after the DF widgets that `mode` adds or removes: a saved workflow
+    # gives it back, with the DF values, and the Run button queues it.
+    open_template(page, "skyreels_df_long_video")
+    reopened = page.evaluate("""async () => {
+      const out = [];
+      for (const mode of ["diffusion forcing", "standard"]) {
+        let s = window.app.graph.nodes.find(n => n.type === "SkyReelsSampleVideo");
+        s.widgets.find(w => w.name === "mode").value = mode;
+        s.widgets.find(w => w.name === "noise").value = "gpu (SkyReels-V2)";
+        const ar = s.widgets.find(w => w.name === "mode.ar_step");
+        if (ar) ar.value = 3;
+        await window.app.loadGraphData(window.app.graph.serialize());
+        s = window.app.graph.nodes.find(n => n.type === "SkyReelsSampleVideo");
+        const inputs = Object.values((await window.app.graphToPrompt()).output)
+          .find(n => n.class_type === "SkyReelsSampleVideo").inputs;
+        out.push([Object.fromEntries(s.widgets.map(w => [w.name, w.value])), inputs]);
+      }
+      return out;
+    }""")
+    (df, df_prompt), (standard, standard_prompt) = reopened
+    assert (df["mode"], df["mode.ar_step"], df["mode.base_num_frames"], df["noise"]) == (
+        "diffusion forcing", 3, 97, "gpu (SkyReels-V2)"), df
+    assert (df_prompt["noise"], df_prompt["mode.ar_step"]) == ("gpu (SkyReels-V2)", 3), df_prompt
+    assert (standard["mode"], standard["noise"], standard_prompt["noise"]) == (
+        "standard", "gpu (SkyReels-V2)", "gpu (SkyReels-V2)"), (standard, standard_prompt)
+    assert not [k for k in standard if k.startswith("mode.")], standard
+    assert page.errors == [], page.errors
 
 
 def test_sample_video_in_a_subgraph_with_promoted_df_widgets(page):

@@ -227,6 +227,13 @@ def test_flags_reach_the_workflow_widgets(server):
     assert parallel["class_type"] == "SkyReelsParallelConfig" and parallel["inputs"]["workers"] == 4
     spec = {**info["SkyReelsParallelConfig"]["input"]["required"], **info["SkyReelsParallelConfig"]["input"]["optional"]}
     assert set(parallel["inputs"]) == set(spec), (parallel["inputs"], spec)   # every widget, as the host names them
+    # --seed gives SkyReels-V2's noise (drawn on the GPU, as its scripts draw it); --cpu_noise asks for ComfyUI's
+    options = info["SkyReelsSampleVideo"]["input"]["optional"]["noise"][1]["options"]
+    assert sample["noise"] == "gpu (SkyReels-V2)" and sample["noise"] in options
+    with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json")) as f:
+        prompt = build_prompt(json.load(f), info, parse_args(["--model_path", "x", "--cpu_noise"]), names, demo=False)
+    sample = next(n["inputs"] for n in prompt.values() if n["class_type"] == "SkyReelsSampleVideo")
+    assert sample["noise"] == "cpu (ComfyUI)" and sample["noise"] in options
 
 
 def test_teacache_and_a_portrait_image_reach_the_i2v_workflow(server):
