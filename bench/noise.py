@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Where Sample Video draws a seed's noise (a check, not a timing): `noise` cpu (ComfyUI) against the host's own
 CPU noise (the first window's, as prepare_noise draws it), and gpu (SkyReels-V2) against what SkyReels-V2's
-scripts draw, `torch.randn` from a seeded `torch.Generator` on the GPU, window after window. No CPU test can see
-the GPU draw; on a CPU this runs the same path with the CPU as the model's device.
+scripts draw, `torch.randn` from a seeded `torch.Generator` on the GPU, window after window, in the DF pipeline's
+dtype (its transformer's, bf16). No CPU test can see the GPU draw; on a CPU this runs the same path with the CPU
+as the model's device.
 
     python bench/noise.py [--host PATH] [--cpu]
 
-Runs the tiny DF model (bf16) through the real nodes in a host process: diffusion forcing, 37 frames in two windows,
+Runs the tiny DF model (bf16) through the real nodes in a host process: diffusion forcing, 37 frames in three windows,
 addnoise_condition 20, 2 steps, once per `noise` choice, and compares the noise each window hands the host's
 sampler (`comfy.sample.sample_custom`, watched, then run) bit for bit.
 """
@@ -45,15 +46,17 @@ for noise in ("cpu (ComfyUI)", "gpu (SkyReels-V2)"):
                                  noise=noise).args[1]
     where = device if noise.startswith("gpu") else torch.device("cpu")
     stream = torch.Generator(where).manual_seed(SEED)       # SkyReels-V2: torch.Generator("cuda").manual_seed(seed)
-    expected = [torch.randn(n.shape, generator=stream, device=where).cpu() for n in seen]
+    dtype = torch.bfloat16 if noise.startswith("gpu") else torch.float32    # SkyReels-V2's DF pipeline: bf16
+    expected = [torch.randn(n.shape, generator=stream, device=where, dtype=dtype).cpu().float() for n in seen]
     if noise.startswith("cpu"):     # one stream: addnoise draws come between the windows', so the first alone
         seen[1:], expected[1:] = [], []
     same = all(torch.equal(a, b) for a, b in zip(seen, expected))
     line = next((l for l in report.splitlines() if l.startswith("noise:")), "(no noise line: drawn on the CPU)")
-    print(f"{{noise:18s}} {{len(seen)}} window(s) checked, noise {{[list(n.shape) for n in seen]}} drawn on {{where}}: "
+    print(f"{{noise:18s}} {{len(seen)}} window(s) checked, noise {{[list(n.shape) for n in seen]}} drawn on "
+          f"{{where}} in {{dtype}}: "
           f"{{'bit for bit as expected' if same else 'DIFFERS from the expected draw'}}; report: {{line}}")
     if noise.startswith("gpu"):
-        cpu_first = torch.randn(seen[0].shape, generator=torch.Generator().manual_seed(SEED))
+        cpu_first = torch.randn(seen[0].shape, generator=torch.Generator().manual_seed(SEED), dtype=dtype).float()
         print(f"gpu first window vs the CPU draw of the same seed: "
               f"{{'equal' if torch.equal(seen[0], cpu_first) else 'different'}} (a GPU draws its own numbers)")
     if not same:

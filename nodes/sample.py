@@ -96,7 +96,8 @@ class SampleVideo(io.ComfyNode):
                 io.Combo.Input("noise", options=NOISE, default=NOISE[0], optional=True,
                                tooltip="Where the seed's noise is drawn. cpu: as ComfyUI's KSampler, the same video "
                                        "on every machine. gpu: as SkyReels-V2's scripts, so a seed gives their "
-                                       "video, on the same GPU model only (a GPU's random numbers depend on it)."),
+                                       "video on a GPU with the same number of multiprocessors (a GPU's random "
+                                       "numbers depend on it)."),
             ],
             # images comes last so that saved workflows keep their links to LATENT and report.
             outputs=[io.Latent.Output(), io.String.Output(display_name="report"),

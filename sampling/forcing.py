@@ -92,10 +92,11 @@ def windows(latent_length, base_latent, overlap_latent):
     return out
 
 
-def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0, generator=None, callback=None):
+def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0, draw=torch.randn, callback=None):
     """Run one window. `x` [B, C, F, H, W] holds noise, with the clean prefix in its first `plan.prefix` frames;
     `denoise(x, frame_sigmas)` returns the x0 prediction. With `addnoise_condition` the model sees the prefix
-    noised to that timestep (SkyReels-V2 keeps long videos from drifting so); it is never updated."""
+    noised to that timestep (SkyReels-V2 keeps long videos from drifting so); it is never updated. Its noise is
+    `draw(shape)`, one call per model call that sees the prefix."""
     x = x.clone()
     frames, prefix = x.shape[2], plan.prefix
     solvers = [make_solver(solver, sigmas, df=True) for _ in range(frames)]
@@ -106,8 +107,7 @@ def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0
         if addnoise_condition > 0 and start < prefix:
             level = addnoise_condition / TRAIN_STEPS
             cond = x_in[:, :, :prefix - start]
-            where = generator.device if generator is not None else "cpu"    # e.g. a GPU generator, as SkyReels-V2
-            noise = torch.randn(cond.shape, generator=generator, dtype=cond.dtype, device=where).to(cond.device)
+            noise = draw(cond.shape).to(cond)
             x_in[:, :, :prefix - start] = cond * (1 - level) + noise * level
             s_in[:prefix - start] = level
         x0 = denoise(x_in, s_in)

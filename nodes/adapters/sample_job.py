@@ -172,15 +172,6 @@ class Job:
         self.length_from = "frames"      # the input that sets the video's length: frames, or a connected latent
         # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`); windows are decoded for the overlap anyway.
         self.images, self.images_made = None, 0
-        # One random stream for the whole run: window after window, then addnoise draws, in a fixed order. Its
-        # first draw is the first window's noise, the same as the host's prepare_noise(latent, seed). On the GPU
-        # (NOISE), two streams as SkyReels-V2 draws them: the windows' from the seed, addnoise's from a new
-        # generator's default seed.
-        gpu = noise == NOISE[1]
-        device = self.model.load_device if gpu else torch.device("cpu")
-        self.generator = torch.Generator(device).manual_seed(seed)
-        self.addnoise_generator = torch.Generator(device) if gpu else self.generator
-        self.noise_line = [f"noise: drawn on {device} (the model's device), as SkyReels-V2's scripts draw it"] * gpu
         self.model_seconds = 0.0
         unguided = (f"cfg {cfg:g}: diffusion forcing guides only above 1, as SkyReels-V2's DiffusionForcingPipeline; "
                     "the positive prompt runs alone, as cfg 1") if self.cfg != cfg else None
@@ -189,6 +180,39 @@ class Job:
         self.notes = [note for note in notes if note]
         for note in self.notes:
             log_once(note, f"Sample Video: {note}")
+        self._seed_noise(noise == NOISE[1], seed)
+
+    def _seed_noise(self, gpu, seed):
+        """ComfyUI's noise: one CPU stream for the whole run, window after window, then addnoise draws, in a fixed
+        order; its first draw is the first window's noise, as the host's prepare_noise(latent, seed). SkyReels-V2's
+        (`gpu`): two streams on the model's device, the windows' from the seed and addnoise's from a new generator's
+        default seed, in bf16 in diffusion forcing (its DF pipeline draws in its transformer's dtype; T2V and I2V
+        in float32)."""
+        device, self.noise_dtype = torch.device("cpu"), torch.float32
+        if gpu:
+            device = self.model.load_device
+            self.noise_dtype = torch.bfloat16 if self.df else torch.float32
+            try:
+                torch.Generator(device)
+            except RuntimeError as e:     # e.g. DirectML: torch seeds no generator there
+                note = (f"noise: gpu (SkyReels-V2) needs a seeded generator on {device}, which torch does not "
+                        f"offer ({str(e).splitlines()[0]}): drawn on the CPU as ComfyUI does")
+                log_once(note, f"Sample Video: {note}")
+                self.notes.append(note)
+                gpu, device, self.noise_dtype = False, torch.device("cpu"), torch.float32
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.addnoise_generator = torch.Generator(device) if gpu else self.generator
+        self.agree = gpu    # parallel ranks on GPUs of other sizes draw other numbers: they take rank 0's
+        if gpu:
+            where = "" if device.type == "cuda" else " (their scripts draw on CUDA: only an NVIDIA GPU gives theirs)"
+            self.notes.append(f"noise: drawn on {device} (the model's device) in {str(self.noise_dtype)[6:]}, as "
+                              f"SkyReels-V2's scripts draw it{where}")
+
+    def _draw(self, generator, shape):
+        noise = torch.randn(shape, generator=generator, device=generator.device, dtype=self.noise_dtype)
+        if self.agree:
+            noise = sequence_parallel.agree(self.model, noise)
+        return noise.cpu().float()
 
     def set_prefix(self, start_image, prefix_video):
         if start_image is None and prefix_video is None:
@@ -356,7 +380,7 @@ class Job:
         return samples, self._report(windows, calls, meter, attention_before, teacache_before, samples), images
 
     def _window(self, shape, positive, prefix, plan, progress, offset, total, end=None):
-        noise = torch.randn(shape, generator=self.generator, device=self.generator.device).cpu()
+        noise = self._draw(self.generator, shape)
         if end is not None:     # as SkyReels-V2: the window's noise drawn, then the end image's frames appended
             noise = torch.cat([noise, torch.zeros(*shape[:2], end.shape[2], *shape[3:])], dim=2)
         latent = torch.zeros(noise.shape)
@@ -399,7 +423,8 @@ class Job:
             if end is not None:
                 x[:, :, -end.shape[2]:] = self.model.model.process_latent_in(end.float()).to(x)
             return forcing.sample_window(denoise, x, sigmas.cpu(), plan, self.sampler, addnoise_condition=addnoise,
-                                         generator=self.addnoise_generator, callback=step)
+                                         draw=lambda shape: self._draw(self.addnoise_generator, shape),
+                                         callback=step)
 
         sampler = comfy.samplers.KSAMPLER(sampler_function)
         return comfy.sample.sample_custom(self.model, noise, self.cfg, sampler, self.sigmas, positive,
@@ -438,7 +463,6 @@ class Job:
             run_report.attention_summary(self.model, attention_before),
             *self._bypassed_line(),
             *self._teacache_line(teacache_before),
-            *self.noise_line,
             *self.notes,
         ]
         if not samples.isfinite().all():    # black or broken frames otherwise come with no word

@@ -42,8 +42,11 @@ def hook(value, total, preview=None, node_id=None):
 comfy.utils.set_progress_bar_global_hook(hook)
 comfy.cli_args.args.preview_method = comfy.cli_args.LatentPreviewMethod.Latent2RGB    # --preview-method latent2rgb
 result = {"previews": previews}
+# DF with SkyReels-V2's noise: every rank draws it on its own device, then takes rank 0's (a GPU's numbers depend
+# on its size), for each window and each addnoise draw: the broadcasts must pair up in order
 for mode, extra in (("standard", {}), ("diffusion forcing", dict(frames=17, base_num_frames=13, overlap_history=5,
-                                                                 ar_step=1, addnoise_condition=20))):
+                                                                 ar_step=1, addnoise_condition=20,
+                                                                 noise="gpu (SkyReels-V2)"))):
     run[0] = "one"
     one = sample(mode=mode, **extra)[0]["samples"]
     run[0] = "two"
@@ -199,6 +202,7 @@ def test_two_actors_equal_one_process(host, tmp_path):
         assert r[mode] <= 1e-5, (mode, r[mode])
         assert "parallel: 2 CPU processes (gloo), cfg 1 x ulysses 2 x ring 1" in r[mode + " report"]
     assert "2 window(s)" in r["diffusion forcing report"]
+    assert "noise: drawn on cpu (the model's device) in bfloat16" in r["diffusion forcing report"]
     # ar_step 1, and the workers' own cond batching is no guidance patch of the user's
     assert "guidance patches" not in r["diffusion forcing report"], r["diffusion forcing report"]
     # cfg parallel (one actor the positive pass, one the negative), windows through the VAE from a start image,

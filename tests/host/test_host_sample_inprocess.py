@@ -274,3 +274,55 @@ def test_previews_show_the_frames_each_window_makes(host, tmp_path):
     write_models(tmp_path)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + PREVIEWS.format())
     assert r == [0, 5, 8], r         # was [0, 3, 6]: the carried-over frames
+
+
+
+NOISE = r"""
+import comfy.sample
+from skyreels_pack.nodes.sample import SampleVideo
+from skyreels_pack.nodes.adapters.sample_job import Job
+seen, real = [], comfy.sample.sample_custom
+
+def watch(model, noise, *args, **kwargs):     # the noise Sample Video hands the host's sampler, which then runs
+    seen.append(noise.clone())
+    return real(model, noise, *args, **kwargs)
+
+comfy.sample.sample_custom = watch
+model = load("df_bf16.safetensors")[0]
+pos, neg = [[torch.randn(1, 8, 4096, generator=g), {}]], [[torch.randn(1, 8, 4096, generator=g), {}]]
+result = {}
+for mode in ("standard", "diffusion forcing"):
+    seen.clear()
+    report = SampleVideo.execute(model, pos, neg, 32, 32, 9, 5, 1, 3.0, 8.0, "unipc", 24, {"mode": mode},
+                                 noise="gpu (SkyReels-V2)").args[1]
+    drawn = {str(d)[6:]: torch.randn(seen[0].shape, generator=torch.Generator().manual_seed(5), dtype=d).float()
+             for d in (torch.float32, torch.bfloat16)}
+    result[mode] = dict(same=[k for k, v in drawn.items() if torch.equal(seen[0], v)],
+                        line=[l for l in report.splitlines() if l.startswith("noise:")])
+# A device torch seeds no generator on (DirectML's privateuseone; XPU and MPS in builds without them): ComfyUI's
+# CPU noise, and the note says why.
+job = Job(model, pos, neg, 5, 1, 3.0, 8.0, "unipc", 24, None, [1, 16, 3, 4, 4], True,
+          dict(base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1, addnoise_condition=0))
+job.model.load_device, job.notes = torch.device("privateuseone"), []
+job._seed_noise(True, 5)
+result["no generator"] = dict(notes=job.notes, device=str(job.generator.device), dtype=str(job.noise_dtype),
+                              same=torch.equal(job._draw(job.generator, [1, 16, 3, 4, 4]),
+                                               torch.randn(1, 16, 3, 4, 4, generator=torch.Generator().manual_seed(5))))
+"""
+
+
+def test_gpu_noise_is_drawn_as_skyreels_v2s_pipelines_draw_it(host, tmp_path):
+    # SkyReels-V2's DF pipeline draws its latents in its transformer's dtype (bf16 in its scripts), its T2V and I2V
+    # pipelines in float32: so does Sample Video with noise "gpu (SkyReels-V2)". On a GPU the draw is on the model's
+    # device: bench/noise.py checks that there.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + NOISE)
+    line = ("noise: drawn on cpu (the model's device) in {}, as SkyReels-V2's scripts draw it (their scripts draw on "
+            "CUDA: only an NVIDIA GPU gives theirs)")
+    assert r.pop("standard") == dict(same=["float32"], line=[line.format("float32")])
+    assert r.pop("diffusion forcing") == dict(same=["bfloat16"], line=[line.format("bfloat16")])
+    fallback = r.pop("no generator")
+    assert (fallback["device"], fallback["dtype"], fallback["same"]) == ("cpu", "torch.float32", True), fallback
+    [note] = fallback["notes"]
+    assert note.startswith("noise: gpu (SkyReels-V2) needs a seeded generator on privateuseone, which torch does "
+                           "not offer (") and note.endswith("): drawn on the CPU as ComfyUI does"), note
