@@ -21,10 +21,7 @@ from . import fps as fps_term
 from .sage_override import describe
 from . import foreign_forward, per_frame, run_report, sequence_parallel, teacache_hooks, video_attention
 
-# Where a seed's noise is drawn. ComfyUI draws it on the CPU, so a seed gives the same video on every machine.
-# SkyReels-V2's scripts draw it with a seeded torch.Generator("cuda"), and addnoise_condition's noise from the GPU's
-# default generator, which they never seed (a new process holds it at torch's default seed). A GPU's numbers depend
-# on its number of multiprocessors: the GPU choice gives their video for a seed on the same GPU model.
+# Sample Video's `noise`: ComfyUI's CPU draws, or those of SkyReels-V2's scripts, on the GPU (Job._seed_noise)
 NOISE = ["cpu (ComfyUI)", "gpu (SkyReels-V2)"]
 log = logging.getLogger("skyreels_fp8")
 
