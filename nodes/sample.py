@@ -220,8 +220,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
     job.positives += window_prompts     # the positive of each later window
     note = schedules_unseen([*job.positives, negative], job.df, df_options["ar_step"])
     if note:
-        log_once(note, f"Sample Video: {note}")
-        job.notes.append(note)
+        job.note(note)
     return job.run()
 
 

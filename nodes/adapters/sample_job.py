@@ -174,10 +174,15 @@ class Job:
                     "the positive prompt runs alone, as cfg 1") if self.cfg != cfg else None
         notes = (fps_term.lost(model), overridden_shift(model, shift),
                  frame_sigmas_unseen(model, df, opts.get("ar_step")), unguided)
-        self.notes = [note for note in notes if note]
-        for note in self.notes:
-            log_once(note, f"Sample Video: {note}")
+        self.notes = []
+        for note in filter(None, notes):
+            self.note(note)
         self._seed_noise(noise == NOISE[1], seed)
+
+    def note(self, text):
+        """A line of the report that the log says too, once."""
+        log_once(text, f"Sample Video: {text}")
+        self.notes.append(text)
 
     def _seed_noise(self, gpu, seed):
         """ComfyUI's noise: one CPU stream for the whole run, window after window, then addnoise draws, in a fixed
@@ -192,10 +197,8 @@ class Job:
             try:
                 torch.Generator(device)
             except RuntimeError as e:     # e.g. DirectML: torch seeds no generator there
-                note = (f"noise: gpu (SkyReels-V2) needs a seeded generator on {device}, which torch does not "
-                        f"offer ({str(e).splitlines()[0]}): drawn on the CPU as ComfyUI does")
-                log_once(note, f"Sample Video: {note}")
-                self.notes.append(note)
+                self.note(f"noise: gpu (SkyReels-V2) needs a seeded generator on {device}, which torch does not "
+                          f"offer ({str(e).splitlines()[0]}): drawn on the CPU as ComfyUI does")
                 gpu, device, self.noise_dtype = False, torch.device("cpu"), torch.float32
         self.generator = torch.Generator(device).manual_seed(seed)
         self.addnoise_generator = torch.Generator(device) if gpu else self.generator
@@ -348,10 +351,8 @@ class Job:
         meter = run_report.Meter(self.model.load_device, self.model)
         parts, carry, given = [], self.prefix, len(self.positives)
         if given > len(windows):
-            note = (f"window_prompts: {given - 1} given for {len(windows) - 1} later window(s); the last "
-                    f"{given - len(windows)} not used")
-            log_once(note, f"Sample Video: {note}")
-            self.notes.append(note)
+            self.note(f"window_prompts: {given - 1} given for {len(windows) - 1} later window(s); the last "
+                      f"{given - len(windows)} not used")
         for i, (prefix, overlap, length, plan) in enumerate(windows):
             shape = [self.shape[0], self.shape[1], length, *self.shape[3:]]
             end = self.end if i + 1 == len(windows) else None
