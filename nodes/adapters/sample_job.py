@@ -190,17 +190,15 @@ class Job:
         (`gpu`): two streams on the model's device, the windows' from the seed and addnoise's from a new generator's
         default seed, in bf16 in diffusion forcing (its DF pipeline draws in its transformer's dtype; T2V and I2V
         in float32)."""
-        device, self.noise_dtype = torch.device("cpu"), torch.float32
-        if gpu:
-            device = self.model.load_device
-            self.noise_dtype = torch.bfloat16 if self.df else torch.float32
-            try:
-                torch.Generator(device)
-            except RuntimeError as e:     # e.g. DirectML: torch seeds no generator there
-                self.note(f"noise: gpu (SkyReels-V2) needs a seeded generator on {device}, which torch does not "
-                          f"offer ({str(e).splitlines()[0]}): drawn on the CPU as ComfyUI does")
-                gpu, device, self.noise_dtype = False, torch.device("cpu"), torch.float32
-        self.generator = torch.Generator(device).manual_seed(seed)
+        device = self.model.load_device if gpu else torch.device("cpu")
+        try:
+            self.generator = torch.Generator(device).manual_seed(seed)
+        except RuntimeError as e:     # e.g. DirectML: torch seeds no generator there
+            self.note(f"noise: gpu (SkyReels-V2) needs a seeded generator on {device}, which torch does not offer "
+                      f"({str(e).splitlines()[0]}): drawn on the CPU as ComfyUI does")
+            gpu, device = False, torch.device("cpu")
+            self.generator = torch.Generator().manual_seed(seed)
+        self.noise_dtype = torch.bfloat16 if gpu and self.df else torch.float32
         self.addnoise_generator = torch.Generator(device) if gpu else self.generator
         self.agree = gpu    # parallel ranks on GPUs of other sizes draw other numbers: they take rank 0's
         if gpu:
