@@ -95,9 +95,10 @@ class SampleVideo(io.ComfyNode):
                 # last, so that saved workflows keep their widget values in place
                 io.Combo.Input("noise", options=NOISE, default=NOISE[0], optional=True,
                                tooltip="Where the seed's noise is drawn. cpu: as ComfyUI's KSampler, the same video "
-                                       "on every machine. gpu: as SkyReels-V2's scripts, so a seed gives their "
-                                       "video on a GPU with the same number of multiprocessors (a GPU's random "
-                                       "numbers depend on it)."),
+                                       "on every machine. gpu: as SkyReels-V2's scripts (in diffusion forcing also "
+                                       "their bf16 latents between steps), so a seed gives their video on a GPU "
+                                       "with the same number of multiprocessors (a GPU's random numbers depend on "
+                                       "it)."),
             ],
             # images comes last so that saved workflows keep their links to LATENT and report.
             outputs=[io.Latent.Output(), io.String.Output(display_name="report"),

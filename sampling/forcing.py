@@ -92,14 +92,17 @@ def windows(latent_length, base_latent, overlap_latent):
     return out
 
 
-def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0, draw=torch.randn, callback=None):
+def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0, draw=torch.randn, callback=None,
+                  dtype=None):
     """Run one window. `x` [B, C, F, H, W] holds noise, with the clean prefix in its first `plan.prefix` frames;
     `denoise(x, frame_sigmas)` returns the x0 prediction. With `addnoise_condition` the model sees the prefix
     noised to that timestep (SkyReels-V2 keeps long videos from drifting so); it is never updated. Its noise is
-    `draw(shape)`, one call per model call that sees the prefix."""
-    x = x.clone()
+    `draw(shape)`, one call per model call that sees the prefix. `dtype`: the latents' between steps (SkyReels-V2's
+    DF pipeline keeps its transformer's, bf16; None: x's); the model sees them, and the result comes, in x's."""
+    given = x.dtype
+    x = x.to(dtype or given, copy=True)
     frames, prefix = x.shape[2], plan.prefix
-    solvers = [make_solver(solver, sigmas, df=True) for _ in range(frames)]
+    solvers = [make_solver(solver, sigmas, df=True, dtype=dtype) for _ in range(frames)]
     rows = frame_sigmas(plan.step_index, sigmas)
     for r in range(plan.rows):
         start, end = plan.intervals[r]
@@ -110,7 +113,7 @@ def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0
             noise = draw(cond.shape).to(cond)
             x_in[:, :, :prefix - start] = cond * (1 - level) + noise * level
             s_in[:prefix - start] = level
-        x0 = denoise(x_in, s_in)
+        x0 = denoise(x_in.to(given), s_in)
         for f in range(start, end):
             if plan.update[r, f]:
                 # Copies: the solver keeps what it is given (x is written in place; a view would keep all of x0);
@@ -118,4 +121,4 @@ def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0
                 x[:, :, f] = solvers[f].step(x0[:, :, f - start].clone(), x[:, :, f].clone())
         if callback is not None:
             callback(r, x0, x)
-    return x
+    return x.to(given)

@@ -1,20 +1,25 @@
 """Flow-matching solvers stepped one step at a time on x0 predictions (Diffusion Forcing needs one per frame block,
 each at its own step; the host's samplers run whole schedules). They keep the tensors given: don't modify those.
 `unipc`: UniPC (Zhao et al. 2023) as SkyReels-V2 runs it: data prediction, B(h) = expm1(h) ("bh2"), order 2 with
-first-order first and last steps, UniC corrector after the first. `euler`: ComfyUI's `euler` step, same numbers."""
+first-order first and last steps, UniC corrector after the first. `euler`: ComfyUI's `euler` step, same numbers.
+`dtype`: the latents' dtype between steps, None to keep the one given. SkyReels-V2's DF pipeline keeps bf16 latents:
+each step's result (and the corrector's) is rounded to them, and so are the corrector's weights, as its scheduler
+rounds them; the rest of its arithmetic follows from torch's type promotion, as here."""
 import math
+
+import torch
 
 
 class FlowEuler:
-    def __init__(self, sigmas):
+    def __init__(self, sigmas, dtype=None):
         self.sigmas = [float(s) for s in sigmas]
-        self.index = 0
+        self.index, self.dtype = 0, dtype
 
     def step(self, x0, x):
         s, s_next = self.sigmas[self.index], self.sigmas[self.index + 1]
         self.index += 1
         d = (x - x0) / s
-        return x + d * (s_next - s)
+        return (x + d * (s_next - s)).to(self.dtype or x.dtype)
 
 
 def _lam(sigma):
@@ -26,9 +31,9 @@ class FlowUniPC:
     scheduler kept from the first step, so the second step's corrector starts from x1, not x0. (Its T2V/I2V loops
     rebind instead, so run textbook UniPC, as `df=False` does.)"""
 
-    def __init__(self, sigmas, order=2, df=False):
+    def __init__(self, sigmas, order=2, df=False, dtype=None):
         self.sigmas = [float(s) for s in sigmas]
-        self.order, self.df = order, df
+        self.order, self.df, self.dtype = order, df, dtype
         self.index = 0           # steps taken
         self.x0s = []            # the last `order` x0 predictions, oldest first
         self.last_x = None       # the sample the last predictor started from (for the corrector)
@@ -49,6 +54,7 @@ class FlowUniPC:
             out, t, h, b_h = self._first_order(k, x)
             if self.last_order == 2:
                 out = out - (1 - t) * b_h * 0.5 * self._d1(k, h)[0]
+        out = out.to(self.dtype or x.dtype)
         if self.df and k == 0:
             self.last_x = out
         return out
@@ -58,7 +64,13 @@ class FlowUniPC:
         s0, t = self.sigmas[j], self.sigmas[j + 1]
         h = _lam(t) - _lam(s0)
         b_h = math.expm1(-h)
-        return (t / s0) * x - (1 - t) * b_h * self.x0s[-1], t, h, b_h
+        ratio = t / s0
+        if x.device.type in ("cpu", "cuda"):
+            # As SkyReels-V2's scheduler holds it, a 0-dim float32 CPU tensor, so that torch multiplies bf16 x as it
+            # multiplies theirs (on the CPU it rounds such a ratio to bf16 first; a Python float it does not). Other
+            # devices may not take a CPU scalar, and their scripts run on neither.
+            ratio = torch.tensor(t, dtype=torch.float32) / torch.tensor(s0, dtype=torch.float32)
+        return ratio * x - (1 - t) * b_h * self.x0s[-1], t, h, b_h
 
     def _d1(self, j, h):
         """(D1 / r1, r1): the last x0 difference of the step from sigmas[j]."""
@@ -69,25 +81,25 @@ class FlowUniPC:
         j = self.index - 1
         base, t, h, b_h = self._first_order(j, self.last_x)
         d1_t = x0_t - self.x0s[-1]
+        dtype = self.dtype or self.last_x.dtype
         if self.last_order == 1:
-            return base - (1 - t) * b_h * 0.5 * d1_t
+            return (base - (1 - t) * b_h * 0.5 * d1_t).to(dtype)
         # Order 2: solve [[1, 1], [r1, 1]] rho = b for the weights of the two differences.
         d1, r1 = self._d1(j, h)
         phi = b_h / -h - 1
         b1 = phi / b_h
         b2 = 2 * (phi / -h - 0.5) / b_h
-        rho0 = (b1 - b2) / (1 - r1)
-        rho1 = (b2 - r1 * b1) / (1 - r1)
-        return base - (1 - t) * b_h * (rho0 * d1 + rho1 * d1_t)
+        rho0, rho1 = (float(torch.tensor(r, dtype=dtype)) for r in ((b1 - b2) / (1 - r1), (b2 - r1 * b1) / (1 - r1)))
+        return (base - (1 - t) * b_h * (rho0 * d1 + rho1 * d1_t)).to(dtype)
 
 
 SOLVERS = {"unipc": FlowUniPC, "euler": FlowEuler}
 
 
-def make_solver(name, sigmas, df=False):
+def make_solver(name, sigmas, df=False, dtype=None):
     if name not in SOLVERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SOLVERS)}")
-    return FlowUniPC(sigmas, df=df) if name == "unipc" else SOLVERS[name](sigmas)
+    return FlowUniPC(sigmas, df=df, dtype=dtype) if name == "unipc" else SOLVERS[name](sigmas, dtype=dtype)
 
 
 def sample(denoise, x, sigmas, solver="unipc", callback=None):

@@ -188,8 +188,8 @@ class Job:
         """ComfyUI's noise: one CPU stream for the whole run, window after window, then addnoise draws, in a fixed
         order; its first draw is the first window's noise, as the host's prepare_noise(latent, seed). SkyReels-V2's
         (`gpu`): two streams on the model's device, the windows' from the seed and addnoise's from a new generator's
-        default seed, in bf16 in diffusion forcing (its DF pipeline draws in its transformer's dtype; T2V and I2V
-        in float32)."""
+        default seed, in bf16 in diffusion forcing (its DF pipeline draws in its transformer's dtype, and keeps its
+        latents in it between steps; T2V and I2V in float32)."""
         device = self.model.load_device if gpu else torch.device("cpu")
         try:
             self.generator = torch.Generator(device).manual_seed(seed)
@@ -198,13 +198,15 @@ class Job:
                       f"({str(e).splitlines()[0]}): drawn on the CPU as ComfyUI does")
             gpu, device = False, torch.device("cpu")
             self.generator = torch.Generator().manual_seed(seed)
-        self.noise_dtype = torch.bfloat16 if gpu and self.df else torch.float32
+        self.latent_dtype = torch.bfloat16 if gpu and self.df else None    # None: the host's float32
+        self.noise_dtype = self.latent_dtype or torch.float32
         self.addnoise_generator = torch.Generator(device) if gpu else self.generator
         self.agree = gpu    # parallel ranks on GPUs of other sizes draw other numbers: they take rank 0's
         if gpu:
             where = "" if device.type == "cuda" else " (their scripts draw on CUDA: only an NVIDIA GPU gives theirs)"
+            kept = ", and the latents kept in bfloat16 between steps as their DF pipeline keeps them" if self.df else ""
             self.notes.append(f"noise: drawn on {device} (the model's device) in {str(self.noise_dtype)[6:]}, as "
-                              f"SkyReels-V2's scripts draw it{where}")
+                              f"SkyReels-V2's scripts draw it{where}{kept}")
 
     def _draw(self, generator, shape):
         noise = torch.randn(shape, generator=generator, device=generator.device, dtype=self.noise_dtype)
@@ -420,7 +422,7 @@ class Job:
                 x[:, :, -end.shape[2]:] = self.model.model.process_latent_in(end.float()).to(x)
             return forcing.sample_window(denoise, x, sigmas.cpu(), plan, self.sampler, addnoise_condition=addnoise,
                                          draw=lambda shape: self._draw(self.addnoise_generator, shape),
-                                         callback=step)
+                                         callback=step, dtype=self.latent_dtype)
 
         sampler = comfy.samplers.KSAMPLER(sampler_function)
         return comfy.sample.sample_custom(self.model, noise, self.cfg, sampler, self.sigmas, positive,

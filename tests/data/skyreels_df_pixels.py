@@ -3,6 +3,7 @@ Image2VideoPipeline (its code, not a port) run through the VAE on tiny weights, 
 cases change, with a SkyReels-V2 checkout and the tiny VAE the test writes:
 
     python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors
+    python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors --latent-dtypes 30   (README, Fidelity)
 
 The DiTs are quant.tiny's DF model (seed 2) and I2V model (seed 3), bf16 values computed in fp32; the VAE is generate_video_fp8's tiny Wan VAE
 (seed 0). Not SkyReels-V2's, because they need CUDA or files: flash_attention is PyTorch's SDPA in fp32, the text
@@ -39,6 +40,11 @@ CASES = {
     "long_start_end": (21, 13, 5, 1, 1, True, 0, True),
     "start_end_other_sizes": (13, 97, 5, 0, 1, (56, 40), 0, (40, 72)),
 }
+# As SkyReels-V2's scripts run DF with a bf16 transformer: noise drawn in bf16 and latents kept in bf16 between steps
+# (Sample Video's noise "gpu (SkyReels-V2)"); the model still computes in fp32, on bf16-rounded text embeddings. Stored
+# as "bf16_<name>/...": name: (a case above, addnoise_condition)
+BF16_CASES = {"long": ("long", 0), "blocks_of_3": ("blocks_of_3", 0), "extend_addnoise": ("extend", 20),
+              "start_end": ("start_end", 0)}
 I2V_FRAMES = 17
 I2V_IMAGE = ((56, 40), (48, 32))      # an image of one size for a video of another: (width, height) of each
 TEACACHE_STEPS, TEACACHE_SHAPE = 8, (1, 16, 5, 4, 4)
@@ -176,15 +182,47 @@ class Recorder:
         return self.vae.decode(z)
 
 
-def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames, end):
+class Bf16Transformer:
+    """The fp32 reference model as the pipeline sees a bf16 one: it draws its noise and keeps its latents in bf16."""
+    dtype = torch.bfloat16
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, x, **kwargs):
+        kwargs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kwargs.items()}
+        return self.model(x.float(), **kwargs)
+
+
+def bf16_embeddings(tokens, seed):
+    return embeddings(tokens, seed).to(torch.bfloat16).float()
+
+
+def run_bf16(pipe, case, addnoise, steps=STEPS):
+    """A case as SkyReels-V2's DF script runs it with its bf16 transformer; addnoise_condition draws from the default
+    generator, as a new process holds it (their scripts never seed it)."""
+    model, encode = pipe.transformer, pipe.text_encoder.encode
+    pipe.transformer = Bf16Transformer(model)
+    pipe.text_encoder.encode = lambda prompt: encode(prompt).to(torch.bfloat16).float()
+    torch.default_generator.manual_seed(torch.Generator().initial_seed())
+    try:
+        return run(pipe, *CASES[case], addnoise=addnoise, steps=steps)
+    finally:
+        pipe.transformer, pipe.text_encoder.encode = model, encode
+
+
+def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames, end, addnoise=0, steps=STEPS):
     from PIL import Image
     from skyreels_v2_infer.pipelines.image2video_pipeline import resizecrop
     recorder = Recorder(pipe.vae)
     pipe.vae = recorder
     args = dict(prompt="positive", negative_prompt="negative", height=SIZE, width=SIZE, num_frames=frames,
-                num_inference_steps=STEPS, shift=SHIFT, guidance_scale=CFG,
+                num_inference_steps=steps, shift=SHIFT, guidance_scale=CFG,
                 generator=torch.Generator().manual_seed(SEED), overlap_history=overlap, base_num_frames=base,
-                ar_step=ar_step, causal_block_size=cbs, fps=24, addnoise_condition=0)
+                ar_step=ar_step, causal_block_size=cbs, fps=24, addnoise_condition=addnoise)
     try:
         with torch.no_grad():
             if prefix_frames:
@@ -232,6 +270,7 @@ def main(skyreels_dir, vae_file):
     import safetensors.torch
     pipe = load_reference(skyreels_dir, vae_file)
     runs = {name: run(pipe, *case) for name, case in CASES.items()}
+    runs.update({f"bf16_{name}": run_bf16(pipe, *case) for name, case in BF16_CASES.items()})
     runs["i2v"] = run_i2v(load_reference(skyreels_dir, vae_file, "i2v"))
     table = teacache_reference(skyreels_dir)
     table["i2v_image/pixels"] = i2v_image(skyreels_dir).contiguous()
@@ -246,5 +285,28 @@ def main(skyreels_dir, vae_file):
     print("wrote", OUT)
 
 
+def latent_dtypes(skyreels_dir, vae_file, steps):
+    """How far the DF latents kept in float32 between steps end from the bf16 ones SkyReels-V2's script keeps, on the
+    same bf16 noise: its pipeline run both ways (not stored; README, Fidelity)."""
+    from diffusers.utils.torch_utils import randn_tensor
+    pipe = load_reference(skyreels_dir, vae_file)
+    for case in ("long", "blocks_of_3"):
+        bf16 = torch.cat(run_bf16(pipe, case, 0, steps)[0], dim=1).float()
+        pipe.prepare_latents = lambda shape, dtype=None, device=None, generator=None: randn_tensor(
+            shape, generator, device=device, dtype=torch.bfloat16).float()
+        pipe.transformer, encode = Bf16Transformer(pipe.transformer), pipe.text_encoder.encode
+        pipe.transformer.dtype = torch.float32      # float32 latents; the same bf16 noise and text embeddings
+        pipe.text_encoder.encode = lambda prompt: encode(prompt).to(torch.bfloat16).float()
+        try:
+            f32 = torch.cat(run(pipe, *CASES[case], steps=steps)[0], dim=1)
+        finally:
+            del pipe.prepare_latents
+            pipe.transformer, pipe.text_encoder.encode = pipe.transformer.model, encode
+        print(f"{case}, {steps} steps: float32 latents vs bf16, relative L2 {((f32 - bf16).norm() / bf16.norm()):.4f}")
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if "--latent-dtypes" in sys.argv:     # ... --latent-dtypes STEPS
+        latent_dtypes(*sys.argv[1:3], int(sys.argv[sys.argv.index("--latent-dtypes") + 1]))
+    else:
+        main(*sys.argv[1:3])

@@ -314,13 +314,15 @@ result["no generator"] = dict(notes=job.notes, device=str(job.generator.device),
 def test_gpu_noise_is_drawn_as_skyreels_v2s_pipelines_draw_it(host, tmp_path):
     # SkyReels-V2's DF pipeline draws its latents in its transformer's dtype (bf16 in its scripts), its T2V and I2V
     # pipelines in float32: so does Sample Video with noise "gpu (SkyReels-V2)". On a GPU the draw is on the model's
-    # device: bench/noise.py checks that there.
+    # device: bench/noise.py checks that there. (What the draws and bf16 latents give against SkyReels-V2's own
+    # pipeline: tests/host/test_host_reference_pixels.py.)
     write_models(tmp_path)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + NOISE)
     line = ("noise: drawn on cpu (the model's device) in {}, as SkyReels-V2's scripts draw it (their scripts draw on "
             "CUDA: only an NVIDIA GPU gives theirs)")
     assert r.pop("standard") == dict(same=["float32"], line=[line.format("float32")])
-    assert r.pop("diffusion forcing") == dict(same=["bfloat16"], line=[line.format("bfloat16")])
+    kept = ", and the latents kept in bfloat16 between steps as their DF pipeline keeps them"
+    assert r.pop("diffusion forcing") == dict(same=["bfloat16"], line=[line.format("bfloat16") + kept])
     fallback = r.pop("no generator")
     assert (fallback["device"], fallback["dtype"], fallback["same"]) == ("cpu", "torch.float32", True), fallback
     [note] = fallback["notes"]
