@@ -2,7 +2,6 @@
 triton) are imported only when a CUDA call first uses the kernels."""
 from .dispatch import MODES, Installed, choose
 from .reference import sage_attention_reference
-from .sage import exact_attention, kernel_unavailable, sage_attention
+from .sage import kernel_unavailable, sage_attention
 
-__all__ = ["MODES", "Installed", "choose", "exact_attention", "kernel_unavailable", "sage_attention",
-           "sage_attention_reference"]
+__all__ = ["MODES", "Installed", "choose", "kernel_unavailable", "sage_attention", "sage_attention_reference"]

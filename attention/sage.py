@@ -1,12 +1,12 @@
-"""8-bit attention with a safe path everywhere: the `sageattention` kernels where they can run, our PyTorch
-SageAttention elsewhere, exact attention where the kernels would miscount. Each fallback is logged once."""
+"""8-bit attention: the `sageattention` kernels where they can run (else KernelsUnavailable, and the caller keeps
+attention exact), or our PyTorch SageAttention; and the pack's log-once."""
 import logging
 
 import torch
 import torch.nn.functional as F
 
 from .dispatch import Installed, canonical, choose, device_capability, installed_packages, sage_major
-from .reference import sage_attention_reference, to_hnd
+from .reference import sage_attention_reference
 
 log = logging.getLogger("skyreels_fp8")
 KERNEL_HEAD_DIMS = (64, 96, 128)
@@ -45,15 +45,6 @@ def _sage2():
     return sage_major(installed_packages()[0]) >= 2
 
 
-def exact_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None):
-    """PyTorch SDPA in the given layout (the reference every other path is compared with)."""
-    qh, kh, vh = (to_hnd(t, layout) for t in (q, k, v))
-    if kh.shape[1] != qh.shape[1]:
-        kh, vh = (t.repeat_interleave(qh.shape[1] // kh.shape[1], dim=1) for t in (kh, vh))
-    out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=is_causal, scale=sm_scale)
-    return out if layout == "HND" else out.transpose(1, 2)
-
-
 def _kernel_call(q, k, v, layout, is_causal, sm_scale):
     global _kernel
     if _kernel is None:
@@ -74,37 +65,27 @@ def _kernel_call(q, k, v, layout, is_causal, sm_scale):
 
 
 class KernelsUnavailable(RuntimeError):
-    """The sageattention kernels cannot run these inputs here (raised by sage_attention(strict=True))."""
+    """The sageattention kernels cannot run these inputs here (the caller falls back to exact attention)."""
 
 
-def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, mode="auto", strict=False):
-    """8-bit attention, same shape and dtype as q; q, k and v are never modified. mode "auto" or "sageattention":
-    the kernels where they can run, else our PyTorch implementation (logged) or, with strict, KernelsUnavailable
-    (the caller falls back to exact attention instead); "reference": the PyTorch implementation."""
+def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, mode="sageattention"):
+    """8-bit attention, same shape and dtype as q; q, k and v are never modified. "sageattention": the kernels, or
+    KernelsUnavailable where they cannot run; "reference": the PyTorch implementation."""
     global _broken
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"sage_attention takes fp32/bf16/fp16 tensors, not {q.dtype}")
-    mode = canonical(mode)
-    if mode in ("auto", "sageattention"):
-        reason = kernel_unavailable(q.device) or _shape_unsupported(q, k, layout, is_causal)
-        ragged = reason is None and miscounted_padding(k.shape[2 if layout == "HND" else 1], q.device)
-        if ragged:
-            log_once(ragged, ragged)
-            return exact_attention(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
-        if reason is None:
-            try:
-                return _kernel_call(q, k, v, layout, is_causal, sm_scale)
-            except Exception as e:  # an import or compile failure, a wheel without this GPU's kernels ("no kernel
-                # image is available"): never fail the graph for it
-                if out_of_memory(e):
-                    raise
-                reason = _broken = f"the sageattention kernels failed ({type(e).__name__}: {e})"
-        if strict:
-            raise KernelsUnavailable(reason)
-        log_once(("kernel", reason), f"SageAttention kernels not used: {reason}; using the PyTorch SageAttention")
-    elif mode != "reference":
-        raise ValueError(f"mode must be 'auto', 'sageattention' or 'reference', not {mode!r}")
-    return sage_attention_reference(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
+    if canonical(mode) == "reference":
+        return sage_attention_reference(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
+    reason = kernel_unavailable(q.device) or _shape_unsupported(q, k, layout, is_causal)
+    if reason is None:
+        try:
+            return _kernel_call(q, k, v, layout, is_causal, sm_scale)
+        except Exception as e:  # an import or compile failure, a wheel without this GPU's kernels ("no kernel image
+            # is available"): never fail the graph for it
+            if out_of_memory(e):
+                raise
+            reason = _broken = f"the sageattention kernels failed ({type(e).__name__}: {e})"
+    raise KernelsUnavailable(reason)
 
 
 def miscounted_padding(kv_len, device):
