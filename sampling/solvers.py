@@ -5,8 +5,6 @@ first-order first and last steps, UniC corrector after the first. `euler`: Comfy
 `dtype`: the latents' dtype between steps, None to keep the one given. SkyReels-V2's DF pipeline keeps bf16 latents:
 each step's result (and the corrector's) is rounded to them, and so are the corrector's weights, as its scheduler
 rounds them; the rest of its arithmetic follows from torch's type promotion, as here."""
-import math
-
 import torch
 
 
@@ -22,17 +20,16 @@ class FlowEuler:
         return (x + d * (s_next - s)).to(self.dtype or x.dtype)
 
 
-def _lam(sigma):
-    return math.log(1 - sigma) - math.log(sigma)     # lambda = log(alpha / sigma); flow matching: alpha = 1 - sigma
-
-
 class FlowUniPC:
     """`df`: as SkyReels-V2's Diffusion Forcing loop, which writes each step's result into the latents' view its
     scheduler kept from the first step, so the second step's corrector starts from x1, not x0. (Its T2V/I2V loops
-    rebind instead, so run textbook UniPC, as `df=False` does.)"""
+    rebind instead, so run textbook UniPC, as `df=False` does.) The step's coefficients are computed as its scheduler
+    computes them, as 0-dim float32 CPU tensors (lambda = log(1 - sigma) - log(sigma) in float32 and so on), and
+    multiply the latents as such on the CPU and CUDA: the same bits as its scheduler, in float32 and in bf16."""
 
     def __init__(self, sigmas, order=2, df=False, dtype=None):
         self.sigmas = [float(s) for s in sigmas]
+        self._s = torch.tensor(self.sigmas, dtype=torch.float32)
         self.order, self.df, self.dtype = order, df, dtype
         self.index = 0           # steps taken
         self.x0s = []            # the last `order` x0 predictions, oldest first
@@ -51,46 +48,54 @@ class FlowUniPC:
         if self.sigmas[k + 1] == 0:
             out = x0        # the limit of the first-order step at sigma 0: the x0 prediction itself
         else:
-            out, t, h, b_h = self._first_order(k, x)
+            out, c, h, b_h = self._first_order(k, x)
             if self.last_order == 2:
-                out = out - (1 - t) * b_h * 0.5 * self._d1(k, h)[0]
+                out = out - _scalar(c, x) * (0.5 * self._d1(k, h)[0])
         out = out.to(self.dtype or x.dtype)
         if self.df and k == 0:
             self.last_x = out
         return out
 
+    def _lam(self, i):
+        s = self._s[i]
+        return torch.log(1 - s) - torch.log(s)   # lambda = log(alpha / sigma); flow matching: alpha = 1 - sigma
+
     def _first_order(self, j, x):
-        """The first-order step sigmas[j] -> sigmas[j + 1] from `x`, with that step's t, h and B(h)."""
-        s0, t = self.sigmas[j], self.sigmas[j + 1]
-        h = _lam(t) - _lam(s0)
-        b_h = math.expm1(-h)
-        ratio = t / s0
-        if x.device.type in ("cpu", "cuda"):
-            # As SkyReels-V2's scheduler holds it, a 0-dim float32 CPU tensor, so that torch multiplies bf16 x as it
-            # multiplies theirs (on the CPU it rounds such a ratio to bf16 first; a Python float it does not). Other
-            # devices may not take a CPU scalar, and their scripts run on neither.
-            ratio = torch.tensor(t, dtype=torch.float32) / torch.tensor(s0, dtype=torch.float32)
-        return ratio * x - (1 - t) * b_h * self.x0s[-1], t, h, b_h
+        """The first-order step sigmas[j] -> sigmas[j + 1] from `x`, with that step's (1 - t) B(h), h and B(h)."""
+        s0, t = self._s[j], self._s[j + 1]
+        h = self._lam(j + 1) - self._lam(j)
+        b_h = torch.expm1(-h)
+        c = (1 - t) * b_h
+        # The ratio a 0-dim float32 CPU tensor, as SkyReels-V2's scheduler holds it, so that torch multiplies bf16 x
+        # as it multiplies theirs (on the CPU it rounds such a ratio to bf16 first; a Python float it does not).
+        # Other devices may not take a CPU scalar, and their scripts run on neither.
+        return _scalar(t / s0, x) * x - _scalar(c, x) * self.x0s[-1], c, h, b_h
 
     def _d1(self, j, h):
         """(D1 / r1, r1): the last x0 difference of the step from sigmas[j]."""
-        r1 = (_lam(self.sigmas[j - 1]) - _lam(self.sigmas[j])) / h
-        return (self.x0s[-2] - self.x0s[-1]) / r1, r1
+        r1 = (self._lam(j - 1) - self._lam(j)) / h
+        return (self.x0s[-2] - self.x0s[-1]) / _scalar(r1, self.x0s[-1]), r1
 
     def _corrector(self, x0_t):
         j = self.index - 1
-        base, t, h, b_h = self._first_order(j, self.last_x)
+        base, c, h, b_h = self._first_order(j, self.last_x)
+        c = _scalar(c, base)
         d1_t = x0_t - self.x0s[-1]
         dtype = self.dtype or self.last_x.dtype
         if self.last_order == 1:
-            return (base - (1 - t) * b_h * 0.5 * d1_t).to(dtype)
-        # Order 2: solve [[1, 1], [r1, 1]] rho = b for the weights of the two differences.
+            return (base - c * (0.5 * d1_t)).to(dtype)
+        # Order 2: solve [[1, 1], [r1, 1]] rho = b for the weights of the two differences, in float32 as the
+        # scheduler does, then rounded to the latents' dtype as it rounds them.
         d1, r1 = self._d1(j, h)
         phi = b_h / -h - 1
-        b1 = phi / b_h
-        b2 = 2 * (phi / -h - 0.5) / b_h
-        rho0, rho1 = (float(torch.tensor(r, dtype=dtype)) for r in ((b1 - b2) / (1 - r1), (b2 - r1 * b1) / (1 - r1)))
-        return (base - (1 - t) * b_h * (rho0 * d1 + rho1 * d1_t)).to(dtype)
+        b = torch.stack([phi * 1 / b_h, (phi / -h - 1 / 2) * 2 / b_h])
+        rho0, rho1 = torch.linalg.solve(torch.stack([torch.ones(2), torch.stack([r1, torch.ones(())])]), b).to(dtype)
+        return (base - c * (float(rho0) * d1 + float(rho1) * d1_t)).to(dtype)
+
+
+def _scalar(v, x):
+    """A 0-dim float32 CPU tensor `v` as it multiplies `x`: itself on the CPU and CUDA, else a Python float."""
+    return v if x.device.type in ("cpu", "cuda") else float(v)
 
 
 SOLVERS = {"unipc": FlowUniPC, "euler": FlowEuler}
