@@ -1,9 +1,11 @@
 """sampling/: the flow schedule, the UniPC and Euler solvers against SkyReels-V2's own scheduler, and Diffusion
 Forcing's plan and window loop, on toy denoisers (no host needed)."""
+import importlib.util
 import json
 import os
 
 import pytest
+import safetensors.torch
 import torch
 
 from sampling import forcing
@@ -11,6 +13,10 @@ from sampling.schedule import flow_sigmas, latent_frames, model_timesteps, video
 from sampling.solvers import FlowUniPC, make_solver, sample
 
 REF = json.load(open(os.path.join(os.path.dirname(__file__), "data", "unipc_reference.json")))
+_spec = importlib.util.spec_from_file_location(
+    "skyreels_unipc_bf16", os.path.join(os.path.dirname(__file__), "data", "skyreels_unipc_bf16.py"))
+skyreels_unipc_bf16 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(skyreels_unipc_bf16)
 
 
 def toy_velocity(x, sigma):
@@ -263,6 +269,25 @@ def test_forcing_with_bf16_latents_matches_skyreels_df_loop_bit_for_bit(case):
     out = forcing.sample_window(toy_denoise, init_x(), sigmas, plan, dtype=torch.bfloat16)
     assert out.dtype == torch.float32 and torch.equal(out.flatten(), want)
     assert (forcing.sample_window(toy_denoise, init_x(), sigmas, plan).flatten() - want).abs().max().item() > 3e-3
+
+
+@pytest.mark.parametrize("steps, shift", skyreels_unipc_bf16.CASES)
+def test_bf16_latents_match_skyreels_scheduler_on_65536_values(steps, shift):
+    # tests/data/skyreels_unipc_bf16.py: SkyReels-V2's scheduler on bf16 latents (its DF pipeline with a bf16
+    # transformer), its model stand-in made of +, -, *, / only (the same bits on every machine). Every value equal:
+    # leaving out one of its roundings (the corrector's weights to bf16) changes 175 of them at 50 steps, and a
+    # Python float for its float32 CPU ratio of sigmas about 42,000.
+    table = safetensors.torch.load_file(skyreels_unipc_bf16.OUT)
+    x = table["initial"].float()
+    plan = forcing.timestep_matrix(x.shape[2], steps, x.shape[2], ar_step=0)
+
+    def denoise(x, sigma):
+        s = sigma.reshape(1, 1, -1, 1, 1)
+        return x - s * skyreels_unipc_bf16.velocity(x, s)
+
+    out = forcing.sample_window(denoise, x, flow_sigmas(steps, shift), plan, dtype=torch.bfloat16)
+    want = table[f"steps{steps}_shift{shift:g}"].float()
+    assert (out != want).sum().item() == 0, f"{(out != want).sum().item()} of {want.numel()} values differ"
 
 
 @pytest.mark.parametrize("case", REF["cases"], ids=lambda c: f"{c['steps']}steps-shift{c['shift']}")
