@@ -96,9 +96,10 @@ class SampleVideo(io.ComfyNode):
                 io.Combo.Input("noise", options=NOISE, default=NOISE[0], optional=True,
                                tooltip="Where the seed's noise is drawn. cpu: as ComfyUI's KSampler, the same video "
                                        "on every machine. gpu: as SkyReels-V2's scripts (in diffusion forcing also "
-                                       "their bf16 latents between steps), so a seed gives their video on a GPU "
-                                       "with the same number of multiprocessors (a GPU's random numbers depend on "
-                                       "it)."),
+                                       "their bf16 latents between steps), so a seed starts from their noise on a "
+                                       "GPU with the same number of multiprocessors (a GPU's random numbers depend "
+                                       "on it); the video then differs from theirs as the model's arithmetic does "
+                                       "(most with FP8 weights)."),
             ],
             # images comes last so that saved workflows keep their links to LATENT and report.
             outputs=[io.Latent.Output(), io.String.Output(display_name="report"),
