@@ -30,8 +30,8 @@ vae = comfy.sd.VAE(sd=safetensors.torch.load_file({vae!r}))
 model = load("df_bf16.safetensors", "bf16")[0]
 pos, neg = [[ref.embeddings(7, 1), {{}}]], [[ref.embeddings(3, 2), {{}}]]
 
-result = {{}}
-for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in ref.CASES.items():
+def images_of(image, end, prefix_frames):
+    # the start / end images and the prefix video of a case, as tests/data/skyreels_df_pixels.py gives them
     extra = {{}}
     if image:
         extra["start_image"] = ref.pictures(1, 4, image).float() / 255
@@ -39,6 +39,11 @@ for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in re
         extra["end_image"] = ref.pictures(1, 6, end).float() / 255
     if prefix_frames:
         extra["prefix_video"] = ref.pictures(prefix_frames, 3).float() / 255
+    return extra
+
+result = {{}}
+for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in ref.CASES.items():
+    extra = images_of(image, end, prefix_frames)
     samples, report, images = SampleVideo.execute(
         model, pos, neg, width=ref.SIZE, height=ref.SIZE, frames=frames, seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG,
         shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="diffusion forcing", base_num_frames=base,
@@ -73,13 +78,7 @@ for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in re
 bf16 = lambda e: [[e.to(torch.bfloat16).float(), {{}}]]
 for name, (case, addnoise) in ref.BF16_CASES.items():
     frames, base, overlap, ar_step, cbs, image, prefix_frames, end = ref.CASES[case]
-    extra = {{}}
-    if image:
-        extra["start_image"] = ref.pictures(1, 4, image).float() / 255
-    if end:
-        extra["end_image"] = ref.pictures(1, 6, end).float() / 255
-    if prefix_frames:
-        extra["prefix_video"] = ref.pictures(prefix_frames, 3).float() / 255
+    extra = images_of(image, end, prefix_frames)
     samples, report, images = SampleVideo.execute(
         model, bf16(ref.embeddings(7, 1)), bf16(ref.embeddings(3, 2)), width=ref.SIZE, height=ref.SIZE, frames=frames,
         seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG, shift=ref.SHIFT, sampler="unipc", fps=24,
