@@ -9,7 +9,8 @@ as the model's device.
 
 Runs the tiny DF model (bf16) through the real nodes in a host process: diffusion forcing, 37 frames in three windows,
 addnoise_condition 20, 2 steps, once per `noise` choice, and compares the noise each window hands the host's
-sampler (`comfy.sample.sample_custom`, watched, then run) bit for bit.
+sampler (`comfy.sample.sample_custom`, watched, then run) bit for bit. Then says how the device multiplies bf16
+latents by a 0-dim float32 CPU ratio (as SkyReels-V2's scheduler and Sample Video's solver both do).
 """
 import os
 import shutil
@@ -61,6 +62,13 @@ for noise in ("cpu (ComfyUI)", "gpu (SkyReels-V2)"):
               f"{{'equal' if torch.equal(seen[0], cpu_first) else 'different'}} (a GPU draws its own numbers)")
     if not same:
         raise SystemExit(1)
+# The one product of DF's bf16 latents whose rounding depends on the device: SkyReels-V2's scheduler multiplies them by a
+# ratio of sigmas held as a 0-dim float32 CPU tensor, and so does Sample Video's solver (the same op, whatever it does).
+x = torch.randn(65536, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=torch.bfloat16)
+ratio = torch.tensor(0.9598462581634521) / torch.tensor(0.9998748898506165)
+kept = torch.equal(ratio * x, float(ratio) * x)
+print(f"bf16 latents times a 0-dim float32 CPU sigma ratio on {{device}}: "
+      f"{{'the ratio kept in float32, as a Python float' if kept else 'the ratio rounded to bf16 first'}}")
 """
 
 
