@@ -182,12 +182,12 @@ class Recorder:
         return self.vae.decode(z)
 
 
-class Bf16Transformer:
-    """The fp32 reference model as the pipeline sees a bf16 one: it draws its noise and keeps its latents in bf16."""
-    dtype = torch.bfloat16
+class AsDtype:
+    """The fp32 reference model as the pipeline sees one of `dtype`: the dtype it draws its noise and keeps its latents
+    in (bf16 in SkyReels-V2's scripts)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, dtype):
+        self.model, self.dtype = model, dtype
 
     def __getattr__(self, name):
         return getattr(self.model, name)
@@ -197,21 +197,23 @@ class Bf16Transformer:
         return self.model(x.float(), **kwargs)
 
 
-def bf16_embeddings(tokens, seed):
-    return embeddings(tokens, seed).to(torch.bfloat16).float()
-
-
-def run_bf16(pipe, case, addnoise, steps=STEPS):
+def run_bf16(pipe, case, addnoise, steps=STEPS, latents=torch.bfloat16):
     """A case as SkyReels-V2's DF script runs it with its bf16 transformer; addnoise_condition draws from the default
-    generator, as a new process holds it (their scripts never seed it)."""
+    generator, as a new process holds it (their scripts never seed it). latents=torch.float32: the same bf16 noise
+    and text embeddings, float32 latents between steps."""
+    from diffusers.utils.torch_utils import randn_tensor
     model, encode = pipe.transformer, pipe.text_encoder.encode
-    pipe.transformer = Bf16Transformer(model)
+    pipe.transformer = AsDtype(model, latents)
     pipe.text_encoder.encode = lambda prompt: encode(prompt).to(torch.bfloat16).float()
+    if latents != torch.bfloat16:
+        pipe.prepare_latents = lambda shape, dtype=None, device=None, generator=None: randn_tensor(
+            shape, generator, device=device, dtype=torch.bfloat16).to(dtype)
     torch.default_generator.manual_seed(torch.Generator().initial_seed())
     try:
         return run(pipe, *CASES[case], addnoise=addnoise, steps=steps)
     finally:
         pipe.transformer, pipe.text_encoder.encode = model, encode
+        pipe.__dict__.pop("prepare_latents", None)
 
 
 def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames, end, addnoise=0, steps=STEPS):
@@ -288,20 +290,10 @@ def main(skyreels_dir, vae_file):
 def latent_dtypes(skyreels_dir, vae_file, steps):
     """How far the DF latents kept in float32 between steps end from the bf16 ones SkyReels-V2's script keeps, on the
     same bf16 noise: its pipeline run both ways (not stored; README, Fidelity)."""
-    from diffusers.utils.torch_utils import randn_tensor
     pipe = load_reference(skyreels_dir, vae_file)
     for case in ("long", "blocks_of_3"):
-        bf16 = torch.cat(run_bf16(pipe, case, 0, steps)[0], dim=1).float()
-        pipe.prepare_latents = lambda shape, dtype=None, device=None, generator=None: randn_tensor(
-            shape, generator, device=device, dtype=torch.bfloat16).float()
-        pipe.transformer, encode = Bf16Transformer(pipe.transformer), pipe.text_encoder.encode
-        pipe.transformer.dtype = torch.float32      # float32 latents; the same bf16 noise and text embeddings
-        pipe.text_encoder.encode = lambda prompt: encode(prompt).to(torch.bfloat16).float()
-        try:
-            f32 = torch.cat(run(pipe, *CASES[case], steps=steps)[0], dim=1)
-        finally:
-            del pipe.prepare_latents
-            pipe.transformer, pipe.text_encoder.encode = pipe.transformer.model, encode
+        bf16, f32 = (torch.cat(run_bf16(pipe, case, 0, steps, dtype)[0], dim=1).float()
+                     for dtype in (torch.bfloat16, torch.float32))
         print(f"{case}, {steps} steps: float32 latents vs bf16, relative L2 {((f32 - bf16).norm() / bf16.norm()):.4f}")
 
 
