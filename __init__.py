@@ -7,7 +7,7 @@ import logging
 import os
 import re
 
-WEB_DIRECTORY = "./nodes/web"    # a frontend file (workflows saved before mode was a dynamic combo), help pages
+WEB_DIRECTORY = "./nodes/web"    # a frontend file (workflows saved before mode was a dynamic combo), a help page
 # The oldest ComfyUI the host tests pass on (pyproject.toml's requires-comfyui tells ComfyUI-Manager the same). An
 # older one fails on host internals the nodes build on, with errors that name neither the pack nor the cure.
 OLDEST_COMFYUI = "0.30.0"
@@ -30,7 +30,7 @@ def _check_folder_name():
     # answers 404 where a URL has to escape the name: a space (the "... (1)" of a second download), non-ASCII letters.
     folder = os.path.basename(os.path.dirname(os.path.abspath(__file__)))
     if re.search(r'[^\x21-\x7e]|[%#"<>`{}|\\^?\[\]]', folder):    # what yarl quotes in a path: aiohttp's route
-        logging.warning("SkyReels-V2 FP8: ComfyUI cannot serve this pack's workflow templates, help pages and frontend "
+        logging.warning("SkyReels-V2 FP8: ComfyUI cannot serve this pack's workflow templates, help page and frontend "
                         "file from a folder named %r (a space, non-ASCII letters, %%, # or [ ]): rename the folder to "
                         "ComfyUI-SkyReels-FP8 and restart ComfyUI", folder)
 

@@ -51,7 +51,7 @@ def test_outputs_and_release_folders_with_several_diffusion_models_folders(host,
     install_copy(str(pack))
     r = run_in_host(host, CODE.format(pack=str(pack), first=str(first), out=str(out), extra=str(extra)))
     # the nodes load; what the host cannot serve from such a folder is said, with the cure
-    assert r["ok"] and r["said"] == ["SkyReels-V2 FP8: ComfyUI cannot serve this pack's workflow templates, help pages "
+    assert r["ok"] and r["said"] == ["SkyReels-V2 FP8: ComfyUI cannot serve this pack's workflow templates, help page "
                                      "and frontend file from a folder named 'ComfyUI-SkyReels-FP8-main (1)' (a space, "
                                      "non-ASCII letters, %, # or [ ]): rename the folder to ComfyUI-SkyReels-FP8 and "
                                      "restart ComfyUI"], r["said"]
