@@ -1,11 +1,12 @@
-"""Writes skyreels_df_pixels.safetensors beside this file: SkyReels-V2's own DiffusionForcingPipeline and
-Image2VideoPipeline (its code, not a port) run through the VAE on tiny weights, for tests/host/test_host_reference_pixels.py. Run by hand when the
+"""Writes skyreels_df_pixels.safetensors beside this file: SkyReels-V2's own DiffusionForcingPipeline,
+Image2VideoPipeline and Text2VideoPipeline (its code, not a port) run through the VAE on tiny weights, for tests/host/test_host_reference_pixels.py. Run by hand when the
 cases change, with a SkyReels-V2 checkout and the tiny VAE the test writes:
 
     python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors
     python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors --latent-dtypes 30   (README, Fidelity)
+    python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors --only t2v   (one run's entries)
 
-The DiTs are quant.tiny's DF model (seed 2) and I2V model (seed 3), bf16 values computed in fp32; the VAE is generate_video_fp8's tiny Wan VAE
+The DiTs are quant.tiny's DF model (seed 2), I2V model (seed 3) and T2V model (seed 1), bf16 values computed in fp32; the VAE is generate_video_fp8's tiny Wan VAE
 (seed 0). Not SkyReels-V2's, because they need CUDA or files: flash_attention is PyTorch's SDPA in fp32, the text
 encoder gives fixed embeddings (zero-padded to 512 tokens), the CLIP image encoder fixed features (ComfyUI's
 CLIP Vision Encode is the host's), the bf16 cast of every block's output is an fp32 one, decord's reader gives the prefix video's frames, and
@@ -46,6 +47,7 @@ CASES = {
 BF16_CASES = {"long": ("long", 0), "blocks_of_3": ("blocks_of_3", 0), "extend_addnoise": ("extend", 20),
               "start_end": ("start_end", 0)}
 I2V_FRAMES = 17
+T2V_FRAMES = 13
 I2V_IMAGE = ((56, 40), (48, 32))      # an image of one size for a video of another: (width, height) of each
 TEACACHE_STEPS, TEACACHE_SHAPE = 8, (1, 16, 5, 4, 4)
 TEACACHE_RUNS = {"plain": (0.0, False), "skip": (1000.0, False), "skip_retention": (0.05, True)}  # thresh, ret steps
@@ -104,11 +106,12 @@ def reference_transformer(skyreels_dir, pipeline="df"):
     fp32_torch.bfloat16 = torch.float32
     tr.torch = fp32_torch
 
-    info = tiny.info("DF" if pipeline == "df" else "I2V")
-    model = tr.WanModel(model_type="t2v" if pipeline == "df" else "i2v", in_dim=info.in_dim, dim=info.dim,
+    variant, seed = {"df": ("DF", 2), "i2v": ("I2V", 3), "t2v": ("T2V", 1)}[pipeline]
+    info = tiny.info(variant)
+    model = tr.WanModel(model_type="i2v" if pipeline == "i2v" else "t2v", in_dim=info.in_dim, dim=info.dim,
                         ffn_dim=info.ffn_dim, num_heads=info.dim // 128, num_layers=info.num_layers,
                         inject_sample_info=info.has_fps)
-    sd = tiny.state_dict(info, seed=2 if pipeline == "df" else 3)
+    sd = tiny.state_dict(info, seed=seed)
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return model.eval()
 
@@ -139,6 +142,7 @@ def load_reference(skyreels_dir, vae_file, pipeline="df"):
     from skyreels_v2_infer.modules import vae as vae_module
     from skyreels_v2_infer.pipelines.diffusion_forcing_pipeline import DiffusionForcingPipeline
     from skyreels_v2_infer.pipelines.image2video_pipeline import Image2VideoPipeline
+    from skyreels_v2_infer.pipelines.text2video_pipeline import Text2VideoPipeline
     from skyreels_v2_infer.scheduler.fm_solvers_unipc import FlowUniPCMultistepScheduler
 
     sd = safetensors.torch.load_file(vae_file)
@@ -148,10 +152,12 @@ def load_reference(skyreels_dir, vae_file, pipeline="df"):
     vae = vae_module.WanVAE(vae_pth=None)
     vae_module._video_vae = original
 
-    cls = DiffusionForcingPipeline if pipeline == "df" else Image2VideoPipeline
+    cls = {"df": DiffusionForcingPipeline, "i2v": Image2VideoPipeline, "t2v": Text2VideoPipeline}[pipeline]
     pipe = cls.__new__(cls)
     pipe.transformer, pipe.vae, pipe.device, pipe.offload = model, vae, "cpu", False
-    if pipeline != "df":
+    if pipeline == "t2v":
+        pipe.vae_stride = (4, 8, 8)     # as its __init__ sets it
+    if pipeline == "i2v":
         from diffusers.video_processor import VideoProcessor
         pipe.video_processor = VideoProcessor(vae_scale_factor=16)
         pipe.clip = types.SimpleNamespace(to=lambda *a: None, encode_video=lambda videos: clip_features())
@@ -254,6 +260,20 @@ def run_i2v(pipe):
     return recorder.windows, torch.from_numpy(out[0])
 
 
+def run_t2v(pipe):
+    """Text2VideoPipeline's latents and video; its decode is watched in place (the pipeline also reads the VAE's
+    inner model, which a Recorder would hide)."""
+    windows, decode = [], pipe.vae.decode
+    pipe.vae.decode = lambda z: (windows.append(z.clone()), decode(z))[1]
+    try:
+        out = pipe(prompt="positive", negative_prompt="negative", width=SIZE, height=SIZE, num_frames=T2V_FRAMES,
+                   num_inference_steps=STEPS, guidance_scale=CFG, shift=SHIFT,
+                   generator=torch.Generator().manual_seed(SEED))
+    finally:
+        del pipe.vae.decode
+    return windows, torch.from_numpy(out[0])
+
+
 def i2v_image(skyreels_dir):
     """What SkyReels-V2's I2V model is given of a start image of another size: generate_video.py's resizecrop, then
     Image2VideoPipeline's VideoProcessor (PIL Lanczos to the video's size), as pixels in [0, 1], [H, W, 3]."""
@@ -268,14 +288,24 @@ def i2v_image(skyreels_dir):
     return (img[0].permute(1, 2, 0) + 1) / 2
 
 
-def main(skyreels_dir, vae_file):
+def main(skyreels_dir, vae_file, only=None):
+    """Every run, or with `only` ("t2v") that run's entries written into the stored table, the others kept as they
+    are (a regeneration here moves them by float noise, ~1e-6)."""
     import safetensors.torch
-    pipe = load_reference(skyreels_dir, vae_file)
-    runs = {name: run(pipe, *case) for name, case in CASES.items()}
-    runs.update({f"bf16_{name}": run_bf16(pipe, *case) for name, case in BF16_CASES.items()})
-    runs["i2v"] = run_i2v(load_reference(skyreels_dir, vae_file, "i2v"))
-    table = teacache_reference(skyreels_dir)
-    table["i2v_image/pixels"] = i2v_image(skyreels_dir).contiguous()
+    if only == "t2v":
+        table = safetensors.torch.load_file(OUT)
+        table = {k: v for k, v in table.items() if not k.startswith("t2v/")}
+        runs = {"t2v": run_t2v(load_reference(skyreels_dir, vae_file, "t2v"))}
+    elif only is None:
+        pipe = load_reference(skyreels_dir, vae_file)
+        runs = {name: run(pipe, *case) for name, case in CASES.items()}
+        runs.update({f"bf16_{name}": run_bf16(pipe, *case) for name, case in BF16_CASES.items()})
+        runs["i2v"] = run_i2v(load_reference(skyreels_dir, vae_file, "i2v"))
+        runs["t2v"] = run_t2v(load_reference(skyreels_dir, vae_file, "t2v"))
+        table = teacache_reference(skyreels_dir)
+        table["i2v_image/pixels"] = i2v_image(skyreels_dir).contiguous()
+    else:
+        raise SystemExit(f"--only: t2v, not {only}")
     for name, (windows, video) in runs.items():
         for i, w in enumerate(windows):
             table[f"{name}/window{i}"] = w.contiguous()
@@ -301,4 +331,4 @@ if __name__ == "__main__":
     if "--latent-dtypes" in sys.argv:     # ... --latent-dtypes STEPS
         latent_dtypes(*sys.argv[1:3], int(sys.argv[sys.argv.index("--latent-dtypes") + 1]))
     else:
-        main(*sys.argv[1:3])
+        main(*sys.argv[1:3], sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None)

@@ -1,8 +1,10 @@
-"""Sample Video with a vae against SkyReels-V2's own DiffusionForcingPipeline and Image2VideoPipeline (its code, run
+"""Sample Video with a vae against SkyReels-V2's own DiffusionForcingPipeline, Image2VideoPipeline and
+Text2VideoPipeline (its code, run
 on the same tiny weights, noise, text embeddings and CLIP features by tests/data/skyreels_df_pixels.py, which wrote
 the table this test reads): long videos whose windows overlap through pixels, a start image, a continued (prefix)
 video, an overlap that is not whole causal blocks (also continuing a video), start and end images (one window, and a
-long video's last; also of other sizes, which SkyReels-V2's script crops and resizes), and I2V through core WanImageToVideo. Checked: the latents of every window (relative L2 <= 1e-5, float noise is ~1e-6) and the video of the images
+long video's last; also of other sizes, which SkyReels-V2's script crops and resizes), I2V through core
+WanImageToVideo, and T2V (with either noise setting: on a CPU both draw what their T2V pipeline draws). Checked: the latents of every window (relative L2 <= 1e-5, float noise is ~1e-6) and the video of the images
 output against the pipeline's uint8 video (ours * 255 within [ref, ref + 1): the pipeline truncates to uint8).
 And noise "gpu (SkyReels-V2)" against the pipeline as SkyReels-V2's DF script runs it with a bf16 transformer:
 noise drawn in bf16, latents kept in bf16 between steps, addnoise_condition's noise from a new default generator."""
@@ -106,12 +108,24 @@ samples, report, images = SampleVideo.execute(
 gap = images.float() * 255 - table.get_tensor("i2v/video").float()
 result["i2v"] = dict(latents=rel(i2v.model.process_latent_in(samples["samples"]), table.get_tensor("i2v/window0")[None]),
                      pixel_gap=[gap.min().item(), gap.max().item()], frames=[images.shape[0], ref.I2V_FRAMES])
+
+# T2V: standard mode keeps float32 latents, as SkyReels-V2's T2V pipeline does, with either noise setting.
+t2v = load("t2v_bf16.safetensors", "bf16")[0]
+for noise in ("cpu (ComfyUI)", "gpu (SkyReels-V2)"):
+    samples, report, images = SampleVideo.execute(
+        t2v, pos, neg, width=ref.SIZE, height=ref.SIZE, frames=ref.T2V_FRAMES, seed=ref.SEED, steps=ref.STEPS,
+        cfg=ref.CFG, shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="standard"), vae=vae, noise=noise).args
+    gap = images.float() * 255 - table.get_tensor("t2v/video").float()
+    result[f"t2v, noise {{noise}}"] = dict(
+        latents=rel(t2v.model.process_latent_in(samples["samples"]), table.get_tensor("t2v/window0")[None]),
+        pixel_gap=[gap.min().item(), gap.max().item()], frames=[images.shape[0], ref.T2V_FRAMES])
 """
 
 
 def test_sample_video_images_equal_skyreels_v2s_pipeline(host, tmp_path):
     write_tiny(tmp_path / "df_bf16.safetensors", "DF", seed=2)
     write_tiny(tmp_path / "i2v_bf16.safetensors", "I2V", seed=3)
+    write_tiny(tmp_path / "t2v_bf16.safetensors", "T2V", seed=1)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) +
                     CODE.format(repo=REPO, vae=str(tmp_path / "vae.safetensors")))
     print(r)
@@ -135,6 +149,6 @@ def test_sample_video_images_equal_skyreels_v2s_pipeline(host, tmp_path):
         assert -0.01 <= v["pixel_gap"][0] and v["pixel_gap"][1] < 1.01, (case, v)
         # the first window decodes the same alone or with the others (the VAE is causal; a prefix video's frames
         # are its own, not decoded); after it, not
-        if not case.startswith("extend") and case != "i2v":
+        if not case.startswith(("extend", "i2v", "t2v")):
             assert v["together_first_window"] <= 1e-5, (case, v)
     assert all(v["together_after"][0] > 0 for case, v in r.items() if v.get("together_after")), r
