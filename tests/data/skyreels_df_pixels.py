@@ -292,7 +292,13 @@ def main(skyreels_dir, vae_file, only=None):
     """Every run, or with `only` ("t2v") that run's entries written into the stored table, the others kept as they
     are (a regeneration here moves them by float noise, ~1e-6)."""
     import safetensors.torch
+    with open(vae_file, "rb") as f:
+        vae_sha = hashlib.sha256(f.read()).hexdigest()
     if only == "t2v":
+        from safetensors import safe_open
+        with safe_open(OUT, "pt") as stored:
+            if stored.metadata()["vae_sha256"] != vae_sha:
+                raise SystemExit(f"--only: {vae_file} is not the VAE the stored runs were decoded with; run them all")
         table = safetensors.torch.load_file(OUT)
         table = {k: v for k, v in table.items() if not k.startswith("t2v/")}
         runs = {"t2v": run_t2v(load_reference(skyreels_dir, vae_file, "t2v"))}
@@ -311,8 +317,6 @@ def main(skyreels_dir, vae_file, only=None):
             table[f"{name}/window{i}"] = w.contiguous()
         table[f"{name}/video"] = video.contiguous()
         print(name, [tuple(w.shape) for w in windows], tuple(video.shape))
-    with open(vae_file, "rb") as f:
-        vae_sha = hashlib.sha256(f.read()).hexdigest()
     safetensors.torch.save_file(table, OUT, metadata={"vae_sha256": vae_sha, "size": str(SIZE)})
     print("wrote", OUT)
 
