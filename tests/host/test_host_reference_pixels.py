@@ -1,11 +1,11 @@
-"""Sample Video with a vae against SkyReels-V2's own DiffusionForcingPipeline, Image2VideoPipeline and
-Text2VideoPipeline (its code, run
-on the same tiny weights, noise, text embeddings and CLIP features by tests/data/skyreels_df_pixels.py, which wrote
-the table this test reads): long videos whose windows overlap through pixels, a start image, a continued (prefix)
-video, an overlap that is not whole causal blocks (also continuing a video), start and end images (one window, and a
-long video's last; also of other sizes, which SkyReels-V2's script crops and resizes), I2V through core
-WanImageToVideo, and T2V (with either noise setting: on a CPU both draw what their T2V pipeline draws). Checked: the latents of every window (relative L2 <= 1e-5, float noise is ~1e-6) and the video of the images
-output against the pipeline's uint8 video (ours * 255 within [ref, ref + 1): the pipeline truncates to uint8).
+"""Sample Video with a vae against SkyReels-V2's own DiffusionForcingPipeline, Image2VideoPipeline and Text2VideoPipeline
+(its code, run on the same tiny weights, noise, text embeddings and CLIP features by tests/data/skyreels_df_pixels.py,
+which wrote the table this test reads): long videos whose windows overlap through pixels, a start image, a continued
+(prefix) video, an overlap that is not whole causal blocks (also continuing a video), start and end images (one
+window, and a long video's last; also of other sizes, which SkyReels-V2's script crops and resizes), I2V through core
+WanImageToVideo, and T2V (with either noise setting: on a CPU both draw what their T2V pipeline draws). Checked: the
+latents of every window (relative L2 <= 1e-5, float noise is ~1e-6) and the video of the images output against the
+pipeline's uint8 video (ours * 255 within [ref, ref + 1): the pipeline truncates to uint8).
 And noise "gpu (SkyReels-V2)" against the pipeline as SkyReels-V2's DF script runs it with a bf16 transformer:
 noise drawn in bf16, latents kept in bf16 between steps, addnoise_condition's noise from a new default generator."""
 import os
