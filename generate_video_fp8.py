@@ -68,7 +68,7 @@ def find_host():
 
 # What ComfyUI loads of this pack (never a clone's venv, models or videos).
 PACK_FILES = ("__init__.py", "pyproject.toml", "requirements.txt", "nodes", "quant", "attention", "sampling",
-              "workflows")
+              "workflows", "subgraphs")
 
 
 def install_copy(dst):

@@ -1,6 +1,7 @@
 """The pack in the real ComfyUI frontend, in Debian's Chromium (headless, driven by Playwright): the nodes in the
 node library under their names, every shipped workflow opened from the template browser without a missing-node
-or widget error, and the T2V workflow queued with the Run button until its video shows in the page.
+or widget error, and the T2V workflow queued with the Run button until its video shows in the page; each subgraph
+blueprint (subgraphs/) added from the node search and run the same way.
 
 Substituted at the smallest boundary, as in test_host_workflows.py: in the opened T2V graph the two CLIP Text
 Encode nodes become TestWanConditioning (the host's CLIPLoader builds a full-size umt5-xxl whatever the file
@@ -338,4 +339,109 @@ def test_node_info_shows_the_help_page_with_every_widget(page):
     page.locator('button[aria-label="Node Info"]').filter(visible=True).first.click()
     page.get_by_text("SkyReels-V2's settings as widgets").wait_for(timeout=30_000)
     assert page.get_by_text("addnoise_condition", exact=True).filter(visible=True).count() >= 1
+    assert page.errors == [], page.errors
+
+
+BLUEPRINTS = {    # name: the labels of its inputs
+    "Text to Video (SkyReels-V2 FP8)": ["prompt", "negative prompt", "seed", "width", "height", "frames", "steps",
+                                        "model_name", "clip_name", "vae_name"],
+    "Image to Video (SkyReels-V2 FP8)": ["start image", "prompt", "negative prompt", "seed", "width", "height",
+                                         "length", "steps", "model_name", "clip_name", "vae_name",
+                                         "clip_vision_name"],
+    "Long Video (SkyReels-V2 DF FP8)": ["prompt", "negative prompt", "seed", "width", "height", "frames", "steps",
+                                        "model_name", "clip_name", "vae_name"],
+}
+
+
+def add_blueprint(page, name):
+    """A new workflow, and the blueprint added as a user adds a node: picked in the node search box by its name, then
+    placed with a click on the canvas (until then it follows the mouse, a ghost); returns the subgraph node's id."""
+    close_dialogs(page)
+    page.evaluate("async () => { const run = window.app.extensionManager.command.execute; "
+                  "await run('Comfy.NewBlankWorkflow'); await run('Workspace.SearchBox.Toggle'); }")
+    page.get_by_placeholder("Add a node...").filter(visible=True).first.fill(name)
+    page.get_by_role("option").filter(has_text=name).first.click(timeout=10_000)
+    page.wait_for_function("() => window.app.graph.nodes.some(n => n.flags.ghost)", timeout=30_000)
+    box = page.evaluate("() => { const r = window.app.canvas.canvas.getBoundingClientRect(); "
+                        "return [r.left + r.width / 2, r.top + r.height / 2]; }")
+    page.wait_for_timeout(300)
+    page.mouse.move(*box, steps=5)
+    page.wait_for_timeout(300)
+    page.mouse.click(*box)
+    page.wait_for_function("() => window.app.graph.nodes.some(n => n.isSubgraphNode?.() && !n.flags.ghost)",
+                           timeout=30_000)
+    return page.evaluate("() => window.app.graph.nodes.find(n => n.isSubgraphNode?.()).id")
+
+
+@pytest.mark.parametrize("name", BLUEPRINTS)
+def test_blueprint_adds_from_the_search_box_without_missing_nodes(page, name):
+    sub = add_blueprint(page, name)
+    found = page.evaluate("""(id) => { const s = window.app.graph.getNodeById(id);
+      return {title: s.title, inputs: s.inputs.map(i => i.label || i.name), outputs: s.outputs.map(o => o.name),
+              missing: s.subgraph.nodes.filter(n => n.has_errors || !LiteGraph.registered_node_types[n.type])
+                .map(n => n.type)}; }""", sub)
+    page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+    page.wait_for_timeout(500)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, f"blueprint_{name.split()[0].lower()}_added.png"))
+    assert found == {"title": name, "inputs": BLUEPRINTS[name], "outputs": ["report", "VIDEO"], "missing": []}, found
+    assert page.errors == [], page.errors
+
+
+# Inside the blueprint's subgraph, the text and CLIP vision encoders replaced by the test nodes (as SUBSTITUTE does
+# in a workflow); outside, Save Video and Preview as Text on its outputs, a Load Image on an image input, and its
+# promoted widgets made small.
+BLUEPRINT_RUN = """([id, sizes]) => {
+  const graph = window.app.graph, s = graph.getNodeById(id), inner = s.subgraph;
+  let seed = 1;
+  for (const [old, kind] of inner.nodes.filter(n => n.type.endsWith("Encode") && n.type.startsWith("CLIP"))
+      .map(n => [n, n.type === "CLIPTextEncode" ? "TestWanConditioning" : "TestClipVisionOutput"])) {
+    const node = LiteGraph.createNode(kind);
+    inner.add(node);
+    node.widgets.find(w => w.name === "seed").value = seed++;
+    if (kind === "TestWanConditioning") node.widgets.find(w => w.name === "tokens").value = 8;
+    for (const id of [...(old.outputs[0].links || [])]) {
+      const link = inner.links.get ? inner.links.get(id) : inner.links[id];
+      node.connect(0, inner.getNodeById(link.target_id), link.target_slot);
+    }
+    inner.remove(old);
+  }
+  for (const n of inner.nodes.filter(n => n.type === "CLIPLoader" || n.type === "CLIPVisionLoader")) inner.remove(n);
+  s.pos = [500, 100];
+  const add = (kind, output, slot) => { const n = LiteGraph.createNode(kind); graph.add(n);
+    n.pos = [s.pos[0] + 500, s.pos[1] + 200 * slot]; s.connect(output, n, 0); return n; };
+  add("SaveVideo", 1, 0).widgets[0].value = "blueprint/video";
+  add("PreviewAny", 0, 1);
+  const image = s.inputs.findIndex(i => i.type === "IMAGE");
+  if (image >= 0) { const load = LiteGraph.createNode("LoadImage"); graph.add(load);
+    load.widgets[0].value = "example.png"; load.pos = [s.pos[0] - 400, s.pos[1]]; load.connect(0, s, image); }
+  for (const [name, value] of Object.entries(sizes)) { const w = s.widgets.find(w => w.name === name);
+    if (w) w.value = value; }
+  graph.setDirtyCanvas(true, true);
+  return inner.nodes.map(n => n.type);
+}"""
+
+
+@pytest.mark.parametrize("name", BLUEPRINTS)
+def test_blueprint_runs_from_the_run_button(page, name):
+    # The long video's causal blocks of 5 latent frames need 17 frames (5 latent frames), made in one window.
+    frames = 17 if name.startswith("Long") else 9
+    sub = add_blueprint(page, name)
+    inner = page.evaluate(BLUEPRINT_RUN, [sub, {"width": 32, "height": 32, "frames": frames, "length": frames,
+                                                "steps": 2}])
+    assert "CLIPLoader" not in inner and inner.count("TestWanConditioning") == 2, inner
+    queued = page.evaluate("async () => Object.values((await window.app.graphToPrompt()).output)")
+    sample = next(n["inputs"] for n in queued if n["class_type"] == "SkyReelsSampleVideo")
+    assert sample["steps"] == 2, sample
+    page.get_by_role("button", name="Run", exact=True).first.click()
+    page.wait_for_function("() => { const o = window.app.nodeOutputs || {}; return Object.values(o).some(v => "
+                           "(v.images || v.video || []).some(i => String(i.filename).endsWith('.mp4'))); }",
+                           timeout=300_000)
+    page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Canvas.FitView'); }")
+    page.wait_for_timeout(1000)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, f"blueprint_{name.split()[0].lower()}_finished.png"))
+    shown = page.evaluate("() => [...document.querySelectorAll('textarea')].map(t => t.value)"
+                          ".filter(v => v.startsWith('Sample Video:'))")
+    assert len(shown) == 1 and "unipc 2 steps" in shown[0] and f"= {frames} video frames" in shown[0], shown
     assert page.errors == [], page.errors

@@ -17,7 +17,8 @@ from server import PACK, error_of
 
 from workflows.api import ui_to_api
 
-WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "workflows")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKFLOWS = os.path.join(REPO, "workflows")
 NAMES = ["skyreels_t2v_fp8_sage.json", "skyreels_i2v_fp8_sage.json", "skyreels_df_long_video.json",
          "skyreels_convert_to_fp8.json", "skyreels_df_start_end_frames.json"]
 SMALL = dict(width=32, height=32, frames=9, steps=3)
@@ -61,6 +62,58 @@ def test_workflows_are_served_as_the_packs_templates(server):
     assert sorted(index[PACK]) == sorted(n[:-len(".json")] for n in NAMES)
     for name in NAMES:
         assert server.get(f"/api/workflow_templates/{PACK}/{name}") == load(name)
+
+
+# The subgraph blueprints in subgraphs/ and the workflows they are made of (tests/data/make_blueprints.py).
+BLUEPRINTS = {"Text to Video (SkyReels-V2 FP8)": NAMES[0], "Image to Video (SkyReels-V2 FP8)": NAMES[1],
+              "Long Video (SkyReels-V2 DF FP8)": NAMES[2]}
+
+
+def load_blueprint(name):
+    with open(os.path.join(REPO, "subgraphs", name + ".json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_blueprints_are_served_as_the_packs_subgraphs(server):
+    # The frontend lists what /global_subgraphs gives under Subgraph Blueprints in the node library and the search.
+    listed = server.get("/global_subgraphs").items()
+    ours = {k: v for k, v in listed if v["info"]["node_pack"] == f"custom_nodes.{PACK}"}
+    assert sorted(v["name"] for v in ours.values()) == sorted(BLUEPRINTS)
+    for key, entry in ours.items():
+        assert json.loads(server.get(f"/global_subgraphs/{key}")["data"]) == load_blueprint(entry["name"])
+
+
+def wiring(nodes, links):
+    """{(from node, its output, to node, its input)} of `links` ([id, from, slot, to, slot] lists) that join two of
+    `nodes`, read as the frontend reads them: the input by the link id it holds (a slot number can be stale)."""
+    by_id, links = {n["id"]: n for n in nodes}, {link[0]: link for link in links}
+    joined = [(links[i["link"]], n["id"], i["name"])
+              for n in nodes for i in n.get("inputs", []) if i.get("link") in links]
+    return {(a, by_id[a]["outputs"][slot]["name"], b, name) for (_, a, slot, *_), b, name in joined if a in by_id}
+
+
+@pytest.mark.parametrize("name", BLUEPRINTS)
+def test_blueprint_is_its_workflow_in_one_node(name):
+    # The nodes of the workflow but its outputs (and I2V's Load Image), with the same widget values and links; the
+    # widgets promoted onto the blueprint's node hold the same values. After a workflow changes, run
+    # tests/data/make_blueprints.py.
+    blueprint, workflow = load_blueprint(name), load(BLUEPRINTS[name])
+    [node], [sub] = blueprint["nodes"], blueprint["definitions"]["subgraphs"]
+    assert (node["type"], sub["name"]) == (sub["id"], name)
+    kept = [n for n in workflow["nodes"] if n["type"] not in ("SaveVideo", "PreviewAny", "MarkdownNote", "LoadImage")]
+    assert {n["id"]: (n["type"], n.get("widgets_values", [])) for n in sub["nodes"]} == \
+        {n["id"]: (n["type"], n.get("widgets_values", [])) for n in kept}
+    links = [[k["id"], k["origin_id"], k["origin_slot"], k["target_id"], k["target_slot"]] for k in sub["links"]]
+    inside = wiring(sub["nodes"], links)
+    assert inside == wiring(kept, workflow["links"]) and len(inside) >= 8, inside
+    inner, promoted = {n["id"]: n for n in sub["nodes"]}, {}
+    for link in (k for k in sub["links"] if k["origin_id"] == sub["inputNode"]["id"]):
+        target = inner[link["target_id"]]
+        widget = target["inputs"][link["target_slot"]].get("widget")
+        if widget:
+            promoted[sub["inputs"][link["origin_slot"]]["name"]] = target["widgets_values_named"][widget["name"]]
+    assert dict(zip([i["name"] for i in node["inputs"] if i.get("widget")], node["widgets_values"])) == promoted
+    assert len(promoted) == len(node["widgets_values"]) >= 9, promoted
 
 
 def test_workflows_carry_real_model_defaults():
