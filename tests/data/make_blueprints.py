@@ -1,7 +1,7 @@
 """Writes subgraphs/*.json, the pack's subgraph blueprints, from its workflows, by the real ComfyUI frontend: each
 workflow opened in Chromium, its nodes but the outputs converted to one subgraph (Convert to Subgraph), the widgets a
 user sets promoted (Promote Widget, as a user does it), and the subgraph node saved as the frontend's Publish Subgraph
-saves one. Run by hand when a workflow changes (tests/host/test_host_browser.py says when they differ):
+saves one. Run by hand when a workflow changes (tests/host/test_host_workflows.py says when they differ):
 
     COMFYUI_PATH=~/ComfyUI python tests/data/make_blueprints.py
 """
@@ -21,7 +21,8 @@ from test_host_browser import WIDGET_POINT, close_dialogs  # noqa: E402
 OUTSIDE = ["SaveVideo", "PreviewAny", "MarkdownNote", "LoadImage"]   # left out: they become the outputs / an input
 # name (at most 32 characters: the node search finds no longer name): (workflow, [(node id, widget) promoted
 # besides the prompts and seed, which the frontend promotes itself], {input: label}, category, description)
-LABELS = {"text": "prompt", "text_1": "negative prompt"}
+LABELS = {"text": "prompt", "text_1": "negative prompt", "model_name": "model", "clip_name": "text encoder",
+          "vae_name": "vae"}
 BLUEPRINTS = {
     "Text to Video (SkyReels-V2 FP8)": (
         "skyreels_t2v_fp8_sage", [(7, "width"), (7, "height"), (7, "frames"), (7, "steps"), (1, "model_name"),
@@ -32,7 +33,7 @@ BLUEPRINTS = {
     "Image to Video (SkyReels-V2 FP8)": (
         "skyreels_i2v_fp8_sage", [(10, "width"), (10, "height"), (10, "length"), (11, "steps"), (1, "model_name"),
                                   (3, "clip_name"), (6, "vae_name"), (7, "clip_name")],
-        {**LABELS, "image": "start image", "clip_name_1": "clip_vision_name"},
+        {**LABELS, "image": "start image", "length": "frames", "clip_name_1": "clip vision"},
         "Video generation and editing/Image to video",
         "SkyReels-V2 image to video (an I2V model) in FP8 with 8-bit attention, through core WanImageToVideo "
         "(SkyReels-V2's settings: cfg 5, shift 3). The report output says what ran."),
@@ -52,10 +53,13 @@ CONVERT = """async (outside) => { const c = window.app.canvas, g = window.app.gr
 PUBLISH = """([id, name, labels, category, description]) => {
   const s = window.app.graph.getNodeById(id);
   for (const slot of [...s.inputs, ...s.subgraph.inputs]) if (labels[slot.name]) slot.label = labels[slot.name];
+  s.size[0] = 400;     // as wide as core's blueprints: the title and the file names readable
   const {nodes, subgraphs} = window.app.canvas._serializeItems([s]);
   for (const input of nodes[0].inputs) input.link = null;
   Object.assign(subgraphs[0], {name, category, description});
-  return {revision: 0, last_node_id: id, last_link_id: 0, nodes, links: [], version: 0.4, definitions: {subgraphs}};
+  // As text, as the frontend saves a file: keys it left undefined are dropped, not written as null
+  return JSON.stringify({revision: 0, last_node_id: id, last_link_id: 0, nodes, links: [], version: 0.4,
+                         definitions: {subgraphs}});
 }"""
 
 
@@ -71,7 +75,7 @@ def build(page, name, workflow, promote, labels, category, description):
         page.locator(".litecontextmenu .litemenu-entry").filter(has_text=f"Promote Widget: {widget}").first.click()
         page.wait_for_timeout(300)
     page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.Graph.ExitSubgraph'); }")
-    return page.evaluate(PUBLISH, [sub, name, labels, category, description])
+    return json.loads(page.evaluate(PUBLISH, [sub, name, labels, category, description]))
 
 
 def main():
@@ -81,8 +85,8 @@ def main():
     server = Server(find_host(), base).start()
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True,
-                                        args=["--no-sandbox"])
+            chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(server.url)
             page.wait_for_function("() => window.app && window.app.graph && "

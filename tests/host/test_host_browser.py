@@ -342,14 +342,11 @@ def test_node_info_shows_the_help_page_with_every_widget(page):
     assert page.errors == [], page.errors
 
 
+FACE = ["seed", "width", "height", "frames", "steps", "model", "text encoder", "vae"]
 BLUEPRINTS = {    # name: the labels of its inputs
-    "Text to Video (SkyReels-V2 FP8)": ["prompt", "negative prompt", "seed", "width", "height", "frames", "steps",
-                                        "model_name", "clip_name", "vae_name"],
-    "Image to Video (SkyReels-V2 FP8)": ["start image", "prompt", "negative prompt", "seed", "width", "height",
-                                         "length", "steps", "model_name", "clip_name", "vae_name",
-                                         "clip_vision_name"],
-    "Long Video (SkyReels-V2 DF FP8)": ["prompt", "negative prompt", "seed", "width", "height", "frames", "steps",
-                                        "model_name", "clip_name", "vae_name"],
+    "Text to Video (SkyReels-V2 FP8)": ["prompt", "negative prompt", *FACE],
+    "Image to Video (SkyReels-V2 FP8)": ["start image", "prompt", "negative prompt", *FACE, "clip vision"],
+    "Long Video (SkyReels-V2 DF FP8)": ["prompt", "negative prompt", *FACE],
 }
 
 

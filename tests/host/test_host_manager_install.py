@@ -24,7 +24,7 @@ def skip(folder, names):
 def pack_files():
     """What a clone of the repository holds (tracked files), not this checkout's venv or caches."""
     out = subprocess.run(["git", "-C", REPO, "ls-files"], capture_output=True, text=True, check=True).stdout
-    return out.split()
+    return out.splitlines()      # names may hold spaces (the blueprints in subgraphs/)
 
 
 def test_manager_style_install_starts_clean(host, tmp_path):
@@ -43,10 +43,13 @@ def test_manager_style_install_starts_clean(host, tmp_path):
     server = HostServer(str(fresh), str(fresh), ["--cpu"], install_pack=False).start()
     try:
         info = server.get("/object_info")
+        blueprints = [v["name"] for v in server.get("/global_subgraphs").values()
+                      if v["info"]["node_pack"] == f"custom_nodes.{PACK}"]
         log = server.read_log()
     finally:
         server.stop()
     assert "SkyReelsSampleVideo" in info
+    assert len(blueprints) == 3, blueprints     # subgraphs/ is in the clone, where ComfyUI looks for them
     line = next((l for l in log.splitlines() if l.rstrip().endswith(os.path.join("custom_nodes", PACK))), None)
     assert line is not None, log[-3000:]
     assert "IMPORT FAILED" not in line and "Traceback" not in log, log[-3000:]

@@ -100,9 +100,13 @@ def test_blueprint_is_its_workflow_in_one_node(name):
     blueprint, workflow = load_blueprint(name), load(BLUEPRINTS[name])
     [node], [sub] = blueprint["nodes"], blueprint["definitions"]["subgraphs"]
     assert (node["type"], sub["name"]) == (sub["id"], name)
+    # where the node library puts it, the text it shows, and the loaders' download links (Missing Models)
+    assert sub["category"].startswith("Video generation and editing/") and "SkyReels-V2" in sub["description"]
     kept = [n for n in workflow["nodes"] if n["type"] not in ("SaveVideo", "PreviewAny", "MarkdownNote", "LoadImage")]
-    assert {n["id"]: (n["type"], n.get("widgets_values", [])) for n in sub["nodes"]} == \
-        {n["id"]: (n["type"], n.get("widgets_values", [])) for n in kept}
+    def same(n):
+        return n["type"], n.get("widgets_values", []), n["properties"].get("models")
+
+    assert {n["id"]: same(n) for n in sub["nodes"]} == {n["id"]: same(n) for n in kept}
     links = [[k["id"], k["origin_id"], k["origin_slot"], k["target_id"], k["target_slot"]] for k in sub["links"]]
     inside = wiring(sub["nodes"], links)
     assert inside == wiring(kept, workflow["links"]) and len(inside) >= 8, inside
