@@ -92,6 +92,10 @@ def wiring(nodes, links):
     return {(a, by_id[a]["outputs"][slot]["name"], b, name) for (_, a, slot, *_), b, name in joined if a in by_id}
 
 
+def node_values(node):
+    return node["type"], node.get("widgets_values", []), node["properties"].get("models")
+
+
 @pytest.mark.parametrize("name", BLUEPRINTS)
 def test_blueprint_is_its_workflow_in_one_node(name):
     # The nodes of the workflow but its outputs (and I2V's Load Image), with the same widget values and links; the
@@ -103,10 +107,7 @@ def test_blueprint_is_its_workflow_in_one_node(name):
     # where the node library puts it, the text it shows, and the loaders' download links (Missing Models)
     assert sub["category"].startswith("Video generation and editing/") and "SkyReels-V2" in sub["description"]
     kept = [n for n in workflow["nodes"] if n["type"] not in ("SaveVideo", "PreviewAny", "MarkdownNote", "LoadImage")]
-    def same(n):
-        return n["type"], n.get("widgets_values", []), n["properties"].get("models")
-
-    assert {n["id"]: same(n) for n in sub["nodes"]} == {n["id"]: same(n) for n in kept}
+    assert {n["id"]: node_values(n) for n in sub["nodes"]} == {n["id"]: node_values(n) for n in kept}
     links = [[k["id"], k["origin_id"], k["origin_slot"], k["target_id"], k["target_slot"]] for k in sub["links"]]
     inside = wiring(sub["nodes"], links)
     assert inside == wiring(kept, workflow["links"]) and len(inside) >= 8, inside
