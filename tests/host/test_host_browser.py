@@ -24,24 +24,29 @@ WORKFLOWS = ["skyreels_t2v_fp8_sage", "skyreels_i2v_fp8_sage", "skyreels_df_long
 OLD_WORKFLOWS = os.path.join(REPO, "tests", "data", "workflows_before_dynamic_mode")
 ARTIFACTS = os.environ.get("TEST_ARTIFACTS", os.path.join(REPO, "test-artifacts"))
 
-# Replace each CLIP Text Encode by the test conditioning node, wired to the same inputs, drop the CLIP loader, and
-# make the run small (every other widget keeps the workflow's value).
-SUBSTITUTE = """() => {
-  const graph = window.app.graph;
+# In `graph`, each CLIP Text Encode replaced by the test conditioning node and each CLIP Vision Encode by the test
+# vision output, wired to the same inputs, and their loaders dropped.
+TEST_ENCODERS = """const toTestNodes = (graph) => {
   let seed = 1;
-  for (const old of graph.nodes.filter(n => n.type === "CLIPTextEncode")) {
-    const node = LiteGraph.createNode("TestWanConditioning");
+  for (const old of graph.nodes.filter(n => n.type === "CLIPTextEncode" || n.type === "CLIPVisionEncode")) {
+    const node = LiteGraph.createNode(old.type === "CLIPTextEncode" ? "TestWanConditioning" : "TestClipVisionOutput");
     graph.add(node);
     node.pos = [old.pos[0], old.pos[1]];
     node.widgets.find(w => w.name === "seed").value = seed++;
-    node.widgets.find(w => w.name === "tokens").value = 8;
+    if (old.type === "CLIPTextEncode") node.widgets.find(w => w.name === "tokens").value = 8;
     for (const id of [...(old.outputs[0].links || [])]) {
       const link = graph.links.get ? graph.links.get(id) : graph.links[id];
       node.connect(0, graph.getNodeById(link.target_id), link.target_slot);
     }
     graph.remove(old);
   }
-  for (const n of graph.nodes.filter(n => n.type === "CLIPLoader")) graph.remove(n);
+  for (const n of graph.nodes.filter(n => n.type === "CLIPLoader" || n.type === "CLIPVisionLoader")) graph.remove(n);
+};
+"""
+# The test encoders in the workflow, and the run made small (every other widget keeps the workflow's value).
+SUBSTITUTE = """() => {
+  const graph = window.app.graph;
+  """ + TEST_ENCODERS + """  toTestNodes(graph);
   const sample = graph.nodes.find(n => n.type === "SkyReelsSampleVideo");
   const set = (name, value) => { sample.widgets.find(w => w.name === name).value = value; };
   set("width", 32); set("height", 32); set("frames", 9); set("steps", 2);
@@ -385,25 +390,11 @@ def test_blueprint_adds_from_the_search_box_without_missing_nodes(page, name):
     assert page.errors == [], page.errors
 
 
-# Inside the blueprint's subgraph, the text and CLIP vision encoders replaced by the test nodes (as SUBSTITUTE does
-# in a workflow); outside, Save Video and Preview as Text on its outputs, a Load Image on an image input, and its
-# promoted widgets made small.
+# Inside the blueprint's subgraph, the test encoders (as SUBSTITUTE does in a workflow); outside, Save Video and
+# Preview as Text on its outputs, a Load Image on an image input, and its promoted widgets made small.
 BLUEPRINT_RUN = """([id, sizes]) => {
   const graph = window.app.graph, s = graph.getNodeById(id), inner = s.subgraph;
-  let seed = 1;
-  for (const [old, kind] of inner.nodes.filter(n => n.type.endsWith("Encode") && n.type.startsWith("CLIP"))
-      .map(n => [n, n.type === "CLIPTextEncode" ? "TestWanConditioning" : "TestClipVisionOutput"])) {
-    const node = LiteGraph.createNode(kind);
-    inner.add(node);
-    node.widgets.find(w => w.name === "seed").value = seed++;
-    if (kind === "TestWanConditioning") node.widgets.find(w => w.name === "tokens").value = 8;
-    for (const id of [...(old.outputs[0].links || [])]) {
-      const link = inner.links.get ? inner.links.get(id) : inner.links[id];
-      node.connect(0, inner.getNodeById(link.target_id), link.target_slot);
-    }
-    inner.remove(old);
-  }
-  for (const n of inner.nodes.filter(n => n.type === "CLIPLoader" || n.type === "CLIPVisionLoader")) inner.remove(n);
+  """ + TEST_ENCODERS + """  toTestNodes(inner);
   s.pos = [500, 100];
   const add = (kind, output, slot) => { const n = LiteGraph.createNode(kind); graph.add(n);
     n.pos = [s.pos[0] + 500, s.pos[1] + 200 * slot]; s.connect(output, n, 0); return n; };
