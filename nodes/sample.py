@@ -24,7 +24,7 @@ DF_WIDGETS = [
                  tooltip="Latent frames that share a noise level (SkyReels-V2 uses 5 with ar_step 5)."),
     io.Int.Input("addnoise_condition", default=0, min=0, max=1000,
                  tooltip="Noise (in timesteps) added to the prefix frames the model sees; 20 helps long videos "
-                         "stay consistent."),
+                         "stay consistent (SkyReels-V2: at most 50)."),
     io.Boolean.Input("causal_attention", default=False, optional=True,
                      tooltip="Frames attend only to their own and earlier causal blocks (SkyReels-V2's "
                              "--causal_attention). Also in parallel runs."),

@@ -174,6 +174,16 @@ def test_windows_match_skyreels(case):
     assert video_frames(sum(n - p for p, n in wins)) == case["video_frames"]
 
 
+def test_whole_blocks_names_the_lengths_skyreels_readme_gives():
+    # Its README: with base_num_frames 97 and overlap_history 17, num_frames 237 leaves 20 latent frames for the last
+    # window, which blocks of 5 divide; 257, 377 and 737 are its recommended lengths. 241 (61 latent) fits none.
+    assert forcing.whole_blocks(61, 25, 5, 5) == (60, 65)                   # 237 and 257 frames
+    assert all(forcing.whole_blocks(n + 1, 25, 5, 5)[0] == n for n in (60, 65, 95, 185))
+    assert forcing.whole_blocks(24, 25, 5, 5) == (20, 25)                  # one window: whole blocks of its own
+    assert forcing.whole_blocks(3, 25, 5, 5) == (None, 5)                  # none below
+    assert forcing.whole_blocks(30, 26, 5, 4)[1] is None                   # base_num_frames not whole blocks: none
+
+
 def test_windows_errors():
     assert forcing.windows(20, 25, 5) == [(0, 20)]
     with pytest.raises(ValueError, match="overlap_history must give fewer latent frames than base_num_frames"):

@@ -224,6 +224,8 @@ class Job:
                  "WanImageToVideo into positive/negative/latent instead)")
         if self.vae is None:
             fail("start_image / prefix_video need a vae connected to encode them")
+        self._check_orientation("start_image" if prefix_video is None else "prefix_video",
+                                start_image if prefix_video is None else prefix_video)
         if prefix_video is not None:
             check_frames("overlap_history", self.opts["overlap_history"])
             # SkyReels-V2 continues a video with its own pixels, not a decode of them (extend_video): all of its
@@ -246,7 +248,19 @@ class Job:
         if self.opts["causal_block_size"] != 1:
             fail(f"end_image: needs causal_block_size 1, not {self.opts['causal_block_size']} (SkyReels-V2 appends the "
                  "end image as one latent frame, which larger causal blocks cannot hold)")
+        self._check_orientation("end_image", end_image)
         self.end = self._encode(self._fit_picture(end_image)[None]).expand(self.shape[0], -1, -1, -1, -1)
+
+    def _check_orientation(self, name, images):
+        """The note when a portrait picture starts a landscape video or the other way round: most of it is cropped
+        away. SkyReels-V2's script turns the video to the picture instead; here width and height stay the node's."""
+        h, w, out_h, out_w = images.shape[1], images.shape[2], self.shape[3] * 8, self.shape[4] * 8
+        if (h - w) * (out_h - out_w) < 0:
+            left, top, right, bottom = aspect_crop(w, h, out_w, out_h)
+            self.note(f"{name}: {w}x{h}, {'portrait' if h > w else 'landscape'}, for a {out_w}x{out_h} video: "
+                      f"{(right - left) * (bottom - top) / (w * h):.0%} of it is kept; for a "
+                      f"{'portrait' if h > w else 'landscape'} video as SkyReels-V2 makes one, set width {out_h} and "
+                      f"height {out_w}")
 
     def _fit_picture(self, images):
         """The first image [1, H, W, C] at the output size as SkyReels-V2's script makes a start / end image: cropped
@@ -321,6 +335,10 @@ class Job:
             if overlap >= base:
                 fail(f"overlap_history ({o['overlap_history']}) must be shorter than base_num_frames "
                      f"({o['base_num_frames']})")
+        if total > base and base % cbs:
+            fits = [video_frames(n) for n in (base // cbs * cbs, base // cbs * cbs + cbs) if n]
+            fail(f"causal_block_size: base_num_frames {o['base_num_frames']} gives {base} latent frames, not whole "
+                 f"blocks of {cbs}; use base_num_frames {' or '.join(map(str, fits))}, or causal_block_size 1")
         wins = [(keep, overlap, length) for _, length in forcing.windows(total, base, overlap)]
         first = 0 if self.prefix is None else self.prefix.shape[2]
         if first >= wins[0][2]:
@@ -328,11 +346,16 @@ class Job:
             fail(f"{self.length_from}: {video_frames(total)} frames leave no frame to make after the {first} latent "
                  f"frame(s) that {given} gives; make it more than {video_frames(first)}")
         wins[0] = (first, 0, wins[0][2])
+        if o["addnoise_condition"] > 50 and (first or len(wins) > 1):      # SkyReels-V2's script warns above 60
+            self.note(f"addnoise_condition {o['addnoise_condition']}: SkyReels-V2 advises 20 and at most 50; more "
+                      "noise on the frames carried into a window can make it drift from them")
         out = []
         for i, (prefix, overlap, length) in enumerate(wins):
             if length % cbs:
-                fail(f"causal_block_size: window {i + 1} of {len(wins)} has {length} latent frames, not a multiple "
-                     f"of {cbs}; pick frames/base_num_frames whose latent counts ((n - 1) / 4 + 1) are multiples of it")
+                fits = " or ".join(str(video_frames(n)) for n in forcing.whole_blocks(total, base, overlap, cbs) if n)
+                fail(f"causal_block_size: {video_frames(total)} frames make window {i + 1} of {len(wins)} {length} "
+                     f"latent frames, not whole blocks of {cbs}; make the video {fits} frames (with base_num_frames "
+                     f"{o['base_num_frames']}, overlap_history {o['overlap_history']}), or set causal_block_size 1")
             end = self.end is not None and i + 1 == len(wins)
             try:
                 plan = forcing.timestep_matrix(length + end, self.steps, length + end, o["ar_step"], prefix, cbs)

@@ -42,7 +42,8 @@ BLUEPRINTS = {
                                    (3, "clip_name"), (6, "vae_name")], LABELS,
         "Video generation and editing/Text to video",
         "A long SkyReels-V2 video from a Diffusion Forcing model in FP8, made in overlapping windows as SkyReels-V2 "
-        "makes it (97-frame windows overlapping by 17, ar_step 5). The report output says what ran."),
+        "makes it (97-frame windows overlapping by 17, synchronous: its 10 s command). The report output says what "
+        "ran."),
 }
 
 CONVERT = """async (outside) => { const c = window.app.canvas, g = window.app.graph; c.deselectAll();

@@ -48,6 +48,14 @@ image = torch.rand(1, 32, 32, 3, generator=g)
 video = torch.rand(13, 32, 32, 3, generator=g)
 with_image = sample(start_image=image, vae=vae)[0]["samples"]
 with_video = sample(frames=17, prefix_video=video, overlap_history=5, vae=vae, addnoise_condition=20)[0]["samples"]
+# A portrait start image for a landscape video is cropped to a strip: the report says how much is kept.
+portrait = torch.rand(1, 48, 32, 3, generator=g)       # 32 wide, 48 high
+orientation = [[l for l in sample(width=48, frames=5, steps=1, start_image=picture, vae=vae)[1].splitlines()
+                if l.startswith("start_image")] for picture in (portrait, portrait.transpose(1, 2))]
+# More noise on the carried frames than SkyReels-V2 advises: a note, where frames are carried (a start image).
+addnoise = [[l for l in sample(frames=5, steps=1, addnoise_condition=n, **kw)[1].splitlines()
+             if l.startswith("addnoise")] for n, kw in ((60, dict(start_image=image, vae=vae)), (50, dict(
+                 start_image=image, vae=vae)), (60, {{}}))]
 # What the model itself is given in an asynchronous window with a prefix: one timestep per frame.
 seen = []
 hook = model.model.diffusion_model.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
@@ -134,7 +142,7 @@ result = dict(
                   [l for l in extra_report.splitlines() if l.startswith("window_prompts")]],
     window_gap=(gap - full).abs().max().item(),
     images_shape=list(two_images.shape), no_vae_images=[type(no_vae_images).__name__, no_vae_images.message],
-    updates=updates, report=report,
+    updates=updates, report=report, orientation=orientation, addnoise=addnoise,
     fps_24_vs_30=(f24 - f30).abs().max().item(), fps_24_vs_16=(f24 - f16).abs().max().item(),
     image_frame=(with_image[:, :, :1] - vae.encode(image)).abs().max().item(),
     image_rest=(with_image[:, :, 1:] - f24[:, :, 1:]).abs().max().item(),
@@ -171,6 +179,11 @@ def test_sample_video_in_process(host, tmp_path):
     # A start image is the clean first latent frame: the VAE's encoding, up to the float32 rounding of the host's
     # latent scaling in and out (measured 9e-8); the other frames change.
     assert r["image_frame"] < 1e-5 and r["image_rest"] > 1e-3
+    # SkyReels-V2's script would turn the video to portrait; the node keeps its width and height and says so
+    assert r["orientation"] == [["start_image: 32x48, portrait, for a 48x32 video: 44% of it is kept; for a portrait "
+                                 "video as SkyReels-V2 makes one, set width 32 and height 48"], []], r["orientation"]
+    assert r["addnoise"] == [["addnoise_condition 60: SkyReels-V2 advises 20 and at most 50; more noise on the frames "
+                              "carried into a window can make it drift from them"], [], []], r["addnoise"]
     # A prefix video: its last overlap_history (5) frames, encoded (2 latent frames), start the output.
     assert r["video_frames"] < 1e-5 and r["video_shape"] == [1, 16, 5, 4, 4]
     assert r["standard_image"].startswith("Sample Video: start_image / prefix_video need mode 'diffusion forcing'")

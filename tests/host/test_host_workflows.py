@@ -22,8 +22,8 @@ WORKFLOWS = os.path.join(REPO, "workflows")
 NAMES = ["skyreels_t2v_fp8_sage.json", "skyreels_i2v_fp8_sage.json", "skyreels_df_long_video.json",
          "skyreels_convert_to_fp8.json", "skyreels_df_start_end_frames.json"]
 SMALL = dict(width=32, height=32, frames=9, steps=3)
-# The long-video workflow keeps its Diffusion Forcing settings (ar_step 5, causal blocks of 5, addnoise 20) on a
-# shorter video: 57 frames in windows of 37 frames overlapping by 17 (latent 15 = 10 + 5; all multiples of 5).
+# The long-video workflow keeps its Diffusion Forcing settings (SkyReels-V2's synchronous 10 s command: ar_step 0,
+# addnoise 20) on a shorter video: 57 frames in windows of 37 frames overlapping by 17 (latent 15 = 10 + 5).
 SMALL_DF = {"width": 32, "height": 32, "frames": 57, "mode.base_num_frames": 37, "mode.overlap_history": 17, "steps": 3}
 
 
@@ -129,6 +129,8 @@ def test_workflows_carry_real_model_defaults():
     assert t2v["VAELoader"] == ["wan_2.1_vae.safetensors"]
     df = {n["type"]: n["widgets_values"] for n in load(NAMES[2])["nodes"]}
     assert df["SkyReelsSampleVideo"][2] == 257 and df["SkyReelsSampleVideo"][10] == "diffusion forcing"
+    # SkyReels-V2's README command for a 10 s video: synchronous, so the blueprint's frames take any 4k+1
+    assert df["SkyReelsSampleVideo"][11:16] == [97, 17, 0, 1, 20]
 
 
 @pytest.mark.parametrize("name,frames", [(NAMES[0], 9), (NAMES[1], 9), (NAMES[2], 57), (NAMES[4], 57)])
@@ -146,7 +148,7 @@ def test_video_workflow_runs_to_a_video_file(server, name, frames):
     # call is exact; on a GPU auto would name its backend here with a nonzero count (bench/gpu_check.sh).
     assert re.search(r"attention: auto - 0 calls 8-bit, \d+ exact", report) and " 0 exact" not in report
     if name == NAMES[2]:
-        assert "2 window(s)" in report and "(through the VAE)" in report and "ar_step 5" in report
+        assert "2 window(s)" in report and "(through the VAE)" in report and "ar_step 0, " in report
     if name == NAMES[4]:      # start and end images, and the second window's own prompt
         assert "2 window(s)" in report and ", end image" in report
 
