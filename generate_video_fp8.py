@@ -517,7 +517,7 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
                 inputs["text"] = args.negative_prompt
             elif not negative:
                 inputs["text"] = args.prompt
-        elif kind == "CreateVideo":
+        elif kind == "CreateVideo" and not isinstance(inputs.get("fps"), list):    # else Sample Video's fps output
             inputs["fps"] = args.fps
         elif kind == "SaveVideo":
             inputs["filename_prefix"] = "headless/video"

@@ -61,8 +61,8 @@ class SampleVideo(io.ComfyNode):
                 io.Combo.Input("sampler", options=list(solvers.SOLVERS), default="unipc",
                                tooltip="unipc: SkyReels-V2's flow UniPC (bh2, order 2). euler: ComfyUI's euler."),
                 io.Int.Input("fps", default=24, min=1, max=120,
-                             tooltip="Frame rate the DF-1.3B model conditions on (16 or other). Other models "
-                                     "ignore it."),
+                             tooltip="Frame rate the DF-1.3B model conditions on (16 or other); other models "
+                                     "ignore it. The fps output gives it to Create Video."),
                 io.DynamicCombo.Input("mode", options=[io.DynamicCombo.Option("standard", []),
                                                        io.DynamicCombo.Option("diffusion forcing", DF_WIDGETS)],
                                       tooltip="diffusion forcing: a noise level per frame (SkyReels-V2 DF models); "
@@ -106,7 +106,11 @@ class SampleVideo(io.ComfyNode):
                      io.Image.Output(display_name="images",
                                      tooltip="The video as SkyReels-V2 assembles it (needs vae): each window decoded "
                                              "on its own, joined in pixels. VAE Decode of LATENT decodes the windows "
-                                             "together instead, which differs after each seam.")],
+                                             "together instead, which differs after each seam."),
+                     # last too: Create Video's fps is a FLOAT, this widget an INT, so one primitive cannot set both
+                     io.Float.Output(display_name="fps",
+                                     tooltip="The fps widget, for Create Video's fps: the video plays at the rate "
+                                             "the model was told.")],
         )
 
     @classmethod
@@ -149,7 +153,7 @@ class SampleVideo(io.ComfyNode):
         # outputs are cached by its inputs, so whether images is connected cannot decide what the node makes).
         return io.NodeOutput({"samples": samples}, report, images if images is not None else ExecutionBlocker(
             "Sample Video: images needs a vae connected (it decodes each window as SkyReels-V2 does); or decode "
-            "the LATENT output with VAE Decode"))
+            "the LATENT output with VAE Decode"), float(fps))
 
 
 def upgrade_prompt(json_data):

@@ -172,6 +172,10 @@ def test_workflows_saved_before_mode_was_a_dynamic_combo_open_as_before(page, na
         opened_old, opened_new = page.evaluate(OPEN_AND_READ, [old, new])
     finally:
         page.evaluate("() => { LiteGraph.namedValuesRestore = false; }")
+    # Since then the shipped workflows also connect Sample Video's fps output to Create Video's fps (the same 24)
+    fps = [next(n["inputs"] for n in o["prompt"].values() if n["class_type"] == "CreateVideo") for o in (opened_old,
+                                                                                                       opened_new)]
+    assert (fps[0].pop("fps"), fps[1].pop("fps")[1]) == (24, 3)
     assert opened_old["stray"] == [] and opened_old == opened_new
     sample = next(n["inputs"] for n in opened_old["prompt"].values() if n["class_type"] == "SkyReelsSampleVideo")
     if sample["mode"] == "standard":

@@ -26,7 +26,7 @@ ARGS = dict(width=32, height=32, frames=5, seed=1, steps=2, cfg=3.0, shift=8.0, 
             mode="standard")
 
 def sample(model, **kw):
-    samples, report, _ = SampleVideo.execute(model, pos, neg, **nest_mode({**ARGS, **kw})).args
+    samples, report, _ = SampleVideo.execute(model, pos, neg, **nest_mode({**ARGS, **kw})).args[:3]
     return samples["samples"], report
 
 ours = load("t2v_fp8_channel.safetensors")[0]

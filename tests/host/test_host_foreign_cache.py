@@ -52,7 +52,7 @@ def sample(m, **kw):
     hooks = [dm.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1)),
              dm.blocks[0].register_forward_pre_hook(lambda *a: calls.__setitem__(1, calls[1] + 1))]
     try:
-        samples, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({{**ARGS, **kw}})).args
+        samples, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({{**ARGS, **kw}})).args[:3]
         return samples["samples"], [l for l in report.splitlines() if l.startswith("attention")], calls
     except ValueError as e:
         return None, str(e), calls

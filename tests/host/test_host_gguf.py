@@ -47,7 +47,7 @@ def patched(m):
     return TeaCache.execute(m, 0.3, False).args[0]
 
 def sample(m, **kw):
-    samples, report, _ = SampleVideo.execute(patched(m), pos, neg, **nest_mode({{**ARGS, **kw}})).args
+    samples, report, _ = SampleVideo.execute(patched(m), pos, neg, **nest_mode({{**ARGS, **kw}})).args[:3]
     return samples["samples"], report.splitlines()
 
 RUNS = dict(standard={{}}, df_async=dict(mode="diffusion forcing", frames=17, ar_step=1),

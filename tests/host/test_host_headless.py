@@ -218,7 +218,9 @@ def test_flags_reach_the_workflow_widgets(server):
     assert by_type["CLIPLoader"][0]["clip_name"] == "umt5.safetensors"
     assert by_type["LoadImage"][0]["image"] == "image_start.png" and prompt[sample["start_image"][0]]
     assert prompt[sample["vae"][0]]["class_type"] == "VAELoader"
-    assert by_type["CreateVideo"][0]["fps"] == 24
+    # the file plays at the rate the model was told: Create Video's fps is Sample Video's fps output (slot 3)
+    assert prompt[by_type["CreateVideo"][0]["fps"][0]]["class_type"] == "SkyReelsSampleVideo"
+    assert by_type["CreateVideo"][0]["fps"][1] == 3 and sample["fps"] == 24
     # the video as SkyReels-V2 assembles it: Sample Video's images output (slot 2), each window decoded alone
     assert by_type["CreateVideo"][0]["images"][1] == 2 and prompt[by_type["CreateVideo"][0]["images"][0]][
         "class_type"] == "SkyReelsSampleVideo"

@@ -129,7 +129,7 @@ ARGS = dict(width=32, height=32, frames=9, seed=1, steps=4, cfg=3.0, shift=8.0, 
             mode={{"mode": "standard"}})
 
 def sample(m):
-    samples, report, _ = SampleVideo.execute(m, pos, neg, **ARGS).args
+    samples, report, _ = SampleVideo.execute(m, pos, neg, **ARGS).args[:3]
     return samples["samples"], report
 """
 

@@ -50,7 +50,7 @@ def latent(frames):
 
 def sv(m, **kw):
     try:
-        s, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({{**ARGS, **kw}})).args
+        s, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({{**ARGS, **kw}})).args[:3]
         return s["samples"], report
     except Exception as e:         # before Sample Video named the window: the host's error from inside the model
         return None, str(e) if isinstance(e, ValueError) else f"{{type(e).__name__}}: {{e}}"

@@ -15,7 +15,7 @@ FLAT = dict(width=48, height=32, frames=17, seed=1, steps=3, cfg=5.0, shift=8.0,
 ARGS = nest_mode(FLAT)
 
 def sample(parallel=None, **kw):
-    return SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **kw}), parallel=parallel).args
+    return SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **kw}), parallel=parallel).args[:3]
 
 def workers():
     # (pid, command line) of Ray's worker processes that hold one of our actors, alive now: this process's local
@@ -101,9 +101,9 @@ with_lora = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)[0]
 keep = ParallelConfig.execute(2, "cpu", "", cfg_parallel=False, keep_workers=True).args[0]
 one = SampleVideo.execute(with_lora, pos, neg, **ARGS).args[0]["samples"]
 plain = SampleVideo.execute(model, pos, neg, **ARGS).args[0]["samples"]
-first = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args
+first = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args[:3]
 pids = sorted(pid for pid, _ in workers())
-second = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args
+second = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args[:3]
 result["lora changes the output"] = rel(one, plain)
 result["lora, parallel"] = [rel(first[0]["samples"], one), rel(second[0]["samples"], one)]
 result["kept"] = [first[1].splitlines()[-1], second[1].splitlines()[-1], pids == sorted(pid for pid, _ in workers()),

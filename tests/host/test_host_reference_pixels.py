@@ -50,7 +50,7 @@ for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in re
         model, pos, neg, width=ref.SIZE, height=ref.SIZE, frames=frames, seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG,
         shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="diffusion forcing", base_num_frames=base,
         overlap_history=overlap, ar_step=ar_step, causal_block_size=cbs, addnoise_condition=0), vae=vae,
-        **extra).args
+        **extra).args[:3]
     windows = [table.get_tensor(k) for k in sorted(k for k in table.keys() if k.startswith(name + "/window"))]
     video = table.get_tensor(name + "/video").float()
     if end and len(windows) > 1:
@@ -86,7 +86,7 @@ for name, (case, addnoise) in ref.BF16_CASES.items():
         seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG, shift=ref.SHIFT, sampler="unipc", fps=24,
         mode=dict(mode="diffusion forcing", base_num_frames=base, overlap_history=overlap, ar_step=ar_step,
                   causal_block_size=cbs, addnoise_condition=addnoise), vae=vae, noise="gpu (SkyReels-V2)",
-        **extra).args
+        **extra).args[:3]
     windows = [table.get_tensor(k).float() for k in sorted(k for k in table.keys()
                                                            if k.startswith(f"bf16_{{name}}/window"))]
     expected = torch.cat([windows[0]] + [w[:, latent_frames(overlap):] for w in windows[1:]], dim=1)[None]
@@ -104,7 +104,7 @@ p2, n2, latent = WanImageToVideo.execute(pos, neg, vae, ref.SIZE, ref.SIZE, ref.
                                          start_image=ref.pictures(1, 4).float() / 255, clip_vision_output=clip).args
 samples, report, images = SampleVideo.execute(
     i2v, p2, n2, width=ref.SIZE, height=ref.SIZE, frames=ref.I2V_FRAMES, seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG,
-    shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="standard"), vae=vae, latent=latent).args
+    shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="standard"), vae=vae, latent=latent).args[:3]
 gap = images.float() * 255 - table.get_tensor("i2v/video").float()
 result["i2v"] = dict(latents=rel(i2v.model.process_latent_in(samples["samples"]), table.get_tensor("i2v/window0")[None]),
                      pixel_gap=[gap.min().item(), gap.max().item()], frames=[images.shape[0], ref.I2V_FRAMES])
@@ -114,7 +114,7 @@ t2v = load("t2v_bf16.safetensors", "bf16")[0]
 for noise in ("cpu (ComfyUI)", "gpu (SkyReels-V2)"):
     samples, report, images = SampleVideo.execute(
         t2v, pos, neg, width=ref.SIZE, height=ref.SIZE, frames=ref.T2V_FRAMES, seed=ref.SEED, steps=ref.STEPS,
-        cfg=ref.CFG, shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="standard"), vae=vae, noise=noise).args
+        cfg=ref.CFG, shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="standard"), vae=vae, noise=noise).args[:3]
     gap = images.float() * 255 - table.get_tensor("t2v/video").float()
     result[f"t2v, noise {{noise}}"] = dict(
         latents=rel(t2v.model.process_latent_in(samples["samples"]), table.get_tensor("t2v/window0")[None]),

@@ -19,7 +19,7 @@ ARGS = dict(width=32, height=32, frames=9, seed=1, steps=3, cfg=3.0, shift=8.0, 
             addnoise_condition=0)
 
 def sample(**kw):
-    return SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, **kw}})).args
+    return SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, **kw}})).args[:3]
 
 def error(**kw):
     try:
@@ -71,7 +71,7 @@ job._add_pixels(window, 0, True)
 carried = job._next_prefix([window], 2, 2)
 own = [vae.encode(vae.decode(window[i:i + 1]).reshape(-1, 32, 32, 3)[-5:]) for i in range(2)]
 two, _, two_images = SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}}),
-                             vae=vae, latent={{"samples": torch.zeros(2, 16, 6, 4, 4)}}).args
+                             vae=vae, latent={{"samples": torch.zeros(2, 16, 6, 4, 4)}}).args[:3]
 # The on_prompt hook for API prompts saved before mode was a dynamic combo: malformed prompts pass through as
 # they are, and a link sent under an old name wins over the widget value sent beside it.
 from skyreels_pack.nodes.sample import upgrade_prompt

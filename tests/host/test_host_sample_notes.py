@@ -20,7 +20,7 @@ ARGS = dict(width=32, height=32, frames=5, seed=1, steps=2, cfg=3.0, shift=8.0, 
             addnoise_condition=0)
 
 def sample(model, **kw):
-    return SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, **kw}})).args
+    return SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, **kw}})).args[:3]
 
 result = {{}}
 # The tiny DF model stands for DF-1.3B (the check compares the model's width with this constant).

@@ -29,7 +29,7 @@ logging.getLogger().addHandler(Keep())
 logging.getLogger().setLevel(logging.INFO)
 
 def sample(m, **kw):
-    samples, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({{**ARGS, **kw}})).args
+    samples, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({{**ARGS, **kw}})).args[:3]
     return samples["samples"], [l for l in report.splitlines() if l.startswith("TeaCache")]
 
 result = {{}}

@@ -43,7 +43,7 @@ def chain(name, fmt, compute, attention):
     return TeaCache.execute(m, 1e9, False).args[0]      # skips every call it may
 
 def sample(m, **kw):
-    samples, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({**ARGS, **kw})).args
+    samples, report, _ = SampleVideo.execute(m, pos, neg, **nest_mode({**ARGS, **kw})).args[:3]
     return samples["samples"], [l for l in report.splitlines() if " model calls, " not in l]   # not the timing
 
 def graphs():   # how many graphs torch has compiled so far

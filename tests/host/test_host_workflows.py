@@ -21,10 +21,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WORKFLOWS = os.path.join(REPO, "workflows")
 NAMES = ["skyreels_t2v_fp8_sage.json", "skyreels_i2v_fp8_sage.json", "skyreels_df_long_video.json",
          "skyreels_convert_to_fp8.json", "skyreels_df_start_end_frames.json"]
-SMALL = dict(width=32, height=32, frames=9, steps=3)
+# fps 16, not the workflows' 24: the file must play at Sample Video's fps (its fps output into Create Video)
+SMALL = dict(width=32, height=32, frames=9, steps=3, fps=16)
 # The long-video workflow keeps its Diffusion Forcing settings (SkyReels-V2's synchronous 10 s command: ar_step 0,
 # addnoise 20) on a shorter video: 57 frames in windows of 37 frames overlapping by 17 (latent 15 = 10 + 5).
-SMALL_DF = {"width": 32, "height": 32, "frames": 57, "mode.base_num_frames": 37, "mode.overlap_history": 17, "steps": 3}
+SMALL_DF = {"width": 32, "height": 32, "frames": 57, "mode.base_num_frames": 37, "mode.overlap_history": 17, "steps": 3,
+            "fps": 16}
 
 
 def load(name):
@@ -54,7 +56,7 @@ def small_prompt(name, object_info):
 def frames_of(path):
     with av.open(path) as container:
         stream = container.streams.video[0]
-        return sum(1 for _ in container.decode(video=0)), stream.width, stream.height
+        return sum(1 for _ in container.decode(video=0)), stream.width, stream.height, stream.average_rate
 
 
 def test_workflows_are_served_as_the_packs_templates(server):
@@ -140,7 +142,7 @@ def test_video_workflow_runs_to_a_video_file(server, name, frames):
     assert err is None, (err["exception_message"], "".join(err["traceback"][-4:]))
     videos = glob.glob(os.path.join(server.base, "output", "workflows", name.split(".")[0] + "_*.mp4"))
     assert len(videos) == 1, videos
-    assert frames_of(videos[0]) == (frames, 32, 32)
+    assert frames_of(videos[0]) == (frames, 32, 32, 16)
     report = "".join(t for out in entry["outputs"].values() for t in out.get("text", []))
     assert report.startswith("Sample Video: ") and f"= {frames} video frames" in report
     assert re.search(r"Linear weights: \d+ float8_e4m3fn", report)   # bf16 release folder converted while loading
