@@ -23,22 +23,31 @@ def plain_errors(execute):
 
 
 def _release_folders():
-    """Folders at any depth holding one model as downloaded (`is_release`), as "sub/name/"."""
-    found = set()
+    """Folders at any depth holding one model as downloaded (`is_release`): {"sub/name/": whether in shards}."""
+    found = {}
     for sub in {os.path.dirname(name) for name in folder_paths.get_filename_list(FOLDER)} - {""}:
         for root in folder_paths.get_folder_paths(FOLDER):
             path = os.path.join(root, sub)
             # A diffusers pipeline (model_index.json) holds its diffusion model in transformer/, beside text_encoder/,
             # vae/ ..., which are releases too
             pipeline = os.path.isfile(os.path.join(os.path.dirname(path), "model_index.json"))
-            if os.path.isdir(path) and is_release(os.listdir(path)) and (
-                    not pipeline or os.path.basename(sub) == "transformer"):
-                found.add(sub.replace(os.sep, "/") + "/")
-    return sorted(found)
+            files = os.listdir(path) if os.path.isdir(path) else []
+            if is_release(files) and (not pipeline or os.path.basename(sub) == "transformer"):
+                name = sub.replace(os.sep, "/") + "/"
+                found[name] = found.get(name, False) or any(f.endswith(".safetensors.index.json") for f in files)
+    return found
 
 
 def model_list():
-    return _release_folders() + folder_paths.get_filename_list(FOLDER)
+    """Release folders ("name/"), then the host's files but those a release folder holds beside its model: its shards
+    (the folder loads them) and the Wan text encoder, VAE and CLIP .pth files SkyReels-V2's releases carry (11 GB of
+    umt5-xxl that ComfyUI does not load here). A one-file release's weights stay listed: workflows may name them."""
+    releases = _release_folders()       # {"sub/name/": sharded}
+
+    def beside(name):
+        folder = os.path.dirname(name).replace(os.sep, "/") + "/"
+        return folder in releases and (releases[folder] or not name.endswith(".safetensors"))
+    return sorted(releases) + [f for f in folder_paths.get_filename_list(FOLDER) if not beside(f)]
 
 
 def resolve(name):

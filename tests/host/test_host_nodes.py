@@ -81,6 +81,12 @@ def test_release_folders_are_listed_and_load_like_the_single_file(server):
     assert "t2v-Diffusers/transformer/" in options and "t2v-Diffusers/text_encoder/" not in options
     # a release folder that also holds a file converted from it: its files are listed, not the folder
     assert "t2v.converted/" not in options and os.path.join("t2v.converted", "model_fp8.safetensors") in options
+    assert os.path.join("t2v.converted", "Wan2.1_VAE.pth") in options
+    # beside a release folder's entry: not its shards nor the .pth files of Wan's text encoder and VAE it carries;
+    # a one-file release's weights stay (workflows saved with them still load)
+    assert [o for o in options if o.startswith(("t2v.sharded", "t2v.release", "SkyReels" + os.sep))] == [
+        "SkyReels/t2v.nested/", "t2v.release/", "t2v.sharded/", os.path.join("t2v.release", "model.safetensors")
+    ], options
     single = sample(server, ours("t2v_bf16.safetensors"), "shards_single")
     assert rel(sample(server, ours("t2v.sharded/"), "shards_folder"), single) <= 1e-6
     assert rel(sample(server, ours("t2v.release/"), "release_folder"), single) <= 1e-6
@@ -170,9 +176,6 @@ def test_df_fps_embedding_is_loaded_not_dropped(server):
     ("bad_missing_keys.safetensors", "1 tensors missing (blocks.1.cross_attn.o.weight)"),
     ("bad_wan_vace.safetensors", "this is a Wan VACE model, not SkyReels-V2; load it with ComfyUI's Load "
                                  "Diffusion Model node"),
-    ("t2v.sharded/model-00001-of-00003.safetensors", "one shard of the model in t2v.sharded/ (listed in "
-                                                     "model.safetensors.index.json); give the folder (the loaders "
-                                                     "list it as t2v.sharded/)"),
     ("bad_wan22_ti2v.safetensors", "not a model this pack runs: it takes 48 latent channels and makes 48 (as "
                                    "Wan 2.2 TI2V-5B)"),
     ("bad_fp8_no_scale.safetensors", "layer blocks.0.ffn.0 is FP8 with no weight_scale: the file is damaged"),
