@@ -30,13 +30,14 @@ class PatchSageAttention(io.ComfyNode):
                                        "int8 / sage3: ComfyUI's attention of that name, where it registers one. "
                                        "reference: this pack's PyTorch SageAttention (any device, slow). disabled: "
                                        "exact attention."),
-                io.Int.Input("exact_first_blocks", default=0, min=0, max=64, tooltip="Keep exact attention in the "
-                                                                                      "first N transformer blocks."),
-                io.Int.Input("exact_last_blocks", default=0, min=0, max=64,
+                # the tuning knobs are advanced widgets (the frontend's advanced toggle), as core's EasyCache's
+                io.Int.Input("exact_first_blocks", default=0, min=0, max=64, advanced=True,
+                             tooltip="Keep exact attention in the first N transformer blocks."),
+                io.Int.Input("exact_last_blocks", default=0, min=0, max=64, advanced=True,
                              tooltip="Keep exact attention in the last N transformer blocks."),
-                io.Int.Input("exact_first_steps", default=0, min=0, max=1000,
+                io.Int.Input("exact_first_steps", default=0, min=0, max=1000, advanced=True,
                              tooltip="Keep exact attention during the first N sampling steps."),
-                io.Float.Input("guard_threshold", default=0.995, min=0.0, max=1.0, step=0.001,
+                io.Float.Input("guard_threshold", default=0.995, min=0.0, max=1.0, step=0.001, advanced=True,
                                tooltip="Each attention site is compared with exact attention on a few heads at its "
                                        "first call and again at 1/4, 1/2 and 3/4 of the steps; below this cosine, "
                                        "or on a NaN/Inf output, the site stays exact. 0 turns the guard off."),
