@@ -24,8 +24,10 @@ def parse_args(argv):
     p.add_argument("--model_path", "--model-path", dest="model_path", help="same as SRC (SkyReels-V2 spelling)")
     p.add_argument("--output_path", "--output-path", dest="output_path", help="same as DST (SkyReels-V2 spelling)")
     p.add_argument("--granularity", choices=["tensor", "channel"], default="tensor",
-                   help="one scale per weight (loads in core ComfyUI) or per output channel (more accurate)")
-    p.add_argument("--fp8", choices=["e4m3fn", "e5m2"], default="e4m3fn")
+                   help="one scale per weight (default; loads in core ComfyUI) or per output channel (more "
+                        "accurate; Load FP8 SkyReels Model only)")
+    p.add_argument("--fp8", choices=["e4m3fn", "e5m2"], default="e4m3fn",
+                   help="FP8 format (default e4m3fn: more precision; e5m2: more range)")
     p.add_argument("--keep-first-blocks", type=int, default=0, metavar="N", help="keep the first N blocks in bf16")
     p.add_argument("--keep-last-blocks", type=int, default=0, metavar="N", help="keep the last N blocks in bf16")
     p.add_argument("--verify", action="store_true", help="re-read the output and report per-layer errors")

@@ -21,6 +21,7 @@ import functools
 import json
 import mimetypes
 import os
+import random
 import re
 import shutil
 import socket
@@ -212,7 +213,8 @@ def parse_args(argv):
                    help="SkyReels-V2 model: a file, a downloaded folder, or a Hugging Face id already downloaded "
                         "(into models/diffusion_models/<name> or the Hugging Face cache; nothing is downloaded). "
                         "None: the tiny demo")
-    p.add_argument("--prompt", default="A graceful white swan swimming in a serene lake at dawn.")
+    p.add_argument("--prompt", default="A graceful white swan swimming in a serene lake at dawn.",
+                   help="default: %(default)s")
     p.add_argument("--negative_prompt", help="default: the workflow's")
     p.add_argument("--resolution", choices=list(RESOLUTIONS), help="default: 540P (the demo: 64x64)")
     p.add_argument("--num_frames", type=int, help="default: 97 (the demo: 57)")
@@ -224,8 +226,10 @@ def parse_args(argv):
     p.add_argument("--inference_steps", type=int, help="default: 30 (the demo: 4)")
     p.add_argument("--guidance_scale", type=float, help="cfg (default: the workflow's, 6.0; I2V 5.0)")
     p.add_argument("--shift", type=float, help="flow shift (default: the workflow's, 8.0; I2V 3.0)")
-    p.add_argument("--fps", type=int, default=24)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--fps", type=int, default=24,
+                   help="what DF-1.3B is told, and the video file's rate (default: 24)")
+    p.add_argument("--seed", type=int, help="default: a random one, as SkyReels-V2's scripts (it names the video "
+                                            "file); the demo: 42")
     p.add_argument("--cpu_noise", action="store_true",
                    help="draw the seed's noise on the CPU, as ComfyUI's KSampler: the same video on every machine "
                         "(default: on the GPU, as SkyReels-V2's scripts, so --seed starts from their noise on a GPU with "
@@ -241,13 +245,14 @@ def parse_args(argv):
     p.add_argument("--teacache", action="store_true", help="TeaCache (SkyReels-V2): skip model passes that would "
                                                            "change little")
     p.add_argument("--teacache_thresh", type=float, default=0.2,
-                   help="with --teacache: higher is faster and further from the video without it (SkyReels-V2's "
-                        "figures: 0.1 about 2x, 0.2 about 3x)")
+                   help="with --teacache: higher is faster and further from the video without it (default 0.2; "
+                        "SkyReels-V2's figures: 0.1 about 2x, 0.2 about 3x)")
     p.add_argument("--use_ret_steps", action="store_true",
                    help="with --teacache: retention steps (SkyReels-V2: faster and better)")
     p.add_argument("--prompt_enhancer", action="store_true", help="not available here (it says why)")
     p.add_argument("--output", help="video file to write (default: OUTDIR/<workflow>_<seed>_<time>.mp4)")
-    p.add_argument("--outdir", default="video_out", help="folder of the video when --output is not given")
+    p.add_argument("--outdir", default="video_out",
+                   help="folder of the video when --output is not given (default: video_out)")
     for flag, default in DF_DEFAULTS.items():
         p.add_argument("--" + flag, type=int, help=f"Diffusion Forcing (default: {default}, as SkyReels-V2)")
     p.add_argument("--causal_attention", action="store_true",
@@ -262,6 +267,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     # The demo keeps its small sizes except those given here; a model takes SkyReels-V2's defaults.
     args.given = {flag for flag in SIZE_FLAGS if getattr(args, flag) is not None}
+    if args.seed is None:       # SkyReels-V2's scripts draw one in the same range; the demo stays reproducible
+        args.seed = 42 if args.model_path is None else random.randrange(4294967294)
     for flag, default in SIZE_FLAGS.items():
         setattr(args, flag, default if getattr(args, flag) is None else getattr(args, flag))
     return args

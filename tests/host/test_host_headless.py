@@ -210,6 +210,9 @@ def test_flags_reach_the_workflow_widgets(server):
     assert loader["model_name"] == "SkyReels-V2-DF-1.3B-540P/" and loader["weight_format"] == "bf16"
     assert sage["mode"] == "disabled"
     assert (sample["width"], sample["height"], sample["frames"], sample["seed"]) == (1280, 720, 257, 7)
+    # without --seed: a random one for a model, as SkyReels-V2's scripts (their range), 42 for the demo
+    seeds = {parse_args(["--model_path", "x"]).seed for _ in range(4)}
+    assert len(seeds) > 1 and all(0 <= s < 4294967294 for s in seeds) and parse_args([]).seed == 42, seeds
     assert (sample["cfg"], sample["shift"]) == (4.5, 5.0)
     # Given flags win; the others take SkyReels-V2's CLI defaults, not the workflow's long-video settings.
     assert (sample["mode.ar_step"], sample["mode.causal_block_size"], sample["mode.overlap_history"]) == (5, 5, 17)
