@@ -24,8 +24,8 @@ class ParallelConfig(io.ComfyNode):
                                         "(ray start --head on one machine, ray start --address=... on the others)."),
                 io.Boolean.Input("cfg_parallel", default=True, optional=True,
                                  tooltip="Half the workers run the positive pass of each step, half the negative "
-                                         "(an odd number of workers runs without it; with cfg 1 both halves run "
-                                         "the same pass)."),
+                                         "(an odd number of workers, or cfg 1, which has no negative pass, runs "
+                                         "without it)."),
                 io.Boolean.Input("keep_workers", default=True, optional=True,
                                  tooltip="Keep the workers, with the model loaded, for the next run with the same "
                                          "settings (no reload). They hold their GPU memory until the settings or the "

@@ -5,6 +5,7 @@ the images travel, never the model's weights: each actor loads the same file its
 has no file name to load from).
 """
 import logging
+import math
 import time
 
 import comfy.cli_args
@@ -95,15 +96,18 @@ def _weight_patches(model):
 class Plan:
     """What a parallel run needs, checked on the host before any worker starts."""
 
-    def __init__(self, config, model):
+    def __init__(self, config, model, one_pass=False):
+        """`one_pass`: the sampling makes one model pass per step (cfg 1), which cfg parallel would run twice."""
         self.config, self.n = config, config["workers"]
         self.recipe, self.sage, self.patches = recipe_of(model)
         heads = model.model.diffusion_model.blocks[0].self_attn.num_heads
+        self.unpaired = config.get("cfg_parallel", True) and one_pass
         try:
-            self.cfg, self.ring = layout(self.n, heads, config.get("cfg_parallel", True), config.get("ring_degree", 0))
+            self.cfg, self.ring = layout(self.n, heads, config.get("cfg_parallel", True) and not one_pass,
+                                         config.get("ring_degree", 0))
         except ValueError as e:
             fail(f"parallel: {e}")
-        if config.get("cfg_parallel", True) and self.cfg == 1:
+        if config.get("cfg_parallel", True) and not one_pass and self.cfg == 1:
             log.warning("Parallel Config: cfg_parallel needs an even number of workers; %d run without it", self.n)
         # A file of the model changed on disk under the same name (its size or time) means new workers.
         self.key = (config["address"], config["device"], self.n, self.cfg, self.ring,
@@ -117,7 +121,9 @@ def run(config, model, positive, negative, widgets, inputs):
         import ray
     except ImportError:
         fail("parallel: Ray is not installed: `pip install ray` in ComfyUI's Python (single-device runs need nothing)")
-    plan = Plan(config, model)
+    # As the host's sampling: cfg 1 skips the negative pass (diffusion forcing also below 1, as SkyReels-V2's)
+    cfg = 1.0 if widgets["mode"] == "diffusion forcing" and widgets["cfg"] < 1 else widgets["cfg"]
+    plan = Plan(config, model, math.isclose(cfg, 1.0) and not model.model_options.get("disable_cfg1_optimization"))
     started, ok = time.perf_counter(), False
     try:
         pool, cpu, kept = parallel_pool.workers_for(ray, plan)
@@ -127,7 +133,9 @@ def run(config, model, positive, negative, widgets, inputs):
         if not ok or not config.get("keep_workers", True):
             parallel_pool.release()                # after a failure or a cancel, or when asked: nothing stays
     report += (f"\nparallel: {plan.n} {'CPU processes (gloo)' if cpu else 'GPUs (NCCL)'}, cfg {plan.cfg} x ulysses "
-               f"{plan.n // plan.cfg // plan.ring} x ring {plan.ring}; {time.perf_counter() - started:.1f} s "
+               f"{plan.n // plan.cfg // plan.ring} x ring {plan.ring}"
+               f"{' (cfg 1: one pass per step, so all split the sequence)' if plan.unpaired else ''}; "
+               f"{time.perf_counter() - started:.1f} s "
                f"{'(workers kept from the last run)' if kept else 'with starting the workers and loading'}")
     return samples, report, images
 

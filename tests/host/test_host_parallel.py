@@ -68,6 +68,10 @@ two, report = SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **extra}
 result["cfg parallel, vae, causal"] = rel(two["samples"], one["samples"])
 result["cfg parallel report"] = report
 result["start frame"] = rel(two["samples"][:, :, :1], vae.encode(image[:, :, :, :3]))
+# cfg 1 (e.g. with a distillation LoRA) makes one pass per step: cfg parallel would run it twice, so both split it
+one_pass = sample(cfg=1.0)[0]["samples"]
+two_pass, one_pass_report = sample(ParallelConfig.execute(2, "cpu", "", keep_workers=False).args[0], cfg=1.0)[:2]
+result["cfg 1"] = [rel(two_pass["samples"], one_pass), one_pass_report.splitlines()[-1]]
 # The forward pass alone, in 2 Ray actors set up as Parallel Config sets them up (join, load), against one process.
 from skyreels_pack.nodes.adapters import parallel_pool, parallel_run, parallel_worker
 class Forward(parallel_worker.Worker):
@@ -211,6 +215,9 @@ def test_two_actors_equal_one_process(host, tmp_path):
     report = r["cfg parallel report"]
     assert "cfg 2 x ulysses 1 x ring 1" in report and "(causal attention)" in report and "through the VAE" in report
     assert r["start frame"] <= 1e-5, r["start frame"]   # the start image is the clean first latent frame
+    assert r["cfg 1"][0] <= 1e-5 and r["cfg 1"][1].startswith(
+        "parallel: 2 CPU processes (gloo), cfg 1 x ulysses 2 x ring 1 (cfg 1: one pass per step, so all split the "
+        "sequence); "), r["cfg 1"]
     # A LoRA reaches the workers: the parallel run equals the single-device LoRA run (measured 0.0), which differs
     # from the model without it; the second run reuses the workers (same processes, no loading); another model
     # starts new ones; a single-device run releases them (checked with "workers left" below).
