@@ -7,6 +7,7 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..quant import Options, convert
+from ..quant.checkpoint import is_release
 from .adapters import model_files
 
 GRANULARITY = {"per-tensor (loads in core)": "tensor", "per-channel (more accurate)": "channel"}
@@ -31,7 +32,8 @@ class ConvertToFP8(io.ComfyNode):
                                tooltip="Source: a bf16/fp16/fp32 file or release folder (name/) in "
                                        "models/diffusion_models."),
                 io.String.Input("output_name", default="",
-                                tooltip="File name in models/diffusion_models; empty: <source>_fp8_<type>.safetensors"),
+                                tooltip="File name in models/diffusion_models; empty: <source>_fp8_<type>.safetensors "
+                                        "(per-channel: ..._per_channel.safetensors)"),
                 io.Combo.Input("granularity", options=list(GRANULARITY), default=list(GRANULARITY)[0],
                                tooltip="per-tensor files also load in ComfyUI's Load Diffusion Model; per-channel "
                                        "files only in Load FP8 SkyReels Model."),
@@ -44,13 +46,13 @@ class ConvertToFP8(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, model_name, output_name, fp8_type, **kwargs):
+    def fingerprint_inputs(cls, model_name, output_name, fp8_type, granularity=None, **kwargs):
         """The host serves this node from its cache (writing nothing, showing the last report) while this stays the
         same: so it covers the source's files, and counts the times the output this node wrote was found deleted or
         replaced (the node then runs again, once)."""
         try:
             src = model_files.resolve(model_name)
-            dst = model_files.output_path(_output_name(src, output_name, fp8_type))
+            dst = model_files.output_path(_output_name(src, output_name, fp8_type, GRANULARITY.get(granularity)))
             source = model_files.signature(src)
             now = model_files.signature(dst) if os.path.isfile(dst) else "missing"
         except (OSError, ValueError):     # execute says what is wrong
@@ -67,7 +69,7 @@ class ConvertToFP8(io.ComfyNode):
     def execute(cls, model_name, output_name, granularity, fp8_type, keep_first_blocks=0, keep_last_blocks=0,
                 overwrite=False):
         src = model_files.resolve(model_name)
-        output_name = _output_name(src, output_name, fp8_type)
+        output_name = _output_name(src, output_name, fp8_type, GRANULARITY.get(granularity))
         dst = model_files.output_path(output_name)
         shadow = model_files.shadowed_by(dst)
         if shadow:
@@ -106,14 +108,17 @@ class ConvertToFP8(io.ComfyNode):
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 
 
-def _output_name(src, output_name, fp8_type):
-    """output_name, or when empty <source>_fp8_<type>.safetensors."""
+def _output_name(src, output_name, fp8_type, granularity):
+    """output_name, or when empty <source>_fp8_<type>.safetensors; per-channel files, which core's loader cannot
+    read, end in _per_channel. A release's one weights file (name/model.safetensors) is named after its folder."""
     if output_name.strip():
         return output_name.strip()
+    if os.path.isfile(src) and is_release(os.listdir(os.path.dirname(src))):
+        src = os.path.dirname(src)
     stem = os.path.basename(src.rstrip(os.sep))
     if os.path.isfile(src):  # a shard folder such as "Wan2.1-T2V-14B" keeps its whole name
         stem = os.path.splitext(stem)[0]
-    return f"{stem}_fp8_{fp8_type}.safetensors"
+    return f"{stem}_fp8_{fp8_type}{'_per_channel' if granularity == 'channel' else ''}.safetensors"
 
 
 def _missing_folders(folder):

@@ -256,7 +256,15 @@ def test_convert_node_makes_subfolders_and_reports_the_whole_name(server):
 def test_convert_node_names_a_shard_folder_output_after_the_whole_folder_name(server):
     entry = server.run(convert_prompt("", source="t2v.sharded/"))
     assert error_of(entry) is None, error_of(entry)
-    assert "wrote models/diffusion_models/t2v.sharded_fp8_e4m3fn.safetensors" in entry["outputs"]["1"]["text"][0]
+    # per-channel, which core's Load Diffusion Model cannot read, says so in its name
+    assert "wrote models/diffusion_models/t2v.sharded_fp8_e4m3fn_per_channel.safetensors" in \
+        entry["outputs"]["1"]["text"][0]
+    # a one-file release's weights (name/model.safetensors) after the folder too, not "model_fp8_..."
+    prompt = convert_prompt("", source=os.path.join("t2v.release", "model.safetensors"))
+    prompt["1"]["inputs"]["granularity"] = "per-tensor (loads in core)"
+    entry = server.run(prompt)
+    assert error_of(entry) is None, error_of(entry)
+    assert "wrote models/diffusion_models/t2v.release_fp8_e4m3fn.safetensors" in entry["outputs"]["1"]["text"][0]
 
 
 @pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", "sub/../../escaped"])
