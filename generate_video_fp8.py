@@ -362,15 +362,22 @@ def read_video(path, overlap):
 
 
 def find_model(given, host):
-    """--model_id / --model_path: a file or folder, else a Hugging Face id (as SkyReels-V2's --model_id) downloaded
-    into ComfyUI's models/diffusion_models/<name> or the Hugging Face cache."""
+    """--model_id / --model_path: a file or folder; a name as Load FP8 SkyReels Model lists it (in ComfyUI's
+    diffusion_models folders); else a Hugging Face id (as SkyReels-V2's --model_id) downloaded into ComfyUI's
+    models/diffusion_models/<name> or the Hugging Face cache."""
     if os.path.exists(given):
         return check_folder(given)
+    folders = host_folders(host)["diffusion_models"]
+    listed = [p for p in (os.path.join(f, *given.replace("\\", "/").strip("/").split("/")) for f in folders)
+              if os.path.exists(p)]
+    if listed:
+        return check_folder(listed[0])
     owner, _, name = given.partition("/")
     if not (owner and name) or "/" in name:
-        raise BadInput(f"--model_id: {given} not found")
+        raise BadInput(f"--model_id: {given} not found: give a file or folder, a name as Load FP8 SkyReels Model "
+                       f"lists it (looked in {' and '.join(folders)}), or a Hugging Face id (owner/name)")
     places = [os.path.join(host, "models", "diffusion_models", name)]    # first: where the hf command below puts it
-    places += [p for p in (os.path.join(f, name) for f in host_folders(host)["diffusion_models"]) if p not in places]
+    places += [p for p in (os.path.join(f, name) for f in folders) if p not in places]
     hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
     repo = os.path.join(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub"), f"models--{owner}--{name}")
     try:

@@ -374,10 +374,18 @@ def test_model_id_is_found_where_it_was_downloaded(host, tmp_path, monkeypatch, 
     assert ('this script downloads nothing): hf download Skywork/SkyReels-V2-DF-1.3B-540P --include "*.safetensors" '
             '"*.json" --local-dir ') in err
     # ComfyUI's own models folder comes first
-    from generate_video_fp8 import find_model
+    from generate_video_fp8 import BadInput, find_model
     write_tiny_release(tmp_path / "comfy" / "models" / "diffusion_models" / "SkyReels-V2-I2V-14B-540P", "I2V")
     found = find_model("Skywork/SkyReels-V2-I2V-14B-540P", str(tmp_path / "comfy"))
     assert found == str(tmp_path / "comfy" / "models" / "diffusion_models" / "SkyReels-V2-I2V-14B-540P")
+    # a name as the loader lists it: a release folder ("name/") or a file in ComfyUI's diffusion_models folders
+    for name in ("SkyReels-V2-I2V-14B-540P", "SkyReels-V2-I2V-14B-540P/"):
+        assert find_model(name, str(tmp_path / "comfy")) == found, name
+    with pytest.raises(BadInput) as e:
+        find_model("wan2.1_t2v_1.3B_fp16.safetensors", str(tmp_path / "comfy"))
+    assert str(e.value) == ("--model_id: wan2.1_t2v_1.3B_fp16.safetensors not found: give a file or folder, a name as "
+                            "Load FP8 SkyReels Model lists it (looked in "
+                            f"{tmp_path / 'comfy' / 'models' / 'diffusion_models'}), or a Hugging Face id (owner/name)")
 
 
 def test_sizes_frames_and_counts_are_read_as_comfyui_and_skyreels_v2_read_them(tmp_path, capsys):
