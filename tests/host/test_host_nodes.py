@@ -346,3 +346,25 @@ def test_convert_node_queued_again_runs_again_only_when_its_files_changed(server
     written = os.stat(out).st_mtime_ns
     assert not cached(server.run(overwrite)) and os.stat(out).st_mtime_ns != written
     assert cached(server.run(overwrite))
+
+
+def test_every_node_has_a_help_page_that_names_its_inputs(server):
+    # The frontend's Node Info shows nodes/web/docs/<node id>.md, as the host serves it; it must name every input
+    # and state the schema's default where it gives one ("**name** (default)"; a combo's may be the option's start).
+    import re
+    import urllib.request
+    nodes = {k: v for k, v in server.get("/object_info").items() if k.startswith("SkyReels")}
+    assert len(nodes) == 6, sorted(nodes)
+    for node, info in nodes.items():
+        with urllib.request.urlopen(f"{server.url}/extensions/{PACK}/docs/{node}.md", timeout=60) as r:
+            text = r.read().decode("utf-8")
+        assert text.startswith(f"# {info['display_name']}\n"), (node, text[:80])
+        for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
+            assert f"**{name}**" in text, (node, name)
+            stated = re.search(rf"\*\*{name}\*\* \(([^),]+)", text)
+            default = spec[1].get("default") if len(spec) > 1 else None
+            if stated and default is not None:
+                said = stated.group(1)
+                assert (said == {True: "on", False: "off"}[default] if isinstance(default, bool) else
+                        float(said) == default if isinstance(default, (int, float)) else
+                        str(default).startswith(said)), (node, name, said, default)
