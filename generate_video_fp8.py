@@ -389,7 +389,7 @@ def find_model(given, host):
         if os.path.isdir(place):
             return check_folder(place)
     raise BadInput(f"--model_id: {given} is not downloaded (looked in {' and '.join(places)}; this script downloads "
-                   f"nothing): hf download {given} --include \"*.safetensors\" \"*.json\" --local-dir {places[0]}")
+                   f"nothing): hf download {given} --exclude \"*.pth\" --local-dir {places[0]}")
 
 
 def check_folder(path):

@@ -371,8 +371,9 @@ def test_model_id_is_found_where_it_was_downloaded(host, tmp_path, monkeypatch, 
     assert main(["--model_id", "Skywork/SkyReels-V2-DF-1.3B-540P"]) == 2
     err = capsys.readouterr().err
     assert "--model_id: Skywork/SkyReels-V2-DF-1.3B-540P is not downloaded (looked in " in err
-    assert ('this script downloads nothing): hf download Skywork/SkyReels-V2-DF-1.3B-540P --include "*.safetensors" '
-            '"*.json" --local-dir ') in err
+    # one pattern: hf 1.x reads a second --include value as a file name, and hf 0.3x keeps only a repeated flag's last
+    assert ('this script downloads nothing): hf download Skywork/SkyReels-V2-DF-1.3B-540P --exclude "*.pth" '
+            '--local-dir ') in err
     # ComfyUI's own models folder comes first
     from generate_video_fp8 import BadInput, find_model
     write_tiny_release(tmp_path / "comfy" / "models" / "diffusion_models" / "SkyReels-V2-I2V-14B-540P", "I2V")
