@@ -96,7 +96,10 @@ def whole_blocks(latent_length, base_latent, overlap_latent, block):
     """The latent lengths nearest `latent_length` (below, above; None where there is none) whose windows all hold
     whole causal blocks, as SkyReels-V2 needs (its README: "--num_frames should be carefully set")."""
     def fits(n):
-        return all(length % block == 0 for _, length in windows(n, base_latent, overlap_latent))
+        try:
+            return all(length % block == 0 for _, length in windows(n, base_latent, overlap_latent))
+        except ValueError:      # an overlap no longer video can take: only one window fits
+            return False
     return (next((n for n in range(latent_length - 1, 0, -1) if fits(n)), None),
             next((n for n in range(latent_length + 1, latent_length + base_latent + block) if fits(n)), None))
 

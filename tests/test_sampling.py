@@ -182,6 +182,7 @@ def test_whole_blocks_names_the_lengths_skyreels_readme_gives():
     assert forcing.whole_blocks(24, 25, 5, 5) == (20, 25)                  # one window: whole blocks of its own
     assert forcing.whole_blocks(3, 25, 5, 5) == (None, 5)                  # none below
     assert forcing.whole_blocks(30, 26, 5, 4)[1] is None                   # base_num_frames not whole blocks: none
+    assert forcing.whole_blocks(25, 25, 25, 4) == (24, None)   # an overlap as long as a window: one window only
 
 
 def test_windows_errors():

@@ -257,10 +257,11 @@ class Job:
         h, w, out_h, out_w = images.shape[1], images.shape[2], self.shape[3] * 8, self.shape[4] * 8
         if (h - w) * (out_h - out_w) < 0:
             left, top, right, bottom = aspect_crop(w, h, out_w, out_h)
+            turned = f"{'portrait' if h > w else 'landscape'} video" + (
+                " as SkyReels-V2 makes one" if name != "prefix_video" else "")   # its script turns for images only
             self.note(f"{name}: {w}x{h}, {'portrait' if h > w else 'landscape'}, for a {out_w}x{out_h} video: "
-                      f"{(right - left) * (bottom - top) / (w * h):.0%} of it is kept; for a "
-                      f"{'portrait' if h > w else 'landscape'} video as SkyReels-V2 makes one, set width {out_h} and "
-                      f"height {out_w}")
+                      f"{(right - left) * (bottom - top) / (w * h):.0%} of it is kept; for a {turned}, set width "
+                      f"{out_h} and height {out_w}")
 
     def _fit_picture(self, images):
         """The first image [1, H, W, C] at the output size as SkyReels-V2's script makes a start / end image: cropped
@@ -335,8 +336,8 @@ class Job:
             if overlap >= base:
                 fail(f"overlap_history ({o['overlap_history']}) must be shorter than base_num_frames "
                      f"({o['base_num_frames']})")
-        if total > base and base % cbs:
-            fits = [video_frames(n) for n in (base // cbs * cbs, base // cbs * cbs + cbs) if n]
+        if total > base and base % cbs:      # the nearest whole blocks that still hold more than the overlap
+            fits = [video_frames(n) for n in (base // cbs * cbs, base // cbs * cbs + cbs) if n > overlap]
             fail(f"causal_block_size: base_num_frames {o['base_num_frames']} gives {base} latent frames, not whole "
                  f"blocks of {cbs}; use base_num_frames {' or '.join(map(str, fits))}, or causal_block_size 1")
         wins = [(keep, overlap, length) for _, length in forcing.windows(total, base, overlap)]
@@ -350,18 +351,19 @@ class Job:
             self.note(f"addnoise_condition {o['addnoise_condition']}: SkyReels-V2 advises 20 and at most 50; more "
                       "noise on the frames carried into a window can make it drift from them")
         out = []
-        for i, (prefix, overlap, length) in enumerate(wins):
+        for i, (prefix, repeated, length) in enumerate(wins):
             if length % cbs:
-                fits = " or ".join(str(video_frames(n)) for n in forcing.whole_blocks(total, base, overlap, cbs) if n)
+                fits = [str(video_frames(n)) for n in forcing.whole_blocks(total, base, overlap, cbs) if n]
                 fail(f"causal_block_size: {video_frames(total)} frames make window {i + 1} of {len(wins)} {length} "
-                     f"latent frames, not whole blocks of {cbs}; make the video {fits} frames (with base_num_frames "
-                     f"{o['base_num_frames']}, overlap_history {o['overlap_history']}), or set causal_block_size 1")
+                     f"latent frames, not whole blocks of {cbs}; " + (
+                         f"make the video {' or '.join(fits)} frames (with base_num_frames {o['base_num_frames']}, "
+                         f"overlap_history {o['overlap_history']}), or " if fits else "") + "set causal_block_size 1")
             end = self.end is not None and i + 1 == len(wins)
             try:
                 plan = forcing.timestep_matrix(length + end, self.steps, length + end, o["ar_step"], prefix, cbs)
             except ValueError as e:
                 fail(str(e))
-            out.append((prefix, overlap, length, forcing.clean_end(plan, 1) if end else plan))
+            out.append((prefix, repeated, length, forcing.clean_end(plan, 1) if end else plan))
         return out
 
     def run(self):

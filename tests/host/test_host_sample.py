@@ -135,7 +135,11 @@ def test_a_prompt_per_window_through_the_hosts_dynamic_inputs(server):
     (dict(width=40), "Sample Video: width/height: 40x32 must be multiples of 16"),
     (dict(mode="diffusion forcing", frames=57, base_num_frames=21, overlap_history=13, causal_block_size=4),
      "Sample Video: causal_block_size: base_num_frames 21 gives 6 latent frames, not whole blocks of 4; use "
-     "base_num_frames 13 or 29, or causal_block_size 1"),
+     "base_num_frames 29, or causal_block_size 1"),      # not 13: it would hold no more than the overlap
+    # one window (the video is base_num_frames long): only shorter videos fit, the windows of longer ones cannot
+    (dict(mode="diffusion forcing", frames=97, base_num_frames=97, overlap_history=17, causal_block_size=4),
+     "Sample Video: causal_block_size: 97 frames make window 1 of 1 25 latent frames, not whole blocks of 4; make "
+     "the video 93 frames (with base_num_frames 97, overlap_history 17), or set causal_block_size 1"),
     # SkyReels-V2's 10 s length made asynchronously with a 5 s one's: the frames that fit are named (its README's 237)
     (dict(mode="diffusion forcing", frames=241, base_num_frames=97, overlap_history=17, ar_step=5, causal_block_size=5),
      "Sample Video: causal_block_size: 241 frames make window 3 of 3 21 latent frames, not whole blocks of 5; make "
