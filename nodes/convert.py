@@ -4,6 +4,7 @@ import os
 
 import comfy.model_management
 import comfy.utils
+import folder_paths
 from comfy_api.latest import io, ui
 
 from ..quant import Options, convert
@@ -113,8 +114,10 @@ def _output_name(src, output_name, fp8_type, granularity):
     read, end in _per_channel. A release's one weights file (name/model.safetensors) is named after its folder."""
     if output_name.strip():
         return output_name.strip()
-    if os.path.isfile(src) and is_release(os.listdir(os.path.dirname(src))):
-        src = os.path.dirname(src)
+    folder = os.path.dirname(src)
+    roots = {os.path.realpath(r) for r in folder_paths.get_folder_paths(model_files.FOLDER)}
+    if os.path.isfile(src) and os.path.realpath(folder) not in roots and is_release(os.listdir(folder)):
+        src = folder
     stem = os.path.basename(src.rstrip(os.sep))
     if os.path.isfile(src):  # a shard folder such as "Wan2.1-T2V-14B" keeps its whole name
         stem = os.path.splitext(stem)[0]

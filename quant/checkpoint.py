@@ -192,7 +192,7 @@ def _indexes(folder):
     return sorted(f for f in os.listdir(folder) if f.endswith(".safetensors.index.json"))
 
 
-def _listed(index):
+def listed_shards(index):
     """The shard names a shard index lists."""
     try:
         with open(index, encoding="utf-8") as f:
@@ -213,7 +213,7 @@ def _shard_paths(folder):
         raise CheckpointError(f"{folder}: holds {len(indexes)} shard indexes ({', '.join(indexes)}); a model's "
                               "folder has one: move the others out, with their shards")
     index = indexes[0] if indexes else None
-    names = _listed(os.path.join(folder, index)) if index else []
+    names = listed_shards(os.path.join(folder, index)) if index else []
     for name in names:
         if os.path.basename(name) != name or name in ("", ".", ".."):   # a release's index names its own files
             raise CheckpointError(f"{os.path.join(folder, index)}: names {name!r}, not a file in its folder; the "
@@ -235,7 +235,7 @@ def _refuse_a_shard(path):
     folder = os.path.dirname(os.path.abspath(path))
     for index in _indexes(folder):     # any of them: a folder of several is refused as a whole
         try:
-            listed = os.path.basename(path) in _listed(os.path.join(folder, index))
+            listed = os.path.basename(path) in listed_shards(os.path.join(folder, index))
         except CheckpointError:
             continue
         if listed:

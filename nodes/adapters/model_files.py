@@ -1,10 +1,11 @@
 """Model files as the nodes list them: the host's diffusion_models files, plus release folders (shown as "name/")."""
+import contextlib
 import functools
 import os
 
 import folder_paths
 
-from ...quant.checkpoint import CheckpointError, is_release
+from ...quant.checkpoint import CheckpointError, is_release, listed_shards
 from ...quant.writer import name_problem
 
 FOLDER = "diffusion_models"
@@ -23,7 +24,7 @@ def plain_errors(execute):
 
 
 def _release_folders():
-    """Folders at any depth holding one model as downloaded (`is_release`): {"sub/name/": whether in shards}."""
+    """Folders at any depth holding one model as downloaded (`is_release`): {"sub/name/": its shards' names}."""
     found = {}
     for sub in {os.path.dirname(name) for name in folder_paths.get_filename_list(FOLDER)} - {""}:
         for root in folder_paths.get_folder_paths(FOLDER):
@@ -34,19 +35,29 @@ def _release_folders():
             files = os.listdir(path) if os.path.isdir(path) else []
             if is_release(files) and (not pipeline or os.path.basename(sub) == "transformer"):
                 name = sub.replace(os.sep, "/") + "/"
-                found[name] = found.get(name, False) or any(f.endswith(".safetensors.index.json") for f in files)
+                found.setdefault(name, set()).update(_shards(path, files))
     return found
 
 
+def _shards(folder, files):
+    """The shard names the folder's index lists (none where it cannot be read: loading it says why)."""
+    names = set()
+    for index in [f for f in files if f.endswith(".safetensors.index.json")]:
+        with contextlib.suppress(CheckpointError):
+            names.update(listed_shards(os.path.join(folder, index)))
+    return names
+
+
 def model_list():
-    """Release folders ("name/"), then the host's files but those a release folder holds beside its model: its shards
-    (the folder loads them) and the Wan text encoder, VAE and CLIP .pth files SkyReels-V2's releases carry (11 GB of
-    umt5-xxl that ComfyUI does not load here). A one-file release's weights stay listed: workflows may name them."""
-    releases = _release_folders()       # {"sub/name/": sharded}
+    """Release folders ("name/"), then the host's files but those a release folder holds beside its model: the shards
+    its index lists (the folder loads them) and the Wan text encoder, VAE and CLIP .pth files SkyReels-V2's releases
+    carry (11 GB of umt5-xxl that ComfyUI does not load here). A one-file release's weights stay listed (workflows
+    may name them), and so does a file written into a release folder (e.g. by Convert to FP8)."""
+    releases = _release_folders()
 
     def beside(name):
         folder = os.path.dirname(name).replace(os.sep, "/") + "/"
-        return folder in releases and (releases[folder] or not name.endswith(".safetensors"))
+        return folder in releases and (os.path.basename(name) in releases[folder] or not name.endswith(".safetensors"))
     return sorted(releases) + [f for f in folder_paths.get_filename_list(FOLDER) if not beside(f)]
 
 

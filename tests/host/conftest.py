@@ -129,6 +129,7 @@ def server(host, tmp_path_factory):
     # SkyReels-V2's releases also carry Wan's text encoder and VAE as .pth files, which Load CLIP / Load VAE read
     for folder, name in (("t2v.release", "Wan2.1_VAE.pth"), ("t2v.sharded", "models_t5_umt5-xxl-enc-bf16.pth")):
         torch.save({"w": torch.ones(2)}, os.path.join(models, folder, name))
+    shutil.copyfile(src, os.path.join(models, "t2v.sharded", "written_inside.safetensors"))   # not one of its shards
     shutil.copytree(os.path.join(models, "t2v.release"), os.path.join(models, "t2v.converted"))    # + a conversion
     shutil.copyfile(src, os.path.join(models, "t2v.converted", "model_fp8.safetensors"))
     write_workflow_files(host, base)

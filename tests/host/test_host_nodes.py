@@ -82,11 +82,12 @@ def test_release_folders_are_listed_and_load_like_the_single_file(server):
     # a release folder that also holds a file converted from it: its files are listed, not the folder
     assert "t2v.converted/" not in options and os.path.join("t2v.converted", "model_fp8.safetensors") in options
     assert os.path.join("t2v.converted", "Wan2.1_VAE.pth") in options
-    # beside a release folder's entry: not its shards nor the .pth files of Wan's text encoder and VAE it carries;
-    # a one-file release's weights stay (workflows saved with them still load)
+    # beside a release folder's entry: not the shards its index lists nor the .pth files of Wan's text encoder and
+    # VAE it carries; a one-file release's weights stay (workflows saved with them still load), and so does a file
+    # written into the folder (e.g. a conversion)
     assert [o for o in options if o.startswith(("t2v.sharded", "t2v.release", "SkyReels" + os.sep))] == [
-        "SkyReels/t2v.nested/", "t2v.release/", "t2v.sharded/", os.path.join("t2v.release", "model.safetensors")
-    ], options
+        "SkyReels/t2v.nested/", "t2v.release/", "t2v.sharded/", os.path.join("t2v.release", "model.safetensors"),
+        os.path.join("t2v.sharded", "written_inside.safetensors")], options
     single = sample(server, ours("t2v_bf16.safetensors"), "shards_single")
     assert rel(sample(server, ours("t2v.sharded/"), "shards_folder"), single) <= 1e-6
     assert rel(sample(server, ours("t2v.release/"), "release_folder"), single) <= 1e-6
@@ -350,7 +351,8 @@ def test_convert_node_queued_again_runs_again_only_when_its_files_changed(server
 
 def test_every_node_has_a_help_page_that_names_its_inputs(server):
     # The frontend's Node Info shows nodes/web/docs/<node id>.md, as the host serves it; it must name every input
-    # and state the schema's default where it gives one ("**name** (default)"; a combo's may be the option's start).
+    # and state the schema's default where it gives one ("**name** (default)", or "**a**, **b** (default)" for
+    # several; a combo's may be the option's start); an empty text's need not be stated.
     import re
     import urllib.request
     nodes = {k: v for k, v in server.get("/object_info").items() if k.startswith("SkyReels")}
@@ -361,9 +363,10 @@ def test_every_node_has_a_help_page_that_names_its_inputs(server):
         assert text.startswith(f"# {info['display_name']}\n"), (node, text[:80])
         for name, spec in {**info["input"]["required"], **info["input"].get("optional", {})}.items():
             assert f"**{name}**" in text, (node, name)
-            stated = re.search(rf"\*\*{name}\*\* \(([^),]+)", text)
+            stated = re.search(rf"\*\*{name}\*\*(?:, \*\*\w+\*\*)* \(([^),]+)", text)
             default = spec[1].get("default") if len(spec) > 1 else None
-            if stated and default is not None:
+            if default not in (None, ""):
+                assert stated, (node, name, "no default stated")
                 said = stated.group(1)
                 assert (said == {True: "on", False: "off"}[default] if isinstance(default, bool) else
                         float(said) == default if isinstance(default, (int, float)) else
