@@ -121,9 +121,10 @@ def run(config, model, positive, negative, widgets, inputs):
         import ray
     except ImportError:
         fail("parallel: Ray is not installed: `pip install ray` in ComfyUI's Python (single-device runs need nothing)")
-    # As the host's sampling: cfg 1 skips the negative pass (diffusion forcing also below 1, as SkyReels-V2's)
+    # As the host's sampling: cfg 1 skips the negative pass (diffusion forcing also below 1, as SkyReels-V2's); no
+    # model option can keep it (disable_cfg1_optimization): recipe_of refuses options a worker cannot rebuild
     cfg = 1.0 if widgets["mode"] == "diffusion forcing" and widgets["cfg"] < 1 else widgets["cfg"]
-    plan = Plan(config, model, math.isclose(cfg, 1.0) and not model.model_options.get("disable_cfg1_optimization"))
+    plan = Plan(config, model, math.isclose(cfg, 1.0))
     started, ok = time.perf_counter(), False
     try:
         pool, cpu, kept = parallel_pool.workers_for(ray, plan)
