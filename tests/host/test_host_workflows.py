@@ -214,3 +214,15 @@ def test_named_widget_values_agree_with_the_widget_values():
         for node in load(name)["nodes"]:
             if "widgets_values_named" in node:
                 assert list(node["widgets_values_named"].values()) == node["widgets_values"], (name, node["type"])
+
+
+def test_every_link_names_the_slots_that_hold_it():
+    # A link is [id, from node, output slot, to node, input slot, type]; the frontend of 0.33 mends a stale slot
+    # number on load, an older one or a script reading the file (ui_to_api) may follow it to the wrong input.
+    for name in NAMES:
+        workflow = load(name)
+        nodes = {n["id"]: n for n in workflow["nodes"]}
+        for link_id, a, out, b, into, kind in workflow["links"]:
+            assert link_id in (nodes[a]["outputs"][out].get("links") or []), (name, link_id)
+            assert nodes[b]["inputs"][into]["link"] == link_id and nodes[b]["inputs"][into]["type"] in (kind, "*"), \
+                (name, link_id, nodes[b]["inputs"][into]["name"])
