@@ -1,5 +1,6 @@
 """The pack's nodes in a real ComfyUI server (main.py --cpu on 127.0.0.1), driven through its HTTP API."""
 import glob
+import json
 import os
 
 import pytest
@@ -266,6 +267,17 @@ def test_convert_node_names_a_shard_folder_output_after_the_whole_folder_name(se
     entry = server.run(prompt)
     assert error_of(entry) is None, error_of(entry)
     assert "wrote models/diffusion_models/t2v.release_fp8_e4m3fn.safetensors" in entry["outputs"]["1"]["text"][0]
+    # a file at the folder's root keeps its own name, even where a stray shard index lies there
+    stray = os.path.join(server.base, "models", "diffusion_models", "stray.safetensors.index.json")
+    with open(stray, "w") as f:
+        json.dump({"weight_map": {}}, f)
+    try:
+        entry = server.run(convert_prompt(""))
+    finally:
+        os.remove(stray)
+    assert error_of(entry) is None, error_of(entry)
+    assert "wrote models/diffusion_models/t2v_bf16_fp8_e4m3fn_per_channel.safetensors" in \
+        entry["outputs"]["1"]["text"][0]
 
 
 @pytest.mark.parametrize("name", ["../escaped", "/tmp/absolute", "sub/../../escaped"])
