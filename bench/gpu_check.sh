@@ -84,8 +84,9 @@ section() {   # title, time limit in seconds, command...
     echo "== $title ($(date -u +%FT%TZ))" | tee -a "$REPORT"
     timeout "$limit" "$@" 2>&1 | tee -a "$REPORT"
     local rc=${PIPESTATUS[0]}
-    [ "$rc" = 0 ] || echo "!! $title: exit $rc" | tee -a "$REPORT"
+    [ "$rc" = 0 ] || { echo "!! $title: exit $rc" | tee -a "$REPORT"; FAILED=$((FAILED + 1)); }
 }
+FAILED=0
 
 : > "$REPORT"
 section "device" 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
@@ -99,4 +100,6 @@ section "attention backends vs SDPA (bench/attention.py)" 75 "$PYTHON" bench/att
 section "noise drawn as SkyReels-V2's scripts (bench/noise.py)" 30 "$PYTHON" bench/noise.py
 section "Sample Video (bench/sample.py)" 135 "$PYTHON" bench/sample.py --steps 2
 section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 60 "$PYTHON" bench/teacache.py --steps 6 --quick
-echo "gpu_check: wrote $REPORT"
+# Every section runs whatever the others did; the exit status says whether one failed.
+echo "gpu_check: wrote $REPORT$([ "$FAILED" = 0 ] || echo "; $FAILED section(s) failed, marked !!")"
+[ "$FAILED" = 0 ]

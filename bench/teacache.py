@@ -55,8 +55,8 @@ logging.getLogger().setLevel(logging.INFO)
 def run(m, mode):
     skipped_log.clear()
     started = time.perf_counter()
-    samples, report, _ = SampleVideo.execute(m, pos, neg, {width}, {height}, {frames}, 0, {steps}, 6.0, 8.0, "unipc",
-                                             24, dict(mode=mode, ar_step=int(mode != "standard"))).args
+    samples, report = SampleVideo.execute(m, pos, neg, {width}, {height}, {frames}, 0, {steps}, 6.0, 8.0, "unipc",
+                                      24, dict(mode=mode, ar_step=int(mode != "standard"))).args[:2]
     seconds = time.perf_counter() - started
     tea = re.search(r"TeaCache: (\d+) of (\d+) model calls skipped", report)
     if tea:       # calls, cond and uncond apart
