@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, fp8_non_finite
 from .comfy_format import comfy_quant, format_name, format_of, is_quant_extra
 from .fp8 import FP8_DTYPES, NonFiniteWeight, dequantize_weight, quantize_weight_chunked
 from .policy import check_kept, layer_name, should_quantize
@@ -95,13 +95,6 @@ def _fp8_weight(ckpt, name, declared):
     return q, scale.reshape((-1, 1) if granularity == "channel" else ()), granularity
 
 
-def _fp8_non_finite(q):
-    """NaN/Inf in an fp8 tensor from its bit patterns (converting 14B fp8 weights to fp32 would take a minute).
-    In 1 MiB pieces: whole-tensor temporaries leave the allocator holding hundreds of MiB after a model load."""
-    limit = 0x7F if q.dtype == torch.float8_e4m3fn else 0x7C
-    return any(bool(((part & 0x7F) >= limit).any()) for part in q.view(torch.uint8).flatten().split(1 << 20))
-
-
 def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, keep_last_blocks=0,
                         progress=None, check_interrupt=None, compute_dtype=torch.bfloat16):
     """Return (state_dict, LoadSummary) for `ckpt` (a Checkpoint) holding a model described by `info`.
@@ -126,7 +119,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         fmt = None
         if fp8 is not None:
             q, scale, granularity = fp8
-            if _fp8_non_finite(q) or not torch.isfinite(scale).all():
+            if fp8_non_finite(q) or not torch.isfinite(scale).all():
                 raise ckpt.non_finite(name)
             if plain is not None or not linear:     # fp8 in the file, high precision wanted here
                 sd[name] = dequantize_weight(q, scale, kept_dtype)
