@@ -138,7 +138,7 @@ def fp8_non_finite(q):
         return False
     if limit is None:    # other 1-byte floats (the fnuz formats, e8m0) code NaN otherwise: decoded
         return not bool(absmax(q.float()).isfinite())
-    return bool(q.view(torch.int8).max() >= limit or q.view(torch.uint8).max() >= 0x80 | limit)
+    return bool(q.view(torch.int8).amax() >= limit or q.view(torch.uint8).amax() >= 0x80 | limit)
 
 
 class _PickleFile:

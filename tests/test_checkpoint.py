@@ -363,7 +363,7 @@ def test_the_fp8_finite_check_agrees_with_torch_on_every_bit_pattern(dtype):
     # are checked with no temporary (per-piece masks left up to 250 MiB of freed heap behind a load: bench/load.py).
     from quant.checkpoint import fp8_non_finite
     from test_act_quant import peak_extra_bytes
-    q = torch.randn(1536, 8960).clamp(-400, 400).to(dtype)
+    q = torch.randn(1536, 8960).to(dtype)
     for byte in range(256):
         one = q[:3].clone()
         one.view(torch.uint8)[2, 77] = byte
