@@ -90,6 +90,10 @@ result["usp calls"] = calls["usp"]
 """
 
 
+# Ranks leave the group together: one exiting while gloo's threads still talk to it can abort another.
+END = "\nprint('@@RESULT@@' + json.dumps(result))\ndist.barrier()\ndist.destroy_process_group()\n"
+
+
 def run_spmd(host, code, world=2, timeout=600):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,7 +101,7 @@ def run_spmd(host, code, world=2, timeout=600):
     procs = []
     for rank in range(world):
         filled = code.replace("@PORT@", str(port)).replace("@RANK@", str(rank)).replace("@WORLD@", str(world))
-        script = PRELUDE.format(host=host, repo=REPO) + filled + "\nprint('@@RESULT@@' + json.dumps(result))\n"
+        script = PRELUDE.format(host=host, repo=REPO) + filled + END
         procs.append(subprocess.Popen([sys.executable, "-c", script], cwd=host, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     try:
