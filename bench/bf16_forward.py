@@ -105,14 +105,23 @@ def skyreels_forward(tr, model, x, t, ctx, run):
             del model.time_embedding.forward, model.time_projection.forward
 
 
+def host_model(load, mm, path, fmt, gpu):
+    """The host's model loaded from `path` as `fmt`; `gpu`: computing in bf16, as the host chooses on CUDA."""
+    cpu_choice = mm.should_use_bf16
+    mm.should_use_bf16 = (lambda *a, **k: True) if gpu else cpu_choice
+    try:
+        return load(path, fmt, "upcast")[0].model
+    finally:
+        mm.should_use_bf16 = cpu_choice
+
+
 def host_runs(load, mm, path, x, ctx):
     """The Wan model's output (velocity) in each host configuration, as its apply_model calls it."""
-    cpu_choice, out = mm.should_use_bf16, {}
+    out = {}
     for name, fmt, gpu in (("(c) host, float32 (its CPU choice)", "bf16", False), ("(c) host bf16", "bf16", True),
                            ("(d) host fp8 per-tensor", "fp8_e4m3fn (per-tensor)", True),
                            ("(d) host fp8 per-channel", "fp8_e4m3fn (per-channel)", True)):
-        mm.should_use_bf16 = (lambda *a, **k: True) if gpu else cpu_choice
-        model = load(path, fmt, "upcast")[0].model
+        model = host_model(load, mm, path, fmt, gpu)
         got = out[f"{name} [computes in {str(model.get_dtype_inference())[6:]}]"] = []
         hook = model.diffusion_model.register_forward_hook(lambda m, i, o: got.append(o.float()))
         with torch.no_grad():
@@ -126,14 +135,10 @@ def row(name, outs, refs):
     print(f"{name:58s}" + "".join(f"{((a - b).norm() / b.norm()).item():10.2e}" for a, b in zip(outs, refs)))
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("skyreels_dir", help="a SkyReels-V2 checkout (holds skyreels_v2_infer)")
-    p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
-    p.add_argument("--blocks", type=int, default=4)
-    args = p.parse_args()
-    host = args.host or find_host() or sys.exit("no ComfyUI host found: set COMFYUI_PATH or pass --host")
-    start = time.perf_counter()
+def fresh_host(host, blocks):
+    """The host imported for the CPU as a GPU would run it, the pack, a tiny T2V file at the 1.3B widths with `blocks`
+    blocks, and the inputs: (load, model_management, info, state dict, file, latent, text embeddings)."""
+    host = host or find_host() or sys.exit("no ComfyUI host found: set COMFYUI_PATH or pass --host")
     sys.path.insert(0, host)                             # before the pack: its `nodes` is not ours
     import comfy.cli_args
     comfy.cli_args.args.cpu = True
@@ -142,7 +147,7 @@ def main():
     import comfy.model_management as mm
     from skyreels_pack.nodes.loader import load
 
-    dims = dict(tiny.REAL["1.3B"], num_layers=args.blocks)
+    dims = dict(tiny.REAL["1.3B"], num_layers=blocks)
     fd, path = tempfile.mkstemp(suffix=".safetensors")
     os.close(fd)
     sd = write_tiny(path, "T2V", seed=1, **dims)
@@ -151,9 +156,20 @@ def main():
     ctx = torch.zeros(1, 512, 4096)
     ctx[:, :20] = torch.randn(1, 20, 4096, generator=g).to(BF16).float()
     print(f"device: CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}; host {host}")
-    print(f"1.3B widths, {args.blocks} blocks, latent {list(x.shape)} (320 tokens), 20 text tokens")
+    print(f"1.3B widths, {blocks} blocks, latent {list(x.shape)} (320 tokens), 20 text tokens")
+    return load, mm, tiny.info("T2V", **dims), sd, path, x, ctx
 
-    tr, ref32, ref16 = skyreels_models(args.skyreels_dir, tiny.info("T2V", **dims), sd)
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("skyreels_dir", help="a SkyReels-V2 checkout (holds skyreels_v2_infer)")
+    p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
+    p.add_argument("--blocks", type=int, default=4)
+    args = p.parse_args()
+    start = time.perf_counter()
+    load, mm, info, sd, path, x, ctx = fresh_host(args.host, args.blocks)
+
+    tr, ref32, ref16 = skyreels_models(args.skyreels_dir, info, sd)
     out = {"(a) SkyReels-V2 float32": [skyreels_forward(tr, ref32, x, t, ctx, "fp32") for t in TIMESTEPS]}
     for run in RUNS:
         out[f"(b) SkyReels-V2 bf16 {run}"] = [skyreels_forward(tr, ref16, x, t, ctx, run) for t in TIMESTEPS]
