@@ -25,6 +25,7 @@ class ConvertToFP8(io.ComfyNode):
             node_id="SkyReelsConvertToFP8",
             display_name="Convert to FP8",
             category="SkyReels-V2",
+            search_aliases=["quantize model to fp8", "fp8 quantization", "save fp8 checkpoint"],
             description="Writes an FP8 copy of a SkyReels-V2 model into models/diffusion_models, one tensor at a time "
                         "(the source is never changed).",
             is_output_node=True,

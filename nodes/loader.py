@@ -33,6 +33,7 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
             node_id="SkyReelsFP8ModelLoader",
             display_name="Load FP8 SkyReels Model",
             category="SkyReels-V2",
+            search_aliases=["wan 2.1 fp8", "load diffusion model fp8", "fp8 model loader"],
             description="Loads a SkyReels-V2 (Wan 2.1) diffusion model in FP8: FP8 files as they are, bf16/fp16/fp32 "
                         "files quantized while loading, tensor by tensor.",
             inputs=[

@@ -11,6 +11,7 @@ class ParallelConfig(io.ComfyNode):
             node_id="SkyReelsParallelConfig",
             display_name="Parallel Config",
             category="SkyReels-V2",
+            search_aliases=["multi gpu", "sequence parallel", "cfg parallel", "xdit", "usp"],
             description="Runs Sample Video on several GPUs (or CPU processes), through Ray: CFG parallelism (positive "
                         "and negative passes side by side) and sequence parallelism (Ulysses, plus ring attention "
                         "when the heads do not split over all workers).",

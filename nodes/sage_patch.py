@@ -18,6 +18,7 @@ class PatchSageAttention(io.ComfyNode):
             node_id="SkyReelsPatchSageAttention",
             display_name="Patch SageAttention",
             category="SkyReels-V2",
+            search_aliases=["sageattention", "8-bit attention", "int8 attention", "comfy-kitchen attention", "sage3"],
             description="8-bit attention for this model. Falls back to exact attention (with one log line) where the "
                         "chosen backend is missing or the GPU cannot run it; an accuracy guard keeps any attention "
                         "site that 8-bit gets wrong exact.",

@@ -41,6 +41,7 @@ class SampleVideo(io.ComfyNode):
             node_id=NODE_ID,
             display_name="Sample Video",
             category="SkyReels-V2",
+            search_aliases=["diffusion forcing", "extend video", "long video", "wan 2.1 sampler"],
             description="Samples a SkyReels-V2 video latent: standard, or Diffusion Forcing with per-frame noise "
                         "levels and long videos made window by window.",
             inputs=[

@@ -13,6 +13,7 @@ class TeaCache(io.ComfyNode):
             node_id="SkyReelsTeaCache",
             display_name="TeaCache (SkyReels-V2)",
             category="SkyReels-V2",
+            search_aliases=["step cache", "skip steps", "faster sampling"],
             description="Skips transformer passes whose timestep embedding changed little since the last computed "
                         "one, with SkyReels-V2's coefficients for the model (read from its weights).",
             inputs=[
