@@ -115,19 +115,27 @@ def host_model(load, mm, path, fmt, gpu):
         mm.should_use_bf16 = cpu_choice
 
 
+def host_velocity(load, mm, path, fmt, gpu):
+    """v(x, t, context) of the host's model as its apply_model calls it at sigma = t / 1000, and the dtype it
+    computes in."""
+    model, got = host_model(load, mm, path, fmt, gpu), []
+    model.diffusion_model.register_forward_hook(lambda m, i, o: got.append(o.float()))
+
+    def velocity(x, t, ctx):
+        with torch.no_grad():
+            model.apply_model(x, torch.tensor([t / 1000]), c_crossattn=ctx)
+        return got.pop()
+    return velocity, str(model.get_dtype_inference())[6:]
+
+
 def host_runs(load, mm, path, x, ctx):
-    """The Wan model's output (velocity) in each host configuration, as its apply_model calls it."""
+    """The Wan model's output (velocity) in each host configuration, at each of TIMESTEPS."""
     out = {}
     for name, fmt, gpu in (("(c) host, float32 (its CPU choice)", "bf16", False), ("(c) host bf16", "bf16", True),
                            ("(d) host fp8 per-tensor", "fp8_e4m3fn (per-tensor)", True),
                            ("(d) host fp8 per-channel", "fp8_e4m3fn (per-channel)", True)):
-        model = host_model(load, mm, path, fmt, gpu)
-        got = out[f"{name} [computes in {str(model.get_dtype_inference())[6:]}]"] = []
-        hook = model.diffusion_model.register_forward_hook(lambda m, i, o: got.append(o.float()))
-        with torch.no_grad():
-            for t in TIMESTEPS:
-                model.apply_model(x, torch.tensor([t / 1000]), c_crossattn=ctx)
-        hook.remove()
+        velocity, dtype = host_velocity(load, mm, path, fmt, gpu)
+        out[f"{name} [computes in {dtype}]"] = [velocity(x, t, ctx) for t in TIMESTEPS]
     return out
 
 

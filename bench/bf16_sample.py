@@ -19,19 +19,7 @@ import time
 
 import torch
 
-from bf16_forward import BF16, RUNS, fresh_host, host_model, skyreels_forward, skyreels_models
-
-
-def host_velocity(load, mm, path, fmt, gpu):
-    """v(x, t, context) of the host's model as its apply_model calls it, and the dtype it computes in."""
-    model, got = host_model(load, mm, path, fmt, gpu), []
-    model.diffusion_model.register_forward_hook(lambda m, i, o: got.append(o.float()))
-
-    def velocity(x, t, ctx):
-        with torch.no_grad():
-            model.apply_model(x, torch.tensor([t / 1000]), c_crossattn=ctx)
-        return got.pop()
-    return velocity, str(model.get_dtype_inference())[6:]
+from bf16_forward import BF16, RUNS, fresh_host, host_velocity, skyreels_forward, skyreels_models
 
 
 def sample(scheduler_class, velocity, noise, pos, neg, steps, cfg, shift):
