@@ -16,6 +16,7 @@ import shutil
 import pytest
 
 from comfy_host import REPO
+from server import PACK
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NAMES = ["Load FP8 SkyReels Model", "Convert to FP8", "Patch SageAttention", "Sample Video", "TeaCache (SkyReels-V2)"]
@@ -140,6 +141,24 @@ def test_workflow_opens_without_missing_nodes_or_widget_errors(page, name):
     assert page.get_by_text("errors found", exact=False).count() == 0
     assert page.get_by_text("missing", exact=False).filter(visible=True).count() == 0
     assert page.errors == [], page.errors
+
+
+def test_template_browser_shows_each_workflows_own_card(page):
+    """The template browser asks the host for workflows/<name>.jpg (tests/data/make_thumbnails.py writes them);
+    without them every card of the pack showed the same placeholder."""
+    close_dialogs(page)
+    page.locator('button[aria-label="Templates"]').filter(visible=True).first.click()
+    page.get_by_text("ComfyUI-SkyReels", exact=False).first.click()
+    cards = """(names) => names.map(n => {
+      const i = document.querySelector(`[data-testid="template-workflow-${n}"] img`);
+      return i && i.complete ? [i.src.endsWith("/default-template.png"), i.naturalWidth] : null; })"""
+    page.wait_for_function(f"(names) => ({cards})(names).every(c => c)", arg=WORKFLOWS, timeout=30_000)
+    assert page.evaluate(cards, WORKFLOWS) == [[False, 512]] * len(WORKFLOWS)    # the placeholder: True, 224
+    served = page.evaluate("""async ([pack, names]) => Promise.all(names.map(async n => {
+      const r = await fetch(`/api/workflow_templates/${pack}/${n}.jpg`);
+      return [r.status, r.headers.get("content-type")]; }))""", [PACK, WORKFLOWS])
+    assert served == [[200, "image/jpeg"]] * len(WORKFLOWS), served
+    page.keyboard.press("Escape")
 
 
 def test_t2v_workflow_runs_from_the_run_button(page):
