@@ -83,4 +83,8 @@ def test_the_registry_is_told_the_same_oldest_comfyui(host):
     code = f"from comfy_config import config_parser\nconfig = config_parser.extract_node_configuration({REPO!r})\n"
     declared = run_in_host(host, code + "result = config.project.supported_comfyui_version")
     assert declared == f">={oldest_comfyui()}"
+    # The parser drops every classifier of a kind when one is misspelt.
+    project = "config.project"
+    platforms = run_in_host(host, code + f"result = [{project}.supported_os, {project}.supported_accelerators]")
+    assert platforms == [["Microsoft :: Windows", "POSIX :: Linux"], ["GPU :: NVIDIA CUDA"]]
     assert host_release(host) >= tuple(int(n) for n in oldest_comfyui().split(".")), host_version(host)
