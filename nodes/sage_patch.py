@@ -28,7 +28,8 @@ class PatchSageAttention(io.ComfyNode):
                                tooltip="auto: the best 8-bit backend for this GPU (sageattention 2.x, else "
                                        "comfy-kitchen int8, else sageattention 1.x, else exact). sageattention: "
                                        "the sageattention package's kernels (sageattn: its old name). comfy-kitchen "
-                                       "int8 / sage3: ComfyUI's attention of that name, where it registers one. "
+                                       "int8 / sage3 (FP4, Blackwell): ComfyUI's attention of that name, where it "
+                                       "registers one. "
                                        "reference: this pack's PyTorch SageAttention (any device, slow). disabled: "
                                        "exact attention."),
                 # the tuning knobs are advanced widgets (the frontend's advanced toggle), as core's EasyCache's

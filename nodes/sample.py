@@ -70,8 +70,8 @@ class SampleVideo(io.ComfyNode):
                                               "needed for start_image, prefix_video, end_image and videos longer "
                                               "than base_num_frames. Its own widgets show under it."),
                 io.Vae.Input("vae", optional=True,
-                             tooltip="Encodes start_image / prefix_video; with it, long-video windows overlap "
-                                     "through pixels as SkyReels-V2 does. Without it they overlap in latent space: "
+                             tooltip="Encodes start_image / prefix_video / end_image; with it, long-video windows "
+                                     "overlap through pixels as SkyReels-V2 does. Without it they overlap in latent space: "
                                      "faster, but a window then starts with a 4-frame latent where the model "
                                      "expects the 1-frame latent of a first frame, which can show at the seams."),
                 io.Image.Input("start_image", optional=True, tooltip="DF: the first frame (needs vae)."),
@@ -81,7 +81,9 @@ class SampleVideo(io.ComfyNode):
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Takes the size from this latent instead of width/height/frames."),
                 PARALLEL.Input("parallel", optional=True,
-                               tooltip="From Parallel Config: run on several GPUs (sequence parallel)."),
+                               tooltip="From Parallel Config: run on several GPUs (sequence parallel). The MODEL "
+                                       "must come from Load FP8 SkyReels Model (Patch SageAttention and LoRAs "
+                                       "allowed; not TeaCache)."),
                 # last, so that saved workflows keep their inputs in place
                 io.Image.Input("end_image", optional=True,
                                tooltip="DF: the frame the video leads to (needs vae, causal_block_size 1). As "
@@ -95,7 +97,7 @@ class SampleVideo(io.ComfyNode):
                                           "window_2 the second's, and so on; the last one given carries on."),
                 # last, so that saved workflows keep their widget values in place
                 io.Combo.Input("noise", options=NOISE, default=NOISE[0], optional=True,
-                               tooltip="Where the seed's noise is drawn. cpu: as ComfyUI's KSampler, the same video "
+                               tooltip="Where the seed's noise is drawn. cpu: as ComfyUI's KSampler, the same noise "
                                        "on every machine. gpu: as SkyReels-V2's scripts (in diffusion forcing also "
                                        "their bf16 latents between steps), so a seed starts from their noise on a "
                                        "GPU with the same number of multiprocessors (a GPU's random numbers depend "

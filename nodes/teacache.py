@@ -13,9 +13,10 @@ class TeaCache(io.ComfyNode):
             node_id="SkyReelsTeaCache",
             display_name="TeaCache (SkyReels-V2)",
             category="SkyReels-V2",
-            search_aliases=["step cache", "skip steps", "faster sampling"],
+            search_aliases=["step cache", "skip model calls", "faster sampling"],
             description="Skips transformer passes whose timestep embedding changed little since the last computed "
-                        "one, with SkyReels-V2's coefficients for the model (read from its weights).",
+                        "one, with SkyReels-V2's coefficients: for T2V/DF by the model's size (read from its "
+                        "weights), for I2V by the video's resolution (540P or 720P).",
             inputs=[
                 io.Model.Input("model"),
                 io.Float.Input("threshold", default=0.2, min=0.0, max=1.0, step=0.01,

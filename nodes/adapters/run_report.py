@@ -156,7 +156,8 @@ def attention_summary(model, counts_before):
     sage, exact = (counts[k] - counts_before.get(k, 0) for k in ("sage", "exact"))
     ran = sorted(getattr(override, "ran", ()))
     backends = f" ({', '.join(ran)})" if ran else ""
-    return f"attention: {getattr(override, 'mode', '?')} - {sage} calls 8-bit{backends}, {exact} exact"
+    bits = "FP4" if ran == ["sage3"] else "8-bit"      # sage3's kernels quantize to FP4
+    return f"attention: {getattr(override, 'mode', '?')} - {sage} calls {bits}{backends}, {exact} exact"
 
 
 def attention_counts(model):

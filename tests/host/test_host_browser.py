@@ -114,7 +114,7 @@ def test_nodes_are_in_the_node_library(page):
 # node by its name alone ("diffusion forcing" found nothing; "wan 2.1 fp8" and "multi gpu" only core's nodes).
 ALIASES = {"wan 2.1 fp8": "Load FP8 SkyReels Model", "diffusion forcing": "Sample Video",
            "int8 attention": "Patch SageAttention", "multi gpu": "Parallel Config",
-           "skip steps": "TeaCache (SkyReels-V2)", "fp8 quantization": "Convert to FP8"}
+           "skip model calls": "TeaCache (SkyReels-V2)", "fp8 quantization": "Convert to FP8"}
 
 
 def test_node_search_finds_each_node_by_what_users_call_it(page):

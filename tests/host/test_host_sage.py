@@ -165,6 +165,13 @@ except ValueError as e:
     result["foreign"]["parallel"] = str(e)
 records.clear()
 
+# sage3's calls are FP4, not 8-bit (its kernels run only on Blackwell: here the counts are set as a run would).
+patched = PatchSageAttention.execute(patcher, "sage3", 0, 0, 0, 0.995).args[0]
+override_of(patched).counts["sage"] += 3
+override_of(patched).ran.add("sage3")
+result["sage3 report"] = run_report.attention_summary(patched, {})
+records.clear()
+
 # A NaN or Inf 8-bit output: that call and the site from then on are exact, logged once.
 override = fresh("comfy-kitchen int8")
 override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
@@ -279,6 +286,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
         report=f"attention: another node's override, {who} (not Patch SageAttention; not counted)",
         parallel=f"Sample Video: parallel: an attention override other than Patch SageAttention is set on this MODEL, "
                  f"{who}; remove that node"), r["foreign"]
+    assert r["sage3 report"] == "attention: sage3 - 3 calls FP4 (sage3), 0 exact", r["sage3 report"]
     nan = r["nan"]
     assert nan["counts"] == {"sage": 1, "exact": 2} and nan["finite"] == [True, True, True]
     assert len(nan["logs"]) == 1 and "gave NaN or Inf" in nan["logs"][0] and "block 5" in nan["logs"][0]
