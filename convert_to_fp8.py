@@ -8,6 +8,7 @@ Load FP8 SkyReels Model node. Exit status: 0 done, 2 bad input (one line on stde
 """
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -102,8 +103,8 @@ def main_with(args):
                              progress=bar)
         finally:
             bar.close()
-    except CheckpointError as e:
-        return error(e, 2)
+    except CheckpointError as e:     # its messages name Convert to FP8's widgets: here they are flags
+        return error(re.sub(r"\bkeep_(first|last)_blocks\b", r"--keep-\1-blocks", str(e)), 2)
     except VerifyError as e:
         return error(f"{e} (nothing was written)", 1)
     except OSError as e:  # e.g. a read-only output folder or a full disk

@@ -24,6 +24,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +45,7 @@ DF_INPUTS = ("end_image", "video_path")     # files only Diffusion Forcing takes
 SIZE_FLAGS = dict(resolution="540P", num_frames=97, inference_steps=30)
 # The widgets that ComfyUI names when it refuses a value, and the flags that set them.
 FLAG_OF = dict(cfg="--guidance_scale", steps="--inference_steps", frames="--num_frames", shift="--shift",
-               fps="--fps", seed="--seed")
+               fps="--fps", seed="--seed", workers="--workers", **{flag: "--" + flag for flag in DF_DEFAULTS})
 # The demo's long video, small and asynchronous: 57 frames in windows of 37 overlapping by 17, causal blocks of 5.
 DEMO = dict(width=64, height=64, frames=57, steps=4, ar_step=5, causal_block_size=5, base_num_frames=37,
             overlap_history=17, addnoise_condition=20)
@@ -210,14 +211,16 @@ def write_tiny_vae(path, seed=0):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model_id", "--model_path", dest="model_path",
-                   help="SkyReels-V2 model: a file, a downloaded folder, or a Hugging Face id already downloaded "
-                        "(into models/diffusion_models/<name> or the Hugging Face cache; nothing is downloaded). "
-                        "None: the tiny demo")
+                   help="SkyReels-V2 model: a file, a downloaded folder, a name as Load FP8 SkyReels Model lists it "
+                        "(ComfyUI's diffusion_models folders, extra_model_paths.yaml's too), or a Hugging Face id "
+                        "already downloaded (into models/diffusion_models/<name> or the Hugging Face cache; nothing "
+                        "is downloaded). None: the tiny demo")
     p.add_argument("--prompt", default="A graceful white swan swimming in a serene lake at dawn.",
                    help="default: %(default)s")
     p.add_argument("--negative_prompt", help="default: the workflow's")
     p.add_argument("--resolution", choices=list(RESOLUTIONS), help="default: 540P (the demo: 64x64)")
-    p.add_argument("--num_frames", type=int, help="default: 97 (the demo: 57)")
+    p.add_argument("--num_frames", type=int, help="default: 97 (the demo: 57); rounded down to 4k+1 frames, as "
+                                                   "SkyReels-V2 makes them")
     p.add_argument("--image", help="start image (I2V model: image to video; DF model: first frame); a portrait "
                                    "image makes a portrait video, as SkyReels-V2's scripts do")
     p.add_argument("--end_image", help="Diffusion Forcing: the frame the video leads to (causal_block_size 1)")
@@ -231,7 +234,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, help="default: a random one, as SkyReels-V2's scripts (it names the video "
                                             "file); the demo: 42")
     p.add_argument("--cpu_noise", action="store_true",
-                   help="draw the seed's noise on the CPU, as ComfyUI's KSampler: the same video on every machine "
+                   help="draw the seed's noise on the CPU, as ComfyUI's KSampler: the same noise on every machine "
                         "(default: on the GPU, as SkyReels-V2's scripts, so --seed starts from their noise on a GPU with "
                         "the same number of multiprocessors)")
     p.add_argument("--use_fp8", dest="fp8", action="store_true", default=True, help="FP8 weights (default)")
@@ -250,7 +253,7 @@ def parse_args(argv):
     p.add_argument("--use_ret_steps", action="store_true",
                    help="with --teacache: retention steps (SkyReels-V2: faster and better)")
     p.add_argument("--prompt_enhancer", action="store_true", help="not available here (it says why)")
-    p.add_argument("--output", help="video file to write (default: OUTDIR/<workflow>_<seed>_<time>.mp4)")
+    p.add_argument("--output", help="MP4 file to write (default: OUTDIR/<workflow>_<seed>_<time>.mp4)")
     p.add_argument("--outdir", default="video_out",
                    help="folder of the video when --output is not given (default: video_out)")
     for flag, default in DF_DEFAULTS.items():
@@ -260,9 +263,11 @@ def parse_args(argv):
     p.add_argument("--use_usp", action="store_true",
                    help="several GPUs through Ray: Parallel Config (cfg parallel, then Ulysses/ring); see README")
     p.add_argument("--workers", type=int, default=2, help="with --use_usp: GPUs, one worker each (default 2)")
-    p.add_argument("--text_encoder", help="umt5-xxl file (default: models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled)")
+    p.add_argument("--text_encoder",
+                   help="umt5-xxl file (default: models/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors)")
     p.add_argument("--vae", help="Wan 2.1 VAE file (default: models/vae/wan_2.1_vae.safetensors)")
-    p.add_argument("--clip_vision", help="CLIP vision file for I2V (default: models/clip_vision/clip_vision_h)")
+    p.add_argument("--clip_vision",
+                   help="CLIP vision file for I2V (default: models/clip_vision/clip_vision_h.safetensors)")
     p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU (the demo always does)")
     args = p.parse_args(argv)
     # The demo keeps its small sizes except those given here; a model takes SkyReels-V2's defaults.
@@ -388,7 +393,8 @@ def find_model(given, host):
     for place in places:
         if os.path.isdir(place):
             return check_folder(place)
-    raise BadInput(f"--model_id: {given} is not downloaded (looked in {' and '.join(places)}; this script downloads "
+    looked = places + ([] if any(p.startswith(repo) for p in places) else [repo])     # the cache, not there either
+    raise BadInput(f"--model_id: {given} is not downloaded (looked in {' and '.join(looked)}; this script downloads "
                    f"nothing): hf download {given} --exclude \"*.pth\" --local-dir {places[0]}")
 
 
@@ -689,7 +695,8 @@ def main(argv=None):
                             video_size(args, source) if i2v else None, flag)
         if args.video_path:
             shutil.copy(args.video_path, os.path.join(base, "input", input_name(args, "video_path")))
-        server = HostServer(host, base, extra).start()
+        server = HostServer(host, base, extra)      # named first: a kill while it starts still stops it
+        server.start()
         with open(os.path.join(REPO, "workflows", name), encoding="utf-8") as f:
             workflow = json.load(f)
         object_info = server.get("/object_info")
@@ -762,6 +769,8 @@ def check_output(args):
     given = args.output or args.outdir
     if args.output and os.path.exists(path):
         raise BadInput(f"--output: {path} exists; choose another name")
+    if args.output and os.path.splitext(path)[1].lower() != ".mp4":     # Save Video writes MP4 (H.264)
+        raise BadInput(f"--output: {path}: the video is an MP4 file; give a name ending in .mp4")
     problem = args.output and name_problem(os.path.basename(path), windows=os.name == "nt")
     if problem:
         raise BadInput(f"--output: {path}: {problem}; choose another name")
@@ -801,6 +810,15 @@ def save_output(base, args, workflow_name):
     return dst
 
 
+def exit_on_kill():
+    """A kill (SIGTERM: `timeout`, a job scheduler; SIGHUP: the terminal closed) ends main through its `finally`, as
+    Ctrl-C does, so the ComfyUI it started stops and its temp folder goes; killed outright, both stayed behind."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):      # Windows has SIGTERM only
+            signal.signal(getattr(signal, name), lambda signum, frame: sys.exit(128 + signum))
+
+
 if __name__ == "__main__":
     sys.stdout.reconfigure(errors="backslashreplace")   # piped on Windows it has the code page's characters only
+    exit_on_kill()
     sys.exit(main())

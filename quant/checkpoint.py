@@ -150,9 +150,13 @@ class _PickleFile:
                 if "mmap" not in str(e):
                     raise
                 sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-        except pickle.UnpicklingError:
-            raise CheckpointError(f"{path}: refused: the file holds pickled objects, not only weights (it was "
-                                  "opened with weights_only=True); use a .safetensors release of the model") from None
+        except pickle.UnpicklingError as e:
+            if "global" in str(e).lower():     # weights_only met a class or function to import: code, not weights
+                raise CheckpointError(f"{path}: refused: the file holds pickled objects, not only weights (it was "
+                                      "opened with weights_only=True); use a .safetensors release of the model"
+                                      ) from None
+            raise CheckpointError(f"{path}: not a PyTorch weights file (its bytes are not a pickle: a web page or a "
+                                  "damaged download?); download it again") from None
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e}); download it again") from None
         # A training checkpoint: the weights under one of these, beside an epoch, an optimizer ...

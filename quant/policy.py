@@ -26,5 +26,6 @@ def check_kept(num_layers, keep_first_blocks, keep_last_blocks):
     """The message for keep_first/last_blocks that keep every block high precision (nothing would be FP8), or None."""
     if keep_first_blocks + keep_last_blocks >= num_layers:
         return (f"keep_first_blocks {keep_first_blocks} + keep_last_blocks {keep_last_blocks} keep all {num_layers} "
-                "blocks in high precision, so nothing would be FP8: lower them (or load with weight_format bf16)")
+                "blocks in high precision, so nothing would be FP8: lower them (or keep the model as it is: Load "
+                "FP8 SkyReels Model's weight_format bf16 loads it in high precision)")
     return None

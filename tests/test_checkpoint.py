@@ -150,6 +150,13 @@ def test_pickled_code_is_refused(tmp_path, capsys):
     assert "this would run" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("content", [b"<html>404 Not Found</html>", bytes(range(256))])
+def test_a_pth_that_is_no_pickle_is_called_damaged_not_refused(tmp_path, content):
+    (tmp_path / "page.pth").write_bytes(content)    # what a failed download saves under the model's name
+    with pytest.raises(CheckpointError, match=r"page.pth: not a PyTorch weights file .*download it again"):
+        Checkpoint(str(tmp_path / "page.pth"))
+
+
 def test_real_model_sizes_from_shapes():
     for size, dims in tiny.REAL.items():
         for variant in ("T2V", "I2V", "DF"):

@@ -433,11 +433,16 @@ def test_keeping_every_block_is_refused(tmp_path):
     from quant.formats import load_fp8_state_dict
     write_tiny(tmp_path / "src.safetensors", "T2V")       # 2 blocks
     told = ("keep_first_blocks 1 + keep_last_blocks 1 keep all 2 blocks in high precision, so nothing would be FP8: "
-            "lower them (or load with weight_format bf16)")
+            "lower them (or keep the model as it is: Load FP8 SkyReels Model's weight_format bf16 loads it in high "
+            "precision)")
     with pytest.raises(CheckpointError, match=re.escape(f"src.safetensors: {told}")):
         convert(str(tmp_path / "src.safetensors"), str(tmp_path / "o.safetensors"),
                 Options(keep_first_blocks=1, keep_last_blocks=1))
     assert leftovers(tmp_path, ["src.safetensors"]) == []
+    proc = run_cli(tmp_path / "src.safetensors", tmp_path / "o.safetensors", "--keep-first-blocks", 1,
+                   "--keep-last-blocks", 1)     # the script names its flags, not the node's widgets
+    assert proc.returncode == 2 and "src.safetensors: --keep-first-blocks 1 + --keep-last-blocks 1 keep all 2 " \
+        "blocks" in proc.stderr, proc.stderr
     with Checkpoint(str(tmp_path / "src.safetensors")) as ckpt:
         with pytest.raises(CheckpointError, match=re.escape(told)):
             load_fp8_state_dict(ckpt, ckpt.model_info(), keep_first_blocks=1, keep_last_blocks=1)

@@ -1,9 +1,11 @@
 """generate_video_fp8.py, the README's main job, run as a user runs it (a subprocess; it starts its own ComfyUI)."""
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 
 import av
 import pytest
@@ -55,13 +57,47 @@ def test_bad_output_places_and_widget_values_exit_2_before_or_without_a_video(ho
         assert proc.returncode == 2 and f"{flags[0]}: {flags[1]}" in proc.stderr, proc.stderr
         assert f"{tmp_path / 'afile'} is not a folder; choose another place" in proc.stderr
         assert proc.stdout == ""                                # it stopped before anything else (the demo's line)
+    proc = run(["--output", "x.webm"], host, tmp_path)                   # it wrote an MP4 under that name
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr.strip() == ("generate_video_fp8: --output: x.webm: the video is an MP4 file; give a name "
+                                   "ending in .mp4"), proc.stderr
     proc = run(["--seed", "-1", "--output", "x.mp4"], host, tmp_path)    # ComfyUI refuses the widget's value
     assert proc.returncode == 2 and "ComfyUI refused the prompt's inputs: " in proc.stderr and "seed" in proc.stderr
     assert proc.stderr.rstrip().endswith("(here seed is --seed)"), proc.stderr
+    proc = run(["--causal_block_size", "0"], host, tmp_path)              # a Diffusion Forcing widget, nested in mode
+    assert proc.returncode == 2 and "mode.causal_block_size" in proc.stderr, proc.stderr
+    assert proc.stderr.rstrip().endswith("(here causal_block_size is --causal_block_size)"), proc.stderr
     proc = run(["--inference_steps", "0"], host, tmp_path)              # the demo used to run its own 4 steps
     assert proc.returncode == 2 and proc.stderr.strip() == ("generate_video_fp8: --inference_steps: 0; give 1 or more "
                                                             "(SkyReels-V2 uses 30 to 50)"), proc.stderr
 
+
+
+@pytest.mark.skipif(os.name == "nt", reason="SIGTERM from another process is TerminateProcess on Windows")
+def test_a_killed_run_stops_its_comfyui_and_leaves_no_temp_folder(host, tmp_path):
+    import psutil
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = {**os.environ, "COMFYUI_PATH": host, "TMPDIR": str(temp)}
+    proc = subprocess.Popen([sys.executable, SCRIPT], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    children = []
+    try:
+        for _ in range(600):             # until ComfyUI is starting: its log is open in the temp base folder
+            if list(temp.glob("skyreels-headless-*/comfyui.log")) or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, proc.communicate()        # ComfyUI's main.py
+        proc.terminate()                 # as `timeout` or a job scheduler stops it
+        assert proc.wait(60) == 128 + 15
+        left = [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    finally:
+        for p in [proc, *children]:     # nothing of this test outlives it, passed or not
+            with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                p.kill()
+    assert list(temp.glob("skyreels-headless-*")) == []
+    assert left == []                   # ComfyUI stopped with the script
 
 def test_an_output_on_a_drive_that_is_not_there_is_named(monkeypatch, tmp_path):
     # On Windows the parent of "E:\\" is "E:\\": with the drive unplugged, the search for a folder must still end.
