@@ -37,6 +37,8 @@ import uuid
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
 PACK = "ComfyUI-SkyReels-FP8"
+# What PyTorch says when ComfyUI, started without --cpu, finds no GPU (its traceback's last line).
+NO_GPU = ("Found no NVIDIA driver", "Torch not compiled with CUDA enabled", "No CUDA GPUs are available")
 DEFAULT_HOST = os.path.join(os.path.expanduser("~"), "ComfyUI")
 RESOLUTIONS = {"540P": (960, 544), "720P": (1280, 720)}
 # SkyReels-V2's generate_video_df.py defaults (its overlap_history has none; 17 is what its README uses).
@@ -110,7 +112,12 @@ class HostServer:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited at start-up:\n{self.read_log()[-4000:]}")
+                log = self.read_log()
+                no_gpu = [line for line in log.splitlines() if any(s in line for s in NO_GPU)]
+                if no_gpu and "--cpu" not in self.extra_args:
+                    raise BadInput(f"ComfyUI found no GPU ({no_gpu[-1].strip()}); add --cpu to run on the CPU "
+                                   "(slow), or install a PyTorch with CUDA")
+                raise RuntimeError(f"ComfyUI exited at start-up:\n{log[-4000:]}")
             try:
                 self.get("/system_stats")
                 return self

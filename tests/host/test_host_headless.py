@@ -99,6 +99,21 @@ def test_a_killed_run_stops_its_comfyui_and_leaves_no_temp_folder(host, tmp_path
     assert list(temp.glob("skyreels-headless-*")) == []
     assert left == []                   # ComfyUI stopped with the script
 
+
+def test_no_gpu_without_cpu_is_one_line_and_exit_2(host, tmp_path):
+    # CUDA_VISIBLE_DEVICES hides any GPU, so this holds on every machine; ComfyUI printed a 30-line traceback.
+    from helpers import write_tiny
+    write_tiny(tmp_path / "t2v.safetensors", "T2V")
+    for name in ("te", "vae"):
+        safetensors.torch.save_file({"x": torch.zeros(2)}, str(tmp_path / f"{name}.safetensors"))
+    env = {**os.environ, "COMFYUI_PATH": host, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, SCRIPT, "--model_id", str(tmp_path / "t2v.safetensors"), "--text_encoder",
+                           str(tmp_path / "te.safetensors"), "--vae", str(tmp_path / "vae.safetensors")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert re.fullmatch(r"generate_video_fp8: ComfyUI found no GPU \(.*(NVIDIA driver|CUDA).*\); add --cpu to run on "
+                        r"the CPU \(slow\), or install a PyTorch with CUDA\n", proc.stderr), proc.stderr
+
 def test_an_output_on_a_drive_that_is_not_there_is_named(monkeypatch, tmp_path):
     # On Windows the parent of "E:\\" is "E:\\": with the drive unplugged, the search for a folder must still end.
     from generate_video_fp8 import BadInput, check_output, parse_args
