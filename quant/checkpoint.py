@@ -151,7 +151,9 @@ class _PickleFile:
                     raise
                 sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
         except pickle.UnpicklingError as e:
-            if "global" in str(e).lower():     # weights_only met a class or function to import: code, not weights
+            # weights_only met a class or function to import (code, not weights): "Unsupported global: GLOBAL ...",
+            # "Unsupported class ..." in older torch; other errors are bytes that are no pickle at all.
+            if any(s in str(e).lower() for s in ("global", "unsupported class")):
                 raise CheckpointError(f"{path}: refused: the file holds pickled objects, not only weights (it was "
                                       "opened with weights_only=True); use a .safetensors release of the model"
                                       ) from None
