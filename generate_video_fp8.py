@@ -672,9 +672,9 @@ def main(argv=None):
     if host is None:
         return error("no ComfyUI found: set COMFYUI_PATH to a ComfyUI folder, install this pack in "
                      "ComfyUI/custom_nodes, or lay ComfyUI out at ~/ComfyUI (with its requirements installed)", 2)
-    base = tempfile.mkdtemp(prefix="skyreels-headless-")
-    server = None
+    base = server = None
     try:
+        base = tempfile.mkdtemp(prefix="skyreels-headless-")
         check_output(args)
         check_flags(args)
         model = None if demo else find_model(args.model_path, host)
@@ -729,7 +729,8 @@ def main(argv=None):
     finally:
         if server:
             server.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if base:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 DEMO_CONDITIONING = {False: "skyreels_demo_positive", True: "skyreels_demo_negative"}
@@ -819,10 +820,17 @@ def save_output(base, args, workflow_name):
 
 def exit_on_kill():
     """A kill (SIGTERM: `timeout`, a job scheduler; SIGHUP: the terminal closed) ends main through its `finally`, as
-    Ctrl-C does, so the ComfyUI it started stops and its temp folder goes; killed outright, both stayed behind."""
-    for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):      # Windows has SIGTERM only
-            signal.signal(getattr(signal, name), lambda signum, frame: sys.exit(128 + signum))
+    Ctrl-C does, so the ComfyUI it started stops and its temp folder goes; killed outright, both stayed behind.
+    A signal already ignored stays so (`nohup` ignores SIGHUP, and ComfyUI inherits that)."""
+    kills = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]   # Windows: no SIGHUP
+
+    def leave(signum, frame):
+        for s in kills:     # a second kill must not cut the cleanup short
+            signal.signal(s, signal.SIG_IGN)
+        sys.exit(128 + signum)
+    for s in kills:
+        if signal.getsignal(s) == signal.SIG_DFL:
+            signal.signal(s, leave)
 
 
 if __name__ == "__main__":

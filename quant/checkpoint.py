@@ -151,14 +151,19 @@ class _PickleFile:
                     raise
                 sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
         except pickle.UnpicklingError as e:
+            said = str(e).lower()
             # weights_only met a class or function to import (code, not weights): "Unsupported global: GLOBAL ...",
-            # "Unsupported class ..." in older torch; other errors are bytes that are no pickle at all.
-            if any(s in str(e).lower() for s in ("global", "unsupported class")):
+            # "Unsupported class ..." in older torch.
+            if "global" in said or "unsupported class" in said:
                 raise CheckpointError(f"{path}: refused: the file holds pickled objects, not only weights (it was "
                                       "opened with weights_only=True); use a .safetensors release of the model"
                                       ) from None
-            raise CheckpointError(f"{path}: not a PyTorch weights file (its bytes are not a pickle: a web page or a "
-                                  "damaged download?); download it again") from None
+            if "unsupported operand" in said or "invalid load key" in said:    # bytes that are no pickle at all
+                raise CheckpointError(f"{path}: not a PyTorch weights file (its bytes are not a pickle: a web page "
+                                      "or a damaged download?); download it again") from None
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+            why = next((b for a, b in zip(lines, lines[1:]) if "WeightsUnpickler error" in a), lines[0])
+            raise CheckpointError(f"{path}: not a readable PyTorch weights file ({why}); download it again") from None
         except Exception as e:
             raise CheckpointError(f"{path}: not a readable PyTorch weights file ({e}); download it again") from None
         # A training checkpoint: the weights under one of these, beside an epoch, an optimizer ...

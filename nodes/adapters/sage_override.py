@@ -136,7 +136,8 @@ class SageOverride:
 
     def _go_exact(self, site, what, exact):
         self.exact_sites.add(site)
-        self._log_once(("guard", site), f"8-bit attention at block {site[0]} (q {site[1]}, k {site[2]}) {what}: "
+        bits = "FP4" if self.mode == "sage3" else "8-bit"     # auto never picks sage3
+        self._log_once(("guard", site), f"{bits} attention at block {site[0]} (q {site[1]}, k {site[2]}) {what}: "
                                         "exact attention there")
         return exact()
 

@@ -1,7 +1,8 @@
 """Writes workflows/<name>.jpg, the card the template browser shows for each workflow (the frontend asks the host for
 /api/workflow_templates/<pack>/<name>.jpg; without one every card showed the same placeholder). There is no video to
-show without real weights, so each card names the workflow: its note's heading and the pack's nodes in it. Run by hand
-when a workflow's heading or nodes change (tests/host/test_host_browser.py checks every card loads):
+show without real weights, so each card names the workflow: its note's heading and the pack's nodes in it, also kept
+as the JPEG's comment. Run by hand when a workflow's heading or nodes change (tests/test_workflow_cards.py says when;
+tests/host/test_host_browser.py checks every card loads):
 
     python tests/data/make_thumbnails.py
 """
@@ -25,6 +26,16 @@ def heading(workflow):
     return title[0].upper() + title[1:]
 
 
+def nodes(workflow):
+    """The pack's nodes in the workflow, left to right, by their display names."""
+    return [NAMES[n["type"]] for n in sorted(workflow["nodes"], key=lambda n: n["pos"][0]) if n["type"] in NAMES]
+
+
+def text(workflow):
+    """What the card shows, as its JPEG comment."""
+    return "\n".join([heading(workflow), *nodes(workflow)])
+
+
 def wrap(draw, text, font, width):
     lines = [""]
     for word in text.split():
@@ -46,9 +57,9 @@ def card(workflow):
     for line in wrap(draw, heading(workflow), title, SIZE - 2 * MARGIN):
         draw.text((MARGIN, y), line, font=title, fill=(236, 236, 240))
         y += 54
-    nodes = [NAMES[n["type"]] for n in sorted(workflow["nodes"], key=lambda n: n["pos"][0]) if n["type"] in NAMES]
-    y = SIZE - MARGIN - 38 * len(nodes) - 10
-    for name in nodes:
+    names = nodes(workflow)
+    y = SIZE - MARGIN - 38 * len(names) - 10
+    for name in names:
         y += 38
         draw.rectangle((MARGIN, y + 12, MARGIN + 9, y + 21), fill=(64, 132, 214))
         draw.text((MARGIN + 22, y), name, font=body, fill=(190, 194, 206))
@@ -58,8 +69,8 @@ def card(workflow):
 def main():
     for path in sorted(glob.glob(os.path.join(REPO, "workflows", "*.json"))):
         with open(path, encoding="utf-8") as f:
-            image = card(json.load(f))
-        image.save(path[:-len(".json")] + ".jpg", quality=88)
+            workflow = json.load(f)
+        card(workflow).save(path[:-len(".json")] + ".jpg", quality=88, comment=text(workflow))
         print("wrote", path[:-len(".json")] + ".jpg")
 
 

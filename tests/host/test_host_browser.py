@@ -8,6 +8,7 @@ Encode nodes become TestWanConditioning (the host's CLIPLoader builds a full-siz
 holds), and the size is made small. The screenshot of the finished run is kept in $TEST_ARTIFACTS (default
 test-artifacts/ in the repository).
 """
+import contextlib
 import json
 import os
 import re
@@ -118,17 +119,21 @@ ALIASES = {"wan 2.1 fp8": "Load FP8 SkyReels Model", "diffusion forcing": "Sampl
 
 
 def test_node_search_finds_each_node_by_what_users_call_it(page):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     close_dialogs(page)
     found = {}
     for query in ALIASES:
         page.evaluate("async () => { await window.app.extensionManager.command.execute("
                       "'Workspace.SearchBox.Toggle'); }")
         page.get_by_placeholder("Add a node...").filter(visible=True).first.fill(query)
-        page.wait_for_timeout(1000)
+        with contextlib.suppress(PlaywrightTimeout):    # the results update as the search runs; give it time
+            page.wait_for_function("""(name) => [...document.querySelectorAll('[role="option"]')].slice(0, 3)
+              .some(o => o.innerText.split("\\n")[0] === name)""", arg=ALIASES[query], timeout=10_000)
         found[query] = [text.split("\n")[0] for text in page.get_by_role("option").all_inner_texts()[:3]]
         page.keyboard.press("Escape")
         page.wait_for_timeout(300)
     assert {q: ALIASES[q] for q in ALIASES if ALIASES[q] in found[q]} == ALIASES, found
+
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_opens_without_missing_nodes_or_widget_errors(page, name):
@@ -148,6 +153,14 @@ def test_template_browser_shows_each_workflows_own_card(page):
     without them every card of the pack showed the same placeholder."""
     close_dialogs(page)
     page.locator('button[aria-label="Templates"]').filter(visible=True).first.click()
+    try:
+        check_cards(page)
+    finally:                             # the next test starts with no dialog open
+        page.keyboard.press("Escape")
+        page.locator('[role="dialog"]').filter(visible=True).first.wait_for(state="hidden", timeout=10_000)
+
+
+def check_cards(page):
     page.get_by_text("ComfyUI-SkyReels", exact=False).first.click()
     cards = """(names) => names.map(n => {
       const i = document.querySelector(`[data-testid="template-workflow-${n}"] img`);
@@ -158,7 +171,6 @@ def test_template_browser_shows_each_workflows_own_card(page):
       const r = await fetch(`/api/workflow_templates/${pack}/${n}.jpg`);
       return [r.status, r.headers.get("content-type")]; }))""", [PACK, WORKFLOWS])
     assert served == [[200, "image/jpeg"]] * len(WORKFLOWS), served
-    page.keyboard.press("Escape")
 
 
 def test_t2v_workflow_runs_from_the_run_button(page):

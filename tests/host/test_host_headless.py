@@ -74,21 +74,26 @@ def test_bad_output_places_and_widget_values_exit_2_before_or_without_a_video(ho
 
 
 @pytest.mark.skipif(os.name == "nt", reason="SIGTERM from another process is TerminateProcess on Windows")
-def test_a_killed_run_stops_its_comfyui_and_leaves_no_temp_folder(host, tmp_path):
+def test_a_killed_run_stops_its_comfyui_and_leaves_no_temp_folder_and_nohup_still_holds(host, tmp_path):
     import psutil
+    import signal
     temp = tmp_path / "temp"
     temp.mkdir()
     env = {**os.environ, "COMFYUI_PATH": host, "TMPDIR": str(temp)}
     proc = subprocess.Popen([sys.executable, SCRIPT], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))     # as under nohup
     children = []
     try:
-        for _ in range(600):             # until ComfyUI is starting: its log is open in the temp base folder
-            if list(temp.glob("skyreels-headless-*/comfyui.log")) or proc.poll() is not None:
+        for _ in range(600):             # until ComfyUI's main.py runs
+            children = psutil.Process(proc.pid).children(recursive=True)
+            if children or proc.poll() is not None:
                 break
             time.sleep(0.1)
-        children = psutil.Process(proc.pid).children(recursive=True)
-        assert children, proc.communicate()        # ComfyUI's main.py
+        assert children, proc.returncode
+        proc.send_signal(signal.SIGHUP)  # the terminal closed: nohup's ignored SIGHUP stays ignored, in ComfyUI too
+        time.sleep(1)
+        assert proc.poll() is None and all(c.is_running() for c in children)
         proc.terminate()                 # as `timeout` or a job scheduler stops it
         assert proc.wait(60) == 128 + 15
         left = [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
@@ -422,6 +427,7 @@ def test_model_id_is_found_where_it_was_downloaded(host, tmp_path, monkeypatch, 
     assert main(["--model_id", "Skywork/SkyReels-V2-DF-1.3B-540P"]) == 2
     err = capsys.readouterr().err
     assert "--model_id: Skywork/SkyReels-V2-DF-1.3B-540P is not downloaded (looked in " in err
+    assert f" and {tmp_path / 'hub' / 'models--Skywork--SkyReels-V2-DF-1.3B-540P'};" in err, err    # the cache too
     # one pattern: hf 1.x reads a second --include value as a file name, and hf 0.3x keeps only a repeated flag's last
     assert ('this script downloads nothing): hf download Skywork/SkyReels-V2-DF-1.3B-540P --exclude "*.pth" '
             '--local-dir ') in err
