@@ -291,7 +291,7 @@ def pick_workflow(args, info):
     given = [f"--{f}" for f in (*DF_DEFAULTS, "causal_attention", *DF_INPUTS)
              if getattr(args, f) is not None and getattr(args, f) is not False]
     if info is None:    # the demo model is DF-1.3B-like
-        return "skyreels_df_long_video.json"
+        return check_df_frames(args)
     if info.variant == "I2V":
         if not args.image:
             raise BadInput(f"--model_id: {info.describe()} is an image-to-video model; give --image")
@@ -301,8 +301,17 @@ def pick_workflow(args, info):
         return "skyreels_i2v_fp8_sage.json"
     # DF-14B has the same tensors as T2V-14B: a start image or a DF flag asks for Diffusion Forcing.
     if info.variant == "DF" or args.image or given:
-        return "skyreels_df_long_video.json"
+        return check_df_frames(args)
     return "skyreels_t2v_fp8_sage.json"
+
+
+def check_df_frames(args):
+    """Diffusion Forcing's first latent frame is --image's: one frame leaves nothing to make (Sample Video says so
+    once ComfyUI runs, naming its widget)."""
+    if args.image and args.num_frames < 5:
+        raise BadInput(f"--num_frames: {args.num_frames} frame is --image's own; give 5 or more (4k+1) to make new "
+                       "frames after it")
+    return "skyreels_df_long_video.json"
 
 
 def check_flags(args):

@@ -400,7 +400,8 @@ def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, 
             (["--video_path", "short.mp4"], "--video_path: 9 frames; a continuation starts from its last "
                                             "overlap_history (17), and this script takes up to 4113: trim it"),
             (["--video_path", "broken.mp4"], "--video_path: broken.mp4 is not a video ComfyUI can read"),
-            (["--end_image", "none.png"], "--end_image: none.png not found")):
+            (["--end_image", "none.png"], "--end_image: none.png not found"),
+            (["--image", "a.png", "--num_frames", "1"], "--num_frames: 1 frame is --image's own; give 5 or more")):
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
 
