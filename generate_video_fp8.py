@@ -291,7 +291,7 @@ def pick_workflow(args, info):
     given = [f"--{f}" for f in (*DF_DEFAULTS, "causal_attention", *DF_INPUTS)
              if getattr(args, f) is not None and getattr(args, f) is not False]
     if info is None:    # the demo model is DF-1.3B-like
-        return check_df_frames(args)
+        return "skyreels_df_long_video.json"
     if info.variant == "I2V":
         if not args.image:
             raise BadInput(f"--model_id: {info.describe()} is an image-to-video model; give --image")
@@ -301,17 +301,16 @@ def pick_workflow(args, info):
         return "skyreels_i2v_fp8_sage.json"
     # DF-14B has the same tensors as T2V-14B: a start image or a DF flag asks for Diffusion Forcing.
     if info.variant == "DF" or args.image or given:
-        return check_df_frames(args)
+        return "skyreels_df_long_video.json"
     return "skyreels_t2v_fp8_sage.json"
 
 
-def check_df_frames(args):
+def check_df_frames(args, workflow):
     """Diffusion Forcing's first latent frame is --image's: one frame leaves nothing to make (Sample Video says so
     once ComfyUI runs, naming its widget)."""
-    if args.image and args.num_frames < 5:
+    if workflow == "skyreels_df_long_video.json" and args.image and args.num_frames < 5:
         raise BadInput(f"--num_frames: {args.num_frames} frame is --image's own; give 5 or more (4k+1) to make new "
                        "frames after it")
-    return "skyreels_df_long_video.json"
 
 
 def check_flags(args):
@@ -689,6 +688,7 @@ def main(argv=None):
         model = None if demo else find_model(args.model_path, host)
         info = None if demo else inspect_model(model)
         name = pick_workflow(args, info)
+        check_df_frames(args, name)
         source = read_source(args)
         extra = []
         if demo:
