@@ -54,9 +54,9 @@ def _blocks(attention, mesh):
             if to.get("optimized_attention_override") is not attention:
                 raise ValueError("sequence parallel: another attention override was set after it (apply Patch "
                                  "SageAttention before)")
-            attention.shards = shards
+            attention.now.shards = shards
             x = shards.tokens(x)
-        s = attention.shards
+        s = attention.now.shards
         x = extra["original_block"]({"img": x, "txt": args["txt"], "vec": s.frames_of(args["vec"]),
                                      "pe": s.tokens(args["pe"]), "transformer_options": to})["img"]
         if to["block_index"] == to["total_blocks"] - 1:

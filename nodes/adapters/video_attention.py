@@ -4,6 +4,7 @@ so 8-bit attention still serves every call. The host gives attention no sign of 
 hooks on the blocks' self_attn modules mark those calls.
 """
 import functools
+import threading
 
 from comfy.patcher_extension import WrappersMP
 
@@ -14,11 +15,18 @@ KEY = "skyreels_video_attention"
 CAUSAL_KEY = "skyreels_causal_frames"   # transformer_options: latent frames per causal block (Sample Video)
 
 
+class _Pass(threading.local):
+    """The current forward pass's state, per thread: core's MultiGPU CFG Split runs each GPU's forward pass in a
+    thread of its own, all through this one VideoAttention (shared, not copied). Shared, each thread's hooks marked
+    the other's calls: cross-attention went through the causal mask, self-attention went without it."""
+    in_self_attention = False
+    shards = None          # set by sequence_parallel's first block
+
+
 class VideoAttention:
     def __init__(self, inner, mesh=None):
         self.inner, self.mesh = inner, mesh
-        self.in_self_attention = False
-        self.shards = None          # set by sequence_parallel's first block for the current forward pass
+        self.now = _Pass()
 
     def __deepcopy__(self, memo):
         return self   # shared, never copied, whatever copies the model options (the process groups cannot be)
@@ -30,7 +38,7 @@ class VideoAttention:
                        skip_output_reshape=skip_output_reshape, **kwargs)
         to = kwargs.get("transformer_options") or {}
         causal = to.get(CAUSAL_KEY)
-        if not self.in_self_attention or (self.mesh is None and not causal):
+        if not self.now.in_self_attention or (self.mesh is None and not causal):
             return call(q, k, v, heads, **options)
         if skip_reshape or skip_output_reshape or mask is not None:
             raise ValueError("video attention: unexpected self-attention call layout")
@@ -48,20 +56,20 @@ class VideoAttention:
             return out.view(b, out.shape[1], n, -1)
 
         split = [t.view(b, t.shape[1], heads, -1) for t in (q, k, v)]
-        out = whole(*split) if self.mesh is None else usp_attention(*split, whole, self.shards.length, self.mesh)
+        out = whole(*split) if self.mesh is None else usp_attention(*split, whole, self.now.shards.length, self.mesh)
         return out.reshape(b, out.shape[1], -1)
 
     def around_model(self, executor, *args, **kwargs):
         """During a forward pass: mark self-attention calls (hooks on every block's self_attn)."""
         attns = [block.self_attn for block in executor.class_obj.blocks]
-        hooks = [a.register_forward_pre_hook(lambda *_: setattr(self, "in_self_attention", True)) for a in attns]
-        hooks += [a.register_forward_hook(lambda *_: setattr(self, "in_self_attention", False)) for a in attns]
+        hooks = [a.register_forward_pre_hook(lambda *_: setattr(self.now, "in_self_attention", True)) for a in attns]
+        hooks += [a.register_forward_hook(lambda *_: setattr(self.now, "in_self_attention", False)) for a in attns]
         try:
             return executor(*args, **kwargs)
         finally:
             for h in hooks:
                 h.remove()
-            self.in_self_attention, self.shards = False, None
+            self.now.in_self_attention, self.now.shards = False, None
 
 
 def installed(model):
