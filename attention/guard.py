@@ -25,6 +25,7 @@ class StepIndex:
     def __init__(self):
         self._sigmas, self._step = None, 0
         self._schedule, self._continues = None, False
+        self.grid = None    # the model's noise levels, ascending (its model sampling's sigmas), set as a pass starts
 
     def continues(self, to):
         """Whether this sampling pass starts below the top of the flow schedule (sigma 1): a second KSampler
@@ -34,8 +35,17 @@ class StepIndex:
         if CALL in to or schedule is None or not len(schedule):
             return False
         if schedule is not self._schedule:
-            self._schedule, self._continues = schedule, float(schedule[0]) < FROM_NOISE
+            self._schedule, self._continues = schedule, self._below_top(schedule)
         return self._continues
+
+    def _below_top(self, schedule):
+        """More than one of the pass's own steps below the model's top noise level, counted on the model's grid of
+        levels: ddim_uniform's whole pass starts up to one step down (flow sigma 0.96 at 4 steps, shift 8), a pass
+        from step 2 of 4 two steps down. Without the grid (a pass no core sampler started): below FROM_NOISE."""
+        if self.grid is None or len(schedule) < 2:
+            return float(schedule[0]) < FROM_NOISE
+        at = torch.searchsorted(self.grid, schedule[:2].to(self.grid)).tolist()
+        return len(self.grid) - 1 - at[0] >= at[0] - at[1]
 
     def __call__(self, to):
         schedule = to.get("sample_sigmas")

@@ -35,6 +35,21 @@ def test_a_pass_that_starts_below_the_top_of_the_schedule_continues_one():
     assert not index.continues({})
 
 
+def test_on_the_models_grid_a_pass_less_than_one_step_below_the_top_starts_from_noise():
+    t = torch.arange(1, 1001) / 1000
+    grid = 8 * t / (1 + 7 * t)        # the noise levels of ComfyUI's flow model sampling at shift 8, ascending
+    index = StepIndex()
+    index.grid = grid
+    zero = torch.zeros(1)
+    # ddim_uniform, 4 steps: grid levels 751, 501, 251, 1 (sigma 0.960 first), 248 levels below the top
+    assert not index.continues({"sample_sigmas": torch.cat([grid[[751, 501, 251, 1]], zero])})
+    assert float(grid[751]) < 0.99     # which a sigma threshold alone took for a continued pass
+    # simple, 4 steps (levels 999, 749, 499, 249): the pass from step 1 or from step 2 continues one
+    assert index.continues({"sample_sigmas": torch.cat([grid[[749, 499, 249]], zero])})
+    assert index.continues({"sample_sigmas": torch.cat([grid[[499, 249]], zero])})
+    assert not index.continues({"sample_sigmas": torch.cat([grid[[999, 749, 499, 249]], zero])})
+
+
 def test_guard_cosine_and_non_finite_outputs():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 6, 32, 16, generator=g) for _ in range(3))

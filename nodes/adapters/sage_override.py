@@ -93,6 +93,9 @@ class SageOverride:
         afresh, so a seed gives the same video whatever ran before it."""
         self.exact_sites.clear()
         self.checked.clear()
+        patcher = getattr(executor.class_obj, "model_patcher", None)    # the guider's: where this pass starts
+        sampling = patcher.get_model_object("model_sampling") if patcher is not None else None
+        self.step_index.grid = getattr(sampling, "sigmas", None)
         return executor(*args, **kwargs)
 
     def __deepcopy__(self, memo):

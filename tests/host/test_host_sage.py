@@ -71,6 +71,9 @@ def two_passes(m):
     ksa(m, "disable", 0, 4, 2.0, "euler", "simple", pos, neg, half, 2, 4, "disable")
 result["split"] = [first_step_exact(two_passes), first_step_exact(
     lambda m: core.common_ksampler(m, 0, 4, 2.0, "euler", "simple", pos, neg, latent))]
+# ddim_uniform's whole pass of 4 starts at sigma 0.96, not 1 (shift 8): a pass from noise all the same
+result["ddim_uniform"] = first_step_exact(
+    lambda m: core.common_ksampler(m, 0, 4, 2.0, "euler", "ddim_uniform", pos, neg, latent))
 
 def fresh(mode="reference"):
     return override_of(PatchSageAttention.execute(patcher, mode, 0, 0, 0, 0.995).args[0])
@@ -261,7 +264,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     # keep block 0 and step 0 exact: step 0 is all exact (4 calls), step 1 has block 0 exact (2) and block 1 sage.
     assert r["kept"] == {"sage": 2, "exact": 6}
     # 4 steps of 4 calls, the first exact, in two passes as in one (the second pass's first step was exact too)
-    assert r["split"] == [{"sage": 12, "exact": 4}] * 2, r["split"]
+    assert r["split"] == [{"sage": 12, "exact": 4}] * 2 and r["ddim_uniform"] == r["split"][1], r
     assert r["original_untouched"] and r["original_untouched_after"]
     g = r["guard"]
     assert g["first"] <= 1e-6 and g["second"] <= 1e-6 and g["counts"] == {"sage": 0, "exact": 2}
