@@ -104,6 +104,16 @@ def whole_blocks(latent_length, base_latent, overlap_latent, block):
             next((n for n in range(latent_length + 1, latent_length + base_latent + block) if fits(n)), None))
 
 
+def whole_block_bases(latent_length, base_latent, overlap_latent, block):
+    """The window lengths in whole causal blocks nearest `base_latent` (below, above; None where there is none),
+    longer than the overlap, with which every window of a `latent_length` video holds whole blocks."""
+    def fits(base):
+        return all(length % block == 0 for _, length in windows(latent_length, base, overlap_latent))
+    start = base_latent // block * block
+    return (next((n for n in range(start, overlap_latent, -block) if fits(n)), None),
+            next((n for n in range(start + block, latent_length + block + 1, block) if fits(n)), None))
+
+
 def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0, draw=torch.randn, callback=None,
                   dtype=None):
     """Run one window. `x` [B, C, F, H, W] holds noise, with the clean prefix in its first `plan.prefix` frames;

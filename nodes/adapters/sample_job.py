@@ -226,6 +226,7 @@ class Job:
             fail("start_image / prefix_video need a vae connected to encode them")
         self._check_orientation("start_image" if prefix_video is None else "prefix_video",
                                 start_image if prefix_video is None else prefix_video)
+        self._check_prefix_blocks(start_image, prefix_video)
         if prefix_video is not None:
             check_frames("overlap_history", self.opts["overlap_history"])
             # SkyReels-V2 continues a video with its own pixels, not a decode of them (extend_video): all of its
@@ -236,6 +237,21 @@ class Job:
         else:
             pixels = self._tail_pixels(self._fit_picture(start_image)[None], "start_image")
         self.prefix = self._encode(pixels).expand(self.shape[0], -1, -1, -1, -1)
+
+    def _check_prefix_blocks(self, start_image, prefix_video):
+        """The frames a video starts from must give at least one whole causal block of latent frames: say what
+        gives more (a start image is always one latent frame; a prefix video gives its last overlap_history frames)."""
+        cbs, overlap = self.opts["causal_block_size"], self.opts["overlap_history"]
+        need = video_frames(cbs)
+        if start_image is not None and cbs > 1:
+            fail(f"start_image: one frame gives 1 latent frame, fewer than causal_block_size {cbs}; use "
+                 f"causal_block_size 1, or connect the first {need} or more frames as prefix_video instead")
+        if prefix_video is not None and min(overlap, prefix_video.shape[0]) < need:
+            fixes = [f"overlap_history {need} or more"] * (overlap < need)
+            fixes += [f"a prefix_video of {need} or more frames"] * (prefix_video.shape[0] < need)
+            fail(f"prefix_video: its last {min(overlap, prefix_video.shape[0])} frames (overlap_history "
+                 f"{overlap}) give {latent_frames(min(overlap, prefix_video.shape[0]))} latent frame(s), fewer than "
+                 f"causal_block_size {cbs}; use causal_block_size 1, or {' and '.join(fixes)}")
 
     def set_end(self, end_image):
         """SkyReels-V2's end image: one clean latent frame (timestep 0) after the last window's, not in the output."""
@@ -336,10 +352,9 @@ class Job:
             if overlap >= base:
                 fail(f"overlap_history ({o['overlap_history']}) must be shorter than base_num_frames "
                      f"({o['base_num_frames']})")
-        if total > base and base % cbs:      # the nearest whole blocks that still hold more than the overlap
-            fits = [video_frames(n) for n in (base // cbs * cbs, base // cbs * cbs + cbs) if n > overlap]
+        if total > base and base % cbs:
             fail(f"causal_block_size: base_num_frames {o['base_num_frames']} gives {base} latent frames, not whole "
-                 f"blocks of {cbs}; use base_num_frames {' or '.join(map(str, fits))}, or causal_block_size 1")
+                 f"blocks of {cbs}; {self._base_advice(total, base, overlap, cbs)}, or causal_block_size 1")
         wins = [(keep, overlap, length) for _, length in forcing.windows(total, base, overlap)]
         first = 0 if self.prefix is None else self.prefix.shape[2]
         if first >= wins[0][2]:
@@ -365,6 +380,17 @@ class Job:
                 fail(str(e))
             out.append((prefix, repeated, length, forcing.clean_end(plan, 1) if end else plan))
         return out
+
+    @staticmethod
+    def _base_advice(total, base, overlap, cbs):
+        """base_num_frames values in whole blocks with which this video's windows all hold whole blocks; where none
+        suits its length, the nearest such value with the video lengths that suit it (one message, not two)."""
+        fits = [video_frames(n) for n in forcing.whole_block_bases(total, base, overlap, cbs) if n]
+        if fits:
+            return f"use base_num_frames {' or '.join(map(str, fits))}"
+        n = next(n for n in (base // cbs * cbs, base // cbs * cbs + cbs) if n > overlap)
+        lengths = [str(video_frames(m)) for m in forcing.whole_blocks(total, n, overlap, cbs) if m]
+        return f"use base_num_frames {video_frames(n)}" + (f" with {' or '.join(lengths)} frames" if lengths else "")
 
     def run(self):
         windows = self.plans()

@@ -135,7 +135,12 @@ def test_a_prompt_per_window_through_the_hosts_dynamic_inputs(server):
     (dict(width=40), "Sample Video: width/height: 40x32 must be multiples of 16"),
     (dict(mode="diffusion forcing", frames=57, base_num_frames=21, overlap_history=13, causal_block_size=4),
      "Sample Video: causal_block_size: base_num_frames 21 gives 6 latent frames, not whole blocks of 4; use "
-     "base_num_frames 29, or causal_block_size 1"),      # not 13: it would hold no more than the overlap
+     "base_num_frames 29 with 45 or 61 frames, or causal_block_size 1"),      # not 13: no more than the overlap;
+    # (no window length in blocks of 4 suits 57 frames: the lengths 29 suits are named); where one does, it is named
+    # alone: both values give 257 frames' windows whole blocks of 5 (97: 25 + 20 + 20 latent frames; 117: 30 + 25 + 10)
+    (dict(mode="diffusion forcing", frames=257, base_num_frames=101, overlap_history=17, causal_block_size=5),
+     "Sample Video: causal_block_size: base_num_frames 101 gives 26 latent frames, not whole blocks of 5; use "
+     "base_num_frames 97 or 117, or causal_block_size 1"),
     # one window (the video is base_num_frames long): only shorter videos fit, the windows of longer ones cannot
     (dict(mode="diffusion forcing", frames=97, base_num_frames=97, overlap_history=17, causal_block_size=4),
      "Sample Video: causal_block_size: 97 frames make window 1 of 1 25 latent frames, not whole blocks of 4; make "

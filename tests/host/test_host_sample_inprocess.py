@@ -151,6 +151,9 @@ result = dict(
     standard_image=error(mode="standard", start_image=image, vae=vae),
     no_vae=error(start_image=image),
     block_too_big=error(start_image=image, vae=vae, causal_block_size=3),
+    # a prefix_video's last overlap_history frames: too few for a block where the widget or the video is short
+    block_overlap=error(prefix_video=torch.cat([video] * 3), overlap_history=5, vae=vae, causal_block_size=3),
+    block_video=error(prefix_video=video[:5], overlap_history=9, vae=vae, causal_block_size=3),
     end_standard=error(mode="standard", end_image=image, vae=vae),
     end_no_vae=error(end_image=image),
     end_blocks=error(end_image=image, vae=vae, causal_block_size=3, frames=9, ar_step=0),
@@ -254,8 +257,14 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["images_shape"] == [2 * 21, 32, 32, 3]      # the images output: both videos' 21 frames, as VAE Decode
     assert r["no_vae_images"] == ["ExecutionBlocker", "Sample Video: images needs a vae connected (it decodes each "
                                   "window as SkyReels-V2 does); or decode the LATENT output with VAE Decode"]
-    assert r["block_too_big"].startswith("Sample Video: start_image: gives 1 latent frame(s), fewer than "
-                                         "causal_block_size 3")
+    # Each names what gives more frames (a start image is one frame whatever the frames widget says)
+    assert r["block_too_big"] == ("Sample Video: start_image: one frame gives 1 latent frame, fewer than "
+                                  "causal_block_size 3; use causal_block_size 1, or connect the first 9 or more frames "
+                                  "as prefix_video instead"), r["block_too_big"]
+    assert r["block_overlap"] == ("Sample Video: prefix_video: its last 5 frames (overlap_history 5) give 2 latent "
+                                  "frame(s), fewer than causal_block_size 3; use causal_block_size 1, or "
+                                  "overlap_history 9 or more"), r["block_overlap"]
+    assert r["block_video"].endswith("use causal_block_size 1, or a prefix_video of 9 or more frames"), r
 
 
 PREVIEWS = r"""
