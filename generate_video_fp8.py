@@ -47,7 +47,8 @@ DF_INPUTS = ("end_image", "video_path")     # files only Diffusion Forcing takes
 SIZE_FLAGS = dict(resolution="540P", num_frames=97, inference_steps=30)
 # The widgets that ComfyUI names when it refuses a value, and the flags that set them.
 FLAG_OF = dict(cfg="--guidance_scale", steps="--inference_steps", frames="--num_frames", shift="--shift",
-               fps="--fps", seed="--seed", workers="--workers", **{flag: "--" + flag for flag in DF_DEFAULTS})
+               fps="--fps", seed="--seed", workers="--workers", start_image="--image", prefix_video="--video_path",
+               end_image="--end_image", **{flag: "--" + flag for flag in DF_DEFAULTS})
 # The demo's long video, small and asynchronous: 57 frames in windows of 37 overlapping by 17, causal blocks of 5.
 DEMO = dict(width=64, height=64, frames=57, steps=4, ar_step=5, causal_block_size=5, base_num_frames=37,
             overlap_history=17, addnoise_condition=20)
@@ -658,11 +659,17 @@ def node_failure(err, object_info, names):
     loader (whose message does not say), the file it read and its flag."""
     node = object_info.get(err["node_type"], {}).get("display_name") or err["node_type"]
     message = " ".join(err["exception_message"].split())      # one line, as the script's other errors
-    if message.startswith(f"{node}: "):     # this pack's nodes name themselves
-        return message
+    if message.startswith(f"{node}: "):     # this pack's nodes name themselves, and their widgets
+        return with_flags(message)
     kind, flag = LOADER_FLAGS.get(err["node_type"], (None, None))
     read = f" ({flag} {names[kind]})" if kind in names else ""
     return f"{node}{read} failed: {message}"
+
+
+def with_flags(message):
+    """A message naming widgets, with the flags that set them here."""
+    flags = [f"{w} is {f}" for w, f in FLAG_OF.items() if re.search(rf"\b{w}\b", message)]
+    return message + (f" (here {', '.join(flags)})" if flags else "")
 
 
 def error(message, code):
@@ -733,8 +740,7 @@ def main(argv=None):
     except RuntimeError as e:     # a prompt ComfyUI refuses names the widgets: bad input too, said with the flags
         if not str(e).startswith("ComfyUI refused the prompt's inputs"):
             return error(e, 1)
-        flags = [f"{w} is {f}" for w, f in FLAG_OF.items() if re.search(rf"\b{w}\b", str(e))]
-        return error(f"{e}" + (f" (here {', '.join(flags)})" if flags else ""), 2)
+        return error(with_flags(str(e)), 2)
     finally:
         if server:
             server.stop()

@@ -187,8 +187,12 @@ def test_a_core_loader_that_fails_is_named_with_its_flag_and_file():
     assert node_failure(err, info, {"vae": "my_vae.safetensors"}) == (
         "Load VAE (--vae my_vae.safetensors) failed: ERROR: VAE is invalid: None If the VAE is from a checkpoint "
         "loader node your checkpoint does not contain a valid VAE.")
-    err = {"node_type": "SkyReelsSampleVideo", "exception_message": "Sample Video: steps: 0\n"}
-    assert node_failure(err, {"SkyReelsSampleVideo": {"display_name": "Sample Video"}}, {}) == "Sample Video: steps: 0"
+    # This pack's nodes name themselves and their widgets: the flags that set those widgets here are added
+    err = {"node_type": "SkyReelsSampleVideo", "exception_message": "Sample Video: start_image: one frame gives 1 "
+                                                                    "latent frame, fewer than causal_block_size 5\n"}
+    assert node_failure(err, {"SkyReelsSampleVideo": {"display_name": "Sample Video"}}, {}) == (
+        "Sample Video: start_image: one frame gives 1 latent frame, fewer than causal_block_size 5 (here "
+        "start_image is --image, causal_block_size is --causal_block_size)")
 
 
 def test_comfyui_dying_mid_run_is_reported_with_its_log(tmp_path):
