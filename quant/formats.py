@@ -110,6 +110,8 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         raise CheckpointError(f"{ckpt.path}: {kept}")
     kept_dtype = plain or compute_dtype
     names = [n for n in ckpt.names if not is_quant_extra(n)]
+    # auto takes an FP8 file as it is: the Linears it holds in high precision were kept so (a converter's keep blocks)
+    as_is = target is None and any(ckpt.spec(n)[1] in FP8_DTYPES.values() for n in names if n.endswith(".weight"))
     sd, schemes = {}, []  # schemes: the (fp8, granularity) of each quantized weight
     for i, name in enumerate(names):
         if check_interrupt:
@@ -125,7 +127,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
                 sd[name] = dequantize_weight(q, scale, kept_dtype)
             else:
                 fmt = (str(q.dtype).split("float8_")[-1], granularity)
-        elif linear and plain is None:
+        elif linear and plain is None and not as_is:
             fmt = target or AUTO
             try:
                 q, scale, _ = quantize_weight_chunked(ckpt.load(name), dtype=FP8_DTYPES[fmt[0]], granularity=fmt[1])

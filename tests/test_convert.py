@@ -450,6 +450,20 @@ def test_keeping_every_block_is_refused(tmp_path):
         assert all(t.dtype == torch.bfloat16 for t in sd.values())
 
 
+def test_auto_loads_an_fp8_file_with_kept_blocks_as_it_is(tmp_path):
+    # A file converted with keep blocks: auto quantized those blocks again when loading (core's loader keeps them).
+    from quant.formats import load_fp8_state_dict
+    write_tiny(tmp_path / "src.safetensors", "T2V")       # 2 blocks
+    convert(str(tmp_path / "src.safetensors"), str(tmp_path / "kept.safetensors"), Options(keep_first_blocks=1))
+    with Checkpoint(str(tmp_path / "kept.safetensors")) as ckpt:
+        sd, summary = load_fp8_state_dict(ckpt, ckpt.model_info())
+        fp8, _ = load_fp8_state_dict(ckpt, ckpt.model_info(), "fp8_e4m3fn (per-channel)")     # asked for: FP8
+    assert sd["blocks.0.self_attn.q.weight"].dtype == torch.bfloat16 and "blocks.0.self_attn.q.comfy_quant" not in sd
+    assert sd["blocks.1.self_attn.q.weight"].dtype == torch.float8_e4m3fn, summary
+    assert summary.scheme == "fp8 e4m3fn per-tensor" and summary.quantized == 10, summary     # block 1 as the file has it
+    assert fp8["blocks.0.self_attn.q.weight"].dtype == torch.float8_e4m3fn
+
+
 def test_a_folder_as_the_output_is_named(tmp_path):
     write_tiny(tmp_path / "src.safetensors", "T2V")
     (tmp_path / "out.safetensors").mkdir()
