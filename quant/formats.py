@@ -62,12 +62,12 @@ def describe_source(ckpt, declared):
         kinds = sorted({f"fp8 {f} per-{g}" for f, g in declared.values()})
         origin = "this pack's format" if any(g == "channel" for _, g in declared.values()) else "ComfyUI format"
         return f"{', '.join(kinds)} ({origin})"
+    kind = str(ckpt.spec(fp8_names[0])[1]).split("float8_")[-1] if fp8_names else None
     if "scaled_fp8" in ckpt.names:
-        return "fp8 e4m3fn per-tensor (legacy scaled_fp8)"
+        return f"fp8 {kind or 'e4m3fn'} per-tensor (legacy scaled_fp8)"
     if fp8_names:
         scaled = any(n.endswith((".weight_scale", ".scale_weight")) for n in ckpt.names)
-        return f"fp8 {str(ckpt.spec(fp8_names[0])[1]).split('float8_')[-1]} " + (
-            "(scales, no format tags)" if scaled else "(plain cast, no scales)")
+        return f"fp8 {kind} " + ("(scales, no format tags)" if scaled else "(plain cast, no scales)")
     dtypes = sorted({str(ckpt.spec(n)[1]).replace("torch.", "") for n in ckpt.names if "weight" in n})
     return "/".join(dtypes)
 

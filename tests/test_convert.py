@@ -464,6 +464,21 @@ def test_auto_loads_an_fp8_file_with_kept_blocks_as_it_is(tmp_path):
     assert fp8["blocks.0.self_attn.q.weight"].dtype == torch.float8_e4m3fn
 
 
+def test_a_legacy_scaled_fp8_file_is_described_by_its_own_fp8_type(tmp_path):
+    # The report named every older scaled_fp8 file e4m3fn; this one holds e5m2 weights.
+    from quant.formats import load_fp8_state_dict
+    from quant.policy import should_quantize
+    sd = tiny.state_dict(tiny.info("T2V"), seed=1)
+    for k in [k for k in sd if should_quantize(k, 2)]:
+        scale = sd[k].float().abs().max() / 57344
+        sd[k], sd[k[:-len("weight")] + "scale_weight"] = (sd[k].float() / scale).to(torch.float8_e5m2), scale[None]
+    sd["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e5m2)
+    safetensors.torch.save_file(sd, str(tmp_path / "legacy.safetensors"))
+    with Checkpoint(str(tmp_path / "legacy.safetensors")) as ckpt:
+        _, summary = load_fp8_state_dict(ckpt, ckpt.model_info())
+    assert (summary.source, summary.scheme) == ("fp8 e5m2 per-tensor (legacy scaled_fp8)", "fp8 e5m2 per-tensor")
+
+
 def test_a_folder_as_the_output_is_named(tmp_path):
     write_tiny(tmp_path / "src.safetensors", "T2V")
     (tmp_path / "out.safetensors").mkdir()

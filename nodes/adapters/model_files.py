@@ -112,9 +112,16 @@ def output_path(name):
                          f"(it is written to models/{FOLDER})")
     root = os.path.realpath(_output_folder())
     path = os.path.realpath(os.path.join(root, *parts))
-    if os.path.commonpath([root, path]) != root:
+    if not _inside(root, path):
         raise ValueError(f"output_name {name!r} leads outside models/{FOLDER} (through a link)")
     return path
+
+
+def _inside(root, path):
+    try:
+        return os.path.commonpath([root, path]) == root
+    except ValueError:      # Windows: another drive (a junction to D:), never inside
+        return False
 
 
 def shown(path):

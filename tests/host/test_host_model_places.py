@@ -2,7 +2,7 @@
 marked is_default), and the pack's own folder named as a second download names it."""
 import os
 
-from comfy_host import REPO, run_in_host
+from comfy_host import IMPORT_PACK, REPO, run_in_host
 from helpers import write_tiny, write_tiny_release
 
 from generate_video_fp8 import install_copy
@@ -84,3 +84,34 @@ def test_the_script_finds_files_in_the_folders_of_the_hosts_extra_model_paths(ho
     folders = host_folders(str(linked))
     assert str(shared / "te") in folders["text_encoders"] and str(shared / "vae") in folders["vae"], folders
     assert not any(str(shared) in f for f in folders["diffusion_models"]), folders
+
+
+OTHER_DRIVE = r"""
+import ntpath, os, types
+from skyreels_pack.nodes.adapters import model_files
+# Windows' path rules (ntpath), with models\diffusion_models\wan a junction to another drive
+links = {"C:\\ComfyUI\\models\\diffusion_models\\wan": "D:\\wan"}
+
+def realpath(p):
+    p = ntpath.normpath(p)
+    return next((b + p[len(a):] for a, b in links.items() if p.lower().startswith(a.lower())), p)
+
+path = types.SimpleNamespace(**{n: getattr(ntpath, n) for n in dir(ntpath) if not n.startswith("__")})
+path.realpath = realpath
+model_files.os = types.SimpleNamespace(path=path, sep="\\", fsencode=os.fsencode)
+model_files._output_folder = lambda: "C:\\ComfyUI\\models\\diffusion_models"
+result = {}
+for name in ("sub\\ok.safetensors", "wan\\mine_fp8.safetensors"):
+    try:
+        result[name] = model_files.output_path(name)
+    except ValueError as e:
+        result[name] = str(e)
+"""
+
+
+def test_an_output_name_through_a_junction_to_another_drive_is_named(host):
+    # Windows' commonpath raises for two drives: Convert to FP8 said only "Paths don't have the same drive".
+    r = run_in_host(host, IMPORT_PACK.format(repo=REPO) + OTHER_DRIVE)
+    assert r["sub\\ok.safetensors"] == "C:\\ComfyUI\\models\\diffusion_models\\sub\\ok.safetensors", r
+    assert r["wan\\mine_fp8.safetensors"] == ("output_name 'wan\\\\mine_fp8.safetensors' leads outside "
+                                              "models/diffusion_models (through a link)"), r
