@@ -233,9 +233,9 @@ class Job:
             # last overlap_history frames, also those after the whole causal blocks that are encoded.
             own = self._fit(prefix_video[-self.opts["overlap_history"]:])[None]
             self.prefix_pixels = own.expand(self.shape[0], -1, -1, -1, -1)
-            pixels = self._tail_pixels(own, "prefix_video")
+            pixels = self._tail_pixels(own)
         else:
-            pixels = self._tail_pixels(self._fit_picture(start_image)[None], "start_image")
+            pixels = self._tail_pixels(self._fit_picture(start_image)[None])
         self.prefix = self._encode(pixels).expand(self.shape[0], -1, -1, -1, -1)
 
     def _check_prefix_blocks(self, start_image, prefix_video):
@@ -246,12 +246,13 @@ class Job:
         if start_image is not None and cbs > 1:
             fail(f"start_image: one frame gives 1 latent frame, fewer than causal_block_size {cbs}; use "
                  f"causal_block_size 1, or connect the first {need} or more frames as prefix_video instead")
-        if prefix_video is not None and min(overlap, prefix_video.shape[0]) < need:
+        given = None if prefix_video is None else min(overlap, prefix_video.shape[0])
+        if given is not None and given < need:
             fixes = [f"overlap_history {need} or more"] * (overlap < need)
             fixes += [f"a prefix_video of {need} or more frames"] * (prefix_video.shape[0] < need)
-            fail(f"prefix_video: its last {min(overlap, prefix_video.shape[0])} frames (overlap_history "
-                 f"{overlap}) give {latent_frames(min(overlap, prefix_video.shape[0]))} latent frame(s), fewer than "
-                 f"causal_block_size {cbs}; use causal_block_size 1, or {' and '.join(fixes)}")
+            fail(f"prefix_video: its last {given} frames (overlap_history {overlap}) give {latent_frames(given)} "
+                 f"latent frame(s), fewer than causal_block_size {cbs}; use causal_block_size 1, or "
+                 f"{' and '.join(fixes)}")
 
     def set_end(self, end_image):
         """SkyReels-V2's end image: one clean latent frame (timestep 0) after the last window's, not in the output."""
@@ -297,16 +298,13 @@ class Job:
             pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), w, h, "bilinear", "center").movedim(1, -1)
         return pixels[:, :, :, :3]
 
-    def _tail_pixels(self, videos, source):
+    def _tail_pixels(self, videos):
         """The frames of each video [B, frames, H, W, C] that SkyReels-V2 encodes to carry it on, at the output
         size, RGB: of its last overlap_history frames, the oldest whose latents make whole causal blocks. The VAE
         is causal, so their latents are those of the first frames of the whole tail."""
         cbs = self.opts["causal_block_size"]
         available = min(self.opts["overlap_history"], videos.shape[1])
-        keep = latent_frames(available) // cbs * cbs
-        if keep == 0:
-            fail(f"{source}: gives {latent_frames(available)} latent frame(s), fewer than causal_block_size {cbs}; "
-                 f"use causal_block_size 1 or at least {video_frames(cbs)} frames")
+        keep = latent_frames(available) // cbs * cbs   # at least one block: _check_prefix_blocks and plans() see to it
         return torch.stack([self._fit(video[-available:][:video_frames(keep)]) for video in videos])
 
     def _encode(self, videos):
@@ -332,7 +330,7 @@ class Job:
         each window's new frames). With a VAE, as SkyReels-V2: the video's last overlap_history pixels, encoded."""
         if self.vae is None:
             return torch.cat(parts, dim=2)[:, :, -next_overlap:][:, :, :keep]
-        return self._encode(self._tail_pixels(self.tail, "overlap_history"))
+        return self._encode(self._tail_pixels(self.tail))
 
     def plans(self):
         """[(prefix, overlap, length, plan)] of every window: `prefix` clean frames start it, and the first `overlap`
