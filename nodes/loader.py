@@ -13,7 +13,8 @@ from comfy_api.latest import io
 from ..quant import Checkpoint, CheckpointError
 from ..quant.comfy_format import QUANT_SUFFIXES
 from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
-from ..quant.fp8_plan import fused_quant_available
+from ..quant.fp8_plan import compute_dtype as fp8_plan_dtype
+from ..quant.fp8_plan import device_plan, fused_quant_available
 from .adapters import fps, model_files
 from .adapters.fp8_ops import make_operations, share_attention_inputs
 from .adapters.parallel_run import RECIPE
@@ -78,8 +79,15 @@ def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, 
         ckpt.require_keys(info)
         pbar = comfy.utils.ProgressBar(len(ckpt.names))
         load_device = comfy.model_management.get_torch_device()
-        # What the host computes a quantized Wan model in on this device (its own rule, as in its loader).
-        compute_dtype = comfy.model_management.unet_manual_cast(None, load_device, WAN_DTYPES) or torch.bfloat16
+        # What the host computes a quantized Wan model in on this device (its own rule, as in its loader), or bf16
+        # where the products run in FP8 on a GPU (fp8_plan.compute_dtype says why).
+        host_dtype = comfy.model_management.unet_manual_cast(None, load_device, WAN_DTYPES) or torch.bfloat16
+        fused, note = fused_quant_available(load_device)
+        # auto multiplies in FP8 only where the fused kernel quantizes the activations: the eager chunks read each
+        # one three times as long (an H200, 51000 x 5120: 3.3 vs 1.0 ms), which costs what the FP8 product saves.
+        products = compute != "upcast" and (fused or compute == "fp8 matmul"), fused, note
+        plan = device_plan(load_device, "channel")[0] if load_device.type == "cuda" else None
+        compute_dtype = fp8_plan_dtype(host_dtype, load_device.type, plan, products[0])
         sd, summary = load_fp8_state_dict(
             ckpt, info, weight_format, keep_first_blocks, keep_last_blocks, progress=pbar.update_absolute,
             check_interrupt=comfy.model_management.throw_exception_if_processing_interrupted,
@@ -92,7 +100,7 @@ def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, 
         for k in unexpected:
             sd.pop(k)
     fps_sd = fps.split_fps_keys(sd)
-    patcher, compute_used = _build(sd, summary, compute, path, load_device, compute_dtype, disable_dynamic)
+    patcher, compute_used = _build(sd, summary, compute, path, products, compute_dtype, disable_dynamic)
     recipe = dict(path=path, weight_format=weight_format, compute=compute, keep_first_blocks=keep_first_blocks,
                   keep_last_blocks=keep_last_blocks)
     patcher.cached_patcher_init = (functools.partial(load, **recipe), (), 0)
@@ -107,16 +115,14 @@ def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, 
     return patcher, report
 
 
-def _build(sd, summary, compute, path, load_device, compute_dtype, disable_dynamic=False):
-    """The host's own loader on our state dict; FP8 layers through our operations class."""
+def _build(sd, summary, compute, path, products, compute_dtype, disable_dynamic=False):
+    """The host's own loader on our state dict; FP8 layers through our operations class. products: (FP8 products
+    on, the fused activation quantization there, why not or None)."""
     if summary.quantized == 0:  # bf16/fp16 requested: exactly the host's path
         fp8_matmul, used = False, "upcast (no FP8 weights)"
         options = {"dtype": torch.float16 if summary.kept_dtype == "float16" else torch.bfloat16}
     else:
-        # auto multiplies in FP8 only where the fused kernel quantizes the activations: the eager chunks pass over
-        # each activation about five times, which can cost what the FP8 product saves (not yet measured on a GPU).
-        fused, note = fused_quant_available(load_device)
-        fp8_matmul = compute != "upcast" and (fused or compute == "fp8 matmul")
+        fp8_matmul, fused, note = products
         if compute == "fp8 matmul" and not fused:
             log.warning("fp8 matmul requested where auto would upcast (%s): torch._scaled_mm with activations "
                         "quantized eagerly (slow on CPU)", note)
@@ -136,6 +142,10 @@ def _build(sd, summary, compute, path, load_device, compute_dtype, disable_dynam
     patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=options, **extra)
     if patcher is None:
         raise CheckpointError(f"{path}: ComfyUI could not build a Wan model from this file")
+    if summary.quantized and patcher.model.manual_cast_dtype != compute_dtype:
+        # The host computes a quantized model in its own choice whatever dtype it is given: inputs and activations
+        # follow manual_cast_dtype (its apply_model casts to it), so it is set to the dtype chosen above.
+        patcher.model.manual_cast_dtype = patcher.model.model_config.manual_cast_dtype = compute_dtype
     if fp8_matmul:
         share_attention_inputs(patcher.model)
     return patcher, used
