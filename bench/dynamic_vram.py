@@ -40,7 +40,13 @@ import generate_video_fp8 as gen  # noqa: E402
 from quant import tiny  # noqa: E402
 
 LORA = "tiny_lora.safetensors"
-LABELS = ("per-channel, compute auto", "per-tensor, upcast", "per-channel, compute auto + LoRA")
+LABELS = ("per-channel, compute auto", "per-tensor, upcast", "per-channel, compute auto + LoRA", "bf16", "bf16 + LoRA")
+CPU_LABELS = LABELS[2::2]   # the smoke run: the LoRA prompt and its bf16 counterpart, in one step
+
+
+def unquantized(label):
+    """The bf16 prompt an FP8 prompt's latents are measured against: FP8's own distance, the scale of its rounding."""
+    return "bf16 + LoRA" if "LoRA" in label else "bf16"
 SERVERS = {"dynamic VRAM (default)": [], "legacy (--disable-dynamic-vram)": ["--disable-dynamic-vram"]}
 
 
@@ -59,20 +65,22 @@ def write_lora(path, seed=3, rank=4):
 
 def prompts(server, names, gpu):
     """{label: API prompt}: the demo workflow with Patch SageAttention auto, its final latent saved, per-channel
-    (compute auto) and per-tensor (upcast); and the first with a LoRA after the loader. On a CPU only the last, in
-    one step: the script's smoke run."""
+    (compute auto) and per-tensor (upcast); the first with a LoRA after the loader; and the model in bf16 without
+    and with the LoRA. On a CPU only CPU_LABELS, in one step: the script's smoke run."""
     # 17 frames, 2 steps: the path is what is checked here (bench/sample.py measures speed at real sizes)
     args = gen.parse_args(["--use_sage_attention", "--num_frames", "17", "--inference_steps", "2" if gpu else "1"])
     workflow_name = gen.pick_workflow(args, None)
     with open(os.path.join(REPO, "workflows", workflow_name), encoding="utf-8") as f:
         base = gen.build_prompt(json.load(f), server.get("/object_info"), args, names, True)
     out = {}
-    for label in LABELS if gpu else LABELS[-1:]:
+    for label in LABELS if gpu else CPU_LABELS:
         p = {k: dict(v, inputs=dict(v["inputs"])) for k, v in base.items()}
         loader = next(k for k, v in p.items() if v["class_type"] == "SkyReelsFP8ModelLoader")
         sample = next(k for k, v in p.items() if v["class_type"] == "SkyReelsSampleVideo")
         if "per-tensor" in label:
             p[loader]["inputs"].update(weight_format="fp8_e4m3fn (per-tensor)", compute="upcast")
+        if label.startswith("bf16"):
+            p[loader]["inputs"].update(weight_format="bf16", compute="upcast")
         if "LoRA" in label:
             for node in p.values():
                 for name, link in node["inputs"].items():
@@ -133,6 +141,20 @@ def run_server(host, base, name, flags, names, first, gpu):
     return results
 
 
+def distance(x, y):
+    return ((x - y).norm() / y.norm()).item()
+
+
+def to_bf16(label, runs):
+    """Each server's distance from its own bf16 run of the same prompt (FP8's rounding error), if both ran."""
+    ref = unquantized(label)
+    if ref == label:
+        return ""
+    found = [distance(r[label]["latent"], r[ref]["latent"]) for r in runs.values()
+             if "latent" in r.get(label, {}) and "latent" in r.get(ref, {})]
+    return f"; from {ref}: " + " and ".join(f"{d:.2e}" for d in found) if len(found) == 2 else ""
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
@@ -154,13 +176,13 @@ def main():
             runs[server] = run_server(host, base, server, flags + ([] if gpu else ["--cpu"]), names, i == 0, gpu)
         (a_name, a), (b_name, b) = runs.items()
         failed = any("error" in r for r in (*a.values(), *b.values()))
-        for label in LABELS if gpu else LABELS[-1:]:
+        for label in LABELS if gpu else CPU_LABELS:
             if "latent" in a.get(label, {}) and "latent" in b.get(label, {}):
                 x, y = a[label]["latent"], b[label]["latent"]
-                rel = ((x - y).norm() / y.norm()).item()
                 finite = bool(torch.isfinite(x).all() and torch.isfinite(y).all())
-                failed |= not finite or not math.isfinite(rel)
-                print(f"  {label}: final latents, dynamic vs legacy: relative L2 {rel:.2e}; all finite: {finite}")
+                failed |= not finite or not math.isfinite(distance(x, y))
+                print(f"  {label}: final latents, dynamic vs legacy: relative L2 {distance(x, y):.2e}; "
+                      f"all finite: {finite}" + to_bf16(label, runs))
             else:
                 failed = True
                 print(f"  {label}: not compared (a server has no latent for it)")

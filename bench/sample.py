@@ -12,7 +12,14 @@ CPU: a tiny SkyReels-V2 model (dim 512, 4 blocks), 128x128, 17 frames; FP8 per-c
 this pack's PyTorch SageAttention vs the same weights in bf16 with the host's attention. (Neither FP8 nor 8-bit
 attention is faster on a CPU; the CPU run proves the path and shows the overhead.)
 GPU: the real 1.3B shapes with random weights, 544x960, 97 frames: (a) FP8 per-channel + fp8 matmul (w8a8) +
-sageattn, (b) bf16 + the host's attention, (c) core UNETLoader `fp8_e4m3fn_fast` + the host's attention.
+sageattn, (b) bf16 + the host's attention, (c) core UNETLoader `fp8_e4m3fn_fast` + the host's attention, and each of
+(a)'s two changes alone: (d) FP8 + fp8 matmul with the host's attention, (e) bf16 + sageattn. Where a configuration
+is profiled, one more step runs under torch.profiler and its GPU time (CPU time on a CPU) is listed by the op that
+spent it, the largest first.
+The accuracy guard (Patch SageAttention's guard_threshold) is off in the timed configurations and on in (f): it
+checks each attention site on 4 steps of a run, and a 2-step run is all checked steps (both fall in a new phase), so
+with it on every configuration with sageattn would be timed as its slowest steps. (f) - (a) is the guard's cost on
+one checked step; a 30-step run pays it on 4 of its steps.
 """
 import argparse
 import json
@@ -44,7 +51,7 @@ if cfg["loader"] == "ours":
 else:
     model = nodes.UNETLoader().load_unet(cfg["file"], cfg["weight_dtype"])[0]
 if cfg["sage"]:
-    model = PatchSageAttention.execute(model, cfg["sage"], 0, 0, 0, 0.995).args[0]
+    model = PatchSageAttention.execute(model, cfg["sage"], 0, 0, 0, cfg.get("guard", 0.0)).args[0]
 g = torch.Generator().manual_seed(0)
 pos = [[torch.randn(1, 512, 4096, generator=g), {{}}]]
 neg = [[torch.randn(1, 512, 4096, generator=g), {{}}]]
@@ -59,7 +66,27 @@ run(1)                       # warm-up: model load, kernels, caches
 report = run({steps})
 per_call = float(re.search(r"([0-9.]+) s per call", report).group(1))
 memory = re.search(r"peak (VRAM|RSS) ([0-9]+) MiB", report)
-print(json.dumps(dict(per_call=per_call, memory_mib=int(memory.group(2)), report=report)))
+profile = []
+if cfg.get("profile"):       # one more step under the profiler: where its time goes, by the op that spent it
+    from torch.profiler import ProfilerActivity, profile as profiler
+    gpu = torch.cuda.is_available()
+    with profiler(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * gpu) as prof:
+        run(1)
+    spent = (lambda e: e.self_device_time_total) if gpu else (lambda e: e.self_cpu_time_total)
+    events = prof.key_averages()
+
+    def table(kind, n):
+        rows = [e for e in events if str(e.device_type).endswith(kind) and spent(e) > 0]
+        total = sum(spent(e) for e in rows)
+        what = "GPU kernels (Triton kernels launched from Python count in none)" if gpu else "CPU time"
+        profile.append(f"{{total / 1e3:9.1f}} ms in all, {{kind}} "
+                       + ("kernels" if kind == "CUDA" else f"ops, by their own {{what}}"))
+        profile.extend(f"{{spent(e) / 1e3:9.1f}} ms {{100 * spent(e) / total:5.1f}}% {{e.count:7d}}x  {{e.key[:80]}}"
+                       for e in sorted(rows, key=spent, reverse=True)[:n])
+    table("CPU", 14)
+    if gpu:
+        table("CUDA", 10)
+print(json.dumps(dict(per_call=per_call, memory_mib=int(memory.group(2)), report=report, profile=profile)))
 """
 
 CPU_RUNS = [
@@ -67,16 +94,18 @@ CPU_RUNS = [
      dict(loader="ours", file="tiny.safetensors", weight_format="fp8_e4m3fn (per-channel)", compute="upcast",
           sage="reference")),
     ("bf16 + host attention", dict(loader="ours", file="tiny.safetensors", weight_format="bf16", compute="upcast",
-                                   sage=None)),
+                                   sage=None, profile=True)),
 ]
-GPU_RUNS = [
-    ("(a) fp8 per-channel, fp8 matmul + sageattn",
-     dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="fp8_e4m3fn (per-channel)",
-          compute="fp8 matmul", sage="sageattn")),
-    ("(b) bf16 + host attention (SDPA)",
-     dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="bf16", compute="upcast", sage=None)),
+FP8 = dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="fp8_e4m3fn (per-channel)", compute="fp8 matmul")
+BF16 = dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="bf16", compute="upcast")
+GPU_RUNS = [   # (b) is the baseline; (d) and (e) part (a)'s two changes; (f) is (a) with the guard checking
+    ("(a) fp8 per-channel, fp8 matmul + sageattn", dict(FP8, sage="sageattn", profile=True)),
+    ("(b) bf16 + host attention (SDPA)", dict(BF16, sage=None, profile=True)),
     ("(c) core UNETLoader fp8_e4m3fn_fast",
      dict(loader="core", file="bf16_1.3b.safetensors", weight_dtype="fp8_e4m3fn_fast", sage=None)),
+    ("(d) fp8 per-channel, fp8 matmul + SDPA", dict(FP8, sage=None)),
+    ("(e) bf16 + sageattn", dict(BF16, sage="sageattn")),
+    ("(f) (a) + the accuracy guard (0.995)", dict(FP8, sage="sageattn", guard=0.995)),
 ]
 
 
@@ -129,7 +158,7 @@ def main():
                   f"{r['memory_mib']:8d} MiB")
         print("(ratio > 1: faster than the baseline)")
         for label, r in results.items():
-            print(f"\n[{label}]\n{r['report']}")
+            print(f"\n[{label}]\n{r['report']}" + "".join(f"\n  {line}" for line in r["profile"]))
     finally:
         shutil.rmtree(folder)
 
