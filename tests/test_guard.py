@@ -1,7 +1,8 @@
 """The accuracy guard's pieces (attention.guard): its check schedule, the step lookup, the NaN/Inf check."""
 import torch
 
-from attention.guard import StepIndex, all_finite, guard_cosine, phase
+from attention.guard import StepIndex, all_finite, guard_cosine, guard_rows, phase
+from attention.reference import sage_attention_reference
 
 
 def test_phases_of_the_steps():
@@ -57,10 +58,10 @@ def test_guard_cosine_and_non_finite_outputs():
     seen = []
 
     def eight_bit(a, b, c):
-        seen.append(a.shape[1])
+        seen.append(list(a.shape))
         return exact(a, b, c)
 
-    assert guard_cosine(eight_bit, exact, q, k, v) > 0.9999 and seen == [2]  # two heads of six
+    assert guard_cosine(eight_bit, exact, q, k, v) > 0.9999 and seen == [[1, 6, 32, 16]]  # short: every row
     assert guard_cosine(lambda a, b, c: exact(a, b, c) * float("nan"), exact, q, k, v) == float("-inf")
 
 
@@ -80,3 +81,36 @@ def test_all_finite():
         spoiled = out.clone()
         spoiled[1, 63, 3, 7] = bad
         assert not all_finite(spoiled)
+
+
+def test_the_guard_checks_every_head_on_blocks_of_rows_spread_over_the_sequence():
+    """An 8-bit error in one head is seen (two heads of six, the old check, missed head 3), on 4 blocks of 128 rows
+    that start on multiples of 128 (so the kernels quantize them as in the whole call), against all the keys."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 6, 4096, 16, generator=g) for _ in range(3))
+    exact = lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c)  # noqa: E731
+    seen = []
+
+    def off_in_head_3(a, b, c):
+        seen.append((list(a.shape), list(b.shape)))
+        out = exact(a, b, c)
+        out[:, 3] += 0.5 * torch.randn(out[:, 3].shape, generator=g)
+        return out
+
+    assert guard_cosine(off_in_head_3, exact, q, k, v) < 0.9
+    assert seen == [([1, 6, 512, 16], [1, 6, 4096, 16])]
+    rows = guard_rows(4096)
+    assert rows.reshape(4, 128)[:, 0].tolist() == [0, 1280, 2688, 3968]      # spread to the last block
+    assert torch.equal(rows.reshape(4, 128) % 128, torch.arange(128).expand(4, 128))
+    assert guard_rows(2047) is None and guard_rows(2048).numel() == 512
+
+
+def test_the_reference_gives_the_guards_rows_as_the_whole_call_does():
+    """Why blocks of BLOCK_Q rows: our PyTorch SageAttention (as the kernels) quantizes q per block of 128 rows, so
+    on these rows the 8-bit output the guard measures is the whole call's, bit for bit."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 2304, 64, generator=g) for _ in range(3))
+    rows = guard_rows(2304)
+    whole = sage_attention_reference(q, k, v, layout="HND")
+    assert torch.equal(sage_attention_reference(q.index_select(2, rows), k, v, layout="HND"),
+                       whole.index_select(2, rows))
