@@ -5,7 +5,9 @@
 
 First what Patch SageAttention's dispatch decides here for each mode. CUDA: every 8-bit backend that can run on
 this GPU (the sageattention kernels through this pack's wrapper; ComfyUI's comfy_kitchen_int8 and sage3 where a
-host is found and registers them) vs SDPA at Wan 14B shapes (bf16, 40 heads, head dim 128): time, TOPS, speedup,
+host is found and registers them) vs SDPA at Wan 14B shapes (bf16, 40 heads, head dim 128), in PyTorch's own order
+and with FlashAttention or cuDNN forced (ComfyUI's order runs FlashAttention first; PyTorch's own runs cuDNN first on
+sm90/sm100, and the line after each length names what it ran): time, TOPS, speedup,
 cosine vs SDPA, peak VRAM the call adds to q, k and v, and the cost of the guard's NaN/Inf check relative to the
 call. CPU: our PyTorch SageAttention vs SDPA at small shapes (it exists for correctness and for machines without
 the kernels, not for speed).
@@ -43,18 +45,23 @@ def timed(fn, repeats, sync):
 
 
 def sdpa_backend(q, k, v):
-    """The SDPA backend PyTorch picks for these inputs (tried in its own order)."""
+    """The SDPA backend PyTorch's own order picks for these inputs (its dispatcher's choice)."""
+    from torch.nn.attention import SDPBackend
+
+    try:
+        return SDPBackend(torch._fused_sdp_choice(q, k, v)).name
+    except Exception as e:  # a private function: a torch without it
+        return f"unknown ({type(e).__name__})"
+
+
+def forced_sdpa(name):
+    """SDPA with one backend only: ComfyUI's order runs FlashAttention first, PyTorch's own cuDNN on sm90/sm100."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                    SDPBackend.MATH):
-        try:
-            with sdpa_kernel([backend]):
-                F.scaled_dot_product_attention(q[:, :, :256], k[:, :, :256], v[:, :, :256])
-            return backend.name
-        except RuntimeError:
-            continue
-    return "unknown"
+    def run(q, k, v):
+        with sdpa_kernel([getattr(SDPBackend, name)]):
+            return F.scaled_dot_product_attention(q, k, v)
+    return run
 
 
 def cosine(a, b):
@@ -128,7 +135,9 @@ def measure(fn, q, k, v, repeats):
 def run_cuda(lengths, repeats, host):
     dev = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
-    backends = {"SDPA": lambda q, k, v: F.scaled_dot_product_attention(q, k, v)}
+    backends = {"SDPA": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+                "SDPA FlashAttention only": forced_sdpa("FLASH_ATTENTION"),
+                "SDPA cuDNN only": forced_sdpa("CUDNN_ATTENTION")}
     backends.update(decisions(dev, host_functions(host, cpu=False)))
     print(f"{'L':>7s} {'backend':24s} {'ms':>8s} {'TOPS':>6s} {'speedup':>8s} {'cosine':>8s} {'peak GiB':>9s} "
           f"{'NaN check':>10s}")
@@ -150,7 +159,7 @@ def run_cuda(lengths, repeats, host):
             print(f"{length:7d} {name:24s} {t * 1e3:8.1f} {flops / t / 1e12:6.1f} {t_ref / t:7.2f}x "
                   f"{cosine(out, ref):8.5f} {peak / 2**30:9.2f} {check / t:9.3%}")
             del out
-        print(f"{length:7d} SDPA backend: {sdpa_backend(q, k, v)}")
+        print(f"{length:7d} SDPA (PyTorch's own order) ran: {sdpa_backend(q, k, v)}")
         del q, k, v, ref
         torch.cuda.empty_cache()
 

@@ -3,17 +3,20 @@
 
     python bench/sample.py [--host PATH] [--steps 3] [--cpu]
 
-Every configuration runs in a fresh host process, through the real nodes (loader -> [Patch SageAttention] ->
-Sample Video, standard mode, cfg 6, unipc), first one warm-up step, then `--steps` measured steps; the time per
-step and the peak memory come from Sample Video's own report (CUDA: max_memory_allocated; CPU: the process's
-peak RSS, reset before the run).
+Configurations that load the same model share a fresh host process (and one load); each runs through the real
+nodes (loader -> [Patch SageAttention] -> Sample Video, standard mode, cfg 6, unipc), first one warm-up step, then
+`--steps` measured steps; the time per step and the peak memory come from Sample Video's own report (CUDA:
+max_memory_allocated; CPU: the process's peak RSS, reset before the run).
 
 CPU: a tiny SkyReels-V2 model (dim 512, 4 blocks), 128x128, 17 frames; FP8 per-channel with upcast matmuls and
 this pack's PyTorch SageAttention vs the same weights in bf16 with the host's attention. (Neither FP8 nor 8-bit
 attention is faster on a CPU; the CPU run proves the path and shows the overhead.)
 GPU: the real 1.3B shapes with random weights, 544x960, 97 frames: (a) FP8 per-channel + fp8 matmul (w8a8) +
 sageattn, (b) bf16 + the host's attention, (c) core UNETLoader `fp8_e4m3fn_fast` + the host's attention, and each of
-(a)'s two changes alone: (d) FP8 + fp8 matmul with the host's attention, (e) bf16 + sageattn. Where a configuration
+(a)'s two changes alone: (d) FP8 + fp8 matmul with the host's attention, (e) bf16 + sageattn; and (g) bf16 with the
+host's attention given PyTorch's cuDNN attention first (ComfyUI puts FlashAttention first; PyTorch's own order puts
+cuDNN first on sm90/sm100, which ran 574 TOPS alone on an H200 where ComfyUI's FlashAttention-2 ran about 360 in the
+model). Where a configuration
 is profiled, one more step runs under torch.profiler and its GPU time (CPU time on a CPU) is listed by the op that
 spent it, the largest first.
 The accuracy guard (Patch SageAttention's guard_threshold) is off in the timed configurations and on in (f): it
@@ -40,53 +43,69 @@ from convert import write_synthetic  # noqa: E402
 from helpers import write_tiny  # noqa: E402
 
 CHILD = r"""
-import torch, folder_paths, nodes, re
+import json, torch, folder_paths, nodes, re
+import comfy.ops
 from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
 from skyreels_pack.nodes.sage_patch import PatchSageAttention
 from skyreels_pack.nodes.sample import SampleVideo
 folder_paths.add_model_folder_path("diffusion_models", {folder!r}, is_default=True)
-cfg = {cfg!r}
+runs = {runs!r}
+cfg = runs[0][1]            # every configuration here loads the same model
 if cfg["loader"] == "ours":
-    model = LoadFP8SkyReelsModel.execute(cfg["file"], cfg["weight_format"], cfg["compute"]).args[0]
+    base = LoadFP8SkyReelsModel.execute(cfg["file"], cfg["weight_format"], cfg["compute"]).args[0]
 else:
-    model = nodes.UNETLoader().load_unet(cfg["file"], cfg["weight_dtype"])[0]
-if cfg["sage"]:
-    model = PatchSageAttention.execute(model, cfg["sage"], 0, 0, 0, cfg.get("guard", 0.0)).args[0]
+    base = nodes.UNETLoader().load_unet(cfg["file"], cfg["weight_dtype"])[0]
 g = torch.Generator().manual_seed(0)
 pos = [[torch.randn(1, 512, 4096, generator=g), {{}}]]
 neg = [[torch.randn(1, 512, 4096, generator=g), {{}}]]
+# ComfyUI's SDPA backend order on CUDA (FlashAttention first; PyTorch's own puts cuDNN first on sm90/sm100)
+order = list(getattr(comfy.ops, "SDPA_BACKEND_PRIORITY", []))
 
-def run(steps):
+def run(model, steps):
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return SampleVideo.execute(model, pos, neg, {width}, {height}, {frames}, 0, steps, 6.0, 8.0, "unipc", 24,
                                {{"mode": "standard"}}).args[1]
 
-run(1)                       # warm-up: model load, kernels, caches
-report = run({steps})
-per_call = float(re.search(r"([0-9.]+) s per call", report).group(1))
-memory = re.search(r"peak (VRAM|RSS) ([0-9]+) MiB", report)
-profile = []
-if cfg.get("profile"):       # one more step under the profiler: where its time goes, by the op that spent it
+def measure(cfg):
+    model = base
+    if cfg["sage"]:
+        model = PatchSageAttention.execute(model, cfg["sage"], 0, 0, 0, cfg.get("guard", 0.0)).args[0]
+    cudnn = [b for b in order if b.name == "CUDNN_ATTENTION"]
+    if cfg.get("sdpa") == "cudnn first" and cudnn:
+        comfy.ops.SDPA_BACKEND_PRIORITY[:] = cudnn + [b for b in order if b not in cudnn]
+    try:
+        run(model, 1)                # warm-up: model load, kernels, caches
+        report = run(model, {steps})
+        profile = profiled(model) if cfg.get("profile") else []
+    finally:
+        if order:
+            comfy.ops.SDPA_BACKEND_PRIORITY[:] = order
+    if cfg.get("sdpa") and not cudnn:
+        report += "\\nSDPA order unchanged: this ComfyUI sets none here (no CUDA)"
+    per_call = float(re.search(r"([0-9.]+) s per call", report).group(1))
+    memory = re.search(r"peak (VRAM|RSS) ([0-9]+) MiB", report)
+    return dict(per_call=per_call, memory_mib=int(memory.group(2)), report=report, profile=profile)
+
+def profiled(model):         # one more step under the profiler: where its time goes, by the op that spent it
     from torch.profiler import ProfilerActivity, profile as profiler
     gpu = torch.cuda.is_available()
     with profiler(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * gpu) as prof:
-        run(1)
+        run(model, 1)
     spent = (lambda e: e.self_device_time_total) if gpu else (lambda e: e.self_cpu_time_total)
-    events = prof.key_averages()
-
-    def table(kind, n):
+    events, lines = prof.key_averages(), []
+    for kind, n in [("CPU", 14)] + [("CUDA", 10)] * gpu:
         rows = [e for e in events if str(e.device_type).endswith(kind) and spent(e) > 0]
         total = sum(spent(e) for e in rows)
         what = "GPU kernels (Triton kernels launched from Python count in none)" if gpu else "CPU time"
-        profile.append(f"{{total / 1e3:9.1f}} ms in all, {{kind}} "
-                       + ("kernels" if kind == "CUDA" else f"ops, by their own {{what}}"))
-        profile.extend(f"{{spent(e) / 1e3:9.1f}} ms {{100 * spent(e) / total:5.1f}}% {{e.count:7d}}x  {{e.key[:80]}}"
-                       for e in sorted(rows, key=spent, reverse=True)[:n])
-    table("CPU", 14)
-    if gpu:
-        table("CUDA", 10)
-print(json.dumps(dict(per_call=per_call, memory_mib=int(memory.group(2)), report=report, profile=profile)))
+        lines.append(f"{{total / 1e3:9.1f}} ms in all, {{kind}} "
+                     + ("kernels" if kind == "CUDA" else f"ops, by their own {{what}}"))
+        lines.extend(f"{{spent(e) / 1e3:9.1f}} ms {{100 * spent(e) / total:5.1f}}% {{e.count:7d}}x  {{e.key[:80]}}"
+                     for e in sorted(rows, key=spent, reverse=True)[:n])
+    return lines
+
+for label, cfg in runs:
+    print("@@RUN@@" + json.dumps([label, measure(cfg)]), flush=True)
 """
 
 CPU_RUNS = [
@@ -95,6 +114,8 @@ CPU_RUNS = [
           sage="reference")),
     ("bf16 + host attention", dict(loader="ours", file="tiny.safetensors", weight_format="bf16", compute="upcast",
                                    sage=None, profile=True)),
+    ("bf16 + host attention, cuDNN first", dict(loader="ours", file="tiny.safetensors", weight_format="bf16",
+                                                compute="upcast", sage=None, sdpa="cudnn first")),
 ]
 FP8 = dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="fp8_e4m3fn (per-channel)", compute="fp8 matmul")
 BF16 = dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="bf16", compute="upcast")
@@ -106,18 +127,31 @@ GPU_RUNS = [   # (b) is the baseline; (d) and (e) part (a)'s two changes; (f) is
     ("(d) fp8 per-channel, fp8 matmul + SDPA", dict(FP8, sage=None)),
     ("(e) bf16 + sageattn", dict(BF16, sage="sageattn")),
     ("(f) (a) + the accuracy guard (0.995)", dict(FP8, sage="sageattn", guard=0.995)),
+    ("(g) bf16 + host attention, cuDNN first", dict(BF16, sage=None, sdpa="cudnn first")),
 ]
 
 
-def measure(host, folder, cfg, size, steps):
-    code = PRELUDE.format(host=host, repo=REPO) + IMPORT_PACK.format(repo=REPO) + CHILD.format(
-        folder=folder, cfg=cfg, steps=steps, **size)
-    if torch.cuda.is_available() and not size.get("cpu"):
-        code = code.replace("comfy.cli_args.args.cpu = True", "")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=host, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(proc.stderr[-4000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+LOADER_KEYS = ("loader", "file", "weight_format", "compute", "weight_dtype")
+
+
+def measure(host, folder, runs, size, steps):
+    """{label: result} of `runs`: those that load the same model share one host process (and its load), each
+    configuration with its own warm-up step."""
+    groups = {}
+    for label, cfg in runs:
+        groups.setdefault(tuple(cfg.get(k) for k in LOADER_KEYS), []).append((label, cfg))
+    results = {}
+    for group in groups.values():
+        code = PRELUDE.format(host=host, repo=REPO) + IMPORT_PACK.format(repo=REPO) + CHILD.format(
+            folder=folder, runs=group, steps=steps, **size)
+        if torch.cuda.is_available() and not size.get("cpu"):
+            code = code.replace("comfy.cli_args.args.cpu = True", "")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=host, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-4000:])
+        results.update(json.loads(line[len("@@RUN@@"):]) for line in proc.stdout.splitlines()
+                       if line.startswith("@@RUN@@"))
+    return {label: results[label] for label, _ in runs}
 
 
 def start(name, steps, extra=()):
@@ -150,7 +184,7 @@ def main():
             size, runs, unit = dict(width=128, height=128, frames=17, cpu=True), CPU_RUNS, "RSS"
         print(f"{size['width']}x{size['height']}, {size['frames']} frames, {args.steps} steps (cfg 6: cond + uncond "
               "per step)")
-        results = {label: measure(host, folder, cfg, size, args.steps) for label, cfg in runs}
+        results = measure(host, folder, runs, size, args.steps)
         base = results[runs[1][0]]
         print(f"{'configuration':48s} {'s/step':>8s} {'vs ' + runs[1][0][:12]:>16s} {'peak ' + unit:>12s}")
         for label, r in results.items():
