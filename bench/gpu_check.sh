@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmark as one command, for a lent H100/H200 (the device tool's `run`), in at most 9 minutes (the
-# sections' time limits add up to 545 s; a section that runs out is marked and the next one starts). The sections
+# sections' time limits add up to 550 s; a section that runs out is marked and the next one starts). The sections
 # run most important first, so a run cut short still brings back what matters most.
 #
 #   here, once:  bash bench/gpu_check.sh --prepare
@@ -12,12 +12,14 @@
 # Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): our FP8 model
 # under ComfyUI's own main.py with Dynamic VRAM, its default on NVIDIA GPUs, against --disable-dynamic-vram, with
 # and without a LoRA (bench/dynamic_vram.py: no CPU test reaches that path), the fp8 GEMM
-# table and the 1.3B weight memory (bench/gemm.py), the activation quantization's time and memory, fused vs eager
-# (bench/act_quant.py), each attention backend Patch SageAttention can run there vs SDPA at L = 51000 and
+# table and the 1.3B weight memory (bench/gemm.py), the activation quantization's time and memory, fused vs eager,
+# and the fused kernel's launch settings and rounding (bench/act_quant.py --sweep), each attention backend Patch
+# SageAttention can run there vs SDPA (its own order, FlashAttention and cuDNN forced) at L = 51000 and
 # 111600, with peak VRAM and the NaN/Inf check's cost, after each mode's dispatch decision (bench/attention.py; the
 # carried comfy-kitchen lacks its CUDA extension, so its int8 attention shows as unavailable), Sample Video's seed
 # noise on the GPU against SkyReels-V2's scripts' draw (bench/noise.py), Sample Video's step time and peak
-# VRAM, fp8 + sage vs bf16 + SDPA vs core fp8_e4m3fn_fast (bench/sample.py), and TeaCache's calls skipped,
+# VRAM, fp8 + sage vs bf16 + SDPA vs core fp8_e4m3fn_fast and four more, with two profiled steps (bench/sample.py),
+# and TeaCache's calls skipped,
 # latent distance and time beside core's EasyCache / LazyCache (bench/teacache.py). Without a GPU every part
 # runs its CPU smoke version, with three times the time limits, so the script is checked on any machine
 # (tests/host/test_host_bench.py). Exits 1 if any section failed or ran out of time, after running all of them.
@@ -95,15 +97,14 @@ SCALE=$(nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 3)
 : > "$REPORT"
 section "device" 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null \
     || echo 'no GPU: CPU smoke run'; $PYTHON -c 'import torch; print(\"torch\", torch.__version__)'"
-# Two ComfyUI start-ups: on a CPU (the smoke run) they alone take about a minute
-DYNAMIC_LIMIT=$(nvidia-smi -L >/dev/null 2>&1 && echo 90 || echo 80)
-section "Dynamic VRAM, ComfyUI's default on NVIDIA (bench/dynamic_vram.py)" "$DYNAMIC_LIMIT" "$PYTHON" bench/dynamic_vram.py
+# Two ComfyUI start-ups (on a CPU, the smoke run, they alone take about a minute)
+section "Dynamic VRAM, ComfyUI's default on NVIDIA (bench/dynamic_vram.py)" 80 "$PYTHON" bench/dynamic_vram.py
 section "fp8 GEMM and weight memory (bench/gemm.py)" 30 "$PYTHON" bench/gemm.py
-section "activation quantization memory and time (bench/act_quant.py)" 35 "$PYTHON" bench/act_quant.py --repeats 3
+section "activation quantization memory and time (bench/act_quant.py)" 60 "$PYTHON" bench/act_quant.py --repeats 3 --sweep
 section "attention backends vs SDPA (bench/attention.py)" 50 "$PYTHON" bench/attention.py
 section "noise drawn as SkyReels-V2's scripts (bench/noise.py)" 30 "$PYTHON" bench/noise.py
 section "Sample Video (bench/sample.py)" 200 "$PYTHON" bench/sample.py --steps 2
-section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 90 "$PYTHON" bench/teacache.py --steps 6 --quick
+section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 80 "$PYTHON" bench/teacache.py --steps 6 --quick
 # Every section runs whatever the others did; the exit status says whether one failed.
 echo "gpu_check: wrote $REPORT$([ "$FAILED" = 0 ] || echo "; $FAILED section(s) failed, marked !!")"
 [ "$FAILED" = 0 ]

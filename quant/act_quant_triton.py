@@ -32,16 +32,19 @@ def _round_e4m3(v):
 
 
 @triton.jit
-def _to_e4m3(x, scale):
+def _to_e4m3(x, scale, GPU_ROUND: tl.constexpr):
     v = tl.div_rn(x, scale)  # correctly rounded, as torch's division (Triton's `/` may be approximate)
     # Clamp before the cast: e4m3fn has no Inf, so an overflow would become NaN.
     v = tl.clamp(v, -E4M3_MAX, E4M3_MAX, propagate_nan=tl.PropagateNan.ALL)
+    if GPU_ROUND:   # the GPU's own conversion, one instruction for two values (not the interpreter's: see above)
+        return v.to(tl.float8e4nv)
     return _round_e4m3(v).to(tl.float8e4nv)
 
 
 @triton.jit
 def _row_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, BLOCK_M: tl.constexpr,
-                      BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, GIVEN_SCALE: tl.constexpr):
+                      BLOCK_K: tl.constexpr, ONE_TILE: tl.constexpr, GIVEN_SCALE: tl.constexpr,
+                      GPU_ROUND: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < M
     x_rows = x_ptr + rows.to(tl.int64)[:, None] * stride_xm  # int64: M * K may pass 2^31
@@ -66,16 +69,20 @@ def _row_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, BLOCK_M: 
         tl.store(s_ptr + rows, row_scale, mask=row_ok)
         scale = row_scale[:, None]
     if ONE_TILE:
-        tl.store(q_rows + cols, _to_e4m3(x, scale), mask=mask)
+        tl.store(q_rows + cols, _to_e4m3(x, scale, GPU_ROUND), mask=mask)
     else:
         for k0 in range(0, K, BLOCK_K):
             mask = row_ok[:, None] & (cols + k0 < K)
             x = tl.load(x_rows + k0 + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(q_rows + k0 + cols, _to_e4m3(x, scale), mask=mask)
+            tl.store(q_rows + k0 + cols, _to_e4m3(x, scale, GPU_ROUND), mask=mask)
 
 
-def quantize_rows(x, scale=None, max_tile=MAX_TILE):
-    """x [M, K] (fp32/bf16/fp16, any row stride) -> (q float8_e4m3fn, scale [M, 1] fp32, or the given one-value one)."""
+def quantize_rows(x, scale=None, max_tile=MAX_TILE, num_warps=8, gpu_round=False):
+    """x [M, K] (fp32/bf16/fp16, any row stride) -> (q float8_e4m3fn, scale [M, 1] fp32, or the given one-value one).
+    max_tile, num_warps and gpu_round (the GPU's own fp8 conversion instead of the rounding above) are what
+    bench/act_quant.py --sweep tries on a GPU, checking each bit for bit against these defaults: on an H200 the
+    kernel ran at a fifth to a third of the memory's speed (2026-12-04). The tests run only the defaults (the
+    interpreter cannot run gpu_round: its own conversion rounds wrongly)."""
     x = x if x.stride(1) == 1 else x.contiguous()
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
@@ -87,5 +94,5 @@ def quantize_rows(x, scale=None, max_tile=MAX_TILE):
     block_m = min(max(1, max_tile // block_k), triton.next_power_of_2(m))
     _row_quant_kernel[(triton.cdiv(m, block_m),)](x, q, s, m, k, x.stride(0), q.stride(0), BLOCK_M=block_m,
                                                   BLOCK_K=block_k, ONE_TILE=block_k >= k, GIVEN_SCALE=given,
-                                                  num_warps=8)
+                                                  GPU_ROUND=gpu_round, num_warps=num_warps)
     return q, s
