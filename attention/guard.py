@@ -6,7 +6,9 @@ from .reference import BLOCK_Q
 from .sage import agreement
 
 CHECKPOINTS = (0.25, 0.5, 0.75)  # fractions of the steps from which a site is checked again
-GUARD_BLOCKS = 4   # the guard checks 4 blocks of query rows (BLOCK_Q each, as the kernels quantize q) on every head
+# The guard checks 9 blocks of query rows (BLOCK_Q each, as the kernels quantize q) on every head: more than 1024
+# rows, as ComfyUI's sage3 runs PyTorch's attention for 1024 query rows or fewer; WIDEST of them chosen by their values
+GUARD_BLOCKS, WIDEST = 9, 4
 # Sample Video's transformer_options: the index of the model call within its window, and the window's calls
 CALL, CALLS = "skyreels_call", "skyreels_calls"
 FROM_NOISE = 0.99    # a pass starting at this flow sigma or above starts from noise (SkyReels-V2's first: 0.9999)
@@ -63,23 +65,39 @@ class StepIndex:
         return self._step, total
 
 
-def guard_rows(length, blocks=GUARD_BLOCKS, block=BLOCK_Q):
-    """The query rows the guard checks: `blocks` blocks of `block` rows spread evenly over `length`, each starting on
-    a multiple of `block` (sageattention quantizes q per block of 128 rows, so these rows come out as in the whole
-    call); None (all rows) where that would be a quarter of them or more."""
-    if length < 4 * blocks * block:
+def guard_rows(q, blocks=GUARD_BLOCKS, block=BLOCK_Q):
+    """The query rows the guard checks of q [B, heads, L, D], in whole blocks of `block` rows as the kernels quantize
+    q (so these rows come out as in the whole call): the last block (a partial one is padded), the WIDEST blocks
+    whose values span the most in some head (largest |q| over mean |q|: one outlier wrecks its block's int8 scale),
+    and blocks spread evenly over the sequence, `blocks` in all; None (every row) where that is half of them or more
+    (a short call costs little). Two reductions over q (no copy of it), against the attention's L^2 work."""
+    length = q.shape[2]
+    n = -(-length // block)
+    if n <= 2 * blocks:
         return None
-    starts = torch.linspace(0, (length - block) // block, blocks).round().long() * block
-    return (starts[:, None] + torch.arange(block)).flatten()
+    peak = torch.aminmax(q.detach(), dim=-1)
+    peak = torch.maximum(peak.min.abs(), peak.max.abs()).float()                   # [B, heads, L]
+    mass = torch.linalg.vector_norm(q.detach(), 1, dim=-1, dtype=torch.float32)    # sum of |q| per row
+    pad = n * block - length
+    peak, mass = (torch.nn.functional.pad(t, (0, pad)).unflatten(-1, (n, block)) for t in (peak, mass))
+    rows_in = torch.full((n,), float(block), device=q.device)
+    rows_in[-1] = block - pad
+    spread = peak.amax(-1) / (mass.sum(-1) / (rows_in * q.shape[-1])).clamp_min(1e-30)
+    widest = spread.flatten(0, 1).amax(0).topk(WIDEST).indices.tolist()
+    chosen = list(dict.fromkeys([n - 1] + widest + torch.linspace(0, n - 1, blocks).round().long().tolist()))
+    starts = torch.tensor(sorted(chosen[:blocks])) * block
+    rows = (starts[:, None] + torch.arange(block)).flatten()
+    return rows[rows < length]
 
 
 def guard_cosine(eight_bit, exact, q, k, v):
     """Cosine similarity of eight_bit(q, k, v) vs exact(q, k, v) on every head for some query rows (guard_rows) and
     all keys; -inf if 8-bit is not finite. q, k, v and both functions' outputs are [B, heads, L, D]. Every head,
-    because outliers sit in some heads (two heads of twelve missed the others); a few rows, because an 8-bit error
-    from k or v reaches every row: 512 of 51,000 rows cost 1% of the call where two heads of the 1.3B model's twelve
-    cost 17% (twice, 8-bit and exact: 0.85 s of a checked 4 s step on an H200)."""
-    rows = guard_rows(q.shape[2])
+    because outliers sit in some heads (two heads of twelve missed the others); some rows, because an 8-bit error
+    from k or v reaches every row and one from q stays in its block, which guard_rows looks for: 1152 of 51,000 rows
+    cost 2% of the call where two heads of the 1.3B model's twelve cost 17% (twice, 8-bit and exact: 0.85 s of a
+    checked 4 s step on an H200)."""
+    rows = guard_rows(q)
     qs = q if rows is None else q.index_select(2, rows.to(q.device))
     a = eight_bit(qs, k, v)
     return agreement(a, exact(qs, k, v))["cosine"] if all_finite(a) else float("-inf")

@@ -83,11 +83,12 @@ def test_all_finite():
         assert not all_finite(spoiled)
 
 
-def test_the_guard_checks_every_head_on_blocks_of_rows_spread_over_the_sequence():
-    """An 8-bit error in one head is seen (two heads of six, the old check, missed head 3), on 4 blocks of 128 rows
-    that start on multiples of 128 (so the kernels quantize them as in the whole call), against all the keys."""
+def test_the_guard_checks_every_head_on_blocks_of_rows_against_all_keys():
+    """An 8-bit error in one head is seen (two heads of six, the old check, missed head 3), on 9 blocks of 128 rows
+    that start on multiples of 128 (so the kernels quantize them as in the whole call), against all the keys: more
+    than 1024 rows, as ComfyUI's sage3 runs PyTorch's attention for 1024 query rows or fewer (a review's find)."""
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 6, 4096, 16, generator=g) for _ in range(3))
+    q, k, v = (torch.randn(1, 6, 8192, 16, generator=g) for _ in range(3))
     exact = lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c)  # noqa: E731
     seen = []
 
@@ -98,19 +99,33 @@ def test_the_guard_checks_every_head_on_blocks_of_rows_spread_over_the_sequence(
         return out
 
     assert guard_cosine(off_in_head_3, exact, q, k, v) < 0.9
-    assert seen == [([1, 6, 512, 16], [1, 6, 4096, 16])]
-    rows = guard_rows(4096)
-    assert rows.reshape(4, 128)[:, 0].tolist() == [0, 1280, 2688, 3968]      # spread to the last block
-    assert torch.equal(rows.reshape(4, 128) % 128, torch.arange(128).expand(4, 128))
-    assert guard_rows(2047) is None and guard_rows(2048).numel() == 512
+    assert seen == [([1, 6, 9 * 128, 16], [1, 6, 8192, 16])]
+    rows = guard_rows(q).reshape(9, 128)
+    assert torch.equal(rows % 128, torch.arange(128).expand(9, 128)) and rows[-1, 0] == 8192 - 128
+    assert guard_rows(q[:, :, :18 * 128]) is None and guard_rows(q[:, :, :18 * 128 + 1]).numel() == 8 * 128 + 1
+
+
+def test_the_guard_finds_the_block_an_outlier_in_q_wrecks():
+    """One large value in q widens its block's int8 scale and wrecks that block alone (a review's case: whole-call
+    cosine 0.9905, the block's 0.668): the guard checks the blocks whose values span the most, so it sees the block
+    that 4 evenly spread blocks (the previous choice) missed; and the last, partial block, where the kernels pad."""
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 8192 + 56, 64, generator=g) for _ in range(3))
+    q[0, 0, 1000, 5] = 400.0
+    exact = lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c)  # noqa: E731
+    eight_bit = lambda a, b, c: sage_attention_reference(a, b, c, layout="HND")  # noqa: E731
+    rows = guard_rows(q)
+    assert 1000 in rows and rows[-56:].tolist() == list(range(8192, 8248)) and rows.numel() == 8 * 128 + 56
+    assert guard_cosine(eight_bit, exact, q, k, v) < 0.995
 
 
 def test_the_reference_gives_the_guards_rows_as_the_whole_call_does():
     """Why blocks of BLOCK_Q rows: our PyTorch SageAttention (as the kernels) quantizes q per block of 128 rows, so
     on these rows the 8-bit output the guard measures is the whole call's, bit for bit."""
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, 2, 2304, 64, generator=g) for _ in range(3))
-    rows = guard_rows(2304)
+    q, k, v = (torch.randn(1, 2, 19 * 128 + 40, 64, generator=g) for _ in range(3))
+    rows = guard_rows(q)
     whole = sage_attention_reference(q, k, v, layout="HND")
+    assert rows.numel() == 8 * 128 + 40
     assert torch.equal(sage_attention_reference(q.index_select(2, rows), k, v, layout="HND"),
                        whole.index_select(2, rows))

@@ -174,8 +174,10 @@ class SageOverride:
         host_fn = host_function(HOST_NAMES[backend]) if backend in HOST_NAMES else None
         try:
             if self.guard > 0 and self._check_due(site, to):
-                eight_bit = (hnd(host_fn) if host_fn else
-                             lambda *t: sage_attention(*t, layout="HND", mode=backend))
+                # ComfyUI's sage3 hands [B, heads, L, D] tensors to its kernel as they come (its own calls permute
+                # them into contiguous copies first): the guard's views of all heads are copied too
+                eight_bit = (lambda *t: hnd(host_fn)(*(x.contiguous() for x in t))) if host_fn else (
+                    lambda *t: sage_attention(*t, layout="HND", mode=backend))
                 cos = guard_cosine(eight_bit, hnd(PYTORCH), *as_hnd)
                 if cos < self.guard:
                     return self._go_exact(site, f"is off by cosine {cos:.6f} < {self.guard}", exact)
