@@ -84,11 +84,11 @@ def fused_quant_available(device):
     return (True, reason if plan == "tensorwise" else None) if ok else (False, why)
 
 
-def compute_dtype(host_dtype, device_type, plan, fp8_products):
+def compute_dtype(host_dtype, device_type, plan, fp8_products, fp16_asked=False):
     """The dtype a model computes in: the host's choice (`host_dtype`), except bf16 instead of fp16 where its products
     run in FP8 on CUDA (`plan` not None): _scaled_mm writes them in bf16 there, so an fp16 model cast every Linear's
     output (on an H200, 300 casts a step of the 1.3B model at 540P: 169 ms of 3.5 s). bf16 is also what SkyReels-V2's
-    pipelines compute in; every GPU with FP8 tensor cores has it."""
-    if fp8_products and device_type == "cuda" and plan is not None and host_dtype == torch.float16:
+    pipelines compute in; every GPU with FP8 tensor cores has it. Not where the user asked for fp16 (fp16_asked)."""
+    if fp8_products and device_type == "cuda" and plan is not None and host_dtype == torch.float16 and not fp16_asked:
         return torch.bfloat16
     return host_dtype

@@ -483,13 +483,14 @@ def multiply_dtypes(fn):
     return seen.types
 
 
-@pytest.mark.parametrize("host, device, plan, products, expected", [
-    (torch.float16, "cuda", "rowwise", True, torch.bfloat16),      # an H100 / RTX 40xx: no cast of every product
-    (torch.float16, "cuda", "tensorwise", True, torch.bfloat16),   # an RTX 50xx: its products are written bf16 too
-    (torch.float16, "cuda", "rowwise", False, torch.float16),      # compute: upcast keeps the host's choice
-    (torch.float16, "cuda", None, True, torch.float16),            # fp8 matmul forced on an RTX 30xx: upcast there
-    (torch.float32, "cuda", "rowwise", True, torch.float32),       # --fp32-unet-like choices are the user's
-    (torch.float32, "cpu", "rowwise", True, torch.float32),        # the CPU's products are written in x.dtype
+@pytest.mark.parametrize("host, device, plan, products, asked, expected", [
+    (torch.float16, "cuda", "rowwise", True, False, torch.bfloat16),      # an H100 / RTX 40xx: no cast of each product
+    (torch.float16, "cuda", "tensorwise", True, False, torch.bfloat16),   # an RTX 50xx: written in bf16 too
+    (torch.float16, "cuda", "rowwise", True, True, torch.float16),        # --force-fp16 and the like: the user's
+    (torch.float16, "cuda", "rowwise", False, False, torch.float16),      # compute: upcast keeps the host's choice
+    (torch.float16, "cuda", None, True, False, torch.float16),            # fp8 matmul forced on an RTX 30xx: upcast
+    (torch.float32, "cuda", "rowwise", True, False, torch.float32),       # an fp32 choice stays
+    (torch.float32, "cpu", "rowwise", True, False, torch.float32),        # the CPU's products are written in x.dtype
 ])
-def test_compute_dtype_is_bf16_where_products_run_in_fp8_on_cuda(host, device, plan, products, expected):
-    assert fp8_plan.compute_dtype(host, device, plan, products) == expected
+def test_compute_dtype_is_bf16_where_products_run_in_fp8_on_cuda(host, device, plan, products, asked, expected):
+    assert fp8_plan.compute_dtype(host, device, plan, products, asked) == expected

@@ -87,15 +87,21 @@ result = {}
 for compute in ("auto", "upcast"):
     patcher, report = load("t2v_bf16.safetensors", "fp8_e4m3fn (per-channel)", compute)
     result[compute] = [str(patcher.model.get_dtype_inference()), weights_summary(patcher)[0], report]
+comfy.cli_args.args.fp16_unet = True      # as --force-fp16 sets it
+patcher, report = load("t2v_bf16.safetensors", "fp8_e4m3fn (per-channel)", "auto")
+result["--force-fp16"] = [str(patcher.model.get_dtype_inference()), weights_summary(patcher)[0], report]
 """
 
 
 def test_fp8_products_on_a_gpu_compute_in_bf16(host, tmp_path):
     """CUDA's _scaled_mm writes its products in bf16: in ComfyUI's fp16 each Linear's output was cast (on an H200,
     300 casts, 169 ms of a 3.5 s step of the 1.3B model at 540P). With FP8 products the model computes in bf16, as
-    SkyReels-V2 does; with upcast it keeps the host's choice. Old code: fp16 for both."""
+    SkyReels-V2 does; with upcast, or where the user asked for fp16, it keeps the host's choice. Old code: fp16 for
+    both."""
     write_models(tmp_path)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + GPU_DTYPE)
     assert r["auto"][0] == "torch.bfloat16" and "compute: fp8 matmul" in r["auto"][2], r
     assert r["auto"][1].endswith("6 bfloat16"), r     # the Linears kept in high precision too
     assert r["upcast"][0] == "torch.float16" and r["upcast"][1].endswith("6 float16"), r
+    forced = r["--force-fp16"]
+    assert forced[0] == "torch.float16" and forced[2].endswith("other tensors stay float16"), r
