@@ -127,7 +127,7 @@ GPU_RUNS = [   # (b) is the baseline; (d) and (e) part (a)'s two changes; (f) is
     ("(d) fp8 per-channel, fp8 matmul + SDPA", dict(FP8, sage=None)),
     ("(e) bf16 + sageattn", dict(BF16, sage="sageattn")),
     ("(f) (a) + the accuracy guard (0.995)", dict(FP8, sage="sageattn", guard=0.995)),
-    ("(g) bf16 + host attention, cuDNN first", dict(BF16, sage=None, sdpa="cudnn first")),
+    ("(g) bf16 + host attention, cuDNN first", dict(BF16, sage=None, sdpa="cudnn first", profile=True)),
 ]
 
 
@@ -146,11 +146,18 @@ def measure(host, folder, runs, size, steps):
             folder=folder, runs=group, steps=steps, **size)
         if torch.cuda.is_available() and not size.get("cpu"):
             code = code.replace("comfy.cli_args.args.cpu = True", "")
-        proc = subprocess.run([sys.executable, "-c", code], cwd=host, capture_output=True, text=True)
-        if proc.returncode:
-            raise SystemExit(proc.stderr[-4000:])
-        results.update(json.loads(line[len("@@RUN@@"):]) for line in proc.stdout.splitlines()
-                       if line.startswith("@@RUN@@"))
+        # Each result printed as it comes: under gpu_check.sh's time limit a cut run keeps the ones it made.
+        with tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen([sys.executable, "-c", code], cwd=host, stdout=subprocess.PIPE, stderr=err,
+                                    text=True)
+            for line in proc.stdout:
+                if line.startswith("@@RUN@@"):
+                    label, r = json.loads(line[len("@@RUN@@"):])
+                    results[label] = r
+                    print(f"  done: {label}: {r['per_call']:.3f} s/step, peak {r['memory_mib']} MiB", flush=True)
+            if proc.wait():
+                err.seek(0)
+                raise SystemExit(err.read()[-4000:])
     return {label: results[label] for label, _ in runs}
 
 
@@ -183,7 +190,7 @@ def main():
             write_tiny(os.path.join(folder, "tiny.safetensors"), "T2V", dim=512, ffn_dim=1024, num_layers=4)
             size, runs, unit = dict(width=128, height=128, frames=17, cpu=True), CPU_RUNS, "RSS"
         print(f"{size['width']}x{size['height']}, {size['frames']} frames, {args.steps} steps (cfg 6: cond + uncond "
-              "per step)")
+              "per step)", flush=True)
         results = measure(host, folder, runs, size, args.steps)
         base = results[runs[1][0]]
         print(f"{'configuration':48s} {'s/step':>8s} {'vs ' + runs[1][0][:12]:>16s} {'peak ' + unit:>12s}")
