@@ -65,6 +65,16 @@ class StepIndex:
         return self._step, total
 
 
+def _bisection(m):
+    """0 .. m-1 in an order whose every prefix is spread out: the ends, the middle, the quarters, ..."""
+    order, spans = [0, m - 1], [(0, m - 1)]
+    for a, b in spans:
+        if b - a > 1:
+            order.append((a + b) // 2)
+            spans += [(a, (a + b) // 2), ((a + b) // 2, b)]
+    return list(dict.fromkeys(order))
+
+
 def guard_rows(q, blocks=GUARD_BLOCKS, block=BLOCK_Q):
     """The query rows the guard checks of q [B, heads, L, D], in whole blocks of `block` rows as the kernels quantize
     q (so these rows come out as in the whole call): the last block (a partial one is padded), the WIDEST blocks
@@ -77,14 +87,15 @@ def guard_rows(q, blocks=GUARD_BLOCKS, block=BLOCK_Q):
         return None
     peak = torch.aminmax(q.detach(), dim=-1)
     peak = torch.maximum(peak.min.abs(), peak.max.abs()).float()                   # [B, heads, L]
-    mass = torch.linalg.vector_norm(q.detach(), 1, dim=-1, dtype=torch.float32)    # sum of |q| per row
+    mass = torch.linalg.vector_norm(q.detach(), 1, dim=-1).float()   # sum of |q| per row (in q's dtype: no fp32 copy)
     pad = n * block - length
     peak, mass = (torch.nn.functional.pad(t, (0, pad)).unflatten(-1, (n, block)) for t in (peak, mass))
     rows_in = torch.full((n,), float(block), device=q.device)
     rows_in[-1] = block - pad
     spread = peak.amax(-1) / (mass.sum(-1) / (rows_in * q.shape[-1])).clamp_min(1e-30)
     widest = spread.flatten(0, 1).amax(0).topk(WIDEST).indices.tolist()
-    chosen = list(dict.fromkeys([n - 1] + widest + torch.linspace(0, n - 1, blocks).round().long().tolist()))
+    spread = torch.linspace(0, n - 1, blocks).round().long().tolist()
+    chosen = list(dict.fromkeys([n - 1] + widest + [spread[i] for i in _bisection(blocks)]))
     starts = torch.tensor(sorted(chosen[:blocks])) * block
     rows = (starts[:, None] + torch.arange(block)).flatten()
     return rows[rows < length]

@@ -87,8 +87,9 @@ def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, 
         # one three times as long (an H200, 51000 x 5120: 3.3 vs 1.0 ms), which costs what the FP8 product saves.
         products = compute != "upcast" and (fused or compute == "fp8 matmul"), fused, note
         plan = device_plan(load_device, "channel")[0] if load_device.type == "cuda" else None
-        # --force-fp16 / --fp16-unet, or --fast fp16_accumulation (the host then prefers fp16): the user's fp16
-        fp16_asked = getattr(comfy.cli_args.args, "fp16_unet", False) or comfy.model_management.PRIORITIZE_FP16
+        # --force-fp16 / --fp16-unet, or --fast (its fp16_accumulation: the host then prefers fp16): the user's fp16
+        fp16_asked = (getattr(comfy.cli_args.args, "fp16_unet", False)
+                      or getattr(comfy.model_management, "PRIORITIZE_FP16", False))
         compute_dtype = fp8_plan_dtype(host_dtype, load_device.type, plan, products[0], fp16_asked)
         sd, summary = load_fp8_state_dict(
             ckpt, info, weight_format, keep_first_blocks, keep_last_blocks, progress=pbar.update_absolute,

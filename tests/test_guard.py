@@ -105,6 +105,17 @@ def test_the_guard_checks_every_head_on_blocks_of_rows_against_all_keys():
     assert guard_rows(q[:, :, :18 * 128]) is None and guard_rows(q[:, :, :18 * 128 + 1]).numel() == 8 * 128 + 1
 
 
+def test_the_guards_other_blocks_are_spread_over_the_whole_video():
+    """Beside the last block and the 4 widest, the guard's blocks spread over the whole sequence (a review found the
+    first choice cut to the video's start: blocks 100 to 174 of 200 were never checked)."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 2, 200 * 128, 8, generator=g)
+    for b in (11, 37, 61, 97):           # the 4 widest: an outlier in each
+        q[0, 1, b * 128 + 5, 3] = 300.0
+    blocks = sorted(set((guard_rows(q) // 128).tolist()))
+    assert blocks == [0, 11, 37, 50, 61, 97, 100, 149, 199], blocks
+
+
 def test_the_guard_finds_the_block_an_outlier_in_q_wrecks():
     """One large value in q widens its block's int8 scale and wrecks that block alone (a review's case: whole-call
     cosine 0.9905, the block's 0.668): the guard checks the blocks whose values span the most, so it sees the block
