@@ -92,8 +92,8 @@ def guard_rows(q, blocks=GUARD_BLOCKS, block=BLOCK_Q):
     peak, mass = (torch.nn.functional.pad(t, (0, pad)).unflatten(-1, (n, block)) for t in (peak, mass))
     rows_in = torch.full((n,), float(block), device=q.device)
     rows_in[-1] = block - pad
-    spread = peak.amax(-1) / (mass.sum(-1) / (rows_in * q.shape[-1])).clamp_min(1e-30)
-    widest = spread.flatten(0, 1).amax(0).topk(WIDEST).indices.tolist()
+    span = peak.amax(-1) / (mass.sum(-1) / (rows_in * q.shape[-1])).clamp_min(1e-30)   # [B, heads, n]
+    widest = span.flatten(0, 1).amax(0).topk(WIDEST).indices.tolist()
     spread = torch.linspace(0, n - 1, blocks).round().long().tolist()
     chosen = list(dict.fromkeys([n - 1] + widest + [spread[i] for i in _bisection(blocks)]))
     starts = torch.tensor(sorted(chosen[:blocks])) * block
