@@ -25,8 +25,9 @@ class PatchSageAttention(io.ComfyNode):
             inputs=[
                 io.Model.Input("model"),
                 io.Combo.Input("mode", options=NODE_MODES, default="auto",
-                               tooltip="auto: the best 8-bit backend for this GPU (sageattention 2.x, else "
-                                       "comfy-kitchen int8, else sageattention 1.x, else exact). sageattention: "
+                               tooltip="auto: the best backend for this GPU (sageattention 2.x, else "
+                                       "comfy-kitchen int8, else sageattention 1.x, else exact; on H100/H200/B200 "
+                                       "exact through cuDNN before all but sageattention 2.x). sageattention: "
                                        "the sageattention package's kernels (sageattn: its old name). comfy-kitchen "
                                        "int8 / sage3 (FP4, Blackwell): ComfyUI's attention of that name, where it "
                                        "registers one. "
@@ -40,7 +41,7 @@ class PatchSageAttention(io.ComfyNode):
                 io.Int.Input("exact_first_steps", default=0, min=0, max=1000, advanced=True,
                              tooltip="Keep exact attention during the first N sampling steps."),
                 io.Float.Input("guard_threshold", default=0.995, min=0.0, max=1.0, step=0.001, advanced=True,
-                               tooltip="Each attention site is compared with exact attention on a few heads at its "
+                               tooltip="Each attention site is compared with exact attention on a few query rows at its "
                                        "first call and again at 1/4, 1/2 and 3/4 of the steps; below this cosine, "
                                        "or on a NaN/Inf output, the site stays exact. 0 turns the guard off."),
             ],

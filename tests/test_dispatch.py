@@ -14,13 +14,14 @@ SAGE_VERSIONS = (None, "1.0.6", "2.2.0")
 SHORT = {"sage": "sageattention", "kitchen": "comfy-kitchen int8", "sage3": "sage3", "exact": "exact"}
 
 # auto, with triton installed: (sageattention, comfy_kitchen_int8 registered) -> backend on sm75 80 86 89 90 100 120
+# (on sm90 and sm100 exact attention runs cuDNN's kernels, faster there than any 8-bit kernel but sageattention 2.x's)
 AUTO = {
     (None, False): "exact exact exact exact exact exact exact",
-    (None, True): "kitchen kitchen kitchen kitchen kitchen kitchen kitchen",
-    ("1.0.6", False): "exact sage sage sage sage sage sage",
-    ("1.0.6", True): "kitchen kitchen kitchen kitchen kitchen kitchen kitchen",
+    (None, True): "kitchen kitchen kitchen kitchen exact exact kitchen",
+    ("1.0.6", False): "exact sage sage sage exact exact sage",
+    ("1.0.6", True): "kitchen kitchen kitchen kitchen exact exact kitchen",
     ("2.2.0", False): "exact sage sage sage sage exact sage",
-    ("2.2.0", True): "kitchen sage sage sage sage kitchen sage",
+    ("2.2.0", True): "kitchen sage sage sage sage exact sage",
 }
 # sageattention mode, with triton installed: sageattention version -> backend on the same GPUs
 SAGEATTENTION = {
@@ -85,6 +86,19 @@ def test_reasons_name_what_is_missing_before_the_device():
     assert backend == "exact" and "comfy_kitchen_int8" in why and "No module named 'sageattention'" in why
     assert choose("auto", "cuda", (9, 0), Installed("2.1.1+cu128", True)) == (
         "sageattention", "sageattention 2.1.1+cu128 (CUDA kernels)")
+    faster = "cuDNN's exact attention is faster here than 8-bit kernels other than sageattention 2.x's"
+    assert choose("auto", "cuda", (9, 0), Installed("1.0.6", True, True)) == (
+        "exact", f"GPU compute capability 9.0: {faster}")
+    assert choose("auto", "cuda", (10, 0), Installed("2.2.0", True)) == ("exact", (
+        "GPU compute capability 10.0 (sageattention 2.2.0 has kernels for 8.0, 8.6, 8.9, 9.0, 12.0); "
+        f"GPU compute capability 10.0: {faster}"))
+
+
+@pytest.mark.parametrize("gpu,first", [("sm75", False), ("sm80", False), ("sm86", False), ("sm89", False),
+                                       ("sm90", True), ("sm100", True), ("sm120", False)])
+def test_exact_attention_runs_cudnn_first_on_data_centre_hopper_and_blackwell(gpu, first):
+    assert dispatch.cudnn_first("cuda", GPUS[gpu]) is first
+    assert dispatch.cudnn_first("cuda", (10, 3)) and not dispatch.cudnn_first("cpu", None)
 
 
 def test_modes_and_the_old_name():

@@ -1,17 +1,19 @@
 """Patch SageAttention's override: 8-bit attention for one MODEL's every attention call, through the host's per-model
 attention override (nothing global is patched). "Exact" is the host's PyTorch attention from its registry, never its
 global choice, which is itself 8-bit under --use-sage-attention."""
+import contextlib
 import functools
 import inspect
 import logging
 import os
 
+import comfy.ops
 import folder_paths
 import torch
 from comfy.ldm.modules import attention as host_attention
 
 from ...attention import sage_attention
-from ...attention.dispatch import Installed, canonical, choose, device_capability, installed_packages
+from ...attention.dispatch import Installed, canonical, choose, cudnn_first, device_capability, installed_packages
 from ...attention.guard import StepIndex, all_finite, guard_cosine, phase
 from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once, miscounted_padding
 
@@ -27,6 +29,24 @@ def host_function(name):
 
 
 PYTORCH = host_function("pytorch")  # "exact" everywhere in this node
+
+
+@contextlib.contextmanager
+def sdpa_cudnn_first(device):
+    """PyTorch's cuDNN attention first in the host's SDPA backend order during one exact call, on the GPUs where
+    PyTorch itself puts it first (dispatch.cudnn_first). The host reads its list at each call, inside its own
+    sdpa_kernel context (which overrides any opened around it), so the list is reordered for the call and restored:
+    ComfyUI runs one prompt at a time, on one thread."""
+    order = getattr(comfy.ops, "SDPA_BACKEND_PRIORITY", None)
+    if not order or not cudnn_first(device.type, device_capability(device)):
+        yield False
+        return
+    saved = list(order)
+    order.sort(key=lambda backend: backend.name != "CUDNN_ATTENTION")   # stable: the rest keep their order
+    try:
+        yield True
+    finally:
+        order[:] = saved
 
 
 def describe(override):
@@ -83,6 +103,7 @@ class SageOverride:
         self.backends = {}         # device: (backend, why), decided on the device's first call
         self.checked = {}          # site: guard phase of its last check
         self.exact_sites, self.logged, self.ran = set(), set(), set()
+        self.exact_ran = set()     # "cuDNN first" where exact attention ran so
         self.counts = {"sage": 0, "exact": 0}
         self.step_index = StepIndex()
         self.bypassed_by = []      # set after each sampling pass by foreign_forward.SageWatch
@@ -110,7 +131,9 @@ class SageOverride:
             if backend != "exact":
                 self._log_once(("backend", device), f"{self.mode}: {why}", logging.INFO)
             elif self.mode != "disabled":
-                self._log_once(("backend", device), f"{why}; attention stays exact (ComfyUI's PyTorch attention)")
+                first = ", cuDNN first" if cudnn_first(device.type, device_capability(device)) else ""
+                self._log_once(("backend", device), f"{why}; attention stays exact (ComfyUI's PyTorch attention"
+                                                    f"{first})")
             self.backends[device] = backend, why
         return self.backends[device][0]
 
@@ -129,6 +152,13 @@ class SageOverride:
                     or block is not None and (block < self.first or (total is not None and block >= total - self.last))
                     or self.steps and not self.step_index.continues(to) and self.step_index(to)[0] < self.steps
                     or backend == "sageattention" and kernel_unavailable(device))  # the kernels failed at run time
+
+    def pytorch(self, q, *args, **kwargs):
+        """The host's PyTorch attention (exact), cuDNN's kernels first where PyTorch puts them first."""
+        with sdpa_cudnn_first(q.device) as reordered:
+            if reordered:
+                self.exact_ran.add("cuDNN first")
+            return PYTORCH(q, *args, **kwargs)
 
     def _check_due(self, site, to):
         """The guard checks a site on its first call and again in each later phase of the sampling."""
@@ -156,7 +186,7 @@ class SageOverride:
 
         def exact():
             self.counts["exact"] += 1
-            return PYTORCH(q, k, v, heads, **options)
+            return self.pytorch(q, k, v, heads, **options)
 
         backend = self.backend(q.device)
         if self._stays_exact(backend, q.device, mask, to, kwargs):
@@ -178,7 +208,7 @@ class SageOverride:
                 # them into contiguous copies first): the guard's views of all heads are copied too
                 eight_bit = (lambda *t: hnd(host_fn)(*(x.contiguous() for x in t))) if host_fn else (
                     lambda *t: sage_attention(*t, layout="HND", mode=backend))
-                cos = guard_cosine(eight_bit, hnd(PYTORCH), *as_hnd)
+                cos = guard_cosine(eight_bit, hnd(self.pytorch), *as_hnd)
                 if cos < self.guard:
                     return self._go_exact(site, f"is off by cosine {cos:.6f} < {self.guard}", exact)
             out = (host_fn(q, k, v, heads, **options) if host_fn
