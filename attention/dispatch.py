@@ -13,11 +13,6 @@ ALIASES = {"sageattn": "sageattention"}  # the mode's name in workflows saved be
 FIXED = {"disabled": ("exact", "disabled"), "reference": ("reference", "this pack's PyTorch SageAttention")}
 # The compute capabilities sageattention 2.x's `sageattn` has a kernel for; it raises on any other.
 SAGE2_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0))
-# Data-centre Hopper and Blackwell (H100/H200, B200): PyTorch's own order runs cuDNN's attention first there, and so
-# does exact attention here (ComfyUI puts FlashAttention-2 first). On an H200 (2026-12-04, bench/sample.py) a 1.3B
-# Sample Video step took 2.25 s with it, 2.79 s with sageattention 1.0.6's 8-bit kernels and 3.25 s with
-# FlashAttention-2; so auto takes it over 8-bit kernels not written for these GPUs (all but sageattention 2.x's).
-CUDNN_FIRST_MAJORS = (9, 10)
 class Installed(NamedTuple):
     sageattention: Optional[str] = None  # its version, None if it is not installed
     triton: bool = False
@@ -89,9 +84,10 @@ def _backend(mode, device_type, capability, pkgs):
     return mode, need.runs
 
 
-def choose(mode, device_type, capability, pkgs):
+def choose(mode, device_type, capability, pkgs, cudnn=False):
     """(backend, reason) for `mode` on a device of `device_type` ("cuda", "cpu", ...) with compute capability
-    `capability` ((major, minor), None off CUDA) and the packages `pkgs` (an Installed). Pure: same in, same out."""
+    `capability` ((major, minor), None off CUDA) and the packages `pkgs` (an Installed); `cudnn`: PyTorch runs
+    cuDNN's attention first on this GPU (pytorch_prefers_cudnn). Pure: same in, same out."""
     mode = canonical(mode)
     if mode in FIXED:
         return FIXED[mode]
@@ -102,18 +98,30 @@ def choose(mode, device_type, capability, pkgs):
     # sageattention 2.x, else comfy-kitchen int8, else sageattention 1.x, else exact (with every reason)
     order = ("sageattention", "comfy-kitchen int8")
     order = order if sage_major(pkgs.sageattention) >= 2 else order[::-1]
-    if cudnn_first("cuda", capability):
+    if cudnn:   # exact attention through cuDNN beats every 8-bit kernel not written for these GPUs
         order = order[:1] if sage_major(pkgs.sageattention) >= 2 else ()
     found = [_backend(m, "cuda", capability, pkgs) for m in order]
-    if cudnn_first("cuda", capability):
-        found.append(("exact", f"GPU compute capability {_cc(capability)}: cuDNN's exact attention is faster here "
+    if cudnn:
+        found.append(("exact", f"PyTorch runs cuDNN's attention first on this GPU ({_cc(capability)}), faster here "
                                "than 8-bit kernels other than sageattention 2.x's"))
     return next((b for b in found if b[0] != "exact"), ("exact", "; ".join(reason for _, reason in found)))
 
 
-def cudnn_first(device_type, capability):
-    """Whether exact attention runs PyTorch's cuDNN attention before FlashAttention (see CUDNN_FIRST_MAJORS)."""
-    return device_type == "cuda" and capability is not None and capability[0] in CUDNN_FIRST_MAJORS
+@functools.cache
+def pytorch_prefers_cudnn(device):
+    """Whether PyTorch's own SDPA order runs cuDNN's attention first on `device`, asked of PyTorch once per device
+    with a Wan-shaped call: it does on an H100/H200/B200 with a recent cuDNN and CUDA, and not on other GPUs, ROCm,
+    or where a user turned it off (its rules, not copied here). ComfyUI puts FlashAttention-2 first; on an H200
+    (2026-12-04, bench/sample.py) a 1.3B Sample Video step took 2.25 s with cuDNN's attention, 2.79 s with
+    sageattention 1.0.6's 8-bit kernels and 3.25 s with FlashAttention-2."""
+    if device.type != "cuda":
+        return False
+    from torch.nn.attention import SDPBackend
+    probe = torch.zeros(1, 12, 1024, 128, device=device, dtype=torch.bfloat16)
+    try:
+        return torch._fused_sdp_choice(probe, probe, probe) == SDPBackend.CUDNN_ATTENTION.value
+    except (AttributeError, RuntimeError):     # a private function: a torch without it
+        return False
 
 
 @functools.cache

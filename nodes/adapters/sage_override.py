@@ -6,6 +6,7 @@ import functools
 import inspect
 import logging
 import os
+import threading
 
 import comfy.ops
 import folder_paths
@@ -13,7 +14,8 @@ import torch
 from comfy.ldm.modules import attention as host_attention
 
 from ...attention import sage_attention
-from ...attention.dispatch import Installed, canonical, choose, cudnn_first, device_capability, installed_packages
+from ...attention.dispatch import (Installed, canonical, choose, device_capability, installed_packages,
+                                  pytorch_prefers_cudnn)
 from ...attention.guard import StepIndex, all_finite, guard_cosine, phase
 from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once, miscounted_padding
 
@@ -31,22 +33,33 @@ def host_function(name):
 PYTORCH = host_function("pytorch")  # "exact" everywhere in this node
 
 
+_ORDER = threading.Lock()
+_reordered = {"calls": 0, "saved": None}    # exact calls inside the reorder (threads: core's multi-GPU CFG split)
+
+
 @contextlib.contextmanager
 def sdpa_cudnn_first(device):
-    """PyTorch's cuDNN attention first in the host's SDPA backend order during one exact call, on the GPUs where
-    PyTorch itself puts it first (dispatch.cudnn_first). The host reads its list at each call, inside its own
-    sdpa_kernel context (which overrides any opened around it), so the list is reordered for the call and restored:
-    ComfyUI runs one prompt at a time, on one thread."""
-    order = getattr(comfy.ops, "SDPA_BACKEND_PRIORITY", None)
-    if not order or not cudnn_first(device.type, device_capability(device)):
+    """Yields whether this exact call runs PyTorch's cuDNN attention first: on a GPU where PyTorch's own order does
+    (dispatch.pytorch_prefers_cudnn), where ComfyUI's order (FlashAttention-2 first) is reordered for the call. The
+    host reads its list at each call, inside its own sdpa_kernel context (which overrides any opened around it), so
+    the list itself is reordered while any such call runs and restored by the last one out. Without the host's list,
+    its attention runs PyTorch's own order, cuDNN first already."""
+    if not pytorch_prefers_cudnn(device):
         yield False
         return
-    saved = list(order)
-    order.sort(key=lambda backend: backend.name != "CUDNN_ATTENTION")   # stable: the rest keep their order
+    order = getattr(comfy.ops, "SDPA_BACKEND_PRIORITY", None)
+    with _ORDER:
+        if order and not _reordered["calls"]:
+            _reordered["saved"] = list(order)
+            order[:] = sorted(order, key=lambda backend: backend.name != "CUDNN_ATTENTION")  # one assignment
+        _reordered["calls"] += 1
     try:
         yield True
     finally:
-        order[:] = saved
+        with _ORDER:
+            _reordered["calls"] -= 1
+            if order and not _reordered["calls"]:
+                order[:] = _reordered["saved"]
 
 
 def describe(override):
@@ -127,13 +140,15 @@ class SageOverride:
 
     def backend(self, device):
         if device not in self.backends:
-            backend, why = choose(self.mode, device.type, device_capability(device), host_installed())
+            first = pytorch_prefers_cudnn(device)
+            backend, why = choose(self.mode, device.type, device_capability(device), host_installed(), first)
             if backend != "exact":
                 self._log_once(("backend", device), f"{self.mode}: {why}", logging.INFO)
             elif self.mode != "disabled":
-                first = ", cuDNN first" if cudnn_first(device.type, device_capability(device)) else ""
+                # auto's choice on an H100/H200/B200 (cuDNN's attention is the fastest there): news, not a warning
                 self._log_once(("backend", device), f"{why}; attention stays exact (ComfyUI's PyTorch attention"
-                                                    f"{first})")
+                                                    f"{', cuDNN first' * first})",
+                               logging.INFO if first and self.mode == "auto" else logging.WARNING)
             self.backends[device] = backend, why
         return self.backends[device][0]
 

@@ -418,37 +418,54 @@ CUDNN_FIRST = r"""
 import logging, nodes as core
 import comfy.ops
 from torch.nn.attention import SDPBackend
-from skyreels_pack.attention import dispatch
 from skyreels_pack.nodes.adapters import sage_override
 from skyreels_pack.nodes.adapters.run_report import attention_summary
 from skyreels_pack.nodes.sage_patch import PatchSageAttention
 # The host's CUDA backend order (comfy/ops.py sets it only where CUDA is available), and this CPU's device answered
-# as an H100's (9.0) by the pure decision the override asks
+# as an H100's: PyTorch runs cuDNN's attention first there
 HOST_ORDER = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 comfy.ops.SDPA_BACKEND_PRIORITY = list(HOST_ORDER)
 asked = []
-def hopper(device_type, capability):
-    asked.append(device_type)
-    return dispatch.cudnn_first("cuda", (9, 0))
+def hopper(device):
+    asked.append(device.type)
+    return True
 seen, real_sdpa = [], torch.nn.functional.scaled_dot_product_attention
 def sdpa(*a, **k):       # the order the host's list holds while its attention runs
     seen.append([b.name for b in comfy.ops.SDPA_BACKEND_PRIORITY])
     return real_sdpa(*a, **k)
 torch.nn.functional.scaled_dot_product_attention = sdpa
-""" + LOGS + r"""pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
+info = []
+handler = logging.Handler(logging.INFO)
+handler.emit = lambda r: info.append([r.levelname, r.getMessage()])
+logging.getLogger("skyreels_fp8").addHandler(handler)
+logging.getLogger("skyreels_fp8").setLevel(logging.INFO)
+pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
 latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
 patcher, _ = load("t2v_fp8_tensor.safetensors")
 plain = PatchSageAttention.execute(patcher, "disabled", 0, 0, 0, 0.995).args[0]
 b = core.common_ksampler(plain, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
 result = dict(plain_orders=sorted(set(map(tuple, seen))))
 seen.clear()
-sage_override.cudnn_first = hopper
+sage_override.pytorch_prefers_cudnn = hopper
 patched = PatchSageAttention.execute(patcher, "auto", 0, 0, 0, 0.995).args[0]
 a = core.common_ksampler(patched, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
 override = patched.model_options["transformer_options"]["optimized_attention_override"]
 result.update(rel=rel(a, b), counts=dict(override.counts), orders=sorted(set(map(tuple, seen))), calls=len(seen),
-              after=[x.name for x in comfy.ops.SDPA_BACKEND_PRIORITY], asked=sorted(set(asked)), logs=records,
+              after=[x.name for x in comfy.ops.SDPA_BACKEND_PRIORITY], asked=sorted(set(asked)),
+              logs=[m for m in info if "Patch SageAttention" in m[1]],
               summary=attention_summary(patched, {}))
+import threading, time
+def slow(*a, **k):         # two threads' calls overlap (core's multi-GPU CFG split runs one per GPU)
+    time.sleep(0.3)
+    return real_sdpa(*a, **k)
+torch.nn.functional.scaled_dot_product_attention = slow
+x = torch.zeros(1, 4, 64)
+threads = [threading.Thread(target=override.pytorch, args=(x, x, x, 1)) for _ in range(2)]
+threads[0].start(); time.sleep(0.1); threads[1].start()
+time.sleep(0.1)
+result["while_threads"] = [x.name for x in comfy.ops.SDPA_BACKEND_PRIORITY]
+[t.join() for t in threads]
+result["after_threads"] = [x.name for x in comfy.ops.SDPA_BACKEND_PRIORITY]
 def failing(*a, **k):
     raise RuntimeError("out of memory")
 torch.nn.functional.scaled_dot_product_attention = failing
@@ -461,17 +478,21 @@ result["after_failure"] = [x.name for x in comfy.ops.SDPA_BACKEND_PRIORITY]
 
 
 def test_exact_attention_runs_cudnn_first_where_pytorch_puts_it_first(host, tmp_path):
-    # An H100/H200 (9.x) or B200 (10.x): the host's exact attention gets cuDNN's kernels before FlashAttention-2 (1.44x
-    # a 1.3B step on an H200) for the call only; the host's own order is back after it, also after a failure. What
-    # runs is the host's PyTorch attention: bit for bit the plain exact run's on this CPU, where no backend applies.
+    # Where PyTorch runs cuDNN's attention first (an H100/H200/B200 with a recent cuDNN), the host's exact attention
+    # gets it before FlashAttention-2 (1.43x a 1.3B step on an H200) for the call only; the host's own order is back
+    # after it, also after a failure and after two threads' calls that overlap (the first out used to restore it
+    # under the second, which then left cuDNN first for good). What runs is the host's PyTorch attention: bit for
+    # bit the plain exact run's on this CPU, where no backend applies.
     write_models(tmp_path)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + CUDNN_FIRST)
     host_order = ["FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]
     assert r["plain_orders"] == [host_order], r       # without the simulated Hopper, the host's order untouched
     assert r["orders"] == [["CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"]], r
     assert r["calls"] == 8 and r["counts"] == {"sage": 0, "exact": 8} and r["rel"] == 0.0, r
-    assert r["after"] == r["after_failure"] == host_order and r["raised"] == "out of memory", r
+    assert r["after"] == r["after_failure"] == r["after_threads"] == host_order and r["raised"] == "out of memory", r
+    assert r["while_threads"][0] == "CUDNN_ATTENTION", r
     assert r["asked"] == ["cpu"], r
     assert r["summary"] == "attention: auto - 0 calls 8-bit, 8 exact (cuDNN first)", r
-    assert r["logs"] == ["Patch SageAttention: cpu device (8-bit attention kernels need an NVIDIA GPU); attention "
-                         "stays exact (ComfyUI's PyTorch attention, cuDNN first)"], r
+    # auto's choice there is news, not a warning
+    assert r["logs"] == [["INFO", "Patch SageAttention: cpu device (8-bit attention kernels need an NVIDIA GPU); "
+                                  "attention stays exact (ComfyUI's PyTorch attention, cuDNN first)"]], r
