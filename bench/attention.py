@@ -162,6 +162,28 @@ def run_cuda(lengths, repeats, host):
         print(f"{length:7d} SDPA (PyTorch's own order) ran: {sdpa_backend(q, k, v)}")
         del q, k, v, ref
         torch.cuda.empty_cache()
+    cross_attention(dev)
+
+
+def cross_attention(dev):
+    """cuDNN's attention (which Patch SageAttention's exact attention runs first where PyTorch does) against SDPA in
+    fp32 on Wan's other calls: text cross-attention (512 keys) and I2V's image tokens (257 keys), the 14B model's 40
+    heads, bf16 and fp16 (self-attention too), in the layout ComfyUI hands over (a view of [B, L, heads * D])."""
+    for keys, dtype in [(512, torch.bfloat16), (257, torch.bfloat16), (257, torch.float16), (51000, torch.float16)]:
+        q = torch.randn(1, 51000, 40 * 128, dtype=dtype, device=dev).view(1, 51000, 40, 128).transpose(1, 2)
+        k, v = (torch.randn(1, keys, 40 * 128, dtype=dtype, device=dev).view(1, keys, 40, 128).transpose(1, 2)
+                for _ in range(2))
+        try:
+            out = forced_sdpa("CUDNN_ATTENTION")(q, k, v)
+            ref = torch.cat([F.scaled_dot_product_attention(*(t[:, h:h + 8].float() for t in (q, k, v)))
+                             for h in range(0, 40, 8)], dim=1)    # in fp32, 8 heads at a time
+            err = ((out.float() - ref).norm() / ref.norm()).item()
+            print(f"cuDNN attention, 51000 queries x {keys} keys, {str(dtype)[6:]}: error vs fp32 {err:.2e}, "
+                  f"cosine {cosine(out, ref):.6f}")
+        except Exception as e:  # cuDNN refusing a shape is what this row is for
+            print(f"cuDNN attention, 51000 queries x {keys} keys, {str(dtype)[6:]}: failed: {type(e).__name__}: {e}")
+        del q, k, v
+        torch.cuda.empty_cache()
 
 
 def main():

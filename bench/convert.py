@@ -38,8 +38,10 @@ def numel(shape):
     return n
 
 
-def model_shapes(size, variant="T2V"):
-    return tiny.info(variant, **tiny.REAL[size]).expected_shapes()
+def model_shapes(size, variant="T2V", num_layers=None):
+    """{key: shape} of a SkyReels-V2 model of that size; num_layers: fewer blocks of the same widths."""
+    return tiny.info(variant, **dict(tiny.REAL[size], **({"num_layers": num_layers} if num_layers else {}))
+                     ).expected_shapes()
 
 
 def byte_ratio(size):
@@ -53,8 +55,8 @@ def byte_ratio(size):
     return fp8 / bf16, linear / bf16
 
 
-def write_synthetic(path, size):
-    shapes = model_shapes(size)
+def write_synthetic(path, size, num_layers=None):
+    shapes = model_shapes(size, num_layers=num_layers)
     g = torch.Generator().manual_seed(0)
     with SafetensorsWriter(path, {k: (torch.bfloat16, s) for k, s in shapes.items()}) as out:
         for k, s in shapes.items():

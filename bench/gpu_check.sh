@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU benchmark as one command, for a lent H100/H200 (the device tool's `run`), in at most 9 minutes (the
-# sections' time limits add up to 550 s; a section that runs out is marked and the next one starts). The sections
+# sections' time limits add up to 560 s; a section that runs out is marked and the next one starts). The sections
 # run most important first, so a run cut short still brings back what matters most.
 #
 #   here, once:  bash bench/gpu_check.sh --prepare
@@ -13,13 +13,14 @@
 # under ComfyUI's own main.py with Dynamic VRAM, its default on NVIDIA GPUs, against --disable-dynamic-vram, with
 # and without a LoRA (bench/dynamic_vram.py: no CPU test reaches that path), the fp8 GEMM
 # table and the 1.3B weight memory (bench/gemm.py), the activation quantization's time and memory, fused vs eager,
-# and the fused kernel's launch settings and rounding (bench/act_quant.py --sweep), each attention backend Patch
+# (bench/act_quant.py; --sweep times the kernel's launch settings), each attention backend Patch
 # SageAttention can run there vs SDPA (its own order, FlashAttention and cuDNN forced) at L = 51000 and
 # 111600, with peak VRAM and the NaN/Inf check's cost, after each mode's dispatch decision (bench/attention.py; the
 # carried comfy-kitchen lacks its CUDA extension, so its int8 attention shows as unavailable), Sample Video's seed
 # noise on the GPU against SkyReels-V2's scripts' draw (bench/noise.py), Sample Video's step time and peak
-# VRAM, fp8 + sage vs bf16 + SDPA vs core fp8_e4m3fn_fast and four more, with two profiled steps (bench/sample.py),
-# and TeaCache's calls skipped,
+# VRAM at the 1.3B model's widths and at the 14B model's (4 of its 40 blocks): FP8 + Patch SageAttention auto,
+# FP8 + sageattn and bf16 with ComfyUI's attention and with cuDNN's first, with profiled steps (bench/sample.py;
+# its other configurations with no --only), and TeaCache's calls skipped,
 # latent distance and time beside core's EasyCache / LazyCache (bench/teacache.py). Without a GPU every part
 # runs its CPU smoke version, with three times the time limits, so the script is checked on any machine
 # (tests/host/test_host_bench.py). Exits 1 if any section failed or ran out of time, after running all of them.
@@ -100,10 +101,13 @@ section "device" 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_ver
 # Two ComfyUI start-ups (on a CPU, the smoke run, they alone take about a minute)
 section "Dynamic VRAM, ComfyUI's default on NVIDIA (bench/dynamic_vram.py)" 80 "$PYTHON" bench/dynamic_vram.py
 section "fp8 GEMM and weight memory (bench/gemm.py)" 30 "$PYTHON" bench/gemm.py
-section "activation quantization memory and time (bench/act_quant.py)" 60 "$PYTHON" bench/act_quant.py --repeats 3 --sweep
+section "activation quantization memory and time (bench/act_quant.py)" 30 "$PYTHON" bench/act_quant.py --repeats 3
 section "attention backends vs SDPA (bench/attention.py)" 50 "$PYTHON" bench/attention.py
 section "noise drawn as SkyReels-V2's scripts (bench/noise.py)" 30 "$PYTHON" bench/noise.py
-section "Sample Video (bench/sample.py)" 200 "$PYTHON" bench/sample.py --steps 2
+# (the other configurations ran on 2026-12-04: docs/benchmarks.md)
+section "Sample Video (bench/sample.py)" 120 "$PYTHON" bench/sample.py --steps 2 --only abgi
+section "Sample Video, the 14B widths, 4 blocks (bench/sample.py)" 120 "$PYTHON" bench/sample.py --steps 2 \
+    --model 14B --only agi
 section "TeaCache vs EasyCache / LazyCache (bench/teacache.py)" 80 "$PYTHON" bench/teacache.py --steps 6 --quick
 # Every section runs whatever the others did; the exit status says whether one failed.
 echo "gpu_check: wrote $REPORT$([ "$FAILED" = 0 ] || echo "; $FAILED section(s) failed, marked !!")"

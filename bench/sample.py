@@ -11,12 +11,14 @@ max_memory_allocated; CPU: the process's peak RSS, reset before the run).
 CPU: a tiny SkyReels-V2 model (dim 512, 4 blocks), 128x128, 17 frames; FP8 per-channel with upcast matmuls and
 this pack's PyTorch SageAttention vs the same weights in bf16 with the host's attention. (Neither FP8 nor 8-bit
 attention is faster on a CPU; the CPU run proves the path and shows the overhead.)
-GPU: the real 1.3B shapes with random weights, 544x960, 97 frames: (a) FP8 per-channel + fp8 matmul (w8a8) +
+GPU: the real 1.3B shapes with random weights (`--model 14B`: the 14B model's widths, 40 heads, with `--blocks` of
+its 40 blocks, 4 by default), 544x960, 97 frames: (a) FP8 per-channel + fp8 matmul (w8a8) +
 sageattn, (b) bf16 + the host's attention, (c) core UNETLoader `fp8_e4m3fn_fast` + the host's attention, and each of
 (a)'s two changes alone: (d) FP8 + fp8 matmul with the host's attention, (e) bf16 + sageattn; and (g) bf16 with the
 host's attention given PyTorch's cuDNN attention first (ComfyUI puts FlashAttention first; PyTorch's own order puts
 cuDNN first on sm90/sm100, which ran 574 TOPS alone on an H200 where ComfyUI's FlashAttention-2 ran about 360 in the
-model). Where a configuration
+model), (h) (d) with that order, and (i) Patch SageAttention's `auto` (exact attention through cuDNN on an
+H100/H200 with sageattention 1.x). `--only abi` runs those (with the baseline, (b)). Where a configuration
 is profiled, one more step runs under torch.profiler and its GPU time (CPU time on a CPU) is listed by the op that
 spent it, the largest first.
 The accuracy guard (Patch SageAttention's guard_threshold) is off in the timed configurations and on in (f): it
@@ -117,17 +119,19 @@ CPU_RUNS = [
     ("bf16 + host attention, cuDNN first", dict(loader="ours", file="tiny.safetensors", weight_format="bf16",
                                                 compute="upcast", sage=None, sdpa="cudnn first")),
 ]
-FP8 = dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="fp8_e4m3fn (per-channel)", compute="fp8 matmul")
-BF16 = dict(loader="ours", file="bf16_1.3b.safetensors", weight_format="bf16", compute="upcast")
+FP8 = dict(loader="ours", file="bf16_synthetic.safetensors", weight_format="fp8_e4m3fn (per-channel)", compute="fp8 matmul")
+BF16 = dict(loader="ours", file="bf16_synthetic.safetensors", weight_format="bf16", compute="upcast")
 GPU_RUNS = [   # (b) is the baseline; (d) and (e) part (a)'s two changes; (f) is (a) with the guard checking
     ("(a) fp8 per-channel, fp8 matmul + sageattn", dict(FP8, sage="sageattn", profile=True)),
     ("(b) bf16 + host attention (SDPA)", dict(BF16, sage=None, profile=True)),
     ("(c) core UNETLoader fp8_e4m3fn_fast",
-     dict(loader="core", file="bf16_1.3b.safetensors", weight_dtype="fp8_e4m3fn_fast", sage=None)),
+     dict(loader="core", file="bf16_synthetic.safetensors", weight_dtype="fp8_e4m3fn_fast", sage=None)),
     ("(d) fp8 per-channel, fp8 matmul + SDPA", dict(FP8, sage=None)),
     ("(e) bf16 + sageattn", dict(BF16, sage="sageattn")),
     ("(f) (a) + the accuracy guard (0.995)", dict(FP8, sage="sageattn", guard=0.995)),
     ("(g) bf16 + host attention, cuDNN first", dict(BF16, sage=None, sdpa="cudnn first", profile=True)),
+    ("(h) fp8 per-channel, fp8 matmul + SDPA, cuDNN first", dict(FP8, sage=None, sdpa="cudnn first")),
+    ("(i) fp8 per-channel, fp8 matmul + Patch SageAttention auto", dict(FP8, sage="auto", profile=True)),
 ]
 
 
@@ -168,8 +172,8 @@ def start(name, steps, extra=()):
     p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--cpu", action="store_true", help="the CPU run even where a GPU is present")
-    for flag, text in extra:
-        p.add_argument(flag, action="store_true", help=text)
+    for flag, text, *how in extra:   # a switch, or (flag, help, add_argument's keywords)
+        p.add_argument(flag, help=text, **(how[0] if how else dict(action="store_true")))
     args = p.parse_args()
     host = args.host or find_host()
     if not host:
@@ -181,19 +185,31 @@ def start(name, steps, extra=()):
 
 
 def main():
-    args, host, gpu, folder = start("sample", 3)
+    args, host, gpu, folder = start("sample", 3, [
+        ("--only", "GPU configurations by letter, e.g. abi", {}),
+        ("--model", "GPU: the widths of SkyReels-V2 1.3B (all 30 blocks) or 14B (--blocks of its 40)",
+         dict(choices=["1.3B", "14B"], default="1.3B")),
+        ("--blocks", "GPU, 14B: how many blocks (time and memory per block are what count)", dict(type=int, default=4))])
     try:
         if gpu:
-            write_synthetic(os.path.join(folder, "bf16_1.3b.safetensors"), "1.3B")
-            size, runs, unit = dict(width=960, height=544, frames=97), GPU_RUNS, "VRAM"
+            blocks = args.blocks if args.model == "14B" else None
+            write_synthetic(os.path.join(folder, "bf16_synthetic.safetensors"), args.model, blocks)
+            print(f"model: SkyReels-V2 {args.model} widths, {blocks or 30} blocks, random weights", flush=True)
+            keep = set(args.only or "abcdefghi") | {"b"}   # (b): the baseline
+            runs = [(label, cfg) for label, cfg in GPU_RUNS if label[1] in keep]
+            size, unit = dict(width=960, height=544, frames=97), "VRAM"
+        elif args.model == "14B":
+            print("the 14B widths run on a GPU only (the CPU run is the tiny model's, without --model)")
+            return
         else:
             write_tiny(os.path.join(folder, "tiny.safetensors"), "T2V", dim=512, ffn_dim=1024, num_layers=4)
             size, runs, unit = dict(width=128, height=128, frames=17, cpu=True), CPU_RUNS, "RSS"
         print(f"{size['width']}x{size['height']}, {size['frames']} frames, {args.steps} steps (cfg 6: cond + uncond "
               "per step)", flush=True)
         results = measure(host, folder, runs, size, args.steps)
-        base = results[runs[1][0]]
-        print(f"{'configuration':48s} {'s/step':>8s} {'vs ' + runs[1][0][:12]:>16s} {'peak ' + unit:>12s}")
+        baseline = next((label for label, _ in runs if label.startswith("(b)")), runs[1][0])
+        base = results[baseline]
+        print(f"{'configuration':48s} {'s/step':>8s} {'vs ' + baseline[:12]:>16s} {'peak ' + unit:>12s}")
         for label, r in results.items():
             print(f"{label:48s} {r['per_call']:8.3f} {base['per_call'] / r['per_call']:15.2f}x "
                   f"{r['memory_mib']:8d} MiB")

@@ -11,8 +11,9 @@ the final latents, the same seed and conditioning.
 CPU: a tiny SkyReels-V2 DF model (width 256, 2 blocks), 32x32, 17 frames, given the 1.3B coefficients (its width
 has none). Its random time embedding changes far more from step to step than a trained model's, so SkyReels-V2's
 thresholds (0.1 to 0.3) skip nothing there; larger thresholds show the trade-off.
-The run without a cache is made twice: the second's distance is the floor that run-to-run differences set (on an
-H200 a first run differed from every later one by 0.022 with nothing skipped, 2026-12-04).
+The run without a cache is made twice: the second's distance is the floor that run-to-run differences set. One
+step runs first and is thrown away: on an H200 the process's first model call gave other bits than every later one
+(the first run then sat 0.022 from every later one with nothing skipped, 2026-12-04); why is not found yet.
 GPU: the real 1.3B shapes with random weights, 544x960, 49 frames (97 took 20 s a run on an H200, too long for
 gpu_check.sh), standard mode, thresholds 0.1 and 0.2 and core's
 caches at 0.2 (the time column is then what counts; random weights skip differently from trained ones).
@@ -55,10 +56,10 @@ class Keep(logging.Handler):
 logging.getLogger().addHandler(Keep())
 logging.getLogger().setLevel(logging.INFO)
 
-def run(m, mode):
+def run(m, mode, steps={steps}):
     skipped_log.clear()
     started = time.perf_counter()
-    samples, report = SampleVideo.execute(m, pos, neg, {width}, {height}, {frames}, 0, {steps}, 6.0, 8.0, "unipc",
+    samples, report = SampleVideo.execute(m, pos, neg, {width}, {height}, {frames}, 0, steps, 6.0, 8.0, "unipc",
                                       24, dict(mode=mode, ar_step=int(mode != "standard"))).args[:2]
     seconds = time.perf_counter() - started
     tea = re.search(r"TeaCache: (\d+) of (\d+) model calls skipped", report)
@@ -68,6 +69,9 @@ def run(m, mode):
         skipped = f"{{sum(s for s, _ in skipped_log)}}/{{sum(t for _, t in skipped_log)}} steps"
     return samples["samples"], skipped, seconds
 
+# A step thrown away first: on an H200 the process's first model call gave other bits than every later one from the
+# same inputs (the model's input, weights and options checked equal), so a first run sat 0.022 from the rest
+run(model, {modes!r}[0], 1)
 for mode in {modes!r}:
     base, _, base_s = run(model, mode)
     configs = [("none", "", model), ("none", "again", model)]   # the second: same seed, the run-to-run floor

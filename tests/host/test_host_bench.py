@@ -11,7 +11,7 @@ import torch
 from comfy_host import REPO
 
 SECTIONS = ["device", "Dynamic VRAM", "fp8 GEMM", "activation quantization", "attention backends", "noise drawn",
-            "Sample Video", "TeaCache vs EasyCache"]
+            "Sample Video (", "Sample Video, the 14B widths", "TeaCache vs EasyCache"]
 
 
 def test_gpu_check_runs_every_section_on_a_cpu(host, tmp_path):
