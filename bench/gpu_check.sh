@@ -8,6 +8,8 @@
 #       extension: its eager backend, i.e. torch._scaled_mm) and a trimmed copy of the ComfyUI host into .host/;
 #       both are listed in .git/info/exclude and travel with `carry`.
 #   there:       run(command="bash bench/gpu_check.sh", carry=[".whl", ".host"], timeout_s=580)
+#   comfy-kitchen's int8 attention (its CUDA extension, too large to carry with the rest): --prepare-kitchen
+#   here, then run(command='GPU_CHECK_ONLY="attention backends" bash bench/gpu_check.sh', the same carry, 120 s)
 #
 # Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): our FP8 model
 # under ComfyUI's own main.py with Dynamic VRAM, its default on NVIDIA GPUs, against --disable-dynamic-vram, with
@@ -28,8 +30,9 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-prepare() {
+prepare() {   # [kitchen]
     set -e
+    local kitchen=${1:-} server="av==18.1.0 sqlalchemy==2.1.9 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types"
     local py="--python-version 3.12 --implementation cp --only-binary=:all: --no-deps"
     local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64"
     plat="$plat --platform manylinux2014_x86_64 --platform manylinux_2_12_x86_64"
@@ -37,17 +40,20 @@ prepare() {
     # What the pack and ComfyUI import for these runs and the device image (Python 3.12, torch) does not hold.
     # ComfyUI's main.py (bench/dynamic_vram.py) needs SQLAlchemy and pydantic too; its frontend package (85 MB) is
     # replaced there by an empty --front-end-root, as only its API is used.
-    "$PYTHON" -m pip download -q $py $plat -d .whl sageattention==1.0.6 av==18.1.0 torchsde==0.2.6 \
-        trampoline==0.1.2 comfy-aimdo==0.4.13 simpleeval blake3 sqlalchemy==2.1.9 pydantic==2.14.4 \
-        pydantic-core==2.50.5 annotated-types typing-inspection
-    # comfy-kitchen's wheel is 58 MB, nearly all CUDA/HIP extensions built for other torch versions: leave them
-    # out (its loader then uses the eager backend) to stay inside the 64 MiB the device tool carries.
+    # --prepare-kitchen: for the attention section alone, which imports neither av nor the server's packages.
+    [ -z "$kitchen" ] || server=""
+    "$PYTHON" -m pip download -q $py $plat -d .whl sageattention==1.0.6 torchsde==0.2.6 trampoline==0.1.2 \
+        comfy-aimdo==0.4.13 simpleeval blake3 $server ${server:+typing-inspection}
+    # comfy-kitchen's wheel is 58 MB, nearly all CUDA/HIP extensions: leave them out (its loader then uses the
+    # eager backend) to stay inside the 64 MiB the device tool carries; --prepare-kitchen keeps the CUDA one
+    # (48 MB compressed; an abi3 build) in place of av and the server's packages, to time its int8 attention.
     local tmp whl repo=$PWD
     tmp=$(mktemp -d)
     "$PYTHON" -m pip download -q $py $plat -d "$tmp" comfy-kitchen==0.2.31
     whl=$(ls "$tmp"/comfy_kitchen-*.whl)
     mkdir "$tmp/x"
-    (cd "$tmp/x" && unzip -q "$whl" && rm -f comfy_kitchen/backends/*/_C.* && zip -q -r "$repo/.whl/${whl##*/}" .)
+    (cd "$tmp/x" && unzip -q "$whl" && rm -f comfy_kitchen/backends/hip/_C.* \
+        && { [ -n "$kitchen" ] || rm -f comfy_kitchen/backends/*/_C.*; } && zip -q -r "$repo/.whl/${whl##*/}" .)
     rm -rf "$tmp"
     # The host without its tests, templates, API nodes and tokenizer data (none is used by these runs).
     local host; host=$(PYTHONPATH=tests "$PYTHON" -c 'from comfy_host import find_host; print(find_host() or "")')
@@ -64,10 +70,10 @@ prepare() {
     echo "gpu_check: prepared; total to carry: $(du -cm .whl .host | tail -1 | cut -f1) MiB (limit 64 with the repo)"
 }
 
-if [ "${1:-}" = "--prepare" ]; then
-    prepare
-    exit
-fi
+case "${1:-}" in
+    --prepare) prepare; exit ;;
+    --prepare-kitchen) prepare kitchen; exit ;;
+esac
 
 DEST=${OUT:-test-artifacts}
 mkdir -p "$DEST"
@@ -86,6 +92,8 @@ fi
 
 section() {   # title, time limit in seconds, command...
     local title=$1 limit=$2; shift 2
+    # GPU_CHECK_ONLY="attention backends": that section alone (with the device's)
+    [ -z "${GPU_CHECK_ONLY:-}" ] || [ "$title" = device ] || [[ "$title" == *"$GPU_CHECK_ONLY"* ]] || return 0
     echo "== $title ($(date -u +%FT%TZ))" | tee -a "$REPORT"
     timeout "$((limit * SCALE))" "$@" 2>&1 | tee -a "$REPORT"
     local rc=${PIPESTATUS[0]}
