@@ -98,12 +98,12 @@ def choose(mode, device_type, capability, pkgs, cudnn=False):
     # sageattention 2.x, else comfy-kitchen int8, else sageattention 1.x, else exact (with every reason)
     order = ("sageattention", "comfy-kitchen int8")
     order = order if sage_major(pkgs.sageattention) >= 2 else order[::-1]
-    if cudnn:   # exact attention through cuDNN beats every 8-bit kernel not written for these GPUs
-        order = order[:1] if sage_major(pkgs.sageattention) >= 2 else ()
+    if cudnn and sage_major(pkgs.sageattention) < 2:   # exact attention through cuDNN beats sageattention 1.x
+        order = order[:1]                                # (comfy-kitchen's int8 attention is not measured there)
     found = [_backend(m, "cuda", capability, pkgs) for m in order]
-    if cudnn:
+    if cudnn and sage_major(pkgs.sageattention) < 2:
         found.append(("exact", f"PyTorch runs cuDNN's attention first on this GPU ({_cc(capability)}), faster here "
-                               "than 8-bit kernels other than sageattention 2.x's"))
+                               "than sageattention 1.x's kernels"))
     return next((b for b in found if b[0] != "exact"), ("exact", "; ".join(reason for _, reason in found)))
 
 

@@ -27,8 +27,8 @@ class PatchSageAttention(io.ComfyNode):
                 io.Combo.Input("mode", options=NODE_MODES, default="auto",
                                tooltip="auto: the best backend for this GPU (sageattention 2.x, else "
                                        "comfy-kitchen int8, else sageattention 1.x, else exact; where PyTorch runs "
-                                       "cuDNN attention first, as on H100/H200/B200, exact through cuDNN before all "
-                                       "but sageattention 2.x). sageattention: "
+                                       "cuDNN attention first, as on H100/H200/B200, exact through cuDNN before "
+                                       "sageattention 1.x). sageattention: "
                                        "the sageattention package's kernels (sageattn: its old name). comfy-kitchen "
                                        "int8 / sage3 (FP4, Blackwell): ComfyUI's attention of that name, where it "
                                        "registers one. "
