@@ -117,10 +117,10 @@ def pytorch_prefers_cudnn(device):
     if device.type != "cuda":
         return False
     from torch.nn.attention import SDPBackend
-    probe = torch.zeros(1, 12, 1024, 128, device=device, dtype=torch.bfloat16)
     try:
+        probe = torch.zeros(1, 12, 1024, 128, device=device, dtype=torch.bfloat16)
         return torch._fused_sdp_choice(probe, probe, probe) == SDPBackend.CUDNN_ATTENTION.value
-    except (AttributeError, RuntimeError):     # a private function: a torch without it
+    except (AttributeError, RuntimeError):     # a private function (a torch without it), a GPU out of memory
         return False
 
 
