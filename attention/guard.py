@@ -6,8 +6,8 @@ from .reference import BLOCK_Q
 from .sage import agreement
 
 CHECKPOINTS = (0.25, 0.5, 0.75)  # fractions of the steps from which a site is checked again
-# The guard checks 9 blocks of query rows (BLOCK_Q each, as the kernels quantize q) on every head: more than 1024
-# rows, as ComfyUI's sage3 runs PyTorch's attention for 1024 query rows or fewer; WIDEST of them chosen by their values
+# The guard checks 9 blocks of query rows (BLOCK_Q each, as the kernels quantize q: an error from q stays in its
+# block) on every head; WIDEST of them chosen by their values
 GUARD_BLOCKS, WIDEST = 9, 4
 # Sample Video's transformer_options: the index of the model call within its window, and the window's calls
 CALL, CALLS = "skyreels_call", "skyreels_calls"
@@ -102,16 +102,18 @@ def guard_rows(q, blocks=GUARD_BLOCKS, block=BLOCK_Q):
 
 
 def guard_cosine(eight_bit, exact, q, k, v):
-    """Cosine similarity of eight_bit(q, k, v) vs exact(q, k, v) on every head for some query rows (guard_rows) and
-    all keys; -inf if 8-bit is not finite. q, k, v and both functions' outputs are [B, heads, L, D]. Every head,
-    because outliers sit in some heads (two heads of twelve missed the others); some rows, because an 8-bit error
-    from k or v reaches every row and one from q stays in its block, which guard_rows looks for: 1152 of 51,000 rows
-    cost 2% of the call where two heads of the 1.3B model's twelve cost 17% (twice, 8-bit and exact: 0.85 s of a
-    checked 4 s step on an H200)."""
+    """Cosine similarity of an 8-bit call's output `eight_bit` vs exact(q, k, v) on every head for some query rows
+    (guard_rows) and all keys; -inf if those rows are not finite. q, k, v, `eight_bit` and exact's output are
+    [B, heads, L, D]. Every head, because outliers sit in some heads (two heads of twelve missed the others); some
+    rows, because an 8-bit error from k or v reaches every row and one from q stays in its block, which guard_rows
+    looks for. Only the exact side is computed again: on an H200 (1.3B, 51,000 tokens) the check cost 0.40 s of a
+    checked step while it also ran its rows in 8-bit again (most likely as 1152 rows against all keys take about one
+    wave of the GPU whatever their share of the work, 2%)."""
     rows = guard_rows(q)
-    qs = q if rows is None else q.index_select(2, rows.to(q.device))
-    a = eight_bit(qs, k, v)
-    return agreement(a, exact(qs, k, v))["cosine"] if all_finite(a) else float("-inf")
+    if rows is not None:
+        rows = rows.to(q.device)
+        eight_bit, q = eight_bit.index_select(2, rows), q.index_select(2, rows)
+    return agreement(eight_bit, exact(q, k, v))["cosine"] if all_finite(eight_bit) else float("-inf")
 
 
 def all_finite(out):

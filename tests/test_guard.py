@@ -54,15 +54,16 @@ def test_on_the_models_grid_a_pass_less_than_one_step_below_the_top_starts_from_
 def test_guard_cosine_and_non_finite_outputs():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 6, 32, 16, generator=g) for _ in range(3))
-    exact = lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c)  # noqa: E731
     seen = []
 
-    def eight_bit(a, b, c):
+    def exact(a, b, c):
         seen.append(list(a.shape))
-        return exact(a, b, c)
+        return torch.nn.functional.scaled_dot_product_attention(a, b, c)
 
-    assert guard_cosine(eight_bit, exact, q, k, v) > 0.9999 and seen == [[1, 6, 32, 16]]  # short: every row
-    assert guard_cosine(lambda a, b, c: exact(a, b, c) * float("nan"), exact, q, k, v) == float("-inf")
+    out = exact(q, k, v)
+    assert guard_cosine(out, exact, q, k, v) > 0.9999 and seen == [[1, 6, 32, 16]] * 2  # short: every row
+    out[0, 2, 5, 1] = float("nan")
+    assert guard_cosine(out, exact, q, k, v) == float("-inf")
 
 
 def test_the_finite_check_makes_no_copy_of_the_output():
@@ -85,19 +86,18 @@ def test_all_finite():
 
 def test_the_guard_checks_every_head_on_blocks_of_rows_against_all_keys():
     """An 8-bit error in one head is seen (two heads of six, the old check, missed head 3), on 9 blocks of 128 rows
-    that start on multiples of 128 (so the kernels quantize them as in the whole call), against all the keys: more
-    than 1024 rows, as ComfyUI's sage3 runs PyTorch's attention for 1024 query rows or fewer (a review's find)."""
+    that start on multiples of 128 (as the kernels quantize q), against all the keys: exact attention runs for those
+    rows alone, the 8-bit rows are the call's own."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 6, 8192, 16, generator=g) for _ in range(3))
-    exact = lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c)  # noqa: E731
     seen = []
 
-    def off_in_head_3(a, b, c):
+    def exact(a, b, c):
         seen.append((list(a.shape), list(b.shape)))
-        out = exact(a, b, c)
-        out[:, 3] += 0.5 * torch.randn(out[:, 3].shape, generator=g)
-        return out
+        return torch.nn.functional.scaled_dot_product_attention(a, b, c)
 
+    off_in_head_3 = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    off_in_head_3[:, 3] += 0.5 * torch.randn(off_in_head_3[:, 3].shape, generator=g)
     assert guard_cosine(off_in_head_3, exact, q, k, v) < 0.9
     assert seen == [([1, 6, 9 * 128, 16], [1, 6, 8192, 16])]
     rows = guard_rows(q).reshape(9, 128)
@@ -124,15 +124,14 @@ def test_the_guard_finds_the_block_an_outlier_in_q_wrecks():
     q, k, v = (torch.randn(1, 2, 8192 + 56, 64, generator=g) for _ in range(3))
     q[0, 0, 1000, 5] = 400.0
     exact = lambda a, b, c: torch.nn.functional.scaled_dot_product_attention(a, b, c)  # noqa: E731
-    eight_bit = lambda a, b, c: sage_attention_reference(a, b, c, layout="HND")  # noqa: E731
     rows = guard_rows(q)
     assert 1000 in rows and rows[-56:].tolist() == list(range(8192, 8248)) and rows.numel() == 8 * 128 + 56
-    assert guard_cosine(eight_bit, exact, q, k, v) < 0.995
+    assert guard_cosine(sage_attention_reference(q, k, v, layout="HND"), exact, q, k, v) < 0.995
 
 
-def test_the_reference_gives_the_guards_rows_as_the_whole_call_does():
-    """Why blocks of BLOCK_Q rows: our PyTorch SageAttention (as the kernels) quantizes q per block of 128 rows, so
-    on these rows the 8-bit output the guard measures is the whole call's, bit for bit."""
+def test_an_error_from_q_stays_in_its_block():
+    """Why the guard checks whole blocks of BLOCK_Q rows: our PyTorch SageAttention (as the kernels) quantizes q per
+    block of 128 rows, so those rows computed alone are the whole call's, bit for bit: each block stands alone."""
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 2, 19 * 128 + 40, 64, generator=g) for _ in range(3))
     rows = guard_rows(q)

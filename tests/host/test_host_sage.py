@@ -306,9 +306,9 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
 
 
 def check_kitchen(k):
-    # the guard's call (2 heads, [B, H, L, D]) and the call itself, for each of the host's two layouts
-    assert k["bound"] == [True] * 4 and len(k["calls"]) == 4
-    assert k["kernel_calls"] == [["attn_mask", "scale"]] * 2 and k["rel"] <= 1e-6
+    # the call itself, once for each of the host's two layouts (the guard reads its rows from the call's output)
+    assert k["bound"] == [True] * 2 and len(k["calls"]) == 2
+    assert k["kernel_calls"] == [["attn_mask", "scale"]] and k["rel"] <= 1e-6
     assert k["counts"] == {"sage": 1, "exact": 0}
 
 
