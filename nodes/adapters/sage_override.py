@@ -224,12 +224,14 @@ class SageOverride:
             self._log_once(("kernels", q.device, str(e)), f"{e}; attention stays exact (ComfyUI's PyTorch attention)")
             return exact()
         if self.guard > 0 and not all_finite(out):
+            del out     # not held while exact attention runs
             return self._go_exact(site, "gave NaN or Inf", exact)
         if self.guard > 0 and self._check_due(site, to):
             # some rows of this call's own output against exact attention: what is measured is what runs
-            heads_out = out if skip_output_reshape else out.unflatten(-1, (heads, -1)).transpose(1, 2)
-            cos = guard_cosine(heads_out, hnd(self.pytorch), *as_hnd)
+            cos = guard_cosine(out if skip_output_reshape else out.unflatten(-1, (heads, -1)).transpose(1, 2),
+                               hnd(self.pytorch), *as_hnd)
             if cos < self.guard:
+                del out
                 return self._go_exact(site, f"is off by cosine {cos:.6f} < {self.guard}", exact)
         self.counts["sage"] += 1
         self.ran.add(self.label(backend))
