@@ -42,8 +42,8 @@ class PatchSageAttention(io.ComfyNode):
                 io.Int.Input("exact_first_steps", default=0, min=0, max=1000, advanced=True,
                              tooltip="Keep exact attention during the first N sampling steps."),
                 io.Float.Input("guard_threshold", default=0.995, min=0.0, max=1.0, step=0.001, advanced=True,
-                               tooltip="Each attention site is compared with exact attention on a few query rows at its "
-                                       "first call and again at 1/4, 1/2 and 3/4 of the steps; below this cosine, "
+                               tooltip="Each attention site is compared with exact attention on some query rows at "
+                                       "its first call and again at 1/4, 1/2 and 3/4 of the steps; below this cosine, "
                                        "or on a NaN/Inf output, the site stays exact. 0 turns the guard off."),
             ],
             outputs=[io.Model.Output()],

@@ -9,7 +9,7 @@ E4M3_MAX = tl.constexpr(448.0)
 # Values one program holds: rows up to this long are read once and kept in registers for both the absmax and the
 # cast; longer rows are read twice (the second read mostly from L2). On an H200 (2026-12-04, bench/act_quant.py
 # --sweep) 4096 ran 2.2-2.8x faster than holding whole rows (16384): 1922-2143 GB/s against 666-862 at the 1.3B
-# model's 102,000 x 1536 and x 8960 activations, the registers' spills gone.
+# model's 102,000 x 1536 and x 8960 activations.
 MAX_TILE = 4096
 
 
