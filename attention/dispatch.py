@@ -95,13 +95,14 @@ def choose(mode, device_type, capability, pkgs, cudnn=False):
         return _backend(mode, device_type, capability, pkgs)
     if device_type != "cuda":
         return "exact", f"{device_type} device (8-bit attention kernels need an NVIDIA GPU)"
-    # sageattention 2.x, else comfy-kitchen int8, else sageattention 1.x, else exact (with every reason)
-    order = ("sageattention", "comfy-kitchen int8")
-    order = order if sage_major(pkgs.sageattention) >= 2 else order[::-1]
-    if cudnn and sage_major(pkgs.sageattention) < 2:   # exact attention through cuDNN beats sageattention 1.x
-        order = order[:1]                                # (comfy-kitchen's int8 attention is not measured there)
+    # sageattention 2.x, else comfy-kitchen int8, else sageattention 1.x, else exact (with every reason); where
+    # PyTorch runs cuDNN's attention first, exact attention through it comes before sageattention 1.x (measured
+    # slower there; comfy-kitchen's int8 attention is not measured there)
+    sage2 = sage_major(pkgs.sageattention) >= 2
+    order = ("sageattention", "comfy-kitchen int8") if sage2 else (
+        ("comfy-kitchen int8",) + ("sageattention",) * (not cudnn))
     found = [_backend(m, "cuda", capability, pkgs) for m in order]
-    if cudnn and sage_major(pkgs.sageattention) < 2:
+    if cudnn and not sage2:
         found.append(("exact", f"PyTorch runs cuDNN's attention first on this GPU ({_cc(capability)}), faster here "
                                "than sageattention 1.x's kernels"))
     return next((b for b in found if b[0] != "exact"), ("exact", "; ".join(reason for _, reason in found)))
