@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# The GPU benchmark as one command, for a lent H100/H200 (the device tool's `run`), in at most 9 minutes (the
-# sections' time limits add up to 560 s; a section that runs out is marked and the next one starts). The sections
+# The GPU benchmark as one command, for a lent H100/H200 (the device tool's `run`), in at most 9.5 minutes (the
+# sections' time limits add up to 570 s; a section that runs out is marked and the next one starts). The sections
 # run most important first, so a run cut short still brings back what matters most.
 #
 #   here, once:  bash bench/gpu_check.sh --prepare
 #       wheels the device image lacks into .whl/ (sageattention, av, torchsde, comfy-kitchen without its CUDA
 #       extension: its eager backend, i.e. torch._scaled_mm) and a trimmed copy of the ComfyUI host into .host/;
 #       both are listed in .git/info/exclude and travel with `carry`.
-#   there:       run(command="bash bench/gpu_check.sh", carry=[".whl", ".host"], timeout_s=580)
+#   there:       run(command="bash bench/gpu_check.sh", carry=[".whl", ".host"], timeout_s=590)
 #   comfy-kitchen's int8 attention (its CUDA extension, too large to carry with the rest): --prepare-kitchen
 #   here, then run(command='GPU_CHECK_ONLY="attention backends" bash bench/gpu_check.sh', the same carry, 120 s)
 #
 # Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): our FP8 model
 # under ComfyUI's own main.py with Dynamic VRAM, its default on NVIDIA GPUs, against --disable-dynamic-vram, with
 # and without a LoRA (bench/dynamic_vram.py: no CPU test reaches that path), the fp8 GEMM
-# table and the 1.3B weight memory (bench/gemm.py), the activation quantization's time and memory, fused vs eager,
-# (bench/act_quant.py; --sweep times the kernel's launch settings), each attention backend Patch
+# table at the 14B block's Linear shapes, torch._scaled_mm's fast accumulation and one block's Linears, and the 1.3B
+# weight memory (bench/gemm.py), the activation quantization's time and memory, fused vs eager, and the kernel's
+# launch settings at the 14B widths (bench/act_quant.py --sweep), each attention backend Patch
 # SageAttention can run there vs SDPA (its own order, FlashAttention and cuDNN forced) at L = 51000 and
 # 111600, with peak VRAM and the NaN/Inf check's cost, after each mode's dispatch decision (bench/attention.py; the
 # carried comfy-kitchen lacks its CUDA extension, so its int8 attention shows as unavailable), Sample Video's seed
@@ -108,10 +109,11 @@ section "device" 20 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_ver
     || echo 'no GPU: CPU smoke run'; $PYTHON -c 'import torch; print(\"torch\", torch.__version__)'"
 # Two ComfyUI start-ups (on a CPU, the smoke run, they alone take about a minute)
 section "Dynamic VRAM, ComfyUI's default on NVIDIA (bench/dynamic_vram.py)" 80 "$PYTHON" bench/dynamic_vram.py
-section "fp8 GEMM and weight memory (bench/gemm.py)" 30 "$PYTHON" bench/gemm.py
-section "activation quantization memory and time (bench/act_quant.py)" 30 "$PYTHON" bench/act_quant.py --repeats 3
-section "attention backends vs SDPA (bench/attention.py)" 50 "$PYTHON" bench/attention.py
-section "noise drawn as SkyReels-V2's scripts (bench/noise.py)" 30 "$PYTHON" bench/noise.py
+section "fp8 GEMM and weight memory (bench/gemm.py)" 45 "$PYTHON" bench/gemm.py
+section "activation quantization memory and time (bench/act_quant.py)" 40 "$PYTHON" bench/act_quant.py --repeats 3 \
+    --sweep
+section "attention backends vs SDPA (bench/attention.py)" 40 "$PYTHON" bench/attention.py
+section "noise drawn as SkyReels-V2's scripts (bench/noise.py)" 25 "$PYTHON" bench/noise.py
 # (the other configurations ran on 2026-12-04: docs/benchmarks.md)
 section "Sample Video (bench/sample.py)" 120 "$PYTHON" bench/sample.py --steps 2 --only abgi
 section "Sample Video, the 14B widths, 4 blocks (bench/sample.py)" 120 "$PYTHON" bench/sample.py --steps 2 \
