@@ -3,7 +3,7 @@ convention: stored values are `weight / scale`, so `dequantized = qweight.float(
 import torch
 import torch.nn.functional as F
 
-from . import act_quant
+from . import act_quant, fp8_plan
 from .fp8_plan import device_plan
 from .scale import absmax, absmax_scale, saturate
 
@@ -132,6 +132,9 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
                 if act_quant.out_of_memory(e):
                     raise
                 first = act_quant.first_line(e)
+                if plan == "rowwise" and fp8_plan.NO_ROWWISE in first:
+                    fp8_plan.without_rowwise(x.device, first)
+                    return fp8_linear(x, qweight, scale, bias, mode=mode)
                 reason = first if isinstance(e, act_quant.KernelFailed) else f"torch._scaled_mm failed: {first}"
                 _failed[(x.device.type, qweight.dtype)] = reason  # don't retry a failing kernel on every call
         fallback_reasons[reason] = fallback_reasons.get(reason, 0) + 1

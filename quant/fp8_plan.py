@@ -1,8 +1,10 @@
 """How torch._scaled_mm multiplies FP8 on a device, decided once per device: "rowwise" (per-token x per-channel
 scales) on sm89, sm90, sm100 and CPU; "tensorwise" (one scale each, per-channel ones applied to the output) on sm120
-and newer or unknown GPUs, as cuBLASLt rejects row-wise FP8 scales on sm120 (pytorch issue 192707); else None (also
-on CPU where torch's kernel takes one scale per operand: torch 2.11 and older)."""
+and newer or unknown GPUs, as cuBLASLt rejects row-wise FP8 scales on sm120 (pytorch issue 192707), and on Windows,
+where PyTorch does not build its row-wise kernels; else None (also on CPU where torch's kernel takes one scale per
+operand: torch 2.11 and older)."""
 import functools
+import os
 import re
 
 import torch
@@ -13,13 +15,25 @@ from . import act_quant
 # came in 2.5, the sm89 and sm100 builds of the kernel in 2.7.
 ROWWISE_SINCE = {(8, 9): (2, 7), (9,): (2, 5), (10,): (2, 7)}
 TENSORWISE_SINCE = (2, 5)   # _scaled_mm returning one tensor, with 2-D scales
+# Row-wise scales run on PyTorch's CUTLASS kernels, which it builds on Linux only (not on Windows: cutlass issue
+# 1571), or, on sm90 from torch 2.9 built with CUDA 12.9+, on cuBLASLt's (pytorch PR 157905), on Windows too.
+CUBLAS_ROWWISE = dict(capability=(9,), torch=(2, 9), cuda=(12, 9))
+# What a CUDA torch without row-wise kernels says when asked for them.
+NO_ROWWISE = "Rowwise scaling is not currently supported"
+WINDOWS = os.name == "nt"
 _plans = {}
 
 
-def scaled_mm_plan(device_type, capability, torch_version, granularity, cpu_rowwise=True):
+def _release(version):
+    return tuple(int(n) for n in re.match(r"(\d+)\.(\d+)", version).groups())
+
+
+def scaled_mm_plan(device_type, capability, torch_version, granularity, cpu_rowwise=True, windows=False,
+                   cuda_version=None):
     """("rowwise" | "tensorwise" | None, reason) for a device type ("cuda", "cpu", ...), its CUDA compute capability
     (major, minor) (None off CUDA), a torch version string and the weight's scale granularity ("tensor"/"channel");
-    cpu_rowwise: whether this torch's CPU kernel takes row-wise scales (cpu_rowwise_scales())."""
+    cpu_rowwise: whether this torch's CPU kernel takes row-wise scales (cpu_rowwise_scales()); windows: the OS;
+    cuda_version: the CUDA torch is built with (torch.version.cuda)."""
     if granularity not in ("tensor", "channel"):
         raise ValueError(f"granularity must be 'tensor' or 'channel', not {granularity!r}")
     weight = f"per-{granularity} weight scales"
@@ -36,9 +50,11 @@ def scaled_mm_plan(device_type, capability, torch_version, granularity, cpu_roww
     major, minor = capability
     if (major, minor) < (8, 9):
         return None, f"GPU compute capability {major}.{minor} has no FP8 tensor cores (needs 8.9+)"
-    release = tuple(int(n) for n in re.match(r"(\d+)\.(\d+)", torch_version).groups())
+    release = _release(torch_version)
     since = ROWWISE_SINCE.get((major, minor)) or ROWWISE_SINCE.get((major,))
-    if since:
+    cublas = (major,) == CUBLAS_ROWWISE["capability"] and release >= CUBLAS_ROWWISE["torch"] \
+        and cuda_version is not None and _release(cuda_version) >= CUBLAS_ROWWISE["cuda"]
+    if since and (not windows or cublas):
         if release < since:
             return None, (f"torch {torch_version} has no row-wise torch._scaled_mm for sm{major}{minor} "
                           f"(needs {since[0]}.{since[1]}+)")
@@ -46,6 +62,10 @@ def scaled_mm_plan(device_type, capability, torch_version, granularity, cpu_roww
     if release < TENSORWISE_SINCE:
         return None, f"torch {torch_version} is too old for torch._scaled_mm (needs 2.5+)"
     applied = "per-channel weight scales applied to the output" if granularity == "channel" else weight
+    if since:    # Windows
+        sm90 = " (cuBLAS has them on sm90 with torch 2.9+ built with CUDA 12.9+)" if major == 9 else ""
+        why = f"PyTorch builds its row-wise FP8 kernels on Linux only{sm90}"
+        return "tensorwise", f"sm{major}{minor} on Windows: per-tensor activation scales, {applied} ({why})"
     return "tensorwise", (f"sm{major}{minor}: per-tensor activation scales, {applied} (cuBLASLt has no row-wise FP8 "
                           "here, pytorch issue 192707)")
 
@@ -56,8 +76,18 @@ def device_plan(device, granularity):
     if key not in _plans:
         capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
         cpu_rowwise = cpu_rowwise_scales() if device.type == "cpu" else True
-        _plans[key] = scaled_mm_plan(device.type, capability, torch.__version__, granularity, cpu_rowwise)
+        _plans[key] = scaled_mm_plan(device.type, capability, torch.__version__, granularity, cpu_rowwise, WINDOWS,
+                                     torch.version.cuda)
     return _plans[key]
+
+
+def without_rowwise(device, error):
+    """A row-wise product failed for want of the kernel (`error`: a torch built without it, where scaled_mm_plan
+    expected one): this device's products take per-tensor activation scales from now on, as on Windows."""
+    for granularity in ("tensor", "channel"):
+        applied = "per-channel weight scales applied to the output" if granularity == "channel" else "its weight scale"
+        _plans[(device.type, device.index, granularity)] = (
+            "tensorwise", f"per-tensor activation scales, {applied} (this torch: {error})")
 
 
 @functools.cache

@@ -237,6 +237,59 @@ def test_scaled_mm_plan_needs_a_torch_with_the_kernels():
         scaled_mm_plan("cuda", (9, 0), "2.14.1", "block")
 
 
+# Windows: PyTorch builds its CUTLASS row-wise kernels on Linux only (RowwiseScaledMM.cu: BUILD_ROWWISE_FP8_KERNEL
+# needs !_WIN32); only cuBLASLt's, on sm90 with torch 2.9+ built with CUDA 12.9+, take row-wise scales there.
+WINDOWS_PLANS = [((8, 6), "2.14.1", "13.0", None), ((8, 9), "2.14.1", "13.0", "tensorwise"),
+                 ((8, 9), "2.6.0", "12.4", "tensorwise"),     # per-tensor needs no row-wise kernel: 2.5+
+                 ((9, 0), "2.14.1", "13.0", "rowwise"), ((9, 0), "2.9.0", "12.9", "rowwise"),
+                 ((9, 0), "2.9.0", "12.8", "tensorwise"), ((9, 0), "2.8.0", "12.9", "tensorwise"),
+                 ((9, 0), "2.14.1", None, "tensorwise"), ((10, 0), "2.14.1", "13.0", "tensorwise"),
+                 ((12, 0), "2.14.1", "13.0", "tensorwise")]
+
+
+@pytest.mark.parametrize("capability, torch_version, cuda, expected", WINDOWS_PLANS)
+def test_scaled_mm_plan_on_windows(capability, torch_version, cuda, expected):
+    plan, reason = scaled_mm_plan("cuda", capability, torch_version, "channel", windows=True, cuda_version=cuda)
+    assert plan == expected
+    if plan == "tensorwise" and capability < (12, 0):
+        assert reason.startswith(f"sm{capability[0]}{capability[1]} on Windows: per-tensor activation scales, "
+                                 "per-channel weight scales applied to the output (PyTorch builds its row-wise FP8 "
+                                 "kernels on Linux only"), reason
+        assert ("cuBLAS has them on sm90 with torch 2.9+ built with CUDA 12.9+" in reason) == (capability == (9, 0))
+    # Linux: the same GPUs and builds keep the row-wise plan (sm120 keeps its own)
+    linux = scaled_mm_plan("cuda", capability, torch_version, "channel", cuda_version=cuda)[0]
+    assert linux == (PLANS[capability] if torch_version != "2.6.0" else None)
+
+
+def test_a_torch_without_row_wise_kernels_goes_per_tensor(monkeypatch, linear_case):
+    # A build scaled_mm_plan did not foresee (a Windows torch it expects cuBLAS's row-wise kernel in, a source build
+    # without CUTLASS): the first product fails as such a torch does, and from then on the device's products take the
+    # tensorwise plan: no upcast, no fallback counted, the plan's reason says why.
+    scaled_mm, calls = torch._scaled_mm, []
+
+    def without_rowwise(a, b, *, scale_a, scale_b, **kwargs):
+        calls.append(scale_a.numel())
+        if scale_a.numel() > 1:
+            raise RuntimeError("Rowwise scaling is not currently supported on your device")
+        return scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, **kwargs)
+
+    rowwise_cpu_plan(monkeypatch)
+    monkeypatch.setattr(torch, "_scaled_mm", without_rowwise)
+    monkeypatch.setattr(fp8, "_failed", {})
+    monkeypatch.setattr(fp8, "fallback_reasons", {})
+    x, w, b, ref = linear_case
+    q, scale = quantize_weight(w, granularity="channel")
+    before = dict(fp8.stats)
+    ys = [fp8_linear(x, q, scale, b, mode="w8a8") for _ in range(2)]
+    assert calls == [x[..., 0].numel(), 1, 1]     # one row-wise try, then per-tensor products
+    assert fp8.stats["w8a8"] - before["w8a8"] == 2 and fp8.stats["fallback"] == before["fallback"]
+    assert fp8.fallback_reasons == {} and torch.equal(ys[0], ys[1]) and rel(ys[0], ref) <= 0.05
+    for granularity in ("tensor", "channel"):
+        plan, reason = fp8_plan.device_plan(torch.device("cpu"), granularity)
+        assert plan == "tensorwise" and reason.endswith(
+            "(this torch: Rowwise scaling is not currently supported on your device)"), reason
+
+
 def test_device_plan_asks_for_the_capability_once(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: calls.append(device) or (12, 0))

@@ -34,8 +34,11 @@ with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
     # Tensors the pack made on the CPU stay there (as fakes: a real tensor would be copied for real)
     sampling.keys, sampling.values = (mode.from_tensor(t) for t in (sampling.keys, sampling.values))
     sigma = mode.from_tensor(torch.tensor([[0.999, 0.6]])).to("cuda")   # Diffusion Forcing: a sigma per frame
-    for plan, capability in (("rowwise", (9, 0)), ("tensorwise", (12, 0))):    # an H100, an RTX 50xx
+    # an H100, an RTX 50xx, an RTX 40xx on Windows (no row-wise kernels there)
+    for label, capability, windows in (("rowwise", (9, 0), False), ("tensorwise", (12, 0), False),
+                                       ("windows", (8, 9), True)):
         torch.cuda.get_device_capability = lambda device=None: capability
+        fp8_plan.WINDOWS = windows
         fp8_plan._plans.clear()
         dispatch.device_capability.cache_clear()
         for attention in ("disabled", "reference"):
@@ -47,7 +50,7 @@ with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
             t = sampling.timestep(sigma)
             out = model(sampling.calculate_input(sigma, xc), t, ctxc, transformer_options=opts)
             out = sampling.calculate_denoised(sigma, out, xc)
-            result[f"{plan} {attention}"] = dict(
+            result[f"{label} {attention}"] = dict(
                 out=[list(out.shape), str(out.dtype), str(out.device)], t=list(t.shape), attention=override.counts,
                 plan=fp8_plan._plans[("cuda", 0, "channel")][0], fallback_reasons=dict(fp8.fallback_reasons),
                 **{k: fp8.stats[k] - before[k] for k in before})
@@ -61,10 +64,10 @@ def test_fp8_model_forward_passes_torchs_cuda_rules(host, tmp_path):
     print(r)
     assert "fps embedding: on" in r["report"], r
     blocks = r["blocks"]
-    for plan in ("rowwise", "tensorwise"):
+    for label, plan in (("rowwise", "rowwise"), ("tensorwise", "tensorwise"), ("windows", "tensorwise")):
         for attention, counts in (("disabled", {"sage": 0, "exact": 2 * blocks}),
                                   ("reference", {"sage": 2 * blocks, "exact": 0})):
-            v = r[f"{plan} {attention}"]
+            v = r[f"{label} {attention}"]
             assert v["plan"] == plan and v["t"] == [1, 2], v
             # the x0 prediction, in float32 as the host's apply_model returns it
             assert v["out"] == [[1, 16, 2, 16, 16], "torch.float32", "cuda:0"], (plan, attention, v)
