@@ -6,7 +6,8 @@
 GPU, at M in {4096, 51000} tokens and the three Linear shapes of a 14B block (K x N: 5120 x 5120 for q/k/v/o and
 cross-attention q/o, 5120 x 13824 for ffn.0, 13824 x 5120 for ffn.2):
 - bf16 F.linear vs quant.fp8_linear w8a8 (per-token activation scales x per-tensor or per-channel weight scales,
-  torch._scaled_mm): ms, TFLOP/s, speed-up and the error vs the fp32 product; the activation quantization alone,
+  torch._scaled_mm; and the per-tensor activation scales that Windows and RTX 50xx get): ms, TFLOP/s, speed-up
+  and the error vs the fp32 product; the activation quantization alone,
   fused (Triton) vs eager row chunks, ms and the extra memory it takes (bench/act_quant.py);
 - torch._scaled_mm alone on an activation quantized beforehand, with its default accumulation (what the pack runs)
   and with use_fast_accum=True (Hopper's FP8 tensor cores then keep fewer bits of the running sum): ms, speed-up vs
@@ -62,8 +63,12 @@ def scaled_mm(x, qweight, scale, fast):
 def gemm_table(device, ms, repeats):
     print("w8a8 times include the activation's quantization; quant: that quantization alone, fused (Triton) and "
           "eager (row chunks), ms and extra MiB beyond its output (GPU only)")
+    print("per-tensor act: per-channel weights with one activation scale per product, the plan of Windows and "
+          "RTX 50xx (quant/fp8_plan.py), forced here")
     print(f"{'M':>6s} {'K':>5s} {'N':>6s} {'bf16 ms':>8s} {'TFLOP/s':>8s} | {'w8a8 tensor':>11s} {'x':>6s} "
-          f"{'err':>6s} | {'w8a8 channel':>12s} {'x':>6s} {'err':>6s} | {'quant fused':>16s} | {'quant eager':>16s}")
+          f"{'err':>6s} | {'w8a8 channel':>12s} {'x':>6s} {'err':>6s} | {'per-tensor act':>14s} {'x':>6s} "
+          f"{'err':>6s} | {'quant fused':>16s} | {'quant eager':>16s}")
+    plan_of = fp8_module.device_plan
     for m in ms:
         for k, n in SHAPES:
             x, w = operands(m, k, n, device)
@@ -71,15 +76,20 @@ def gemm_table(device, ms, repeats):
             t_bf16 = timed(lambda: F.linear(x, w), repeats, device)
             flops = 2 * m * n * k
             row = f"{m:6d} {k:5d} {n:6d} {t_bf16 * 1e3:8.2f} {flops / t_bf16 / 1e12:8.1f} |"
-            for granularity in ("tensor", "channel"):
+            for granularity, width, plan in (("tensor", 11, None), ("channel", 12, None),
+                                             ("channel", 14, "tensorwise")):
                 q, scale = quantize_weight(w.float(), granularity=granularity)
-                before = dict(fp8_module.stats)
-                # forget(): each call quantizes x again, as a Linear with a new input does.
-                t = timed(lambda: (act_quant.forget(), fp8_linear(x, q, scale, mode="w8a8")), repeats, device)
-                ran_fp8 = fp8_module.stats["w8a8"] > before["w8a8"]
-                err = rel(fp8_linear(x, q, scale, mode="w8a8"), exact)
+                fp8_module.device_plan = (lambda device, g: (plan, "forced")) if plan else plan_of
+                try:
+                    before = dict(fp8_module.stats)
+                    # forget(): each call quantizes x again, as a Linear with a new input does.
+                    t = timed(lambda: (act_quant.forget(), fp8_linear(x, q, scale, mode="w8a8")), repeats, device)
+                    ran_fp8 = fp8_module.stats["w8a8"] > before["w8a8"]
+                    err = rel(fp8_linear(x, q, scale, mode="w8a8"), exact)
+                finally:
+                    fp8_module.device_plan = plan_of
                 tag = f"{flops / t / 1e12:7.1f} TF" if ran_fp8 else "fallback"
-                row += f" {tag:>11s} {t_bf16 / t:5.2f}x {err:6.4f} |"
+                row += f" {tag:>{width}s} {t_bf16 / t:5.2f}x {err:6.4f} |"
             quant = quant_stats(x, repeats)
             for name in ("fused", "eager"):
                 t_q, extra = quant.get(name, (None, None))
