@@ -1,6 +1,8 @@
 """Triton kernel for per-token FP8 (e4m3fn) activation quantization: one pass over a [M, K] activation writes the
 FP8 values and one fp32 scale per row, or uses a given per-tensor scale. Imported only for CUDA activations (the quant
 package must not import triton at load); the tests run it under TRITON_INTERPRET=1 against act_quant.py's eager code."""
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -79,13 +81,21 @@ def _row_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, BLOCK_M: 
             tl.store(q_rows + k0 + cols, _to_e4m3(x, scale, GPU_ROUND), mask=mask)
 
 
+@functools.cache
+def rounds_once(device):
+    """Whether Triton converts fp32 to e4m3 in one correctly rounded step on `device`: on NVIDIA GPUs of compute
+    capability 9.0+. Below that, upstream Triton goes through fp16 first (two roundings: 0.4% of values one step
+    off, read in its ElementwiseOpToLLVM.cpp, useFP16IntermediateSrc), so the software rounding runs there."""
+    return device.type == "cuda" and torch.version.hip is None and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
 def quantize_rows(x, scale=None, max_tile=MAX_TILE, num_warps=8, gpu_round=None):
     """x [M, K] (fp32/bf16/fp16, any row stride) -> (q float8_e4m3fn, scale [M, 1] fp32, or the given one-value one).
-    gpu_round: the GPU's own fp8 conversion instead of _round_e4m3 (default: on CUDA tensors). On an H200 it gave
-    the same bits on 1.1 billion values and ran 1.1-1.3x faster; the interpreter (the tests, CPU tensors) cannot
-    run it, its own conversion rounds wrongly. bench/act_quant.py --sweep times these settings on a GPU, each
-    checked bit for bit against the software rounding with whole rows held."""
-    gpu_round = x.is_cuda and torch.version.hip is None if gpu_round is None else gpu_round   # measured on NVIDIA
+    gpu_round: the GPU's own fp8 conversion instead of _round_e4m3 (default: where it rounds once, rounds_once). On
+    an H200 it gave the same bits on 1.1 billion values and ran 1.1-1.3x faster; the interpreter (the tests, CPU
+    tensors) cannot run it, its own conversion rounds wrongly. bench/act_quant.py --sweep times these settings on a
+    GPU, each checked bit for bit against the software rounding."""
+    gpu_round = rounds_once(x.device) if gpu_round is None else gpu_round
     x = x if x.stride(1) == 1 else x.contiguous()
     m, k = x.shape
     q = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)

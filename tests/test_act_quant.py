@@ -224,3 +224,24 @@ def test_the_cache_holds_one_activation_and_none_of_a_freed_input(counted):
     del x
     gc.collect()
     assert act_quant._state.entry is None
+
+
+@pytest.mark.parametrize("device, capability, hip, once", [
+    ("cpu", None, None, False),                  # the interpreter: its own conversion rounds wrongly
+    ("cuda", (8, 9), None, False),               # RTX 40xx: upstream Triton converts through fp16 below sm90
+    ("cuda", (9, 0), None, True), ("cuda", (12, 0), None, True),
+    ("cuda", (9, 4), "6.4", False)])             # ROCm: not measured
+def test_the_gpus_own_fp8_rounding_only_where_it_rounds_once(monkeypatch, device, capability, hip, once):
+    # On sm89 upstream Triton (3.8 and older; triton-windows changed it in 3.5.0.post21) casts fp32 to e4m3 through
+    # fp16 (ElementwiseOpToLLVM.cpp, useFP16IntermediateSrc): two roundings, so the kernel keeps its software
+    # rounding there, whose exact e4m3 values convert through fp16 unchanged.
+    pytest.importorskip("triton", reason="the kernel module needs triton")
+    from quant import act_quant_triton
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    act_quant_triton.rounds_once.cache_clear()
+    try:
+        assert act_quant_triton.rounds_once(torch.device(device, 0) if device == "cuda" else torch.device(device)) \
+            is once
+    finally:
+        act_quant_triton.rounds_once.cache_clear()
