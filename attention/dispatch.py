@@ -18,6 +18,7 @@ class Installed(NamedTuple):
     triton: bool = False
     kitchen_int8: bool = False           # the host registered a "comfy_kitchen_int8" attention function
     sage3: bool = False                  # the host registered a "sage3" attention function
+    failed: tuple = ()                   # (backend, why) of backends whose kernels failed at run time
 
 
 def canonical(mode):
@@ -74,6 +75,9 @@ def _needs(mode, pkgs):
 def _backend(mode, device_type, capability, pkgs):
     """(mode, what runs) or ("exact", why it cannot run here). What is missing is named before the device, so a user
     on the wrong machine still learns what to install."""
+    failed = dict(pkgs.failed).get(mode)
+    if failed:
+        return "exact", failed
     need = _needs(mode, pkgs)
     if need.missing:
         return "exact", need.missing

@@ -130,3 +130,15 @@ def test_installed_packages_is_probed_once(monkeypatch):
 
 def test_device_capability_off_cuda_is_none():
     assert dispatch.device_capability(torch.device("cpu")) is None
+
+
+def test_a_backend_that_failed_at_run_time_is_passed_over():
+    # Patch SageAttention records a backend whose kernels failed in a call (Installed.failed); auto then takes the
+    # next one, an explicit mode names the failure.
+    why = "the sageattention kernels failed (ImportError: DLL load failed while importing _fused)"
+    pkgs = Installed("2.2.0", True, kitchen_int8=True, failed=(("sageattention", why),))
+    assert choose("auto", "cuda", (8, 9), pkgs) == ("comfy-kitchen int8",
+                                                    "ComfyUI's comfy_kitchen_int8 attention (CUDA kernel)")
+    assert choose("sageattention", "cuda", (8, 9), pkgs) == ("exact", why)
+    both = pkgs._replace(failed=pkgs.failed + (("comfy-kitchen int8", "comfy-kitchen int8 failed (RuntimeError)"),))
+    assert choose("auto", "cuda", (8, 9), both) == ("exact", f"{why}; comfy-kitchen int8 failed (RuntimeError)")

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 
+import comfy.model_management
 import comfy.ops
 import folder_paths
 import torch
@@ -17,10 +18,13 @@ from ...attention import sage_attention
 from ...attention.dispatch import (Installed, canonical, choose, device_capability, installed_packages,
                                   pytorch_prefers_cudnn)
 from ...attention.guard import StepIndex, all_finite, guard_cosine, phase
-from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once, miscounted_padding
+from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once, miscounted_padding, out_of_memory
 
 KEY = "skyreels_sage"   # the MODEL's outer-sample wrapper: one guard pass per sampling pass (SageOverride.new_pass)
 HOST_NAMES = {"comfy-kitchen int8": "comfy_kitchen_int8", "sage3": "sage3"}  # our backend: the host's registry name
+# Backends whose kernels failed at run time in this process (a sageattention wheel built for another torch, a driver
+# too old for comfy-kitchen's CUDA build, a Triton that cannot compile): backend -> why. They stay failed.
+FAILED = {}
 
 
 def host_function(name):
@@ -89,7 +93,7 @@ def _pack(obj):
 
 def host_installed():
     return Installed(*installed_packages(), kitchen_int8=host_function("comfy_kitchen_int8") is not None,
-                     sage3=host_function("sage3") is not None)
+                     sage3=host_function("sage3") is not None, failed=tuple(FAILED.items()))
 
 
 def ours(backend, q, k, v, skip_reshape, skip_output_reshape):
@@ -143,11 +147,11 @@ class SageOverride:
             first = pytorch_prefers_cudnn(device)
             backend, why = choose(self.mode, device.type, device_capability(device), host_installed(), first)
             if backend != "exact":
-                self._log_once(("backend", device), f"{self.mode}: {why}", logging.INFO)
+                self._log_once(("backend", device, backend), f"{self.mode}: {why}", logging.INFO)
             elif self.mode != "disabled":
                 # auto's choice on an H100/H200/B200 (cuDNN's attention is the fastest there): news, not a warning
-                self._log_once(("backend", device), f"{why}; attention stays exact (ComfyUI's PyTorch attention"
-                                                    f"{', cuDNN first' * first})",
+                self._log_once(("backend", device, backend),
+                               f"{why}; attention stays exact (ComfyUI's PyTorch attention{', cuDNN first' * first})",
                                logging.INFO if first and self.mode == "auto" else logging.WARNING)
             self.backends[device] = backend, why
         return self.backends[device][0]
@@ -166,6 +170,7 @@ class SageOverride:
                     or kwargs.get("low_precision_attention", True) is False  # Wan I2V image cross-attention
                     or block is not None and (block < self.first or (total is not None and block >= total - self.last))
                     or self.steps and not self.step_index.continues(to) and self.step_index(to)[0] < self.steps
+                    or backend in FAILED
                     or backend == "sageattention" and kernel_unavailable(device))  # the kernels failed at run time
 
     def pytorch(self, q, *args, **kwargs):
@@ -181,6 +186,17 @@ class SageOverride:
         due = self.checked.get(site) != now
         self.checked[site] = now
         return due
+
+    def _failed(self, backend, why, device, exact):
+        """The backend's kernels failed at run time: this call is exact, and so is every later one, except that
+        `auto` picks again without that backend (sageattention 2.x failing falls to comfy-kitchen's int8)."""
+        FAILED[backend] = why
+        again = self.mode == "auto"
+        if again:
+            self.backends.pop(device, None)
+        self._log_once(("failed", backend), f"{why}; " + ("auto picks again without it" if again else
+                                                         "attention stays exact (ComfyUI's PyTorch attention)"))
+        return exact()
 
     def _go_exact(self, site, what, exact):
         self.exact_sites.add(site)
@@ -221,8 +237,15 @@ class SageOverride:
             out = (host_fn(q, k, v, heads, **options) if host_fn
                    else ours(backend, *native, skip_reshape, skip_output_reshape))
         except KernelsUnavailable as e:  # they failed in this call (exact from now on) or cannot take these inputs
+            if kernel_unavailable(q.device):
+                return self._failed(backend, str(e), q.device, exact)
             self._log_once(("kernels", q.device, str(e)), f"{e}; attention stays exact (ComfyUI's PyTorch attention)")
             return exact()
+        except Exception as e:  # the host's comfy-kitchen / sage3 function: never fail the graph for its kernels
+            if not host_fn or out_of_memory(e) or isinstance(e, comfy.model_management.InterruptProcessingException):
+                raise
+            return self._failed(backend, f"{self.label(backend)} failed ({type(e).__name__}: "
+                                         f"{(str(e).strip() or 'no message').splitlines()[0]})", q.device, exact)
         if self.guard > 0 and not all_finite(out):
             del out     # not held while exact attention runs
             return self._go_exact(site, "gave NaN or Inf", exact)

@@ -496,3 +496,86 @@ def test_exact_attention_runs_cudnn_first_where_pytorch_puts_it_first(host, tmp_
     # auto's choice there is news, not a warning
     assert r["logs"] == [["INFO", "Patch SageAttention: cpu device (8-bit attention kernels need an NVIDIA GPU); "
                                   "attention stays exact (ComfyUI's PyTorch attention, cuDNN first)"]], r
+
+
+BACKEND_FAILS = r"""
+import logging, nodes as core
+from comfy.ldm.modules import attention as host_attention
+from comfy.ldm.modules.attention import attention_pytorch
+from skyreels_pack.attention import dispatch, sage
+from skyreels_pack.nodes.adapters import sage_override
+from skyreels_pack.nodes.sage_patch import PatchSageAttention
+# An RTX 40xx as auto sees it, with a sageattention 2.x wheel built for another torch (its compiled module fails at
+# the first call) and comfy-kitchen's int8 attention registered by the host; then that one fails too (a driver too
+# old for its CUDA build).
+sage_override.installed_packages = lambda: ("2.2.0+cu128torch2.8.0.post3", True)
+real_choose = dispatch.choose
+sage_override.choose = lambda mode, device_type, capability, pkgs, cudnn=False: real_choose(
+    mode, "cuda", (8, 9), pkgs, cudnn)
+sage_calls, kitchen_calls, broken_kitchen = [], [], []
+def wheel_for_another_torch(*a, **k):
+    sage_calls.append(1)
+    raise ImportError("DLL load failed while importing _fused: The specified procedure could not be found.")
+sage._kernel = wheel_for_another_torch
+sage.kernel_unavailable = sage_override.kernel_unavailable = lambda device: sage._broken
+def kitchen(q, k, v, heads, **kw):
+    kitchen_calls.append(1)
+    if broken_kitchen:
+        raise RuntimeError("CUDA error: the provided PTX was compiled with an unsupported toolchain.")
+    return attention_pytorch(q, k, v, heads, **kw)
+host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = kitchen
+info = []
+handler = logging.Handler(logging.INFO)
+handler.emit = lambda r: info.append([r.levelname, r.getMessage()])
+logging.getLogger("skyreels_fp8").addHandler(handler)
+logging.getLogger("skyreels_fp8").setLevel(logging.INFO)
+pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
+latent = {"samples": torch.zeros(1, 16, 4, 8, 8)}    # 64 tokens: no ragged-key rule
+patcher, _ = load("t2v_fp8_tensor.safetensors")
+exact = PatchSageAttention.execute(patcher, "disabled", 0, 0, 0, 0.995).args[0]
+b = core.common_ksampler(exact, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
+result = {}
+for name in ("sage fails", "kitchen fails too"):
+    info.clear()
+    patched = PatchSageAttention.execute(patcher, "auto", 0, 0, 0, 0.995).args[0]
+    a = core.common_ksampler(patched, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
+    override = patched.model_options["transformer_options"]["optimized_attention_override"]
+    result[name] = dict(rel=rel(a, b), counts=dict(override.counts), ran=sorted(override.ran), sage=len(sage_calls),
+                        kitchen=len(kitchen_calls), logs=[m for m in info if "Patch SageAttention" in m[1]])
+    broken_kitchen.append(1)
+    kitchen_calls.clear()
+# an explicitly chosen backend that failed stays exact without calling it again
+patched = PatchSageAttention.execute(patcher, "comfy-kitchen int8", 0, 0, 0, 0.995).args[0]
+core.common_ksampler(patched, 0, 2, 2.0, "euler", "simple", pos, pos, latent)
+override = patched.model_options["transformer_options"]["optimized_attention_override"]
+result["explicit"] = dict(counts=dict(override.counts), kitchen=len(kitchen_calls))
+"""
+
+
+def test_auto_picks_again_when_a_backends_kernels_fail_at_run_time(host, tmp_path):
+    # auto used to stay exact for good when sageattention failed, never trying comfy-kitchen's int8 next in line;
+    # and a failing host attention function (comfy-kitchen, sage3) failed the graph.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + BACKEND_FAILS)
+    print(r)
+    sage_failed = ("the sageattention kernels failed (ImportError: DLL load failed while importing _fused: The "
+                   "specified procedure could not be found.)")
+    kitchen_failed = ("comfy-kitchen int8 failed (RuntimeError: CUDA error: the provided PTX was compiled with an "
+                      "unsupported toolchain.)")
+    first = r["sage fails"]
+    # 8 calls: the first tried sageattention (exact after its failure), the other 7 comfy-kitchen's int8
+    assert first["sage"] == 1 and first["kitchen"] == 7 and first["counts"] == {"sage": 7, "exact": 1}, first
+    assert first["ran"] == ["comfy-kitchen int8"] and first["rel"] <= 1e-5, first
+    assert first["logs"] == [
+        ["INFO", "Patch SageAttention: auto: sageattention 2.2.0+cu128torch2.8.0.post3 (CUDA kernels)"],
+        ["WARNING", f"Patch SageAttention: {sage_failed}; auto picks again without it"],
+        ["INFO", "Patch SageAttention: auto: ComfyUI's comfy_kitchen_int8 attention (CUDA kernel)"]], first
+    second = r["kitchen fails too"]     # a new Patch SageAttention: sageattention is not tried again
+    assert second["sage"] == 1 and second["kitchen"] == 1 and second["counts"] == {"sage": 0, "exact": 8}, second
+    assert second["ran"] == [] and second["rel"] == 0.0, second
+    assert second["logs"] == [
+        ["INFO", "Patch SageAttention: auto: ComfyUI's comfy_kitchen_int8 attention (CUDA kernel)"],
+        ["WARNING", f"Patch SageAttention: {kitchen_failed}; auto picks again without it"],
+        ["WARNING", f"Patch SageAttention: {sage_failed}; {kitchen_failed}; attention stays exact (ComfyUI's "
+                    "PyTorch attention)"]], second
+    assert r["explicit"] == dict(counts={"sage": 0, "exact": 8}, kitchen=0), r["explicit"]
