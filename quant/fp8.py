@@ -132,7 +132,7 @@ def fp8_linear(x, qweight, scale, bias=None, *, mode="upcast"):
                 if act_quant.out_of_memory(e):
                     raise
                 first = act_quant.first_line(e)
-                if plan == "rowwise" and fp8_plan.NO_ROWWISE in first:
+                if plan == "rowwise" and fp8_plan.NO_ROWWISE.search(first):
                     fp8_plan.without_rowwise(x.device, first)
                     return fp8_linear(x, qweight, scale, bias, mode=mode)
                 reason = first if isinstance(e, act_quant.KernelFailed) else f"torch._scaled_mm failed: {first}"

@@ -4,6 +4,7 @@ and newer or unknown GPUs, as cuBLASLt rejects row-wise FP8 scales on sm120 (pyt
 where PyTorch does not build its row-wise kernels; else None (also on CPU where torch's kernel takes one scale per
 operand: torch 2.11 and older)."""
 import functools
+import logging
 import os
 import re
 
@@ -18,8 +19,8 @@ TENSORWISE_SINCE = (2, 5)   # _scaled_mm returning one tensor, with 2-D scales
 # Row-wise scales run on PyTorch's CUTLASS kernels, which it builds on Linux only (not on Windows: cutlass issue
 # 1571), or, on sm90 from torch 2.9 built with CUDA 12.9+, on cuBLASLt's (pytorch PR 157905), on Windows too.
 CUBLAS_ROWWISE = dict(capability=(9,), torch=(2, 9), cuda=(12, 9))
-# What a CUDA torch without row-wise kernels says when asked for them.
-NO_ROWWISE = "Rowwise scaling is not currently supported"
+# What a CUDA torch without row-wise kernels says when asked for them (torch 2.5 and 2.6 spelled it "currenlty").
+NO_ROWWISE = re.compile(r"Rowwise scaling is not curren\w* supported")
 WINDOWS = os.name == "nt"
 _plans = {}
 
@@ -84,6 +85,9 @@ def device_plan(device, granularity):
 def without_rowwise(device, error):
     """A row-wise product failed for want of the kernel (`error`: a torch built without it, where scaled_mm_plan
     expected one): this device's products take per-tensor activation scales from now on, as on Windows."""
+    logging.getLogger("skyreels_fp8").warning(
+        f"FP8 products on {device}: this PyTorch has no row-wise FP8 kernel ({error}); per-tensor activation scales "
+        "from now on")
     for granularity in ("tensor", "channel"):
         applied = "per-channel weight scales applied to the output" if granularity == "channel" else "its weight scale"
         _plans[(device.type, device.index, granularity)] = (

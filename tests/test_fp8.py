@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 import types
@@ -261,7 +262,9 @@ def test_scaled_mm_plan_on_windows(capability, torch_version, cuda, expected):
     assert linux == (PLANS[capability] if torch_version != "2.6.0" else None)
 
 
-def test_a_torch_without_row_wise_kernels_goes_per_tensor(monkeypatch, linear_case):
+@pytest.mark.parametrize("message", ["Rowwise scaling is not currently supported on your device",
+                                     "Rowwise scaling is not currenlty supported on your device"])   # torch 2.5/2.6
+def test_a_torch_without_row_wise_kernels_goes_per_tensor(monkeypatch, caplog, linear_case, message):
     # A build scaled_mm_plan did not foresee (a Windows torch it expects cuBLAS's row-wise kernel in, a source build
     # without CUTLASS): the first product fails as such a torch does, and from then on the device's products take the
     # tensorwise plan: no upcast, no fallback counted, the plan's reason says why.
@@ -270,7 +273,7 @@ def test_a_torch_without_row_wise_kernels_goes_per_tensor(monkeypatch, linear_ca
     def without_rowwise(a, b, *, scale_a, scale_b, **kwargs):
         calls.append(scale_a.numel())
         if scale_a.numel() > 1:
-            raise RuntimeError("Rowwise scaling is not currently supported on your device")
+            raise RuntimeError(message)
         return scaled_mm(a, b, scale_a=scale_a, scale_b=scale_b, **kwargs)
 
     rowwise_cpu_plan(monkeypatch)
@@ -280,14 +283,16 @@ def test_a_torch_without_row_wise_kernels_goes_per_tensor(monkeypatch, linear_ca
     x, w, b, ref = linear_case
     q, scale = quantize_weight(w, granularity="channel")
     before = dict(fp8.stats)
-    ys = [fp8_linear(x, q, scale, b, mode="w8a8") for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="skyreels_fp8"):
+        ys = [fp8_linear(x, q, scale, b, mode="w8a8") for _ in range(2)]
     assert calls == [x[..., 0].numel(), 1, 1]     # one row-wise try, then per-tensor products
+    assert caplog.messages == [f"FP8 products on cpu: this PyTorch has no row-wise FP8 kernel ({message}); "
+                               "per-tensor activation scales from now on"]
     assert fp8.stats["w8a8"] - before["w8a8"] == 2 and fp8.stats["fallback"] == before["fallback"]
     assert fp8.fallback_reasons == {} and torch.equal(ys[0], ys[1]) and rel(ys[0], ref) <= 0.05
     for granularity in ("tensor", "channel"):
         plan, reason = fp8_plan.device_plan(torch.device("cpu"), granularity)
-        assert plan == "tensorwise" and reason.endswith(
-            "(this torch: Rowwise scaling is not currently supported on your device)"), reason
+        assert plan == "tensorwise" and reason.endswith(f"(this torch: {message})"), reason
 
 
 def test_device_plan_asks_for_the_capability_once(monkeypatch):

@@ -8,7 +8,6 @@ import logging
 import os
 import threading
 
-import comfy.model_management
 import comfy.ops
 import folder_paths
 import torch
@@ -143,7 +142,9 @@ class SageOverride:
         log_once(key, f"Patch SageAttention: {message}", level, seen=self.logged)   # once per patched model
 
     def backend(self, device):
-        if device not in self.backends:
+        entry = self.backends.get(device)
+        # auto picks again where its backend failed since (here, on another GPU, or under another Patch SageAttention)
+        if entry is None or self.mode == "auto" and entry[0] in FAILED:
             first = pytorch_prefers_cudnn(device)
             backend, why = choose(self.mode, device.type, device_capability(device), host_installed(), first)
             if backend != "exact":
@@ -153,8 +154,8 @@ class SageOverride:
                 self._log_once(("backend", device, backend),
                                f"{why}; attention stays exact (ComfyUI's PyTorch attention{', cuDNN first' * first})",
                                logging.INFO if first and self.mode == "auto" else logging.WARNING)
-            self.backends[device] = backend, why
-        return self.backends[device][0]
+            entry = self.backends[device] = backend, why
+        return entry[0]
 
     def label(self, backend):
         """What ran, for the run report."""
@@ -187,15 +188,14 @@ class SageOverride:
         self.checked[site] = now
         return due
 
-    def _failed(self, backend, why, device, exact):
+    def _failed(self, backend, why, exact):
         """The backend's kernels failed at run time: this call is exact, and so is every later one, except that
         `auto` picks again without that backend (sageattention 2.x failing falls to comfy-kitchen's int8)."""
         FAILED[backend] = why
-        again = self.mode == "auto"
-        if again:
-            self.backends.pop(device, None)
-        self._log_once(("failed", backend), f"{why}; " + ("auto picks again without it" if again else
-                                                         "attention stays exact (ComfyUI's PyTorch attention)"))
+        self.checked.clear()    # the guard checks each site afresh with the backend that runs next
+        again = ("auto picks again without it" if self.mode == "auto"
+                 else "attention stays exact (ComfyUI's PyTorch attention)")
+        self._log_once(("failed", backend), f"{why}; {again}")
         return exact()
 
     def _go_exact(self, site, what, exact):
@@ -238,14 +238,14 @@ class SageOverride:
                    else ours(backend, *native, skip_reshape, skip_output_reshape))
         except KernelsUnavailable as e:  # they failed in this call (exact from now on) or cannot take these inputs
             if kernel_unavailable(q.device):
-                return self._failed(backend, str(e), q.device, exact)
+                return self._failed(backend, str(e), exact)
             self._log_once(("kernels", q.device, str(e)), f"{e}; attention stays exact (ComfyUI's PyTorch attention)")
             return exact()
         except Exception as e:  # the host's comfy-kitchen / sage3 function: never fail the graph for its kernels
-            if not host_fn or out_of_memory(e) or isinstance(e, comfy.model_management.InterruptProcessingException):
+            if not host_fn or out_of_memory(e):     # (a user's cancel is no Exception: it goes up as it is)
                 raise
             return self._failed(backend, f"{self.label(backend)} failed ({type(e).__name__}: "
-                                         f"{(str(e).strip() or 'no message').splitlines()[0]})", q.device, exact)
+                                         f"{(str(e).strip() or 'no message').splitlines()[0]})", exact)
         if self.guard > 0 and not all_finite(out):
             del out     # not held while exact attention runs
             return self._go_exact(site, "gave NaN or Inf", exact)

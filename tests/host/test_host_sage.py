@@ -534,16 +534,24 @@ latent = {"samples": torch.zeros(1, 16, 4, 8, 8)}    # 64 tokens: no ragged-key 
 patcher, _ = load("t2v_fp8_tensor.safetensors")
 exact = PatchSageAttention.execute(patcher, "disabled", 0, 0, 0, 0.995).args[0]
 b = core.common_ksampler(exact, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
-result = {}
+result, models = {}, []
 for name in ("sage fails", "kitchen fails too"):
     info.clear()
     patched = PatchSageAttention.execute(patcher, "auto", 0, 0, 0, 0.995).args[0]
+    models.append(patched)
     a = core.common_ksampler(patched, 0, 2, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
     override = patched.model_options["transformer_options"]["optimized_attention_override"]
     result[name] = dict(rel=rel(a, b), counts=dict(override.counts), ran=sorted(override.ran), sage=len(sage_calls),
                         kitchen=len(kitchen_calls), logs=[m for m in info if "Patch SageAttention" in m[1]])
     broken_kitchen.append(1)
     kitchen_calls.clear()
+# the first Patch SageAttention chose comfy-kitchen before it failed: it picks again too, without calling it
+info.clear()
+override = models[0].model_options["transformer_options"]["optimized_attention_override"]
+before = dict(override.counts)
+core.common_ksampler(models[0], 0, 2, 2.0, "euler", "simple", pos, pos, latent)
+result["earlier model"] = dict(counts={k: override.counts[k] - before[k] for k in before}, kitchen=len(kitchen_calls),
+                               logs=[m for m in info if "Patch SageAttention" in m[1]])
 # an explicitly chosen backend that failed stays exact without calling it again
 patched = PatchSageAttention.execute(patcher, "comfy-kitchen int8", 0, 0, 0, 0.995).args[0]
 core.common_ksampler(patched, 0, 2, 2.0, "euler", "simple", pos, pos, latent)
@@ -578,4 +586,7 @@ def test_auto_picks_again_when_a_backends_kernels_fail_at_run_time(host, tmp_pat
         ["WARNING", f"Patch SageAttention: {kitchen_failed}; auto picks again without it"],
         ["WARNING", f"Patch SageAttention: {sage_failed}; {kitchen_failed}; attention stays exact (ComfyUI's "
                     "PyTorch attention)"]], second
+    assert r["earlier model"] == dict(counts={"sage": 0, "exact": 8}, kitchen=0, logs=[
+        ["WARNING", f"Patch SageAttention: {sage_failed}; {kitchen_failed}; attention stays exact (ComfyUI's "
+                    "PyTorch attention)"]]), r["earlier model"]
     assert r["explicit"] == dict(counts={"sage": 0, "exact": 8}, kitchen=0), r["explicit"]
