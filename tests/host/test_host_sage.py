@@ -9,6 +9,14 @@ handler.emit = lambda r: records.append(r.getMessage())
 logging.getLogger("skyreels_fp8").addHandler(handler)
 """  # the pack's warnings and above, as `records`
 
+INFO_LOGS = r"""
+info = []
+handler = logging.Handler(logging.INFO)
+handler.emit = lambda r: info.append([r.levelname, r.getMessage()])
+logging.getLogger("skyreels_fp8").addHandler(handler)
+logging.getLogger("skyreels_fp8").setLevel(logging.INFO)
+"""  # the pack's info messages and above, as [level, message] in `info`
+
 RUN = r"""
 import inspect, logging, nodes as core
 from comfy.ldm.modules.attention import attention_pytorch
@@ -434,12 +442,7 @@ def sdpa(*a, **k):       # the order the host's list holds while its attention r
     seen.append([b.name for b in comfy.ops.SDPA_BACKEND_PRIORITY])
     return real_sdpa(*a, **k)
 torch.nn.functional.scaled_dot_product_attention = sdpa
-info = []
-handler = logging.Handler(logging.INFO)
-handler.emit = lambda r: info.append([r.levelname, r.getMessage()])
-logging.getLogger("skyreels_fp8").addHandler(handler)
-logging.getLogger("skyreels_fp8").setLevel(logging.INFO)
-pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
+""" + INFO_LOGS + r"""pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
 latent = {"samples": torch.zeros(1, 16, 2, 8, 8)}
 patcher, _ = load("t2v_fp8_tensor.safetensors")
 plain = PatchSageAttention.execute(patcher, "disabled", 0, 0, 0, 0.995).args[0]
@@ -524,12 +527,7 @@ def kitchen(q, k, v, heads, **kw):
         raise RuntimeError("CUDA error: the provided PTX was compiled with an unsupported toolchain.")
     return attention_pytorch(q, k, v, heads, **kw)
 host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = kitchen
-info = []
-handler = logging.Handler(logging.INFO)
-handler.emit = lambda r: info.append([r.levelname, r.getMessage()])
-logging.getLogger("skyreels_fp8").addHandler(handler)
-logging.getLogger("skyreels_fp8").setLevel(logging.INFO)
-pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
+""" + INFO_LOGS + r"""pos = [[torch.randn(1, 16, 4096, generator=g), {}]]
 latent = {"samples": torch.zeros(1, 16, 4, 8, 8)}    # 64 tokens: no ragged-key rule
 patcher, _ = load("t2v_fp8_tensor.safetensors")
 exact = PatchSageAttention.execute(patcher, "disabled", 0, 0, 0, 0.995).args[0]
