@@ -18,7 +18,7 @@ ROWWISE_SINCE = {(8, 9): (2, 7), (9,): (2, 5), (10,): (2, 7)}
 TENSORWISE_SINCE = (2, 5)   # _scaled_mm returning one tensor, with 2-D scales
 # Row-wise scales run on PyTorch's CUTLASS kernels, which it builds on Linux only (not on Windows: cutlass issue
 # 1571), or, on sm90 from torch 2.9 built with CUDA 12.9+, on cuBLASLt's (pytorch PR 157905), on Windows too.
-CUBLAS_ROWWISE = dict(capability=(9,), torch=(2, 9), cuda=(12, 9))
+CUBLAS_ROWWISE = ((2, 9), (12, 9))    # (torch, CUDA) from which cuBLASLt takes row-wise scales on sm90
 # What a CUDA torch without row-wise kernels says when asked for them (torch 2.5 and 2.6 spelled it "currenlty").
 NO_ROWWISE = re.compile(r"Rowwise scaling is not curren\w* supported")
 WINDOWS = os.name == "nt"
@@ -53,8 +53,8 @@ def scaled_mm_plan(device_type, capability, torch_version, granularity, cpu_roww
         return None, f"GPU compute capability {major}.{minor} has no FP8 tensor cores (needs 8.9+)"
     release = _release(torch_version)
     since = ROWWISE_SINCE.get((major, minor)) or ROWWISE_SINCE.get((major,))
-    cublas = (major,) == CUBLAS_ROWWISE["capability"] and release >= CUBLAS_ROWWISE["torch"] \
-        and cuda_version is not None and _release(cuda_version) >= CUBLAS_ROWWISE["cuda"]
+    cublas = major == 9 and cuda_version is not None and release >= CUBLAS_ROWWISE[0] \
+        and _release(cuda_version) >= CUBLAS_ROWWISE[1]
     if since and (not windows or cublas):
         if release < since:
             return None, (f"torch {torch_version} has no row-wise torch._scaled_mm for sm{major}{minor} "

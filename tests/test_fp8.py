@@ -243,7 +243,8 @@ def test_scaled_mm_plan_needs_a_torch_with_the_kernels():
 WINDOWS_PLANS = [((8, 6), "2.14.1", "13.0", None), ((8, 9), "2.14.1", "13.0", "tensorwise"),
                  ((8, 9), "2.6.0", "12.4", "tensorwise"),     # per-tensor needs no row-wise kernel: 2.5+
                  ((9, 0), "2.14.1", "13.0", "rowwise"), ((9, 0), "2.9.0", "12.9", "rowwise"),
-                 ((9, 0), "2.9.0", "12.8", "tensorwise"), ((9, 0), "2.8.0", "12.9", "tensorwise"),
+                 ((9, 0), "2.9.0", "12.8", "tensorwise"), ((9, 0), "2.14.1", "12.8", "tensorwise"),
+                 ((9, 0), "2.8.0", "12.9", "tensorwise"),
                  ((9, 0), "2.14.1", None, "tensorwise"), ((10, 0), "2.14.1", "13.0", "tensorwise"),
                  ((12, 0), "2.14.1", "13.0", "tensorwise")]
 
