@@ -29,6 +29,10 @@ def _release(version):
     return tuple(int(n) for n in re.match(r"(\d+)\.(\d+)", version).groups())
 
 
+def _applied(granularity):
+    return "per-channel weight scales applied to the output" if granularity == "channel" else "per-tensor weight scales"
+
+
 def scaled_mm_plan(device_type, capability, torch_version, granularity, cpu_rowwise=True, windows=False,
                    cuda_version=None):
     """("rowwise" | "tensorwise" | None, reason) for a device type ("cuda", "cpu", ...), its CUDA compute capability
@@ -62,7 +66,7 @@ def scaled_mm_plan(device_type, capability, torch_version, granularity, cpu_roww
         return "rowwise", f"sm{major}{minor}: per-token activation scales x {weight}"
     if release < TENSORWISE_SINCE:
         return None, f"torch {torch_version} is too old for torch._scaled_mm (needs 2.5+)"
-    applied = "per-channel weight scales applied to the output" if granularity == "channel" else weight
+    applied = _applied(granularity)
     if since:    # Windows
         sm90 = " (cuBLAS has them on sm90 with torch 2.9+ built with CUDA 12.9+)" if major == 9 else ""
         why = f"PyTorch builds its row-wise FP8 kernels on Linux only{sm90}"
@@ -89,9 +93,8 @@ def without_rowwise(device, error):
         f"FP8 products on {device}: this PyTorch has no row-wise FP8 kernel ({error}); per-tensor activation scales "
         "from now on")
     for granularity in ("tensor", "channel"):
-        applied = "per-channel weight scales applied to the output" if granularity == "channel" else "its weight scale"
         _plans[(device.type, device.index, granularity)] = (
-            "tensorwise", f"per-tensor activation scales, {applied} (this torch: {error})")
+            "tensorwise", f"per-tensor activation scales, {_applied(granularity)} (this torch: {error})")
 
 
 @functools.cache

@@ -18,6 +18,7 @@ from ...attention.dispatch import (Installed, canonical, choose, device_capabili
                                   pytorch_prefers_cudnn)
 from ...attention.guard import StepIndex, all_finite, guard_cosine, phase
 from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once, miscounted_padding, out_of_memory
+from ...quant.act_quant import first_line
 
 KEY = "skyreels_sage"   # the MODEL's outer-sample wrapper: one guard pass per sampling pass (SageOverride.new_pass)
 HOST_NAMES = {"comfy-kitchen int8": "comfy_kitchen_int8", "sage3": "sage3"}  # our backend: the host's registry name
@@ -244,8 +245,7 @@ class SageOverride:
         except Exception as e:  # the host's comfy-kitchen / sage3 function: never fail the graph for its kernels
             if not host_fn or out_of_memory(e):     # (a user's cancel is no Exception: it goes up as it is)
                 raise
-            return self._failed(backend, f"{self.label(backend)} failed ({type(e).__name__}: "
-                                         f"{(str(e).strip() or 'no message').splitlines()[0]})", exact)
+            return self._failed(backend, f"{self.label(backend)} failed ({type(e).__name__}: {first_line(e)})", exact)
         if self.guard > 0 and not all_finite(out):
             del out     # not held while exact attention runs
             return self._go_exact(site, "gave NaN or Inf", exact)
