@@ -10,6 +10,9 @@
 #   there:       run(command="bash bench/gpu_check.sh", carry=[".whl", ".host"], timeout_s=590)
 #   comfy-kitchen's int8 attention (its CUDA extension, too large to carry with the rest): --prepare-kitchen
 #   here, then run(command='GPU_CHECK_ONLY="attention backends" bash bench/gpu_check.sh', the same carry, 120 s)
+#   sageattention 2.x (CUDA kernels; no wheel on PyPI, so built from its source for the device's Python 3.12 and
+#   torch): --prepare-sage2 WHEEL here, then run(command='GPU_CHECK_ONLY=sage2 bash bench/gpu_check.sh', the same
+#   carry, 420 s): the sections its kernels change, and the Linears' (SAGE2_SECTIONS below).
 #
 # Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): our FP8 model
 # under ComfyUI's own main.py with Dynamic VRAM, its default on NVIDIA GPUs, against --disable-dynamic-vram, with
@@ -31,9 +34,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-prepare() {   # [kitchen]
+prepare() {   # [kitchen | sage2 WHEEL]
     set -e
-    local kitchen=${1:-} server="av==18.1.0 sqlalchemy==2.1.9 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types"
+    local variant=${1:-} sage=sageattention==1.0.6 kitchen=""
+    local server="av==18.1.0 sqlalchemy==2.1.9 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types"
     local py="--python-version 3.12 --implementation cp --only-binary=:all: --no-deps"
     local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64"
     plat="$plat --platform manylinux2014_x86_64 --platform manylinux_2_12_x86_64"
@@ -42,9 +46,16 @@ prepare() {   # [kitchen]
     # ComfyUI's main.py (bench/dynamic_vram.py) needs SQLAlchemy and pydantic too; its frontend package (85 MB) is
     # replaced there by an empty --front-end-root, as only its API is used.
     # --prepare-kitchen: for the attention section alone, which imports neither av nor the server's packages.
-    [ -z "$kitchen" ] || server=""
-    "$PYTHON" -m pip download -q $py $plat -d .whl sageattention==1.0.6 torchsde==0.2.6 trampoline==0.1.2 \
+    # --prepare-sage2: the given sageattention 2.x wheel in place of 1.0.6, and of the server's packages only av (the
+    # in-process Sample Video runs import it; main.py's Dynamic VRAM section is not among SAGE2_SECTIONS).
+    case $variant in
+        kitchen) server="" kitchen=1 ;;
+        sage2) [ -f "${2:-}" ] || { echo "gpu_check: --prepare-sage2 needs the sageattention 2.x wheel" >&2; exit 2; }
+               sage="" server="av==18.1.0" ;;
+    esac
+    "$PYTHON" -m pip download -q $py $plat -d .whl $sage torchsde==0.2.6 trampoline==0.1.2 \
         comfy-aimdo==0.4.13 simpleeval blake3 $server ${server:+typing-inspection}
+    [ "$variant" != sage2 ] || slim_wheel "$2" "$PWD/.whl"
     # comfy-kitchen's wheel is 58 MB, nearly all CUDA/HIP extensions: leave them out (its loader then uses the
     # eager backend) to stay inside the 64 MiB the device tool carries; --prepare-kitchen keeps the CUDA one
     # (48 MB compressed; an abi3 build) in place of av and the server's packages, to time its int8 attention.
@@ -71,9 +82,16 @@ prepare() {   # [kitchen]
     echo "gpu_check: prepared; total to carry: $(du -cm .whl .host | tail -1 | cut -f1) MiB (limit 64 with the repo)"
 }
 
+slim_wheel() {   # wheel, folder: a copy without the debug information its build left in the extensions
+    local tmp; tmp=$(mktemp -d)
+    (cd "$tmp" && unzip -q "$1" && find . -name '*.so' -exec strip --strip-debug {} + && zip -q -r "$2/${1##*/}" .)
+    rm -rf "$tmp"
+}
+
 case "${1:-}" in
     --prepare) prepare; exit ;;
     --prepare-kitchen) prepare kitchen; exit ;;
+    --prepare-sage2) prepare sage2 "${2:-}"; exit ;;
 esac
 
 DEST=${OUT:-test-artifacts}
@@ -91,11 +109,22 @@ if [ -d .whl ] && [ -z "${GPU_CHECK_OWN_PACKAGES:-}" ]; then
 fi
 [ -d .host ] && export COMFYUI_PATH=${COMFYUI_PATH:-$PWD/.host}
 
+# GPU_CHECK_ONLY="attention backends": that section alone (with the device's); "A|B": the sections whose titles hold
+# A or B. The sections sageattention 2.x changes, and the Linears' (the 1.6x question), for its one run:
+SAGE2_SECTIONS="fp8 GEMM|activation quantization|attention backends|Sample Video"
+[ "${GPU_CHECK_ONLY:-}" != sage2 ] || GPU_CHECK_ONLY=$SAGE2_SECTIONS
+wanted() {   # title
+    [ -z "${GPU_CHECK_ONLY:-}" ] || [ "$1" = device ] && return 0
+    local part parts
+    IFS='|' read -ra parts <<< "$GPU_CHECK_ONLY"
+    for part in "${parts[@]}"; do [[ "$1" == *"$part"* ]] && return 0; done
+    return 1
+}
 section() {   # title, time limit in seconds, command...
     local title=$1 limit=$2; shift 2
-    # GPU_CHECK_ONLY="attention backends": that section alone (with the device's)
-    [ -z "${GPU_CHECK_ONLY:-}" ] || [ "$title" = device ] || [[ "$title" == *"$GPU_CHECK_ONLY"* ]] || return 0
+    wanted "$title" || return 0
     echo "== $title ($(date -u +%FT%TZ))" | tee -a "$REPORT"
+    [ -z "${GPU_CHECK_LIST:-}" ] || return 0    # GPU_CHECK_LIST=1: only which sections would run
     timeout "$((limit * SCALE))" "$@" 2>&1 | tee -a "$REPORT"
     local rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || { echo "!! $title: exit $rc" | tee -a "$REPORT"; FAILED=$((FAILED + 1)); }
