@@ -11,8 +11,9 @@ import torch
 MODES = ("auto", "sageattention", "comfy-kitchen int8", "sage3", "reference", "disabled")
 ALIASES = {"sageattn": "sageattention"}  # the mode's name in workflows saved before the other backends existed
 FIXED = {"disabled": ("exact", "disabled"), "reference": ("reference", "this pack's PyTorch SageAttention")}
-# The compute capabilities sageattention 2.x's `sageattn` has a kernel for; it raises on any other.
-SAGE2_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0))
+# The compute capabilities sageattention 2.x's `sageattn` has a kernel for; it raises on any other. 12.1 (DGX Spark's
+# GB10) since thu-ml's 2.2.0 sources of 2025-12: an older build fails at its first call, and `auto` picks again.
+SAGE2_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0), (12, 1))
 class Installed(NamedTuple):
     sageattention: Optional[str] = None  # its version, None if it is not installed
     triton: bool = False

@@ -1,4 +1,4 @@
-"""The backend decision of Patch SageAttention (attention.dispatch.choose): every mode on sm75 ... sm120 and on a
+"""The backend decision of Patch SageAttention (attention.dispatch.choose): every mode on sm75 ... sm121 and on a
 CPU, against each combination of what is installed. The expected tables are written out by hand."""
 import itertools
 
@@ -9,26 +9,27 @@ import attention.dispatch as dispatch
 from attention.dispatch import Installed, choose
 
 GPUS = {"sm75": (7, 5), "sm80": (8, 0), "sm86": (8, 6), "sm89": (8, 9), "sm90": (9, 0), "sm100": (10, 0),
-        "sm120": (12, 0)}
+        "sm120": (12, 0), "sm121": (12, 1)}
 CUDNN_FIRST = {"sm90", "sm100"}   # where PyTorch's own order runs cuDNN's attention first (torch 2.11, recent cuDNN)
 SAGE_VERSIONS = (None, "1.0.6", "2.2.0")
 SHORT = {"sage": "sageattention", "kitchen": "comfy-kitchen int8", "sage3": "sage3", "exact": "exact"}
 
 # auto, with triton installed: (sageattention, comfy_kitchen_int8 registered) -> backend on sm75 80 86 89 90 100 120
+# 121
 # (on sm90 and sm100, where PyTorch runs cuDNN's attention first, exact attention is faster than sageattention 1.x)
 AUTO = {
-    (None, False): "exact exact exact exact exact exact exact",
-    (None, True): "kitchen kitchen kitchen kitchen kitchen kitchen kitchen",
-    ("1.0.6", False): "exact sage sage sage exact exact sage",
-    ("1.0.6", True): "kitchen kitchen kitchen kitchen kitchen kitchen kitchen",
-    ("2.2.0", False): "exact sage sage sage sage exact sage",
-    ("2.2.0", True): "kitchen sage sage sage sage kitchen sage",
+    (None, False): "exact exact exact exact exact exact exact exact",
+    (None, True): "kitchen kitchen kitchen kitchen kitchen kitchen kitchen kitchen",
+    ("1.0.6", False): "exact sage sage sage exact exact sage sage",
+    ("1.0.6", True): "kitchen kitchen kitchen kitchen kitchen kitchen kitchen kitchen",
+    ("2.2.0", False): "exact sage sage sage sage exact sage sage",
+    ("2.2.0", True): "kitchen sage sage sage sage kitchen sage sage",
 }
 # sageattention mode, with triton installed: sageattention version -> backend on the same GPUs
 SAGEATTENTION = {
-    None: "exact exact exact exact exact exact exact",
-    "1.0.6": "exact sage sage sage sage sage sage",
-    "2.2.0": "exact sage sage sage sage exact sage",
+    None: "exact exact exact exact exact exact exact exact",
+    "1.0.6": "exact sage sage sage sage sage sage sage",
+    "2.2.0": "exact sage sage sage sage exact sage sage",
 }
 COMBOS = list(itertools.product(SAGE_VERSIONS, (True, False), (True, False), (True, False)))
 
@@ -53,8 +54,8 @@ def test_each_mode_runs_only_its_own_backend(sage, triton, kitchen, sage3):
     pkgs = Installed(sage, triton, kitchen, sage3)
     for mode, row in (("sageattention", SAGEATTENTION[sage if triton else None]),
                       ("sageattn", SAGEATTENTION[sage if triton else None]),
-                      ("comfy-kitchen int8", " ".join(["kitchen" if kitchen else "exact"] * 7)),
-                      ("sage3", "exact exact exact exact exact " + ("sage3 sage3" if sage3 else "exact exact")),
+                      ("comfy-kitchen int8", " ".join(["kitchen" if kitchen else "exact"] * 8)),
+                      ("sage3", "exact exact exact exact exact " + ("sage3 sage3 sage3" if sage3 else "exact exact exact")),
                       ("reference", None), ("disabled", None)):
         want = expected(row) if row else {gpu: "reference" if mode == "reference" else "exact" for gpu in GPUS}
         assert {gpu: choose(mode, "cuda", cc, pkgs, gpu in CUDNN_FIRST)[0] for gpu, cc in GPUS.items()} == want, mode
@@ -93,7 +94,7 @@ def test_reasons_name_what_is_missing_before_the_device():
     assert backend == "exact" and "comfy_kitchen_int8" in why and why.endswith(
         "; PyTorch runs cuDNN's attention first on this GPU (9.0), faster here than sageattention 1.x's kernels")
     assert choose("auto", "cuda", (10, 0), Installed("2.2.0", True), cudnn=True) == ("exact", (
-        "GPU compute capability 10.0 (sageattention 2.2.0 has kernels for 8.0, 8.6, 8.9, 9.0, 12.0); ComfyUI "
+        "GPU compute capability 10.0 (sageattention 2.2.0 has kernels for 8.0, 8.6, 8.9, 9.0, 12.0, 12.1); ComfyUI "
         "registered no comfy_kitchen_int8 attention (it needs comfy-kitchen with its CUDA kernels and a GPU of "
         "compute capability 7.5+)"))
 
