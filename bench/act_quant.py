@@ -8,7 +8,8 @@ for a bf16 activation, vs the one-shot eager formula it replaced, each in a fres
 through /proc/self/clear_refs), and as a ratio to the activation's size. GPU: the fused Triton kernel vs the eager
 chunks, ms, GB/s and extra memory (torch.cuda.max_memory_allocated beyond the output); with --sweep, the fused
 kernel's launch settings and rounding at the 14B model's activations in a 544x960, 97-frame step (cond and
-uncond: 102,000 rows of 5120 and of 13824), each checked bit for bit against the software rounding.
+uncond: 102,000 rows of 5120 and of 13824), each checked bit for bit against the software rounding; and per-tensor
+scales (Windows, RTX 50xx) through the Triton kernel, comfy-kitchen's CUDA kernel and the eager chunks.
 """
 import argparse
 import os
@@ -103,6 +104,33 @@ def gpu_report(shapes, repeats):
         del x
 
 
+def per_tensor_report(shapes, repeats):
+    """Per-tensor activation scales (Windows, RTX 50xx), each way with its absmax pass: the Triton kernel, comfy-kitchen's
+    CUDA kernel (what runs there without Triton; present where the carried comfy-kitchen has its CUDA extension:
+    --prepare-kitchen) and the eager chunks, whose bytes the others are compared with."""
+    kernel = act_quant.kitchen_per_tensor()
+
+    def kitchen(x):
+        scale = act_quant.absmax_scale(act_quant.absmax(x), act_quant.E4M3).reshape(1, 1)
+        return act_quant.kitchen_quantize(kernel, x, scale), scale
+
+    print("per-tensor scales: ms, GB/s (read bf16 twice, write fp8), bytes the same as the eager chunks'"
+          + ("" if kernel else "; comfy-kitchen's CUDA backend is not available here"))
+    for m, k in shapes:
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 4
+        ways = {"eager": lambda: act_quant.quantize(x, per_tensor=True, fused=False)}
+        if act_quant.fused_available()[0]:
+            ways["fused"] = lambda: act_quant.quantize(x, per_tensor=True, fused=True)
+        if kernel:
+            ways["comfy-kitchen"] = lambda: kitchen(x)
+        ref = ways["eager"]()[0].view(torch.uint8)
+        for name, run in ways.items():
+            same = (run()[0].view(torch.uint8) == ref).float().mean().item()
+            ms = timed(run, repeats, x.device) * 1e3
+            print(f"  {m:6d}x{k:<5d} {name:13s} {ms:7.3f} ms {m * k * 5 / ms / 1e6:6.0f} GB/s same: {same:.6%}")
+        del x, ref
+
+
 # The first row is the software rounding at the default tile: the bits every other row must match. 2026-12-04 (H200,
 # the 1.3B widths): 4096 ran 2.2-2.8x faster than 16384 and the GPU's rounding gave the same bits, 1.1-1.3x faster.
 # Now the 14B widths, where 4096 reads a 5120-wide row twice: does one 8192 tile (3/8 of it masked) pay?
@@ -143,6 +171,7 @@ def main():
         return
     if torch.cuda.is_available():
         gpu_report([(args.m, args.k), (51000, 5120), (51000, 13824)], args.repeats)
+        per_tensor_report([(51000, 5120), (51000, 13824)], args.repeats)
         if args.sweep:
             sweep([(102000, 5120), (102000, 13824)], args.repeats)
     elif args.sweep:

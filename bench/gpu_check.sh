@@ -8,8 +8,10 @@
 #       extension: its eager backend, i.e. torch._scaled_mm) and a trimmed copy of the ComfyUI host into .host/;
 #       both are listed in .git/info/exclude and travel with `carry`.
 #   there:       run(command="bash bench/gpu_check.sh", carry=[".whl", ".host"], timeout_s=590)
-#   comfy-kitchen's int8 attention (its CUDA extension, too large to carry with the rest): --prepare-kitchen
-#   here, then run(command='GPU_CHECK_ONLY="attention backends" bash bench/gpu_check.sh', the same carry, 120 s)
+#   comfy-kitchen's CUDA extension (too large to carry with the rest: its int8 attention, and its per-tensor FP8
+#   quantization, which quantizes the activations on Windows without Triton): --prepare-kitchen here, then
+#   run(command='GPU_CHECK_ONLY="activation quantization|attention backends" bash bench/gpu_check.sh', the same
+#   carry, 150 s)
 #   sageattention 2.x (CUDA kernels; no wheel on PyPI, so built from its source for the device's Python 3.12 and
 #   torch): --prepare-sage2 WHEEL here, then run(command='GPU_CHECK_ONLY=sage2 bash bench/gpu_check.sh', the same
 #   carry, 420 s): the sections its kernels change, and the Linears' (SAGE2_SECTIONS below).

@@ -1,6 +1,7 @@
 """Per-token FP8 (e4m3fn) quantization of Linear inputs for torch._scaled_mm, with a one-entry cache so that an
 attention's q, k and v Linears quantize their shared input once. The Triton kernel and the eager chunks give the
-same bytes: scale = row absmax / 448 in fp32 (1 for all-zero rows), x / scale clamped to +-448, rounded to even."""
+same bytes: scale = row absmax / 448 in fp32 (1 for all-zero rows), x / scale clamped to +-448, rounded to even.
+Per-tensor scales on a GPU without Triton: comfy-kitchen's CUDA kernel, as ComfyUI's own FP8 layers quantize."""
 import functools
 import threading
 import weakref
@@ -52,9 +53,40 @@ def _use_fused(x):
     return x.is_cuda and fused_available()[0]
 
 
+@functools.cache
+def kitchen_per_tensor():
+    """comfy-kitchen's CUDA kernel for per-tensor FP8 quantization, with which ComfyUI's own FP8 layers quantize their
+    inputs: one read of the activation, and no Triton, which Windows installs often lack. None where comfy-kitchen or
+    its CUDA backend is missing, or turned off (ComfyUI turns it off under a torch built with CUDA < 13). It divides
+    with --use_fast_math's division (within 2 ulp), so a value that close to a rounding boundary may take the
+    neighbouring fp8 value where the eager chunks and the Triton kernel agree bit for bit."""
+    try:
+        from comfy_kitchen import registry
+        return registry.get_implementation("quantize_per_tensor_fp8", backend="cuda")
+    except Exception:   # not installed, no CUDA backend (or disabled), or another version's API
+        return None
+
+
+def _kitchen_takes(x):
+    # Its kernel moves 16 values at a time (16-byte aligned, no tail) and counts them in 32 bits.
+    return (kitchen_per_tensor() is not None and x.is_contiguous() and x.data_ptr() % 16 == 0
+            and x.numel() % 16 == 0 and x.numel() < 2 ** 31)
+
+
+def kitchen_quantize(kernel, x, scale):
+    """x [M, K] quantized by comfy-kitchen's per-tensor `kernel` with our scale [1, 1] (a scalar to it)."""
+    try:
+        return kernel(x, scale.reshape(()), E4M3)
+    except Exception as e:
+        if out_of_memory(e):
+            raise
+        raise KernelFailed(f"comfy-kitchen's FP8 quantization failed ({type(e).__name__}: {first_line(e)})") from e
+
+
 def quantize(x, per_tensor=False, fused=None):
     """x [M, K] fp32/bf16/fp16 -> (q [M, K] e4m3fn, scale fp32 [M, 1], or [1, 1] with `per_tensor`).
-    fused: Triton kernel (True), eager chunks (False), or the kernel where it runs (None)."""
+    fused: Triton kernel (True), eager chunks (False), or the kernel where it runs (None; per-tensor scales on a GPU
+    without Triton: comfy-kitchen's, where it is installed with its CUDA backend)."""
     given = absmax_scale(absmax(x), E4M3).reshape(1, 1) if per_tensor else None
     if _use_fused(x) if fused is None else fused:
         from .act_quant_triton import quantize_rows
@@ -65,6 +97,8 @@ def quantize(x, per_tensor=False, fused=None):
                 raise
             why = f"{type(e).__name__}: {first_line(e)}"
             raise KernelFailed(f"the Triton activation quantization failed ({why})") from e
+    if fused is None and per_tensor and x.is_cuda and _kitchen_takes(x):
+        return kitchen_quantize(kitchen_per_tensor(), x, given), given
     return _quantize_eager(x, given)
 
 

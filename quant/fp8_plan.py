@@ -111,14 +111,20 @@ def cpu_rowwise_scales():
 
 
 def fused_quant_available(device):
-    """(True, a note for the report or None) on a CUDA device with an FP8 plan and triton, else (False, why not)."""
+    """(True, a note for the report or None) on a CUDA device with an FP8 plan and a one-pass activation quantization
+    (triton; for per-tensor scales comfy-kitchen's CUDA kernel too), else (False, why not)."""
     if device.type != "cuda":
         return False, f"{device.type} device: no FP8 tensor cores"
     plan, reason = device_plan(device, "channel")
     if plan is None:
         return False, reason
     ok, why = act_quant.fused_available()
-    return (True, reason if plan == "tensorwise" else None) if ok else (False, why)
+    if ok:
+        return True, reason if plan == "tensorwise" else None
+    if plan == "tensorwise" and act_quant.kitchen_per_tensor() is not None:
+        return True, (f"{reason}; its activations quantized by comfy-kitchen's CUDA kernel, as ComfyUI's own FP8 "
+                      f"layers do ({why.split(':')[0]})")
+    return False, why
 
 
 def compute_dtype(host_dtype, device_type, plan, fp8_products, fp16_asked=False):

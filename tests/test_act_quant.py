@@ -245,3 +245,47 @@ def test_the_gpus_own_fp8_rounding_only_where_it_rounds_once(monkeypatch, device
             is once
     finally:
         act_quant_triton.rounds_once.cache_clear()
+
+
+@pytest.mark.parametrize("dtype, same_at_least", [(torch.bfloat16, 0.95), (torch.float16, 0.99), (torch.float32, 0.999)])
+def test_comfy_kitchens_per_tensor_quantization_takes_our_scale(dtype, same_at_least):
+    """kitchen_quantize with our [1, 1] scale, through comfy-kitchen's eager backend: its CUDA kernel, which runs on a
+    GPU without Triton, needs a GPU (bench/act_quant.py compares its bytes with ours there). The eager backend
+    multiplies by a reciprocal rounded to the input's dtype, so some values take the neighbouring fp8 value: measured
+    on three seeds, 96.5-97.6% the same bytes in bf16, 99.6-99.7% in fp16, all in fp32, never more than one step nor
+    another sign. A scale taken the wrong way round leaves almost none the same."""
+    ck = pytest.importorskip("comfy_kitchen")
+    eager = ck.registry.get_implementation("quantize_per_tensor_fp8", backend="eager")
+    x = (torch.randn(256, 512, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    ours, scale = act_quant.quantize(x, per_tensor=True, fused=False)
+    theirs = act_quant.kitchen_quantize(eager, x, scale)
+    assert theirs.dtype == torch.float8_e4m3fn and theirs.shape == x.shape
+    a, b = ours.view(torch.uint8).int(), theirs.view(torch.uint8).int()
+    assert (a == b).float().mean() >= same_at_least
+    assert ((a & 0x7F) - (b & 0x7F)).abs().max() <= 1 and not ((a ^ b) & 0x80)[(a & 0x7F) != 0].any()
+    assert (act_quant.kitchen_quantize(eager, x, 1 / scale).view(torch.uint8).int() == a).float().mean() < 0.01
+
+
+def test_comfy_kitchen_quantizes_only_where_its_cuda_backend_is_on():
+    """kitchen_per_tensor: comfy-kitchen's CUDA implementation where its registry has that backend on (a GPU), None
+    where it is missing or turned off, as ComfyUI turns it off under a torch for CUDA < 13. A failing kernel is a
+    KernelFailed naming comfy-kitchen, which fp8_linear answers by upcasting."""
+    ck = pytest.importorskip("comfy_kitchen")
+    was_off = ck.list_backends().get("cuda", {}).get("disabled", False)
+    act_quant.kitchen_per_tensor.cache_clear()
+    try:
+        assert (act_quant.kitchen_per_tensor() is not None) == ck.registry.is_available("cuda")
+        ck.registry.disable("cuda")
+        act_quant.kitchen_per_tensor.cache_clear()
+        assert act_quant.kitchen_per_tensor() is None
+    finally:
+        if not was_off:
+            ck.registry.enable("cuda")
+        act_quant.kitchen_per_tensor.cache_clear()
+
+    def fails(x, scale, dtype):
+        raise RuntimeError("CUDA kernel launch failed: no kernel image is available\nmore")
+
+    with pytest.raises(act_quant.KernelFailed, match=r"^comfy-kitchen's FP8 quantization failed \(RuntimeError: "
+                                                     r"CUDA kernel launch failed: no kernel image is available\)$"):
+        act_quant.kitchen_quantize(fails, torch.ones(16, 16), torch.ones(1, 1))

@@ -305,17 +305,31 @@ def test_device_plan_asks_for_the_capability_once(monkeypatch):
     assert calls == [torch.device("cuda", 1)]
 
 
-@pytest.mark.parametrize("capability, triton, expected", [
-    ((8, 6), True, (False, "GPU compute capability 8.6 has no FP8 tensor cores (needs 8.9+)")),
-    ((9, 0), False, (False, "Triton not importable (ImportError): no fused activation quantization")),
-    ((9, 0), True, (True, None)),
-    ((12, 0), True, (True, scaled_mm_plan("cuda", (12, 0), torch.__version__, "channel")[1])),
+NO_TRITON = "Triton not importable (ImportError): no fused activation quantization"
+KITCHEN = "; its activations quantized by comfy-kitchen's CUDA kernel, as ComfyUI's own FP8 layers do (Triton not " \
+          "importable (ImportError))"
+
+
+@pytest.mark.parametrize("capability, windows, triton, kitchen, expected", [
+    ((8, 6), False, True, True, (False, "GPU compute capability 8.6 has no FP8 tensor cores (needs 8.9+)")),
+    ((9, 0), False, False, False, (False, NO_TRITON)),
+    # per-token scales: comfy-kitchen quantizes per tensor only, so no FP8 products without Triton
+    ((9, 0), False, False, True, (False, NO_TRITON)),
+    ((9, 0), False, True, True, (True, None)),
+    ((12, 0), False, True, False, (True, scaled_mm_plan("cuda", (12, 0), torch.__version__, "channel")[1])),
+    ((12, 0), False, False, False, (False, NO_TRITON)),
+    ((12, 0), False, False, True, (True, scaled_mm_plan("cuda", (12, 0), torch.__version__, "channel")[1] + KITCHEN)),
+    # an RTX 40xx on Windows without triton-windows: per-tensor scales there, quantized by comfy-kitchen
+    ((8, 9), True, False, True, (True, scaled_mm_plan("cuda", (8, 9), torch.__version__, "channel", windows=True)[1]
+                                 + KITCHEN)),
 ])
-def test_fused_quant_available(monkeypatch, capability, triton, expected):
+def test_fused_quant_available(monkeypatch, capability, windows, triton, kitchen, expected):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(fp8_plan, "_plans", {})
-    why = None if triton else "Triton not importable (ImportError): no fused activation quantization"
-    monkeypatch.setattr(fp8_plan.act_quant, "fused_available", lambda: (triton, why))
+    monkeypatch.setattr(fp8_plan, "WINDOWS", windows)
+    monkeypatch.setattr(fp8_plan.act_quant, "fused_available", lambda: (triton, None if triton else NO_TRITON))
+    monkeypatch.setattr(fp8_plan.act_quant, "kitchen_per_tensor", lambda: (lambda x, scale, dtype: None) if kitchen
+                        else None)
     assert fp8_plan.fused_quant_available(torch.device("cuda", 0)) == expected
     assert fp8_plan.fused_quant_available(torch.device("cpu")) == (False, "cpu device: no FP8 tensor cores")
 

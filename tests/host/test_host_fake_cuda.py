@@ -19,6 +19,14 @@ from skyreels_pack.quant import act_quant, fp8, fp8_plan
 # below. The Triton kernel cannot take fake tensors, so the activations are quantized eagerly.
 comfy.model_management.unet_manual_cast = lambda *args, **kwargs: torch.bfloat16
 act_quant.fused_available = lambda: (False, "no Triton on fake tensors")
+# comfy-kitchen's CUDA kernel cannot take fake tensors either; its eager backend (the same package, plain torch ops)
+# stands in for it in the case that asks for it, counting its calls
+import comfy_kitchen
+kitchen_calls = []
+kitchen_eager = comfy_kitchen.registry.get_implementation("quantize_per_tensor_fp8", backend="eager")
+def kitchen(x, scale, dtype):
+    kitchen_calls.append(tuple(x.shape))
+    return kitchen_eager(x, scale, dtype)
 patcher, report = load("df_bf16.safetensors", compute="fp8 matmul")
 model = patcher.model.diffusion_model
 sampling = per_frame.patch(patcher, 8.0, model_timesteps(4, 8.0)).get_model_object("model_sampling")
@@ -35,8 +43,11 @@ with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
     sampling.keys, sampling.values = (mode.from_tensor(t) for t in (sampling.keys, sampling.values))
     sigma = mode.from_tensor(torch.tensor([[0.999, 0.6]])).to("cuda")   # Diffusion Forcing: a sigma per frame
     # an H100, an RTX 50xx, an RTX 40xx on Windows (no row-wise kernels there)
+    # and one on Windows without Triton, where comfy-kitchen quantizes the activations
     for label, capability, windows in (("rowwise", (9, 0), False), ("tensorwise", (12, 0), False),
-                                       ("windows", (8, 9), True)):
+                                       ("windows", (8, 9), True), ("windows comfy-kitchen", (8, 9), True)):
+        act_quant.kitchen_per_tensor = (lambda: kitchen) if "comfy-kitchen" in label else (lambda: None)
+        kitchen_calls.clear()
         torch.cuda.get_device_capability = lambda device=None: capability
         fp8_plan.WINDOWS = windows
         fp8_plan._plans.clear()
@@ -53,7 +64,8 @@ with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True) as mode:
             result[f"{label} {attention}"] = dict(
                 out=[list(out.shape), str(out.dtype), str(out.device)], t=list(t.shape), attention=override.counts,
                 plan=fp8_plan._plans[("cuda", 0, "channel")][0], fallback_reasons=dict(fp8.fallback_reasons),
-                **{k: fp8.stats[k] - before[k] for k in before})
+                kitchen_calls=len(kitchen_calls), **{k: fp8.stats[k] - before[k] for k in before})
+            kitchen_calls.clear()
 result["blocks"] = len(model.blocks)
 """
 
@@ -64,7 +76,8 @@ def test_fp8_model_forward_passes_torchs_cuda_rules(host, tmp_path):
     print(r)
     assert "fps embedding: on" in r["report"], r
     blocks = r["blocks"]
-    for label, plan in (("rowwise", "rowwise"), ("tensorwise", "tensorwise"), ("windows", "tensorwise")):
+    for label, plan in (("rowwise", "rowwise"), ("tensorwise", "tensorwise"), ("windows", "tensorwise"),
+                        ("windows comfy-kitchen", "tensorwise")):
         for attention, counts in (("disabled", {"sage": 0, "exact": 2 * blocks}),
                                   ("reference", {"sage": 2 * blocks, "exact": 0})):
             v = r[f"{label} {attention}"]
@@ -74,6 +87,8 @@ def test_fp8_model_forward_passes_torchs_cuda_rules(host, tmp_path):
             # Every block Linear (10 a block) multiplied in FP8, none fell back to upcast.
             assert (v["w8a8"], v["fallback"], v["upcast"]) == (10 * blocks, 0, 0), (plan, attention, v)
             assert v["attention"] == counts, (plan, attention, v)
+            # comfy-kitchen quantized every activation there (q/k/v share one: 7 a block), none elsewhere
+            assert v["kitchen_calls"] == (7 * blocks if "comfy-kitchen" in label else 0), (label, attention, v)
 
 
 GPU_DTYPE = r"""
