@@ -3,6 +3,7 @@ attention's q, k and v Linears quantize their shared input once. The Triton kern
 same bytes: scale = row absmax / 448 in fp32 (1 for all-zero rows), x / scale clamped to +-448, rounded to even.
 Per-tensor scales on a GPU without Triton: comfy-kitchen's CUDA kernel, as ComfyUI's own FP8 layers quantize."""
 import functools
+import logging
 import threading
 import weakref
 
@@ -14,6 +15,8 @@ E4M3 = torch.float8_e4m3fn
 # Values in one eager chunk. CPU: a 4 MiB fp32 copy, the fastest of 2^18 ... 2^24 values on a 2-core machine (by
 # 10-30%; small chunks pay each op's thread start-up). GPU: few launches (10 chunks for a 32768 x 5120 activation).
 CHUNK_VALUES = {"cpu": 1 << 20, "cuda": 1 << 24}
+KITCHEN_VALUES = 1 << 30   # values per comfy-kitchen call: its kernel counts them in 32 bits
+_triton_failed = []   # why the Triton kernel failed here: per-tensor scales then go to comfy-kitchen's kernel
 
 
 def chunk_rows(m, k, budget):
@@ -50,7 +53,7 @@ def fused_available():
 
 
 def _use_fused(x):
-    return x.is_cuda and fused_available()[0]
+    return x.is_cuda and fused_available()[0] and not _triton_failed
 
 
 @functools.cache
@@ -59,7 +62,8 @@ def kitchen_per_tensor():
     inputs: one read of the activation, and no Triton, which Windows installs often lack. None where comfy-kitchen or
     its CUDA backend is missing, or turned off (ComfyUI turns it off under a torch built with CUDA < 13). It divides
     with --use_fast_math's division (within 2 ulp), so a value that close to a rounding boundary may take the
-    neighbouring fp8 value where the eager chunks and the Triton kernel agree bit for bit."""
+    neighbouring fp8 value where the eager chunks and the Triton kernel agree bit for bit; and its clamp turns NaN into
+    -448, where they keep it (as in ComfyUI's own FP8 layers)."""
     try:
         from comfy_kitchen import registry
         return registry.get_implementation("quantize_per_tensor_fp8", backend="cuda")
@@ -68,15 +72,21 @@ def kitchen_per_tensor():
 
 
 def _kitchen_takes(x):
-    # Its kernel moves 16 values at a time (16-byte aligned, no tail) and counts them in 32 bits.
-    return (kitchen_per_tensor() is not None and x.is_contiguous() and x.data_ptr() % 16 == 0
-            and x.numel() % 16 == 0 and x.numel() < 2 ** 31)
+    # Its kernel moves 16 values at a time, 16-byte aligned, with no tail: rows of 16k values keep every row block so.
+    return kitchen_per_tensor() is not None and x.is_contiguous() and x.data_ptr() % 16 == 0 and x.shape[1] % 16 == 0
 
 
 def kitchen_quantize(kernel, x, scale):
-    """x [M, K] quantized by comfy-kitchen's per-tensor `kernel` with our scale [1, 1] (a scalar to it)."""
+    """x [M, K] quantized by comfy-kitchen's per-tensor `kernel` with our scale [1, 1] (a scalar to it), in row blocks
+    of at most KITCHEN_VALUES values (one scale for all of them: the blocks give the same bytes)."""
+    rows, s = max(1, KITCHEN_VALUES // max(1, x.shape[1])), scale.reshape(())
     try:
-        return kernel(x, scale.reshape(()), E4M3)
+        if x.shape[0] <= rows:
+            return kernel(x, s, E4M3)
+        q = torch.empty(x.shape, dtype=E4M3, device=x.device)
+        for i in range(0, x.shape[0], rows):
+            q[i:i + rows] = kernel(x[i:i + rows], s, E4M3)
+        return q
     except Exception as e:
         if out_of_memory(e):
             raise
@@ -95,8 +105,13 @@ def quantize(x, per_tensor=False, fused=None):
         except Exception as e:
             if out_of_memory(e):
                 raise
-            why = f"{type(e).__name__}: {first_line(e)}"
-            raise KernelFailed(f"the Triton activation quantization failed ({why})") from e
+            why = f"the Triton activation quantization failed ({type(e).__name__}: {first_line(e)})"
+            if not (fused is None and per_tensor and _kitchen_takes(x)):
+                raise KernelFailed(why) from e
+            # e.g. triton-windows that cannot compile (README): FP8 products go on, not upcast
+            _triton_failed.append(why)
+            logging.getLogger("skyreels_fp8").warning(
+                f"FP8 products: {why}; comfy-kitchen's CUDA kernel quantizes the activations from now on")
     if fused is None and per_tensor and x.is_cuda and _kitchen_takes(x):
         return kitchen_quantize(kitchen_per_tensor(), x, given), given
     return _quantize_eager(x, given)

@@ -1,6 +1,7 @@
 import gc
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -266,22 +267,31 @@ def test_comfy_kitchens_per_tensor_quantization_takes_our_scale(dtype, same_at_l
     assert (act_quant.kitchen_quantize(eager, x, 1 / scale).view(torch.uint8).int() == a).float().mean() < 0.01
 
 
-def test_comfy_kitchen_quantizes_only_where_its_cuda_backend_is_on():
-    """kitchen_per_tensor: comfy-kitchen's CUDA implementation where its registry has that backend on (a GPU), None
-    where it is missing or turned off, as ComfyUI turns it off under a torch for CUDA < 13. A failing kernel is a
-    KernelFailed naming comfy-kitchen, which fp8_linear answers by upcasting."""
+def test_comfy_kitchen_quantizes_only_where_its_cuda_backend_is_on(monkeypatch):
+    """kitchen_per_tensor: the implementation comfy-kitchen's registry holds for its "cuda" backend, None where that
+    backend is not registered (no GPU, no CUDA extension) or is turned off, as ComfyUI turns it off under a torch for
+    CUDA < 13. A registry of comfy-kitchen's own class stands in for the process's, whose CUDA backend needs a GPU. A
+    failing kernel is a KernelFailed naming comfy-kitchen, which fp8_linear answers by upcasting."""
     ck = pytest.importorskip("comfy_kitchen")
-    was_off = ck.list_backends().get("cuda", {}).get("disabled", False)
+    from comfy_kitchen.constraints import FunctionConstraints
+    from comfy_kitchen.registry import BackendRegistry
+
+    def kernel(x, scale, dtype):
+        return None
+
+    registry = BackendRegistry()
+    monkeypatch.setattr(ck, "registry", registry)
+    found = []
+    for step in ("unregistered", "registered", "disabled"):
+        if step == "registered":
+            registry.register("cuda", SimpleNamespace(quantize_per_tensor_fp8=kernel),
+                              {"quantize_per_tensor_fp8": FunctionConstraints(params={})})
+        if step == "disabled":
+            registry.disable("cuda")
+        act_quant.kitchen_per_tensor.cache_clear()
+        found.append(act_quant.kitchen_per_tensor())
     act_quant.kitchen_per_tensor.cache_clear()
-    try:
-        assert (act_quant.kitchen_per_tensor() is not None) == ck.registry.is_available("cuda")
-        ck.registry.disable("cuda")
-        act_quant.kitchen_per_tensor.cache_clear()
-        assert act_quant.kitchen_per_tensor() is None
-    finally:
-        if not was_off:
-            ck.registry.enable("cuda")
-        act_quant.kitchen_per_tensor.cache_clear()
+    assert found == [None, kernel, None]
 
     def fails(x, scale, dtype):
         raise RuntimeError("CUDA kernel launch failed: no kernel image is available\nmore")
@@ -289,3 +299,77 @@ def test_comfy_kitchen_quantizes_only_where_its_cuda_backend_is_on():
     with pytest.raises(act_quant.KernelFailed, match=r"^comfy-kitchen's FP8 quantization failed \(RuntimeError: "
                                                      r"CUDA kernel launch failed: no kernel image is available\)$"):
         act_quant.kitchen_quantize(fails, torch.ones(16, 16), torch.ones(1, 1))
+
+
+def test_comfy_kitchen_runs_in_row_blocks_past_its_32_bit_count(monkeypatch):
+    """Activations of 2^30 values and more go to comfy-kitchen's kernel in row blocks (it counts values in 32 bits:
+    the 14B model's ffn.2 input at 720P, 121 frames, cond and uncond in one batch, is 3.1e9): one scale for all, so
+    the blocks give the bytes of one call. Here with blocks of 1024 values, through its eager backend."""
+    ck = pytest.importorskip("comfy_kitchen")
+    eager = ck.registry.get_implementation("quantize_per_tensor_fp8", backend="eager")
+    calls = []
+
+    def kernel(x, scale, dtype):
+        calls.append(x.shape[0])
+        return eager(x, scale, dtype)
+
+    x = torch.randn(100, 64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    scale = torch.full((1, 1), 0.01)
+    whole = act_quant.kitchen_quantize(kernel, x, scale)
+    monkeypatch.setattr(act_quant, "KITCHEN_VALUES", 1024)
+    blocks = act_quant.kitchen_quantize(kernel, x, scale)
+    assert calls == [100, 16, 16, 16, 16, 16, 16, 4]
+    assert torch.equal(blocks.view(torch.uint8), whole.view(torch.uint8))
+
+
+def test_per_tensor_scales_go_to_comfy_kitchen_where_triton_is_missing_or_fails(monkeypatch, caplog):
+    """On a GPU (fake CUDA tensors here) with comfy-kitchen's kernel: per-tensor scales without Triton go to it, and
+    so do they once the Triton kernel has failed (logged once; it is not tried again), where per-token scales, which
+    it cannot make, fail as before (fp8_linear then upcasts). Activations it cannot take (not contiguous, rows not of
+    16k values; an address not 16-byte aligned: test_comfy_kitchen_takes_only_aligned_activations) stay with the
+    eager chunks."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    import quant.act_quant_triton as triton_kernel
+
+    ck = pytest.importorskip("comfy_kitchen")
+    eager = ck.registry.get_implementation("quantize_per_tensor_fp8", backend="eager")
+    calls = {"kitchen": 0, "triton": 0}
+
+    def kitchen(x, scale, dtype):
+        calls["kitchen"] += 1
+        return eager(x, scale, dtype)
+
+    def triton_fails(x, given):
+        calls["triton"] += 1
+        raise RuntimeError("CalledProcessError: ptxas.exe returned 3221225794")
+
+    monkeypatch.setattr(act_quant, "kitchen_per_tensor", lambda: kitchen)
+    monkeypatch.setattr(act_quant, "_triton_failed", [])
+    monkeypatch.setattr(triton_kernel, "quantize_rows", triton_fails)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode, pytest.warns(UserWarning, match="data pointer"):
+        x = mode.from_tensor(torch.zeros(64, 32)).to("cuda", torch.bfloat16)
+        monkeypatch.setattr(act_quant, "fused_available", lambda: (False, "no Triton"))
+        assert act_quant.quantize(x, per_tensor=True)[0].dtype == torch.float8_e4m3fn
+        assert calls == {"kitchen": 1, "triton": 0}
+        for odd in (x[:, :16], mode.from_tensor(torch.zeros(64, 24)).to("cuda", torch.bfloat16)):
+            act_quant.quantize(odd, per_tensor=True)
+        assert calls == {"kitchen": 1, "triton": 0}
+        monkeypatch.setattr(act_quant, "fused_available", lambda: (True, None))
+        with pytest.raises(act_quant.KernelFailed, match=r"^the Triton activation quantization failed \(RuntimeError: "
+                                                         r"CalledProcessError: ptxas"):
+            act_quant.quantize(x)
+        with caplog.at_level("WARNING", logger="skyreels_fp8"):
+            act_quant.quantize(x, per_tensor=True)
+            act_quant.quantize(x, per_tensor=True)
+        assert calls == {"kitchen": 3, "triton": 2}
+    assert [r.getMessage() for r in caplog.records] == [
+        "FP8 products: the Triton activation quantization failed (RuntimeError: CalledProcessError: ptxas.exe returned "
+        "3221225794); comfy-kitchen's CUDA kernel quantizes the activations from now on"]
+
+
+def test_comfy_kitchen_takes_only_aligned_activations(monkeypatch):
+    """Its kernel loads 16 bytes at a time: a view 8 bytes into its storage would fault on the GPU."""
+    monkeypatch.setattr(act_quant, "kitchen_per_tensor", lambda: (lambda x, scale, dtype: None))
+    flat = torch.zeros(64 * 32 + 8, dtype=torch.bfloat16)
+    assert act_quant._kitchen_takes(flat[8:].view(64, 32))     # 16 bytes in
+    assert not act_quant._kitchen_takes(flat[4:4 + 64 * 32].view(64, 32))
