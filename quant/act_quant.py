@@ -71,6 +71,18 @@ def kitchen_per_tensor():
         return None
 
 
+def kitchen_missing():
+    """Why kitchen_per_tensor() is None, for the loader's report: what would give FP8 products without Triton."""
+    try:
+        import comfy_kitchen
+        cuda = comfy_kitchen.list_backends().get("cuda", {})
+    except Exception as e:
+        return f"comfy-kitchen not importable ({type(e).__name__})"
+    if cuda.get("disabled"):
+        return "comfy-kitchen's CUDA kernels are off: ComfyUI turns them off under a PyTorch built for CUDA < 13"
+    return f"no comfy-kitchen CUDA kernels ({cuda.get('unavailable_reason') or 'not registered'})"
+
+
 def _kitchen_takes(x):
     # Its kernel moves 16 values at a time, 16-byte aligned, with no tail: rows of 16k values keep every row block so.
     return kitchen_per_tensor() is not None and x.is_contiguous() and x.data_ptr() % 16 == 0 and x.shape[1] % 16 == 0

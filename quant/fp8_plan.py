@@ -121,10 +121,12 @@ def fused_quant_available(device):
     ok, why = act_quant.fused_available()
     if ok:
         return True, reason if plan == "tensorwise" else None
-    if plan == "tensorwise" and act_quant.kitchen_per_tensor() is not None:
-        return True, (f"{reason}; its activations quantized by comfy-kitchen's CUDA kernel, as ComfyUI's own FP8 "
-                      f"layers do ({why.split(':')[0]})")
-    return False, why
+    if plan != "tensorwise":
+        return False, why
+    if act_quant.kitchen_per_tensor() is None:
+        return False, f"{why}; {act_quant.kitchen_missing()}"
+    return True, (f"{reason}; its activations quantized by comfy-kitchen's CUDA kernel, as ComfyUI's own FP8 layers "
+                  f"do ({why.split(':')[0]})")
 
 
 def compute_dtype(host_dtype, device_type, plan, fp8_products, fp16_asked=False):

@@ -292,6 +292,14 @@ def test_comfy_kitchen_quantizes_only_where_its_cuda_backend_is_on(monkeypatch):
         found.append(act_quant.kitchen_per_tensor())
     act_quant.kitchen_per_tensor.cache_clear()
     assert found == [None, kernel, None]
+    # why not, for the loader's report (the registry's own status of its backends)
+    registry.enable("cuda")
+    registry._backends.clear()
+    registry.mark_unavailable("cuda", "CUDA not available on this system")
+    assert act_quant.kitchen_missing() == "no comfy-kitchen CUDA kernels (CUDA not available on this system)"
+    registry.disable("cuda")
+    assert act_quant.kitchen_missing() == ("comfy-kitchen's CUDA kernels are off: ComfyUI turns them off under a "
+                                           "PyTorch built for CUDA < 13")
 
     def fails(x, scale, dtype):
         raise RuntimeError("CUDA kernel launch failed: no kernel image is available\nmore")

@@ -317,7 +317,9 @@ KITCHEN = "; its activations quantized by comfy-kitchen's CUDA kernel, as ComfyU
     ((9, 0), False, False, True, (False, NO_TRITON)),
     ((9, 0), False, True, True, (True, None)),
     ((12, 0), False, True, False, (True, scaled_mm_plan("cuda", (12, 0), torch.__version__, "channel")[1])),
-    ((12, 0), False, False, False, (False, NO_TRITON)),
+    # per-tensor scales: what would make FP8 products here
+    ((12, 0), False, False, False, (False, NO_TRITON + "; comfy-kitchen's CUDA kernels are off: ComfyUI turns them off "
+                                    "under a PyTorch built for CUDA < 13")),
     ((12, 0), False, False, True, (True, scaled_mm_plan("cuda", (12, 0), torch.__version__, "channel")[1] + KITCHEN)),
     # an RTX 40xx on Windows without triton-windows: per-tensor scales there, quantized by comfy-kitchen
     ((8, 9), True, False, True, (True, scaled_mm_plan("cuda", (8, 9), torch.__version__, "channel", windows=True)[1]
@@ -330,6 +332,8 @@ def test_fused_quant_available(monkeypatch, capability, windows, triton, kitchen
     monkeypatch.setattr(fp8_plan.act_quant, "fused_available", lambda: (triton, None if triton else NO_TRITON))
     monkeypatch.setattr(fp8_plan.act_quant, "kitchen_per_tensor", lambda: (lambda x, scale, dtype: None) if kitchen
                         else None)
+    ck = pytest.importorskip("comfy_kitchen")
+    monkeypatch.setattr(ck, "list_backends", lambda: {"cuda": {"available": True, "disabled": True}})
     assert fp8_plan.fused_quant_available(torch.device("cuda", 0)) == expected
     assert fp8_plan.fused_quant_available(torch.device("cpu")) == (False, "cpu device: no FP8 tensor cores")
 
