@@ -310,7 +310,7 @@ def test_comfy_kitchen_quantizes_only_where_its_cuda_backend_is_on(monkeypatch):
 
 
 def test_comfy_kitchen_runs_in_row_blocks_past_its_32_bit_count(monkeypatch):
-    """Activations of 2^30 values and more go to comfy-kitchen's kernel in row blocks (it counts values in 32 bits:
+    """Activations of 2^31 values and more go to comfy-kitchen's kernel in row blocks (it counts values in 32 bits:
     the 14B model's ffn.2 input at 720P, 121 frames, cond and uncond in one batch, is 3.1e9): one scale for all, so
     the blocks give the bytes of one call. Here with blocks of 1024 values, through its eager backend."""
     ck = pytest.importorskip("comfy_kitchen")
