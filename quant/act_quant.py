@@ -107,11 +107,16 @@ def kitchen_quantize(kernel, x, scale):
         raise KernelFailed(f"comfy-kitchen's FP8 quantization failed ({type(e).__name__}: {first_line(e)})") from e
 
 
+def tensor_scale(x):
+    """The one activation scale of a per-tensor plan, [1, 1] fp32: absmax / 448 (1 for all zeros)."""
+    return absmax_scale(absmax(x), E4M3).reshape(1, 1)
+
+
 def quantize(x, per_tensor=False, fused=None):
     """x [M, K] fp32/bf16/fp16 -> (q [M, K] e4m3fn, scale fp32 [M, 1], or [1, 1] with `per_tensor`).
     fused: Triton kernel (True), eager chunks (False), or the kernel where it runs (None; per-tensor scales on a GPU
     without Triton: comfy-kitchen's, where it is installed with its CUDA backend)."""
-    given = absmax_scale(absmax(x), E4M3).reshape(1, 1) if per_tensor else None
+    given = tensor_scale(x) if per_tensor else None
     if _use_fused(x) if fused is None else fused:
         from .act_quant_triton import quantize_rows
         try:
