@@ -19,7 +19,8 @@ from quant import CheckpointError, Options, VerifyError, convert  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", nargs="?", help="source model: .safetensors file, shard folder or .pth/.pt")
     p.add_argument("dst", nargs="?", help="output .safetensors file (must not exist unless --overwrite)")
     p.add_argument("--model_path", "--model-path", dest="model_path", help="same as SRC (SkyReels-V2 spelling)")
@@ -29,8 +30,10 @@ def parse_args(argv):
                         "accurate; Load FP8 SkyReels Model only)")
     p.add_argument("--fp8", choices=["e4m3fn", "e5m2"], default="e4m3fn",
                    help="FP8 format (default e4m3fn: more precision; e5m2: more range)")
-    p.add_argument("--keep-first-blocks", type=int, default=0, metavar="N", help="keep the first N blocks in bf16")
-    p.add_argument("--keep-last-blocks", type=int, default=0, metavar="N", help="keep the last N blocks in bf16")
+    p.add_argument("--keep-first-blocks", type=int, default=0, metavar="N",
+                   help="keep the first N blocks in bf16 (fp16 for an fp16 source)")
+    p.add_argument("--keep-last-blocks", type=int, default=0, metavar="N",
+                   help="keep the last N blocks in bf16 (fp16 for an fp16 source)")
     p.add_argument("--verify", action="store_true", help="re-read the output and report per-layer errors")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists (never the source)")
     args = p.parse_args(argv)
