@@ -32,6 +32,7 @@ DF_WIDGETS = [
 DF_DEFAULTS = {widget.id: widget.default for widget in DF_WIDGETS}
 NODE_ID = "SkyReelsSampleVideo"
 WINDOW_PROMPTS = [f"window_{i}" for i in range(2, 18)]
+LATENT_CHANNELS = 16     # the Wan 2.1 VAE's
 
 
 class SampleVideo(io.ComfyNode):
@@ -134,7 +135,7 @@ class SampleVideo(io.ComfyNode):
         named = {"positive": positive, "negative": negative, **(window_prompts or {})}
         check_conditioning(model, named, mode["mode"] == "diffusion forcing")
         check_conditioned_frames(named, widgets, mode["mode"] == "diffusion forcing", end_image)
-        check_vae(model, vae)
+        check_vae(vae)
         for name, images in (("start_image", start_image), ("end_image", end_image), ("prefix_video", prefix_video)):
             if images is not None and images.shape[0] == 0:
                 fail(f"{name}: holds no image (an empty batch): connect one, or nothing")
@@ -323,12 +324,11 @@ def check_conditioned_frames(named, widgets, forcing, end_image):
                      "use core WanFirstLastFrameToVideo's end_image (mode 'standard'), or a DF model")
 
 
-def check_vae(model, vae):
+def check_vae(vae):
     """The Wan 2.1 VAE's latents (16 channels, video): Wan 2.2's (48) or an image VAE's failed inside it."""
-    channels = model.model.latent_format.latent_channels
-    if vae is not None and (getattr(vae, "latent_channels", None), getattr(vae, "latent_dim", None)) != (channels, 3):
-        fail(f"vae: makes {getattr(vae, 'latent_channels', '?')}-channel {getattr(vae, 'latent_dim', '?')}-D "
-             f"latents; SkyReels-V2 takes the Wan 2.1 VAE's ({channels}-channel video latents): load "
+    made = getattr(vae, "latent_channels", "?"), getattr(vae, "latent_dim", "?")
+    if vae is not None and made != (LATENT_CHANNELS, 3):
+        fail(f"vae: makes {made[0]}-channel {made[1]}-D latents; SkyReels-V2 takes the Wan 2.1 VAE's ({LATENT_CHANNELS}-channel video latents): load "
              "wan_2.1_vae.safetensors, not Wan 2.2's VAE or an image model's")
 
 
@@ -337,3 +337,7 @@ def check_model(model):
     if name != "WanModel":
         fail(f"model: needs a SkyReels-V2 / Wan 2.1 model (Load FP8 SkyReels Model or Load Diffusion Model), got "
              f"{name}")
+    channels = model.model.latent_format.latent_channels    # Wan 2.2 TI2V-5B is a WanModel of 48-channel latents
+    if channels != LATENT_CHANNELS:
+        fail(f"model: takes {channels}-channel latents (e.g. Wan 2.2 TI2V-5B), SkyReels-V2 and Wan 2.1 models "
+             f"{LATENT_CHANNELS}: load one of those, or sample this model with KSampler")

@@ -112,8 +112,15 @@ refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, o
 import comfy.taesd.taehv, comfy.taesd.taesd
 for name, net in (("wan22", comfy.taesd.taehv.TAEHV(latent_channels=48)), ("sd", comfy.taesd.taesd.TAESD())):
     refused[name] = error_with(pos, vae=comfy.sd.VAE(sd=net.state_dict()), start_image=image)
+# Wan 2.2 TI2V-5B, as core Load Diffusion Model gives it: a WanModel of 48-channel latents (it failed in a step).
+from skyreels_pack.quant import tiny
+five_b = tiny.state_dict(tiny.info("T2V"), seed=1)
+five_b["patch_embedding.weight"] = torch.zeros(256, 48, 1, 2, 2)
+five_b["head.head.weight"], five_b["head.head.bias"] = torch.zeros(192, 256), torch.zeros(192)
+five_b = comfy.sd.load_diffusion_model_state_dict({{"model.diffusion_model." + k: v for k, v in five_b.items()}})
+refused["wan22_model"] = error_with(pos, on=five_b, mode="standard")
 from skyreels_pack.nodes.sample import check_vae      # the Wan 2.1 VAE's tiny decoder (TAEW 2.1) passes
-refused["taew2_1"] = check_vae(model, comfy.sd.VAE(sd=comfy.taesd.taehv.TAEHV(latent_channels=16).state_dict()))
+refused["taew2_1"] = check_vae(comfy.sd.VAE(sd=comfy.taesd.taehv.TAEHV(latent_channels=16).state_dict()))
 # fp8 matmul under ModelComputeDtype: ComfyUI dequantizes every weight before our product, and the report says so.
 fp8 = load("t2v_fp8_channel.safetensors", "auto", "fp8 matmul")[0]
 other = "fp16" if fp8.model.get_dtype_inference() != torch.float16 else "bf16"
@@ -228,6 +235,9 @@ def test_sample_video_in_process(host, tmp_path):
                                        "2.1 VAE's (16-channel video latents)"), refused
     assert refused["sd"].startswith("Sample Video: vae: makes 4-channel 2-D latents"), refused
     assert refused["taew2_1"] is None, refused
+    assert refused["wan22_model"] == ("Sample Video: model: takes 48-channel latents (e.g. Wan 2.2 TI2V-5B), "
+                                      "SkyReels-V2 and Wan 2.1 models 16: load one of those, or sample this model "
+                                      "with KSampler"), refused
     assert r["guidance_notes"] == [[], [
         "ar_step 1: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, SkipLayerGuidanceDiT, "
         "TSR - Temporal Score Rescaling) see one per model call, the noisiest frame's; frames further along are "
