@@ -4,6 +4,7 @@ folder is renamed into place only when complete and fsynced; any error or Ctrl-C
 import contextlib
 import errno
 import json
+import logging
 import math
 import os
 import re
@@ -62,9 +63,10 @@ class SafetensorsWriter:
         self._data_start = 8 + len(blob)
         self._total = offset
         self._written = set()
-        self.tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{os.getpid()}.tmp")
+        self.tmp = _temp_name(dst, os.getpid())
         self._f = None
         with self._refusals():
+            _remove_stale(dst)
             self._f = open(self.tmp, "wb")
             self._f.write(len(blob).to_bytes(8, "little") + blob)
 
@@ -77,9 +79,7 @@ class SafetensorsWriter:
         except OSError as e:
             self.abort()
             if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
-                size = self._size()
-                size = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
-                why = f"the disk is full, or the file too large for it (it needs {size})"
+                why = f"the disk is full, or the file too large for it (it needs {_size_text(self._size())})"
             else:
                 why = "check that you may write to its folder"
             raise CheckpointError(f"{self.dst}: cannot be written ({e.strerror or e}): {why}. Nothing was "
@@ -152,6 +152,44 @@ class SafetensorsWriter:
                 self.commit()
         finally:
             self.abort()
+
+
+def _temp_name(dst, pid):
+    return os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{pid}.tmp")
+
+
+def _remove_stale(dst):
+    """Temp files of `dst` whose writer was killed mid-write (a closed console window, the OOM killer): no finally
+    ran, and each is hidden and up to a model's size. A live writer's stays: on POSIX its process answers; on Windows
+    a file another process has open cannot be removed."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    pattern = re.compile(re.escape(f".{os.path.basename(dst)}.") + r"(\d+)\.tmp")
+    for name in os.listdir(folder):
+        match = pattern.fullmatch(name)
+        if not match or int(match[1]) == os.getpid() or (os.name != "nt" and _alive(int(match[1]))):
+            continue
+        with contextlib.suppress(OSError):
+            size = os.path.getsize(os.path.join(folder, name))
+            os.remove(os.path.join(folder, name))
+            logging.getLogger("skyreels_fp8").warning(
+                "%s: removed %s (%s), the temp file of a write that was killed before it finished", dst, name,
+                _size_text(size))
+
+
+def _size_text(size):
+    if size >= 2**30:
+        return f"{size / 2**30:.1f} GiB"
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} bytes"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)     # POSIX only: on Windows os.kill would end the process
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
 
 
 def _fsync_dir(folder):

@@ -143,6 +143,43 @@ def test_interrupt_leaves_nothing(tmp_path):
     assert leftovers(tmp_path, ["src.safetensors"]) == []
 
 
+WRITER = """
+import os, signal, sys, time, torch
+from quant.writer import SafetensorsWriter
+w = SafetensorsWriter(sys.argv[1], {"a": (torch.float32, (4,))})
+w.write("a", torch.zeros(4))
+print(os.getpid(), flush=True)
+if sys.argv[2] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)    # as a closed console or the OOM killer ends it: no finally runs
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals; on Windows a live writer's open file cannot be removed")
+def test_a_killed_writers_temp_file_goes_at_the_next_write(tmp_path, caplog):
+    src, dst = tmp_path / "src.safetensors", tmp_path / "o.safetensors"
+    write_tiny(src, "T2V")
+    live = subprocess.Popen([sys.executable, "-c", WRITER, str(dst), "live"], cwd=REPO, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        running = f".o.safetensors.{live.stdout.readline().strip()}.tmp"
+        killed = subprocess.run([sys.executable, "-c", WRITER, str(dst), "kill"], cwd=REPO, capture_output=True,
+                                text=True)
+        stale = f".o.safetensors.{killed.stdout.strip()}.tmp"
+        assert killed.returncode == -9 and sorted(os.listdir(tmp_path)) == sorted([running, stale, "src.safetensors"])
+        size = (tmp_path / stale).stat().st_size
+        (tmp_path / ".other.safetensors.1.tmp").write_bytes(b"x")      # another output's: not ours to judge
+        with caplog.at_level("WARNING", logger="skyreels_fp8"):
+            convert(str(src), str(dst))
+        assert sorted(os.listdir(tmp_path)) == sorted([".other.safetensors.1.tmp", running, "o.safetensors",
+                                                       "src.safetensors"])
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{dst}: removed {stale} ({size} bytes), the temp file of a write that was killed before it finished"]
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_a_destination_in_use_is_a_message_and_nothing_changes(tmp_path, monkeypatch):
     # Windows refuses to replace a file another program (or a model ComfyUI mapped) holds open: PermissionError.
     src, dst = tmp_path / "src.safetensors", tmp_path / "o.safetensors"
