@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import __version__
-from .checkpoint import Checkpoint, CheckpointError, open_safetensors
+from .checkpoint import Checkpoint, CheckpointError, is_release, open_safetensors
 from .comfy_format import comfy_quant, format_name, is_quant_extra
 from .fp8 import FP8_DTYPES, NonFiniteWeight, quantize_weight_chunked, relative_error
 from .policy import check_kept, layer_name, should_quantize
@@ -101,6 +101,11 @@ def _check_paths(src, dst):
         raise CheckpointError(f"{dst}: the output would {what} the source folder {src}; choose a name outside it")
     if not os.path.isdir(os.path.dirname(real_dst)):
         raise CheckpointError(f"{dst}: the output folder does not exist")
+    files = os.listdir(os.path.dirname(real_dst))
+    if is_release(files) and not is_release(files + [os.path.basename(real_dst)]):
+        raise CheckpointError(f"{dst}: the output would be a second model in {os.path.dirname(dst)}, a downloaded "
+                              "model's folder (config.json beside its one .safetensors) that loads as a folder, as the "
+                              "shipped workflows name it; with two it loads as neither. Choose a name outside it")
     if os.path.isdir(dst):
         raise CheckpointError(f"{dst}: is a folder; give the output file's name (ending in .safetensors)")
 

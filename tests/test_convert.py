@@ -371,6 +371,26 @@ def test_dst_inside_source_folder_is_refused(tmp_path):
                                                             "outside it"), proc.stderr
 
 
+def test_dst_in_a_one_file_release_folder_is_refused(tmp_path):
+    # SkyReels-V2-DF-1.3B-540P/ as downloaded loads as that folder (the shipped DF workflows name it); a conversion
+    # saved beside its model.safetensors made it two models, so it left the loader's list and failed to load.
+    release = tmp_path / "SkyReels-V2-DF-1.3B-540P"
+    release.mkdir()
+    write_tiny(release / "model.safetensors", "DF")
+    (release / "config.json").write_text("{}")
+    dst = release / "model_fp8.safetensors"
+    proc = run_cli(release / "model.safetensors", dst)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"convert_to_fp8: {dst}: the output would be a second model in {release}, a downloaded model's folder "
+        "(config.json beside its one .safetensors) that loads as a folder, as the shipped workflows name it; with two "
+        "it loads as neither. Choose a name outside it"), proc.stderr
+    assert sorted(os.listdir(release)) == ["config.json", "model.safetensors"]
+    # a shard folder keeps loading by its index with another file beside its shards
+    shards = tmp_path / "shards"
+    tiny.write_release(shards, tiny.state_dict(tiny.info("T2V")))
+    assert run_cli(release / "model.safetensors", shards / "fp8.safetensors").returncode == 0
+
+
 def test_cli_seed_spelling_and_report(tmp_path):
     write_tiny(tmp_path / "src.safetensors", "DF")
     # Piped on a Western Windows, stdout is cp1252, which has no Chinese: the name is escaped, not a crash.
