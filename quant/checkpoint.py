@@ -288,10 +288,20 @@ class Checkpoint:
         for f, k in raw:
             name = original_name(k, diffusers)
             if name in self._index:
-                raise CheckpointError(f"{path}: tensor {name} appears twice ({k})" + (
-                    "; the shards overlap" if len(self.files) > 1 else ""))
+                self._refuse_twice(name, k, self._index[name][0], f)
             self._index[name] = (f, k)
         self.nbytes = sum(os.path.getsize(p) for p in self.paths)
+
+    def _refuse_twice(self, name, key, first, second):
+        if first is second:
+            raise CheckpointError(f"{self.path}: tensor {name} appears twice ({key})")
+        if _indexes(self.path):
+            raise CheckpointError(f"{self.path}: tensor {name} appears twice ({key}); the shards overlap")
+        # no index: every .safetensors of the folder was read, e.g. a model with a conversion saved beside it
+        files = [os.path.basename(self.paths[self.files.index(f)]) for f in (first, second)]
+        raise CheckpointError(f"{self.path}: holds {len(self.files)} .safetensors files and no shard index, and "
+                              f"tensor {name} is in {files[0]} and in {files[1]}: several models, not one model's "
+                              "shards; give one file, or move the others out")
 
     @property
     def names(self):

@@ -86,6 +86,25 @@ def test_shard_folder_without_index(tmp_path):
     assert_same(Checkpoint(str(tmp_path)), sd)
 
 
+def test_overlapping_files_say_whether_they_were_shards(tmp_path):
+    # Without an index every .safetensors is read: a model with a conversion saved beside it is two models, which
+    # "the shards overlap" described as a damaged download.
+    sd = tiny.state_dict(tiny.info("T2V"))
+    safetensors.torch.save_file(sd, str(tmp_path / "model.safetensors"))
+    safetensors.torch.save_file(sd, str(tmp_path / "model_fp8.safetensors"))
+    with pytest.raises(CheckpointError) as e:
+        Checkpoint(str(tmp_path))
+    assert str(e.value) == (f"{tmp_path}: holds 2 .safetensors files and no shard index, and tensor "
+                            f"{sorted(sd)[0]} is in model.safetensors and in model_fp8.safetensors: several models, "
+                            "not one model's shards; give one file, or move the others out")
+    # with an index that lists both, they are a release's shards that overlap
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        sorted(sd)[0]: "model.safetensors", sorted(sd)[1]: "model_fp8.safetensors"}}))
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path}: tensor {sorted(sd)[0]} appears twice "
+                                                        f"({sorted(sd)[0]}); the shards overlap")):
+        Checkpoint(str(tmp_path))
+
+
 def test_a_folder_with_two_shard_indexes_is_refused(tmp_path):
     # An empty index that sorted first used to be read instead of the model's ("no .safetensors shards").
     tiny.write_release(str(tmp_path), tiny.state_dict(tiny.info("T2V")), shards=2)
