@@ -120,6 +120,13 @@ def check_safetensors(path):
 
 
 def _safetensors_problem(path, text):
+    with open(path, "rb") as f:
+        start = f.read(4)
+    # torch.save's zip archive, or its legacy pickle (protocol 2, then its magic number); as a safetensors header
+    # length either would be 67 or 176 MB, where a 14B model's header is 0.1 MB
+    if start in (b"PK\x03\x04", b"\x80\x02\x8a\x0a"):
+        return (f"{path}: a PyTorch file (torch.save's format) named .safetensors; rename it to .pth (read with "
+                "weights_only=True), or download the .safetensors release")
     if "unable to mmap" in text:
         return (f"{path}: this safetensors maps the whole file into memory, more than this machine allows ("
                 f"{text.split(':')[-1].strip()}); update it (pip install -U safetensors: 0.8 reads without the map)")
@@ -172,7 +179,8 @@ class _PickleFile:
             if inner is None:
                 break
             sd = inner
-        if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                         for k, v in sd.items()):
             found = f"a dict of {', '.join(map(str, list(sd)[:6]))}" if isinstance(sd, dict) else type(sd).__name__
             raise CheckpointError(f"{path}: not a state dict of tensors (it holds {found}); save the model's "
                                   "state_dict alone, or use a .safetensors release")
@@ -196,6 +204,9 @@ def _open_file(path):
         open(path, "rb").close()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); check that you may read the file") from None
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes): a download or copy that did not finish; "
+                              "download it again")
     if path.lower().endswith((".safetensors", ".sft")):
         return _SafetensorsFile(path)
     if path.lower().endswith(PICKLE_SUFFIXES):

@@ -176,6 +176,30 @@ def test_a_pth_that_is_no_pickle_is_called_damaged_not_refused(tmp_path, content
         Checkpoint(str(tmp_path / "page.pth"))
 
 
+@pytest.mark.parametrize("name", ["m.pth", "m.safetensors"])
+def test_an_empty_file_is_called_empty(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")     # a download that stopped at once (it said "()" for a .pth)
+    with pytest.raises(CheckpointError) as e:
+        Checkpoint(str(tmp_path / name))
+    assert str(e.value) == (f"{tmp_path / name}: the file is empty (0 bytes): a download or copy that did not "
+                            "finish; download it again")
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_pytorch_file_named_safetensors_is_named(tmp_path, zip_format):
+    torch.save(tiny.state_dict(tiny.info("T2V")), tmp_path / "m.safetensors", _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(CheckpointError) as e:      # it was "header too large; check that the download finished"
+        Checkpoint(str(tmp_path / "m.safetensors"))
+    assert str(e.value) == (f"{tmp_path / 'm.safetensors'}: a PyTorch file (torch.save's format) named .safetensors; "
+                            "rename it to .pth (read with weights_only=True), or download the .safetensors release")
+
+
+def test_a_pth_keyed_by_other_than_names_is_not_a_state_dict(tmp_path):
+    torch.save({0: torch.zeros(2)}, tmp_path / "m.pth")    # it ended in a TypeError from the key renaming
+    with pytest.raises(CheckpointError, match=re.escape("m.pth: not a state dict of tensors (it holds a dict of 0)")):
+        Checkpoint(str(tmp_path / "m.pth"))
+
+
 def test_real_model_sizes_from_shapes():
     for size, dims in tiny.REAL.items():
         for variant in ("T2V", "I2V", "DF"):
