@@ -203,7 +203,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
     shift = model_shift(model, shift)
     if latent is not None:
         shape = list(latent["samples"].shape)
-        if len(shape) != 5:
+        if len(shape) != 5 or 0 in shape:
             fail(f"latent: expected a video latent [B, C, frames, H, W], got {shape}")
         channels = model.model.latent_format.latent_channels
         if shape[1] != channels:

@@ -98,7 +98,8 @@ phantom = [[pos[0][0], {{"time_dim_concat": torch.zeros(1, 16, 1, 4, 4)}}]]
 masked = {{"samples": torch.zeros(1, 16, 3, 4, 4), "noise_mask": torch.ones(1, 1, 3, 4, 4)}}
 refused = dict(vace=error_with(vace), phantom_forcing=error_with(phantom, ar_step=1),
                phantom_standard=error_with(phantom, mode="standard"), noise_mask=error_with(pos, masked),
-               encoded=error_with(pos, {{"samples": torch.randn(1, 16, 3, 4, 4, generator=g)}}))
+               encoded=error_with(pos, {{"samples": torch.randn(1, 16, 3, 4, 4, generator=g)}}),
+               no_frames=error_with(pos, {{"samples": torch.zeros(1, 16, 0, 4, 4)}}))
 # A start image: only an I2V model reads it from the conditioning, and an I2V model needs it.
 i2v = load("i2v_bf16.safetensors")[0]
 image_cond = [[pos[0][0], {{"concat_latent_image": torch.zeros(1, 16, 3, 4, 4),
@@ -215,6 +216,9 @@ def test_sample_video_in_process(host, tmp_path):
     assert refused["phantom_forcing"].startswith("Sample Video: positive: holds reference frames appended in time")
     assert refused["phantom_standard"] is None, refused    # standard mode runs them as core's samplers do
     assert refused["noise_mask"].startswith("Sample Video: latent: has a noise mask"), refused
+    # a latent sliced to nothing: it was "-3 frames leave no frame to make after ... that start_image gives"
+    assert refused["no_frames"] == ("Sample Video: latent: expected a video latent [B, C, frames, H, W], got "
+                                    "[1, 16, 0, 4, 4]"), refused
     # a VAE Encode or a sampler's latent: it used to run from noise as if it were empty (the same result to 0.0)
     assert refused["encoded"] == ("Sample Video: latent: holds a video (e.g. from VAE Encode or a sampler), which "
                                   "Sample Video would ignore: it samples from noise and takes only the latent's size; "
