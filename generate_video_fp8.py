@@ -320,10 +320,12 @@ def check_flags(args):
         raise BadInput("--prompt_enhancer: SkyReels-V2's prompt enhancer (Qwen2.5-32B-Instruct) does not run in "
                        "ComfyUI; run its skyreels_v2_infer/pipelines/prompt_enhancer.py and pass what it prints as "
                        "--prompt")
+    if args.model_path is not None and not args.model_path.strip():    # e.g. an unset shell variable
+        raise BadInput("--model_id: empty; give a model file, folder or Hugging Face id (none: the demo)")
     for flag in ("image", *DF_INPUTS):
         path = getattr(args, flag)
         if path and not os.path.isfile(path):
-            raise BadInput(f"--{flag}: {path} not found")
+            raise BadInput(f"--{flag}: {path} " + ("is a folder; give a file" if os.path.isdir(path) else "not found"))
     if args.image and args.video_path:
         raise BadInput("--image, --video_path: give one (a first frame, or a video to continue)")
     if args.end_image and args.causal_block_size not in (None, 1):

@@ -405,6 +405,8 @@ def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, 
                                             "overlap_history (17), and this script takes up to 4113: trim it"),
             (["--video_path", "broken.mp4"], "--video_path: broken.mp4 is not a video ComfyUI can read"),
             (["--end_image", "none.png"], "--end_image: none.png not found"),
+            (["--image", "."], "--image: . is a folder; give a file"),
+            (["--model_id", ""], "--model_id: empty; give a model file, folder or Hugging Face id (none: the demo)"),
             (["--image", "a.png", "--num_frames", "1"], "--num_frames: 1 frame is --image's own; give 5 or more")):
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
