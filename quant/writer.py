@@ -159,20 +159,19 @@ def _temp_name(dst, pid):
 
 
 def _remove_stale(dst):
-    """Temp files of `dst` whose writer was killed mid-write (a closed console window, the OOM killer): no finally
-    ran, and each is hidden and up to a model's size. A live writer's stays: on POSIX its process answers; on Windows
-    a file another process has open cannot be removed."""
+    """Temp files in `dst`'s folder whose writer was killed mid-write (a closed console window, the OOM killer): no
+    finally ran, and each is hidden and up to a model's size. A live writer's stays: on POSIX its process answers;
+    on Windows a file another process has open cannot be removed."""
     folder = os.path.dirname(os.path.abspath(dst))
-    pattern = re.compile(re.escape(f".{os.path.basename(dst)}.") + r"(\d+)\.tmp")
     for name in os.listdir(folder):
-        match = pattern.fullmatch(name)
+        match = re.fullmatch(r"\..+\.safetensors\.(\d+)\.tmp", name, re.IGNORECASE)
         if not match or int(match[1]) == os.getpid() or (os.name != "nt" and _alive(int(match[1]))):
             continue
         with contextlib.suppress(OSError):
             size = os.path.getsize(os.path.join(folder, name))
             os.remove(os.path.join(folder, name))
             logging.getLogger("skyreels_fp8").warning(
-                "%s: removed %s (%s), the temp file of a write that was killed before it finished", dst, name,
+                "%s: removed %s (%s), the temp file of a write that was killed before it finished", folder, name,
                 _size_text(size))
 
 

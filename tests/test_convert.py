@@ -156,25 +156,27 @@ time.sleep(120)
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX signals; on Windows a live writer's open file cannot be removed")
-def test_a_killed_writers_temp_file_goes_at_the_next_write(tmp_path, caplog):
+def test_a_killed_writers_temp_file_goes_at_the_next_write_in_its_folder(tmp_path, caplog):
     src, dst = tmp_path / "src.safetensors", tmp_path / "o.safetensors"
     write_tiny(src, "T2V")
     live = subprocess.Popen([sys.executable, "-c", WRITER, str(dst), "live"], cwd=REPO, stdout=subprocess.PIPE,
                             text=True)
     try:
         running = f".o.safetensors.{live.stdout.readline().strip()}.tmp"
-        killed = subprocess.run([sys.executable, "-c", WRITER, str(dst), "kill"], cwd=REPO, capture_output=True,
-                                text=True)
-        stale = f".o.safetensors.{killed.stdout.strip()}.tmp"
+        # killed writing another name (a user who then chose a new one): its file goes too
+        killed = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path / "first try.safetensors"), "kill"],
+                                cwd=REPO, capture_output=True, text=True)
+        stale = f".first try.safetensors.{killed.stdout.strip()}.tmp"
         assert killed.returncode == -9 and sorted(os.listdir(tmp_path)) == sorted([running, stale, "src.safetensors"])
         size = (tmp_path / stale).stat().st_size
-        (tmp_path / ".other.safetensors.1.tmp").write_bytes(b"x")      # another output's: not ours to judge
+        (tmp_path / ".other.safetensors.1.tmp").write_bytes(b"x")     # a live process's (pid 1), of another output
+        (tmp_path / ".old.safetensors.tmp").write_bytes(b"x")         # no writer's name: not ours to judge
         with caplog.at_level("WARNING", logger="skyreels_fp8"):
             convert(str(src), str(dst))
-        assert sorted(os.listdir(tmp_path)) == sorted([".other.safetensors.1.tmp", running, "o.safetensors",
-                                                       "src.safetensors"])
+        assert sorted(os.listdir(tmp_path)) == sorted([".other.safetensors.1.tmp", ".old.safetensors.tmp", running,
+                                                       "o.safetensors", "src.safetensors"])
         assert [r.getMessage() for r in caplog.records] == [
-            f"{dst}: removed {stale} ({size} bytes), the temp file of a write that was killed before it finished"]
+            f"{tmp_path}: removed {stale} ({size} bytes), the temp file of a write that was killed before it finished"]
     finally:
         live.kill()
         live.wait()
