@@ -1,6 +1,7 @@
 """Write a .safetensors file one tensor at a time, atomically: the header is laid out from the entries first, so
 each tensor goes to its offset as soon as it exists (memory stays at one tensor). A temp file in the destination
-folder is renamed into place only when complete and fsynced; any error or Ctrl-C removes it."""
+folder is renamed into place only when complete and fsynced; any error or Ctrl-C removes it, and one left by a killed
+process goes at the next write into that folder."""
 import contextlib
 import errno
 import json
