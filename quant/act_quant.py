@@ -169,6 +169,13 @@ def exit_shared_scope():
     forget()
 
 
+def close_scopes():
+    """At each model call: ComfyUI's Cancel raises a BaseException, which torch's always_call forward hooks do not
+    see, so a scope it cut short stays open (every later inference tensor would count as shared) until here."""
+    _state.depth = 0
+    forget()
+
+
 def forget():
     _state.entry = None
 

@@ -76,10 +76,25 @@ def forward():
         return model(x, t, ctx, transformer_options=patcher.model_options["transformer_options"])
 shared = forward()
 counts = dict(shared=len(quantized), held=act_quant._state.entry is not None, depth=act_quant._state.depth)
+# Cancel inside a self-attention: ComfyUI's interrupt is a BaseException, which torch's always_call hooks miss.
+import comfy.model_management as mm
+def cancel(module, args):
+    raise mm.InterruptProcessingException()
+hook = model.blocks[0].self_attn.k.register_forward_pre_hook(cancel)
+try:
+    forward()
+except mm.InterruptProcessingException:
+    pass
+hook.remove()
+left_open = act_quant._state.depth
+depths = []      # seen by an FFN Linear of the next model call: outside every attention
+hook = model.blocks[0].ffn[0].register_forward_pre_hook(lambda *args: depths.append(act_quant._state.depth))
+forward()
+hook.remove()
 act_quant._key = lambda x, per_tensor: None   # no reuse at all
 alone = forward()
 result = dict(counts, alone=len(quantized), equal=bool(torch.equal(shared, alone)), report=report,
-              blocks=len(model.blocks))
+              blocks=len(model.blocks), left_open=left_open, depths=depths)
 """
 
 
@@ -90,6 +105,9 @@ def test_h_attention_quantizes_its_shared_input_once(host, tmp_path):
     # k and v on the text (1) and o; the two FFN Linears. Reusing changes no bit of the output.
     assert r["alone"] == 10 * r["blocks"] and r["shared"] == 7 * r["blocks"], r
     assert r["equal"] and not r["held"] and r["depth"] == 0, r
+    # a Cancel mid-attention leaves its scope open (1), and the next model call closes it before any other Linear
+    # (it stayed open for the session: every inference tensor would have counted as shared)
+    assert r["left_open"] == 1 and r["depths"] == [0], r
     assert "compute: fp8 matmul (cpu device: no FP8 tensor cores);" in r["report"], r
 
 
