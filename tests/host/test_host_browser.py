@@ -214,9 +214,9 @@ def test_workflows_saved_before_mode_was_a_dynamic_combo_open_as_before(page, na
     # Sample Video's DF widgets now sit under `mode`, a dynamic combo ("mode.ar_step"). A workflow saved before holds
     # them under their old names. It must open to the same widgets, with no stray input slot, and queue the same
     # prompt as the shipped workflow saved since; also with the frontend's experimental restore-by-name setting.
-    with open(os.path.join(OLD_WORKFLOWS, name + ".json")) as f:
+    with open(os.path.join(OLD_WORKFLOWS, name + ".json"), encoding="utf-8") as f:
         old = json.load(f)
-    with open(os.path.join(REPO, "workflows", name + ".json")) as f:
+    with open(os.path.join(REPO, "workflows", name + ".json"), encoding="utf-8") as f:
         new = json.load(f)
     page.evaluate(f"() => {{ LiteGraph.namedValuesRestore = {str(by_name).lower()}; }}")
     try:
@@ -258,7 +258,7 @@ def test_df_widgets_show_in_df_mode_only(page):
 def test_an_old_workflows_linked_df_input_keeps_its_link(page):
     # A DF widget turned into an input and fed by another node, saved before mode was a dynamic combo: the link
     # moves to the widget's new slot ("mode.ar_step"), where the frontend alone would drop it.
-    with open(os.path.join(OLD_WORKFLOWS, "skyreels_df_start_end_frames.json")) as f:
+    with open(os.path.join(OLD_WORKFLOWS, "skyreels_df_start_end_frames.json"), encoding="utf-8") as f:
         old = json.load(f)
     sample = next(n for n in old["nodes"] if n["type"] == "SkyReelsSampleVideo")
     slot = next(i for i, s in enumerate(sample["inputs"]) if s["name"] == "ar_step")

@@ -234,7 +234,7 @@ def test_the_demo_keeps_its_small_sizes_except_those_given(server):
     names = {"diffusion_models": "tiny-SkyReels-V2-DF/", "vae": "tiny_wan_vae.safetensors"}
 
     def sample_widgets(argv):
-        with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json")) as f:
+        with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json"), encoding="utf-8") as f:
             prompt = build_prompt(json.load(f), info, parse_args(argv), names, demo=True)
         sample = next(n["inputs"] for n in prompt.values() if n["class_type"] == "SkyReelsSampleVideo")
         return sample["width"], sample["height"], sample["frames"], sample["steps"], sample["mode.causal_block_size"]
@@ -260,7 +260,7 @@ def test_flags_reach_the_workflow_widgets(server):
                        "--resolution", "720P", "--num_frames", "257", "--ar_step", "5", "--causal_block_size", "5",
                        "--seed", "7", "--image", "start.png", "--causal_attention", "--use_usp", "--workers", "4",
                        "--guidance_scale", "4.5", "--shift", "5"])
-    with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json")) as f:
+    with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json"), encoding="utf-8") as f:
         prompt = build_prompt(json.load(f), info, args, names, demo=False)
     by_type = {}
     for node in prompt.values():
@@ -295,7 +295,7 @@ def test_flags_reach_the_workflow_widgets(server):
     # --seed gives SkyReels-V2's noise (drawn on the GPU, as its scripts draw it); --cpu_noise asks for ComfyUI's
     options = info["SkyReelsSampleVideo"]["input"]["optional"]["noise"][1]["options"]
     assert sample["noise"] == "gpu (SkyReels-V2)" and sample["noise"] in options
-    with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json")) as f:
+    with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json"), encoding="utf-8") as f:
         prompt = build_prompt(json.load(f), info, parse_args(["--model_path", "x", "--cpu_noise"]), names, demo=False)
     sample = next(n["inputs"] for n in prompt.values() if n["class_type"] == "SkyReelsSampleVideo")
     assert sample["noise"] == "cpu (ComfyUI)" and sample["noise"] in options
@@ -309,7 +309,7 @@ def test_teacache_and_a_portrait_image_reach_the_i2v_workflow(server):
     names = {"diffusion_models": "i2v/", "text_encoders": "umt5.safetensors", "vae": "vae.safetensors",
              "clip_vision": "clip_vision_h.safetensors"}
     args = parse_args(["--model_id", "x", "--image", "me.png", "--teacache", "--use_ret_steps", "--resolution", "720P"])
-    with open(os.path.join(REPO, "workflows", "skyreels_i2v_fp8_sage.json")) as f:
+    with open(os.path.join(REPO, "workflows", "skyreels_i2v_fp8_sage.json"), encoding="utf-8") as f:
         prompt = build_prompt(json.load(f), info, args, names, demo=False, source=(720, 1280, 1))
     by_type = {n["class_type"]: n["inputs"] for n in prompt.values()}
     # a portrait image makes a portrait video, as SkyReels-V2's generate_video.py does

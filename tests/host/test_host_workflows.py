@@ -30,7 +30,7 @@ SMALL_DF = {"width": 32, "height": 32, "frames": 57, "mode.base_num_frames": 37,
 
 
 def load(name):
-    with open(os.path.join(WORKFLOWS, name)) as f:
+    with open(os.path.join(WORKFLOWS, name), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -133,6 +133,11 @@ def test_workflows_carry_real_model_defaults():
     assert df["SkyReelsSampleVideo"][2] == 257 and df["SkyReelsSampleVideo"][10] == "diffusion forcing"
     # SkyReels-V2's README command for a 10 s video: synchronous, so the blueprint's frames take any 4k+1
     assert df["SkyReelsSampleVideo"][11:16] == [97, 17, 0, 1, 20]
+    # each its script's negative prompt: generate_video.py's English one, generate_video_df.py's Chinese one (abed76f)
+    negative = {name: next(n["widgets_values"][0] for n in load(name)["nodes"] if n.get("title") == "Negative prompt")
+                for name in NAMES if name != "skyreels_convert_to_fp8.json"}
+    assert {text[:12] for text in negative.values()} == {"Bright tones", "色调艳丽，过曝，静态，细"}, negative
+    assert [name for name, text in negative.items() if text.startswith("色调")] == [NAMES[2], NAMES[4]], negative
 
 
 @pytest.mark.parametrize("name,frames", [(NAMES[0], 9), (NAMES[1], 9), (NAMES[2], 57), (NAMES[4], 57)])
