@@ -7,7 +7,7 @@ forward in float32 (a script, not a test; CPU).
 1.3B widths (dim 1536, ffn 8960, 12 heads), `--blocks` blocks of quant.tiny's seeded T2V weights (bf16 values), latent
 [1, 16, 5, 16, 16], 20 text tokens zero-padded to 512, three timesteps, all inputs bf16 values. Relative L2 vs
 (a) SkyReels-V2's WanModel in float32 of (b) that code as its pipelines run it, bf16 weights: T2V/I2V under
-torch.cuda.amp.autocast(bf16), DF without it (bf16 inputs; its script runs it so only in extend_video); T2V without its bf16 cast of block outputs, and with
+torch.cuda.amp.autocast(bf16), DF without it (bf16 inputs; as its script runs extend_video only); T2V without its bf16 cast of block outputs, and with
 host-like rounding (time embedding in bf16, residual rounded after attention and FFN); (c) ComfyUI's WanModel as this
 pack's loader builds it, computing in bf16 as on a GPU (should_use_bf16 True, PyTorch attention) or float32 (its CPU
 choice: a check that both sides read the same numbers); (d) the pack's FP8 files (upcast to bf16 products).
