@@ -7,10 +7,11 @@ forward in float32 (a script, not a test; CPU).
 1.3B widths (dim 1536, ffn 8960, 12 heads), `--blocks` blocks of quant.tiny's seeded T2V weights (bf16 values), latent
 [1, 16, 5, 16, 16], 20 text tokens zero-padded to 512, three timesteps, all inputs bf16 values. Relative L2 vs
 (a) SkyReels-V2's WanModel in float32 of (b) that code as its pipelines run it, bf16 weights: T2V/I2V under
-torch.cuda.amp.autocast(bf16), DF without it (bf16 inputs; as its script runs extend_video only); T2V without its bf16 cast of block outputs, and with
-host-like rounding (time embedding in bf16, residual rounded after attention and FFN); (c) ComfyUI's WanModel as this
-pack's loader builds it, computing in bf16 as on a GPU (should_use_bf16 True, PyTorch attention) or float32 (its CPU
-choice: a check that both sides read the same numbers); (d) the pack's FP8 files (upcast to bf16 products).
+torch.cuda.amp.autocast(bf16), DF without it (bf16 inputs; as its script runs extend_video only); T2V without its
+bf16 cast of block outputs, and with host-like rounding (time embedding in bf16, residual rounded after attention
+and FFN); (c) ComfyUI's WanModel as this pack's loader builds it, computing in bf16 as on a GPU (should_use_bf16
+True, PyTorch attention) or float32 (its CPU choice: a check that both sides read the same numbers); (d) the pack's
+FP8 files (upcast to bf16 products).
 CudaAutocast applies CUDA autocast's casts (ATen autocast_mode.h) for the ops the model calls: linear, conv3d, einsum,
 SDPA to its dtype, layer_norm, pow, rsqrt to float32, in autocast("cuda", float32) regions too (honoured on CUDA; CPU
 autocast turns itself off). flash_attention: SDPA on bf16, bf16 out. torch.compile'd helpers run eagerly.
