@@ -23,6 +23,7 @@ import mimetypes
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -39,6 +40,9 @@ sys.path.insert(0, REPO)
 PACK = "ComfyUI-SkyReels-FP8"
 # What PyTorch says when ComfyUI, started without --cpu, finds no GPU (its traceback's last line).
 NO_GPU = ("Found no NVIDIA driver", "Torch not compiled with CUDA enabled", "No CUDA GPUs are available")
+# ComfyUI on 127.0.0.1, never through a proxy: urllib takes one from HTTP_PROXY, or on Windows from the system's
+# settings, whose usual "<local>" exception leaves 127.0.0.1 out.
+OPEN = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
 DEFAULT_HOST = os.path.join(os.path.expanduser("~"), "ComfyUI")
 RESOLUTIONS = {"540P": (960, 544), "720P": (1280, 720)}
 # SkyReels-V2's generate_video_df.py defaults (its overlap_history has none; 17 is what its README uses).
@@ -141,14 +145,14 @@ class HostServer:
             return f.read()
 
     def get(self, path):
-        with urllib.request.urlopen(self.url + path, timeout=60) as r:
+        with OPEN(self.url + path, timeout=60) as r:
             return json.loads(r.read())
 
     def post(self, path, data):
         req = urllib.request.Request(self.url + path, data=json.dumps(data).encode(),
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=60) as r:
+            with OPEN(req, timeout=60) as r:
                 return r.status, json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"{}")
@@ -413,7 +417,12 @@ def find_model(given, host):
             return check_folder(place)
     looked = places + ([] if any(p.startswith(repo) for p in places) else [repo])     # the cache, not there either
     raise BadInput(f"--model_id: {given} is not downloaded (looked in {' and '.join(looked)}; this script downloads "
-                   f"nothing): hf download {given} --exclude \"*.pth\" --local-dir {places[0]}")
+                   f"nothing): hf download {given} --exclude \"*.pth\" --local-dir {quoted(places[0])}")
+
+
+def quoted(path):
+    """A path as a command line takes it in the user's shell (cmd and PowerShell, or a POSIX shell)."""
+    return subprocess.list2cmdline([path]) if os.name == "nt" else shlex.quote(path)
 
 
 def check_folder(path):
@@ -788,7 +797,7 @@ def prepare_demo(host, base):
 def check_output(args):
     """Refuse an --output that exists, that this OS could not name, or a folder that cannot be made, before the
     generation rather than after."""
-    from quant.writer import name_problem
+    from quant.writer import name_problem, writable
 
     path, flag = (args.output, "--output") if args.output else (os.path.join(args.outdir, "video.mp4"), "--outdir")
     given = args.output or args.outdir
@@ -799,10 +808,13 @@ def check_output(args):
     problem = args.output and name_problem(os.path.basename(path), windows=os.name == "nt")
     if problem:
         raise BadInput(f"--output: {path}: {problem}; choose another name")
+    if os.name == "nt" and '"' in given:    # cmd and PowerShell read "D:\out\" as D:\out" and the rest of the line
+        raise BadInput(f'{flag}: {given}: a folder ending in \\" takes the quote and what follows into the name; '
+                       'leave out the last backslash')
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:    # a drive or share that is not there
         folder = os.path.dirname(folder)
-    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+    if not (os.path.isdir(folder) and writable(folder)):
         why = "not a folder" if os.path.isfile(folder) else "not writable" if os.path.exists(folder) else "not there"
         raise BadInput(f"{flag}: {given}: {folder} is {why}; choose another place")
 

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 
 import torch
 
@@ -40,6 +41,15 @@ def name_problem(name, windows=True):
     if _RESERVED.match(name):
         return f"{name.split('.')[0].rstrip(' ')} is a reserved device name on Windows"
     return None
+
+
+def writable(folder):
+    """Tried, not asked: os.access says yes to every folder on Windows (Program Files, a protected folder)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 class SafetensorsWriter:

@@ -6,7 +6,7 @@ import os
 import folder_paths
 
 from ...quant.checkpoint import CheckpointError, is_release, listed_shards
-from ...quant.writer import name_problem
+from ...quant.writer import name_problem, writable
 
 FOLDER = "diffusion_models"
 
@@ -152,7 +152,7 @@ def _output_folder():
     # models/diffusion_models first; ComfyUI also lists the legacy models/unet, which may not exist.
     # a read-only one (a shared network folder marked is_default) is passed over where another can be written
     folders = [f for f in folder_paths.get_folder_paths(FOLDER) if os.path.isdir(f)]
-    folders = [f for f in folders if os.access(f, os.W_OK)] or folders
+    folders = [f for f in folders if writable(f)] or folders
     named = [f for f in folders if os.path.basename(os.path.normpath(f)) == FOLDER]
     if not folders:
         raise FileNotFoundError(f"no models/{FOLDER} folder exists; create it first")

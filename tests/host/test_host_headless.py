@@ -2,6 +2,7 @@
 import contextlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,14 +18,16 @@ from comfy_host import REPO
 SCRIPT = os.path.join(REPO, "generate_video_fp8.py")
 
 
-def run(args, host, cwd):
-    env = {**os.environ, "COMFYUI_PATH": host}
+def run(args, host, cwd, **env):
+    env = {**os.environ, "COMFYUI_PATH": host, **env}
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=600)
 
 
 def test_demo_writes_a_video(host, tmp_path):
-    proc = run(["--output", "out/demo.mp4", "--seed", "5", "--use_sage_attention"], host, tmp_path)
+    # a proxy that answers nothing: ComfyUI on 127.0.0.1 is reached without it (it waited 300 s for an answer)
+    proc = run(["--output", "out/demo.mp4", "--seed", "5", "--use_sage_attention"], host, tmp_path,
+               http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     video = tmp_path / "out" / "demo.mp4"
     with av.open(str(video)) as c:
@@ -129,13 +132,28 @@ def test_an_output_on_a_drive_that_is_not_there_is_named(monkeypatch, tmp_path):
 
 
 def test_an_output_folder_that_cannot_be_written_is_named(monkeypatch, tmp_path):
-    # The tests run as root, which may write anywhere: the OS's refusal (a read-only share, Program Files) is asked
-    # of os.access, and stands in here.
+    # The tests run as root, which may write anywhere: the OS's refusal (a read-only share, Program Files) stands in
+    # here. It is tried, not asked of os.access, which says yes to every folder on Windows.
+    import tempfile
     from generate_video_fp8 import BadInput, check_output, parse_args
-    monkeypatch.setattr(os, "access", lambda path, mode: False)
+
+    def refused(dir):
+        raise PermissionError(13, "Permission denied", dir)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)     # quant.writer.writable tries one
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
     with pytest.raises(BadInput, match=re.escape(f"--outdir: {tmp_path}/videos: {tmp_path} is not writable; choose "
                                                  "another place")):
         check_output(parse_args(["--outdir", f"{tmp_path}/videos"]))
+
+
+def test_a_windows_folder_ending_in_a_backslash_before_its_quote_is_named(monkeypatch):
+    # cmd and PowerShell 5 hand `--outdir "D:\\out dir\\" --seed 3` over as one value: D:\\out dir" --seed 3
+    from generate_video_fp8 import BadInput, check_output, parse_args
+    monkeypatch.setattr(os, "name", "nt")
+    with pytest.raises(BadInput) as e:
+        check_output(parse_args(["--outdir", 'D:\\out dir" --seed 3']))
+    assert str(e.value) == ('--outdir: D:\\out dir" --seed 3: a folder ending in \\" takes the quote and what follows '
+                            'into the name; leave out the last backslash')
 
 
 def test_damaged_files_beside_the_model_exit_2_before_comfyui_and_a_failing_node_exits_1(host, tmp_path):
@@ -438,8 +456,15 @@ def test_model_id_is_found_where_it_was_downloaded(host, tmp_path, monkeypatch, 
     # one pattern: hf 1.x reads a second --include value as a file name, and hf 0.3x keeps only a repeated flag's last
     assert ('this script downloads nothing): hf download Skywork/SkyReels-V2-DF-1.3B-540P --exclude "*.pth" '
             '--local-dir ') in err
-    # ComfyUI's own models folder comes first
     from generate_video_fp8 import BadInput, find_model
+    # a ComfyUI in a folder with spaces (C:\\Users\\John Smith\\...): the command pastes as one path (POSIX quoting
+    # here, cmd's on Windows)
+    with pytest.raises(BadInput) as e:
+        find_model("Skywork/SkyReels-V2-DF-1.3B-540P", str(tmp_path / "Comfy UI"))
+    command = str(e.value).split("this script downloads nothing): ")[1]
+    assert shlex.split(command)[-1] == str(tmp_path / "Comfy UI" / "models" / "diffusion_models" /
+                                           "SkyReels-V2-DF-1.3B-540P"), command
+    # ComfyUI's own models folder comes first
     write_tiny_release(tmp_path / "comfy" / "models" / "diffusion_models" / "SkyReels-V2-I2V-14B-540P", "I2V")
     found = find_model("Skywork/SkyReels-V2-I2V-14B-540P", str(tmp_path / "comfy"))
     assert found == str(tmp_path / "comfy" / "models" / "diffusion_models" / "SkyReels-V2-I2V-14B-540P")
