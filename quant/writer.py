@@ -10,12 +10,14 @@ import math
 import os
 import re
 import tempfile
+import time
 
 import torch
 
 from .checkpoint import SAFETENSORS_DTYPES, CheckpointError
 
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+REPLACE_WAITS = (0.1, 0.2, 0.4, 0.8, 1.5, None)    # seconds between tries of the final rename on Windows (3 s)
 
 # Windows' rules, checked on every OS: a workflow written on Linux must save on Windows too.
 # Device names as CPython 3.13's ntpath.isreserved reads them: with any extension, with spaces before it ("NUL .txt"),
@@ -133,17 +135,27 @@ class SafetensorsWriter:
             self._f.close()
         if self.check:  # e.g. --verify: read the finished temp file back before it replaces anything
             self.check(self.tmp)
-        try:
-            os.replace(self.tmp, self.dst)
-        except PermissionError as e:
-            if os.name == "nt" or getattr(e, "winerror", None):   # Windows: an open or mapped file stays put
-                why = ("it is in use, by a model ComfyUI loaded from it (ComfyUI's 'Unload Models and "
-                       "Execution Cache' lets it go) or by another program, or it is read-only")
-            else:
-                why = "check that you may write the file and its folder"
-            raise CheckpointError(f"{self.dst}: cannot be replaced ({e.strerror}): {why}. Nothing was changed: "
-                                  "close it and run again, or choose another output name") from None
+        self._replace()
         _fsync_dir(os.path.dirname(os.path.abspath(self.dst)))
+
+    def _replace(self):
+        """Windows refuses to rename onto (or from) a file another program holds open: a virus scanner or the search
+        indexer reading the new file holds it a moment, so that is tried again for a few seconds."""
+        for wait in REPLACE_WAITS:
+            try:
+                return os.replace(self.tmp, self.dst)
+            except PermissionError as e:
+                windows = os.name == "nt" or getattr(e, "winerror", None)
+                if windows and wait is not None:
+                    time.sleep(wait)
+                    continue
+                if windows:   # an open or mapped file stays put
+                    why = ("it is in use, by a model ComfyUI loaded from it (ComfyUI's 'Unload Models and "
+                           "Execution Cache' lets it go) or by another program, or it is read-only")
+                else:
+                    why = "check that you may write the file and its folder"
+                raise CheckpointError(f"{self.dst}: cannot be replaced ({e.strerror}): {why}. Nothing was changed: "
+                                      "close it and run again, or choose another output name") from None
 
     def abort(self):
         if self._f is not None:
@@ -171,12 +183,11 @@ def _temp_name(dst, pid):
 
 def _remove_stale(dst):
     """Temp files in `dst`'s folder whose writer was killed mid-write (a closed console window, the OOM killer): no
-    finally ran, and each is hidden and up to a model's size. A live writer's stays: on POSIX its process answers;
-    on Windows a file another process has open cannot be removed."""
+    finally ran, and each is hidden and up to a model's size. A live writer's stays (its process id is in the name)."""
     folder = os.path.dirname(os.path.abspath(dst))
     for name in os.listdir(folder):
         match = re.fullmatch(r"\..+\.safetensors\.(\d+)\.tmp", name, re.IGNORECASE)
-        if not match or int(match[1]) == os.getpid() or (os.name != "nt" and _alive(int(match[1]))):
+        if not match or int(match[1]) == os.getpid() or _alive(int(match[1])):
             continue
         with contextlib.suppress(OSError):
             size = os.path.getsize(os.path.join(folder, name))
@@ -193,8 +204,16 @@ def _size_text(size):
 
 
 def _alive(pid):
+    """os.kill(pid, 0) asks on POSIX; on Windows it would end the process, so psutil asks there (ComfyUI brings it;
+    without it every writer counts as alive: a file being verified is closed, and Windows would let it go)."""
+    if os.name == "nt":
+        try:
+            import psutil
+        except ImportError:
+            return True
+        return psutil.pid_exists(pid)
     try:
-        os.kill(pid, 0)     # POSIX only: on Windows os.kill would end the process
+        os.kill(pid, 0)
         return True
     except ProcessLookupError:
         return False

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import safetensors.torch
@@ -182,6 +183,23 @@ def test_a_killed_writers_temp_file_goes_at_the_next_write_in_its_folder(tmp_pat
         live.wait()
 
 
+def test_on_windows_psutil_says_which_writers_are_gone(tmp_path, monkeypatch):
+    # os.kill(pid, 0) would end the process there; psutil asks instead, and without it nothing is removed
+    pytest.importorskip("psutil")    # ComfyUI's requirement
+    from quant import writer
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    names = [f".a.safetensors.{gone.stdout.strip()}.tmp", f".b.safetensors.{os.getppid()}.tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    writer._remove_stale(str(tmp_path / "o.safetensors"))
+    assert sorted(os.listdir(tmp_path)) == sorted(names)
+    monkeypatch.delitem(sys.modules, "psutil")
+    writer._remove_stale(str(tmp_path / "o.safetensors"))
+    assert os.listdir(tmp_path) == [names[1]]
+
+
 def test_a_destination_in_use_is_a_message_and_nothing_changes(tmp_path, monkeypatch):
     # Windows refuses to replace a file another program (or a model ComfyUI mapped) holds open: PermissionError.
     src, dst = tmp_path / "src.safetensors", tmp_path / "o.safetensors"
@@ -201,18 +219,32 @@ def test_a_destination_in_use_is_a_message_and_nothing_changes(tmp_path, monkeyp
 
     monkeypatch.setattr(os, "replace", refused(32, "The process cannot access the file because it is being used by "
                                                    "another process"))
+    waits = []
+    monkeypatch.setattr(time, "sleep", waits.append)
     with pytest.raises(CheckpointError) as e:
         convert(str(src), str(dst), overwrite=True)
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.5]      # tried again for 3 s: a virus scanner holds a new file a moment
     assert str(e.value).startswith(f"{dst}: cannot be replaced (The process cannot access the file because it is "
                                    "being used by another process): it is in use")
     assert str(e.value).endswith("Nothing was changed: close it and run again, or choose another output name")
     assert dst.read_bytes() == b"the old file" and leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
     # On Linux the same error means permissions (a sticky folder, an immutable file), not a file in use.
     monkeypatch.setattr(os, "replace", refused(None, "Permission denied"))
+    waits.clear()
     with pytest.raises(CheckpointError, match="cannot be replaced \\(Permission denied\\): check that you may write "
                                               "the file and its folder. Nothing was changed"):
         convert(str(src), str(dst), overwrite=True)
     assert dst.read_bytes() == b"the old file" and leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
+    assert waits == []
+    # held a moment (twice refused, then let go): the new file is in place
+    held, tries = refused(32, "The process cannot access the file because it is being used by another process"), []
+
+    def let_go(a, b):
+        tries.append(b)
+        return (held if len(tries) <= 2 else real)(a, b)
+    monkeypatch.setattr(os, "replace", let_go)
+    convert(str(src), str(dst), overwrite=True)
+    assert waits == [0.1, 0.2] and dst.read_bytes() != b"the old file" and Checkpoint(str(dst)).names
 
 
 CHARACTER = 'it has a character Windows does not allow in file names (< > : " | ? * or a control character)'
