@@ -848,10 +848,11 @@ def save_output(base, args, workflow_name):
 
 
 def exit_on_kill():
-    """A kill (SIGTERM: `timeout`, a job scheduler; SIGHUP: the terminal closed) ends main through its `finally`, as
-    Ctrl-C does, so the ComfyUI it started stops and its temp folder goes; killed outright, both stayed behind.
-    A signal already ignored stays so (`nohup` ignores SIGHUP, and ComfyUI inherits that)."""
-    kills = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]   # Windows: no SIGHUP
+    """A kill (SIGTERM: `timeout`, a job scheduler; SIGHUP: the terminal closed; Windows' Ctrl+Break: SIGBREAK) ends
+    main through its `finally`, as Ctrl-C does, so the ComfyUI it started stops and its temp folder goes; killed
+    outright, both stayed behind. A signal already ignored stays so (`nohup` ignores SIGHUP, and ComfyUI inherits
+    that). Closing a Windows console ends the process before any handler can run."""
+    kills = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)]
 
     def leave(signum, frame):
         for s in kills:     # a second kill must not cut the cleanup short

@@ -108,6 +108,24 @@ def test_a_killed_run_stops_its_comfyui_and_leaves_no_temp_folder_and_nohup_stil
     assert left == []                   # ComfyUI stopped with the script
 
 
+def test_ctrl_break_ends_through_finally_as_ctrl_c_does(monkeypatch):
+    # Windows' Ctrl+Break is SIGBREAK, which Linux lacks: SIGUSR1 stands in for it here.
+    import signal
+    from generate_video_fp8 import exit_on_kill
+    monkeypatch.setattr(signal, "SIGBREAK", signal.SIGUSR1, raising=False)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)}
+    try:
+        exit_on_kill()
+        assert signal.getsignal(signal.SIGUSR1) != signal.SIG_DFL     # else the signal would end pytest itself
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(1)           # the handler runs at the next bytecode; this is never reached
+        assert e.value.code == 128 + signal.SIGUSR1
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def test_no_gpu_without_cpu_is_one_line_and_exit_2(host, tmp_path):
     # CUDA_VISIBLE_DEVICES hides any GPU, so this holds on every machine; ComfyUI printed a 30-line traceback.
     from helpers import write_tiny
