@@ -48,6 +48,7 @@ RESOLUTIONS = {"540P": (960, 544), "720P": (1280, 720)}
 # SkyReels-V2's generate_video_df.py defaults (its overlap_history has none; 17 is what its README uses).
 DF_DEFAULTS = dict(ar_step=0, causal_block_size=1, base_num_frames=97, overlap_history=17, addnoise_condition=0)
 DF_INPUTS = ("end_image", "video_path")     # files only Diffusion Forcing takes
+PATH_FLAGS = ("model_path", "image", *DF_INPUTS, "output", "outdir", "text_encoder", "vae", "clip_vision")
 SIZE_FLAGS = dict(resolution="540P", num_frames=97, inference_steps=30)
 # The widgets that ComfyUI names when it refuses a value, and the flags that set them.
 FLAG_OF = dict(cfg="--guidance_scale", steps="--inference_steps", frames="--num_frames", shift="--shift",
@@ -324,6 +325,10 @@ def check_flags(args):
         raise BadInput("--prompt_enhancer: SkyReels-V2's prompt enhancer (Qwen2.5-32B-Instruct) does not run in "
                        "ComfyUI; run its skyreels_v2_infer/pipelines/prompt_enhancer.py and pass what it prints as "
                        "--prompt")
+    for flag in PATH_FLAGS:     # cmd and PowerShell read "D:\out\" as D:\out" and the rest of the line
+        if os.name == "nt" and '"' in (getattr(args, flag) or ""):
+            raise BadInput(f'--{flag}: {getattr(args, flag)}: a folder ending in \\" takes the quote and what follows '
+                           'into the name; leave out the last backslash')
     if args.model_path is not None and not args.model_path.strip():    # e.g. an unset shell variable
         raise BadInput("--model_id: empty; give a model file, folder or Hugging Face id (none: the demo)")
     for flag in ("image", *DF_INPUTS):
@@ -422,7 +427,7 @@ def find_model(given, host):
 
 def quoted(path):
     """A path as a command line takes it in the user's shell (cmd and PowerShell, or a POSIX shell)."""
-    return subprocess.list2cmdline([path]) if os.name == "nt" else shlex.quote(path)
+    return f'"{path}"' if os.name == "nt" else shlex.quote(path)
 
 
 def check_folder(path):
@@ -808,13 +813,10 @@ def check_output(args):
     problem = args.output and name_problem(os.path.basename(path), windows=os.name == "nt")
     if problem:
         raise BadInput(f"--output: {path}: {problem}; choose another name")
-    if os.name == "nt" and '"' in given:    # cmd and PowerShell read "D:\out\" as D:\out" and the rest of the line
-        raise BadInput(f'{flag}: {given}: a folder ending in \\" takes the quote and what follows into the name; '
-                       'leave out the last backslash')
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = made = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:    # a drive or share that is not there
         folder = os.path.dirname(folder)
-    if not (os.path.isdir(folder) and writable(folder)):
+    if not (os.path.isdir(folder) and writable(folder, make_folder=folder != made)):
         why = "not a folder" if os.path.isfile(folder) else "not writable" if os.path.exists(folder) else "not there"
         raise BadInput(f"{flag}: {given}: {folder} is {why}; choose another place")
 

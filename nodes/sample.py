@@ -328,8 +328,9 @@ def check_vae(vae):
     """The Wan 2.1 VAE's latents (16 channels, video): Wan 2.2's (48) or an image VAE's failed inside it."""
     made = getattr(vae, "latent_channels", "?"), getattr(vae, "latent_dim", "?")
     if vae is not None and made != (LATENT_CHANNELS, 3):
-        fail(f"vae: makes {made[0]}-channel {made[1]}-D latents; SkyReels-V2 takes the Wan 2.1 VAE's ({LATENT_CHANNELS}-channel video latents): load "
-             "wan_2.1_vae.safetensors, not Wan 2.2's VAE or an image model's")
+        fail(f"vae: makes {made[0]}-channel {made[1]}-D latents; SkyReels-V2 takes the Wan 2.1 VAE's "
+             f"({LATENT_CHANNELS}-channel video latents): load wan_2.1_vae.safetensors, not Wan 2.2's VAE or an image "
+             "model's")
 
 
 def check_model(model):

@@ -1,6 +1,7 @@
 """Read Wan 2.1 / SkyReels-V2 checkpoints tensor by tensor, under the original Wan key names: a .safetensors file,
 a folder of shards (its index json, else every .safetensors in it) or .pth/.pt/.ckpt/.bin via torch.load(weights_only).
 Keys may carry the `model.diffusion_model.` prefix or be diffusers (WanTransformer3DModel) names."""
+import contextlib
 import json
 import os
 import pickle
@@ -119,9 +120,16 @@ def check_safetensors(path):
         raise CheckpointError(_safetensors_problem(path, str(e))) from None
 
 
+_EMPTY = "{}: the file is empty (0 bytes): a download or copy that did not finish; download it again"
+
+
 def _safetensors_problem(path, text):
-    with open(path, "rb") as f:
-        start = f.read(4)
+    start = b""
+    with contextlib.suppress(OSError):     # a folder, an unreadable file: safetensors' own words then
+        with open(path, "rb") as f:
+            start = f.read(4)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return _EMPTY.format(path)
     # torch.save's zip archive, or its legacy pickle (protocol 2, then its magic number); as a safetensors header
     # length either would be 67 or 176 MB, where a 14B model's header is 0.1 MB
     if start in (b"PK\x03\x04", b"\x80\x02\x8a\x0a"):
@@ -204,12 +212,11 @@ def _open_file(path):
         open(path, "rb").close()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); check that you may read the file") from None
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: the file is empty (0 bytes): a download or copy that did not finish; "
-                              "download it again")
     if path.lower().endswith((".safetensors", ".sft")):
         return _SafetensorsFile(path)
     if path.lower().endswith(PICKLE_SUFFIXES):
+        if os.path.getsize(path) == 0:
+            raise CheckpointError(_EMPTY.format(path))
         return _PickleFile(path)
     raise CheckpointError(f"{path}: unsupported file type; give a .safetensors file, a folder of .safetensors "
                           "shards, or a .pth/.pt weights file")

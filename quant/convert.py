@@ -101,8 +101,8 @@ def _check_paths(src, dst):
         raise CheckpointError(f"{dst}: the output would {what} the source folder {src}; choose a name outside it")
     if not os.path.isdir(os.path.dirname(real_dst)):
         raise CheckpointError(f"{dst}: the output folder does not exist")
-    files = os.listdir(os.path.dirname(real_dst))
-    if is_release(files) and not is_release(files + [os.path.basename(real_dst)]):
+    files = {os.path.normcase(f) for f in os.listdir(os.path.dirname(real_dst))}     # real_dst is normcased
+    if is_release(files) and not is_release(files | {os.path.basename(real_dst)}):
         raise CheckpointError(f"{dst}: the output would be a second model in {os.path.dirname(dst)}, a downloaded "
                               "model's folder (config.json beside its one .safetensors) that loads as a folder, as the "
                               "shipped workflows name it; with two it loads as neither. Choose a name outside it")

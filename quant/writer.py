@@ -9,8 +9,9 @@ import logging
 import math
 import os
 import re
-import tempfile
+import socket
 import time
+import uuid
 
 import torch
 
@@ -18,6 +19,7 @@ from .checkpoint import SAFETENSORS_DTYPES, CheckpointError
 
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 REPLACE_WAITS = (0.1, 0.2, 0.4, 0.8, 1.5, None)    # seconds between tries of the final rename on Windows (3 s)
+_HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())    # in temp files' names, with the process id
 
 # Windows' rules, checked on every OS: a workflow written on Linux must save on Windows too.
 # Device names as CPython 3.13's ntpath.isreserved reads them: with any extension, with spaces before it ("NUL .txt"),
@@ -45,11 +47,19 @@ def name_problem(name, windows=True):
     return None
 
 
-def writable(folder):
-    """Tried, not asked: os.access says yes to every folder on Windows (Program Files, a protected folder)."""
+def writable(folder, make_folder=False):
+    """Whether a file (or, with make_folder, a folder) can be made in `folder`: tried once, not asked of os.access,
+    which says yes to every folder on Windows (Program Files, C:\\ for a user, who may make folders there, not files).
+    Not tempfile's: on Windows it takes a refusal for a name in use and tries the next, 2**31 times."""
+    probe = os.path.join(folder, f".skyreels-write-test-{uuid.uuid4().hex}")
     try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
+        if make_folder:
+            os.mkdir(probe)
+            os.rmdir(probe)
+        else:
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            os.remove(probe)
+        return True
     except OSError:
         return False
 
@@ -76,7 +86,8 @@ class SafetensorsWriter:
         self._data_start = 8 + len(blob)
         self._total = offset
         self._written = set()
-        self.tmp = _temp_name(dst, os.getpid())
+        self.tmp = os.path.join(os.path.dirname(os.path.abspath(dst)),
+                                f".{os.path.basename(dst)}.{_HOST}-{os.getpid()}.tmp")
         self._f = None
         with self._refusals():
             _remove_stale(dst)
@@ -144,6 +155,9 @@ class SafetensorsWriter:
         for wait in REPLACE_WAITS:
             try:
                 return os.replace(self.tmp, self.dst)
+            except FileNotFoundError:
+                raise CheckpointError(f"{self.dst}: its temp file {self.tmp} was removed by another program before it "
+                                      "was complete; run again") from None
             except PermissionError as e:
                 windows = os.name == "nt" or getattr(e, "winerror", None)
                 if windows and wait is not None:
@@ -177,16 +191,13 @@ class SafetensorsWriter:
             self.abort()
 
 
-def _temp_name(dst, pid):
-    return os.path.join(os.path.dirname(os.path.abspath(dst)), f".{os.path.basename(dst)}.{pid}.tmp")
-
-
 def _remove_stale(dst):
     """Temp files in `dst`'s folder whose writer was killed mid-write (a closed console window, the OOM killer): no
-    finally ran, and each is hidden and up to a model's size. A live writer's stays (its process id is in the name)."""
+    finally ran, and each is hidden and up to a model's size. A live writer's stays: its machine and process id are in
+    the name, and only this machine's are judged (a models folder may be shared, over a network or by containers)."""
     folder = os.path.dirname(os.path.abspath(dst))
     for name in os.listdir(folder):
-        match = re.fullmatch(r"\..+\.safetensors\.(\d+)\.tmp", name, re.IGNORECASE)
+        match = re.fullmatch(r"\..+\.safetensors\." + re.escape(_HOST) + r"-(\d+)\.tmp", name, re.IGNORECASE)
         if not match or int(match[1]) == os.getpid() or _alive(int(match[1])):
             continue
         with contextlib.suppress(OSError):

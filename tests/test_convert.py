@@ -18,6 +18,7 @@ from quant import Checkpoint, CheckpointError, Options, convert, tiny
 from helpers import REPO, write_tiny
 
 convert_module = importlib.import_module("quant.convert")  # the package exports a function of that name
+HOST = importlib.import_module("quant.writer")._HOST        # temp files carry the machine's name and the process id
 
 
 def read(path):
@@ -163,19 +164,21 @@ def test_a_killed_writers_temp_file_goes_at_the_next_write_in_its_folder(tmp_pat
     live = subprocess.Popen([sys.executable, "-c", WRITER, str(dst), "live"], cwd=REPO, stdout=subprocess.PIPE,
                             text=True)
     try:
-        running = f".o.safetensors.{live.stdout.readline().strip()}.tmp"
+        running = f".o.safetensors.{HOST}-{live.stdout.readline().strip()}.tmp"
         # killed writing another name (a user who then chose a new one): its file goes too
         killed = subprocess.run([sys.executable, "-c", WRITER, str(tmp_path / "first try.safetensors"), "kill"],
                                 cwd=REPO, capture_output=True, text=True)
-        stale = f".first try.safetensors.{killed.stdout.strip()}.tmp"
+        stale = f".first try.safetensors.{HOST}-{killed.stdout.strip()}.tmp"
         assert killed.returncode == -9 and sorted(os.listdir(tmp_path)) == sorted([running, stale, "src.safetensors"])
         size = (tmp_path / stale).stat().st_size
-        (tmp_path / ".other.safetensors.1.tmp").write_bytes(b"x")     # a live process's (pid 1), of another output
-        (tmp_path / ".old.safetensors.tmp").write_bytes(b"x")         # no writer's name: not ours to judge
+        others = [f".other.safetensors.{HOST}-1.tmp",                  # a live process's (pid 1), of another output
+                  f".o.safetensors.another-machine-{killed.stdout.strip()}.tmp",   # a shared folder: not judged here
+                  ".old.safetensors.tmp"]                                    # no writer's name: not ours to judge
+        for name in others:
+            (tmp_path / name).write_bytes(b"x")
         with caplog.at_level("WARNING", logger="skyreels_fp8"):
             convert(str(src), str(dst))
-        assert sorted(os.listdir(tmp_path)) == sorted([".other.safetensors.1.tmp", ".old.safetensors.tmp", running,
-                                                       "o.safetensors", "src.safetensors"])
+        assert sorted(os.listdir(tmp_path)) == sorted([*others, running, "o.safetensors", "src.safetensors"])
         assert [r.getMessage() for r in caplog.records] == [
             f"{tmp_path}: removed {stale} ({size} bytes), the temp file of a write that was killed before it finished"]
     finally:
@@ -188,7 +191,7 @@ def test_on_windows_psutil_says_which_writers_are_gone(tmp_path, monkeypatch):
     pytest.importorskip("psutil")    # ComfyUI's requirement
     from quant import writer
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    names = [f".a.safetensors.{gone.stdout.strip()}.tmp", f".b.safetensors.{os.getppid()}.tmp"]
+    names = [f".a.safetensors.{HOST}-{gone.stdout.strip()}.tmp", f".b.safetensors.{HOST}-{os.getppid()}.tmp"]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
     monkeypatch.setattr(os, "name", "nt")
@@ -228,14 +231,6 @@ def test_a_destination_in_use_is_a_message_and_nothing_changes(tmp_path, monkeyp
                                    "being used by another process): it is in use")
     assert str(e.value).endswith("Nothing was changed: close it and run again, or choose another output name")
     assert dst.read_bytes() == b"the old file" and leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
-    # On Linux the same error means permissions (a sticky folder, an immutable file), not a file in use.
-    monkeypatch.setattr(os, "replace", refused(None, "Permission denied"))
-    waits.clear()
-    with pytest.raises(CheckpointError, match="cannot be replaced \\(Permission denied\\): check that you may write "
-                                              "the file and its folder. Nothing was changed"):
-        convert(str(src), str(dst), overwrite=True)
-    assert dst.read_bytes() == b"the old file" and leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
-    assert waits == []
     # held a moment (twice refused, then let go): the new file is in place
     held, tries = refused(32, "The process cannot access the file because it is being used by another process"), []
 
@@ -243,8 +238,32 @@ def test_a_destination_in_use_is_a_message_and_nothing_changes(tmp_path, monkeyp
         tries.append(b)
         return (held if len(tries) <= 2 else real)(a, b)
     monkeypatch.setattr(os, "replace", let_go)
+    waits.clear()
     convert(str(src), str(dst), overwrite=True)
     assert waits == [0.1, 0.2] and dst.read_bytes() != b"the old file" and Checkpoint(str(dst)).names
+    if os.name == "nt":     # the rest is what the same error means elsewhere
+        return
+    # On Linux the same error means permissions (a sticky folder, an immutable file), not a file in use.
+    monkeypatch.setattr(os, "replace", refused(None, "Permission denied"))
+    waits.clear()
+    before = dst.read_bytes()
+    with pytest.raises(CheckpointError, match="cannot be replaced \\(Permission denied\\): check that you may write "
+                                              "the file and its folder. Nothing was changed"):
+        convert(str(src), str(dst), overwrite=True)
+    assert dst.read_bytes() == before and leftovers(tmp_path, ["src.safetensors", "o.safetensors"]) == []
+    assert waits == []
+
+
+def test_a_temp_file_removed_by_another_program_is_a_message(tmp_path, monkeypatch):
+    src, dst = tmp_path / "src.safetensors", tmp_path / "o.safetensors"
+    write_tiny(src, "T2V")
+
+    def gone(a, b):
+        raise FileNotFoundError(2, "No such file or directory", a)
+    monkeypatch.setattr(os, "replace", gone)
+    with pytest.raises(CheckpointError, match=re.escape(f"{dst}: its temp file ") + ".* was removed by another "
+                                              "program before it was complete; run again"):
+        convert(str(src), str(dst))
 
 
 CHARACTER = 'it has a character Windows does not allow in file names (< > : " | ? * or a control character)'
@@ -423,6 +442,9 @@ def test_dst_in_a_one_file_release_folder_is_refused(tmp_path):
     shards = tmp_path / "shards"
     tiny.write_release(shards, tiny.state_dict(tiny.info("T2V")))
     assert run_cli(release / "model.safetensors", shards / "fp8.safetensors").returncode == 0
+    # replacing the release's own weights (asked for: --overwrite) keeps it one model
+    write_tiny(tmp_path / "other.safetensors", "DF", seed=5)
+    assert run_cli(tmp_path / "other.safetensors", release / "model.safetensors", "--overwrite").returncode == 0
 
 
 def test_cli_seed_spelling_and_report(tmp_path):

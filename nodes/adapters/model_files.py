@@ -152,8 +152,7 @@ def _output_folder():
     # models/diffusion_models first; ComfyUI also lists the legacy models/unet, which may not exist.
     # a read-only one (a shared network folder marked is_default) is passed over where another can be written
     folders = [f for f in folder_paths.get_folder_paths(FOLDER) if os.path.isdir(f)]
-    folders = [f for f in folders if writable(f)] or folders
-    named = [f for f in folders if os.path.basename(os.path.normpath(f)) == FOLDER]
     if not folders:
         raise FileNotFoundError(f"no models/{FOLDER} folder exists; create it first")
-    return (named or folders)[0]
+    ranked = sorted(folders, key=lambda f: os.path.basename(os.path.normpath(f)) != FOLDER)    # named ones first
+    return next((f for f in ranked if writable(f)), ranked[0])      # tried in turn: each try writes a file

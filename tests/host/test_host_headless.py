@@ -108,6 +108,7 @@ def test_a_killed_run_stops_its_comfyui_and_leaves_no_temp_folder_and_nohup_stil
     assert left == []                   # ComfyUI stopped with the script
 
 
+@pytest.mark.skipif(os.name == "nt", reason="SIGUSR1 stands in for SIGBREAK, which is Windows' own")
 def test_ctrl_break_ends_through_finally_as_ctrl_c_does(monkeypatch):
     # Windows' Ctrl+Break is SIGBREAK, which Linux lacks: SIGUSR1 stands in for it here.
     import signal
@@ -150,28 +151,40 @@ def test_an_output_on_a_drive_that_is_not_there_is_named(monkeypatch, tmp_path):
 
 
 def test_an_output_folder_that_cannot_be_written_is_named(monkeypatch, tmp_path):
-    # The tests run as root, which may write anywhere: the OS's refusal (a read-only share, Program Files) stands in
-    # here. It is tried, not asked of os.access, which says yes to every folder on Windows.
-    import tempfile
+    # The tests run as root, which may write anywhere: the OS's refusal (a read-only share, Program Files, C:\\ for a
+    # user, who may make folders there but not files) stands in here. It is tried, not asked of os.access, which says
+    # yes to every folder on Windows.
     from generate_video_fp8 import BadInput, check_output, parse_args
+    real_open, real_mkdir = os.open, os.mkdir
 
-    def refused(dir):
-        raise PermissionError(13, "Permission denied", dir)
-    monkeypatch.setattr(tempfile, "TemporaryFile", refused)     # quant.writer.writable tries one
+    def refused(real):
+        def call(path, *args, **kwargs):
+            if os.path.dirname(path) == str(tmp_path):
+                raise PermissionError(13, "Permission denied", path)
+            return real(path, *args, **kwargs)
+        return call
     monkeypatch.setattr(os, "access", lambda path, mode: True)
+    monkeypatch.setattr(os, "open", refused(real_open))       # files refused, folders not: as C:\\
+    check_output(parse_args(["--outdir", f"{tmp_path}/videos"]))    # a folder to be made there is fine
+    with pytest.raises(BadInput, match=re.escape(f"--output: {tmp_path}/x.mp4: {tmp_path} is not writable; choose "
+                                                 "another place")):
+        check_output(parse_args(["--output", f"{tmp_path}/x.mp4"]))
+    monkeypatch.setattr(os, "mkdir", refused(real_mkdir))     # neither: a read-only share
     with pytest.raises(BadInput, match=re.escape(f"--outdir: {tmp_path}/videos: {tmp_path} is not writable; choose "
                                                  "another place")):
         check_output(parse_args(["--outdir", f"{tmp_path}/videos"]))
+    assert os.listdir(tmp_path) == []     # the tries leave nothing
 
 
 def test_a_windows_folder_ending_in_a_backslash_before_its_quote_is_named(monkeypatch):
     # cmd and PowerShell 5 hand `--outdir "D:\\out dir\\" --seed 3` over as one value: D:\\out dir" --seed 3
-    from generate_video_fp8 import BadInput, check_output, parse_args
+    from generate_video_fp8 import BadInput, check_flags, parse_args
     monkeypatch.setattr(os, "name", "nt")
-    with pytest.raises(BadInput) as e:
-        check_output(parse_args(["--outdir", 'D:\\out dir" --seed 3']))
-    assert str(e.value) == ('--outdir: D:\\out dir" --seed 3: a folder ending in \\" takes the quote and what follows '
-                            'into the name; leave out the last backslash')
+    for flag in ("--outdir", "--model_id"):
+        with pytest.raises(BadInput) as e:
+            check_flags(parse_args([flag, 'D:\\out dir" --seed 3']))
+        assert str(e.value) == (f'{flag.replace("_id", "_path")}: D:\\out dir" --seed 3: a folder ending in \\" takes '
+                                'the quote and what follows into the name; leave out the last backslash')
 
 
 def test_damaged_files_beside_the_model_exit_2_before_comfyui_and_a_failing_node_exits_1(host, tmp_path):
