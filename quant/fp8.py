@@ -152,10 +152,12 @@ def _w8a8(x, qweight, scale, bias, plan):
     if plan == "tensorwise" and scale.numel() > 1:
         # Per-tensor scaling with a per-channel weight: a weight scale of 1 in the product, the channel scales on
         # its output, in bf16 (or fp32): without the weight scales (~amax/448) the products can pass fp16's max.
+        # The scales multiply in fp32 (rounded to bf16 first, each channel was off by up to 0.4%, the same way at
+        # every call).
         out_dtype = torch.float32 if x.dtype == torch.float32 else torch.bfloat16
         one = torch.ones((1, 1), dtype=torch.float32, device=xq.device)
         y = torch._scaled_mm(xq, qweight.t(), scale_a=x_scale, scale_b=one, out_dtype=out_dtype)
-        y.mul_(scale.reshape(1, -1).to(out_dtype))
+        y.mul_(scale.reshape(1, -1).float())
         if bias is not None:
             y.add_(bias.to(out_dtype))
     else:

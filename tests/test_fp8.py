@@ -383,6 +383,19 @@ def test_cpu_kernel_without_row_wise_scales_upcasts_and_says_why(monkeypatch, li
         fp8_plan.cpu_rowwise_scales.cache_clear()
 
 
+def test_tensorwise_channel_scales_multiply_in_fp32(monkeypatch):
+    # The product's own rounding stands alone: _scaled_mm gives 3.0 everywhere, and each channel's output is
+    # 3 x its fp32 scale rounded once to bf16 (the scale rounded to bf16 first was up to 0.4% off, per channel).
+    monkeypatch.setattr(fp8, "device_plan", lambda device, granularity: ("tensorwise", "sm120"))
+    monkeypatch.setattr(torch, "_scaled_mm", lambda a, b, *, out_dtype, **kwargs: torch.full(
+        (a.shape[0], b.shape[1]), 3.0, dtype=out_dtype))
+    scale = torch.linspace(0.001, 0.0011, 64)      # fp32 channel scales, most not bf16 values
+    y = fp8_linear(torch.randn(8, 32, dtype=torch.bfloat16), torch.zeros(64, 32, dtype=torch.float8_e4m3fn), scale,
+                   mode="w8a8")
+    assert torch.equal(y, (3.0 * scale).to(torch.bfloat16).expand(8, 64))
+    assert not torch.equal(y, (3.0 * scale.to(torch.bfloat16)).expand(8, 64))     # what the rounded scales gave
+
+
 def test_tensorwise_per_channel_does_not_overflow_fp16(monkeypatch, linear_case):
     # Tiny weights have tiny channel scales: the products before those scales pass fp16's 65504 (here ~1e5).
     monkeypatch.setattr(fp8, "device_plan", lambda device, granularity: ("tensorwise", "sm120"))
