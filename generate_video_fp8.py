@@ -340,8 +340,6 @@ def check_flags(args):
     if args.end_image and args.causal_block_size not in (None, 1):
         raise BadInput(f"--end_image: needs --causal_block_size 1, not {args.causal_block_size} (the end image is "
                        "one latent frame)")
-    if args.teacache and args.use_usp:
-        raise BadInput("--teacache: TeaCache does not reach --use_usp's parallel workers yet; drop one of the two")
     if not 0 <= args.teacache_thresh <= 1:
         raise BadInput(f"--teacache_thresh: {args.teacache_thresh} is outside 0 to 1 (SkyReels-V2 uses 0.1 to 0.3)")
     if args.inference_steps < 1:

@@ -58,6 +58,16 @@ def layout(world, heads, cfg=False, ring=0):
     return c, ring
 
 
+def first_of_group(value, mesh, device):
+    """`value` (a number) as the first rank of this rank's sequence group has it: what each rank works out alone and
+    that decides which collectives run (TeaCache's skip) must agree within the group."""
+    if mesh.sequence_group is None:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=mesh.c * mesh.sequence, group=mesh.sequence_group)
+    return t.item()
+
+
 def _all_to_all(x, scatter_dim, gather_dim, group):
     """x split in equal pieces along scatter_dim, piece i to rank i; what arrives concatenated along gather_dim."""
     if group is None:

@@ -83,8 +83,8 @@ class SampleVideo(io.ComfyNode):
                                 tooltip="Takes the size from this latent instead of width/height/frames."),
                 PARALLEL.Input("parallel", optional=True,
                                tooltip="From Parallel Config: run on several GPUs (sequence parallel). The MODEL "
-                                       "must come from Load FP8 SkyReels Model (Patch SageAttention and LoRAs "
-                                       "allowed; not TeaCache)."),
+                                       "must come from Load FP8 SkyReels Model (Patch SageAttention, TeaCache "
+                                       "and LoRAs allowed)."),
                 # last, so that saved workflows keep their inputs in place
                 io.Image.Input("end_image", optional=True,
                                tooltip="DF: the frame the video leads to (needs vae, causal_block_size 1). As "

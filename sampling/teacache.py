@@ -54,9 +54,11 @@ class TeaCache:
             for key in [k for k, s in self.streams.items() if s.index < self.last_step]:
                 del self.streams[key]
 
-    def compute(self, stream, index, total, embedding, coeffs, shape):
+    def compute(self, stream, index, total, embedding, coeffs, shape, agree=None):
         """Whether call `index` of `total` of `stream` runs the blocks (else it reuses the residual). A second call at
-        one step (a sampler's second evaluation, a guidance pass on one prompt) runs them and changes nothing."""
+        one step (a sampler's second evaluation, a guidance pass on one prompt) runs them and changes nothing.
+        `agree` maps the embedding's change to the one every rank of a parallel run takes (one rank's), so that all
+        make the same decisions in the same state: the ranks' own figures may differ in the last bits."""
         self.calls += 1
         self._forget_absent(index)
         s = self.streams.setdefault(stream, Stream())
@@ -70,6 +72,7 @@ class TeaCache:
                or s.residual is None or s.residual.shape != shape)
         if not run:
             change = ((embedding - s.previous).abs().mean() / s.previous.abs().mean()).item()
+            change = change if agree is None else agree(change)
             s.distance += rescale(coeffs, change)
             run = s.distance >= self.threshold
         if run:

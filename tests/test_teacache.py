@@ -7,13 +7,13 @@ from sampling import teacache
 IDENTITY = (0, 0, 0, 1, 0)
 
 
-def calls(cache, changes, total=None, stream=0):
+def calls(cache, changes, total=None, stream=0, agree=None):
     """Run calls whose embedding changes by the given relative L1 amounts; returns which ran the blocks."""
     total = total or len(changes) + 1
     e, out = torch.ones(4, 8), []
     for i, change in enumerate([0.0] + changes):
         e = e * (1 + change)        # |e_new - e| / |e| = change
-        run = cache.compute(stream, i, total, e, IDENTITY, (1, 2))
+        run = cache.compute(stream, i, total, e, IDENTITY, (1, 2), agree)
         if run:
             cache.keep(stream, torch.zeros(1, 2))
         out.append(run)
@@ -24,6 +24,15 @@ def test_the_sum_of_changes_decides_and_starts_again_after_a_computed_call():
     # threshold 0.1: 0.06 skips, 0.06 + 0.06 computes, then 0.06 skips again; the first and last calls always run
     assert calls(teacache.TeaCache(0.1, False), [0.06, 0.06, 0.06, 0.5], total=6) == [True, False, True, False,
                                                                                        True]
+
+
+def test_parallel_ranks_decide_on_the_change_they_agree_on():
+    # a rank whose own changes differ (its figures in the last bits, here by much more) decides as the rank whose
+    # change it is given, sums included: the 0.06 steps of the test above, whatever this rank measured
+    given = iter([0.06, 0.06, 0.06, 0.5])
+    assert calls(teacache.TeaCache(0.1, False), [0.5, 0.0, 0.5, 0.0], total=6) == [True, True, False, True, False]
+    assert calls(teacache.TeaCache(0.1, False), [0.5, 0.0, 0.5, 0.0], total=6, agree=lambda mine: next(given)) == \
+        [True, False, True, False, True]
 
 
 def test_first_and_last_calls_are_computed_and_retention_keeps_five():

@@ -17,7 +17,7 @@ import json, sys
 sys.path.insert(0, {repo!r})
 import torch, torch.nn.functional as F
 import torch.distributed as dist
-from attention.usp import Mesh, usp_attention
+from attention.usp import Mesh, first_of_group, usp_attention
 from attention.block_causal import block_causal
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:{port}", rank={rank}, world_size={world})
 torch.manual_seed(0)                      # the same full tensors on every rank
@@ -34,6 +34,7 @@ for cfg, ring in {layouts}:
     local = -(-9 // S) * FRAME                       # whole frames per rank, padded at the end
     pad = lambda t: torch.cat([t, t.new_zeros(B, local * S - L, H, D)], 1)[:, mesh.s * local:(mesh.s + 1) * local]
     name = str(mesh)
+    result["first " + name] = first_of_group(10.0 * dist.get_rank() + 0.5, mesh, "cpu")    # what TeaCache agrees on
     for causal in (False, True):
         if causal:
             attend = lambda qq, kk, vv, q_start: block_causal(qq, kk, vv, sdpa, 2 * FRAME, q_start)
@@ -77,6 +78,7 @@ def test_two_ranks_ulysses_and_ring_equal_one_process():
     # 9 frames over 2 ranks: 5 frames each, the last one padding. Ulysses (2 heads per rank) and ring (all 4
     # heads, keys all-gathered), each plain and block-causal (2-frame blocks), against one process.
     for r in spmd(2, [(1, 1), (1, 2)]):
+        assert {r.pop("first cfg 1 x ulysses 2 x ring 1"), r.pop("first cfg 1 x ulysses 1 x ring 2")} == {0.5}
         assert set(r) == {"cfg 1 x ulysses 2 x ring 1", "cfg 1 x ulysses 2 x ring 1 causal",
                           "cfg 1 x ulysses 1 x ring 2", "cfg 1 x ulysses 1 x ring 2 causal"}
         for name, (err, tokens) in r.items():
@@ -86,7 +88,10 @@ def test_two_ranks_ulysses_and_ring_equal_one_process():
 
 def test_four_ranks_two_dimensional_mesh():
     # ulysses 2 x ring 2 (3 frames per rank, 3 padded), and cfg 2 x ring 2: every group agrees with one process.
-    for r in spmd(4, [(1, 2), (2, 2)]):
+    for rank, r in enumerate(spmd(4, [(1, 2), (2, 2)])):
+        # every rank takes the number of its sequence group's first rank: 0 for all, and with cfg 2 0 or 2 by half
+        assert [r.pop("first cfg 1 x ulysses 2 x ring 2"), r.pop("first cfg 2 x ulysses 1 x ring 2")] == \
+            [0.5, 20.5 if rank >= 2 else 0.5], rank
         assert {n.split(" causal")[0] for n in r} == {"cfg 1 x ulysses 2 x ring 2", "cfg 2 x ulysses 1 x ring 2"}
         for name, (err, _) in r.items():
             assert err <= 1e-5, (name, err)

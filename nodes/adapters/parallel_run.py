@@ -33,8 +33,8 @@ KNOWN = {   # model_options keys that parallel runs refuse, and core nodes that 
 
 
 def recipe_of(model):
-    """(loader recipe, Patch SageAttention settings, weight patches) of `model`; anything a worker could not
-    rebuild is refused, so a parallel run never differs silently from a single-device one."""
+    """(loader recipe, Patch SageAttention settings, weight patches, TeaCache settings) of `model`; anything a worker
+    could not rebuild is refused, so a parallel run never differs silently from a single-device one."""
     recipe = getattr(model, "attachments", {}).get(RECIPE)
     if recipe is None:
         fail("parallel: needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch "
@@ -48,14 +48,16 @@ def recipe_of(model):
         fail(f"parallel: this MODEL carries {', '.join(unsupported)}, which parallel runs cannot rebuild; use the "
              "plain LoRA loaders (weight patches) or Load FP8 SkyReels Model alone")
     to = model.model_options.get("transformer_options", {})
-    if teacache_hooks.KEY in to:
-        fail("parallel: TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or run on one GPU")
+    cache = to.get(teacache_hooks.KEY)
+    teacache = None if cache is None else (cache.threshold, cache.retention)
+    rebuilt = ("optimized_attention_override", "wrappers", "callbacks", teacache_hooks.KEY)
     extra = sorted(k for k in model.model_options if k != "transformer_options")
-    extra += sorted(k for k in to if k not in ("optimized_attention_override", "wrappers", "callbacks") and to[k])
-    ours = {WrappersMP.DIFFUSION_MODEL: fps_term.KEY, WrappersMP.OUTER_SAMPLE: SAGE_KEY,    # rebuilt there
-            WrappersMP.APPLY_MODEL: SAGE_KEY}
+    extra += sorted(k for k in to if k not in rebuilt and to[k]
+                    and not (k == "patches_replace" and cache and teacache_hooks.replaces_alone(to[k])))
+    ours = {WrappersMP.DIFFUSION_MODEL: (fps_term.KEY, teacache_hooks.KEY),    # rebuilt there
+            WrappersMP.OUTER_SAMPLE: (SAGE_KEY, teacache_hooks.KEY), WrappersMP.APPLY_MODEL: (SAGE_KEY,)}
     extra += sorted(k for kind, keyed in model.wrappers.items() for k, fns in keyed.items()
-                    if fns and k != ours.get(kind))
+                    if fns and k not in ours.get(kind, ()))
     if extra:
         named = ", ".join(f"{k}: {KNOWN[k]}" if k in KNOWN else str(k) for k in extra)
         fail(f"parallel: this MODEL carries changes a worker cannot rebuild ({named}); connect Load FP8 SkyReels "
@@ -65,7 +67,7 @@ def recipe_of(model):
         fail(f"parallel: an attention override other than Patch SageAttention is set on this MODEL, "
              f"{describe(override)}; remove that node")
     sage = None if override is None else (override.mode, override.first, override.last, override.steps, override.guard)
-    return recipe, sage, _weight_patches(model)
+    return recipe, sage, _weight_patches(model), teacache
 
 
 def _weight_patches(model):
@@ -99,7 +101,7 @@ class Plan:
     def __init__(self, config, model, one_pass=False):
         """`one_pass`: the sampling makes one model pass per step (cfg 1), which cfg parallel would run twice."""
         self.config, self.n = config, config["workers"]
-        self.recipe, self.sage, self.patches = recipe_of(model)
+        self.recipe, self.sage, self.patches, self.teacache = recipe_of(model)
         heads = model.model.diffusion_model.blocks[0].self_attn.num_heads
         self.unpaired = config.get("cfg_parallel", True) and one_pass
         try:
@@ -112,7 +114,7 @@ class Plan:
         # A file of the model changed on disk under the same name (its size or time) means new workers.
         self.key = (config["address"], config["device"], self.n, self.cfg, self.ring,
                     tuple(sorted(self.recipe.items())), model_files.signature(self.recipe["path"]), self.sage,
-                    self.patches["uuid"] if self.patches else None)
+                    self.patches["uuid"] if self.patches else None, self.teacache)
 
 
 def run(config, model, positive, negative, widgets, inputs):

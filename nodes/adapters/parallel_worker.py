@@ -62,11 +62,12 @@ class Worker:
                                 world_size=world)
         self.rank, self.mesh = rank, Mesh(cfg, ring)
 
-    def load(self, recipe, sage, patches=None):
+    def load(self, recipe, sage, patches=None, teacache=None):
         import folder_paths
-        from skyreels_pack.nodes.adapters import sequence_parallel
+        from skyreels_pack.nodes.adapters import sequence_parallel, teacache_hooks
         from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
         from skyreels_pack.nodes.sage_patch import PatchSageAttention
+        from skyreels_pack.sampling.teacache import TeaCache
 
         path = recipe["path"].rstrip(os.sep)
         folder_paths.add_model_folder_path("diffusion_models", os.path.dirname(path), is_default=True)
@@ -81,6 +82,8 @@ class Worker:
         if sage is not None:
             model = PatchSageAttention.execute(model, *sage).args[0]
         self.model = sequence_parallel.patch(model, self.mesh)
+        if teacache is not None:     # around sequence parallel's blocks (threshold, retention steps)
+            self.model = teacache_hooks.install(self.model, TeaCache(*teacache))
 
     def sample(self, conditioning, widgets, inputs, progress, preview=("none", 512)):
         import comfy.cli_args

@@ -487,8 +487,9 @@ class Job:
         cache = self.model.model_options["transformer_options"].get(teacache_hooks.KEY)
         if cache is None:
             return []
-        return [f"TeaCache: {cache.skipped - before[1]} of {cache.calls - before[0]} model calls skipped (threshold "
-                f"{cache.threshold:g}{', retention steps' if cache.retention else ''}; cond and uncond counted apart)"]
+        skipped, calls = sequence_parallel.cfg_total(self.model, [cache.skipped - before[1], cache.calls - before[0]])
+        return [f"TeaCache: {skipped} of {calls} model calls skipped (threshold {cache.threshold:g}"
+                f"{', retention steps' if cache.retention else ''}; cond and uncond counted apart)"]
 
     def _bypassed_line(self):
         """Patch SageAttention on the MODEL, and no attention call reached it while another pack's forward ran."""

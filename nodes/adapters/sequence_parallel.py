@@ -97,6 +97,18 @@ def agree(model, t):
     return t.to(where)
 
 
+def cfg_total(model, values):
+    """`values` (counts) summed over the cfg groups of the model's mesh: with cfg parallel each group counts its own
+    pass (TeaCache's calls). Unchanged without one."""
+    mesh = model.model_options.get("transformer_options", {}).get(MESH_KEY)
+    if mesh is None or mesh.cfg_group is None:
+        return values
+    import torch.distributed as dist
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t, group=mesh.cfg_group)
+    return [round(v) for v in t.tolist()]
+
+
 def patch(model, mesh):
     """A clone of `model` (a ModelPatcher) whose forward passes run on `mesh` (attention.usp.Mesh)."""
     if model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit"):

@@ -1,39 +1,54 @@
 """TeaCache in the host: a diffusion-model wrapper captures each call's timestep embedding, and block replacements run
 the blocks or, on a skipped call, add the residual to the input once (the decisions: sampling/teacache.py)."""
+import functools
+
 import torch
 from comfy.patcher_extension import WrappersMP
 
 from ...attention.guard import StepIndex
+from ...attention.usp import first_of_group
 from ...sampling import teacache
 from . import foreign_forward
+from .sequence_parallel import MESH_KEY
 
 KEY = "skyreels_teacache"      # transformer_options: the TeaCache of this MODEL
 RUN = "skyreels_teacache_run"  # transformer_options of one call: what its blocks do
 
 
 def install(model, cache):
-    """A clone of `model` with `cache` (a sampling.teacache.TeaCache) in its wrappers and block replacements."""
+    """A clone of `model` with `cache` (a sampling.teacache.TeaCache) in its wrappers and block replacements. The
+    TeaCache node refuses a MODEL whose blocks are replaced already; a parallel worker installs it around sequence
+    parallel's blocks, so that it decides on the whole call and keeps the whole residual, as on one device."""
     m = model.clone()
     m.model_options["transformer_options"][KEY] = cache
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, _call)
     m.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, KEY, _release)
+    replaced = m.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
     for i in range(len(m.model.diffusion_model.blocks)):
-        m.set_model_patch_replace(_block, "dit", "double_block", i)
+        inner = replaced.get(("double_block", i))
+        m.set_model_patch_replace(_block if inner is None else functools.partial(_around, inner), "dit",
+                                  "double_block", i)
     return m
 
 
-class Run:
-    """One model call: its streams (cond / uncond chunks of the batch), its step, and the blocks' input."""
+def _around(inner, args, extra):
+    return _block(args, {**extra, "original_block": lambda a: inner(a, extra)})
 
-    def __init__(self, cache, streams, index, total, coeffs):
+
+class Run:
+    """One model call: its streams (cond / uncond chunks of the batch), its step, the blocks' input, and how the
+    ranks of a parallel run agree (None on one device)."""
+
+    def __init__(self, cache, streams, index, total, coeffs, agree=None):
         self.cache, self.streams, self.index, self.total, self.coeffs = cache, streams, index, total, coeffs
-        self.embedding, self.runs, self.x_in = None, None, None
+        self.embedding, self.runs, self.x_in, self.agree = None, None, None, agree
 
     @torch.compiler.disable      # TorchCompileModel: decisions and their state stay eager (see _block)
     def start(self, x, e0):
         inp = e0 if self.cache.retention else self.embedding
         parts = zip(self.streams, inp.chunk(len(self.streams)), x.chunk(len(self.streams)))
-        self.runs = [self.cache.compute(s, self.index, self.total, e, self.coeffs, xs.shape) for s, e, xs in parts]
+        self.runs = [self.cache.compute(s, self.index, self.total, e, self.coeffs, xs.shape, self.agree)
+                     for s, e, xs in parts]
         self.x_in = x
 
     @torch.compiler.disable
@@ -85,7 +100,9 @@ def _call(executor, *args, **kwargs):
     kinds, window = to.get("cond_or_uncond", [0]), to.get("context_window")
     frames = None if window is None else tuple(getattr(window, "index_list", ()))
     streams = [(kind, uuid, frames) for kind, uuid in zip(kinds, to.get("uuids") or range(len(kinds)))]
-    run = Run(cache, streams, *StepIndex()(to), coeffs)  # (step, total): once per model call
+    mesh = to.get(MESH_KEY)     # a parallel worker's: its sequence group skips together or not at all
+    agree = None if mesh is None else functools.partial(first_of_group, mesh=mesh, device=x.device)
+    run = Run(cache, streams, *StepIndex()(to), coeffs, agree)  # (step, total): once per model call
     hook = dm.time_embedding.register_forward_hook(lambda module, inputs, out: setattr(run, "embedding", out))
     to[RUN] = run
     try:
@@ -102,6 +119,11 @@ def _release(executor, *args, **kwargs):
         to = executor.class_obj.model_options["transformer_options"]
         if KEY in to:
             to[KEY].release()
+
+
+def replaces_alone(replaced):
+    """Whether block replacements (transformer_options' patches_replace) are TeaCache's alone."""
+    return set(replaced) == {"dit"} and all(fn is _block for fn in replaced["dit"].values())
 
 
 def counts(model):

@@ -308,7 +308,7 @@ def test_flags_reach_the_workflow_widgets(server):
     args = parse_args(["--model_path", "x", "--prompt", "a red fox", "--negative_prompt", "blurry", "--no-fp8",
                        "--resolution", "720P", "--num_frames", "257", "--ar_step", "5", "--causal_block_size", "5",
                        "--seed", "7", "--image", "start.png", "--causal_attention", "--use_usp", "--workers", "4",
-                       "--guidance_scale", "4.5", "--shift", "5"])
+                       "--guidance_scale", "4.5", "--shift", "5", "--teacache", "--use_ret_steps"])
     with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json"), encoding="utf-8") as f:
         prompt = build_prompt(json.load(f), info, args, names, demo=False)
     by_type = {}
@@ -339,6 +339,10 @@ def test_flags_reach_the_workflow_widgets(server):
     assert sample["mode.causal_attention"] is True
     parallel = prompt[sample["parallel"][0]]
     assert parallel["class_type"] == "SkyReelsParallelConfig" and parallel["inputs"]["workers"] == 4
+    cache = prompt[sample["model"][0]]     # TeaCache reaches the workers (their MODEL is rebuilt from its settings)
+    assert cache["class_type"] == "SkyReelsTeaCache" and cache["inputs"] == {
+        "model": [next(k for k, n in prompt.items() if n["class_type"] == "SkyReelsPatchSageAttention"), 0],
+        "threshold": 0.2, "retention_steps": True}, cache
     spec = {**info["SkyReelsParallelConfig"]["input"]["required"], **info["SkyReelsParallelConfig"]["input"]["optional"]}
     assert set(parallel["inputs"]) == set(spec), (parallel["inputs"], spec)   # every widget, as the host names them
     # --seed gives SkyReels-V2's noise (drawn on the GPU, as its scripts draw it); --cpu_noise asks for ComfyUI's
@@ -449,7 +453,6 @@ def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, 
                                     "not run in ComfyUI; run its skyreels_v2_infer/pipelines/prompt_enhancer.py"),
             (["--image", "a.png", "--video_path", "short.mp4"], "--image, --video_path: give one"),
             (["--end_image", "a.png", "--causal_block_size", "5"], "--end_image: needs --causal_block_size 1, not 5"),
-            (["--teacache", "--use_usp"], "--teacache: TeaCache does not reach --use_usp's parallel workers yet"),
             (["--video_path", "short.mp4"], "--video_path: 9 frames; a continuation starts from its last "
                                             "overlap_history (17), and this script takes up to 4113: trim it"),
             (["--video_path", "broken.mp4"], "--video_path: broken.mp4 is not a video ComfyUI can read"),

@@ -75,11 +75,15 @@ try:
     TeaCache.execute(replaced, 0.2, False)
 except ValueError as e:
     result["replaced"] = str(e)
+# parallel runs: the workers install TeaCache again from its settings; a block replacement set after it is refused
 from skyreels_pack.nodes.adapters.parallel_run import recipe_of
+result["parallel"] = list(recipe_of(TeaCache.execute(model, 0.3, True).args[0])[3])
+after = cached.clone()
+after.set_model_patch_replace(lambda args, extra: extra["original_block"](args), "dit", "double_block", 1)
 try:
-    recipe_of(cached)
+    recipe_of(after)
 except ValueError as e:
-    result["parallel"] = str(e)
+    result["parallel, replaced after"] = str(e)
 # SkyReels-V2's own TeaCache, call after call (cond, uncond at each step), with and without skipping
 import safetensors.torch, comfy.model_management
 sys.path.insert(0, os.path.join({repo!r}, "tests", "data"))
@@ -135,8 +139,9 @@ def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
     assert r["heun"]
     assert r["twice"] == "TeaCache: model: already has TeaCache (SkyReels-V2); use one TeaCache node", r["twice"]
     assert r["replaced"].startswith("TeaCache: model: its transformer blocks are already replaced by another patch")
-    assert r["parallel"].endswith("TeaCache (SkyReels-V2) does not reach the parallel workers yet; remove it, or "
-                                  "run on one GPU")
+    assert r["parallel"] == [0.3, True]
+    assert r["parallel, replaced after"].startswith("Sample Video: parallel: this MODEL carries changes a worker "
+                                                    "cannot rebuild (patches_replace: a block replacement"), r
     # every call as SkyReels-V2's TeaCache makes it, skipped or not (float noise ~1e-6; a call skipped on one side
     # only would differ by ~0.3, measured on this table)
     for name in ("plain", "skip", "skip_retention"):
