@@ -52,7 +52,7 @@ def workers_for(ray, plan):
     [(address, port)] = wait(ray, [workers[0].address.remote()], workers)
     wait(ray, [w.join.remote(address, port, r, plan.n, plan.cfg, plan.ring) for r, w in enumerate(workers)], workers)
     patches = ray.put(plan.patches) if plan.patches else None
-    wait(ray, [w.load.remote(plan.recipe, plan.sage, patches, plan.teacache) for w in workers], workers)
+    wait(ray, [w.load.remote(plan.recipe, plan.sage, patches) for w in workers], workers)
     return pool, cpu, False
 
 

@@ -1,7 +1,7 @@
 """Sample Video on several devices (Parallel Config): one Ray actor per device (`parallel_pool`, `parallel_worker`),
 in a torch.distributed mesh (`attention.usp`), each running the whole Sample Video on its share of the work. Only
-the MODEL's recipe (loader file and options, Patch SageAttention settings), its LoRA patches, the conditioning and
-the images travel, never the model's weights: each actor loads the same file itself. A VAE travels as weights (it
+the MODEL's recipe (loader file and options, Patch SageAttention and TeaCache settings), its LoRA patches, the
+conditioning and the images travel, never the model's weights: each actor loads the same file itself. A VAE travels as weights (it
 has no file name to load from).
 """
 import logging
@@ -38,7 +38,7 @@ def recipe_of(model):
     recipe = getattr(model, "attachments", {}).get(RECIPE)
     if recipe is None:
         fail("parallel: needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch "
-             "SageAttention): each worker loads the same file itself")
+             "SageAttention, TeaCache and LoRA loaders): each worker loads the same file itself")
     # ModelSamplingSD3's object patch may stay: Sample Video samples with its own model sampling, from the shift
     # it read before the workers start.
     objects = {k: v for k, v in model.object_patches.items() if k != "model_sampling"}
@@ -61,7 +61,7 @@ def recipe_of(model):
     if extra:
         named = ", ".join(f"{k}: {KNOWN[k]}" if k in KNOWN else str(k) for k in extra)
         fail(f"parallel: this MODEL carries changes a worker cannot rebuild ({named}); connect Load FP8 SkyReels "
-             "Model (and Patch SageAttention) directly")
+             "Model (and Patch SageAttention, TeaCache, LoRA loaders) directly")
     override = to.get("optimized_attention_override")
     if override is not None and not isinstance(override, SageOverride):
         fail(f"parallel: an attention override other than Patch SageAttention is set on this MODEL, "
@@ -114,7 +114,7 @@ class Plan:
         # A file of the model changed on disk under the same name (its size or time) means new workers.
         self.key = (config["address"], config["device"], self.n, self.cfg, self.ring,
                     tuple(sorted(self.recipe.items())), model_files.signature(self.recipe["path"]), self.sage,
-                    self.patches["uuid"] if self.patches else None, self.teacache)
+                    self.patches["uuid"] if self.patches else None)
 
 
 def run(config, model, positive, negative, widgets, inputs):
@@ -130,7 +130,7 @@ def run(config, model, positive, negative, widgets, inputs):
     started, ok = time.perf_counter(), False
     try:
         pool, cpu, kept = parallel_pool.workers_for(ray, plan)
-        samples, report, images = _sample(ray, pool, positive, negative, widgets, inputs)
+        samples, report, images = _sample(ray, pool, positive, negative, widgets, inputs, plan.teacache)
         ok = True
     finally:
         if not ok or not config.get("keep_workers", True):
@@ -143,8 +143,9 @@ def run(config, model, positive, negative, widgets, inputs):
     return samples, report, images
 
 
-def _sample(ray, pool, positive, negative, widgets, inputs):
-    """Every worker runs Sample Video; rank 0's (samples, report, images), its progress shown by the host's bar."""
+def _sample(ray, pool, positive, negative, widgets, inputs, teacache):
+    """Every worker runs Sample Video (with TeaCache's settings, if any: another threshold keeps the workers);
+    rank 0's (samples, report, images), its progress shown by the host's bar."""
     from ray.util.queue import Queue
     inputs = dict(inputs)
     if inputs["vae"] is not None:   # the workers build the same VAE from its weights (it has no file to load from)
@@ -159,7 +160,7 @@ def _sample(ray, pool, positive, negative, widgets, inputs):
             value, total, image = updates[-1]
             bar.update_absolute(value, total, image or next((u[2] for u in reversed(updates) if u[2]), None))
     try:
-        results = parallel_pool.wait(ray, [w.sample.remote(cond, widgets, inputs, progress, preview)
+        results = parallel_pool.wait(ray, [w.sample.remote(cond, widgets, inputs, progress, preview, teacache)
                                            for w in pool.workers],
                                      pool.workers, show)
         show()

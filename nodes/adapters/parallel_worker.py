@@ -62,12 +62,11 @@ class Worker:
                                 world_size=world)
         self.rank, self.mesh = rank, Mesh(cfg, ring)
 
-    def load(self, recipe, sage, patches=None, teacache=None):
+    def load(self, recipe, sage, patches=None):
         import folder_paths
-        from skyreels_pack.nodes.adapters import sequence_parallel, teacache_hooks
+        from skyreels_pack.nodes.adapters import sequence_parallel
         from skyreels_pack.nodes.loader import LoadFP8SkyReelsModel
         from skyreels_pack.nodes.sage_patch import PatchSageAttention
-        from skyreels_pack.sampling.teacache import TeaCache
 
         path = recipe["path"].rstrip(os.sep)
         folder_paths.add_model_folder_path("diffusion_models", os.path.dirname(path), is_default=True)
@@ -82,16 +81,16 @@ class Worker:
         if sage is not None:
             model = PatchSageAttention.execute(model, *sage).args[0]
         self.model = sequence_parallel.patch(model, self.mesh)
-        if teacache is not None:     # around sequence parallel's blocks (threshold, retention steps)
-            self.model = teacache_hooks.install(self.model, TeaCache(*teacache))
 
-    def sample(self, conditioning, widgets, inputs, progress, preview=("none", 512)):
+    def sample(self, conditioning, widgets, inputs, progress, preview=("none", 512), teacache=None):
         import comfy.cli_args
         import comfy.model_management
         import comfy.sd
         import comfy.utils
         import latent_preview
+        from skyreels_pack.nodes.adapters import teacache_hooks
         from skyreels_pack.nodes.sample import sample_video
+        from skyreels_pack.sampling.teacache import TeaCache
         inputs = dict(inputs)
         if inputs.get("vae") is not None:   # the host's VAE weights, in Ray's object store
             import ray
@@ -104,7 +103,10 @@ class Worker:
         if self.rank == 0:   # the host shows rank 0's progress bar, and its previews
             comfy.utils.set_progress_bar_global_hook(
                 lambda value, total, preview=None, node_id=None: progress.put_nowait((value, total, preview)))
-        result = sample_video(self.model, *conditioning, **widgets, **inputs)
+        model = self.model    # TeaCache (threshold, retention steps) around sequence parallel's blocks, for this run
+        if teacache is not None:
+            model = teacache_hooks.install(model, TeaCache(*teacache))
+        result = sample_video(model, *conditioning, **widgets, **inputs)
         del inputs
         comfy.model_management.soft_empty_cache()   # kept workers hold the model, not this run's activations
         return result if self.rank == 0 else None

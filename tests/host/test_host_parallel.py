@@ -82,7 +82,7 @@ class Forward(parallel_worker.Worker):
 actors = [ray.remote(num_cpus=1)(Forward).remote(os.getcwd(), parallel_pool.PACK, True, 1) for _ in range(2)]
 address, port = ray.get(actors[0].address.remote())
 ray.get([a.join.remote(address, port, r, 2, 1, 1) for r, a in enumerate(actors)])
-ray.get([a.load.remote(*parallel_run.recipe_of(model)) for a in actors])
+ray.get([a.load.remote(*parallel_run.recipe_of(model)[:3]) for a in actors])    # (TeaCache travels per run)
 xx, tt = torch.randn(1, 16, 5, 8, 12, generator=g), torch.tensor([[999.0, 800, 600, 300, 0]])
 outs = ray.get([a.forward.remote(xx, tt, ctx) for a in actors])
 opts = dict(model.model_options["transformer_options"], wrappers=model.wrappers)
@@ -152,19 +152,24 @@ for address in ("localhost", "auto"):                     # no port: Ray's own "
 result["refused"] = refused
 # TeaCache (SkyReels-V2) reaches the workers, installed again around their blocks: it decides on the whole call (DF's
 # per-frame modulation, with retention steps) and the ranks of a sequence group skip together. The model has DF-1.3B's
-# width, whose coefficients TeaCache takes.
+# width, whose coefficients TeaCache takes (on its random weights a threshold of 1000 skips some calls, not all). Kept
+# workers take another threshold without loading again.
 from helpers import write_tiny
 from skyreels_pack.nodes.teacache import TeaCache
 write_tiny(os.path.join(@FOLDER@, "df_1536.safetensors"), "DF", seed=3, dim=1536, ffn_dim=256)
 wide = load("df_1536.safetensors")[0]
 tea = lambda report: [line for line in report.splitlines() if line.startswith("TeaCache")]
-for name, (threshold, retention, cfg_parallel, extra) in {
-        "ulysses, df": (1e9, True, False, dict(mode="diffusion forcing", ar_step=1, steps=8)),
-        "cfg parallel": (1e9, False, True, dict(steps=6)), "never": (1e-12, False, False, {})}.items():
-    cached = TeaCache.execute(wide, threshold, retention).args[0]
-    one, one_report = SampleVideo.execute(cached, pos, neg, **nest_mode({**FLAT, **extra})).args[:2]
-    two, two_report = SampleVideo.execute(cached, pos, neg, **nest_mode({**FLAT, **extra}), parallel=ParallelConfig
-                                          .execute(2, "cpu", "", cfg_parallel=cfg_parallel, keep_workers=False)
+cases = {"ulysses, df": (1e9, True, False, False, dict(mode="diffusion forcing", ar_step=1, steps=8)),
+         "cfg parallel": (1e9, False, True, False, dict(steps=6)),
+         "between": (1000.0, False, False, True, dict(steps=10)), "never": (1e-12, False, False, True, {})}
+ones = {name: SampleVideo.execute(TeaCache.execute(wide, threshold, retention).args[0], pos, neg,
+                                  **nest_mode({**FLAT, **extra})).args[:2]     # first: they release kept workers
+        for name, (threshold, retention, _, _, extra) in cases.items()}
+for name, (threshold, retention, cfg_parallel, keep_workers, extra) in cases.items():
+    one, one_report = ones[name]
+    two, two_report = SampleVideo.execute(TeaCache.execute(wide, threshold, retention).args[0], pos, neg,
+                                          **nest_mode({**FLAT, **extra}), parallel=ParallelConfig.execute(
+                                              2, "cpu", "", cfg_parallel=cfg_parallel, keep_workers=keep_workers)
                                           .args[0]).args[:2]
     result["teacache " + name] = [rel(two["samples"], one["samples"]), tea(one_report), tea(two_report),
                                   two_report.splitlines()[-1]]
@@ -264,16 +269,20 @@ def test_two_actors_equal_one_process(host, tmp_path):
                                                 "host:port, as ray start --head prints it"), r["refused"]
     assert r["refused"]["auto"].startswith("Sample Video: parallel: ray_address auto: Ray found no cluster there "
                                            "(Could not find any running Ray instance"), r["refused"]
-    # TeaCache in the workers: the same latents as on one device (measured 9.0e-7, 9.4e-7, 0.0) and the same calls
-    # skipped, with cfg parallel summed over the two halves (each counts its own pass)
+    # TeaCache in the workers: the same latents as on one device (measured 9.0e-7, 9.4e-7, 0.0, 0.0) and the same
+    # calls skipped, with cfg parallel summed over the two halves (each counts its own pass); another threshold
+    # keeps the workers
     for name, layout in (("ulysses, df", "cfg 1 x ulysses 2"), ("cfg parallel", "cfg 2 x ulysses 1"),
-                         ("never", "cfg 1 x ulysses 2")):
+                         ("between", "cfg 1 x ulysses 2"), ("never", "cfg 1 x ulysses 2")):
         diff, one, two, last = r["teacache " + name]
         assert diff <= 1e-5 and one == two and layout in last, (name, r["teacache " + name])
     assert "skipped (threshold 1e+09, retention steps;" in r["teacache ulysses, df"][1][0]
     assert r["teacache cfg parallel"][1] == ["TeaCache: 8 of 12 model calls skipped (threshold 1e+09; cond and "
                                              "uncond counted apart)"]
+    skipped = int(r["teacache between"][1][0].split()[1])
+    assert 0 < skipped < 16 and " of 20 model calls" in r["teacache between"][1][0], r["teacache between"]
     assert r["teacache never"][1][0].startswith("TeaCache: 0 of 6 model calls skipped")
+    assert r["teacache never"][3].endswith("(workers kept from the last run)"), r["teacache never"]
     # one forward pass (5 frames padded to 6, per-frame timesteps) in 2 actors: measured 2.5e-7 on both ranks
     assert len(r["forward"]) == 2 and max(r["forward"]) <= 1e-5, r["forward"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).

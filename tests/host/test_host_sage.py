@@ -288,7 +288,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert r["next_run"] == [{"sage": 8, "exact": 24}, {"sage": 32, "exact": 0}], r["next_run"]
     assert r["parallel"] == [["reference", 0, 0, 0, 0.995], "Sample Video: parallel: this MODEL carries changes a "
                              "worker cannot rebuild (another_pack); connect Load FP8 SkyReels Model (and Patch "
-                             "SageAttention) directly"], r["parallel"]
+                             "SageAttention, TeaCache, LoRA loaders) directly"], r["parallel"]
     assert r["all_kept"] == [{"sage": 0, "exact": n}, [
         "Patch SageAttention: exact_first_blocks + exact_last_blocks (60) cover all 2 blocks of this model: every "
         "attention call stays exact"]], r["all_kept"]
