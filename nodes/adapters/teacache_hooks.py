@@ -6,10 +6,10 @@ import torch
 from comfy.patcher_extension import WrappersMP
 
 from ...attention.guard import StepIndex
-from ...attention.usp import first_of_group
+from ...attention.usp import first_of_group, gather
 from ...sampling import teacache
 from . import foreign_forward
-from .sequence_parallel import MESH_KEY
+from .sequence_parallel import MESH_KEY, Shards
 
 KEY = "skyreels_teacache"      # transformer_options: the TeaCache of this MODEL
 RUN = "skyreels_teacache_run"  # transformer_options of one call: what its blocks do
@@ -18,7 +18,7 @@ RUN = "skyreels_teacache_run"  # transformer_options of one call: what its block
 def install(model, cache):
     """A clone of `model` with `cache` (a sampling.teacache.TeaCache) in its wrappers and block replacements. The
     TeaCache node refuses a MODEL whose blocks are replaced already; a parallel worker installs it around sequence
-    parallel's blocks, so that it decides on the whole call and keeps the whole residual, as on one device."""
+    parallel's blocks, so that it decides on the whole call, as on one device."""
     m = model.clone()
     m.model_options["transformer_options"][KEY] = cache
     m.add_wrapper_with_key(WrappersMP.DIFFUSION_MODEL, KEY, _call)
@@ -36,32 +36,39 @@ def _around(inner, args, extra):
 
 
 class Run:
-    """One model call: its streams (cond / uncond chunks of the batch), its step, the blocks' input, and how the
-    ranks of a parallel run agree (None on one device)."""
+    """One model call: its streams (cond / uncond chunks of the batch), its step, the blocks' input, and in a
+    parallel worker its mesh (None on one device)."""
 
-    def __init__(self, cache, streams, index, total, coeffs, agree=None):
+    def __init__(self, cache, streams, index, total, coeffs, mesh=None):
         self.cache, self.streams, self.index, self.total, self.coeffs = cache, streams, index, total, coeffs
-        self.embedding, self.runs, self.x_in, self.agree = None, None, None, agree
+        self.embedding, self.runs, self.x_in, self.mesh, self.shards = None, None, None, mesh, None
 
     @torch.compiler.disable      # TorchCompileModel: decisions and their state stay eager (see _block)
-    def start(self, x, e0):
+    def start(self, x, e0, grid):
+        """Decide on the whole call. In a parallel worker the ranks that split the pass take the first one's measure
+        of the change (so they skip together), and each keeps its share of the tokens, input and residual, as
+        SkyReels-V2's USP does (`grid`: the latent's, which lays the shares out as sequence parallel does)."""
+        n, agree = len(self.streams), None
+        if self.mesh is not None and self.mesh.sequence > 1:     # (cfg parallel alone splits no pass)
+            self.shards = Shards(grid, self.mesh.sequence, self.mesh.s)
+            agree = functools.partial(first_of_group, mesh=self.mesh, device=x.device)
+        self.x_in = [xs if self.shards is None else self.shards.tokens(xs).clone() for xs in x.chunk(n)]
         inp = e0 if self.cache.retention else self.embedding
-        parts = zip(self.streams, inp.chunk(len(self.streams)), x.chunk(len(self.streams)))
-        self.runs = [self.cache.compute(s, self.index, self.total, e, self.coeffs, xs.shape, self.agree)
-                     for s, e, xs in parts]
-        self.x_in = x
+        self.runs = [self.cache.compute(s, self.index, self.total, e, self.coeffs, xs.shape, agree)
+                     for s, e, xs in zip(self.streams, inp.chunk(n), self.x_in)]
 
     @torch.compiler.disable
     def finish(self, x):
         """Skipped chunks take input + residual, written into their part of x (the last block's output, or the
         input itself when every chunk skips); computed ones keep their output and its residual (unless run None).
         In place: a new batch would copy the whole hidden state on every call."""
-        for s, run, x_in, x_out in zip(self.streams, self.runs, self.x_in.chunk(len(self.streams)),
-                                       x.chunk(len(self.streams))):
+        for s, run, x_in, x_out in zip(self.streams, self.runs, self.x_in, x.chunk(len(self.streams))):
             if run:
-                self.cache.keep(s, x_out - x_in)
-            elif run is False:
+                self.cache.keep(s, (x_out if self.shards is None else self.shards.tokens(x_out)) - x_in)
+            elif run is False and self.shards is None:
                 torch.add(x_in, self.cache.residual(s), out=x_out)
+            elif run is False:    # the shares joined (the whole group skips here together)
+                x_out.copy_(gather(x_in + self.cache.residual(s), self.mesh.sequence_group)[:, :self.shards.length])
         return x
 
 
@@ -76,7 +83,7 @@ def _block(args, extra):
         return extra["original_block"](args)
     i, x = to["block_index"], args["img"]
     if i == 0:
-        run.start(x, args["vec"])
+        run.start(x, args["vec"], to.get("grid_sizes"))
     if run.runs is None:    # block 0 is not ours (replaced after TeaCache): nothing is decided, all runs
         return extra["original_block"](args)
     if all(r is False for r in run.runs):
@@ -100,9 +107,7 @@ def _call(executor, *args, **kwargs):
     kinds, window = to.get("cond_or_uncond", [0]), to.get("context_window")
     frames = None if window is None else tuple(getattr(window, "index_list", ()))
     streams = [(kind, uuid, frames) for kind, uuid in zip(kinds, to.get("uuids") or range(len(kinds)))]
-    mesh = to.get(MESH_KEY)     # a parallel worker's: its sequence group skips together or not at all
-    agree = None if mesh is None else functools.partial(first_of_group, mesh=mesh, device=x.device)
-    run = Run(cache, streams, *StepIndex()(to), coeffs, agree)  # (step, total): once per model call
+    run = Run(cache, streams, *StepIndex()(to), coeffs, to.get(MESH_KEY))  # (step, total): once per model call
     hook = dm.time_embedding.register_forward_hook(lambda module, inputs, out: setattr(run, "embedding", out))
     to[RUN] = run
     try:

@@ -75,10 +75,17 @@ result["cfg 1"] = [rel(two_pass["samples"], one_pass), one_pass_report.splitline
 # The forward pass alone, in 2 Ray actors set up as Parallel Config sets them up (join, load), against one process.
 from skyreels_pack.nodes.adapters import parallel_pool, parallel_run, parallel_worker
 class Forward(parallel_worker.Worker):
-    def forward(self, x, t, ctx):
-        opts = dict(self.model.model_options["transformer_options"], wrappers=self.model.wrappers)
+    def forward(self, x, t, ctx, teacache=False):
+        # The model's output; with `teacache`, also the tokens of each residual TeaCache keeps after this (computed)
+        # first call, with the width 256 given the 1.3B coefficients.
+        from skyreels_pack.nodes.adapters import teacache_hooks
+        from skyreels_pack.sampling.teacache import SIZES, TeaCache
+        SIZES[256], cache = "1.3B", TeaCache(1e9, False)
+        m = teacache_hooks.install(self.model, cache) if teacache else self.model
+        opts = dict(m.model_options["transformer_options"], wrappers=m.wrappers, skyreels_call=0, skyreels_calls=2)
         with torch.no_grad():
-            return self.model.model.diffusion_model(x, t, ctx, transformer_options=opts)
+            out = m.model.diffusion_model(x, t, ctx, transformer_options=opts)
+        return (out, [s.residual.shape[1] for s in cache.streams.values()]) if teacache else out
 actors = [ray.remote(num_cpus=1)(Forward).remote(os.getcwd(), parallel_pool.PACK, True, 1) for _ in range(2)]
 address, port = ray.get(actors[0].address.remote())
 ray.get([a.join.remote(address, port, r, 2, 1, 1) for r, a in enumerate(actors)])
@@ -89,6 +96,8 @@ opts = dict(model.model_options["transformer_options"], wrappers=model.wrappers)
 with torch.no_grad():
     want = model.model.diffusion_model(xx, tt, ctx, transformer_options=opts)
 result["forward"] = [rel(o, want) for o in outs]
+cached = ray.get([a.forward.remote(xx, tt, ctx, teacache=True) for a in actors])
+result["forward, teacache"] = [[rel(o, want), tokens] for o, tokens in cached]
 for a in actors:
     ray.kill(a)
 # A LoRA (core's loader function) travels to the workers; kept workers serve the next run without reloading.
@@ -285,6 +294,10 @@ def test_two_actors_equal_one_process(host, tmp_path):
     assert r["teacache never"][3].endswith("(workers kept from the last run)"), r["teacache never"]
     # one forward pass (5 frames padded to 6, per-frame timesteps) in 2 actors: measured 2.5e-7 on both ranks
     assert len(r["forward"]) == 2 and max(r["forward"]) <= 1e-5, r["forward"]
+    # ... with TeaCache around the blocks: the same output, and each rank keeps its share of the 5 x 24 tokens as the
+    # residual (3 frames, the last one padding on rank 1), not the whole hidden state
+    assert [tokens for _, tokens in r["forward, teacache"]] == [[72], [72]], r["forward, teacache"]
+    assert max(diff for diff, _ in r["forward, teacache"]) <= 1e-5, r["forward, teacache"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
     assert [3, 3] in r["bar"] and any(total > 3 and value == total for value, total in r["bar"]), r["bar"]
     # Under --preview-method latent2rgb the parallel runs show rank 0's previews too (none came before): one with
