@@ -23,14 +23,17 @@ class Shards:
         self.start = rank * self.local_frames * self.per_frame
 
     def tokens(self, t, dim=1):
-        """This rank's slice of a per-token tensor, padded with zeros past the real sequence."""
+        """This rank's slice of a per-token tensor (a view), padded with zeros past the real sequence (a copy of the
+        slice alone)."""
         if t.shape[dim] != self.length:
             return t                                  # not per token (e.g. broadcast over the sequence)
-        if self.padded > self.length:
-            pad = list(t.shape)
-            pad[dim] = self.padded - self.length
-            t = torch.cat([t, t.new_zeros(pad)], dim=dim)
-        return t.narrow(dim, self.start, self.local_frames * self.per_frame)
+        start, local = min(self.start, self.length), self.local_frames * self.per_frame
+        part = t.narrow(dim, start, min(local, self.length - start))
+        if part.shape[dim] == local:
+            return part
+        pad = list(t.shape)
+        pad[dim] = local - part.shape[dim]
+        return torch.cat([part, t.new_zeros(pad)], dim=dim)
 
     def frames_of(self, e):
         """This rank's frames of a per-frame modulation [B, F, 6, C] (one frame = shared by all: unchanged)."""

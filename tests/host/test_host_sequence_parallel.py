@@ -53,6 +53,10 @@ full = forward(patcher, xx, t6)
 result["not causal: first block alone vs in the video"] = rel(full[:, :, :2], forward(patcher, xx[:, :, :2], t6[:, :2]))
 result["usp calls"] = calls["usp"]
 result["local tokens"] = sorted(calls["local tokens"])
+# Each rank's share of 5 frames of 4 tokens: a view of its 3 frames, or (rank 1) its 2 and a frame of zeros
+tokens = torch.arange(20.0)[None, :, None]
+shares = [sequence_parallel.Shards((5, 2, 2), 2, rank).tokens(tokens) for rank in range(2)]
+result["shares"] = [s.flatten().tolist() for s in shares] + [shares[0].data_ptr() == tokens.data_ptr()]
 """
 
 SAMPLE = r"""
@@ -134,6 +138,7 @@ def test_two_rank_forward_equals_one_process(host, tmp_path):
         # 4 x 24 / 2 = 48 and 6 x 24 / 2 = 72 local tokens (3 and 5 frames padded to whole frames per rank;
         # 8 x 12 latent = 24 tokens per frame).
         assert r.pop("usp calls") == 16 and r.pop("local tokens") == [48, 72], r
+        assert r.pop("shares") == [list(range(12)), list(range(12, 20)) + [0] * 4, True]
         # The mask is really there: without it the first frames see the later ones (measured 0.077).
         assert r.pop("not causal: first block alone vs in the video") > 1e-2
         assert r.pop("causal: first block alone vs in the video") <= 1e-5
