@@ -1,8 +1,8 @@
 """Sample Video on several devices (Parallel Config): one Ray actor per device (`parallel_pool`, `parallel_worker`),
 in a torch.distributed mesh (`attention.usp`), each running the whole Sample Video on its share of the work. Only
 the MODEL's recipe (loader file and options, Patch SageAttention and TeaCache settings), its LoRA patches, the
-conditioning and the images travel, never the model's weights: each actor loads the same file itself. A VAE travels as weights (it
-has no file name to load from).
+conditioning and the images travel, never the model's weights: each actor loads the same file itself. A VAE travels
+as weights (it has no file name to load from).
 """
 import logging
 import math
