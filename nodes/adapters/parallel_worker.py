@@ -88,6 +88,7 @@ class Worker:
         import comfy.sd
         import comfy.utils
         import latent_preview
+        import torch
         from skyreels_pack.nodes.adapters import teacache_hooks
         from skyreels_pack.nodes.sample import sample_video
         from skyreels_pack.sampling.teacache import TeaCache
@@ -106,7 +107,10 @@ class Worker:
         model = self.model    # TeaCache (threshold, retention steps) around sequence parallel's blocks, for this run
         if teacache is not None:
             model = teacache_hooks.install(model, TeaCache(*teacache))
-        result = sample_video(model, *conditioning, **widgets, **inputs)
+        # No autograd, as the host's nodes run (in inference mode, which would need the loading in it too): a
+        # latent from the worker's VAE (a start image) carried a graph through every step, holding their activations
+        with torch.no_grad():
+            result = sample_video(model, *conditioning, **widgets, **inputs)
         del inputs
         comfy.model_management.soft_empty_cache()   # kept workers hold the model, not this run's activations
         return result if self.rank == 0 else None

@@ -67,6 +67,7 @@ two, report = SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **extra}
                                   parallel=ParallelConfig.execute(2, "cpu", "", keep_workers=False).args[0]).args[:2]
 result["cfg parallel, vae, causal"] = rel(two["samples"], one["samples"])
 result["cfg parallel report"] = report
+result["autograd graph"] = two["samples"].requires_grad    # (it crosses Ray with the latent)
 result["start frame"] = rel(two["samples"][:, :, :1], vae.encode(image[:, :, :, :3]))
 # cfg 1 (e.g. with a distillation LoRA) makes one pass per step: cfg parallel would run it twice, so both split it
 one_pass = sample(cfg=1.0)[0]["samples"]
@@ -247,6 +248,9 @@ def test_two_actors_equal_one_process(host, tmp_path):
     report = r["cfg parallel report"]
     assert "cfg 2 x ulysses 1 x ring 1" in report and "(causal attention)" in report and "through the VAE" in report
     assert r["start frame"] <= 1e-5, r["start frame"]   # the start image is the clean first latent frame
+    # the workers sample without autograd, as the host does: the latent from their VAE carried an autograd graph
+    # through every step (each step's activations held), and the latent came back requiring grad
+    assert r["autograd graph"] is False
     assert r["cfg 1"][0] <= 1e-5 and r["cfg 1"][1].startswith(
         "parallel: 2 CPU processes (gloo), cfg 1 x ulysses 2 x ring 1 (cfg 1: one pass per step, so all split the "
         "sequence); "), r["cfg 1"]
