@@ -72,19 +72,29 @@ def _all_to_all(x, scatter_dim, gather_dim, group):
     """x split in equal pieces along scatter_dim, piece i to rank i; what arrives concatenated along gather_dim."""
     if group is None:
         return x
-    send = torch.stack([p.contiguous() for p in torch.tensor_split(x, dist.get_world_size(group), dim=scatter_dim)])
+    # piece i first; a copy only where the pieces are not already in that order (B = 1 keeps tokens so)
+    send = x.unflatten(scatter_dim, (dist.get_world_size(group), -1)).movedim(scatter_dim, 0).contiguous()
     received = torch.empty_like(send)
     dist.all_to_all_single(received, send, group=group)
-    return torch.cat(received.unbind(0), dim=gather_dim)
+    return received.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)   # a view where it can be (B = 1)
+
+
+# torch 2.14 renamed it (the old name warns); the GPUs' torch may be older
+_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
 def gather(x, group, dim=1):
-    """The group's pieces of x concatenated along dim, in rank order (the same on every rank)."""
+    """The group's pieces of x concatenated along dim (0 or 1), in rank order (the same on every rank). Each piece
+    is received into its place in the whole, which NCCL does in place: pieces then joined held the whole twice."""
     if group is None:
         return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, x.contiguous(), group=group)
-    return torch.cat(parts, dim=dim)
+    x = x.contiguous()
+    shape = list(x.shape)
+    shape[dim] *= dist.get_world_size(group)
+    whole = x.new_empty(shape)
+    for out, piece in [(whole, x)] if dim == 0 else zip(whole, x):   # per batch entry: each one contiguous
+        _gather_into(out, piece, group=group)
+    return whole
 
 
 def usp_attention(q, k, v, attend, length, mesh):
