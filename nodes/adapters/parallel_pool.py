@@ -36,11 +36,12 @@ def workers_for(ray, plan):
         release()                                  # other settings, another model, or a worker gone
     _connect(ray, plan.config)
     cpu = _use_cpu(ray, plan.config, plan.n)
-    if _pool is not None:
-        return _pool, cpu, True
-    # Free this machine's GPU and RAM for the workers: the host's copy of the model is not used by them.
+    # Free this machine's GPU and RAM for the workers, for kept ones too: the host's copy of the model is not used by
+    # them, and what this prompt loaded before (the text encoder) would sit on the first worker's GPU.
     comfy.model_management.unload_all_models()
     comfy.model_management.soft_empty_cache()
+    if _pool is not None:
+        return _pool, cpu, True
     # The actors cannot import this pack under the name the host gave it: ship the worker's code by value.
     ray.cloudpickle.register_pickle_by_value(parallel_worker)
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // plan.n)
@@ -173,8 +174,10 @@ def wait(ray, refs, workers, poll=None):
     if died:   # a dead worker makes the others fail too (broken collectives): report the cause
         fail(f"parallel: a worker stopped ({type(died[0]).__name__}: {str(died[0]).splitlines()[0]}); all workers were "
              "released, the next run starts new ones")
+    if errors and isinstance(errors[0], ray.exceptions.RayTaskError) and isinstance(errors[0].cause, Exception):
+        raise errors[0].cause from errors[0]   # its own words (Ray's wrapping, with the worker's traceback, in the log)
     if errors:
-        raise errors[0].as_instanceof_cause() if isinstance(errors[0], ray.exceptions.RayTaskError) else errors[0]
+        raise errors[0]
     return ray.get(refs)
 
 

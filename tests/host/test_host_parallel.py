@@ -87,6 +87,8 @@ class Forward(parallel_worker.Worker):
         with torch.no_grad():
             out = m.model.diffusion_model(x, t, ctx, transformer_options=opts)
         return (out, [s.residual.shape[1] for s in cache.streams.values()]) if teacache else out
+    def fail(self):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 actors = [ray.remote(num_cpus=1)(Forward).remote(os.getcwd(), parallel_pool.PACK, True, 1) for _ in range(2)]
 address, port = ray.get(actors[0].address.remote())
 ray.get([a.join.remote(address, port, r, 2, 1, 1) for r, a in enumerate(actors)])
@@ -99,6 +101,10 @@ with torch.no_grad():
 result["forward"] = [rel(o, want) for o in outs]
 cached = ray.get([a.forward.remote(xx, tt, ctx, teacache=True) for a in actors])
 result["forward, teacache"] = [[rel(o, want), tokens] for o, tokens in cached]
+try:          # a worker's error as the host shows it (its type decides ComfyUI's out-of-memory advice)
+    parallel_pool.wait(ray, [actors[0].fail.remote()], actors)
+except Exception as e:
+    result["worker error"] = [type(e).__name__, str(e)]
 for a in actors:
     ray.kill(a)
 # A LoRA (core's loader function) travels to the workers; kept workers serve the next run without reloading.
@@ -117,7 +123,10 @@ one = SampleVideo.execute(with_lora, pos, neg, **ARGS).args[0]["samples"]
 plain = SampleVideo.execute(model, pos, neg, **ARGS).args[0]["samples"]
 first = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args[:3]
 pids = sorted(pid for pid, _ in workers())
+comfy.model_management.load_models_gpu([model])     # what the prompt loaded in the host before (a text encoder)
+host_models = len(comfy.model_management.current_loaded_models)
 second = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args[:3]
+result["host models"] = [host_models, len(comfy.model_management.current_loaded_models)]
 result["lora changes the output"] = rel(one, plain)
 result["lora, parallel"] = [rel(first[0]["samples"], one), rel(second[0]["samples"], one)]
 result["kept"] = [first[1].splitlines()[-1], second[1].splitlines()[-1], pids == sorted(pid for pid, _ in workers()),
@@ -262,6 +271,8 @@ def test_two_actors_equal_one_process(host, tmp_path):
     first, second, same, count = r["kept"]
     assert "with starting the workers and loading" in first and "(workers kept from the last run)" in second
     assert same and count == 2, r["kept"]
+    # ... and the host's models are unloaded for kept workers too (else they sit on the first worker's device)
+    assert r["host models"] == [1, 0], r["host models"]
     assert r["new model"][0] <= 1e-5 and "with starting the workers" in r["new model"][1], r["new model"]
     assert not r["new model"][2], r["new model"]
     assert r["refused"]["bypass"].startswith("Sample Video: parallel: this MODEL carries injections, which parallel "
@@ -302,6 +313,9 @@ def test_two_actors_equal_one_process(host, tmp_path):
     # residual (3 frames, the last one padding on rank 1), not the whole hidden state
     assert [tokens for _, tokens in r["forward, teacache"]] == [[72], [72]], r["forward, teacache"]
     assert max(diff for diff, _ in r["forward, teacache"]) <= 1e-5, r["forward, teacache"]
+    # a worker's error reaches the host as itself, in its own words (Ray's wrapping made the message start with
+    # its process header and traceback)
+    assert r["worker error"] == ["OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB"], r["worker error"]
     # The host's progress bar followed rank 0 to the end of the parallel runs (3 model calls; DF: 2 windows).
     assert [3, 3] in r["bar"] and any(total > 3 and value == total for value, total in r["bar"]), r["bar"]
     # Under --preview-method latent2rgb the parallel runs show rank 0's previews too (none came before): one with
