@@ -75,8 +75,8 @@ class TeaCache:
             change = change if agree is None else agree(change)
             s.distance += rescale(coeffs, change)
             run = s.distance >= self.threshold
-        if run:
-            s.distance = 0.0
+        if run:    # the residual is replaced at the call's end: held through its blocks, it was one hidden state more
+            s.distance, s.residual = 0.0, None
         s.previous = embedding.detach().clone()
         self.skipped += not run
         return run

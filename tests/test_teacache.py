@@ -93,3 +93,14 @@ def test_a_stream_missing_from_the_last_step_is_dropped():
         cache.compute(stream, 3, 10, torch.ones(4, 8), IDENTITY, (1, 2))
     cache.compute("a", 5, 10, torch.ones(4, 8), IDENTITY, (1, 2))
     assert set(cache.streams) == {"a", "c"}
+
+
+def test_a_computed_call_lets_go_of_the_old_residual():
+    # it keeps a new one when its blocks are done: the old one, held meanwhile, was one more hidden state through
+    # every block of the call (and a call that never finishes leaves none, so the next one runs)
+    cache = teacache.TeaCache(0.1, False)
+    calls(cache, [0.01], total=10)
+    assert cache.residual(0) is not None
+    assert cache.compute(0, 2, 10, torch.ones(4, 8) * 2, IDENTITY, (1, 2))    # a change of 1.0: runs
+    assert cache.residual(0) is None
+    assert cache.compute(0, 3, 10, torch.ones(4, 8) * 2, IDENTITY, (1, 2))    # no residual to reuse: runs
