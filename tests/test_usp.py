@@ -51,6 +51,9 @@ for cfg, ring in {layouts}:
     share = torch.full((B, 30, H, D), float(dist.get_rank()))
     peak, whole = peak_extra_bytes(lambda: gather(share, mesh.sequence_group))
     result["gather " + name] = (peak / whole.nbytes, [int(piece[0, 0, 0, 0]) for piece in whole.chunk(S, 1)])
+    if dist.get_world_size() == 1:    # attention's output alone: the size of one, made fresh as attention makes it
+        peak, out = peak_extra_bytes(lambda: usp_attention(q, k, v, lambda qq, kk, vv, s: qq * 1.0, L, mesh))
+        result["output " + name] = peak / out.nbytes
     if mesh.ulysses > 1:
         peak, heads = peak_extra_bytes(lambda: _all_to_all(share[:1], 2, 1, mesh.ulysses_group))
         back, tokens = peak_extra_bytes(lambda: _all_to_all(heads, 1, 2, mesh.ulysses_group))
@@ -109,6 +112,13 @@ def test_two_ranks_ulysses_and_ring_equal_one_process():
         for name, (err, tokens) in r.items():
             assert tokens == 30, name               # 5 frames x 6 tokens stay on each rank
             assert err <= 1e-5, (name, err)          # the same arithmetic per query (measured ~1e-7)
+
+
+def test_one_rank_returns_attentions_own_output():
+    # no padded queries: the output is attention's own (measured 1.0x; copied into a zeroed output: 2.0x)
+    [r] = spmd(1, [(1, 1)])
+    assert r["output cfg 1 x ulysses 1 x ring 1"] <= 1.05, r
+    assert r["cfg 1 x ulysses 1 x ring 1"][0] <= 1e-5, r
 
 
 def test_four_ranks_two_dimensional_mesh():
