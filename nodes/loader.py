@@ -16,6 +16,7 @@ from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
 from ..quant.fp8_plan import compute_dtype as fp8_plan_dtype
 from ..quant.fp8_plan import device_plan, fused_quant_available
 from .adapters import fps, model_files
+from .adapters.ffn import gelu_in_place
 from .adapters.fp8_ops import make_operations, share_attention_inputs
 from .adapters.parallel_run import RECIPE
 
@@ -152,4 +153,5 @@ def _build(sd, summary, compute, path, products, compute_dtype, disable_dynamic=
         patcher.model.manual_cast_dtype = patcher.model.model_config.manual_cast_dtype = compute_dtype
     if fp8_matmul:
         share_attention_inputs(patcher.model)
+    gelu_in_place(patcher.model)
     return patcher, used
