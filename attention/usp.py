@@ -79,10 +79,6 @@ def _all_to_all(x, scatter_dim, gather_dim, group):
     return received.movedim(0, gather_dim).flatten(gather_dim, gather_dim + 1)   # a view where it can be (B = 1)
 
 
-# torch 2.14 renamed it (the old name warns); the GPUs' torch may be older
-_gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-
 def gather(x, group, dim=1):
     """The group's pieces of x concatenated along dim (0 or 1), in rank order (the same on every rank). Each piece
     is received into its place in the whole, which NCCL does in place: pieces then joined held the whole twice."""
@@ -92,8 +88,10 @@ def gather(x, group, dim=1):
     shape = list(x.shape)
     shape[dim] *= dist.get_world_size(group)
     whole = x.new_empty(shape)
+    # torch 2.14 renamed it (the old name warns); looked up here, as a PyTorch without distributed has neither
+    gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     for out, piece in [(whole, x)] if dim == 0 else zip(whole, x):   # per batch entry: each one contiguous
-        _gather_into(out, piece, group=group)
+        gather_into(out, piece, group=group)
     return whole
 
 

@@ -192,3 +192,12 @@ def test_layout_picks_the_fewest_ring_ranks():
         layout(8, 12, ring=3)
     with pytest.raises(ValueError, match="12 attention heads do not split over ulysses degree 8"):
         layout(8, 12, ring=1)
+
+
+def test_imports_where_pytorch_has_no_distributed_collectives():
+    # PyTorch built without distributed (dist.is_available() False) defines none of them: the module, which every
+    # model load imports, must not look one up before a parallel run uses it
+    code = ("import torch.distributed as d\nfor name in ('all_gather_single', 'all_gather_into_tensor', 'all_gather'):"
+            "\n    delattr(d, name)\nimport attention.usp")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
