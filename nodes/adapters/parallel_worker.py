@@ -41,6 +41,8 @@ class Worker:
                                                       submodule_search_locations=[pack])
         sys.modules["skyreels_pack"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules["skyreels_pack"])
+        import comfy.model_management     # what main.py sets after loading custom nodes (--fast autotune)
+        getattr(comfy.model_management, "set_cudnn_benchmark", lambda: None)()
         self.cpu, self.model = cpu, None
 
     def where(self):

@@ -351,12 +351,15 @@ a.use_flash_attention = True   # as a host with flash_attn has it; a worker with
 result = parallel_pool.host_args()
 """
 
-IN_WORKER = r"""
+WORKER_MODULE = r"""
 import importlib.util, os, torch
 path = os.path.join({repo!r}, "nodes", "adapters", "parallel_worker.py")
 spec = importlib.util.spec_from_file_location("parallel_worker", path)
 parallel_worker = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(parallel_worker)
+"""
+
+IN_WORKER = WORKER_MODULE + r"""
 parallel_worker.Worker(os.getcwd(), {repo!r}, True, 1, {given!r})      # what a Ray actor runs first
 import comfy.cli_args, comfy.model_management as mm, comfy.ldm.modules.attention as attention
 a = comfy.cli_args.args
@@ -364,6 +367,19 @@ result = dict(intermediate=str(mm.intermediate_dtype()), smart_off=mm.DISABLE_SM
               deterministic=torch.are_deterministic_algorithms_enabled(), attention=attention.optimized_attention.__name__,
               fast=sorted(f.value for f in a.fast), reserve=a.reserve_vram, flash=a.use_flash_attention, cpu=a.cpu)
 """
+
+
+AUTOTUNE = WORKER_MODULE + r"""
+torch.cuda.is_available = torch.backends.cudnn.is_available = lambda: True     # as on a GPU
+parallel_worker.Worker(os.getcwd(), {repo!r}, True, 1, {{"fast": ["autotune"]}})
+result = torch.backends.cudnn.benchmark
+"""
+
+
+def test_workers_autotune_convolutions_under_fast_autotune(host):
+    # main.py turns cuDNN's autotuning on after loading custom nodes (--fast, --fast autotune); a worker does too
+    # (the VAE's convolutions run in the workers)
+    assert run_in_host(host, AUTOTUNE.format(repo=REPO)) is True
 
 
 def test_workers_start_with_the_hosts_launch_options(host):
