@@ -14,6 +14,7 @@ FIXED = {"disabled": ("exact", "disabled"), "reference": ("reference", "this pac
 # The compute capabilities sageattention 2.x's `sageattn` has a kernel for; it raises on any other. 12.1 (DGX Spark's
 # GB10) since thu-ml's 2.2.0 sources of 2025-12: an older build fails at its first call, and `auto` picks again.
 SAGE2_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0), (12, 1))
+SAGE3_CAPABILITIES = ((10, 0), (12, 0))   # sageattn3 builds sm_100a / sm_120a, which run on those alone
 class Installed(NamedTuple):
     sageattention: Optional[str] = None  # its version, None if it is not installed
     triton: bool = False
@@ -58,7 +59,8 @@ def _needs(mode, pkgs):
                      "ComfyUI's comfy_kitchen_int8 attention (CUDA kernel)")
     if mode == "sage3":
         return Needs(None if pkgs.sage3 else "ComfyUI registered no sage3 attention (it needs the sageattn3 package)",
-                     "sage3's kernels", lambda cc: cc >= (10, 0), "sage3 needs a Blackwell GPU, 10.0+",
+                     "sage3's kernels", lambda cc: cc in SAGE3_CAPABILITIES,
+                     "sage3 has kernels for 10.0 (B200) and 12.0 (RTX 50xx) only",
                      "ComfyUI's sage3 attention (Blackwell FP4 kernels)")
     version, missing = pkgs.sageattention, None
     if version is None:

@@ -55,7 +55,9 @@ def test_each_mode_runs_only_its_own_backend(sage, triton, kitchen, sage3):
     for mode, row in (("sageattention", SAGEATTENTION[sage if triton else None]),
                       ("sageattn", SAGEATTENTION[sage if triton else None]),
                       ("comfy-kitchen int8", " ".join(["kitchen" if kitchen else "exact"] * 8)),
-                      ("sage3", "exact exact exact exact exact " + ("sage3 sage3 sage3" if sage3 else "exact exact exact")),
+                      # sageattn3's kernels are sm_100a / sm_120a: not on sm121 (DGX Spark)
+                      ("sage3", "exact exact exact exact exact " + ("sage3 sage3 exact" if sage3 else
+                                                                    "exact exact exact")),
                       ("reference", None), ("disabled", None)):
         want = expected(row) if row else {gpu: "reference" if mode == "reference" else "exact" for gpu in GPUS}
         assert {gpu: choose(mode, "cuda", cc, pkgs, gpu in CUDNN_FIRST)[0] for gpu, cc in GPUS.items()} == want, mode
@@ -80,7 +82,10 @@ def test_reasons_name_what_is_missing_before_the_device():
     assert choose("comfy-kitchen int8", "cuda", (7, 0), Installed(kitchen_int8=True))[1] == (
         "GPU compute capability 7.0 (comfy-kitchen's int8 attention needs 7.5+)")
     assert choose("sage3", "cuda", (9, 0), Installed(sage3=True))[1] == (
-        "GPU compute capability 9.0 (sage3 needs a Blackwell GPU, 10.0+)")
+        "GPU compute capability 9.0 (sage3 has kernels for 10.0 (B200) and 12.0 (RTX 50xx) only)")
+    # sageattn3 builds sm_100a / sm_120a kernels, which no other Blackwell runs (B300 10.3, DGX Spark 12.1)
+    assert [choose("sage3", "cuda", cc, Installed(sage3=True))[0] for cc in ((10, 0), (10, 3), (12, 0), (12, 1))] == \
+        ["sage3", "exact", "sage3", "exact"]
     assert choose("sageattention", "cuda", (10, 0), Installed("2.2.0", True))[1].startswith(
         "GPU compute capability 10.0 (sageattention 2.2.0 has kernels for 8.0, 8.6")
     assert choose("auto", "cpu", None, nothing) == ("exact", "cpu device (8-bit attention kernels need an NVIDIA "

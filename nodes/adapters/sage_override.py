@@ -21,7 +21,7 @@ from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once, 
 from ...quant.act_quant import first_line
 
 KEY = "skyreels_sage"   # the MODEL's outer-sample wrapper: one guard pass per sampling pass (SageOverride.new_pass)
-HOST_NAMES = {"comfy-kitchen int8": "comfy_kitchen_int8", "sage3": "sage3"}  # our backend: the host's registry name
+HOST_KERNELS = ("comfy-kitchen int8", "sage3")   # backends whose kernels come with the host (registered by it)
 # Backends whose kernels failed at run time in this process (a sageattention wheel built for another torch, a driver
 # too old for comfy-kitchen's CUDA build, a Triton that cannot compile): backend -> why. They stay failed.
 FAILED = {}
@@ -104,6 +104,18 @@ def ours(backend, q, k, v, skip_reshape, skip_output_reshape):
     if layout != ("HND" if skip_output_reshape else "NHD"):
         out = out.transpose(1, 2)
     return out if skip_output_reshape else out.reshape(out.shape[0], out.shape[1], -1)
+
+
+def sage3(q, k, v, skip_output_reshape):
+    """The host's sage3 kernel on [B, heads, L, D], as its sage3 attention calls it, but not through that function:
+    where the kernel fails it runs PyTorch attention and logs, and the report would count those calls FP4."""
+    out = host_attention.sageattn3_blackwell(*(t.contiguous() for t in (q, k, v)), is_causal=False)
+    return out if skip_output_reshape else out.transpose(1, 2).flatten(2)
+
+
+def sage3_takes(q):
+    """Whether the host's sage3 attention runs its kernel for these queries ([B, heads, L, D]); else it is exact."""
+    return q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] < 256 and q.shape[2] > 1024
 
 
 def hnd(fn):
@@ -233,17 +245,19 @@ class SageOverride:
         if ragged:     # counted as exact, which it is
             self._log_once(ragged, ragged)
             return exact()
-        host_fn = host_function(HOST_NAMES[backend]) if backend in HOST_NAMES else None
+        if backend == "sage3" and not sage3_takes(as_hnd[0]):    # counted as exact, which it is
+            return exact()
+        host_fn = host_function("comfy_kitchen_int8") if backend == "comfy-kitchen int8" else None
         try:
-            out = (host_fn(q, k, v, heads, **options) if host_fn
-                   else ours(backend, *native, skip_reshape, skip_output_reshape))
+            out = (host_fn(q, k, v, heads, **options) if host_fn else sage3(*as_hnd, skip_output_reshape)
+                   if backend == "sage3" else ours(backend, *native, skip_reshape, skip_output_reshape))
         except KernelsUnavailable as e:  # they failed in this call (exact from now on) or cannot take these inputs
             if kernel_unavailable(q.device):
                 return self._failed(backend, str(e), exact)
             self._log_once(("kernels", q.device, str(e)), f"{e}; attention stays exact (ComfyUI's PyTorch attention)")
             return exact()
-        except Exception as e:  # the host's comfy-kitchen / sage3 function: never fail the graph for its kernels
-            if not host_fn or out_of_memory(e):     # (a user's cancel is no Exception: it goes up as it is)
+        except Exception as e:  # the host's comfy-kitchen / sage3 kernels: never fail the graph for them
+            if backend not in HOST_KERNELS or out_of_memory(e):     # (a user's cancel is no Exception: it goes up)
                 raise
             return self._failed(backend, f"{self.label(backend)} failed ({type(e).__name__}: {first_line(e)})", exact)
         if self.guard > 0 and not all_finite(out):

@@ -186,6 +186,31 @@ override_of(patched).ran.add("sage3")
 result["sage3 report"] = run_report.attention_summary(patched, {})
 records.clear()
 
+# sage3: the host's kernel called directly (its own sage3 function runs PyTorch attention where the kernel fails, and
+# those calls were counted FP4): a stand-in for the kernel records its inputs, then fails as a wheel for another GPU
+# does; queries the host's sage3 keeps exact (1024 or fewer) are counted exact.
+import skyreels_pack.nodes.adapters.sage_override as so
+from comfy.ldm.modules import attention as host_attention
+kernel_calls, broken = [], []
+def sageattn3_blackwell(q, k, v, is_causal):
+    kernel_calls.append([list(q.shape), all(t.is_contiguous() for t in (q, k, v)), is_causal])
+    if broken:
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+host_attention.sageattn3_blackwell = sageattn3_blackwell
+q3, k3, v3 = (torch.randn(1, 1100, 128, generator=g).bfloat16() for _ in range(3))
+override = fresh("sage3")
+override.backends[q3.device] = ("sage3", "as on a GPU")
+outs = [override(attention_pytorch, q3, k3, v3, 2, transformer_options={"block_index": 0}),
+        override(attention_pytorch, q3[:, :1000], k3, v3, 2, transformer_options={"block_index": 1})]
+broken.append(1)
+outs.append(override(attention_pytorch, q3, k3, v3, 2, transformer_options={"block_index": 2}))
+outs.append(override(attention_pytorch, q3, k3, v3, 2, transformer_options={"block_index": 3}))
+result["sage3 kernel"] = dict(kernel_calls=kernel_calls, counts=dict(override.counts), failed=so.FAILED.pop("sage3", None),
+                       rel=[rel(o.float(), attention_pytorch(q3, k3, v3, 2).float()) for o in (outs[0], outs[2])],
+                       logs=[m for m in records if "sage3" in m])
+records.clear()
+
 # A NaN or Inf 8-bit output: that call and the site from then on are exact, logged once.
 override = fresh("comfy-kitchen int8")
 override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
@@ -301,6 +326,15 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
         parallel=f"Sample Video: parallel: an attention override other than Patch SageAttention is set on this MODEL, "
                  f"{who}; remove that node"), r["foreign"]
     assert r["sage3 report"] == "attention: sage3 - 3 calls FP4 (sage3), 0 exact", r["sage3 report"]
+    s3 = r["sage3 kernel"]
+    # HND inputs made contiguous, not causal; the second call (1000 queries) never reaches the kernel; the third
+    # fails, and from then on sage3 stays exact (the fourth), logged once
+    assert s3["kernel_calls"] == [[[1, 2, 1100, 64], True, False]] * 2, s3["kernel_calls"]
+    assert s3["counts"] == {"sage": 1, "exact": 3}, s3
+    assert s3["failed"] == "sage3 failed (RuntimeError: CUDA error: no kernel image is available for execution on the " \
+                           "device)", s3["failed"]
+    assert max(s3["rel"]) <= 1e-2, s3["rel"]        # bf16 SDPA against the host's exact attention of bf16 inputs
+    assert len(s3["logs"]) == 1 and s3["logs"][0].endswith("; attention stays exact (ComfyUI's PyTorch attention)")
     nan = r["nan"]
     assert nan["counts"] == {"sage": 1, "exact": 2} and nan["finite"] == [True, True, True]
     assert len(nan["logs"]) == 1 and "gave NaN or Inf" in nan["logs"][0] and "block 5" in nan["logs"][0]
