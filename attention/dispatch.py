@@ -128,7 +128,9 @@ def pytorch_prefers_cudnn(device):
     try:
         probe = torch.zeros(1, 12, 1024, 128, device=device, dtype=torch.bfloat16)
         return torch._fused_sdp_choice(probe, probe, probe) == SDPBackend.CUDNN_ATTENTION.value
-    except (AttributeError, RuntimeError):     # a private function (a torch without it), a GPU out of memory
+    except torch.OutOfMemoryError:    # the first call of a run at its peak: not an answer to keep for the process
+        raise
+    except (AttributeError, RuntimeError):     # a private function (a torch without it)
         return False
 
 

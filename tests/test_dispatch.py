@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend
 
 import attention.dispatch as dispatch
 from attention.dispatch import Installed, choose
@@ -108,6 +109,21 @@ def test_off_cuda_pytorch_is_not_asked_about_cudnn_attention():
     # On any machine. On a GPU the answer is PyTorch's own (torch._fused_sdp_choice on a Wan-shaped call):
     # CUDNN_ATTENTION on the H200 of 2026-12-04 (bench/attention.py prints it), so auto ran exact attention there.
     assert dispatch.pytorch_prefers_cudnn(torch.device("cpu")) is False
+
+
+def test_a_gpu_out_of_memory_is_no_answer_about_cudnn(monkeypatch):
+    # the probe runs in the first attention call, at the run's peak: out of memory there goes up as the run's error
+    # (its attention would not fit either) and is not kept as "no cuDNN" for every later run (a stand-in device)
+    gpu = type("Device", (), {"type": "cuda"})()
+    def full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 MiB")
+    monkeypatch.setattr(dispatch.torch, "zeros", full)
+    with pytest.raises(torch.OutOfMemoryError):
+        dispatch.pytorch_prefers_cudnn(gpu)
+    monkeypatch.setattr(dispatch.torch, "zeros", lambda *a, **kw: None)
+    monkeypatch.setattr(dispatch.torch, "_fused_sdp_choice", lambda *a: SDPBackend.CUDNN_ATTENTION.value,
+                        raising=False)
+    assert dispatch.pytorch_prefers_cudnn(gpu) is True
 
 
 def test_modes_and_the_old_name():
