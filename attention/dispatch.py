@@ -15,6 +15,8 @@ FIXED = {"disabled": ("exact", "disabled"), "reference": ("reference", "this pac
 # GB10) since thu-ml's 2.2.0 sources of 2025-12: an older build fails at its first call, and `auto` picks again.
 SAGE2_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0), (12, 1))
 SAGE3_CAPABILITIES = ((10, 0), (12, 0))   # sageattn3 builds sm_100a / sm_120a, which run on those alone
+
+
 class Installed(NamedTuple):
     sageattention: Optional[str] = None  # its version, None if it is not installed
     triton: bool = False
