@@ -14,7 +14,9 @@ FIXED = {"disabled": ("exact", "disabled"), "reference": ("reference", "this pac
 # The compute capabilities sageattention 2.x's `sageattn` has a kernel for; it raises on any other. 12.1 (DGX Spark's
 # GB10) since thu-ml's 2.2.0 sources of 2025-12: an older build fails at its first call, and `auto` picks again.
 SAGE2_CAPABILITIES = ((8, 0), (8, 6), (8, 9), (9, 0), (12, 0), (12, 1))
-SAGE3_CAPABILITIES = ((10, 0), (12, 0))   # sageattn3 builds sm_100a / sm_120a, which run on those alone
+# sageattn3's attention kernel runs on 12.0 alone (RTX 50xx, RTX PRO Blackwell; not B200, whatever it builds), and on
+# 12.1 (DGX Spark) since its sources of 2025-12: an older build fails at its first call there, and stays exact.
+SAGE3_CAPABILITIES = ((12, 0), (12, 1))
 
 
 class Installed(NamedTuple):
@@ -62,7 +64,7 @@ def _needs(mode, pkgs):
     if mode == "sage3":
         return Needs(None if pkgs.sage3 else "ComfyUI registered no sage3 attention (it needs the sageattn3 package)",
                      "sage3's kernels", lambda cc: cc in SAGE3_CAPABILITIES,
-                     "sage3 has kernels for 10.0 (B200) and 12.0 (RTX 50xx) only",
+                     "sage3's attention kernel runs on 12.0 and 12.1 only",
                      "ComfyUI's sage3 attention (Blackwell FP4 kernels)")
     version, missing = pkgs.sageattention, None
     if version is None:
@@ -130,10 +132,18 @@ def pytorch_prefers_cudnn(device):
     try:
         probe = torch.zeros(1, 12, 1024, 128, device=device, dtype=torch.bfloat16)
         return torch._fused_sdp_choice(probe, probe, probe) == SDPBackend.CUDNN_ATTENTION.value
-    except torch.OutOfMemoryError:    # the first call of a run at its peak: not an answer to keep for the process
-        raise
-    except (AttributeError, RuntimeError):     # a private function (a torch without it)
+    except AttributeError:     # a private function: a torch without it
         return False
+    except RuntimeError as e:
+        if out_of_memory(e):    # the first call of a run, at its peak: no answer to keep for the process
+            raise
+        return False
+
+
+def out_of_memory(e):
+    """Whether `e` is memory running out, as ComfyUI's is_oom tells (quant/act_quant.py has the same test): that goes
+    up as it is, since ComfyUI then frees models and the next run may fit; it must not turn the kernels off."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 @functools.cache

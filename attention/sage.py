@@ -5,7 +5,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from .dispatch import Installed, canonical, choose, device_capability, installed_packages, sage_major
+from .dispatch import Installed, canonical, choose, device_capability, installed_packages, out_of_memory, sage_major
 from .reference import sage_attention_reference
 
 log = logging.getLogger("skyreels_fp8")
@@ -27,12 +27,6 @@ def log_once(key, message, level=logging.WARNING, seen=None):
     if key not in seen:
         seen.add(key)
         log.log(level, message)
-
-
-def out_of_memory(e):
-    """Whether `e` is memory running out, as ComfyUI's is_oom tells (quant/act_quant.py has the same test): that goes
-    up as it is, since ComfyUI then frees models and the next run may fit; it must not turn the kernels off."""
-    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 def kernel_unavailable(device):
