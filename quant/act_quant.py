@@ -28,7 +28,7 @@ def chunk_rows(m, k, budget):
 
 
 def out_of_memory(e):
-    """Whether `e` is memory running out, as ComfyUI's is_oom tells (attention/sage.py has the same test): that goes
+    """Whether `e` is memory running out, as ComfyUI's is_oom tells (attention/dispatch.py has the same test): that goes
     up as it is, since ComfyUI then frees models and the next run may fit; any other error of a kernel means it
     cannot run here. (attention/ and quant/ import nothing of each other.)"""
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
