@@ -311,14 +311,6 @@ def pick_workflow(args, info):
     return "skyreels_t2v_fp8_sage.json"
 
 
-def check_df_frames(args, workflow):
-    """Diffusion Forcing's first latent frame is --image's: one frame leaves nothing to make (Sample Video says so
-    once ComfyUI runs, naming its widget)."""
-    if workflow == "skyreels_df_long_video.json" and args.image and args.num_frames < 5:
-        raise BadInput(f"--num_frames: {args.num_frames} frame is --image's own; give 5 or more (4k+1) to make new "
-                       "frames after it")
-
-
 def check_flags(args):
     """What SkyReels-V2's scripts refuse, or would ignore, refused here before ComfyUI starts."""
     if args.prompt_enhancer:
@@ -392,9 +384,8 @@ def read_video(path, overlap):
 
 
 def find_model(given, host):
-    """--model_id / --model_path: a file or folder; a name as Load FP8 SkyReels Model lists it (in ComfyUI's
-    diffusion_models folders); else a Hugging Face id (as SkyReels-V2's --model_id) downloaded into ComfyUI's
-    models/diffusion_models/<name> or the Hugging Face cache."""
+    """--model_id: a file or folder, a name as Load FP8 SkyReels Model lists it, else a Hugging Face id (as
+    SkyReels-V2's) already downloaded into ComfyUI's models/diffusion_models/<name> or the Hugging Face cache."""
     if os.path.exists(given):
         return check_folder(given)
     folders = host_folders(host)["diffusion_models"]
@@ -419,13 +410,9 @@ def find_model(given, host):
         if os.path.isdir(place):
             return check_folder(place)
     looked = places + ([] if any(p.startswith(repo) for p in places) else [repo])     # the cache, not there either
+    local_dir = f'"{places[0]}"' if os.name == "nt" else shlex.quote(places[0])    # as cmd / PowerShell or sh take it
     raise BadInput(f"--model_id: {given} is not downloaded (looked in {' and '.join(looked)}; this script downloads "
-                   f"nothing): hf download {given} --exclude \"*.pth\" --local-dir {quoted(places[0])}")
-
-
-def quoted(path):
-    """A path as a command line takes it in the user's shell (cmd and PowerShell, or a POSIX shell)."""
-    return f'"{path}"' if os.name == "nt" else shlex.quote(path)
+                   f"nothing): hf download {given} --exclude \"*.pth\" --local-dir {local_dir}")
 
 
 def check_folder(path):
@@ -477,7 +464,6 @@ class BadInput(Exception):
 def link_models(base, args, info, model):
     """extra_model_paths.yaml pointing ComfyUI at the given files; returns {widget: file name}."""
     host = find_host() or DEFAULT_HOST
-    host_models = os.path.join(host, "models")
     wanted = [("diffusion_models", "model_id", None),
               ("text_encoders", "text_encoder", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
               ("vae", "vae", "wan_2.1_vae.safetensors")]
@@ -489,7 +475,7 @@ def link_models(base, args, info, model):
         # as that ComfyUI finds a file: its models folder, then the folders its extra_model_paths.yaml adds
         found = [os.path.join(f, default) for f in folders.get(kind, []) if default and
                  os.path.isfile(os.path.join(f, default))]
-        files[kind] = os.path.abspath(given) if given else (found or [os.path.join(host_models, kind, default)])[0]
+        files[kind] = os.path.abspath(given) if given else (found or [os.path.join(host, "models", kind, default)])[0]
         if not os.path.exists(files[kind]):
             raise BadInput(f"{kind}: {files[kind]} not found; pass --{flag} or put the file there")
         if kind != "diffusion_models" and files[kind].lower().endswith((".safetensors", ".sft")):   # as ComfyUI reads
@@ -567,8 +553,6 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
                 inputs["text"] = args.negative_prompt
             elif not negative:
                 inputs["text"] = args.prompt
-        elif kind == "CreateVideo" and not isinstance(inputs.get("fps"), list):    # else Sample Video's fps output
-            inputs["fps"] = args.fps
         elif kind == "SaveVideo":
             inputs["filename_prefix"] = "headless/video"
     connect_flags(prompt, args, sizes, source)
@@ -709,7 +693,10 @@ def main(argv=None):
         model = None if demo else find_model(args.model_path, host)
         info = None if demo else inspect_model(model)
         name = pick_workflow(args, info)
-        check_df_frames(args, name)
+        # Diffusion Forcing's first latent frame is --image's (Sample Video says so too, but once ComfyUI runs)
+        if name == "skyreels_df_long_video.json" and args.image and args.num_frames < 5:
+            raise BadInput(f"--num_frames: {args.num_frames} frame is --image's own; give 5 or more (4k+1) to make "
+                           "new frames after it")
         source = read_source(args)
         extra = []
         if demo:
