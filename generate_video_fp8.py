@@ -463,6 +463,7 @@ class BadInput(Exception):
 
 def link_models(base, args, info, model):
     """extra_model_paths.yaml pointing ComfyUI at the given files; returns {widget: file name}."""
+    from quant.checkpoint import CheckpointError, check_safetensors, is_release
     host = find_host() or DEFAULT_HOST
     wanted = [("diffusion_models", "model_id", None),
               ("text_encoders", "text_encoder", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
@@ -480,7 +481,6 @@ def link_models(base, args, info, model):
             raise BadInput(f"{kind}: {files[kind]} not found; pass --{flag} or put the file there")
         if kind != "diffusion_models" and files[kind].lower().endswith((".safetensors", ".sft")):   # as ComfyUI reads
             # a truncated download (umt5-xxl is 6.7 GB) is named now, not after ComfyUI has loaded the model
-            from quant.checkpoint import CheckpointError, check_safetensors
             try:
                 check_safetensors(files[kind])
             except CheckpointError as e:
@@ -493,7 +493,6 @@ def link_models(base, args, info, model):
     names = {kind: os.path.basename(path) for kind, path in files.items()}
     folder = files["diffusion_models"]
     if os.path.isdir(folder):    # as the loader lists it: a release as "name/", else by its one file
-        from quant.checkpoint import is_release
         inside = os.listdir(folder)
         single = [f for f in inside if f.endswith(".safetensors")]     # one (check_folder)
         names["diffusion_models"] = (names["diffusion_models"] + "/" if is_release(inside)
