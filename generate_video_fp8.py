@@ -526,9 +526,7 @@ def build_prompt(workflow, object_info, args, names, demo, source=None):
             inputs.update(width=sizes["width"], height=sizes["height"], frames=sizes["frames"], steps=sizes["steps"],
                           seed=args.seed, fps=args.fps,
                           noise="cpu (ComfyUI)" if args.cpu_noise else "gpu (SkyReels-V2)")
-            for key, value in (("cfg", args.guidance_scale), ("shift", args.shift)):
-                if value is not None:
-                    inputs[key] = value
+            inputs.update({k: v for k, v in (("cfg", args.guidance_scale), ("shift", args.shift)) if v is not None})
             if inputs["mode"] == "diffusion forcing":         # its widgets are under mode, a dynamic combo
                 for flag in DF_DEFAULTS:
                     given = getattr(args, flag)
