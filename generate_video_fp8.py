@@ -1,12 +1,8 @@
 #!/usr/bin/env python3
 """Generate a SkyReels-V2 video headless: runs one of this pack's workflows through a real ComfyUI.
 
-    python generate_video_fp8.py --model_id MODEL [--prompt "..."] [--resolution 540P|720P] [--num_frames 97]
-        [--image START.png] [--use_sage_attention] [--no-fp8] [--offload] [--seed N] [--output out.mp4]
-        [--teacache --teacache_thresh 0.2 --use_ret_steps]
-        [DF: --ar_step 5 --causal_block_size 5 --base_num_frames 97 --overlap_history 17 --addnoise_condition 20
-             --end_image END.png --video_path CONTINUE.mp4]
-        (all options and their defaults, SkyReels-V2's: --help)
+    python generate_video_fp8.py --model_id MODEL [--prompt "..."] [--image START.png] [--output out.mp4] ...
+        (all options and their defaults, SkyReels-V2's, Diffusion Forcing's and TeaCache's: --help)
 
 The workflow follows from the model's tensors (I2V with --image: skyreels_i2v_fp8_sage.json; DF model or any DF
 flag: skyreels_df_long_video.json; else skyreels_t2v_fp8_sage.json), with nodes added for the flags that need them.
