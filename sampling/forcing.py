@@ -132,8 +132,7 @@ def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0
         if addnoise_condition > 0 and start < prefix:
             level = addnoise_condition / TRAIN_STEPS
             cond = x_in[:, :, :prefix - start]
-            noise = draw(cond.shape).to(cond)
-            x_in[:, :, :prefix - start] = cond * (1 - level) + noise * level
+            x_in[:, :, :prefix - start] = cond * (1 - level) + draw(cond.shape).to(cond) * level
             s_in[:prefix - start] = level
         x0 = denoise(x_in.to(given), s_in)
         for f in range(start, end):
