@@ -45,14 +45,12 @@ def install(patcher, fps_sd):
 
 
 def lost(model):
-    """What to say when `model` may be SkyReels-V2 DF-1.3B loaded without its fps embedding (core Load Diffusion
-    Model and ComfyUI-GGUF drop those keys), else None. Only DF-1.3B has one: a 1.3B text-to-video-shaped model.
-    Load FP8 SkyReels Model keeps the embedding wherever the file has one, so a model it loaded without one came
-    from a file without it (Wan 2.1 T2V-1.3B, the model of core's text_to_video_wan template): nothing was lost."""
+    """The note when `model` may be DF-1.3B (the only model with an fps embedding: 1.3B, T2V-shaped) loaded without
+    it, else None. Load FP8 SkyReels Model keeps the embedding wherever the file has one, so a model it loaded
+    without one came from a file without it (e.g. Wan 2.1 T2V-1.3B, core's text_to_video_wan model): none was lost."""
     dm = model.model.diffusion_model
-    if model.get_wrappers(WrappersMP.DIFFUSION_MODEL, KEY) or (dm.dim, dm.in_dim) != (DF_1_3B_DIM, 16):
-        return None
-    if getattr(model, "attachments", {}).get(LOADED_BY_US) is not None:
+    if (model.get_wrappers(WrappersMP.DIFFUSION_MODEL, KEY) or (dm.dim, dm.in_dim) != (DF_1_3B_DIM, 16)
+            or getattr(model, "attachments", {}).get(LOADED_BY_US) is not None):
         return None
     return ("fps: not applied: this 1.3B MODEL has no fps embedding. SkyReels-V2 DF-1.3B has one, which core Load "
             "Diffusion Model and ComfyUI-GGUF drop: load DF-1.3B with Load FP8 SkyReels Model to condition on fps")
