@@ -93,12 +93,10 @@ def frame_sigmas_unseen(model, df, ar_step):
 def _scheduled(extras):
     """Whether a conditioning runs by noise level: a timestep range (ConditioningSetTimestepRange, a hook node's
     timesteps, SetClipHooks' schedule) or hooks with keyframes (SetHookKeyframes)."""
-    if extras.get("start_percent", 0.0) > 0 or extras.get("end_percent", 1.0) < 1:
-        return True
-    if extras.get("clip_start_percent", 0.0) > 0 or extras.get("clip_end_percent", 1.0) < 1:
-        return True
     hooks = getattr(extras.get("hooks"), "hooks", ())
-    return any(getattr(getattr(hook, "hook_keyframe", None), "keyframes", None) for hook in hooks)
+    return (extras.get("start_percent", 0.0) > 0 or extras.get("end_percent", 1.0) < 1
+            or extras.get("clip_start_percent", 0.0) > 0 or extras.get("clip_end_percent", 1.0) < 1
+            or any(getattr(getattr(hook, "hook_keyframe", None), "keyframes", None) for hook in hooks))
 
 
 def schedules_unseen(conditionings, df, ar_step):
@@ -116,26 +114,17 @@ def check_frames(widget, n):
         fail(f"{widget}: {n} is not 4k+1; use {max(1, (n - 1) // 4 * 4 + 1)} or {(n - 1) // 4 * 4 + 5}")
 
 
-def _layer_patches(model):
-    """Other nodes' object patches of the model's layers (e.g. KJNodes' WanVideo Enhance A Video), named for a message;
-    this pack patches none."""
-    patches = {k: v for k, v in model.object_patches.items() if k.startswith("diffusion_model.")}
-    names = list(dict.fromkeys(describe(getattr(v, "__func__", v)) for v in patches.values()))
-    return len(patches), names
-
-
 def window_failed(model, error, i, n, frames, total, end):
     """A model call that failed in a diffusion forcing window of another frame count than the video's, on a MODEL whose
     layers another node patched: that node may have been set up for the latent's frame count (WanVideo Enhance A Video
     takes a latent for it), which core's KSampler always gives the model, but a window does not. The error that
-    says so, or None to let the host's own error through (out of memory, our own message, or nothing of the
-    kind)."""
-    oom = comfy.model_management.is_oom(error)
-    if frames == total or oom or str(error).startswith("Sample Video:"):      # (Cancel is no Exception: not here)
+    says so, or None to let the host's own error through (out of memory, our own message, or nothing of the kind)."""
+    if frames == total or comfy.model_management.is_oom(error) or str(error).startswith("Sample Video:"):
+        return None      # (Cancel is no Exception: not here)
+    patches = [v for k, v in model.object_patches.items() if k.startswith("diffusion_model.")]   # this pack's: none
+    if not patches:
         return None
-    count, names = _layer_patches(model)
-    if not count:
-        return None
+    names = list(dict.fromkeys(describe(getattr(v, "__func__", v)) for v in patches))
     text = str(error).strip()
     cause = f"{type(error).__name__}: {text.splitlines()[0].rstrip('.') if text else ''}".strip()
     fixes = ["make base_num_frames at least frames (one window)"] if n > 1 else []
@@ -143,8 +132,8 @@ def window_failed(model, error, i, n, frames, total, end):
         fixes.append("leave out end_image (it adds a frame after the video's)")
     return ValueError(
         f"Sample Video: diffusion forcing window {i + 1} of {n} gives the model {frames} latent frames (the video has "
-        f"{total}), and a model call failed there: {cause}. The MODEL carries {count} patch(es) of its layers from "
-        f"another node, {', '.join(names)}: a node set up for the latent's frame count (e.g. KJNodes' WanVideo "
+        f"{total}), and a model call failed there: {cause}. The MODEL carries {len(patches)} patch(es) of its layers "
+        f"from another node, {', '.join(names)}: a node set up for the latent's frame count (e.g. KJNodes' WanVideo "
         f"Enhance A Video, whose latent input gives it) cannot run on a window of another length; "
         f"{' or '.join(fixes)}, or remove that node")
 
