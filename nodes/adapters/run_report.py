@@ -22,10 +22,9 @@ def weights_summary(model):
 
 
 def patches_lines(model):
-    """Lines naming the weights LoRAs patch, and those a model merge patches (ComfyUI's ModelMerge* nodes add each
-    weight as a list, [(weight, convert), ...]), if any: a LoRA whose keys ComfyUI did not load is only logged, so its
-    missing line is what shows it here. Load LoRA (Bypass)'s adapters are not weight patches (ComfyUI injects them
-    into the layers): they have a line of their own."""
+    """Lines counting the weights LoRAs and model merges (ComfyUI's ModelMerge* add each weight as a list) patch: a LoRA
+    whose keys ComfyUI did not load is only logged, so its missing line shows it here. Load LoRA (Bypass)'s adapters,
+    injected into the layers rather than patched into the weights, have a line of their own."""
     merged = sum(1 for entries in model.patches.values() if any(isinstance(e[1], list) for e in entries))
     lora = sum(1 for entries in model.patches.values() if any(not isinstance(e[1], list) for e in entries))
     lines = [f"weight patches (LoRAs): {lora} weights"] if lora else []
