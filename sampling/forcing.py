@@ -24,8 +24,7 @@ class Plan:
     @property
     def prefix(self):
         """Leading frames that start finished (the clean prefix)."""
-        ready = (self.step_index[0] == self.steps + 1).long()
-        return int(ready.cumprod(0).sum())
+        return int((self.step_index[0] == self.steps + 1).long().cumprod(0).sum())
 
 
 def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready=0, causal_block_size=1):

@@ -480,15 +480,11 @@ class Job:
         return [f"TeaCache: {skipped} of {calls} model calls skipped (threshold {cache.threshold:g}"
                 f"{', retention steps' if cache.retention else ''}; cond and uncond counted apart)"]
 
-    def _bypassed_line(self):
-        """Patch SageAttention on the MODEL, and no attention call reached it while another pack's forward ran."""
-        who = run_report.bypassed_by(self.model)
-        return [foreign_forward.sage_bypassed(", ".join(who))] if who else []
-
     def _report(self, windows, calls, meter, attention_before, teacache_before, samples):
         weights, fp8_matmul, has_fp8 = run_report.weights_summary(self.model)
         compute = self.model.model.get_dtype_inference()
         matmul = run_report.matmul_summary(fp8_matmul, has_fp8, meter.products, compute, meter.fallback_reasons)
+        bypassed = run_report.bypassed_by(self.model)     # no attention call reached ours while another forward ran
         lines = [
             f"Sample Video: {'diffusion forcing' if self.df else 'standard'}, {self.sampler} {self.steps} steps, cfg "
             f"{self.cfg}, shift {self.shift:g}; {len(windows)} window(s), {samples.shape[2]} latent frames = "
@@ -498,7 +494,7 @@ class Job:
             f"{weights}; {matmul}",
             *run_report.patches_lines(self.model),
             run_report.attention_summary(self.model, attention_before),
-            *self._bypassed_line(),
+            *([foreign_forward.sage_bypassed(", ".join(bypassed))] if bypassed else []),
             *self._teacache_line(teacache_before),
             *self.notes,
         ]
