@@ -281,10 +281,9 @@ def _partial_frames(area, window):
 
 
 def check_conditioned_frames(named, widgets, forcing, end_image):
-    """Conditioning made for a number of frames against the video this run makes: an I2V image conditioning (core
-    WanImageToVideo / WanFirstLastFrameToVideo) made for another length, or split by diffusion forcing's windows or
-    lengthened by its end_image, and areas over part of the frames or masks per frame split by diffusion forcing's
-    windows, stopped inside the model."""
+    """Conditioning made for a number of frames against the video this run makes, stopped here: an I2V image
+    conditioning (WanImageToVideo / WanFirstLastFrameToVideo) made for another length, split by DF windows or
+    lengthened by end_image; areas over part of the frames, or masks per frame split by DF windows."""
     latent = widgets.get("latent")
     if latent is not None:
         shape = getattr(latent.get("samples"), "shape", ())

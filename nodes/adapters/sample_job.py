@@ -115,10 +115,9 @@ def check_frames(widget, n):
 
 
 def window_failed(model, error, i, n, frames, total, end):
-    """A model call that failed in a diffusion forcing window of another frame count than the video's, on a MODEL whose
-    layers another node patched: that node may have been set up for the latent's frame count (WanVideo Enhance A Video
-    takes a latent for it), which core's KSampler always gives the model, but a window does not. The error that
-    says so, or None to let the host's own error through (out of memory, our own message, or nothing of the kind)."""
+    """The error to raise for a model call that failed in a DF window of another frame count than the video's, on a
+    MODEL whose layers another node patched, maybe for the latent's frame count (which KSampler always gives, a window
+    not); None lets the host's own error through (out of memory, our own message, or nothing of the kind)."""
     if frames == total or comfy.model_management.is_oom(error) or str(error).startswith("Sample Video:"):
         return None      # (Cancel is no Exception: not here)
     patches = [v for k, v in model.object_patches.items() if k.startswith("diffusion_model.")]   # this pack's: none
