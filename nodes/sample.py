@@ -205,9 +205,8 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
         shape = list(latent["samples"].shape)
         if len(shape) != 5 or 0 in shape:
             fail(f"latent: expected a video latent [B, C, frames, H, W], got {shape}")
-        channels = model.model.latent_format.latent_channels
-        if shape[1] != channels:
-            fail(f"latent: {shape[1]} channels; a Wan 2.1 model takes latents of {channels} (core Empty Hunyuan "
+        if shape[1] != LATENT_CHANNELS:     # the model's too: execute's check_model saw to it
+            fail(f"latent: {shape[1]} channels; a Wan 2.1 model takes latents of {LATENT_CHANNELS} (core Empty Hunyuan "
                  "Latent Video or WanImageToVideo make them)")
         if latent.get("noise_mask") is not None:
             fail("latent: has a noise mask (e.g. Set Latent Noise Mask), which Sample Video would ignore: it makes "

@@ -140,11 +140,10 @@ def window_failed(model, error, i, n, frames, total, end):
 class Job:
     def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts,
                  noise=NOISE[0]):
-        causal = df and opts.get("causal_attention", False)      # a DF widget: standard mode has none
         addnoise = opts.get("addnoise_condition", 0) if df else 0
         self.model = per_frame.patch(model, shift, model_timesteps(steps, shift, addnoise))
         self.model.model_options.setdefault("transformer_options", {})[fps_term.KEY] = fps
-        if causal:     # a clone with the options above
+        if df and opts.get("causal_attention", False):     # a DF widget (standard mode has none); a clone of the above
             self.model = video_attention.install(self.model)
             self.model.model_options["transformer_options"][video_attention.CAUSAL_KEY] = opts["causal_block_size"]
         # SkyReels-V2's DiffusionForcingPipeline guides only above cfg 1 (do_classifier_free_guidance); below it
