@@ -116,9 +116,7 @@ def _check_source(ckpt, info, report):
         raise CheckpointError(f"{ckpt.path}: already FP8 ({prequant[0]}); load it directly with Load FP8 SkyReels "
                               "Model, or convert the original bf16/fp32 release")
     unexpected = ckpt.require_keys(info)
-    kept = check_kept(info.num_layers, report.options.keep_first_blocks, report.options.keep_last_blocks)
-    if kept:
-        raise CheckpointError(f"{ckpt.path}: {kept}")
+    check_kept(ckpt.path, info.num_layers, report.options.keep_first_blocks, report.options.keep_last_blocks)
     if unexpected:
         report.warnings.append(f"{len(unexpected)} tensors a {info.describe()} does not use were copied as they are:"
                                f" {', '.join(unexpected[:4])}{', ...' if len(unexpected) > 4 else ''}")

@@ -105,9 +105,8 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
     source = describe_source(ckpt, declared)
     target = WEIGHT_FORMATS[weight_format]
     plain = target if isinstance(target, torch.dtype) else None
-    kept = plain is None and check_kept(info.num_layers, keep_first_blocks, keep_last_blocks)
-    if kept:
-        raise CheckpointError(f"{ckpt.path}: {kept}")
+    if plain is None:
+        check_kept(ckpt.path, info.num_layers, keep_first_blocks, keep_last_blocks)
     kept_dtype = plain or compute_dtype
     names = [n for n in ckpt.names if not is_quant_extra(n)]
     # auto takes an FP8 file as it is: the Linears it holds in high precision were kept so (a converter's keep blocks)

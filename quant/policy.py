@@ -4,6 +4,8 @@ modulation, head, norms, biases) sets every block's scale/shift/gate or is too s
 high precision. The first/last N blocks can stay too (SkyReels-V2 users do this for long high-motion videos)."""
 import re
 
+from .checkpoint import CheckpointError
+
 _QUANTIZED = re.compile(r"^blocks\.(\d+)\.(?:self_attn\.[qkvo]|cross_attn\.(?:[qkvo]|k_img|v_img)|ffn\.[02])\.weight$")
 
 
@@ -22,10 +24,10 @@ def layer_name(weight_key):
     return weight_key[: -len(".weight")]
 
 
-def check_kept(num_layers, keep_first_blocks, keep_last_blocks):
-    """The message for keep_first/last_blocks that keep every block high precision (nothing would be FP8), or None."""
+def check_kept(path, num_layers, keep_first_blocks, keep_last_blocks):
+    """Refuses keep_first/last_blocks that keep every block high precision (nothing would be FP8)."""
     if keep_first_blocks + keep_last_blocks >= num_layers:
-        return (f"keep_first_blocks {keep_first_blocks} + keep_last_blocks {keep_last_blocks} keep all {num_layers} "
-                "blocks in high precision, so nothing would be FP8: lower them (or keep the model as it is: Load "
-                "FP8 SkyReels Model's weight_format bf16 loads it in high precision)")
-    return None
+        raise CheckpointError(f"{path}: keep_first_blocks {keep_first_blocks} + keep_last_blocks "
+                              f"{keep_last_blocks} keep all {num_layers} blocks in high precision, so nothing would "
+                              "be FP8: lower them (or keep the model as it is: Load FP8 SkyReels Model's weight_format "
+                              "bf16 loads it in high precision)")
