@@ -19,7 +19,6 @@ SAFETENSORS_DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
-PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 # diffusers name -> original Wan name (SkyReels-V2 uses the Wan 2.1 names in its own releases).
 _ATTN = {"1": "self_attn", "2": "cross_attn"}
@@ -214,7 +213,7 @@ def _open_file(path):
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); check that you may read the file") from None
     if path.lower().endswith((".safetensors", ".sft")):
         return _SafetensorsFile(path)
-    if path.lower().endswith(PICKLE_SUFFIXES):
+    if path.lower().endswith((".pth", ".pt", ".ckpt", ".bin")):
         if os.path.getsize(path) == 0:
             raise CheckpointError(_EMPTY.format(path))
         return _PickleFile(path)
@@ -415,5 +414,4 @@ class Checkpoint:
     def check_keys(self, info):
         """(missing, unexpected) key names against the keys a model of `info` has."""
         expected = info.expected_keys()
-        have = set(self._index)
-        return [k for k in expected if k not in have], sorted(have - set(expected))
+        return [k for k in expected if k not in self._index], sorted(set(self._index) - set(expected))
