@@ -149,6 +149,5 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         notes.append(f"the file is already {source}; its FP8 weights are used as they are")
     kept = str(kept_dtype).replace("torch.", "")
     scheme = ", ".join(f"fp8 {f} per-{g}" for f, g in sorted(set(schemes))) or kept
-    summary = LoadSummary(source=source, scheme=scheme, quantized=len(schemes), kept=len(names) - len(schemes),
-                          kept_dtype=kept, notes=notes)
-    return sd, summary
+    return sd, LoadSummary(source=source, scheme=scheme, quantized=len(schemes), kept=len(names) - len(schemes),
+                           kept_dtype=kept, notes=notes)
