@@ -60,12 +60,11 @@ def _use_fused(x):
 
 @functools.cache
 def kitchen_per_tensor():
-    """comfy-kitchen's CUDA kernel for per-tensor FP8 quantization, with which ComfyUI's own FP8 layers quantize their
-    inputs: one read of the activation, and no Triton, which Windows installs often lack. None where comfy-kitchen or
-    its CUDA backend is missing, or turned off (ComfyUI turns it off under a torch built with CUDA < 13). It divides
-    with --use_fast_math's division (within 2 ulp), so a value that close to a rounding boundary may take the
-    neighbouring fp8 value where the eager chunks and the Triton kernel agree bit for bit; and its clamp turns NaN into
-    -448, where they keep it (as in ComfyUI's own FP8 layers)."""
+    """comfy-kitchen's per-tensor FP8 CUDA kernel, which ComfyUI's own FP8 layers quantize with: one read of the
+    activation, and no Triton, which Windows installs often lack. None where comfy-kitchen or its CUDA backend is
+    missing, or off (ComfyUI turns it off under a torch built with CUDA < 13). Its --use_fast_math division (within 2
+    ulp) may round a value that close to a boundary to the neighbouring fp8 value where the eager chunks and the Triton
+    kernel agree bit for bit; its clamp turns NaN into -448, where they keep it (as in ComfyUI's own FP8 layers)."""
     try:
         from comfy_kitchen import registry
         return registry.get_implementation("quantize_per_tensor_fp8", backend="cuda")
