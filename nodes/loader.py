@@ -13,8 +13,7 @@ from comfy_api.latest import io
 from ..quant import Checkpoint, CheckpointError
 from ..quant.comfy_format import QUANT_SUFFIXES
 from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
-from ..quant.fp8_plan import compute_dtype as fp8_plan_dtype
-from ..quant.fp8_plan import device_plan, fused_quant_available
+from ..quant.fp8_plan import compute_dtype as fp8_plan_dtype, device_plan, fused_quant_available
 from .adapters import fps, model_files
 from .adapters.ffn import gelu_in_place
 from .adapters.fp8_ops import make_operations, share_attention_inputs
@@ -114,8 +113,7 @@ def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, 
     if fps_sd:
         fps.install(patcher, fps_sd)
         report += "; fps embedding: on (24 fps unless Sample Video sets it)"
-    for note in summary.notes:
-        report += f"; note: {note}"
+    report += "".join(f"; note: {note}" for note in summary.notes)
     log.info("Load FP8 SkyReels Model: %s", report)
     return patcher, report
 
