@@ -143,8 +143,7 @@ def _fp8_product(input, weight, bias):
 def share_attention_inputs(model):
     """Lets each attention's q, k and v Linears quantize their shared input once: the host's attention code writes no
     input in place while it computes them (inference tensors have no version counter to prove it). The v Linear, the
-    last of the three, drops the cached activation, so that it is not held through the attention itself. Each model
-    call starts with every scope closed (a Cancel cuts one short past its closing hook)."""
+    last of the three, drops the cached activation before the attention; each model call closes scopes a Cancel left."""
     for module in model.modules():
         if all(getattr(getattr(module, name, None), "skyreels_fp8_matmul", False) for name in ("q", "k", "v")):
             module.register_forward_pre_hook(lambda *args: act_quant.enter_shared_scope())
