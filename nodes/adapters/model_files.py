@@ -34,8 +34,7 @@ def _release_folders():
             pipeline = os.path.isfile(os.path.join(os.path.dirname(path), "model_index.json"))
             files = os.listdir(path) if os.path.isdir(path) else []
             if is_release(files) and (not pipeline or os.path.basename(sub) == "transformer"):
-                name = sub.replace(os.sep, "/") + "/"
-                found.setdefault(name, set()).update(_shards(path, files))
+                found.setdefault(sub.replace(os.sep, "/") + "/", set()).update(_shards(path, files))
     return found
 
 
