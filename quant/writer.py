@@ -84,7 +84,7 @@ class SafetensorsWriter:
         blob = self._header_blob(metadata or {})
         blob += b" " * (reserve + (-(len(blob) + reserve) % 8))
         self._data_start = 8 + len(blob)
-        self._total = offset
+        self._file_size = self._data_start + offset
         self._written = set()
         self.tmp = os.path.join(os.path.dirname(os.path.abspath(dst)),
                                 f".{os.path.basename(dst)}.{_HOST}-{os.getpid()}.tmp")
@@ -103,14 +103,11 @@ class SafetensorsWriter:
         except OSError as e:
             self.abort()
             if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
-                why = f"the disk is full, or the file too large for it (it needs {_size_text(self._size())})"
+                why = f"the disk is full, or the file too large for it (it needs {_size_text(self._file_size)})"
             else:
                 why = "check that you may write to its folder"
             raise CheckpointError(f"{self.dst}: cannot be written ({e.strerror or e}): {why}. Nothing was "
                                   "written") from None
-
-    def _size(self):
-        return self._data_start + self._total
 
     def _header_blob(self, metadata):
         meta = {"__metadata__": {k: str(v) for k, v in metadata.items()}} if metadata else {}
@@ -140,7 +137,7 @@ class SafetensorsWriter:
         if missing:
             raise ValueError(f"{len(missing)} tensors were never written, e.g. {sorted(missing)[0]}")
         with self._refusals():
-            self._f.truncate(self._size())
+            self._f.truncate(self._file_size)
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
