@@ -132,9 +132,7 @@ def pytorch_prefers_cudnn(device):
     try:
         probe = torch.zeros(1, 12, 1024, 128, device=device, dtype=torch.bfloat16)
         return torch._fused_sdp_choice(probe, probe, probe) == SDPBackend.CUDNN_ATTENTION.value
-    except AttributeError:     # a private function: a torch without it
-        return False
-    except RuntimeError as e:
+    except (AttributeError, RuntimeError) as e:   # AttributeError: a private function, a torch without it
         if out_of_memory(e):    # the first call of a run, at its peak: no answer to keep for the process
             raise
         return False
