@@ -99,9 +99,8 @@ def host_installed():
 def ours(backend, q, k, v, skip_reshape, skip_output_reshape):
     """This pack's sage_attention on the host's own layout (no copy of the inputs or output), returning
     [B, heads, L, D] if skip_output_reshape, else [B, L, heads * D]."""
-    layout = "HND" if skip_reshape else "NHD"
-    out = sage_attention(q, k, v, layout=layout, mode=backend)
-    if layout != ("HND" if skip_output_reshape else "NHD"):
+    out = sage_attention(q, k, v, layout="HND" if skip_reshape else "NHD", mode=backend)
+    if skip_reshape != skip_output_reshape:
         out = out.transpose(1, 2)
     return out if skip_output_reshape else out.reshape(out.shape[0], out.shape[1], -1)
 
