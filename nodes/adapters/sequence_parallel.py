@@ -3,8 +3,9 @@ group runs every block on whole latent frames (so Diffusion Forcing's per-frame 
 self-attention sees the whole sequence through `video_attention`; cross-attention needs no exchange (same keys on
 every rank); the last block gathers the tokens back. With cfg 2 the two groups run the cond and the uncond pass.
 """
-import torch
 import comfy.samplers
+import torch
+import torch.distributed as dist
 
 from ...attention.usp import gather
 from . import video_attention
@@ -93,7 +94,6 @@ def agree(model, t):
     mesh = model.model_options.get("transformer_options", {}).get(MESH_KEY)
     if mesh is None:
         return t
-    import torch.distributed as dist
     where = t.device   # NCCL moves GPU tensors only; VAE outputs come back on the CPU
     t = t.to("cuda" if dist.get_backend() == "nccl" else where).contiguous()
     dist.broadcast(t, src=0)
@@ -106,7 +106,6 @@ def cfg_total(model, values):
     mesh = model.model_options.get("transformer_options", {}).get(MESH_KEY)
     if mesh is None or mesh.cfg_group is None:
         return values
-    import torch.distributed as dist
     t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(t, group=mesh.cfg_group)
     return [round(v) for v in t.tolist()]
