@@ -11,10 +11,9 @@ from .reference import sage_attention_reference
 log = logging.getLogger("skyreels_fp8")
 KERNEL_HEAD_DIMS = (64, 96, 128)
 # sageattention 1.0.6's Triton kernels count the zero padding of the last 64-key block in the softmax denominator
-# (measured: output 13% too small at 257 keys, the I2V image context). Such short calls go to exact attention, which
-# is cheap there; from 16384 keys the padding is at most 63 keys and its bias stays under the 8-bit error (the guard
-# still checks). 2.x on sm86 picks a Triton kernel that loads the padding the same way (read in its source, not
-# measured).
+# (measured: output 13% too small at 257 keys, the I2V image context). Such short calls go to exact attention, which is
+# cheap there; from 16384 keys the padding is at most 63 keys and its bias stays under the 8-bit error (the guard still
+# checks). 2.x on sm86 picks a Triton kernel that loads the padding the same way (read in its source, not measured).
 RAGGED_EXACT_BELOW = 16384
 _logged = set()
 _kernel = None

@@ -1,8 +1,7 @@
 """Unified sequence parallelism (USP, as in xDiT) and CFG parallelism for one attention layer, on torch.distributed
 (NCCL on GPUs, gloo on CPU). Ulysses trades tokens for heads by all-to-all; ring all-gathers keys and values (Llama
 3's context parallelism) rather than passing blocks, whose partial results merge by log-sum-exp, which sageattention
-does not return. Sequences are padded at the end to split evenly: padded keys are cut, padded queries get zeros.
-"""
+does not return. Sequences are padded at the end to split evenly: padded keys are cut, padded queries get zeros."""
 import math
 
 import torch

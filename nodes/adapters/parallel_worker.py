@@ -1,7 +1,6 @@
 """One Ray actor per device: joins the torch.distributed group, loads the model from the same file with this pack's
 loader and runs the whole Sample Video on its share of the tokens; rank 0's LATENT goes back to the host.
-Shipped to the actors by value (cloudpickle), so it imports nothing from the host at module level.
-"""
+Shipped to the actors by value (cloudpickle), so it imports nothing from the host at module level."""
 import importlib.util
 import os
 import socket

@@ -1,8 +1,7 @@
 """Sequence (and CFG) parallelism for the host's Wan model over an `attention.usp.Mesh`. Each rank of a sequence
 group runs every block on whole latent frames (so Diffusion Forcing's per-frame modulation stays with its tokens);
 self-attention sees the whole sequence through `video_attention`; cross-attention needs no exchange (same keys on
-every rank); the last block gathers the tokens back. With cfg 2 the two groups run the cond and the uncond pass.
-"""
+every rank); the last block gathers the tokens back. With cfg 2 the two groups run the cond and the uncond pass."""
 import comfy.samplers
 import torch
 import torch.distributed as dist

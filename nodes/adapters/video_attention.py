@@ -1,8 +1,7 @@
 """Self-attention over the whole video for the host's Wan model: block-causal (SkyReels-V2's DF option) and/or
 sequence-parallel (`sequence_parallel`). An attention override wrapping the one already there (Patch SageAttention's),
 so 8-bit attention still serves every call. The host gives attention no sign of which call is self-attention: forward
-hooks on the blocks' self_attn modules mark those calls.
-"""
+hooks on the blocks' self_attn modules mark those calls."""
 import functools
 import threading
 
