@@ -60,12 +60,9 @@ def workers_for(ray, plan):
 def host_args():
     """The host's FORWARDED_ARGS as plain values (the workers unpickle them before they can import the host)."""
     import comfy.cli_args
-    args, out = comfy.cli_args.args, {}
-    for name in FORWARDED_ARGS:
-        if hasattr(args, name):
-            value = getattr(args, name)
-            out[name] = sorted(feature.value for feature in value) if name == "fast" else value
-    return out
+    args = comfy.cli_args.args
+    return {name: sorted(feature.value for feature in args.fast) if name == "fast" else getattr(args, name)
+            for name in FORWARDED_ARGS if hasattr(args, name)}
 
 
 def release():
