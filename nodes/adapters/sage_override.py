@@ -13,11 +13,10 @@ import folder_paths
 import torch
 from comfy.ldm.modules import attention as host_attention
 
-from ...attention import sage_attention
 from ...attention.dispatch import (Installed, canonical, choose, device_capability, installed_packages, out_of_memory,
                                   pytorch_prefers_cudnn)
 from ...attention.guard import StepIndex, all_finite, guard_cosine, phase
-from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once, miscounted_padding
+from ...attention.sage import KernelsUnavailable, kernel_unavailable, log_once, miscounted_padding, sage_attention
 from ...quant.act_quant import first_line
 
 KEY = "skyreels_sage"   # the MODEL's outer-sample wrapper: one guard pass per sampling pass (SageOverride.new_pass)
