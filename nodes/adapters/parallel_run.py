@@ -2,8 +2,7 @@
 in a torch.distributed mesh (`attention.usp`), each running the whole Sample Video on its share of the work. Only
 the MODEL's recipe (loader file and options, Patch SageAttention and TeaCache settings), its LoRA patches, the
 conditioning and the images travel, never the model's weights: each actor loads the same file itself. A VAE travels
-as weights (it has no file name to load from).
-"""
+as weights (it has no file name to load from)."""
 import logging
 import math
 import time
@@ -103,13 +102,13 @@ class Plan:
         self.config, self.n = config, config["workers"]
         self.recipe, self.sage, self.patches, self.teacache = recipe_of(model)
         heads = model.model.diffusion_model.blocks[0].self_attn.num_heads
+        paired = config.get("cfg_parallel", True) and not one_pass
         self.unpaired = config.get("cfg_parallel", True) and one_pass
         try:
-            self.cfg, self.ring = layout(self.n, heads, config.get("cfg_parallel", True) and not one_pass,
-                                         config.get("ring_degree", 0))
+            self.cfg, self.ring = layout(self.n, heads, paired, config.get("ring_degree", 0))
         except ValueError as e:
             fail(f"parallel: {e}")
-        if config.get("cfg_parallel", True) and not one_pass and self.cfg == 1:
+        if paired and self.cfg == 1:
             log.warning("Parallel Config: cfg_parallel needs an even number of workers; %d run without it", self.n)
         # A file of the model changed on disk under the same name (its size or time) means new workers.
         self.key = (config["address"], config["device"], self.n, self.cfg, self.ring,
