@@ -40,7 +40,6 @@ class ParallelConfig(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, workers, device, ray_address, cfg_parallel=True, keep_workers=True,
-                ring_degree=0) -> io.NodeOutput:
+    def execute(cls, workers, device, ray_address, cfg_parallel=True, keep_workers=True, ring_degree=0):
         return io.NodeOutput({"workers": workers, "device": device, "address": ray_address.strip(),
                               "cfg_parallel": cfg_parallel, "keep_workers": keep_workers, "ring_degree": ring_degree})
