@@ -18,7 +18,7 @@ from . import fps as fps_term
 from . import model_files, parallel_pool, teacache_hooks
 from .sage_override import KEY as SAGE_KEY
 from .sage_override import SageOverride, describe
-from .sample_job import fail
+from .sample_job import fail, guided_cfg
 
 log = logging.getLogger("skyreels_fp8")
 RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
@@ -122,9 +122,9 @@ def run(config, model, positive, negative, widgets, inputs):
         import ray
     except ImportError:
         fail("parallel: Ray is not installed: `pip install ray` in ComfyUI's Python (single-device runs need nothing)")
-    # As the host's sampling: cfg 1 skips the negative pass (diffusion forcing also below 1, as SkyReels-V2's); no
-    # model option can keep it (disable_cfg1_optimization): recipe_of refuses options a worker cannot rebuild
-    cfg = 1.0 if widgets["mode"] == "diffusion forcing" and widgets["cfg"] < 1 else widgets["cfg"]
+    # As the host's sampling, cfg 1 skips the negative pass; no model option can keep it (disable_cfg1_optimization):
+    # recipe_of refuses options a worker cannot rebuild
+    cfg = guided_cfg(widgets["mode"] == "diffusion forcing", widgets["cfg"])
     plan = Plan(config, model, math.isclose(cfg, 1.0))
     started, ok = time.perf_counter(), False
     try:

@@ -137,6 +137,12 @@ def window_failed(model, error, i, n, frames, total, end):
         f"{' or '.join(fixes)}, or remove that node")
 
 
+def guided_cfg(df, cfg):
+    """SkyReels-V2's DiffusionForcingPipeline guides only above cfg 1 (do_classifier_free_guidance); below it runs
+    the positive prompt alone, as cfg 1 (its T2V / I2V pipelines, like the host, guide at any cfg)."""
+    return 1.0 if df and cfg < 1 else cfg
+
+
 class Job:
     def __init__(self, model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape, df, opts,
                  noise=NOISE[0]):
@@ -146,9 +152,7 @@ class Job:
         if df and opts.get("causal_attention", False):     # a DF widget (standard mode has none); a clone of the above
             self.model = video_attention.install(self.model)
             self.model.model_options["transformer_options"][video_attention.CAUSAL_KEY] = opts["causal_block_size"]
-        # SkyReels-V2's DiffusionForcingPipeline guides only above cfg 1 (do_classifier_free_guidance); below it
-        # runs the positive prompt alone, as cfg 1 (its T2V / I2V pipelines, like the host, guide at any cfg).
-        self.cfg = 1.0 if df and cfg < 1 else cfg
+        self.cfg = guided_cfg(df, cfg)
         self.positives, self.negative, self.seed = [positive], negative, seed
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.steps, self.fps, self.shift, self.sigmas = steps, fps, shift, flow_sigmas(steps, shift)
