@@ -28,7 +28,12 @@ def coefficients(image_to_video, width, pixel_area, retention):
 
 
 def rescale(coeffs, x):
-    return sum(c * x ** (len(coeffs) - 1 - i) for i, c in enumerate(coeffs))
+    """The polynomial at x by Horner's rule in float64, as SkyReels-V2's np.poly1d: the same bits, so a sum that
+    lands at the threshold decides as there (powers summed differ in the last bits for 3 of 4 inputs)."""
+    y = 0.0
+    for c in coeffs:
+        y = y * x + c
+    return y
 
 
 @dataclass

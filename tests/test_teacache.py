@@ -1,4 +1,5 @@
 """TeaCache's decisions (sampling/teacache.py), with a rescaling of x -> x so the sums are the relative changes."""
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +105,13 @@ def test_a_computed_call_lets_go_of_the_old_residual():
     assert cache.compute(0, 2, 10, torch.ones(4, 8) * 2, IDENTITY, (1, 2))    # a change of 1.0: runs
     assert cache.residual(0) is None
     assert cache.compute(0, 3, 10, torch.ones(4, 8) * 2, IDENTITY, (1, 2))    # no residual to reuse: runs
+
+
+def test_rescale_is_skyreels_numpy_polynomial_to_the_bit():
+    # SkyReels-V2 rescales with np.poly1d(coefficients)(change); the sums meet the threshold exactly as its do only
+    # if every figure is the same float64 (exact equality, no tolerance). Changes: 0 to 0.5, its range in practice.
+    changes = torch.rand(2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.5
+    for coeffs in teacache.COEFFICIENTS.values():
+        reference = np.poly1d(coeffs)
+        assert [teacache.rescale(coeffs, x) for x in changes.tolist()] == [float(reference(x)) for x in
+                                                                          changes.tolist()]
