@@ -13,7 +13,8 @@ from comfy_api.latest import io
 from ..quant import Checkpoint, CheckpointError
 from ..quant.comfy_format import QUANT_SUFFIXES
 from ..quant.formats import WEIGHT_FORMATS, load_fp8_state_dict
-from ..quant.fp8_plan import compute_dtype as fp8_plan_dtype, device_plan, fused_quant_available
+from ..quant.fp8_plan import compute_dtype as fp8_plan_dtype
+from ..quant.fp8_plan import device_plan, fused_quant_available
 from .adapters import fps, model_files
 from .adapters.ffn import gelu_in_place
 from .adapters.fp8_ops import make_operations, share_attention_inputs
