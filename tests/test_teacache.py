@@ -115,3 +115,25 @@ def test_rescale_is_skyreels_numpy_polynomial_to_the_bit():
         reference = np.poly1d(coeffs)
         assert [teacache.rescale(coeffs, x) for x in changes.tolist()] == [float(reference(x)) for x in
                                                                           changes.tolist()]
+
+
+def test_the_change_is_measured_in_float32_from_a_bf16_embedding():
+    # SkyReels-V2's embedding is float32 (its transformer asserts it); the host's is in the compute dtype, bf16 on a
+    # GPU. Measured in bf16, the means and their ratio were rounded (relative error up to 1%): the sum must be the
+    # float32 figure of the same values, exactly (IDENTITY coefficients: the sum is the change).
+    g = torch.Generator().manual_seed(0)
+    first, second = (torch.randn(2, 6, 64, generator=g).to(torch.bfloat16) for _ in range(2))
+    cache = teacache.TeaCache(1e9, False)
+    assert cache.compute(0, 0, 10, first, IDENTITY, (1, 2))
+    cache.keep(0, torch.zeros(1, 2))
+    assert cache.compute(0, 1, 10, second, IDENTITY, (1, 2)) is False
+    a, b = first.float(), second.float()
+    assert cache.streams[0].distance == ((b - a).abs().mean() / a.abs().mean()).item()
+
+
+def test_a_change_that_is_not_a_number_runs_the_blocks():
+    # two all-zero embeddings: 0 / 0. SkyReels-V2 skips only while its sum is below the threshold, so NaN computes
+    cache = teacache.TeaCache(1e9, False)
+    assert cache.compute(0, 0, 10, torch.zeros(2, 8), IDENTITY, (1, 2))
+    cache.keep(0, torch.zeros(1, 2))
+    assert cache.compute(0, 1, 10, torch.zeros(2, 8), IDENTITY, (1, 2)) is True
