@@ -1,5 +1,6 @@
 """SkyReels-V2 (Wan 2.1) schedules and frame arithmetic: flow matching, x_sigma = (1 - sigma) x0 + sigma noise,
 model timestep = 1000 sigma, 4 video frames per latent frame after the first, 8 pixels per latent pixel."""
+import numpy as np
 import torch
 
 TRAIN_STEPS = 1000
@@ -9,12 +10,13 @@ SIGMA_MAX = float(torch.tensor(1 - 1 / TRAIN_STEPS, dtype=torch.float32))
 
 def flow_sigmas(steps, shift, dtype=torch.float32):
     """[steps + 1] sigmas, high to low, ending at 0: linear from sigma_max, then the flow shift (more steps at high
-    noise for larger `shift`), computed in float64 as SkyReels-V2's numpy code does."""
+    noise for larger `shift`), computed in float64 as SkyReels-V2's numpy code does (its np.linspace: torch's grid
+    differs in the last bits, which made one float32 sigma of steps 60, shift 1 an ulp off)."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if shift <= 0:
         raise ValueError(f"shift must be above 0, got {shift}")
-    sigma = torch.linspace(SIGMA_MAX, 0, steps + 1, dtype=torch.float64)
+    sigma = torch.from_numpy(np.linspace(SIGMA_MAX, 0, steps + 1))
     return (shift * sigma / (1 + (shift - 1) * sigma)).to(dtype)
 
 
