@@ -58,7 +58,26 @@ def ours(fps=None):
         return patcher.model.diffusion_model(x, t, ctx, transformer_options=opts)
 with torch.no_grad():
     plain = ref_model(x, t, ctx)
+# In bf16 (the host's compute dtype on most GPUs; inputs in bf16 make the CPU compute in it): the block's e0 is the
+# float32 sum of the host's projection and SkyReels-V2's float32 term, rounded once.
+seen = {{}}
+dm = patcher.model.diffusion_model
+raw = dm.time_projection.register_forward_hook(lambda m, i, out: seen.setdefault("raw", out))   # runs before ours
+def first_block(module, args, kwargs):
+    seen.setdefault("e0", kwargs["e"])
+block = dm.blocks[0].register_forward_pre_hook(first_block, with_kwargs=True)
+try:
+    ours_bf16 = [a.to(torch.bfloat16) for a in (x, t, ctx)]
+    opts = dict(patcher.model_options["transformer_options"], wrappers=patcher.wrappers)
+    with torch.no_grad():
+        patcher.model.diffusion_model(*ours_bf16, transformer_options=opts)
+        want = (seen["raw"] + proj(emb(torch.tensor([1])))[0]).to(torch.bfloat16).unflatten(2, (6, 256))
+finally:
+    raw.remove()
+    block.remove()
+once = dict(dtype=str(seen["e0"].dtype), differ=int((seen["e0"] != want).sum()), of=seen["e0"].numel())
 result = dict(fps24=rel(ours(), reference(1)), fps16=rel(ours(16), reference(0)), plain_vs_fps=rel(plain, reference(1)),
+              once=once,
               hooks_left=len(patcher.model.diffusion_model.time_projection._forward_hooks), report=report)
 """
 
@@ -180,6 +199,7 @@ def test_df_fps_term_matches_skyreels_definition(host, tmp_path):
     assert r["fps24"] <= 1e-5 and r["fps16"] <= 1e-5, r      # same as the written-out definition
     assert r["plain_vs_fps"] > 1e-3, r                       # and the term is not negligible
     assert r["hooks_left"] == 0, r                           # the hook lives only during a call
+    assert r["once"]["dtype"] == "torch.bfloat16" and r["once"]["differ"] == 0, r["once"]   # one rounding, exact
     assert "fps embedding: on" in r["report"]
 
 
