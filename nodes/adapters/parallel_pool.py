@@ -146,8 +146,18 @@ def _use_cpu(ray, config, n):
     kind = "CPU" if cpu else "GPU"
     have = int(ray.cluster_resources().get(kind, 0))
     if have < n:
-        fail(f"parallel: {n} workers need {n} {kind}s; the Ray cluster has {have}")
+        fail(f"parallel: {n} workers need {n} {kind}s; the Ray cluster has {have}{_shown_gpus(config, kind)}")
     return cpu
+
+
+def _shown_gpus(config, kind):
+    """ComfyUI's --cuda-device sets CUDA_VISIBLE_DEVICES at its start, which a Ray cluster started by it inherits."""
+    import comfy.cli_args
+    shown = comfy.cli_args.args.cuda_device
+    if kind != "GPU" or config["address"] or shown is None:
+        return ""
+    return (f" (ComfyUI's --cuda-device {shown} shows it only that: start ComfyUI without it, or start a Ray cluster "
+            "yourself (ray start --head) and give its address as ray_address)")
 
 
 def wait(ray, refs, workers, poll=None):

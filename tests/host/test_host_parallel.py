@@ -392,3 +392,29 @@ def test_workers_start_with_the_hosts_launch_options(host):
     r = run_in_host(host, IN_WORKER.format(repo=REPO, given=given))
     assert r == dict(intermediate="torch.float16", smart_off=True, deterministic=True, attention="attention_split",
                      fast=["autotune", "fp16_accumulation"], reserve=2.0, flash=False, cpu=True), r
+
+
+TOO_FEW = IMPORT_PACK + r"""
+import comfy.cli_args, torch
+from types import SimpleNamespace
+from skyreels_pack.nodes.adapters import parallel_pool
+torch.distributed.is_nccl_available = lambda: True         # as PyTorch on Linux with CUDA has it
+one_gpu = SimpleNamespace(cluster_resources=lambda: {{"GPU": 1.0, "CPU": 16.0}})    # what Ray counts on such a machine
+result = {{}}
+for shown in (None, "0"):
+    comfy.cli_args.args.cuda_device = shown      # as main.py leaves it for --cuda-device 0
+    for address in ("", "10.0.0.2:6379"):
+        try:
+            parallel_pool._use_cpu(one_gpu, dict(device="gpu", address=address), 2)
+        except ValueError as e:
+            result[f"{{shown}} {{address}}"] = str(e)
+"""
+
+
+def test_too_few_gpus_names_comfyuis_cuda_device_where_it_hid_them(host):
+    # --cuda-device sets CUDA_VISIBLE_DEVICES, so the Ray cluster the pack starts on this machine sees that GPU alone
+    r = run_in_host(host, TOO_FEW.format(repo=REPO))
+    plain = "Sample Video: parallel: 2 workers need 2 GPUs; the Ray cluster has 1"
+    assert r["None "] == r["None 10.0.0.2:6379"] == r["0 10.0.0.2:6379"] == plain, r   # nothing hid them there
+    assert r["0 "] == plain + (" (ComfyUI's --cuda-device 0 shows it only that: start ComfyUI without it, or start a "
+                               "Ray cluster yourself (ray start --head) and give its address as ray_address)"), r
