@@ -11,7 +11,6 @@ three T2V loops with SkyReels-V2's own model in bf16 (bf16_forward.py's, emulate
 (base) Sample Video's FlowUniPC with cfg on the velocity, (x0 cfg) cfg on x0 as the host applies it, (bf16 einsum)
 the order-2 terms rounded to bf16 as CUDA autocast rounds them. Random weights: the figures compare roundings.
 """
-import argparse
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ import time
 import torch
 
 from bf16_forward import BF16, RUNS, fresh_host, skyreels_forward, skyreels_models
+from bf16_sample import parse_args
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sampling.schedule import flow_sigmas, model_timesteps  # noqa: E402
@@ -65,14 +65,7 @@ def sample(solver_class, velocity, noise, pos, neg, steps, cfg, shift, x0_cfg=Fa
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("skyreels_dir", help="a SkyReels-V2 checkout (holds skyreels_v2_infer)")
-    p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
-    p.add_argument("--blocks", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--cfg", type=float, default=6.0)
-    p.add_argument("--shift", type=float, default=8.0)
-    args = p.parse_args()
+    args = parse_args(blocks=2)
     start = time.perf_counter()
     _, _, info, sd, path, x, pos = fresh_host(args.host, args.blocks)
     os.remove(path)

@@ -34,15 +34,20 @@ def sample(scheduler_class, velocity, noise, pos, neg, steps, cfg, shift):
     return latent
 
 
-def main():
+def parse_args(blocks):
+    """The loop's settings (this script's and autocast_unipc.py's)."""
     p = argparse.ArgumentParser()
     p.add_argument("skyreels_dir", help="a SkyReels-V2 checkout (holds skyreels_v2_infer)")
     p.add_argument("--host", help="ComfyUI folder (default: found as the tests find it)")
-    p.add_argument("--blocks", type=int, default=4)
+    p.add_argument("--blocks", type=int, default=blocks)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--cfg", type=float, default=6.0)
     p.add_argument("--shift", type=float, default=8.0)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main():
+    args = parse_args(blocks=4)
     start = time.perf_counter()
     load, mm, info, sd, path, x, pos = fresh_host(args.host, args.blocks)
     neg = torch.zeros_like(pos)
