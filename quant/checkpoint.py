@@ -213,6 +213,10 @@ def _open_file(path):
         raise CheckpointError(f"{path}: cannot be read ({e.strerror or e}); check that you may read the file") from None
     if path.lower().endswith((".safetensors", ".sft")):
         return _SafetensorsFile(path)
+    if path.lower().endswith(".gguf"):
+        raise CheckpointError(f"{path}: a GGUF file: ComfyUI-GGUF's Unet Loader (GGUF) loads it, and its MODEL goes "
+                              "into Patch SageAttention, TeaCache and Sample Video; to make an FP8 file, convert the "
+                              "bf16 release")
     if path.lower().endswith((".pth", ".pt", ".ckpt", ".bin")):
         if os.path.getsize(path) == 0:
             raise CheckpointError(_EMPTY.format(path))
@@ -300,10 +304,10 @@ class Checkpoint:
         self.files = [_open_file(p) for p in self.paths]
         self.metadata = dict(self.files[0].metadata)
         raw = [(f, k) for f in self.files for k in f.keys()]
-        diffusers = any(_PREFIX.sub("", k).startswith("condition_embedder.") for _, k in raw)
+        self.diffusers = any(_PREFIX.sub("", k).startswith("condition_embedder.") for _, k in raw)
         self._index = {}
         for f, k in raw:
-            name = original_name(k, diffusers)
+            name = original_name(k, self.diffusers)
             if name in self._index:
                 self._refuse_twice(name, k, self._index[name][0], f)
             self._index[name] = (f, k)
@@ -346,7 +350,11 @@ class Checkpoint:
         try:
             info = detect({n: self.spec(n)[0] for n in self._index})
         except NotWanModel as e:
-            raise CheckpointError(f"{self.path}: {e}{self._unlisted_hint()}") from None
+            hint = self._unlisted_hint()
+            if "Load Diffusion Model" in str(e) and (len(self.paths) > 1 or self.diffusers):
+                hint += (" (it takes one .safetensors file with Wan's own key names, as ComfyUI's repackaged releases "
+                         "are, not shards or diffusers names)")
+            raise CheckpointError(f"{self.path}: {e}{hint}") from None
         # No tensor of the model is integer or bool: such values would be quantized, or kept, as if they were
         # weights. Tensors it does not use are copied as they are, and named; a layer whose format the file
         # declares (NVFP4 packs two values in a byte) is the loader's to name.

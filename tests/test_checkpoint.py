@@ -321,6 +321,65 @@ def test_other_wan_models_are_named_first():
         detect(shapes)
 
 
+def test_multitalk_is_not_taken_for_humo():
+    # Both name their audio projection audio_proj.; MultiTalk's (core: comfy/ldm/wan/model_multitalk.py) has proj1.
+    shapes = tiny.info("I2V").expected_shapes()
+    shapes["audio_proj.proj1.weight"], shapes["blocks.0.audio_cross_attn.proj.weight"] = (64, 32), (256, 256)
+    with pytest.raises(ValueError, match=re.escape("this is a Wan MultiTalk / InfiniteTalk model, not SkyReels-V2")):
+        detect(shapes)
+
+
+@pytest.mark.parametrize("keys,where", [
+    # MultiTalk / InfiniteTalk's patch, which core's Load Model Patch node loads
+    (["audio_proj.proj1.weight", "audio_proj.norm.weight", "blocks.0.audio_cross_attn.proj.weight"],
+     "MultiTalk / InfiniteTalk add-on; ComfyUI's Load Model Patch node loads it (models/model_patches)"),
+    # Kijai's VACE module file: core's loaders cannot detect it, so not "Load Diffusion Model"
+    (["vace_patch_embedding.weight", "vace_blocks.0.before_proj.weight"], "VACE add-on; use it with the nodes made "
+                                                                          "for it"),
+])
+def test_an_add_on_alone_is_not_called_a_model(keys, where):
+    with pytest.raises(ValueError, match=re.escape(f"not a whole model: this file holds only the weights of a Wan "
+                                                   f"{where}")):
+        detect({k: (8, 8) for k in keys})
+
+
+@pytest.mark.parametrize("keys", [
+    ["blocks.0.self_attn.q.lora_down.weight", "blocks.0.self_attn.q.lora_up.weight", "blocks.0.self_attn.q.alpha"],
+    ["transformer.blocks.0.attn1.to_q.lora_A.weight", "transformer.blocks.0.attn1.to_q.lora_B.weight"],  # diffusers
+    ["blocks.0.self_attn.q.diff", "blocks.0.self_attn.q.diff_b"],          # a "diff" LoRA (full weight differences)
+])
+def test_a_lora_is_named_by_its_keys(keys):
+    with pytest.raises(ValueError, match=re.escape("this is a LoRA, not a model: put it in models/loras and apply it "
+                                                   "to the loader's MODEL with ComfyUI's Load LoRA node")):
+        detect({k: (8, 8) for k in keys})
+
+
+def test_another_wan_model_as_shards_or_diffusers_names_is_not_sent_to_core_as_it_is(tmp_path):
+    # Wan-AI's own download of a model core runs (Wan 2.2 TI2V-5B): core's Load Diffusion Model takes one file with
+    # Wan's key names, so the advice says so; one such file keeps the plain advice.
+    sd = tiny.state_dict(tiny.info("T2V"), seed=1)
+    sd["patch_embedding.weight"] = torch.zeros(256, 48, 1, 2, 2, dtype=torch.bfloat16)
+    sd["head.head.weight"], sd["head.head.bias"] = torch.zeros(192, 256), torch.zeros(192)
+    tiny.write_release(str(tmp_path / "shards"), sd, shards=2)
+    safetensors.torch.save_file({to_diffusers(k): v for k, v in sd.items()}, str(tmp_path / "diffusers.safetensors"))
+    safetensors.torch.save_file(sd, str(tmp_path / "one.safetensors"))
+    hint = ("ComfyUI's Load Diffusion Model node runs other Wan models (it takes one .safetensors file with Wan's own "
+            "key names, as ComfyUI's repackaged releases are, not shards or diffusers names)")
+    for name in ("shards", "diffusers.safetensors"):
+        with pytest.raises(CheckpointError, match=re.escape(hint)):
+            Checkpoint(str(tmp_path / name)).model_info()
+    with pytest.raises(CheckpointError, match=re.escape("runs other Wan models")) as e:
+        Checkpoint(str(tmp_path / "one.safetensors")).model_info()
+    assert "shards" not in str(e.value)
+
+
+def test_a_gguf_file_is_sent_to_comfyui_gguf(tmp_path):
+    (tmp_path / "wan_q8.gguf").write_bytes(b"GGUF")
+    with pytest.raises(CheckpointError, match=re.escape("wan_q8.gguf: a GGUF file: ComfyUI-GGUF's Unet Loader (GGUF) "
+                                                        "loads it")):
+        Checkpoint(str(tmp_path / "wan_q8.gguf"))
+
+
 # ---- FP8 files as the loader reads them (quant.formats): a scale that is missing, unreadable or of the wrong size
 # is named; weights are never read with scale 1 where the file meant another ----
 

@@ -75,6 +75,12 @@ def write_bad_files(folder):
     del fp8["blocks.0.ffn.0.weight_scale"]                  # its comfy_quant still says it is scaled
     safetensors.torch.save_file(fp8, os.path.join(folder, "bad_fp8_no_scale.safetensors"))
     os.symlink("moved_away.safetensors", os.path.join(folder, "bad_dangling.safetensors"))   # a moved model
+    safetensors.torch.save_file({"blocks.0.self_attn.q.lora_down.weight": torch.ones(4, 256),   # a LoRA, by its keys
+                                 "blocks.0.self_attn.q.lora_up.weight": torch.ones(256, 4)},
+                                os.path.join(folder, "bad_lora.safetensors"))
+    safetensors.torch.save_file({"audio_proj.proj1.weight": torch.ones(8, 8), "audio_proj.norm.weight": torch.ones(8),
+                                 "blocks.0.audio_cross_attn.proj.weight": torch.ones(8, 8)},   # MultiTalk's patch
+                                os.path.join(folder, "bad_multitalk_patch.safetensors"))
 
 
 class Payload:
