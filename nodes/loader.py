@@ -99,9 +99,10 @@ def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, 
             compute_dtype=compute_dtype)
     expected = set(info.expected_keys())
     unexpected = [k for k in sd if k not in expected and not k.endswith(QUANT_SUFFIXES)]
-    if unexpected:
-        log.warning("%s: %d tensors a %s does not use are ignored: %s", path, len(unexpected), info.describe(),
-                    ", ".join(unexpected[:8]))
+    if unexpected:  # in the report too: a merged add-on (FantasyTalking's projector, say) does nothing here
+        summary.notes.append(f"{len(unexpected)} tensors a {info.describe()} does not use are ignored: "
+                             + ", ".join(unexpected[:8]))
+        log.warning("%s: %s", path, summary.notes[-1])
         for k in unexpected:
             sd.pop(k)
     fps_sd = fps.split_fps_keys(sd)

@@ -455,3 +455,16 @@ def test_report_tells_loras_bypass_loras_and_merges_apart(host, tmp_path):
                           "added": ["weight patches (model merge): 69 weights"]}, r["lines"]
     for name, message in r["parallel"].items():
         assert "a weight patch of type list (a model merge" in message, (name, message)
+
+
+def test_tensors_the_model_does_not_use_are_named_in_its_report(host, tmp_path):
+    # A file with tensors beside the model's (FantasyTalking's projector merged into a Wan file, say) loads, and they
+    # do nothing: the loader's report, which the user sees, says so, where before only the log did.
+    from helpers import write_tiny
+    write_tiny(tmp_path / "t2v.safetensors", "T2V", seed=1)
+    sd = safetensors.torch.load_file(str(tmp_path / "t2v.safetensors"))
+    sd["proj_model.proj.weight"] = sd["blocks.0.ffn.0.weight"].clone()
+    safetensors.torch.save_file(sd, str(tmp_path / "t2v_extra.safetensors"))
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + 'result = load("t2v_extra.safetensors")[1]')
+    assert r.endswith("; note: 1 tensors a SkyReels-V2 T2V/DF custom (dim 256), 2 blocks does not use are ignored: "
+                      "proj_model.proj.weight"), r
