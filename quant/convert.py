@@ -4,7 +4,6 @@ Per-tensor files use the host's own format names and load in core UNETLoader. Pe
 `skyreels_fp8_*_per_channel`: the host has no per-channel layout, and stops at a format name it does not know
 rather than load the weights with the wrong scale."""
 import json
-import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,6 @@ from .fp8 import FP8_DTYPES, NonFiniteWeight, quantize_weight_chunked, relative_
 from .policy import check_kept, layer_name, should_quantize
 from .writer import SafetensorsWriter, name_problem
 
-log = logging.getLogger("skyreels_fp8")
 
 WINDOWS = os.name == "nt"
 
@@ -225,8 +223,6 @@ def _convert(ckpt, dst, options, verify, progress, check_interrupt):
     report.quantized, report.kept = len(quantize), len(names) - len(quantize)
     report.bytes_out = os.path.getsize(dst)
     report.seconds = time.perf_counter() - start
-    for w in report.warnings:
-        log.warning(w)
     return report
 
 

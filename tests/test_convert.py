@@ -460,6 +460,20 @@ def test_cli_seed_spelling_and_report(tmp_path):
     assert leftovers(tmp_path, ["src.safetensors", "o 天鹅.safetensors"]) == []
 
 
+def test_cli_names_tensors_the_model_does_not_use_once(tmp_path):
+    # e.g. FantasyTalking's projector merged into a Wan file: copied as they are; said once, in the report
+    write_tiny(tmp_path / "bf16.safetensors", "T2V")
+    sd = safetensors.torch.load_file(str(tmp_path / "bf16.safetensors"))
+    sd["proj_model.proj.weight"] = torch.ones(8, 8, dtype=torch.bfloat16)
+    safetensors.torch.save_file(sd, str(tmp_path / "src.safetensors"))
+    proc = run_cli(tmp_path / "src.safetensors", tmp_path / "o.safetensors")
+    assert proc.returncode == 0, proc.stderr
+    warning = ("1 tensors a SkyReels-V2 T2V/DF custom (dim 256), 2 blocks does not use were copied as they are: "
+               "proj_model.proj.weight")
+    assert (proc.stdout + proc.stderr).count(warning) == 1 and f"  warning: {warning}" in proc.stdout, proc.stdout
+    assert "proj_model.proj.weight" in safetensors.torch.load_file(str(tmp_path / "o.safetensors"))
+
+
 def test_no_arguments_run_the_demo_and_one_path_is_refused(tmp_path):
     # README: `python convert_to_fp8.py` with no arguments converts the embedded tiny model, verified, in a temp folder
     temp = tmp_path / "temp"
