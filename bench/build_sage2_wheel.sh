@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the sageattention 2.x wheel that `bash bench/gpu_check.sh --prepare-sage2 WHEEL` carries to a lent
+# H100/H200. PyPI has only 1.0.6 (Triton kernels) and the device machine can fetch nothing, so the CUDA kernels are
+# compiled here, with no GPU and no driver, by this machine's nvcc for the device image (Python 3.12, torch
+# 2.11.0+cu130 from PyPI: KINDS.md of the device tool). Only the Hopper kernels are built (_qattn_sm90 and _fused,
+# sm_90a): the sm80/sm89 extensions would triple the build and are not what an H100/H200 runs. About 5 minutes on
+# 2 cores, after torch's download (reuse a venv with SAGE2_VENV).
+#
+#   bash bench/build_sage2_wheel.sh SAGEATTENTION_GIT_DIR OUT_DIR
+#
+# SAGEATTENTION_GIT_DIR is what `fetch github:thu-ml/SageAttention` prints (commit d1a57a5 is 2.2.0).
+set -euo pipefail
+[ $# -eq 2 ] || { sed -n 2,11p "$0" >&2; exit 2; }
+src_git=$1
+out=$(mkdir -p "$2" && cd "$2" && pwd)
+py312=${PY312:-$HOME/.pyenv/versions/3.12.1/bin/python}
+cuda=${CUDA_HOME:-/usr/local/cuda-13.0}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+venv=${SAGE2_VENV:-$work/venv}
+
+mkdir "$work/src" "$work/stubs"
+git -C "$src_git" archive HEAD setup.py pyproject.toml sageattention csrc LICENSE README.md MANIFEST.in |
+    tar -C "$work/src" -x
+"$py312" - "$work/src/setup.py" <<'EOF'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+# The two conditions that add the sm80 and sm89 extensions; TORCH_CUDA_ARCH_LIST=9.0 sets HAS_SM90 alone, but
+# both conditions name HAS_SM90 too.
+text, n = re.subn(r"^    if HAS_SM(80|89) or [^\n]*:$", "    if False:", text, flags=re.M)
+assert n == 2, f"setup.py changed upstream: {n} of the 2 extension conditions found"
+open(path, "w").write(text)
+EOF
+
+[ -x "$venv/bin/python" ] || "$py312" -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check torch==2.11.0 numpy packaging "setuptools<82" wheel ninja
+# The sm90 extension links libcuda for one driver call (cuTensorMapEncodeTiled); no driver here, so a stub with
+# that symbol and the driver's soname, which the wheel then records as libcuda.so.1.
+echo "int cuTensorMapEncodeTiled(void) { return 1; }" |
+    gcc -shared -fPIC -x c - -o "$work/stubs/libcuda.so" -Wl,-soname,libcuda.so.1
+ln -s libcuda.so "$work/stubs/libcuda.so.1"
+# This toolkit lacks cusparse.h, which torch's headers include; the pip CUDA headers have it.
+inc=-I$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "include"))')
+(cd "$work/src" && LDFLAGS="-L$work/stubs" CUDA_HOME="$cuda" PATH="$cuda/bin:$PATH" TORCH_CUDA_ARCH_LIST=9.0 \
+    MAX_JOBS=${MAX_JOBS:-2} NVCC_APPEND_FLAGS="$inc" CXX_APPEND_FLAGS="$inc" \
+    "$venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$out" .)
+
+wheel=$(ls -t "$out"/sageattention-2*.whl | head -1)
+# Checks: Hopper machine code in the sm90 extension, libcuda.so.1 recorded, and the wheel imports with its sm90
+# kernels against that torch (the stub stands in for the driver's library).
+mkdir "$work/check" && (cd "$work/check" && unzip -q "$wheel")
+so=$(ls "$work/check"/sageattention/_qattn_sm90*.so)
+# The toolkit here has no cuobjdump; the Triton package torch brings carries one.
+cuobjdump=$(command -v cuobjdump || ls "$venv"/lib/python3.12/site-packages/triton/backends/nvidia/bin/cuobjdump)
+"$cuobjdump" --dump-elf "$so" 2>/dev/null | grep 'arch = sm_90a' >/dev/null || { echo "build_sage2_wheel: no sm_90a code in $so" >&2; exit 1; }
+readelf -d "$so" | grep 'libcuda.so.1' >/dev/null || { echo "build_sage2_wheel: $so does not link libcuda.so.1" >&2; exit 1; }
+(cd "$work/check" && LD_LIBRARY_PATH="$work/stubs" "$venv/bin/python" -c \
+    'from sageattention import core; assert core.SM90_ENABLED, "sm90 kernels did not import"')
+echo "build_sage2_wheel: $wheel"
