@@ -266,7 +266,9 @@ def parse_args(argv):
     p.add_argument("--outdir", default="video_out",
                    help="folder of the video when --output is not given (default: video_out)")
     for flag, default in DF_DEFAULTS.items():
-        p.add_argument("--" + flag, type=int, help=f"Diffusion Forcing (default: {default}, as SkyReels-V2)")
+        source = ("SkyReels-V2's README commands; without it its script makes a longer video in one window"
+                  if flag == "overlap_history" else "SkyReels-V2")
+        p.add_argument("--" + flag, type=int, help=f"Diffusion Forcing (default: {default}, as {source})")
     p.add_argument("--causal_attention", action="store_true",
                    help="Diffusion Forcing: causal attention, as SkyReels-V2")
     p.add_argument("--use_usp", action="store_true",
