@@ -70,6 +70,13 @@ for case, (name, fmt, compute, attention, kw, blocks_only) in dict(
     b, report_b = sample(compiled(m, blocks_only), **kw)
     result[case] = dict(rel=rel(b, a), eager=report_a, compiled=report_b, graphs=graphs() - before)
 result["fallbacks"] = dict(fp8.fallback_reasons)
+# The fp8 chain's own sensitivity, eagerly: its conditioning moved by one part in 1e7 (float32's last bits)
+m = chain("t2v_fp8_channel.safetensors", "auto", "fp8 matmul", "reference")
+pos_given = pos[0][0]
+pos[0][0] = pos_given * (1 + 1e-7)
+moved, _ = sample(m)
+pos[0][0] = pos_given
+result["fp8_floor"] = rel(moved, sample(m)[0])
 m = chain("t2v_fp8_channel.safetensors", "auto", "upcast", "disabled")
 latent = {"samples": torch.zeros(1, 16, 3, 4, 4)}
 runs, before = [], graphs()
@@ -99,9 +106,11 @@ def test_torch_compile_model_on_our_nodes(host, tmp_path):
     # fp32 throughout: inductor's fused kernels sum in another order (measured: 6e-7 for each of these runs)
     assert all(r[case]["rel"] < 1e-5 for case in ("upcast", "df_long_causal", "df_long_causal_blocks")), r
     # fp8 matmul rounds each token's activations to e4m3: a last-bit difference from a compiled part can move a value
-    # across a rounding boundary, by one e4m3 step, and sampling carries that on (measured: 7e-7 for this chain; 0.8%
-    # for the same chain without TeaCache, where more products are made; a fall-back to upcast would be 3.3%).
-    assert r["fp8_matmul"]["rel"] < 1e-2, r["fp8_matmul"]["rel"]
+    # across a rounding boundary, by one e4m3 step, and sampling carries that on. How far depends on the CPU's
+    # kernels: 7e-7 on one machine, 2.0% on an AVX-512 one, where moving the conditioning by 1e-7 moves the eager run
+    # 2.4% (fp8_floor) and upcast is 3.4% away. So within 1% or twice that floor; a fall-back to upcast is caught by
+    # the report and fallbacks above, a wrong compiled product (tens of %) here.
+    assert r["fp8_matmul"]["rel"] < max(1e-2, 2 * r["fp8_floor"]) and r["fp8_floor"] < 0.05, r
     assert r["ksampler"]["rel"] < 1e-5 and r["ksampler"]["counts"][0] == r["ksampler"]["counts"][1], r["ksampler"]
     assert r["ksampler"]["counts"][0][1] > 0 and r["ksampler"]["graphs"] > 0, r["ksampler"]   # TeaCache skipped too
 
