@@ -350,11 +350,10 @@ class Checkpoint:
         try:
             info = detect({n: self.spec(n)[0] for n in self._index})
         except NotWanModel as e:
-            hint = self._unlisted_hint()
-            if "Load Diffusion Model" in str(e) and (len(self.paths) > 1 or self.diffusers):
-                hint += (" (it takes one .safetensors file with Wan's own key names, as ComfyUI's repackaged releases "
-                         "are, not shards or diffusers names)")
-            raise CheckpointError(f"{self.path}: {e}{hint}") from None
+            core = "Load Diffusion Model" in str(e) and (len(self.paths) > 1 or self.diffusers)
+            hint = (" (it takes one .safetensors file with Wan's own key names, as ComfyUI's repackaged releases are, "
+                    "not shards or diffusers names)") if core else ""
+            raise CheckpointError(f"{self.path}: {e}{hint}{self._unlisted_hint()}") from None
         # No tensor of the model is integer or bool: such values would be quantized, or kept, as if they were
         # weights. Tensors it does not use are copied as they are, and named; a layer whose format the file
         # declares (NVFP4 packs two values in a byte) is the loader's to name.

@@ -22,12 +22,16 @@ _I2V_BLOCK_KEYS = ["cross_attn.k_img.weight", "cross_attn.k_img.bias", "cross_at
 SIZES = {1536: "1.3B", 5120: "14B"}
 _SQUARE = re.compile(r"(^|\.)([qkvo]|k_img|v_img|text_embedding\.2|time_embedding\.2|fps_projection\.0)\.weight$")
 TEXT_DIM, FREQ_DIM, CLIP_DIM, OUT_DIM = 4096, 256, 1280, 16
-# Keys of other Wan 2.1/2.2 models built on the same blocks; ComfyUI's own loader runs those. MultiTalk's audio
-# projection is named before HuMo's: both start "audio_proj.".
+# Keys of other Wan 2.1/2.2 models built on the same blocks; ComfyUI's own loader runs those.
 OTHER_WAN_MODELS = {"vace_": "VACE", "img_emb.emb_pos": "FLF2V", "ref_conv.": "Fun reference",
                     "control_adapter.": "Fun Control / camera", "casual_audio_encoder.": "S2V",
-                    "audio_proj.proj1.": "MultiTalk / InfiniteTalk", "audio_proj.": "HuMo", "face_adapter.": "Animate",
+                    "audio_proj.audio_proj_glob": "HuMo", "face_adapter.": "Animate",
                     "patch_embedding_": "SCAIL / WanDancer"}
+# Add-ons whose own files ComfyUI loads beside a model; merged into a Wan file (as MultiTalk's setup links its
+# weights into an I2V release's index) they are tensors the model does not use, named by the loader.
+ADD_ONS = {"audio_proj.proj1.": "MultiTalk / InfiniteTalk"}
+# LoRA, LoHa, LoKr and full-difference keys, in the kohya, ComfyUI and diffusers spellings
+LORA_KEY = re.compile(r"(^|[._])lora[._]|\.(hada|lokr)_|\.diff(_b)?$")
 
 
 @dataclass(frozen=True)
@@ -80,21 +84,22 @@ class NotWanModel(ValueError):
 
 def detect(shapes):
     """shapes: {original Wan key name: shape}. Raises NotWanModel if the keys are not a Wan 2.1 DiT."""
-    other = next((name for prefix, name in OTHER_WAN_MODELS.items() if any(k.startswith(prefix) for k in shapes)), None)
     missing = [k for k in CORE_KEYS if k not in shapes]
-    if other and missing:   # an add-on's weights alone (Kijai's VACE modules, MultiTalk's patch): no loader of models
-        where = ("ComfyUI's Load Model Patch node loads it (models/model_patches)" if other.startswith("MultiTalk")
-                 else "use it with the nodes made for it")
-        raise NotWanModel(f"not a whole model: this file holds only the weights of a Wan {other} add-on; {where}")
-    if other:
-        raise NotWanModel(f"this is a Wan {other} model, not SkyReels-V2; load it with ComfyUI's Load Diffusion "
-                          "Model node")
-    if missing and any(".lora_" in k or k.endswith((".alpha", ".diff", ".diff_b")) for k in shapes):
+    if missing and any(LORA_KEY.search(k) for k in shapes):
         raise NotWanModel("this is a LoRA, not a model: put it in models/loras and apply it to the loader's MODEL with "
                           "ComfyUI's Load LoRA node")
+    other = next((name for prefix, name in {**OTHER_WAN_MODELS, **ADD_ONS}.items()
+                  if any(k.startswith(prefix) for k in shapes)), None)
+    if other and missing:   # an add-on's weights alone (Kijai's VACE modules, MultiTalk's patch): no loader of models
+        where = ("ComfyUI's Load Model Patch node loads it (models/model_patches)" if other in ADD_ONS.values()
+                 else "use it with the nodes made for it")
+        raise NotWanModel(f"not a whole model: this file holds only the weights of a Wan {other} add-on; {where}")
+    if other in OTHER_WAN_MODELS.values():
+        raise NotWanModel(f"this is a Wan {other} model, not SkyReels-V2; load it with ComfyUI's Load Diffusion "
+                          "Model node")
     if missing:
         raise NotWanModel("not a SkyReels-V2/Wan diffusion model (no " + ", ".join(missing[:3]) + "); this pack runs "
-                          "SkyReels-V2 and Wan 2.1 models, ComfyUI's own loaders other models")
+                          "SkyReels-V2 and Wan 2.1 models, ComfyUI's own loaders run other models")
     if not shapes["head.modulation"]:
         raise NotWanModel("not a SkyReels-V2/Wan diffusion model (its head.modulation is a single number)")
     dim = shapes["head.modulation"][-1]

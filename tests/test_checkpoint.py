@@ -321,12 +321,15 @@ def test_other_wan_models_are_named_first():
         detect(shapes)
 
 
-def test_multitalk_is_not_taken_for_humo():
-    # Both name their audio projection audio_proj.; MultiTalk's (core: comfy/ldm/wan/model_multitalk.py) has proj1.
+def test_multitalk_merged_into_an_i2v_model_loads_as_the_i2v_it_is_and_humo_is_named():
+    # MultiTalk's setup links its patch into an I2V release's index: core loads that as I2V and drops the audio
+    # layers, and so does the loader (naming them). HuMo, a model of its own, is named by core's key for it.
     shapes = tiny.info("I2V").expected_shapes()
-    shapes["audio_proj.proj1.weight"], shapes["blocks.0.audio_cross_attn.proj.weight"] = (64, 32), (256, 256)
-    with pytest.raises(ValueError, match=re.escape("this is a Wan MultiTalk / InfiniteTalk model, not SkyReels-V2")):
-        detect(shapes)
+    multitalk = {**shapes, "audio_proj.proj1.weight": (64, 32), "blocks.0.audio_cross_attn.proj.weight": (256, 256)}
+    assert detect(multitalk).variant == "I2V"
+    humo = {**tiny.info("T2V").expected_shapes(), "audio_proj.audio_proj_glob_1.layer.weight": (64, 32)}
+    with pytest.raises(ValueError, match=re.escape("this is a Wan HuMo model, not SkyReels-V2")):
+        detect(humo)
 
 
 @pytest.mark.parametrize("keys,where", [
@@ -347,11 +350,22 @@ def test_an_add_on_alone_is_not_called_a_model(keys, where):
     ["blocks.0.self_attn.q.lora_down.weight", "blocks.0.self_attn.q.lora_up.weight", "blocks.0.self_attn.q.alpha"],
     ["transformer.blocks.0.attn1.to_q.lora_A.weight", "transformer.blocks.0.attn1.to_q.lora_B.weight"],  # diffusers
     ["blocks.0.self_attn.q.diff", "blocks.0.self_attn.q.diff_b"],          # a "diff" LoRA (full weight differences)
+    ["lora_unet_blocks_0_self_attn_q.lora_down.weight", "lora_unet_blocks_0_self_attn_q.alpha"],          # kohya
+    ["blocks.0.self_attn.q.hada_w1_a", "blocks.0.self_attn.q.hada_w1_b"],                                 # LoHa
+    ["vace_blocks.0.self_attn.q.lora_down.weight", "vace_blocks.0.self_attn.q.lora_up.weight"],   # a VACE LoRA
 ])
 def test_a_lora_is_named_by_its_keys(keys):
     with pytest.raises(ValueError, match=re.escape("this is a LoRA, not a model: put it in models/loras and apply it "
                                                    "to the loader's MODEL with ComfyUI's Load LoRA node")):
         detect({k: (8, 8) for k in keys})
+
+
+def test_alpha_keys_alone_are_not_a_lora():
+    # Snake activations (BigVGAN vocoders) have .alpha keys too: without LoRA weights beside them, not a LoRA
+    with pytest.raises(ValueError, match=re.escape("not a SkyReels-V2/Wan diffusion model (no patch_embedding.weight, "
+                                                   "head.modulation, head.head.weight); this pack runs SkyReels-V2 "
+                                                   "and Wan 2.1 models, ComfyUI's own loaders run other models")):
+        detect({"ups.0.act.alpha": (8,), "ups.0.conv.weight": (8, 8, 3)})
 
 
 def test_another_wan_model_as_shards_or_diffusers_names_is_not_sent_to_core_as_it_is(tmp_path):

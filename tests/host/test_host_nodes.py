@@ -173,7 +173,7 @@ def test_df_fps_embedding_is_loaded_not_dropped(server):
 @pytest.mark.parametrize("name,message", [
     ("bad_other_arch.safetensors", "not a SkyReels-V2/Wan diffusion model (no patch_embedding.weight, "
                                    "head.modulation, head.head.weight); this pack runs SkyReels-V2 and Wan 2.1 "
-                                   "models, ComfyUI's own loaders other models"),
+                                   "models, ComfyUI's own loaders run other models"),
     ("bad_lora.safetensors", "this is a LoRA, not a model: put it in models/loras and apply it to the loader's MODEL "
                              "with ComfyUI's Load LoRA node"),
     ("bad_multitalk_patch.safetensors", "not a whole model: this file holds only the weights of a Wan MultiTalk / "
