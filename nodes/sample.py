@@ -1,5 +1,6 @@
 """Sample Video: SkyReels-V2 sampling (flow UniPC or Euler), standard or Diffusion Forcing, with long videos made
 window by window inside the node (`sample_job.Job`)."""
+import comfy.hooks
 from comfy_api.latest import io
 from comfy_execution.graph_utils import ExecutionBlocker
 
@@ -253,11 +254,13 @@ def check_conditioning(model, named, forcing=False):
                 fail(f"{name}: holds a start image (e.g. from WanImageToVideo), which a T2V or DF model cannot take "
                      "and would ignore; for a start image use mode 'diffusion forcing' with start_image (DF model), "
                      "or load an I2V model")
-            # ComfyUI 0.33's hooks look for a weight_scale attribute that FP8 layers (its own too) lack, deep in a run.
-            if "hooks" in extras and any(hasattr(getattr(m, "weight", None), "_qdata")
-                                         for m in model.model.diffusion_model.modules()):
+            # ComfyUI 0.33's weight hooks look for a weight_scale attribute that quantized layers (its own too) lack,
+            # deep in a run; other hooks are left to run.
+            if "hooks" in extras and extras["hooks"].get_type(comfy.hooks.EnumHookType.Weight) and any(
+                    hasattr(getattr(m, "weight", None), "_qdata") for m in model.model.diffusion_model.modules()):
                 fail(f"{name}: holds hook LoRAs (Create Hook LoRA into Cond Set Props), which ComfyUI 0.33 cannot "
-                     "apply to FP8 weights; apply the LoRA with Load LoRA instead, or load with weight_format bf16")
+                     "apply to FP8 weights; apply the LoRA with Load LoRA instead, or load bf16 weights (Load FP8 "
+                     "SkyReels Model's weight_format bf16)")
             # A Wan model without VACE blocks ignores these (core's samplers too): the video would not follow them.
             if "vace_frames" in extras:
                 fail(f"{name}: holds VACE controls (WanVaceToVideo), which a SkyReels-V2 model has no blocks for and "

@@ -213,4 +213,4 @@ def test_hook_loras_on_fp8_weights_are_refused_before_the_run(host, tmp_path):
     assert r["bf16_moved"] > 1e-3, r
     assert r["fp8"] == ("Sample Video: positive: holds hook LoRAs (Create Hook LoRA into Cond Set Props), which "
                         "ComfyUI 0.33 cannot apply to FP8 weights; apply the LoRA with Load LoRA instead, or load "
-                        "with weight_format bf16"), r
+                        "bf16 weights (Load FP8 SkyReels Model's weight_format bf16)"), r
