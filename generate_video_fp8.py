@@ -266,7 +266,7 @@ def parse_args(argv):
     p.add_argument("--outdir", default="video_out",
                    help="folder of the video when --output is not given (default: video_out)")
     for flag, default in DF_DEFAULTS.items():
-        source = ("SkyReels-V2's README commands; without it its script makes a longer video in one window"
+        source = ("SkyReels-V2's README commands; its script has none and asks for one past base_num_frames"
                   if flag == "overlap_history" else "SkyReels-V2")
         p.add_argument("--" + flag, type=int, help=f"Diffusion Forcing (default: {default}, as {source})")
     p.add_argument("--causal_attention", action="store_true",
