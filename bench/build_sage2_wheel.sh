@@ -8,19 +8,26 @@
 #
 #   bash bench/build_sage2_wheel.sh SAGEATTENTION_GIT_DIR OUT_DIR
 #
-# SAGEATTENTION_GIT_DIR is what `fetch github:thu-ml/SageAttention` prints (commit d1a57a5 is 2.2.0).
+# SAGEATTENTION_GIT_DIR is what `fetch github:thu-ml/SageAttention` prints; the commit built is d1a57a5 (2.2.0, the
+# one rehearsed) unless SAGE2_REF names another.
 set -euo pipefail
-[ $# -eq 2 ] || { sed -n 2,11p "$0" >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n 2,12p "$0" >&2; exit 2; }
+die() { echo "build_sage2_wheel: $*" >&2; exit 1; }
 src_git=$1
+ref=${SAGE2_REF:-d1a57a5}
 out=$(mkdir -p "$2" && cd "$2" && pwd)
 py312=${PY312:-$HOME/.pyenv/versions/3.12.1/bin/python}
-cuda=${CUDA_HOME:-/usr/local/cuda-13.0}
+cuda=$(cd "${CUDA_HOME:-/usr/local/cuda-13.0}" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 venv=${SAGE2_VENV:-$work/venv}
+mkdir -p "$venv" && venv=$(cd "$venv" && pwd)
+git -C "$src_git" rev-parse -q --verify "$ref^{commit}" >/dev/null || die "$src_git has no commit $ref"
+command -v unzip >/dev/null || die "unzip is needed (apt-get install unzip)"
 
 mkdir "$work/src" "$work/stubs"
-git -C "$src_git" archive HEAD setup.py pyproject.toml sageattention csrc LICENSE README.md MANIFEST.in |
+# (from a partial snapshot git may print "invalid object" for blobs left out of it, its assets/ pictures: harmless)
+git -C "$src_git" archive "$ref" setup.py pyproject.toml sageattention csrc LICENSE README.md MANIFEST.in |
     tar -C "$work/src" -x
 "$py312" - "$work/src/setup.py" <<'EOF'
 import re, sys
@@ -34,6 +41,7 @@ open(path, "w").write(text)
 EOF
 
 [ -x "$venv/bin/python" ] || "$py312" -m venv "$venv"
+"$venv/bin/python" -c 'import sys; assert sys.version_info[:2] == (3, 12)' || die "$venv is not a Python 3.12 venv"
 "$venv/bin/pip" install -q --disable-pip-version-check torch==2.11.0 numpy packaging "setuptools<82" wheel ninja
 # The sm90 extension links libcuda for one driver call (cuTensorMapEncodeTiled); no driver here, so a stub with
 # that symbol and the driver's soname, which the wheel then records as libcuda.so.1.
@@ -41,20 +49,22 @@ echo "int cuTensorMapEncodeTiled(void) { return 1; }" |
     gcc -shared -fPIC -x c - -o "$work/stubs/libcuda.so" -Wl,-soname,libcuda.so.1
 ln -s libcuda.so "$work/stubs/libcuda.so.1"
 # This toolkit lacks cusparse.h, which torch's headers include; the pip CUDA headers have it.
-inc=-I$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "include"))')
+inc=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "include"))')
+[ -f "$inc/cusparse.h" ] || die "no cusparse.h in $inc: torch==2.11.0 is no longer a CUDA 13 build?"
+inc=-I$inc
 (cd "$work/src" && LDFLAGS="-L$work/stubs" CUDA_HOME="$cuda" PATH="$cuda/bin:$PATH" TORCH_CUDA_ARCH_LIST=9.0 \
     MAX_JOBS=${MAX_JOBS:-2} NVCC_APPEND_FLAGS="$inc" CXX_APPEND_FLAGS="$inc" \
     "$venv/bin/pip" wheel -q --no-build-isolation --no-deps -w "$out" .)
 
-wheel=$(ls -t "$out"/sageattention-2*.whl | head -1)
+wheel=$(ls -t "$out"/sageattention-2*-cp312-*.whl | head -1)
 # Checks: Hopper machine code in the sm90 extension, libcuda.so.1 recorded, and the wheel imports with its sm90
 # kernels against that torch (the stub stands in for the driver's library).
 mkdir "$work/check" && (cd "$work/check" && unzip -q "$wheel")
 so=$(ls "$work/check"/sageattention/_qattn_sm90*.so)
 # The toolkit here has no cuobjdump; the Triton package torch brings carries one.
 cuobjdump=$(command -v cuobjdump || ls "$venv"/lib/python3.12/site-packages/triton/backends/nvidia/bin/cuobjdump)
-"$cuobjdump" --dump-elf "$so" 2>/dev/null | grep 'arch = sm_90a' >/dev/null || { echo "build_sage2_wheel: no sm_90a code in $so" >&2; exit 1; }
-readelf -d "$so" | grep 'libcuda.so.1' >/dev/null || { echo "build_sage2_wheel: $so does not link libcuda.so.1" >&2; exit 1; }
+"$cuobjdump" --dump-elf "$so" | grep 'arch = sm_90a' >/dev/null || die "no sm_90a code in $so"
+readelf -d "$so" | grep 'libcuda.so.1' >/dev/null || die "$so does not link libcuda.so.1"
 (cd "$work/check" && LD_LIBRARY_PATH="$work/stubs" "$venv/bin/python" -c \
     'from sageattention import core; assert core.SM90_ENABLED, "sm90 kernels did not import"')
 echo "build_sage2_wheel: $wheel"

@@ -13,8 +13,9 @@
 #   run(command='GPU_CHECK_ONLY="activation quantization|attention backends" bash bench/gpu_check.sh', the same
 #   carry, 150 s)
 #   sageattention 2.x (CUDA kernels; no wheel on PyPI, so built from its source for the device's Python 3.12 and
-#   torch by bench/build_sage2_wheel.sh, about 6 minutes here): --prepare-sage2 WHEEL here, then run(command='GPU_CHECK_ONLY=sage2 bash bench/gpu_check.sh', the same
-#   carry, 420 s): the sections its kernels change, and the Linears' (SAGE2_SECTIONS below).
+#   torch by bench/build_sage2_wheel.sh, about 6 minutes here): --prepare-sage2 WHEEL here, then
+#   run(command='GPU_CHECK_ONLY=sage2 bash bench/gpu_check.sh', the same carry, 420 s): the sections its kernels
+#   change, and the Linears' (SAGE2_SECTIONS below).
 #
 # Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): our FP8 model
 # under ComfyUI's own main.py with Dynamic VRAM, its default on NVIDIA GPUs, against --disable-dynamic-vram, with
