@@ -256,7 +256,8 @@ def check_conditioning(model, named, forcing=False):
                      "or load an I2V model")
             # ComfyUI 0.33's weight hooks look for a weight_scale attribute that quantized layers (its own too) lack,
             # deep in a run; other hooks are left to run.
-            if "hooks" in extras and extras["hooks"].get_type(comfy.hooks.EnumHookType.Weight) and any(
+            hooks = extras.get("hooks")
+            if hooks is not None and hooks.get_type(comfy.hooks.EnumHookType.Weight) and any(
                     hasattr(getattr(m, "weight", None), "_qdata") for m in model.model.diffusion_model.modules()):
                 fail(f"{name}: holds hook LoRAs (Create Hook LoRA into Cond Set Props), which ComfyUI 0.33 cannot "
                      "apply to FP8 weights; apply the LoRA with Load LoRA instead, or load bf16 weights (Load FP8 "
