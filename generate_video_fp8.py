@@ -680,9 +680,8 @@ def main(argv=None):
     if host is None:
         return error("no ComfyUI found: set COMFYUI_PATH to a ComfyUI folder, install this pack in "
                      "ComfyUI/custom_nodes, or lay ComfyUI out at ~/ComfyUI (with its requirements installed)", 2)
-    base = server = None
+    base, server = tempfile.mkdtemp(prefix="skyreels-headless-"), None
     try:
-        base = tempfile.mkdtemp(prefix="skyreels-headless-")
         check_output(args)
         check_flags(args)
         model = None if demo else find_model(args.model_path, host)
@@ -740,8 +739,7 @@ def main(argv=None):
     finally:
         if server:
             server.stop()
-        if base:
-            shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 DEMO_CONDITIONING = {False: "skyreels_demo_positive", True: "skyreels_demo_negative"}
