@@ -56,7 +56,7 @@ class ConvertToFP8(io.ComfyNode):
             src = model_files.resolve(model_name)
             dst = model_files.output_path(_output_name(src, output_name, fp8_type, GRANULARITY.get(granularity)))
             source = model_files.signature(src)
-            now = model_files.signature(dst) if os.path.isfile(dst) else "missing"
+            now = model_files.signature(dst)     # () when missing
         except (OSError, ValueError):     # execute says what is wrong
             return ""
         written = _written.get(dst)
@@ -89,8 +89,7 @@ class ConvertToFP8(io.ComfyNode):
         # small --cache-lru, another workflow run in between): the file this node wrote is still there as written,
         # so it is what a run would write; say so rather than refuse it as "already exists" (or convert it again).
         last = _made.get(dst)
-        if last and last[:2] == (model_files.signature(src), options) and os.path.isfile(dst) and \
-                model_files.signature(dst) == last[2]:
+        if last and last[:2] == (model_files.signature(src), options) and model_files.signature(dst) == last[2]:
             text = last[3] + f"\n{model_files.shown(dst)} is already this conversion (written earlier from the same " \
                              "source and settings; not written again)"
             return io.NodeOutput(text, ui=ui.PreviewText(text))
