@@ -41,10 +41,6 @@ class Options:
         if self.keep_first_blocks < 0 or self.keep_last_blocks < 0:
             raise CheckpointError("keep-first/keep-last blocks must be 0 or more")
 
-    @property
-    def scheme(self):
-        return f"fp8 {self.fp8} per-{self.granularity}"
-
 
 @dataclass
 class Report:
@@ -63,7 +59,7 @@ class Report:
 
     def table(self):
         gib = 1024 ** 3
-        lines = [f"{self.model} -> {self.options.scheme}",
+        lines = [f"{self.model} -> fp8 {self.options.fp8} per-{self.options.granularity}",
                  f"  bytes in       {self.bytes_in:>15,}  ({self.bytes_in / gib:.2f} GiB)",
                  f"  bytes out      {self.bytes_out:>15,}  ({self.bytes_out / gib:.2f} GiB)",
                  f"  ratio          {self.bytes_out / max(1, self.bytes_in):>15.3f}",
