@@ -35,7 +35,6 @@ def out_of_memory(e):
 
 
 def first_line(e):
-    """The first line of an error's message, for a log line or a report."""
     return (str(e).strip() or "no message").splitlines()[0]
 
 

@@ -238,7 +238,6 @@ def _indexes(folder):
 
 
 def listed_shards(index):
-    """The shard names a shard index lists."""
     try:
         with open(index, encoding="utf-8") as f:
             listed = json.load(f)["weight_map"].values()
@@ -419,6 +418,5 @@ class Checkpoint:
         return unexpected
 
     def check_keys(self, info):
-        """(missing, unexpected) key names against the keys a model of `info` has."""
         expected = info.expected_keys()
         return [k for k in expected if k not in self._index], sorted(set(self._index) - set(expected))

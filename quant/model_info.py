@@ -59,7 +59,6 @@ class ModelInfo:
         return keys + [f"blocks.{i}.{k}" for i in range(self.num_layers) for k in block_keys]
 
     def expected_shapes(self):
-        """{key: shape} of every tensor a model of this kind has."""
         return {key: self._shape(key) for key in self.expected_keys()}
 
     def _shape(self, key):
