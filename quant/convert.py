@@ -44,8 +44,6 @@ class Options:
 
 @dataclass
 class Report:
-    source: str
-    dest: str
     model: str
     options: Options
     bytes_in: int = 0
@@ -186,7 +184,7 @@ def convert(src, dst, options=None, *, overwrite=False, verify=False, progress=N
 def _convert(ckpt, dst, options, verify, progress, check_interrupt):
     start = time.perf_counter()
     info = ckpt.model_info()
-    report = Report(source=ckpt.path, dest=dst, model=info.describe(), options=options, bytes_in=ckpt.nbytes)
+    report = Report(model=info.describe(), options=options, bytes_in=ckpt.nbytes)
     _check_source(ckpt, info, report)
     entries, quantize, conf_tensor = _plan(ckpt, info, options)
     names = ckpt.names
