@@ -3,21 +3,28 @@
 # H100/H200. PyPI has only 1.0.6 (Triton kernels) and the device machine can fetch nothing, so the CUDA kernels are
 # compiled here, with no GPU and no driver, by this machine's nvcc for the device image (Python 3.12, torch
 # 2.11.0+cu130 from PyPI: KINDS.md of the device tool). Only the Hopper kernels are built (_qattn_sm90 and _fused,
-# sm_90a): the sm80/sm89 extensions would triple the build and are not what an H100/H200 runs. About 5 minutes on
+# sm_90a): the sm80/sm89 extensions would triple the build and are not what an H100/H200 runs. 3 to 6 minutes on
 # 2 cores, after torch's download (reuse a venv with SAGE2_VENV).
 #
 #   bash bench/build_sage2_wheel.sh SAGEATTENTION_GIT_DIR OUT_DIR
 #
 # SAGEATTENTION_GIT_DIR is what `fetch github:thu-ml/SageAttention` prints; the commit built is d1a57a5 (2.2.0, the
-# one rehearsed) unless SAGE2_REF names another.
+# one rehearsed) unless SAGE2_REF names another. PY312 and CUDA_HOME name a Python 3.12 and the CUDA 13 toolkit where
+# python3.12 (or pyenv's) and /usr/local/cuda-13.0 are not them.
 set -euo pipefail
-[ $# -eq 2 ] || { sed -n 2,12p "$0" >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n 2,13p "$0" >&2; exit 2; }
 die() { echo "build_sage2_wheel: $*" >&2; exit 1; }
 src_git=$1
 ref=${SAGE2_REF:-d1a57a5}
 out=$(mkdir -p "$2" && cd "$2" && pwd)
-py312=${PY312:-$HOME/.pyenv/versions/3.12.1/bin/python}
-cuda=$(cd "${CUDA_HOME:-/usr/local/cuda-13.0}" && pwd)
+find_py312() {   # python3.12 on the PATH, else pyenv's newest 3.12
+    if python3.12 -c '' 2>/dev/null; then echo python3.12; return; fi
+    ls -d "$(pyenv root 2>/dev/null)"/versions/3.12*/bin/python 2>/dev/null | tail -1 || true
+}
+py312=${PY312:-$(find_py312)}
+[ -n "$py312" ] && "$py312" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null ||
+    die "no Python 3.12 found: set PY312 to one"
+cuda=$(cd "${CUDA_HOME:-/usr/local/cuda-13.0}" 2>/dev/null && pwd) || die "no CUDA 13 toolkit found: set CUDA_HOME"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 venv=${SAGE2_VENV:-$work/venv}
