@@ -349,7 +349,7 @@ class Checkpoint:
         try:
             info = detect({n: self.spec(n)[0] for n in self._index})
         except NotWanModel as e:
-            core = "Load Diffusion Model" in str(e) and (len(self.paths) > 1 or self.diffusers)
+            core = e.core_runs and (len(self.paths) > 1 or self.diffusers)
             hint = (" (it takes one .safetensors file with Wan's own key names, as ComfyUI's repackaged releases are, "
                     "not shards or diffusers names)") if core else ""
             raise CheckpointError(f"{self.path}: {e}{hint}{self._unlisted_hint()}") from None

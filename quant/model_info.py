@@ -78,7 +78,9 @@ class ModelInfo:
 
 
 class NotWanModel(ValueError):
-    pass
+    def __init__(self, message, core_runs=False):
+        super().__init__(message)
+        self.core_runs = core_runs    # another Wan model, which core's Load Diffusion Model runs from one Wan file
 
 
 def detect(shapes):
@@ -95,7 +97,7 @@ def detect(shapes):
         raise NotWanModel(f"not a whole model: this file holds only the weights of a Wan {other} add-on; {where}")
     if other in OTHER_WAN_MODELS.values():
         raise NotWanModel(f"this is a Wan {other} model, not SkyReels-V2; load it with ComfyUI's Load Diffusion "
-                          "Model node")
+                          "Model node", core_runs=True)
     if missing:
         raise NotWanModel("not a SkyReels-V2/Wan diffusion model (no " + ", ".join(missing[:3]) + "); this pack runs "
                           "SkyReels-V2 and Wan 2.1 models, ComfyUI's own loaders run other models")
@@ -113,7 +115,7 @@ def detect(shapes):
                  (48, True): " (as Wan 2.1 Fun Control)"}.get((in_dim, has_img), "")
         raise NotWanModel(f"not a model this pack runs: it takes {in_dim} latent channels and makes {out_dim}{known}, "
                           "where SkyReels-V2 takes 16 (36 for I2V) and makes 16; ComfyUI's Load Diffusion Model node "
-                          "runs other Wan models")
+                          "runs other Wan models", core_runs=True)
     variant = "I2V" if has_img else ("DF" if has_fps else "T2V")
     blocks = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.split(".")[1].isdigit()}
     return ModelInfo(variant=variant, dim=dim, ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
