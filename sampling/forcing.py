@@ -1,7 +1,8 @@
 """Diffusion Forcing (SkyReels-V2): a noise level per latent frame. A plan row gives each causal block its solver steps
 taken: 0 = not started (timestep 999), 1..steps, steps + 1 = finished (clean, timestep 0; a clean prefix starts so).
 Block 0 takes a step per row; each later one follows `ar_step` steps behind the one before (0: all together), freely
-once that one is finished. The model sees at most `base_num_frames`, ending just past the last block denoised."""
+once that one is finished. The model sees the whole window in every row: SkyReels-V2 plans each window with its
+`base_num_frames` equal to the window's length (tests/test_sampling.py: test_windows_match_skyreels)."""
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,6 @@ from .solvers import make_solver
 class Plan:
     step_index: torch.Tensor    # [rows, frames] int64: 0 .. steps + 1
     update: torch.Tensor        # [rows, frames] bool: frames the solver steps in this row
-    intervals: list             # [(start, end)] frames the model sees in each row
     steps: int
 
     @property
@@ -27,17 +27,13 @@ class Plan:
         return int((self.step_index[0] == self.steps + 1).long().cumprod(0).sum())
 
 
-def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready=0, causal_block_size=1):
-    """The Diffusion Forcing plan, as SkyReels-V2's `generate_timestep_matrix` makes it (frames are latent frames)."""
+def timestep_matrix(num_frames, steps, ar_step=0, num_pre_ready=0, causal_block_size=1):
+    """The Diffusion Forcing plan of one window, as SkyReels-V2's `generate_timestep_matrix(num_frames, ...,
+    base_num_frames=num_frames, ...)` makes it (frames are latent frames)."""
     if causal_block_size < 1 or num_frames % causal_block_size:
         raise ValueError(f"{num_frames} latent frames do not split into blocks of causal_block_size "
                          f"{causal_block_size}")
-    blocks, base_blocks = num_frames // causal_block_size, base_num_frames // causal_block_size
-    done = steps + 1
-    if base_blocks < blocks and ar_step < steps / base_blocks:
-        need = -(-steps // base_blocks)
-        raise ValueError(f"ar_step must be at least {need} when the video is longer than base_num_frames "
-                         f"({steps} steps over {base_blocks} blocks)")
+    blocks, done = num_frames // causal_block_size, steps + 1
     row = torch.zeros(blocks, dtype=torch.long)
     row[:num_pre_ready // causal_block_size] = done
     rows, updates = [], []
@@ -49,13 +45,8 @@ def timestep_matrix(num_frames, steps, base_num_frames, ar_step=0, num_pre_ready
         updates.append((new != row) & (new != done))
         rows.append(new)
         row = new
-    intervals, end = [], base_blocks
-    for update in updates:
-        if end < blocks and update[end]:
-            end += 1
-        intervals.append((max(end - base_blocks, 0) * causal_block_size, end * causal_block_size))
     step_index, update = (torch.stack(t).repeat_interleave(causal_block_size, dim=1) for t in (rows, updates))
-    return Plan(step_index, update, intervals, steps)
+    return Plan(step_index, update, steps)
 
 
 def clean_end(plan, frames):
@@ -66,7 +57,7 @@ def clean_end(plan, frames):
     step_index[:, -frames:] = plan.steps + 1
     update[:, -frames:] = False
     rows = int(update.any(dim=1).nonzero().max()) + 1 if update.any() else 0
-    return Plan(step_index[:rows], update[:rows], plan.intervals[:rows], plan.steps)
+    return Plan(step_index[:rows], update[:rows], plan.steps)
 
 
 def frame_sigmas(step_index, sigmas):
@@ -126,19 +117,18 @@ def sample_window(denoise, x, sigmas, plan, solver="unipc", addnoise_condition=0
     solvers = [make_solver(solver, sigmas, df=True, dtype=dtype) for _ in range(frames)]
     rows = frame_sigmas(plan.step_index, sigmas)
     for r in range(plan.rows):
-        start, end = plan.intervals[r]
-        x_in, s_in = x[:, :, start:end].clone(), rows[r, start:end].clone()
-        if addnoise_condition > 0 and start < prefix:
+        x_in, s_in = x.clone(), rows[r].clone()
+        if addnoise_condition > 0 and prefix:
             level = addnoise_condition / TRAIN_STEPS
-            cond = x_in[:, :, :prefix - start]
-            x_in[:, :, :prefix - start] = cond * (1 - level) + draw(cond.shape).to(cond) * level
-            s_in[:prefix - start] = level
+            cond = x_in[:, :, :prefix]
+            x_in[:, :, :prefix] = cond * (1 - level) + draw(cond.shape).to(cond) * level
+            s_in[:prefix] = level
         x0 = denoise(x_in.to(given), s_in)
-        for f in range(start, end):
+        for f in range(frames):
             if plan.update[r, f]:
                 # Copies: the solver keeps what it is given (x is written in place; a view would keep all of x0);
                 # `df=True` solvers reproduce what SkyReels-V2's view does to its solver state.
-                x[:, :, f] = solvers[f].step(x0[:, :, f - start].clone(), x[:, :, f].clone())
+                x[:, :, f] = solvers[f].step(x0[:, :, f].clone(), x[:, :, f].clone())
         if callback is not None:
             callback(r, x0, x)
     return x.to(given)

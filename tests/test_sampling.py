@@ -100,31 +100,26 @@ def test_frame_arithmetic():
 
 # tests/data/skyreels_df_plan.json: SkyReels-V2's own generate_timestep_matrix over a grid of settings, and the
 # windows its pipeline lays out for long videos (written by tests/data/skyreels_df_plan.py). Conventions:
-# - step_index, step_update_mask (stored 0/1) and valid_interval are ours as they are: Plan.step_index, Plan.update,
-#   Plan.intervals (their counter also runs 0 = not started .. steps + 1 = finished).
+# - step_index and step_update_mask (stored 0/1) are ours as they are: Plan.step_index, Plan.update (their counter
+#   also runs 0 = not started .. steps + 1 = finished).
 # - step_matrix is [999, *scheduler timesteps, 0][step_index]: ours is the timestep Sample Video gives the model for
 #   that counter, model_timesteps(steps, shift)[frame_sigmas(step_index, flow_sigmas(steps, shift))].
-# - Where it refuses (its assert: ar_step under steps / base blocks), ours raises ValueError naming the same least
-#   ar_step.
+# - Each case plans one window as SkyReels-V2 calls it (base_num_frames = num_frames: test_windows_match_skyreels),
+#   where its model sees the whole window in every row (valid_interval), as Sample Video's does.
 PLAN_REF = json.load(open(os.path.join(os.path.dirname(__file__), "data", "skyreels_df_plan.json")))
 
 
 def plan_id(c):
-    return (f"{c['num_frames']}f-{c['steps']}steps-base{c['base_num_frames']}-ar{c['ar_step']}"
-            f"-pre{c['num_pre_ready']}-block{c['causal_block_size']}")
+    return f"{c['num_frames']}f-{c['steps']}steps-ar{c['ar_step']}-pre{c['num_pre_ready']}-block{c['causal_block_size']}"
 
 
-def plan_of(case):
-    return forcing.timestep_matrix(case["num_frames"], case["steps"], case["base_num_frames"], case["ar_step"],
-                                   case["num_pre_ready"], case["causal_block_size"])
-
-
-@pytest.mark.parametrize("case", [c for c in PLAN_REF["plan_cases"] if "refused" not in c], ids=plan_id)
+@pytest.mark.parametrize("case", PLAN_REF["plan_cases"], ids=plan_id)
 def test_plan_matches_skyreels(case):
-    plan = plan_of(case)
+    plan = forcing.timestep_matrix(case["num_frames"], case["steps"], case["ar_step"], case["num_pre_ready"],
+                                   case["causal_block_size"])
     assert plan.step_index.tolist() == case["step_index"]
     assert plan.update.int().tolist() == case["step_update_mask"]
-    assert [list(i) for i in plan.intervals] == case["valid_interval"]
+    assert case["valid_interval"] == [[0, case["num_frames"]]] * plan.rows
     table = model_timesteps(case["steps"], PLAN_REF["shift"])
     sigmas = forcing.frame_sigmas(plan.step_index, flow_sigmas(case["steps"], PLAN_REF["shift"]))
     assert [[table[s] for s in row] for row in sigmas.tolist()] == case["step_matrix"]
@@ -133,28 +128,21 @@ def test_plan_matches_skyreels(case):
     assert plan.prefix == case["num_pre_ready"] // cbs * cbs
 
 
-@pytest.mark.parametrize("case", [c for c in PLAN_REF["plan_cases"] if "refused" in c], ids=plan_id)
-def test_plan_refuses_like_skyreels(case):
-    with pytest.raises(ValueError, match=f"ar_step must be at least {case['min_ar_step']} "):
-        plan_of(case)
-
-
 @pytest.mark.parametrize("ar_step", [0, 1, 3])
 def test_plan_clean_end_frame_is_never_updated_and_changes_no_other_frame(ar_step):
     # An end image's frame: clean in every row, never stepped; the other frames keep the plan they have without it
     # (no frame waits for a later one), and the rows where only it would have moved are gone.
-    with_end = forcing.clean_end(forcing.timestep_matrix(6, 4, 6, ar_step, num_pre_ready=1), 1)
-    without = forcing.timestep_matrix(5, 4, 5, ar_step, num_pre_ready=1)
+    with_end = forcing.clean_end(forcing.timestep_matrix(6, 4, ar_step, num_pre_ready=1), 1)
+    without = forcing.timestep_matrix(5, 4, ar_step, num_pre_ready=1)
     assert (with_end.step_index[:, -1] == 5).all() and not with_end.update[:, -1].any()
     assert torch.equal(with_end.step_index[:, :5], without.step_index)
     assert torch.equal(with_end.update[:, :5], without.update)
 
 
 def test_plan_errors_name_the_fix():
-    # (ar_step too small: test_plan_refuses_like_skyreels.) SkyReels-V2 silently drops the frames past the last
-    # whole block; ours refuses.
+    # SkyReels-V2 silently drops the frames past the last whole block; ours refuses.
     with pytest.raises(ValueError, match="do not split into blocks of causal_block_size 5"):
-        forcing.timestep_matrix(12, 30, 12, causal_block_size=5)
+        forcing.timestep_matrix(12, 30, causal_block_size=5)
 
 
 def test_frame_sigmas():
@@ -202,7 +190,7 @@ def video_noise(frames, seed=0):
 def test_sync_forcing_equals_standard_for_euler():
     # (UniPC differs, as in SkyReels-V2: test_forcing_matches_skyreels_df_loop)
     sigmas, x = flow_sigmas(6, 8.0), video_noise(5)
-    plan = forcing.timestep_matrix(5, 6, 5, ar_step=0)
+    plan = forcing.timestep_matrix(5, 6, ar_step=0)
     df = forcing.sample_window(toy_denoise, x, sigmas, plan, "euler")
     std = sample(toy_denoise, x, sigmas, "euler")
     assert (df - std).abs().max().item() < 1e-6
@@ -212,7 +200,7 @@ def test_async_forcing_steps_every_frame_through_its_schedule():
     # With a model whose x0 prediction does not depend on the other frames, asynchronous DF must give every frame
     # exactly the result of standard sampling of that frame alone: each frame sees the same sigmas in order.
     sigmas, x = flow_sigmas(6, 8.0), video_noise(6)
-    plan = forcing.timestep_matrix(6, 6, 6, ar_step=2, causal_block_size=2)
+    plan = forcing.timestep_matrix(6, 6, ar_step=2, causal_block_size=2)
     calls = []
     df = forcing.sample_window(lambda a, s: (calls.append(s.clone()), toy_denoise(a, s))[1], x, sigmas, plan)
     alone, solver = x, FlowUniPC(sigmas, df=True)     # every frame through one DF solver, all at once
@@ -227,7 +215,7 @@ def test_prefix_stays_clean_and_addnoise_only_changes_what_the_model_sees():
     sigmas, x = flow_sigmas(4, 8.0), video_noise(4)
     prefix = torch.full((1, 4, 2, 2, 2), 0.5)
     x[:, :, :2] = prefix
-    plan = forcing.timestep_matrix(4, 4, 4, num_pre_ready=2)
+    plan = forcing.timestep_matrix(4, 4, num_pre_ready=2)
     seen = []
 
     def denoise(a, s):
@@ -264,7 +252,7 @@ def test_forcing_matches_skyreels_df_loop(case):
     # SkyReels-V2's DF loop writes each step's result into the view it gave its scheduler, which changes the
     # corrector of the second step (tests/data: final_x_df). Textbook UniPC (standard sampling) is measurably off it.
     sigmas, x = flow_sigmas(case["steps"], case["shift"]), init_x()
-    plan = forcing.timestep_matrix(3, case["steps"], 3, ar_step=0)
+    plan = forcing.timestep_matrix(3, case["steps"], ar_step=0)
     df = forcing.sample_window(toy_denoise, x, sigmas, plan).flatten()
     want = torch.tensor(case["final_x_df"])
     assert (df - want).abs().max().item() < 1e-6          # float32 vs float64 coefficients: a few ulps
@@ -277,7 +265,7 @@ def test_forcing_with_bf16_latents_matches_skyreels_df_loop_bit_for_bit(case):
     # SkyReels-V2's DF pipeline with its bf16 transformer keeps its latents in bf16 between steps (tests/data:
     # final_x_df_bf16, its scheduler run on the CPU). The same arithmetic in the same dtypes gives the same bits; the
     # float32 state is 0.004 to 0.045 away from it.
-    sigmas, plan = flow_sigmas(case["steps"], case["shift"]), forcing.timestep_matrix(3, case["steps"], 3, ar_step=0)
+    sigmas, plan = flow_sigmas(case["steps"], case["shift"]), forcing.timestep_matrix(3, case["steps"], ar_step=0)
     want = torch.tensor(case["final_x_df_bf16"])
     out = forcing.sample_window(toy_denoise, init_x(), sigmas, plan, dtype=torch.bfloat16)
     assert out.dtype == torch.float32 and torch.equal(out.flatten(), want)
@@ -292,7 +280,7 @@ def test_bf16_latents_match_skyreels_scheduler_on_65536_values(steps, shift):
     # Python float for its float32 CPU ratio of sigmas about 42,000.
     table = safetensors.torch.load_file(skyreels_unipc_bf16.OUT)
     x = table["initial"].float()
-    plan = forcing.timestep_matrix(x.shape[2], steps, x.shape[2], ar_step=0)
+    plan = forcing.timestep_matrix(x.shape[2], steps, ar_step=0)
 
     def denoise(x, sigma):
         s = sigma.reshape(1, 1, -1, 1, 1)

@@ -363,10 +363,7 @@ class Job:
                          f"make the video {' or '.join(fits)} frames (with base_num_frames {o['base_num_frames']}, "
                          f"overlap_history {o['overlap_history']}), or " if fits else "") + "set causal_block_size 1")
             end = self.end is not None and i + 1 == len(wins)
-            try:
-                plan = forcing.timestep_matrix(length + end, self.steps, length + end, o["ar_step"], prefix, cbs)
-            except ValueError as e:
-                fail(str(e))
+            plan = forcing.timestep_matrix(length + end, self.steps, o["ar_step"], prefix, cbs)   # whole blocks: above
             out.append((prefix, repeated, length, forcing.clean_end(plan, 1) if end else plan))
         return out
 
@@ -449,8 +446,7 @@ class Job:
                 # window's first frames carried over from the one before (or a start image) are already made:
                 # show the first frame this window makes, or the preview would stay on the old frame all window.
                 if plan is not None and plan.prefix:
-                    skip = plan.prefix - plan.intervals[i][0]
-                    x0 = x0[:, :, min(max(skip, 0), x0.shape[2] - 1):]
+                    x0 = x0[:, :, min(plan.prefix, x0.shape[2] - 1):]
                 progress(offset + i, x0, x_now, total)
 
             if plan is None:

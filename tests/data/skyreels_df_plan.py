@@ -6,8 +6,8 @@ over a grid of settings, for tests/test_sampling.py. Run by hand when the cases 
 
 "plans": DiffusionForcingPipeline.generate_timestep_matrix (called unbound: it uses nothing of the pipeline) on
 every case of PLANS, given the int64 timesteps of the pipeline's FlowUniPCMultistepScheduler (set_timesteps(steps,
-shift=SHIFT)) as its step_template, as the pipeline does. Cases where it refuses (its assert on ar_step) store the
-least ar_step its message names.
+shift=SHIFT)) as its step_template, as the pipeline does, and base_num_frames = num_frames, as the pipeline calls it
+for every window ("windows" shows it).
 
 "windows": DiffusionForcingPipeline.__call__ (text to video, no start or end image) run on every case of WINDOWS,
 recording the arguments of each generate_timestep_matrix call it makes (one per window). Stand-ins, as only the
@@ -26,35 +26,23 @@ OUT = os.path.join(HERE, "skyreels_df_plan.json")
 COMMIT = "abed76fec91103e4543c747eee45334137b3a558"
 SHIFT = 8.0
 
-# (num_frames, steps, base_num_frames, ar_step, num_pre_ready, causal_block_size), in latent frames
+# (num_frames, steps, ar_step, num_pre_ready, causal_block_size), in latent frames
 PLANS = [
     # synchronous (ar_step 0)
-    (4, 3, 4, 0, 0, 1),
-    (6, 4, 6, 0, 2, 2),
-    (10, 5, 10, 0, 0, 5),
+    (4, 3, 0, 0, 1),
+    (6, 4, 0, 2, 2),
+    (10, 5, 0, 0, 5),
     # asynchronous, one window
-    (3, 3, 3, 1, 0, 1),
-    (6, 4, 6, 1, 1, 1),
-    (6, 3, 6, 1, 0, 2),
-    (6, 4, 6, 2, 0, 2),
-    (8, 5, 8, 2, 3, 2),         # num_pre_ready not whole blocks
-    (15, 4, 15, 2, 0, 5),
-    (10, 3, 10, 5, 0, 5),
-    (6, 3, 6, 5, 0, 1),
-    (15, 5, 15, 1, 5, 5),
-    (25, 30, 25, 5, 0, 5),      # SkyReels-V2's README: 97 frames, 30 steps, ar_step 5, causal_block_size 5
-    # longer than base_num_frames: the model sees a sliding window
-    (9, 3, 3, 1, 0, 1),         # ar_step exactly steps / base blocks
-    (10, 4, 5, 1, 0, 1),
-    (10, 4, 5, 2, 0, 1),
-    (10, 3, 5, 1, 2, 1),
-    (12, 4, 6, 2, 0, 2),
-    (12, 5, 4, 5, 2, 2),
-    (20, 5, 10, 5, 5, 5),
-    # refused: ar_step under steps / base blocks
-    (10, 4, 5, 0, 0, 1),
-    (12, 5, 4, 2, 0, 2),
-    (50, 30, 25, 5, 0, 5),
+    (3, 3, 1, 0, 1),
+    (6, 4, 1, 1, 1),
+    (6, 3, 1, 0, 2),
+    (6, 4, 2, 0, 2),
+    (8, 5, 2, 3, 2),         # num_pre_ready not whole blocks
+    (15, 4, 2, 0, 5),
+    (10, 3, 5, 0, 5),
+    (6, 3, 5, 0, 1),
+    (15, 5, 1, 5, 5),
+    (25, 30, 5, 0, 5),      # SkyReels-V2's README: 97 frames, 30 steps, ar_step 5, causal_block_size 5
 ]
 
 # (latent frames, base latent frames, overlap latent frames, causal_block_size)
@@ -89,19 +77,14 @@ def import_pipeline(skyreels_dir):
 
 
 def plan_case(cls, scheduler_cls, case):
-    num_frames, steps, base, ar_step, pre, cbs = case
+    num_frames, steps, ar_step, pre, cbs = case
     scheduler = scheduler_cls()
     scheduler.set_timesteps(steps, device="cpu", shift=SHIFT)
     template = scheduler.timesteps
-    out = dict(num_frames=num_frames, steps=steps, base_num_frames=base, ar_step=ar_step, num_pre_ready=pre,
-               causal_block_size=cbs, step_template=template.tolist())
-    try:
-        matrix, index, mask, interval = cls.generate_timestep_matrix(None, num_frames, template, base, ar_step, pre,
-                                                                     cbs)
-    except AssertionError as e:
-        out["refused"] = type(e).__name__
-        out["min_ar_step"] = int(str(e).split("at least ")[1].split()[0])
-        return out
+    out = dict(num_frames=num_frames, steps=steps, ar_step=ar_step, num_pre_ready=pre, causal_block_size=cbs,
+               step_template=template.tolist())
+    matrix, index, mask, interval = cls.generate_timestep_matrix(None, num_frames, template, num_frames, ar_step, pre,
+                                                                 cbs)
     out.update(step_matrix=matrix.tolist(), step_index=index.tolist(), step_update_mask=mask.int().tolist(),
                valid_interval=[list(i) for i in interval])
     return out
@@ -163,11 +146,10 @@ def main(skyreels_dir):
                   f"SkyReels-V2 (skyreels_v2_infer/pipelines/diffusion_forcing_pipeline.py, SkyworkAI/SkyReels-V2 "
                   f"commit {COMMIT[:8]}) with torch {torch.__version__} and diffusers {diffusers.__version__}, "
                   f"written by tests/data/skyreels_df_plan.py.",
-        "plans": f"generate_timestep_matrix(num_frames, step_template, base_num_frames, ar_step, num_pre_ready, "
+        "plans": f"generate_timestep_matrix(num_frames, step_template, num_frames, ar_step, num_pre_ready, "
                  f"causal_block_size) -> step_matrix, step_index, step_update_mask (stored as 0/1), valid_interval; "
                  f"step_template: FlowUniPCMultistepScheduler().set_timesteps(steps, shift={SHIFT}).timesteps, as "
-                 f"the pipeline passes it. 'refused': the exception it raised (its assert on ar_step, too small for a "
-                 f"sliding window); 'min_ar_step': the least ar_step its message names.",
+                 f"the pipeline passes it; base_num_frames = num_frames, as the pipeline calls it (see windows).",
         "windows": f"[num_frames, base_num_frames, num_pre_ready] of every generate_timestep_matrix call of "
                    f"DiffusionForcingPipeline.__call__(num_frames, base_num_frames, overlap_history, "
                    f"causal_block_size), one per window, in latent frames; frame counts in video frames are "
@@ -182,9 +164,8 @@ def main(skyreels_dir):
         f.write(text)
     print("wrote", OUT, len(text), "bytes")
     for p in plans:
-        print(p["num_frames"], p["steps"], p["base_num_frames"], p["ar_step"], p["num_pre_ready"],
-              p["causal_block_size"], "->",
-              f"refused, ar_step >= {p['min_ar_step']}" if "refused" in p else f"{len(p['step_index'])} rows")
+        print(p["num_frames"], p["steps"], p["ar_step"], p["num_pre_ready"], p["causal_block_size"], "->",
+              f"{len(p['step_index'])} rows")
     for w in windows:
         print(w["latent_frames"], w["base_latent"], w["overlap_latent"], w["causal_block_size"], "->", w["windows"],
               w["video_frames"])

@@ -47,7 +47,7 @@ result["standard"] = dict(never=never_line, never_equal=bool(torch.equal(never, 
 _, retention = sample(TeaCache.execute(model, 1e9, True).args[0], steps=8)
 result["retention"] = retention
 # Diffusion Forcing: async (ar_step 1) in one window, and a long video of two windows
-rows = timestep_matrix(5, 6, 5, 1).rows
+rows = timestep_matrix(5, 6, 1).rows
 _, df = sample(TeaCache.execute(model, 1e9, False).args[0], frames=17, mode="diffusion forcing", ar_step=1)
 _, long = sample(TeaCache.execute(model, 1e9, False).args[0], frames=17, base_num_frames=13, mode="diffusion forcing")
 result["df"] = dict(rows=rows, line=df, long=long)
