@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from . import act_quant, fp8_plan
 from .fp8_plan import device_plan
-from .scale import absmax, absmax_scale, saturate
+from .scale import absmax, absmax_scale, row_blocks, saturate
 
 FP8_DTYPES = {"e4m3fn": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 DEQUANTIZE_VALUES = 1 << 20   # values per block of a CPU dequantization (a 4 MiB fp32 temporary)
@@ -52,17 +52,15 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
     """`quantize_weight` in blocks of about `chunk` values (small fp32 temporaries, in cache: 2x faster on CPU), and
     ||W - dequant||_F / ||W||_F from every `error_every`-th block: reading fp8 back is slow on CPU; rows err alike."""
     _check(dtype, granularity, weight)
-    rows = max(1, chunk // max(1, weight[0].numel()))
     scale = _scale_of(weight, dtype, granularity)
     qweight = torch.empty(weight.shape, dtype=dtype)
     err2 = norm2 = 0.0
-    starts = range(0, weight.shape[0], rows)
-    step = error_every if len(starts) > error_every else 1
-    for n, i in enumerate(starts):
-        s = scale if granularity == "tensor" else scale[i:i + rows]
+    blocks = list(row_blocks(weight, chunk, scale))
+    step = error_every if len(blocks) > error_every else 1
+    for n, (i, j, s) in enumerate(blocks):
         # A copy even for fp32 input: dividing in place would overwrite the caller's weight.
-        y = saturate(weight[i:i + rows].to(torch.float32, copy=True), s, dtype)
-        q = qweight[i:i + rows].copy_(y)
+        y = saturate(weight[i:j].to(torch.float32, copy=True), s, dtype)
+        q = qweight[i:j].copy_(y)
         if n % step == 0:
             # Errors in scaled units, weighted back by scale^2 (per row for per-channel scales).
             w2 = s.square()
@@ -84,10 +82,8 @@ def dequantize_weight(qweight, scale, dtype=torch.bfloat16):
     # 540 MiB for a 14B FFN weight, on every upcast product): row blocks bound them to one block's fp32 copy. The
     # same numbers: the product in fp32, rounded once to `dtype`.
     out = torch.empty(qweight.shape, dtype=dtype)
-    rows = max(1, DEQUANTIZE_VALUES // max(1, qweight[:1].numel()))     # [:1]: also with 0 rows
-    for i in range(0, qweight.shape[0], rows):
-        block = scale if scale.shape[0] == 1 else scale[i:i + rows]
-        out[i:i + rows] = qweight[i:i + rows].to(torch.float32).mul_(block)
+    for i, j, block in row_blocks(qweight, DEQUANTIZE_VALUES, scale):
+        out[i:j] = qweight[i:j].to(torch.float32).mul_(block)
     return out
 
 
@@ -95,11 +91,10 @@ def relative_error(weight, qweight, scale):
     """||W - dequant(Q)||_F / ||W||_F, in fp32 (0 for an all-zero weight). In row blocks, as dequantize_weight: whole
     fp32 copies (W, dequant(Q), their difference) made the converter's --verify peak 3x its own."""
     scale = scale.float().reshape(-1, *([1] * (qweight.dim() - 1)))
-    rows = max(1, DEQUANTIZE_VALUES // max(1, qweight[:1].numel()))
     diff = norm = 0.0
-    for i in range(0, qweight.shape[0], rows):
-        w = weight[i:i + rows].float()
-        deq = qweight[i:i + rows].float().mul_(scale if scale.shape[0] == 1 else scale[i:i + rows])
+    for i, j, block in row_blocks(qweight, DEQUANTIZE_VALUES, scale):
+        w = weight[i:j].float()
+        deq = qweight[i:j].float().mul_(block)
         diff += float(deq.sub_(w).norm()) ** 2
         norm += float(w.norm()) ** 2
     return (diff / norm) ** 0.5 if norm else 0.0

@@ -12,7 +12,7 @@ from ...quant import act_quant, fp8
 from ...quant.comfy_format import format_of
 from ...quant.formats import FORMATS
 from ...quant.fp8 import FP8_DTYPES
-from ...quant.scale import absmax, absmax_scale, saturate
+from ...quant.scale import absmax, absmax_scale, row_blocks, saturate
 
 LAYOUT = "SkyReelsFP8Layout"
 REQUANTIZE_VALUES = 1 << 22   # values per block when a LoRA merge re-quantizes a layer (a 16 MiB fp32 temporary)
@@ -59,10 +59,8 @@ class FP8Layout(QuantizedLayout):
             qdata = comfy.float.stochastic_rounding(saturate(y, scale, dtype), dtype, seed=stochastic_rounding)
         else:   # in row blocks, adding no fp32 copy of the layer
             qdata = torch.empty(w.shape, dtype=dtype, device=w.device)
-            rows = max(1, REQUANTIZE_VALUES // max(1, w[0].numel()))
-            for i in range(0, w.shape[0], rows):
-                block = scale if scale.numel() == 1 else scale[i:i + rows]
-                qdata[i:i + rows] = saturate(w[i:i + rows].to(torch.float32, copy=True), block, dtype)
+            for i, j, block in row_blocks(w, REQUANTIZE_VALUES, scale):
+                qdata[i:j] = saturate(w[i:j].to(torch.float32, copy=True), block, dtype)
         return qdata, cls.Params(scale=scale, orig_dtype=tensor.dtype, orig_shape=tuple(tensor.shape))
 
     @classmethod
