@@ -110,7 +110,8 @@ PLAN_REF = json.load(open(os.path.join(os.path.dirname(__file__), "data", "skyre
 
 
 def plan_id(c):
-    return f"{c['num_frames']}f-{c['steps']}steps-ar{c['ar_step']}-pre{c['num_pre_ready']}-block{c['causal_block_size']}"
+    return (f"{c['num_frames']}f-{c['steps']}steps-ar{c['ar_step']}-pre{c['num_pre_ready']}"
+            f"-block{c['causal_block_size']}")
 
 
 @pytest.mark.parametrize("case", PLAN_REF["plan_cases"], ids=plan_id)
