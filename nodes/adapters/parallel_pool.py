@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import comfy.model_management
 import torch
 
+from ...quant.act_quant import first_line
 from . import parallel_worker
 from .sample_job import fail
 
@@ -111,7 +112,7 @@ def _connect(ray, config):
         try:
             ray.init(address=config["address"], log_to_driver=False)
         except (ConnectionError, ValueError) as e:   # e.g. "auto" with no cluster on this machine
-            fail(f"parallel: ray_address {config['address']}: Ray found no cluster there ({str(e).splitlines()[0]}); "
+            fail(f"parallel: ray_address {config['address']}: Ray found no cluster there ({first_line(e)}); "
                  "start one (ray start --head), or leave ray_address empty for a cluster on this machine")
     else:
         ray.init(num_cpus=max(config["workers"], os.cpu_count() or 1), include_dashboard=False,
@@ -179,7 +180,7 @@ def wait(ray, refs, workers, poll=None):
     errors = _errors(ray, refs)
     died = [e for e in errors if isinstance(e, ray.exceptions.RayActorError)]
     if died:   # a dead worker makes the others fail too (broken collectives): report the cause
-        fail(f"parallel: a worker stopped ({type(died[0]).__name__}: {str(died[0]).splitlines()[0]}); all workers were "
+        fail(f"parallel: a worker stopped ({type(died[0]).__name__}: {first_line(died[0])}); all workers were "
              "released, the next run starts new ones")
     if errors and isinstance(errors[0], ray.exceptions.RayTaskError) and isinstance(errors[0].cause, Exception):
         raise errors[0].cause from errors[0]   # its own words (Ray's wrapping, with the worker's traceback, in the log)

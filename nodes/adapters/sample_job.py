@@ -15,6 +15,7 @@ from PIL import Image
 
 from ...attention.guard import CALL, CALLS
 from ...attention.sage import log_once
+from ...quant.act_quant import first_line
 from ...sampling import forcing, solvers
 from ...sampling.schedule import aspect_crop, flow_sigmas, latent_frames, model_timesteps, video_frames
 from . import fps as fps_term
@@ -124,8 +125,7 @@ def window_failed(model, error, i, n, frames, total, end):
     if not patches:
         return None
     names = list(dict.fromkeys(describe(getattr(v, "__func__", v)) for v in patches))
-    text = str(error).strip()
-    cause = f"{type(error).__name__}: {text.splitlines()[0].rstrip('.') if text else ''}".strip()
+    cause = f"{type(error).__name__}: {first_line(error).rstrip('.')}"
     fixes = ["make base_num_frames at least frames (one window)"] if n > 1 else []
     if end:
         fixes.append("leave out end_image (it adds a frame after the video's)")
@@ -186,7 +186,7 @@ class Job:
             self.generator = torch.Generator(device).manual_seed(seed)
         except RuntimeError as e:     # e.g. DirectML: torch seeds no generator there
             self.note(f"noise: gpu (SkyReels-V2) needs a seeded generator on {device}, which torch does not offer "
-                      f"({str(e).splitlines()[0]}): drawn on the CPU as ComfyUI does")
+                      f"({first_line(e)}): drawn on the CPU as ComfyUI does")
             gpu, device = False, torch.device("cpu")
             self.generator = torch.Generator().manual_seed(seed)
         self.latent_dtype = torch.bfloat16 if gpu and self.df else None    # None: the host's float32
