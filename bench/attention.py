@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from attention import sage_attention, sage_attention_reference  # noqa: E402
+from attention.reference import sage_attention_reference  # noqa: E402
+from attention.sage import sage_attention  # noqa: E402
 from attention.dispatch import MODES, Installed, choose, device_capability, installed_packages  # noqa: E402
 from attention.guard import all_finite  # noqa: E402
 from generate_video_fp8 import find_host  # noqa: E402

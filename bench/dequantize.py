@@ -5,7 +5,7 @@ layers does (a script, not a test).
     python bench/dequantize.py [--n 13824] [--k 5120]
 
 Each method runs in a fresh process; its peak resident bytes beyond the FP8 weight, less the bf16 result, is what
-it takes in temporaries (Linux VmHWM, reset through /proc/self/clear_refs). Methods: quant.dequantize_weight (row
+it takes in temporaries (Linux VmHWM, reset through /proc/self/clear_refs). Methods: quant.fp8.dequantize_weight (row
 blocks), the whole-tensor in-place formula it replaced, and a plain fp32 round trip. The default is Wan-14B's FFN
 weight (13824 x 5120, per-channel scales).
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench.act_quant import MiB, _status_kib  # noqa: E402
-from quant import dequantize_weight  # noqa: E402
+from quant.fp8 import dequantize_weight  # noqa: E402
 
 METHODS = {
     "row blocks": lambda q, s: dequantize_weight(q, s, torch.bfloat16),

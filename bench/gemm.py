@@ -5,7 +5,7 @@
 
 GPU, at M in {4096, 51000} tokens and the three Linear shapes of a 14B block (K x N: 5120 x 5120 for q/k/v/o and
 cross-attention q/o, 5120 x 13824 for ffn.0, 13824 x 5120 for ffn.2):
-- bf16 F.linear vs quant.fp8_linear w8a8 (per-token activation scales x per-tensor or per-channel weight scales,
+- bf16 F.linear vs quant.fp8.fp8_linear w8a8 (per-token activation scales x per-tensor or per-channel weight scales,
   torch._scaled_mm; and the per-tensor activation scales that Windows and RTX 50xx get): ms, TFLOP/s, speed-up
   and the error vs the fp32 product; the activation quantization alone,
   fused (Triton) vs eager row chunks, ms and the extra memory it takes (bench/act_quant.py);
@@ -29,7 +29,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.act_quant import quant_stats, timed  # noqa: E402
-from quant import act_quant, fp8_linear, quantize_weight  # noqa: E402
+from quant import act_quant  # noqa: E402
+from quant.fp8 import fp8_linear, quantize_weight  # noqa: E402
 from quant import fp8 as fp8_module  # noqa: E402
 from quant.policy import should_quantize  # noqa: E402
 from quant.tiny import REAL, info  # noqa: E402

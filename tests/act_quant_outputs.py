@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from quant import act_quant, fp8_linear  # noqa: E402
+from quant import act_quant  # noqa: E402
+from quant.fp8 import fp8_linear  # noqa: E402
 from quant.act_quant_triton import quantize_rows  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import torch
 from comfy_host import describe, describe_pack, find_gguf_pack, find_host
 from helpers import REPO, e4m3_neighbours, linear_case, write_tiny
 
-from quant import quantize_weight
+from quant.fp8 import quantize_weight
 
 _HOST = find_host()
 

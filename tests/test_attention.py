@@ -10,7 +10,8 @@ from helpers import REPO
 
 import attention.dispatch as dispatch
 import attention.sage as sage
-from attention import sage_attention, sage_attention_reference
+from attention.reference import sage_attention_reference
+from attention.sage import sage_attention
 from attention.reference import to_hnd
 from attention.sage import KernelsUnavailable, agreement
 

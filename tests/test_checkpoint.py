@@ -5,7 +5,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from quant import Checkpoint, CheckpointError, ModelInfo, convert, detect, tiny
+from quant import Checkpoint, CheckpointError, convert, tiny
+from quant.model_info import ModelInfo, detect
 from quant.policy import should_quantize
 from helpers import write_tiny
 

@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 import quant
 from quant import Checkpoint, CheckpointError, Options, convert, tiny
+from quant.policy import should_quantize
 from helpers import REPO, write_tiny
 
 convert_module = importlib.import_module("quant.convert")  # the package exports a function of that name
@@ -35,7 +36,7 @@ def test_output_is_the_hosts_mixed_precision_format(tmp_path, fp8, granularity, 
     report = convert(str(src), str(tmp_path / "out.safetensors"), Options(fp8=fp8, granularity=granularity))
     out, meta = read(tmp_path / "out.safetensors")
     layers = json.loads(meta["_quantization_metadata"])["layers"]
-    quantized = [k for k in sd if quant.should_quantize(k, 2)]
+    quantized = [k for k in sd if should_quantize(k, 2)]
     assert sorted(layers) == sorted(k[:-7] for k in quantized) and report.quantized == len(quantized) == 24
     for k in quantized:
         layer = k[:-7]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import helpers
 
-from quant import dequantize_weight, fp8_linear, quantize_weight, quantize_weight_chunked
+from quant.fp8 import dequantize_weight, fp8_linear, quantize_weight, quantize_weight_chunked
 from quant import fp8, fp8_plan
 from quant.fp8 import relative_error
 from quant.fp8_plan import scaled_mm_plan

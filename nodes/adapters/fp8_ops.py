@@ -1,6 +1,6 @@
 """FP8 Linear layers for one model on the host's mixed-precision ops (no global patch), with an FP8 layout of our own
 for per-tensor and per-channel weights (registered, so the host's LoRA re-quantization and lowvram casting handle it)
-and "fp8 matmul": FP8 products with a dynamic per-token activation scale (quant.fp8_linear) instead of the host's
+and "fp8 matmul": FP8 products with a dynamic per-token activation scale (quant.fp8.fp8_linear) instead of the host's
 static input scale of 1.0."""
 import torch
 import comfy.float
