@@ -205,6 +205,29 @@ def test_bad_arguments():
         sage_attention(q.to(torch.float64), k, v)
 
 
+@pytest.mark.parametrize("version,capability,miscounts", [("1.0.6", (8, 9), True), ("2.2.0", (8, 6), True),
+                                                           ("2.2.0", (8, 9), False), ("2.2.0", (9, 0), False)])
+def test_ragged_keys_go_exact_where_the_installed_kernels_miscount_padding(monkeypatch, version, capability,
+                                                                           miscounts):
+    # 1.x's kernels everywhere, and 2.x's Triton kernel on sm86, count a ragged last 64-key block's padding
+    # (test_kernel_padding_bug_at_257_keys_and_our_fix); calls of whole blocks, or of 16384+ keys, keep the kernels.
+    monkeypatch.setattr(sage, "installed_packages", lambda: (version, True))
+    monkeypatch.setattr(sage, "device_capability", lambda device: capability)
+    cuda = torch.device("cuda")
+    assert (sage.miscounted_padding(257, cuda) is not None) == miscounts
+    assert sage.miscounted_padding(256, cuda) is None and sage.miscounted_padding(16385, cuda) is None
+
+
+def test_the_kernels_get_head_dims_of_unit_stride(monkeypatch):
+    # sageattention's kernels index the head dim without its stride: a transposed view would read the wrong values.
+    seen = []
+    monkeypatch.setattr(sage, "_kernel", lambda q, k, v, **kw: (seen.append([t.stride(-1) for t in (q, k, v)]), q)[1])
+    monkeypatch.setattr(sage, "installed_packages", lambda: ("2.2.0", True))
+    q = torch.randn(1, 2, 64, 128).half().transpose(-1, -2)     # [1, 2, 128, 64], stride(-1) 128
+    sage._kernel_call(q, q, q, "HND", False, None)
+    assert seen == [[1, 1, 1]]
+
+
 def test_kernel_wrapper_with_the_real_kernels(monkeypatch, tmp_path):
     """Our CUDA-path wrapper (K smoothing out of place, head-dim padding, smooth_k=False) calling the installed
     sageattention 1.0.6 `sageattn` itself, its Triton kernels under the interpreter, in a subprocess. On a GPU the

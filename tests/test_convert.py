@@ -53,6 +53,14 @@ def test_output_is_the_hosts_mixed_precision_format(tmp_path, fp8, granularity, 
     assert ours["model"] == "SkyReels-V2 I2V custom (dim 256), 2 blocks"
     assert set(ours["errors"]) == set(layers)
     assert max(ours["errors"].values()) <= (0.035 if fp8 == "e4m3fn" else 0.07)
+    # Every tensor starts at an offset aligned for its dtype (SafetensorsWriter's promise to readers that view the
+    # mapped bytes as tensors): the data after an 8-aligned header, larger element sizes first.
+    with open(tmp_path / "out.safetensors", "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    sizes = {"F8_E4M3": 1, "F8_E5M2": 1, "U8": 1, "BF16": 2, "F16": 2, "F32": 4}
+    assert n % 8 == 0 and not [k for k, h in header.items()
+                               if k != "__metadata__" and h["data_offsets"][0] % sizes[h["dtype"]]]
 
 
 def test_keep_blocks_and_fp32_source(tmp_path):
@@ -590,6 +598,21 @@ def test_auto_loads_an_fp8_file_with_kept_blocks_as_it_is(tmp_path):
     assert sd["blocks.1.self_attn.q.weight"].dtype == torch.float8_e4m3fn, summary
     assert summary.scheme == "fp8 e4m3fn per-tensor" and summary.quantized == 10, summary     # block 1 as the file has it
     assert fp8["blocks.0.self_attn.q.weight"].dtype == torch.float8_e4m3fn
+
+
+def test_kept_blocks_of_an_fp8_file_load_dequantized(tmp_path):
+    # keep_first_blocks on an FP8 file: those blocks' weights come in bf16 (the file's values times their scales, no
+    # scale left beside them); the other blocks stay FP8.
+    from quant.formats import load_fp8_state_dict
+    from quant.fp8 import dequantize_weight
+    write_tiny(tmp_path / "src.safetensors", "T2V")       # 2 blocks
+    convert(str(tmp_path / "src.safetensors"), str(tmp_path / "fp8.safetensors"))
+    with Checkpoint(str(tmp_path / "fp8.safetensors")) as ckpt:
+        sd, summary = load_fp8_state_dict(ckpt, ckpt.model_info(), keep_first_blocks=1)
+        q, s = ckpt.load("blocks.0.self_attn.q.weight"), ckpt.load("blocks.0.self_attn.q.weight_scale")
+    assert not any(k.startswith("blocks.0.") and k.endswith(("weight_scale", "comfy_quant")) for k in sd)
+    assert torch.equal(sd["blocks.0.self_attn.q.weight"], dequantize_weight(q, s, torch.bfloat16))
+    assert sd["blocks.1.self_attn.q.weight"].dtype == torch.float8_e4m3fn and summary.quantized == 10, summary
 
 
 def test_a_legacy_scaled_fp8_file_is_described_by_its_own_fp8_type(tmp_path):

@@ -164,6 +164,12 @@ def test_w8a8_falls_back_to_upcast_and_counts_why(monkeypatch):
     y2 = fp8_linear(x, q, scale, mode="w8a8")
     assert torch.equal(y1, fp8_linear(x, q, scale, mode="upcast")) and torch.equal(y1, y2)
     assert fp8.fallback_reasons == {"weight shape (8, 24) is not a multiple of 16": 2}
+    # The output size too (a model with an ffn_dim not a multiple of 16): _scaled_mm's refusal there would have
+    # turned FP8 products off for every later layer.
+    q, scale = quantize_weight(torch.randn(24, 32))
+    y = fp8_linear(x := torch.randn(4, 32), q, scale, mode="w8a8")
+    assert torch.equal(y, fp8_linear(x, q, scale, mode="upcast"))
+    assert fp8.fallback_reasons["weight shape (24, 32) is not a multiple of 16"] == 1
 
 
 def test_chunked_quantization_leaves_an_fp32_weight_alone(weight):

@@ -229,8 +229,10 @@ def test_prefix_stays_clean_and_addnoise_only_changes_what_the_model_sees():
     assert torch.equal(out[:, :, :2], prefix)
     model_in, model_sigma = seen[0]
     assert model_sigma.tolist() == pytest.approx([0.02, 0.02])
-    # 0.98 * prefix + 0.02 * N(0, 1): close to the prefix, but not equal.
-    assert 0 < (model_in - 0.98 * prefix).abs().max().item() < 0.02 * 5
+    # SkyReels-V2's mix, 0.98 * prefix + 0.02 * the draw (the generator's first numbers); a model shown the prefix
+    # plus that noise unscaled was within the old bound |model_in - 0.98 prefix| < 0.1.
+    torch.testing.assert_close(model_in, 0.98 * prefix + 0.02 * torch.randn(prefix.shape,
+                                                                       generator=torch.Generator().manual_seed(0)))
     plain = []
     forcing.sample_window(lambda a, s: (plain.append(s[:2].clone()), toy_denoise(a, s))[1], x, sigmas, plan)
     assert plain[0].tolist() == [0.0, 0.0]
