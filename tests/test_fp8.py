@@ -39,6 +39,9 @@ def test_e5m2_round_trip_within_7_percent(weight, granularity):
     q, scale = quantize_weight(weight, dtype=E5M2, granularity=granularity)
     assert q.dtype == E5M2
     assert rel(q.float() * scale, weight) <= 0.07
+    # quant/scale.py's convention, for e5m2 too: each scale's largest magnitude is stored as the format's largest
+    top = q.float().abs().amax(dim=1)
+    assert (top.max() if granularity == "tensor" else top.min()) == torch.finfo(E5M2).max == 57344
 
 
 def test_per_channel_beats_per_tensor_on_uneven_rows(weight):
