@@ -496,6 +496,9 @@ def test_no_arguments_run_the_demo_and_one_path_is_refused(tmp_path):
     assert os.listdir(temp) == []
     proc = run_cli(tmp_path / "src.safetensors")
     assert proc.returncode == 2 and "give SRC and DST" in proc.stderr, proc.stderr
+    from convert_to_fp8 import parse_args      # an output with no source is refused too, not taken for the demo
+    with pytest.raises(SystemExit, match="2"):
+        parse_args(["--output_path", str(tmp_path / "out.safetensors")])
 
 
 @pytest.mark.parametrize("dst, flags, message", [

@@ -522,7 +522,7 @@ def test_model_id_is_found_where_it_was_downloaded(host, tmp_path, monkeypatch, 
 
 def test_sizes_frames_and_counts_are_read_as_comfyui_and_skyreels_v2_read_them(tmp_path, capsys):
     from PIL import Image
-    from generate_video_fp8 import check_flags, parse_args, read_source
+    from generate_video_fp8 import check_flags, parse_args, read_source, video_size
     # a phone's portrait clip: stored 64x32, turned 90 degrees when played (and by ComfyUI's Load Video)
     write_clip(tmp_path / "phone.mp4", 20, 64, 32, rotation=90)
     assert read_source(parse_args(["--video_path", str(tmp_path / "phone.mp4")])) == (32, 64, 20)
@@ -531,6 +531,9 @@ def test_sizes_frames_and_counts_are_read_as_comfyui_and_skyreels_v2_read_them(t
     exif[0x0112] = 6
     Image.new("RGB", (80, 48)).save(tmp_path / "photo.jpg", exif=exif)
     assert read_source(parse_args(["--image", str(tmp_path / "photo.jpg")])) == (48, 80, 1)
+    # SkyReels-V2 turns the video for a portrait picture only: a square one keeps the landscape size
+    assert [video_size(parse_args(["--resolution", "540P"]), source) for source in ((48, 80, 1), (64, 64, 1))] == [
+        (544, 960), (960, 544)]
     # SkyReels-V2 makes (n - 1) // 4 + 1 latent frames of any n: its README's --num_frames 120 is 117 frames
     args = parse_args(["--num_frames", "120", "--overlap_history", "19"])
     check_flags(args)

@@ -392,6 +392,9 @@ for fmt in ("fp8_e4m3fn (per-channel)", "bf16"):
     finally:
         comfy.cli_args.args.fp8_e4m3fn_unet = False
     result[fmt] = dict(rel=rel(out, base), kept=kept, base_kept=base_kept, report=report, base_report=base_report)
+from skyreels_pack.nodes.adapters import run_report
+fp16 = load("t2v_bf16.safetensors", "fp16")
+result["fp16"] = [run_report.weights_summary(fp16[0])[0], fp16[1]]
 comfy.cli_args.args.force_fp16 = comfy.cli_args.args.fp16_unet = True    # --force-fp16, as cli_args sets it
 try:
     result["--force-fp16"] = run("fp8_e4m3fn (per-channel)")[2]
@@ -417,6 +420,8 @@ def test_comfyui_weight_dtype_option_leaves_the_kept_tensors_alone(host, tmp_pat
                                       "loader's, the other tensors stay float32"), r["--force-fp16"]
     # weight_format bf16 names its dtype, which the option does not change either
     assert r["bf16"]["rel"] == 0.0 and r["bf16"]["kept"] == r["bf16"]["base_kept"], r["bf16"]
+    # weight_format fp16: the weights are float16, as its report says
+    assert r["fp16"][0] == "Linear weights: 26 float16" and "float16" in r["fp16"][1], r["fp16"]
 
 
 PATCHES = r"""

@@ -64,6 +64,9 @@ result["original_untouched_after"] = "optimized_attention_override" not in patch
 kept = PatchSageAttention.execute(patcher, "reference", 1, 0, 1, 0.995).args[0]
 ksample(kept)
 result["kept"] = dict(override_of(kept).counts)
+last = PatchSageAttention.execute(patcher, "reference", 0, 1, 0, 0.995).args[0]
+ksample(last)
+result["last kept"] = dict(override_of(last).counts)
 records.clear()
 all_kept = PatchSageAttention.execute(patcher, "reference", 60, 0, 0, 0.995).args[0]   # the model has 2 blocks
 ksample(all_kept)
@@ -299,6 +302,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert r["sageattn"] == {**r["sageattention"]}  # the old name: the same decision, the same result
     # keep block 0 and step 0 exact: step 0 is all exact (4 calls), step 1 has block 0 exact (2) and block 1 sage.
     assert r["kept"] == {"sage": 2, "exact": 6}
+    assert r["last kept"] == {"sage": 4, "exact": 4}     # exact_last_blocks 1: block 1 of 2 exact in both steps
     # 4 steps of 4 calls, the first exact, in two passes as in one (the second pass's first step was exact too)
     assert r["split"] == [{"sage": 12, "exact": 4}] * 2 and r["ddim_uniform"] == r["split"][1], r
     assert r["original_untouched"] and r["original_untouched_after"]

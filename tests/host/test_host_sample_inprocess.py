@@ -7,7 +7,7 @@ from in_host import SETUP, write_models
 RUN = r"""
 import comfy.utils
 from comfy_extras.nodes_model_advanced import ModelComputeDtype, RescaleCFG   # before generate_video_fp8 puts the pack first
-from skyreels_pack.nodes.sample import SampleVideo
+from skyreels_pack.nodes.sample import SampleVideo, window_positives
 from generate_video_fp8 import write_tiny_vae
 write_tiny_vae(os.path.join({folder!r}, "vae.safetensors"))
 vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join({folder!r}, "vae.safetensors")))
@@ -149,6 +149,7 @@ result = dict(
     window_extra=[(extra["samples"] - two_prompts).abs().max().item(),
                   [l for l in extra_report.splitlines() if l.startswith("window_prompts")]],
     window_gap=(gap - full).abs().max().item(),
+    window_carry=window_positives("positive", {{"window_2": "two", "window_4": "four"}}),
     images_shape=list(two_images.shape), no_vae_images=[type(no_vae_images).__name__, no_vae_images.message],
     updates=updates, report=report, orientation=orientation, addnoise=addnoise,
     fps_24_vs_30=(f24 - f30).abs().max().item(), fps_24_vs_16=(f24 - f16).abs().max().item(),
@@ -267,6 +268,7 @@ def test_sample_video_in_process(host, tmp_path):
     # window_2's prompt: the first window is as it was, the second is not; a prompt more than windows is named
     assert r["window_first"] == 0.0 and r["window_later"] > 1e-3, r
     assert r["window_gap"] == 0.0, r
+    assert r["window_carry"] == ["two", "two", "four"], r       # the one before, not the first positive
     assert r["window_extra"] == [0.0, ["window_prompts: 2 given for 1 later window(s); the last 1 not used"]], r
     assert r["images_shape"] == [2 * 21, 32, 32, 3]      # the images output: both videos' 21 frames, as VAE Decode
     assert r["no_vae_images"] == ["ExecutionBlocker", "Sample Video: images needs a vae connected (it decodes each "

@@ -34,7 +34,14 @@ result["ours"] = sample(ours)[1]
 # ModelSamplingSD3: shift 0 uses it, another shift overrides it (and says so once).
 patched = ModelSamplingSD3().patch(ours, 3.0)[0]
 zero, zero_report = sample(patched, shift=0.0)[:2]
-three = sample(ours, shift=3.0)[0]
+three, three_report = sample(ours, shift=3.0)[:2]
+result["three report"] = three_report        # no ModelSamplingSD3 on the MODEL: nothing overridden to name
+# Standard mode guides at any cfg (SkyReels-V2's T2V / I2V pipelines, the host); only diffusion forcing not below 1.
+result["standard cfg 0.5"] = sample(ours, mode="standard", cfg=0.5)[1]
+# The weights line names the host's own per-tensor FP8 layout as ours.
+from skyreels_pack.nodes.adapters import run_report
+core_fp8 = comfy.sd.load_diffusion_model(os.path.join({folder!r}, "t2v_fp8_tensor.safetensors"))
+result["core fp8 weights"] = run_report.weights_summary(core_fp8)[0]
 eight = [sample(patched, shift=8.0)[1] for _ in range(2)]
 result["shift 0 = shift 3"] = torch.equal(zero["samples"], three["samples"])
 result["zero report"] = zero_report
@@ -86,6 +93,9 @@ def test_sample_video_says_what_it_does_not_use(host, tmp_path):
     assert r["log"].count(overridden) == 1, r["log"]
     assert r["eight report"].endswith("\n" + overridden[len("Sample Video: "):]), r["eight report"]   # and the report
     assert "ModelSamplingSD3" not in r["zero report"]
+    assert "shift 3;" in r["three report"] and "ModelSamplingSD3" not in r["three report"], r["three report"]
+    assert ", cfg 0.5, " in r["standard cfg 0.5"].splitlines()[0] and "guides only" not in r["standard cfg 0.5"]
+    assert r["core fp8 weights"] == "Linear weights: 20 float8_e4m3fn (per-tensor), 6 float32", r["core fp8 weights"]
     assert r["no flow shift"] == ("Sample Video: shift: 0 takes the MODEL's flow shift, but its model sampling "
                                   "(ModelSamplingAdvanced) has none; set a shift (SkyReels-V2: 8.0)"), r
     assert r["eps runs"]

@@ -54,7 +54,11 @@ result["df"] = dict(rows=rows, line=df, long=long)
 # core KSampler (euler: one call per step, cond and uncond batched)
 cached = TeaCache.execute(model, 1e9, False).args[0]
 latent = {{"samples": torch.zeros(1, 16, 3, 4, 4)}}
+areas, coefficients = [], teacache.coefficients    # I2V's coefficients go by the video's pixel area (540P / 720P)
+teacache.coefficients = lambda i2v, dim, area, retention: areas.append(area) or coefficients(i2v, dim, area, retention)
 core.common_ksampler(cached, 1, 6, 3.0, "euler", "simple", pos, neg, latent)
+teacache.coefficients = coefficients
+result["areas"] = sorted(set(areas))
 cache = cached.model_options["transformer_options"]["skyreels_teacache"]
 result["ksampler"] = [cache.calls, cache.skipped, len(cache.streams)]
 # two positive prompts in one batch: each its own stream (their order changes nothing)
@@ -135,6 +139,7 @@ def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
     # two windows of 6 steps, each starting over: 2 x 2 x (6 - 2)
     assert d["long"] == ["TeaCache: 16 of 24 model calls skipped (threshold 1e+09; cond and uncond counted apart)"]
     assert r["ksampler"] == [12, 8, 0]          # ... and nothing kept once sampling ends
+    assert r["areas"] == [32 * 32], r["areas"]   # the 4x4 latent's pixels (8x8 each), not its latent area
     assert r["two prompts"] <= 1e-5, r
     assert r["heun"]
     assert r["twice"] == "TeaCache: model: already has TeaCache (SkyReels-V2); use one TeaCache node", r["twice"]
