@@ -151,6 +151,8 @@ def test_pth_loads_with_weights_only(tmp_path):
     # A training checkpoint: the weights beside other things, one level deeper, under DDP's "module." prefix.
     torch.save({"epoch": 3, "model": {"state_dict": {"module." + k: v for k, v in sd.items()}}}, tmp_path / "t.pt")
     assert_same(Checkpoint(str(tmp_path / "t.pt")), sd)
+    torch.save({"module": sd, "epoch": 3}, tmp_path / "ds.pt")        # DeepSpeed's {"module": state dict, ...}
+    assert_same(Checkpoint(str(tmp_path / "ds.pt")), sd)
     torch.save({"epoch": 3, "step": 10}, tmp_path / "no_weights.pt")
     with pytest.raises(CheckpointError, match=re.escape("no_weights.pt: not a state dict of tensors (it holds a dict "
                                                         "of epoch, step); save the model's state_dict alone, or use "

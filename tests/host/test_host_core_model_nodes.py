@@ -98,6 +98,12 @@ SampleVideo.execute(pytorch(sage(load("df_bf16.safetensors")[0])), pos, neg, **n
         base_num_frames=97, overlap_history=17, ar_step=0, causal_block_size=1, addnoise_condition=0,
         causal_attention=True)))
 result["backend, causal"] = dict(lines=[l for l in lines if "not used" in l])
+# Patch SageAttention twice in a row (e.g. a blueprint's and one of the user's): the later one runs, as designed,
+# and nothing says the earlier was "replaced by another override".
+lines.clear()
+twice = sage(sage(ours))
+ksample(twice)
+result["sage twice"] = dict(lines=[l for l in lines if "not used" in l], counts=override(twice).counts)
 """
 
 
@@ -115,6 +121,8 @@ def test_patch_sage_attention_replaced_by_a_later_attention_override_is_logged(h
         "optimized_attention_override (ModelPatcher, comfy); ComfyUI runs one per model, the last applied (apply "
         "Patch SageAttention after that node to use it)"], replaced                 # once, for two runs
     assert replaced["counts"] is None, replaced             # the override that ran is the host's
+    # Patch SageAttention twice in a row: the later one runs, and nothing calls the earlier one "replaced"
+    assert r["sage twice"]["lines"] == [] and r["sage twice"]["counts"]["sage"] > 0, r["sage twice"]
     # Under Sample Video's causal attention (which wraps the override it finds) the line names the same override,
     # not Sample Video's own wrapper
     assert r["backend, causal"]["lines"] == replaced["lines"], r["backend, causal"]

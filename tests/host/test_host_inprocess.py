@@ -114,6 +114,22 @@ act_quant._key = lambda x, per_tensor: None   # no reuse at all
 alone = forward()
 result = dict(counts, alone=len(quantized), equal=bool(torch.equal(shared, alone)), report=report,
               blocks=len(model.blocks), left_open=left_open, depths=depths)
+# Where the FP8 product cannot run (here: a reason made up for the test), the log says so once: core's KSampler has
+# no report to say it.
+import logging
+from skyreels_pack.quant import fp8
+warned = []
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda r: warned.append(r.getMessage())
+logging.getLogger("skyreels_fp8").addHandler(handler)
+real_plan = fp8._w8a8_plan
+fp8._w8a8_plan = lambda x, w, s: (None, "a reason made up for the test")
+try:
+    forward()
+    forward()
+finally:
+    fp8._w8a8_plan = real_plan
+result["fallback_logs"] = [m for m in warned if "fp8 matmul" in m]
 """
 
 
@@ -128,6 +144,8 @@ def test_h_attention_quantizes_its_shared_input_once(host, tmp_path):
     # (it stayed open for the session: every inference tensor would have counted as shared)
     assert r["left_open"] == 1 and r["depths"] == [0], r
     assert "compute: fp8 matmul (cpu device: no FP8 tensor cores);" in r["report"], r
+    # where an FP8 product cannot run, the log says so once (core KSampler shows no report)
+    assert r["fallback_logs"] == ["fp8 matmul unavailable (a reason made up for the test); using upcast"], r
 
 
 MULTIGPU = r"""
@@ -460,6 +478,23 @@ def test_report_tells_loras_bypass_loras_and_merges_apart(host, tmp_path):
                           "added": ["weight patches (model merge): 69 weights"]}, r["lines"]
     for name, message in r["parallel"].items():
         assert "a weight patch of type list (a model merge" in message, (name, message)
+
+
+def test_fp8_files_load_without_the_hosts_missing_keys_warning(host, tmp_path):
+    # Our FP8 layers take their weights under the host's names: the host's "unet missing: [...]" warning, which reads
+    # as a broken model, must not come. Compute upcast, as the user chose it, gets no "why not fp8 matmul" note.
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + r"""
+import logging
+warned = []
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda record: warned.append(record.getMessage())
+logging.getLogger().addHandler(handler)
+reports = [load(name)[1] for name in ("t2v_fp8_channel.safetensors", "t2v_fp8_tensor.safetensors")]
+result = dict(missing=[m[:200] for m in warned if "missing" in m], reports=reports)
+""")
+    assert r["missing"] == [], r
+    assert all("; compute: upcast; " in report for report in r["reports"]), r["reports"]
 
 
 def test_tensors_the_model_does_not_use_are_named_in_its_report(host, tmp_path):

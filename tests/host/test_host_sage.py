@@ -274,6 +274,57 @@ result["exact_is_pytorch"] = rel(fresh("disabled")(global_8_bit, q, k, v, 2, tra
 override = fresh()
 override(attention_pytorch, q, k, v, 2, transformer_options=to, low_precision_attention=False)
 result["low_precision_false"] = dict(override.counts)
+# Calls Wan never makes, which the host handles itself: a mask (8-bit kernels take none) and an explicit scale stay
+# exact. The guard cannot see either: it compares with exact attention run without them.
+override = fresh()
+mask = torch.zeros(1, 128, 128)
+mask[:, :, 96:] = float("-inf")
+out = override(attention_pytorch, q, k, v, 2, mask=mask, transformer_options={"block_index": 4})
+result["masked"] = [dict(override.counts), rel(out, attention_pytorch(q, k, v, 2, mask=mask))]
+override = fresh()
+out = override(attention_pytorch, q, k, v, 2, transformer_options={"block_index": 4}, scale=0.5)
+result["scaled"] = [dict(override.counts), rel(out, attention_pytorch(q, k, v, 2, scale=0.5))]
+# The host's [B, heads, L, D] layout (skip_reshape: Flux, Wan S2V's audio attention) through this pack's own kernel
+qh, kh, vh = (t.view(1, 128, 2, 64).transpose(1, 2) for t in (q, k, v))
+flat = fresh()(attention_pytorch, q, k, v, 2, transformer_options={"block_index": 4})   # the host's own layout
+result["hnd"] = []
+for skip_out in (True, False):
+    override = fresh()
+    out = override(attention_pytorch, qh, kh, vh, 2, skip_reshape=True, skip_output_reshape=skip_out,
+                   transformer_options={"block_index": 4})
+    out = out.transpose(1, 2).reshape(1, 128, 128) if skip_out else out
+    result["hnd"].append([dict(override.counts), rel(out, flat)])     # the same 8-bit attention, either layout
+# Memory running out inside the host's comfy-kitchen kernel goes up as it is (ComfyUI frees models, the next run may
+# fit); it must not turn comfy-kitchen off for the rest of the session.
+override = fresh("comfy-kitchen int8")
+override.backends[q.device] = ("comfy-kitchen int8", "as on a GPU")
+def kitchen_oom(*a, **kw):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = kitchen_oom
+try:
+    override(attention_pytorch, q, k, v, 2, transformer_options={"block_index": 6})
+    result["oom"] = "not raised"
+except torch.OutOfMemoryError:
+    result["oom"] = "raised"
+result["oom"] = [result["oom"], sage_override.FAILED.pop("comfy-kitchen int8", None)]
+# The report's lines: every FP8 product fell back (an RTX 30xx with compute "fp8 matmul"), and macOS's peak RSS
+# (ru_maxrss in bytes there, KiB elsewhere).
+result["all_fell"] = run_report.matmul_summary(True, True, {"w8a8": 0, "fallback": 40, "upcast": 40},
+                                               torch.bfloat16, ["torch._scaled_mm failed: no kernel"])
+import builtins, collections, resource, types, psutil
+real = builtins.open, psutil.Process.memory_info, sys.platform, resource.getrusage
+def no_proc(path, *a, **kw):
+    if str(path).startswith("/proc/self/"):     # VmHWM, clear_refs
+        raise OSError("no /proc")
+    return real[0](path, *a, **kw)
+builtins.open = no_proc
+psutil.Process.memory_info = lambda self: collections.namedtuple("pmem", "rss vms")(100 * 2**20, 0)
+sys.platform = "darwin"
+resource.getrusage = lambda who: types.SimpleNamespace(ru_maxrss=3 * 2**30)
+try:
+    result["mac_peak"] = run_report.Meter(torch.device("cpu")).finish().memory
+finally:
+    builtins.open, psutil.Process.memory_info, sys.platform, resource.getrusage = real
 """
 
 
@@ -303,6 +354,16 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     # keep block 0 and step 0 exact: step 0 is all exact (4 calls), step 1 has block 0 exact (2) and block 1 sage.
     assert r["kept"] == {"sage": 2, "exact": 6}
     assert r["last kept"] == {"sage": 4, "exact": 4}     # exact_last_blocks 1: block 1 of 2 exact in both steps
+    # Calls the host makes for other models: a mask or a scale stays exact (the guard compares without either, so it
+    # could not see them dropped); the host's [B, heads, L, D] layout (skip_reshape) is read as such.
+    assert r["masked"][0] == {"sage": 0, "exact": 1} and r["masked"][1] <= 1e-6, r["masked"]
+    assert r["scaled"][0] == {"sage": 0, "exact": 1} and r["scaled"][1] <= 1e-6, r["scaled"]
+    assert all(c == {"sage": 1, "exact": 0} and e <= 1e-6 for c, e in r["hnd"]), r["hnd"]
+    # memory running out in comfy-kitchen's kernel goes up, and leaves comfy-kitchen on for the next call
+    assert r["oom"] == ["raised", None], r["oom"]
+    # the report: every FP8 product fell back (its reason named), and macOS's ru_maxrss in bytes
+    assert r["all_fell"] == "matmul: fp8 unavailable here, upcast (40 products: torch._scaled_mm failed: no kernel)"
+    assert r["mac_peak"] == "peak RSS 3072 MiB (process, since ComfyUI started; 100 MiB before the run)", r["mac_peak"]
     # 4 steps of 4 calls, the first exact, in two passes as in one (the second pass's first step was exact too)
     assert r["split"] == [{"sage": 12, "exact": 4}] * 2 and r["ddim_uniform"] == r["split"][1], r
     assert r["original_untouched"] and r["original_untouched_after"]

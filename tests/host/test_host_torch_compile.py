@@ -143,6 +143,18 @@ for name, patcher in models.items():
         result[f"{{name}} {{case}}"] = sorted({{str(n.target) for g in graphs for n in g.graph.nodes
                                            if n.op == "call_function" and any(
             getattr(getattr(a, "meta", {{}}).get("val"), "dtype", None) in FP8 for a in (*n.args, n))}})
+# A layer whose weight is on another device than its input (offloaded) casts it uncompiled too; one on the input's
+# device is left to the graph.
+from skyreels_pack.nodes.adapters import fp8_ops
+layer = load("t2v_fp8_channel.safetensors")[0].model.diffusion_model.blocks[0].ffn[0]
+routed, real_uncompiled = [], fp8_ops._uncompiled
+fp8_ops._uncompiled = lambda fn, *a, **k: routed.append(str(a[0].device)) or "uncompiled"
+try:
+    layer.forward_comfy_cast_weights(torch.zeros(2, layer.in_features))
+    away = layer.forward_comfy_cast_weights(torch.zeros(2, layer.in_features, device="meta"))
+finally:
+    fp8_ops._uncompiled = real_uncompiled
+result["offloaded"] = [away, routed]
 """
 
 
@@ -161,3 +173,4 @@ def test_compiled_graph_reads_fp8_only_through_one_opaque_op(host, tmp_path):
         for case in ("loaded", "low VRAM + LoRA"):
             assert r[f"{name} {case}"] == ["skyreels_fp8.dequantize.default"], (case, r)
     assert "aten.clone.default" in r["core loaded"], r
+    assert r["offloaded"] == ["uncompiled", ["meta"]], r

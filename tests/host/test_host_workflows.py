@@ -231,3 +231,24 @@ def test_every_link_names_the_slots_that_hold_it():
             assert link_id in (nodes[a]["outputs"][out].get("links") or []), (name, link_id)
             assert nodes[b]["inputs"][into]["link"] == link_id and nodes[b]["inputs"][into]["type"] in (kind, "*"), \
                 (name, link_id, nodes[b]["inputs"][into]["name"])
+
+
+def test_ui_to_api_refuses_values_that_do_not_fit_and_muted_nodes():
+    # generate_video_fp8.py sends the shipped workflows through ui_to_api: a host whose node lost a widget (or a
+    # workflow from another version) is named, not sent with every later value on the wrong widget; a muted or
+    # bypassed node is refused, never run as if active.
+    info = {"KSampler": {"input": {"required": {"seed": ["INT", {"control_after_generate": True}],
+                                                "steps": ["INT", {}], "model": ["MODEL", {}]}},
+                         "input_order": {"required": ["seed", "steps", "model"]}}}
+
+    def workflow(values, mode=0):
+        return {"nodes": [{"id": 3, "type": "KSampler", "mode": mode, "widgets_values": values, "inputs": []}],
+                "links": []}
+
+    assert ui_to_api(workflow([7, "fixed", 20]), info) == {"3": {"class_type": "KSampler",
+                                                                 "inputs": {"seed": 7, "steps": 20}}}
+    with pytest.raises(ValueError, match=r"^node 3 \(KSampler\): 4 widget values for 3$"):
+        ui_to_api(workflow([7, "fixed", 20, "euler"]), info)
+    for mode in (2, 4):     # the frontend's muted and bypassed
+        with pytest.raises(ValueError, match=r"^node 3 \(KSampler\) is muted or bypassed; not supported$"):
+            ui_to_api(workflow([7, "fixed", 20], mode), info)
