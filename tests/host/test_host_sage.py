@@ -311,8 +311,8 @@ result["oom"] = [result["oom"], sage_override.FAILED.pop("comfy-kitchen int8", N
 # (ru_maxrss in bytes there, KiB elsewhere).
 result["all_fell"] = run_report.matmul_summary(True, True, {"w8a8": 0, "fallback": 40, "upcast": 40},
                                                torch.bfloat16, ["torch._scaled_mm failed: no kernel"])
-import builtins, collections, resource, types, psutil
-real = builtins.open, psutil.Process.memory_info, sys.platform, resource.getrusage
+import builtins, collections, types, psutil
+real = builtins.open, psutil.Process.memory_info, sys.platform, sys.modules.get("resource")
 def no_proc(path, *a, **kw):
     if str(path).startswith("/proc/self/"):     # VmHWM, clear_refs
         raise OSError("no /proc")
@@ -320,11 +320,17 @@ def no_proc(path, *a, **kw):
 builtins.open = no_proc
 psutil.Process.memory_info = lambda self: collections.namedtuple("pmem", "rss vms")(100 * 2**20, 0)
 sys.platform = "darwin"
-resource.getrusage = lambda who: types.SimpleNamespace(ru_maxrss=3 * 2**30)
+# macOS's resource module, put in place (Windows has none to patch): ru_maxrss 3 GiB, in bytes as macOS counts it
+sys.modules["resource"] = types.SimpleNamespace(RUSAGE_SELF=0, getrusage=lambda who: types.SimpleNamespace(
+    ru_maxrss=3 * 2**30))
 try:
     result["mac_peak"] = run_report.Meter(torch.device("cpu")).finish().memory
 finally:
-    builtins.open, psutil.Process.memory_info, sys.platform, resource.getrusage = real
+    builtins.open, psutil.Process.memory_info, sys.platform = real[:3]
+    if real[3] is None:
+        del sys.modules["resource"]
+    else:
+        sys.modules["resource"] = real[3]
 """
 
 
