@@ -73,10 +73,6 @@ class ConvertToFP8(io.ComfyNode):
         src = model_files.resolve(model_name)
         output_name = _output_name(src, output_name, fp8_type, GRANULARITY.get(granularity))
         dst = model_files.output_path(output_name)
-        shadow = model_files.shadowed_by(dst)
-        if shadow:
-            raise ValueError(f"output_name {output_name!r}: {shadow} has this name in a folder ComfyUI lists first, so "
-                             "the loaders would load that file, not this one; choose another name")
         made = _missing_folders(os.path.dirname(dst))
         try:
             os.makedirs(os.path.dirname(dst), exist_ok=True)    # subfolders are made, as Save Image makes its own

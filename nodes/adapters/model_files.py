@@ -93,7 +93,8 @@ def signature(path):
 
 
 def output_path(name):
-    """Where Convert to FP8 may write `name`: inside the first diffusion_models folder, never above it. Names follow
+    """Where Convert to FP8 may write `name`: inside the first diffusion_models folder, never above it, and not
+    under a name that a folder ComfyUI lists before it holds (the loaders would open that file). Names follow
     Windows' rules on every OS ('/' or '\\' for subfolders), so a workflow saves the same everywhere."""
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or os.path.isabs(name):   # "\\\\server\\share" too
@@ -113,6 +114,13 @@ def output_path(name):
     path = os.path.realpath(os.path.join(root, *parts))
     if not _inside(root, path):
         raise ValueError(f"output_name {name!r} leads outside models/{FOLDER} (through a link)")
+    for other in folder_paths.get_folder_paths(FOLDER):    # ComfyUI's own order (folder_paths.get_full_path)
+        if os.path.realpath(other) == root:
+            break
+        shadow = os.path.join(other, os.path.relpath(path, root))
+        if os.path.isfile(shadow):
+            raise ValueError(f"output_name {name!r}: {shadow} has this name in a folder ComfyUI lists first, so the "
+                             "loaders would load that file, not this one; choose another name")
     return path
 
 
@@ -132,19 +140,6 @@ def shown(path):
     # Another folder (extra_model_paths.yaml's is_default; models/unet where models/diffusion_models is missing):
     # its own path, not a models/diffusion_models/... that does not hold the file
     return f"{path} (the first {FOLDER} folder ComfyUI lists that can be written)"
-
-
-def shadowed_by(path):
-    """The file the loaders would open for `path`'s name (relative to the output folder) if it is another one: a
-    folder ComfyUI lists before the output folder (models/unet, an extra path) holds the same name."""
-    out = os.path.realpath(_output_folder())
-    name = os.path.relpath(path, out)
-    for root in folder_paths.get_folder_paths(FOLDER):    # ComfyUI's own order (folder_paths.get_full_path)
-        if os.path.realpath(root) == out:
-            return None
-        if os.path.isfile(os.path.join(root, name)):
-            return os.path.join(root, name)
-    return None
 
 
 def _output_folder():
