@@ -18,7 +18,6 @@ from ..quant.fp8_plan import device_plan, fused_quant_available
 from .adapters import fps, model_files
 from .adapters.ffn import gelu_in_place
 from .adapters.fp8_ops import make_operations, share_attention_inputs
-from .adapters.parallel_run import RECIPE
 
 WAN_DTYPES = comfy.supported_models.WAN21_T2V.supported_inference_dtypes
 # ComfyUI's options that set the dtype its loader stores a model in (comfy.model_management.unet_dtype)
@@ -110,7 +109,7 @@ def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, 
     recipe = dict(path=path, weight_format=weight_format, compute=compute, keep_first_blocks=keep_first_blocks,
                   keep_last_blocks=keep_last_blocks)
     patcher.cached_patcher_init = (functools.partial(load, **recipe), (), 0)
-    patcher.set_attachments(RECIPE, recipe)
+    patcher.set_attachments(model_files.RECIPE, recipe)
     report = f"{info.describe()}, {summary.describe()}; compute: {compute_used}; file: {summary.source}"
     if fps_sd:
         fps.install(patcher, fps_sd)

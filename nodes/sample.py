@@ -195,8 +195,6 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
                  vae=None, start_image=None, end_image=None, prefix_video=None, latent=None, window_prompts=(),
                  noise=NOISE[0], **df_options):
     """One run on this process's device: (samples, report, images: None without a vae); `df_options`: DF widgets."""
-    if set(df_options) != set(DF_DEFAULTS):   # all of them, always (execute fills in the defaults)
-        raise TypeError(f"sample_video: DF options {sorted(df_options)}, expected {sorted(DF_DEFAULTS)}")
     if mode == "diffusion forcing" and model.model_options.get("context_handler") is not None:
         fail("mode: diffusion forcing makes long videos in its own windows (base_num_frames, overlap_history), with a "
              "noise level per frame that the MODEL's context windows (e.g. Wan Context Windows) cannot split; remove "

@@ -7,10 +7,11 @@ import comfy.ops
 import torch
 from comfy.patcher_extension import WrappersMP
 
+from .model_files import RECIPE     # set by Load FP8 SkyReels Model
+
 KEY = "skyreels_fps"          # transformer_options key the Sample Video node sets; absent means 24 fps
 DEFAULT_FPS = 24
 DF_1_3B_DIM = 1536            # the only SkyReels-V2 model with an fps embedding is DF-1.3B
-LOADED_BY_US = "skyreels_recipe"   # parallel_run.RECIPE, the attachment Load FP8 SkyReels Model sets (no import: a cycle)
 
 
 def split_fps_keys(sd):
@@ -51,7 +52,7 @@ def lost(model):
     without one came from a file without it (e.g. Wan 2.1 T2V-1.3B, core's text_to_video_wan model): none was lost."""
     dm = model.model.diffusion_model
     if (model.get_wrappers(WrappersMP.DIFFUSION_MODEL, KEY) or (dm.dim, dm.in_dim) != (DF_1_3B_DIM, 16)
-            or getattr(model, "attachments", {}).get(LOADED_BY_US) is not None):
+            or getattr(model, "attachments", {}).get(RECIPE) is not None):
         return None
     return ("fps: not applied: this 1.3B MODEL has no fps embedding. SkyReels-V2 DF-1.3B has one, which core Load "
             "Diffusion Model and ComfyUI-GGUF drop: load DF-1.3B with Load FP8 SkyReels Model to condition on fps")

@@ -9,6 +9,7 @@ from ...quant.checkpoint import CheckpointError, is_release, listed_shards
 from ...quant.writer import name_problem, writable
 
 FOLDER = "diffusion_models"
+RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
 
 
 def plain_errors(execute):

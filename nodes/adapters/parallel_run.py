@@ -21,7 +21,6 @@ from .sage_override import SageOverride, describe
 from .sample_job import fail, guided_cfg
 
 log = logging.getLogger("skyreels_fp8")
-RECIPE = "skyreels_recipe"   # attachment: how to load this MODEL again (Sample Video's parallel workers)
 KNOWN = {   # model_options keys that parallel runs refuse, and core nodes that set them
     "sampler_cfg_function": "e.g. RescaleCFG, Perp-Neg",     # as ComfyUI shows the nodes
     "sampler_post_cfg_function": "e.g. CFGZeroStar, SkipLayerGuidanceDiT, PerturbedAttentionGuidance",
@@ -34,7 +33,7 @@ KNOWN = {   # model_options keys that parallel runs refuse, and core nodes that 
 def recipe_of(model):
     """(loader recipe, Patch SageAttention settings, weight patches, TeaCache settings) of `model`; anything a worker
     could not rebuild is refused, so a parallel run never differs silently from a single-device one."""
-    recipe = getattr(model, "attachments", {}).get(RECIPE)
+    recipe = getattr(model, "attachments", {}).get(model_files.RECIPE)
     if recipe is None:
         fail("parallel: needs the MODEL straight from Load FP8 SkyReels Model (optionally through Patch "
              "SageAttention, TeaCache and LoRA loaders): each worker loads the same file itself")

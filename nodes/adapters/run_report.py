@@ -156,9 +156,8 @@ def attention_summary(model, counts_before):
     ran = sorted(getattr(override, "ran", ()))
     backends = f" ({', '.join(ran)})" if ran else ""
     bits = "FP4" if ran == ["sage3"] else "8-bit"      # sage3's kernels quantize to FP4
-    how = ", ".join(sorted(getattr(override, "exact_ran", ())))
-    return (f"attention: {getattr(override, 'mode', '?')} - {sage} calls {bits}{backends}, {exact} exact"
-            + (f" ({how})" if how and exact else ""))
+    cudnn = " (cuDNN first)" if exact and getattr(override, "cudnn_first", False) else ""
+    return f"attention: {getattr(override, 'mode', '?')} - {sage} calls {bits}{backends}, {exact} exact{cudnn}"
 
 
 def attention_counts(model):

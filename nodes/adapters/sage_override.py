@@ -130,7 +130,7 @@ class SageOverride:
         self.backends = {}         # device: (backend, why), decided on the device's first call
         self.checked = {}          # site: guard phase of its last check
         self.exact_sites, self.logged, self.ran = set(), set(), set()
-        self.exact_ran = set()     # "cuDNN first" where exact attention ran so
+        self.cudnn_first = False    # exact attention ran with cuDNN's kernels first
         self.counts = {"sage": 0, "exact": 0}
         self.step_index = StepIndex()
         self.bypassed_by = []      # set after each sampling pass by foreign_forward.SageWatch
@@ -189,7 +189,7 @@ class SageOverride:
         """The host's PyTorch attention (exact), cuDNN's kernels first where PyTorch puts them first."""
         with sdpa_cudnn_first(q.device) as reordered:
             if reordered:
-                self.exact_ran.add("cuDNN first")
+                self.cudnn_first = True
             return PYTORCH(q, *args, **kwargs)
 
     def _check_due(self, site, to):
