@@ -1,11 +1,9 @@
 """SageAttention (v1) in plain PyTorch: the algorithm of the `sageattention` 1.0.6 Triton kernels, on any device.
 K is smoothed (its mean over tokens subtracted: each query's scores shift by a constant, softmax is unchanged); Q (with
-sm_scale * log2(e) folded in) and K are quantized to INT8 per block of 128 and 64 tokens (scale = absmax / 127, round
+1/sqrt(head dim) * log2(e) folded in) and K are quantized to INT8 per block of 128 and 64 tokens (scale = absmax / 127, round
 half away from zero); QK^T is exact (INT8 products summed in fp32: |sum| <= 127 * 127 * 128 < 2^24); softmax in fp32,
 base 2 as the kernel; P and V rounded to fp16, their product accumulated in fp32. Queries go in chunks: memory
 O(chunk * L), not O(L^2)."""
-import math
-
 import torch
 
 LOG2E = 1.4426950408889634
@@ -33,36 +31,27 @@ def quantize_blocks(x, block):
     return q, per_token
 
 
-def sage_attention_reference(q, k, v, *, layout="HND", is_causal=False, sm_scale=None):
+def sage_attention_reference(q, k, v, *, layout="HND"):
     """Same shape and dtype as q. Inputs are never modified. Each group of heads is quantized and attended before
     the next, so the fp32 working copies are a group's (at 51,000 tokens one head's), not the whole input's."""
     qh, kh, vh = (to_hnd(t, layout) for t in (q, k, v))
     b, h, nq, d = qh.shape
-    hk, nk = kh.shape[1], kh.shape[2]
-    if h % hk:
-        raise ValueError(f"{h} query heads are not a multiple of {hk} key/value heads")
-    if is_causal and nq != nk:
-        raise ValueError("is_causal needs as many queries as keys")
-    sm_scale = d ** -0.5 if sm_scale is None else sm_scale
+    nk = kh.shape[2]
     out = torch.empty(b, h, nq, d, dtype=q.dtype, device=q.device)
     # Groups of heads x query rows sized to CHUNK_BYTES of scores.
     rows = min(nq, max(BLOCK_Q, CHUNK_BYTES // (4 * nk) // BLOCK_Q * BLOCK_Q))
     heads = max(1, CHUNK_BYTES // (4 * nk * rows))
     for i in range(b):
         for g in range(0, h, heads):
-            kv = torch.arange(g, min(h, g + heads), device=q.device) // (h // hk)  # grouped heads share K/V heads
-            kf = kh[i].index_select(0, kv).float()
-            q_int, q_scale = quantize_blocks(qh[i, g:g + heads].float() * (sm_scale * LOG2E), BLOCK_Q)
+            kf = kh[i, g:g + heads].float()
+            q_int, q_scale = quantize_blocks(qh[i, g:g + heads].float() * (d ** -0.5 * LOG2E), BLOCK_Q)
             k_int, k_scale = quantize_blocks(kf - kf.mean(dim=1, keepdim=True), BLOCK_K)
             del kf
             k_t, k_scale_row = k_int.transpose(1, 2), k_scale.transpose(1, 2)
-            v16 = vh[i].index_select(0, kv).to(torch.float16).float()
+            v16 = vh[i, g:g + heads].to(torch.float16).float()
             for start in range(0, nq, rows):
                 rs = slice(start, start + rows)
                 scores = (q_int[:, rs] @ k_t) * q_scale[:, rs] * k_scale_row
-                if is_causal:
-                    idx = torch.arange(start, min(nq, start + rows), device=q.device)[:, None]
-                    scores.masked_fill_(torch.arange(nk, device=q.device)[None, :] > idx, -math.inf)
                 scores = torch.exp2(scores - scores.amax(dim=-1, keepdim=True))
                 denom = scores.sum(dim=-1, keepdim=True)
                 pv = scores.to(torch.float16).float() @ v16

@@ -38,7 +38,7 @@ def _sage2():
     return sage_major(installed_packages()[0]) >= 2
 
 
-def _kernel_call(q, k, v, layout, is_causal, sm_scale):
+def _kernel_call(q, k, v, layout):
     global _kernel
     if _kernel is None:
         from sageattention import sageattn  # imports triton: only on first use, never at pack import
@@ -46,14 +46,13 @@ def _kernel_call(q, k, v, layout, is_causal, sm_scale):
         _kernel = sageattn
     d, pad, extra = q.shape[-1], None, {}
     if not _sage2():  # 1.0.6 smooths K in place (so smooth a copy) and takes only KERNEL_HEAD_DIMS; 2.x does both
-        sm_scale = d ** -0.5 if sm_scale is None else sm_scale
         k = k - k.mean(dim=1 if layout == "NHD" else 2, keepdim=True)
         pad = next((p - d for p in KERNEL_HEAD_DIMS if p >= d), None)
         if pad:  # zero-padded head dims change neither q.k nor the kept part of the output
             q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
-        extra = {"smooth_k": False}
+        extra = {"smooth_k": False, "sm_scale": d ** -0.5}   # the unpadded head dim's
     q, k, v = (t.contiguous() if t.stride(-1) != 1 else t for t in (q, k, v))
-    out = _kernel(q, k, v, tensor_layout=layout, is_causal=is_causal, sm_scale=sm_scale, **extra)
+    out = _kernel(q, k, v, tensor_layout=layout, **extra)
     return out[..., :d] if pad else out
 
 
@@ -61,18 +60,18 @@ class KernelsUnavailable(RuntimeError):
     """The sageattention kernels cannot run these inputs here (the caller falls back to exact attention)."""
 
 
-def sage_attention(q, k, v, *, layout="HND", is_causal=False, sm_scale=None, mode="sageattention"):
+def sage_attention(q, k, v, *, layout="HND", mode="sageattention"):
     """8-bit attention, same shape and dtype as q; q, k and v are never modified. "sageattention": the kernels, or
     KernelsUnavailable where they cannot run; "reference": the PyTorch implementation."""
     global _broken
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise TypeError(f"sage_attention takes fp32/bf16/fp16 tensors, not {q.dtype}")
     if canonical(mode) == "reference":
-        return sage_attention_reference(q, k, v, layout=layout, is_causal=is_causal, sm_scale=sm_scale)
-    reason = kernel_unavailable(q.device) or _shape_unsupported(q, k, layout, is_causal)
+        return sage_attention_reference(q, k, v, layout=layout)
+    reason = kernel_unavailable(q.device) or _shape_unsupported(q)
     if reason is None:
         try:
-            return _kernel_call(q, k, v, layout, is_causal, sm_scale)
+            return _kernel_call(q, k, v, layout)
         except Exception as e:  # an import or compile failure, a wheel without this GPU's kernels ("no kernel image
             # is available"): never fail the graph for it
             if out_of_memory(e):
@@ -90,13 +89,10 @@ def miscounted_padding(kv_len, device):
     return None
 
 
-def _shape_unsupported(q, k, layout, is_causal):
+def _shape_unsupported(q):
     """Why the kernels cannot take these inputs, or None."""
     if q.shape[-1] > max(KERNEL_HEAD_DIMS):
         return f"head dim {q.shape[-1]} (the kernels take up to {max(KERNEL_HEAD_DIMS)})"
-    seq = 2 if layout == "HND" else 1
-    if is_causal and q.shape[seq] != k.shape[seq]:
-        return "causal attention with different query and key lengths"
     if q.dtype == torch.float32 and _sage2():
         return "fp32 inputs (sageattention 2.x takes fp16/bf16)"
     return None
