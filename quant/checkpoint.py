@@ -400,7 +400,8 @@ class Checkpoint:
 
     def require_keys(self, info):
         """Raise if tensors a model of `info` needs are missing; return the unexpected ones."""
-        missing, unexpected = self.check_keys(info)
+        expected = info.expected_keys()
+        missing = [k for k in expected if k not in self._index]
         if missing:
             shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
             raise CheckpointError(f"{self.path}: incomplete {info.describe()}: {len(missing)} tensors missing "
@@ -415,8 +416,4 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: not a whole {info.describe()}: tensor {key} has shape {list(got)}, "
                                   f"where the model needs {list(want)}{more}; the file is damaged or was edited: "
                                   "download it again")
-        return unexpected
-
-    def check_keys(self, info):
-        expected = info.expected_keys()
-        return [k for k in expected if k not in self._index], sorted(set(self._index) - set(expected))
+        return sorted(set(self._index) - set(expected))

@@ -40,11 +40,7 @@ def _scale_of(w, dtype, granularity):
 
 def quantize_weight(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor"):
     """Absmax-scale `weight` into `dtype`: (qweight, fp32 scale of shape () or (out, 1)). ValueError for NaN/Inf."""
-    _check(dtype, granularity, weight)
-    w = weight.float()
-    scale = _scale_of(w, dtype, granularity)
-    qweight = saturate(w.to(torch.float32, copy=True), scale, dtype).to(dtype)
-    return qweight, scale.reshape(-1, 1) if granularity == "channel" else scale
+    return quantize_weight_chunked(weight, dtype=dtype, granularity=granularity)[:2]
 
 
 def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor", chunk=1 << 18,
@@ -53,7 +49,7 @@ def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="t
     ||W - dequant||_F / ||W||_F from every `error_every`-th block: reading fp8 back is slow on CPU; rows err alike."""
     _check(dtype, granularity, weight)
     scale = _scale_of(weight, dtype, granularity)
-    qweight = torch.empty(weight.shape, dtype=dtype)
+    qweight = torch.empty(weight.shape, dtype=dtype, device=weight.device)
     err2 = norm2 = 0.0
     blocks = list(row_blocks(weight, chunk, scale))
     step = error_every if len(blocks) > error_every else 1

@@ -21,9 +21,9 @@ def saturate(y, scale, dtype):
     return y.div_(scale).clamp_(-limit, limit)
 
 
-def row_blocks(t, values, scale=None):
+def row_blocks(t, values, scale):
     """(start, stop, their scale) of `t`'s rows in blocks of at most `values` values (at least one row), so that the
     fp32 temporaries of a pass over a block stay a block's size; `scale`: one for all rows, or one per row."""
     rows = max(1, values // max(1, t[:1].numel()))     # [:1]: also with 0 rows
     for i in range(0, t.shape[0], rows):
-        yield i, i + rows, scale if scale is None or scale.numel() == 1 else scale[i:i + rows]
+        yield i, i + rows, scale if scale.numel() == 1 else scale[i:i + rows]

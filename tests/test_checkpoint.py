@@ -61,7 +61,7 @@ def test_single_file_with_or_without_prefix(tmp_path, variant, prefix):
     ckpt = Checkpoint(str(tmp_path / "m.safetensors"))
     assert_same(ckpt, sd)
     assert ckpt.model_info().variant == variant
-    assert ckpt.check_keys(ckpt.model_info()) == ([], [])
+    assert ckpt.require_keys(ckpt.model_info()) == []
 
 
 @pytest.mark.parametrize("variant", ["T2V", "I2V", "DF"])
