@@ -39,13 +39,14 @@ def _scale_of(w, dtype, granularity):
 
 
 def quantize_weight(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor"):
-    """Absmax-scale `weight` into `dtype`: (qweight, fp32 scale of shape () or (out, 1)). ValueError for NaN/Inf."""
+    """(qweight, scale) of `quantize_weight_chunked`, without its error."""
     return quantize_weight_chunked(weight, dtype=dtype, granularity=granularity)[:2]
 
 
 def quantize_weight_chunked(weight, *, dtype=torch.float8_e4m3fn, granularity="tensor", chunk=1 << 18,
                             error_every=8):
-    """`quantize_weight` in blocks of about `chunk` values (small fp32 temporaries, in cache: 2x faster on CPU), and
+    """Absmax-scale `weight` into `dtype`: (qweight, fp32 scale of shape () or (out, 1), error); ValueError for
+    NaN/Inf. In blocks of about `chunk` values (small fp32 temporaries, in cache: 2x faster on CPU); the error is
     ||W - dequant||_F / ||W||_F from every `error_every`-th block: reading fp8 back is slow on CPU; rows err alike."""
     _check(dtype, granularity, weight)
     scale = _scale_of(weight, dtype, granularity)
