@@ -16,6 +16,11 @@
 #   torch by bench/build_sage2_wheel.sh, about 6 minutes here): --prepare-sage2 WHEEL here, then
 #   run(command='GPU_CHECK_ONLY=sage2 bash bench/gpu_check.sh', the same carry, 420 s): the sections its kernels
 #   change, and the Linears' (SAGE2_SECTIONS below).
+#   Both on one warm machine (one start-up less of the lent minutes): prepare the two sets of wheels side by side
+#   first, GPU_CHECK_WHEELS naming the second folder (.whl by default; the run reads the same variable):
+#     bash bench/gpu_check.sh --prepare-sage2 WHEEL; GPU_CHECK_WHEELS=.whl-kitchen bash bench/gpu_check.sh --prepare-kitchen
+#   then the sage2 run with carry [".whl", ".host"], and at once (the machine goes back after 30 s idle)
+#   run(command='GPU_CHECK_WHEELS=.whl-kitchen GPU_CHECK_ONLY="..." bash bench/gpu_check.sh', carry=[".whl-kitchen", ".host"]).
 #
 # Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): our FP8 model
 # under ComfyUI's own main.py with Dynamic VRAM, its default on NVIDIA GPUs, against --disable-dynamic-vram, with
@@ -36,6 +41,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+WHEELS=${GPU_CHECK_WHEELS:-.whl}
 
 prepare() {   # [kitchen | sage2 WHEEL]
     set -e
@@ -44,7 +50,7 @@ prepare() {   # [kitchen | sage2 WHEEL]
     local py="--python-version 3.12 --implementation cp --only-binary=:all: --no-deps"
     local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64"
     plat="$plat --platform manylinux2014_x86_64 --platform manylinux_2_12_x86_64"
-    rm -rf .whl .host && mkdir -p .whl
+    rm -rf "$WHEELS" .host && mkdir -p "$WHEELS"
     # What the pack and ComfyUI import for these runs and the device image (Python 3.12, torch) does not hold.
     # ComfyUI's main.py (bench/dynamic_vram.py) needs SQLAlchemy and pydantic too; its frontend package (85 MB) is
     # replaced there by an empty --front-end-root, as only its API is used.
@@ -56,9 +62,9 @@ prepare() {   # [kitchen | sage2 WHEEL]
         sage2) [ -f "${2:-}" ] || { echo "gpu_check: --prepare-sage2 needs the sageattention 2.x wheel" >&2; exit 2; }
                sage="" server="av==18.1.0" ;;
     esac
-    "$PYTHON" -m pip download -q $py $plat -d .whl $sage torchsde==0.2.6 trampoline==0.1.2 \
+    "$PYTHON" -m pip download -q $py $plat -d "$WHEELS" $sage torchsde==0.2.6 trampoline==0.1.2 \
         comfy-aimdo==0.4.13 simpleeval blake3 $server ${server:+typing-inspection}
-    [ "$variant" != sage2 ] || slim_wheel "$2" "$PWD/.whl"
+    [ "$variant" != sage2 ] || slim_wheel "$2" "$PWD/$WHEELS"
     # comfy-kitchen's wheel is 58 MB, nearly all CUDA/HIP extensions: leave them out (its loader then uses the
     # eager backend) to stay inside the 64 MiB the device tool carries; --prepare-kitchen keeps the CUDA one
     # (48 MB compressed; an abi3 build) in place of av and the server's packages, to time its int8 attention.
@@ -68,7 +74,7 @@ prepare() {   # [kitchen | sage2 WHEEL]
     whl=$(ls "$tmp"/comfy_kitchen-*.whl)
     mkdir "$tmp/x"
     (cd "$tmp/x" && unzip -q "$whl" && rm -f comfy_kitchen/backends/hip/_C.* \
-        && { [ -n "$kitchen" ] || rm -f comfy_kitchen/backends/*/_C.*; } && zip -q -r "$repo/.whl/${whl##*/}" .)
+        && { [ -n "$kitchen" ] || rm -f comfy_kitchen/backends/*/_C.*; } && zip -q -r "$repo/$WHEELS/${whl##*/}" .)
     rm -rf "$tmp"
     # The host without its tests, templates, API nodes and tokenizer data (none is used by these runs).
     local host; host=$(PYTHONPATH=tests "$PYTHON" -c 'from comfy_host import find_host; print(find_host() or "")')
@@ -80,9 +86,9 @@ prepare() {   # [kitchen | sage2 WHEEL]
         --exclude='./output' --exclude='./input' --exclude='./temp' --exclude='./user' --exclude='./custom_nodes' \
         -cf - . | tar -C .host -xf -
     mkdir -p .host/custom_nodes .host/models .git/info
-    for p in /.whl/ /.host/; do grep -qx "$p" .git/info/exclude 2>/dev/null || echo "$p" >> .git/info/exclude; done
-    du -sh .whl .host
-    echo "gpu_check: prepared; total to carry: $(du -cm .whl .host | tail -1 | cut -f1) MiB (limit 64 with the repo)"
+    for p in "/$WHEELS/" /.host/; do grep -qx "$p" .git/info/exclude 2>/dev/null || echo "$p" >> .git/info/exclude; done
+    du -sh "$WHEELS" .host
+    echo "gpu_check: prepared; total to carry: $(du -cm "$WHEELS" .host | tail -1 | cut -f1) MiB (limit 64 with the repo)"
 }
 
 slim_wheel() {   # wheel, folder: a copy without the debug information its build left in the extensions
@@ -102,10 +108,12 @@ mkdir -p "$DEST"
 REPORT="$DEST/gpu_check.txt"
 export PYTHONUNBUFFERED=1
 # The carried wheels are built for the device's Python 3.12 (GPU_CHECK_OWN_PACKAGES=1: this environment's own)
-if [ -d .whl ] && [ -z "${GPU_CHECK_OWN_PACKAGES:-}" ]; then
-    if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl 2>/dev/null; then
-        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# (each folder into its own target: a second run on the same machine gets none of the first one's packages)
+if [ -d "$WHEELS" ] && [ -z "${GPU_CHECK_OWN_PACKAGES:-}" ]; then
+    site=/tmp/site-${WHEELS##*/}
+    if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        "$WHEELS"/*.whl 2>/dev/null; then
+        export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
     else
         echo "gpu_check: the carried wheels do not fit this Python; using its own packages"
     fi
