@@ -84,8 +84,8 @@ class ConvertToFP8(io.ComfyNode):
         # The same conversion queued again where the host's cache no longer holds this node (--cache-none, a
         # small --cache-lru, another workflow run in between): the file this node wrote is still there as written,
         # so it is what a run would write; say so rather than refuse it as "already exists" (or convert it again).
-        last = _made.get(dst)
-        if last and last[:2] == (model_files.signature(src), options) and model_files.signature(dst) == last[2]:
+        source, last = model_files.signature(src), _made.get(dst)
+        if last and last[:2] == (source, options) and model_files.signature(dst) == last[2]:
             text = last[3] + f"\n{model_files.shown(dst)} is already this conversion (written earlier from the same " \
                              "source and settings; not written again)"
             return io.NodeOutput(text, ui=ui.PreviewText(text))
@@ -98,10 +98,11 @@ class ConvertToFP8(io.ComfyNode):
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)
             raise
-        written = model_files.signature(dst)
+        written, table = model_files.signature(dst), report.table()
         _written.setdefault(dst, [None, 0])[0] = written
-        _made[dst] = (model_files.signature(src), options, written, report.table())
-        text = report.table() + f"\nwrote {model_files.shown(dst)}"
+        # the source as it was before converting: one changed meanwhile is converted again next time
+        _made[dst] = (source, options, written, table)
+        text = table + f"\nwrote {model_files.shown(dst)}"
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 
 
