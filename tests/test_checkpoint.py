@@ -315,6 +315,32 @@ def test_other_latent_channels_are_not_skyreels_v2(in_dim, out_dim, img, why):
         detect(shapes)
 
 
+def test_scail_is_named_not_called_a_channel_count():
+    # ComfyUI's SCAIL (patch_embedding_pose, 20 input channels, CLIP embedding) is named, so the user knows what it is
+    shapes = tiny.info("I2V").expected_shapes()
+    shapes["patch_embedding.weight"] = shapes["patch_embedding_pose.weight"] = (256, 20, 1, 2, 2)
+    with pytest.raises(ValueError, match=re.escape("this is a Wan SCAIL / WanDancer model, not SkyReels-V2; load it "
+                                                   "with ComfyUI's Load Diffusion Model node")):
+        detect(shapes)
+
+
+def test_a_hidden_size_that_is_no_multiple_of_128_is_not_a_wan_model(tmp_path):
+    # Wan's attention heads are 128 wide: a dim of 192 is some other model, named here, not a shape error mid-run
+    write_tiny(tmp_path / "m.safetensors", "T2V", dim=192)
+    refusal = r"not a SkyReels-V2/Wan diffusion model \(hidden size 192 is not a multiple of 128\)"
+    with Checkpoint(str(tmp_path / "m.safetensors")) as ckpt, pytest.raises(CheckpointError, match=refusal):
+        ckpt.model_info()
+
+
+def test_diffusers_names_under_ddps_module_prefix_are_read(tmp_path):
+    # a diffusers-named fine-tune saved from a DDP-wrapped model: "module.condition_embedder..." is still diffusers
+    sd = tiny.state_dict(tiny.info("T2V"))
+    torch.save({"module." + to_diffusers(k): v for k, v in sd.items()}, tmp_path / "ddp.pth")
+    with Checkpoint(str(tmp_path / "ddp.pth")) as ckpt:
+        assert ckpt.diffusers and ckpt.model_info().variant == "T2V"
+        assert_same(ckpt, sd)
+
+
 def test_other_wan_models_are_named_first():
     # Fun 1.1 Control has 48 input channels too, and a reference conv: named by its keys, not its channels.
     shapes = tiny.info("I2V").expected_shapes()

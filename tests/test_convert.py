@@ -659,3 +659,52 @@ def test_a_source_shard_reached_through_a_link_is_never_the_output(tmp_path):
                                        f"({tmp_path / 'snap' / blob.name} is the same file); choose another output "
                                        "name")
     assert digest(blob) == before
+
+
+def test_a_plain_fp8_cast_is_already_fp8(tmp_path):
+    # Many Wan FP8 downloads are plain casts (fp8 weights, no scales, no format tags): converting one again would
+    # quantize fp8 values a second time; it is refused as already FP8 (not a torch "aminmax" traceback).
+    sd = {k: v.to(torch.float8_e4m3fn) if k.startswith("blocks.") and k.endswith(".weight") and v.ndim == 2 else v
+          for k, v in tiny.state_dict(tiny.info("T2V")).items()}
+    safetensors.torch.save_file(sd, str(tmp_path / "fp8.safetensors"))
+    with pytest.raises(CheckpointError, match=r"fp8.safetensors: already FP8 \(blocks\.0\..*\.weight\); load it "
+                                              "directly"):
+        convert(str(tmp_path / "fp8.safetensors"), str(tmp_path / "out.safetensors"))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_report_ratio_is_bytes_out_over_bytes_in():
+    # the script's and the node's report: 2.6 GB of bf16 converted to 1.4 GB reads "ratio 0.538", not 1.857
+    table = convert_module.Report(model="m", options=Options(), bytes_in=2_600_000_000,
+                                  bytes_out=1_400_000_000).table()
+    assert "  ratio                    0.538" in table.splitlines()
+
+
+def test_verify_finds_a_kept_tensor_that_differs_in_the_written_file(tmp_path, monkeypatch):
+    # --verify reads the temp file back: a kept (bf16) tensor written wrong (a disk or copy fault, simulated here)
+    # fails the conversion and nothing is put in place, as for a quantized one.
+    writer = importlib.import_module("quant.writer").SafetensorsWriter
+    src, dst = tmp_path / "src.safetensors", tmp_path / "o.safetensors"
+    write_tiny(src, "T2V")
+    real = writer.write
+    monkeypatch.setattr(writer, "write",
+                        lambda self, name, t: real(self, name, t + 1 if name == "head.head.bias" else t))
+    with pytest.raises(convert_module.VerifyError, match="verify failed: head.head.bias differs from the source"):
+        convert(str(src), str(dst), verify=True)
+    assert not dst.exists()
+
+
+def test_the_source_folder_is_named_in_the_metadata_when_given_with_a_trailing_separator(tmp_path):
+    # shells complete a folder with a trailing "/": the output's skyreels_fp8 metadata still names the release
+    from helpers import write_tiny_release
+    write_tiny_release(tmp_path / "SkyReels-V2-T2V", "T2V")
+    convert(str(tmp_path / "SkyReels-V2-T2V") + os.sep, str(tmp_path / "o.safetensors"))
+    assert json.loads(read(tmp_path / "o.safetensors")[1]["skyreels_fp8"])["source"] == "SkyReels-V2-T2V"
+
+
+def test_a_name_that_is_only_the_extension_is_refused(tmp_path):
+    # ".safetensors" would be a hidden file with no name, which ComfyUI's model lists leave out (its extension is "")
+    write_tiny(tmp_path / "src.safetensors", "T2V")
+    for name in (".safetensors", ".SafeTensors"):
+        with pytest.raises(CheckpointError, match="it is empty or a folder reference; choose another output name"):
+            convert(str(tmp_path / "src.safetensors"), str(tmp_path / name))
