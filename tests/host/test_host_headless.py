@@ -357,9 +357,18 @@ def test_flags_reach_the_workflow_widgets(server):
     options = info["SkyReelsSampleVideo"]["input"]["optional"]["noise"][1]["options"]
     assert sample["noise"] == "gpu (SkyReels-V2)" and sample["noise"] in options
     with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json"), encoding="utf-8") as f:
-        prompt = build_prompt(json.load(f), info, parse_args(["--model_path", "x", "--cpu_noise"]), names, demo=False)
-    sample = next(n["inputs"] for n in prompt.values() if n["class_type"] == "SkyReelsSampleVideo")
-    assert sample["noise"] == "cpu (ComfyUI)" and sample["noise"] in options
+        prompt = build_prompt(json.load(f), info, parse_args(["--model_path", "x", "--cpu_noise", "--teacache"]), names,
+                              demo=False)
+    by_type = {n["class_type"]: n["inputs"] for n in prompt.values()}
+    assert by_type["SkyReelsSampleVideo"]["noise"] == "cpu (ComfyUI)"
+    # without --no-fp8 and --use_ret_steps: FP8 as the file allows, TeaCache without its retention steps
+    assert by_type["SkyReelsFP8ModelLoader"]["weight_format"] == "auto"
+    assert by_type["SkyReelsTeaCache"]["retention_steps"] is False
+    # a video to continue is resized as SkyReels-V2's reader does (bicubic)
+    with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json"), encoding="utf-8") as f:
+        prompt = build_prompt(json.load(f), info, parse_args(["--model_path", "x", "--video_path", "clip.mp4"]), names,
+                              demo=False, source=(80, 48, 25))
+    assert prompt["video_sized"]["inputs"]["upscale_method"] == "bicubic"
 
 
 def test_teacache_and_a_portrait_image_reach_the_i2v_workflow(server):
@@ -377,6 +386,9 @@ def test_teacache_and_a_portrait_image_reach_the_i2v_workflow(server):
     image_to_video = by_type["WanImageToVideo"]
     assert (image_to_video["width"], image_to_video["height"]) == (720, 1280)
     assert by_type["LoadImage"]["image"] == "image_me.png"
+    # the image goes in through WanImageToVideo alone: Sample Video refuses a start_image outside diffusion forcing
+    assert "start_image" not in by_type["SkyReelsSampleVideo"] and "start_image" not in prompt
+    assert [n["class_type"] for n in prompt.values()].count("LoadImage") == 1
     # TeaCache between Patch SageAttention and Sample Video, with every widget the host knows
     cache = prompt[by_type["SkyReelsSampleVideo"]["model"][0]]
     assert cache["class_type"] == "SkyReelsTeaCache"
@@ -522,7 +534,7 @@ def test_model_id_is_found_where_it_was_downloaded(host, tmp_path, monkeypatch, 
 
 def test_sizes_frames_and_counts_are_read_as_comfyui_and_skyreels_v2_read_them(tmp_path, capsys):
     from PIL import Image
-    from generate_video_fp8 import check_flags, parse_args, read_source, video_size
+    from generate_video_fp8 import BadInput, check_flags, parse_args, read_source, video_size
     # a phone's portrait clip: stored 64x32, turned 90 degrees when played (and by ComfyUI's Load Video)
     write_clip(tmp_path / "phone.mp4", 20, 64, 32, rotation=90)
     assert read_source(parse_args(["--video_path", str(tmp_path / "phone.mp4")])) == (32, 64, 20)
@@ -539,6 +551,12 @@ def test_sizes_frames_and_counts_are_read_as_comfyui_and_skyreels_v2_read_them(t
     check_flags(args)
     assert (args.num_frames, args.overlap_history) == (117, 17)
     assert "--num_frames 120: 117 frames, as SkyReels-V2 makes them (4k+1)" in capsys.readouterr().out
+    args = parse_args(["--base_num_frames", "20"])
+    check_flags(args)
+    assert args.base_num_frames == 17 and "--base_num_frames 20: 17 frames" in capsys.readouterr().out
+    for flag in ("--num_frames", "--base_num_frames", "--overlap_history"):
+        with pytest.raises(BadInput, match=f"^{flag}: 0 frames; give 1 or more$"):
+            check_flags(parse_args([flag, "0"]))
 
 
 def test_the_workflow_follows_the_model_and_any_diffusion_forcing_flag():
@@ -550,6 +568,7 @@ def test_the_workflow_follows_the_model_and_any_diffusion_forcing_flag():
     # DF-14B has T2V-14B's tensors: any DF flag asks for it, a 0 (SkyReels-V2's defaults) as much as another value
     for flags in (["--ar_step", "0"], ["--addnoise_condition", "0"], ["--ar_step", "5"], ["--causal_attention"]):
         assert pick(t2v_14b, *flags) == "skyreels_df_long_video.json", flags
+    assert pick(t2v_14b, "--image", "start.png") == "skyreels_df_long_video.json"     # a start image, as DF-14B
     assert pick(tiny.info("DF")) == "skyreels_df_long_video.json"
     assert pick(i2v, "--image", "start.png") == "skyreels_i2v_fp8_sage.json"
     with pytest.raises(BadInput, match=r"^--ar_step: Diffusion Forcing options; SkyReels-V2 I2V"):
@@ -621,6 +640,128 @@ except BadInput as e:
     assert said.stdout.strip() == (f"--output: {tmp_path / 'out' / 'v.mp4'} cannot be written (File too large); the "
                                    f"video is kept at {tmp_path / kept[0]}"), said
     assert os.listdir(tmp_path / "out") == [] and not video.exists()
+
+
+def _one_video(tmp_path):
+    video = tmp_path / "base" / "output" / "headless" / "video_00001_.mp4"
+    video.parent.mkdir(parents=True)
+    video.write_bytes(os.urandom(1000))
+
+
+def test_a_file_made_meanwhile_is_not_overwritten_and_a_copy_cut_short_leaves_nothing(tmp_path, monkeypatch):
+    from generate_video_fp8 import BadInput, parse_args, save_output
+    _one_video(tmp_path)
+    args = parse_args(["--output", str(tmp_path / "v.mp4")])
+    (tmp_path / "v.mp4").write_bytes(b"mine")         # appeared under the name while the video was made
+    with pytest.raises(BadInput, match="exists; choose another name"):
+        save_output(str(tmp_path / "base"), args, "x.json")
+    assert (tmp_path / "v.mp4").read_bytes() == b"mine"
+    os.remove(tmp_path / "v.mp4")
+
+    def cut(src, dst):      # Ctrl-C or a kill during the copy
+        with open(dst, "wb") as f:
+            f.write(b"half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(shutil, "copyfile", cut)
+    with pytest.raises(KeyboardInterrupt):
+        save_output(str(tmp_path / "base"), args, "x.json")
+    assert not (tmp_path / "v.mp4").exists()          # no half video under the name
+
+
+def test_an_upper_case_mp4_name_is_taken(tmp_path):
+    from generate_video_fp8 import check_output, parse_args
+    check_output(parse_args(["--output", str(tmp_path / "V.MP4")]))
+
+
+def test_a_short_video_continues_with_a_short_overlap_and_a_too_long_one_is_refused(tmp_path):
+    from generate_video_fp8 import BadInput, parse_args, read_source, read_video
+    write_clip(tmp_path / "short.mp4", 9, 32, 32)
+    assert read_source(parse_args(["--video_path", str(tmp_path / "short.mp4"), "--overlap_history", "5"])) == (
+        32, 32, 9)
+    write_clip(tmp_path / "long.mp4", 4098, 16, 16)       # core Image From Batch takes up to 4096
+    with pytest.raises(BadInput, match="4098 frames; .* this script takes up to 4097: trim it"):
+        read_video(str(tmp_path / "long.mp4"), 1)
+
+
+def test_a_three_part_name_is_not_a_hugging_face_id(tmp_path):
+    from generate_video_fp8 import BadInput, find_model
+    with pytest.raises(BadInput, match=r"^--model_id: a/b/c not found: give a file or folder"):
+        find_model("a/b/c", str(tmp_path))
+
+
+def test_default_files_are_found_in_the_hosts_extra_folders(tmp_path, monkeypatch):
+    # a default VAE / text encoder kept where the host's extra_model_paths.yaml points, not in models/<kind>
+    import generate_video_fp8 as gv
+    shared = tmp_path / "shared"
+    for kind, name in (("vae", "wan_2.1_vae.safetensors"),
+                       ("text_encoders", "umt5_xxl_fp8_e4m3fn_scaled.safetensors")):
+        (shared / kind).mkdir(parents=True)
+        safetensors.torch.save_file({"x": torch.zeros(1)}, str(shared / kind / name))
+    host = tmp_path / "ComfyUI"
+    monkeypatch.setattr(gv, "find_host", lambda: str(host))
+    monkeypatch.setattr(gv, "host_folders", lambda h: {
+        "diffusion_models": [str(host / "models" / "diffusion_models")],
+        "vae": [str(host / "models" / "vae"), str(shared / "vae")],
+        "text_encoders": [str(host / "models" / "text_encoders"), str(shared / "text_encoders")]})
+    (tmp_path / "base").mkdir()
+    (tmp_path / "m.safetensors").write_bytes(b"")      # the model file (not read here)
+    names = gv.link_models(str(tmp_path / "base"), gv.parse_args([]), None, str(tmp_path / "m.safetensors"))
+    assert names["vae"] == "wan_2.1_vae.safetensors"
+    assert str(shared / "vae") in (tmp_path / "base" / "extra_model_paths.yaml").read_text()
+
+
+def _model_flags(tmp_path):
+    from helpers import write_tiny
+    write_tiny(tmp_path / "t2v.safetensors", "T2V")
+    for name in ("te", "vae"):
+        safetensors.torch.save_file({"x": torch.zeros(2)}, str(tmp_path / f"{name}.safetensors"))
+    return ["--model_id", str(tmp_path / "t2v.safetensors"), "--text_encoder", str(tmp_path / "te.safetensors"),
+            "--vae", str(tmp_path / "vae.safetensors"), "--output", str(tmp_path / "v.mp4")]
+
+
+class StubServer:
+    """ComfyUI as main() sees it, without starting one: the flags it is started with, and one run's answer."""
+    args, info = [], None
+
+    def __init__(self, host, base, extra_args=()):
+        self.base = base
+        StubServer.args = list(extra_args)
+
+    def start(self):
+        if isinstance(self.info, Exception):
+            raise self.info
+
+    def stop(self):
+        pass
+
+    def get(self, path):
+        return self.info
+
+    def run(self, prompt):
+        os.makedirs(os.path.join(self.base, "output", "headless"))
+        open(os.path.join(self.base, "output", "headless", "video_00001_.mp4"), "wb").close()
+        return {"status": {"messages": []}, "outputs": {"9": {"text": ["first line\npeak memory 1 GiB"]}}}
+
+
+def test_offload_and_monitor_memory_reach_comfyui_and_a_comfyui_failure_exits_1(server, monkeypatch, tmp_path,
+                                                                               capsys):
+    import generate_video_fp8 as gv
+    monkeypatch.setenv("COMFYUI_PATH", server.host)
+    monkeypatch.setattr(gv, "HostServer", StubServer)
+    flags = _model_flags(tmp_path)
+    StubServer.info = server.get("/object_info")
+    assert gv.main(flags + ["--cpu", "--offload", "--monitor_memory"]) == 0
+    assert "--lowvram" in StubServer.args and "--cpu" in StubServer.args, StubServer.args
+    assert "first line\npeak memory 1 GiB\n" in capsys.readouterr().out     # the whole report
+    os.remove(tmp_path / "v.mp4")
+    assert gv.main(flags + ["--cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "first line\n" in out and "peak memory" not in out, out          # its first line
+    assert "--lowvram" not in StubServer.args
+    os.remove(tmp_path / "v.mp4")
+    StubServer.info = RuntimeError("ComfyUI exited at start-up:\nKilled")   # not a refused prompt: exit 1, not 2
+    assert gv.main(flags + ["--cpu"]) == 1
+    assert "generate_video_fp8: ComfyUI exited at start-up:" in capsys.readouterr().err
 
 
 def test_an_i2v_image_of_another_size_is_the_picture_skyreels_v2_gives_its_model(tmp_path):

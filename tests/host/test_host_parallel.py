@@ -163,7 +163,8 @@ try:                                                     # Ray would retry this 
     SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "cpu", "127.0.0.1:1").args[0])
 except ValueError as e:
     refused["nobody there"] = str(e)
-for address in ("localhost", "auto"):                     # no port: Ray's own "Invalid address format"
+# no port (Ray's own "Invalid address format"), or none that is a number (int() of it)
+for address in ("localhost", "auto", "10.0.0.5:", "myhost:port"):
     try:
         SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "cpu", address).args[0])
     except ValueError as e:
@@ -289,7 +290,8 @@ def test_two_actors_equal_one_process(host, tmp_path):
                                                    "answers there ("), r["refused"]
     assert r["refused"]["nobody there"].endswith("); start the cluster there (ray start --head), or leave "
                                                  "ray_address empty for a cluster on this machine")
-    assert r["refused"]["localhost"].startswith("Sample Video: parallel: ray_address localhost: give the cluster's "
+    for address in ("localhost", "10.0.0.5:", "myhost:port"):
+        assert r["refused"][address].startswith(f"Sample Video: parallel: ray_address {address}: give the cluster's "
                                                 "host:port, as ray start --head prints it"), r["refused"]
     assert r["refused"]["auto"].startswith("Sample Video: parallel: ray_address auto: Ray found no cluster there "
                                            "(Could not find any running Ray instance"), r["refused"]

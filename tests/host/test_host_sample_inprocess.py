@@ -52,6 +52,11 @@ with_video = sample(frames=17, prefix_video=video, overlap_history=5, vae=vae, a
 portrait = torch.rand(1, 48, 32, 3, generator=g)       # 32 wide, 48 high
 orientation = [[l for l in sample(width=48, frames=5, steps=1, start_image=picture, vae=vae)[1].splitlines()
                 if l.startswith("start_image")] for picture in (portrait, portrait.transpose(1, 2))]
+orientation.append([l for l in sample(width=48, frames=5, steps=1, end_image=portrait, vae=vae)[1].splitlines()
+                    if l.startswith("end_image")])      # an end image, the same
+# A prefix video of another shape is center-cropped to the video's, as a start image is (not squeezed).
+wide = torch.rand(13, 32, 64, 3, generator=g)
+wide_prefix = sample(frames=17, prefix_video=wide, overlap_history=5, vae=vae)[0]["samples"][:, :, :2]
 # More noise on the carried frames than SkyReels-V2 advises: a note, where frames are carried (a start image).
 addnoise = [[l for l in sample(frames=5, steps=1, addnoise_condition=n, **kw)[1].splitlines()
              if l.startswith("addnoise")] for n, kw in ((60, dict(start_image=image, vae=vae)), (50, dict(
@@ -111,7 +116,8 @@ refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, o
                clip_end=error_with(pos, vae=vae, end_image=image.repeat(2, 1, 1, 1)))
 # VAEs of other latents, as the host loads them: Wan 2.2's (48 channels; its tiny decoder) and an image model's.
 import comfy.taesd.taehv, comfy.taesd.taesd
-for name, net in (("wan22", comfy.taesd.taehv.TAEHV(latent_channels=48)), ("sd", comfy.taesd.taesd.TAESD())):
+for name, net in (("wan22", comfy.taesd.taehv.TAEHV(latent_channels=48)), ("sd", comfy.taesd.taesd.TAESD()),
+                  ("flux", comfy.taesd.taesd.TAESD(latent_channels=16))):     # 16 channels, but 2-D
     refused[name] = error_with(pos, vae=comfy.sd.VAE(sd=net.state_dict()), start_image=image)
 # Wan 2.2 TI2V-5B, as core Load Diffusion Model gives it: a WanModel of 48-channel latents (it failed in a step).
 from skyreels_pack.quant import tiny
@@ -157,6 +163,10 @@ result = dict(
     image_rest=(with_image[:, :, 1:] - f24[:, :, 1:]).abs().max().item(),
     video_frames=(with_video[:, :, :2] - vae.encode(video[-5:])).abs().max().item(),
     video_shape=list(with_video.shape),
+    wide_cropped=(wide_prefix - vae.encode(wide[-5:, :, 16:48])).abs().max().item(),
+    wide_squeezed=(wide_prefix - vae.encode(torch.nn.functional.interpolate(
+        wide[-5:].movedim(-1, 1), size=(32, 32), mode="bilinear").movedim(1, -1))).abs().max().item(),
+    overlap_not_4k1=error(frames=17, prefix_video=video, overlap_history=6, vae=vae),
     standard_image=error(mode="standard", start_image=image, vae=vae),
     no_vae=error(start_image=image),
     block_too_big=error(start_image=image, vae=vae, causal_block_size=3),
@@ -193,11 +203,15 @@ def test_sample_video_in_process(host, tmp_path):
     assert r["image_frame"] < 1e-5 and r["image_rest"] > 1e-3
     # SkyReels-V2's script would turn the video to portrait; the node keeps its width and height and says so
     assert r["orientation"] == [["start_image: 32x48, portrait, for a 48x32 video: 44% of it is kept; for a portrait "
-                                 "video as SkyReels-V2 makes one, set width 32 and height 48"], []], r["orientation"]
+                                 "video as SkyReels-V2 makes one, set width 32 and height 48"], [],
+                                ["end_image: 32x48, portrait, for a 48x32 video: 44% of it is kept; for a portrait "
+                                 "video as SkyReels-V2 makes one, set width 32 and height 48"]], r["orientation"]
     assert r["addnoise"] == [["addnoise_condition 60: SkyReels-V2 advises 20 and at most 50; more noise on the frames "
                               "carried into a window can make it drift from them"], [], []], r["addnoise"]
     # A prefix video: its last overlap_history (5) frames, encoded (2 latent frames), start the output.
     assert r["video_frames"] < 1e-5 and r["video_shape"] == [1, 16, 5, 4, 4]
+    assert r["wide_cropped"] < 1e-5 < 0.01 < r["wide_squeezed"], r     # its middle, center-cropped
+    assert r["overlap_not_4k1"] == "Sample Video: overlap_history: 6 is not 4k+1; use 5 or 9", r
     assert r["standard_image"].startswith("Sample Video: start_image / prefix_video need mode 'diffusion forcing'")
     assert r["no_vae"] == "Sample Video: start_image / prefix_video need a vae connected to encode them"
     assert r["end_standard"] == "Sample Video: end_image: needs mode 'diffusion forcing'"
@@ -239,6 +253,7 @@ def test_sample_video_in_process(host, tmp_path):
     assert refused["wan22"].startswith("Sample Video: vae: makes 48-channel 3-D latents; SkyReels-V2 takes the Wan "
                                        "2.1 VAE's (16-channel video latents)"), refused
     assert refused["sd"].startswith("Sample Video: vae: makes 4-channel 2-D latents"), refused
+    assert refused["flux"].startswith("Sample Video: vae: makes 16-channel 2-D latents"), refused
     assert refused["taew2_1"] is None, refused
     assert refused["wan22_model"] == ("Sample Video: model: takes 48-channel latents (e.g. Wan 2.2 TI2V-5B), "
                                       "SkyReels-V2 and Wan 2.1 models 16: load one of those, or sample this model "
