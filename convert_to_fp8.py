@@ -64,9 +64,10 @@ def run_demo(args):
 class ProgressBar:
     """A one-line bar on a terminal; silent when stderr is a pipe or a log file."""
 
-    def __init__(self, stream=sys.stderr, width=30):
-        self.stream, self.width, self.last, self.open = stream, width, 0.0, False
-        self.active = stream.isatty()
+    def __init__(self, stream=None, width=30):
+        # stderr as it is now, not as it was at import (a caller may have redirected it since)
+        self.stream, self.width, self.last, self.open = stream or sys.stderr, width, 0.0, False
+        self.active = self.stream.isatty()
 
     def __call__(self, done, total):
         now = time.monotonic()
