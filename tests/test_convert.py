@@ -558,6 +558,37 @@ def test_cli_reports_a_verify_failure_with_exit_1(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_cli_fp8_and_keep_last_blocks_reach_the_file(tmp_path):
+    sys.path.insert(0, REPO)
+    import convert_to_fp8
+    write_tiny(tmp_path / "src.safetensors", "T2V")
+    dst = tmp_path / "o.safetensors"
+    assert convert_to_fp8.main([str(tmp_path / "src.safetensors"), str(dst), "--fp8", "e5m2",
+                                "--keep-last-blocks", "1"]) == 0
+    tensors, meta = read(dst)
+    assert {k.split(".")[1] for k in json.loads(meta["_quantization_metadata"])["layers"]} == {"0"}   # of 2 blocks
+    assert tensors["blocks.0.self_attn.q.weight"].dtype == torch.float8_e5m2
+    assert tensors["blocks.1.self_attn.q.weight"].dtype == torch.bfloat16
+
+
+def test_cli_exit_codes_of_an_io_error_and_of_ctrl_c(tmp_path, monkeypatch, capsys):
+    # An OSError the converter does not put in words (a network share gone mid-run) is bad input (2), not "verify
+    # failed" (1); Ctrl-C is 130, as shells report SIGINT.
+    import errno
+    sys.path.insert(0, REPO)
+    import convert_to_fp8
+    argv = [str(tmp_path / "src.safetensors"), str(tmp_path / "o.safetensors")]
+
+    def fail(*a, **k):
+        raise OSError(errno.EIO, "Input/output error", argv[0])
+    monkeypatch.setattr(convert_to_fp8, "convert", fail)
+    assert convert_to_fp8.main(argv) == 2
+    assert capsys.readouterr().err == f"convert_to_fp8: {argv[0]}: Input/output error\n"
+    monkeypatch.setattr(convert_to_fp8, "convert", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert convert_to_fp8.main(argv) == 130
+    assert capsys.readouterr().err == "convert_to_fp8: interrupted; nothing was written\n"
+
+
 def test_tensor_of_an_unstorable_dtype_is_named(tmp_path):
     sd = tiny.state_dict(tiny.info("T2V"))
     sd["extra.counter"] = torch.zeros(3, dtype=torch.uint16)

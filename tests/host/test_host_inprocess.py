@@ -508,3 +508,42 @@ def test_tensors_the_model_does_not_use_are_named_in_its_report(host, tmp_path):
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + 'result = load("t2v_extra.safetensors")[1]')
     assert r.endswith("; note: 1 tensors a SkyReels-V2 T2V/DF custom (dim 256), 2 blocks does not use are ignored: "
                       "proj_model.proj.weight"), r
+
+
+LOADER_AND_NODES = r"""
+import logging
+records = []
+handler = logging.Handler(logging.WARNING)
+handler.emit = lambda r: records.append(r.getMessage())
+logging.getLogger().addHandler(handler)
+from skyreels_pack.nodes.adapters import model_files
+from skyreels_pack.nodes.convert import _output_name
+from skyreels_pack.nodes.parallel import ParallelConfig
+from skyreels_pack.nodes.sage_patch import PatchSageAttention
+m, report = LoadFP8SkyReelsModel.execute("t2v.safetensors", "auto", "upcast", 0, 1).args
+fn, args = m.cached_patcher_init[:2]
+load("t2v_extra.safetensors")
+PatchSageAttention.execute(m, "reference", 1, 1, 0, 0.995)
+result = dict(report=report, again=fn(*args)[1], recipe=m.attachments[model_files.RECIPE],
+              unexpected=[r for r in records if "unexpected" in r], cover=[r for r in records if "cover" in r],
+              address=ParallelConfig.execute(2, "cpu", " 10.0.0.5:6379\n").args[0]["address"],
+              name=_output_name(os.path.join({folder!r}, "t2v.safetensors"), " my_fp8.safetensors ", "e4m3fn",
+                                "tensor"))
+"""
+
+
+def test_widgets_reach_what_the_nodes_make(host, tmp_path):
+    # keep_last_blocks reaches the model and the recipe ComfyUI's copies and the parallel workers load again from;
+    # tensors the model does not use are not handed to the host (it would warn "unet unexpected" beside our note);
+    # exact blocks that cover the whole model are told; a pasted ray_address and output_name lose their spaces.
+    from helpers import write_tiny
+    sd = write_tiny(tmp_path / "t2v.safetensors", "T2V", seed=1)
+    sd["proj_model.proj.weight"] = sd["blocks.0.ffn.0.weight"].clone()
+    safetensors.torch.save_file(sd, str(tmp_path / "t2v_extra.safetensors"))
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + LOADER_AND_NODES.format(folder=str(tmp_path)))
+    assert ", 59 of 69 tensors kept " in r["report"], r     # the last block's 10 Linears kept, of the 20
+    assert r["recipe"]["keep_last_blocks"] == 1 and r["again"] == r["report"], r
+    assert r["unexpected"] == [], r
+    assert r["cover"] == ["Patch SageAttention: exact_first_blocks + exact_last_blocks (2) cover all 2 blocks of this "
+                          "model: every attention call stays exact"], r
+    assert r["address"] == "10.0.0.5:6379" and r["name"] == "my_fp8.safetensors", r
