@@ -18,9 +18,11 @@
 #   change, and the Linears' (SAGE2_SECTIONS below).
 #   Both on one warm machine (one start-up less of the lent minutes): prepare the two sets of wheels side by side
 #   first, GPU_CHECK_WHEELS naming the second folder (.whl by default; the run reads the same variable):
-#     bash bench/gpu_check.sh --prepare-sage2 WHEEL; GPU_CHECK_WHEELS=.whl-kitchen bash bench/gpu_check.sh --prepare-kitchen
+#     bash bench/gpu_check.sh --prepare-sage2 WHEEL
+#     GPU_CHECK_WHEELS=.whl-kitchen bash bench/gpu_check.sh --prepare-kitchen
 #   then the sage2 run with carry [".whl", ".host"], and at once (the machine goes back after 30 s idle)
-#   run(command='GPU_CHECK_WHEELS=.whl-kitchen GPU_CHECK_ONLY="..." bash bench/gpu_check.sh', carry=[".whl-kitchen", ".host"]).
+#   run(command='GPU_CHECK_WHEELS=.whl-kitchen GPU_CHECK_ONLY="..." bash bench/gpu_check.sh',
+#       carry=[".whl-kitchen", ".host"]).
 #
 # Writes gpu_check.txt into $OUT (what the device tool brings back; elsewhere test-artifacts/): our FP8 model
 # under ComfyUI's own main.py with Dynamic VRAM, its default on NVIDIA GPUs, against --disable-dynamic-vram, with
