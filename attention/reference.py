@@ -1,9 +1,9 @@
 """SageAttention (v1) in plain PyTorch: the algorithm of the `sageattention` 1.0.6 Triton kernels, on any device.
 K is smoothed (its mean over tokens subtracted: each query's scores shift by a constant, softmax is unchanged); Q
 (with 1/sqrt(head dim) * log2(e) folded in) and K are quantized to INT8 per block of 128 and 64 tokens (scale =
-absmax / 127, round half away from zero); QK^T is exact (INT8 products summed in fp32: |sum| <= 127 * 127 * 128 < 2^24); softmax in fp32,
-base 2 as the kernel; P and V rounded to fp16, their product accumulated in fp32. Queries go in chunks: memory
-O(chunk * L), not O(L^2)."""
+absmax / 127, round half away from zero); QK^T is exact (INT8 products summed in fp32: |sum| <= 127 * 127 * 128 <
+2^24); softmax in fp32, base 2 as the kernel; P and V rounded to fp16, their product accumulated in fp32. Queries go
+in chunks: memory O(chunk * L), not O(L^2)."""
 import torch
 
 LOG2E = 1.4426950408889634
