@@ -381,3 +381,17 @@ def test_comfy_kitchen_takes_only_aligned_activations(monkeypatch):
     flat = torch.zeros(64 * 32 + 8, dtype=torch.bfloat16)
     assert act_quant._kitchen_takes(flat[8:].view(64, 32))     # 16 bytes in
     assert not act_quant._kitchen_takes(flat[4:4 + 64 * 32].view(64, 32))
+
+
+def test_kernel_reads_a_column_strided_activation_by_its_values(tmp_path):
+    """The kernel indexes columns as unit steps: an activation whose columns are not (a transposed view) is made
+    contiguous first, else it would quantize other memory (a wrong, noisy Linear output)."""
+    import os
+    pytest.importorskip("triton")
+    x = torch.randn(96, 48, generator=torch.Generator().manual_seed(7)).bfloat16().t()   # [48, 96], stride (1, 48)
+    torch.save({"t": dict(x=x, scale=None, max_tile=16384)}, tmp_path / "cases.pt")
+    subprocess.run([sys.executable, os.path.join(REPO, "tests", "act_quant_outputs.py"), str(tmp_path / "cases.pt"),
+                    str(tmp_path / "out.pt")], check=True, timeout=300)
+    q, scale = torch.load(tmp_path / "out.pt")["t"]
+    eager_q, eager_scale = act_quant._quantize_eager(x, None)
+    assert torch.equal(q.view(torch.uint8), eager_q.view(torch.uint8)) and torch.equal(scale, eager_scale)

@@ -693,3 +693,12 @@ def test_another_fp8_format_asked_of_an_fp8_file_is_noted(tmp_path):
                  for fmt in ("fp8_e4m3fn (per-tensor)", "fp8_e4m3fn (per-channel)", "fp8_e5m2", "auto")}
     note = ["the file is already fp8 e5m2 (plain cast, no scales); its FP8 weights are used as they are"]
     assert asked == {"fp8_e4m3fn (per-tensor)": note, "fp8_e4m3fn (per-channel)": note, "fp8_e5m2": [], "auto": []}
+
+
+def test_the_hosts_activation_scales_belong_to_their_layer():
+    """ComfyUI's quantized layers may carry `<layer>.input_scale`: part of the layer, not a model tensor the loader
+    reports as unused ("N tensors ... are ignored") or loads as a weight of its own."""
+    from quant.comfy_format import is_quant_extra
+    for suffix in ("weight_scale", "scale_weight", "comfy_quant", "input_scale", "scale_input"):
+        assert is_quant_extra(f"blocks.0.self_attn.q.{suffix}")
+    assert not is_quant_extra("blocks.0.self_attn.q.weight")

@@ -166,3 +166,8 @@ def test_a_backend_that_failed_at_run_time_is_passed_over():
     assert choose("sageattention", "cuda", (8, 9), pkgs) == ("exact", why)
     both = pkgs._replace(failed=pkgs.failed + (("comfy-kitchen int8", "comfy-kitchen int8 failed (RuntimeError)"),))
     assert choose("auto", "cuda", (8, 9), both) == ("exact", f"{why}; comfy-kitchen int8 failed (RuntimeError)")
+
+
+def test_sage3_only_on_the_capabilities_its_kernel_runs_on():
+    assert choose("sage3", "cuda", (12, 0), Installed(sage3=True))[0] == "sage3"
+    assert choose("sage3", "cuda", (13, 0), Installed(sage3=True))[0] == "exact"

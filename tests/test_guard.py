@@ -139,3 +139,25 @@ def test_an_error_from_q_stays_in_its_block():
     assert rows.numel() == 8 * 128 + 40
     assert torch.equal(sage_attention_reference(q.index_select(2, rows), k, v, layout="HND"),
                        whole.index_select(2, rows))
+
+
+def test_a_short_last_block_takes_none_of_the_widest_places():
+    """The last block is always checked; its mean |q| counts its real rows only, so a one-row last block does not
+    look widest and push out a block an outlier wrecks (each of the 4 widest stays checked)."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 2, 200 * 128 - 127, 8, generator=g)
+    for b in (11, 37, 61, 97):
+        q[0, 1, b * 128 + 5, 3] = 30.0
+    blocks = set((guard_rows(q) // 128).tolist())
+    assert {11, 37, 61, 97, 199} <= blocks, sorted(blocks)
+
+
+def test_an_outlier_in_one_head_of_twelve_is_among_the_widest():
+    """Outliers sit in some heads: a block that one head's outlier wrecks is checked even where other blocks span
+    more on average over the heads."""
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(1, 12, 200 * 128, 8, generator=g)
+    q[0, 0, 11 * 128 + 5, 3] = 300.0          # one head: span ~270
+    for b in (37, 61, 97, 120):               # every head: span ~35
+        q[0, :, b * 128 + 7, 2] = 30.0
+    assert 11 in set((guard_rows(q) // 128).tolist())

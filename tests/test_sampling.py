@@ -302,3 +302,19 @@ def test_model_timesteps_are_skyreels_integers(case):
     assert table[forcing.frame_sigmas(torch.tensor([[0]]), sigmas).item()] == 999       # not started
     # The addnoise level: float32(0.251) * 1000 is just under 251; the table still says 251.
     assert table[torch.tensor(0.251).item()] == 251 and torch.tensor(0.251).item() * 1000 < 251
+
+
+def test_latent_frames_of_any_frame_count_as_the_vae_encodes_them():
+    """The causal VAE makes 1 + (F - 1) // 4 latent frames of F video frames, 4k + 1 or not (a prefix video shorter
+    than overlap_history: Sample Video's _tail_pixels keeps latent_frames(available) of them)."""
+    assert [latent_frames(n) for n in (1, 2, 4, 5, 8, 9, 12, 97, 100)] == [1, 1, 1, 2, 2, 3, 3, 25, 25]
+    assert all(latent_frames(video_frames(n)) == n for n in range(1, 40))
+
+
+def test_aspect_crop_keeps_the_box_inside_the_picture():
+    """The largest centred box of the target's aspect: a wide picture to a square loses its sides, a tall one its
+    top and bottom (never a box past the picture's edge)."""
+    from sampling.schedule import aspect_crop
+    assert aspect_crop(1000, 500, 100, 100) == (250, 0, 750, 500)
+    assert aspect_crop(500, 1000, 100, 100) == (0, 250, 500, 750)
+    assert aspect_crop(1920, 1080, 960, 544) == (7.5, 0, 1912.5, 1080)

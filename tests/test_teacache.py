@@ -137,3 +137,13 @@ def test_a_change_that_is_not_a_number_runs_the_blocks():
     assert cache.compute(0, 0, 10, torch.zeros(2, 8), IDENTITY, (1, 2))
     cache.keep(0, torch.zeros(1, 2))
     assert cache.compute(0, 1, 10, torch.zeros(2, 8), IDENTITY, (1, 2)) is True
+
+
+def test_a_residual_of_another_shape_is_not_reused():
+    """The same embedding shape but another hidden-state shape (another window of tokens on one stream): the blocks
+    run, as the kept residual cannot be added to it."""
+    tc, coeffs, e = teacache.TeaCache(1.0, False), (0.0, 0.0, 0.0, 0.0, 0.0), torch.ones(1, 4)
+    assert tc.compute("c", 0, 10, e, coeffs, (1, 8, 4)) is True
+    tc.keep("c", torch.zeros(1, 8, 4))
+    assert tc.compute("c", 1, 10, e, coeffs, (1, 8, 4)) is False     # would skip: nothing changed
+    assert tc.compute("c", 2, 10, e, coeffs, (1, 6, 4)) is True
