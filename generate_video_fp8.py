@@ -617,11 +617,13 @@ def connect_flags(prompt, args, sizes, source):
 
 def continue_video(prompt, sample, args, sizes, frames, vae):
     """--video_path as SkyReels-V2's extend_video: the video resized to the output size (stretched, as its reader
-    does) is Sample Video's prefix_video, and the saved video is all of it, then the new frames."""
+    does) is Sample Video's prefix_video, and the saved video is all of it, then the new frames. Its reader resizes
+    with ffmpeg's bicubic, which widens its filter when shrinking and gives 8-bit RGB: core's lanczos (PIL, 8-bit)
+    comes closer to it than core's bicubic on every clip measured (bench/preprocess.py)."""
     prompt["video"] = {"class_type": "LoadVideo", "inputs": {"file": input_name(args, "video_path")}}
     prompt["video_frames"] = {"class_type": "GetVideoComponents", "inputs": {"video": ["video", 0]}}
     prompt["video_sized"] = {"class_type": "ImageScale", "inputs": {
-        "image": ["video_frames", 0], "upscale_method": "bicubic", "width": sizes["width"],
+        "image": ["video_frames", 0], "upscale_method": "lanczos", "width": sizes["width"],
         "height": sizes["height"], "crop": "disabled"}}
     sample["prefix_video"], sample["vae"] = ["video_sized", 0], vae
     head = frames - sample["mode.overlap_history"]     # Sample Video's images start with the last overlap_history
