@@ -89,6 +89,9 @@ dm = ours.model.diffusion_model
 dm.forward_orig = lambda *args, **kwargs: None
 result["compiled"] = [foreign_forward.replacement(m) for m in (torch.compile(dm, backend="eager"), dm)]
 del dm.forward_orig
+dm._forward = lambda *args, **kwargs: None      # the host's other entry (forward -> _forward -> forward_orig)
+result["_forward"] = foreign_forward.replacement(dm)
+del dm._forward
 result["our teacache after"] = sample(cache(TeaCache.execute(ours, 0.2, False).args[0]))[1]
 result["our teacache before"] = sample(TeaCache.execute(cache(ours), 0.2, False).args[0])[1]
 """
@@ -149,9 +152,11 @@ def check(r, pack, name):
         assert lines[0] in ("attention: reference - 0 calls 8-bit, 0 exact",
                             "attention: reference - 0 calls 8-bit (this pack's PyTorch SageAttention), 0 exact"), r
         assert lines[1].startswith("attention: no call reached Patch SageAttention: ") and who in lines[1], lines
+        assert lines[1].count(who) == 1, lines      # named once, not once per model call
     log = r["ksampler sage log"]
     assert len(log) == 1 and log[0].startswith("attention: no call reached Patch SageAttention: ") and who in log[0], r
     assert r["ksampler sage alone log"] == [], r
+    assert (r["_forward"] or "").startswith("<lambda> ("), r["_forward"]
     assert r["compiled"][0] == r["compiled"][1] and r["compiled"][0].startswith("<lambda> ("), r["compiled"]
     for key in ("our teacache after", "our teacache before"):
         assert r[key].startswith("TeaCache (SkyReels-V2): ") and who in r[key], r[key]

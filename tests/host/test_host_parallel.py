@@ -131,6 +131,14 @@ result["lora changes the output"] = rel(one, plain)
 result["lora, parallel"] = [rel(first[0]["samples"], one), rel(second[0]["samples"], one)]
 result["kept"] = [first[1].splitlines()[-1], second[1].splitlines()[-1], pids == sorted(pid for pid, _ in workers()),
                   len(pids)]
+# A kept worker that died while idle (e.g. killed for memory) is noticed: the next run starts new workers
+psutil.Process(pids[-1]).kill()
+time.sleep(1)
+try:
+    revived = SampleVideo.execute(with_lora, pos, neg, **ARGS, parallel=keep).args[:3]
+    result["kept worker died"] = [rel(revived[0]["samples"], one), revived[1].splitlines()[-1]]
+except ValueError as e:
+    result["kept worker died"] = str(e)
 third = SampleVideo.execute(model, pos, neg, **ARGS, parallel=keep).args       # another model: new workers
 result["new model"] = [rel(third[0]["samples"], plain), third[1].splitlines()[-1],
                        bool(set(pids) & {pid for pid, _ in workers()})]
@@ -213,6 +221,19 @@ def prompts():
     outcome["workers_after"] = len(workers())
     again = sample(config)[0]["samples"]       # the host carries on, and the next run starts new workers
     outcome["again"] = bool(again.isfinite().all())
+    # A run that fails once its workers started releases them, also with keep_workers on (the default): a failed
+    # run's workers may be stuck in a collective, and hold their memory
+    from skyreels_pack.nodes.adapters import parallel_run
+    real_sample = parallel_run._sample
+    def failing(*args):
+        raise RuntimeError("a worker's error")
+    parallel_run._sample = failing
+    try:
+        sample(ParallelConfig.execute(2, "cpu", "", cfg_parallel=False, keep_workers=True).args[0])
+    except RuntimeError as e:
+        outcome["kept after a failure"] = [str(e), len(workers())]
+    finally:
+        parallel_run._sample = real_sample
 runner = threading.Thread(target=prompts)
 runner.start()
 deadline = time.time() + 120
@@ -272,6 +293,8 @@ def test_two_actors_equal_one_process(host, tmp_path):
     first, second, same, count = r["kept"]
     assert "with starting the workers and loading" in first and "(workers kept from the last run)" in second
     assert same and count == 2, r["kept"]
+    died = r["kept worker died"]
+    assert isinstance(died, list) and died[0] <= 1e-5 and "with starting the workers and loading" in died[1], died
     # ... and the host's models are unloaded for kept workers too (else they sit on the first worker's device)
     assert r["host models"] == [1, 0], r["host models"]
     assert r["new model"][0] <= 1e-5 and "with starting the workers" in r["new model"][1], r["new model"]
@@ -333,6 +356,7 @@ def test_a_killed_worker_is_a_clear_error_and_the_host_carries_on(host, tmp_path
     assert "all workers were released" in r["error"]
     assert r["workers_after"] == 0 and r["workers_end"] == 0, r   # no stray processes, after the failure or the rerun
     assert r["again"], r
+    assert r["kept after a failure"] == ["a worker's error", 0], r
 
 
 def test_without_ray_the_message_says_how_and_single_device_works(host, tmp_path):
@@ -410,12 +434,36 @@ for shown in (None, "0"):
             parallel_pool._use_cpu(one_gpu, dict(device="gpu", address=address), 2)
         except ValueError as e:
             result[f"{{shown}} {{address}}"] = str(e)
+# device "auto": GPU workers where the cluster has GPUs, CPU workers where it has none
+result["auto"] = [parallel_pool._use_cpu(SimpleNamespace(cluster_resources=lambda: {{"GPU": 2.0, "CPU": 16.0}}),
+                                         dict(device="auto", address=""), 2),
+                  parallel_pool._use_cpu(SimpleNamespace(cluster_resources=lambda: {{"CPU": 16.0}}),
+                                         dict(device="auto", address=""), 2)]
+# The user's cancel stops the workers and the run at the next poll, whatever the workers are doing (here: never
+# answering)
+import comfy.model_management
+killed, polls = [], []
+def never(refs, num_returns, timeout):
+    polls.append(1)
+    if len(polls) > 20:
+        raise RuntimeError("still waiting after the cancel")
+    return [], refs
+comfy.model_management.interrupt_current_processing(True)
+try:
+    parallel_pool.wait(SimpleNamespace(wait=never, kill=killed.append), ["ref"], ["worker 0", "worker 1"])
+except comfy.model_management.InterruptProcessingException:
+    result["cancel"] = [killed, len(polls)]
+except RuntimeError as e:
+    result["cancel"] = str(e)
+comfy.model_management.interrupt_current_processing(False)
 """
 
 
 def test_too_few_gpus_names_comfyuis_cuda_device_where_it_hid_them(host):
     # --cuda-device sets CUDA_VISIBLE_DEVICES, so the Ray cluster the pack starts on this machine sees that GPU alone
     r = run_in_host(host, TOO_FEW.format(repo=REPO))
+    assert r.pop("auto") == [False, True], r
+    assert r.pop("cancel") == [["worker 0", "worker 1"], 1], r
     plain = "Sample Video: parallel: 2 workers need 2 GPUs; the Ray cluster has 1"
     assert r["None "] == r["None 10.0.0.2:6379"] == r["0 10.0.0.2:6379"] == plain, r   # nothing hid them there
     assert r["0 "] == plain + (" (ComfyUI's --cuda-device 0 shows it only that: start ComfyUI without it, or start a "

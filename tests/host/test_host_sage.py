@@ -145,6 +145,13 @@ try:
     recipe_of(foreign)
 except ValueError as e:
     result["parallel"] = [list(recipe_of(guarded)[1]), str(e)]
+# Each setting reaches the workers as it is; other settings mean other workers (kept ones run the settings
+# they loaded with)
+from skyreels_pack.nodes.adapters.parallel_run import Plan
+from skyreels_pack.nodes.parallel import ParallelConfig
+settings = PatchSageAttention.execute(patcher, "reference", 1, 2, 3, 0.99).args[0]
+config = ParallelConfig.execute(2, "cpu", "").args[0]
+result["parallel settings"] = [list(recipe_of(settings)[1]), Plan(config, settings).key == Plan(config, guarded).key]
 
 # Another node's override (KJNodes' Patch Sage Attention KJ sets a closure made in its node): Patch SageAttention
 # after it replaces it and says so; a run with it reports whose attention ran, and Parallel Config names it.
@@ -385,6 +392,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert r["parallel"] == [["reference", 0, 0, 0, 0.995], "Sample Video: parallel: this MODEL carries changes a "
                              "worker cannot rebuild (another_pack); connect Load FP8 SkyReels Model (and Patch "
                              "SageAttention, TeaCache, LoRA loaders) directly"], r["parallel"]
+    assert r["parallel settings"] == [["reference", 1, 2, 3, 0.99], False], r["parallel settings"]
     assert r["all_kept"] == [{"sage": 0, "exact": n}, [
         "Patch SageAttention: exact_first_blocks + exact_last_blocks (60) cover all 2 blocks of this model: every "
         "attention call stays exact"]], r["all_kept"]
@@ -660,6 +668,25 @@ patched = PatchSageAttention.execute(patcher, "comfy-kitchen int8", 0, 0, 0, 0.9
 core.common_ksampler(patched, 0, 2, 2.0, "euler", "simple", pos, pos, latent)
 override = patched.model_options["transformer_options"]["optimized_attention_override"]
 result["explicit"] = dict(counts=dict(override.counts), kitchen=len(kitchen_calls))
+# sageattention runs a step, then fails within the guard's first phase (its sites checked already): auto's next
+# backend is checked at each site from its first call there, so one that is off there goes exact at once
+sage_override.FAILED.clear()
+sage._broken = None
+sage_calls.clear()
+def sage_then_fails(q, k, v, tensor_layout="HND", **kw):
+    sage_calls.append(1)
+    if len(sage_calls) > 2:    # one step: 2 blocks' self-attention (16-key cross-attention is exact there)
+        raise ImportError("DLL load failed while importing _fused: The specified procedure could not be found.")
+    hnd = (lambda t: t.transpose(1, 2)) if tensor_layout == "NHD" else (lambda t: t)
+    return hnd(torch.nn.functional.scaled_dot_product_attention(hnd(q), hnd(k), hnd(v)))
+sage._kernel = sage_then_fails
+host_attention.REGISTERED_ATTENTION_FUNCTIONS["comfy_kitchen_int8"] = (
+    lambda q, k, v, heads, **kw: -attention_pytorch(q, k, v, heads, **kw))     # off at every site
+patched = PatchSageAttention.execute(patcher, "auto", 0, 0, 0, 0.995).args[0]
+truth = core.common_ksampler(exact, 0, 8, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
+a = core.common_ksampler(patched, 0, 8, 2.0, "euler", "simple", pos, pos, latent)[0]["samples"]
+override = patched.model_options["transformer_options"]["optimized_attention_override"]
+result["takes over mid-phase"] = dict(rel=rel(a, truth), counts=dict(override.counts), sage=len(sage_calls))
 """
 
 
@@ -693,3 +720,6 @@ def test_auto_picks_again_when_a_backends_kernels_fail_at_run_time(host, tmp_pat
         ["WARNING", f"Patch SageAttention: {sage_failed}; {kitchen_failed}; attention stays exact (ComfyUI's "
                     "PyTorch attention)"]]), r["earlier model"]
     assert r["explicit"] == dict(counts={"sage": 0, "exact": 8}, kitchen=0), r["explicit"]
+    # 8 steps x 4 calls: step 0's self-attention 8-bit, then all exact (comfy-kitchen is off everywhere)
+    mid = r["takes over mid-phase"]
+    assert mid["counts"] == {"sage": 2, "exact": 30} and mid["rel"] <= 1e-3, mid

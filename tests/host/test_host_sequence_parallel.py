@@ -49,6 +49,12 @@ xx = torch.randn(1, 16, 6, 8, 12, generator=torch.Generator().manual_seed(2))
 t6 = torch.tensor([[999.0, 999, 600, 600, 300, 300]])
 full, first = forward(causal_one, xx, t6, 2), forward(causal_one, xx[:, :, :2], t6[:, :2], 2)
 result["causal: first block alone vs in the video"] = rel(full[:, :, :2], first)
+# Model options deep-copied (as ComfyUI's clone did before deepcopy_list_dict, and as some nodes do) keep the one
+# VideoAttention the model's wrapper marks self-attention calls for: the copy is as causal as the model
+import copy
+copied = causal_one.clone()
+copied.model_options = copy.deepcopy(causal_one.model_options)
+result["causal, options deep-copied"] = rel(forward(copied, xx, t6, 2), forward(causal_one, xx, t6, 2))
 full = forward(patcher, xx, t6)
 result["not causal: first block alone vs in the video"] = rel(full[:, :, :2], forward(patcher, xx[:, :, :2], t6[:, :2]))
 result["usp calls"] = calls["usp"]
@@ -57,6 +63,17 @@ result["local tokens"] = sorted(calls["local tokens"])
 tokens = torch.arange(20.0)[None, :, None]
 shares = [sequence_parallel.Shards((5, 2, 2), 2, rank).tokens(tokens) for rank in range(2)]
 result["shares"] = [s.flatten().tolist() for s in shares] + [shares[0].data_ptr() == tokens.data_ptr()]
+# A call that adds tokens beyond the video's (the host's in-context reference latents) is refused by name, not
+# split as if they were video frames
+sp = sequence_parallel.patch(patcher, MESHES["ulysses"])
+try:
+    opts = dict(sp.model_options["transformer_options"], wrappers=sp.wrappers)
+    with torch.no_grad():
+        sp.model.diffusion_model(torch.randn(1, 16, 3, 8, 12), torch.tensor([600.0]), ctx, transformer_options=opts,
+                                 context_latents=[torch.randn(1, 16, 1, 8, 12)])
+    result["context latents"] = "ran"
+except ValueError as e:
+    result["context latents"] = str(e)
 """
 
 SAMPLE = r"""
@@ -69,6 +86,16 @@ ARGS = dict(width=48, height=32, frames=17, seed=3, steps=3, cfg=4.0, shift=8.0,
             addnoise_condition=0)
 DF = dict(mode="diffusion forcing", frames=33, base_num_frames=21, overlap_history=9, ar_step=1, addnoise_condition=20)
 result = {}
+# Every rank batches cond and uncond alike: the host batches by the free memory of the device, which differs
+# between GPUs, and ranks that batched apart would run different collectives (a hang or a size mismatch). The
+# sampler's batching in a sequence-parallel run sees no memory limit.
+import comfy.samplers
+free_seen, real_calc = set(), comfy.samplers.calc_cond_batch
+def calc_seen(model, conds, x, sigma, options):
+    if sequence_parallel.MESH_KEY in options.get("transformer_options", {}):
+        free_seen.add(model.current_patcher.get_free_memory(x.device))
+    return real_calc(model, conds, x, sigma, options)
+comfy.samplers.calc_cond_batch = calc_seen
 cases = [("ulysses", "standard", {}), ("ulysses", "diffusion forcing", DF), ("cfg", "standard", {}),
          ("cfg", "diffusion forcing", DF), ("ring", "diffusion forcing, causal", dict(DF, causal_attention=True)),
          ("ulysses", "diffusion forcing, causal, blocks of 2", dict(DF, causal_attention=True, causal_block_size=2,
@@ -78,6 +105,13 @@ for mesh, name, extra in cases:
     one = SampleVideo.execute(df, pos, neg, **args).args[0]["samples"]
     two = SampleVideo.execute(sequence_parallel.patch(df, MESHES[mesh]), pos, neg, **args).args[0]["samples"]
     result[f"{mesh}: {name}"] = rel(two, one)
+comfy.samplers.calc_cond_batch = real_calc
+result["free memory in the batching"] = sorted(free_seen)
+# What a rank computed alone (a VAE encoding, noise drawn on its own GPU: the last bits, or all of them, differ
+# between GPUs) becomes rank 0's on every rank; without a mesh it is left as it is.
+own = torch.full((2, 3), float(dist.get_rank()))
+sp_df = sequence_parallel.patch(df, MESHES["ulysses"])
+result["agree"] = [sequence_parallel.agree(sp_df, own.clone()).tolist(), sequence_parallel.agree(df, own).tolist()]
 # Patch SageAttention underneath. Self-attention quantizes the same 128-token blocks of each head as on one
 # process, but cross-attention's queries are the rank's own tokens, so their blocks (and INT8 scales) differ: the
 # parallel run rounds differently, and must be no further from exact attention than the one-process run is.
@@ -139,6 +173,8 @@ def test_two_rank_forward_equals_one_process(host, tmp_path):
         # 8 x 12 latent = 24 tokens per frame).
         assert r.pop("usp calls") == 16 and r.pop("local tokens") == [48, 72], r
         assert r.pop("shares") == [list(range(12)), list(range(12, 20)) + [0] * 4, True]
+        refused = r.pop("context latents")
+        assert refused.startswith("sequence parallel: this model adds tokens beyond the video's"), refused
         # The mask is really there: without it the first frames see the later ones (measured 0.077).
         assert r.pop("not causal: first block alone vs in the video") > 1e-2
         assert r.pop("causal: first block alone vs in the video") <= 1e-5
@@ -151,7 +187,9 @@ def test_two_rank_sampling_equals_one_process(host, tmp_path):
     # Standard and asynchronous Diffusion Forcing over 2 windows with a noised prefix, on Ulysses, CFG parallel
     # and ring, with and without causal attention: every rank runs the same Sample Video; rank outputs must match
     # the single-process run.
-    for r in run_spmd(host, _code(tmp_path, SAMPLE)):
+    for rank, r in enumerate(run_spmd(host, _code(tmp_path, SAMPLE))):
+        assert r.pop("free memory in the batching") == [float("inf")]
+        assert r.pop("agree") == [[[0.0] * 3] * 2, [[float(rank)] * 3] * 2]
         assert r.pop("usp calls") > 0            # the sequence-parallel model ran
         assert r.pop("sage calls") > 0           # and the 8-bit attention under it
         apart = r.pop("sage: parallel vs one process")
