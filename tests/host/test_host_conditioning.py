@@ -148,6 +148,9 @@ def notes(p, n=neg, **kw):
 result = dict(ranged=notes(ranged), synchronous=notes(ranged, ar_step=0), standard=notes(ranged, mode="standard"),
               keyframes=notes(*scheduled), hooks=notes(*hooked), whole=notes(
                   core.ConditioningSetTimestepRange().set_range(pos, 0.0, 1.0)[0]))
+# a prompt that ends at half the schedule beside one that runs throughout: only an end is scheduled
+result["ends"] = notes(core.ConditioningCombine().combine(
+    core.ConditioningSetTimestepRange().set_range(pos, 0.0, 0.5)[0], other)[0])
 seen.clear()
 notes(ranged)
 result["seen"] = [(t, tokens) for t, tokens in seen if tokens != 5]      # the positive's calls
@@ -168,7 +171,7 @@ def test_scheduled_conditioning_in_asynchronous_diffusion_forcing_is_noted(host,
     note = ("ar_step 2: conditioning scheduled by noise level (ConditioningSetTimestepRange, hook keyframes) switches "
             "at the noisiest frame's level, one per model call; frames further along switch later than their own "
             "level says, or not at all")
-    assert r["ranged"] == [note] and r["keyframes"] == [note], r
+    assert r["ranged"] == [note] and r["keyframes"] == [note] and r["ends"] == [note], r
     assert r["synchronous"] == r["standard"] == r["hooks"] == r["whole"] == [], r
     # (timesteps of the 3 frames, the prompt's tokens): frame 0 at 888 and 727, in B's half (from 888.9), ran A
     assert r["seen"] == [[[999.0, 999.0, 999.0], 8], [[959.0, 999.0, 999.0], 8], [[888.0, 999.0, 999.0], 8],

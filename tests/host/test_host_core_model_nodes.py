@@ -39,6 +39,9 @@ for name, model in (("v", ModelSamplingDiscrete().patch(ours, "v_prediction", Fa
     result[name] = dict(same_as_plain=bool(torch.equal(runs[0][0], plain)), report=runs[0][1].splitlines()[-1],
                         logged=[l for l in lines if "model sampling" in l])
     lines.clear()
+# ModelSamplingAuraFlow: a flow sampling whose multiplier (1, not 1000) Sample Video's timesteps drop
+from comfy_extras.nodes_model_advanced import ModelSamplingAuraFlow
+result["aura"] = sample(ModelSamplingAuraFlow().patch_aura(ours, 3.0)[0])[1].splitlines()[-1]
 """
 
 
@@ -58,6 +61,8 @@ def test_sample_video_names_a_model_sampling_it_does_not_run(host, tmp_path):
         assert v["logged"] == [f"Sample Video: {note}"], (name, v)      # once for two runs
     assert not r["sd3 shift 0"]["same_as_plain"] and r["sd3 shift 0"]["logged"] == [], r["sd3 shift 0"]
     assert "model sampling" not in r["sd3 shift 0"]["report"], r["sd3 shift 0"]
+    assert r["aura"] == ("the MODEL's model sampling (multiplier 1) is not used: Sample Video samples SkyReels-V2's "
+                         "flow matching (shift 8); use KSampler to sample with it"), r["aura"]
 
 
 REPLACED = LOGGED + r"""

@@ -77,6 +77,23 @@ def test_an_older_comfyui_is_told_which_version_the_pack_needs(host, tmp_path):
     assert r["ok"] and len(r["nodes"]) == 6 and not [w for w in r["warnings"] if "Cannot import" in w], r
 
 
+def test_comfyui_versions_compare_as_numbers(monkeypatch):
+    """0.4.0 is older than 0.30.0 and 0.100.0 newer (compared as text, "4" > "30" and "100" < "30")."""
+    import importlib.util
+    import sys
+    oldest = tuple(int(n) for n in oldest_comfyui().split("."))
+    for release in ((0, 4, 0), (oldest[0], oldest[1] - 1, 9), oldest, (oldest[0], oldest[1] + 70, 0), (1, 0, 0)):
+        version = ".".join(map(str, release))
+        monkeypatch.setitem(sys.modules, "comfyui_version", types.SimpleNamespace(__version__=version))
+        spec = importlib.util.spec_from_file_location("skyreels_entry_point", os.path.join(REPO, "__init__.py"))
+        try:
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+            refused = False
+        except ImportError as e:
+            refused = f"this ComfyUI is {version}:" in str(e)
+        assert refused == (release < oldest), version
+
+
 def test_the_registry_is_told_the_same_oldest_comfyui(host):
     """pyproject.toml's requires-comfyui, as the host's own parser reads it (the registry and ComfyUI-Manager read the
     same field), is the version the pack checks, and the host these tests pass on is not older."""

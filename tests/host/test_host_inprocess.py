@@ -93,8 +93,13 @@ def forward():
     quantized.clear()
     with torch.inference_mode():   # as the host runs nodes: tensors without version counters
         return model(x, t, ctx, transformer_options=patcher.model_options["transformer_options"])
+held_at_o = []     # the q/k/v input's quantization, still held when the attention's output Linear runs
+hook = model.blocks[0].self_attn.o.register_forward_pre_hook(
+    lambda *args: held_at_o.append(act_quant._state.entry is not None))
 shared = forward()
-counts = dict(shared=len(quantized), held=act_quant._state.entry is not None, depth=act_quant._state.depth)
+hook.remove()
+counts = dict(shared=len(quantized), held=act_quant._state.entry is not None, depth=act_quant._state.depth,
+              held_at_o=held_at_o)
 # Cancel inside a self-attention: ComfyUI's interrupt is a BaseException, which torch's always_call hooks miss.
 import comfy.model_management as mm
 def cancel(module, args):
@@ -130,6 +135,12 @@ try:
 finally:
     fp8._w8a8_plan = real_plan
 result["fallback_logs"] = [m for m in warned if "fp8 matmul" in m]
+# Sample Video's report counts the run's own products: a run after those fallbacks names none of them.
+from skyreels_pack.nodes.adapters import run_report
+meter = run_report.Meter(torch.device("cpu"))
+forward()
+meter.finish()
+result["next_run"] = [meter.products, meter.fallback_reasons]
 """
 
 
@@ -140,12 +151,15 @@ def test_h_attention_quantizes_its_shared_input_once(host, tmp_path):
     # k and v on the text (1) and o; the two FFN Linears. Reusing changes no bit of the output.
     assert r["alone"] == 10 * r["blocks"] and r["shared"] == 7 * r["blocks"], r
     assert r["equal"] and not r["held"] and r["depth"] == 0, r
+    assert r["held_at_o"] == [False], r      # dropped after v: not held through the attention (its VRAM)
     # a Cancel mid-attention leaves its scope open (1), and the next model call closes it before any other Linear
     # (it stayed open for the session: every inference tensor would have counted as shared)
     assert r["left_open"] == 1 and r["depths"] == [0], r
     assert "compute: fp8 matmul (cpu device: no FP8 tensor cores);" in r["report"], r
     # where an FP8 product cannot run, the log says so once (core KSampler shows no report)
     assert r["fallback_logs"] == ["fp8 matmul unavailable (a reason made up for the test); using upcast"], r
+    # the next run's report: its own products only, and no reason of the runs before
+    assert r["next_run"] == [{"w8a8": 10 * r["blocks"], "fallback": 0, "upcast": 0}, []], r["next_run"]
 
 
 MULTIGPU = r"""
@@ -370,6 +384,13 @@ for name, layout, kw in (("ours tensor", fp8_ops.LAYOUT, dict(per_channel=False)
 in_place = fp8_ops.FP8Layout.quantize(big.clone(), "recalculate", stochastic_rounding=5, inplace_ops=True)[0]
 copied = fp8_ops.FP8Layout.quantize(big, "recalculate", stochastic_rounding=5)[0]
 result["stochastic"] = dict(peaks=peaks, same=torch.equal(in_place.view(torch.uint8), copied.view(torch.uint8)))
+# An e5m2 layer (Convert to FP8's fp8_type e5m2) stays e5m2 when a LoRA merge re-quantizes it
+linear = comfy.ops.mixed_precision_ops({{}}, torch.float32, full_precision_mm=True).Linear(512, 512, bias=False)
+linear.weight = torch.nn.Parameter(QuantizedTensor.from_float(big.bfloat16(), fp8_ops.LAYOUT, per_channel=False,
+                                                              fp8_dtype=torch.float8_e5m2), requires_grad=False)
+linear.layout_type = fp8_ops.LAYOUT
+linear.set_weight(big + 0.01, seed=1234)
+result["e5m2 merged"] = [str(linear.weight._qdata.dtype), list(linear.weight._params.scale.shape)]
 """
 
 
@@ -386,6 +407,7 @@ def test_lora_requantization_in_row_blocks_equals_the_whole_layer(host, tmp_path
     peaks = r["stochastic"]["peaks"]
     assert r["stochastic"]["same"], r
     assert max(peaks["ours tensor"], peaks["ours channel"]) <= peaks["host tensor"] + 0.05, peaks
+    assert r["e5m2 merged"] == ["torch.float8_e5m2", []], r["e5m2 merged"]     # its format and granularity kept
 
 
 UNET_DTYPE_OPTION = r"""
@@ -456,6 +478,7 @@ for i in range(2):
 models = dict(plain=comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0)[0],
               bypass=comfy.sd.load_bypass_lora_for_models(model, None, lora, 1.0, 0)[0],
               merged=ModelMergeSimple().merge(model, other, 0.5)[0], added=ModelAdd().merge(model, other)[0])
+models["two"] = comfy.sd.load_lora_for_models(models["plain"], None, lora, 0.5, 0)[0]   # two LoRAs, the same weights
 result = dict(lines={k: run_report.patches_lines(m) for k, m in models.items()}, parallel={})
 for name in ("merged", "added"):
     try:
@@ -475,7 +498,8 @@ def test_report_tells_loras_bypass_loras_and_merges_apart(host, tmp_path):
                           "bypass": ["LoRAs in bypass mode (Load LoRA (Bypass) (For debugging)): applied beside the "
                                      "weights"],
                           "merged": ["weight patches (model merge): 69 weights"],
-                          "added": ["weight patches (model merge): 69 weights"]}, r["lines"]
+                          "added": ["weight patches (model merge): 69 weights"],
+                          "two": ["weight patches (LoRAs): 4 weights"]}, r["lines"]
     for name, message in r["parallel"].items():
         assert "a weight patch of type list (a model merge" in message, (name, message)
 

@@ -88,6 +88,8 @@ a, report = sv(patch(df, 10), **ONE)
 result["one window"] = rel(a, plain)
 result["windows"] = [sv(patch(df, n), **WINDOWS)[1] for n in (10, 8)]
 result["plain windows"] = sv(df, **WINDOWS)[1].splitlines()[0]
+# one window of the whole latent (10 frames), a patch made for 7: the host's own error, not the window message
+result["whole"] = sv(patch(df, 7), **ONE)[1]
 from generate_video_fp8 import write_tiny_vae
 write_tiny_vae(os.path.join({folder!r}, "vae.safetensors"))
 vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join({folder!r}, "vae.safetensors")))
@@ -183,5 +185,6 @@ def test_stand_in_frame_patch_in_windows(host, tmp_path):
                                      "(the video has 10)"), r["end image"]
     assert "leave out end_image" in r["end image"] and "base_num_frames" not in r["end image"], r["end image"]
     assert r["plain windows"].startswith("Sample Video: diffusion forcing, unipc 3 steps"), r
+    assert r["whole"].startswith("RuntimeError: stand-in: ") and "window" not in r["whole"], r["whole"]
     check_windows(r, "(FramePatch, StandInFramePatch)")
     assert all("RuntimeError: stand-in: " in m for m in r["windows"]), r["windows"]

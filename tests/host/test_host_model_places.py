@@ -34,6 +34,13 @@ folder_paths.add_model_folder_path("diffusion_models", extra, is_default=True)  
 result["extra"] = convert("on_extra")[0].splitlines()[-1]
 result["files"] = sorted(os.listdir(extra))
 result["long"] = convert("n" * 195)
+# a release folder whose index cannot be read stays listed (loading it says why): the list is the node's widget
+import sys
+model_files = sys.modules[Load.__module__.rsplit(".", 1)[0] + ".adapters.model_files"]
+try:
+    result["listed"] = [n for n in model_files.model_list() if n.startswith(("broken", "DF"))]
+except Exception as e:
+    result["listed"] = f"{{type(e).__name__}}: {{e}}"
 """
 
 
@@ -47,6 +54,9 @@ def test_outputs_and_release_folders_with_several_diffusion_models_folders(host,
     write_tiny_release(str(out / "DF"), "DF", seed=3)               # the release the list shows as "DF/" ...
     (first / "DF").mkdir()                                          # ... and a plain folder of that name listed first
     write_tiny(first / "DF" / "converted.safetensors", "T2V", seed=4)
+    (out / "broken").mkdir()                                        # a download cut short: its index unreadable
+    (out / "broken" / "model-00001-of-00002.safetensors").write_bytes(b"")
+    (out / "broken" / "model.safetensors.index.json").write_text("{")
     pack = tmp_path / "custom_nodes" / "ComfyUI-SkyReels-FP8-main (1)"   # a second download, unzipped on Windows
     install_copy(str(pack))
     r = run_in_host(host, CODE.format(pack=str(pack), first=str(first), out=str(out), extra=str(extra)))
@@ -67,6 +77,22 @@ def test_outputs_and_release_folders_with_several_diffusion_models_folders(host,
                           "folder ComfyUI lists that can be written)") and r["files"] == ["on_extra.safetensors"]
     # 195 characters given, 207 written: the message says where the other 12 come from
     assert "it is too long (at most 200 characters) with the .safetensors added;" in r["long"], r["long"]
+    assert r["listed"] == ["DF/", "broken/", "DF/converted.safetensors", "broken/model-00001-of-00002.safetensors"], r
+
+
+def test_folder_names_the_web_server_cannot_serve_are_named(tmp_path, caplog):
+    """The entry point's check alone (no host): each character aiohttp's routes quote in a path is named."""
+    import importlib.util
+    import shutil
+    names = {"ComfyUI-SkyReels-FP8": False, "ComfyUI-SkyReels-FP8 (1)": True, "ComfyUI-SkyReels-FP8[1]": True,
+             "ComfyUI-SkyReels-FP8#1": True, "ComfyUI-SkyReels-FP8-ü": True, "ComfyUI-SkyReels-FP8%1": True}
+    for i, (name, warned) in enumerate(names.items()):
+        (tmp_path / name).mkdir()
+        shutil.copyfile(os.path.join(REPO, "__init__.py"), tmp_path / name / "__init__.py")
+        caplog.clear()
+        spec = importlib.util.spec_from_file_location(f"skyreels_entry_{i}", str(tmp_path / name / "__init__.py"))
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        assert any("cannot serve" in r.getMessage() for r in caplog.records) == warned, (name, caplog.records)
 
 
 def test_the_script_finds_files_in_the_folders_of_the_hosts_extra_model_paths(host, tmp_path):

@@ -194,6 +194,7 @@ patched = PatchSageAttention.execute(patcher, "sage3", 0, 0, 0, 0.995).args[0]
 override_of(patched).counts["sage"] += 3
 override_of(patched).ran.add("sage3")
 result["sage3 report"] = run_report.attention_summary(patched, {})
+result["sage3 since"] = run_report.attention_summary(patched, {"sage": 1, "exact": 0})   # a run's own calls
 records.clear()
 
 # sage3: the host's kernel called directly (its own sage3 function runs PyTorch attention where the kernel fails, and
@@ -318,6 +319,8 @@ result["oom"] = [result["oom"], sage_override.FAILED.pop("comfy-kitchen int8", N
 # (ru_maxrss in bytes there, KiB elsewhere).
 result["all_fell"] = run_report.matmul_summary(True, True, {"w8a8": 0, "fallback": 40, "upcast": 40},
                                                torch.bfloat16, ["torch._scaled_mm failed: no kernel"])
+result["some_fell"] = run_report.matmul_summary(True, True, {"w8a8": 30, "fallback": 10, "upcast": 10},
+                                                torch.bfloat16, ["torch._scaled_mm failed: no kernel"])
 import builtins, collections, types, psutil
 real = builtins.open, psutil.Process.memory_info, sys.platform, sys.modules.get("resource")
 def no_proc(path, *a, **kw):
@@ -376,6 +379,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert r["oom"] == ["raised", None], r["oom"]
     # the report: every FP8 product fell back (its reason named), and macOS's ru_maxrss in bytes
     assert r["all_fell"] == "matmul: fp8 unavailable here, upcast (40 products: torch._scaled_mm failed: no kernel)"
+    assert r["some_fell"] == "matmul: fp8 w8a8 (30 products, 10 upcast: torch._scaled_mm failed: no kernel)", r
     assert r["mac_peak"] == "peak RSS 3072 MiB (process, since ComfyUI started; 100 MiB before the run)", r["mac_peak"]
     # 4 steps of 4 calls, the first exact, in two passes as in one (the second pass's first step was exact too)
     assert r["split"] == [{"sage": 12, "exact": 4}] * 2 and r["ddim_uniform"] == r["split"][1], r
@@ -405,6 +409,7 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
         parallel=f"Sample Video: parallel: an attention override other than Patch SageAttention is set on this MODEL, "
                  f"{who}; remove that node"), r["foreign"]
     assert r["sage3 report"] == "attention: sage3 - 3 calls FP4 (sage3), 0 exact", r["sage3 report"]
+    assert r["sage3 since"] == "attention: sage3 - 2 calls FP4 (sage3), 0 exact", r["sage3 since"]
     s3 = r["sage3 kernel"]
     # HND inputs made contiguous, not causal; the second call (1000 queries) never reaches the kernel; the third
     # fails, and from then on sage3 stays exact (the fourth), logged once
@@ -569,7 +574,7 @@ override = patched.model_options["transformer_options"]["optimized_attention_ove
 result.update(rel=rel(a, b), counts=dict(override.counts), orders=sorted(set(map(tuple, seen))), calls=len(seen),
               after=[x.name for x in comfy.ops.SDPA_BACKEND_PRIORITY], asked=sorted(set(asked)),
               logs=[m for m in info if "Patch SageAttention" in m[1]],
-              summary=attention_summary(patched, {}))
+              summary=attention_summary(patched, {}), no_exact=attention_summary(patched, dict(override.counts)))
 import threading, time
 def slow(*a, **k):         # two threads' calls overlap (core's multi-GPU CFG split runs one per GPU)
     time.sleep(0.3)
@@ -609,6 +614,7 @@ def test_exact_attention_runs_cudnn_first_where_pytorch_puts_it_first(host, tmp_
     assert r["while_threads"][0] == "CUDNN_ATTENTION", r
     assert r["asked"] == ["cpu"], r
     assert r["summary"] == "attention: auto - 0 calls 8-bit, 8 exact (cuDNN first)", r
+    assert r["no_exact"] == "attention: auto - 0 calls 8-bit, 0 exact", r     # cuDNN named only where exact calls ran
     # auto's choice there is news, not a warning
     assert r["logs"] == [["INFO", "Patch SageAttention: cpu device (8-bit attention kernels need an NVIDIA GPU); "
                                   "attention stays exact (ComfyUI's PyTorch attention, cuDNN first)"]], r

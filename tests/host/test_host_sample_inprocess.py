@@ -1,5 +1,7 @@
 """Sample Video inside a fresh host process: one progress bar over all windows, the DF-1.3B fps term reaching the
 model, and start image / prefix video kept as clean first frames."""
+import re
+
 from comfy_host import REPO, run_in_host
 from helpers import write_tiny
 from in_host import SETUP, write_models
@@ -46,7 +48,8 @@ full = sample(frames=29, base_num_frames=13, overlap_history=5,
               window_prompts={{"window_2": pos, "window_3": other}})[0]["samples"]
 image = torch.rand(1, 32, 32, 3, generator=g)
 video = torch.rand(13, 32, 32, 3, generator=g)
-with_image = sample(start_image=image, vae=vae)[0]["samples"]
+with_image, image_report, _ = sample(start_image=image, vae=vae)
+with_image = with_image["samples"]
 with_video = sample(frames=17, prefix_video=video, overlap_history=5, vae=vae, addnoise_condition=20)[0]["samples"]
 # A portrait start image for a landscape video is cropped to a strip: the report says how much is kept.
 portrait = torch.rand(1, 48, 32, 3, generator=g)       # 32 wide, 48 high
@@ -142,10 +145,18 @@ guidance_notes = [[l for l in SampleVideo.execute(rescaled, pos, neg, **nest_mod
 # NaN in (a broken text encoder, an overflow): the result is NaN, and the report says so first.
 nan_report = SampleVideo.execute(model, [[torch.full((1, 8, 4096), float("nan")), {{}}]], neg,
                                  **nest_mode(ARGS)).args[1]
+# The memory line on Linux: the peak is this run's (VmHWM restarted from the RSS at its start), not one reached
+# before it, e.g. by loading another model: 256 MiB held and freed before the meter starts are not in its peak.
+from skyreels_pack.nodes.adapters import run_report
+ballast = torch.ones(64 * 2**20)
+ballast += 1
+del ballast
+meter_line = run_report.Meter(torch.device("cpu")).finish().memory
 
 result = dict(
     refused=refused, matmul_lines=matmul_lines, guidance_notes=guidance_notes, nan_first=nan_report.splitlines()[0],
     clean_first=report.splitlines()[0],
+    meter_line=meter_line, image_report=image_report,
     upgraded=upgraded, linked=linked, no_mode=no_mode,
     timesteps=[t.tolist() for t in seen],
     carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
@@ -196,6 +207,12 @@ def test_sample_video_in_process(host, tmp_path):
     values, totals = [v for v, _ in r["updates"]], {t for _, t in r["updates"]}
     assert totals == {14} and values == sorted(values) and values[-1] == 14, r["updates"]
     assert "4 window(s), 15 latent frames = 57 video frames" in r["report"] and "14 model calls" in r["report"]
+    # the memory line: the peak since the run started (Linux restarts VmHWM), not a peak reached before it
+    m = re.fullmatch(r"peak RSS (\d+) MiB \(process; (\d+) MiB before the run\)", r["meter_line"])
+    assert m and int(m[1]) - int(m[2]) < 128, r["meter_line"]     # 256 MiB were held and freed before it started
+    assert "MiB (process; " in r["report"], r["report"]
+    # the diffusion forcing line says the video starts from a start image
+    assert ", fps 24, start image" in r["image_report"].splitlines()[1], r["image_report"]
     # fps reaches DF-1.3B's fps embedding: 16 fps is id 0, every other rate id 1.
     assert r["fps_24_vs_30"] == 0.0 and r["fps_24_vs_16"] > 1e-3
     # A start image is the clean first latent frame: the VAE's encoding, up to the float32 rounding of the host's

@@ -42,6 +42,9 @@ result["standard cfg 0.5"] = sample(ours, mode="standard", cfg=0.5)[1]
 from skyreels_pack.nodes.adapters import run_report
 core_fp8 = comfy.sd.load_diffusion_model(os.path.join({folder!r}, "t2v_fp8_tensor.safetensors"))
 result["core fp8 weights"] = run_report.weights_summary(core_fp8)[0]
+# legacy scaled_fp8 files keep one scale per layer in a tensor of shape [1]: per-tensor too
+legacy = comfy.sd.load_diffusion_model(os.path.join({folder!r}, "t2v_legacy_scaled_fp8.safetensors"))
+result["legacy fp8 weights"] = run_report.weights_summary(legacy)[0]
 eight = [sample(patched, shift=8.0)[1] for _ in range(2)]
 result["shift 0 = shift 3"] = torch.equal(zero["samples"], three["samples"])
 result["zero report"] = zero_report
@@ -79,7 +82,10 @@ result["log"] = lines
 
 
 def test_sample_video_says_what_it_does_not_use(host, tmp_path):
+    import safetensors.torch
+    from conftest import write_host_variants
     write_models(tmp_path)
+    write_host_variants(str(tmp_path), safetensors.torch.load_file(str(tmp_path / "t2v_bf16.safetensors")))
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + CODE.format(folder=str(tmp_path)))
     note = ("fps: not applied: this 1.3B MODEL has no fps embedding. SkyReels-V2 DF-1.3B has one, which core Load "
             "Diffusion Model and ComfyUI-GGUF drop: load DF-1.3B with Load FP8 SkyReels Model to condition on fps")
@@ -96,6 +102,7 @@ def test_sample_video_says_what_it_does_not_use(host, tmp_path):
     assert "shift 3;" in r["three report"] and "ModelSamplingSD3" not in r["three report"], r["three report"]
     assert ", cfg 0.5, " in r["standard cfg 0.5"].splitlines()[0] and "guides only" not in r["standard cfg 0.5"]
     assert r["core fp8 weights"] == "Linear weights: 20 float8_e4m3fn (per-tensor), 6 float32", r["core fp8 weights"]
+    assert r["legacy fp8 weights"].startswith("Linear weights: 20 float8_e4m3fn (per-tensor)"), r["legacy fp8 weights"]
     assert r["no flow shift"] == ("Sample Video: shift: 0 takes the MODEL's flow shift, but its model sampling "
                                   "(ModelSamplingAdvanced) has none; set a shift (SkyReels-V2: 8.0)"), r
     assert r["eps runs"]
@@ -113,11 +120,15 @@ def test_no_fps_note_for_a_1_3b_file_without_one_loaded_by_our_loader(host, tmp_
     # with the node they already use. Core's loader of the same file still gets the note.
     from helpers import write_tiny
     write_tiny(tmp_path / "wan_t2v_1.3B.safetensors", "T2V", seed=1, dim=1536, ffn_dim=256)
+    # SkyReels-V2 I2V-1.3B is 1.3B too (36 input channels) and has no fps embedding: core's loader drops none
+    write_tiny(tmp_path / "i2v_1.3B.safetensors", "I2V", seed=2, dim=1536, ffn_dim=256)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + """
 from skyreels_pack.nodes.adapters import fps
 ours = load("wan_t2v_1.3B.safetensors", "bf16")[0]
 core = comfy.sd.load_diffusion_model(folder_paths.get_full_path("diffusion_models", "wan_t2v_1.3B.safetensors"))
-result = dict(ours=fps.lost(ours), ours_clone=fps.lost(ours.clone()), core=fps.lost(core))
+i2v = comfy.sd.load_diffusion_model(folder_paths.get_full_path("diffusion_models", "i2v_1.3B.safetensors"))
+result = dict(ours=fps.lost(ours), ours_clone=fps.lost(ours.clone()), core=fps.lost(core), i2v=fps.lost(i2v))
 """)
     assert r["ours"] is None and r["ours_clone"] is None, r
     assert r["core"].startswith("fps: not applied"), r
+    assert r["i2v"] is None, r
