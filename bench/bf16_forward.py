@@ -65,12 +65,18 @@ def autocast(device_type="cuda", dtype=torch.float16, enabled=True, **_):
         CudaAutocast.stack.pop()
 
 
-def skyreels_models(skyreels_dir, info, sd):
-    """SkyReels-V2's transformer module, patched to run here, and its WanModel with `sd` in float32 and in bf16."""
+def import_skyreels(skyreels_dir):
+    """SkyReels-V2's skyreels_v2_infer importable here: decord (the DF pipeline's video reader) and ftfy (the
+    tokenizer's) are imported by code these scripts do not run, so empty modules stand in for them."""
     import diffusers.utils  # (before the empty modules: it looks for their specs)
     diffusers.utils.logging.set_verbosity_error()
     sys.modules.update(decord=types.SimpleNamespace(VideoReader=None), ftfy=types.ModuleType("ftfy"))
     sys.path.insert(0, skyreels_dir)
+
+
+def skyreels_models(skyreels_dir, info, sd):
+    """SkyReels-V2's transformer module, patched to run here, and its WanModel with `sd` in float32 and in bf16."""
+    import_skyreels(skyreels_dir)
     from skyreels_v2_infer.modules import transformer as tr
     tr.amp = types.SimpleNamespace(autocast=autocast)
     tr.rope_apply = autocast(enabled=False)(tr.rope_apply.__wrapped__)

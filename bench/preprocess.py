@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bf16_forward import import_skyreels  # noqa: E402
 from comfy_host import find_host  # noqa: E402
 from generate_video_fp8 import write_image  # noqa: E402
 
@@ -70,11 +71,7 @@ def write_ffv1(path, frames):
 
 
 def load_skyreels(skyreels_dir):
-    import diffusers.utils
-    diffusers.utils.logging.set_verbosity_error()
-    # decord (the DF pipeline's reader) and ftfy (the tokenizer's) are imported by code this script does not run
-    sys.modules.update(decord=types.SimpleNamespace(VideoReader=None), ftfy=types.ModuleType("ftfy"))
-    sys.path.insert(0, skyreels_dir)
+    import_skyreels(skyreels_dir)
     from skyreels_v2_infer.modules import clip
     from skyreels_v2_infer.pipelines.image2video_pipeline import resizecrop
     # its transforms as CLIPModel builds them (clip_xlm_roberta_vit_h_14 -> _clip), without the ViT-H weights
