@@ -79,8 +79,10 @@ class Meter:
 
     def _cuda_peak(self):
         line = f"peak VRAM {torch.cuda.max_memory_allocated(self.device) / 2**20:.0f} MiB"
-        held = dynamic_vram_weights(self.model)
-        if held is not None:
+        # Under Dynamic VRAM comfy-aimdo maps the weights' memory itself, so max_memory_allocated leaves it out; the
+        # host's loaded_size() is it plus the small weights it loads the plain way (those PyTorch counts).
+        if self.model is not None and getattr(self.model, "is_dynamic", lambda: False)():   # older hosts: no is_dynamic
+            held = self.model.loaded_size() - self.model.model.model_loaded_weight_memory
             line += (f" + {held / 2**20:.0f} MiB of weights held by ComfyUI's Dynamic VRAM at the end (outside "
                      "PyTorch's allocator)")
         return line
@@ -92,15 +94,6 @@ class Meter:
             return f"peak RSS n/a (this OS does not report it; {before})"
         since = "process" if self.peak_reset else "process, since ComfyUI started"
         return f"peak RSS {peak:.0f} MiB ({since}; {before})"
-
-
-def dynamic_vram_weights(model):
-    """Bytes of `model`'s weights in VRAM under ComfyUI's Dynamic VRAM (its default on NVIDIA GPUs), or None for a
-    plain ModelPatcher. comfy-aimdo maps that memory itself, so torch.cuda.max_memory_allocated leaves it out; the
-    host's loaded_size() is it plus the small weights it loads the plain way (those PyTorch counts)."""
-    if model is None or not getattr(model, "is_dynamic", lambda: False)():   # older hosts have no is_dynamic
-        return None
-    return model.loaded_size() - model.model.model_loaded_weight_memory
 
 
 def _peak_rss_mib():
