@@ -349,11 +349,11 @@ def read_source(args):
     if args.video_path:
         return read_video(args.video_path, args.overlap_history or DF_DEFAULTS["overlap_history"])
     if args.image:
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import Image, ImageOps
         try:
             with Image.open(args.image) as picture:      # turned by its EXIF orientation, as LoadImage does
                 return (*ImageOps.exif_transpose(picture).size, 1)
-        except (UnidentifiedImageError, OSError) as e:
+        except OSError as e:     # PIL's UnidentifiedImageError is one
             raise BadInput(f"--image: {args.image} is not an image ({e})") from None
     return None
 
