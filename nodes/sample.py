@@ -219,7 +219,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
             fail(f"width/height: {width}x{height} must be multiples of 16 (e.g. {width // 16 * 16}x"
                  f"{height // 16 * 16})")
         check_frames("frames", frames)
-        shape = [1, 16, latent_frames(frames), height // 8, width // 8]
+        shape = [1, LATENT_CHANNELS, latent_frames(frames), height // 8, width // 8]
     job = Job(model, positive, negative, seed, steps, cfg, shift, sampler, fps, vae, shape,
               mode == "diffusion forcing", df_options, noise)
     job.length_from = "frames" if latent is None else "latent"
