@@ -47,10 +47,10 @@ class PerFrameFlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy
 def _frame_sigmas(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                   **kwargs):
     frames = transformer_options.get(KEY)
-    other = foreign_forward.replacement(executor.class_obj.diffusion_model)   # inside that pack's wrapper: seen now
-    if other is not None and frames is not None:
-        raise ValueError(foreign_forward.in_diffusion_forcing(other))
     if frames is not None:
+        other = foreign_forward.replacement(executor.class_obj.diffusion_model)   # inside that pack's wrapper: seen now
+        if other is not None:
+            raise ValueError(foreign_forward.in_diffusion_forcing(other))
         t = frames.to(t)[None].expand(t.shape[0], -1)
     return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
