@@ -694,16 +694,14 @@ def main(argv=None):
             raise BadInput(f"--num_frames: {args.num_frames} frame is --image's own; give 5 or more (4k+1) to make "
                            "new frames after it")
         source = read_source(args)
-        extra = []
+        extra = ["--cpu"] if demo or args.cpu else []
         if demo:
             names = prepare_demo(host, base)
-            extra.append("--cpu")
             print(f"no --model_id: {name} on the embedded tiny SkyReels-V2 DF model, CPU (random conditioning "
                   "stands in for umt5-xxl; the prompt is not read)")
         else:
             names = link_models(base, args, info, model)
             extra += ["--extra-model-paths-config", os.path.join(base, "extra_model_paths.yaml")]
-            extra += ["--cpu"] if args.cpu else []
             extra += ["--lowvram"] if args.offload else []
             print(f"{info.describe()}: {name}")
         os.makedirs(os.path.join(base, "input"))
