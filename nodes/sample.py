@@ -232,7 +232,7 @@ def sample_video(model, positive, negative, width, height, frames, seed, steps, 
     return job.run()
 
 
-def check_conditioning(model, named, forcing=False):
+def check_conditioning(model, named, forcing):
     """Text conditioning as wide as the model reads it (umt5-xxl's 4096), and no extras the run would drop or
     misplace, checked per input before any step."""
     width = getattr(model.model.diffusion_model.text_embedding[0], "in_features", None)
