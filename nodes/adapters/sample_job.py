@@ -414,7 +414,7 @@ class Job:
         images = None if self.images is None else self.images.flatten(0, 1)
         return samples, self._report(windows, calls, meter, attention_before, teacache_before, samples), images
 
-    def _window(self, shape, positive, prefix, plan, progress, offset, total, end=None):
+    def _window(self, shape, positive, prefix, plan, progress, offset, total, end):
         noise = self._draw(self.generator, shape)
         if end is not None:     # as SkyReels-V2: the window's noise drawn, then the end image's frames appended
             noise = torch.cat([noise, torch.zeros(*shape[:2], end.shape[2], *shape[3:])], dim=2)
