@@ -39,7 +39,7 @@ class Run:
     """One model call: its streams (cond / uncond chunks of the batch), its step, the blocks' input, and in a
     parallel worker its mesh (None on one device)."""
 
-    def __init__(self, cache, streams, index, total, coeffs, mesh=None):
+    def __init__(self, cache, streams, index, total, coeffs, mesh):
         self.cache, self.streams, self.index, self.total, self.coeffs = cache, streams, index, total, coeffs
         self.embedding, self.runs, self.x_in, self.mesh, self.shards = None, None, None, mesh, None
 
