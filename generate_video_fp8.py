@@ -244,8 +244,8 @@ def parse_args(argv):
                                             "file); the demo: 42")
     p.add_argument("--cpu_noise", action="store_true",
                    help="draw the seed's noise on the CPU, as ComfyUI's KSampler: the same noise on every machine "
-                        "(default: on the GPU, as SkyReels-V2's scripts, so --seed starts from their noise on a GPU with "
-                        "the same number of multiprocessors)")
+                        "(default: on the GPU, as SkyReels-V2's scripts, so --seed starts from their noise on a GPU "
+                        "with the same number of multiprocessors)")
     p.add_argument("--use_fp8", dest="fp8", action="store_true", default=True, help="FP8 weights (default)")
     p.add_argument("--no-fp8", "--no_fp8", dest="fp8", action="store_false", help="bf16 weights")
     p.add_argument("--use_sage_attention", action="store_true", help="8-bit SageAttention (Patch SageAttention)")

@@ -73,8 +73,8 @@ class SampleVideo(io.ComfyNode):
                                               "than base_num_frames. Its own widgets show under it."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="Encodes start_image / prefix_video / end_image; with it, long-video windows "
-                                     "overlap through pixels as SkyReels-V2 does. Without it they overlap in latent space: "
-                                     "faster, but a window then starts with a 4-frame latent where the model "
+                                     "overlap through pixels as SkyReels-V2 does. Without it they overlap in latent "
+                                     "space: faster, but a window then starts with a 4-frame latent where the model "
                                      "expects the 1-frame latent of a first frame, which can show at the seams."),
                 io.Image.Input("start_image", optional=True, tooltip="DF: the first frame (needs vae)."),
                 io.Image.Input("prefix_video", optional=True,
