@@ -310,7 +310,8 @@ class Job:
             own = self.prefix_pixels.to(pixels)[:, :pixels.shape[1]]
             pixels = torch.cat([own, pixels[:, own.shape[1]:]], dim=1)
         joined = pixels if self.tail is None else torch.cat([self.tail, pixels], dim=1)
-        self.tail = joined[:, -self.opts["overlap_history"]:]
+        # A copy: a view would hold all of `joined` until the next window (its pixels too: 1 GB for 97 frames at 720P)
+        self.tail = joined[:, -self.opts["overlap_history"]:].clone()
         if self.images is None:     # the whole video, filled window by window (no second copy to join them)
             self.images = torch.empty(pixels.shape[0], video_frames(self.shape[2]), *pixels.shape[2:])
         self.images[:, self.images_made:self.images_made + pixels.shape[1]] = pixels
@@ -347,7 +348,8 @@ class Job:
         wins = [(keep, overlap, length) for _, length in forcing.windows(total, base, overlap)]
         first = 0 if self.prefix is None else self.prefix.shape[2]
         if first >= wins[0][2]:
-            given = "prefix_video (its last overlap_history frames)" if self.prefix_pixels is not None else "start_image"
+            given = ("prefix_video (its last overlap_history frames)" if self.prefix_pixels is not None
+                     else "start_image")
             fail(f"{self.length_from}: {video_frames(total)} frames leave no frame to make after the {first} latent "
                  f"frame(s) that {given} gives; make it more than {video_frames(first)}")
         wins[0] = (first, 0, wins[0][2])
@@ -509,7 +511,8 @@ class Job:
                             f"{' (causal attention)' if o.get('causal_attention') else ''}, "
                             f"base_num_frames {o['base_num_frames']}, overlap_history {o['overlap_history']} "
                             f"({'through the VAE' if self.vae is not None else 'in latent space'}), addnoise_condition "
-                            f"{o['addnoise_condition']}, fps {self.fps}{start}{', end image' if self.end is not None else ''}")
+                            f"{o['addnoise_condition']}, fps {self.fps}{start}"
+                            f"{', end image' if self.end is not None else ''}")
         report = "\n".join(lines)
         log.info(report)
         return report
