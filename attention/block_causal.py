@@ -1,7 +1,6 @@
 """Block-causal attention (SkyReels-V2's Diffusion Forcing): the tokens of causal block b attend to blocks 0..b only.
 No mask tensor: each query block is one attention call on a prefix of the keys, so any attention fits (8-bit
 SageAttention takes no mask), memory stays that of one call, and the masked half of the work is skipped."""
-import torch
 
 
 def block_causal(q, k, v, attend, block_tokens, q_start=0):
