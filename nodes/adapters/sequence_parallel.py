@@ -19,7 +19,6 @@ class Shards:
         self.frames, self.per_frame = grid[0], grid[1] * grid[2]
         self.local_frames = -(-self.frames // world)
         self.length = self.frames * self.per_frame
-        self.padded = self.local_frames * world * self.per_frame
         self.start = rank * self.local_frames * self.per_frame
 
     def tokens(self, t, dim=1):
