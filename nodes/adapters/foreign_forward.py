@@ -40,11 +40,6 @@ def sage_bypassed(who):
             "and keeps Patch SageAttention")
 
 
-def replaced_later(who):
-    return (f"Patch SageAttention: not used: a node after it set another attention override on this MODEL, {who}; "
-            "ComfyUI runs one per model, the last applied (apply Patch SageAttention after that node to use it)")
-
-
 class SageWatch:
     """Patch SageAttention's wrappers that notice a replaced forward under any sampler (core's KSampler has no report
     to say it): one on each model call notes who replaced it; one on each sampling pass logs, once per patched MODEL,
@@ -76,7 +71,9 @@ class SageWatch:
             # attention keeps ours underneath, and an override calling ours would have counted calls. A later Patch
             # SageAttention replaces ours as designed (silently, as it does): Patch SageAttention still runs.
             who = describe(running)
-            log_once(("replaced later", who), replaced_later(who), seen=self.override.logged)
+            log_once(("replaced later", who), f"Patch SageAttention: not used: a node after it set another attention "
+                     f"override on this MODEL, {who}; ComfyUI runs one per model, the last applied (apply Patch "
+                     "SageAttention after that node to use it)", seen=self.override.logged)
         return out
 
     def __deepcopy__(self, memo):
