@@ -21,18 +21,16 @@ class Shards:
         self.length = self.frames * self.per_frame
         self.start = rank * self.local_frames * self.per_frame
 
-    def tokens(self, t, dim=1):
-        """This rank's slice of a per-token tensor (a view), padded with zeros past the real sequence (a copy of the
-        slice alone)."""
-        if t.shape[dim] != self.length:
+    def tokens(self, t):
+        """This rank's slice of a per-token tensor [B, L, ...] (a view), padded with zeros past the real sequence (a
+        copy of the slice alone)."""
+        if t.shape[1] != self.length:
             return t                                  # not per token (e.g. broadcast over the sequence)
-        start, local = min(self.start, self.length), self.local_frames * self.per_frame
-        part = t.narrow(dim, start, min(local, self.length - start))
-        if part.shape[dim] == local:
+        local = self.local_frames * self.per_frame
+        part = t[:, self.start:self.start + local]    # shorter, or empty, past the real sequence
+        if part.shape[1] == local:
             return part
-        pad = list(t.shape)
-        pad[dim] = local - part.shape[dim]
-        return torch.cat([part, t.new_zeros(pad)], dim=dim)
+        return torch.cat([part, t.new_zeros(t.shape[0], local - part.shape[1], *t.shape[2:])], dim=1)
 
     def frames_of(self, e):
         """This rank's frames of a per-frame modulation [B, F, 6, C] (one frame = shared by all: unchanged)."""
