@@ -156,5 +156,4 @@ def installed_packages():
 
 @functools.cache
 def device_capability(device):
-    """(major, minor) of a CUDA device, None for any other; asked once per device."""
     return torch.cuda.get_device_capability(device) if device.type == "cuda" else None

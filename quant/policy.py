@@ -25,7 +25,6 @@ def layer_name(weight_key):
 
 
 def check_kept(path, num_layers, keep_first_blocks, keep_last_blocks):
-    """Refuses keep_first/last_blocks that keep every block high precision (nothing would be FP8)."""
     if keep_first_blocks + keep_last_blocks >= num_layers:
         raise CheckpointError(f"{path}: keep_first_blocks {keep_first_blocks} + keep_last_blocks "
                               f"{keep_last_blocks} keep all {num_layers} blocks in high precision, so nothing would "

@@ -59,7 +59,6 @@ class VideoAttention:
         return out.reshape(b, out.shape[1], -1)
 
     def around_model(self, executor, *args, **kwargs):
-        """During a forward pass: mark self-attention calls (hooks on every block's self_attn)."""
         attns = [block.self_attn for block in executor.class_obj.blocks]
         hooks = [a.register_forward_pre_hook(lambda *_: setattr(self.now, "in_self_attention", True)) for a in attns]
         hooks += [a.register_forward_hook(lambda *_: setattr(self.now, "in_self_attention", False)) for a in attns]
