@@ -173,8 +173,7 @@ class SafetensorsWriter:
             with contextlib.suppress(OSError):   # closing flushes, which a full disk refuses too
                 self._f.close()
         with contextlib.suppress(OSError):   # what the refusal says counts more than a temp file it keeps
-            if os.path.exists(self.tmp):
-                os.remove(self.tmp)
+            os.remove(self.tmp)
 
     def __enter__(self):
         return self
