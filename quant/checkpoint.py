@@ -380,10 +380,8 @@ class Checkpoint:
     def _declared_layers(self):
         """Layers whose quantization format the file names (comfy_quant tensors, _quantization_metadata)."""
         layers = {n[: -len(".comfy_quant")] for n in self._index if n.endswith(".comfy_quant")}
-        try:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):      # unreadable: the loader says so
             layers |= set(json.loads(self.metadata.get("_quantization_metadata") or "{}").get("layers", {}))
-        except (ValueError, AttributeError, TypeError):
-            pass        # unreadable: the loader says so
         return layers
 
     def non_finite(self, name):
