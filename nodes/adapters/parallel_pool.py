@@ -5,6 +5,7 @@ import socket
 import sys
 from types import SimpleNamespace
 
+import comfy.cli_args
 import comfy.model_management
 import torch
 
@@ -60,7 +61,6 @@ def workers_for(ray, plan):
 
 def host_args():
     """The host's FORWARDED_ARGS as plain values (the workers unpickle them before they can import the host)."""
-    import comfy.cli_args
     args = comfy.cli_args.args
     return {name: sorted(feature.value for feature in args.fast) if name == "fast" else getattr(args, name)
             for name in FORWARDED_ARGS if hasattr(args, name)}
@@ -153,7 +153,6 @@ def _use_cpu(ray, config, n):
 
 def _shown_gpus(config, kind):
     """ComfyUI's --cuda-device sets CUDA_VISIBLE_DEVICES at its start, which a Ray cluster started by it inherits."""
-    import comfy.cli_args
     shown = comfy.cli_args.args.cuda_device
     if kind != "GPU" or config["address"] or shown is None:
         return ""
