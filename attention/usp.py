@@ -97,9 +97,6 @@ def gather(x, group, dim=1):
 def usp_attention(q, k, v, attend, length, mesh):
     """This rank's [B, L_pad/S, H, D] of attention over the whole sequence (real length `length`) from its shard of
     q, k, v. attend(q, k, v, q_start) attends from queries at q_start.. to all keys given (exact, 8-bit or causal)."""
-    if q.shape[2] % mesh.ulysses:
-        raise ValueError(f"{q.shape[2]} attention heads do not split over {mesh.ulysses} ranks (Ulysses needs "
-                         "H % P == 0)")
     q, k, v = (_all_to_all(t, 2, 1, mesh.ulysses_group) for t in (q, k, v))   # [B, L/R, H/U, D]
     chunk = q.shape[1]
     start = mesh.r * chunk                      # ring chunk r: the ulysses group's tokens, in order
