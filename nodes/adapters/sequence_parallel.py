@@ -109,11 +109,6 @@ def cfg_total(model, values):
 
 def patch(model, mesh):
     """A clone of `model` (a ModelPatcher) whose forward passes run on `mesh` (attention.usp.Mesh)."""
-    if model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit"):
-        raise ValueError("sequence parallel: this MODEL already replaces transformer blocks (another patch); not "
-                         "supported")
-    if video_attention.installed(model) is not None:
-        raise ValueError("sequence parallel: apply it before anything that sets video attention")
     m = video_attention.install(model, mesh)
     block = _blocks(video_attention.installed(m), mesh)
     m.model_options["sampler_calc_cond_batch_function"] = _batching(mesh)
