@@ -79,13 +79,12 @@ class _SafetensorsFile:
     readinto stops short only at the end of the file (large reads go straight into the buffer given)."""
 
     def __init__(self, path):
-        self.metadata = check_safetensors(path)
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            self._header = json.loads(f.read(n))
+        self.metadata = check_safetensors(path)     # so its header is valid JSON
+        self._file = open(path, "rb")
+        n = int.from_bytes(self._file.read(8), "little")
+        self._header = json.loads(self._file.read(n))
         self._header.pop("__metadata__", None)
         self.path, self._start, self._lock = path, 8 + n, threading.Lock()
-        self._file = open(path, "rb")
 
     def keys(self):
         return list(self._header)
