@@ -156,7 +156,7 @@ class Job:
         self.positives, self.negative, self.seed = [positive], negative, seed
         self.sampler, self.vae, self.shape, self.df, self.opts = sampler, vae, shape, df, opts
         self.steps, self.fps, self.shift, self.sigmas = steps, fps, shift, flow_sigmas(steps, shift)
-        self.prefix = self.prefix_pixels = self.tail = self.end = None
+        self.prefix = self.prefix_pixels = self.end = None
         self.length_from = "frames"      # the input that sets the video's length: frames, or a connected latent
         # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`); windows are decoded for the overlap anyway.
         self.images, self.images_made = None, 0
@@ -309,20 +309,18 @@ class Job:
         if first and self.prefix_pixels is not None:
             own = self.prefix_pixels.to(pixels)[:, :pixels.shape[1]]
             pixels = torch.cat([own, pixels[:, own.shape[1]:]], dim=1)
-        joined = pixels if self.tail is None else torch.cat([self.tail, pixels], dim=1)
-        # A copy: a view would hold all of `joined` until the next window (its pixels too: 1 GB for 97 frames at 720P)
-        self.tail = joined[:, -self.opts["overlap_history"]:].clone()
-        if self.images is None:     # the whole video, filled window by window (no second copy to join them)
-            self.images = torch.empty(pixels.shape[0], video_frames(self.shape[2]), *pixels.shape[2:])
+        if self.images is None:     # the whole video, filled window by window (no second copy to join them), in the
+            # dtype and on the device of the host's own VAE Decode (fp16 under --fp16-intermediates, say)
+            self.images = pixels.new_empty(pixels.shape[0], video_frames(self.shape[2]), *pixels.shape[2:])
         self.images[:, self.images_made:self.images_made + pixels.shape[1]] = pixels
         self.images_made += pixels.shape[1]
 
     def _next_prefix(self, parts, keep, next_overlap):
         """The next window's prefix: the oldest `keep` of the last `next_overlap` latent frames made so far (`parts`:
         each window's new frames). With a VAE, as SkyReels-V2: the video's last overlap_history pixels, encoded."""
-        if self.vae is None:
-            return torch.cat(parts, dim=2)[:, :, -next_overlap:][:, :, :keep]
-        return self._encode(self._tail_pixels(self.tail))
+        if self.vae is None:    # a copy: a view would hold every frame made so far through the next window
+            return torch.cat(parts, dim=2)[:, :, -next_overlap:][:, :, :keep].clone()
+        return self._encode(self._tail_pixels(self.images[:, :self.images_made]))
 
     def plans(self):
         """[(prefix, overlap, length, plan)] of every window: `prefix` clean frames start it, and the first `overlap`

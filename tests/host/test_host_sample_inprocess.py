@@ -77,7 +77,17 @@ job = Job(model, pos, neg, 1, 2, 3.0, 8.0, "unipc", 24, vae, [2, 16, 5, 4, 4], T
 window = torch.randn(2, 16, 4, 4, 4, generator=g)
 job._add_pixels(window, 0, True)
 carried = job._next_prefix([window], 2, 2)
-tail_bytes = [job.tail.untyped_storage().nbytes(), job.tail.numel() * job.tail.element_size()]
+# Without a VAE the carried latent frames are a copy, not a view holding every frame made so far.
+latent_carry = Job(model, pos, neg, 1, 2, 3.0, 8.0, "unipc", 24, None, [2, 16, 5, 4, 4], True,
+                   job.opts)._next_prefix([window, window], 2, 2)
+carry_bytes = [latent_carry.untyped_storage().nbytes(), latent_carry.numel() * latent_carry.element_size()]
+# Under --fp16-intermediates the video comes out in fp16, as the host's VAE Decode makes it (two windows: the
+# second carried on from the first's fp16 frames).
+import comfy.cli_args
+comfy.cli_args.args.fp16_intermediates = True
+image_dtypes = [str(sample(frames=21, base_num_frames=13, overlap_history=5, vae=vae)[2].dtype),
+                str(vae.decode(torch.zeros(1, 16, 1, 4, 4)).dtype)]
+comfy.cli_args.args.fp16_intermediates = False
 own = [vae.encode(vae.decode(window[i:i + 1]).reshape(-1, 32, 32, 3)[-5:]) for i in range(2)]
 two, _, two_images = SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}}),
                              vae=vae, latent={{"samples": torch.zeros(2, 16, 6, 4, 4)}}).args[:3]
@@ -160,7 +170,8 @@ result = dict(
     meter_line=meter_line, image_report=image_report,
     upgraded=upgraded, linked=linked, no_mode=no_mode,
     timesteps=[t.tolist() for t in seen],
-    carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)], tail_bytes=tail_bytes,
+    carried=[(carried[i:i + 1] - own[i]).abs().max().item() for i in range(2)],
+    image_dtypes=image_dtypes, carry_bytes=carry_bytes,
     items_differ=(carried[0] - carried[1]).abs().max().item(), batch_shape=list(two["samples"].shape),
     window_first=(two_prompts[:, :, :4] - one_prompt[:, :, :4]).abs().max().item(),
     window_later=(two_prompts[:, :, 4:] - one_prompt[:, :, 4:]).abs().max().item(),
@@ -297,8 +308,8 @@ def test_sample_video_in_process(host, tmp_path):
     assert first[0] == [20.0, 20.0, 999.0, 999.0, 999.0] and len(set(second[0][2:])) > 1, (first, second)
     # Batch of 2 through the VAE: each item's own last 5 frames carried over (not the last item's for all).
     assert max(r["carried"]) < 1e-5 and r["items_differ"] > 1e-3, r
-    # What is kept for the next window is those frames alone, not a view holding the whole decoded window.
-    assert r["tail_bytes"][0] == r["tail_bytes"][1], r["tail_bytes"]
+    assert r["image_dtypes"] == ["torch.float16", "torch.float16"], r["image_dtypes"]
+    assert r["carry_bytes"][0] == r["carry_bytes"][1], r["carry_bytes"]
     assert r["batch_shape"] == [2, 16, 6, 4, 4]
     # window_2's prompt: the first window is as it was, the second is not; a prompt more than windows is named
     assert r["window_first"] == 0.0 and r["window_later"] > 1e-3, r
