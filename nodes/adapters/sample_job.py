@@ -310,8 +310,9 @@ class Job:
             own = self.prefix_pixels.to(pixels)[:, :pixels.shape[1]]
             pixels = torch.cat([own, pixels[:, own.shape[1]:]], dim=1)
         if self.images is None:     # the whole video, filled window by window (no second copy to join them), in the
-            # dtype and on the device of the host's own VAE Decode (fp16 under --fp16-intermediates, say)
-            self.images = pixels.new_empty(pixels.shape[0], video_frames(self.shape[2]), *pixels.shape[2:])
+            # host's VAE Decode's dtype (fp16 under --fp16-intermediates); in RAM, as a GPU's memory goes to sampling
+            self.images = torch.empty(pixels.shape[0], video_frames(self.shape[2]), *pixels.shape[2:],
+                                      dtype=comfy.model_management.intermediate_dtype())
         self.images[:, self.images_made:self.images_made + pixels.shape[1]] = pixels
         self.images_made += pixels.shape[1]
 

@@ -85,9 +85,11 @@ carry_bytes = [latent_carry.untyped_storage().nbytes(), latent_carry.numel() * l
 # second carried on from the first's fp16 frames).
 import comfy.cli_args
 comfy.cli_args.args.fp16_intermediates = True
-image_dtypes = [str(sample(frames=21, base_num_frames=13, overlap_history=5, vae=vae)[2].dtype),
-                str(vae.decode(torch.zeros(1, 16, 1, 4, 4)).dtype)]
-comfy.cli_args.args.fp16_intermediates = False
+try:
+    image_dtypes = [str(sample(frames=21, base_num_frames=13, overlap_history=5, vae=vae)[2].dtype),
+                    str(vae.decode(torch.zeros(1, 16, 1, 4, 4)).dtype)]
+finally:
+    comfy.cli_args.args.fp16_intermediates = False
 own = [vae.encode(vae.decode(window[i:i + 1]).reshape(-1, 32, 32, 3)[-5:]) for i in range(2)]
 two, _, two_images = SampleVideo.execute(model, pos, neg, **nest_mode({{**ARGS, "frames": 21, "base_num_frames": 13, "overlap_history": 5}}),
                              vae=vae, latent={{"samples": torch.zeros(2, 16, 6, 4, 4)}}).args[:3]
