@@ -60,11 +60,13 @@ def workflow_prompt(srv, names, argv):
     with open(os.path.join(REPO, "workflows", "skyreels_df_long_video.json"), encoding="utf-8") as f:
         workflow = json.load(f)
     prompt = build_prompt(workflow, srv.get("/object_info"), parse_args(argv), names, demo=True,
-                          source=(80, 48, 25) if "--video_path" in argv else None)
+                          source=(64, 64, 25) if "--video_path" in argv else None)
     for key in [k for k, n in prompt.items() if n["class_type"] in ("CreateVideo", "SaveVideo", "ImageFromBatch",
-                                                                   "BatchImagesNode")]:
+                                                                   "BatchImagesNode", "ImageScale")]:
         del prompt[key]
     sample = next(k for k, n in prompt.items() if n["class_type"] == "SkyReelsSampleVideo")
+    if "video_frames" in prompt:        # the video at the output's size: its frames go straight to Sample Video
+        prompt[sample]["inputs"]["prefix_video"] = ["video_frames", 0]
     return prompt, sample
 
 
@@ -86,8 +88,9 @@ async def run_watched(srv, prompt, extra_data):
                 data = json.loads(msg.data)
                 if data["type"] == "VHS_latentpreview":
                     events.append(data["data"])
-                done = data["type"] == "executing" and data["data"].get("node") is None
-                if data["type"] == "execution_error" or done and data["data"].get("prompt_id") == body["prompt_id"]:
+                # the last message of a prompt, after an error too, sent once its history is written
+                if data["type"] == "executing" and data["data"].get("node") is None and \
+                        data["data"].get("prompt_id") == body["prompt_id"]:
                     break
     return srv.get(f"/history/{body['prompt_id']}")[body["prompt_id"]], events, previews
 
@@ -105,7 +108,7 @@ def test_video_combine_saves_sample_videos_frames_at_its_fps_with_animated_previ
     prompt["png"] = {"class_type": "SaveImage", "inputs": {"images": [sample, 2], "filename_prefix": "png/frame"}}
     # VHS's "Display animated previews when sampling" setting, as the frontend sends it
     extra = {"extra_pnginfo": {"workflow": {"extra": {"VHS_latentpreview": True}}}}
-    entry, events, previews = asyncio.run(run_watched(srv, prompt, extra))
+    entry, events, previews = asyncio.run(asyncio.wait_for(run_watched(srv, prompt, extra), 600))
     assert error_of(entry) is None, error_of(entry)
     report = next(o["text"][0] for o in entry["outputs"].values() if "text" in o)
     assert "2 window(s), 15 latent frames = 57 video frames" in report and ", fps 16" in report, report
@@ -116,10 +119,11 @@ def test_video_combine_saves_sample_videos_frames_at_its_fps_with_animated_previ
         video = torch.from_numpy(np.stack([f.to_ndarray(format="rgb48le") for f in c.decode(video=0)]).astype(np.int64))
     frames = pngs(os.path.join(srv.base, "output", "png"))
     assert rate == 16.0 and video.shape == frames.shape == (57, 64, 64, 3), (rate, video.shape, frames.shape)
-    # The same float frames: VHS rounds them to 16 bits, Save Image truncates them to 8 (255 * x, clipped), so
-    # video / 257 - frame lies in [0, 1) up to VHS's own rounding (0.5 / 257); a frame out of place is 10s off.
+    # The same float frames: VHS rounds 65535 x to 16 bits, Save Image truncates 255 x to 8, and 65535 = 257 * 255,
+    # so video / 257 - frame = round(257 y) / 257 - floor(y) (y = 255 x) lies in [0, 1]; the tiny model's frames
+    # differ by tens of levels, so a frame out of place fails.
     gap = video / 257 - frames
-    assert gap.min() >= -0.002 and gap.max() < 1.002, (gap.min().item(), gap.max().item())
+    assert gap.min() >= 0 and gap.max() <= 1, (gap.min().item(), gap.max().item())
     # VHS's animated previews take Sample Video's per-step latents as they take KSampler's: [batch, 16, frames, h,
     # w], its first window's 10 latent frames here, all 10 sent on the first step
     assert [e["length"] for e in events] == [10] and events[0]["id"] == sample and previews >= 10, (events, previews)
@@ -141,17 +145,17 @@ def write_lossless_clip(path, frames, width, height):
 
 def test_load_video_continues_a_video_as_core_load_video_does(vhs_server):
     srv, names = vhs_server
-    write_lossless_clip(os.path.join(srv.base, "input", "video_path_clip.mov"), 25, 80, 48)
+    write_lossless_clip(os.path.join(srv.base, "input", "video_path_clip.mov"), 25, 64, 64)
     argv = ["--video_path", "clip.mov", "--num_frames", "33"]
     runs = {}
     for loader in ("core", "vhs"):
-        prompt, sample = workflow_prompt(srv, names, argv)     # core Load Video -> Get Video Components -> resize
+        prompt, sample = workflow_prompt(srv, names, argv)     # core Load Video -> Get Video Components
         if loader == "vhs":
             del prompt["video"]
             prompt["video_frames"] = {"class_type": "VHS_LoadVideo", "inputs": {
                 "video": "video_path_clip.mov", "force_rate": 0, "custom_width": 0, "custom_height": 0,
                 "frame_load_cap": 0, "skip_first_frames": 0, "select_every_nth": 1}}
-        for what, link in (("given", ["video_sized", 0]), ("made", [sample, 2])):
+        for what, link in (("given", ["video_frames", 0]), ("made", [sample, 2])):
             prompt[what] = {"class_type": "SaveImage", "inputs": {"images": link,
                                                                   "filename_prefix": f"{loader}_{what}/frame"}}
         entry = srv.run(prompt)
@@ -162,5 +166,6 @@ def test_load_video_continues_a_video_as_core_load_video_does(vhs_server):
     (core_given, core_made), (vhs_given, vhs_made) = runs["core"], runs["vhs"]
     assert core_given.shape == (25, 64, 64, 3) and core_made.shape == (33, 64, 64, 3), (core_given.shape,
                                                                                        core_made.shape)
-    # the same frames read by either loader, so the same video made from them, value for value
+    # an 8-bit RGB file: the same frames from either loader, and the same video made from them, value for value (the
+    # loaders' frames of an H.264 file differ: core converts its YUV to float planes, VHS to 8-bit RGB through opencv)
     assert torch.equal(vhs_given, core_given) and torch.equal(vhs_made, core_made)
