@@ -3,7 +3,8 @@
 // slots saved under their old names ("ar_step", now "mode.ar_step"), and its own clean-up of slots without a widget
 // removes only every other one (it deletes from the list it walks), linked or not. Here each old slot goes: its
 // link, if any, moves to the new slot; and where a workflow holds values by name (the frontend's restore-by-name
-// setting), the old names are read.
+// setting), the old names are read. Which old slot a link fed is read from the saved workflow: frontend 1.58 puts
+// such a link on another slot than the one it was saved on.
 import { app } from "../../scripts/app.js";
 
 function moveLink(node, from, to) {
@@ -22,12 +23,18 @@ app.registerExtension({
     nodeType.prototype.onConfigure = function (info) {
       const result = onConfigure?.apply(this, arguments);
       const names = new Set((this.widgets ?? []).map((w) => w.name));
+      const fed = new Map();      // link id -> the old widget slot it was saved on
+      for (const saved of info.inputs ?? []) {
+        if (saved.link != null && saved.widget && !names.has(saved.name)) fed.set(saved.link, saved.name);
+      }
+      for (let i = (this.inputs ?? []).length - 1; i >= 0; i--) {
+        const old = fed.get(this.inputs[i].link);
+        const to = this.inputs.findIndex((x) => x.name === `mode.${old}`);
+        if (old !== undefined && to >= 0 && to !== i) moveLink(this, i, to);
+      }
       for (let i = (this.inputs ?? []).length - 1; i >= 0; i--) {
         const input = this.inputs[i];
-        if (!input.widget || names.has(input.widget.name)) continue;
-        const to = this.inputs.findIndex((x) => x.name === `mode.${input.name}`);
-        if (input.link != null && to >= 0) moveLink(this, i, to);
-        if (input.link == null) this.removeInput(i);
+        if (input.widget && !names.has(input.widget.name) && input.link == null) this.removeInput(i);
       }
       const named = info.widgets_values_named ?? {};
       for (const w of this.widgets ?? []) {

@@ -104,7 +104,7 @@ def test_nodes_are_in_the_node_library(page):
     page.wait_for_timeout(1000)
     os.makedirs(ARTIFACTS, exist_ok=True)
     page.screenshot(path=os.path.join(ARTIFACTS, "node_library.png"))
-    search = page.get_by_placeholder("Search...").filter(visible=True).first
+    search = page.get_by_placeholder(re.compile(r"^Search( Nodes)?\.\.\.$")).filter(visible=True).first    # 1.58: "Nodes"
     for name in NAMES:
         search.fill(name)
         page.wait_for_timeout(800)
@@ -271,7 +271,9 @@ def test_an_old_workflows_linked_df_input_keeps_its_link(page):
     sample["inputs"][slot]["link"] = link
     opened = page.evaluate(OPEN_AND_READ, [old])[0]
     inputs = opened["prompt"][str(sample["id"])]["inputs"]
-    assert inputs["mode.ar_step"] == ["99", 0] and "ar_step" not in inputs, inputs
+    # on ar_step's new slot and no other (frontend 1.58 puts the saved link on another old slot before the pack's
+    # clean-up runs: there it reached overlap_history)
+    assert [k for k, v in inputs.items() if v == ["99", 0]] == ["mode.ar_step"] and "ar_step" not in inputs, inputs
     assert opened["stray"] == [] and page.errors == [], (opened["stray"], page.errors)
 
 
@@ -369,8 +371,10 @@ def test_sample_video_in_a_subgraph_with_promoted_df_widgets(page):
     assert {"mode", "mode.ar_step"} <= set(outer), outer
     promoted = page.evaluate(SAMPLE_PROMPT)
     assert promoted == {**before, "mode.ar_step": 3}, (before, promoted)
-    saved = page.evaluate("() => window.app.graph.serialize()")
-    page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", saved)
+    # saved and reopened as a workflow file is, through JSON (Playwright's own transfer of the object calls no
+    # toJSON: with frontend 1.58 the reopened graph then lacked the node)
+    saved = page.evaluate("() => JSON.stringify(window.app.graph.serialize())")
+    page.evaluate("async (wf) => { await window.app.loadGraphData(JSON.parse(wf)); }", saved)
     assert page.evaluate(SAMPLE_PROMPT) == promoted
     assert page.errors == [], page.errors
 
