@@ -371,8 +371,8 @@ def test_sample_video_in_a_subgraph_with_promoted_df_widgets(page):
     assert {"mode", "mode.ar_step"} <= set(outer), outer
     promoted = page.evaluate(SAMPLE_PROMPT)
     assert promoted == {**before, "mode.ar_step": 3}, (before, promoted)
-    # saved and reopened as a workflow file is, through JSON (Playwright's own transfer of the object calls no
-    # toJSON: with frontend 1.58 the reopened graph then lacked the node)
+    # saved and reopened as a workflow file is, through JSON (Playwright's own transfer of the object is not JSON:
+    # with frontend 1.58 the graph reopened from it lacked the node)
     saved = page.evaluate("() => JSON.stringify(window.app.graph.serialize())")
     page.evaluate("async (wf) => { await window.app.loadGraphData(JSON.parse(wf)); }", saved)
     assert page.evaluate(SAMPLE_PROMPT) == promoted
