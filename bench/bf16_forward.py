@@ -34,7 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils._pytree import tree_map  # noqa: E402
 
-from comfy_host import IMPORT_PACK, find_host  # noqa: E402
+from comfy_host import find_host, import_pack  # noqa: E402
 from helpers import write_tiny  # noqa: E402
 from quant import tiny  # noqa: E402
 
@@ -158,7 +158,7 @@ def fresh_host(host, blocks):
     import comfy.cli_args
     comfy.cli_args.args.cpu = True
     comfy.cli_args.args.use_pytorch_cross_attention = True   # the host's choice on NVIDIA (CPU: sub-quadratic)
-    exec(IMPORT_PACK.format(repo=REPO), {"sys": sys})
+    import_pack()
     import comfy.model_management as mm
     from skyreels_pack.nodes.loader import load
 

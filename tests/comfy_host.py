@@ -6,6 +6,7 @@ Search order (first that looks like ComfyUI wins):
   3. ~/ComfyUI (the documented default)
 A $COMFYUI_PATH that is set but is not a ComfyUI folder is an error, not a silent skip.
 """
+import importlib.util
 import json
 import os
 import re
@@ -30,9 +31,10 @@ def describe(host):
 
 
 def host_version(host):
-    version = {}
-    exec(open(os.path.join(host, "comfyui_version.py")).read(), version)
-    return version.get("__version__", "?")
+    """comfyui_version.py's __version__, read as text (the file is one assignment; running it is not needed)."""
+    with open(os.path.join(host, "comfyui_version.py"), encoding="utf-8") as f:
+        found = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", f.read(), re.M)
+    return found.group(1) if found else "?"
 
 
 def host_release(host):
@@ -57,6 +59,14 @@ _spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join({re
 sys.modules["skyreels_pack"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(sys.modules["skyreels_pack"])
 """
+
+
+def import_pack():
+    """IMPORT_PACK in this process: the pack as the package skyreels_pack."""
+    spec = importlib.util.spec_from_file_location("skyreels_pack", os.path.join(REPO, "__init__.py"),
+                                                  submodule_search_locations=[REPO])
+    sys.modules["skyreels_pack"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules["skyreels_pack"])
 
 
 def run_in_host(host, code, timeout=600):

@@ -1,4 +1,5 @@
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -220,7 +221,7 @@ def test_kernel_wrapper_with_the_real_kernels(monkeypatch, tmp_path):
     pytest.importorskip("sageattention", reason="needs sageattention==1.0.6 (CI installs it)")
     script = tmp_path / "wrapper.py"
     script.write_text(f"""
-import os, sys
+import json, os, sys
 os.environ["TRITON_INTERPRET"] = "1"
 sys.path[:0] = [{REPO!r}]
 import torch
@@ -244,15 +245,15 @@ for d in (48, 64, 80, 128):
     out = sage._kernel_call(q, k, v, "HND")
     ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
     cos = torch.nn.functional.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0).item()
-    res[d] = (tuple(out.shape), cos, torch.equal(k, before))
+    res[d] = (list(out.shape), cos, torch.equal(k, before))
 assert smooth_k == [False] * 4, smooth_k    # our wrapper smooths K itself, out of place
-print(res)
+print(json.dumps(res))
 """)
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    res = eval(out.stdout.strip().splitlines()[-1])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
     for d, (shape, cos, unchanged) in res.items():
-        assert shape == (1, 2, 128, d) and cos >= 0.999 and unchanged, (d, shape, cos, unchanged)
+        assert shape == [1, 2, 128, int(d)] and cos >= 0.999 and unchanged, (d, shape, cos, unchanged)
 
 
 def test_importing_the_cores_loads_no_kernels_and_no_cuda():

@@ -1,0 +1,40 @@
+"""The pack as the Comfy Registry (where ComfyUI-Manager installs from) takes it: comfy-cli's own `comfy node validate`,
+the check `comfy node publish` runs first, passes with no warning. It reads pyproject.toml as the registry does, then
+runs ruff's exec / eval / one-line-statements rules over the pack, rules comfy-cli 1.23.0 says will soon refuse a
+publish. comfy-cli is not a dependency of the pack or of ComfyUI: .ci/run installs it in a venv of its own and names
+its `comfy` in $COMFY_CLI."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from comfy_host import REPO
+
+
+def comfy_cli():
+    found = os.environ.get("COMFY_CLI") or shutil.which("comfy")
+    if not found:
+        pytest.skip("needs comfy-cli (`pip install comfy-cli` in a venv of its own, then COMFY_CLI=<its bin/comfy>; "
+                    ".ci/run does this)")
+    return found
+
+
+def pack_files():
+    """What a clone has: the tracked files and the untracked ones git does not ignore (not a developer's venv)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True)
+    if listed.returncode != 0:
+        pytest.skip("needs the pack as a git checkout (to leave its venv and outputs out of the check)")
+    return [p for p in listed.stdout.decode().split("\0") if p and os.path.isfile(os.path.join(REPO, p))]
+
+
+def test_comfy_node_validate_passes_with_no_warning(tmp_path):
+    cli = comfy_cli()
+    for rel in pack_files():
+        os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+        shutil.copyfile(os.path.join(REPO, rel), tmp_path / rel)
+    out = subprocess.run([cli, "--skip-prompt", "node", "validate"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+    said = out.stdout + out.stderr
+    assert out.returncode == 0, said[-3000:]
+    assert "All validation checks passed" in said and "warning" not in said.lower(), said[-3000:]
