@@ -44,9 +44,9 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
                                tooltip="auto: FP8 files as they are, others as fp8_e4m3fn per-channel."),
                 io.Combo.Input("compute", options=COMPUTE, default="auto",
                                tooltip="fp8 matmul: FP8 products with per-token activation scales (per-tensor on "
-                                       "Windows and RTX 50xx; GPUs of compute capability 8.9+). upcast: weights "
-                                       "turned to bf16/fp16 (float32 on a CPU) for each product. auto: fp8 matmul "
-                                       "where the GPU can and Triton quantizes the activations (for per-tensor "
+                                       "RTX 50xx and most Windows builds; GPUs of compute capability 8.9+). upcast: "
+                                       "weights turned to bf16/fp16 (float32 on a CPU) for each product. auto: fp8 "
+                                       "matmul where the GPU can and Triton quantizes the activations (for per-tensor "
                                        "scales, Triton or comfy-kitchen's CUDA kernel)."),
                 io.Int.Input("keep_first_blocks", default=0, min=0, max=64, advanced=True,
                              tooltip="Keep the first N transformer blocks in high precision."),

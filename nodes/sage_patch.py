@@ -30,8 +30,8 @@ class PatchSageAttention(io.ComfyNode):
                                        "cuDNN attention first, as on H100/H200/B200, exact through cuDNN before "
                                        "sageattention 1.x). sageattention: "
                                        "the sageattention package's kernels (sageattn: its old name). comfy-kitchen "
-                                       "int8 / sage3 (FP4, Blackwell): ComfyUI's attention of that name, where it "
-                                       "registers one. "
+                                       "int8 / sage3 (FP4; RTX 50xx, RTX PRO Blackwell, DGX Spark, not B200): "
+                                       "ComfyUI's attention of that name, where it registers one. "
                                        "reference: this pack's PyTorch SageAttention (any device, slow). disabled: "
                                        "exact attention."),
                 # the tuning knobs are advanced widgets (the frontend's advanced toggle), as core's EasyCache's

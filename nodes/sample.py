@@ -76,7 +76,9 @@ class SampleVideo(io.ComfyNode):
                                      "overlap through pixels as SkyReels-V2 does. Without it they overlap in latent "
                                      "space: faster, but a window then starts with a 4-frame latent where the model "
                                      "expects the 1-frame latent of a first frame, which can show at the seams."),
-                io.Image.Input("start_image", optional=True, tooltip="DF: the first frame (needs vae)."),
+                io.Image.Input("start_image", optional=True,
+                               tooltip="DF: the first frame (needs vae and causal_block_size 1; not with "
+                                       "prefix_video)."),
                 io.Image.Input("prefix_video", optional=True,
                                tooltip="DF: continue this video; its last overlap_history frames start the output "
                                        "(needs vae)."),
@@ -85,7 +87,7 @@ class SampleVideo(io.ComfyNode):
                 PARALLEL.Input("parallel", optional=True,
                                tooltip="From Parallel Config: run on several GPUs (sequence parallel). The MODEL "
                                        "must come from Load FP8 SkyReels Model (Patch SageAttention, TeaCache "
-                                       "and LoRAs allowed)."),
+                                       "LoRAs and ModelSamplingSD3 allowed)."),
                 # last, so that saved workflows keep their inputs in place
                 io.Image.Input("end_image", optional=True,
                                tooltip="DF: the frame the video leads to (needs vae, causal_block_size 1). As "
