@@ -2,7 +2,7 @@
 # Builds the sageattention 2.x wheel that `bash bench/gpu_check.sh --prepare-sage2 WHEEL` carries to a lent
 # H100/H200. PyPI has only 1.0.6 (Triton kernels) and the device machine can fetch nothing, so the CUDA kernels are
 # compiled here, with no GPU and no driver, by this machine's nvcc for the device image (Python 3.12, torch
-# 2.11.0+cu130 from PyPI: KINDS.md of the device tool). Only the Hopper kernels are built (_qattn_sm90 and _fused,
+# 2.11.0+cu130 from PyPI: the device tool's notes on its machines). Only the Hopper kernels are built (_qattn_sm90 and _fused,
 # sm_90a): the sm80/sm89 extensions would triple the build and are not what an H100/H200 runs. 3 to 6 minutes on
 # 2 cores, after torch's download (reuse a venv with SAGE2_VENV).
 #

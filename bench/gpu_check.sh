@@ -41,6 +41,8 @@
 # runs its CPU smoke version, with three times the time limits, so the script is checked on any machine
 # (tests/host/test_host_bench.py). Exits 1 if any section failed or ran out of time, after running all of them.
 set -uo pipefail
+# --prepare-sage2's wheel as an absolute path: it is read after the cd below, and again from a temp folder
+[ "${1:-}" = --prepare-sage2 ] && [ -n "${2:-}" ] && set -- "$1" "$(realpath -m -- "$2")"
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 WHEELS=${GPU_CHECK_WHEELS:-.whl}
@@ -52,7 +54,6 @@ prepare() {   # [kitchen | sage2 WHEEL]
     local py="--python-version 3.12 --implementation cp --only-binary=:all: --no-deps"
     local plat="--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64"
     plat="$plat --platform manylinux2014_x86_64 --platform manylinux_2_12_x86_64"
-    rm -rf "$WHEELS" .host && mkdir -p "$WHEELS"
     # What the pack and ComfyUI import for these runs and the device image (Python 3.12, torch) does not hold.
     # ComfyUI's main.py (bench/dynamic_vram.py) needs SQLAlchemy and pydantic too; its frontend package (85 MB) is
     # replaced there by an empty --front-end-root, as only its API is used.
@@ -64,6 +65,7 @@ prepare() {   # [kitchen | sage2 WHEEL]
         sage2) [ -f "${2:-}" ] || { echo "gpu_check: --prepare-sage2 needs the sageattention 2.x wheel" >&2; exit 2; }
                sage="" server="av==18.1.0" ;;
     esac
+    rm -rf "$WHEELS" .host && mkdir -p "$WHEELS"
     "$PYTHON" -m pip download -q $py $plat -d "$WHEELS" $sage torchsde==0.2.6 trampoline==0.1.2 \
         comfy-aimdo==0.4.13 simpleeval blake3 $server ${server:+typing-inspection}
     [ "$variant" != sage2 ] || slim_wheel "$2" "$PWD/$WHEELS"
@@ -87,8 +89,10 @@ prepare() {   # [kitchen | sage2 WHEEL]
         --exclude='./blueprints' --exclude='./comfy_api_nodes' --exclude='./script_examples' --exclude='./models' \
         --exclude='./output' --exclude='./input' --exclude='./temp' --exclude='./user' --exclude='./custom_nodes' \
         -cf - . | tar -C .host -xf -
-    mkdir -p .host/custom_nodes .host/models .git/info
-    for p in "/$WHEELS/" /.host/; do grep -qx "$p" .git/info/exclude 2>/dev/null || echo "$p" >> .git/info/exclude; done
+    mkdir -p .host/custom_nodes .host/models
+    local exclude; exclude=$(git rev-parse --git-path info/exclude)     # a worktree's .git is a file
+    mkdir -p "$(dirname "$exclude")"
+    for p in "/$WHEELS/" /.host/; do grep -qx "$p" "$exclude" 2>/dev/null || echo "$p" >> "$exclude"; done
     du -sh "$WHEELS" .host
     echo "gpu_check: prepared; total to carry: $(du -cm "$WHEELS" .host | tail -1 | cut -f1) MiB (limit 64 with the repo)"
 }

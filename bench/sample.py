@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Sample Video step time and peak memory: FP8 + 8-bit attention vs bf16 + PyTorch attention (a script, not a test).
 
-    python bench/sample.py [--host PATH] [--steps 3] [--cpu]
+    python bench/sample.py [--host PATH] [--steps 3] [--cpu] [--only LETTERS] [--model {1.3B,14B}] [--blocks N]
 
 Configurations that load the same model share a fresh host process (and one load); each runs through the real
 nodes (loader -> [Patch SageAttention] -> Sample Video, standard mode, cfg 6, unipc), first one warm-up step, then
