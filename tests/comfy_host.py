@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -67,6 +68,17 @@ def import_pack():
                                                   submodule_search_locations=[REPO])
     sys.modules["skyreels_pack"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sys.modules["skyreels_pack"])
+
+
+def copy_pack(folder):
+    """The pack's files as a clone of this checkout would hold them (the tracked files and the untracked ones git
+    does not ignore: not a developer's venv, caches or outputs), copied into `folder`."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                            check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):     # names may hold spaces (subgraphs/)
+        if os.path.isfile(os.path.join(REPO, name)):
+            os.makedirs(os.path.join(folder, os.path.dirname(name)), exist_ok=True)
+            shutil.copy2(os.path.join(REPO, name), os.path.join(folder, name))
 
 
 def run_in_host(host, code, timeout=600):

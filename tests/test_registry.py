@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from comfy_host import REPO
+from comfy_host import copy_pack
 
 
 def comfy_cli():
@@ -20,19 +20,9 @@ def comfy_cli():
     return found
 
 
-def pack_files():
-    """What a clone has: the tracked files and the untracked ones git does not ignore (not a developer's venv)."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True)
-    if listed.returncode != 0:
-        pytest.skip("needs the pack as a git checkout (to leave its venv and outputs out of the check)")
-    return [p for p in listed.stdout.decode().split("\0") if p and os.path.isfile(os.path.join(REPO, p))]
-
-
 def test_comfy_node_validate_passes_with_no_warning(tmp_path):
     cli = comfy_cli()
-    for rel in pack_files():
-        os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
-        shutil.copyfile(os.path.join(REPO, rel), tmp_path / rel)
+    copy_pack(tmp_path)
     out = subprocess.run([cli, "--skip-prompt", "node", "validate"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=600, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
     said = out.stdout + out.stderr

@@ -17,7 +17,7 @@ import pytest
 
 from generate_video_fp8 import PACK, HostServer
 
-from comfy_host import REPO
+from comfy_host import copy_pack
 
 TOP_LEVEL_SKIP = {"models", "output", "input", "temp", "user", "custom_nodes"}
 
@@ -28,17 +28,9 @@ def skip(folder, names):
     return [n for n in names if n == "__pycache__" or n.endswith(".db") or (top and n in TOP_LEVEL_SKIP)]
 
 
-def pack_files():
-    """What a clone of the repository holds (tracked files), not this checkout's venv or caches."""
-    out = subprocess.run(["git", "-C", REPO, "ls-files"], capture_output=True, text=True, check=True).stdout
-    return out.splitlines()      # names may hold spaces (the blueprints in subgraphs/)
-
-
 def pack_repo(folder):
     """A git repository of the pack's files as a clone has them (this checkout's uncommitted changes included)."""
-    for name in pack_files():
-        os.makedirs(folder / os.path.dirname(name), exist_ok=True)
-        shutil.copy2(os.path.join(REPO, name), folder / name)
+    copy_pack(folder)
     git = ["git", "-C", str(folder), "-c", "user.name=test", "-c", "user.email=test@localhost"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the pack"]):
         subprocess.run(git + args, check=True, capture_output=True)
