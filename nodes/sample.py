@@ -148,7 +148,7 @@ class SampleVideo(io.ComfyNode):
         if parallel is not None:
             widgets["shift"] = model_shift(model, shift)
             samples, report, images = parallel_run.run(parallel, model, positive, negative, widgets, inputs)
-            note = overridden_shift(model, shift)      # the workers load the file without ModelSamplingSD3
+            note = overridden_shift(model, widgets["shift"])    # the workers load the file without ModelSamplingSD3
             if note:
                 log_once(note, f"Sample Video: {note}")
                 *lines, layout = report.splitlines()

@@ -145,8 +145,9 @@ result["new model"] = [rel(third[0]["samples"], plain), third[1].splitlines()[-1
 # ModelSamplingSD3 before Sample Video, as in core's Wan workflows (shift 0: Sample Video takes its shift): the
 # workers run with the shift read here, as the single-device run does.
 sd3 = ModelSamplingSD3().patch(model, 5.0)[0]
-result["model sampling sd3"] = rel(SampleVideo.execute(sd3, pos, neg, **nest_mode({**FLAT, "shift": 0}), parallel=keep)
-                                   .args[0]["samples"], sample(shift=5.0)[0]["samples"])
+taken = SampleVideo.execute(sd3, pos, neg, **nest_mode({**FLAT, "shift": 0}), parallel=keep).args
+result["model sampling sd3"] = [rel(taken[0]["samples"], sample(shift=5.0)[0]["samples"]),
+                                [line for line in taken[1].splitlines() if "is not used" in line]]
 overridden = SampleVideo.execute(sd3, pos, neg, **ARGS, parallel=keep).args[1].splitlines()    # shift 8 runs
 result["sd3 note"] = [overridden[-2], overridden[-1].startswith("parallel:")]
 # What the workers could not rebuild is refused before any starts: a bypass LoRA (injected, not a weight patch),
@@ -304,7 +305,9 @@ def test_two_actors_equal_one_process(host, tmp_path):
     assert "a weight patch of type tuple (a model merge" in r["refused"]["merge"], r["refused"]
     assert r["refused"]["rescale"].startswith("Sample Video: parallel: this MODEL carries changes a worker cannot "
                                               "rebuild (sampler_cfg_function: e.g. RescaleCFG, Perp-Neg)"), r["refused"]
-    assert r["model sampling sd3"] <= 1e-5, r["model sampling sd3"]     # was refused (object_patches)
+    # was refused (object_patches); its shift taken, the report says nothing is left unused (it said "shift 0 runs;
+    # the MODEL's ModelSamplingSD3 shift 5 is not used")
+    assert r["model sampling sd3"][0] <= 1e-5 and r["model sampling sd3"][1] == [], r["model sampling sd3"]
     assert r["sd3 note"] == ["shift 8 runs; the MODEL's ModelSamplingSD3 shift 5 is not used (set Sample Video's shift "
                              "to 0 to use it)", True], r["sd3 note"]      # as a single-device run says
     assert r["refused"]["no nccl"].startswith("Sample Video: parallel: GPU workers talk through NCCL, which this "
