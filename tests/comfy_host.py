@@ -81,6 +81,17 @@ def copy_pack(folder):
             shutil.copy2(os.path.join(REPO, name), os.path.join(folder, name))
 
 
+def comfy_cli():
+    """comfy-cli's `comfy` ($COMFY_CLI, else on PATH); the test is skipped without it. It is not a dependency of the
+    pack or of ComfyUI: .ci/run installs it in a venv of its own and names it in $COMFY_CLI."""
+    found = os.environ.get("COMFY_CLI") or shutil.which("comfy")
+    if not found:
+        import pytest
+        pytest.skip("needs comfy-cli (`pip install comfy-cli` in a venv of its own, then COMFY_CLI=<its bin/comfy>; "
+                    ".ci/run does this)")
+    return found
+
+
 def run_in_host(host, code, timeout=600):
     """Run `code` in a new process with the host importable and forced to CPU. The code sets `result`
     (anything JSON can hold); it is returned. A failure raises with the process's output."""

@@ -1,23 +1,11 @@
 """The pack as the Comfy Registry (where ComfyUI-Manager installs from) takes it: comfy-cli's own `comfy node validate`,
 the check `comfy node publish` runs first, passes with no warning. It reads pyproject.toml as the registry does, then
 runs ruff's exec / eval / one-line-statements rules over the pack, rules comfy-cli 1.23.0 says will soon refuse a
-publish. comfy-cli is not a dependency of the pack or of ComfyUI: .ci/run installs it in a venv of its own and names
-its `comfy` in $COMFY_CLI."""
+publish."""
 import os
-import shutil
 import subprocess
 
-import pytest
-
-from comfy_host import copy_pack
-
-
-def comfy_cli():
-    found = os.environ.get("COMFY_CLI") or shutil.which("comfy")
-    if not found:
-        pytest.skip("needs comfy-cli (`pip install comfy-cli` in a venv of its own, then COMFY_CLI=<its bin/comfy>; "
-                    ".ci/run does this)")
-    return found
+from comfy_host import comfy_cli, copy_pack
 
 
 def test_comfy_node_validate_passes_with_no_warning(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 
 from generate_video_fp8 import PACK, HostServer
 
-from comfy_host import copy_pack
+from comfy_host import comfy_cli, copy_pack
 
 TOP_LEVEL_SKIP = {"models", "output", "input", "temp", "user", "custom_nodes"}
 
@@ -98,9 +98,7 @@ def test_registry_package_installs_and_starts_clean(host, tmp_path):
     registry id, pyproject's name>, with its .tracking list). The download itself needs the registry (the
     internet): not here. The Manager must then list the pack under our registry id and version."""
     needs_manager()
-    cli = os.environ.get("COMFY_CLI") or shutil.which("comfy")
-    if not cli:
-        pytest.skip("needs comfy-cli (COMFY_CLI=<its bin/comfy>; .ci/run installs it)")
+    cli = comfy_cli()
     src = tmp_path / "src" / PACK
     pack_repo(src)
     packed = subprocess.run([cli, "--skip-prompt", "node", "pack"], cwd=src, capture_output=True, text=True,
