@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checkpoint import CheckpointError, fp8_non_finite
+from .checkpoint import CheckpointError
 from .comfy_format import comfy_quant, format_name, format_of, is_quant_extra
 from .fp8 import FP8_DTYPES, NonFiniteWeight, dequantize_weight, quantize_weight_chunked
 from .policy import check_kept, layer_name, should_quantize
@@ -120,8 +120,8 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         fmt = None
         if fp8 is not None:
             q, scale, granularity = fp8
-            if fp8_non_finite(q) or not torch.isfinite(scale).all():
-                raise ckpt.non_finite(name)
+            for t in (q, scale):
+                ckpt.check_finite(name, t)
             if plain is not None or not linear:     # fp8 in the file, high precision wanted here
                 sd[name] = dequantize_weight(q, scale, kept_dtype)
             else:
