@@ -6,11 +6,9 @@ from dataclasses import dataclass
 CORE_KEYS = ("patch_embedding.weight", "head.modulation", "head.head.weight", "blocks.0.self_attn.q.weight",
              "blocks.0.ffn.0.weight", "time_projection.1.weight")
 
-_TOP_KEYS = ["patch_embedding.weight", "patch_embedding.bias",
-             "text_embedding.0.weight", "text_embedding.0.bias", "text_embedding.2.weight", "text_embedding.2.bias",
-             "time_embedding.0.weight", "time_embedding.0.bias", "time_embedding.2.weight", "time_embedding.2.bias",
-             "time_projection.1.weight", "time_projection.1.bias",
-             "head.modulation", "head.head.weight", "head.head.bias"]
+_TOP_KEYS = [f"{m}.{p}" for m in ("patch_embedding", "text_embedding.0", "text_embedding.2", "time_embedding.0",
+                                  "time_embedding.2", "time_projection.1") for p in ("weight", "bias")]
+_TOP_KEYS += ["head.modulation", "head.head.weight", "head.head.bias"]
 _I2V_TOP_KEYS = [f"img_emb.proj.{i}.{p}" for i in (0, 1, 3, 4) for p in ("weight", "bias")]
 _FPS_KEYS = ["fps_embedding.weight"] + [f"fps_projection.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
 _BLOCK_KEYS = ["modulation", "norm3.weight", "norm3.bias", "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias"]
