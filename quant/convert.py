@@ -146,10 +146,9 @@ def _metadata(ckpt, info, options, report, quantize):
     ours = {"pack_version": __version__, "source": os.path.basename(ckpt.path.rstrip(os.sep)),
             "source_bytes": ckpt.nbytes, "model": info.describe(), **asdict(options),
             "errors": {k: float(f"{v:.5g}") for k, v in report.errors.items()}}
-    metadata = {k: v for k, v in ckpt.metadata.items() if k not in ("_quantization_metadata", "skyreels_fp8")}
-    metadata["_quantization_metadata"] = json.dumps({"format_version": "1.0", "layers": layers})
-    metadata["skyreels_fp8"] = json.dumps(ours)
-    return metadata
+    kept = {k: v for k, v in ckpt.metadata.items() if k not in ("_quantization_metadata", "skyreels_fp8")}
+    return {**kept, "_quantization_metadata": json.dumps({"format_version": "1.0", "layers": layers}),
+            "skyreels_fp8": json.dumps(ours)}
 
 
 def _prefetched(ckpt, names):
