@@ -7,6 +7,7 @@ per-tensor e4m3fn, loads in ComfyUI's own Load Diffusion Model node; per-channel
 Load FP8 SkyReels Model node. Exit status: 0 done, 2 bad input (one line on stderr), 1 verification failed.
 """
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -100,13 +101,10 @@ def error(message, code):
 def main_with(args):
     options = Options(fp8=args.fp8, granularity=args.granularity, keep_first_blocks=args.keep_first_blocks,
                       keep_last_blocks=args.keep_last_blocks)
-    bar = ProgressBar()
     try:
-        try:
+        with contextlib.closing(ProgressBar()) as bar:    # closed before an error below is printed
             report = convert(args.src, args.dst, options, overwrite=args.overwrite, verify=args.verify,
                              progress=bar)
-        finally:
-            bar.close()
     except CheckpointError as e:     # its messages name Convert to FP8's widgets: here they are flags
         return error(re.sub(r"\bkeep_(first|last)_blocks\b", r"--keep-\1-blocks", str(e)), 2)
     except VerifyError as e:
