@@ -29,7 +29,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, REPO)
@@ -156,8 +155,7 @@ class HostServer:
 
     def run(self, prompt, timeout=None):
         """Queue an API-format prompt and wait for it; returns its history entry (status, outputs)."""
-        status, body = self.post("/prompt", {"prompt": prompt, "client_id": "headless",
-                                             "prompt_id": str(uuid.uuid4())})
+        status, body = self.post("/prompt", {"prompt": prompt, "client_id": "headless"})
         if status != 200:
             reasons = [f"{node.get('class_type')}: {e.get('message')}: {e.get('details')}"
                        for node in body.get("node_errors", {}).values() for e in node.get("errors", [])]
