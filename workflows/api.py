@@ -42,8 +42,7 @@ def _take(node, values, pos, widgets, inputs, prefix=""):
             if chosen is None:
                 raise ValueError(f"node {node['id']} ({node['type']}): {name} has no option {values[pos - 1]!r}")
             sub = chosen.get("inputs", {})
-            pos = _take(node, values, pos, _widgets(sub, {k: list(v) for k, v in sub.items()}), inputs,
-                        prefix + name + ".")
+            pos = _take(node, values, pos, _widgets(sub, sub), inputs, prefix + name + ".")    # in its own order
     return pos
 
 
