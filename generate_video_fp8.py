@@ -77,13 +77,8 @@ PACK_FILES = ("__init__.py", "pyproject.toml", "requirements.txt", "nodes", "qua
 
 
 def install_copy(dst):
-    os.makedirs(dst)
-    for name in PACK_FILES:
-        src = os.path.join(REPO, name)
-        if os.path.isdir(src):
-            shutil.copytree(src, os.path.join(dst, name), ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copyfile(src, os.path.join(dst, name))
+    shutil.copytree(REPO, dst, ignore=lambda folder, names: [n for n in names if n == "__pycache__" or
+                                                             folder == REPO and n not in PACK_FILES])
 
 
 class HostServer:
