@@ -48,6 +48,13 @@ def _kind(w):
     return f"{qdata.dtype}".replace("torch.", "") + f" ({name})"
 
 
+def clock(device):
+    """time.perf_counter() once the work queued on `device` is done (CUDA runs it asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class Meter:
     """Wall time and peak memory of a run: CUDA peak allocation on a GPU (and the weights ComfyUI's Dynamic VRAM holds
     for `model`, which PyTorch's allocator does not count), the process's peak RSS on CPU."""
@@ -56,7 +63,6 @@ class Meter:
         self.device, self.model = device, model
         self.cuda = device.type == "cuda"
         if self.cuda:
-            torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         self.rss_before = psutil.Process().memory_info().rss / 2**20
         try:   # Linux: restart the process's peak (VmHWM) from its current RSS; elsewhere it runs from the start
@@ -66,12 +72,10 @@ class Meter:
         except OSError:
             self.peak_reset = False
         self.stats_before, self.reasons_before = dict(fp8.stats), dict(fp8.fallback_reasons)
-        self.start = time.perf_counter()
+        self.start = clock(device)
 
     def finish(self):
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-        self.seconds = time.perf_counter() - self.start
+        self.seconds = clock(self.device) - self.start
         self.memory = self._cuda_peak() if self.cuda else self._cpu_peak()
         self.products = {k: fp8.stats[k] - self.stats_before[k] for k in fp8.stats}
         self.fallback_reasons = [r for r, n in fp8.fallback_reasons.items() if n > self.reasons_before.get(r, 0)]

@@ -1,7 +1,6 @@
 """One Sample Video run: its windows, their Diffusion Forcing plans and the prefix carried between them; each window
 runs our sampler function in `comfy.sample.sample_custom`, so the host still does CFG, offloading, hooks, previews."""
 import logging
-import time
 
 import numpy as np
 import torch
@@ -435,10 +434,10 @@ class Job:
                 to = {**options.get("transformer_options", {}), CALL: calls[0], CALLS: total_calls}
                 if sigma.ndim:
                     to[per_frame.KEY] = sigma
-                started = self._clock(x_in.device)
+                started = run_report.clock(x_in.device)
                 x0 = model(x_in, sigma.max() * ones, model_options={**options, "transformer_options": to},
                            **extra_args)
-                self.model_seconds += self._clock(x_in.device) - started
+                self.model_seconds += run_report.clock(x_in.device) - started
                 calls[0] += 1
                 return x0
 
@@ -464,12 +463,6 @@ class Job:
         sampler = comfy.samplers.KSAMPLER(sampler_function)
         return comfy.sample.sample_custom(self.model, noise, self.cfg, sampler, self.sigmas, positive,
                                           self.negative, latent, callback=None, disable_pbar=True, seed=self.seed)
-
-    @staticmethod
-    def _clock(device):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter()
 
     def _teacache_line(self, before):
         cache = self.model.model_options["transformer_options"].get(teacache_hooks.KEY)
