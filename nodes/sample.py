@@ -280,12 +280,10 @@ def check_conditioning(model, named, forcing):
 def _partial_frames(area, window):
     """Whether a conditioning area (the host's tuple: sizes, then offsets; or "percentage" and fractions) leaves out
     some of a window's `window` latent frames: only areas with a frame dimension (video areas) can."""
-    if area[0] == "percentage":
-        sizes = area[1:]
-        half = len(sizes) // 2
-        return half >= 3 and (sizes[0] < 1 or sizes[half] > 0)
-    half = len(area) // 2
-    return half >= 3 and (area[half] > 0 or area[0] < window)
+    percentage = area[0] == "percentage"
+    sizes = area[1:] if percentage else area
+    half = len(sizes) // 2
+    return half >= 3 and (sizes[0] < (1 if percentage else window) or sizes[half] > 0)
 
 
 def check_conditioned_frames(named, widgets, forcing, end_image):
