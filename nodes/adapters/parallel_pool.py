@@ -139,13 +139,13 @@ def _check_reachable(address):
 
 def _use_cpu(ray, config, n):
     """CPU or GPU workers, from what the cluster has (not only this machine); refuses what it cannot place."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    cpu = config["device"] == "cpu" or (config["device"] == "auto" and gpus == 0)
+    resources = ray.cluster_resources()
+    cpu = config["device"] == "cpu" or (config["device"] == "auto" and int(resources.get("GPU", 0)) == 0)
     if not cpu and not torch.distributed.is_nccl_available():   # PyTorch for Windows has no NCCL
         fail("parallel: GPU workers talk through NCCL, which this PyTorch does not have (PyTorch has it on Linux "
              "only): run ComfyUI on Linux or in WSL2 for several GPUs, or set Parallel Config's device to cpu")
     kind = "CPU" if cpu else "GPU"
-    have = int(ray.cluster_resources().get(kind, 0))
+    have = int(resources.get(kind, 0))
     if have < n:
         fail(f"parallel: {n} workers need {n} {kind}s; the Ray cluster has {have}{_shown_gpus(config, kind)}")
     return cpu

@@ -111,7 +111,7 @@ def patch(model, mesh):
     """A clone of `model` (a ModelPatcher) whose forward passes run on `mesh` (attention.usp.Mesh)."""
     m = video_attention.install(model, mesh)
     block = _blocks(video_attention.installed(m), mesh)
-    m.model_options["sampler_calc_cond_batch_function"] = _batching(mesh)
+    m.set_model_sampler_calc_cond_batch_function(_batching(mesh))
     m.model_options["transformer_options"][MESH_KEY] = mesh
     for i in range(len(m.model.diffusion_model.blocks)):
         m.set_model_patch_replace(block, "dit", "double_block", i)
