@@ -3,7 +3,6 @@ change of the timestep embedding (rescaled by a polynomial fitted per model) rea
 uncond). The first steps (1, or 5 with retention steps) always run, and the last one without retention steps."""
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 # SkyReels-V2's published coefficients (its transformer's initialize_teacache), highest power first, by
@@ -29,9 +28,12 @@ def coefficients(image_to_video, width, pixel_area, retention):
 
 
 def rescale(coeffs, x):
-    """The polynomial at x by numpy's Horner's rule in float64, as SkyReels-V2's np.poly1d: the same bits, so a sum
-    that lands at the threshold decides as there (powers summed differ in the last bits for 3 of 4 inputs)."""
-    return float(np.polyval(coeffs, x))
+    """The polynomial at x by Horner's rule in float64, as SkyReels-V2's np.poly1d: the same bits, so a sum that
+    lands at the threshold decides as there (powers summed differ in the last bits for 3 of 4 inputs)."""
+    y = 0.0
+    for c in coeffs:
+        y = y * x + c
+    return y
 
 
 @dataclass
