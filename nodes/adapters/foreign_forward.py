@@ -14,8 +14,11 @@ def replacement(dm):
     """Who replaced `dm`'s forward pass on the instance for this call, e.g. "teacache_wanmodel_forward
     (ComfyUI-TeaCache)"; None when it runs the host's own."""
     dm = getattr(dm, "_orig_mod", dm)   # under TorchCompileModel's wrapper the call sees torch.compile's module
-    fn = next((vars(dm)[name] for name in NAMES if vars(dm).get(name) is not None), None)
-    return None if fn is None else describe(fn)
+    for name in NAMES:
+        fn = vars(dm).get(name)
+        if fn is not None:
+            return describe(getattr(fn, "__func__", fn))
+    return None
 
 
 def in_diffusion_forcing(who):

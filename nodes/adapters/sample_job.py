@@ -123,7 +123,7 @@ def window_failed(model, error, i, n, frames, total, end):
     patches = [v for k, v in model.object_patches.items() if k.startswith("diffusion_model.")]   # this pack's: none
     if not patches:
         return None
-    names = list(dict.fromkeys(map(describe, patches)))
+    names = list(dict.fromkeys(describe(getattr(v, "__func__", v)) for v in patches))
     cause = f"{type(error).__name__}: {first_line(error).rstrip('.')}"
     fixes = ["make base_num_frames at least frames (one window)"] if n > 1 else []
     if end:
