@@ -77,8 +77,9 @@ PACK_FILES = ("__init__.py", "pyproject.toml", "requirements.txt", "nodes", "qua
 
 
 def install_copy(dst):
-    shutil.copytree(REPO, dst, ignore=lambda folder, names: [n for n in names if n == "__pycache__" or
-                                                             folder == REPO and n not in PACK_FILES])
+    def left_out(folder, names):    # at the top only what PACK_FILES names; nowhere a __pycache__
+        return [n for n in names if n == "__pycache__" or (folder == REPO and n not in PACK_FILES)]
+    shutil.copytree(REPO, dst, ignore=left_out)
 
 
 class HostServer:
