@@ -19,6 +19,8 @@ SAFETENSORS_DTYPES = {
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
+_STORABLE = set(SAFETENSORS_DTYPES.values())
+_UNREADABLE = "{}: tensor {} has a data type ({}) a SkyReels-V2 model does not use; remove it, or use the original release"
 
 # diffusers name -> original Wan name (SkyReels-V2 uses the Wan 2.1 names in its own releases).
 _ATTN = {"1": "self_attn", "2": "cross_attn"}
@@ -96,7 +98,7 @@ class _SafetensorsFile:
     def load(self, key):
         shape, dtype = self.spec(key)
         if dtype is None:
-            raise CheckpointError(f"{self.path}: tensor {key} has an unsupported dtype {self._header[key]['dtype']}")
+            raise CheckpointError(_UNREADABLE.format(self.path, key, self._header[key]["dtype"]))
         begin, end = self._header[key]["data_offsets"]
         buf = torch.empty(end - begin, dtype=torch.uint8)
         with self._lock:
@@ -137,7 +139,7 @@ def _safetensors_problem(path, text):
         return (f"{path}: this safetensors maps the whole file into memory, more than this machine allows ("
                 f"{text.split(':')[-1].strip()}); update it (pip install -U safetensors: 0.8 reads without the map)")
     if "incomplete metadata" in text or "MetadataIncompleteBuffer" in text or "not fully covered" in text:
-        return f"{path}: the file is truncated (shorter than its header says); download or copy it again"
+        return f"{path}: the file is truncated or damaged (not the size its header gives); download or copy it again"
     return f"{path}: not a valid .safetensors file ({text.split(':')[-1].strip()}); check that the download finished"
 
 
@@ -188,15 +190,24 @@ class _PickleFile:
             found = f"a dict of {', '.join(map(str, list(sd)[:6]))}" if isinstance(sd, dict) else type(sd).__name__
             raise CheckpointError(f"{path}: not a state dict of tensors (it holds {found}); save the model's "
                                   "state_dict alone, or use a .safetensors release")
+        # A model saved before its weights were loaded (meta: shapes alone), or a sparse or otherwise laid-out one
+        empty = next((k for k, v in sd.items() if v.is_meta or v.layout != torch.strided), None)
+        if empty is not None:
+            what = "no values (a meta tensor)" if sd[empty].is_meta else f"a {sd[empty].layout} layout"
+            raise CheckpointError(f"{path}: tensor {empty} has {what}, not the dense weights of a trained model; save "
+                                  "the state_dict of the loaded model, or use a .safetensors release")
         self.path, self.sd, self.metadata = path, sd, {}
 
     def keys(self):
         return list(self.sd)
 
-    def spec(self, key):
-        return tuple(self.sd[key].shape), self.sd[key].dtype
+    def spec(self, key):     # dtype None where a .safetensors file could not hold it either (uint16, complex ...)
+        dtype = self.sd[key].dtype
+        return tuple(self.sd[key].shape), dtype if dtype in _STORABLE else None
 
     def load(self, key):
+        if self.spec(key)[1] is None:
+            raise CheckpointError(_UNREADABLE.format(self.path, key, str(self.sd[key].dtype).replace("torch.", "")))
         return self.sd[key]
 
     def close(self):
@@ -240,6 +251,8 @@ def listed_shards(index):
             listed = json.load(f)["weight_map"].values()
         if not all(isinstance(name, str) for name in listed):
             raise ValueError("its weight_map names something other than files")
+        if not listed:
+            raise ValueError("its weight_map lists no files")
     except KeyError:
         raise CheckpointError(f"{index}: not a shard index (it has no weight_map); download it again") from None
     except (ValueError, AttributeError, TypeError) as e:

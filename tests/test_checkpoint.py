@@ -197,6 +197,35 @@ def test_a_pytorch_file_named_safetensors_is_named(tmp_path, zip_format):
                             "rename it to .pth (read with weights_only=True), or download the .safetensors release")
 
 
+@pytest.mark.parametrize("kind", ["meta", "sparse"])
+def test_a_pth_with_tensors_of_no_values_or_another_layout_is_named(tmp_path, kind):
+    # a model saved before its weights were loaded, or a pruned one saved sparse: raw torch errors before
+    sd = tiny.state_dict(tiny.info("T2V"))
+    key = "blocks.0.ffn.0.weight"
+    sd[key] = torch.empty(sd[key].shape, device="meta") if kind == "meta" else sd[key].to_sparse()
+    torch.save(sd, tmp_path / "m.pth")
+    what = "no values (a meta tensor)" if kind == "meta" else "a torch.sparse_coo layout"
+    with pytest.raises(CheckpointError) as e:
+        Checkpoint(str(tmp_path / "m.pth"))
+    assert str(e.value) == (f"{tmp_path / 'm.pth'}: tensor {key} has {what}, not the dense weights of a trained model; "
+                            "save the state_dict of the loaded model, or use a .safetensors release")
+
+
+@pytest.mark.parametrize("name", ["m.pth", "m.safetensors"])
+def test_a_model_tensor_of_a_dtype_no_model_uses_is_named_when_read(tmp_path, name):
+    sd = tiny.state_dict(tiny.info("T2V"))
+    key = "blocks.0.norm3.weight"
+    sd[key] = sd[key].to(torch.uint16)
+    (torch.save if name.endswith(".pth") else safetensors.torch.save_file)(sd, str(tmp_path / name))
+    with Checkpoint(str(tmp_path / name)) as ckpt:
+        assert ckpt.spec(key)[1] is None    # as a .safetensors file could not hold it: each reader says the same
+        with pytest.raises(CheckpointError) as e:
+            ckpt.load(key)
+    assert str(e.value) == (f"{tmp_path / name}: tensor {key} has a data type "
+                            f"({'uint16' if name.endswith('.pth') else 'U16'}) a SkyReels-V2 model does not use; "
+                            "remove it, or use the original release")
+
+
 def test_a_pth_keyed_by_other_than_names_is_not_a_state_dict(tmp_path):
     torch.save({0: torch.zeros(2)}, tmp_path / "m.pth")    # it ended in a TypeError from the key renaming
     with pytest.raises(CheckpointError, match=re.escape("m.pth: not a state dict of tensors (it holds a dict of 0)")):
@@ -261,6 +290,18 @@ def test_truncated_data_is_named(tmp_path):
             ckpt.load(last)
 
 
+@pytest.mark.parametrize("change", ["cut", "appended"])
+def test_a_file_of_another_size_than_its_header_gives_is_named(tmp_path, change):
+    path = tmp_path / "m.safetensors"
+    write_tiny(path, "T2V")
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] if change == "cut" else data + bytes(100))    # safetensors says the same of both
+    with pytest.raises(CheckpointError) as e:
+        Checkpoint(str(path))
+    assert str(e.value) == (f"{path}: the file is truncated or damaged (not the size its header gives); download or "
+                            "copy it again")
+
+
 def test_a_shard_alone_names_its_folder(tmp_path):
     tiny.write_release(str(tmp_path / "SkyReels-V2-DF-14B-540P"), tiny.state_dict(tiny.info("DF")), shards=2)
     shard = tmp_path / "SkyReels-V2-DF-14B-540P" / "model-00001-of-00002.safetensors"
@@ -278,6 +319,7 @@ def test_a_shard_alone_names_its_folder(tmp_path):
 @pytest.mark.parametrize("index,why", [('{"weight_map": {"a": ', "Expecting value"),
                                        ("[]", "list indices must be integers or slices, not str"),
                                        ('{"weight_map": {"a": null}}', "names something other than files"),
+                                       ('{"weight_map": {}}', "its weight_map lists no files"),
                                        ('{"metadata": {}}', None)])
 def test_a_damaged_shard_index_is_named(tmp_path, index, why):
     tiny.write_release(str(tmp_path), tiny.state_dict(tiny.info("T2V")), shards=2)

@@ -209,7 +209,7 @@ def test_damaged_files_beside_the_model_exit_2_before_comfyui_and_a_failing_node
     proc = run(flags + ["--vae", "cut_vae.safetensors"], host, tmp_path)
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr     # before ComfyUI started
     assert proc.stderr == (f"generate_video_fp8: --vae: {tmp_path / 'cut_vae.safetensors'}: the file is truncated "
-                           "(shorter than its header says); download or copy it again\n"), proc.stderr
+                           "or damaged (not the size its header gives); download or copy it again\n"), proc.stderr
     # ComfyUI loads this file as some text encoder; Sample Video then refuses its conditioning: exit 1, its one line
     proc = run(flags + ["--vae", "vae.safetensors"], host, tmp_path)
     assert proc.returncode == 1 and not (tmp_path / "v.mp4").exists(), proc.stdout + proc.stderr
@@ -230,8 +230,8 @@ def test_a_damaged_safetensors_by_another_of_its_names_exits_2_before_comfyui(ho
     proc = run(["--model_path", "model.safetensors", "--text_encoder", "umt5.safetensors", "--vae", name, "--cpu",
                 "--output", "v.mp4"], host, tmp_path)
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
-    assert proc.stderr == (f"generate_video_fp8: --vae: {tmp_path / name}: the file is truncated (shorter than its "
-                           "header says); download or copy it again\n"), proc.stderr
+    assert proc.stderr == (f"generate_video_fp8: --vae: {tmp_path / name}: the file is truncated or damaged (not "
+                           "the size its header gives); download or copy it again\n"), proc.stderr
 
 
 def test_a_core_loader_that_fails_is_named_with_its_flag_and_file():
