@@ -324,6 +324,9 @@ def check_flags(args):
     if args.end_image and args.causal_block_size not in (None, 1):
         raise BadInput(f"--end_image: needs --causal_block_size 1, not {args.causal_block_size} (the end image is "
                        "one latent frame)")
+    for flag in ("guidance_scale", "shift"):
+        if getattr(args, flag) is not None and not 0 <= getattr(args, flag) <= 100:   # NaN too
+            raise BadInput(f"--{flag}: {getattr(args, flag)}; give a number from 0 to 100 (the node's range)")
     if not 0 <= args.teacache_thresh <= 1:
         raise BadInput(f"--teacache_thresh: {args.teacache_thresh} is outside 0 to 1 (SkyReels-V2 uses 0.1 to 0.3)")
     if args.inference_steps < 1:
@@ -370,8 +373,10 @@ def read_video(path, overlap):
     except (av.FFmpegError, IndexError) as e:
         raise BadInput(f"--video_path: {path} is not a video ComfyUI can read ({e})") from None
     if not overlap <= frames <= overlap + 4096:     # core Image From Batch takes up to 4096 frames
+        todo = f"takes up to {overlap + 4096}: trim it" if frames > overlap else (
+            "needs that many: give a longer video, or a smaller --overlap_history")
         raise BadInput(f"--video_path: {frames} frames; a continuation starts from its last overlap_history "
-                       f"({overlap}), and this script takes up to {overlap + 4096}: trim it")
+                       f"({overlap}), and this script {todo}")
     return (*size, frames)
 
 

@@ -475,7 +475,10 @@ def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, 
             (["--image", "a.png", "--video_path", "short.mp4"], "--image, --video_path: give one"),
             (["--end_image", "a.png", "--causal_block_size", "5"], "--end_image: needs --causal_block_size 1, not 5"),
             (["--video_path", "short.mp4"], "--video_path: 9 frames; a continuation starts from its last "
-                                            "overlap_history (17), and this script takes up to 4113: trim it"),
+                                            "overlap_history (17), and this script needs that many: give a longer "
+                                            "video, or a smaller --overlap_history"),
+            (["--guidance_scale", "nan"], "--guidance_scale: nan; give a number from 0 to 100"),
+            (["--shift", "101"], "--shift: 101.0; give a number from 0 to 100"),
             (["--video_path", "broken.mp4"], "--video_path: broken.mp4 is not a video ComfyUI can read"),
             (["--end_image", "none.png"], "--end_image: none.png not found"),
             (["--image", "."], "--image: . is a folder; give a file"),
