@@ -1,5 +1,7 @@
 """Sample Video: SkyReels-V2 sampling (flow UniPC or Euler), standard or Diffusion Forcing, with long videos made
 window by window inside the node (`sample_job.Job`)."""
+import math
+
 import comfy.hooks
 from comfy_api.latest import io
 from comfy_execution.graph_utils import ExecutionBlocker
@@ -134,6 +136,9 @@ class SampleVideo(io.ComfyNode):
                        noise=noise or NOISE[0])     # an API prompt from before the widget has none
         inputs = dict(vae=vae, start_image=start_image, end_image=end_image, prefix_video=prefix_video,
                       window_prompts=window_positives(positive, window_prompts or {}))
+        for name in ("cfg", "shift"):   # JSON's NaN passes the host's range check, and would make a video of NaN
+            if not math.isfinite(widgets[name]):
+                fail(f"{name}: {widgets[name]} is not a number; give one from 0 to 100")
         check_model(model)
         named = {"positive": positive, "negative": negative, **(window_prompts or {})}
         check_conditioning(model, named, mode["mode"] == "diffusion forcing")
@@ -238,8 +243,8 @@ def check_conditioning(model, named, forcing):
     """Text conditioning as wide as the model reads it (umt5-xxl's 4096), and no extras the run would drop or
     misplace, checked per input before any step."""
     width = getattr(model.model.diffusion_model.text_embedding[0], "in_features", None)
-    if not named["positive"]:
-        fail("positive: holds no conditioning (an empty list): connect a text encoder's, e.g. CLIP Text Encode")
+    for name in (n for n, cond in named.items() if n != "negative" and cond is not None and not cond):
+        fail(f"{name}: holds no conditioning (an empty list): connect a text encoder's, e.g. CLIP Text Encode")
     # An I2V model reads its start image as extra input channels; the others have none and would drop it.
     i2v = model.model.diffusion_model.patch_embedding.weight.shape[1] > model.model.latent_format.latent_channels
     if i2v and not any("concat_latent_image" in extras for _, extras in named["positive"]):

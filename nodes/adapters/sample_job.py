@@ -3,6 +3,7 @@ runs our sampler function in `comfy.sample.sample_custom`, so the host still doe
 import logging
 
 import numpy as np
+import psutil
 import torch
 import comfy.model_management
 import comfy.model_sampling
@@ -378,8 +379,26 @@ class Job:
         lengths = [str(video_frames(m)) for m in forcing.whole_blocks(total, n, overlap, cbs) if m]
         return f"use base_num_frames {video_frames(n)}" + (f" with {' or '.join(lengths)} frames" if lengths else "")
 
+    def _check_memory(self):
+        """A video this machine cannot hold (RAM and swap) is refused before sampling, not when its first window is
+        done: the latent, and with a vae the images, are held whole."""
+        b, c, t, h, w = self.shape
+        pixels = 0 if self.vae is None else (h * w * self.vae.spacial_compression_decode() ** 2
+                                             * getattr(self.vae, "output_channels", 3)
+                                             * comfy.model_management.intermediate_dtype().itemsize)
+        per_latent_frame = b * (c * h * w * 4 + 4 * pixels)    # 4 frames of pixels a latent frame, float32 latents
+        need = b * (c * h * w * t * 4 + video_frames(t) * pixels)
+        have = psutil.virtual_memory().total + psutil.swap_memory().total
+        if need > have:
+            what = "latent and images" if self.vae is not None else "latent"
+            fit = video_frames(have // per_latent_frame) if have >= per_latent_frame else 0
+            fail(f"{self.length_from}: {video_frames(t)} frames of {w * 8}x{h * 8} need {need / 2**30:.0f} GiB for the "
+                 f"video's {what}, held whole, and this machine has {have / 2**30:.0f} GiB (RAM and swap); make at "
+                 f"most {fit} frames at this size, or the video in parts, each continuing the last (prefix_video)")
+
     def run(self):
         windows = self.plans()
+        self._check_memory()
         counts = [self.steps if plan is None else plan.rows for *_, plan in windows]     # model calls
         calls = sum(counts)
         progress = latent_preview.prepare_callback(self.model, calls)

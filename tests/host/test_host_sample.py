@@ -133,6 +133,8 @@ def test_a_prompt_per_window_through_the_hosts_dynamic_inputs(server):
 @pytest.mark.parametrize("widgets,message", [
     (dict(frames=96), "Sample Video: frames: 96 is not 4k+1; use 93 or 97"),
     (dict(width=40), "Sample Video: width/height: 40x32 must be multiples of 16"),
+    # JSON's NaN passes the host's range check (min 0, max 100): it made a video of NaN
+    (dict(cfg=float("nan")), "Sample Video: cfg: nan is not a number; give one from 0 to 100"),
     (dict(mode="diffusion forcing", frames=57, base_num_frames=21, overlap_history=13, causal_block_size=4),
      "Sample Video: causal_block_size: base_num_frames 21 gives 6 latent frames, not whole blocks of 4; use "
      "base_num_frames 29 with 45 or 61 frames, or causal_block_size 1"),      # not 13: no more than the overlap;

@@ -126,7 +126,8 @@ i2v = load("i2v_bf16.safetensors")[0]
 image_cond = [[pos[0][0], {{"concat_latent_image": torch.zeros(1, 16, 3, 4, 4),
                             "concat_mask": torch.zeros(1, 1, 9, 4, 4)}}]]
 refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, on=i2v, mode="standard"),
-               no_positive=error_with([]), empty_image=error_with(pos, vae=vae, start_image=image[:0]),
+               no_positive=error_with([]), no_window_2=error_with(pos, window_prompts={{"window_2": []}}),
+               empty_image=error_with(pos, vae=vae, start_image=image[:0]),
                # a loaded clip used to start the video from its first frame, with no word
                clip_start=error_with(pos, vae=vae, start_image=image.repeat(13, 1, 1, 1)),
                clip_end=error_with(pos, vae=vae, end_image=image.repeat(2, 1, 1, 1)))
@@ -144,6 +145,18 @@ five_b = comfy.sd.load_diffusion_model_state_dict({{"model.diffusion_model." + k
 refused["wan22_model"] = error_with(pos, on=five_b, mode="standard")
 from skyreels_pack.nodes.sample import check_vae      # the Wan 2.1 VAE's tiny decoder (TAEW 2.1) passes
 refused["taew2_1"] = check_vae(comfy.sd.VAE(sd=comfy.taesd.taehv.TAEHV(latent_channels=16).state_dict()))
+# NaN from an API prompt passes the host's range check (it made a video of NaN)
+refused.update(nan_cfg=error_with(pos, cfg=float("nan")), nan_shift=error_with(pos, shift=float("nan"), mode="standard"))
+# A video longer than the machine holds, here one of 8 GiB of RAM and 1 of swap: before, the allocator's words
+# once its first window was made; the images count with a vae, and in the host's intermediate dtype
+import psutil
+from types import SimpleNamespace
+real = psutil.virtual_memory, psutil.swap_memory
+psutil.virtual_memory, psutil.swap_memory = lambda: SimpleNamespace(total=8 * 2**30), lambda: SimpleNamespace(total=2**30)
+big = dict(width=960, height=544, frames=40001)
+refused.update(too_long_images=error_with(pos, vae=vae, **big),
+               too_long_latent=error_with(pos, **{{**big, "frames": 100001}}, mode="standard"))
+psutil.virtual_memory, psutil.swap_memory = real
 # fp8 matmul under ModelComputeDtype: ComfyUI dequantizes every weight before our product, and the report says so.
 fp8 = load("t2v_fp8_channel.safetensors", "auto", "fp8 matmul")[0]
 other = "fp16" if fp8.model.get_dtype_inference() != torch.float16 else "bf16"
@@ -274,6 +287,8 @@ def test_sample_video_in_process(host, tmp_path):
                                              "WanImageToVideo), which a T2V or DF model cannot take"), refused
     assert refused["no_positive"] == ("Sample Video: positive: holds no conditioning (an empty list): connect a text "
                                       "encoder's, e.g. CLIP Text Encode"), refused
+    assert refused["no_window_2"] == ("Sample Video: window_2: holds no conditioning (an empty list): connect a text "
+                                      "encoder's, e.g. CLIP Text Encode"), refused    # it ran with no prompt there
     assert refused["empty_image"] == "Sample Video: start_image: holds no image (an empty batch): connect one, or " \
                                      "nothing", refused
     assert refused["clip_start"] == ("Sample Video: start_image: holds 13 images and takes one; pick one frame with "
@@ -286,6 +301,17 @@ def test_sample_video_in_process(host, tmp_path):
     assert refused["sd"].startswith("Sample Video: vae: makes 4-channel 2-D latents"), refused
     assert refused["flux"].startswith("Sample Video: vae: makes 16-channel 2-D latents"), refused
     assert refused["taew2_1"] is None, refused
+    for name in ("cfg", "shift"):
+        assert refused[f"nan_{name}"] == f"Sample Video: {name}: nan is not a number; give one from 0 to 100", refused
+    # 40001 frames at 960x544: float32 latents 4.9 GiB, images 233.5 GiB; per latent frame 0.5 + 23.9 MiB
+    assert refused["too_long_images"] == (
+        "Sample Video: frames: 40001 frames of 960x544 need 238 GiB for the video's latent and images, held whole, "
+        "and this machine has 9 GiB (RAM and swap); make at most 1505 frames at this size, or the video in parts, "
+        "each continuing the last (prefix_video)"), refused
+    assert refused["too_long_latent"] == (
+        "Sample Video: frames: 100001 frames of 960x544 need 12 GiB for the video's latent, held whole, and this "
+        "machine has 9 GiB (RAM and swap); make at most 74013 frames at this size, or the video in parts, each "
+        "continuing the last (prefix_video)"), refused
     assert refused["wan22_model"] == ("Sample Video: model: takes 48-channel latents (e.g. Wan 2.2 TI2V-5B), "
                                       "SkyReels-V2 and Wan 2.1 models 16: load one of those, or sample this model "
                                       "with KSampler"), refused
