@@ -104,6 +104,8 @@ class SafetensorsWriter:
             self.abort()
             if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG):
                 why = f"the disk is full, or the file too large for it (it needs {_size_text(self._file_size)})"
+            elif e.errno == errno.ENAMETOOLONG:    # its temp file's name adds this machine's name and the process id
+                why = "give it a shorter name"
             else:
                 why = "check that you may write to its folder"
             raise CheckpointError(f"{self.dst}: cannot be written ({e.strerror or e}): {why}. Nothing was "

@@ -139,6 +139,19 @@ def test_a_full_disk_is_a_message_and_leaves_nothing(tmp_path):
     assert os.listdir(dst.parent) == []
 
 
+def test_a_name_too_long_with_the_temp_files_additions_says_so(tmp_path, monkeypatch):
+    # 200 characters pass name_problem; a 63-character machine name (Kubernetes pods have them) and the process id
+    # in the temp file's name take it past the 255 a file system allows (it said: check that you may write there).
+    # The words in parentheses are Linux's for ENAMETOOLONG.
+    src, dst = tmp_path / "src.safetensors", tmp_path / ("a" * 188 + ".safetensors")
+    write_tiny(src, "T2V")
+    monkeypatch.setattr(importlib.import_module("quant.writer"), "_HOST", "h" * 63)
+    with pytest.raises(CheckpointError) as e:
+        convert(str(src), str(dst))
+    assert str(e.value) == f"{dst}: cannot be written (File name too long): give it a shorter name. Nothing was written"
+    assert leftovers(tmp_path, ["src.safetensors"]) == []
+
+
 def test_interrupt_leaves_nothing(tmp_path):
     src = tmp_path / "src.safetensors"
     write_tiny(src, "T2V")
