@@ -368,17 +368,18 @@ class Checkpoint:
         # declares (NVFP4 packs two values in a byte) is the loader's to name.
         declared = self._declared_layers()
         expected = set(info.expected_keys())
-        for name in info.expected_keys():
-            dtype = self.spec(name)[1] if name in self._index else None
+        for name in (n for n in info.expected_keys() if n in self._index):     # missing ones: require_keys'
+            dtype = self.spec(name)[1]     # None: a type no model uses (uint16, complex ...)
             layer = name.rsplit(".", 1)[0]
-            if dtype is None or dtype.is_floating_point or layer in declared:
+            if dtype is not None and dtype.is_floating_point or layer in declared:
                 continue
-            kind = str(dtype).replace("torch.", "")
+            kind = str(dtype).replace("torch.", "") if dtype is not None else "a data type no model uses"
             if any(n.startswith(layer + ".") and n not in expected for n in self._index):   # a scale beside it
                 raise CheckpointError(f"{self.path}: layer {layer} is quantized ({kind}) in a format this pack "
                                       "cannot read; use the bf16 release or a ComfyUI FP8 file")
-            raise CheckpointError(f"{self.path}: tensor {name} holds {kind} values, not floating-point weights: the "
-                                  "file is damaged or not a model release; use the original download")
+            held = f"{kind} values" if dtype is not None else f"values of {kind}"
+            raise CheckpointError(f"{self.path}: tensor {name} holds {held}, not floating-point weights: the file is "
+                                  "damaged or not a model release; use the original download")
         return info
 
     def _unlisted_hint(self):

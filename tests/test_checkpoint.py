@@ -212,18 +212,24 @@ def test_a_pth_with_tensors_of_no_values_or_another_layout_is_named(tmp_path, ki
 
 
 @pytest.mark.parametrize("name", ["m.pth", "m.safetensors"])
-def test_a_model_tensor_of_a_dtype_no_model_uses_is_named_when_read(tmp_path, name):
+def test_a_tensor_of_a_dtype_no_model_uses_is_named_when_read(tmp_path, name):
     sd = tiny.state_dict(tiny.info("T2V"))
+    sd["extra.counter"] = torch.zeros(3, dtype=torch.uint16)      # beside the model: the loader names it and goes on
     key = "blocks.0.norm3.weight"
-    sd[key] = sd[key].to(torch.uint16)
+    sd[key] = sd[key].to(torch.uint16)                            # the model's own: the file is damaged
     (torch.save if name.endswith(".pth") else safetensors.torch.save_file)(sd, str(tmp_path / name))
     with Checkpoint(str(tmp_path / name)) as ckpt:
         assert ckpt.spec(key)[1] is None    # as a .safetensors file could not hold it: each reader says the same
         with pytest.raises(CheckpointError) as e:
-            ckpt.load(key)
-    assert str(e.value) == (f"{tmp_path / name}: tensor {key} has a data type "
-                            f"({'uint16' if name.endswith('.pth') else 'U16'}) a SkyReels-V2 model does not use; "
-                            "remove it, or use the original release")
+            ckpt.load("extra.counter")
+        assert str(e.value) == (f"{tmp_path / name}: tensor extra.counter has a data type "
+                                f"({'uint16' if name.endswith('.pth') else 'U16'}) a SkyReels-V2 model does not use; "
+                                "remove it, or use the original release")
+        with pytest.raises(CheckpointError) as e:
+            ckpt.model_info()
+        assert str(e.value) == (f"{tmp_path / name}: tensor {key} holds values of a data type no model uses, not "
+                                "floating-point weights: the file is damaged or not a model release; use the original "
+                                "download")
 
 
 def test_a_pth_keyed_by_other_than_names_is_not_a_state_dict(tmp_path):
