@@ -1,6 +1,7 @@
 """One Sample Video run: its windows, their Diffusion Forcing plans and the prefix carried between them; each window
 runs our sampler function in `comfy.sample.sample_custom`, so the host still does CFG, offloading, hooks, previews."""
 import logging
+import sys
 
 import numpy as np
 import psutil
@@ -388,13 +389,18 @@ class Job:
                                              * comfy.model_management.intermediate_dtype().itemsize)
         per_latent_frame = b * (c * h * w * 4 + 4 * pixels)    # 4 frames of pixels a latent frame, float32 latents
         need = b * (c * h * w * t * 4 + video_frames(t) * pixels)
-        have = psutil.virtual_memory().total + psutil.swap_memory().total
-        if need > have:
+        ram, swap = psutil.virtual_memory().total, psutil.swap_memory().total
+        # Windows grows a system-managed page file up to 3x RAM (its size now is what psutil gives); macOS's swap
+        # grows as the disk allows: only what cannot fit is refused.
+        have = ram + (max(swap, 3 * ram) if sys.platform == "win32" else swap)
+        if need > have and sys.platform != "darwin":
             what = "latent and images" if self.vae is not None else "latent"
+            batch = f" in a batch of {b}" if b > 1 else ""
             fit = video_frames(have // per_latent_frame) if have >= per_latent_frame else 0
-            fail(f"{self.length_from}: {video_frames(t)} frames of {w * 8}x{h * 8} need {need / 2**30:.0f} GiB for the "
-                 f"video's {what}, held whole, and this machine has {have / 2**30:.0f} GiB (RAM and swap); make at "
-                 f"most {fit} frames at this size, or the video in parts, each continuing the last (prefix_video)")
+            fail(f"{self.length_from}: {video_frames(t)} frames of {w * 8}x{h * 8}{batch} need {need / 2**30:.1f} GiB "
+                 f"for the video's {what}, held whole, and this machine has {have / 2**30:.1f} GiB (RAM and swap); "
+                 f"make at most {fit} frames at this size, or the video in parts, each continuing the last "
+                 "(prefix_video)")
 
     def run(self):
         windows = self.plans()

@@ -156,6 +156,9 @@ psutil.virtual_memory, psutil.swap_memory = lambda: SimpleNamespace(total=8 * 2*
 big = dict(width=960, height=544, frames=40001)
 refused.update(too_long_images=error_with(pos, vae=vae, **big),
                too_long_latent=error_with(pos, **{{**big, "frames": 100001}}, mode="standard"))
+platform, sys.platform = sys.platform, "win32"       # read at the check alone: its page file counted at 3x RAM
+refused["too_long_windows"] = error_with(pos, vae=vae, **big)
+sys.platform = platform
 psutil.virtual_memory, psutil.swap_memory = real
 # fp8 matmul under ModelComputeDtype: ComfyUI dequantizes every weight before our product, and the report says so.
 fp8 = load("t2v_fp8_channel.safetensors", "auto", "fp8 matmul")[0]
@@ -305,13 +308,17 @@ def test_sample_video_in_process(host, tmp_path):
         assert refused[f"nan_{name}"] == f"Sample Video: {name}: nan is not a number; give one from 0 to 100", refused
     # 40001 frames at 960x544: float32 latents 4.9 GiB, images 233.5 GiB; per latent frame 0.5 + 23.9 MiB
     assert refused["too_long_images"] == (
-        "Sample Video: frames: 40001 frames of 960x544 need 238 GiB for the video's latent and images, held whole, "
-        "and this machine has 9 GiB (RAM and swap); make at most 1505 frames at this size, or the video in parts, "
+        "Sample Video: frames: 40001 frames of 960x544 need 238.3 GiB for the video's latent and images, held whole, "
+        "and this machine has 9.0 GiB (RAM and swap); make at most 1505 frames at this size, or the video in parts, "
         "each continuing the last (prefix_video)"), refused
     assert refused["too_long_latent"] == (
-        "Sample Video: frames: 100001 frames of 960x544 need 12 GiB for the video's latent, held whole, and this "
-        "machine has 9 GiB (RAM and swap); make at most 74013 frames at this size, or the video in parts, each "
+        "Sample Video: frames: 100001 frames of 960x544 need 12.2 GiB for the video's latent, held whole, and this "
+        "machine has 9.0 GiB (RAM and swap); make at most 74013 frames at this size, or the video in parts, each "
         "continuing the last (prefix_video)"), refused
+    assert refused["too_long_windows"] == (
+        "Sample Video: frames: 40001 frames of 960x544 need 238.3 GiB for the video's latent and images, held whole, "
+        "and this machine has 32.0 GiB (RAM and swap); make at most 5365 frames at this size, or the video in parts, "
+        "each continuing the last (prefix_video)"), refused
     assert refused["wan22_model"] == ("Sample Video: model: takes 48-channel latents (e.g. Wan 2.2 TI2V-5B), "
                                       "SkyReels-V2 and Wan 2.1 models 16: load one of those, or sample this model "
                                       "with KSampler"), refused
