@@ -42,6 +42,8 @@ class TeaCache(io.ComfyNode):
         to = model.model_options.get("transformer_options", {})
         if teacache_hooks.KEY in to:
             raise ValueError("TeaCache: model: already has TeaCache (SkyReels-V2); use one TeaCache node")
+        if teacache_hooks.CORE_CACHE in to:
+            raise ValueError(teacache_hooks.TWO_CACHES)
         if to.get("patches_replace", {}).get("dit"):
             raise ValueError("TeaCache: model: its transformer blocks are already replaced by another patch (e.g. "
                              "another cache or Skip Layer Guidance); put TeaCache first")

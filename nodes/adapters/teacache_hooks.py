@@ -13,6 +13,9 @@ from .sequence_parallel import MESH_KEY, Shards
 
 KEY = "skyreels_teacache"      # transformer_options: the TeaCache of this MODEL
 RUN = "skyreels_teacache_run"  # transformer_options of one call: what its blocks do
+CORE_CACHE = "easycache"       # transformer_options: core's EasyCache or LazyCache, which skip model calls too
+TWO_CACHES = ("TeaCache: model: has core's EasyCache or LazyCache, which skips model calls too: their skips would add "
+              "up; use one of the two")
 
 
 def install(model, cache):
@@ -118,10 +121,12 @@ def _call(executor, *args, **kwargs):
 
 
 def _release(executor, *args, **kwargs):
+    to = executor.class_obj.model_options["transformer_options"]
+    if CORE_CACHE in to:    # put on after TeaCache, where the node cannot see it
+        raise ValueError(TWO_CACHES)
     try:
         return executor(*args, **kwargs)
     finally:
-        to = executor.class_obj.model_options["transformer_options"]
         if KEY in to:
             to[KEY].release()
 

@@ -114,6 +114,16 @@ for node, kw in ((EasyCacheNode, dict(reuse_threshold=2.0, start_percent=0.15, e
         out, _ = sample(m, mode=mode, steps=10 if mode == "diffusion forcing" else 6)
         assert out.isfinite().all()
     result[node.__name__] = [l for l in lines if "skipped" in l]
+    # ... and not with TeaCache: before TeaCache the node says so, after it the run does (KSampler and Sample Video)
+    both = []
+    for make in (lambda: TeaCache.execute(m, 0.2, False), lambda: sample(node.execute(
+            TeaCache.execute(model, 0.2, False).args[0], **kw).args[0]), lambda: core.common_ksampler(node.execute(
+            TeaCache.execute(model, 0.2, False).args[0], **kw).args[0], 1, 2, 3.0, "euler", "simple", pos, neg, latent)):
+        try:
+            make()
+        except ValueError as e:
+            both.append(str(e))
+    result[node.__name__ + " and TeaCache"] = both
 """
 
 
@@ -153,6 +163,9 @@ def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
         assert r[f"reference {name}"] <= 1e-5, r
     assert any("EasyCache - skipped" in line for line in r["EasyCacheNode"]), r["EasyCacheNode"]
     assert any("LazyCache - skipped" in line for line in r["LazyCacheNode"]), r["LazyCacheNode"]
+    for node in ("EasyCacheNode", "LazyCacheNode"):     # both ran, unnoticed, their skips adding up
+        assert r[node + " and TeaCache"] == 3 * ["TeaCache: model: has core's EasyCache or LazyCache, which skips "
+                                                 "model calls too: their skips would add up; use one of the two"], r
 
 
 WINDOWS = r"""
