@@ -181,9 +181,19 @@ class SageOverride:
                     or "scale" in kwargs or kwargs.get("enable_gqa")  # not a Wan call; the host handles it
                     or kwargs.get("low_precision_attention", True) is False  # Wan I2V image cross-attention
                     or block is not None and (block < self.first or (total is not None and block >= total - self.last))
-                    or self.steps and not self.step_index.continues(to) and self.step_index(to)[0] < self.steps
+                    or self._early_step(to)
                     or backend in FAILED
                     or backend == "sageattention" and kernel_unavailable(device))  # the kernels failed at run time
+
+    def _early_step(self, to):
+        """Within exact_first_steps, counted from noise (a pass that continues another had its first steps before)."""
+        if not self.steps or self.step_index.continues(to):
+            return False
+        step, total = self.step_index(to)
+        if 0 < total <= self.steps:
+            self._log_once(("all steps", total), f"exact_first_steps ({self.steps}) cover all {total} steps of this "
+                                                 "sampling run: every attention call stays exact")
+        return step < self.steps
 
     def pytorch(self, q, *args, **kwargs):
         """The host's PyTorch attention (exact), cuDNN's kernels first where PyTorch puts them first."""

@@ -72,6 +72,10 @@ all_kept = PatchSageAttention.execute(patcher, "reference", 60, 0, 0, 0.995).arg
 ksample(all_kept)
 result["all_kept"] = [dict(override_of(all_kept).counts), [m for m in records if "cover" in m]]
 records.clear()
+all_steps = PatchSageAttention.execute(patcher, "reference", 0, 0, 9, 0.995).args[0]    # 9 of ksample's steps
+ksample(all_steps)
+result["all_steps"] = [dict(override_of(all_steps).counts), [m for m in records if "cover" in m]]
+records.clear()
 
 # exact_first_steps counts from noise: sampling split in two KSampler (Advanced) passes (steps 0-2 and 2-4 of 4)
 # keeps the steps one pass of 4 keeps; the second pass starts below sigma 1, its noisiest steps behind it.
@@ -400,6 +404,9 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
     assert r["all_kept"] == [{"sage": 0, "exact": n}, [
         "Patch SageAttention: exact_first_blocks + exact_last_blocks (60) cover all 2 blocks of this model: every "
         "attention call stays exact"]], r["all_kept"]
+    assert r["all_steps"] == [{"sage": 0, "exact": n}, [      # it ran all exact with no word
+        "Patch SageAttention: exact_first_steps (9) cover all 2 steps of this sampling run: every attention call "
+        "stays exact"]], r["all_steps"]
     who = "attention_override_sage (OtherPackNode, ComfyUI-OtherPack)"     # not the folder's path
     assert r["foreign_method"] == "Override.run (ComfyUI-OtherPack)", r["foreign_method"]
     assert r["foreign"] == dict(
