@@ -126,7 +126,7 @@ def _check_reachable(address):
     host, _, port = address.split("://")[-1].rpartition(":")
     if address in ("auto", "local"):
         return
-    if not (host and port.isdigit()):
+    if not (host and port.isdecimal() and port.isascii()):     # isdigit() takes "²", int() does not
         fail(f"parallel: ray_address {address}: give the cluster's host:port, as ray start --head prints it (port "
              "6379 unless changed), 'auto' for the cluster this machine is part of, or leave it empty for one on "
              "this machine")
@@ -147,7 +147,9 @@ def _use_cpu(ray, config, n):
     kind = "CPU" if cpu else "GPU"
     have = int(resources.get(kind, 0))
     if have < n:
-        fail(f"parallel: {n} workers need {n} {kind}s; the Ray cluster has {have}{_shown_gpus(config, kind)}")
+        todo = _shown_gpus(config, kind) or (f": set Parallel Config's workers to {have} or fewer" if have >= 2 else
+                                             ": run without Parallel Config" + ", or set its device to cpu" * (not cpu))
+        fail(f"parallel: {n} workers need {n} {kind}s; the Ray cluster has {have}{todo}")
     return cpu
 
 

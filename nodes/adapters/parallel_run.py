@@ -27,6 +27,7 @@ KNOWN = {   # model_options keys that parallel runs refuse, and core nodes that 
     "sampler_pre_cfg_function": "e.g. Adaptive Projected Guidance",
     "sampler_calc_cond_batch_function": "e.g. SkipLayerGuidanceDiTSimple",
     "patches_replace": "a block replacement, e.g. another pack's cache or attention patch",
+    "easycache": "EasyCache or LazyCache",
 }
 
 
@@ -57,6 +58,7 @@ def recipe_of(model):
     extra += sorted(k for kind, keyed in model.wrappers.items() for k, fns in keyed.items()
                     if fns and k not in ours.get(kind, ()))
     if extra:
+        extra = dict.fromkeys("easycache" if k == "lazycache" else k for k in extra)    # LazyCache's wrappers' key
         named = ", ".join(f"{k}: {KNOWN[k]}" if k in KNOWN else str(k) for k in extra)
         fail(f"parallel: this MODEL carries changes a worker cannot rebuild ({named}); connect Load FP8 SkyReels "
              "Model (and Patch SageAttention, TeaCache, LoRA loaders) directly")

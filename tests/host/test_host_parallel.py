@@ -173,7 +173,7 @@ try:                                                     # Ray would retry this 
 except ValueError as e:
     refused["nobody there"] = str(e)
 # no port (Ray's own "Invalid address format"), or none that is a number (int() of it)
-for address in ("localhost", "auto", "10.0.0.5:", "myhost:port"):
+for address in ("localhost", "auto", "10.0.0.5:", "myhost:port", "10.0.0.5:\u00b2"):    # "²": a digit, no int
     try:
         SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "cpu", address).args[0])
     except ValueError as e:
@@ -316,7 +316,7 @@ def test_two_actors_equal_one_process(host, tmp_path):
                                                    "answers there ("), r["refused"]
     assert r["refused"]["nobody there"].endswith("); start the cluster there (ray start --head), or leave "
                                                  "ray_address empty for a cluster on this machine")
-    for address in ("localhost", "10.0.0.5:", "myhost:port"):
+    for address in ("localhost", "10.0.0.5:", "myhost:port", "10.0.0.5:\u00b2"):
         assert r["refused"][address].startswith(f"Sample Video: parallel: ray_address {address}: give the cluster's "
                                                 "host:port, as ray start --head prints it"), r["refused"]
     assert r["refused"]["auto"].startswith("Sample Video: parallel: ray_address auto: Ray found no cluster there "
@@ -468,6 +468,7 @@ def test_too_few_gpus_names_comfyuis_cuda_device_where_it_hid_them(host):
     assert r.pop("auto") == [False, True], r
     assert r.pop("cancel") == [["worker 0", "worker 1"], 1], r
     plain = "Sample Video: parallel: 2 workers need 2 GPUs; the Ray cluster has 1"
-    assert r["None "] == r["None 10.0.0.2:6379"] == r["0 10.0.0.2:6379"] == plain, r   # nothing hid them there
+    assert r["None "] == r["None 10.0.0.2:6379"] == r["0 10.0.0.2:6379"] == plain + (   # nothing hid them there
+        ": run without Parallel Config, or set its device to cpu"), r
     assert r["0 "] == plain + (" (ComfyUI's --cuda-device 0 shows it only that: start ComfyUI without it, or start a "
                                "Ray cluster yourself (ray start --head) and give its address as ray_address)"), r

@@ -124,6 +124,10 @@ for node, kw in ((EasyCacheNode, dict(reuse_threshold=2.0, start_percent=0.15, e
         except ValueError as e:
             both.append(str(e))
     result[node.__name__ + " and TeaCache"] = both
+    try:
+        recipe_of(m)       # named once, not once per wrapper and option it sets
+    except ValueError as e:
+        result[node.__name__ + " in parallel"] = str(e)
 """
 
 
@@ -166,6 +170,9 @@ def test_teacache_in_sample_video_and_ksampler(host, tmp_path):
     for node in ("EasyCacheNode", "LazyCacheNode"):     # both ran, unnoticed, their skips adding up
         assert r[node + " and TeaCache"] == 3 * ["TeaCache: model: has core's EasyCache or LazyCache, which skips "
                                                  "model calls too: their skips would add up; use one of the two"], r
+        assert r[node + " in parallel"] == ("Sample Video: parallel: this MODEL carries changes a worker cannot "
+                                            "rebuild (easycache: EasyCache or LazyCache); connect Load FP8 SkyReels "
+                                            "Model (and Patch SageAttention, TeaCache, LoRA loaders) directly"), r
 
 
 WINDOWS = r"""
