@@ -277,7 +277,7 @@ class SageOverride:
                                hnd(self.pytorch), *as_hnd)
             if cos < self.guard:
                 del out
-                return self._go_exact(site, f"is off by cosine {cos:.6f} < {self.guard}", exact)
+                return self._go_exact(site, f"is off by cosine {cos:.9g} < {self.guard:g}", exact)   # 1 - 3e-8 < 1
         self.counts["sage"] += 1
         self.ran.add(self.label(backend))
         return out
