@@ -4,7 +4,7 @@ cases change, with a SkyReels-V2 checkout and the tiny VAE the test writes:
 
     python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors
     python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors --latent-dtypes 30   (README, Fidelity)
-    python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors --only t2v   (one run's entries)
+    python tests/data/skyreels_df_pixels.py SKYREELS_V2_DIR TINY_VAE.safetensors --only NAME   (one run's entries: t2v or a DF case)
 
 The DiTs are quant.tiny's DF model (seed 2), I2V model (seed 3) and T2V model (seed 1), bf16 values computed in fp32; the VAE is generate_video_fp8's tiny Wan VAE
 (seed 0). Not SkyReels-V2's, because they need CUDA or files: flash_attention is PyTorch's SDPA in fp32, the text
@@ -40,6 +40,7 @@ CASES = {
     "start_end": (13, 97, 5, 0, 1, True, 0, True),
     "long_start_end": (21, 13, 5, 1, 1, True, 0, True),
     "start_end_other_sizes": (13, 97, 5, 0, 1, (56, 40), 0, (40, 72)),
+    "end_only_ar_step_2": (25, 13, 5, 2, 1, False, 0, True),    # 3 windows, the last shorter; no start image
 }
 # As SkyReels-V2's scripts run DF with a bf16 transformer: noise drawn in bf16 and latents kept in bf16 between steps
 # (Sample Video's noise "gpu (SkyReels-V2)"); the model still computes in fp32, on bf16-rounded text embeddings. Stored
@@ -294,14 +295,15 @@ def main(skyreels_dir, vae_file, only=None):
     import safetensors.torch
     with open(vae_file, "rb") as f:
         vae_sha = hashlib.sha256(f.read()).hexdigest()
-    if only == "t2v":
+    if only in ("t2v", *CASES):
         from safetensors import safe_open
         with safe_open(OUT, "pt") as stored:
             if stored.metadata()["vae_sha256"] != vae_sha:
                 raise SystemExit(f"--only: {vae_file} is not the VAE the stored runs were decoded with; run them all")
         table = safetensors.torch.load_file(OUT)
-        table = {k: v for k, v in table.items() if not k.startswith("t2v/")}
-        runs = {"t2v": run_t2v(load_reference(skyreels_dir, vae_file, "t2v"))}
+        table = {k: v for k, v in table.items() if not k.startswith(only + "/")}
+        runs = {only: run_t2v(load_reference(skyreels_dir, vae_file, "t2v")) if only == "t2v" else
+                run(load_reference(skyreels_dir, vae_file), *CASES[only])}
     elif only is None:
         pipe = load_reference(skyreels_dir, vae_file)
         runs = {name: run(pipe, *case) for name, case in CASES.items()}
@@ -311,7 +313,7 @@ def main(skyreels_dir, vae_file, only=None):
         table = teacache_reference(skyreels_dir)
         table["i2v_image/pixels"] = i2v_image(skyreels_dir).contiguous()
     else:
-        raise SystemExit(f"--only: t2v, not {only}")
+        raise SystemExit(f"--only: t2v or a DF case ({', '.join(CASES)}), not {only}")
     for name, (windows, video) in runs.items():
         for i, w in enumerate(windows):
             table[f"{name}/window{i}"] = w.contiguous()
