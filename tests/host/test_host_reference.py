@@ -84,19 +84,21 @@ result["df 37 frames 48x32, causal_block_size 5"] = rel(mine, ref)
 # Long videos: 37 frames in windows of 21 overlapping by 9 (latent frames 6 and 3), the overlap in latent space on
 # both sides (no VAE). The reference draws addnoise_condition's noise from torch's global generator, we from the
 # run's seeded stream: the reference's draws are taken from its own seeded generator, in the same order as ours.
+# And with causal blocks of 3 under causal attention (the port's with causal_block_size > 1), overlap 13.
 real_randn_like = torch.randn_like
-for ar, addnoise in ((0, 0), (1, 20)):
-    mine = ours("df_bf16.safetensors", 37, mode="diffusion forcing", base_num_frames=21, overlap_history=9,
-                ar_step=ar, addnoise_condition=addnoise)
+for ar, addnoise, overlap, cbs in ((0, 0, 9, 1), (1, 20, 9, 1), (1, 20, 13, 3)):
+    mine = ours("df_bf16.safetensors", 37, mode="diffusion forcing", base_num_frames=21, overlap_history=overlap,
+                ar_step=ar, addnoise_condition=addnoise, causal_block_size=cbs, causal_attention=cbs > 1)
     stream = torch.Generator().manual_seed(SEED)
     torch.randn_like = lambda t, **kw: torch.randn(t.shape, generator=stream, dtype=t.dtype)
     try:
         ref = reference(SkyReelsV2DiffusionForcingPipeline, "df_bf16.safetensors", "DF", 37, base_num_frames=21,
-                        overlap_history=9, ar_step=ar, causal_block_size=1, addnoise_condition=addnoise, fps=24,
-                        generator=stream)
+                        overlap_history=overlap, ar_step=ar, causal_block_size=cbs, addnoise_condition=addnoise,
+                        fps=24, generator=stream)
     finally:
         torch.randn_like = real_randn_like
-    result[f"df long 37 frames, ar_step {{ar}}, addnoise {{addnoise}}"] = rel(mine, ref)
+    result[f"df long 37 frames, ar_step {{ar}}, addnoise {{addnoise}}, overlap {{overlap}}, blocks of {{cbs}}"] = \
+        rel(mine, ref)
 # An overlap that is not whole causal blocks: 13 frames = 4 latent frames, blocks of 3. Windows are laid out by all
 # 4; each later one starts with the oldest 3 of them, makes the 4th again, and drops it.
 mine = ours("df_bf16.safetensors", 37, mode="diffusion forcing", base_num_frames=21, overlap_history=13, ar_step=1,
