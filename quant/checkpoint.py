@@ -20,7 +20,8 @@ SAFETENSORS_DTYPES = {
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }
 _STORABLE = set(SAFETENSORS_DTYPES.values())
-_UNREADABLE = "{}: tensor {} has a data type ({}) a SkyReels-V2 model does not use; remove it, or use the original release"
+_UNREADABLE = ("{}: tensor {} has a data type ({}) a SkyReels-V2 model does not use; remove it, or use the original "
+               "release")
 
 # diffusers name -> original Wan name (SkyReels-V2 uses the Wan 2.1 names in its own releases).
 _ATTN = {"1": "self_attn", "2": "cross_attn"}
