@@ -42,6 +42,10 @@ CASES = {
     "start_end_other_sizes": (13, 97, 5, 0, 1, (56, 40), 0, (40, 72)),
     "end_only_ar_step_2": (25, 13, 5, 2, 1, False, 0, True),    # 3 windows, the last shorter; no start image
 }
+# With --causal_attention (the transformer's set_ar_attention) and addnoise_condition, in float32 as the cases above;
+# addnoise_condition draws from the run's generator after the run's own draws, as Sample Video's cpu noise does (their
+# scripts draw it from torch's default one). name: (a case above, addnoise_condition)
+CAUSAL_CASES = {"extend_causal_addnoise": ("extend_blocks_of_3", 20), "long_start_end_causal": ("long_start_end", 0)}
 # As SkyReels-V2's scripts run DF with a bf16 transformer: noise drawn in bf16 and latents kept in bf16 between steps
 # (Sample Video's noise "gpu (SkyReels-V2)"); the model still computes in fp32, on bf16-rounded text embeddings. Stored
 # as "bf16_<name>/...": name: (a case above, addnoise_condition)
@@ -223,15 +227,27 @@ def run_bf16(pipe, case, addnoise, steps=STEPS, latents=torch.bfloat16):
         pipe.__dict__.pop("prepare_latents", None)
 
 
-def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames, end, addnoise=0, steps=STEPS):
+def run_causal(pipe, case, addnoise):
+    model, generator, randn_like = pipe.transformer, torch.Generator().manual_seed(SEED), torch.randn_like
+    model.set_ar_attention(CASES[case][4])
+    torch.randn_like = lambda t, **kw: torch.randn(t.shape, generator=generator, dtype=t.dtype)
+    try:
+        return run(pipe, *CASES[case], addnoise=addnoise, generator=generator)
+    finally:
+        torch.randn_like, model.flag_causal_attention = randn_like, False
+        for block in model.blocks:
+            block.self_attn._flag_ar_attention = False
+
+
+def run(pipe, frames, base, overlap, ar_step, cbs, image, prefix_frames, end, addnoise=0, steps=STEPS, generator=None):
     from PIL import Image
     from skyreels_v2_infer.pipelines.image2video_pipeline import resizecrop
     recorder = Recorder(pipe.vae)
     pipe.vae = recorder
     args = dict(prompt="positive", negative_prompt="negative", height=SIZE, width=SIZE, num_frames=frames,
-                num_inference_steps=steps, shift=SHIFT, guidance_scale=CFG,
-                generator=torch.Generator().manual_seed(SEED), overlap_history=overlap, base_num_frames=base,
-                ar_step=ar_step, causal_block_size=cbs, fps=24, addnoise_condition=addnoise)
+                num_inference_steps=steps, shift=SHIFT, guidance_scale=CFG, overlap_history=overlap,
+                generator=generator or torch.Generator().manual_seed(SEED), base_num_frames=base, ar_step=ar_step,
+                causal_block_size=cbs, fps=24, addnoise_condition=addnoise)
     try:
         with torch.no_grad():
             if prefix_frames:
@@ -295,7 +311,7 @@ def main(skyreels_dir, vae_file, only=None):
     import safetensors.torch
     with open(vae_file, "rb") as f:
         vae_sha = hashlib.sha256(f.read()).hexdigest()
-    if only in ("t2v", *CASES):
+    if only in ("t2v", *CASES, *CAUSAL_CASES):
         from safetensors import safe_open
         with safe_open(OUT, "pt") as stored:
             if stored.metadata()["vae_sha256"] != vae_sha:
@@ -303,17 +319,19 @@ def main(skyreels_dir, vae_file, only=None):
         table = safetensors.torch.load_file(OUT)
         table = {k: v for k, v in table.items() if not k.startswith(only + "/")}
         runs = {only: run_t2v(load_reference(skyreels_dir, vae_file, "t2v")) if only == "t2v" else
+                run_causal(load_reference(skyreels_dir, vae_file), *CAUSAL_CASES[only]) if only in CAUSAL_CASES else
                 run(load_reference(skyreels_dir, vae_file), *CASES[only])}
     elif only is None:
         pipe = load_reference(skyreels_dir, vae_file)
         runs = {name: run(pipe, *case) for name, case in CASES.items()}
+        runs.update({name: run_causal(pipe, *case) for name, case in CAUSAL_CASES.items()})
         runs.update({f"bf16_{name}": run_bf16(pipe, *case) for name, case in BF16_CASES.items()})
         runs["i2v"] = run_i2v(load_reference(skyreels_dir, vae_file, "i2v"))
         runs["t2v"] = run_t2v(load_reference(skyreels_dir, vae_file, "t2v"))
         table = teacache_reference(skyreels_dir)
         table["i2v_image/pixels"] = i2v_image(skyreels_dir).contiguous()
     else:
-        raise SystemExit(f"--only: t2v or a DF case ({', '.join(CASES)}), not {only}")
+        raise SystemExit(f"--only: t2v or a DF case ({', '.join([*CASES, *CAUSAL_CASES])}), not {only}")
     for name, (windows, video) in runs.items():
         for i, w in enumerate(windows):
             table[f"{name}/window{i}"] = w.contiguous()

@@ -2,7 +2,8 @@
 (its code, run on the same tiny weights, noise, text embeddings and CLIP features by tests/data/skyreels_df_pixels.py,
 which wrote the table this test reads): long videos whose windows overlap through pixels, a start image, a continued
 (prefix) video, an overlap that is not whole causal blocks (also continuing a video), start and end images (one
-window, and a long video's last; also of other sizes, which SkyReels-V2's script crops and resizes), I2V through core
+window, and a long video's last; also of other sizes, which SkyReels-V2's script crops and resizes), causal attention
+(with addnoise_condition, continuing a video; frame by frame, from a start to an end image), I2V through core
 WanImageToVideo, and T2V (with either noise setting: on a CPU both draw what their T2V pipeline draws). Checked: the
 latents of every window (relative L2 <= 1e-5, float noise is ~1e-6) and the video of the images output against the
 pipeline's uint8 video (ours * 255 within [ref, ref + 1): the pipeline truncates to uint8).
@@ -44,13 +45,15 @@ def images_of(image, end, prefix_frames):
     return extra
 
 result = {{}}
-for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end) in ref.CASES.items():
+runs = [(name, case, False, 0) for name, case in ref.CASES.items()] + [
+    (name, ref.CASES[case], True, addnoise) for name, (case, addnoise) in ref.CAUSAL_CASES.items()]
+for name, (frames, base, overlap, ar_step, cbs, image, prefix_frames, end), causal, addnoise in runs:
     extra = images_of(image, end, prefix_frames)
     samples, report, images = SampleVideo.execute(
         model, pos, neg, width=ref.SIZE, height=ref.SIZE, frames=frames, seed=ref.SEED, steps=ref.STEPS, cfg=ref.CFG,
         shift=ref.SHIFT, sampler="unipc", fps=24, mode=dict(mode="diffusion forcing", base_num_frames=base,
-        overlap_history=overlap, ar_step=ar_step, causal_block_size=cbs, addnoise_condition=0), vae=vae,
-        **extra).args[:3]
+        overlap_history=overlap, ar_step=ar_step, causal_block_size=cbs, addnoise_condition=addnoise,
+        causal_attention=causal), vae=vae, **extra).args[:3]
     windows = [table.get_tensor(k) for k in sorted(k for k in table.keys() if k.startswith(name + "/window"))]
     video = table.get_tensor(name + "/video").float()
     if end and len(windows) > 1:
