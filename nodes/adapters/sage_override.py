@@ -191,8 +191,9 @@ class SageOverride:
             return False
         step, total = self.step_index(to)
         if 0 < total <= self.steps:
-            self._log_once(("all steps", total), f"exact_first_steps ({self.steps}) cover all {total} steps of this "
-                                                 "sampling run: every attention call stays exact")
+            self._log_once(("all steps", total), f"exact_first_steps ({self.steps}) cover all {total} steps of a "
+                           "sampling pass (in diffusion forcing: of a window, counted in model calls): its attention "
+                           "stays exact")
         return step < self.steps
 
     def pytorch(self, q, *args, **kwargs):

@@ -405,8 +405,8 @@ def test_sage_patch_on_core_ksampler(host, tmp_path):
         "Patch SageAttention: exact_first_blocks + exact_last_blocks (60) cover all 2 blocks of this model: every "
         "attention call stays exact"]], r["all_kept"]
     assert r["all_steps"] == [{"sage": 0, "exact": n}, [      # it ran all exact with no word
-        "Patch SageAttention: exact_first_steps (9) cover all 2 steps of this sampling run: every attention call "
-        "stays exact"]], r["all_steps"]
+        "Patch SageAttention: exact_first_steps (9) cover all 2 steps of a sampling pass (in diffusion forcing: of a "
+        "window, counted in model calls): its attention stays exact"]], r["all_steps"]
     who = "attention_override_sage (OtherPackNode, ComfyUI-OtherPack)"     # not the folder's path
     assert r["foreign_method"] == "Override.run (ComfyUI-OtherPack)", r["foreign_method"]
     assert r["foreign"] == dict(
