@@ -19,7 +19,8 @@ class ParallelConfig(io.ComfyNode):
                 io.Int.Input("workers", default=2, min=2, max=64,
                              tooltip="Processes, one per GPU."),
                 io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
-                               tooltip="auto: GPUs when there are any."),
+                               tooltip="auto: GPUs when Ray finds any; CPU processes only when ComfyUI runs on "
+                                       "the CPU."),
                 io.String.Input("ray_address", default="",
                                 tooltip="Empty: a Ray cluster on this machine. Or the address of a running cluster "
                                         "(ray start --head on one machine, ray start --address=... on the others)."),

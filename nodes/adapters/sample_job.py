@@ -160,7 +160,9 @@ class Job:
         self.prefix = self.prefix_pixels = self.end = None
         self.length_from = "frames"      # the input that sets the video's length: frames, or a connected latent
         # With a vae, the video as SkyReels-V2 assembles it (`_add_pixels`); windows are decoded for the overlap anyway.
+        # A parallel run's other ranks keep only the frames the next window starts from: the host takes rank 0's.
         self.images, self.images_made = None, 0
+        self.whole_video = sequence_parallel.is_first_rank(self.model)
         self.model_seconds = 0.0
         unguided = (f"cfg {cfg:g}: diffusion forcing guides only above 1, as SkyReels-V2's DiffusionForcingPipeline; "
                     "the positive prompt runs alone, as cfg 1") if self.cfg != cfg else None
@@ -310,6 +312,12 @@ class Job:
         if first and self.prefix_pixels is not None:
             own = self.prefix_pixels.to(pixels)[:, :pixels.shape[1]]
             pixels = torch.cat([own, pixels[:, own.shape[1]:]], dim=1)
+        if not self.whole_video:     # SkyReels-V2's last overlap_history frames, all `_next_prefix` reads
+            held = pixels if self.images is None else torch.cat([self.images, pixels.to(self.images)], dim=1)
+            self.images = held[:, -self.opts["overlap_history"]:].to(comfy.model_management.intermediate_dtype(),
+                                                                       copy=True)   # not a view of the window
+            self.images_made = self.images.shape[1]
+            return
         if self.images is None:     # the whole video, filled window by window (no second copy to join them), in the
             # host's VAE Decode's dtype (fp16 under --fp16-intermediates); in RAM, as a GPU's memory goes to sampling
             self.images = torch.empty(pixels.shape[0], video_frames(self.shape[2]), *pixels.shape[2:],
@@ -384,9 +392,9 @@ class Job:
         """A video this machine cannot hold (RAM and swap) is refused before sampling, not when its first window is
         done: the latent, and with a vae the images, are held whole."""
         b, c, t, h, w = self.shape
-        pixels = 0 if self.vae is None else (h * w * self.vae.spacial_compression_decode() ** 2
-                                             * getattr(self.vae, "output_channels", 3)
-                                             * comfy.model_management.intermediate_dtype().itemsize)
+        pixels = 0 if self.vae is None or not self.whole_video else (
+            h * w * self.vae.spacial_compression_decode() ** 2 * getattr(self.vae, "output_channels", 3)
+            * comfy.model_management.intermediate_dtype().itemsize)
         per_latent_frame = b * (c * h * w * 4 + 4 * pixels)    # 4 frames of pixels a latent frame, float32 latents
         need = b * (c * h * w * t * 4 + video_frames(t) * pixels)
         ram, swap = psutil.virtual_memory().total, psutil.swap_memory().total
@@ -430,7 +438,7 @@ class Job:
             if end is not None:
                 out = out[:, :, :-end.shape[2]]
             parts.append(out[:, :, overlap:])
-            if self.vae is not None:
+            if self.vae is not None and (self.whole_video or i + 1 < len(windows)):
                 self._add_pixels(out, overlap, i == 0)
             if i + 1 < len(windows):
                 carry = self._next_prefix(parts, *windows[i + 1][:2])

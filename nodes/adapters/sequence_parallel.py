@@ -84,6 +84,11 @@ def _batching(mesh):
     return calc_cond_batch
 
 
+def is_first_rank(model):
+    """Whether this process is rank 0 of the model's mesh, whose results the host takes (True without a mesh)."""
+    return MESH_KEY not in model.model_options.get("transformer_options", {}) or dist.get_rank() == 0
+
+
 def agree(model, t):
     """`t` as rank 0 has it, on every rank of the model's mesh (what each rank computed alone, such as VAE
     encodings, may differ in the last bits between GPUs; the ranks' latents must not). Unchanged without a mesh."""

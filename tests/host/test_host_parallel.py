@@ -62,7 +62,8 @@ vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(os.path.join(@FOLDER@, "vae.sa
 image = torch.rand(1, 32, 48, 3, generator=g)
 extra = dict(mode="diffusion forcing", frames=25, base_num_frames=17, overlap_history=9, ar_step=1,
              addnoise_condition=20, causal_attention=True)
-one, one_report = SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **extra}), vae=vae, start_image=image).args[:2]
+one, one_report, one_images = SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **extra}), vae=vae,
+                                                  start_image=image).args[:3]
 two, report = SampleVideo.execute(model, pos, neg, **nest_mode({**FLAT, **extra}), vae=vae, start_image=image,
                                   parallel=ParallelConfig.execute(2, "cpu", "", keep_workers=False).args[0]).args[:2]
 result["cfg parallel, vae, causal"] = rel(two["samples"], one["samples"])
@@ -89,6 +90,20 @@ class Forward(parallel_worker.Worker):
         return (out, [s.residual.shape[1] for s in cache.streams.values()]) if teacache else out
     def fail(self):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    def frames_held(self, *args):
+        # Sample Video through a VAE on this rank: the frames of video it holds after each window (what its Job
+        # allocated), and what it returns
+        from ray.util.queue import Queue
+        from skyreels_pack.nodes.adapters.sample_job import Job
+        held, add = [], Job._add_pixels
+        def recorded(job, *a):
+            add(job, *a)
+            held.append(job.images.shape[1])
+        Job._add_pixels = recorded
+        try:
+            return held, self.sample(*args, Queue())
+        finally:
+            Job._add_pixels = add
 actors = [ray.remote(num_cpus=1)(Forward).remote(os.getcwd(), parallel_pool.PACK, True, 1) for _ in range(2)]
 address, port = ray.get(actors[0].address.remote())
 ray.get([a.join.remote(address, port, r, 2, 1, 1) for r, a in enumerate(actors)])
@@ -101,6 +116,13 @@ with torch.no_grad():
 result["forward"] = [rel(o, want) for o in outs]
 cached = ray.get([a.forward.remote(xx, tt, ctx, teacache=True) for a in actors])
 result["forward, teacache"] = [[rel(o, want), tokens] for o, tokens in cached]
+# Only rank 0's video reaches the host: rank 1 keeps the frames the next window starts from (overlap_history 9) and
+# decodes no last window
+widgets = dict({**FLAT, **extra}, causal_block_size=1, latent=None, noise="cpu (ComfyUI)")
+inputs = dict(vae=ray.put(vae.first_stage_model.state_dict()), start_image=image)
+held = ray.get([a.frames_held.remote((pos, neg), widgets, inputs) for a in actors])
+result["frames held"] = [frames for frames, _ in held]
+result["rank 0's images"] = rel(held[0][1][2], one_images)
 try:          # a worker's error as the host shows it (its type decides ComfyUI's out-of-memory advice)
     parallel_pool.wait(ray, [actors[0].fail.remote()], actors)
 except Exception as e:
@@ -168,6 +190,13 @@ try:
 except ValueError as e:
     refused["no nccl"] = str(e)
 torch.distributed.is_nccl_available = nccl
+device, comfy.model_management.get_torch_device = (comfy.model_management.get_torch_device,
+                                                    lambda: torch.device("mps"))    # as ComfyUI on a Mac
+try:
+    SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "auto", "").args[0])
+except ValueError as e:
+    refused["auto, no gpu"] = str(e)
+comfy.model_management.get_torch_device = device
 try:                                                     # Ray would retry this address for minutes, silently
     SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "cpu", "127.0.0.1:1").args[0])
 except ValueError as e:
@@ -280,6 +309,10 @@ def test_two_actors_equal_one_process(host, tmp_path):
     report = r["cfg parallel report"]
     assert "cfg 2 x ulysses 1 x ring 1" in report and "(causal attention)" in report and "through the VAE" in report
     assert r["start frame"] <= 1e-5, r["start frame"]   # the start image is the clean first latent frame
+    # rank 0 holds the whole video (25 frames, 1 of 2 windows made), rank 1 the 9 its next window starts from, and
+    # nothing of the last window; rank 0's images are the single-process run's (ulysses 2 here: measured 1.8e-6)
+    assert r["frames held"] == [[25, 25], [9]], r["frames held"]
+    assert r["rank 0's images"] <= 1e-5, r["rank 0's images"]
     # the workers sample without autograd, as the host does: the latent from their VAE carried an autograd graph
     # through every step (each step's activations held), and the latent came back requiring grad
     assert r["autograd graph"] is False
@@ -312,6 +345,10 @@ def test_two_actors_equal_one_process(host, tmp_path):
                              "to 0 to use it)", True], r["sd3 note"]      # as a single-device run says
     assert r["refused"]["no nccl"].startswith("Sample Video: parallel: GPU workers talk through NCCL, which this "
                                               "PyTorch does not have"), r["refused"]
+    # device auto on a machine whose GPU Ray cannot give: as many CPU processes as workers, each loading the model
+    assert r["refused"]["auto, no gpu"] == ("Sample Video: parallel: device auto: ComfyUI runs on mps, and the Ray "
+                                            "cluster has no NVIDIA GPU for the workers; run without Parallel Config, "
+                                            "or set its device to cpu for CPU processes (each loads the model)")
     assert r["refused"]["nobody there"].startswith("Sample Video: parallel: ray_address 127.0.0.1:1: nothing "
                                                    "answers there ("), r["refused"]
     assert r["refused"]["nobody there"].endswith("); start the cluster there (ray start --head), or leave "
