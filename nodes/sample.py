@@ -147,6 +147,9 @@ class SampleVideo(io.ComfyNode):
         for name, images in (("start_image", start_image), ("end_image", end_image), ("prefix_video", prefix_video)):
             if images is not None and images.shape[0] == 0:
                 fail(f"{name}: holds no image (an empty batch): connect one, or nothing")
+            if images is not None and (images.ndim != 4 or 0 in images.shape[1:3] or images.shape[3] < 3):
+                fail(f"{name}: holds images of shape {list(images.shape)}, not [frames, height, width, 3 colours]; "
+                     "connect a picture (e.g. Load Image)")   # an API prompt's 0x0 image divided by zero
             if images is not None and images.shape[0] > 1 and name != "prefix_video":     # e.g. a loaded video
                 fail(f"{name}: holds {images.shape[0]} images and takes one; pick one frame with Get Image from Batch"
                      + ("; to continue a video, connect it to prefix_video" if name == "start_image" else ""))

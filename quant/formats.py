@@ -10,6 +10,7 @@ from .checkpoint import CheckpointError
 from .comfy_format import comfy_quant, format_name, format_of, is_quant_extra
 from .fp8 import FP8_DTYPES, NonFiniteWeight, dequantize_weight, quantize_weight_chunked
 from .policy import check_kept, layer_name, should_quantize
+from .scale import absmax
 
 WEIGHT_FORMATS = {  # node choice -> (fp8 type, granularity) or a plain dtype
     "auto": None,
@@ -95,6 +96,15 @@ def _fp8_weight(ckpt, name, declared):
     return q, scale.reshape((-1, 1) if granularity == "channel" else ()), granularity
 
 
+def _in_range(path, name, t):
+    """`t`, a finite tensor turned to the kept dtype; fp16 holds at most 65504, and a larger value of a bf16/fp32 or
+    scaled fp8 weight would have become Inf without a word."""
+    if t.dtype == torch.float16 and t.numel() and not absmax(t).isfinite():
+        raise CheckpointError(f"{path}: tensor {name} holds values beyond float16's range (65504); load the model "
+                              "with weight_format bf16 or auto")
+    return t
+
+
 def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, keep_last_blocks=0,
                         progress=None, check_interrupt=None, compute_dtype=torch.bfloat16):
     """Return (state_dict, LoadSummary) for `ckpt` (a Checkpoint) holding a model described by `info`.
@@ -123,7 +133,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
             for t in (q, scale):
                 ckpt.check_finite(name, t)
             if plain is not None or not linear:     # fp8 in the file, high precision wanted here
-                sd[name] = dequantize_weight(q, scale, kept_dtype)
+                sd[name] = _in_range(ckpt.path, name, dequantize_weight(q, scale, kept_dtype))
             else:
                 fmt = (str(q.dtype).split("float8_")[-1], granularity)
         elif linear and plain is None and not as_is:
@@ -135,7 +145,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         else:
             t = ckpt.load(name)
             ckpt.check_finite(name, t)
-            sd[name] = t.to(kept_dtype) if t.is_floating_point() else t
+            sd[name] = _in_range(ckpt.path, name, t.to(kept_dtype)) if t.is_floating_point() else t
         if fmt:
             layer = layer_name(name)
             sd[name] = q

@@ -750,3 +750,27 @@ def test_the_hosts_activation_scales_belong_to_their_layer():
     for suffix in ("weight_scale", "scale_weight", "comfy_quant", "input_scale", "scale_input"):
         assert is_quant_extra(f"blocks.0.self_attn.q.{suffix}")
     assert not is_quant_extra("blocks.0.self_attn.q.weight")
+
+
+def test_a_weight_beyond_float16s_range_is_named_when_loaded_as_fp16(tmp_path):
+    # bf16 holds up to 3e38, fp16 65504: a larger weight loaded as fp16 became Inf without a word, and the video NaN.
+    # bf16 and the fp8 formats (scaled) hold it; an fp8 weight whose scale takes it past 65504 is caught too.
+    from quant.formats import load_fp8_state_dict
+    sd = tiny.state_dict(tiny.info("T2V"))
+    sd["blocks.1.ffn.2.weight"][3, 5] = 70000.0
+    path = tmp_path / "large.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    with Checkpoint(str(path)) as ckpt:
+        with pytest.raises(CheckpointError, match=r"large.safetensors: tensor blocks.1.ffn.2.weight holds values "
+                                                  r"beyond float16's range \(65504\); load the model with "
+                                                  r"weight_format bf16 or auto$"):
+            load_fp8_state_dict(ckpt, ckpt.model_info(), "fp16")
+        for fmt in ("bf16", "auto"):
+            loaded, _ = load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)
+            assert all(t.float().isfinite().all() for t in loaded.values()), fmt
+    sd = {k: v.to(torch.float8_e4m3fn) if k.endswith(".weight") and v.ndim == 2 else v for k, v in sd.items()}
+    sd["blocks.1.ffn.2.scale_weight"] = torch.tensor(200.0)   # a legacy scaled_fp8 scale: e4m3fn's 448 x 200
+    safetensors.torch.save_file(sd, str(path))
+    with Checkpoint(str(path)) as ckpt:
+        with pytest.raises(CheckpointError, match="tensor blocks.1.ffn.2.weight holds values beyond float16's range"):
+            load_fp8_state_dict(ckpt, ckpt.model_info(), "fp16")

@@ -128,6 +128,8 @@ image_cond = [[pos[0][0], {{"concat_latent_image": torch.zeros(1, 16, 3, 4, 4),
 refused.update(image_on_df=error_with(image_cond), i2v_without=error_with(pos, on=i2v, mode="standard"),
                no_positive=error_with([]), no_window_2=error_with(pos, window_prompts={{"window_2": []}}),
                empty_image=error_with(pos, vae=vae, start_image=image[:0]),
+               no_pixels=error_with(pos, vae=vae, end_image=image[:, :0]),    # 0 x 0 from an API prompt
+               grey=error_with(pos, vae=vae, prefix_video=image[..., :1].repeat(5, 1, 1, 1)),
                # a loaded clip used to start the video from its first frame, with no word
                clip_start=error_with(pos, vae=vae, start_image=image.repeat(13, 1, 1, 1)),
                clip_end=error_with(pos, vae=vae, end_image=image.repeat(2, 1, 1, 1)))
@@ -294,6 +296,9 @@ def test_sample_video_in_process(host, tmp_path):
                                       "encoder's, e.g. CLIP Text Encode"), refused    # it ran with no prompt there
     assert refused["empty_image"] == "Sample Video: start_image: holds no image (an empty batch): connect one, or " \
                                      "nothing", refused
+    assert refused["no_pixels"] == ("Sample Video: end_image: holds images of shape [1, 0, 32, 3], not [frames, "
+                                    "height, width, 3 colours]; connect a picture (e.g. Load Image)"), refused
+    assert refused["grey"].startswith("Sample Video: prefix_video: holds images of shape [5, 32, 32, 1], "), refused
     assert refused["clip_start"] == ("Sample Video: start_image: holds 13 images and takes one; pick one frame with "
                                      "Get Image from Batch; to continue a video, connect it to prefix_video"), refused
     assert refused["clip_end"] == ("Sample Video: end_image: holds 2 images and takes one; pick one frame with Get "
