@@ -96,12 +96,14 @@ def _fp8_weight(ckpt, name, declared):
     return q, scale.reshape((-1, 1) if granularity == "channel" else ()), granularity
 
 
-def _in_range(path, name, t):
+def _in_range(path, name, t, plain):
     """`t`, a finite tensor turned to the kept dtype; fp16 holds at most 65504, and a larger value of a bf16/fp32 or
-    scaled fp8 weight would have become Inf without a word."""
+    scaled fp8 weight would have become Inf without a word. `plain`: the dtype weight_format asked for, if any."""
     if t.dtype == torch.float16 and t.numel() and not absmax(t).isfinite():
-        raise CheckpointError(f"{path}: tensor {name} holds values beyond float16's range (65504); load the model "
-                              "with weight_format bf16 or auto")
+        why = ("" if plain == torch.float16 else
+               ", the dtype ComfyUI keeps this model's other tensors in here (for this GPU, or --fp16-unet / --fast)")
+        raise CheckpointError(f"{path}: tensor {name} holds values beyond float16's range (65504){why}; load the "
+                              "model with weight_format bf16" + (" or auto" if plain == torch.float16 else ""))
     return t
 
 
@@ -133,7 +135,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
             for t in (q, scale):
                 ckpt.check_finite(name, t)
             if plain is not None or not linear:     # fp8 in the file, high precision wanted here
-                sd[name] = _in_range(ckpt.path, name, dequantize_weight(q, scale, kept_dtype))
+                sd[name] = _in_range(ckpt.path, name, dequantize_weight(q, scale, kept_dtype), plain)
             else:
                 fmt = (str(q.dtype).split("float8_")[-1], granularity)
         elif linear and plain is None and not as_is:
@@ -145,7 +147,7 @@ def load_fp8_state_dict(ckpt, info, weight_format="auto", keep_first_blocks=0, k
         else:
             t = ckpt.load(name)
             ckpt.check_finite(name, t)
-            sd[name] = _in_range(ckpt.path, name, t.to(kept_dtype)) if t.is_floating_point() else t
+            sd[name] = _in_range(ckpt.path, name, t.to(kept_dtype), plain) if t.is_floating_point() else t
         if fmt:
             layer = layer_name(name)
             sd[name] = q

@@ -768,7 +768,17 @@ def test_a_weight_beyond_float16s_range_is_named_when_loaded_as_fp16(tmp_path):
         for fmt in ("bf16", "auto"):
             loaded, _ = load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)
             assert all(t.float().isfinite().all() for t in loaded.values()), fmt
+    # auto where ComfyUI keeps the model in fp16 (a GPU without bf16, --fp16-unet): a norm's weight
+    sd["blocks.0.norm3.weight"][0] = 70000.0
+    safetensors.torch.save_file(sd, str(path))
+    with Checkpoint(str(path)) as ckpt:
+        with pytest.raises(CheckpointError, match=r"tensor blocks.0.norm3.weight holds values beyond float16's range "
+                                                  r"\(65504\), the dtype ComfyUI keeps this model's other tensors in "
+                                                  r"here \(for this GPU, or --fp16-unet / --fast\); load the model "
+                                                  r"with weight_format bf16$"):
+            load_fp8_state_dict(ckpt, ckpt.model_info(), "auto", compute_dtype=torch.float16)
     sd = {k: v.to(torch.float8_e4m3fn) if k.endswith(".weight") and v.ndim == 2 else v for k, v in sd.items()}
+    sd["blocks.0.norm3.weight"][0] = 1.0
     sd["blocks.1.ffn.2.scale_weight"] = torch.tensor(200.0)   # a legacy scaled_fp8 scale: e4m3fn's 448 x 200
     safetensors.torch.save_file(sd, str(path))
     with Checkpoint(str(path)) as ckpt:

@@ -48,17 +48,24 @@ def model_shift(model, shift):
 
 def overridden_shift(model, shift):
     """The note, for the log once and the report, when the widget overrides a ModelSamplingSD3 on the MODEL (Wan
-    workflows carry one before their sampler), or when the MODEL's model sampling is one Sample Video does not run at
-    all (its own is SkyReels-V2's flow: only a shift of the MODEL's is taken, with shift 0)."""
+    workflows carry one before their sampler) or the shift guidance patches on it were set up with, or when the
+    MODEL's model sampling is one Sample Video does not run at all (its own is SkyReels-V2's flow: only a shift of the
+    MODEL's is taken, with shift 0)."""
     other = _unused_sampling(model)
     if other:
         return (f"the MODEL's model sampling ({other}) is not used: Sample Video samples SkyReels-V2's flow matching "
                 f"(shift {shift:g}); use KSampler to sample with it")
     own = _own_shift(model)
-    if own is not None and "model_sampling" in model.object_patches and abs(own - shift) > 1e-6:
-        return (f"shift {shift:g} runs; the MODEL's ModelSamplingSD3 shift {own:g} is not used (set Sample Video's "
-                "shift to 0 to use it)")
-    return None
+    if own is None or abs(own - shift) <= 1e-6:
+        return None
+    sd3, ranged = "model_sampling" in model.object_patches, _guidance_patches(model)
+    note = (f"shift {shift:g} runs; the MODEL's ModelSamplingSD3 shift {own:g} is not used (set Sample Video's shift "
+            "to 0 to use it)") if sd3 else f"shift {shift:g} runs, the MODEL's own is {own:g}" if ranged else None
+    if ranged:   # e.g. SkipLayerGuidanceDiT turns its start/end percent into sigmas when the node runs
+        note += (f"; guidance patches on the MODEL given a step range (e.g. SkipLayerGuidanceDiT's start and end "
+                 f"percent) turned it into noise levels at shift {own:g}, so they act at other steps"
+                 + ("" if sd3 else f": put ModelSamplingSD3 (shift {shift:g}) before them, and shift 0 here"))
+    return note
 
 
 def _unused_sampling(model):
@@ -80,12 +87,18 @@ SIGMA_READERS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_po
                  "sampler_calc_cond_batch_function")     # the model_options of patches that read one sigma per call
 
 
-def frame_sigmas_unseen(model, df, ar_step):
-    """The note when the MODEL has guidance patches, which may read the sampling's sigma (e.g. RescaleCFG, Skip Layer
-    Guidance; which do cannot be told), where the frames of one call are at different noise levels (README)."""
-    parallel = sequence_parallel.MESH_KEY in model.model_options.get("transformer_options", {})   # its batching
+def _guidance_patches(model):
+    """Whether the MODEL has guidance patches, which may read the sampling's sigma (e.g. RescaleCFG, Skip Layer
+    Guidance; which do cannot be told). A parallel worker's own cond batching is none."""
+    parallel = sequence_parallel.MESH_KEY in model.model_options.get("transformer_options", {})
     readers = [k for k in SIGMA_READERS if not (parallel and k == "sampler_calc_cond_batch_function")]
-    if df and ar_step and any(model.model_options.get(k) for k in readers):
+    return any(model.model_options.get(k) for k in readers)
+
+
+def frame_sigmas_unseen(model, df, ar_step):
+    """The note when the MODEL has guidance patches where the frames of one call are at different noise levels
+    (README)."""
+    if df and ar_step and _guidance_patches(model):
         return (f"ar_step {ar_step}: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, "
                 "SkipLayerGuidanceDiT, TSR - Temporal Score Rescaling) see one per model call, the noisiest frame's; "
                 "frames further along are treated as that noisy")
@@ -402,7 +415,7 @@ class Job:
         # grows as the disk allows: only what cannot fit is refused.
         have = ram + (max(swap, 3 * ram) if sys.platform == "win32" else swap)
         if need > have and sys.platform != "darwin":
-            what = "latent and images" if self.vae is not None else "latent"
+            what = "latent and images" if pixels else "latent"
             batch = f" in a batch of {b}" if b > 1 else ""
             fit = video_frames(have // per_latent_frame) if have >= per_latent_frame else 0
             fail(f"{self.length_from}: {video_frames(t)} frames of {w * 8}x{h * 8}{batch} need {need / 2**30:.1f} GiB "

@@ -346,9 +346,10 @@ def test_two_actors_equal_one_process(host, tmp_path):
     assert r["refused"]["no nccl"].startswith("Sample Video: parallel: GPU workers talk through NCCL, which this "
                                               "PyTorch does not have"), r["refused"]
     # device auto on a machine whose GPU Ray cannot give: as many CPU processes as workers, each loading the model
-    assert r["refused"]["auto, no gpu"] == ("Sample Video: parallel: device auto: ComfyUI runs on mps, and the Ray "
-                                            "cluster has no NVIDIA GPU for the workers; run without Parallel Config, "
-                                            "or set its device to cpu for CPU processes (each loads the model)")
+    assert r["refused"]["auto, no gpu"] == (
+        "Sample Video: parallel: device auto: ComfyUI runs on mps, and the Ray cluster has no GPU for the workers; "
+        "start one that has (ray start --head --num-gpus N, and its address in ray_address), run without Parallel "
+        "Config, or set its device to cpu for CPU processes (each loads the model)"), r["refused"]
     assert r["refused"]["nobody there"].startswith("Sample Video: parallel: ray_address 127.0.0.1:1: nothing "
                                                    "answers there ("), r["refused"]
     assert r["refused"]["nobody there"].endswith("); start the cluster there (ray start --head), or leave "

@@ -50,6 +50,11 @@ result["shift 0 = shift 3"] = torch.equal(zero["samples"], three["samples"])
 result["zero report"] = zero_report
 result["eight report"] = eight[0]
 result["plain 0"] = "shift 8;" in sample(ours, shift=0.0)[1]          # no patch: the host's Wan default, 8
+# SkipLayerGuidanceDiT turns its start/end percent into sigmas with the MODEL's shift (8) when it runs: at Sample
+# Video's shift 3 its steps are others (at 2 steps, none), which the note says
+from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+slg = SkipLayerGuidanceDiT.execute(ours, 3.0, 0.01, 0.15, "1", "", 0.0).args[0]
+result["slg"] = [sample(slg, shift=s)[1] for s in (3.0, 8.0)]
 
 # A MODEL whose sampling has no flow shift: shift 0 is refused with a message, a set shift runs.
 from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
@@ -99,6 +104,11 @@ def test_sample_video_says_what_it_does_not_use(host, tmp_path):
     assert r["log"].count(overridden) == 1, r["log"]
     assert r["eight report"].endswith("\n" + overridden[len("Sample Video: "):]), r["eight report"]   # and the report
     assert "ModelSamplingSD3" not in r["zero report"]
+    slg = ("Sample Video: shift 3 runs, the MODEL's own is 8; guidance patches on the MODEL given a step range (e.g. "
+           "SkipLayerGuidanceDiT's start and end percent) turned it into noise levels at shift 8, so they act at other "
+           "steps: put ModelSamplingSD3 (shift 3) before them, and shift 0 here")
+    assert r["slg"][0].endswith("\n" + slg[len("Sample Video: "):]) and r["log"].count(slg) == 1, r["slg"][0]
+    assert "guidance patches" not in r["slg"][1], r["slg"][1]       # its own shift: no note
     assert "shift 3;" in r["three report"] and "ModelSamplingSD3" not in r["three report"], r["three report"]
     assert ", cfg 0.5, " in r["standard cfg 0.5"].splitlines()[0] and "guides only" not in r["standard cfg 0.5"]
     assert r["core fp8 weights"] == "Linear weights: 20 float8_e4m3fn (per-tensor), 6 float32", r["core fp8 weights"]
