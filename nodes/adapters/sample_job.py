@@ -83,6 +83,23 @@ def _unused_sampling(model):
     return ", ".join(d for d in dropped if d) or None
 
 
+# ComfyUI's patch points for UNet and Flux models, which its Wan model never calls: a node setting one does nothing
+UNCALLED = ("attn1_output_patch", "attn2_output_patch", "input_block_patch", "input_block_patch_after_skip",
+            "output_block_patch", "middle_block_after_patch", "emb_patch", "forward_timestep_embed_patch",
+            "post_input", "noise_refiner")
+
+
+def uncalled_patches(model):
+    """The note when a node patched the MODEL where the host's Wan model has no such step (e.g. Normalized Attention
+    Guidance: attention outputs), which KSampler leaves as silent."""
+    patches = model.model_options.get("transformer_options", {}).get("patches", {})
+    found = [k for k in UNCALLED if patches.get(k)]
+    if found:
+        return (f"this MODEL carries patches that ComfyUI's Wan model never calls ({', '.join(found)}, e.g. from "
+                "Normalized Attention Guidance): they have no effect, in KSampler too")
+    return None
+
+
 SIGMA_READERS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function",
                  "sampler_calc_cond_batch_function")     # the model_options of patches that read one sigma per call
 
@@ -179,7 +196,7 @@ class Job:
         self.model_seconds = 0.0
         unguided = (f"cfg {cfg:g}: diffusion forcing guides only above 1, as SkyReels-V2's DiffusionForcingPipeline; "
                     "the positive prompt runs alone, as cfg 1") if self.cfg != cfg else None
-        notes = (fps_term.lost(model), overridden_shift(model, shift),
+        notes = (fps_term.lost(model), overridden_shift(model, shift), uncalled_patches(model),
                  frame_sigmas_unseen(model, df, opts.get("ar_step")), unguided)
         self.notes = []
         for note in filter(None, notes):

@@ -55,6 +55,11 @@ result["plain 0"] = "shift 8;" in sample(ours, shift=0.0)[1]          # no patch
 from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
 slg = SkipLayerGuidanceDiT.execute(ours, 3.0, 0.01, 0.15, "1", "", 0.0).args[0]
 result["slg"] = [sample(slg, shift=s)[1] for s in (3.0, 8.0)]
+# Normalized Attention Guidance patches attention outputs, which the host's Wan model never calls (KSampler: silent)
+from comfy_extras.nodes_nag import NAGuidance
+nag = NAGuidance.execute(ours, 5.0, 0.5, 1.5).args[0]
+nag_out, nag_report = sample(nag)[:2]
+result["nag"] = [nag_report, torch.equal(nag_out["samples"], sample(ours)[0]["samples"])]
 
 # A MODEL whose sampling has no flow shift: shift 0 is refused with a message, a set shift runs.
 from comfy_extras.nodes_model_advanced import ModelSamplingDiscrete
@@ -109,6 +114,9 @@ def test_sample_video_says_what_it_does_not_use(host, tmp_path):
            "steps: put ModelSamplingSD3 (shift 3) before them, and shift 0 here")
     assert r["slg"][0].endswith("\n" + slg[len("Sample Video: "):]) and r["log"].count(slg) == 1, r["slg"][0]
     assert "guidance patches" not in r["slg"][1], r["slg"][1]       # its own shift: no note
+    assert r["nag"][0].endswith("\nthis MODEL carries patches that ComfyUI's Wan model never calls "
+                                "(attn1_output_patch, e.g. from Normalized Attention Guidance): they have no effect, "
+                                "in KSampler too") and r["nag"][1], r["nag"]     # and none it has
     assert "shift 3;" in r["three report"] and "ModelSamplingSD3" not in r["three report"], r["three report"]
     assert ", cfg 0.5, " in r["standard cfg 0.5"].splitlines()[0] and "guides only" not in r["standard cfg 0.5"]
     assert r["core fp8 weights"] == "Linear weights: 20 float8_e4m3fn (per-tensor), 6 float32", r["core fp8 weights"]
