@@ -62,8 +62,8 @@ def overridden_shift(model, shift):
     note = (f"shift {shift:g} runs; the MODEL's ModelSamplingSD3 shift {own:g} is not used (set Sample Video's shift "
             "to 0 to use it)") if sd3 else f"shift {shift:g} runs, the MODEL's own is {own:g}" if ranged else None
     if ranged:   # e.g. SkipLayerGuidanceDiT turns its start/end percent into sigmas when the node runs
-        note += (f"; guidance patches on the MODEL given a step range (e.g. SkipLayerGuidanceDiT's start and end "
-                 f"percent) turned it into noise levels at shift {own:g}, so they act at other steps"
+        note += (f"; guidance patches on the MODEL that take a step range, if any (e.g. SkipLayerGuidanceDiT's start "
+                 f"and end percent), turned it into noise levels at shift {own:g}, so they act at other steps"
                  + ("" if sd3 else f": put ModelSamplingSD3 (shift {shift:g}) before them, and shift 0 here"))
     return note
 

@@ -109,9 +109,9 @@ def test_sample_video_says_what_it_does_not_use(host, tmp_path):
     assert r["log"].count(overridden) == 1, r["log"]
     assert r["eight report"].endswith("\n" + overridden[len("Sample Video: "):]), r["eight report"]   # and the report
     assert "ModelSamplingSD3" not in r["zero report"]
-    slg = ("Sample Video: shift 3 runs, the MODEL's own is 8; guidance patches on the MODEL given a step range (e.g. "
-           "SkipLayerGuidanceDiT's start and end percent) turned it into noise levels at shift 8, so they act at other "
-           "steps: put ModelSamplingSD3 (shift 3) before them, and shift 0 here")
+    slg = ("Sample Video: shift 3 runs, the MODEL's own is 8; guidance patches on the MODEL that take a step range, "
+           "if any (e.g. SkipLayerGuidanceDiT's start and end percent), turned it into noise levels at shift 8, so "
+           "they act at other steps: put ModelSamplingSD3 (shift 3) before them, and shift 0 here")
     assert r["slg"][0].endswith("\n" + slg[len("Sample Video: "):]) and r["log"].count(slg) == 1, r["slg"][0]
     assert "guidance patches" not in r["slg"][1], r["slg"][1]       # its own shift: no note
     assert r["nag"][0].endswith("\nthis MODEL carries patches that ComfyUI's Wan model never calls "
