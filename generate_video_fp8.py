@@ -71,6 +71,14 @@ def find_host():
     return DEFAULT_HOST if is_host(DEFAULT_HOST) else None
 
 
+def desktop_folder():
+    """The folder of ComfyUI Desktop this pack is installed in (custom_nodes, models and the .venv, where ComfyUI's
+    code is inside the app instead), or None."""
+    parent = os.path.dirname(os.path.dirname(REPO))
+    desktop = all(os.path.isdir(os.path.join(parent, p)) for p in (".venv", "models"))
+    return parent if os.path.basename(os.path.dirname(REPO)) == "custom_nodes" and desktop else None
+
+
 # What ComfyUI loads of this pack (never a clone's venv, models or videos).
 PACK_FILES = ("__init__.py", "pyproject.toml", "requirements.txt", "nodes", "quant", "attention", "sampling",
               "workflows", "subgraphs")
@@ -679,8 +687,14 @@ def main(argv=None):
     except RuntimeError as e:
         return error(e, 2)
     if host is None:
-        return error("no ComfyUI found: set COMFYUI_PATH to a ComfyUI folder, install this pack in "
-                     "ComfyUI/custom_nodes, or lay ComfyUI out at ~/ComfyUI (with its requirements installed)", 2)
+        desktop = desktop_folder()
+        inside = ("/Applications/ComfyUI.app/Contents/Resources/ComfyUI" if sys.platform == "darwin" else
+                  "the resources\\ComfyUI folder of the app's install folder")   # Electron's resources folder
+        return error("no ComfyUI found: " + (
+            f"{desktop} is ComfyUI Desktop's, whose ComfyUI is inside the app: set COMFYUI_PATH to {inside}, and "
+            "give the model files' paths (--model_id, --text_encoder, --vae)" if desktop else
+            "set COMFYUI_PATH to a ComfyUI folder, install this pack in ComfyUI/custom_nodes, or lay ComfyUI out at "
+            "~/ComfyUI (with its requirements installed)"), 2)
     base, server = tempfile.mkdtemp(prefix="skyreels-headless-"), None
     try:
         check_output(args)

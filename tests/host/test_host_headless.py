@@ -283,6 +283,24 @@ def test_no_host_is_named(tmp_path):
     assert f"COMFYUI_PATH={tmp_path} is not a ComfyUI folder" in proc.stderr
 
 
+def test_no_host_in_comfyui_desktops_folder_says_where_its_comfyui_is(tmp_path):
+    # ComfyUI Desktop keeps custom_nodes, models and its .venv in the folder chosen at install, and ComfyUI's code in
+    # the app (Comfy-Org/desktop: comfyServer.ts runs resources/ComfyUI/main.py with --base-directory that folder)
+    pack = tmp_path / "Documents" / "ComfyUI" / "custom_nodes" / "ComfyUI-SkyReels-FP8"
+    pack.mkdir(parents=True)
+    for name in (".venv", "models"):
+        (tmp_path / "Documents" / "ComfyUI" / name).mkdir()
+    shutil.copy(SCRIPT, pack)
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
+    proc = subprocess.run([sys.executable, str(pack / "generate_video_fp8.py")], cwd=tmp_path, capture_output=True,
+                          text=True, env={**env, "HOME": str(tmp_path), "USERPROFILE": str(tmp_path)})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().endswith(
+        f"no ComfyUI found: {tmp_path / 'Documents' / 'ComfyUI'} is ComfyUI Desktop's, whose ComfyUI is inside the "
+        "app: set COMFYUI_PATH to the resources\\ComfyUI folder of the app's install folder, and give the model "
+        "files' paths (--model_id, --text_encoder, --vae)"), proc.stderr     # (on a Mac: ComfyUI.app/Contents/...)
+
+
 def test_the_demo_keeps_its_small_sizes_except_those_given(server):
     import json
 
