@@ -63,7 +63,8 @@ def find_host():
     env = os.environ.get("COMFYUI_PATH")
     if env:
         if not is_host(env):
-            raise RuntimeError(f"COMFYUI_PATH={env} is not a ComfyUI folder (no main.py / comfy/)")
+            raise RuntimeError(f"COMFYUI_PATH={env} is not a ComfyUI folder (no main.py / comfy/)"
+                               + (f"; {desktop_advice(env)}" if is_desktop(env) else ""))
         return os.path.abspath(env)
     parent = os.path.dirname(os.path.dirname(REPO))
     if os.path.basename(os.path.dirname(REPO)) == "custom_nodes" and is_host(parent):
@@ -71,12 +72,17 @@ def find_host():
     return DEFAULT_HOST if is_host(DEFAULT_HOST) else None
 
 
-def desktop_folder():
-    """The folder of ComfyUI Desktop this pack is installed in (custom_nodes, models and the .venv, where ComfyUI's
-    code is inside the app instead), or None."""
-    parent = os.path.dirname(os.path.dirname(REPO))
-    desktop = all(os.path.isdir(os.path.join(parent, p)) for p in (".venv", "models"))
-    return parent if os.path.basename(os.path.dirname(REPO)) == "custom_nodes" and desktop else None
+def is_desktop(path):
+    """Whether `path` is the folder ComfyUI Desktop was installed to: custom_nodes, models and its .venv, with
+    ComfyUI's code inside the app instead (Comfy-Org/desktop runs resources/ComfyUI/main.py --base-directory it)."""
+    return all(os.path.isdir(os.path.join(path, p)) for p in (".venv", "models", "custom_nodes"))
+
+
+def desktop_advice(path):
+    inside = ("/Applications/ComfyUI.app/Contents/Resources/ComfyUI" if sys.platform == "darwin" else
+              "the resources\\ComfyUI folder of the app's install folder")   # Electron's resources folder
+    return (f"{path} is ComfyUI Desktop's, whose ComfyUI is inside the app: set COMFYUI_PATH to {inside}, and give "
+            "the model files' paths (--model_id, --text_encoder, --vae, and for I2V --clip_vision)")
 
 
 # What ComfyUI loads of this pack (never a clone's venv, models or videos).
@@ -687,12 +693,9 @@ def main(argv=None):
     except RuntimeError as e:
         return error(e, 2)
     if host is None:
-        desktop = desktop_folder()
-        inside = ("/Applications/ComfyUI.app/Contents/Resources/ComfyUI" if sys.platform == "darwin" else
-                  "the resources\\ComfyUI folder of the app's install folder")   # Electron's resources folder
+        installed_in = os.path.dirname(os.path.dirname(REPO))    # .../custom_nodes/<pack>
         return error("no ComfyUI found: " + (
-            f"{desktop} is ComfyUI Desktop's, whose ComfyUI is inside the app: set COMFYUI_PATH to {inside}, and "
-            "give the model files' paths (--model_id, --text_encoder, --vae)" if desktop else
+            desktop_advice(installed_in) if is_desktop(installed_in) else
             "set COMFYUI_PATH to a ComfyUI folder, install this pack in ComfyUI/custom_nodes, or lay ComfyUI out at "
             "~/ComfyUI (with its requirements installed)"), 2)
     base, server = tempfile.mkdtemp(prefix="skyreels-headless-"), None

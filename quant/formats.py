@@ -103,7 +103,7 @@ def _in_range(path, name, t, plain):
         why = ("" if plain == torch.float16 else
                ", the dtype ComfyUI keeps this model's other tensors in here (for this GPU, or --fp16-unet / --fast)")
         raise CheckpointError(f"{path}: tensor {name} holds values beyond float16's range (65504){why}; load the "
-                              "model with weight_format bf16" + (" or auto" if plain == torch.float16 else ""))
+                              "model with weight_format bf16, on a GPU that computes in bf16 (RTX 30xx and newer)")
     return t
 
 

@@ -763,7 +763,8 @@ def test_a_weight_beyond_float16s_range_is_named_when_loaded_as_fp16(tmp_path):
     with Checkpoint(str(path)) as ckpt:
         with pytest.raises(CheckpointError, match=r"large.safetensors: tensor blocks.1.ffn.2.weight holds values "
                                                   r"beyond float16's range \(65504\); load the model with "
-                                                  r"weight_format bf16 or auto$"):
+                                                  r"weight_format bf16, on a GPU that computes in bf16 "
+                                                  r"\(RTX 30xx and newer\)$"):
             load_fp8_state_dict(ckpt, ckpt.model_info(), "fp16")
         for fmt in ("bf16", "auto"):
             loaded, _ = load_fp8_state_dict(ckpt, ckpt.model_info(), fmt)
@@ -775,7 +776,8 @@ def test_a_weight_beyond_float16s_range_is_named_when_loaded_as_fp16(tmp_path):
         with pytest.raises(CheckpointError, match=r"tensor blocks.0.norm3.weight holds values beyond float16's range "
                                                   r"\(65504\), the dtype ComfyUI keeps this model's other tensors in "
                                                   r"here \(for this GPU, or --fp16-unet / --fast\); load the model "
-                                                  r"with weight_format bf16$"):
+                                                  r"with weight_format bf16, on a GPU that computes in bf16 "
+                                                  r"\(RTX 30xx and newer\)$"):
             load_fp8_state_dict(ckpt, ckpt.model_info(), "auto", compute_dtype=torch.float16)
     sd = {k: v.to(torch.float8_e4m3fn) if k.endswith(".weight") and v.ndim == 2 else v for k, v in sd.items()}
     sd["blocks.0.norm3.weight"][0] = 1.0

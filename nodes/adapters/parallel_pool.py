@@ -143,9 +143,10 @@ def _use_cpu(ray, config, n):
     cpu = config["device"] == "cpu" or (config["device"] == "auto" and int(resources.get("GPU", 0)) == 0)
     host = comfy.model_management.get_torch_device()
     if config["device"] == "auto" and cpu and host.type != "cpu":   # e.g. on a Mac, or a cluster of CPU machines
+        start = ("start one that has (ray start --head --num-gpus N, and its address in ray_address), " *
+                 torch.distributed.is_nccl_available())     # GPU workers need NCCL: not on Windows or a Mac
         fail(f"parallel: device auto: ComfyUI runs on {host.type}, and the Ray cluster has no GPU for the workers; "
-             "start one that has (ray start --head --num-gpus N, and its address in ray_address), run without "
-             "Parallel Config, or set its device to cpu for CPU processes (each loads the model)")
+             f"{start}run without Parallel Config, or set its device to cpu for CPU processes (each loads the model)")
     if not cpu and not torch.distributed.is_nccl_available():   # PyTorch for Windows has no NCCL
         fail("parallel: GPU workers talk through NCCL, which this PyTorch does not have (PyTorch has it on Linux "
              "only): run ComfyUI on Linux or in WSL2 for several GPUs, or set Parallel Config's device to cpu")

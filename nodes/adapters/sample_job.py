@@ -58,14 +58,24 @@ def overridden_shift(model, shift):
     own = _own_shift(model)
     if own is None or abs(own - shift) <= 1e-6:
         return None
-    sd3, ranged = "model_sampling" in model.object_patches, _guidance_patches(model)
+    sd3, ranged = "model_sampling" in model.object_patches, _step_ranged(model)
     note = (f"shift {shift:g} runs; the MODEL's ModelSamplingSD3 shift {own:g} is not used (set Sample Video's shift "
             "to 0 to use it)") if sd3 else f"shift {shift:g} runs, the MODEL's own is {own:g}" if ranged else None
-    if ranged:   # e.g. SkipLayerGuidanceDiT turns its start/end percent into sigmas when the node runs
-        note += (f"; guidance patches on the MODEL that take a step range, if any (e.g. SkipLayerGuidanceDiT's start "
-                 f"and end percent), turned it into noise levels at shift {own:g}, so they act at other steps"
-                 + ("" if sd3 else f": put ModelSamplingSD3 (shift {shift:g}) before them, and shift 0 here"))
+    if ranged:
+        note += (f"; a guidance patch on the MODEL with a step range (SkipLayerGuidanceDiT's start and end percent) "
+                 f"turned it into noise levels at shift {own:g}, so it acts at other steps"
+                 + ("" if sd3 else f": put ModelSamplingSD3 (shift {shift:g}) before it, and shift 0 here"))
     return note
+
+
+def _step_ranged(model):
+    """Whether a guidance patch on the MODEL holds a step range as noise levels, worked out with the MODEL's shift
+    when its node ran: core's SkipLayerGuidanceDiT (and its Simple one) keep them as sigma_start / sigma_end."""
+    opts = model.model_options
+    patches = [opts.get("sampler_cfg_function"), opts.get("sampler_calc_cond_batch_function"),
+               *opts.get("sampler_pre_cfg_function", []), *opts.get("sampler_post_cfg_function", [])]
+    return any({"sigma_start", "sigma_end"} & set(getattr(getattr(p, "__code__", None), "co_freevars", ()))
+               for p in patches if p)
 
 
 def _unused_sampling(model):

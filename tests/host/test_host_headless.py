@@ -286,19 +286,23 @@ def test_no_host_is_named(tmp_path):
 def test_no_host_in_comfyui_desktops_folder_says_where_its_comfyui_is(tmp_path):
     # ComfyUI Desktop keeps custom_nodes, models and its .venv in the folder chosen at install, and ComfyUI's code in
     # the app (Comfy-Org/desktop: comfyServer.ts runs resources/ComfyUI/main.py with --base-directory that folder)
-    pack = tmp_path / "Documents" / "ComfyUI" / "custom_nodes" / "ComfyUI-SkyReels-FP8"
+    desktop = tmp_path / "Documents" / "ComfyUI"
+    pack = desktop / "custom_nodes" / "ComfyUI-SkyReels-FP8"
     pack.mkdir(parents=True)
     for name in (".venv", "models"):
-        (tmp_path / "Documents" / "ComfyUI" / name).mkdir()
+        (desktop / name).mkdir()
     shutil.copy(SCRIPT, pack)
     env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
-    proc = subprocess.run([sys.executable, str(pack / "generate_video_fp8.py")], cwd=tmp_path, capture_output=True,
-                          text=True, env={**env, "HOME": str(tmp_path), "USERPROFILE": str(tmp_path)})
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().endswith(
-        f"no ComfyUI found: {tmp_path / 'Documents' / 'ComfyUI'} is ComfyUI Desktop's, whose ComfyUI is inside the "
-        "app: set COMFYUI_PATH to the resources\\ComfyUI folder of the app's install folder, and give the model "
-        "files' paths (--model_id, --text_encoder, --vae)"), proc.stderr     # (on a Mac: ComfyUI.app/Contents/...)
+    advice = (f"{desktop} is ComfyUI Desktop's, whose ComfyUI is inside the app: set COMFYUI_PATH to the "
+              "resources\\ComfyUI folder of the app's install folder, and give the model files' paths (--model_id, "
+              "--text_encoder, --vae, and for I2V --clip_vision)")      # (on a Mac: ComfyUI.app/Contents/...)
+    # run from there, and with COMFYUI_PATH set to that folder
+    for extra, said in (({}, f"no ComfyUI found: {advice}"),
+                        ({"COMFYUI_PATH": str(desktop)}, f"is not a ComfyUI folder (no main.py / comfy/); {advice}")):
+        proc = subprocess.run([sys.executable, str(pack / "generate_video_fp8.py")], cwd=tmp_path, text=True,
+                              capture_output=True, env={**env, "HOME": str(tmp_path), "USERPROFILE": str(tmp_path),
+                                                        **extra})
+        assert proc.returncode == 2 and proc.stderr.strip().endswith(said), proc.stderr
 
 
 def test_the_demo_keeps_its_small_sizes_except_those_given(server):

@@ -190,13 +190,16 @@ try:
 except ValueError as e:
     refused["no nccl"] = str(e)
 torch.distributed.is_nccl_available = nccl
-device, comfy.model_management.get_torch_device = (comfy.model_management.get_torch_device,
-                                                    lambda: torch.device("mps"))    # as ComfyUI on a Mac
-try:
-    SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "auto", "").args[0])
-except ValueError as e:
-    refused["auto, no gpu"] = str(e)
-comfy.model_management.get_torch_device = device
+device = comfy.model_management.get_torch_device
+# ComfyUI on a GPU that the Ray cluster does not show: on Linux (NCCL), and on a Mac (mps, no NCCL)
+for name, kind, has_nccl in (("auto, no gpu", "cuda", True), ("auto, mac", "mps", False)):
+    comfy.model_management.get_torch_device = lambda kind=kind: torch.device(kind)
+    torch.distributed.is_nccl_available = lambda has_nccl=has_nccl: has_nccl
+    try:
+        SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "auto", "").args[0])
+    except ValueError as e:
+        refused[name] = str(e)
+comfy.model_management.get_torch_device, torch.distributed.is_nccl_available = device, nccl
 try:                                                     # Ray would retry this address for minutes, silently
     SampleVideo.execute(model, pos, neg, **ARGS, parallel=ParallelConfig.execute(2, "cpu", "127.0.0.1:1").args[0])
 except ValueError as e:
@@ -347,9 +350,12 @@ def test_two_actors_equal_one_process(host, tmp_path):
                                               "PyTorch does not have"), r["refused"]
     # device auto on a machine whose GPU Ray cannot give: as many CPU processes as workers, each loading the model
     assert r["refused"]["auto, no gpu"] == (
-        "Sample Video: parallel: device auto: ComfyUI runs on mps, and the Ray cluster has no GPU for the workers; "
+        "Sample Video: parallel: device auto: ComfyUI runs on cuda, and the Ray cluster has no GPU for the workers; "
         "start one that has (ray start --head --num-gpus N, and its address in ray_address), run without Parallel "
         "Config, or set its device to cpu for CPU processes (each loads the model)"), r["refused"]
+    assert r["refused"]["auto, mac"] == (       # no NCCL there: no GPU workers to start
+        "Sample Video: parallel: device auto: ComfyUI runs on mps, and the Ray cluster has no GPU for the workers; "
+        "run without Parallel Config, or set its device to cpu for CPU processes (each loads the model)"), r["refused"]
     assert r["refused"]["nobody there"].startswith("Sample Video: parallel: ray_address 127.0.0.1:1: nothing "
                                                    "answers there ("), r["refused"]
     assert r["refused"]["nobody there"].endswith("); start the cluster there (ray start --head), or leave "

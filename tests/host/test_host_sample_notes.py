@@ -55,6 +55,8 @@ result["plain 0"] = "shift 8;" in sample(ours, shift=0.0)[1]          # no patch
 from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
 slg = SkipLayerGuidanceDiT.execute(ours, 3.0, 0.01, 0.15, "1", "", 0.0).args[0]
 result["slg"] = [sample(slg, shift=s)[1] for s in (3.0, 8.0)]
+from comfy_extras.nodes_cfg import CFGZeroStar
+result["cfg zero star"] = sample(CFGZeroStar.execute(ours).args[0], shift=3.0)[1]
 # Normalized Attention Guidance patches attention outputs, which the host's Wan model never calls (KSampler: silent)
 from comfy_extras.nodes_nag import NAGuidance
 nag = NAGuidance.execute(ours, 5.0, 0.5, 1.5).args[0]
@@ -109,11 +111,12 @@ def test_sample_video_says_what_it_does_not_use(host, tmp_path):
     assert r["log"].count(overridden) == 1, r["log"]
     assert r["eight report"].endswith("\n" + overridden[len("Sample Video: "):]), r["eight report"]   # and the report
     assert "ModelSamplingSD3" not in r["zero report"]
-    slg = ("Sample Video: shift 3 runs, the MODEL's own is 8; guidance patches on the MODEL that take a step range, "
-           "if any (e.g. SkipLayerGuidanceDiT's start and end percent), turned it into noise levels at shift 8, so "
-           "they act at other steps: put ModelSamplingSD3 (shift 3) before them, and shift 0 here")
+    slg = ("Sample Video: shift 3 runs, the MODEL's own is 8; a guidance patch on the MODEL with a step range "
+           "(SkipLayerGuidanceDiT's start and end percent) turned it into noise levels at shift 8, so it acts at other "
+           "steps: put ModelSamplingSD3 (shift 3) before it, and shift 0 here")
     assert r["slg"][0].endswith("\n" + slg[len("Sample Video: "):]) and r["log"].count(slg) == 1, r["slg"][0]
-    assert "guidance patches" not in r["slg"][1], r["slg"][1]       # its own shift: no note
+    assert "guidance patch" not in r["slg"][1], r["slg"][1]       # its own shift: no note
+    assert "guidance patch" not in r["cfg zero star"], r["cfg zero star"]    # no step range: no note (it said one)
     assert r["nag"][0].endswith("\nthis MODEL carries patches that ComfyUI's Wan model never calls "
                                 "(attn1_output_patch, e.g. from Normalized Attention Guidance): they have no effect, "
                                 "in KSampler too") and r["nag"][1], r["nag"]     # and none it has
