@@ -114,18 +114,12 @@ SIGMA_READERS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_po
                  "sampler_calc_cond_batch_function")     # the model_options of patches that read one sigma per call
 
 
-def _guidance_patches(model):
-    """Whether the MODEL has guidance patches, which may read the sampling's sigma (e.g. RescaleCFG, Skip Layer
-    Guidance; which do cannot be told). A parallel worker's own cond batching is none."""
-    parallel = sequence_parallel.MESH_KEY in model.model_options.get("transformer_options", {})
-    readers = [k for k in SIGMA_READERS if not (parallel and k == "sampler_calc_cond_batch_function")]
-    return any(model.model_options.get(k) for k in readers)
-
-
 def frame_sigmas_unseen(model, df, ar_step):
-    """The note when the MODEL has guidance patches where the frames of one call are at different noise levels
-    (README)."""
-    if df and ar_step and _guidance_patches(model):
+    """The note when the MODEL has guidance patches, which may read the sampling's sigma (e.g. RescaleCFG, Skip Layer
+    Guidance; which do cannot be told), where the frames of one call are at different noise levels (README)."""
+    parallel = sequence_parallel.MESH_KEY in model.model_options.get("transformer_options", {})   # its batching
+    readers = [k for k in SIGMA_READERS if not (parallel and k == "sampler_calc_cond_batch_function")]
+    if df and ar_step and any(model.model_options.get(k) for k in readers):
         return (f"ar_step {ar_step}: guidance patches on this MODEL that read the sigma (e.g. RescaleCFG, "
                 "SkipLayerGuidanceDiT, TSR - Temporal Score Rescaling) see one per model call, the noisiest frame's; "
                 "frames further along are treated as that noisy")
