@@ -80,8 +80,11 @@ def test_comfyui_manager_install_starts_clean(host, tmp_path):
     fresh = fresh_host(host, tmp_path)
     pack_repo(tmp_path / "remote" / PACK)
     url = "file://localhost" + (tmp_path / "remote" / PACK).as_posix()   # the Manager takes URLs with a host part
+    # COLUMNS: its console (rich) wraps at 80 columns, which broke the pip command below at a place that varies
+    # with the length of the Python's path (seen with a Python 3.13 venv in /tmp)
     install = subprocess.run([sys.executable, "-m", "cm_cli", "install", url], cwd=fresh, capture_output=True,
-                             text=True, env={**os.environ, "COMFYUI_PATH": str(fresh)}, timeout=600)
+                             text=True, env={**os.environ, "COMFYUI_PATH": str(fresh), "COLUMNS": "1000"},
+                             timeout=600)
     # Its output without GitPython's progress bars
     said = "\n".join(l for l in (install.stdout + install.stderr).replace("\r", "\n").splitlines() if "it/s]" not in l)
     assert install.returncode == 0 and "[INSTALLED]" in said, said[-3000:]
