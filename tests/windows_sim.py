@@ -134,10 +134,14 @@ def apply(watch=(), extra_modules=()):
             delattr(os, name)
     _real.update({"open": builtins.open, "os.open": os.open, "os.close": os.close, "os.replace": os.replace,
                   "os.rename": os.rename, "os.remove": os.remove})
-    builtins.open = io.open = _open
-    os.open, os.close = _os_open, _os_close
-    os.replace, os.rename, os.remove, os.unlink = _replace, _rename, _remove, _remove
-    os.symlink = _symlink
+    # Each a staticmethod, callable as the builtins are (Python 3.10+) and, like them, never bound as a method:
+    # Python 3.10's pathlib keeps `open = io.open`, `rename = os.rename`, ... as class attributes, where a plain
+    # function would take pathlib's accessor for the file.
+    builtins.open = io.open = staticmethod(_open)
+    os.open, os.close = staticmethod(_os_open), staticmethod(_os_close)
+    os.replace, os.rename = staticmethod(_replace), staticmethod(_rename)
+    os.remove = os.unlink = staticmethod(_remove)
+    os.symlink = staticmethod(_symlink)
 
 
 class _AfterHost:
