@@ -148,6 +148,29 @@ def test_workflow_opens_without_missing_nodes_or_widget_errors(page, name):
     assert page.errors == [], page.errors
 
 
+def test_every_file_fits_the_frontends_workflow_schema(page):
+    # Settings > Validate workflows: the frontend checks a workflow on load against its schema (a node's cnr_id and
+    # ver among it) and its links, and says what failed in an alert ("Invalid workflow against zod schema", "Workflow
+    # Links Fixed"). Every shipped workflow and blueprint loads with it on and raises none.
+    close_dialogs(page)
+    files = [os.path.join(REPO, "workflows", n + ".json") for n in WORKFLOWS] + sorted(
+        os.path.join(REPO, "subgraphs", n) for n in os.listdir(os.path.join(REPO, "subgraphs")))
+    setting = "async (on) => { await window.app.extensionManager.setting.set('Comfy.Validation.Workflows', on); }"
+    page.evaluate(setting, True)
+    said = {}
+    try:
+        for path in files:
+            with open(path, encoding="utf-8") as f:
+                page.evaluate("async (w) => { await window.app.loadGraphData(w); }", json.load(f))
+            page.wait_for_timeout(500)
+            said[os.path.basename(path)] = page.locator(".p-toast-message").filter(visible=True).all_inner_texts()
+            page.evaluate("() => document.querySelectorAll('.p-toast-close-button').forEach(b => b.click())")
+    finally:
+        page.evaluate(setting, False)
+    assert said == {os.path.basename(p): [] for p in files}, said
+    assert page.errors == [], page.errors
+
+
 def test_template_browser_shows_each_workflows_own_card(page):
     """The template browser asks the host for workflows/<name>.jpg (tests/data/make_thumbnails.py writes them);
     without them every card of the pack showed the same placeholder."""
