@@ -516,3 +516,27 @@ def test_blueprint_runs_from_the_run_button(page, name):
                           ".filter(v => v.startsWith('Sample Video:'))")
     assert len(shown) == 1 and "unipc 2 steps" in shown[0] and f"= {frames} video frames" in shown[0], shown
     assert page.errors == [], page.errors
+
+
+def test_a_workflow_opened_without_the_pack_names_the_pack_to_install(page):
+    # A user without this pack (or with a ComfyUI that lacks a core node) opens a shared workflow. The frontend's
+    # errors panel groups the missing nodes by the cnr_id each node carries, with no look-up in the registry (none is
+    # reachable here), and names the ComfyUI version a missing core node needs. Simulated by renaming one node of
+    # ours and one core node to types this ComfyUI lacks. Without cnr_id both were listed under "Unknown pack".
+    from test_host_workflows import pack_release
+    pack, _, oldest = pack_release()
+    close_dialogs(page)
+    with open(os.path.join(REPO, "workflows", "skyreels_t2v_fp8_sage.json"), encoding="utf-8") as f:
+        workflow = json.load(f)
+    for node in workflow["nodes"]:
+        node["type"] += "Missing" if node["type"] in ("CreateVideo", "SkyReelsSampleVideo") else ""
+    page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
+    page.get_by_text("View details").filter(visible=True).first.click()
+    page.wait_for_timeout(2000)
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "missing_pack_named.png"))
+    text = page.locator("body").inner_text()
+    assert "Missing Node Packs" in text and "Unknown pack" not in text, text[-3000:]
+    assert re.search(rf"^{re.escape(pack)}$", text, re.M), text[-3000:]
+    assert f"Core nodes from version {oldest}:CreateVideoMissing" in text.replace("\n", ""), text[-3000:]
+    assert page.errors == [], page.errors

@@ -7,6 +7,7 @@ is printed for the record (speed is measured, not asserted: see docs/benchmarks.
 The Comfy Registry's route: its package, as comfy-cli makes it, unpacked as the Manager does (the download needs the
 internet, none here); tests/test_registry.py runs the registry's publish check."""
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -122,3 +123,7 @@ def test_registry_package_installs_and_starts_clean(host, tmp_path):
     installed = start_with_manager(fresh, node_id)
     assert installed.get(node_id, {}).get("cnr_id") == node_id, installed
     assert installed[node_id].get("ver") == project["version"] and installed[node_id]["enabled"], installed
+    # The Manager's workflow-metadata.js copies these two into each node a user adds; the shipped workflows carry them
+    with open(os.path.join(src, "workflows", "skyreels_t2v_fp8_sage.json"), encoding="utf-8") as f:
+        ours = [n["properties"] for n in json.load(f)["nodes"] if n["type"].startswith("SkyReels")]
+    assert {(p["cnr_id"], p["ver"]) for p in ours} == {(installed[node_id]["cnr_id"], installed[node_id]["ver"])}

@@ -123,6 +123,38 @@ def test_blueprint_is_its_workflow_in_one_node(name):
     assert len(promoted) == len(node["widgets_values"]) >= 9, promoted
 
 
+def pack_release():
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        text = f.read()
+    [(name, version)] = re.findall(r'^\[project\]\nname = "([^"]+)"\nversion = "([^"]+)"', text, re.M)
+    [oldest] = re.findall(r'^requires-comfyui = ">=([\d.]+)"', text, re.M)
+    return name, version, oldest
+
+
+def test_every_node_names_the_pack_and_version_it_needs(server):
+    # What ComfyUI-Manager's workflow-metadata.js writes into each node a user adds (a node from custom_nodes gets its
+    # pack's registry id and version, one from nodes / comfy_extras / comfy_api_nodes "comfy-core" and a ComfyUI
+    # version), and what the frontend's missing-nodes dialog and the Manager's Install Missing Custom Nodes read: the
+    # pack is found by its id, not by a registry look-up of each node's name, and a ComfyUI lacking a core node is
+    # named as too old. Ours give the oldest ComfyUI the pack loads on, not the one that saved them.
+    pack, version, oldest = pack_release()
+    info = server.get("/object_info")
+    checked = set()
+    for name in NAMES + [b + ".json" for b in BLUEPRINTS]:
+        workflow = load(name) if name in NAMES else load_blueprint(name[:-len(".json")])
+        nodes = workflow["nodes"] + [n for s in (workflow.get("definitions") or {}).get("subgraphs", []) for n in s["nodes"]]
+        for node in nodes:
+            if node["type"] not in info:      # the frontend's own nodes (Markdown Note) and the blueprints' subgraph
+                assert "cnr_id" not in node["properties"], (name, node["type"])
+                continue
+            module = info[node["type"]]["python_module"]
+            expected = (pack, version) if module == f"custom_nodes.{PACK}" else ("comfy-core", oldest)
+            assert module.split(".")[0] in ("custom_nodes", "nodes", "comfy_extras", "comfy_api_nodes"), module
+            assert (node["properties"].get("cnr_id"), node["properties"].get("ver")) == expected, (name, node["type"])
+            checked.add(node["type"])
+    assert len(checked) == 15, checked
+
+
 def test_workflows_carry_real_model_defaults():
     t2v = {n["type"]: n["widgets_values"] for n in load(NAMES[0])["nodes"]}
     assert t2v["SkyReelsFP8ModelLoader"][0] == "SkyReels-V2-T2V-14B-540P/"
