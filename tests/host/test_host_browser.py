@@ -1,7 +1,8 @@
 """The pack in the real ComfyUI frontend, in Debian's Chromium (headless, driven by Playwright): the nodes in the
 node library under their names, every shipped workflow opened from the template browser without a missing-node
 or widget error, and the T2V workflow queued with the Run button until its video shows in the page; each subgraph
-blueprint (subgraphs/) added from the node search and run the same way.
+blueprint (subgraphs/) added from the node search and run the same way. Also: every file against the frontend's
+workflow schema, the missing-nodes panel of a user without the pack, and the workflows in Nodes 2.0.
 
 Substituted at the smallest boundary, as in test_host_workflows.py: in the opened T2V graph the two CLIP Text
 Encode nodes become TestWanConditioning (the host's CLIPLoader builds a full-size umt5-xxl whatever the file
@@ -532,11 +533,48 @@ def test_a_workflow_opened_without_the_pack_names_the_pack_to_install(page):
         node["type"] += "Missing" if node["type"] in ("CreateVideo", "SkyReelsSampleVideo") else ""
     page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
     page.get_by_text("View details").filter(visible=True).first.click()
-    page.wait_for_timeout(2000)
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    page.screenshot(path=os.path.join(ARTIFACTS, "missing_pack_named.png"))
-    text = page.locator("body").inner_text()
+    try:
+        page.wait_for_timeout(2000)
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        page.screenshot(path=os.path.join(ARTIFACTS, "missing_pack_named.png"))
+        text = page.locator("body").inner_text()
+    finally:        # the errors panel stays open over the next test's template browser otherwise
+        page.evaluate("async () => { await window.app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', "
+                      "false); }")
     assert "Missing Node Packs" in text and "Unknown pack" not in text, text[-3000:]
     assert re.search(rf"^{re.escape(pack)}$", text, re.M), text[-3000:]
     assert f"Core nodes from version {oldest}:CreateVideoMissing" in text.replace("\n", ""), text[-3000:]
+    assert page.errors == [], page.errors
+
+
+def test_nodes_2_0_shows_every_workflow_and_the_df_widgets_in_df_mode_only(page):
+    # Settings > Modern Node Design (Nodes 2.0): the frontend draws each node as HTML instead of on the canvas. Every
+    # shipped workflow opens with each of its nodes drawn, and Sample Video's mode, picked from its dropdown as a user
+    # does, shows the DF widgets in DF mode only and queues no DF value in standard mode.
+    close_dialogs(page)
+    setting = "async (on) => { await window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on); }"
+    page.evaluate(setting, True)
+    try:
+        for name in WORKFLOWS:
+            open_template(page, name)
+            ids = page.evaluate("() => window.app.graph.nodes.map(n => String(n.id))")
+            drawn = page.evaluate("() => [...document.querySelectorAll('[data-node-id]')].map(e => e.dataset.nodeId)")
+            assert sorted(drawn) == sorted(ids), (name, drawn, ids)
+        sample = page.evaluate("() => window.app.graph.nodes.find(n => n.type === 'SkyReelsSampleVideo').id")
+        node = page.locator(f'[data-node-id="{sample}"]')
+        seen = []
+        for mode in ("standard", "diffusion forcing"):
+            node.get_by_role("combobox", name="mode").click()
+            page.get_by_role("option", name=mode, exact=True).click()
+            page.wait_for_timeout(500)
+            labels = node.get_by_test_id("widget-layout-field-label").all_inner_texts()
+            queued = page.evaluate("async () => Object.values((await window.app.graphToPrompt()).output)"
+                                   ".find(n => n.class_type === 'SkyReelsSampleVideo').inputs")
+            seen.append((labels[labels.index("mode"):], sorted(k for k in queued if k.split(".")[0] == "mode")))
+    finally:
+        page.evaluate(setting, False)
+    df = ["base_num_frames", "overlap_history", "ar_step", "causal_block_size", "addnoise_condition",
+          "causal_attention"]
+    assert seen == [(["mode", "noise"], ["mode"]),
+                    (["mode", *df, "noise"], ["mode", *sorted("mode." + d for d in df)])], seen
     assert page.errors == [], page.errors
