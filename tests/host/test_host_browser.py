@@ -152,22 +152,32 @@ def test_workflow_opens_without_missing_nodes_or_widget_errors(page, name):
 def test_every_file_fits_the_frontends_workflow_schema(page):
     # Settings > Validate workflows: the frontend checks a workflow on load against its schema (a node's cnr_id and
     # ver among it) and its links, and says what failed in an alert ("Invalid workflow against zod schema", "Workflow
-    # Links Fixed"). Every shipped workflow and blueprint loads with it on and raises none.
+    # Links Fixed"). Every shipped workflow and blueprint loads with it on and raises none; the first file is a copy
+    # of one with a slot_index the schema refuses (null, as this repository's start/end workflow once held), to show
+    # that the check ran.
     close_dialogs(page)
     files = [os.path.join(REPO, "workflows", n + ".json") for n in WORKFLOWS] + sorted(
         os.path.join(REPO, "subgraphs", n) for n in os.listdir(os.path.join(REPO, "subgraphs")))
+    with open(files[0], encoding="utf-8") as f:
+        refused = json.load(f)
+    refused["nodes"][0]["outputs"][0]["slot_index"] = None
     setting = "async (on) => { await window.app.extensionManager.setting.set('Comfy.Validation.Workflows', on); }"
     page.evaluate(setting, True)
     said = {}
     try:
-        for path in files:
-            with open(path, encoding="utf-8") as f:
-                page.evaluate("async (w) => { await window.app.loadGraphData(w); }", json.load(f))
+        for path in ["refused"] + files:
+            if path == "refused":
+                workflow = refused
+            else:
+                with open(path, encoding="utf-8") as f:
+                    workflow = json.load(f)
+            page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)   # it alerts before it ends
             page.wait_for_timeout(500)
             said[os.path.basename(path)] = page.locator(".p-toast-message").filter(visible=True).all_inner_texts()
             page.evaluate("() => document.querySelectorAll('.p-toast-close-button').forEach(b => b.click())")
     finally:
         page.evaluate(setting, False)
+    assert [t for t in said.pop("refused") if "Invalid workflow against zod schema" in t and "slot_index" in t], said
     assert said == {os.path.basename(p): [] for p in files}, said
     assert page.errors == [], page.errors
 
@@ -534,7 +544,8 @@ def test_a_workflow_opened_without_the_pack_names_the_pack_to_install(page):
     page.evaluate("async (w) => { await window.app.loadGraphData(w); }", workflow)
     page.get_by_text("View details").filter(visible=True).first.click()
     try:
-        page.wait_for_timeout(2000)
+        page.get_by_text("Missing Node Packs").filter(visible=True).first.wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)     # the packs are listed once the workflow's packs are read
         os.makedirs(ARTIFACTS, exist_ok=True)
         page.screenshot(path=os.path.join(ARTIFACTS, "missing_pack_named.png"))
         text = page.locator("body").inner_text()
@@ -542,7 +553,10 @@ def test_a_workflow_opened_without_the_pack_names_the_pack_to_install(page):
         page.evaluate("async () => { await window.app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', "
                       "false); }")
     assert "Missing Node Packs" in text and "Unknown pack" not in text, text[-3000:]
-    assert re.search(rf"^{re.escape(pack)}$", text, re.M), text[-3000:]
+    # the registry id, or the registry's name for it where api.comfy.org answers (pyproject's DisplayName)
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        shown_name = re.search(r'^DisplayName = "([^"]+)"', f.read(), re.M).group(1)
+    assert re.search(rf"^({re.escape(pack)}|{re.escape(shown_name)})$", text, re.M), text[-3000:]
     assert f"Core nodes from version {oldest}:CreateVideoMissing" in text.replace("\n", ""), text[-3000:]
     assert page.errors == [], page.errors
 
@@ -566,7 +580,10 @@ def test_nodes_2_0_shows_every_workflow_and_the_df_widgets_in_df_mode_only(page)
         for mode in ("standard", "diffusion forcing"):
             node.get_by_role("combobox", name="mode").click()
             page.get_by_role("option", name=mode, exact=True).click()
-            page.wait_for_timeout(500)
+            shows = "ar_step" if mode == "diffusion forcing" else None
+            page.wait_for_function("([id, shows]) => [...document.querySelectorAll(`[data-node-id='${id}'] "
+                                   "[data-testid='widget-layout-field-label']`)].some(e => e.innerText === 'ar_step')"
+                                   " === (shows !== null)", arg=[sample, shows], timeout=10_000)
             labels = node.get_by_test_id("widget-layout-field-label").all_inner_texts()
             queued = page.evaluate("async () => Object.values((await window.app.graphToPrompt()).output)"
                                    ".find(n => n.class_type === 'SkyReelsSampleVideo').inputs")
@@ -577,4 +594,78 @@ def test_nodes_2_0_shows_every_workflow_and_the_df_widgets_in_df_mode_only(page)
           "causal_attention"]
     assert seen == [(["mode", "noise"], ["mode"]),
                     (["mode", *df, "noise"], ["mode", *sorted("mode." + d for d in df)])], seen
+    assert page.errors == [], page.errors
+
+
+# App Mode (the App / Graph switch; the Comfy.ToggleLinear command): each workflow's extra.linearData names the
+# widgets the app shows, as ComfyUI's own templates do; the labels are the slots' labels where a name is ambiguous.
+APP_INPUTS = {
+    "skyreels_t2v_fp8_sage": ["prompt", "negative prompt", "width", "height", "frames", "seed", "steps", "model_name"],
+    "skyreels_i2v_fp8_sage": ["start image", "prompt", "negative prompt", "width", "height", "frames", "seed", "steps",
+                              "model_name"],
+    "skyreels_df_long_video": ["prompt", "negative prompt", "width", "height", "frames", "seed", "steps",
+                               "model_name"],
+    "skyreels_convert_to_fp8": ["model_name", "output_name", "fp8_type"],
+    "skyreels_df_start_end_frames": ["start image", "end image", "prompt", "prompt of window 2", "negative prompt",
+                                     "width", "height", "frames", "seed", "steps", "model_name"],
+}
+APP_MODE = "async () => { await window.app.extensionManager.command.execute('Comfy.ToggleLinear'); }"
+# The .mp4 files of the finished prompts in the host's history
+HISTORY = """async () => Object.values(await (await fetch('/api/history')).json()).flatMap(h =>
+  Object.values(h.outputs || {}).flatMap(o => (o.images || o.video || []).map(i => i.filename)))
+  .filter(f => String(f).endsWith('.mp4'))"""
+
+
+def app_inputs(page):
+    page.evaluate(APP_MODE)
+    page.wait_for_selector('[data-testid="app-mode-widget-item"]', timeout=30_000)
+    close_dialogs(page)         # the frontend's welcome to App Mode, on the first visit
+    return page.locator('[data-testid="app-mode-widget-item"] [data-testid="builder-widget-label"]').all_inner_texts()
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_app_mode_shows_each_workflows_inputs(page, name):
+    open_template(page, name)
+    try:
+        shown = app_inputs(page)
+    finally:
+        page.evaluate(APP_MODE)
+    assert shown == APP_INPUTS[name], shown
+    assert page.errors == [], page.errors
+
+
+def test_t2v_workflow_runs_in_app_mode(page):
+    # Made small and given the test encoders in the graph, as in test_t2v_workflow_runs_from_the_run_button; then, in
+    # App Mode, the seed typed into its field as a user does, the app's Run button, and the video in its outputs.
+    open_template(page, "skyreels_t2v_fp8_sage")
+    page.evaluate(SUBSTITUTE)
+    try:
+        shown = app_inputs(page)
+        field = page.locator('[data-testid="app-mode-widget-item"][data-widget-key$=":7:seed"] input').first
+        field.fill("7")
+        field.press("Tab")
+        queued = page.evaluate("async () => Object.values((await window.app.graphToPrompt()).output)"
+                               ".find(n => n.class_type === 'SkyReelsSampleVideo').inputs")
+        before = page.evaluate(HISTORY)
+        page.get_by_role("button", name="Run", exact=True).filter(visible=True).first.click()
+        for _ in range(300):
+            made = [f for f in page.evaluate(HISTORY) if f not in before]
+            if made:
+                break
+            page.wait_for_timeout(1000)
+        assert len(made) == 1, made
+        # the app's output area shows the new video's size and file ("32 x 32 | <file>" under it); earlier tests
+        # made other files of the same prefix
+        info = page.get_by_text(made[0]).filter(visible=True)
+        info.first.wait_for(timeout=60_000)
+        caption = info.first.inner_text()
+        page.wait_for_timeout(1000)
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        page.screenshot(path=os.path.join(ARTIFACTS, "t2v_app_mode_finished.png"))
+    finally:
+        page.evaluate(APP_MODE)
+    # The prompts' nodes were replaced by the test encoders, so the app no longer lists them.
+    assert shown == APP_INPUTS["skyreels_t2v_fp8_sage"][2:], shown
+    assert (queued["seed"], queued["frames"], queued["steps"]) == (7, 9, 2), queued
+    assert re.match(r"32 [x×] 32 \| ", caption), caption
     assert page.errors == [], page.errors
