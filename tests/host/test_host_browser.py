@@ -2,7 +2,7 @@
 node library under their names, every shipped workflow opened from the template browser without a missing-node
 or widget error, and the T2V workflow queued with the Run button until its video shows in the page; each subgraph
 blueprint (subgraphs/) added from the node search and run the same way. Also: every file against the frontend's
-workflow schema, the missing-nodes panel of a user without the pack, and the workflows in Nodes 2.0.
+workflow schema, the missing-nodes panel of a user without the pack, the workflows in Nodes 2.0 and in App Mode.
 
 Substituted at the smallest boundary, as in test_host_workflows.py: in the opened T2V graph the two CLIP Text
 Encode nodes become TestWanConditioning (the host's CLIPLoader builds a full-size umt5-xxl whatever the file

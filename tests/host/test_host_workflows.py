@@ -142,7 +142,8 @@ def test_every_node_names_the_pack_and_version_it_needs(server):
     checked = set()
     for name in NAMES + [b + ".json" for b in BLUEPRINTS]:
         workflow = load(name) if name in NAMES else load_blueprint(name[:-len(".json")])
-        nodes = workflow["nodes"] + [n for s in (workflow.get("definitions") or {}).get("subgraphs", []) for n in s["nodes"]]
+        subgraphs = (workflow.get("definitions") or {}).get("subgraphs", [])
+        nodes = workflow["nodes"] + [n for s in subgraphs for n in s["nodes"]]
         for node in nodes:
             if node["type"] not in info:      # the frontend's own nodes (Markdown Note) and the blueprints' subgraph
                 assert "cnr_id" not in node["properties"], (name, node["type"])
