@@ -88,6 +88,11 @@ def close_dialogs(page):
     page.screenshot(path=os.path.join(ARTIFACTS, "dialog_left_open.png"))
 
 
+def set_setting(page, key, value):
+    """A frontend setting, as its Settings dialog sets it."""
+    page.evaluate("async ([k, v]) => { await window.app.extensionManager.setting.set(k, v); }", [key, value])
+
+
 def open_template(page, name):
     """Templates in the sidebar -> this pack's entry under Extensions -> the workflow's card, as a user does."""
     close_dialogs(page)
@@ -161,8 +166,7 @@ def test_every_file_fits_the_frontends_workflow_schema(page):
     with open(files[0], encoding="utf-8") as f:
         refused = json.load(f)
     refused["nodes"][0]["outputs"][0]["slot_index"] = None
-    setting = "async (on) => { await window.app.extensionManager.setting.set('Comfy.Validation.Workflows', on); }"
-    page.evaluate(setting, True)
+    set_setting(page, "Comfy.Validation.Workflows", True)
     said = {}
     try:
         for path in ["refused"] + files:
@@ -176,7 +180,7 @@ def test_every_file_fits_the_frontends_workflow_schema(page):
             said[os.path.basename(path)] = page.locator(".p-toast-message").filter(visible=True).all_inner_texts()
             page.evaluate("() => document.querySelectorAll('.p-toast-close-button').forEach(b => b.click())")
     finally:
-        page.evaluate(setting, False)
+        set_setting(page, "Comfy.Validation.Workflows", False)
     assert [t for t in said.pop("refused") if "Invalid workflow against zod schema" in t and "slot_index" in t], said
     assert said == {os.path.basename(p): [] for p in files}, said
     assert page.errors == [], page.errors
@@ -535,7 +539,7 @@ def test_a_workflow_opened_without_the_pack_names_the_pack_to_install(page):
     # reachable here), and names the ComfyUI version a missing core node needs. Simulated by renaming one node of
     # ours and one core node to types this ComfyUI lacks. Without cnr_id both were listed under "Unknown pack".
     from test_host_workflows import pack_release
-    pack, _, oldest = pack_release()
+    pack, _, oldest, shown_name = pack_release()
     close_dialogs(page)
     with open(os.path.join(REPO, "workflows", "skyreels_t2v_fp8_sage.json"), encoding="utf-8") as f:
         workflow = json.load(f)
@@ -550,12 +554,9 @@ def test_a_workflow_opened_without_the_pack_names_the_pack_to_install(page):
         page.screenshot(path=os.path.join(ARTIFACTS, "missing_pack_named.png"))
         text = page.locator("body").inner_text()
     finally:        # the errors panel stays open over the next test's template browser otherwise
-        page.evaluate("async () => { await window.app.extensionManager.setting.set('Comfy.RightSidePanel.IsOpen', "
-                      "false); }")
+        set_setting(page, "Comfy.RightSidePanel.IsOpen", False)
     assert "Missing Node Packs" in text and "Unknown pack" not in text, text[-3000:]
     # the registry id, or the registry's name for it where api.comfy.org answers (pyproject's DisplayName)
-    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
-        shown_name = re.search(r'^DisplayName = "([^"]+)"', f.read(), re.M).group(1)
     assert re.search(rf"^({re.escape(pack)}|{re.escape(shown_name)})$", text, re.M), text[-3000:]
     assert f"Core nodes from version {oldest}:CreateVideoMissing" in text.replace("\n", ""), text[-3000:]
     assert page.errors == [], page.errors
@@ -566,8 +567,7 @@ def test_nodes_2_0_shows_every_workflow_and_the_df_widgets_in_df_mode_only(page)
     # shipped workflow opens with each of its nodes drawn, and Sample Video's mode, picked from its dropdown as a user
     # does, shows the DF widgets in DF mode only and queues no DF value in standard mode.
     close_dialogs(page)
-    setting = "async (on) => { await window.app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on); }"
-    page.evaluate(setting, True)
+    set_setting(page, "Comfy.VueNodes.Enabled", True)
     try:
         for name in WORKFLOWS:
             open_template(page, name)
@@ -589,7 +589,7 @@ def test_nodes_2_0_shows_every_workflow_and_the_df_widgets_in_df_mode_only(page)
                                    ".find(n => n.class_type === 'SkyReelsSampleVideo').inputs")
             seen.append((labels[labels.index("mode"):], sorted(k for k in queued if k.split(".")[0] == "mode")))
     finally:
-        page.evaluate(setting, False)
+        set_setting(page, "Comfy.VueNodes.Enabled", False)
     df = ["base_num_frames", "overlap_history", "ar_step", "causal_block_size", "addnoise_condition",
           "causal_attention"]
     assert seen == [(["mode", "noise"], ["mode"]),

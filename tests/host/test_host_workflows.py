@@ -128,7 +128,8 @@ def pack_release():
         text = f.read()
     [(name, version)] = re.findall(r'^\[project\]\nname = "([^"]+)"\nversion = "([^"]+)"', text, re.M)
     [oldest] = re.findall(r'^requires-comfyui = ">=([\d.]+)"', text, re.M)
-    return name, version, oldest
+    [display] = re.findall(r'^DisplayName = "([^"]+)"', text, re.M)
+    return name, version, oldest, display
 
 
 def test_every_node_names_the_pack_and_version_it_needs(server):
@@ -137,7 +138,7 @@ def test_every_node_names_the_pack_and_version_it_needs(server):
     # version), and what the frontend's missing-nodes dialog and the Manager's Install Missing Custom Nodes read: the
     # pack is found by its id, not by a registry look-up of each node's name, and a ComfyUI lacking a core node is
     # named as too old. Ours give the oldest ComfyUI the pack loads on, not the one that saved them.
-    pack, version, oldest = pack_release()
+    pack, version, oldest, _ = pack_release()
     info = server.get("/object_info")
     checked = set()
     for name in NAMES + [b + ".json" for b in BLUEPRINTS]:
