@@ -23,4 +23,12 @@ def comfy_quant(fmt):
 
 
 def format_of(conf):
-    return json.loads(bytes(conf.tolist())).get("format")
+    """The format a comfy_quant tensor names. ValueError if it is not what the convention writes: a tool that cast
+    every tensor of a file to bf16 (a merge script's `.to(dtype)`) turns the bytes into numbers."""
+    if conf.dtype != torch.uint8 or conf.dim() != 1:
+        raise ValueError(f"a comfy_quant tensor is {str(conf.dtype).replace('torch.', '')} {list(conf.shape)}, where "
+                         "ComfyUI's format writes JSON text as one row of uint8 bytes")
+    conf = json.loads(bytes(conf.tolist()))
+    if not isinstance(conf, dict) or not isinstance(conf.get("format"), str):
+        raise ValueError(f"a comfy_quant tensor holds {json.dumps(conf)[:60]}, not a format name")
+    return conf["format"]

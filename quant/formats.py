@@ -42,16 +42,19 @@ class LoadSummary:
 def _layer_formats(ckpt):
     """{layer: (fp8, granularity)} declared by the file (comfy_quant tensors or _quantization_metadata)."""
     try:
-        meta = json.loads(ckpt.metadata.get("_quantization_metadata") or "{}")
-        declared = {k: v.get("format") for k, v in meta.get("layers", {}).items()}
+        layers = json.loads(ckpt.metadata.get("_quantization_metadata") or "{}")
+        layers = layers.get("layers", {}) if isinstance(layers, dict) else None
+        if not isinstance(layers, dict) or not all(isinstance(v, dict) for v in layers.values()):
+            raise ValueError("_quantization_metadata holds no JSON object of layers")
+        declared = {k: v.get("format") for k, v in layers.items()}
         for name in ckpt.names:
             if name.endswith(".comfy_quant"):
                 declared[name[: -len(".comfy_quant")]] = format_of(ckpt.load(name))
-    except (ValueError, AttributeError) as e:
+    except ValueError as e:
         raise CheckpointError(f"{ckpt.path}: its FP8 layer formats (_quantization_metadata, comfy_quant) are not "
                               f"readable ({e}); the file is damaged: download or convert it again") from None
     for layer, fmt in declared.items():
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise CheckpointError(f"{ckpt.path}: layer {layer} uses quantization format {fmt!r}, which this pack "
                                   "cannot read; use an fp8 file or the bf16 original")
     return {layer: FORMATS[fmt] for layer, fmt in declared.items()}
@@ -80,6 +83,9 @@ def _fp8_weight(ckpt, name, declared):
     if ckpt.spec(name)[1] not in FP8_DTYPES.values():
         return None
     q = ckpt.load(name)
+    if not q.dim():    # no weight of a model is a single number
+        raise CheckpointError(f"{ckpt.path}: {name} is one FP8 number, not a weight; the file is damaged: download or "
+                              "convert it again")
     key = next((k for k in (f"{layer}.weight_scale", f"{layer}.scale_weight") if k in ckpt.names), None)
     if key is None:
         others = [n for n in ckpt.names if n.startswith(layer + ".") and "scale" in n]
@@ -91,8 +97,9 @@ def _fp8_weight(ckpt, name, declared):
     scale = ckpt.load(key).float().flatten()
     granularity = declared[layer][1] if layer in declared else "tensor" if scale.numel() == 1 else "channel"
     if scale.numel() != {"tensor": 1, "channel": q.shape[0]}[granularity] or (scale <= 0).any():
-        raise CheckpointError(f"{ckpt.path}: {key} ({scale.numel()} values, smallest {scale.min():g}) is no scale "
-                              f"of {name} {list(q.shape)}; the file is damaged: download or convert it again")
+        smallest = f", smallest {scale.min():g}" if scale.numel() else ""
+        raise CheckpointError(f"{ckpt.path}: {key} ({scale.numel()} values{smallest}) is no scale of {name} "
+                              f"{list(q.shape)}; the file is damaged: download or convert it again")
     return q, scale.reshape((-1, 1) if granularity == "channel" else ()), granularity
 
 

@@ -99,8 +99,12 @@ def detect(shapes):
     if missing:
         raise NotWanModel("not a SkyReels-V2/Wan diffusion model (no " + ", ".join(missing[:3]) + "); this pack runs "
                           "SkyReels-V2 and Wan 2.1 models, ComfyUI's own loaders run other models")
-    if not shapes["head.modulation"]:
-        raise NotWanModel("not a SkyReels-V2/Wan diffusion model (its head.modulation is a single number)")
+    # The shapes read below have these ranks in every Wan model (the full shapes are checked once the size is known)
+    ranks = {"head.modulation": 3, "patch_embedding.weight": 5, "head.head.weight": 2, "blocks.0.ffn.0.weight": 2}
+    wrong = next((k for k, n in ranks.items() if len(shapes[k]) != n), None)
+    if wrong:
+        raise NotWanModel(f"not a SkyReels-V2/Wan diffusion model, or a damaged one (its {wrong} has shape "
+                          f"{list(shapes[wrong])}, where a Wan 2.1 DiT's has {ranks[wrong]} dimensions)")
     dim = shapes["head.modulation"][-1]
     if dim % 128:
         raise NotWanModel(f"not a SkyReels-V2/Wan diffusion model (hidden size {dim} is not a multiple of 128)")

@@ -513,11 +513,33 @@ def _set(key, value):
     (_set(f"{LAYER}.weight_scale", lambda sd: -sd[f"{LAYER}.weight_scale"]), "is no scale of"),
     (_set(f"{LAYER}.comfy_quant", torch.tensor(list(b"garbage"), dtype=torch.uint8)),
      "its FP8 layer formats (_quantization_metadata, comfy_quant) are not readable (Expecting value"),
+    # Found by tests/test_damaged_files.py (each raised a TypeError or RuntimeError that named no file):
+    # the tags cast by a script that casts every tensor, a format that is no name, a scale with no values, a scalar
+    # FP8 tensor the model does not use (the model's own are checked for shape first)
+    (_set(f"{LAYER}.comfy_quant", lambda sd: sd[f"{LAYER}.comfy_quant"].to(torch.bfloat16)),
+     "not readable (a comfy_quant tensor is bfloat16 ["),
+    (_set(f"{LAYER}.comfy_quant", torch.tensor(list(b'{"format": ["x"]}'), dtype=torch.uint8)),
+     'not readable (a comfy_quant tensor holds {"format": ["x"]}, not a format name)'),
+    (_set(f"{LAYER}.comfy_quant", lambda sd: sd[f"{LAYER}.comfy_quant"].reshape(1, -1)),
+     "not readable (a comfy_quant tensor is uint8 [1, "),
+    (_set(f"{LAYER}.weight_scale", torch.ones(0)), f"{LAYER}.weight_scale (0 values) is no scale of {LAYER}.weight"),
+    (_set("extra.weight", lambda sd: sd[f"{LAYER}.weight"][0, 0].clone()),
+     "extra.weight is one FP8 number, not a weight; the file is damaged"),
 ])
 def test_fp8_scales_that_cannot_be_right_are_named(tmp_path, granularity, edit, why):
     path = fp8_file(tmp_path, granularity, edit)
     with pytest.raises(CheckpointError, match=re.escape(f"{path}: ") + ".*" + re.escape(why)):
         load(path)
+
+
+@pytest.mark.parametrize("meta", ['{"layers": []}', '[]', '{"layers": {"blocks.0.ffn.0": "float8_e4m3fn"}}'])
+def test_a_quantization_metadata_of_another_shape_is_named(tmp_path, meta):
+    # It raised AttributeError ('list' object has no attribute 'get'), which the message then quoted (fuzzing)
+    sd = safetensors.torch.load_file(fp8_file(tmp_path, "tensor"))
+    safetensors.torch.save_file(sd, str(tmp_path / "m.safetensors"), {"_quantization_metadata": meta})
+    with pytest.raises(CheckpointError, match=re.escape("are not readable (_quantization_metadata holds no JSON object "
+                                                        "of layers); the file is damaged")):
+        load(str(tmp_path / "m.safetensors"))
 
 
 def test_per_channel_scales_without_format_tags_are_read_per_channel(tmp_path):
@@ -615,10 +637,14 @@ def test_packed_weights_of_other_formats_are_left_to_the_loader(tmp_path):
         assert ckpt.require_keys(ckpt.model_info()) == ["blocks.0.ffn.0.comfy_quant"]
 
 
-def test_a_scalar_head_modulation_is_named():
+@pytest.mark.parametrize("key, shape, rank", [("head.modulation", (), 3), ("patch_embedding.weight", (256, 16), 5),
+                                              ("head.head.weight", (), 2), ("blocks.0.ffn.0.weight", (512,), 2)])
+def test_a_shape_detect_reads_of_another_rank_is_named(key, shape, rank):
+    # detect reads the hidden size, channels and ffn size from these: another rank raised an IndexError (fuzzing)
     shapes = tiny.info("T2V").expected_shapes()
-    shapes["head.modulation"] = ()
-    with pytest.raises(ValueError, match=re.escape("its head.modulation is a single number")):
+    shapes[key] = shape
+    with pytest.raises(ValueError, match=re.escape(f"its {key} has shape {list(shape)}, where a Wan 2.1 DiT's has "
+                                                   f"{rank} dimensions")):
         detect(shapes)
 
 
