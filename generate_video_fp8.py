@@ -359,14 +359,19 @@ def read_source(args):
     one, and can continue a video of at least overlap_history frames."""
     if args.video_path:
         return read_video(args.video_path, args.overlap_history or DF_DEFAULTS["overlap_history"])
-    if args.image:
-        from PIL import Image, ImageOps
-        try:
-            with Image.open(args.image) as picture:      # turned by its EXIF orientation, as LoadImage does
-                return (*ImageOps.exif_transpose(picture).size, 1)
-        except OSError as e:     # PIL's UnidentifiedImageError is one
-            raise BadInput(f"--image: {args.image} is not an image ({e})") from None
-    return None
+    return (*open_image(args.image, "image").size, 1) if args.image else None
+
+
+def open_image(path, flag):
+    """The picture, RGB and upright by its EXIF orientation (as ComfyUI's Load Image and SkyReels-V2 turn it)."""
+    from PIL import Image, ImageOps
+    try:
+        with Image.open(path) as picture:
+            return ImageOps.exif_transpose(picture).convert("RGB")
+    except Image.DecompressionBombError as e:    # PIL's guard, also for a damaged header that claims such a size
+        raise BadInput(f"--{flag}: {path} is too large to read ({e}); give a smaller image") from None
+    except OSError as e:     # PIL's UnidentifiedImageError is one; a truncated file fails when its pixels are read
+        raise BadInput(f"--{flag}: {path} is not an image ({e})") from None
 
 
 def read_video(path, overlap):
@@ -386,6 +391,10 @@ def read_video(path, overlap):
                 frames += 1
     except (av.FFmpegError, IndexError) as e:
         raise BadInput(f"--video_path: {path} is not a video ComfyUI can read ({e})") from None
+    except UnicodeDecodeError as e:     # tags written in another encoding: ComfyUI's Load Video fails on them too
+        raise BadInput(f"--video_path: {path}: its metadata is not UTF-8 text ({e.object[:40]!r}), which ComfyUI "
+                       "cannot read either; copy the video without it: ffmpeg -i IN -map_metadata -1 -c copy OUT"
+                       ) from None
     if not overlap <= frames <= overlap + 4096:     # core Image From Batch takes up to 4096 frames
         todo = f"takes up to {overlap + 4096}: trim it" if frames > overlap else (
             "needs that many: give a longer video, or a smaller --overlap_history")
@@ -591,13 +600,9 @@ def write_image(src, dst, size=None, flag="image"):
     Image decodes a JPEG through ffmpeg, a few levels away from PIL. With `size` (I2V) as SkyReels-V2 hands it to
     its model: cropped to the video's aspect (its resizecrop), then PIL's Lanczos resize (its VideoProcessor), so
     core WanImageToVideo takes it as it is where it would resize it bilinearly."""
-    from PIL import Image, ImageOps
+    from PIL import Image
     from sampling.schedule import aspect_crop
-    try:
-        with Image.open(src) as picture:
-            picture = ImageOps.exif_transpose(picture).convert("RGB")
-    except OSError as e:     # truncated files fail here, when the pixels are read
-        raise BadInput(f"--{flag}: {src} is not an image ({e})") from None
+    picture = open_image(src, flag)
     (pw, ph), (w, h) = picture.size, size or picture.size
     if (pw, ph) != (w, h):
         picture = picture.crop(aspect_crop(pw, ph, w, h)).resize((w, h), Image.LANCZOS)

@@ -4,9 +4,11 @@ import os
 import re
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import av
 import pytest
@@ -440,10 +442,12 @@ def frames_of(path):
         return torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]).float()
 
 
-def write_clip(path, frames, width, height, rotation=0):
+def write_clip(path, frames, width, height, rotation=0, title=None):
     """An h264 clip whose frames differ from each other (a ramp moving 37 levels a frame), with the rotation a phone
     records."""
     with av.open(str(path), "w") as c:
+        if title:
+            c.metadata["title"] = title
         stream = c.add_stream("libx264", rate=24)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if rotation:
@@ -488,8 +492,22 @@ def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, 
     (tmp_path / "broken.mp4").write_text("not a video")
     (tmp_path / "clip.gif").write_bytes(b"GIF89a")
     (tmp_path / "cut.png").write_bytes((tmp_path / "a.png").read_bytes()[:60])    # its header, then nothing
+    # Found by fuzzing (each was a traceback): a header claiming 20000 x 20000 pixels, which PIL refuses as a
+    # decompression bomb, and a title in Latin-1, not UTF-8, which PyAV (and so ComfyUI's Load Video) cannot decode
+    png = bytearray((tmp_path / "a.png").read_bytes())
+    png[16:24] = struct.pack(">II", 20000, 20000)
+    png[29:33] = struct.pack(">I", zlib.crc32(png[12:29]))       # IHDR's CRC, which PIL checks
+    (tmp_path / "huge.png").write_bytes(png)
+    write_clip(tmp_path / "latin1.mp4", 20, 32, 32, title="Café 2019")
+    clip = (tmp_path / "latin1.mp4").read_bytes()
+    (tmp_path / "latin1.mp4").write_bytes(clip.replace("Café ".encode(), "Café".encode("latin-1") + b"  "))
     for argv, message in (
             (["--image", "cut.png"], "--image: cut.png is not an image"),
+            (["--image", "huge.png"], "--image: huge.png is too large to read (Image size (400000000 pixels) exceeds "
+                                      "limit of"),
+            (["--video_path", "latin1.mp4"], "--video_path: latin1.mp4: its metadata is not UTF-8 text (b'Caf\\xe9  "
+                                             "2019'), which ComfyUI cannot read either; copy the video without it: "
+                                             "ffmpeg -i IN -map_metadata -1 -c copy OUT"),
             (["--teacache", "--teacache_thresh", "2"], "--teacache_thresh: 2.0 is outside 0 to 1"),
             (["--video_path", "clip.gif"], "--video_path: clip.gif: ComfyUI's Load Video takes video files"),
             (["--prompt_enhancer"], "--prompt_enhancer: SkyReels-V2's prompt enhancer (Qwen2.5-32B-Instruct) does "
