@@ -402,8 +402,8 @@ class Job:
         for i, (prefix, repeated, length) in enumerate(wins):
             if length % cbs:
                 fits = [str(video_frames(n)) for n in forcing.whole_blocks(total, base, overlap, cbs) if n]
-                fail(f"causal_block_size: {video_frames(total)} frames make window {i + 1} of {len(wins)} {length} "
-                     f"latent frames, not whole blocks of {cbs}; " + (
+                fail(f"causal_block_size: {video_frames(total)} frames make window {i + 1} of {len(wins)} hold "
+                     f"{length} latent frames, not whole blocks of {cbs}; " + (
                          f"make the video {' or '.join(fits)} frames (with base_num_frames {o['base_num_frames']}, "
                          f"overlap_history {o['overlap_history']}), or " if fits else "") + "set causal_block_size 1")
             end = self.end is not None and i + 1 == len(wins)

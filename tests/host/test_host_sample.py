@@ -145,12 +145,12 @@ def test_a_prompt_per_window_through_the_hosts_dynamic_inputs(server):
      "base_num_frames 97 or 117, or causal_block_size 1"),
     # one window (the video is base_num_frames long): only shorter videos fit, the windows of longer ones cannot
     (dict(mode="diffusion forcing", frames=97, base_num_frames=97, overlap_history=17, causal_block_size=4),
-     "Sample Video: causal_block_size: 97 frames make window 1 of 1 25 latent frames, not whole blocks of 4; make "
-     "the video 93 frames (with base_num_frames 97, overlap_history 17), or set causal_block_size 1"),
+     "Sample Video: causal_block_size: 97 frames make window 1 of 1 hold 25 latent frames, not whole blocks of 4; "
+     "make the video 93 frames (with base_num_frames 97, overlap_history 17), or set causal_block_size 1"),
     # SkyReels-V2's 10 s length made asynchronously with a 5 s one's: the frames that fit are named (its README's 237)
     (dict(mode="diffusion forcing", frames=241, base_num_frames=97, overlap_history=17, ar_step=5, causal_block_size=5),
-     "Sample Video: causal_block_size: 241 frames make window 3 of 3 21 latent frames, not whole blocks of 5; make "
-     "the video 237 or 257 frames (with base_num_frames 97, overlap_history 17), or set causal_block_size 1"),
+     "Sample Video: causal_block_size: 241 frames make window 3 of 3 hold 21 latent frames, not whole blocks of 5; "
+     "make the video 237 or 257 frames (with base_num_frames 97, overlap_history 17), or set causal_block_size 1"),
     (dict(mode="diffusion forcing", frames=57, base_num_frames=21, overlap_history=9, causal_block_size=4),
      "Sample Video: overlap_history: 9 frames are 3 latent frame(s), fewer than causal_block_size 4; use at least 13"),
     (dict(mode="diffusion forcing", frames=57, base_num_frames=21, overlap_history=21),
