@@ -75,6 +75,10 @@ class LoadFP8SkyReelsModel(io.ComfyNode):
 def load(path, weight_format, compute, keep_first_blocks=0, keep_last_blocks=0, disable_dynamic=False):
     """(MODEL, report). Also the MODEL's cached_patcher_init: ComfyUI calls it again with disable_dynamic for a copy
     outside Dynamic VRAM (TorchCompileModel, hooked conditioning, its multi-GPU clones)."""
+    if comfy.model_management.force_channels_last():     # the host lays out 4-D weights only, and stops at a 5-D one
+        raise ValueError("Load FP8 SkyReels Model: ComfyUI runs with --force-channels-last, which no Wan model can "
+                         "take (its patch embedding is a 3-D convolution; core's Load Diffusion Model stops too: "
+                         "'required rank 4 tensor to use channels_last format'); start ComfyUI without it")
     with Checkpoint(path) as ckpt:
         info = ckpt.model_info()
         ckpt.require_keys(info)

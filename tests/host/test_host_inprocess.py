@@ -464,6 +464,27 @@ def test_comfyui_weight_dtype_option_leaves_the_kept_tensors_alone(host, tmp_pat
     assert r["fp16"][0] == "Linear weights: 26 float16" and "float16" in r["fp16"][1], r["fp16"]
 
 
+def test_force_channels_last_is_named_before_the_file_is_read(host, tmp_path):
+    # ComfyUI's --force-channels-last lays out every 4-D weight; a Wan model's patch embedding is 5-D, where the
+    # host stopped with "required rank 4 tensor to use channels_last format" (its own loader does too: checked here)
+    write_models(tmp_path)
+    r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + r"""
+comfy.cli_args.args.force_channels_last = True
+result = []
+for build in (lambda: load("t2v_bf16.safetensors"), lambda: comfy.sd.load_diffusion_model(
+        os.path.join({folder!r}, "t2v_bf16.safetensors"))):
+    try:
+        build()
+        result.append("loaded")
+    except Exception as e:
+        result.append(str(e))
+""".format(folder=str(tmp_path)))
+    assert r[0] == ("Load FP8 SkyReels Model: ComfyUI runs with --force-channels-last, which no Wan model can take "
+                    "(its patch embedding is a 3-D convolution; core's Load Diffusion Model stops too: 'required rank "
+                    "4 tensor to use channels_last format'); start ComfyUI without it"), r
+    assert r[1] == "required rank 4 tensor to use channels_last format", r
+
+
 PATCHES = r"""
 from skyreels_pack.nodes.adapters import parallel_run, run_report
 from comfy_extras.nodes_model_merging import ModelAdd, ModelMergeSimple
