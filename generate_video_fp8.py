@@ -335,6 +335,8 @@ def check_flags(args):
             raise BadInput(f"--{flag}: {path} " + ("is a folder; give a file" if os.path.isdir(path) else "not found"))
     if args.image and args.video_path:
         raise BadInput("--image, --video_path: give one (a first frame, or a video to continue)")
+    if args.offload and args.cpu:   # ComfyUI refuses --lowvram beside --cpu, and exited at start-up
+        raise BadInput("--offload, --cpu: give one (--offload streams the weights to a GPU, --cpu runs without one)")
     if args.end_image and args.causal_block_size not in (None, 1):
         raise BadInput(f"--end_image: needs --causal_block_size 1, not {args.causal_block_size} (the end image is "
                        "one latent frame)")

@@ -513,6 +513,8 @@ def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, 
             (["--prompt_enhancer"], "--prompt_enhancer: SkyReels-V2's prompt enhancer (Qwen2.5-32B-Instruct) does "
                                     "not run in ComfyUI; run its skyreels_v2_infer/pipelines/prompt_enhancer.py"),
             (["--image", "a.png", "--video_path", "short.mp4"], "--image, --video_path: give one"),
+            (["--offload", "--cpu"], "--offload, --cpu: give one (--offload streams the weights to a GPU, --cpu runs "
+                                     "without one)"),
             (["--end_image", "a.png", "--causal_block_size", "5"], "--end_image: needs --causal_block_size 1, not 5"),
             (["--video_path", "short.mp4"], "--video_path: 9 frames; a continuation starts from its last "
                                             "overlap_history (17), and this script needs that many: give a longer "
