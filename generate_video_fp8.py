@@ -126,7 +126,8 @@ class HostServer:
                 log = self.read_log()
                 no_gpu = [line for line in log.splitlines() if any(s in line for s in NO_GPU)]
                 if no_gpu and "--cpu" not in self.extra_args:
-                    raise BadInput(f"ComfyUI found no GPU ({no_gpu[-1].strip()}); add --cpu to run on the CPU "
+                    todo = "leave out --offload and add --cpu" if "--lowvram" in self.extra_args else "add --cpu"
+                    raise BadInput(f"ComfyUI found no GPU ({no_gpu[-1].strip()}); {todo} to run on the CPU "
                                    "(slow), or install a PyTorch with CUDA")
                 raise RuntimeError(f"ComfyUI exited at start-up:\n{log[-4000:]}")
             try:
@@ -372,7 +373,9 @@ def open_image(path, flag):
             return ImageOps.exif_transpose(picture).convert("RGB")
     except Image.DecompressionBombError as e:    # PIL's guard, also for a damaged header that claims such a size
         raise BadInput(f"--{flag}: {path} is too large to read ({e}); give a smaller image") from None
-    except OSError as e:     # PIL's UnidentifiedImageError is one; a truncated file fails when its pixels are read
+    # OSError: PIL's UnidentifiedImageError is one, and a truncated file fails when its pixels are read; ValueError:
+    # a PNG whose text or ICC chunks decompress past PIL's limits
+    except (OSError, ValueError) as e:
         raise BadInput(f"--{flag}: {path} is not an image ({e})") from None
 
 

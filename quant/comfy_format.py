@@ -23,12 +23,13 @@ def comfy_quant(fmt):
 
 
 def format_of(conf):
-    """The format a comfy_quant tensor names. ValueError if it is not what the convention writes: a tool that cast
-    every tensor of a file to bf16 (a merge script's `.to(dtype)`) turns the bytes into numbers."""
-    if conf.dtype != torch.uint8 or conf.dim() != 1:
-        raise ValueError(f"a comfy_quant tensor is {str(conf.dtype).replace('torch.', '')} {list(conf.shape)}, where "
-                         "ComfyUI's format writes JSON text as one row of uint8 bytes")
-    conf = json.loads(bytes(conf.tolist()))
+    """The format a comfy_quant tensor names, read as the host reads it (its bytes, whatever their shape). ValueError
+    if it is not what the convention writes: a tool that cast every tensor of a file to bf16 (a merge script's
+    `.to(dtype)`) turns the bytes into numbers."""
+    if conf.element_size() != 1 or conf.is_floating_point():
+        raise ValueError(f"it is {str(conf.dtype).replace('torch.', '')}, where ComfyUI's format writes JSON text as "
+                         "uint8 bytes")
+    conf = json.loads(bytes(conf.flatten().view(torch.uint8).tolist()))
     if not isinstance(conf, dict) or not isinstance(conf.get("format"), str):
-        raise ValueError(f"a comfy_quant tensor holds {json.dumps(conf)[:60]}, not a format name")
+        raise ValueError(f"it holds {json.dumps(conf)[:60]}, not a format name")
     return conf["format"]

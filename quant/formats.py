@@ -44,17 +44,20 @@ def _layer_formats(ckpt):
     try:
         layers = json.loads(ckpt.metadata.get("_quantization_metadata") or "{}")
         layers = layers.get("layers", {}) if isinstance(layers, dict) else None
-        if not isinstance(layers, dict) or not all(isinstance(v, dict) for v in layers.values()):
-            raise ValueError("_quantization_metadata holds no JSON object of layers")
-        declared = {k: v.get("format") for k, v in layers.items()}
-        for name in ckpt.names:
-            if name.endswith(".comfy_quant"):
+        if not isinstance(layers, dict) or not all(isinstance(v, dict) and isinstance(v.get("format"), str)
+                                                   for v in layers.values()):
+            raise ValueError("_quantization_metadata is no JSON object of layers and their format names")
+        declared = {k: v["format"] for k, v in layers.items()}
+        for name in (n for n in ckpt.names if n.endswith(".comfy_quant")):
+            try:
                 declared[name[: -len(".comfy_quant")]] = format_of(ckpt.load(name))
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
     except ValueError as e:
         raise CheckpointError(f"{ckpt.path}: its FP8 layer formats (_quantization_metadata, comfy_quant) are not "
                               f"readable ({e}); the file is damaged: download or convert it again") from None
     for layer, fmt in declared.items():
-        if not isinstance(fmt, str) or fmt not in FORMATS:
+        if fmt not in FORMATS:
             raise CheckpointError(f"{ckpt.path}: layer {layer} uses quantization format {fmt!r}, which this pack "
                                   "cannot read; use an fp8 file or the bf16 original")
     return {layer: FORMATS[fmt] for layer, fmt in declared.items()}

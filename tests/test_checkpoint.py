@@ -512,16 +512,15 @@ def _set(key, value):
                                                    f"{LAYER}.weight [512, 256]; the file is damaged"),
     (_set(f"{LAYER}.weight_scale", lambda sd: -sd[f"{LAYER}.weight_scale"]), "is no scale of"),
     (_set(f"{LAYER}.comfy_quant", torch.tensor(list(b"garbage"), dtype=torch.uint8)),
-     "its FP8 layer formats (_quantization_metadata, comfy_quant) are not readable (Expecting value"),
+     "its FP8 layer formats (_quantization_metadata, comfy_quant) are not readable (blocks.0.ffn.0.comfy_quant: "
+     "Expecting value"),
     # Found by tests/test_damaged_files.py (each raised a TypeError or RuntimeError that named no file):
     # the tags cast by a script that casts every tensor, a format that is no name, a scale with no values, a scalar
     # FP8 tensor the model does not use (the model's own are checked for shape first)
     (_set(f"{LAYER}.comfy_quant", lambda sd: sd[f"{LAYER}.comfy_quant"].to(torch.bfloat16)),
-     "not readable (a comfy_quant tensor is bfloat16 ["),
+     f"not readable ({LAYER}.comfy_quant: it is bfloat16, where ComfyUI's format writes JSON text as uint8 bytes)"),
     (_set(f"{LAYER}.comfy_quant", torch.tensor(list(b'{"format": ["x"]}'), dtype=torch.uint8)),
-     'not readable (a comfy_quant tensor holds {"format": ["x"]}, not a format name)'),
-    (_set(f"{LAYER}.comfy_quant", lambda sd: sd[f"{LAYER}.comfy_quant"].reshape(1, -1)),
-     "not readable (a comfy_quant tensor is uint8 [1, "),
+     f'not readable ({LAYER}.comfy_quant: it holds {{"format": ["x"]}}, not a format name)'),
     (_set(f"{LAYER}.weight_scale", torch.ones(0)), f"{LAYER}.weight_scale (0 values) is no scale of {LAYER}.weight"),
     (_set("extra.weight", lambda sd: sd[f"{LAYER}.weight"][0, 0].clone()),
      "extra.weight is one FP8 number, not a weight; the file is damaged"),
@@ -532,14 +531,27 @@ def test_fp8_scales_that_cannot_be_right_are_named(tmp_path, granularity, edit, 
         load(path)
 
 
-@pytest.mark.parametrize("meta", ['{"layers": []}', '[]', '{"layers": {"blocks.0.ffn.0": "float8_e4m3fn"}}'])
+@pytest.mark.parametrize("meta", ['{"layers": []}', '[]', '{"layers": {"blocks.0.ffn.0": "float8_e4m3fn"}}',
+                                  '{"layers": {"blocks.0.ffn.0": {"format": ["x"]}}}',
+                                  '{"layers": {"blocks.0.ffn.0": {}}}'])
 def test_a_quantization_metadata_of_another_shape_is_named(tmp_path, meta):
     # It raised AttributeError ('list' object has no attribute 'get'), which the message then quoted (fuzzing)
     sd = safetensors.torch.load_file(fp8_file(tmp_path, "tensor"))
     safetensors.torch.save_file(sd, str(tmp_path / "m.safetensors"), {"_quantization_metadata": meta})
-    with pytest.raises(CheckpointError, match=re.escape("are not readable (_quantization_metadata holds no JSON object "
-                                                        "of layers); the file is damaged")):
+    with pytest.raises(CheckpointError, match=re.escape("are not readable (_quantization_metadata is no JSON object of "
+                                                        "layers and their format names); the file is damaged")):
         load(str(tmp_path / "m.safetensors"))
+
+
+def test_format_tags_of_other_byte_types_and_shapes_are_read_as_the_host_reads_them(tmp_path):
+    # The host reads a tag's bytes whatever its shape (layer_conf.numpy().tobytes()): a tag reshaped to a row, or an
+    # int8 one (ASCII is the same bytes), loads there, and here
+    tagged = load(fp8_file(tmp_path / "uint8", "channel"))[0]
+    for i, edit in enumerate((lambda t: t.reshape(1, -1), lambda t: t.view(torch.int8))):
+        sd = load(fp8_file(tmp_path / str(i), "channel", lambda sd: [sd.__setitem__(k, edit(v)) for k, v in
+                                                                    list(sd.items()) if k.endswith(".comfy_quant")],
+                           metadata=False))[0]
+        assert sorted(sd) == sorted(tagged)
 
 
 def test_per_channel_scales_without_format_tags_are_read_per_channel(tmp_path):

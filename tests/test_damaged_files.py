@@ -2,7 +2,6 @@
 each is read, or refused with a CheckpointError that names the file (a raw TypeError or IndexError reaches the user
 as a traceback that names no file). Seeded: a failure names its case, and damaged(case, folder) writes that file
 again. Nothing here depends on the device: a GPU machine reads files on its CPU too."""
-import json
 import os
 import random
 import traceback
@@ -27,7 +26,7 @@ QUANT_METADATA = ['[]', '{"layers": []}', '{"layers": {"blocks.0.ffn.0": 5}}', '
 
 
 def _values(r, shape, dtype):
-    t = torch.randn(shape)
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(r.randrange(2 ** 32)))   # r's seed makes them
     return t.to(dtype) if dtype.is_floating_point else (t > 0) if dtype == torch.bool else (t * 9).abs().to(dtype)
 
 

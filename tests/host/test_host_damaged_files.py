@@ -34,8 +34,8 @@ result = dict(ran=ran, failed=failed)
 
 def _readable(folder, count):
     """The first `count` damaged files whose keys and shapes the reader accepts (about one in ten)."""
-    found, case = [], 0
-    while len(found) < count:
+    found = []
+    for case in range(100 * count):
         path = damaged(case, str(folder))
         try:
             with Checkpoint(path) as ckpt:
@@ -43,7 +43,9 @@ def _readable(folder, count):
             found.append((case, path))
         except CheckpointError:
             pass
-        case += 1
+        if len(found) == count:
+            break
+    assert len(found) == count, f"{len(found)} of {100 * count} damaged files read: the reader refuses whole models?"
     return found
 
 
@@ -51,4 +53,4 @@ def test_damaged_files_the_reader_accepts_load_and_run_in_the_host(host, tmp_pat
     cases = _readable(tmp_path, 40)
     r = run_in_host(host, SETUP.format(repo=REPO, folder=str(tmp_path)) + LOAD_AND_RUN.format(cases=cases))
     assert r["failed"] == [], "\n".join(r["failed"][:5])
-    assert r["ran"] >= 10, r     # 17 of the 40: the others are refused by the loader's checks of values and formats
+    assert r["ran"] >= 10, r     # 15 of the 40: the others are refused by the loader's checks of values and formats

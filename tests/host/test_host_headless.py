@@ -144,12 +144,16 @@ def test_no_gpu_without_cpu_is_one_line_and_exit_2(host, tmp_path):
     for name in ("te", "vae"):
         safetensors.torch.save_file({"x": torch.zeros(2)}, str(tmp_path / f"{name}.safetensors"))
     env = {**os.environ, "COMFYUI_PATH": host, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, SCRIPT, "--model_id", str(tmp_path / "t2v.safetensors"), "--text_encoder",
-                           str(tmp_path / "te.safetensors"), "--vae", str(tmp_path / "vae.safetensors")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2, proc.stderr
-    assert re.fullmatch(r"generate_video_fp8: ComfyUI found no GPU \(.*(NVIDIA driver|CUDA).*\); add --cpu to run on "
-                        r"the CPU \(slow\), or install a PyTorch with CUDA\n", proc.stderr), proc.stderr
+    # with --offload, which --cpu does not take (refused by name), the advice says to leave it out
+    for flags, todo in (([], "add --cpu"), (["--offload"], "leave out --offload and add --cpu")):
+        proc = subprocess.run([sys.executable, SCRIPT, "--model_id", str(tmp_path / "t2v.safetensors"),
+                               "--text_encoder", str(tmp_path / "te.safetensors"), "--vae",
+                               str(tmp_path / "vae.safetensors"), *flags],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2, proc.stderr
+        said = r"generate_video_fp8: ComfyUI found no GPU \(.*(NVIDIA driver|CUDA).*\); " + todo
+        assert re.fullmatch(said + r" to run on the CPU \(slow\), or install a PyTorch with CUDA\n", proc.stderr), (
+            proc.stderr)
 
 def test_an_output_on_a_drive_that_is_not_there_is_named(monkeypatch, tmp_path):
     # On Windows the parent of "E:\\" is "E:\\": with the drive unplugged, the search for a folder must still end.
@@ -484,7 +488,7 @@ def test_skyreels_v2_flags_continue_a_video_to_an_end_image_with_teacache(host, 
 
 def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, capsys):
     from generate_video_fp8 import main
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
     monkeypatch.setenv("COMFYUI_PATH", host)
     monkeypatch.chdir(tmp_path)
     write_clip(tmp_path / "short.mp4", 9, 32, 32)
@@ -498,6 +502,9 @@ def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, 
     png[16:24] = struct.pack(">II", 20000, 20000)
     png[29:33] = struct.pack(">I", zlib.crc32(png[12:29]))       # IHDR's CRC, which PIL checks
     (tmp_path / "huge.png").write_bytes(png)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("comment", "x" * (2 << 20), zip=True)    # past PIL's MAX_TEXT_CHUNK once decompressed: ValueError
+    Image.new("RGB", (8, 8)).save(tmp_path / "text.png", pnginfo=text)
     write_clip(tmp_path / "latin1.mp4", 20, 32, 32, title="Café 2019")
     clip = (tmp_path / "latin1.mp4").read_bytes()
     (tmp_path / "latin1.mp4").write_bytes(clip.replace("Café ".encode(), "Café".encode("latin-1") + b"  "))
@@ -505,6 +512,8 @@ def test_skyreels_v2_flags_that_cannot_run_say_why(host, tmp_path, monkeypatch, 
             (["--image", "cut.png"], "--image: cut.png is not an image"),
             (["--image", "huge.png"], "--image: huge.png is too large to read (Image size (400000000 pixels) exceeds "
                                       "limit of"),
+            (["--end_image", "text.png"], "--end_image: text.png is not an image (Decompressed data too large for "
+                                          "PngImagePlugin.MAX_TEXT_CHUNK)"),
             (["--video_path", "latin1.mp4"], "--video_path: latin1.mp4: its metadata is not UTF-8 text (b'Caf\\xe9  "
                                              "2019'), which ComfyUI cannot read either; copy the video without it: "
                                              "ffmpeg -i IN -map_metadata -1 -c copy OUT"),

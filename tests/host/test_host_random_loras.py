@@ -23,7 +23,7 @@ def lora_of(r):
         shape, base = sd[key].shape, "diffusion_model." + key[:-len(".weight")]
         out_f, in_f, rank, kind = shape[0], sd[key][0].numel(), r.choice([1, 4]), r.randrange(6)
         if kind < 3:
-            up, down = torch.randn(out_f, rank) * 0.1, torch.randn(rank, in_f) * 0.1
+            up, down = torch.randn(out_f, rank) * 0.2, torch.randn(rank, in_f) * 0.2
             down = down.reshape(rank, *shape[1:])
             edit = r.randrange(6)
             if edit == 0:
@@ -69,19 +69,23 @@ def outcome(patcher, lora, strength, lowvram):
 
 import logging
 logging.disable(logging.WARNING)     # the host logs each key it cannot apply
-differ, worst, seen = [], 0.0, set()
+with torch.no_grad():
+    plain = core.model.diffusion_model(x, t, ctx).float()     # the host's model without a LoRA
+differ, worst, seen, strong = [], 0.0, set(), 0
 for case in range({loras}):
     r = random.Random(case)
+    torch.manual_seed(case)      # the LoRA's values: each case alone draws what it drew here
     lora, strength, lowvram = lora_of(r), r.choice([1.0, 0.5, -1.0, 0.0, 5.0]), r.random() < 0.4
     theirs, reference = outcome(core, lora, strength, lowvram)
     seen.add(theirs if theirs in ("runs", "NaN/Inf") else "an error")
+    strong += theirs == "runs" and rel(reference, plain) > 0.16
     for model in ours:
         what, out = outcome(model, lora, strength, lowvram)
         if what != theirs:
             differ.append(f"case {{case}}: the host's model: {{theirs}}; ours: {{what}}")
         elif what == "runs":
             worst = max(worst, rel(out, reference))
-result = dict(differ=differ, worst=worst, seen=sorted(seen))
+result = dict(differ=differ, worst=worst, seen=sorted(seen), strong=strong)
 """
 
 
@@ -91,5 +95,6 @@ def test_random_loras_do_on_fp8_what_they_do_on_the_hosts_bf16_model(host, tmp_p
                                                                                      loras=LORAS))
     assert r["differ"] == [], "\n".join(r["differ"][:5])
     assert r["seen"] == ["NaN/Inf", "an error", "runs"], r      # the LoRAs reach all three outcomes
-    # FP8 weights' own distance from bf16 on this model is 2.8 to 3.4% (measured: at most 3.4% over these LoRAs)
-    assert r["worst"] < 0.1, r
+    # FP8 weights' own distance from bf16 on this model: at most 5.2% over these LoRAs (bound 8%). A LoRA dropped on
+    # the FP8 model would add its own effect, over twice the bound in `strong` of the runs.
+    assert r["worst"] < 0.08 and r["strong"] >= 8, r
